@@ -1,0 +1,9 @@
+"""Errors a user can cause. The CLI prints them as one line and exits 2."""
+
+
+class TensorfoldError(Exception):
+    """A problem with the user's input or request, not a bug in tensorfold."""
+
+
+class DecompositionError(TensorfoldError):
+    """A decomposition that could not produce a usable result (NaN, diverged, degenerate)."""
