@@ -1,0 +1,140 @@
+"""The Python API; the CLI is a thin layer over it.
+
+    from tensorfold.api import optimize
+    report = optimize("model.onnx", "small.onnx", method="tucker", ratio=4)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from pathlib import Path
+
+import onnx
+
+from tensorfold import __version__
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.normalize import normalize
+from tensorfold.graph.stats import model_stats
+from tensorfold.graph.verify import verify_models
+from tensorfold.passes import PassContext, RankSpec, get_pass
+from tensorfold.report import OptimizeReport
+from tensorfold.runtime.inputs import load_inputs, parse_shapes, random_inputs, resolve_shapes
+
+METHODS = ("auto", "svd", "tucker", "cp", "tt")
+
+
+def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
+             method: str = "auto", rank: int | None = None, energy: float | None = None,
+             ratio: float | None = None, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+             force: bool = False, shapes: tuple[str, ...] | dict = (), inputs: str | None = None,
+             verify: bool = True, progress: bool = True, seed: int = 0) -> OptimizeReport:
+    """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded."""
+    start = time.perf_counter()
+    spec = RankSpec(rank=rank, energy=energy, ratio=ratio)
+    chosen = get_pass(method)
+    if output_path is not None:
+        _check_output(Path(input_path), Path(output_path))
+    original = load_model(input_path)
+    shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
+    input_shapes = resolve_shapes(original, shape_map)
+    feeds, label = None, None
+    if verify:
+        if inputs:
+            feeds, label = load_inputs(inputs, original), str(inputs)
+            input_shapes = {k: list(v.shape) for k, v in feeds.items()}
+        else:
+            feeds, label = random_inputs(original, shape_map, seed), f"random normal (seed {seed})"
+    model, norm_stats = normalize(original)
+    ctx = PassContext(spec=spec, include=tuple(include), exclude=tuple(exclude), force=force,
+                      progress=progress, seed=seed)
+    result = chosen(model, ctx)
+    rewritten = result.model
+    _record_run(rewritten, method, spec, result)
+    verification = verify_models(original, rewritten, feeds, label) if verify else None
+    report = OptimizeReport(
+        input=str(input_path), output=str(output_path) if output_path else None, method=method,
+        ranks=spec.describe(), input_shapes=input_shapes,
+        before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
+        layers=result.rewritten, skipped=result.skipped, verification=verification,
+        normalization=norm_stats, seconds=0.0, notes=result.notes,
+    )
+    if not result.rewritten:
+        report.notes.append("no layer was rewritten; the output equals the normalized input")
+    if output_path is not None:
+        save_model(rewritten, output_path)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_output(input_path: Path, output_path: Path) -> None:
+    if output_path.exists() and input_path.exists() and os.path.samefile(input_path, output_path):
+        raise TensorfoldError(f"-o {output_path} is the input file; tensorfold never overwrites its input")
+    if output_path.is_dir():
+        raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
+
+
+def _record_run(model: onnx.ModelProto, method: str, spec: RankSpec, result) -> None:
+    """Provenance in metadata_props, so the file says what was done to it (Netron shows these)."""
+    run = {
+        "version": __version__, "method": method, "ranks": spec.describe(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "layers_rewritten": len(result.rewritten),
+        "params_before": sum(r.params_before for r in result.rewritten),
+        "params_after": sum(r.params_after for r in result.rewritten),
+    }
+    taken = {p.key for p in model.metadata_props}
+    key, n = "tensorfold", 1
+    while key in taken:
+        n += 1
+        key = f"tensorfold.{n}"
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(run)
+
+
+def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, *, shapes: tuple[str, ...] = (),
+            inputs: str | None = None, seed: int = 0):
+    """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
+    a, b = load_model(path_a), load_model(path_b)
+    shape_map = parse_shapes(tuple(shapes))
+    if inputs:
+        feeds, label = load_inputs(inputs, a), str(inputs)
+    else:
+        feeds, label = random_inputs(a, shape_map, seed), f"random normal (seed {seed})"
+    return verify_models(a, b, feeds, label)
+
+
+def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> dict:
+    """What is in a model and, per weight-heavy node, which methods can rewrite it."""
+    from tensorfold.passes import PASSES
+    from tensorfold.passes.layers import ensure_node_names, find_layers
+
+    original = load_model(input_path)
+    input_shapes = resolve_shapes(original, parse_shapes(tuple(shapes)))
+    model, norm_stats = normalize(original)
+    ensure_node_names(model)
+    stats = model_stats(original, input_shapes)
+    node_flops = model_stats(model, input_shapes).node_flops
+    layers, skipped = find_layers(model)
+    rows = []
+    for layer in layers:
+        methods = {}
+        for name in METHODS:
+            reason = PASSES[name]().supports(layer)
+            methods[name] = "yes" if reason is None else reason
+        rows.append({"node": layer.name, "op": layer.node.op_type, "weight_shape": list(layer.weight.shape),
+                     "groups": layer.groups, "params": layer.params, "flops": node_flops.get(layer.name),
+                     "methods": methods})
+    return {
+        "input": str(input_path), "opset": max((i.version for i in original.opset_import
+                                               if i.domain in ("", "ai.onnx")), default=None),
+        "producer": f"{original.producer_name} {original.producer_version}".strip(),
+        "inputs": input_shapes, "outputs": [o.name for o in original.graph.output],
+        "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
+        "ops": dict(sorted(stats.ops.items())), "normalization": norm_stats,
+        "layers": rows, "skipped": [s.as_dict() for s in skipped],
+        "factorizable_params": sum(r["params"] for r in rows),
+    }

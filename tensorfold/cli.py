@@ -1,0 +1,188 @@
+"""Command line: `tensorfold inspect|optimize|verify|demo`. User errors: one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tensorfold import __version__
+from tensorfold.errors import TensorfoldError
+
+_SHAPE_HELP = "fix a dynamic input shape, NAME:D1,D2,... (repeatable)"
+
+
+class _Group(click.Group):
+    """Turn a TensorfoldError anywhere below into `error: ...` and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TensorfoldError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tensorfold")
+def main():
+    """Rewrite the Conv/Gemm/MatMul nodes of an ONNX model into verified low-rank factor chains."""
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def inspect_cmd(model, shapes, as_json):
+    """Show what is in MODEL and which layers each method can factorize."""
+    from tensorfold.api import METHODS, inspect
+
+    info = inspect(model, shapes=shapes)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console = _console()
+    console.print(f"[bold]{info['input']}[/]  opset {info['opset']}  {info['producer']}")
+    console.print(f"inputs {info['inputs']}  outputs {info['outputs']}")
+    console.print(f"{info['params']:,} parameters, {_flops(info['flops'])} FLOPs, {info['size_bytes']:,} bytes; "
+                  f"{info['factorizable_params']:,} parameters in {len(info['layers'])} factorizable layers")
+    console.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+    table = Table(title="weight-heavy layers", title_justify="left")
+    for col in ("node", "op", "weight", "params", "FLOPs", *METHODS):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs") else "left")
+    for row in info["layers"]:
+        shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
+        marks = ["yes" if row["methods"][m] == "yes" else "-" for m in METHODS]
+        table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", _flops(row["flops"]), *marks)
+    console.print(table)
+    reasons = {}
+    for row in info["layers"]:
+        for m, verdict in row["methods"].items():
+            if verdict != "yes":
+                reasons.setdefault(verdict, []).append(row["node"])
+    for s in info["skipped"]:
+        reasons.setdefault(s["reason"], []).append(s["node"])
+    for reason, nodes in reasons.items():
+        console.print(f"- {reason}: {len(nodes)} node(s), e.g. {nodes[0]}")
+
+
+@main.command("optimize")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="where to write the rewritten model")
+@click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt"]), default="auto",
+              show_default=True, help="factorization; auto picks per layer the least error for the saving")
+@click.option("--rank", type=int, help="the same rank for every layer (clipped to each mode)")
+@click.option("--energy", type=float, help="keep this share of each layer's spectral energy (0-1]")
+@click.option("--ratio", type=float, help="the factorizable layers together hold RATIO times fewer parameters")
+@click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
+@click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
+@click.option("--force", is_flag=True, help="rewrite a layer even where the chain is not smaller")
+@click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification")
+@click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
+def optimize_cmd(model, output, method, rank, energy, ratio, include, exclude, force, shapes, inputs, no_verify,
+                 seed, as_json):
+    """Factorize MODEL and write a verified model to OUTPUT.
+
+    Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
+    (a conservative start: expect a modest saving and a small error).
+    """
+    from tensorfold.api import optimize
+
+    report = optimize(model, output, method=method, rank=rank, energy=energy, ratio=ratio, include=include,
+                      exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
+                      progress=not as_json and sys.stderr.isatty(), seed=seed)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        report.render(_console())
+
+
+@main.command("verify")
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
+    """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""
+    from tensorfold.api import compare
+
+    result = compare(reference, candidate, shapes=shapes, inputs=inputs, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    console = _console()
+    console.print(f"onnx.checker: {result.checker}; inputs: {result.inputs}")
+    for o in result.outputs:
+        if o.kind == "float":
+            console.print(f"{o.name}: relative error {o.relative_error:.3e}, max abs {o.max_abs_error:.3e}")
+        else:
+            console.print(f"{o.name}: {o.agreement:.2%} of elements equal")
+
+
+def demo_model_path() -> Path:
+    return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
+
+
+@main.command("demo")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("fmnist_cnn.tucker.onnx"), show_default=True)
+@click.option("--ratio", type=float, default=4.0, show_default=True)
+def demo_cmd(output, ratio):
+    """Factorize the built-in Fashion-MNIST CNN with Tucker-2 and show the report."""
+    from tensorfold.api import optimize
+
+    src = demo_model_path()
+    console = _console()
+    console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST; tucker --ratio {ratio:g}")
+    report = optimize(src, output, method="tucker", ratio=ratio, progress=sys.stderr.isatty())
+    report.render(console)
+    _demo_accuracy(console, src, output)
+
+
+def _demo_accuracy(console: Console, original: Path, rewritten: Path) -> None:
+    """Test-set accuracy before and after, when Debian's dataset-fashion-mnist is installed."""
+    try:
+        from tensorfold.bench.datasets import load_fashion_mnist, to_model_input
+        images, labels = load_fashion_mnist(split="test")
+    except TensorfoldError as exc:
+        console.print(f"(accuracy not measured: {exc})")
+        return
+    import numpy as np
+
+    from tensorfold.runtime.sessions import make_session
+
+    x = to_model_input(images)
+    for label, path in (("original", original), ("tucker", rewritten)):
+        session = make_session(str(path))
+        name = session.get_inputs()[0].name
+        pred = np.concatenate([session.run(None, {name: x[i:i + 1000]})[0].argmax(1) for i in range(0, len(x), 1000)])
+        console.print(f"Fashion-MNIST test accuracy, {label}: {np.mean(pred == labels):.2%} (no fine-tuning)")
+
+
+def _console() -> Console:
+    # piped output (CI logs, files) is read later in full: don't wrap tables at 80 columns
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _flops(v) -> str:
+    if v is None:
+        return "unknown"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""CP (CANDECOMP/PARAFAC) by alternating least squares, with checks that the result is usable.
+
+CP-ALS is known to misbehave (swamps, diverging components that cancel each other,
+NaNs on rank-deficient normal equations). So: SVD initialization, balanced column norms
+during the iterations, a small ridge in the normal equations, a stability check of every
+try, and random restarts when a try is rejected.
+
+Cost. Each ALS sweep needs one MTTKRP per mode (size * R flops each with the textbook
+unfold @ khatri_rao). Here the modes are ordered largest first and a sweep does two big
+contractions only: the mode-0 MTTKRP (unfolding @ Khatri-Rao of the *other*, small, modes)
+and Z = A0^T @ unfolding, which every other mode's MTTKRP then reduces with cheap
+per-component contractions (a two-level dimension tree). For a 4-way conv kernel that is
+about half the work of N full MTTKRPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from tensorfold.decompose.svd import as_float_array
+from tensorfold.errors import DecompositionError
+
+__all__ = ["CP", "cp_als", "cp_reconstruct", "cp_params"]
+
+# A try whose components, weighted by their norms, add up to more than this many times
+# ||T|| fits T by cancelling large components against each other: useless after rounding
+# to float16/int8 and a sign of a degenerate (diverging) CP.
+_DEGENERACY_RATIO = 50.0
+_RIDGE = 1e-10
+
+
+@dataclass
+class CP:
+    factors: list[np.ndarray]   # mode n: (dim_n, R); weights absorbed, columns balanced across modes
+    rel_error: float = 0.0      # ||T - cp||_F / ||T||_F
+    n_iter: int = 0             # ALS sweeps of the returned try
+    restarts: int = 0           # random-init tries that ran after the SVD-init try
+
+    @property
+    def rank(self) -> int:
+        return int(self.factors[0].shape[1])
+
+
+def cp_params(shape, rank: int) -> int:
+    """Parameters of a rank-``rank`` CP of a tensor of ``shape``: rank * sum(shape)."""
+    if int(rank) < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    return int(rank) * int(sum(int(d) for d in shape))
+
+
+def cp_reconstruct(cp: CP) -> np.ndarray:
+    """The full tensor sum_r a_r^(0) o a_r^(1) o ... ."""
+    factors = cp.factors
+    r = factors[0].shape[1]
+    acc = factors[0]
+    for f in factors[1:]:
+        acc = (acc[:, None, :] * f[None, :, :]).reshape(-1, r)
+    return acc.sum(axis=1).reshape(tuple(f.shape[0] for f in factors))
+
+
+def _khatri_rao(mats: list[np.ndarray]) -> np.ndarray:
+    """Row index in C order (first matrix slowest): KR[(i1, i2, ...), r] = prod_m mats[m][i_m, r]."""
+    r = mats[0].shape[1]
+    acc = mats[0]
+    for m in mats[1:]:
+        acc = (acc[:, None, :] * m[None, :, :]).reshape(-1, r)
+    return acc
+
+
+def _hadamard(grams: list[np.ndarray], skip: int) -> np.ndarray:
+    out = None
+    for n, g in enumerate(grams):
+        if n == skip:
+            continue
+        out = g.copy() if out is None else out * g
+    return out
+
+
+def _solve(v: np.ndarray, mttkrp: np.ndarray) -> np.ndarray:
+    """Factor = mttkrp @ v^-1 for the SPD normal matrix v, with a small ridge."""
+    r = v.shape[0]
+    ridge = _RIDGE * max(float(np.trace(v)), np.finfo(float).tiny)
+    a = v + ridge * np.eye(r)
+    try:
+        c = scipy.linalg.cho_factor(a, lower=False, check_finite=False)
+        return scipy.linalg.cho_solve(c, mttkrp.T, check_finite=False).T
+    except (np.linalg.LinAlgError, ValueError):
+        return np.linalg.lstsq(a, mttkrp.T, rcond=None)[0].T
+
+
+def _reduce_z(z: np.ndarray, factors: list[np.ndarray], n: int) -> np.ndarray:
+    """MTTKRP of mode n >= 1 from Z (R, d1, ..., d_{N-1}) = A0^T x0 T: contract every mode but n."""
+    r = z.shape[0]
+    dims = z.shape[1:]
+    x = z
+    # modes after n, from the last: (R, pre, d_m) x (R, d_m) -> (R, pre)
+    for m in range(len(dims), n, -1):
+        d = dims[m - 1]
+        x = np.matmul(x.reshape(r, -1, d), factors[m].T[:, :, None]).reshape(r, -1)
+    # modes before n (1..n-1), from the first: (R, d_m, post) x (R, d_m) -> (R, post)
+    for m in range(1, n):
+        d = dims[m - 1]
+        x = np.matmul(factors[m].T[:, None, :], x.reshape(r, d, -1)).reshape(r, -1)
+    return x.T  # (d_n, R)
+
+
+def _balance(factors: list[np.ndarray]) -> list[np.ndarray]:
+    """Rescale columns so every mode carries the same norm per component (same tensor)."""
+    norms = np.stack([np.linalg.norm(f, axis=0) for f in factors])  # (N, R)
+    n = len(factors)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target = np.exp(np.log(np.maximum(norms, 1e-300)).mean(axis=0))  # geometric mean
+        scale = np.where(norms > 0, target[None, :] / norms, 1.0)
+    zero = np.any(norms == 0, axis=0)
+    scale[:, zero] = 1.0
+    return [f * scale[m][None, :] for m, f in enumerate(factors[:n])]
+
+
+def _svd_init(unfoldings_grams: list[np.ndarray], dims: tuple[int, ...], rank: int, rng) -> list[np.ndarray]:
+    factors = []
+    for gram, d in zip(unfoldings_grams, dims):
+        w, v = np.linalg.eigh(gram)
+        v = v[:, ::-1]
+        k = min(rank, d)
+        f = np.empty((d, rank))
+        f[:, :k] = v[:, :k]
+        if rank > d:
+            f[:, k:] = rng.standard_normal((d, rank - k)) / np.sqrt(d)
+        factors.append(f)
+    return factors
+
+
+def _mode_gram(t: np.ndarray, n: int) -> np.ndarray:
+    # tensordot copies as needed; the result is the (d_n, d_n) Gram of the mode-n unfolding
+    axes = [a for a in range(t.ndim) if a != n]
+    return np.tensordot(t, t, axes=(axes, axes))
+
+
+def _als(x0, dims, factors, norm2, n_iter_max, tol):
+    """Run ALS from ``factors``; returns (factors, approximate rel error, sweeps)."""
+    n_modes = len(dims)
+    rank = factors[0].shape[1]
+    factors = [np.array(f, dtype=np.float64, copy=True) for f in factors]
+    grams = [f.T @ f for f in factors]
+    prev = np.inf
+    rel = np.inf
+    it = 0
+    for it in range(1, n_iter_max + 1):
+        kr = _khatri_rao(factors[1:])
+        m = x0 @ kr
+        factors[0] = _solve(_hadamard(grams, 0), m)
+        grams[0] = factors[0].T @ factors[0]
+        z = (factors[0].T @ x0).reshape((rank,) + tuple(dims[1:]))
+        for n in range(1, n_modes):
+            m = _reduce_z(z, factors, n)
+            factors[n] = _solve(_hadamard(grams, n), m)
+            grams[n] = factors[n].T @ factors[n]
+        # ||T - T_hat||^2 = ||T||^2 - 2 <T, T_hat> + ||T_hat||^2, from the last MTTKRP
+        inner = float(np.vdot(m, factors[-1]))
+        hat2 = float(np.sum(_hadamard(grams, n_modes - 1) * grams[-1]))
+        rel = np.sqrt(max(norm2 - 2.0 * inner + hat2, 0.0) / norm2)
+        if not np.isfinite(rel):
+            break
+        factors = _balance(factors)
+        grams = [f.T @ f for f in factors]
+        if rel < 1e-10 or prev - rel < tol * prev:
+            break
+        prev = rel
+    return factors, rel, it
+
+
+def _check(factors, norm_t, rel) -> str | None:
+    """Reason to reject a try, or None."""
+    for f in factors:
+        if not np.all(np.isfinite(f)):
+            return "NaN/Inf in the factors"
+    if not np.isfinite(rel):
+        return "NaN/Inf in the reconstruction error"
+    weight = np.prod(np.stack([np.linalg.norm(f, axis=0) for f in factors]), axis=0).sum()
+    if weight > _DEGENERACY_RATIO * norm_t:
+        return (f"degenerate: components sum to {weight / norm_t:.3g} x ||T|| "
+                f"(limit {_DEGENERACY_RATIO:g}), they cancel each other")
+    if rel > 1.0 + 1e-6:
+        return f"diverged: relative error {rel:.3g} > 1"
+    return None
+
+
+def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0) -> CP:
+    """Rank-``rank`` CP of an N-way tensor (N >= 2) by ALS.
+
+    The first try starts from the leading left singular vectors of each unfolding (padded
+    with random columns where rank > dim). Each try stops after ``n_iter_max`` sweeps or when
+    the relative error decreases by less than ``tol`` (relative) in a sweep, and must pass a
+    stability check (finite, not degenerate: sum_r prod_n ||a_r^(n)|| <= 50 ||T||). If the
+    SVD-init try is rejected, up to ``n_restarts`` tries from random (seeded) starts follow and
+    the accepted one with the lowest error is returned. Every try rejected: DecompositionError.
+    Factors come back in the tensor's mode order, components sorted by weight, the weight of
+    each component spread evenly over its N columns.
+    """
+    t = np.asarray(tensor)
+    if t.ndim < 2:
+        raise ValueError(f"cp_als needs a tensor with >= 2 modes, got shape {t.shape}")
+    t = as_float_array(t, None, "tensor")
+    rank = int(rank)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    if n_iter_max < 1:
+        raise ValueError(f"n_iter_max must be >= 1, got {n_iter_max}")
+    if n_restarts < 0:
+        raise ValueError(f"n_restarts must be >= 0, got {n_restarts}")
+    shape = t.shape
+    norm2 = float(np.vdot(t, t))
+    if norm2 == 0.0:
+        return CP([np.zeros((d, rank)) for d in shape], 0.0, 0, 0)
+    norm_t = np.sqrt(norm2)
+
+    # Largest mode first: the two big contractions per sweep then leave the smallest intermediates.
+    perm = sorted(range(t.ndim), key=lambda a: (-shape[a], a))
+    tp = np.ascontiguousarray(np.transpose(t, perm))
+    dims = tp.shape
+    x0 = tp.reshape(dims[0], -1)
+    rng = np.random.default_rng(seed)
+
+    best = None
+    reasons = []
+    tries = 0
+    restarts = 0
+    while tries < 1 + n_restarts:
+        if tries == 0:
+            init = _svd_init([_mode_gram(tp, n) if n else np.eye(dims[0]) for n in range(len(dims))],
+                             dims, rank, rng)
+        else:
+            restarts += 1
+            init = [rng.standard_normal((d, rank)) for d in dims]
+            # scale so that the initial model has about the tensor's norm
+            s = (norm_t / np.sqrt(rank)) ** (1.0 / len(dims))
+            init = [f / np.linalg.norm(f, axis=0, keepdims=True) * s for f in init]
+        tries += 1
+        with np.errstate(all="ignore"):
+            try:
+                factors, rel, n_iter = _als(x0, dims, init, norm2, n_iter_max, tol)
+                if all(np.all(np.isfinite(f)) for f in factors):
+                    diff = tp - cp_reconstruct(CP(factors))
+                    rel = float(np.sqrt(np.vdot(diff, diff) / norm2))
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError) as e:
+                reasons.append(f"try {tries}: {e}")
+                continue
+        reason = _check(factors, norm_t, rel)
+        if reason is not None:
+            reasons.append(f"try {tries}: {reason}")
+            continue
+        if best is None or rel < best[1]:
+            best = (factors, rel, n_iter)
+        if tries == 1:
+            break  # the SVD-init try was accepted: restarts are the fallback, not the rule
+    if best is None:
+        raise DecompositionError(f"CP-ALS rank {rank} on {shape}: every try rejected ({'; '.join(reasons)})")
+
+    factors, rel, n_iter = best
+    weights = np.prod(np.stack([np.linalg.norm(f, axis=0) for f in factors]), axis=0)
+    order = np.argsort(-weights, kind="stable")
+    factors = [f[:, order] for f in factors]
+    inv = np.argsort(perm)
+    factors = [np.ascontiguousarray(factors[inv[a]]) for a in range(len(shape))]
+    return CP(factors=factors, rel_error=float(rel), n_iter=int(n_iter), restarts=restarts)

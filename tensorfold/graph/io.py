@@ -1,0 +1,101 @@
+"""Load and save ONNX models: clear errors for bad input, atomic writes, the input never touched."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from tensorfold.errors import TensorfoldError
+
+# Models above this size must keep their weights in an external data file (protobuf's 2 GiB cap).
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file, external data included, or raise a one-line TensorfoldError."""
+    path = Path(path)
+    if not path.exists():
+        raise TensorfoldError(f"{path}: no such file")
+    if not path.is_file():
+        raise TensorfoldError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise TensorfoldError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise TensorfoldError(f"{path}: not a valid ONNX model (truncated or another format): {_first_line(exc)}") from None
+    except FileNotFoundError as exc:
+        raise TensorfoldError(f"{path}: external data file missing: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise TensorfoldError(f"{path}: cannot read: {_first_line(exc)}") from None
+    if not model.graph.node and not model.graph.output:
+        raise TensorfoldError(f"{path}: not a valid ONNX model (no graph found)")
+    check_opset(model, path)
+    return model
+
+
+def check_opset(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:
+    """Reject opsets this onnx install does not know (onnxruntime and the checker could not run them)."""
+    supported = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > supported:
+            raise TensorfoldError(
+                f"{path}: opset {imp.version} is newer than this onnx supports ({supported}); upgrade onnx/onnxruntime"
+            )
+        if imp.domain in ("", "ai.onnx") and imp.version < 1:
+            raise TensorfoldError(f"{path}: invalid opset version {imp.version}")
+    if not any(imp.domain in ("", "ai.onnx") for imp in model.opset_import):
+        raise TensorfoldError(f"{path}: the model imports no default-domain opset")
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write the model atomically: a temp file in the same folder, then rename over the target.
+
+    A large model keeps its weights in `<name>.data` beside it, written the same way.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise TensorfoldError(f"{path}: output folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp_data = None
+    try:
+        if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD:
+            data_name = f"{path.name}.data"
+            tmp_data = folder / f".{data_name}.tmp"
+            # onnx writes external data relative to the model file; write it under a temp name
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            # point the model at the final data file name, then move both into place
+            saved = onnx.load(tmp, load_external_data=False)
+            for tensor in _external_tensors(saved):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(saved, tmp)
+            os.replace(tmp_data, folder / data_name)
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp_data):
+            if leftover is not None and os.path.exists(leftover):
+                os.unlink(leftover)
+        raise
+    return path
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

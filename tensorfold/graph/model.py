@@ -1,0 +1,103 @@
+"""Read-only views over a ModelProto: initializers as arrays, producers and consumers of values."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class GraphIndex:
+    """Index of the top-level graph. Rebuild it after an edit; it is cheap."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.model = model
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+            # values read by nested graphs (If/Loop/Scan bodies) count as consumed by the node
+            for name in _outer_scope_reads(node):
+                self.consumers[name].append(node)
+        self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
+        self.graph_outputs = {v.name for v in graph.output}
+        self.value_info = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+
+    def is_constant(self, name: str) -> bool:
+        # an initializer that is also a graph input can be overridden at run time: not a constant
+        return name in self.initializers and name not in {v.name for v in self.model.graph.input}
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.initializers[name])
+
+    def shape(self, name: str) -> list[int | str | None] | None:
+        """Static shape from value_info: ints, dim_param strings, or None for unknown dims."""
+        if name in self.initializers:
+            return list(self.initializers[name].dims)
+        info = self.value_info.get(name)
+        if info is None or not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+            return None
+        dims = []
+        for d in info.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return dims
+
+
+def _outer_scope_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            local = {v.name for v in g.input} | {t.name for t in g.initializer}
+            for sub in g.node:
+                local.update(sub.output)
+            for sub in g.node:
+                names.update(i for i in sub.input if i and i not in local)
+                names.update(n for n in _outer_scope_reads(sub) if n not in local)
+    return names
+
+
+def subgraph_nodes(model: onnx.ModelProto):
+    """Yield (parent node, node) for every node nested inside If/Loop/Scan bodies."""
+    def walk(graph, parent):
+        for node in graph.node:
+            if parent is not None:
+                yield parent, node
+            for attr in node.attribute:
+                graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for g in graphs:
+                    yield from walk(g, parent if parent is not None else node)
+    yield from walk(model.graph, None)
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Parameters = elements of all floating-point initializers (weights, biases, BN stats)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in _FLOAT_TYPES:
+            total += int(np.prod(t.dims)) if t.dims else 1
+    return total
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}

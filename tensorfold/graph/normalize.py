@@ -1,0 +1,206 @@
+"""Put a model into the form the passes expect: weights as initializers, BatchNorm folded, shapes inferred."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from tensorfold.graph.model import GraphIndex, attr
+
+
+def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Return a normalized copy and counts of what changed. The input model is not modified."""
+    model = _copy(model)
+    stats = {
+        "constants_to_initializers": constants_to_initializers(model),
+        "identities_removed": remove_weight_identities(model),
+        "batchnorms_folded": fold_batchnorm(model),
+    }
+    model = infer_shapes(model)
+    return model, stats
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Top-level Constant nodes holding a tensor become initializers of the same name."""
+    graph = model.graph
+    outputs = {v.name for v in graph.output}
+    keep, moved = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            tensor = _constant_tensor(node)
+            if tensor is not None:
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+                moved += 1
+                continue
+        keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            t = onnx.TensorProto()
+            t.CopyFrom(a.t)
+            return t
+        if a.name == "value_float":
+            return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
+        if a.name == "value_floats":
+            return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
+        if a.name == "value_int":
+            return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
+        if a.name == "value_ints":
+            return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
+    return None  # sparse_value / strings: leave the node alone
+
+
+def remove_weight_identities(model: onnx.ModelProto) -> int:
+    """`Identity(initializer)` (common in exports) is bypassed so weights are seen as constants."""
+    graph = model.graph
+    index = GraphIndex(model)
+    rename: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if (node.op_type == "Identity" and node.input[0] in index.initializers
+                and node.output[0] not in index.graph_outputs):
+            rename[node.output[0]] = node.input[0]
+            continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    _rename_in_subgraphs(keep, rename)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
+def _rename_in_subgraphs(nodes, rename):
+    for node in nodes:
+        for a in node.attribute:
+            graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for g in graphs:
+                for sub in g.node:
+                    for i, name in enumerate(sub.input):
+                        if name in rename:
+                            sub.input[i] = rename[name]
+                _rename_in_subgraphs(g.node, rename)
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> int:
+    """Conv -> BatchNormalization (inference mode, constant stats) becomes one Conv."""
+    graph = model.graph
+    index = GraphIndex(model)
+    drop: set[int] = set()
+    folded = 0
+    for conv in graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 2 or not index.is_constant(conv.input[1]):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and not index.is_constant(conv.input[2]):
+            continue
+        out = conv.output[0]
+        users = index.consumers.get(out, [])
+        if len(users) != 1 or out in index.graph_outputs:
+            continue
+        bn = users[0]
+        if bn.op_type != "BatchNormalization" or bn.input[0] != out or attr(bn, "training_mode", 0):
+            continue
+        if len([o for o in bn.output if o]) != 1 or not all(index.is_constant(n) for n in bn.input[1:5]):
+            continue
+        w = index.array(conv.input[1])
+        if not np.issubdtype(w.dtype, np.floating):
+            continue
+        scale, beta, mean, var = (index.array(n).astype(np.float64) for n in bn.input[1:5])
+        eps = attr(bn, "epsilon", 1e-5)
+        factor = scale / np.sqrt(var + eps)
+        b = index.array(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
+        new_w = (w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
+        new_b = ((b - mean) * factor + beta).astype(w.dtype)
+        w_name = _fresh(index, f"{conv.name or out}.bnfold.weight")
+        b_name = _fresh(index, f"{conv.name or out}.bnfold.bias")
+        graph.initializer.append(numpy_helper.from_array(new_w, w_name))
+        graph.initializer.append(numpy_helper.from_array(new_b, b_name))
+        index.initializers[w_name] = graph.initializer[-2]
+        index.initializers[b_name] = graph.initializer[-1]
+        while len(conv.input) < 3:
+            conv.input.append("")
+        conv.input[1], conv.input[2] = w_name, b_name
+        conv.output[0] = bn.output[0]
+        conv.doc_string = (conv.doc_string + " " if conv.doc_string else "") + f"[tensorfold] folded {bn.name or 'BatchNormalization'}"
+        drop.add(id(bn))
+        folded += 1
+    if folded:
+        keep = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+        prune_initializers(model)
+    return folded
+
+
+def prune_initializers(model: onnx.ModelProto) -> int:
+    """Remove initializers nothing reads any more."""
+    graph = model.graph
+    index = GraphIndex(model)
+    used = set(index.consumers) | index.graph_outputs
+    keep = [t for t in graph.initializer if t.name in used]
+    removed = len(graph.initializer) - len(keep)
+    if removed:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        graph_inputs = [v for v in graph.input if v.name in used or v.name in index.graph_inputs]
+        if len(graph_inputs) != len(graph.input):
+            del graph.input[:]
+            graph.input.extend(graph_inputs)
+    return removed
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference; a model it cannot handle (custom ops) keeps its shapes as they were."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort; the graph stays valid without it
+        return model
+
+
+def _fresh(index: GraphIndex, base: str) -> str:
+    name, i = base, 1
+    while name in index.initializers or name in index.producer:
+        name = f"{base}.{i}"
+        i += 1
+    return name
+
+
+def make_name_generator(model: onnx.ModelProto):
+    """Unique value/node names for new nodes."""
+    taken = {t.name for t in model.graph.initializer}
+    for n in model.graph.node:
+        taken.update(n.output)
+        taken.add(n.name)
+    taken.update(v.name for v in model.graph.input)
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name = f"{base}_{i}"
+            i += 1
+        taken.add(name)
+        return name
+
+    return fresh
+
+
+__all__ = ["normalize", "constants_to_initializers", "remove_weight_identities", "fold_batchnorm",
+           "prune_initializers", "infer_shapes", "make_name_generator"]

@@ -1,0 +1,73 @@
+"""auto: per layer, the method and ranks with the least error for the saving asked.
+
+The saving comes from the budget (--ratio) or, without one, from the Tucker-2/SVD ranks of the
+rank spec. Among SVD, Tucker-2 and TT points of that size (their errors are exact), the best is
+taken; for group-1 kxk convs CP is then run at the same parameter count and kept if its measured
+error is lower (CP errors have no closed form, so CP is judged on the real result).
+"""
+
+from __future__ import annotations
+
+from tensorfold.errors import DecompositionError
+from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.cp import cp_build, cp_rank_for_params
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
+from tensorfold.passes.layers import Layer
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+from tensorfold.passes.tt import TTPass
+from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_ranks
+from tensorfold.decompose.tucker2 import tucker2_params
+
+_TT = TTPass()
+
+
+@register_pass
+class AutoPass(FactorizePass):
+    name = method = "auto"
+
+    def supports(self, layer: Layer) -> str | None:
+        return None
+
+    def candidates(self, layer: Layer) -> list[Candidate]:
+        if layer.kind == "conv" and layer.is_pointwise:
+            return svd_candidates(layer)
+        if layer.kind == "conv":
+            cands = tucker_candidates(layer)
+            return cands + (_TT.candidates(layer) if layer.groups == 1 else [])
+        return svd_candidates(layer) + _TT.candidates(layer)
+
+    def ranks_for(self, layer: Layer, spec: RankSpec):
+        if layer.is_pointwise:
+            r = svd_ranks(layer, spec)
+            size = len(layer.group_weights()) * r[0] * sum(layer.weight.shape[:2])
+            if layer.kind != "conv":
+                size = r[0] * sum(layer.weight.shape)
+        else:
+            ranks = tucker_ranks(layer, spec)
+            size = len(layer.group_weights()) * tucker2_params(layer.group_weights()[0].shape, ranks)
+        fits = [c for c in self.candidates(layer) if c.params <= size]
+        if not fits:
+            return ("svd", *svd_ranks(layer, spec)) if layer.is_pointwise else ("tucker", *tucker_ranks(layer, spec))
+        best = min(fits, key=lambda c: (c.error2, c.params))
+        return (best.method, *best.ranks)
+
+    def _ranks_of(self, candidate: Candidate):
+        return (candidate.method, *candidate.ranks)
+
+    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+        method, *rest = ranks
+        rest = tuple(rest)
+        if method == "svd":
+            return svd_build(layer, rest)
+        if method == "tt":
+            return _TT.build(layer, rest, ctx)
+        best = tucker_build(layer, rest, ctx.hooi_iters)
+        if layer.groups == 1:
+            size = tucker2_params(layer.weight.shape, best.ranks)
+            try:
+                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)
+            except DecompositionError:  # an unstable CP just loses the comparison
+                return best
+            if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):
+                return cp
+        return best

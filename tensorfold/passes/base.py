@@ -1,0 +1,162 @@
+"""Pass infrastructure: a pass checks what it needs, rewrites, checks what it promised, and reports.
+
+Modelled on onnx-ir's PassBase (call -> PassResult(model, modified), requires/ensures hooks) and
+Olive's declared pass parameters. Passes work on a copy: the caller's model is never mutated.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar
+
+import onnx
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.passes.layers import Skip
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """How ranks are chosen. At most one of rank / energy / ratio; none means the default energy."""
+
+    rank: int | None = None
+    energy: float | None = None
+    ratio: float | None = None
+
+    DEFAULT_ENERGY: ClassVar[float] = 0.95
+
+    def __post_init__(self):
+        given = [k for k in ("rank", "energy", "ratio") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise TensorfoldError(f"choose one of --rank, --energy, --ratio (got {', '.join(given)})")
+        if self.rank is not None and self.rank < 1:
+            raise TensorfoldError(f"--rank must be >= 1 (got {self.rank})")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise TensorfoldError(f"--energy must be in (0, 1] (got {self.energy})")
+        if self.ratio is not None and not self.ratio > 1:
+            raise TensorfoldError(f"--ratio must be > 1 (got {self.ratio})")
+
+    @property
+    def effective_energy(self) -> float:
+        return self.energy if self.energy is not None else self.DEFAULT_ENERGY
+
+    def describe(self) -> str:
+        if self.rank is not None:
+            return f"rank {self.rank}"
+        if self.ratio is not None:
+            return f"ratio {self.ratio:g}"
+        return f"energy {self.effective_energy:g}" + ("" if self.energy is not None else " (default)")
+
+
+@dataclass
+class PassContext:
+    spec: RankSpec = field(default_factory=RankSpec)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    force: bool = False
+    hooi_iters: int = 2
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class LayerRecord:
+    """What happened to one rewritten node (also written into the new nodes' doc_string)."""
+
+    node: str
+    op: str
+    method: str
+    ranks: list[int]
+    params_before: int
+    params_after: int
+    weight_error: float
+    new_nodes: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PassResult:
+    model: onnx.ModelProto
+    modified: bool
+    rewritten: list[LayerRecord] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass(ABC):
+    """A graph rewrite. Subclasses set `name` and implement `call`."""
+
+    name: ClassVar[str]
+
+    def requires(self, model: onnx.ModelProto, ctx: PassContext) -> None:
+        """Raise TensorfoldError if the model is not in a form this pass can work on."""
+
+    @abstractmethod
+    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        """Return a new model (never mutate `model`)."""
+
+    def ensures(self, result: PassResult, ctx: PassContext) -> None:
+        """Check the promise every pass makes: the result is a valid ONNX model."""
+        if result.modified:
+            try:
+                onnx.checker.check_model(result.model, full_check=False)
+            except onnx.checker.ValidationError as exc:  # a bug in the pass, not a user error
+                raise RuntimeError(f"pass '{self.name}' produced an invalid model: {exc}") from exc
+
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
+        ctx = ctx or PassContext()
+        self.requires(model, ctx)
+        before = model.SerializeToString(deterministic=True)
+        result = self.call(model, ctx)
+        if model.SerializeToString(deterministic=True) != before:
+            raise RuntimeError(f"pass '{self.name}' modified its input model in place")
+        self.ensures(result, ctx)
+        return result
+
+
+PASSES: dict[str, type[Pass]] = {}
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    if cls.name in PASSES:
+        raise ValueError(f"pass name '{cls.name}' registered twice")
+    PASSES[cls.name] = cls
+    return cls
+
+
+def get_pass(name: str) -> Pass:
+    from tensorfold import passes as _  # noqa: F401 - importing the package registers every pass
+
+    if name not in PASSES:
+        raise TensorfoldError(f"unknown method '{name}' (choose from {', '.join(sorted(PASSES))})")
+    return PASSES[name]()
+
+
+class PassManager:
+    """Run passes in order; repeat up to `steps` times until nothing changes (early stop)."""
+
+    def __init__(self, passes: list[Pass], steps: int = 1, early_stop: bool = True,
+                 on_result: Callable[[Pass, PassResult], None] | None = None):
+        self.passes = passes
+        self.steps = steps
+        self.early_stop = early_stop
+        self.on_result = on_result
+
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
+        ctx = ctx or PassContext()
+        total = PassResult(model, False)
+        for _ in range(self.steps):
+            changed = False
+            for p in self.passes:
+                result = p(total.model, ctx)
+                if self.on_result:
+                    self.on_result(p, result)
+                total = PassResult(result.model, total.modified or result.modified,
+                                   total.rewritten + result.rewritten, result.skipped, total.notes + result.notes)
+                changed |= result.modified
+            if self.early_stop and not changed:
+                break
+        return total

@@ -1,0 +1,81 @@
+"""CP: Conv -> 1x1 (I -> R) -> depthwise kx1 -> depthwise 1xk -> 1x1 (R -> O)  (Lebedev et al. 2015).
+
+CP-ALS with SVD init, restarts and a stability check (tensorfold.decompose.cp); a failed or
+degenerate decomposition leaves the layer whole with the reason. Stride, dilation and pads are
+split per axis between the depthwise convs. Grouped kxk convs are skipped: use tucker for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorfold.decompose.cp import cp_als, cp_params, cp_reconstruct
+from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.chains import emit_cp_conv
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
+from tensorfold.passes.layers import Layer
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+from tensorfold.passes.tucker import tucker_error_grid, tucker_ranks
+from tensorfold.decompose.tucker2 import tucker2_params
+
+
+def cp_rank_for_params(layer: Layer, params: int) -> int:
+    return max(1, int(params // sum(layer.weight.shape)))
+
+
+def cp_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
+    if spec.rank is not None:
+        return (spec.rank,)
+    # an energy has no closed form for CP: take the Tucker-2 ranks for that energy and spend the same params
+    ro, ri = tucker_ranks(layer, spec)
+    return (cp_rank_for_params(layer, tucker2_params(layer.weight.shape, (ro, ri))),)
+
+
+def cp_candidates(layer: Layer) -> list[Candidate]:
+    """CP errors are only known after ALS, too costly for every rank: the estimate used here is
+    the Tucker-2 (HOSVD) error at the same parameter count. The real error is measured on the
+    chosen rank and reported."""
+    grid = tucker_error_grid(layer)
+    o, i = layer.weight.shape[:2]
+    ro, ri = np.meshgrid(np.arange(o + 1), np.arange(i + 1), indexing="ij")
+    tucker_p = o * ro + ri * i + ro * ri * int(np.prod(layer.kernel))
+    max_rank = max(1, layer.params // sum(layer.weight.shape))
+    out = []
+    for rank in ladder(max_rank, 40):
+        params = cp_params(layer.weight.shape, rank)
+        feasible = grid[tucker_p <= params]
+        out.append(Candidate("cp", (rank,), params, float(feasible.min()) if feasible.size else 1.0))
+    return out
+
+
+def cp_build(layer: Layer, rank: int, seed: int) -> Factorization:
+    cp = cp_als(layer.weight.astype(np.float64), rank, seed=seed)
+    out_f, in_f, *spatial = cp.factors
+    dtype = layer.weight.dtype
+    return Factorization(
+        "cp", [out_f.shape[1]],
+        reconstruct=lambda: cp_reconstruct(type(cp)([f.astype(dtype) for f in cp.factors], cp.rel_error,
+                                                    cp.n_iter, cp.restarts)),
+        emit=lambda b: emit_cp_conv(b, out_f, in_f, spatial),
+    )
+
+
+@register_pass
+class CPPass(FactorizePass):
+    name = method = "cp"
+
+    def supports(self, layer: Layer) -> str | None:
+        if not layer.is_pointwise and layer.groups > 1:
+            return f"{layer.describe()}: cp rewrites group-1 convs only; use tucker for grouped convs"
+        return None
+
+    def ranks_for(self, layer, spec):
+        return svd_ranks(layer, spec) if layer.is_pointwise else cp_ranks(layer, spec)
+
+    def candidates(self, layer):
+        return svd_candidates(layer) if layer.is_pointwise else cp_candidates(layer)
+
+    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+        if layer.is_pointwise:
+            return svd_build(layer, ranks)
+        return cp_build(layer, ranks[0], ctx.seed)

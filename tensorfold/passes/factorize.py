@@ -1,0 +1,186 @@
+"""The loop every low-rank pass shares: pick ranks, decompose, emit a chain, keep it only if it pays.
+
+A method plugs in four things: which layers it supports, ranks for a fixed rank or an energy,
+candidate (ranks, params, error) points for the global budget, and how to build a Factorization.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from tensorfold.decompose.ranks import Option, allocate_budget
+from tensorfold.errors import DecompositionError, TensorfoldError
+from tensorfold.graph.normalize import make_name_generator, prune_initializers
+from tensorfold.passes.base import LayerRecord, Pass, PassContext, PassResult, RankSpec
+from tensorfold.passes.chains import ChainBuilder
+from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers
+
+
+@dataclass
+class Factorization:
+    """Factors of one layer: how to rebuild the weight (for the error) and how to emit ONNX."""
+
+    method: str
+    ranks: list[int]
+    reconstruct: Callable[[], np.ndarray]
+    emit: Callable[[ChainBuilder], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point a budget search can pick for a layer."""
+
+    method: str
+    ranks: tuple[int, ...]
+    params: int
+    error2: float          # relative squared weight error (exact, or a stated estimate)
+
+
+def relative_error(weight: np.ndarray, approx: np.ndarray) -> float:
+    norm = float(np.linalg.norm(weight.astype(np.float64)))
+    diff = float(np.linalg.norm(weight.astype(np.float64) - approx.astype(np.float64)))
+    return diff / norm if norm > 0 else diff
+
+
+def ladder(n: int, points: int = 48) -> list[int]:
+    """Ranks 1..n: all of them when few, else a mix of dense small values and a geometric tail."""
+    if n <= points:
+        return list(range(1, n + 1))
+    values = set(range(1, 9)) | {int(round(v)) for v in np.geomspace(8, n, points - 8)} | {n}
+    return sorted(v for v in values if 1 <= v <= n)
+
+
+class FactorizePass(Pass):
+    method: str
+
+    @abstractmethod
+    def supports(self, layer: Layer) -> str | None:
+        """None if this method can rewrite the layer, else the reason it is skipped."""
+
+    @abstractmethod
+    def ranks_for(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
+        """Ranks for a fixed --rank or an --energy threshold (spec.ratio is handled by the budget)."""
+
+    @abstractmethod
+    def candidates(self, layer: Layer) -> list[Candidate]:
+        """Rank choices with their parameter count and error, for the global budget."""
+
+    @abstractmethod
+    def build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
+        """Decompose the layer at these ranks."""
+
+    # --- the shared loop -------------------------------------------------------------------
+
+    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        ensure_node_names(work)
+        layers, skipped = find_layers(work, ctx.include, ctx.exclude)
+        eligible = []
+        for layer in layers:
+            reason = self.supports(layer)
+            if reason:
+                skipped.append(Skip(layer.name, layer.node.op_type, reason))
+            else:
+                eligible.append(layer)
+        plan, notes = self.plan(eligible, ctx)
+        fresh = make_name_generator(work)
+        replacements: dict[str, ChainBuilder] = {}
+        records: list[LayerRecord] = []
+        bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible,
+                   leave=False)
+        for layer in bar:
+            bar.set_postfix_str(layer.name[-30:])
+            ranks = plan.get(layer.name)
+            if ranks is None:
+                skipped.append(Skip(layer.name, layer.node.op_type,
+                                    "kept whole: the budget gains more from other layers"))
+                continue
+            outcome = self._rewrite(layer, ranks, ctx, fresh)
+            if isinstance(outcome, Skip):
+                skipped.append(outcome)
+                continue
+            builder, record = outcome
+            replacements[layer.name] = builder
+            records.append(record)
+        if not replacements:
+            return PassResult(model, False, [], skipped, notes)
+        new_nodes = []
+        for node in work.graph.node:
+            builder = replacements.get(node.name)
+            if builder is None:
+                new_nodes.append(node)
+            else:
+                new_nodes.extend(builder.nodes)
+                work.graph.initializer.extend(builder.initializers)
+        del work.graph.node[:]
+        work.graph.node.extend(new_nodes)
+        # the chains' intermediate values have no recorded shapes yet; stale entries would mislead
+        prune_initializers(work)
+        return PassResult(work, True, records, skipped, notes)
+
+    def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
+                 ) -> Skip | tuple[ChainBuilder, LayerRecord]:
+        op = layer.node.op_type
+        try:
+            fac = self.build(layer, ranks, ctx)
+            approx = fac.reconstruct()
+        except DecompositionError as exc:
+            return Skip(layer.name, op, f"{self.method} failed: {exc}")
+        error = relative_error(layer.weight, approx)
+        if not np.isfinite(error):
+            return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
+        doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,
+                                            "ranks": list(fac.ranks), "weight_error": round(error, 6)})
+        builder = ChainBuilder(layer, fac.method, fresh, doc)
+        fac.emit(builder)
+        if builder.params >= layer.params and not ctx.force:
+            return Skip(layer.name, op, f"{fac.method} ranks {list(fac.ranks)} give {builder.params} params, "
+                                        f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)")
+        record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks], layer.params, builder.params,
+                             error, [n.name for n in builder.nodes])
+        return builder, record
+
+    def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[dict[str, tuple[int, ...] | None], list[str]]:
+        spec = ctx.spec
+        if spec.ratio is None:
+            return {layer.name: self.ranks_for(layer, spec) for layer in layers}, []
+        return self.budget_plan(layers, spec.ratio, ctx.force)
+
+    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False):
+        """Meet `ratio` over these layers together, giving rank where it costs least error."""
+        if not layers:
+            return {}, []
+        total = sum(layer.params for layer in layers)
+        options: list[list[Option]] = []
+        choices: list[list[Candidate | None]] = []
+        for layer in layers:
+            cands = [c for c in self.candidates(layer) if force or c.params < layer.params]
+            opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2) for c in cands]
+            options.append(opts)
+            choices.append([None] + cands)
+        budget = int(total / ratio)
+        smallest = sum(min(o.params for o in opts) for opts in options)
+        if smallest > budget:
+            raise TensorfoldError(
+                f"--ratio {ratio:g} is out of reach for {self.method}: the smallest factorization of the "
+                f"{len(layers)} layers it can rewrite holds {smallest} of their {total} parameters, "
+                f"{total / max(smallest, 1):.1f}x at most")
+        picked = allocate_budget(options, budget)
+        plan = {}
+        for layer, idx, cands in zip(layers, picked, choices):
+            chosen = cands[idx]
+            plan[layer.name] = None if chosen is None else self._ranks_of(chosen)
+        kept = sum(1 for v in plan.values() if v is None)
+        return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers "
+                      f"({kept} kept whole)"]
+
+    def _ranks_of(self, candidate: Candidate) -> tuple[int, ...]:
+        return candidate.ranks

@@ -1,0 +1,183 @@
+"""Find the weight-heavy nodes (Conv, Gemm, MatMul) and say which can be factorized and why not."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from tensorfold.graph.model import GraphIndex, attr, subgraph_nodes
+
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+QUANTIZED_OPS = ("ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                 "QGemm", "DynamicQuantizeMatMul")
+
+
+@dataclass
+class Layer:
+    """One factorizable node: its weight as the 2-D or conv-shaped array the math works on."""
+
+    node: onnx.NodeProto
+    kind: str                      # "conv" | "gemm" | "matmul"
+    weight: np.ndarray             # conv: (O, I/groups, *k); gemm/matmul: (K, N) as used in y = x @ W
+    bias_name: str | None = None   # conv bias / Gemm C, passed through to the last factor
+    groups: int = 1
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size)
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:]) if self.kind == "conv" else ()
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A 1x1 conv or a matrix: every low-rank method reduces to the SVD here."""
+        return self.kind != "conv" or all(k == 1 for k in self.kernel)
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.weight.shape[1] == 1
+
+    def group_weights(self) -> list[np.ndarray]:
+        """Conv kernel split per group, each (O/g, I/g, *k)."""
+        if self.kind != "conv":
+            return [self.weight]
+        return np.split(self.weight, self.groups, axis=0)
+
+    def describe(self) -> str:
+        if self.kind == "conv":
+            g = f" groups={self.groups}" if self.groups > 1 else ""
+            return f"Conv {'x'.join(map(str, self.weight.shape))}{g}"
+        return f"{self.node.op_type} {self.weight.shape[0]}x{self.weight.shape[1]}"
+
+
+@dataclass
+class Skip:
+    node: str
+    op: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"node": self.node, "op": self.op, "reason": self.reason}
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Name every top-level node (reports and --include/--exclude refer to nodes by name)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            base = f"{node.op_type}_{i}"
+            name, j = base, 1
+            while name in taken:
+                name, j = f"{base}_{j}", j + 1
+            node.name = name
+            taken.add(name)
+
+
+def find_layers(model: onnx.ModelProto, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+                ) -> tuple[list[Layer], list[Skip]]:
+    """Every Conv/Gemm/MatMul of the top-level graph, as a Layer or a Skip with its reason."""
+    index = GraphIndex(model)
+    layers: list[Layer] = []
+    skips: list[Skip] = []
+    for parent, node in subgraph_nodes(model):
+        if node.op_type in WEIGHT_OPS or node.op_type in QUANTIZED_OPS:
+            skips.append(Skip(node.name, node.op_type,
+                              f"inside the {parent.op_type} subgraph of '{parent.name}': only top-level nodes are rewritten"))
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            skips.append(Skip(node.name, node.op_type, "quantized layer: left as it is"))
+            continue
+        if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if include and not any(fnmatch.fnmatchcase(node.name, p) for p in include):
+            skips.append(Skip(node.name, node.op_type, "not matched by --include"))
+            continue
+        if exclude and any(fnmatch.fnmatchcase(node.name, p) for p in exclude):
+            skips.append(Skip(node.name, node.op_type, "excluded by --exclude"))
+            continue
+        result = _classify(node, index)
+        (layers if isinstance(result, Layer) else skips).append(result)
+    return layers, skips
+
+
+def _weight_problem(name: str, index: GraphIndex) -> str | None:
+    if not name:
+        return "no weight input"
+    if not index.is_constant(name):
+        producer = index.producer.get(name)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            return "weight comes from DequantizeLinear (quantized model): left as it is"
+        if name in index.initializers:
+            return "weight is an initializer that is also a graph input (can be overridden): not a constant"
+        return "weight is not a constant"
+    arr = index.array(name)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return f"weight has dtype {arr.dtype}, not floating point"
+    if not np.all(np.isfinite(arr)):
+        return "weight holds NaN or Inf values"
+    return None
+
+
+def _classify(node: onnx.NodeProto, index: GraphIndex) -> Layer | Skip:
+    op = node.op_type
+    skip = lambda reason: Skip(node.name, op, reason)  # noqa: E731
+    if op == "Conv":
+        problem = _weight_problem(node.input[1] if len(node.input) > 1 else "", index)
+        if problem:
+            return skip(problem)
+        w = index.array(node.input[1])
+        if w.ndim < 3:
+            return skip(f"conv weight of rank {w.ndim}")
+        groups = attr(node, "group", 1)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        layer = Layer(node, "conv", w, bias, groups, _conv_attrs(node, w))
+        if layer.is_depthwise:
+            return skip("depthwise conv (one input channel per group): nothing to factorize")
+        return layer
+    if op == "Gemm":
+        problem = _weight_problem(node.input[1], index)
+        if problem:
+            return skip(problem)
+        w = index.array(node.input[1])
+        if w.ndim != 2:
+            return skip(f"Gemm weight of rank {w.ndim}")
+        if attr(node, "transB", 0):
+            w = w.T
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        attrs = {"alpha": float(attr(node, "alpha", 1.0)), "beta": float(attr(node, "beta", 1.0)),
+                 "transA": int(attr(node, "transA", 0))}
+        return Layer(node, "gemm", w, bias, 1, attrs)
+    # MatMul: y = x @ W with W a constant matrix
+    a, b = node.input[0], node.input[1]
+    if index.is_constant(a) and not index.is_constant(b):
+        return skip("constant is the first MatMul operand (W @ x): only x @ W is rewritten")
+    problem = _weight_problem(b, index)
+    if problem:
+        return skip(problem)
+    w = index.array(b)
+    if w.ndim != 2:
+        return skip(f"MatMul weight of rank {w.ndim}: only 2-D weights are rewritten")
+    x_shape = index.shape(a)
+    return Layer(node, "matmul", w, None, 1, {"input_rank": len(x_shape) if x_shape is not None else None})
+
+
+def _conv_attrs(node: onnx.NodeProto, w: np.ndarray) -> dict:
+    nd = w.ndim - 2
+    pads = attr(node, "pads", None)
+    auto_pad = attr(node, "auto_pad", b"NOTSET")
+    return {
+        "strides": list(attr(node, "strides", [1] * nd)),
+        "dilations": list(attr(node, "dilations", [1] * nd)),
+        "pads": list(pads) if pads is not None else [0] * (2 * nd),
+        "auto_pad": auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad),
+    }

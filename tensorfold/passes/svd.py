@@ -1,0 +1,80 @@
+"""SVD: a matrix W (K x N) or a 1x1 conv becomes two factors of rank r.
+
+Gemm keeps transA/alpha on the first factor and beta/C on the second; MatMul works on batched
+activations (..., K); a grouped 1x1 conv is factorized per group. For every other method a
+1x1 conv or a matrix degenerates to this SVD, so they call these helpers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorfold.decompose.ranks import clip_rank, rank_for_energy
+from tensorfold.decompose.svd import singular_values, truncated_svd
+from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.chains import emit_matrix_pair
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
+from tensorfold.passes.layers import Layer
+
+
+def layer_matrices(layer: Layer) -> list[np.ndarray]:
+    """The layer as y = x @ M, one M per group: (K, N) for Gemm/MatMul, (I/g, O/g) for a 1x1 conv."""
+    if layer.kind == "conv":
+        return [w.reshape(w.shape[0], w.shape[1]).T for w in layer.group_weights()]
+    return [layer.weight]
+
+
+def _matrices_to_weight(layer: Layer, products: list[np.ndarray]) -> np.ndarray:
+    if layer.kind == "conv":
+        return np.concatenate([p.T for p in products], axis=0).reshape(layer.weight.shape)
+    return products[0]
+
+
+def svd_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
+    mats = layer_matrices(layer)
+    if spec.rank is not None:
+        return (clip_rank(spec.rank, *mats[0].shape),)
+    return (max(rank_for_energy(singular_values(m), spec.effective_energy) for m in mats),)
+
+
+def svd_candidates(layer: Layer) -> list[Candidate]:
+    mats = layer_matrices(layer)
+    spectra = [singular_values(m.astype(np.float64)) ** 2 for m in mats]
+    total = sum(float(s.sum()) for s in spectra) or 1.0
+    k, n = mats[0].shape
+    out = []
+    for r in ladder(min(k, n)):
+        tail = sum(float(s[r:].sum()) for s in spectra)
+        out.append(Candidate("svd", (r,), len(mats) * r * (k + n), tail / total))
+    return out
+
+
+def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
+    pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
+    lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
+    rank = lefts[0].shape[1]
+    return Factorization(
+        "svd", [rank],
+        reconstruct=lambda: _matrices_to_weight(layer, [l.astype(layer.weight.dtype).astype(np.float64)
+                                                        @ r.astype(layer.weight.dtype) for l, r in pairs]),
+        emit=lambda b: emit_matrix_pair(b, lefts, rights),
+    )
+
+
+@register_pass
+class SVDPass(FactorizePass):
+    name = method = "svd"
+
+    def supports(self, layer: Layer) -> str | None:
+        if not layer.is_pointwise:
+            return f"{layer.describe()}: svd rewrites 1x1 convs and matrices; use tucker, cp or tt for kxk kernels"
+        return None
+
+    def ranks_for(self, layer, spec):
+        return svd_ranks(layer, spec)
+
+    def candidates(self, layer):
+        return svd_candidates(layer)
+
+    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+        return svd_build(layer, ranks)

@@ -1,0 +1,97 @@
+"""Tensor-Train: TT-conv for Conv kernels and the TT-matrix format for Gemm/MatMul.
+
+Conv: full TT-SVD (Oseledets 2011) of the kernel ordered (I, k_1, ..., k_n, O), emitted as a
+1x1 conv, one conv per spatial axis (stride/pads/dilation of that axis), and a 1x1 conv.
+Gemm/MatMul: TT-matrix (Novikov et al. 2015) with K and N split into d balanced factors, emitted
+as Reshape + MatMul. Both are exact at full rank. 1x1 convs use the SVD (a two-core TT).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorfold.decompose.tt import factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_svd
+from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.chains import emit_tt_conv, emit_tt_matrix
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder, relative_error
+from tensorfold.passes.layers import Layer
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+
+
+def _tt_tensor(layer: Layer) -> np.ndarray:
+    """Conv kernel (O, I, *k) reordered to (I, *k, O), the order the emitted chain runs in."""
+    w = layer.weight.astype(np.float64)
+    return np.moveaxis(w, 0, -1)
+
+
+def matrix_dims(k: int, n: int) -> tuple[list[int], list[int]]:
+    """Split K and N into d factors: 3 when both allow factors >= 2, else 2."""
+    for d in (3, 2):
+        rows, cols = factorize_dim(k, d), factorize_dim(n, d)
+        if min(rows) >= 2 and min(cols) >= 2:
+            return rows, cols
+    return factorize_dim(k, 2), factorize_dim(n, 2)
+
+
+def _decompose(layer: Layer, cap: int | None, rel_eps: float | None) -> list[np.ndarray]:
+    if layer.kind == "conv":
+        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps)
+    rows, cols = matrix_dims(*layer.weight.shape)
+    return tt_matrix(layer.weight.astype(np.float64), rows, cols, ranks=cap, rel_eps=rel_eps)
+
+
+def _reconstruct(layer: Layer, cores: list[np.ndarray]) -> np.ndarray:
+    if layer.kind == "conv":
+        return np.moveaxis(tt_contraction(cores), -1, 0)
+    return tt_matrix_contraction(cores)
+
+
+def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
+    return [c.shape[-1] for c in cores[:-1]]
+
+
+@register_pass
+class TTPass(FactorizePass):
+    name = method = "tt"
+
+    def supports(self, layer: Layer) -> str | None:
+        if layer.kind == "conv" and not layer.is_pointwise and layer.groups > 1:
+            return f"{layer.describe()}: tt rewrites group-1 convs only; use tucker for grouped convs"
+        return None
+
+    def _pointwise_conv(self, layer: Layer) -> bool:
+        return layer.kind == "conv" and layer.is_pointwise
+
+    def ranks_for(self, layer: Layer, spec: RankSpec):
+        if self._pointwise_conv(layer):
+            return svd_ranks(layer, spec)
+        if spec.rank is not None:
+            cores = _decompose(layer, spec.rank, None)
+        else:
+            # delta-truncation: the whole TT keeps the asked share of the kernel's energy
+            cores = _decompose(layer, None, float(np.sqrt(max(1.0 - spec.effective_energy, 0.0))))
+        return tuple(_bond_ranks(cores))
+
+    def candidates(self, layer: Layer) -> list[Candidate]:
+        if self._pointwise_conv(layer):
+            return svd_candidates(layer)
+        full = _decompose(layer, None, None)
+        out = []
+        for cap in ladder(max(_bond_ranks(full)), 16):
+            cores = _decompose(layer, cap, None)
+            err = relative_error(layer.weight, _reconstruct(layer, cores))
+            out.append(Candidate("tt", tuple(_bond_ranks(cores)), sum(c.size for c in cores), err ** 2))
+        return out
+
+    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+        if self._pointwise_conv(layer):
+            return svd_build(layer, ranks)
+        cores = _decompose(layer, list(ranks), None)
+        dtype = layer.weight.dtype
+        if layer.kind == "conv":
+            emit = lambda b: emit_tt_conv(b, cores)  # noqa: E731
+        else:
+            emit = lambda b: emit_tt_matrix(b, cores, layer.attrs.get("input_rank"))  # noqa: E731
+        return Factorization("tt", _bond_ranks(cores),
+                             reconstruct=lambda: _reconstruct(layer, [c.astype(dtype) for c in cores]),
+                             emit=emit)

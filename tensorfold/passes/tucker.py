@@ -1,0 +1,90 @@
+"""Tucker-2: Conv -> 1x1 (I -> r_in) -> kxk core (r_in -> r_out) -> 1x1 (r_out -> O).
+
+Kim et al. 2016. Stride, pads (asymmetric too), dilation and auto_pad stay on the core; the bias
+goes on the last 1x1. A grouped conv is decomposed per group (equal ranks, so the three convs
+stay grouped). 1x1 convs and matrices use the SVD, which is what Tucker-2 reduces to there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorfold.decompose.ranks import clip_rank, rank_for_energy
+from tensorfold.decompose.tucker2 import tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
+from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.chains import emit_tucker_conv
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
+from tensorfold.passes.layers import Layer
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+
+
+def _mode_spectrum(w: np.ndarray, mode: int) -> np.ndarray:
+    """Singular values of the mode-0 or mode-1 unfolding, from the eigenvalues of its Gram matrix."""
+    unfold = np.moveaxis(w.astype(np.float64), mode, 0).reshape(w.shape[mode], -1)
+    eig = np.linalg.eigvalsh(unfold @ unfold.T)[::-1]
+    return np.sqrt(np.clip(eig, 0, None))
+
+
+def tucker_ranks(layer: Layer, spec: RankSpec) -> tuple[int, int]:
+    groups = layer.group_weights()
+    o, i = groups[0].shape[:2]
+    if spec.rank is not None:
+        return clip_rank(spec.rank, o), clip_rank(spec.rank, i)
+    e = spec.effective_energy
+    return (max(rank_for_energy(_mode_spectrum(w, 0), e) for w in groups),
+            max(rank_for_energy(_mode_spectrum(w, 1), e) for w in groups))
+
+
+def tucker_error_grid(layer: Layer) -> np.ndarray:
+    """Relative squared HOSVD error for every (r_out, r_in), all groups together."""
+    groups = layer.group_weights()
+    norms = [float(np.sum(w.astype(np.float64) ** 2)) for w in groups]
+    total = sum(norms) or 1.0
+    return sum(tucker2_error_table(w) * n for w, n in zip(groups, norms)) / total
+
+
+def tucker_candidates(layer: Layer) -> list[Candidate]:
+    groups = layer.group_weights()
+    shape = groups[0].shape
+    grid = tucker_error_grid(layer)
+    out = []
+    for ro in ladder(shape[0], 40):
+        for ri in ladder(shape[1], 40):
+            out.append(Candidate("tucker", (ro, ri), len(groups) * tucker2_params(shape, (ro, ri)),
+                                 float(grid[ro, ri])))
+    return out
+
+
+def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Factorization:
+    parts = [tucker2(w.astype(np.float64), (ranks[0], ranks[1]), hooi_iters=hooi_iters)
+             for w in layer.group_weights()]
+    dtype = layer.weight.dtype
+
+    def reconstruct():
+        cast = [type(p)(p.core.astype(dtype), p.out_factor.astype(dtype), p.in_factor.astype(dtype)) for p in parts]
+        return np.concatenate([tucker2_reconstruct(p) for p in cast], axis=0)
+
+    return Factorization(
+        "tucker", list(parts[0].ranks), reconstruct,
+        emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
+                                        [p.in_factor for p in parts]),
+    )
+
+
+@register_pass
+class TuckerPass(FactorizePass):
+    name = method = "tucker"
+
+    def supports(self, layer: Layer) -> str | None:
+        return None   # any non-depthwise conv, grouped included; matrices via the SVD
+
+    def ranks_for(self, layer, spec):
+        return svd_ranks(layer, spec) if layer.is_pointwise else tucker_ranks(layer, spec)
+
+    def candidates(self, layer):
+        return svd_candidates(layer) if layer.is_pointwise else tucker_candidates(layer)
+
+    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+        if layer.is_pointwise:
+            return svd_build(layer, ranks)
+        return tucker_build(layer, ranks, ctx.hooi_iters)

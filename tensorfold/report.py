@@ -1,0 +1,123 @@
+"""Reports of an optimize run: one JSON object, or before/after tables for a terminal."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from tensorfold.graph.stats import ModelStats
+from tensorfold.graph.verify import Verification
+from tensorfold.passes.base import LayerRecord
+from tensorfold.passes.layers import Skip
+
+
+@dataclass
+class OptimizeReport:
+    input: str
+    output: str | None
+    method: str
+    ranks: str
+    input_shapes: dict
+    before: ModelStats
+    after: ModelStats
+    layers: list[LayerRecord]
+    skipped: list[Skip]
+    verification: Verification | None
+    normalization: dict
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "input": self.input, "output": self.output, "method": self.method, "ranks": self.ranks,
+            "input_shapes": self.input_shapes,
+            "params_before": self.before.params, "params_after": self.after.params,
+            "params_ratio": _ratio(self.before.params, self.after.params),
+            "flops_before": self.before.flops, "flops_after": self.after.flops,
+            "flops_ratio": _ratio(self.before.flops, self.after.flops),
+            "size_before": self.before.size_bytes, "size_after": self.after.size_bytes,
+            "ops_before": dict(sorted(self.before.ops.items())), "ops_after": dict(sorted(self.after.ops.items())),
+            "layer_params_before": sum(r.params_before for r in self.layers),
+            "layer_params_after": sum(r.params_after for r in self.layers),
+            "layers": [r.as_dict() for r in self.layers],
+            "skipped": [s.as_dict() for s in self.skipped],
+            "verification": self.verification.as_dict() if self.verification else None,
+            "normalization": self.normalization,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def render(self, console: Console) -> None:
+        summary = Table(title=f"tensorfold optimize — {self.method}, {self.ranks}", title_justify="left")
+        summary.add_column("")
+        summary.add_column("before", justify="right")
+        summary.add_column("after", justify="right")
+        summary.add_column("ratio", justify="right")
+        summary.add_row("parameters", f"{self.before.params:,}", f"{self.after.params:,}",
+                        _fmt_ratio(self.before.params, self.after.params))
+        summary.add_row("FLOPs", _fmt_int(self.before.flops), _fmt_int(self.after.flops),
+                        _fmt_ratio(self.before.flops, self.after.flops))
+        summary.add_row("size", _fmt_bytes(self.before.size_bytes), _fmt_bytes(self.after.size_bytes),
+                        _fmt_ratio(self.before.size_bytes, self.after.size_bytes))
+        ops = sorted(set(self.before.ops) | set(self.after.ops))
+        for op in ops:
+            b, a = self.before.ops.get(op, 0), self.after.ops.get(op, 0)
+            summary.add_row(f"  {op} nodes", str(b), str(a), "" if a == b else f"{a - b:+d}")
+        if self.verification:
+            for o in self.verification.outputs:
+                value = (f"{o.relative_error:.3e} rel. error" if o.kind == "float"
+                         else f"{o.agreement:.2%} agree")
+                summary.add_row(f"output {o.name}", "", value, "")
+        console.print(summary)
+        if self.layers:
+            layers = Table(title=f"rewritten layers ({len(self.layers)})", title_justify="left")
+            for col in ("node", "op", "method", "ranks", "params", "weight error"):
+                layers.add_column(col, justify="right" if col in ("params", "weight error") else "left")
+            for r in self.layers:
+                layers.add_row(r.node, r.op, r.method, ",".join(map(str, r.ranks)),
+                               f"{r.params_before:,} -> {r.params_after:,}", f"{r.weight_error:.3f}")
+            console.print(layers)
+        if self.skipped:
+            reasons = Counter(s.reason for s in self.skipped)
+            skipped = Table(title=f"skipped nodes ({len(self.skipped)})", title_justify="left")
+            skipped.add_column("nodes", justify="right")
+            skipped.add_column("reason")
+            skipped.add_column("example")
+            for reason, n in reasons.most_common():
+                example = next(s.node for s in self.skipped if s.reason == reason)
+                skipped.add_row(str(n), reason, example)
+            console.print(skipped)
+        for note in self.notes:
+            console.print(f"note: {note}")
+        if self.output:
+            console.print(f"wrote {self.output} in {self.seconds:.1f} s")
+
+
+def _ratio(before, after):
+    if before is None or after in (None, 0):
+        return None
+    return round(before / after, 4)
+
+
+def _fmt_ratio(before, after) -> str:
+    r = _ratio(before, after)
+    return "" if r is None else f"{r:.2f}x"
+
+
+def _fmt_int(v) -> str:
+    if v is None:
+        return "unknown"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return str(v)
+
+
+def _fmt_bytes(v: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if v >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{v} B"

@@ -1,0 +1,90 @@
+"""Inputs to run a model on: random ones shaped by the model, or the user's arrays from an .npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tensorfold.errors import TensorfoldError
+
+# A dynamic dim the user did not fix: batch (the first dim) gets 1, others this size.
+DEFAULT_DYNAMIC_DIM = 64
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def parse_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
+    """`name:1,3,224,224` (repeatable) -> {name: [1, 3, 224, 224]}."""
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.split(",")]
+            if any(d < 1 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise TensorfoldError(f"--shape '{spec}': expected NAME:D1,D2,... with positive integers") from None
+    return shapes
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def resolve_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Concrete shape per input: the user's --shape, else static dims with dynamic ones defaulted."""
+    shapes = dict(shapes or {})
+    inputs = model_inputs(model)
+    unknown = set(shapes) - {v.name for v in inputs}
+    if unknown:
+        raise TensorfoldError(f"--shape names unknown input(s) {sorted(unknown)}; the model's inputs are "
+                              f"{[v.name for v in inputs]}")
+    out = {}
+    for v in inputs:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in shapes:
+            if len(shapes[v.name]) != len(dims):
+                raise TensorfoldError(f"--shape {v.name}: {len(shapes[v.name])} dims given, the input has {len(dims)}")
+            out[v.name] = shapes[v.name]
+            continue
+        out[v.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                       else (1 if i == 0 else DEFAULT_DYNAMIC_DIM) for i, d in enumerate(dims)]
+    return out
+
+
+def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    resolved = resolve_shapes(model, shapes)
+    feeds = {}
+    for v in model_inputs(model):
+        elem = v.type.tensor_type.elem_type
+        dtype = _NP_TYPES.get(elem)
+        if dtype is None or not np.issubdtype(dtype, np.floating):
+            raise TensorfoldError(f"input '{v.name}' is of type {onnx.TensorProto.DataType.Name(elem)}: random values "
+                                  f"would be meaningless; pass real inputs with --inputs file.npz")
+        feeds[v.name] = rng.standard_normal(resolved[v.name]).astype(dtype)
+    return feeds
+
+
+def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise TensorfoldError(f"--inputs {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+    names = [v.name for v in model_inputs(model)]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise TensorfoldError(f"--inputs {path}: no array for input(s) {missing} (it has {sorted(arrays)})")
+    return {n: arrays[n] for n in names}

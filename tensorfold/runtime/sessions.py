@@ -1,0 +1,52 @@
+"""onnxruntime sessions for a model in memory or on disk, on a named execution provider."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+
+from tensorfold.errors import TensorfoldError
+
+# short names users type -> (provider, the package that brings it)
+PROVIDERS = {
+    "cpu": ("CPUExecutionProvider", "onnxruntime"),
+    "cuda": ("CUDAExecutionProvider", "onnxruntime-gpu"),
+    "tensorrt": ("TensorrtExecutionProvider", "onnxruntime-gpu (with TensorRT)"),
+    "dml": ("DmlExecutionProvider", "onnxruntime-directml (Windows)"),
+    "webgpu": ("WebGpuExecutionProvider", "an onnxruntime build with --use_webgpu"),
+    "migraphx": ("MIGraphXExecutionProvider", "onnxruntime-migraphx"),
+    "openvino": ("OpenVINOExecutionProvider", "onnxruntime-openvino"),
+    "coreml": ("CoreMLExecutionProvider", "onnxruntime (macOS build)"),
+}
+
+
+def resolve_provider(name: str) -> str:
+    """Map a short or full provider name to the full name; fail clearly if this install lacks it."""
+    full = PROVIDERS.get(name.lower(), (name, None))[0]
+    available = ort.get_available_providers()
+    if full not in available:
+        package = next((pkg for short, (prov, pkg) in PROVIDERS.items() if prov == full), None)
+        hint = f"; it comes with {package}" if package else ""
+        raise TensorfoldError(f"execution provider '{name}' is not available in this onnxruntime "
+                              f"(available: {', '.join(available)}){hint}")
+    return full
+
+
+def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: int = 0,
+                 optimization: str = "all") -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(source, opts, providers=[resolve_provider(provider)])
+    except TensorfoldError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types for a model it cannot load
+        raise TensorfoldError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
