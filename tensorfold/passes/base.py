@@ -98,9 +98,9 @@ class Pass(ABC):
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         """Return a new model (never mutate `model`)."""
 
-    def ensures(self, result: PassResult, ctx: PassContext) -> None:
-        """Check the promise every pass makes: the result is a valid ONNX model."""
-        if result.modified:
+    def ensures(self, result: PassResult, ctx: PassContext, input_valid: bool = True) -> None:
+        """Check the promise every pass makes: a valid input gives a valid ONNX model."""
+        if result.modified and input_valid:
             try:
                 onnx.checker.check_model(result.model, full_check=False)
             except onnx.checker.ValidationError as exc:  # a bug in the pass, not a user error
@@ -110,10 +110,15 @@ class Pass(ABC):
         ctx = ctx or PassContext()
         self.requires(model, ctx)
         before = model.SerializeToString(deterministic=True)
+        try:
+            onnx.checker.check_model(model, full_check=False)
+            input_valid = True
+        except onnx.checker.ValidationError:
+            input_valid = False   # not this pass's doing; verification reports it on the output
         result = self.call(model, ctx)
         if model.SerializeToString(deterministic=True) != before:
             raise RuntimeError(f"pass '{self.name}' modified its input model in place")
-        self.ensures(result, ctx)
+        self.ensures(result, ctx, input_valid)
         return result
 
 
