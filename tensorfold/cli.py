@@ -35,7 +35,7 @@ def main():
 
 
 @main.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def inspect_cmd(model, shapes, as_json):
@@ -72,8 +72,8 @@ def inspect_cmd(model, shapes, as_json):
 
 
 @main.command("optimize")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="where to write the rewritten model")
 @click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt"]), default="auto",
               show_default=True, help="factorization; auto picks per layer the least error for the saving")
@@ -84,7 +84,7 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
 @click.option("--force", is_flag=True, help="rewrite a layer even where the chain is not smaller")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
-@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification")
+@click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
@@ -107,10 +107,10 @@ def optimize_cmd(model, output, method, rank, energy, ratio, include, exclude, f
 
 
 @main.command("verify")
-@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
-@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs")
+@click.option("--inputs", type=click.Path(), help=".npz of real inputs")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
@@ -135,7 +135,7 @@ def demo_model_path() -> Path:
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               default=Path("fmnist_cnn.tucker.onnx"), show_default=True)
 @click.option("--ratio", type=float, default=4.0, show_default=True)
 def demo_cmd(output, ratio):
