@@ -6,3 +6,10 @@ from pathlib import Path
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+# Two xdist workers share two cores: one BLAS thread each avoids oversubscription that
+# slows linear algebra by an order of magnitude. Must run before numpy is imported.
+import os  # noqa: E402
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")

@@ -92,9 +92,14 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Parameters = elements of all floating-point initializers (weights, biases, BN stats)."""
+    """Parameters = elements of all floating-point constants (weights, biases, BN stats), whether
+    stored as initializers or as top-level Constant nodes (as in PaddlePaddle exports)."""
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors.extend(a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR)
     total = 0
-    for t in model.graph.initializer:
+    for t in tensors:
         if t.data_type in _FLOAT_TYPES:
             total += int(np.prod(t.dims)) if t.dims else 1
     return total

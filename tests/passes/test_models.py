@@ -1,0 +1,99 @@
+"""Whole models: small nets exported from torch, and real PP-OCR models nobody here wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from tensorfold.api import optimize
+from tensorfold.graph.io import load_model
+from tensorfold.runtime.sessions import make_session
+from tests.fixtures import torch_models
+
+EXPORTS = {
+    "resnet": torch_models.export_resnet_like,
+    "mobilenet": torch_models.export_mobilenet_like,
+    "transformer": torch_models.export_transformer_block,
+    "odd_convs": torch_models.export_odd_convs,
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("torch_models")
+    return {name: fn(folder) for name, fn in EXPORTS.items()}
+
+
+def _check_written(path):
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_full_rank_reproduces_model(exported, tmp_path, name):
+    out = tmp_path / "full.onnx"
+    report = optimize(exported[name], out, method="tucker", rank=100_000, force=True, progress=False)
+    assert report.layers
+    assert report.verification.max_relative_error < 1e-4
+    _check_written(out)
+
+
+@pytest.mark.parametrize("method", ["svd", "tucker", "cp", "tt", "auto"])
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_methods_compress_and_run(exported, tmp_path, name, method):
+    if method == "svd" and name == "odd_convs":
+        pytest.skip("no 1x1 conv or matrix in this net: svd has nothing to rewrite")
+    out = tmp_path / f"{method}.onnx"
+    report = optimize(exported[name], out, method=method, ratio=2, progress=False)
+    factorizable = sum(r.params_before for r in report.layers)
+    assert report.layers, [s.as_dict() for s in report.skipped]
+    assert report.after.params < report.before.params
+    assert sum(r.params_after for r in report.layers) < factorizable
+    assert np.isfinite(report.verification.max_relative_error)
+    if name == "mobilenet":
+        depthwise = [s for s in report.skipped if "depthwise" in s.reason]
+        assert depthwise
+    _check_written(out)
+
+
+def test_resnet_batchnorm_is_folded(exported, tmp_path):
+    original = load_model(exported["resnet"])
+    assert any(n.op_type == "BatchNormalization" for n in original.graph.node)
+    report = optimize(exported["resnet"], tmp_path / "o.onnx", method="tucker", rank=100_000, force=True,
+                      progress=False)
+    assert report.normalization["batchnorms_folded"] > 0
+    assert "BatchNormalization" not in report.after.ops
+    assert report.verification.max_relative_error < 1e-4
+
+
+def test_transformer_batched_matmuls(exported, tmp_path):
+    report = optimize(exported["transformer"], tmp_path / "o.onnx", method="tt", ratio=2,
+                      progress=False)
+    assert {r.op for r in report.layers} == {"MatMul"}
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("which,shape", [("det", "x:1,3,96,128"), ("cls", None)])
+def test_real_ppocr_models(tmp_path, which, shape):
+    """PP-OCRv4 det and the mobile direction classifier from rapidocr-onnxruntime 1.4.4 (weights in Constant nodes)."""
+    from tensorfold.bench.real_models import fetch_rapidocr_model
+
+    path = fetch_rapidocr_model(which)
+    shapes = (shape,) if shape else ()
+    full = optimize(path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, shapes=shapes,
+                    progress=False)
+    assert full.normalization["constants_to_initializers"] > 0
+    assert full.layers
+    # the detector's sigmoid map is ~0 on noise inputs, so judge it by absolute error
+    out = full.verification.outputs[0]
+    assert out.relative_error < 1e-3 or out.max_abs_error < 1e-5
+    out = tmp_path / "small.onnx"
+    report = optimize(path, out, method="auto", ratio=2, shapes=shapes, progress=False)
+    assert report.layers
+    assert report.after.params < report.before.params
+    model = _check_written(out)
+    feeds = {i.name: np.random.default_rng(0).random(report.input_shapes[i.name]).astype(np.float32)
+             for i in make_session(str(out)).get_inputs()}
+    assert make_session(model).run(None, feeds)[0].shape == make_session(str(path)).run(None, feeds)[0].shape
