@@ -26,6 +26,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise TensorfoldError(f"{path}: empty file, not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=True)
+    except onnx.checker.ValidationError as exc:   # raised for a missing or misplaced external data file
+        raise TensorfoldError(f"{path}: external data: {_first_line(exc)}") from None
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise TensorfoldError(f"{path}: not a valid ONNX model (truncated or another format): {_first_line(exc)}") from None
     except FileNotFoundError as exc:

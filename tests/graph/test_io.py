@@ -1,0 +1,61 @@
+"""Loading (external data too) and atomic saving that never leaves a partial file."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import onnx
+import pytest
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import load_model, save_model
+from tests.passes.single_node import conv_model
+
+
+def test_external_data_roundtrip(tmp_path):
+    model, _ = conv_model(np.ones((64, 32, 3, 3)), bias=True)
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+                    size_threshold=16)
+    assert (tmp_path / "ext.data").exists()
+    loaded = load_model(path)
+    w = onnx.numpy_helper.to_array(loaded.graph.initializer[0])
+    assert w.shape == (64, 32, 3, 3) and float(w.sum()) == 64 * 32 * 9
+
+
+def test_missing_external_data_is_a_user_error(tmp_path):
+    model, _ = conv_model(np.ones((64, 32, 3, 3)), bias=False)
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location="ext.data", size_threshold=16)
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(TensorfoldError, match="ext.onnx"):
+        load_model(path)
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path):
+    model, _ = conv_model(np.ones((4, 2, 3, 3)), bias=False)
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"previous content")
+    with mock.patch("onnx.save_model", side_effect=OSError("disk full")):
+        with pytest.raises(OSError):
+            save_model(model, target)
+    assert target.read_bytes() == b"previous content"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_save_large_model_uses_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("tensorfold.graph.io._EXTERNAL_DATA_THRESHOLD", 1000)
+    model, _ = conv_model(np.arange(64 * 32 * 9, dtype=np.float32).reshape(64, 32, 3, 3), bias=False)
+    target = tmp_path / "big.onnx"
+    save_model(model, target)
+    assert (tmp_path / "big.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    w = onnx.numpy_helper.to_array(load_model(target).graph.initializer[0])
+    assert np.array_equal(w, np.arange(64 * 32 * 9, dtype=np.float32).reshape(64, 32, 3, 3))
+
+
+def test_save_into_missing_folder(tmp_path):
+    model, _ = conv_model(np.ones((4, 2, 3, 3)), bias=False)
+    with pytest.raises(TensorfoldError, match="does not exist"):
+        save_model(model, tmp_path / "nope" / "out.onnx")
