@@ -1,0 +1,63 @@
+"""Model definitions for benchmarks (torch). ResNet-50 here is torchvision's layout, written out so
+no torchvision is needed: bottleneck blocks [3, 4, 6, 3], 25.6M parameters with a 1000-class head."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int = 1):
+        super().__init__()
+        c_out = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks=(3, 4, 6, 3), num_classes: int = 1000, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        layers, c_in = [], 64
+        for i, n in enumerate(blocks):
+            width = 64 * 2 ** i
+            for j in range(n):
+                layers.append(Bottleneck(c_in, width, stride=2 if (j == 0 and i > 0) else 1))
+                c_in = width * Bottleneck.expansion
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    return ResNet((3, 4, 6, 3), num_classes)
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> Path:
+    """Eval-mode export with a dynamic batch, input "input" and output "output", one file."""
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          do_constant_folding=True)
+    return Path(path)
