@@ -29,12 +29,12 @@ METHODS = ("auto", "svd", "tucker", "cp", "tt")
 
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
              method: str = "auto", rank: int | None = None, energy: float | None = None,
-             ratio: float | None = None, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+             ratio: float | None = None, evbmf: bool = False, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
              force: bool = False, shapes: tuple[str, ...] | dict = (), inputs: str | None = None,
              verify: bool = True, progress: bool = True, seed: int = 0) -> OptimizeReport:
     """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded."""
     start = time.perf_counter()
-    spec = RankSpec(rank=rank, energy=energy, ratio=ratio)
+    spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
     chosen = get_pass(method)
     if output_path is not None:
         _check_output(Path(input_path), Path(output_path))

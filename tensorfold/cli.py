@@ -80,6 +80,7 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--rank", type=int, help="the same rank for every layer (clipped to each mode)")
 @click.option("--energy", type=float, help="keep this share of each layer's spectral energy (0-1]")
 @click.option("--ratio", type=float, help="the factorizable layers together hold RATIO times fewer parameters")
+@click.option("--evbmf", is_flag=True, help="ranks by empirical variational Bayes (EVBMF, as Kim et al. 2016)")
 @click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
 @click.option("--force", is_flag=True, help="rewrite a layer even where the chain is not smaller")
@@ -88,7 +89,7 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
-def optimize_cmd(model, output, method, rank, energy, ratio, include, exclude, force, shapes, inputs, no_verify,
+def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
                  seed, as_json):
     """Factorize MODEL and write a verified model to OUTPUT.
 
@@ -97,7 +98,7 @@ def optimize_cmd(model, output, method, rank, energy, ratio, include, exclude, f
     """
     from tensorfold.api import optimize
 
-    report = optimize(model, output, method=method, rank=rank, energy=energy, ratio=ratio, include=include,
+    report = optimize(model, output, method=method, rank=rank, energy=energy, ratio=ratio, evbmf=evbmf, include=include,
                       exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
                       progress=not as_json and sys.stderr.isatty(), seed=seed)
     if as_json:

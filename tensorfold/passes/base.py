@@ -23,13 +23,15 @@ class RankSpec:
     rank: int | None = None
     energy: float | None = None
     ratio: float | None = None
+    evbmf: bool = False          # ranks from empirical variational Bayes (Nakajima 2013; Kim et al. 2016)
 
     DEFAULT_ENERGY: ClassVar[float] = 0.95
 
     def __post_init__(self):
         given = [k for k in ("rank", "energy", "ratio") if getattr(self, k) is not None]
+        given += ["evbmf"] if self.evbmf else []
         if len(given) > 1:
-            raise TensorfoldError(f"choose one of --rank, --energy, --ratio (got {', '.join(given)})")
+            raise TensorfoldError(f"choose one of --rank, --energy, --ratio, --evbmf (got {', '.join(given)})")
         if self.rank is not None and self.rank < 1:
             raise TensorfoldError(f"--rank must be >= 1 (got {self.rank})")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -46,6 +48,8 @@ class RankSpec:
             return f"rank {self.rank}"
         if self.ratio is not None:
             return f"ratio {self.ratio:g}"
+        if self.evbmf:
+            return "EVBMF"
         return f"energy {self.effective_energy:g}" + ("" if self.energy is not None else " (default)")
 
 

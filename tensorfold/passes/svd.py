@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tensorfold.decompose.ranks import clip_rank, rank_for_energy
+from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.svd import singular_values, truncated_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_matrix_pair
@@ -34,6 +34,8 @@ def svd_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
     mats = layer_matrices(layer)
     if spec.rank is not None:
         return (clip_rank(spec.rank, *mats[0].shape),)
+    if spec.evbmf:
+        return (max(evbmf_rank(m) for m in mats),)
     return (max(rank_for_energy(singular_values(m), spec.effective_energy) for m in mats),)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from tensorfold.decompose.ranks import evbmf_rank
 from tensorfold.decompose.tt import factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tt_conv, emit_tt_matrix
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder, relative_error
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 
@@ -46,6 +47,18 @@ def _reconstruct(layer: Layer, cores: list[np.ndarray]) -> np.ndarray:
     return tt_matrix_contraction(cores)
 
 
+def _evbmf_bond_ranks(layer: Layer) -> list[int]:
+    """EVBMF rank of each bond's unfolding of the tensor TT-SVD works on."""
+    if layer.kind == "conv":
+        t = _tt_tensor(layer)
+    else:
+        rows, cols = matrix_dims(*layer.weight.shape)
+        d = len(rows)
+        t = layer.weight.astype(np.float64).reshape(*rows, *cols)
+        t = t.transpose([a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(rows, cols)])
+    return [evbmf_rank(t.reshape(int(np.prod(t.shape[:k + 1])), -1)) for k in range(t.ndim - 1)]
+
+
 def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
     return [c.shape[-1] for c in cores[:-1]]
 
@@ -67,21 +80,26 @@ class TTPass(FactorizePass):
             return svd_ranks(layer, spec)
         if spec.rank is not None:
             cores = _decompose(layer, spec.rank, None)
+        elif spec.evbmf:
+            cores = _decompose(layer, _evbmf_bond_ranks(layer), None)
         else:
             # delta-truncation: the whole TT keeps the asked share of the kernel's energy
             cores = _decompose(layer, None, float(np.sqrt(max(1.0 - spec.effective_energy, 0.0))))
         return tuple(_bond_ranks(cores))
 
     def candidates(self, layer: Layer) -> list[Candidate]:
+        """TT-SVD at a ladder of error targets: delta-truncation sets each bond's rank on its
+        own (a cap shared by all bonds would waste rank on the small ones); errors measured."""
         if self._pointwise_conv(layer):
             return svd_candidates(layer)
-        full = _decompose(layer, None, None)
-        out = []
-        for cap in ladder(max(_bond_ranks(full)), 16):
-            cores = _decompose(layer, cap, None)
-            err = relative_error(layer.weight, _reconstruct(layer, cores))
-            out.append(Candidate("tt", tuple(_bond_ranks(cores)), sum(c.size for c in cores), err ** 2))
-        return out
+        out = {}
+        for eps in np.geomspace(0.02, 0.95, 18):
+            cores = _decompose(layer, None, float(eps))
+            ranks = tuple(_bond_ranks(cores))
+            if ranks not in out:
+                err = relative_error(layer.weight, _reconstruct(layer, cores))
+                out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err ** 2)
+        return list(out.values())
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         if self._pointwise_conv(layer):

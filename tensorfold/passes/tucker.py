@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tensorfold.decompose.ranks import clip_rank, rank_for_energy
+from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.tucker2 import tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tucker_conv
@@ -18,9 +18,13 @@ from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 
 
+def _unfold(w: np.ndarray, mode: int) -> np.ndarray:
+    return np.moveaxis(w.astype(np.float64), mode, 0).reshape(w.shape[mode], -1)
+
+
 def _mode_spectrum(w: np.ndarray, mode: int) -> np.ndarray:
     """Singular values of the mode-0 or mode-1 unfolding, from the eigenvalues of its Gram matrix."""
-    unfold = np.moveaxis(w.astype(np.float64), mode, 0).reshape(w.shape[mode], -1)
+    unfold = _unfold(w, mode)
     eig = np.linalg.eigvalsh(unfold @ unfold.T)[::-1]
     return np.sqrt(np.clip(eig, 0, None))
 
@@ -30,6 +34,8 @@ def tucker_ranks(layer: Layer, spec: RankSpec) -> tuple[int, int]:
     o, i = groups[0].shape[:2]
     if spec.rank is not None:
         return clip_rank(spec.rank, o), clip_rank(spec.rank, i)
+    if spec.evbmf:   # Kim et al. 2016: EVBMF on the two channel-mode unfoldings
+        return (max(evbmf_rank(_unfold(w, 0)) for w in groups), max(evbmf_rank(_unfold(w, 1)) for w in groups))
     e = spec.effective_energy
     return (max(rank_for_energy(_mode_spectrum(w, 0), e) for w in groups),
             max(rank_for_energy(_mode_spectrum(w, 1), e) for w in groups))
