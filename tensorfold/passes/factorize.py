@@ -152,16 +152,16 @@ class FactorizePass(Pass):
         spec = ctx.spec
         if spec.ratio is None:
             return {layer.name: self.ranks_for(layer, spec) for layer in layers}, []
-        return self.budget_plan(layers, spec.ratio, ctx.force)
+        return self.budget_plan(layers, spec.ratio, ctx.force, ctx.progress)
 
-    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False):
+    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False, progress: bool = False):
         """Meet `ratio` over these layers together, giving rank where it costs least error."""
         if not layers:
             return {}, []
         total = sum(layer.params for layer in layers)
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
-        for layer in layers:
+        for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
             cands = [c for c in self.candidates(layer) if force or c.params < layer.params]
             opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2) for c in cands]
             options.append(opts)
