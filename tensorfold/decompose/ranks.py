@@ -174,7 +174,10 @@ def allocate_budget(options: list[list[Option]], max_params: int) -> list[int]:
     """One option index per layer, minimizing sum(error2) with sum(params) <= max_params.
 
     Lagrangian relaxation (bisection on the price lambda of a parameter), then a greedy pass
-    that spends what is left on the upgrades with the best error decrease per parameter. If even
+    that spends what is left on the upgrades with the best error decrease per parameter, then
+    pairwise exchanges (one layer down, another up) while they lower the sum. Optimal for
+    convex error curves with equal-cost steps; on small random cases checked by brute force it
+    is optimal in most and within a few percent in the rest. If even
     the smallest option of every layer exceeds the budget, every layer gets its smallest option.
     Deterministic: ties go to fewer parameters, then to the lower index.
     """
@@ -220,19 +223,87 @@ def allocate_budget(options: list[list[Option]], max_params: int) -> list[int]:
             if hi - lo <= 1e-13 * hi:
                 break
 
-    # Greedy: spend what is left on the best error decrease per extra parameter.
+    choice = _greedy_fill(P, E, valid, choice, budget)
+    return [int(k) for k in _exchange(P, E, valid, choice, budget)]
+
+
+def _greedy_fill(P, E, valid, choice, budget):
+    """Spend what is left of the budget on the best error decrease per extra parameter."""
+    rows = np.arange(P.shape[0])
     for _ in range(P.size):
         left = budget - P[rows, choice].sum()
-        cur_p = P[rows, choice][:, None]
-        cur_e = E[rows, choice][:, None]
-        dP = P - cur_p
-        dE = cur_e - E
+        dP = P - P[rows, choice][:, None]
+        dE = E[rows, choice][:, None] - E
         ok = valid & (dE > 0) & (dP <= left)
         if not np.any(ok):
             break
         with np.errstate(divide="ignore", invalid="ignore"):
             gain = np.where(ok, np.where(dP > 0, dE / np.where(dP > 0, dP, 1.0), np.inf), -np.inf)
-        flat = int(np.argmax(gain))  # first maximum: deterministic
-        layer, k = divmod(flat, P.shape[1])
+        layer, k = divmod(int(np.argmax(gain)), P.shape[1])  # first maximum: deterministic
         choice[layer] = k
-    return [int(k) for k in choice]
+    return choice
+
+
+def _exchange(P, E, valid, choice, budget, max_rounds=50, nearest=16):
+    """Pairwise exchanges: step one layer down its Pareto front, spend the freed parameters on
+    the best upgrade of another layer; repeat while the sum of errors drops.
+
+    The Lagrangian solution is optimal only at the budgets its breakpoints hit, and the greedy
+    fill is only optimal for equal-cost steps; on coarse option grids this closes most of the
+    remaining gap. Downgrades are limited to the ``nearest`` Pareto options below the current one.
+    """
+    n_layers, width = P.shape
+    if n_layers < 2:
+        return choice
+    rows = np.arange(n_layers)
+    order = np.argsort(np.where(valid, P, np.inf), axis=1, kind="stable")
+    ps = np.take_along_axis(P, order, axis=1)
+    es = np.take_along_axis(E, order, axis=1)
+    emin = np.minimum.accumulate(es, axis=1)
+    shifted = np.concatenate([np.full((n_layers, 1), np.inf), emin[:, :-1]], axis=1)
+    front = valid[rows[:, None], order] & (es < shifted)        # Pareto options, in params order
+    arg_run = np.maximum.accumulate(np.where(front, np.arange(width), 0), axis=1)
+    best_opt = np.take_along_axis(order, arg_run, axis=1)        # option giving emin at each position
+    front_pos = [np.flatnonzero(front[b]) for b in range(n_layers)]
+
+    for _ in range(max_rounds):
+        cur_p = P[rows, choice]
+        cur_e = E[rows, choice]
+        left = budget - cur_p.sum()
+        cand_a, cand_i, cand_allow, cand_loss = [], [], [], []
+        for a in range(n_layers):
+            pos = front_pos[a]
+            lower = pos[ps[a, pos] < cur_p[a]][-nearest:]
+            if lower.size == 0:
+                continue
+            opts = order[a, lower]
+            cand_a.append(np.full(lower.size, a))
+            cand_i.append(opts)
+            cand_allow.append(left + cur_p[a] - P[a, opts])
+            cand_loss.append(E[a, opts] - cur_e[a])
+        if not cand_a:
+            break
+        cand_a = np.concatenate(cand_a)
+        cand_i = np.concatenate(cand_i)
+        allow = np.concatenate(cand_allow)
+        loss = np.concatenate(cand_loss)
+        best_gain = np.full(allow.size, -np.inf)
+        best_b = np.zeros(allow.size, dtype=np.int64)
+        best_j = np.zeros(allow.size, dtype=np.int64)
+        for b in range(n_layers):
+            pos = np.searchsorted(ps[b], allow + cur_p[b], side="right") - 1
+            ok = (pos >= 0) & (cand_a != b)
+            posc = np.maximum(pos, 0)
+            gain = np.where(ok, cur_e[b] - emin[b, posc], -np.inf)
+            better = gain > best_gain
+            best_gain = np.where(better, gain, best_gain)
+            best_b = np.where(better, b, best_b)
+            best_j = np.where(better, best_opt[b, posc], best_j)
+        improvement = best_gain - loss
+        k = int(np.argmax(improvement))
+        if not improvement[k] > 1e-12 * max(1.0, float(cur_e.sum())):
+            break
+        choice[cand_a[k]] = cand_i[k]
+        choice[best_b[k]] = best_j[k]
+        choice = _greedy_fill(P, E, valid, choice, budget)
+    return choice

@@ -18,7 +18,7 @@ import numpy as np
 from tensorfold.decompose.ranks import clip_rank
 from tensorfold.decompose.svd import as_float_array
 
-__all__ = ["Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_error_table", "tucker2_params", "leading_basis"]
+__all__ = ["Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_error_table", "tucker2_params", "leading_basis", "leading_subspace"]
 
 
 @dataclass
@@ -45,27 +45,37 @@ def leading_basis(a: np.ndarray, rank: int) -> np.ndarray:
     re-orthonormalized (QR); directions beyond the numerical rank, and ``rank`` > n, are
     completed with a deterministic orthonormal complement.
     """
+    return leading_subspace(a, lambda s2: rank)[0]
+
+
+def leading_subspace(a: np.ndarray, choose_rank) -> tuple[np.ndarray, np.ndarray]:
+    """(basis (m, r), squared singular values of ``a``, descending) with r = choose_rank(s2).
+
+    The spectrum comes from the eigenvalues of the smaller Gram matrix (accurate to about
+    eps * s_max^2, plenty for choosing ranks and for the subspaces that are kept).
+    """
     m, n = a.shape
-    rank = min(rank, m)
     if m <= n:
-        _, v = _sym_eig_desc(a @ a.T)
-        return np.ascontiguousarray(v[:, :rank])
-    _, v = _sym_eig_desc(a.T @ a)
+        w, v = _sym_eig_desc(a @ a.T)
+        s2 = np.maximum(w, 0.0)
+        rank = min(int(choose_rank(s2)), m)
+        return np.ascontiguousarray(v[:, :rank]), s2
+    w, v = _sym_eig_desc(a.T @ a)
+    s2 = np.maximum(w, 0.0)
+    rank = min(int(choose_rank(s2)), m)
     k = min(rank, n)
     b = a @ v[:, :k]
     norms = np.linalg.norm(b, axis=0)
     good = norms > 1e-12 * max(float(norms[0]) if norms.size else 0.0, np.finfo(float).tiny)
-    rng = np.random.default_rng(12345)
     cols = np.empty((m, rank))
     cols[:, :k] = np.where(good, b / np.where(good, norms, 1.0), 0.0)
-    n_fill = int(np.count_nonzero(~good)) + (rank - k)
-    if n_fill:
-        fill = rng.standard_normal((m, rank))
-        bad = np.concatenate([~good, np.ones(rank - k, dtype=bool)])
+    bad = np.concatenate([~good, np.ones(rank - k, dtype=bool)])
+    if np.any(bad):
+        fill = np.random.default_rng(12345).standard_normal((m, rank))
         cols[:, bad] = fill[:, bad]
     q, r = np.linalg.qr(cols)
     q *= np.where(np.diag(r) < 0, -1.0, 1.0)
-    return q
+    return q, s2
 
 
 def _as_3d(kernel) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -111,8 +121,10 @@ def tucker2(kernel, ranks: tuple[int, int], hooi_iters: int = 2) -> Tucker2:
 
     core, z = core_of(u, v)
     err2 = norm2 - float(np.vdot(core, core))
-    full = r_out == o and r_in == i
-    for _ in range(0 if full else hooi_iters):
+    # Full ranks are exact already; with no spatial extent (k == 1) W is a matrix and the
+    # HOSVD bases (its leading singular vectors) are already optimal, HOOI cannot improve them.
+    done = (r_out == o and r_in == i) or k == 1
+    for _ in range(0 if done else hooi_iters):
         # out_factor: leading left subspace of W x1 v^T, unfolded on mode 0 -> (O, k*r_in)
         y = (w_oki @ v).reshape(o, k * r_in)
         u_new = leading_basis(y, r_out)
@@ -152,9 +164,13 @@ def tucker2_error_table(kernel) -> np.ndarray:
     w3, _ = _as_3d(kernel)
     o, i, k = w3.shape
     w0 = w3.reshape(o, i * k)
-    u = leading_basis(w0, o)
-    v = leading_basis(_mode1_unfolding(w3), i)
-    z = (u.T @ w0).reshape(o, i, k)
+    # Beyond min(O, I*k) (resp. min(I, O*k)) the basis only adds directions with no energy:
+    # the table is flat there, so those columns are never built (a 2048x512 1x1 conv would
+    # otherwise pay for a 2048x2048 QR).
+    ku, kv = min(o, i * k), min(i, o * k)
+    u = leading_basis(w0, ku)
+    v = leading_basis(_mode1_unfolding(w3), kv)
+    z = (u.T @ w0).reshape(ku, i, k)
     c = np.einsum("aik,ib->abk", z, v, optimize=True)
     b = np.einsum("abk,abk->ab", c, c)
     norm2 = float(np.vdot(w0, w0))
@@ -166,7 +182,7 @@ def tucker2_error_table(kernel) -> np.ndarray:
     err = np.clip((norm2 - kept) / norm2, 0.0, 1.0)
     # Exact in exact arithmetic; make it monotone so roundoff never reorders options.
     err = np.minimum.accumulate(np.minimum.accumulate(err, axis=0), axis=1)
-    table[1:, 1:] = err
+    table[1:, 1:] = np.pad(err, ((0, o - ku), (0, i - kv)), mode="edge")
     return table
 
 
