@@ -245,7 +245,7 @@ def markdown(rows, args, r50) -> str:
     out = "\n".join(head) + "\n\n" + "\n".join(lines) + "\n"
     if r50:
         out += (f"\nResNet-50 conv shapes ({r50['kernels']} kernels, random weights, ranks at {args.ratio}x): "
-                f"SVDs of both unfoldings of every kernel {r50['floor']:.2f} s; tucker2 (HOSVD + 2 HOOI) "
+                f"SVDs of both unfoldings of every kernel {r50['floor']:.2f} s; tucker2 (HOSVD + HOOI, default sweeps) "
                 f"{r50['tucker2']:.2f} s = {r50['tucker2'] / r50['floor']:.2f}x of that; "
                 f"tucker2_error_table of every kernel {r50['table']:.2f} s = {r50['table'] / r50['floor']:.2f}x.\n")
     return out

@@ -44,8 +44,8 @@ FLOOR = textwrap.dedent("""
     for m in mats:
         if sys.argv[2] == "svd":
             np.linalg.svd(m, full_matrices=False)
-        else:   # the spectra HOSVD needs, from the Gram matrix of each unfolding
-            np.linalg.eigh(m @ m.T)
+        else:   # the spectra HOSVD needs, from the Gram matrix of each unfolding's smaller side
+            np.linalg.eigh(m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m)
     secs = time.perf_counter() - t
     print(json.dumps({"seconds": secs, "matrices": len(mats),
                       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -66,7 +66,11 @@ OPTIMIZE = textwrap.dedent("""
 
 
 def _run(code: str, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True)
+    # one BLAS thread for every run: on a shared 2-core machine OpenBLAS threads spin against
+    # other jobs and a single SVD can take 20x longer; single-threaded timings are stable and fair
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,7 +109,8 @@ def main():
         f"input 1x3x224x224; `--method tucker --ratio {args.ratio:g}` -> {last['params_after']:,} params, "
         f"{last['layers']} layers rewritten, output rel. error on random input {last['max_rel_error']:.3f}.",
         "",
-        f"Medians of {args.repeats} runs, each in a fresh process; peak = max RSS of that process.",
+        f"Medians of {args.repeats} runs, each in a fresh process with one BLAS thread "
+        "(OPENBLAS_NUM_THREADS=1); peak = max RSS of that process.",
         "",
         "| run | median s | ratio to floor | peak MB |",
         "|---|---:|---:|---:|",
@@ -114,10 +119,10 @@ def main():
         med = statistics.median(r["seconds"] for r in runs)
         lines.append(f"| {name} | {med:.2f} | {med / floor:.2f}x | {max(r['peak_mb'] for r in runs):.0f} |")
     lines += ["", "floor = `np.linalg.svd` of the mode-0 and mode-1 unfoldings of every Conv weight and of every "
-              "Gemm weight (float64), nothing else. gram floor = `np.linalg.eigh` of the Gram matrix of each of "
+              "Gemm weight (float64), nothing else. gram floor = `np.linalg.eigh` of the Gram matrix (smaller side) of each of "
               "those unfoldings (what tensorfold's HOSVD uses instead of the SVD: same leading subspaces, "
               "far cheaper for wide unfoldings). optimize = load, normalize (BN folding), global rank budget, "
-              "HOSVD + 2 HOOI sweeps, chain emission, onnx.checker, atomic save."]
+              "HOSVD + up to 5 HOOI sweeps, chain emission, onnx.checker, atomic save."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -93,7 +93,7 @@ def _mode1_unfolding(w3: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w3.transpose(1, 0, 2)).reshape(i, o * k)
 
 
-def tucker2(kernel, ranks: tuple[int, int], hooi_iters: int = 2) -> Tucker2:
+def tucker2(kernel, ranks: tuple[int, int], hooi_iters: int = 5) -> Tucker2:
     """Tucker-2 of ``kernel`` (O, I, *spatial) to ``ranks`` = (r_out, r_in).
 
     HOSVD initialization from the Gram matrices of the mode-0 and mode-1 unfoldings, then up

@@ -59,7 +59,7 @@ class PassContext:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: bool = False
-    hooi_iters: int = 2
+    hooi_iters: int = 5          # HOOI sweeps after HOSVD; stops early once the error stops improving
     progress: bool = True
     seed: int = 0
 
