@@ -61,6 +61,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
         layers=result.rewritten, skipped=result.skipped, verification=verification,
         normalization=norm_stats, seconds=0.0, notes=result.notes,
+        eligible_params=(result.eligible_params, result.eligible_params_after),
     )
     if not result.rewritten:
         report.notes.append("no layer was rewritten; the output equals the normalized input")

@@ -29,6 +29,7 @@ class OptimizeReport:
     normalization: dict
     seconds: float
     notes: list[str] = field(default_factory=list)
+    eligible_params: tuple[int, int] = (0, 0)     # weights of the layers the method could rewrite, before/after
 
     def as_dict(self) -> dict:
         return {
@@ -40,8 +41,9 @@ class OptimizeReport:
             "flops_ratio": _ratio(self.before.flops, self.after.flops),
             "size_before": self.before.size_bytes, "size_after": self.after.size_bytes,
             "ops_before": dict(sorted(self.before.ops.items())), "ops_after": dict(sorted(self.after.ops.items())),
-            "layer_params_before": sum(r.params_before for r in self.layers),
-            "layer_params_after": sum(r.params_after for r in self.layers),
+            "factorizable_params_before": self.eligible_params[0],
+            "factorizable_params_after": self.eligible_params[1],
+            "factorizable_ratio": _ratio(*self.eligible_params),
             "layers": [r.as_dict() for r in self.layers],
             "skipped": [s.as_dict() for s in self.skipped],
             "verification": self.verification.as_dict() if self.verification else None,
@@ -58,6 +60,9 @@ class OptimizeReport:
         summary.add_column("ratio", justify="right")
         summary.add_row("parameters", f"{self.before.params:,}", f"{self.after.params:,}",
                         _fmt_ratio(self.before.params, self.after.params))
+        if self.eligible_params[0]:
+            summary.add_row("  in factorizable layers", f"{self.eligible_params[0]:,}", f"{self.eligible_params[1]:,}",
+                            _fmt_ratio(*self.eligible_params))
         summary.add_row("FLOPs", _fmt_int(self.before.flops), _fmt_int(self.after.flops),
                         _fmt_ratio(self.before.flops, self.after.flops))
         summary.add_row("size", _fmt_bytes(self.before.size_bytes), _fmt_bytes(self.after.size_bytes),

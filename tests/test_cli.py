@@ -37,6 +37,7 @@ def test_optimize_json_report(tmp_path):
     for key in ("params_before", "params_after", "flops_before", "flops_after", "layers", "skipped", "verification"):
         assert key in report
     assert report["params_before"] / report["params_after"] > 2.5
+    assert report["factorizable_ratio"] >= 4.0
     assert report["flops_after"] < report["flops_before"]
     assert report["verification"]["checker"] == "passed"
     layer = report["layers"][0]

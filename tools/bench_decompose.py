@@ -2,7 +2,7 @@
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python tools/bench_decompose.py [KERNELS...] [--ratio 8]
         [--repeats 3] [--methods tucker2,cp3,cp4,tt] [--cp-iters 100] [--tl-cp-iters N]
-        [--limit 4] [--resnet50] [--out docs/decompose-benchmark.md]
+        [--limit 4] [--resnet50] [--out docs/results/decompose-benchmark.md]
 
 KERNELS: .npy files holding conv weights (O, I, *k), or one or more .onnx models (every Conv
 weight with I > 1 and a spatial extent > 1, from initializers or Constant nodes, largest first,

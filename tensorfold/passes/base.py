@@ -88,6 +88,11 @@ class PassResult:
     rewritten: list[LayerRecord] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    eligible_params: int = 0    # weights of every layer the pass could rewrite (what --ratio divides)
+
+    @property
+    def eligible_params_after(self) -> int:
+        return self.eligible_params - sum(r.params_before - r.params_after for r in self.rewritten)
 
 
 class Pass(ABC):
@@ -164,7 +169,8 @@ class PassManager:
                 if self.on_result:
                     self.on_result(p, result)
                 total = PassResult(result.model, total.modified or result.modified,
-                                   total.rewritten + result.rewritten, result.skipped, total.notes + result.notes)
+                                   total.rewritten + result.rewritten, result.skipped, total.notes + result.notes,
+                                   result.eligible_params)
                 changed |= result.modified
             if self.early_stop and not changed:
                 break

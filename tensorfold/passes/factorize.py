@@ -110,8 +110,9 @@ class FactorizePass(Pass):
             builder, record = outcome
             replacements[layer.name] = builder
             records.append(record)
+        eligible_params = sum(layer.params for layer in eligible)
         if not replacements:
-            return PassResult(model, False, [], skipped, notes)
+            return PassResult(model, False, [], skipped, notes, eligible_params)
         new_nodes = []
         for node in work.graph.node:
             builder = replacements.get(node.name)
@@ -124,7 +125,7 @@ class FactorizePass(Pass):
         work.graph.node.extend(new_nodes)
         # the chains' intermediate values have no recorded shapes yet; stale entries would mislead
         prune_initializers(work)
-        return PassResult(work, True, records, skipped, notes)
+        return PassResult(work, True, records, skipped, notes, eligible_params)
 
     def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:

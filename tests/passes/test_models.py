@@ -51,6 +51,8 @@ def test_methods_compress_and_run(exported, tmp_path, name, method):
     assert report.layers, [s.as_dict() for s in report.skipped]
     assert report.after.params < report.before.params
     assert sum(r.params_after for r in report.layers) < factorizable
+    before, after = report.eligible_params
+    assert before / after >= 2.0        # --ratio holds over the layers the method can rewrite
     assert np.isfinite(report.verification.max_relative_error)
     if name == "mobilenet":
         depthwise = [s for s in report.skipped if "depthwise" in s.reason]
