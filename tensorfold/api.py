@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from tensorfold import __version__
@@ -139,3 +140,74 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> d
         "layers": rows, "skipped": [s.as_dict() for s in skipped],
         "factorizable_params": sum(r["params"] for r in rows),
     }
+
+
+def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | None = None,
+            batches: tuple[int, ...] = (1,), runs: int = 30, warmup: int = 5, threads: int = 0,
+            optimization: str = "all", compare_with: str | os.PathLike | None = None, top: int = 10,
+            shapes: tuple[str, ...] = (), seed: int = 0) -> dict:
+    """Latency (measured on `provider`, or predicted for `device`), FLOPs, params, size, memory,
+    per-op and per-node tables; with `compare_with`, both models interleaved with ratios."""
+    from tensorfold.runtime.devices import describe, get_device, node_costs
+    from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
+                                            peak_rss_mb, with_batch)
+
+    model = load_model(path)
+    other = load_model(compare_with) if compare_with else None
+    shape_map = parse_shapes(tuple(shapes))
+    base_shapes = resolve_shapes(model, shape_map)
+    feeds = random_inputs(model, shape_map, seed)
+    stats = model_stats(model, base_shapes)
+    report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
+                    "provider": None, "device": None, "batches": {}}
+    if device:
+        dev = get_device(device, provider, threads)
+        report["device"] = describe(dev)
+    else:
+        _check_memory(model, base_shapes, max(batches), available_memory_bytes())
+        report["provider"] = provider
+    for batch in batches:
+        bfeeds = with_batch(feeds, batch)
+        bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
+        row: dict = {"flops": model_stats(model, bshapes).flops}
+        if device:
+            row["predicted_ms"] = round(sum(dev.node_seconds(c.flops, c.bytes) for c in node_costs(model, bshapes)) * 1e3, 4)
+            if other is not None:
+                row["compare_predicted_ms"] = round(
+                    sum(dev.node_seconds(c.flops, c.bytes) for c in node_costs(other, bshapes)) * 1e3, 4)
+                row["predicted_speedup"] = round(row["compare_predicted_ms"] / row["predicted_ms"], 4)
+        elif other is not None:
+            cmp = compare(model, other, bfeeds, provider, threads, warmup, runs)
+            row.update({"latency": cmp.a.as_dict(), "compare_latency": cmp.b.as_dict(),
+                        "speedup": round(cmp.speedup, 4),
+                        "speedup_p10_p90": [round(float(np.percentile(cmp.ratios, q)), 4) for q in (10, 90)]})
+        else:
+            row["latency"] = measure(model, bfeeds, provider, threads, warmup, runs, optimization).as_dict()
+        report["batches"][str(batch)] = row
+    if other is not None:
+        ostats = model_stats(other, base_shapes)
+        report["compare"] = {"model": str(compare_with), "params": ostats.params, "flops": ostats.flops,
+                             "size_bytes": ostats.size_bytes}
+    if not device:
+        times = node_profile(model, with_batch(feeds, batches[0]), provider, threads, runs=min(runs, 10))
+        report["ops"] = [{"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
+                         for op, ms, share, n in by_op_type(times)][:top]
+        report["nodes"] = [{"node": t.node, "op": t.op, "ms": round(t.mean_ms, 4), "share": round(t.share, 4)}
+                           for t in times[:top]]
+        report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return report
+
+
+def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, available: int | None) -> None:
+    """Refuse up front a run that cannot fit: weights twice (proto + session) plus every activation."""
+    if available is None:
+        return
+    from tensorfold.graph.shapes import concrete_shapes
+
+    shapes = concrete_shapes(model, input_shapes)
+    activations = sum(int(np.prod(s)) for name, s in shapes.items()
+                      if name not in {t.name for t in model.graph.initializer}) * 4 * batch
+    need = 2 * model.ByteSize() + activations
+    if need > available:
+        raise TensorfoldError(f"profiling needs about {need / 2**30:.1f} GiB at batch {batch}, "
+                              f"only {available / 2**30:.1f} GiB is available; use a smaller --batch")

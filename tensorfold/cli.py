@@ -131,6 +131,73 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
             console.print(f"{o.name}: {o.agreement:.2%} of elements equal")
 
 
+@main.command("profile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--provider", default="cpu", show_default=True,
+              help="execution provider: cpu, cuda, tensorrt, dml, webgpu, migraphx, openvino, coreml or a full name")
+@click.option("--device", help="predict with a device model instead of measuring (rx580, gtx1060, ..., host)")
+@click.option("--batch", "batches", type=int, multiple=True, help="batch size (repeatable; default 1)")
+@click.option("--compare", "compare_with", type=click.Path(path_type=Path),
+              help="a second model, timed interleaved with MODEL; ratios are MODEL's speedup over it")
+@click.option("--runs", type=int, default=30, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, default=0, show_default=True, help="intra-op threads (0: all cores)")
+@click.option("--optimization", type=click.Choice(["none", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime graph optimization level")
+@click.option("--top", type=int, default=10, show_default=True, help="rows of the per-op and per-node tables")
+@click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, threads, optimization, top, shapes,
+                as_json):
+    """Latency, FLOPs, params, size and memory of MODEL; per-op and per-node tables."""
+    from tensorfold.api import profile
+
+    if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
+        raise TensorfoldError("--runs and --batch must be >= 1, --warmup >= 0")
+    info = profile(model, provider=provider, device=device, batches=tuple(batches) or (1,), runs=runs, warmup=warmup,
+                   threads=threads, optimization=optimization, compare_with=compare_with, top=top, shapes=shapes)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console = _console()
+    where = f"predicted for {info['device']}" if info["device"] else f"measured on {info['provider']}"
+    console.print(f"[bold]{info['model']}[/]: {info['params']:,} params, {_flops(info['flops'])} FLOPs (batch 1), "
+                  f"{info['size_bytes']:,} bytes; latency {where}")
+    if "compare" in info:
+        c = info["compare"]
+        console.print(f"vs {c['model']}: {c['params']:,} params, {_flops(c['flops'])} FLOPs, {c['size_bytes']:,} bytes")
+    table = Table(title="latency (ms)", title_justify="left")
+    for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup"):
+        table.add_column(col, justify="right")
+    for batch, row in info["batches"].items():
+        if "predicted_ms" in row:
+            table.add_row(batch, _flops(row["flops"]), "", f"{row['predicted_ms']:.3f}", "",
+                          f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
+                          f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "")
+            continue
+        lat = row["latency"]
+        other = row.get("compare_latency")
+        table.add_row(batch, _flops(row["flops"]), f"{lat['min_ms']:.3f}", f"{lat['median_ms']:.3f}",
+                      f"{lat['p90_ms']:.3f}", f"{other['median_ms']:.3f}" if other else "",
+                      f"{row['speedup']:.2f}x" if other else "")
+    console.print(table)
+    if info.get("ops"):
+        ops = Table(title="time by op type (onnxruntime profiler, batch %s)" % next(iter(info["batches"])),
+                    title_justify="left")
+        for col in ("op", "nodes", "ms", "share"):
+            ops.add_column(col, justify="left" if col == "op" else "right")
+        for r in info["ops"]:
+            ops.add_row(r["op"], str(r["nodes"]), f"{r['ms']:.4f}", f"{r['share']:.1%}")
+        console.print(ops)
+        nodes = Table(title=f"top {len(info['nodes'])} nodes", title_justify="left")
+        for col in ("node", "op", "ms", "share"):
+            nodes.add_column(col, justify="right" if col in ("ms", "share") else "left")
+        for r in info["nodes"]:
+            nodes.add_row(r["node"], r["op"], f"{r['ms']:.4f}", f"{r['share']:.1%}")
+        console.print(nodes)
+        console.print(f"process peak RSS: {info['peak_rss_mb']:.0f} MB")
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
 

@@ -32,11 +32,18 @@ def resolve_provider(name: str) -> str:
     return full
 
 
+OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+
+
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: int = 0,
-                 optimization: str = "all") -> ort.InferenceSession:
+                 optimization: str = "all", profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A session on one provider. threads=0 lets onnxruntime use every core."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.graph_optimization_level = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

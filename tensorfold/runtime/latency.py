@@ -1,0 +1,172 @@
+"""Latency on an onnxruntime provider: warm-up, timed runs, medians; two models interleaved run by
+run so that machine noise hits both alike; per-node times from onnxruntime's own profiler."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.runtime.sessions import make_session
+
+
+@dataclass
+class LatencyStats:
+    """Wall-clock milliseconds of each timed run."""
+
+    runs_ms: list[float] = field(default_factory=list)
+
+    @property
+    def min(self) -> float:
+        return min(self.runs_ms)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs_ms)
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.runs_ms, 90))
+
+    def as_dict(self) -> dict:
+        return {"min_ms": round(self.min, 4), "median_ms": round(self.median, 4), "p90_ms": round(self.p90, 4),
+                "runs": len(self.runs_ms)}
+
+
+def with_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The same inputs with the leading (batch) dimension set to `batch`."""
+    out = {}
+    for name, x in feeds.items():
+        if x.ndim == 0:
+            out[name] = x
+            continue
+        reps = int(np.ceil(batch / x.shape[0]))
+        out[name] = np.concatenate([x] * reps, axis=0)[:batch]
+    return out
+
+
+def _timed(session, feeds) -> float:
+    start = time.perf_counter()
+    session.run(None, feeds)
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
+            warmup: int = 5, runs: int = 30, optimization: str = "all") -> LatencyStats:
+    session = make_session(model, provider, threads, optimization)
+    _run_checked(session, feeds)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    return LatencyStats([_timed(session, feeds) for _ in range(runs)])
+
+
+@dataclass
+class Comparison:
+    a: LatencyStats
+    b: LatencyStats
+    ratios: list[float]              # b / a per interleaved pair
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster a is than b (median of per-pair ratios)."""
+        return statistics.median(self.ratios)
+
+    def as_dict(self) -> dict:
+        return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup_a_over_b": round(self.speedup, 4),
+                "ratio_p10": round(float(np.percentile(self.ratios, 10)), 4),
+                "ratio_p90": round(float(np.percentile(self.ratios, 90)), 4)}
+
+
+def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
+            warmup: int = 5, runs: int = 30) -> Comparison:
+    """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios."""
+    sa, sb = make_session(model_a, provider, threads), make_session(model_b, provider, threads)
+    _run_checked(sa, feeds)
+    _run_checked(sb, feeds)
+    for _ in range(warmup):
+        sa.run(None, feeds)
+        sb.run(None, feeds)
+    ta, tb = [], []
+    for i in range(runs):
+        if i % 2 == 0:
+            ta.append(_timed(sa, feeds))
+            tb.append(_timed(sb, feeds))
+        else:
+            tb.append(_timed(sb, feeds))
+            ta.append(_timed(sa, feeds))
+    return Comparison(LatencyStats(ta), LatencyStats(tb), [b / a for a, b in zip(ta, tb)])
+
+
+def _run_checked(session, feeds) -> None:
+    try:
+        session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        raise TensorfoldError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]} "
+                              f"(fix dynamic dims with --shape NAME:D1,D2,...)") from None
+
+
+@dataclass
+class NodeTime:
+    node: str
+    op: str
+    mean_ms: float
+    share: float
+
+
+def node_profile(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider: str = "cpu",
+                 threads: int = 0, runs: int = 10) -> list[NodeTime]:
+    """Per-node kernel time from onnxruntime's profiler (enable_profiling), mean over runs.
+
+    Node names are onnxruntime's after its graph optimizations (fused nodes keep one name)."""
+    with tempfile.TemporaryDirectory(prefix="tensorfold-prof-") as tmp:
+        session = make_session(model, provider, threads, profile_prefix=os.path.join(tmp, "ort"))
+        _run_checked(session, feeds)
+        for _ in range(runs):
+            session.run(None, feeds)
+        path = session.end_profiling()
+        with open(path) as fh:
+            events = json.load(fh)
+    totals: dict[tuple[str, str], float] = defaultdict(float)
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        node = ev["name"][: -len("_kernel_time")]
+        totals[(node, ev.get("args", {}).get("op_name", "?"))] += ev["dur"] / 1e3
+    total = sum(totals.values()) or 1.0
+    # the first (checked) run is profiled too: average over runs + 1
+    out = [NodeTime(node, op, ms / (runs + 1), ms / total) for (node, op), ms in totals.items()]
+    return sorted(out, key=lambda t: -t.mean_ms)
+
+
+def by_op_type(times: list[NodeTime]) -> list[tuple[str, float, float, int]]:
+    """(op, mean ms per run, share, node count), largest first."""
+    agg: dict[str, list[float]] = defaultdict(list)
+    for t in times:
+        agg[t.op].append(t.mean_ms)
+    total = sum(sum(v) for v in agg.values()) or 1.0
+    return sorted(((op, sum(v), sum(v) / total, len(v)) for op, v in agg.items()), key=lambda r: -r[1])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (an upper bound for what the sessions used)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
