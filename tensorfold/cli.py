@@ -88,9 +88,17 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hardware-aware", is_flag=True,
+              help="time every candidate chain on the target; rewrite a layer only where it is faster")
+@click.option("--provider", default="cpu", show_default=True, help="execution provider to time on (hardware-aware)")
+@click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host)")
+@click.option("--threads", type=int, default=0, show_default=True, help="intra-op threads for timing (0: all)")
+@click.option("--max-error", type=float, help="hardware-aware: fastest chain per layer with weight error <= this")
+@click.option("--target-latency", type=float, help="hardware-aware: least error meeting this whole-model latency (ms)")
+@click.option("--speedup", type=float, help="hardware-aware: least error meeting this speedup over the input")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
-                 seed, as_json):
+                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, as_json):
     """Factorize MODEL and write a verified model to OUTPUT.
 
     Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
@@ -100,7 +108,9 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
 
     report = optimize(model, output, method=method, rank=rank, energy=energy, ratio=ratio, evbmf=evbmf, include=include,
                       exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
-                      progress=not as_json and sys.stderr.isatty(), seed=seed)
+                      progress=not as_json and sys.stderr.isatty(), seed=seed, hardware_aware=hardware_aware,
+                      provider=provider, device=device, threads=threads, max_error=max_error,
+                      target_latency=target_latency, speedup=speedup)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:

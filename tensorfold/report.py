@@ -30,6 +30,7 @@ class OptimizeReport:
     seconds: float
     notes: list[str] = field(default_factory=list)
     eligible_params: tuple[int, int] = (0, 0)     # weights of the layers the method could rewrite, before/after
+    latency: dict | None = None                   # hardware-aware runs: target, input ms, measured speedup
 
     def as_dict(self) -> dict:
         return {
@@ -49,6 +50,7 @@ class OptimizeReport:
             "verification": self.verification.as_dict() if self.verification else None,
             "normalization": self.normalization,
             "notes": self.notes,
+            "latency": self.latency,
             "seconds": round(self.seconds, 3),
         }
 
@@ -71,6 +73,10 @@ class OptimizeReport:
         for op in ops:
             b, a = self.before.ops.get(op, 0), self.after.ops.get(op, 0)
             summary.add_row(f"  {op} nodes", str(b), str(a), "" if a == b else f"{a - b:+d}")
+        if self.latency:
+            lat = self.latency
+            summary.add_row(f"latency, {lat['target']}", f"{lat['input_ms']:.3f} ms",
+                            f"{lat['input_ms'] / lat['speedup']:.3f} ms", f"{lat['speedup']:.2f}x")
         if self.verification:
             for o in self.verification.outputs:
                 value = (f"{o.relative_error:.3e} rel. error" if o.kind == "float"

@@ -62,6 +62,9 @@ class PassContext:
     hooi_iters: int = 5          # HOOI sweeps after HOSVD; stops early once the error stops improving
     progress: bool = True
     seed: int = 0
+    # planner(pass, layers, ctx) -> (ranks per layer name or None, notes): replaces the rank spec's
+    # plan, e.g. hardware-aware selection by measured latency
+    planner: Callable | None = None
 
 
 @dataclass

@@ -100,8 +100,9 @@ class FactorizePass(Pass):
             bar.set_postfix_str(layer.name[-30:])
             ranks = plan.get(layer.name)
             if ranks is None:
-                skipped.append(Skip(layer.name, layer.node.op_type,
-                                    "kept whole: the budget gains more from other layers"))
+                reason = getattr(ctx.planner, "reasons", {}).get(layer.name) or (
+                    "kept whole: the budget gains more from other layers")
+                skipped.append(Skip(layer.name, layer.node.op_type, reason))
                 continue
             outcome = self._rewrite(layer, ranks, ctx, fresh)
             if isinstance(outcome, Skip):
@@ -127,11 +128,19 @@ class FactorizePass(Pass):
         prune_initializers(work)
         return PassResult(work, True, records, skipped, notes, eligible_params)
 
+    def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
+        """build(), remembered: a planner that tried these ranks already paid for them."""
+        memo = self.__dict__.setdefault("_memo", {})
+        key = (layer.name, tuple(ranks))
+        if key not in memo:
+            memo[key] = self.build(layer, ranks, ctx)
+        return memo[key]
+
     def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
         try:
-            fac = self.build(layer, ranks, ctx)
+            fac = self.factorization(layer, ranks, ctx)
             approx = fac.reconstruct()
         except DecompositionError as exc:
             return Skip(layer.name, op, f"{self.method} failed: {exc}")
@@ -150,6 +159,12 @@ class FactorizePass(Pass):
         return builder, record
 
     def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[dict[str, tuple[int, ...] | None], list[str]]:
+        if ctx.planner is not None:
+            return ctx.planner(self, layers, ctx)
+        return self.spec_plan(layers, ctx)
+
+    def spec_plan(self, layers: list[Layer], ctx: PassContext):
+        """Ranks from the rank spec alone: a fixed rank, an energy, EVBMF or the global budget."""
         spec = ctx.spec
         if spec.ratio is None:
             return {layer.name: self.ranks_for(layer, spec) for layer in layers}, []

@@ -1,0 +1,156 @@
+"""Hardware-aware rank selection: every candidate chain is timed on the target (or predicted by a
+device model) beside the layer it replaces; a layer is rewritten only where its chain is faster.
+
+Ranks are rounded up to multiples of 8 (16 on GPUs): channel counts that vector units and GPU
+kernels handle without remainder loops. Three ways to choose among the faster chains:
+- no budget: the rank spec's ranks (energy, ratio, ...), rounded, kept where faster;
+- --max-error E: per layer the fastest chain whose relative weight error is <= E;
+- --target-latency / --speedup: least total error whose summed layer latency meets the target
+  (the same Lagrangian allocation as --ratio, with milliseconds in place of parameters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from tensorfold.decompose.ranks import Option, allocate_budget
+from tensorfold.errors import DecompositionError
+from tensorfold.graph.model import GraphIndex
+from tensorfold.passes.chains import ChainBuilder
+from tensorfold.passes.factorize import FactorizePass, relative_error
+from tensorfold.passes.layers import Layer
+from tensorfold.runtime.latency_table import LatencyTable
+
+FASTER = 0.9         # a chain must take at most 90% of the layer's time: isolated timings miss the
+                     # fusions onnxruntime makes in the whole graph, so small gains do not survive
+
+
+@dataclass
+class Timed:
+    ranks: tuple
+    params: int
+    error: float
+    ms: float
+
+
+@dataclass
+class HardwareTarget:
+    table: LatencyTable
+    model: onnx.ModelProto                        # the normalized model the pass rewrites
+    shapes: dict                                  # concrete shapes of its values
+    multiple: int = 8
+    max_error: float | None = None
+    target_ms: float | None = None                # whole-model latency to reach (--target-latency/--speedup)
+    model_ms: float | None = None                 # the input's whole-model latency
+    timings: dict = field(default_factory=dict)   # layer -> (layer ms, [Timed]) for the report
+    exclude: set = field(default_factory=set)     # layers the fallback returned to the input's form
+    reasons: dict = field(default_factory=dict)   # layer -> why it is kept whole (read by the pass)
+
+    def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx):
+        self.reasons = {name: "hardware-aware: returned to the input's form, the whole model was not faster"
+                        for name in self.exclude}
+        layers = [layer for layer in layers if layer.name not in self.exclude]
+        base, notes = ({}, []) if (self.max_error is not None or self.target_ms is not None) \
+            else pass_.spec_plan(layers, ctx)
+        options = {}
+        for layer in layers:
+            layer_ms = self._layer_ms(layer, ctx)
+            if layer.name in base:
+                wanted = [base[layer.name]] if base[layer.name] is not None else []
+            else:
+                wanted = _spread(pass_, layer)
+            timed = []
+            for ranks in {self._round(r, layer) for r in wanted}:
+                t = self._time(pass_, layer, ranks, ctx)
+                if t is not None and t.ms <= FASTER * layer_ms and (ctx.force or t.params < layer.params):
+                    timed.append(t)
+            self.timings[layer.name] = (layer_ms, timed)
+            options[layer.name] = timed
+        self.table.save()
+        plan = {name: None for name in options}
+        slower = sum(1 for v in options.values() if not v)
+        if self.target_ms is not None:
+            # the other nodes keep their time; the rewritten layers must fit in what is left
+            layers_ms = sum(self.timings[layer.name][0] for layer in layers)
+            budget = self.target_ms - (self.model_ms - layers_ms)
+            fastest = sum(min([t.ms for t in options[layer.name]] + [self.timings[layer.name][0]]) for layer in layers)
+            if budget < fastest:
+                notes.append(f"target {self.target_ms:.3f} ms is out of reach: the fastest chains give about "
+                             f"{self.model_ms - layers_ms + fastest:.3f} ms; taking the fastest chains")
+                budget = fastest
+            plan.update(self._allocate(layers, options, budget))
+        else:
+            for name, timed in options.items():
+                ok = [t for t in timed if self.max_error is None or t.error <= self.max_error]
+                if ok:
+                    plan[name] = min(ok, key=lambda t: t.ms).ranks
+                elif timed:
+                    self.reasons[name] = f"hardware-aware: no faster chain within --max-error {self.max_error:g}"
+        for name, timed in options.items():
+            if not timed:
+                self.reasons[name] = "hardware-aware: no chain faster than the layer on the target"
+        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.measured} new measurements, "
+                         f"cache {self.table.path}); {slower} had no chain faster than the layer"]
+        return plan, notes
+
+    # ------------------------------------------------------------------------------------------
+
+    def _round(self, ranks: tuple, layer: Layer) -> tuple:
+        def up(r):
+            return r if r < self.multiple else int(math.ceil(r / self.multiple) * self.multiple)
+        return tuple(up(r) if isinstance(r, (int, np.integer)) else r for r in ranks)
+
+    def _layer_ms(self, layer: Layer, ctx) -> float:
+        index = GraphIndex(self._model(ctx))
+        inits = [index.initializers[i] for i in layer.node.input if i in index.initializers]
+        return self.table.ms(layer, [layer.node], inits, self.shapes, "layer", model_opset(self.model))
+
+    def _model(self, ctx):
+        return self.model
+
+    def _time(self, pass_: FactorizePass, layer: Layer, ranks: tuple, ctx) -> Timed | None:
+        try:
+            fac = pass_.factorization(layer, ranks, ctx)
+            error = relative_error(layer.weight, fac.reconstruct())
+        except DecompositionError:
+            return None
+        counter = itertools.count()
+        builder = ChainBuilder(layer, fac.method, lambda base: f"{base}_{next(counter)}", "")
+        fac.emit(builder)
+        index = GraphIndex(self._model(ctx))
+        extra = [index.initializers[n] for n in [layer.bias_name] if n and n in index.initializers]
+        ms = self.table.ms(layer, builder.nodes, builder.initializers + extra, self.shapes,
+                           f"{fac.method}:{list(fac.ranks)}", model_opset(self.model))
+        return Timed(ranks, builder.params, error, ms)
+
+    def _allocate(self, layers: list[Layer], options: dict, budget_ms: float) -> dict:
+        names = [layer.name for layer in layers]
+        opts, choices = [], []
+        for name in names:
+            layer_ms = self.timings[name][0]
+            timed = options[name]
+            # cost in units of 0.1 us so the integer budget keeps precision
+            opts.append([Option(int(layer_ms * 1e4), 0.0)] + [Option(int(t.ms * 1e4), t.error ** 2) for t in timed])
+            choices.append([None] + [t.ranks for t in timed])
+        picked = allocate_budget(opts, int(budget_ms * 1e4))
+        return {name: c[i] for name, c, i in zip(names, choices, picked)}
+
+
+def _spread(pass_: FactorizePass, layer: Layer) -> list[tuple]:
+    """A few candidates from 1/16 to 3/4 of the layer's parameters, the least error in each."""
+    cands = pass_.candidates(layer)
+    out = []
+    for frac in (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4):
+        fits = [c for c in cands if c.params <= frac * layer.params]
+        if fits:
+            out.append(pass_._ranks_of(min(fits, key=lambda c: c.error2)))
+    return list(dict.fromkeys(out))
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    return max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=17)

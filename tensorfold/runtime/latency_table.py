@@ -1,0 +1,82 @@
+"""Latency of one layer and of its candidate factor chains, measured once on a provider (or
+predicted by a device model) and cached on disk, keyed by provider, host and shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from tensorfold.passes.layers import Layer
+from tensorfold.runtime.devices import Device, _host_key, node_costs
+from tensorfold.runtime.latency import measure
+
+
+def _value_info(name: str, shape: list[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+
+
+def mini_model(nodes, initializers, shapes: dict[str, list[int]], opset: int) -> onnx.ModelProto:
+    """A model of just these nodes: inputs are what they read and nobody here produces."""
+    produced = {o for n in nodes for o in n.output}
+    inits = {t.name for t in initializers}
+    inputs = []
+    for n in nodes:
+        for name in n.input:
+            if name and name not in produced and name not in inits and name not in [i.name for i in inputs]:
+                inputs.append(_value_info(name, shapes[name]))
+    out = nodes[-1].output[0]
+    graph = helper.make_graph(list(nodes), "layer", inputs, [_value_info(out, shapes[out])], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+class LatencyTable:
+    """ms per (layer shape, method, ranks). `device` predicts instead of measuring."""
+
+    def __init__(self, provider: str = "cpu", threads: int = 0, device: Device | None = None,
+                 cache_dir: Path | None = None, runs: int = 25):
+        from tensorfold.bench.real_models import cache_dir as default_cache
+
+        self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
+        where = device.name if device else f"{provider}-t{threads}-{_host_key(provider, threads)}"
+        self.path = (cache_dir or default_cache() / "latency") / f"{where}.json"
+        self.entries: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+        self.measured = 0
+
+    def key(self, layer: Layer, shapes: dict, label: str) -> str:
+        node = layer.node
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        ins = [shapes.get(i) for i in node.input if i]
+        return json.dumps([node.op_type, ins, shapes.get(node.output[0]), attrs, label], sort_keys=True, default=str)
+
+    def ms(self, layer: Layer, nodes, initializers, shapes: dict, label: str, opset: int) -> float:
+        key = self.key(layer, shapes, label)
+        if key not in self.entries:
+            model = mini_model(nodes, initializers, shapes, opset)
+            x = model.graph.input
+            if self.device is not None:
+                in_shapes = {v.name: shapes[v.name] for v in x}
+                value = sum(self.device.node_seconds(c.flops, c.bytes) for c in node_costs(model, in_shapes)) * 1e3
+            else:
+                rng = np.random.default_rng(0)
+                feeds = {v.name: rng.standard_normal(shapes[v.name]).astype(np.float32) for v in x}
+                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
+            self.entries[key] = value
+            self.measured += 1
+        return self.entries[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)
