@@ -211,3 +211,16 @@ def test_conv_model_roundtrip_with_grouped_conv(tmp_path):
                         "--json")
     assert code == 0, text
     assert json.loads(text)["verification"]["max_relative_error"] < 1e-4
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--hardware-aware", "--speedup", "0"], "--speedup"),
+    (["--hardware-aware", "--max-error", "-1"], "--max-error"),
+    (["--hardware-aware", "--speedup", "2", "--target-latency", "1"], "choose one of"),
+    (["--hardware-aware", "--device", "rx590"], "unknown device"),
+    (["--hardware-aware", "--provider", "cuda"], "onnxruntime-gpu"),
+])
+def test_hardware_aware_bad_options(tmp_path, args, expected):
+    code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", *args)
+    assert_user_error(code, text, expected)
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,79 @@
+"""The latency harness: the shape of its reports, not their numbers."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tensorfold.cli import demo_model_path, main
+from tensorfold.runtime.latency import by_op_type, compare, measure, node_profile, with_batch
+from tests.passes.single_node import conv_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return conv_model(np.random.default_rng(0).standard_normal((8, 4, 3, 3)), bias=True, pads=[1, 1, 1, 1])
+
+
+def test_measure_and_compare(tiny):
+    model, feeds = tiny
+    stats = measure(model, feeds, runs=7, warmup=1)
+    assert len(stats.runs_ms) == 7 and 0 < stats.min <= stats.median <= stats.p90
+    cmp = compare(model, model, feeds, runs=6, warmup=1)
+    assert len(cmp.ratios) == 6 and cmp.speedup > 0
+
+
+def test_node_profile(tiny):
+    model, feeds = tiny
+    times = node_profile(model, feeds, runs=3)
+    assert any(t.op == "Conv" for t in times)
+    assert sum(t.share for t in times) == pytest.approx(1.0)
+    assert by_op_type(times)[0][0] == "Conv"
+
+
+def test_with_batch():
+    x = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert with_batch(x, 5)["x"].shape == (5, 3)
+    assert with_batch(x, 1)["x"].shape == (1, 3)
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_profile_cli_json(tmp_path):
+    code, out = _cli("profile", demo_model_path(), "--batch", "1", "--batch", "4", "--runs", "5", "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert set(info["batches"]) == {"1", "4"}
+    assert {"min_ms", "median_ms", "p90_ms"} <= set(info["batches"]["1"]["latency"])
+    assert info["ops"] and info["nodes"] and info["params"] > 0 and info["flops"] > 0
+
+
+def test_profile_compare_and_device(tmp_path):
+    small = tmp_path / "small.onnx"
+    assert _cli("optimize", demo_model_path(), "-o", small, "--method", "tucker", "--ratio", "3")[0] == 0
+    code, out = _cli("profile", small, "--compare", demo_model_path(), "--runs", "6", "--json")
+    assert code == 0, out
+    row = json.loads(out)["batches"]["1"]
+    assert row["speedup"] > 0 and "compare_latency" in row
+    code, out = _cli("profile", small, "--compare", demo_model_path(), "--device", "rx580", "--json")
+    assert code == 0, out
+    row = json.loads(out)["batches"]["1"]
+    assert row["predicted_ms"] > 0 and row["predicted_speedup"] > 0
+
+
+@pytest.mark.parametrize("args,expected", [(["--provider", "dml"], "onnxruntime-directml"),
+                                           (["--device", "rx590"], "unknown device"),
+                                           (["--runs", "0"], "--runs")])
+def test_profile_bad_input(args, expected):
+    code, out = _cli("profile", demo_model_path(), *args)
+    assert code == 2 and out.startswith("error: ") and expected in out and len(out.strip().splitlines()) == 1
+
+
+def test_profile_refuses_a_model_too_large_for_memory(monkeypatch):
+    monkeypatch.setattr("tensorfold.runtime.latency.available_memory_bytes", lambda: 1000)
+    code, out = _cli("profile", demo_model_path())
+    assert code == 2 and "GiB" in out
