@@ -230,7 +230,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
             shapes: tuple[str, ...] = (), seed: int = 0) -> dict:
     """Latency (measured on `provider`, or predicted for `device`), FLOPs, params, size, memory,
     per-op and per-node tables; with `compare_with`, both models interleaved with ratios."""
-    from tensorfold.runtime.devices import describe, get_device, node_costs
+    from tensorfold.runtime.devices import describe, get_device, predict_seconds
     from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
                                             peak_rss_mb, with_batch)
 
@@ -253,10 +253,10 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
         row: dict = {"flops": model_stats(model, bshapes).flops}
         if device:
-            row["predicted_ms"] = round(sum(dev.node_seconds(c.flops, c.bytes) for c in node_costs(model, bshapes)) * 1e3, 4)
+            row["predicted_ms"] = round(predict_seconds(model, bshapes, dev) * 1e3, 4)
             if other is not None:
                 row["compare_predicted_ms"] = round(
-                    sum(dev.node_seconds(c.flops, c.bytes) for c in node_costs(other, bshapes)) * 1e3, 4)
+                    predict_seconds(other, bshapes, dev) * 1e3, 4)
                 row["predicted_speedup"] = round(row["compare_predicted_ms"] / row["predicted_ms"], 4)
         elif other is not None:
             cmp = compare(model, other, bfeeds, provider, threads, warmup, runs)

@@ -29,6 +29,7 @@ class Device:
     overhead_s: float          # fixed cost per kernel launch / node dispatch
     memory_bytes: int | None = None
     note: str = ""
+    run_overhead_s: float = 0.0  # fixed cost per inference call (session.run, input/output copies)
 
     def node_seconds(self, flops: float, nbytes: float) -> float:
         return max(flops / self.peak_flops, nbytes / self.bandwidth) + self.overhead_s
@@ -38,12 +39,12 @@ class Device:
 # discrete GPU driver stack. These predict; a real provider measures.
 DEVICES: dict[str, Device] = {
     "rx580": Device("rx580", 6.17e12, 256e9, 10e-6, 8 << 30,
-                    "AMD Radeon RX 580 (Polaris, gfx803), reached through DirectML or WebGPU"),
-    "gtx1060": Device("gtx1060", 4.375e12, 192e9, 8e-6, 6 << 30, "NVIDIA GTX 1060 6GB (Pascal)"),
-    "rtx3060": Device("rtx3060", 12.74e12, 360e9, 6e-6, 12 << 30, "NVIDIA RTX 3060 (Ampere)"),
-    "a100": Device("a100", 19.5e12, 1555e9, 5e-6, 40 << 30, "NVIDIA A100 40GB, fp32 without TF32"),
-    "h100": Device("h100", 67e12, 3350e9, 5e-6, 80 << 30, "NVIDIA H100 SXM, fp32 without TF32"),
-    "rpi4": Device("rpi4", 13.5e9, 4e9, 20e-6, 4 << 30, "Raspberry Pi 4 (4x Cortex-A72 NEON)"),
+                    "AMD Radeon RX 580 (Polaris, gfx803), reached through DirectML or WebGPU", 50e-6),
+    "gtx1060": Device("gtx1060", 4.375e12, 192e9, 8e-6, 6 << 30, "NVIDIA GTX 1060 6GB (Pascal)", 30e-6),
+    "rtx3060": Device("rtx3060", 12.74e12, 360e9, 6e-6, 12 << 30, "NVIDIA RTX 3060 (Ampere)", 30e-6),
+    "a100": Device("a100", 19.5e12, 1555e9, 5e-6, 40 << 30, "NVIDIA A100 40GB, fp32 without TF32", 30e-6),
+    "h100": Device("h100", 67e12, 3350e9, 5e-6, 80 << 30, "NVIDIA H100 SXM, fp32 without TF32", 30e-6),
+    "rpi4": Device("rpi4", 13.5e9, 4e9, 20e-6, 4 << 30, "Raspberry Pi 4 (4x Cortex-A72 NEON)", 20e-6),
 }
 
 # ops onnxruntime runs as metadata changes (no data moved, no kernel worth counting)
@@ -79,7 +80,8 @@ def node_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> li
 
 
 def predict_seconds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], device: Device) -> float:
-    return sum(device.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes))
+    """One inference: the call's fixed cost plus every node's roofline time."""
+    return device.run_overhead_s + sum(device.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes))
 
 
 def get_device(name: str, provider: str = "cpu", threads: int = 0) -> Device:
@@ -121,16 +123,22 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
     bandwidth, a chain of tiny Relu nodes for per-node overhead. Cached per host and provider."""
     from tensorfold.bench.real_models import cache_dir
 
-    path = cache_dir() / "devices" / f"host-{_host_key(provider, threads)}.json"
+    path = cache_dir() / "devices" / f"host-v2-{_host_key(provider, threads)}.json"
     if cache and path.exists():
         return Device(**json.loads(path.read_text()))
     rng = np.random.default_rng(0)
     f32 = TensorProto.FLOAT
-    # per-node overhead: 200 Relus on 8 floats
+    # per-node overhead: 200 Relus on 8 floats, less one Relu's time (the call's fixed cost)
+    def relu_chain(n):
+        relus = [helper.make_node("Relu", [f"r{i}"], [f"r{i + 1}"]) for i in range(n)]
+        m = _model(relus, [helper.make_tensor_value_info("r0", f32, [1, 8])],
+                   [helper.make_tensor_value_info(f"r{n}", f32, [1, 8])])
+        return _median_seconds(m, {"r0": rng.standard_normal((1, 8)).astype(np.float32)}, provider, threads)
+
     n = 200
-    relus = [helper.make_node("Relu", [f"r{i}"], [f"r{i + 1}"]) for i in range(n)]
-    m = _model(relus, [helper.make_tensor_value_info("r0", f32, [1, 8])], [helper.make_tensor_value_info(f"r{n}", f32, [1, 8])])
-    overhead = _median_seconds(m, {"r0": rng.standard_normal((1, 8)).astype(np.float32)}, provider, threads) / n
+    one, many = relu_chain(1), relu_chain(n)
+    overhead = max(many - one, 0.0) / (n - 1)
+    run_overhead = max(one - overhead, 0.0)
     # bandwidth: y = a + b over 4M floats (48 MB moved)
     size = 4 << 20
     m = _model([helper.make_node("Add", ["a", "b"], ["y"])],
@@ -138,16 +146,16 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
                [helper.make_tensor_value_info("y", f32, [size])])
     t = _median_seconds(m, {"a": rng.standard_normal(size).astype(np.float32),
                             "b": rng.standard_normal(size).astype(np.float32)}, provider, threads)
-    bandwidth = 3 * 4 * size / max(t - overhead, 1e-9)
+    bandwidth = 3 * 4 * size / max(t - overhead - run_overhead, 1e-9)
     # compute: 3x3 conv 128 -> 128 on 28x28 (231 MFLOP)
     w = numpy_helper.from_array(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), "W")
     m = _model([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
                [helper.make_tensor_value_info("x", f32, [1, 128, 28, 28])],
                [helper.make_tensor_value_info("y", f32, [1, 128, 28, 28])], [w])
     t = _median_seconds(m, {"x": rng.standard_normal((1, 128, 28, 28)).astype(np.float32)}, provider, threads)
-    peak = 2 * 128 * 128 * 9 * 28 * 28 / max(t - overhead, 1e-9)
+    peak = 2 * 128 * 128 * 9 * 28 * 28 / max(t - overhead - run_overhead, 1e-9)
     device = Device("host", peak, bandwidth, overhead, None,
-                    f"calibrated {time.strftime('%Y-%m-%d')} on {platform.node()} through {provider}")
+                    f"calibrated {time.strftime('%Y-%m-%d')} on {platform.node()} through {provider}", run_overhead)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -158,7 +166,8 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
 
 def describe(device: Device) -> str:
     return (f"{device.name}: {device.peak_flops / 1e9:.1f} GFLOP/s, {device.bandwidth / 1e9:.1f} GB/s, "
-            f"{device.overhead_s * 1e6:.1f} us per node" + (f" ({device.note})" if device.note else ""))
+            f"{device.overhead_s * 1e6:.1f} us per node, {device.run_overhead_s * 1e6:.1f} us per call"
+            + (f" ({device.note})" if device.note else ""))
 
 
 __all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "get_device", "node_costs",

@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from tensorfold.passes.layers import Layer
-from tensorfold.runtime.devices import Device, _host_key, node_costs
+from tensorfold.runtime.devices import Device, _host_key, predict_seconds
 from tensorfold.runtime.latency import measure
 
 
@@ -66,7 +66,7 @@ class LatencyTable:
             x = model.graph.input
             if self.device is not None:
                 in_shapes = {v.name: shapes[v.name] for v in x}
-                value = sum(self.device.node_seconds(c.flops, c.bytes) for c in node_costs(model, in_shapes)) * 1e3
+                value = predict_seconds(model, in_shapes, self.device) * 1e3
             else:
                 rng = np.random.default_rng(0)
                 feeds = {v.name: rng.standard_normal(shapes[v.name]).astype(np.float32) for v in x}

@@ -1,0 +1,558 @@
+"""ONNX graph -> trainable torch module, and trained weights back into the same graph.
+
+A small interpreter over torch ops rather than onnx2torch: tried as a new user would, onnx2torch
+fails on weights stored as Constant nodes (every PP-OCR model) and lacks GlobalMaxPool and LSTM.
+Here every floating-point initializer becomes an nn.Parameter under its own name, nodes run in
+graph order, and a node with no torch equivalent runs frozen through onnxruntime (no gradient
+flows through it) with a warning instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from tensorfold.graph.model import attr
+
+OPS: dict[str, Callable] = {}
+
+
+def op(*names):
+    def register(fn):
+        for name in names:
+            OPS[name] = fn
+        return fn
+    return register
+
+
+def _a(node, name, default=None):
+    value = attr(node, name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ints(t: torch.Tensor) -> list[int]:
+    return [int(v) for v in t.detach().cpu().reshape(-1).tolist()]
+
+
+# --- convolution and dense --------------------------------------------------------------------
+
+def _same_pads(x, weight_shape, strides, dilations, mode):
+    pads_begin, pads_end = [], []
+    for i, k in enumerate(weight_shape):
+        size = x.shape[2 + i]
+        out = math.ceil(size / strides[i])
+        total = max((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - size, 0)
+        small = total // 2
+        big = total - small
+        pads_begin.append(small if mode == "SAME_UPPER" else big)
+        pads_end.append(big if mode == "SAME_UPPER" else small)
+    return pads_begin + pads_end
+
+
+def _pad_for_torch(x, pads):
+    """ONNX pads [b1, b2, ..., e1, e2, ...] -> F.pad on the spatial dims (last dim first)."""
+    nd = len(pads) // 2
+    if not any(pads):
+        return x
+    spec = []
+    for i in reversed(range(nd)):
+        spec += [pads[i], pads[i + nd]]
+    return F.pad(x, spec)
+
+
+@op("Conv")
+def _conv(node, x, w, b=None):
+    nd = w.dim() - 2
+    strides = list(_a(node, "strides", [1] * nd))
+    dilations = list(_a(node, "dilations", [1] * nd))
+    auto_pad = _a(node, "auto_pad", "NOTSET")
+    pads = list(_a(node, "pads", [0] * (2 * nd)))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(x, w.shape[2:], strides, dilations, auto_pad)
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * nd)
+    x = _pad_for_torch(x, pads)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return fn(x, w, b, stride=strides, dilation=dilations, groups=_a(node, "group", 1))
+
+
+@op("ConvTranspose")
+def _conv_transpose(node, x, w, b=None):
+    nd = w.dim() - 2
+    strides = list(_a(node, "strides", [1] * nd))
+    dilations = list(_a(node, "dilations", [1] * nd))
+    pads = list(_a(node, "pads", [0] * (2 * nd)))
+    out_pad = list(_a(node, "output_padding", [0] * nd))
+    if pads[:nd] != pads[nd:]:
+        raise NotImplementedError("asymmetric ConvTranspose pads")
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+    return fn(x, w, b, stride=strides, padding=pads[:nd], output_padding=out_pad, groups=_a(node, "group", 1),
+              dilation=dilations)
+
+
+@op("Gemm")
+def _gemm(node, a, b, c=None):
+    if _a(node, "transA", 0):
+        a = a.transpose(0, 1)
+    if _a(node, "transB", 0):
+        b = b.transpose(0, 1)
+    y = _a(node, "alpha", 1.0) * (a @ b)
+    return y if c is None else y + _a(node, "beta", 1.0) * c
+
+
+@op("MatMul")
+def _matmul(node, a, b):
+    return torch.matmul(a, b)
+
+
+@op("Einsum")
+def _einsum(node, *xs):
+    return torch.einsum(_a(node, "equation"), *xs)
+
+
+# --- normalization ------------------------------------------------------------------------------
+
+@op("BatchNormalization")
+def _bn(node, x, scale, bias, mean, var):
+    # inference form; the running statistics are constants (written by hand: F.batch_norm refuses
+    # statistics that require grad, and they are parameters like every float initializer here)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    inv = scale / torch.sqrt(var.detach() + _a(node, "epsilon", 1e-5))
+    return (x - mean.detach().reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+
+
+@op("LayerNormalization")
+def _ln(node, x, scale, bias=None):
+    axis = _a(node, "axis", -1)
+    axis = axis if axis >= 0 else x.dim() + axis
+    return F.layer_norm(x, x.shape[axis:], scale, bias, eps=_a(node, "epsilon", 1e-5))
+
+
+@op("InstanceNormalization")
+def _in(node, x, scale, bias):
+    return F.instance_norm(x, weight=scale, bias=bias, eps=_a(node, "epsilon", 1e-5))
+
+
+# --- activations and elementwise ------------------------------------------------------------------
+
+for _name, _fn in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
+                   "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
+                   "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
+                   "Softplus": F.softplus, "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
+                   "Round": torch.round, "Sign": torch.sign}.items():
+    OPS[_name] = (lambda f: lambda node, x: f(x))(_fn)
+
+for _name, _fn in {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
+                   "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "And": torch.logical_and,
+                   "Or": torch.logical_or, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge}.items():
+    OPS[_name] = (lambda f: lambda node, a, b: f(a, b))(_fn)
+
+
+@op("Div")
+def _div(node, a, b):
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+@op("Max")
+def _max(node, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.maximum(out, x)
+    return out
+
+
+@op("Min")
+def _min(node, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.minimum(out, x)
+    return out
+
+
+@op("Sum")
+def _sum(node, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+@op("LeakyRelu")
+def _leaky(node, x):
+    return F.leaky_relu(x, _a(node, "alpha", 0.01))
+
+
+@op("Elu")
+def _elu(node, x):
+    return F.elu(x, _a(node, "alpha", 1.0))
+
+
+@op("HardSigmoid")
+def _hard_sigmoid(node, x):
+    return torch.clamp(_a(node, "alpha", 0.2) * x + _a(node, "beta", 0.5), 0, 1)
+
+
+@op("HardSwish")
+def _hard_swish(node, x):
+    return F.hardswish(x)
+
+
+@op("Gelu")
+def _gelu(node, x):
+    return F.gelu(x, approximate="tanh" if _a(node, "approximate", "none") == "tanh" else "none")
+
+
+@op("Clip")
+def _clip(node, x, lo=None, hi=None):
+    lo = _a(node, "min") if lo is None and attr(node, "min") is not None else lo
+    hi = _a(node, "max") if hi is None and attr(node, "max") is not None else hi
+    if isinstance(lo, torch.Tensor):
+        lo = lo.item()
+    if isinstance(hi, torch.Tensor):
+        hi = hi.item()
+    return torch.clamp(x, lo, hi)
+
+
+@op("PRelu")
+def _prelu(node, x, slope):
+    return torch.where(x >= 0, x, x * slope)
+
+
+@op("Softmax")
+def _softmax(node, x):
+    return torch.softmax(x, _a(node, "axis", -1))
+
+
+@op("LogSoftmax")
+def _log_softmax(node, x):
+    return torch.log_softmax(x, _a(node, "axis", -1))
+
+
+@op("Where")
+def _where(node, c, a, b):
+    return torch.where(c.bool(), a, b)
+
+
+# --- pooling --------------------------------------------------------------------------------------
+
+@op("GlobalAveragePool")
+def _gap(node, x):
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@op("GlobalMaxPool")
+def _gmp(node, x):
+    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _pool(node, x, kind):
+    k = list(_a(node, "kernel_shape"))
+    nd = len(k)
+    strides = list(_a(node, "strides", [1] * nd))
+    pads = list(_a(node, "pads", [0] * (2 * nd)))
+    auto_pad = _a(node, "auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(x, k, strides, [1] * nd, auto_pad)
+    ceil = bool(_a(node, "ceil_mode", 0))
+    if kind == "max":   # MaxPool pads were applied with -inf by the caller
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+        return fn(x, k, strides, 0, list(_a(node, "dilations", [1] * nd)), ceil_mode=ceil)
+    include_pad = bool(_a(node, "count_include_pad", 0))
+    if pads[:nd] == pads[nd:]:
+        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+        return fn(x, k, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include_pad)
+    raise NotImplementedError("asymmetric AveragePool pads")
+
+
+@op("MaxPool")
+def _maxpool(node, x):
+    k = list(_a(node, "kernel_shape"))
+    nd = len(k)
+    pads = list(_a(node, "pads", [0] * (2 * nd)))
+    if any(pads):
+        spec = []
+        for i in reversed(range(nd)):
+            spec += [pads[i], pads[i + nd]]
+        x = F.pad(x, spec, value=float("-inf"))
+        node = onnx.helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=k,
+                                     strides=list(_a(node, "strides", [1] * nd)),
+                                     dilations=list(_a(node, "dilations", [1] * nd)),
+                                     ceil_mode=_a(node, "ceil_mode", 0))
+    return _pool(node, x, "max")
+
+
+@op("AveragePool")
+def _avgpool(node, x):
+    return _pool(node, x, "avg")
+
+
+# --- shape manipulation ---------------------------------------------------------------------------
+
+@op("Flatten")
+def _flatten(node, x):
+    axis = _a(node, "axis", 1)
+    axis = axis if axis >= 0 else x.dim() + axis
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+@op("Reshape")
+def _reshape(node, x, shape):
+    dims = _ints(shape)
+    allow_zero = _a(node, "allowzero", 0)
+    dims = [x.shape[i] if (d == 0 and not allow_zero) else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+@op("Transpose")
+def _transpose(node, x):
+    perm = _a(node, "perm")
+    return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
+
+
+@op("Concat")
+def _concat(node, *xs):
+    return torch.cat(xs, _a(node, "axis"))
+
+
+@op("Shape")
+def _shape(node, x):
+    shape = torch.tensor(list(x.shape), dtype=torch.int64)
+    start, end = _a(node, "start", 0), _a(node, "end", None)
+    return shape[start:end]
+
+
+@op("Size")
+def _size(node, x):
+    return torch.tensor(x.numel(), dtype=torch.int64)
+
+
+@op("Unsqueeze")
+def _unsqueeze(node, x, axes=None):
+    axes = _ints(axes) if axes is not None else list(_a(node, "axes"))
+    out_rank = x.dim() + len(axes)
+    for a in sorted(a if a >= 0 else a + out_rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+@op("Squeeze")
+def _squeeze(node, x, axes=None):
+    axes = _ints(axes) if axes is not None else _a(node, "axes")
+    if axes is None:
+        return x.squeeze()
+    for a in sorted((a if a >= 0 else a + x.dim() for a in axes), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+@op("Slice")
+def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
+    starts = _ints(starts) if starts is not None else list(_a(node, "starts"))
+    ends = _ints(ends) if ends is not None else list(_a(node, "ends"))
+    axes = _ints(axes) if axes is not None else list(_a(node, "axes", range(len(starts))))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if st < 0:
+            raise NotImplementedError("negative Slice steps")
+        size = x.shape[a]
+        s = max(min(s + size if s < 0 else s, size), 0)
+        e = max(min(e + size if e < 0 else e, size), 0)
+        index[a] = slice(s, e, st)
+    return x[tuple(index)]
+
+
+@op("Gather")
+def _gather(node, x, idx):
+    axis = _a(node, "axis", 0)
+    idx = idx.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = torch.index_select(x, axis, idx.reshape(-1))
+    return out.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]])
+
+
+@op("Split")
+def _split(node, x, split=None):
+    axis = _a(node, "axis", 0)
+    sizes = _ints(split) if split is not None else _a(node, "split")
+    if sizes is None:
+        n = len(node.output)
+        sizes = [x.shape[axis] // n] * n
+    return list(torch.split(x, list(sizes), axis))
+
+
+@op("Expand")
+def _expand(node, x, shape):
+    target = _ints(shape)
+    return x * torch.ones(target, dtype=x.dtype)
+
+
+@op("Tile")
+def _tile(node, x, reps):
+    return x.repeat(*_ints(reps))
+
+
+@op("Cast")
+def _cast(node, x):
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(_a(node, "to"))
+    return x.to(torch.from_numpy(np.zeros(0, dtype=dtype)).dtype)
+
+
+@op("Identity", "Dropout")
+def _identity(node, x, *_):
+    return x
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(node, shape):
+    value = attr(node, "value")
+    arr = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    return torch.full(_ints(shape), float(arr.reshape(-1)[0]), dtype=torch.from_numpy(arr).dtype)
+
+
+@op("Range")
+def _range(node, start, limit, delta):
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+@op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+def _reduce(node, x, axes=None):
+    axes = _ints(axes) if axes is not None else _a(node, "axes")
+    keep = bool(_a(node, "keepdims", 1))
+    dims = tuple(axes) if axes else tuple(range(x.dim()))
+    fn = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax,
+          "ReduceMin": torch.amin}[node.op_type]
+    return fn(x, dim=dims, keepdim=keep)
+
+
+@op("Resize")
+def _resize(node, x, roi=None, scales=None, sizes=None):
+    mode = _a(node, "mode", "nearest")
+    if sizes is not None and sizes.numel():
+        size = _ints(sizes)[2:]
+    else:
+        size = [int(math.floor(s * f)) for s, f in zip(x.shape[2:], scales.tolist()[2:])]
+    torch_mode = {"nearest": "nearest", "linear": "bilinear" if x.dim() == 4 else "linear", "cubic": "bicubic"}[mode]
+    coord = _a(node, "coordinate_transformation_mode", "half_pixel")
+    if torch_mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=torch_mode, align_corners=coord == "align_corners")
+
+
+@op("Pad")
+def _pad(node, x, pads=None, value=None, axes=None):
+    pads = _ints(pads) if pads is not None else list(_a(node, "pads"))
+    mode = _a(node, "mode", "constant")
+    nd = len(pads) // 2
+    spec = []
+    for i in reversed(range(nd)):
+        spec += [pads[i], pads[i + nd]]
+    fill = float(value.item()) if value is not None and value.numel() else 0.0
+    return F.pad(x, spec, mode=mode if mode != "edge" else "replicate", value=fill if mode == "constant" else None)
+
+
+# --- the module -------------------------------------------------------------------------------------
+
+def _param_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+class OnnxModule(nn.Module):
+    """Runs an ONNX graph with torch ops. Float initializers are trainable parameters."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: bool = True):
+        super().__init__()
+        from tensorfold.graph.normalize import constants_to_initializers
+
+        self.proto = onnx.ModelProto()
+        self.proto.CopyFrom(model)
+        constants_to_initializers(self.proto)
+        graph = self.proto.graph
+        self.params = nn.ParameterDict()
+        self.param_of: dict[str, str] = {}           # initializer name -> parameter key
+        self.constants: dict[str, torch.Tensor] = {}
+        for t in graph.initializer:
+            arr = numpy_helper.to_array(t).copy()
+            tensor = torch.from_numpy(arr)
+            if tensor.is_floating_point():
+                key = _param_name(t.name)
+                while key in self.params:
+                    key += "_"
+                self.params[key] = nn.Parameter(tensor.float(), requires_grad=trainable)
+                self.param_of[t.name] = key
+            else:
+                self.constants[t.name] = tensor
+        inits = {t.name for t in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in inits]
+        self.output_names = [v.name for v in graph.output]
+        self.nodes = list(graph.node)
+        self.frozen = [n for n in self.nodes if n.op_type not in OPS]
+        for n in self.frozen:
+            warnings.warn(f"{n.op_type} node '{n.name}' has no torch equivalent here: it runs frozen through "
+                          f"onnxruntime, no gradient flows through it", stacklevel=2)
+        self._ort_cache: dict[str, object] = {}
+
+    def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
+        values: dict[str, torch.Tensor] = dict(self.constants)
+        for name, key in self.param_of.items():
+            values[name] = self.params[key]
+        for name, x in zip(self.input_names, inputs):
+            values[name] = x
+        for node in self.nodes:
+            args = [values[i] if i else None for i in node.input]
+            while args and args[-1] is None:
+                args.pop()
+            if node.op_type in OPS:
+                out = OPS[node.op_type](node, *args)
+            else:
+                out = self._frozen(node, args)
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            for name, value in zip(node.output, outs):
+                if name:
+                    values[name] = value
+        outputs = [values[n] for n in self.output_names]
+        if capture:
+            return outputs, {n: values[n] for n in capture if n in values}
+        return outputs
+
+    def _frozen(self, node, args):
+        import onnxruntime as ort
+
+        key = node.name or node.output[0]
+        arrays = [a.detach().cpu().numpy() if a is not None else None for a in args]
+        if key not in self._ort_cache:
+            inputs = [onnx.helper.make_tensor_value_info(f"in{i}", onnx.helper.np_dtype_to_tensor_dtype(a.dtype), None)
+                      for i, a in enumerate(arrays)]
+            outs = [onnx.helper.make_empty_tensor_value_info(f"out{i}") for i in range(len(node.output))]
+            single = onnx.helper.make_node(node.op_type, [f"in{i}" for i in range(len(arrays))],
+                                           [f"out{i}" for i in range(len(node.output))], domain=node.domain)
+            single.attribute.extend(node.attribute)
+            g = onnx.helper.make_graph([single], "frozen", inputs, outs)
+            m = onnx.helper.make_model(g, opset_imports=list(self.proto.opset_import))
+            self._ort_cache[key] = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        results = self._ort_cache[key].run(None, {f"in{i}": a for i, a in enumerate(arrays)})
+        return [torch.from_numpy(np.asarray(r)) for r in results]
+
+    def write_back(self) -> onnx.ModelProto:
+        """The original graph with the trained parameter values in its initializers."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.proto)
+        for t in out.graph.initializer:
+            key = self.param_of.get(t.name)
+            if key is None:
+                continue
+            arr = self.params[key].detach().cpu().numpy()
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            t.CopyFrom(numpy_helper.from_array(arr.astype(dtype), t.name))
+        return out
