@@ -112,7 +112,7 @@ def _hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
         """How many times faster `candidate` is than the normalized input (interleaved runs)."""
         if dev is not None:
             return model_ms(model) / model_ms(candidate)
-        return 1.0 / compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
+        return compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
 
     base_ms = model_ms(model)
     needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}

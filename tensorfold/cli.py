@@ -208,6 +208,73 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
         console.print(f"process peak RSS: {info['peak_rss_mb']:.0f} MB")
 
 
+@main.command("recover")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--teacher", type=click.Path(path_type=Path), help="the original model to distill from")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="fashion-mnist, a folder (Fashion-MNIST IDX or CIFAR-10 batches) or an .npz (x, optional y)")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--max-steps", type=int, help="stop after this many steps")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
+@click.option("--distill", type=click.Choice(["hinton", "feature", "both", "none"]), default="both", show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="weight of the KD loss vs the labels")
+@click.option("--patience", type=int, help="early stop after this many evaluations without improvement")
+@click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
+@click.option("--json", "as_json", is_flag=True)
+def recover_cmd(model, output, teacher, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
+                temperature, alpha, patience, normalize, seed, resume, as_json):
+    """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
+    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.run import recover
+
+    if epochs < 0 or (max_steps is not None and max_steps < 1) or batch_size < 1 or lr <= 0:
+        raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
+    if not 0 <= alpha <= 1 or temperature <= 0:
+        raise TensorfoldError("--alpha must be in [0, 1] and --temperature > 0")
+    norm = None
+    if normalize:
+        try:
+            mean, std = (float(v) for v in normalize.split(","))
+        except ValueError:
+            raise TensorfoldError(f"--normalize '{normalize}': expected MEAN,STD") from None
+        norm = ([mean], [std])
+    cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                        schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
+                        seed=seed)
+    if Path(output).exists() and Path(model).exists() and Path(output).resolve() == Path(model).resolve():
+        raise TensorfoldError(f"-o {output} is the input file; tensorfold never overwrites its input")
+    report = recover(model, output, teacher_path=teacher, data=data, cfg=cfg, normalize=norm, resume=resume,
+                     progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console = _console()
+    table = Table(title=f"tensorfold recover — {report['data']}", title_justify="left")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="right" if col else "left")
+    for key in ("accuracy", "teacher_agreement"):
+        if key in report["val_before"]:
+            table.add_row(f"validation {key}", f"{report['val_before'][key]:.2%}", f"{report['val_after'][key]:.2%}")
+    test = report["test_accuracy"]
+    if test:
+        table.add_row("test accuracy", f"{test['student_before']:.2%}", f"{test['student_after']:.2%}")
+        if "teacher" in test:
+            table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
+    console.print(table)
+    console.print(f"{report['steps']} steps in {report['seconds']:.0f} s; {report['stop']}; "
+                  f"{report['features_matched']} layer outputs matched to the teacher's")
+    console.print(f"checkpoints {report['checkpoints']}, history {report['history']}"
+                  + (f", plot {report['plot']}" if report["plot"] else ""))
+    console.print(f"wrote {report['output']}")
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
 

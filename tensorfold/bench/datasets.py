@@ -106,3 +106,103 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
         )
     # A copy, so callers get a writable array (torch.from_numpy warns on read-only ones).
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+# --- other formats and the one entry point recovery uses ----------------------------------------
+
+def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 from its python pickle batches (data_batch_1..5, test_batch): uint8 (N,32,32,3)."""
+    import pickle
+
+    root = Path(root)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise TensorfoldError(f"CIFAR-10: {path} not found (expected the python version's batches in {root})")
+        try:
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+            raise TensorfoldError(f"CIFAR-10: {path} is not a CIFAR-10 python batch ({exc})") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays of inputs: key `x` (or `inputs`/`images`), optional `y` (or `labels`)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TensorfoldError(f"{path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+    x_key = next((k for k in ("x", "inputs", "images") if k in data.files), None)
+    if x_key is None:
+        raise TensorfoldError(f"{path}: no array named x, inputs or images (it has {data.files})")
+    y_key = next((k for k in ("y", "labels") if k in data.files), None)
+    return data[x_key], (data[y_key].astype(np.int64) if y_key else None)
+
+
+def load_data(spec: str, split: str = "train") -> tuple[np.ndarray, np.ndarray | None, str]:
+    """`fashion-mnist`, a folder of Fashion-MNIST IDX files or CIFAR-10 batches, or an .npz file.
+
+    Returns (inputs, labels or None, a description)."""
+    if spec in ("fashion-mnist", "fmnist"):
+        x, y = load_fashion_mnist(FASHION_MNIST_ROOT, split)
+        return x, y, f"Fashion-MNIST {split} ({FASHION_MNIST_ROOT})"
+    path = Path(spec)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise TensorfoldError(f"--data {path}: no such file")
+        x, y = load_npz(path)
+        return x, y, f"{path.name} ({len(x)} inputs{'' if y is not None else ', unlabelled'})"
+    if not path.is_dir():
+        raise TensorfoldError(f"--data {spec}: not fashion-mnist, an .npz file or a folder")
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        x, y = load_cifar10(path, split)
+        return x, y, f"CIFAR-10 {split} ({path})"
+    if any(path.glob("*idx3-ubyte*")):
+        x, y = load_fashion_mnist(path, split)
+        return x, y, f"Fashion-MNIST {split} ({path})"
+    raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches or .npz found there")
+
+
+def prepare_inputs(x: np.ndarray, input_shape: list, normalize: tuple[list[float], list[float]] | None = None,
+                   ) -> np.ndarray:
+    """Images -> float32 (N, C, H, W) shaped like the model's input: [0, 1] scaling for uint8 (as
+    torchvision's ToTensor), channels repeated or averaged to C, bilinear resize to H x W when the
+    model fixes them, then (x - mean) / std if asked."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    x = x.astype(np.float32)
+    if len(input_shape) != 4:
+        return x
+    if x.ndim not in (3, 4):
+        raise TensorfoldError(f"the data has shape {list(x.shape[1:])} per sample; the model takes images "
+                              f"{list(input_shape[1:])}")
+    if x.ndim == 3:                                   # (N, H, W) grayscale
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)                   # NHWC -> NCHW
+    c = input_shape[1] if isinstance(input_shape[1], int) and input_shape[1] > 0 else x.shape[1]
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = np.repeat(x, c, axis=1)
+        elif c == 1:
+            x = x.mean(axis=1, keepdims=True)
+        else:
+            raise TensorfoldError(f"the data has {x.shape[1]} channels, the model takes {c}")
+    h, w = input_shape[2], input_shape[3]
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and (x.shape[2], x.shape[3]) != (h, w):
+        import torch
+        import torch.nn.functional as F
+
+        x = F.interpolate(torch.from_numpy(x), size=(h, w), mode="bilinear", align_corners=False).numpy()
+    if normalize is not None:
+        mean = np.asarray(normalize[0], np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(normalize[1], np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return np.ascontiguousarray(x)

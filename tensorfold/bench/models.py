@@ -61,3 +61,34 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, opse
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                           do_constant_folding=True)
     return Path(path)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != width:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet18(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-18 layout (11.7M parameters with a 1000-class head)."""
+    model = ResNet((2, 2, 2, 2), num_classes)
+    layers, c_in = [], 64
+    for i, n in enumerate((2, 2, 2, 2)):
+        width = 64 * 2 ** i
+        for j in range(n):
+            layers.append(BasicBlock(c_in, width, stride=2 if (j == 0 and i > 0) else 1))
+            c_in = width
+    model.layers = nn.Sequential(*layers)
+    model.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+    return model

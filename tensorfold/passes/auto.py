@@ -3,7 +3,8 @@
 The saving comes from the budget (--ratio) or, without one, from the Tucker-2/SVD ranks of the
 rank spec. Among SVD, Tucker-2 and TT points of that size (their errors are exact), the best is
 taken; for group-1 kxk convs CP is then run at the same parameter count and kept if its measured
-error is lower (CP errors have no closed form, so CP is judged on the real result).
+error is lower (CP errors have no closed form, so CP is judged on the real result); kernels above
+CP_MAX_PARAMS skip that comparison, where CP-ALS would cost seconds per layer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_ran
 from tensorfold.decompose.tucker2 import tucker2_params
 
 _TT = TTPass()
+# CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); auto compares it only below this size
+CP_MAX_PARAMS = 300_000
 
 
 @register_pass
@@ -62,7 +65,7 @@ class AutoPass(FactorizePass):
         if method == "tt":
             return _TT.build(layer, rest, ctx)
         best = tucker_build(layer, rest, ctx.hooi_iters)
-        if layer.groups == 1:
+        if layer.groups == 1 and layer.params <= CP_MAX_PARAMS:
             size = tucker2_params(layer.weight.shape, best.ranks)
             try:
                 cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)

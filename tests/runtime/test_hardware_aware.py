@@ -54,5 +54,5 @@ def test_measured_result_is_no_slower(tmp_path):
     out = tmp_path / "o.onnx"
     report = optimize(path, out, method="auto", hardware_aware=True, provider="cpu", progress=False)
     cmp = compare(onnx.load(out), onnx.load(path), feeds, runs=40)
-    assert cmp.speedup <= 1.1          # the output is not slower than the input, 10% noise allowed
+    assert cmp.speedup >= 0.9          # the output is not slower than the input, 10% noise allowed
     assert report.latency["speedup"] >= 1.0

@@ -1,0 +1,224 @@
+"""Fine-tuning with distillation: the loop, its schedule, checkpoints, history and plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.recovery.distill import feature_loss, hinton_kd
+
+
+@dataclass
+class RecoverConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 2e-3
+    batch_size: int = 128
+    optimizer: str = "adamw"            # adamw | sgd
+    weight_decay: float = 1e-4
+    warmup: float = 0.05                # share of the steps
+    schedule: str = "cosine"            # cosine | plateau
+    clip: float = 1.0
+    distill: str = "both"               # hinton | feature | both | none
+    temperature: float = 4.0
+    alpha: float = 0.5                  # weight of the KD term against the label loss
+    feature_weight: float = 1.0
+    patience: int | None = None         # evaluations without improvement before stopping
+    eval_every: int | None = None       # steps; default once per epoch and at the end
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class History:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, batch: int = 512) -> dict:
+    """Top-1 accuracy with labels; agreement with the teacher's top-1 without."""
+    module.eval()
+    correct, agree, n = 0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i:i + batch])
+            pred = module(xb)[0].argmax(-1)
+            if y is not None:
+                correct += int((pred.numpy() == y[i:i + batch]).sum())
+            if teacher is not None:
+                agree += int((pred == teacher(xb)[0].argmax(-1)).sum())
+            n += len(xb)
+    out = {}
+    if y is not None:
+        out["accuracy"] = correct / n
+    if teacher is not None:
+        out["teacher_agreement"] = agree / n
+    return out
+
+
+def _save_checkpoint(path: Path, module, optimizer, step: int, history: History, best: dict | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"params": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "history": history.as_dict(), "best": best}, tmp)
+    os.replace(tmp, path)
+
+
+def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
+          cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True):
+    """Train `module` in place. Returns (history, stop reason). The best weights by the validation
+    metric are restored at the end."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(x) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    warm = max(1, int(cfg.warmup * total))
+
+    def lr_at(step):
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        if cfg.schedule == "plateau":
+            return None
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1) \
+        if cfg.schedule == "plateau" else None
+    eval_every = cfg.eval_every or min(steps_per_epoch, total)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_dir / "last.pt"
+    history, step, best = History(), 0, None
+    if resume:
+        if not ckpt.exists():
+            raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
+        state = torch.load(ckpt, weights_only=False)
+        module.load_state_dict(state["params"])
+        opt.load_state_dict(state["optimizer"])
+        step, best = state["step"], state["best"]
+        history = History(**state["history"])
+    use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
+    use_kd = cfg.distill in ("hinton", "both") and teacher is not None
+    capture = tuple(teacher.features) if use_feat else ()
+    metric = "accuracy" if val_y is not None else "teacher_agreement"
+    stop_reason, stale = "done", 0
+    interrupted = {"flag": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+    bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not progress)
+    order = rng.permutation(len(x))
+    try:
+        while step < total:
+            pos = (step % steps_per_epoch) * cfg.batch_size
+            if pos == 0:
+                order = np.random.default_rng(cfg.seed + step).permutation(len(x))
+            idx = order[pos:pos + cfg.batch_size]
+            xb = torch.from_numpy(x[idx])
+            module.train()
+            outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
+            logits = outputs[0]
+            loss = torch.zeros(())
+            t_logits, t_feats = teacher(xb) if teacher is not None else (None, {})
+            if use_kd:
+                loss = loss + cfg.alpha * hinton_kd(logits, t_logits, cfg.temperature)
+            if y is not None:
+                ce = F.cross_entropy(logits, torch.from_numpy(y[idx]))
+                loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
+            elif not use_kd and teacher is not None:
+                loss = loss + F.mse_loss(logits, t_logits)
+            if use_feat:
+                loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
+            if not torch.isfinite(loss):
+                stop_reason = f"loss became {loss.item()} at step {step}: stopped; the last good checkpoint is kept"
+                break
+            opt.zero_grad()
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            lr = lr_at(step)
+            if lr is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+            opt.step()
+            step += 1
+            history.steps.append(step)
+            history.loss.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+            if step % eval_every == 0 or step == total:
+                result = evaluate(module, val_x, val_y, teacher)
+                result["step"] = step
+                history.evals.append(result)
+                if plateau is not None and step >= warm:
+                    plateau.step(result[metric])
+                if best is None or result[metric] > best[metric]:
+                    best = dict(result)
+                    torch.save(module.state_dict(), checkpoint_dir / "best.pt")
+                    stale = 0
+                else:
+                    stale += 1
+                _save_checkpoint(ckpt, module, opt, step, history, best)
+                if cfg.patience is not None and stale >= cfg.patience:
+                    stop_reason = f"early stop: no better {metric} in {stale} evaluations"
+                    break
+            if interrupted["flag"]:
+                _save_checkpoint(ckpt, module, opt, step, history, best)
+                stop_reason = f"interrupted at step {step}: checkpoint saved to {ckpt} (continue with --resume)"
+                break
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    if (checkpoint_dir / "best.pt").exists():
+        module.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=False))
+    return history, stop_reason, best
+
+
+def plot_history(history: History, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(history.steps, history.loss, lw=0.8)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("training loss")
+    ax[0].set_yscale("log")
+    for key in ("accuracy", "teacher_agreement"):
+        pts = [(e["step"], e[key]) for e in history.evals if key in e]
+        if pts:
+            ax[1].plot(*zip(*pts), marker="o", label=key)
+    ax[1].set_xlabel("step")
+    ax[1].legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def now() -> float:
+    return time.perf_counter()

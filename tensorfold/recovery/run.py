@@ -1,0 +1,92 @@
+"""recover(): ONNX student + teacher + data -> the same graph with trained weights, and a report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.recovery.distill import OnnxTeacher, rewritten_outputs
+from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train
+
+
+def _io_signature(model: onnx.ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    ins = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in inits]
+    outs = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output]
+    return ins, outs
+
+
+def recover(student_path, output_path, *, teacher_path=None, data: str = "fashion-mnist", cfg: RecoverConfig | None = None,
+            val_size: int = 5000, normalize=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
+            limit: int | None = None) -> dict:
+    """Fine-tune the student (distilled from the teacher when given) and save it to output_path."""
+    import torch
+
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    cfg = cfg or RecoverConfig()
+    start = time.perf_counter()
+    student = load_model(student_path)
+    teacher_model = load_model(teacher_path) if teacher_path else None
+    if teacher_model is not None and _io_signature(teacher_model) != _io_signature(student):
+        raise TensorfoldError("teacher and student differ in their inputs or outputs: "
+                              f"{_io_signature(teacher_model)} vs {_io_signature(student)}")
+    x, y, desc = load_data(data, "train")
+    if limit:
+        x, y = x[:limit], (y[:limit] if y is not None else None)
+    input_shape = [d.dim_value if d.HasField("dim_value") else -1
+                   for d in student.graph.input[0].type.tensor_type.shape.dim]
+    x = prepare_inputs(x, input_shape, normalize)
+    try:
+        module = OnnxModule(student)
+        probe = module(torch.from_numpy(x[:2]))[0]
+    except Exception as exc:  # noqa: BLE001 - the data does not fit the model
+        raise TensorfoldError(f"the data ({desc}, shape {list(x.shape[1:])}) does not fit the model's input "
+                              f"{input_shape}: {str(exc).splitlines()[0][:200]}") from None
+    if y is not None and probe.shape[-1] <= int(y.max()):
+        raise TensorfoldError(f"labels go up to {int(y.max())} but the model has {probe.shape[-1]} outputs")
+    # validation: held out from the training split (the test split stays for the final report)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(x))
+    val_n = min(val_size, len(x) // 5)
+    val_idx, train_idx = order[:val_n], order[val_n:]
+    val_x, val_y = x[val_idx], (y[val_idx] if y is not None else None)
+    tx, ty = x[train_idx], (y[train_idx] if y is not None else None)
+    features = rewritten_outputs(student)
+    teacher = OnnxTeacher(teacher_model, features, cfg.threads) if teacher_model is not None else None
+    if teacher is None and y is None:
+        raise TensorfoldError("unlabelled data needs a --teacher to learn from")
+    before = evaluate(module, val_x, val_y, teacher)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt")
+    history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
+    after = evaluate(module, val_x, val_y, teacher)
+    trained = module.write_back()
+    save_model(trained, output_path)
+    (ckdir / "history.json").write_text(json.dumps(history.as_dict()))
+    plot = plot_history(history, ckdir / "history.png")
+    test = {}
+    if data in ("fashion-mnist", "fmnist") or Path(data).is_dir():
+        try:
+            tx_test, ty_test, _ = load_data(data, "test")
+            tx_test = prepare_inputs(tx_test, input_shape, normalize)
+            test = {"student_before": evaluate(OnnxModule(student), tx_test, ty_test)["accuracy"],
+                    "student_after": evaluate(module, tx_test, ty_test)["accuracy"]}
+            if teacher_model is not None:
+                test["teacher"] = evaluate(OnnxModule(teacher_model), tx_test, ty_test)["accuracy"]
+        except TensorfoldError:
+            test = {}
+    return {"student": str(student_path), "teacher": str(teacher_path) if teacher_path else None,
+            "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
+            "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
+            "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
+            "steps": history.steps[-1] if history.steps else 0, "stop": reason,
+            "checkpoints": str(ckdir), "history": str(ckdir / "history.json"),
+            "plot": str(plot) if plot else None, "seconds": round(time.perf_counter() - start, 1)}

@@ -1,0 +1,72 @@
+"""ONNX -> torch -> ONNX: exact before training; write-back changes weights only."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tensorfold.api import optimize
+from tensorfold.cli import demo_model_path
+from tensorfold.recovery.onnx_torch import OnnxModule
+from tensorfold.runtime.sessions import make_session
+from tests.fixtures import torch_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rt")
+    out = {"demo": demo_model_path(), "resnet": torch_models.export_resnet_like(d),
+           "mobilenet": torch_models.export_mobilenet_like(d), "transformer": torch_models.export_transformer_block(d),
+           "odd": torch_models.export_odd_convs(d)}
+    for method in ("tucker", "cp", "tt"):
+        optimize(demo_model_path(), d / f"{method}.onnx", method=method, ratio=3, progress=False)
+        out[method] = d / f"{method}.onnx"
+    return out
+
+
+INPUTS = {"demo": (3, 1, 28, 28), "resnet": (2, 3, 32, 32), "mobilenet": (2, 3, 32, 32), "transformer": (2, 5, 64),
+          "odd": (2, 3, 32, 32), "tucker": (3, 1, 28, 28), "cp": (3, 1, 28, 28), "tt": (3, 1, 28, 28)}
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_torch_module_matches_onnxruntime(models, name):
+    model = onnx.load(models[name])
+    module = OnnxModule(model)
+    assert not module.frozen
+    x = np.random.default_rng(0).standard_normal(INPUTS[name]).astype(np.float32)
+    ref = make_session(model).run(None, {module.input_names[0]: x})[0]
+    got = module(torch.from_numpy(x))[0].detach().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_write_back_changes_weights_only(models):
+    model = onnx.load(models["tucker"])
+    module = OnnxModule(model)
+    untouched = module.write_back()
+    assert [t.raw_data or t.float_data for t in untouched.graph.initializer] == \
+           [t.raw_data or t.float_data for t in model.graph.initializer]
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.01)
+    trained = module.write_back()
+    assert [n.SerializeToString() for n in trained.graph.node] == [n.SerializeToString() for n in model.graph.node]
+    assert [t.name for t in trained.graph.initializer] == [t.name for t in model.graph.initializer]
+    assert trained.graph.input == model.graph.input and trained.graph.output == model.graph.output
+    changed = [a.name for a, b in zip(trained.graph.initializer, model.graph.initializer)
+               if a.SerializeToString() != b.SerializeToString()]
+    assert changed
+    onnx.checker.check_model(trained, full_check=True)
+
+
+def test_unknown_op_runs_frozen_with_a_warning():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Mish", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.warns(UserWarning, match="frozen"):
+        module = OnnxModule(model)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(module(torch.from_numpy(x))[0].numpy(), make_session(model).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)

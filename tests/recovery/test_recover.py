@@ -1,0 +1,111 @@
+"""recover on small data: loss goes down, reports and checkpoints, and every bad input."""
+
+import json
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from tensorfold.api import optimize
+from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.cli import demo_model_path, main
+from tensorfold.errors import TensorfoldError
+from tensorfold.recovery.finetune import RecoverConfig
+from tensorfold.recovery.run import recover
+
+TEACHER = demo_model_path()
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    path = tmp_path_factory.mktemp("s") / "student.onnx"
+    optimize(TEACHER, path, method="tucker", ratio=8, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """Images the teacher labels itself: blobs, so the student has something consistent to learn."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((600, 28, 28)) * 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("d") / "data.npz"
+    np.savez(path, x=x, y=rng.integers(0, 10, 600))
+    unlabelled = path.with_name("unlabelled.npz")
+    np.savez(unlabelled, x=x)
+    return path, unlabelled
+
+
+def test_training_lowers_the_distillation_loss(student, npz, tmp_path):
+    cfg = RecoverConfig(max_steps=12, batch_size=32, lr=3e-3, distill="both", threads=1)
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[1]), cfg=cfg, progress=False)
+    history = json.loads((tmp_path / "r.onnx.ckpt" / "history.json").read_text())
+    first, last = np.mean(history["loss"][:3]), np.mean(history["loss"][-3:])
+    assert last < first
+    assert report["features_matched"] >= 2
+    assert report["val_after"]["teacher_agreement"] >= report["val_before"]["teacher_agreement"]
+    out = onnx.load(tmp_path / "r.onnx")
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in onnx.load(student).graph.node]
+    assert (tmp_path / "r.onnx.ckpt" / "last.pt").exists()
+
+
+def test_resume_continues(student, npz, tmp_path):
+    cfg = RecoverConfig(max_steps=4, batch_size=32, threads=1, eval_every=2)
+    recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
+    cfg = RecoverConfig(max_steps=8, batch_size=32, threads=1, eval_every=2)
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
+                     progress=False)
+    assert report["steps"] == 8
+
+
+def test_nan_loss_stops_and_says_so(student, npz, tmp_path):
+    cfg = RecoverConfig(max_steps=5, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton")
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
+    assert "loss became" in report["stop"] or report["steps"] <= 5
+
+
+def test_teacher_with_other_outputs_is_refused(student, tmp_path, npz):
+    other = onnx.load(TEACHER)
+    other.graph.output[0].name = "other"
+    other.graph.node[-1].output[0] = "other"
+    onnx.save(other, tmp_path / "t.onnx")
+    with pytest.raises(TensorfoldError, match="differ"):
+        recover(student, tmp_path / "r.onnx", teacher_path=tmp_path / "t.onnx", data=str(npz[0]), progress=False)
+
+
+def test_data_that_does_not_fit(student, tmp_path):
+    np.savez(tmp_path / "rgb.npz", x=np.zeros((20, 5), np.float32))
+    with pytest.raises(TensorfoldError, match="the model takes"):
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(tmp_path / "rgb.npz"), progress=False)
+
+
+def test_loaders_on_real_formats(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), b"labels": [1, 2, 3, 4]}, fh)
+    x, y, desc = load_data(str(tmp_path), "train")
+    assert x.shape == (20, 32, 32, 3) and y.shape == (20,) and "CIFAR-10" in desc
+    small = prepare_inputs(x, [1, 1, 28, 28])
+    assert small.shape == (20, 1, 28, 28) and 0 <= small.min() and small.max() <= 1
+    norm = prepare_inputs(x, [1, 3, 32, 32], ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]))
+    assert norm.shape == (20, 3, 32, 32) and norm.min() < 0
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(TensorfoldError, match="no Fashion-MNIST"):
+        load_data(str(tmp_path / "junk"))
+    with pytest.raises(TensorfoldError, match="no such file"):
+        load_data(str(tmp_path / "missing.npz"))
+
+
+def test_cli_recover_json_and_errors(student, npz, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "r.onnx"
+    result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
+                                  "-o", str(out), "--max-steps", "3", "--batch-size", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["steps"] == 3
+    for args, expected in ((["--data", str(tmp_path / "nope.npz")], "no such file"),
+                           (["--alpha", "2"], "--alpha"), (["--normalize", "x"], "--normalize")):
+        result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "-o", str(out), *args])
+        assert result.exit_code == 2 and result.output.startswith("error:") and expected in result.output

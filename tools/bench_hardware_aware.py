@@ -1,0 +1,150 @@
+"""Hardware-aware optimization on the CPU provider, and the device model's quality on this host.
+
+    .venv/bin/python tools/bench_hardware_aware.py [--out docs/results/hardware-aware.md]
+
+Models: the real PP-OCRv4 detector (rapidocr-onnxruntime 1.4.4, fetched and cached) at 1x3x320x320
+and a ResNet-18 (torchvision layout, seeded random weights: no trained one exists here) at
+1x3x224x224. Each is optimized with `--method auto --hardware-aware --provider cpu --speedup S`
+(least weight error whose measured whole-model latency meets S), then the output is timed against
+the input interleaved (40 pairs) at batch 1 and 8, in this process, on the same provider.
+
+Device-model quality: for every layer and candidate chain the planner timed, the host-calibrated
+roofline prediction is compared with the measurement: Kendall tau and the share within +-10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from scipy.stats import kendalltau
+
+from tensorfold.api import optimize
+from tensorfold.graph.normalize import normalize
+from tensorfold.graph.shapes import concrete_shapes
+from tensorfold.passes import PassContext, get_pass
+from tensorfold.passes.layers import ensure_node_names, find_layers
+from tensorfold.runtime.devices import calibrate_host, describe
+from tensorfold.runtime.hardware_aware import HardwareTarget, _spread
+from tensorfold.runtime.inputs import random_inputs
+from tensorfold.runtime.latency import compare, with_batch
+from tensorfold.runtime.latency_table import LatencyTable
+
+
+def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int) -> dict:
+    """Time (measured) and predict (host roofline) the same layers and candidate chains."""
+    model, _ = normalize(onnx.load(path))
+    ensure_node_names(model)
+    needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
+    shapes = concrete_shapes(model, input_shapes, needed)
+    pass_ = get_pass(method)
+    ctx = PassContext(progress=False)
+    host = calibrate_host()
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = HardwareTarget(LatencyTable(cache_dir=Path(tmp) / "m"), model, shapes)
+        predicted = HardwareTarget(LatencyTable(device=host, cache_dir=Path(tmp) / "p"), model, shapes)
+        layers, _ = find_layers(model)
+        pairs = []
+        for layer in itertools.islice((l for l in layers if not pass_.supports(l)), max_layers):
+            pairs.append((measured._layer_ms(layer, ctx), predicted._layer_ms(layer, ctx)))
+            for ranks in {measured._round(r, layer) for r in _spread(pass_, layer)}:
+                m, p = measured._time(pass_, layer, ranks, ctx), predicted._time(pass_, layer, ranks, ctx)
+                if m and p:
+                    pairs.append((m.ms, p.ms))
+    meas, pred = np.array([m for m, _ in pairs]), np.array([p for _, p in pairs])
+    tau = kendalltau(pred, meas).statistic
+    within = float(np.mean(np.abs(pred / meas - 1) <= 0.10))
+    return {"points": len(pairs), "kendall_tau": float(tau), "within_10pct": within,
+            "median_abs_rel_error": float(np.median(np.abs(pred / meas - 1))), "host": describe(host)}
+
+
+def run_model(name: str, path: Path, shape: str, speedup: float, tmp: Path, method: str) -> dict:
+    out = tmp / f"{name}.hw.onnx"
+    report = optimize(path, out, method=method, hardware_aware=True, provider="cpu", speedup=speedup,
+                      shapes=(shape,), progress=False)
+    original, rewritten = onnx.load(path), onnx.load(out)
+    feeds = random_inputs(original, {shape.split(":")[0]: [int(v) for v in shape.split(":")[1].split(",")]})
+    row = {"model": name, "shape": shape, "speedup_asked": speedup, "layers": len(report.layers),
+           "params_ratio": report.before.params / report.after.params,
+           "flops_ratio": report.before.flops / report.after.flops,
+           "output_rel_error": report.verification.max_relative_error,
+           "output_max_abs_error": max(o.max_abs_error or 0 for o in report.verification.outputs),
+           "planner_speedup": report.latency["speedup"], "notes": report.notes}
+    for batch in (1, 8):
+        cmp = compare(rewritten, original, with_batch(feeds, batch), runs=40)
+        row[f"speedup_b{batch}"] = cmp.speedup          # input time / output time, per pair
+        row[f"input_ms_b{batch}"] = cmp.b.median
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--speedup", type=float, default=1.5)
+    ap.add_argument("--quality-layers", type=int, default=12)
+    ap.add_argument("--method", default="auto")
+    args = ap.parse_args()
+
+    import torch
+
+    from tensorfold.bench.models import export_onnx, resnet18
+    from tensorfold.bench.real_models import fetch_rapidocr_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        r18 = export_onnx(resnet18(), torch.randn(1, 3, 224, 224), tmp / "resnet18.onnx")
+        det = fetch_rapidocr_model("det")
+        models = [("PP-OCRv4 det (real)", det, "x:1,3,320,320"), ("ResNet-18 (random weights)", r18, "input:1,3,224,224")]
+        rows, quality = [], []
+        for name, path, shape in models:
+            rows.append(run_model(name, path, shape, args.speedup, tmp, args.method))
+            print(rows[-1], file=sys.stderr)
+            in_name, dims = shape.split(":")
+            quality.append((name, device_model_quality(path, {in_name: [int(v) for v in dims.split(",")]}, args.method,
+                                                       args.quality_layers)))
+            print(quality[-1], file=sys.stderr)
+    lines = ["# Hardware-aware optimization on the CPU provider", "",
+             f"Command: `.venv/bin/python tools/bench_hardware_aware.py --speedup {args.speedup:g} "
+             f"--method {args.method}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime CPU provider, all threads  ",
+             f"Date: {datetime.date.today().isoformat()}", "",
+             f"Each model: `tensorfold optimize --method {args.method} --hardware-aware --provider cpu --speedup {args.speedup:g}`"
+             " (least weight error whose measured latency meets the speedup; chains must be >= 10% faster than "
+             "their layer in isolation; the whole model is re-measured and layers fall back when it is not faster). "
+             "Speedups below: output vs input, 40 interleaved pairs, median of the per-pair ratios, same process.", "",
+             "| model | input | layers rewritten | params ratio | FLOPs ratio | speedup b1 | speedup b8 | "
+             "input ms b1 | output rel. error | max abs error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['shape']} | {r['layers']} | {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x"
+                     f" | {r['speedup_b1']:.2f}x | {r['speedup_b8']:.2f}x | {r['input_ms_b1']:.2f} | "
+                     f"{r['output_rel_error']:.3f} | {r['output_max_abs_error']:.2e} |")
+    lines += ["", "Planner notes:", ""]
+    for r in rows:
+        lines += [f"- {r['model']}: " + "; ".join(r["notes"])]
+    lines += ["", "## Device model quality on this host", "",
+              "Host roofline (calibrated by micro-benchmarks through onnxruntime) vs measured latency of each layer "
+              "and candidate chain, each as its own small model (median of 25 runs).", "",
+              "| model | points | Kendall tau | within +-10% | median abs. rel. error |", "|---|---:|---:|---:|---:|"]
+    for name, q in quality:
+        lines.append(f"| {name} | {q['points']} | {q['kendall_tau']:.3f} | {q['within_10pct']:.0%} | "
+                     f"{q['median_abs_rel_error']:.0%} |")
+    lines += ["", f"Host profile: {quality[0][1]['host']}."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
