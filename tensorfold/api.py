@@ -293,3 +293,32 @@ def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, availa
     if need > available:
         raise TensorfoldError(f"profiling needs about {need / 2**30:.1f} GiB at batch {batch}, "
                               f"only {available / 2**30:.1f} GiB is available; use a smaller --batch")
+
+
+def recover(student_path, output_path, **kwargs) -> dict:
+    """Fine-tune a factorized model with distillation; see tensorfold.recovery.run.recover."""
+    from tensorfold.recovery.run import recover as _recover
+
+    return _recover(student_path, output_path, **kwargs)
+
+
+def compress(module, example_input, output_path: str | os.PathLike, *, method: str = "auto",
+             ratio: float | None = None, data: str | None = "fashion-mnist", recover_config=None, **optimize_kwargs):
+    """torch module -> ONNX -> factorized -> recovered, in one call. Returns (optimize report,
+    recover report or None). The exported original and the factorized model are written beside
+    output_path as `<name>.original.onnx` and `<name>.factorized.onnx`."""
+    import torch
+
+    from tensorfold.bench.models import export_onnx
+
+    out = Path(output_path)
+    original = out.with_name(out.stem + ".original.onnx")
+    factorized = out.with_name(out.stem + ".factorized.onnx")
+    export_onnx(module.eval(), example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input),
+                original)
+    report = optimize(original, factorized, method=method, ratio=ratio, **optimize_kwargs)
+    if data is None:
+        save_model(load_model(factorized), out)
+        return report, None
+    rec = recover(factorized, out, teacher_path=original, data=data, cfg=recover_config)
+    return report, rec

@@ -164,28 +164,17 @@ def _div(node, a, b):
     return a / b
 
 
-@op("Max")
-def _max(node, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.maximum(out, x)
-    return out
+def _fold(fn):
+    """Variadic elementwise ops (Max, Min, Sum): a left fold with broadcasting."""
+    def run(node, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        return out
+    return run
 
 
-@op("Min")
-def _min(node, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.minimum(out, x)
-    return out
-
-
-@op("Sum")
-def _sum(node, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
+OPS["Max"], OPS["Min"], OPS["Sum"] = _fold(torch.maximum), _fold(torch.minimum), _fold(torch.add)
 
 
 @op("LeakyRelu")

@@ -109,3 +109,17 @@ def test_cli_recover_json_and_errors(student, npz, tmp_path):
                            (["--alpha", "2"], "--alpha"), (["--normalize", "x"], "--normalize")):
         result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "-o", str(out), *args])
         assert result.exit_code == 2 and result.output.startswith("error:") and expected in result.output
+
+
+def test_compress_torch_module_in_one_call(tmp_path):
+    from tensorfold.api import compress
+    from tests.fixtures.torch_models import build_resnet_like
+
+    module, example = build_resnet_like()
+    report, rec = compress(module, example, tmp_path / "r.onnx", method="tucker", ratio=2, data=None, progress=False)
+    assert report.layers and rec is None and (tmp_path / "r.onnx").exists()
+    np.savez(tmp_path / "rgb.npz", x=np.random.default_rng(0).random((64, 3, 32, 32)).astype(np.float32))
+    report, rec = compress(module, example, tmp_path / "r2.onnx", method="tucker", ratio=2,
+                           data=str(tmp_path / "rgb.npz"), progress=False,
+                           recover_config=RecoverConfig(max_steps=2, batch_size=16, threads=1))
+    assert rec["steps"] == 2 and (tmp_path / "r2.onnx").exists()
