@@ -145,8 +145,44 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     return data[x_key], (data[y_key].astype(np.int64) if y_key else None)
 
 
-def load_data(spec: str, split: str = "train") -> tuple[np.ndarray, np.ndarray | None, str]:
-    """`fashion-mnist`, a folder of Fashion-MNIST IDX files or CIFAR-10 batches, or an .npz file.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images in `root/<class>/*.png` (labelled by subfolder, classes sorted by name) or directly in
+    `root/` (unlabelled). Each is converted to `channels` (1: grayscale, 3: RGB) and resized to
+    `size` (H, W) when given, else all must share the first image's size. uint8 (N, H, W, C)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    labelled = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
+                if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
+    images = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = (img.height, img.width)
+                if (img.height, img.width) != tuple(size):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
+        images.append(arr[..., None] if arr.ndim == 2 else arr)
+    labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
+    return np.stack(images), labels, classes if labelled else []
+
+
+def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3
+              ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
+    subfolder or not), or an .npz file. `size`/`channels` apply to image folders.
 
     Returns (inputs, labels or None, a description)."""
     if spec in ("fashion-mnist", "fmnist"):
@@ -166,7 +202,13 @@ def load_data(spec: str, split: str = "train") -> tuple[np.ndarray, np.ndarray |
     if any(path.glob("*idx3-ubyte*")):
         x, y = load_fashion_mnist(path, split)
         return x, y, f"Fashion-MNIST {split} ({path})"
-    raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches or .npz found there")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        if split != "train":
+            raise TensorfoldError(f"{path}: an image folder has no separate {split} split")
+        x, y, classes = load_image_folder(path, size, channels)
+        kind = f"{len(classes)} classes" if y is not None else "unlabelled"
+        return x, y, f"image folder {path} ({len(x)} images, {kind})"
+    raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 
 
 def prepare_inputs(x: np.ndarray, input_shape: list, normalize: tuple[list[float], list[float]] | None = None,

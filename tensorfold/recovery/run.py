@@ -39,11 +39,13 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     if teacher_model is not None and _io_signature(teacher_model) != _io_signature(student):
         raise TensorfoldError("teacher and student differ in their inputs or outputs: "
                               f"{_io_signature(teacher_model)} vs {_io_signature(student)}")
-    x, y, desc = load_data(data, "train")
-    if limit:
-        x, y = x[:limit], (y[:limit] if y is not None else None)
     input_shape = [d.dim_value if d.HasField("dim_value") else -1
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
+    size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
+    channels = input_shape[1] if len(input_shape) == 4 and input_shape[1] in (1, 3) else 3
+    x, y, desc = load_data(data, "train", size, channels)
+    if limit:
+        x, y = x[:limit], (y[:limit] if y is not None else None)
     x = prepare_inputs(x, input_shape, normalize)
     try:
         module = OnnxModule(student)
@@ -75,7 +77,7 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     test = {}
     if data in ("fashion-mnist", "fmnist") or Path(data).is_dir():
         try:
-            tx_test, ty_test, _ = load_data(data, "test")
+            tx_test, ty_test, _ = load_data(data, "test", size, channels)
             tx_test = prepare_inputs(tx_test, input_shape, normalize)
             test = {"student_before": evaluate(OnnxModule(student), tx_test, ty_test)["accuracy"],
                     "student_after": evaluate(module, tx_test, ty_test)["accuracy"]}

@@ -123,3 +123,24 @@ def test_compress_torch_module_in_one_call(tmp_path):
                            data=str(tmp_path / "rgb.npz"), progress=False,
                            recover_config=RecoverConfig(max_steps=2, batch_size=16, threads=1))
     assert rec["steps"] == 2 and (tmp_path / "r2.onnx").exists()
+
+
+def test_image_folder_labelled_and_unlabelled(tmp_path, student):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "lab" / cls / f"{i}.png")
+    (tmp_path / "unl").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "unl" / f"{i}.jpg")
+    x, y, desc = load_data(str(tmp_path / "lab"), size=(28, 28), channels=1)
+    assert x.shape == (6, 28, 28, 1) and list(y) == [0, 0, 0, 1, 1, 1] and "2 classes" in desc
+    x, y, desc = load_data(str(tmp_path / "unl"))
+    assert x.shape == (4, 20, 20, 3) and y is None and "unlabelled" in desc
+    assert prepare_inputs(x, [1, 1, 28, 28]).shape == (4, 1, 28, 28)
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(tmp_path / "lab"),
+                     cfg=RecoverConfig(max_steps=2, batch_size=2, threads=1), progress=False)
+    assert report["steps"] == 2
