@@ -211,7 +211,11 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @main.command("recover")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-@click.option("--teacher", type=click.Path(path_type=Path), help="the original model to distill from")
+@click.option("--teacher", type=click.Path(path_type=Path), multiple=True,
+              help="the original model to distill from (repeat for a multi-teacher ensemble)")
+@click.option("--teacher-weights", help="weights of the teachers in the ensemble, e.g. 0.7,0.3")
+@click.option("--generations", type=int, default=1, show_default=True,
+              help="born-again distillation: each generation learns from the previous one")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist, a folder (Fashion-MNIST IDX or CIFAR-10 batches) or an .npz (x, optional y)")
 @click.option("--epochs", type=int, default=1, show_default=True)
@@ -228,7 +232,7 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
-def recover_cmd(model, output, teacher, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
+def recover_cmd(model, output, teacher, teacher_weights, generations, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
                 temperature, alpha, patience, normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.recovery.finetune import RecoverConfig
@@ -250,8 +254,14 @@ def recover_cmd(model, output, teacher, data, epochs, max_steps, lr, batch_size,
                         seed=seed)
     if Path(output).exists() and Path(model).exists() and Path(output).resolve() == Path(model).resolve():
         raise TensorfoldError(f"-o {output} is the input file; tensorfold never overwrites its input")
-    report = recover(model, output, teacher_path=teacher, data=data, cfg=cfg, normalize=norm, resume=resume,
-                     progress=not as_json and sys.stderr.isatty())
+    weights = None
+    if teacher_weights:
+        try:
+            weights = [float(w) for w in teacher_weights.split(",")]
+        except ValueError:
+            raise TensorfoldError(f"--teacher-weights '{teacher_weights}': expected numbers like 0.7,0.3") from None
+    report = recover(model, output, teacher_path=list(teacher), data=data, cfg=cfg, normalize=norm, resume=resume,
+                     progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

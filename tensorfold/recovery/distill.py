@@ -71,3 +71,30 @@ class TorchTeacher:
     def __call__(self, x: torch.Tensor):
         out = self.module(x)
         return (out[0] if isinstance(out, (list, tuple)) else out), {}
+
+
+class EnsembleTeacher:
+    """Several teachers as one: logits are the weighted mean of theirs (multi-teacher KD);
+    each intermediate feature comes from the first teacher that has it."""
+
+    def __init__(self, teachers: list, weights: list[float] | None = None):
+        if not teachers:
+            raise ValueError("an ensemble needs at least one teacher")
+        weights = weights or [1.0] * len(teachers)
+        if len(weights) != len(teachers) or min(weights) < 0 or sum(weights) <= 0:
+            from tensorfold.errors import TensorfoldError
+
+            raise TensorfoldError(f"--teacher-weights: {len(teachers)} non-negative weights with a positive sum "
+                                  f"needed, got {weights}")
+        total = float(sum(weights))
+        self.teachers, self.weights = teachers, [w / total for w in weights]
+        self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
+
+    def __call__(self, x: torch.Tensor):
+        logits, feats = None, {}
+        for t, w in zip(self.teachers, self.weights):
+            out, f = t(x)
+            logits = out * w if logits is None else logits + out * w
+            for name, value in f.items():
+                feats.setdefault(name, value)
+        return logits, feats

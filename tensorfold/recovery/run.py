@@ -13,7 +13,7 @@ import onnx
 from tensorfold.bench.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.recovery.distill import OnnxTeacher, rewritten_outputs
+from tensorfold.recovery.distill import EnsembleTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
 from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train
 
 
@@ -26,8 +26,13 @@ def _io_signature(model: onnx.ModelProto):
 
 def recover(student_path, output_path, *, teacher_path=None, data: str = "fashion-mnist", cfg: RecoverConfig | None = None,
             val_size: int = 5000, normalize=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
-            limit: int | None = None) -> dict:
-    """Fine-tune the student (distilled from the teacher when given) and save it to output_path."""
+            limit: int | None = None, teacher_weights: list[float] | None = None, teacher_module=None,
+            generations: int = 1) -> dict:
+    """Fine-tune the student (distilled from the teacher when given) and save it to output_path.
+
+    teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
+    a torch module as (an extra) teacher. generations > 1: born-again distillation — each further
+    generation starts again from the factorized student and learns from the previous generation."""
     import torch
 
     from tensorfold.recovery.onnx_torch import OnnxModule
@@ -35,10 +40,15 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     cfg = cfg or RecoverConfig()
     start = time.perf_counter()
     student = load_model(student_path)
-    teacher_model = load_model(teacher_path) if teacher_path else None
-    if teacher_model is not None and _io_signature(teacher_model) != _io_signature(student):
-        raise TensorfoldError("teacher and student differ in their inputs or outputs: "
-                              f"{_io_signature(teacher_model)} vs {_io_signature(student)}")
+    if generations < 1:
+        raise TensorfoldError(f"--generations must be >= 1 (got {generations})")
+    paths = [teacher_path] if isinstance(teacher_path, (str, Path)) else list(teacher_path or [])
+    teacher_models = [load_model(p) for p in paths]
+    for p, tm in zip(paths, teacher_models):
+        if _io_signature(tm) != _io_signature(student):
+            raise TensorfoldError(f"teacher {p} and the student differ in their inputs or outputs: "
+                                  f"{_io_signature(tm)} vs {_io_signature(student)}")
+    teacher_model = teacher_models[0] if teacher_models else None
     input_shape = [d.dim_value if d.HasField("dim_value") else -1
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
@@ -63,12 +73,28 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     val_x, val_y = x[val_idx], (y[val_idx] if y is not None else None)
     tx, ty = x[train_idx], (y[train_idx] if y is not None else None)
     features = rewritten_outputs(student)
-    teacher = OnnxTeacher(teacher_model, features, cfg.threads) if teacher_model is not None else None
+    members = [OnnxTeacher(tm, features, cfg.threads) for tm in teacher_models]
+    if teacher_module is not None:
+        members.append(TorchTeacher(teacher_module))
+    teacher = None
+    if len(members) == 1 and not teacher_weights:
+        teacher = members[0]
+    elif members:
+        teacher = EnsembleTeacher(members, teacher_weights)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     before = evaluate(module, val_x, val_y, teacher)
     ckdir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt")
     history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
+    generation_results = [evaluate(module, val_x, val_y)]
+    for gen in range(2, generations + 1):
+        # born-again: the trained generation teaches a fresh copy of the factorized student
+        previous = module.write_back()
+        module = OnnxModule(student)
+        teacher = OnnxTeacher(previous, features, cfg.threads)
+        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir / f"gen{gen}", False,
+                                      progress)
+        generation_results.append(evaluate(module, val_x, val_y))
     after = evaluate(module, val_x, val_y, teacher)
     trained = module.write_back()
     save_model(trained, output_path)
@@ -85,7 +111,8 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
                 test["teacher"] = evaluate(OnnxModule(teacher_model), tx_test, ty_test)["accuracy"]
         except TensorfoldError:
             test = {}
-    return {"student": str(student_path), "teacher": str(teacher_path) if teacher_path else None,
+    return {"student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
+            (str(paths[0]) if paths else None), "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
             "val_before": before, "val_after": after, "best": best, "test_accuracy": test,

@@ -144,3 +144,21 @@ def test_image_folder_labelled_and_unlabelled(tmp_path, student):
     report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(tmp_path / "lab"),
                      cfg=RecoverConfig(max_steps=2, batch_size=2, threads=1), progress=False)
     assert report["steps"] == 2
+
+
+def test_multi_teacher_torch_teacher_and_born_again(student, npz, tmp_path):
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    cfg = RecoverConfig(max_steps=3, batch_size=32, threads=1)
+    report = recover(student, tmp_path / "m.onnx", teacher_path=[TEACHER, TEACHER], teacher_weights=[0.7, 0.3],
+                     data=str(npz[1]), cfg=cfg, progress=False)
+    assert report["steps"] == 3 and report["features_matched"] >= 2 and len(report["teacher"]) == 2
+    report = recover(student, tmp_path / "t.onnx", teacher_module=OnnxModule(onnx.load(TEACHER)), data=str(npz[1]),
+                     cfg=cfg, progress=False)
+    assert report["steps"] == 3
+    report = recover(student, tmp_path / "b.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, generations=2,
+                     progress=False)
+    assert len(report["generations"]) == 2 and (tmp_path / "b.onnx.ckpt" / "gen2" / "last.pt").exists()
+    with pytest.raises(TensorfoldError, match="weights"):
+        recover(student, tmp_path / "x.onnx", teacher_path=[TEACHER], teacher_weights=[1, 2], data=str(npz[0]),
+                cfg=cfg, progress=False)
