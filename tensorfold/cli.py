@@ -214,6 +214,8 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @click.option("--teacher", type=click.Path(path_type=Path), multiple=True,
               help="the original model to distill from (repeat for a multi-teacher ensemble)")
 @click.option("--teacher-weights", help="weights of the teachers in the ensemble, e.g. 0.7,0.3")
+@click.option("--peer", "peers", type=click.Path(path_type=Path), multiple=True,
+              help="another factorized model trained alongside by deep mutual learning (written to OUT.peerN.onnx)")
 @click.option("--generations", type=int, default=1, show_default=True,
               help="born-again distillation: each generation learns from the previous one")
 @click.option("--data", default="fashion-mnist", show_default=True,
@@ -232,7 +234,7 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
-def recover_cmd(model, output, teacher, teacher_weights, generations, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
+def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
                 temperature, alpha, patience, normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.recovery.finetune import RecoverConfig
@@ -261,7 +263,8 @@ def recover_cmd(model, output, teacher, teacher_weights, generations, data, epoc
         except ValueError:
             raise TensorfoldError(f"--teacher-weights '{teacher_weights}': expected numbers like 0.7,0.3") from None
     report = recover(model, output, teacher_path=list(teacher), data=data, cfg=cfg, normalize=norm, resume=resume,
-                     progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations)
+                     progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations,
+                     peers=list(peers))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -222,3 +222,54 @@ def plot_history(history: History, path: Path) -> Path | None:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray,
+                 val_y: np.ndarray | None, cfg: RecoverConfig, progress: bool = True) -> tuple[History, list[dict]]:
+    """Deep mutual learning (Zhang et al. 2018): the students train together, each pulled by KL
+    toward the others' (detached) predictions, plus labels and the teacher's KD when present.
+    Returns the first student's loss history and each student's validation result; the modules
+    are trained in place."""
+    history = History()
+    torch.manual_seed(cfg.seed)
+    opts = [torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=cfg.lr,
+                              weight_decay=cfg.weight_decay) for s in students]
+    steps_per_epoch = max(1, len(x) // cfg.batch_size)
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup * total))
+    order = np.random.default_rng(cfg.seed).permutation(len(x))
+    for step in tqdm(range(total), desc="mutual", unit="step", disable=not progress):
+        pos = (step % steps_per_epoch) * cfg.batch_size
+        if pos == 0 and step:
+            order = np.random.default_rng(cfg.seed + step).permutation(len(x))
+        idx = order[pos:pos + cfg.batch_size]
+        xb = torch.from_numpy(x[idx])
+        t_logits = teacher(xb)[0] if teacher is not None else None
+        logits = []
+        for s in students:
+            s.train()
+            logits.append(s(xb)[0])
+        lr = cfg.lr * (step + 1) / warm if step < warm else \
+            0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        for i, (s, opt) in enumerate(zip(students, opts)):
+            others = torch.stack([l.detach() for j, l in enumerate(logits) if j != i]).mean(0)
+            loss = hinton_kd(logits[i], others, 1.0)
+            if y is not None:
+                loss = loss + F.cross_entropy(logits[i], torch.from_numpy(y[idx]))
+            if t_logits is not None:
+                loss = loss + cfg.alpha * hinton_kd(logits[i], t_logits, cfg.temperature)
+            if not torch.isfinite(loss):
+                raise TensorfoldError(f"mutual learning: loss became {loss.item()} at step {step}")
+            opt.zero_grad()
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(s.parameters(), cfg.clip)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            if i == 0:
+                history.steps.append(step + 1)
+                history.loss.append(float(loss.detach()))
+    results = [evaluate(s, val_x, val_y, teacher) for s in students]
+    history.evals.append(dict(results[0], step=total))
+    return history, results

@@ -14,7 +14,7 @@ from tensorfold.bench.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.recovery.distill import EnsembleTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
-from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train
+from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train, train_mutual
 
 
 def _io_signature(model: onnx.ModelProto):
@@ -27,7 +27,7 @@ def _io_signature(model: onnx.ModelProto):
 def recover(student_path, output_path, *, teacher_path=None, data: str = "fashion-mnist", cfg: RecoverConfig | None = None,
             val_size: int = 5000, normalize=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
             limit: int | None = None, teacher_weights: list[float] | None = None, teacher_module=None,
-            generations: int = 1) -> dict:
+            generations: int = 1, peers: list | None = None) -> dict:
     """Fine-tune the student (distilled from the teacher when given) and save it to output_path.
 
     teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
@@ -85,7 +85,22 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     before = evaluate(module, val_x, val_y, teacher)
     ckdir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt")
-    history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
+    peer_reports = []
+    if peers:
+        peer_models = [load_model(p) for p in peers]
+        for p, pm in zip(peers, peer_models):
+            if _io_signature(pm) != _io_signature(student):
+                raise TensorfoldError(f"peer {p} and the student differ in their inputs or outputs")
+        peer_modules = [OnnxModule(pm) for pm in peer_models]
+        history, results = train_mutual([module] + peer_modules, teacher, tx, ty, val_x, val_y, cfg, progress)
+        for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
+            path = Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
+            save_model(pmod.write_back(), path)
+            peer_reports.append({"peer": str(peers[i - 1]), "output": str(path), "val": res})
+        reason, best = "deep mutual learning done", results[0]
+        ckdir.mkdir(parents=True, exist_ok=True)
+    else:
+        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
     generation_results = [evaluate(module, val_x, val_y)]
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
@@ -111,7 +126,7 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
                 test["teacher"] = evaluate(OnnxModule(teacher_model), tx_test, ty_test)["accuracy"]
         except TensorfoldError:
             test = {}
-    return {"student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
+    return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
             (str(paths[0]) if paths else None), "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,

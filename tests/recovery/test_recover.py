@@ -162,3 +162,17 @@ def test_multi_teacher_torch_teacher_and_born_again(student, npz, tmp_path):
     with pytest.raises(TensorfoldError, match="weights"):
         recover(student, tmp_path / "x.onnx", teacher_path=[TEACHER], teacher_weights=[1, 2], data=str(npz[0]),
                 cfg=cfg, progress=False)
+
+
+def test_deep_mutual_learning_with_a_peer(student, npz, tmp_path):
+    peer = tmp_path / "peer.onnx"
+    optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
+    runner = CliRunner()
+    out = tmp_path / "r.onnx"
+    result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--peer", str(peer),
+                                  "--data", str(npz[0]), "-o", str(out), "--max-steps", "3", "--batch-size", "32",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["steps"] == 3 and report["peers"][0]["output"].endswith("r.peer1.onnx")
+    assert (tmp_path / "r.peer1.onnx").exists() and out.exists()
