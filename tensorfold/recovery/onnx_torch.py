@@ -451,6 +451,58 @@ def _pad(node, x, pads=None, value=None, axes=None):
     return F.pad(x, spec, mode=mode if mode != "edge" else "replicate", value=fill if mode == "constant" else None)
 
 
+# --- recurrent ----------------------------------------------------------------------------------
+
+_ACT = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
+
+
+@op("LSTM")
+def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
+    """ONNX LSTM (gates i, o, f, c; forward, reverse or bidirectional; layout 0 or 1; peepholes)."""
+    if _a(node, "input_forget", 0) or _a(node, "clip") is not None:
+        raise NotImplementedError("LSTM with input_forget or clip")
+    layout = _a(node, "layout", 0)
+    if layout == 1:
+        x = x.transpose(0, 1)
+    seq, batch, _ = x.shape
+    dirs, four_h = w.shape[0], w.shape[1]
+    hidden = four_h // 4
+    acts = [a.decode() if isinstance(a, bytes) else a for a in (_a(node, "activations") or [])]
+    acts = acts or ["Sigmoid", "Tanh", "Tanh"] * dirs
+    direction = _a(node, "direction", "forward")
+    ys, hs, cs = [], [], []
+    for d in range(dirs):
+        f, g, h_act = (_ACT[a] for a in acts[3 * d:3 * d + 3])
+        bias = (b[d, :four_h] + b[d, four_h:]) if b is not None else torch.zeros(four_h, dtype=x.dtype)
+        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        pi, po, pf = (p[d, :hidden], p[d, hidden:2 * hidden], p[d, 2 * hidden:]) if p is not None else (0, 0, 0)
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        steps = range(seq - 1, -1, -1) if reverse else range(seq)
+        lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long)
+        out = [None] * seq
+        for t in steps:
+            gates = x[t] @ w[d].T + h @ r[d].T + bias
+            i_, o_, f_, c_ = gates.split(hidden, dim=-1)
+            i_ = f(i_ + pi * c)
+            f_ = f(f_ + pf * c)
+            c_new = f_ * c + i_ * g(c_)
+            o_ = f(o_ + po * c_new)
+            h_new = o_ * h_act(c_new)
+            live = (t < lens).to(x.dtype).unsqueeze(-1)       # sequence_lens: padded steps keep state
+            c = live * c_new + (1 - live) * c
+            h = live * h_new + (1 - live) * h
+            out[t] = h_new * live
+        ys.append(torch.stack(out))
+        hs.append(h)
+        cs.append(c)
+    y = torch.stack(ys, dim=1)                                 # (seq, dirs, batch, hidden)
+    y_h, y_c = torch.stack(hs), torch.stack(cs)
+    if layout == 1:
+        y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
+    return [y, y_h, y_c]
+
+
 # --- the module -------------------------------------------------------------------------------------
 
 def _param_name(name: str) -> str:

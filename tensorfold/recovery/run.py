@@ -101,6 +101,9 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         ckdir.mkdir(parents=True, exist_ok=True)
     else:
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
+    if reason.startswith("loss became"):
+        raise TensorfoldError(f"{reason} ({ckdir / 'last.pt'}); nothing written to {output_path}: "
+                              f"try a lower --lr, then --resume")
     generation_results = [evaluate(module, val_x, val_y)]
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student

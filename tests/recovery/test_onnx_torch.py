@@ -70,3 +70,29 @@ def test_unknown_op_runs_frozen_with_a_warning():
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_allclose(module(torch.from_numpy(x))[0].numpy(), make_session(model).run(None, {"x": x})[0],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_matches_onnxruntime(direction):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dirs, hidden, inp, seq, batch = (2 if direction == "bidirectional" else 1), 5, 4, 6, 3
+    inits = [numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, inp)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.standard_normal((dirs, 8 * hidden)).astype(np.float32), "B")]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h", "y_c"], hidden_size=hidden,
+                            direction=direction)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h", "y_c")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    module = OnnxModule(model)
+    assert not module.frozen
+    x = rng.standard_normal((seq, batch, inp)).astype(np.float32)
+    ref = make_session(model).run(None, {"x": x})
+    got = module(torch.from_numpy(x))
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g.detach().numpy(), r, rtol=1e-4, atol=1e-5)
+    got[0].sum().backward()
+    assert module.params["W"].grad is not None

@@ -60,9 +60,12 @@ def test_resume_continues(student, npz, tmp_path):
 
 
 def test_nan_loss_stops_and_says_so(student, npz, tmp_path):
-    cfg = RecoverConfig(max_steps=5, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton")
-    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
-    assert "loss became" in report["stop"] or report["steps"] <= 5
+    cfg = RecoverConfig(max_steps=6, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton",
+                        warmup=0.0)
+    with pytest.raises(TensorfoldError, match="loss became") as err:
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
+    assert "nothing written" in str(err.value) and not (tmp_path / "r.onnx").exists()
+    assert (tmp_path / "r.onnx.ckpt" / "last.pt").exists()
 
 
 def test_teacher_with_other_outputs_is_refused(student, tmp_path, npz):
