@@ -172,3 +172,26 @@ def describe(device: Device) -> str:
 
 __all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "get_device", "node_costs",
            "predict_seconds"]
+
+
+def fit_roofline(samples: list[list[NodeCost]], measured_s: list[float], base: Device) -> Device:
+    """Fit a roofline's peak, bandwidth, per-node and per-call overheads to measured latencies
+    (least squares on log time, so every sample counts by its relative error). `samples[i]` are
+    the node costs of the model that took `measured_s[i]`; `base` gives the starting point."""
+    from scipy.optimize import least_squares
+
+    flops = [np.array([c.flops for c in s]) for s in samples]
+    nbytes = [np.array([c.bytes for c in s]) for s in samples]
+    nodes = np.array([len(s) for s in samples], dtype=float)
+    target = np.log(np.asarray(measured_s))
+
+    def predict(theta):
+        peak, bw, node_o, call_o = np.exp(theta)
+        return np.array([call_o + n * node_o + np.maximum(f / peak, b / bw).sum()
+                         for f, b, n in zip(flops, nbytes, nodes)])
+
+    x0 = np.log([base.peak_flops, base.bandwidth, max(base.overhead_s, 1e-8), max(base.run_overhead_s, 1e-7)])
+    fit = least_squares(lambda t: np.log(predict(t)) - target, x0, method="trf")
+    peak, bw, node_o, call_o = np.exp(fit.x)
+    return Device(f"{base.name}-fit", float(peak), float(bw), float(node_o), base.memory_bytes,
+                  f"fitted on {len(samples)} measured models", float(call_o))
