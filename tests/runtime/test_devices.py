@@ -41,3 +41,16 @@ def test_host_calibration_is_plausible():
     assert 1e8 < host.peak_flops < 1e14
     assert 1e8 < host.bandwidth < 1e13
     assert 0 < host.overhead_s < 1e-3
+
+
+def test_fit_roofline_recovers_a_known_device():
+    from tensorfold.runtime.devices import NodeCost, fit_roofline
+
+    truth = Device("truth", peak_flops=5e10, bandwidth=2e10, overhead_s=3e-6, run_overhead_s=2e-5)
+    rng = np.random.default_rng(0)
+    samples = [[NodeCost("n", "Conv", float(rng.uniform(1e5, 1e9)), float(rng.uniform(1e4, 1e8)))
+                for _ in range(rng.integers(1, 5))] for _ in range(60)]
+    measured = [truth.run_overhead_s + sum(truth.node_seconds(c.flops, c.bytes) for c in s) for s in samples]
+    fitted = fit_roofline(samples, measured, DEVICES["rx580"])
+    pred = [fitted.run_overhead_s + sum(fitted.node_seconds(c.flops, c.bytes) for c in s) for s in samples]
+    np.testing.assert_allclose(pred, measured, rtol=0.02)
