@@ -266,6 +266,11 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         else:
             row["latency"] = measure(model, bfeeds, provider, threads, warmup, runs, optimization).as_dict()
         report["batches"][str(batch)] = row
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    per_node = [{"node": n.name or n.output[0], "op": n.op_type, "flops": stats.node_flops.get(n.name or n.output[0]),
+                 "params": sum(sizes.get(i, 0) for i in n.input)} for n in model.graph.node
+                if (n.name or n.output[0]) in stats.node_flops]
+    report["graph_nodes"] = sorted(per_node, key=lambda r: -(r["flops"] or 0))[:top]
     if other is not None:
         ostats = model_stats(other, base_shapes)
         report["compare"] = {"model": str(compare_with), "params": ostats.params, "flops": ostats.flops,

@@ -206,6 +206,13 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
             nodes.add_row(r["node"], r["op"], f"{r['ms']:.4f}", f"{r['share']:.1%}")
         console.print(nodes)
         console.print(f"process peak RSS: {info['peak_rss_mb']:.0f} MB")
+    if info.get("graph_nodes"):
+        graph = Table(title=f"top {len(info['graph_nodes'])} graph nodes by FLOPs (batch 1)", title_justify="left")
+        for col in ("node", "op", "FLOPs", "params"):
+            graph.add_column(col, justify="right" if col in ("FLOPs", "params") else "left")
+        for r in info["graph_nodes"]:
+            graph.add_row(r["node"], r["op"], _flops(r["flops"]), f"{r['params']:,}")
+        console.print(graph)
 
 
 @main.command("recover")

@@ -50,6 +50,7 @@ def test_profile_cli_json(tmp_path):
     assert set(info["batches"]) == {"1", "4"}
     assert {"min_ms", "median_ms", "p90_ms"} <= set(info["batches"]["1"]["latency"])
     assert info["ops"] and info["nodes"] and info["params"] > 0 and info["flops"] > 0
+    assert info["graph_nodes"][0]["op"] == "Conv" and info["graph_nodes"][0]["params"] > 0
 
 
 def test_profile_compare_and_device(tmp_path):
