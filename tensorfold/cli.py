@@ -295,6 +295,70 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
     console.print(f"wrote {report['output']}")
 
 
+@main.group("bench", invoke_without_command=True)
+@click.option("--suite", type=click.Choice(["smoke", "fashion-mnist-cpu", "fashion-mnist"]), default="smoke",
+              show_default=True, help="smoke: minutes; fashion-mnist-cpu: width 0.25; fashion-mnist: full width (GPU)")
+@click.option("--models", help="comma-separated zoo models (resnet18,resnet34,resnet50,vgg16,mobilenetv2,mobilenetv1)")
+@click.option("--methods", help="comma-separated methods (tucker,cp,tt,svd,auto)")
+@click.option("--ratios", help="comma-separated compression ratios over the factorizable layers")
+@click.option("--width", type=float, help="width multiplier of the zoo models")
+@click.option("--epochs", type=int, help="baseline training epochs")
+@click.option("--steps", type=int, help="recovery steps per row")
+@click.option("--data", default="fashion-mnist", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="folder for rows.jsonl and the models; an existing one resumes")
+@click.pass_context
+def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, output):
+    """Benchmark suite: compress, recover and measure zoo models beside int8 quantization."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dataclasses import replace
+
+    from tensorfold.bench.real_models import cache_dir
+    from tensorfold.bench.runner import SUITES, Suite, run_suite
+    from tensorfold.bench.zoo import ZOO
+
+    cfg = dict(SUITES[suite])
+    if models:
+        cfg["models"] = tuple(m.strip() for m in models.split(","))
+        unknown = [m for m in cfg["models"] if m not in ZOO]
+        if unknown:
+            raise TensorfoldError(f"unknown model(s) {unknown} (zoo: {', '.join(ZOO)})")
+    if methods:
+        cfg["methods"] = tuple(m.strip() for m in methods.split(","))
+        unknown = [m for m in cfg["methods"] if m not in ("tucker", "cp", "tt", "svd", "auto")]
+        if unknown:
+            raise TensorfoldError(f"unknown method(s) {unknown}")
+    if ratios:
+        try:
+            cfg["ratios"] = tuple(float(r) for r in ratios.split(","))
+        except ValueError:
+            raise TensorfoldError(f"--ratios '{ratios}': expected numbers like 4,8") from None
+    if width:
+        cfg["width"] = width
+    if epochs:
+        cfg["recipe"] = replace(cfg["recipe"], epochs=epochs)
+    if steps:
+        cfg["steps"] = steps
+    import torch
+
+    label = f"{suite} suite, baseline trained on {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    rows = run_suite(Suite(**cfg, data=data, label=label), output, cache_dir() / "baselines",
+                     progress=sys.stderr.isatty(), log=lambda m: click.echo(m, err=True))
+    click.echo(f"{len(rows)} rows in {output / 'rows.jsonl'}; `tensorfold bench report {output}` for tables and plots")
+
+
+@bench_cmd.command("report")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("docs/results"), show_default=True)
+def bench_report_cmd(results, output):
+    """Tables (Markdown), JSON rows and plots from the rows in RESULTS."""
+    from tensorfold.bench.report import write_report
+
+    info = write_report(results, output)
+    click.echo(f"{info['rows']} rows -> {info['markdown']}, {info['json']}, {len(info['plots'])} plot(s)")
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
 

@@ -91,18 +91,21 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def count_params(model: onnx.ModelProto) -> int:
+def count_params(model: onnx.ModelProto, quantized: bool = False) -> int:
     """Parameters = elements of all floating-point constants (weights, biases, BN stats), whether
-    stored as initializers or as top-level Constant nodes (as in PaddlePaddle exports)."""
+    stored as initializers or as top-level Constant nodes (as in PaddlePaddle exports).
+    quantized=True also counts int8/uint8/int32 constants (the weights of a quantized model)."""
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         if node.op_type == "Constant":
             tensors.extend(a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR)
+    types = _FLOAT_TYPES | (_QUANT_TYPES if quantized else set())
     total = 0
     for t in tensors:
-        if t.data_type in _FLOAT_TYPES:
+        if t.data_type in types:
             total += int(np.prod(t.dims)) if t.dims else 1
     return total
 
 
+_QUANT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}

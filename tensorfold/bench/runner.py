@@ -1,0 +1,213 @@
+"""The benchmark runner: for each model x method x ratio compress, recover and measure, beside
+the original and int8 static quantization (onnxruntime, QDQ) of both. Rows are appended to
+`rows.jsonl` as they finish, so an interrupted suite resumes where it stopped."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.bench.train import Recipe, baseline, evaluate_onnx
+from tensorfold.graph.model import count_params
+
+SUITES = {
+    # minutes on a laptop, the same code path as the full suite
+    "smoke": dict(models=("resnet18",), methods=("tucker",), ratios=(4.0,), width=0.125,
+                  recipe=Recipe(epochs=1, train_limit=4000), steps=20, test_limit=1000, calibration=64),
+    # width-reduced: what two CPU cores can train in minutes per model
+    "fashion-mnist-cpu": dict(models=("resnet18", "vgg16", "mobilenetv2"), methods=("tucker", "cp", "tt", "auto"),
+                              ratios=(4.0, 8.0, 16.0), width=0.25, recipe=Recipe(epochs=3), steps=400,
+                              test_limit=None, calibration=256),
+    # full width: for a GPU machine
+    "fashion-mnist": dict(models=("resnet18", "vgg16", "mobilenetv2"), methods=("tucker", "tt", "auto"),
+                          ratios=(8.0, 16.0, 32.0), width=1.0, recipe=Recipe(epochs=15), steps=400,
+                          test_limit=None, calibration=256),
+}
+
+
+@dataclass
+class Suite:
+    models: tuple
+    methods: tuple
+    ratios: tuple
+    width: float
+    recipe: Recipe
+    steps: int
+    test_limit: int | None
+    calibration: int
+    data: str = "fashion-mnist"
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _environment() -> dict:
+    import onnxruntime
+    import torch
+
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
+            "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "command": " ".join(["tensorfold"] + sys.argv[1:])}
+
+
+def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
+    """Static int8 (QDQ, per-channel weights), calibrated on training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    import logging
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # onnxruntime's recommended pre-processing (shape inference, graph optimization) first
+    prepared = dst.with_name(dst.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        source = prepared
+    except Exception:  # noqa: BLE001 - quantize the model as it is
+        source = src
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_static(str(source), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().setLevel(level)
+        prepared.unlink(missing_ok=True)
+    return dst
+
+
+def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:
+    from tensorfold.runtime.latency import compare, with_batch
+
+    name = onnx.load(str(original), load_external_data=False).graph.input[0].name
+    out = {}
+    for batch in (1, 32):
+        cmp = compare(str(model_path), str(original), {name: with_batch({"x": x}, batch)["x"]}, runs=20, warmup=3)
+        out[f"latency_ms_b{batch}"] = round(cmp.a.median, 4)
+        out[f"latency_ratio_b{batch}"] = round(cmp.speedup, 4)        # original time / this time
+    return out
+
+
+def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
+    from tensorfold.graph.stats import model_stats
+
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    stats = model_stats(model, {name: [1, *tx.shape[1:]]})
+    row = {"params": count_params(model, quantized=True), "flops": stats.flops, "size_bytes": path.stat().st_size,
+           "accuracy": evaluate_onnx(path, tx, ty)}
+    row.update({"params_ratio": round(base["params"] / row["params"], 4),
+                "flops_ratio": round(base["flops"] / row["flops"], 4) if row["flops"] else None,
+                "size_ratio": round(base["size_bytes"] / row["size_bytes"], 4),
+                "accuracy_loss": round(base["accuracy"] - row["accuracy"], 6)})
+    row.update(_latency(path, original, x_lat))
+    return row
+
+
+def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, log=print) -> list[dict]:
+    from tensorfold.api import optimize
+    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.run import recover
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / "rows.jsonl"
+    done = {}
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row
+    env = _environment()
+    x, y, _ = load_data(suite.data, "train")
+    tx, ty, _ = load_data(suite.data, "test")
+    if suite.test_limit:
+        tx, ty = tx[:suite.test_limit], ty[:suite.test_limit]
+    in_ch = 1 if x.ndim == 3 else 3
+    calib = prepare_inputs(x[:suite.calibration], [1, in_ch, -1, -1])
+    tx = prepare_inputs(tx, [1, in_ch, -1, -1])
+    x_lat = tx[:32]
+    work = out_dir / "models"
+    work.mkdir(exist_ok=True)
+
+    def emit(row):
+        row.update(env)
+        row["label"] = suite.label
+        done[row["key"]] = row
+        with open(rows_path, "a") as fh:   # one line per row: an interrupted run loses at most the row in flight
+            fh.write(json.dumps(row) + "\n")
+        if "error" in row:
+            log(f"{row['key']}: failed: {row['error']}")
+        else:
+            log(f"{row['key']}: accuracy {row['accuracy']:.4f}, params x{row['params_ratio']:.2f}, "
+                f"latency x{row['latency_ratio_b1']:.2f} (b1)")
+
+    for model in suite.models:
+        prefix = f"{model}/w{suite.width:g}"
+        original, meta = baseline(model, suite.width, suite.data, suite.recipe, cache, progress=progress)
+        base_model = onnx.load(str(original))
+        from tensorfold.graph.stats import model_stats
+
+        base = {"params": count_params(base_model), "size_bytes": original.stat().st_size,
+                "flops": model_stats(base_model, {base_model.graph.input[0].name: [1, *tx.shape[1:]]}).flops,
+                "accuracy": evaluate_onnx(original, tx, ty)}
+        common = {"model": model, "width": suite.width, "baseline_train": meta}
+        if f"{prefix}/original" not in done:
+            row = dict(common, key=f"{prefix}/original", method="original", ratio=1.0, int8=False)
+            row.update(_measure(original, original, base, tx, ty, x_lat))
+            emit(row)
+        if f"{prefix}/original/int8" not in done:
+            q = quantize_int8(original, work / f"{model}.int8.onnx", calib)
+            row = dict(common, key=f"{prefix}/original/int8", method="original", ratio=1.0, int8=True)
+            row.update(_measure(q, original, base, tx, ty, x_lat))
+            emit(row)
+        for method in suite.methods:
+            for ratio in suite.ratios:
+                key = f"{prefix}/{method}/x{ratio:g}"
+                if key in done and f"{key}/int8" in done:
+                    continue
+                small = work / f"{model}.{method}.x{ratio:g}.onnx"
+                rec = work / f"{model}.{method}.x{ratio:g}.rec.onnx"
+                start = time.perf_counter()
+                try:
+                    report = optimize(original, small, method=method, ratio=ratio, verify=False, progress=False)
+                except Exception as exc:  # noqa: BLE001 - one failed row must not stop a suite
+                    emit(dict(common, key=key, method=method, ratio=ratio, int8=False,
+                              error=str(exc).splitlines()[0][:300]))
+                    emit(dict(common, key=f"{key}/int8", method=method, ratio=ratio, int8=True,
+                              error="no compressed model to quantize"))
+                    continue
+                compressed_accuracy = evaluate_onnx(small, tx, ty)
+                r = recover(small, rec, teacher_path=original, data=suite.data,
+                            cfg=RecoverConfig(max_steps=suite.steps, batch_size=128), progress=progress,
+                            limit=suite.recipe.train_limit)
+                row = dict(common, key=key, method=method, ratio=ratio, int8=False,
+                           compressed_accuracy=compressed_accuracy, recover_steps=r["steps"],
+                           recover_seconds=r["seconds"], layers_rewritten=len(report.layers),
+                           seconds=round(time.perf_counter() - start, 1))
+                row.update(_measure(rec, original, base, tx, ty, x_lat))
+                emit(row)
+                q = quantize_int8(rec, work / f"{model}.{method}.x{ratio:g}.rec.int8.onnx", calib)
+                row = dict(common, key=f"{key}/int8", method=method, ratio=ratio, int8=True,
+                           compressed_accuracy=compressed_accuracy)
+                row.update(_measure(q, original, base, tx, ty, x_lat))
+                emit(row)
+    return list(done.values())

@@ -1,0 +1,73 @@
+"""The benchmark suite end to end on a tiny subset, report generation, and resume."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tensorfold.bench.datasets import FASHION_MNIST_ROOT
+from tensorfold.bench.report import load_rows, markdown, pareto, write_report
+from tensorfold.bench.runner import SUITES, Suite, run_suite
+from tensorfold.cli import main
+
+needs_data = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
+                                reason="Debian's dataset-fashion-mnist is not installed")
+
+
+def _tiny():
+    cfg = dict(SUITES["smoke"])
+    cfg.update(recipe=replace(cfg["recipe"], train_limit=1000), test_limit=300, steps=3, calibration=32)
+    return Suite(**cfg, label="test")
+
+
+@needs_data
+def test_smoke_suite_report_and_resume(tmp_path):
+    out = tmp_path / "results"
+    rows = run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=lambda m: None)
+    keys = {r["key"] for r in rows}
+    assert keys == {"resnet18/w0.125/original", "resnet18/w0.125/original/int8",
+                    "resnet18/w0.125/tucker/x4", "resnet18/w0.125/tucker/x4/int8"}
+    row = next(r for r in rows if r["key"] == "resnet18/w0.125/tucker/x4")
+    for field in ("params_ratio", "flops_ratio", "accuracy", "accuracy_loss", "latency_ratio_b1", "size_ratio",
+                  "command", "date", "machine", "onnxruntime"):
+        assert field in row
+    assert row["params_ratio"] > 2
+    lines = (out / "rows.jsonl").read_text().splitlines()
+    # resume: a finished suite adds nothing; a lost row is recomputed alone
+    run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=lambda m: None)
+    assert (out / "rows.jsonl").read_text().splitlines() == lines
+    (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    logged = []
+    run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=logged.append)
+    assert len(logged) == 2 and all("tucker/x4" in m for m in logged)   # the pair (float and int8) redone
+    info = write_report(out, tmp_path / "report")
+    assert Path(info["markdown"]).read_text().count("| tucker |") == 2
+    assert json.loads(Path(info["json"]).read_text()) and info["plots"]
+
+
+def test_report_from_stored_rows(tmp_path):
+    base = {"model": "vgg16", "width": 0.25, "label": "x", "date": "2026-01-01T00:00:00", "machine": "m",
+            "onnxruntime": "1", "torch": "2", "baseline_train": {"data": "d", "recipe": {"epochs": 1}, "device": "cpu",
+                                                                  "train_seconds": 1}}
+    rows = [dict(base, key="a", method="original", ratio=1, int8=False, params_ratio=1, flops_ratio=1, size_ratio=1,
+                 accuracy=0.9, accuracy_loss=0, latency_ratio_b1=1, latency_ratio_b32=1),
+            dict(base, key="b", method="tucker", ratio=8, int8=False, params_ratio=8, flops_ratio=5, size_ratio=7.5,
+                 accuracy=0.88, accuracy_loss=0.02, compressed_accuracy=0.5, latency_ratio_b1=1.4,
+                 latency_ratio_b32=2.0),
+            dict(base, key="c", method="cp", ratio=8, int8=False, error="boom")]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = markdown(load_rows(tmp_path))
+    assert "### vgg16" in text and "failed: boom" in text and "88.00%" in text
+    assert pareto([(1, 0.9), (8, 0.88), (4, 0.8)]) == [(1, 0.9), (8, 0.88)]
+    info = write_report(tmp_path, tmp_path / "out")
+    assert info["rows"] == 3 and len(info["plots"]) == 1
+
+
+def test_bench_bad_input(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "--models", "alexnet", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown model" in result.output
+    result = runner.invoke(main, ["bench", "report", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no benchmark rows" in result.output
