@@ -196,10 +196,13 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
                               error="no compressed model to quantize"))
                     continue
                 compressed_accuracy = evaluate_onnx(small, tx, ty)
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
                 r = recover(small, rec, teacher_path=original, data=suite.data,
-                            cfg=RecoverConfig(max_steps=suite.steps, batch_size=128), progress=progress,
+                            cfg=RecoverConfig(max_steps=suite.steps, batch_size=128, device=device), progress=progress,
                             limit=suite.recipe.train_limit)
-                row = dict(common, key=key, method=method, ratio=ratio, int8=False,
+                row = dict(common, key=key, method=method, ratio=ratio, int8=False, recover_device=device,
                            compressed_accuracy=compressed_accuracy, recover_steps=r["steps"],
                            recover_seconds=r["seconds"], layers_rewritten=len(report.layers),
                            seconds=round(time.perf_counter() - start, 1))

@@ -52,12 +52,29 @@ class OnnxTeacher:
                 probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
         self.session = make_session(probe, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.n_outputs = len(model.graph.output)
+        names = [o.name for o in probe.graph.output]
+        self.feature_index = {f: names.index(f) for f in self.features}   # a feature may be a graph output
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outs = self.session.run(None, {self.input_names[0]: x.detach().cpu().numpy()})
-        feats = {n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.features, outs[self.n_outputs:])}
-        return torch.from_numpy(np.asarray(outs[0])), feats
+        feats = {n: torch.from_numpy(np.asarray(outs[i])).to(x.device) for n, i in self.feature_index.items()}
+        return torch.from_numpy(np.asarray(outs[0])).to(x.device), feats
+
+
+class GraphTeacher:
+    """An ONNX teacher run by tensorfold's torch interpreter, for a GPU: no host round trip."""
+
+    def __init__(self, model: onnx.ModelProto, features: list[str], device: str):
+        from tensorfold.recovery.onnx_torch import OnnxModule
+
+        self.module = OnnxModule(model, trainable=False).to(device).eval()
+        produced = {o for n in model.graph.node for o in n.output}
+        self.features = [f for f in features if f in produced]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor):
+        outputs, feats = self.module(x, capture=tuple(self.features))
+        return outputs[0], feats
 
 
 class TorchTeacher:
@@ -71,6 +88,10 @@ class TorchTeacher:
     def __call__(self, x: torch.Tensor):
         out = self.module(x)
         return (out[0] if isinstance(out, (list, tuple)) else out), {}
+
+    def to(self, device):
+        self.module.to(device)
+        return self
 
 
 class EnsembleTeacher:

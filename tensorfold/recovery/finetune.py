@@ -38,6 +38,7 @@ class RecoverConfig:
     eval_every: int | None = None       # steps; default once per epoch and at the end
     seed: int = 0
     threads: int = 0
+    device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
 
 
 @dataclass
@@ -53,13 +54,14 @@ class History:
 def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, batch: int = 512) -> dict:
     """Top-1 accuracy with labels; agreement with the teacher's top-1 without."""
     module.eval()
+    device = next(module.parameters()).device
     correct, agree, n = 0, 0, 0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i:i + batch])
+            xb = torch.from_numpy(x[i:i + batch]).to(device)
             pred = module(xb)[0].argmax(-1)
             if y is not None:
-                correct += int((pred.numpy() == y[i:i + batch]).sum())
+                correct += int((pred.cpu().numpy() == y[i:i + batch]).sum())
             if teacher is not None:
                 agree += int((pred == teacher(xb)[0].argmax(-1)).sum())
             n += len(xb)
@@ -113,7 +115,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     if resume:
         if not ckpt.exists():
             raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
         module.load_state_dict(state["params"])
         opt.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best"]
@@ -133,7 +135,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             if pos == 0:
                 order = np.random.default_rng(cfg.seed + step).permutation(len(x))
             idx = order[pos:pos + cfg.batch_size]
-            xb = torch.from_numpy(x[idx])
+            xb = torch.from_numpy(x[idx]).to(cfg.device)
             module.train()
             outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
             logits = outputs[0]
@@ -142,7 +144,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             if use_kd:
                 loss = loss + cfg.alpha * hinton_kd(logits, t_logits, cfg.temperature)
             if y is not None:
-                ce = F.cross_entropy(logits, torch.from_numpy(y[idx]))
+                ce = F.cross_entropy(logits, torch.from_numpy(y[idx]).to(cfg.device))
                 loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
             elif not use_kd and teacher is not None:
                 loss = loss + F.mse_loss(logits, t_logits)
@@ -189,7 +191,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         bar.close()
         signal.signal(signal.SIGINT, previous)
     if (checkpoint_dir / "best.pt").exists():
-        module.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=False))
+        module.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=False, map_location=cfg.device))
     return history, stop_reason, best
 
 
@@ -243,7 +245,7 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
         if pos == 0 and step:
             order = np.random.default_rng(cfg.seed + step).permutation(len(x))
         idx = order[pos:pos + cfg.batch_size]
-        xb = torch.from_numpy(x[idx])
+        xb = torch.from_numpy(x[idx]).to(cfg.device)
         t_logits = teacher(xb)[0] if teacher is not None else None
         logits = []
         for s in students:
@@ -255,7 +257,7 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
             others = torch.stack([l.detach() for j, l in enumerate(logits) if j != i]).mean(0)
             loss = hinton_kd(logits[i], others, 1.0)
             if y is not None:
-                loss = loss + F.cross_entropy(logits[i], torch.from_numpy(y[idx]))
+                loss = loss + F.cross_entropy(logits[i], torch.from_numpy(y[idx]).to(cfg.device))
             if t_logits is not None:
                 loss = loss + cfg.alpha * hinton_kd(logits[i], t_logits, cfg.temperature)
             if not torch.isfinite(loss):

@@ -384,7 +384,7 @@ def _split(node, x, split=None):
 @op("Expand")
 def _expand(node, x, shape):
     target = _ints(shape)
-    return x * torch.ones(target, dtype=x.dtype)
+    return x * torch.ones(target, dtype=x.dtype, device=x.device)
 
 
 @op("Tile")
@@ -473,13 +473,13 @@ def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     ys, hs, cs = [], [], []
     for d in range(dirs):
         f, g, h_act = (_ACT[a] for a in acts[3 * d:3 * d + 3])
-        bias = (b[d, :four_h] + b[d, four_h:]) if b is not None else torch.zeros(four_h, dtype=x.dtype)
-        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
-        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        bias = (b[d, :four_h] + b[d, four_h:]) if b is not None else torch.zeros(four_h, dtype=x.dtype, device=x.device)
+        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
+        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
         pi, po, pf = (p[d, :hidden], p[d, hidden:2 * hidden], p[d, 2 * hidden:]) if p is not None else (0, 0, 0)
         reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
         steps = range(seq - 1, -1, -1) if reverse else range(seq)
-        lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long)
+        lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long, device=x.device)
         out = [None] * seq
         for t in steps:
             gates = x[t] @ w[d].T + h @ r[d].T + bias
@@ -522,7 +522,7 @@ class OnnxModule(nn.Module):
         graph = self.proto.graph
         self.params = nn.ParameterDict()
         self.param_of: dict[str, str] = {}           # initializer name -> parameter key
-        self.constants: dict[str, torch.Tensor] = {}
+        self.constant_of: dict[str, str] = {}        # non-float initializer name -> buffer name
         for t in graph.initializer:
             arr = numpy_helper.to_array(t).copy()
             tensor = torch.from_numpy(arr)
@@ -533,7 +533,11 @@ class OnnxModule(nn.Module):
                 self.params[key] = nn.Parameter(tensor.float(), requires_grad=trainable)
                 self.param_of[t.name] = key
             else:
-                self.constants[t.name] = tensor
+                key = "c_" + _param_name(t.name)
+                while hasattr(self, key):
+                    key += "_"
+                self.register_buffer(key, tensor, persistent=False)   # moves with .to(device)
+                self.constant_of[t.name] = key
         inits = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in inits]
         self.output_names = [v.name for v in graph.output]
@@ -545,7 +549,7 @@ class OnnxModule(nn.Module):
         self._ort_cache: dict[str, object] = {}
 
     def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
-        values: dict[str, torch.Tensor] = dict(self.constants)
+        values: dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self.constant_of.items()}
         for name, key in self.param_of.items():
             values[name] = self.params[key]
         for name, x in zip(self.input_names, inputs):
@@ -583,7 +587,8 @@ class OnnxModule(nn.Module):
             m = onnx.helper.make_model(g, opset_imports=list(self.proto.opset_import))
             self._ort_cache[key] = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         results = self._ort_cache[key].run(None, {f"in{i}": a for i, a in enumerate(arrays)})
-        return [torch.from_numpy(np.asarray(r)) for r in results]
+        device = next((a.device for a in args if a is not None), torch.device("cpu"))
+        return [torch.from_numpy(np.asarray(r)).to(device) for r in results]
 
     def write_back(self) -> onnx.ModelProto:
         """The original graph with the trained parameter values in its initializers."""

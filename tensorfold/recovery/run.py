@@ -13,7 +13,7 @@ import onnx
 from tensorfold.bench.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.recovery.distill import EnsembleTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
+from tensorfold.recovery.distill import EnsembleTeacher, GraphTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
 from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train, train_mutual
 
 
@@ -73,9 +73,13 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     val_x, val_y = x[val_idx], (y[val_idx] if y is not None else None)
     tx, ty = x[train_idx], (y[train_idx] if y is not None else None)
     features = rewritten_outputs(student)
-    members = [OnnxTeacher(tm, features, cfg.threads) for tm in teacher_models]
+    module.to(cfg.device)
+    if cfg.device == "cpu":
+        members = [OnnxTeacher(tm, features, cfg.threads) for tm in teacher_models]
+    else:
+        members = [GraphTeacher(tm, features, cfg.device) for tm in teacher_models]
     if teacher_module is not None:
-        members.append(TorchTeacher(teacher_module))
+        members.append(TorchTeacher(teacher_module).to(cfg.device))
     teacher = None
     if len(members) == 1 and not teacher_weights:
         teacher = members[0]
@@ -91,7 +95,7 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         for p, pm in zip(peers, peer_models):
             if _io_signature(pm) != _io_signature(student):
                 raise TensorfoldError(f"peer {p} and the student differ in their inputs or outputs")
-        peer_modules = [OnnxModule(pm) for pm in peer_models]
+        peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
         history, results = train_mutual([module] + peer_modules, teacher, tx, ty, val_x, val_y, cfg, progress)
         for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
             path = Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
@@ -108,8 +112,9 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
         previous = module.write_back()
-        module = OnnxModule(student)
-        teacher = OnnxTeacher(previous, features, cfg.threads)
+        module = OnnxModule(student).to(cfg.device)
+        teacher = OnnxTeacher(previous, features, cfg.threads) if cfg.device == "cpu" else \
+            GraphTeacher(previous, features, cfg.device)
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir / f"gen{gen}", False,
                                       progress)
         generation_results.append(evaluate(module, val_x, val_y))
@@ -123,10 +128,10 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         try:
             tx_test, ty_test, _ = load_data(data, "test", size, channels)
             tx_test = prepare_inputs(tx_test, input_shape, normalize)
-            test = {"student_before": evaluate(OnnxModule(student), tx_test, ty_test)["accuracy"],
+            test = {"student_before": evaluate(OnnxModule(student).to(cfg.device), tx_test, ty_test)["accuracy"],
                     "student_after": evaluate(module, tx_test, ty_test)["accuracy"]}
             if teacher_model is not None:
-                test["teacher"] = evaluate(OnnxModule(teacher_model), tx_test, ty_test)["accuracy"]
+                test["teacher"] = evaluate(OnnxModule(teacher_model).to(cfg.device), tx_test, ty_test)["accuracy"]
         except TensorfoldError:
             test = {}
     return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else

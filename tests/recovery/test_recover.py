@@ -179,3 +179,19 @@ def test_deep_mutual_learning_with_a_peer(student, npz, tmp_path):
     report = json.loads(result.output)
     assert report["steps"] == 3 and report["peers"][0]["output"].endswith("r.peer1.onnx")
     assert (tmp_path / "r.peer1.onnx").exists() and out.exists()
+
+
+def test_graph_teacher_matches_the_onnxruntime_teacher(student):
+    import torch
+
+    from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, rewritten_outputs
+
+    features = rewritten_outputs(onnx.load(student))
+    teacher = onnx.load(TEACHER)
+    a, b = OnnxTeacher(teacher, features), GraphTeacher(teacher, features, "cpu")
+    x = torch.from_numpy(np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32))
+    (la, fa), (lb, fb) = a(x), b(x)
+    np.testing.assert_allclose(la.numpy(), lb.numpy(), rtol=1e-4, atol=1e-4)
+    assert set(fa) == set(fb) and len(fa) >= 2
+    for name in fa:
+        np.testing.assert_allclose(fa[name].numpy(), fb[name].numpy(), rtol=1e-4, atol=1e-4)
