@@ -41,17 +41,18 @@ def markdown(rows: list[dict]) -> str:
     for (model, width, label), items in sorted(by_model.items()):
         out += [f"### {model} (width {width:g}{', ' + label if label else ''})", "",
                 "| method | ratio | int8 | params x | FLOPs x | size x | accuracy | loss (pt) | compressed acc. "
-                "| latency x b1 | latency x b32 |",
-                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| latency x b1 | latency x b32 | peak MB b32 |",
+                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(items, key=lambda r: (r["method"] != "original", r["method"], r["ratio"], r["int8"])):
             if "error" in r:
                 out.append(f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | failed: {r['error']} "
-                           f"| | | | | | | |")
+                           f"| | | | | | | | |")
                 continue
             out.append(f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | {r['params_ratio']:.2f} | "
                        f"{_fmt(r.get('flops_ratio'), '.2f')} | {r['size_ratio']:.2f} | {r['accuracy']:.2%} | "
                        f"{r['accuracy_loss'] * 100:+.2f} | {_fmt(r.get('compressed_accuracy'), '.2%')} | "
-                       f"{r['latency_ratio_b1']:.2f} | {r['latency_ratio_b32']:.2f} |")
+                       f"{r['latency_ratio_b1']:.2f} | {r['latency_ratio_b32']:.2f} | "
+                       f"{_fmt(r.get('peak_memory_mb_b32'), '.0f')} |")
         first = items[0]
         out += ["", f"Baseline: {first['baseline_train'].get('data', '')}, trained "
                     f"{first['baseline_train']['recipe']['epochs']} epochs on {first['baseline_train']['device']} "

@@ -95,6 +95,30 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
     return dst
 
 
+_PEAK = """
+import resource, sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+s.run(None, {s.get_inputs()[0].name: x})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_memory_mb(model_path: Path, x: np.ndarray) -> float | None:
+    """Peak RSS of a fresh process that loads the model and runs one batch (interpreter included,
+    so compare rows with each other, not with zero)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".npy") as fh:
+        np.save(fh.name, x)
+        done = subprocess.run([sys.executable, "-c", _PEAK, str(model_path), fh.name], capture_output=True, text=True)
+    try:
+        return round(float(done.stdout.strip().splitlines()[-1]), 1)
+    except (ValueError, IndexError):
+        return None
+
+
 def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:
     from tensorfold.runtime.latency import compare, with_batch
 
@@ -104,6 +128,8 @@ def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:
         cmp = compare(str(model_path), str(original), {name: with_batch({"x": x}, batch)["x"]}, runs=20, warmup=3)
         out[f"latency_ms_b{batch}"] = round(cmp.a.median, 4)
         out[f"latency_ratio_b{batch}"] = round(cmp.speedup, 4)        # original time / this time
+    out["latency_ratio"] = out["latency_ratio_b1"]
+    out["peak_memory_mb_b32"] = peak_memory_mb(model_path, with_batch({"x": x}, 32)["x"])
     return out
 
 

@@ -71,3 +71,18 @@ def test_bench_bad_input(tmp_path):
     assert result.exit_code == 2 and "unknown model" in result.output
     result = runner.invoke(main, ["bench", "report", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no benchmark rows" in result.output
+
+
+@pytest.mark.parametrize("name,params", [("resnet18", 11_172_810), ("vgg16", 14_722_890), ("mobilenetv2", 2_236_106)])
+def test_zoo_models_build_export_and_factorize(tmp_path, name, params):
+    import torch
+
+    from tensorfold.api import optimize
+    from tensorfold.bench.models import export_onnx
+    from tensorfold.bench.zoo import build
+
+    assert sum(p.numel() for p in build(name).parameters()) == params      # the known full-width sizes
+    small = build(name, width=0.125).eval()
+    path = export_onnx(small, torch.randn(1, 1, 28, 28), tmp_path / f"{name}.onnx")
+    report = optimize(path, tmp_path / "o.onnx", method="tucker", ratio=4, progress=False)
+    assert report.layers and report.verification.max_relative_error < 1.5
