@@ -33,7 +33,7 @@ def test_smoke_suite_report_and_resume(tmp_path):
     for field in ("params_ratio", "flops_ratio", "accuracy", "accuracy_loss", "latency_ratio_b1", "size_ratio",
                   "command", "date", "machine", "onnxruntime"):
         assert field in row
-    assert row["params_ratio"] > 2
+    assert row["params_ratio"] > 2 and row["peak_memory_mb_b32"] > 0
     lines = (out / "rows.jsonl").read_text().splitlines()
     # resume: a finished suite adds nothing; a lost row is recomputed alone
     run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=lambda m: None)
