@@ -66,7 +66,7 @@ class CPPass(FactorizePass):
 
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise and layer.groups > 1:
-            return f"{layer.describe()}: cp rewrites group-1 convs only; use tucker for grouped convs"
+            return "grouped kxk conv: cp rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
     def ranks_for(self, layer, spec):

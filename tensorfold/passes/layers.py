@@ -53,12 +53,6 @@ class Layer:
             return [self.weight]
         return np.split(self.weight, self.groups, axis=0)
 
-    def describe(self) -> str:
-        if self.kind == "conv":
-            g = f" groups={self.groups}" if self.groups > 1 else ""
-            return f"Conv {'x'.join(map(str, self.weight.shape))}{g}"
-        return f"{self.node.op_type} {self.weight.shape[0]}x{self.weight.shape[1]}"
-
 
 @dataclass
 class Skip:

@@ -69,7 +69,7 @@ class SVDPass(FactorizePass):
 
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise:
-            return f"{layer.describe()}: svd rewrites 1x1 convs and matrices; use tucker, cp or tt for kxk kernels"
+            return "kxk conv: svd rewrites 1x1 convs and matrices; use tucker, cp or tt for kxk kernels"
         return None
 
     def ranks_for(self, layer, spec):

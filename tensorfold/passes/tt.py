@@ -69,7 +69,7 @@ class TTPass(FactorizePass):
 
     def supports(self, layer: Layer) -> str | None:
         if layer.kind == "conv" and not layer.is_pointwise and layer.groups > 1:
-            return f"{layer.describe()}: tt rewrites group-1 convs only; use tucker for grouped convs"
+            return "grouped kxk conv: tt rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
     def _pointwise_conv(self, layer: Layer) -> bool:
