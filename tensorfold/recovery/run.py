@@ -128,10 +128,13 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         try:
             tx_test, ty_test, _ = load_data(data, "test", size, channels)
             tx_test = prepare_inputs(tx_test, input_shape, normalize)
-            test = {"student_before": evaluate(OnnxModule(student).to(cfg.device), tx_test, ty_test)["accuracy"],
-                    "student_after": evaluate(module, tx_test, ty_test)["accuracy"]}
-            if teacher_model is not None:
-                test["teacher"] = evaluate(OnnxModule(teacher_model).to(cfg.device), tx_test, ty_test)["accuracy"]
+            from tensorfold.bench.train import evaluate_onnx
+
+            # onnxruntime on the saved files: faster than the interpreter, and it checks what was written
+            test = {"student_before": evaluate_onnx(student_path, tx_test, ty_test),
+                    "student_after": evaluate_onnx(output_path, tx_test, ty_test)}
+            if paths:
+                test["teacher"] = evaluate_onnx(paths[0], tx_test, ty_test)
         except TensorfoldError:
             test = {}
     return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
