@@ -19,7 +19,6 @@ import datetime
 import itertools
 import os
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +37,7 @@ from tensorfold.runtime.hardware_aware import HardwareTarget, _spread
 from tensorfold.runtime.inputs import random_inputs
 from tensorfold.runtime.latency import compare, with_batch
 from tensorfold.runtime.latency_table import LatencyTable
+from tensorfold.bench.report import publish
 
 
 def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int) -> dict:
@@ -174,10 +174,7 @@ def main():
             lines.append(f"| {name} | {q['points']} | {label} | {r['kendall_tau']:.3f} | {r['within_10pct']:.0%} | "
                          f"{r['median_abs_rel_error']:.0%} |")
     lines += ["", f"Host profile: {quality[0][1]['host']}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

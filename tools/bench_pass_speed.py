@@ -25,6 +25,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from tensorfold.bench.report import publish
+
 FLOOR = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np, onnx
@@ -123,10 +125,7 @@ def main():
               "those unfoldings (what tensorfold's HOSVD uses instead of the SVD: same leading subspaces, "
               "far cheaper for wide unfoldings). optimize = load, normalize (BN folding), global rank budget, "
               "HOSVD + up to 5 HOOI sweeps, chain emission, onnx.checker, atomic save."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

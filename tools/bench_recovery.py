@@ -22,6 +22,7 @@ from tensorfold.api import optimize
 from tensorfold.cli import demo_model_path
 from tensorfold.recovery.finetune import RecoverConfig
 from tensorfold.recovery.run import recover
+from tensorfold.bench.report import publish
 
 
 def main():
@@ -72,10 +73,7 @@ def main():
     lines += ["", "Baseline to beat (DESIGN.md, measured here before this code existed): a 3-conv CNN at 91.05%, "
               "convs cut 11.7x by plain HOSVD, 53.5% before and 90.1% after 400 steps of onnx2torch + Hinton KD "
               "(147 s). The seed's claim: \"Tucker [8,16]: 59% error -> <3% after fine-tuning\"."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

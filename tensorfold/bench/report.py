@@ -115,3 +115,14 @@ def write_report(results: Path, out_dir: Path) -> dict:
     (out_dir / "bench.json").write_text(json.dumps(rows, indent=1))
     return {"rows": len(rows), "markdown": str(out_dir / "bench.md"), "json": str(out_dir / "bench.json"),
             "plots": [str(p) for p in images]}
+
+
+def publish(lines: list[str], out: Path | None) -> str:
+    """Print a benchmark tool's Markdown and, when asked, write it atomically to `out`."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        tmp = Path(str(out) + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return text

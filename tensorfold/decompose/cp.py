@@ -15,7 +15,7 @@ about half the work of N full MTTKRPs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg

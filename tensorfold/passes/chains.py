@@ -163,7 +163,6 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
         if at["transA"]:
             x = b.op("Transpose", [x], "transA", perm=[1, 0])
         cores = [c * at["alpha"] if i == 0 else c for i, c in enumerate(cores)]
-    rows = [c.shape[1] for c in cores]
     cols = [c.shape[2] for c in cores]
     n_total = int(np.prod(cols))
     state = x

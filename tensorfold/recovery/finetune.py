@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,7 +83,6 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     """Train `module` in place. Returns (history, stop reason). The best weights by the validation
     metric are restored at the end."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -128,7 +125,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not progress)
-    order = rng.permutation(len(x))
+    order = np.arange(len(x))        # replaced by a seeded permutation at each epoch start
     try:
         while step < total:
             pos = (step % steps_per_epoch) * cfg.batch_size
@@ -220,10 +217,6 @@ def plot_history(history: History, path: Path) -> Path | None:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def now() -> float:
-    return time.perf_counter()
 
 
 def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray,

@@ -26,6 +26,10 @@ from tensorfold.graph.model import attr
 OPS: dict[str, Callable] = {}
 
 
+class Unsupported(Exception):
+    """An op variant the torch kernels here do not cover; the node then runs frozen in onnxruntime."""
+
+
 def op(*names):
     def register(fn):
         for name in names:
@@ -93,7 +97,7 @@ def _conv_transpose(node, x, w, b=None):
     pads = list(_a(node, "pads", [0] * (2 * nd)))
     out_pad = list(_a(node, "output_padding", [0] * nd))
     if pads[:nd] != pads[nd:]:
-        raise NotImplementedError("asymmetric ConvTranspose pads")
+        raise Unsupported("asymmetric ConvTranspose pads")
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
     return fn(x, w, b, stride=strides, padding=pads[:nd], output_padding=out_pad, groups=_a(node, "group", 1),
               dilation=dilations)
@@ -261,7 +265,7 @@ def _pool(node, x, kind):
     if pads[:nd] == pads[nd:]:
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
         return fn(x, k, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include_pad)
-    raise NotImplementedError("asymmetric AveragePool pads")
+    raise Unsupported("asymmetric AveragePool pads")
 
 
 @op("MaxPool")
@@ -354,7 +358,7 @@ def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
     index = [slice(None)] * x.dim()
     for s, e, a, st in zip(starts, ends, axes, steps):
         if st < 0:
-            raise NotImplementedError("negative Slice steps")
+            raise Unsupported("negative Slice steps")
         size = x.shape[a]
         s = max(min(s + size if s < 0 else s, size), 0)
         e = max(min(e + size if e < 0 else e, size), 0)
@@ -460,7 +464,7 @@ _ACT = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
 def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     """ONNX LSTM (gates i, o, f, c; forward, reverse or bidirectional; layout 0 or 1; peepholes)."""
     if _a(node, "input_forget", 0) or _a(node, "clip") is not None:
-        raise NotImplementedError("LSTM with input_forget or clip")
+        raise Unsupported("LSTM with input_forget or clip")
     layout = _a(node, "layout", 0)
     if layout == 1:
         x = x.transpose(0, 1)
@@ -547,6 +551,7 @@ class OnnxModule(nn.Module):
             warnings.warn(f"{n.op_type} node '{n.name}' has no torch equivalent here: it runs frozen through "
                           f"onnxruntime, no gradient flows through it", stacklevel=2)
         self._ort_cache: dict[str, object] = {}
+        self._unsupported: set[str] = set()    # nodes whose variant fell back to frozen execution
 
     def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
         values: dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self.constant_of.items()}
@@ -558,9 +563,15 @@ class OnnxModule(nn.Module):
             args = [values[i] if i else None for i in node.input]
             while args and args[-1] is None:
                 args.pop()
-            if node.op_type in OPS:
-                out = OPS[node.op_type](node, *args)
-            else:
+            out = None
+            if node.op_type in OPS and (node.name or node.output[0]) not in self._unsupported:
+                try:
+                    out = OPS[node.op_type](node, *args)
+                except Unsupported as why:
+                    self._unsupported.add(node.name or node.output[0])
+                    warnings.warn(f"{node.op_type} node '{node.name}': {why}; it runs frozen through onnxruntime, "
+                                  f"no gradient flows through it", stacklevel=2)
+            if out is None:
                 out = self._frozen(node, args)
             outs = out if isinstance(out, (list, tuple)) else [out]
             for name, value in zip(node.output, outs):

@@ -48,7 +48,6 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         if _io_signature(tm) != _io_signature(student):
             raise TensorfoldError(f"teacher {p} and the student differ in their inputs or outputs: "
                                   f"{_io_signature(tm)} vs {_io_signature(student)}")
-    teacher_model = teacher_models[0] if teacher_models else None
     input_shape = [d.dim_value if d.HasField("dim_value") else -1
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None

@@ -51,6 +51,10 @@ class HardwareTarget:
     exclude: set = field(default_factory=set)     # layers the fallback returned to the input's form
     reasons: dict = field(default_factory=dict)   # layer -> why it is kept whole (read by the pass)
 
+    def __post_init__(self):
+        self.initializers = GraphIndex(self.model).initializers   # built once, read for every candidate
+        self.opset = model_opset(self.model)
+
     def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx):
         self.reasons = {name: "hardware-aware: returned to the input's form, the whole model was not faster"
                         for name in self.exclude}
@@ -106,12 +110,8 @@ class HardwareTarget:
         return tuple(up(r) if isinstance(r, (int, np.integer)) else r for r in ranks)
 
     def _layer_ms(self, layer: Layer, ctx) -> float:
-        index = GraphIndex(self._model(ctx))
-        inits = [index.initializers[i] for i in layer.node.input if i in index.initializers]
-        return self.table.ms(layer, [layer.node], inits, self.shapes, "layer", model_opset(self.model))
-
-    def _model(self, ctx):
-        return self.model
+        inits = [self.initializers[i] for i in layer.node.input if i in self.initializers]
+        return self.table.ms(layer, [layer.node], inits, self.shapes, "layer", self.opset)
 
     def _time(self, pass_: FactorizePass, layer: Layer, ranks: tuple, ctx) -> Timed | None:
         try:
@@ -122,10 +122,9 @@ class HardwareTarget:
         counter = itertools.count()
         builder = ChainBuilder(layer, fac.method, lambda base: f"{base}_{next(counter)}", "")
         fac.emit(builder)
-        index = GraphIndex(self._model(ctx))
-        extra = [index.initializers[n] for n in [layer.bias_name] if n and n in index.initializers]
+        extra = [self.initializers[n] for n in [layer.bias_name] if n and n in self.initializers]
         ms = self.table.ms(layer, builder.nodes, builder.initializers + extra, self.shapes,
-                           f"{fac.method}:{list(fac.ranks)}", model_opset(self.model))
+                           f"{fac.method}:{list(fac.ranks)}", self.opset)
         return Timed(ranks, builder.params, error, ms)
 
     def _allocate(self, layers: list[Layer], options: dict, budget_ms: float) -> dict:

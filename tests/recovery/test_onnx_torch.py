@@ -96,3 +96,20 @@ def test_lstm_matches_onnxruntime(direction):
         np.testing.assert_allclose(g.detach().numpy(), r, rtol=1e-4, atol=1e-5)
     got[0].sum().backward()
     assert module.params["W"].grad is not None
+
+
+def test_unsupported_variant_runs_frozen_with_a_warning():
+    """A Slice with a negative step has no kernel here: that node alone falls back to onnxruntime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("starts", [-1]), ("ends", [-100]), ("axes", [1]), ("steps", [-1]))]
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="reverse")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxModule(model)
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    with pytest.warns(UserWarning, match="runs frozen"):
+        got = module(torch.from_numpy(x))[0]
+    np.testing.assert_array_equal(got.numpy(), x[:, ::-1])
