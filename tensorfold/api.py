@@ -34,15 +34,26 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
              force: bool = False, shapes: tuple[str, ...] | dict = (), inputs: str | None = None,
              verify: bool = True, progress: bool = True, seed: int = 0, hardware_aware: bool = False,
              provider: str = "cpu", device: str | None = None, threads: int = 0, max_error: float | None = None,
-             target_latency: float | None = None, speedup: float | None = None) -> OptimizeReport:
+             target_latency: float | None = None, speedup: float | None = None,
+             config: str | os.PathLike | None = None) -> OptimizeReport:
     """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
 
     hardware_aware: time each candidate chain on `provider` (or predict it for `device`), rewrite a
     layer only where its chain is faster, and check the whole model is faster than the input;
-    where it is not, layers go back to the input's form (see runtime/hardware_aware.py)."""
+    where it is not, layers go back to the input's form (see runtime/hardware_aware.py).
+
+    config: a rank configuration (YAML, written by `tensorfold search ranks`) naming the method and
+    ranks of each layer; it replaces method and the rank options."""
     start = time.perf_counter()
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
-    chosen = get_pass(method)
+    if config is not None:
+        _check_config_alone(spec, method, hardware_aware or max_error is not None or target_latency is not None
+                            or speedup is not None)
+        from tensorfold.passes.planned import PlannedPass
+
+        chosen, method = PlannedPass(), "config"
+    else:
+        chosen = get_pass(method)
     if output_path is not None:
         _check_output(Path(input_path), Path(output_path))
     original = load_model(input_path)
@@ -56,6 +67,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         else:
             feeds, label = random_inputs(original, shape_map, seed), f"random normal (seed {seed})"
     model, norm_stats = normalize(original)
+    if config is not None:
+        chosen.choices = _config_plan(model, config)
     ctx = PassContext(spec=spec, include=tuple(include), exclude=tuple(exclude), force=force,
                       progress=progress, seed=seed)
     latency = None
@@ -65,11 +78,12 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     else:
         result = chosen(model, ctx)
     rewritten = result.model
-    _record_run(rewritten, method, spec, result)
+    ranks_desc = f"config {Path(config).name}" if config is not None else spec.describe()
+    _record_run(rewritten, method, ranks_desc, result)
     verification = verify_models(original, rewritten, feeds, label) if verify else None
     report = OptimizeReport(
         input=str(input_path), output=str(output_path) if output_path else None, method=method,
-        ranks=spec.describe(), input_shapes=input_shapes,
+        ranks=ranks_desc, input_shapes=input_shapes,
         before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
         layers=result.rewritten, skipped=result.skipped, verification=verification,
         normalization=norm_stats, seconds=0.0, notes=result.notes,
@@ -154,6 +168,25 @@ def _gain(target, record) -> float:
     return layer_ms - (min(chosen) if chosen else layer_ms)
 
 
+def _check_config_alone(spec: RankSpec, method: str, hardware_aware: bool) -> None:
+    given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
+                                   ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
+                                   ("--method", method != "auto"), ("--hardware-aware", hardware_aware)) if on]
+    if given:
+        raise TensorfoldError(f"--config sets the method and ranks of every layer; drop {', '.join(given)}")
+
+
+def _config_plan(model: onnx.ModelProto, config) -> dict:
+    from tensorfold.passes.layers import ensure_node_names, find_layers
+    from tensorfold.search.config import read_config
+
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    ensure_node_names(named)
+    layers, _ = find_layers(named)
+    return read_config(config, {layer.name: layer for layer in layers})
+
+
 def _check_output(input_path: Path, output_path: Path) -> None:
     if output_path.exists() and input_path.exists() and os.path.samefile(input_path, output_path):
         raise TensorfoldError(f"-o {output_path} is the input file; tensorfold never overwrites its input")
@@ -161,10 +194,10 @@ def _check_output(input_path: Path, output_path: Path) -> None:
         raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
 
 
-def _record_run(model: onnx.ModelProto, method: str, spec: RankSpec, result) -> None:
+def _record_run(model: onnx.ModelProto, method: str, ranks: str, result) -> None:
     """Provenance in metadata_props, so the file says what was done to it (Netron shows these)."""
     run = {
-        "version": __version__, "method": method, "ranks": spec.describe(),
+        "version": __version__, "method": method, "ranks": ranks,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "layers_rewritten": len(result.rewritten),
         "params_before": sum(r.params_before for r in result.rewritten),

@@ -96,9 +96,11 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--max-error", type=float, help="hardware-aware: fastest chain per layer with weight error <= this")
 @click.option("--target-latency", type=float, help="hardware-aware: least error meeting this whole-model latency (ms)")
 @click.option("--speedup", type=float, help="hardware-aware: least error meeting this speedup over the input")
+@click.option("--config", type=click.Path(path_type=Path),
+              help="replay a rank configuration (YAML from `tensorfold search ranks`): method and ranks per layer")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
-                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, as_json):
+                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config, as_json):
     """Factorize MODEL and write a verified model to OUTPUT.
 
     Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
@@ -110,7 +112,7 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
                       exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
                       progress=not as_json and sys.stderr.isatty(), seed=seed, hardware_aware=hardware_aware,
                       provider=provider, device=device, threads=threads, max_error=max_error,
-                      target_latency=target_latency, speedup=speedup)
+                      target_latency=target_latency, speedup=speedup, config=config)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -359,6 +361,102 @@ def bench_report_cmd(results, output):
     click.echo(f"{info['rows']} rows -> {info['markdown']}, {info['json']}, {len(info['plots'])} plot(s)")
 
 
+@main.group("search")
+def search_group():
+    """Search ranks (search ranks) or architectures (search nas)."""
+
+
+@search_group.command("ranks")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--objectives", default="params,error", show_default=True,
+              help="comma-separated: params, flops, latency, error, accuracy")
+@click.option("--n-trials", type=int, default=50, show_default=True, help="trials this worker runs")
+@click.option("--timeout", type=float, help="stop starting new trials after this many seconds")
+@click.option("--sampler", type=click.Choice(["auto", "tpe", "gp", "nsga2", "random"]), default="auto",
+              show_default=True, help="auto: TPE for one objective, NSGA-II for several")
+@click.option("--population", type=int, help="NSGA-II generation size (default: n-trials/5, 6..50)")
+@click.option("--methods", default="svd,tucker", show_default=True, help="methods a layer may take: svd,tucker,cp,tt")
+@click.option("--space", type=click.Choice(["auto", "per-layer", "global"]), default="auto", show_default=True,
+              help="per-layer method and size, or a global ratio with offsets for the largest layers")
+@click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
+@click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
+@click.option("--storage", help="sqlite:///FILE, journal:FILE, or a database URL (postgresql://...); default in memory")
+@click.option("--study", help="study name; a worker naming an existing study adds its trials to it")
+@click.option("--max-error", type=float, help="constraint: output error at most this")
+@click.option("--target-latency", type=float, help="constraint: latency at most this many ms")
+@click.option("--provider", default="cpu", show_default=True, help="execution provider for the latency objective")
+@click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host)")
+@click.option("--threads", type=int, default=0, show_default=True)
+@click.option("--data", help="labelled data for the accuracy objective (fashion-mnist, a folder, an .npz)")
+@click.option("--recover-steps", type=int, default=100, show_default=True,
+              help="accuracy objective: distilled fine-tuning steps per trial before validation (0: none)")
+@click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--inputs", type=click.Path(), help=".npz of real inputs for the error objective")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("pareto"), show_default=True,
+              help="front.json, front.png, and per Pareto point a config (point-K.yaml) and its model")
+@click.option("--no-models", is_flag=True, help="write configs only, not each Pareto point's model")
+@click.option("--json", "as_json", is_flag=True)
+def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, methods, space, include, exclude,
+                     storage, study, max_error, target_latency, provider, device, threads, data, recover_steps, shapes,
+                     inputs, seed, output_dir, no_models, as_json):
+    """Search per-layer methods and ranks of MODEL for the Pareto front of OBJECTIVES."""
+    from tensorfold.search.ranks import search_ranks
+
+    report = search_ranks(model, objectives=objectives, n_trials=n_trials, timeout=timeout, sampler=sampler,
+                          population=population, methods=methods, space=space, include=include, exclude=exclude,
+                          storage=storage, study=study, seed=seed, max_error=max_error,
+                          target_latency=target_latency, provider=provider, device=device, threads=threads,
+                          data=data, recover_steps=recover_steps, shapes=shapes, inputs=inputs,
+                          output_dir=output_dir, save_models=not no_models,
+                          progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    _render_search(report)
+
+
+def _render_search(report: dict) -> None:
+    console = _console()
+    t = report["trials"]
+    console.print(f"[bold]{report['model']}[/]  study {report['study']} ({report['storage']}), "
+                  f"{report['space']['mode']} space over {report['space']['layers']} layers "
+                  f"({', '.join(report['space']['methods'])})")
+    per = report["seconds_per_trial"]["median"]
+    console.print(f"{t['this_run']} trials this run, {t['total']} in the study: {t['complete']} complete, "
+                  f"{t['failed']} failed, {t['infeasible']} infeasible"
+                  + (f"; {per:.2f} s per trial (median)" if per else ""))
+    for f in report["failures"][:3]:
+        console.print(f"  trial {f['trial']} failed: {f['reason']}")
+    objectives = report["objectives"]
+    table = Table(title=f"Pareto front ({len(report['front'])} points; hypervolume {report['hypervolume']:.4f})",
+                  title_justify="left")
+    for col in ("#", "trial", *objectives, "layers", "verified", "config"):
+        table.add_column(col, justify="left" if col in ("config", "verified") else "right")
+    base = report["baseline"]
+    table.add_row("orig", "-", *[_objective(o, base[o], base) for o in objectives], "0", "-", "")
+    for p in report["front"]:
+        verified = "yes" if p["verified"] else f"NO: {p.get('verify_error', '')[:40]}"
+        table.add_row(str(p["point"]), str(p["trial"]), *[_objective(o, p["values"][o], base) for o in objectives],
+                      str(p.get("layers_rewritten", "")), verified, p.get("config", ""))
+    console.print(table)
+    if report.get("plot"):
+        console.print(f"plot: {report['plot']}")
+    if report.get("interrupted"):
+        console.print("[yellow]interrupted: the front above covers the trials finished so far[/]")
+
+
+def _objective(name: str, value: float, base: dict) -> str:
+    if name in ("params", "flops"):
+        ratio = base[name] / value if value else float("inf")
+        return f"{_flops(value) if name == 'flops' else f'{int(value):,}'} ({ratio:.1f}x)"
+    if name == "latency":
+        return f"{value:.3f} ms ({base['latency'] / value:.2f}x)" if value else "-"
+    if name == "accuracy":
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
 
@@ -401,7 +499,7 @@ def _demo_accuracy(console, original: Path, rewritten: Path) -> bool:
     except TensorfoldError as exc:
         console.print(f"(accuracy not measured: {exc})")
         return False
-    from tensorfold.bench.train import evaluate_onnx
+    from tensorfold.runtime.evaluation import evaluate_onnx
 
     x = to_model_input(images)
     for label, path in (("original", original), ("tucker", rewritten)):

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from tensorfold.bench.datasets import load_data, prepare_inputs
-from tensorfold.bench.train import Recipe, baseline, evaluate_onnx
+from tensorfold.bench.train import Recipe, baseline
+from tensorfold.runtime.evaluation import evaluate_onnx
 from tensorfold.graph.model import count_params
 
 SUITES = {

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.runtime.evaluation import evaluate_onnx
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,6 @@ def _augment(xb, rng):
     flip = torch.from_numpy(rng.random(n) < 0.5)
     out[flip] = out[flip].flip(-1)
     return out
-
-
-def evaluate_onnx(path: str | Path, x: np.ndarray, y: np.ndarray, batch: int = 500, threads: int = 0) -> float:
-    from tensorfold.runtime.sessions import make_session
-
-    session = make_session(str(path), threads=threads)
-    name = session.get_inputs()[0].name
-    pred = np.concatenate([session.run(None, {name: x[i:i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
-    return float(np.mean(pred == y))
 
 
 def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, device: str | None = None,

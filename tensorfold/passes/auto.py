@@ -54,7 +54,7 @@ class AutoPass(FactorizePass):
         best = min(fits, key=lambda c: (c.error2, c.params))
         return (best.method, *best.ranks)
 
-    def _ranks_of(self, candidate: Candidate):
+    def ranks_of(self, candidate: Candidate):
         return (candidate.method, *candidate.ranks)
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:

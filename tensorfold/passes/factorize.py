@@ -100,9 +100,7 @@ class FactorizePass(Pass):
             bar.set_postfix_str(layer.name[-30:])
             ranks = plan.get(layer.name)
             if ranks is None:
-                reason = getattr(ctx.planner, "reasons", {}).get(layer.name) or (
-                    "kept whole: the budget gains more from other layers")
-                skipped.append(Skip(layer.name, layer.node.op_type, reason))
+                skipped.append(Skip(layer.name, layer.node.op_type, self.keep_reason(layer, ctx)))
                 continue
             outcome = self._rewrite(layer, ranks, ctx, fresh)
             if isinstance(outcome, Skip):
@@ -127,6 +125,11 @@ class FactorizePass(Pass):
         # the chains' intermediate values have no recorded shapes yet; stale entries would mislead
         prune_initializers(work)
         return PassResult(work, True, records, skipped, notes, eligible_params)
+
+    def keep_reason(self, layer: Layer, ctx: PassContext) -> str:
+        """Why the plan left this layer whole."""
+        return getattr(ctx.planner, "reasons", {}).get(layer.name) or (
+            "kept whole: the budget gains more from other layers")
 
     def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
         """build(), remembered: a planner that tried these ranks already paid for them."""
@@ -193,10 +196,11 @@ class FactorizePass(Pass):
         plan = {}
         for layer, idx, cands in zip(layers, picked, choices):
             chosen = cands[idx]
-            plan[layer.name] = None if chosen is None else self._ranks_of(chosen)
+            plan[layer.name] = None if chosen is None else self.ranks_of(chosen)
         kept = sum(1 for v in plan.values() if v is None)
         return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers "
                       f"({kept} kept whole)"]
 
-    def _ranks_of(self, candidate: Candidate) -> tuple[int, ...]:
+    def ranks_of(self, candidate: Candidate) -> tuple:
+        """What plan() hands to build() for this candidate."""
         return candidate.ranks

@@ -127,7 +127,7 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         try:
             tx_test, ty_test, _ = load_data(data, "test", size, channels)
             tx_test = prepare_inputs(tx_test, input_shape, normalize)
-            from tensorfold.bench.train import evaluate_onnx
+            from tensorfold.runtime.evaluation import evaluate_onnx
 
             # onnxruntime on the saved files: faster than the interpreter, and it checks what was written
             test = {"student_before": evaluate_onnx(student_path, tx_test, ty_test),

@@ -147,7 +147,7 @@ def _spread(pass_: FactorizePass, layer: Layer) -> list[tuple]:
     for frac in (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4):
         fits = [c for c in cands if c.params <= frac * layer.params]
         if fits:
-            out.append(pass_._ranks_of(min(fits, key=lambda c: c.error2)))
+            out.append(pass_.ranks_of(min(fits, key=lambda c: c.error2)))
     return list(dict.fromkeys(out))
 
 

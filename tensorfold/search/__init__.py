@@ -1,0 +1,1 @@
+"""Searches: ranks over the pass suite (ranks.py), architectures (nas/)."""

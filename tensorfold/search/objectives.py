@@ -1,0 +1,148 @@
+"""What a rank-search trial is judged on: params, flops, latency, error, accuracy.
+
+`error` is the largest relative L2 error over the model's outputs against the original, on the
+given inputs (or random ones). `accuracy` is top-1 on a validation split held out of the training
+data after a short distilled recovery (`recover_steps`; 0 measures the factorized model as is), so
+the ranks are chosen by cross-validation, never on the test split. `latency` is the median of
+timed runs on a provider, or the device model's prediction with `device`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.model import count_params
+from tensorfold.graph.stats import model_stats
+from tensorfold.graph.verify import compare_outputs
+from tensorfold.runtime.sessions import make_session
+
+DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", "error": "minimize",
+              "accuracy": "maximize"}
+
+
+def parse_objectives(text: str | tuple | list) -> tuple[str, ...]:
+    names = [o.strip() for o in (text.split(",") if isinstance(text, str) else text) if o.strip()]
+    bad = [o for o in names if o not in DIRECTIONS]
+    if bad or not names:
+        raise TensorfoldError(f"unknown objective(s) {', '.join(bad) or '(none given)'} "
+                              f"(choose from {', '.join(DIRECTIONS)})")
+    if len(set(names)) != len(names):
+        raise TensorfoldError(f"an objective is named twice in '{','.join(names)}'")
+    return tuple(names)
+
+
+class Evaluator:
+    """Measures a candidate model on the objectives asked, against the original it came from."""
+
+    def __init__(self, original: onnx.ModelProto, input_shapes: dict, feeds: dict[str, np.ndarray], *,
+                 provider: str = "cpu", device: str | None = None, threads: int = 0, latency_runs: int = 20,
+                 data: str | None = None, recover_steps: int = 100, val_size: int = 2000, train_size: int = 20000,
+                 seed: int = 0):
+        self.original, self.input_shapes, self.feeds = original, input_shapes, feeds
+        self.provider, self.threads, self.latency_runs = provider, threads, latency_runs
+        self.recover_steps, self.seed = recover_steps, seed
+        self.names = [o.name for o in original.graph.output]
+        self.reference = make_session(original, provider, threads).run(None, feeds)
+        self.device = None
+        if device:
+            from tensorfold.runtime.devices import get_device
+
+            self.device = get_device(device, provider, threads)
+        self.data, self._split = data, None
+        self._split_sizes = (val_size, train_size)
+
+    def describe(self) -> dict:
+        return {"latency": f"device {self.device.name} (predicted)" if self.device else f"{self.provider} (measured)",
+                "data": self.data, "recover_steps": self.recover_steps}
+
+    def __call__(self, model: onnx.ModelProto, names) -> dict[str, float]:
+        out = {}
+        for name in names:
+            out[name] = float(getattr(self, name)(model))
+        return out
+
+    def params(self, model) -> int:
+        return count_params(model)
+
+    def flops(self, model) -> int:
+        return model_stats(model, self.input_shapes).flops
+
+    def error(self, model) -> float:
+        got = make_session(model, self.provider, self.threads).run(None, self.feeds)
+        checks = compare_outputs(self.reference, got, self.names)
+        errs = [c.relative_error if c.relative_error is not None else 1 - c.agreement for c in checks]
+        return max(errs)
+
+    def latency(self, model) -> float:
+        if self.device is not None:
+            from tensorfold.runtime.devices import predict_seconds
+
+            return predict_seconds(model, self.input_shapes, self.device) * 1e3
+        from tensorfold.runtime.latency import measure
+
+        return measure(model, self.feeds, self.provider, self.threads, warmup=3, runs=self.latency_runs).median
+
+    def accuracy(self, model) -> float:
+        tx, ty, vx, vy = self.split()
+        if self.recover_steps <= 0:
+            from tensorfold.runtime.evaluation import evaluate_onnx
+
+            return evaluate_onnx(model, vx, vy, threads=self.threads)
+        import torch
+
+        from tensorfold.recovery.distill import OnnxTeacher, rewritten_outputs
+        from tensorfold.recovery.finetune import RecoverConfig, evaluate, train
+        from tensorfold.recovery.onnx_torch import OnnxModule
+
+        torch.manual_seed(self.seed)
+        module = OnnxModule(model)
+        teacher = OnnxTeacher(self.original, rewritten_outputs(model), self.threads)
+        cfg = RecoverConfig(epochs=1, max_steps=self.recover_steps, seed=self.seed, threads=self.threads)
+        with tempfile.TemporaryDirectory(prefix="tensorfold-trial-") as tmp:
+            train(module, teacher, tx, ty, vx, vy, cfg, Path(tmp), progress=False)
+        acc = evaluate(module, vx, vy)["accuracy"]
+        if not math.isfinite(acc):
+            raise TensorfoldError("validation accuracy is not finite")
+        return acc
+
+    def split(self):
+        """Train / validation arrays from the training split of --data (loaded once)."""
+        if self._split is None:
+            if not self.data:
+                raise TensorfoldError("the accuracy objective needs --data (fashion-mnist, a folder or an .npz)")
+            from tensorfold.bench.datasets import load_data, prepare_inputs
+
+            shape = next(iter(self.input_shapes.values()))
+            size = tuple(shape[2:4]) if len(shape) == 4 else None
+            channels = shape[1] if len(shape) == 4 and shape[1] in (1, 3) else 3
+            x, y, _ = load_data(self.data, "train", size, channels)
+            if y is None:
+                raise TensorfoldError(f"--data {self.data} has no labels; the accuracy objective needs them")
+            x = prepare_inputs(x, shape, None)
+            order = np.random.default_rng(self.seed).permutation(len(x))
+            val_n, train_n = self._split_sizes
+            val_n = min(val_n, len(x) // 5)
+            val, train_idx = order[:val_n], order[val_n:val_n + train_n]
+            self._split = (x[train_idx], y[train_idx], x[val], y[val])
+        return self._split
+
+    def baseline(self, names) -> dict[str, float]:
+        """The original model on the same objectives (error 0 by definition)."""
+        out = {}
+        for name in names:
+            if name == "accuracy":
+                _, _, vx, vy = self.split()
+                from tensorfold.runtime.evaluation import evaluate_onnx
+
+                out[name] = evaluate_onnx(self.original, vx, vy, threads=self.threads)
+            elif name == "error":
+                out[name] = 0.0
+            else:
+                out[name] = float(getattr(self, name)(self.original))
+        return out

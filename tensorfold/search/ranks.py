@@ -1,0 +1,211 @@
+"""Rank search: Optuna samples a plan per trial, the plan is assembled from cached factorizations
+and measured; the result is the Pareto front, each point re-verified and written as a config.
+
+    from tensorfold.search.ranks import search_ranks
+    report = search_ranks("model.onnx", objectives=("params", "error"), n_trials=50)
+
+Samplers: TPE (Bayesian, default for one objective), GP (Gaussian process), NSGA-II (default for
+several objectives), random (the baseline). Constraints (--max-error, --target-latency) go to the
+sampler as Optuna constraint values and decide feasibility on the front. A trial that raises or
+measures a non-finite value is recorded as failed with its reason; the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.normalize import normalize
+from tensorfold.graph.verify import verify_models
+from tensorfold.passes.base import PassContext
+from tensorfold.runtime.inputs import load_inputs, parse_shapes, random_inputs, resolve_shapes
+from tensorfold.search.config import write_config, write_text_atomic
+from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
+from tensorfold.search.pareto import feasible, front, front_hypervolume, plot_front
+from tensorfold.search.space import RankSpace, decode_plan, encode_plan
+from tensorfold.search.storage import open_storage, open_study, redact
+
+SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
+
+
+class TrialFailed(Exception):
+    """A trial that could not be measured; Optuna records it as failed and the search goes on."""
+
+
+def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, constraints: bool,
+                 population: int | None = None):
+    if name not in SAMPLERS:
+        raise TensorfoldError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+    if name == "auto":
+        name = "tpe" if n_objectives == 1 else "nsga2"
+    cf = _constraints if constraints else None
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=cf, n_startup_trials=min(10, max(3, n_trials // 4)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=cf, n_startup_trials=min(10, max(3, n_trials // 4)))
+    if name == "nsga2":
+        # a generation of ~1/5 of the trials: the default 50 would leave a 50-trial search all random
+        size = population or max(6, min(50, n_trials // 5))
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cf, population_size=size)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _constraints(trial) -> list[float]:
+    return trial.user_attrs.get("constraints", [1.0])
+
+
+def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"), n_trials: int = 50,
+                 timeout: float | None = None, sampler: str = "auto", population: int | None = None,
+                 methods=("svd", "tucker"), space: str = "auto", include=(), exclude=(), storage: str | None = None,
+                 study: str | None = None, seed: int = 0, max_error: float | None = None,
+                 target_latency: float | None = None, provider: str = "cpu", device: str | None = None,
+                 threads: int = 0, latency_runs: int = 20, data: str | None = None, recover_steps: int = 100,
+                 shapes=(), inputs: str | None = None, output_dir: str | os.PathLike | None = "pareto",
+                 save_models: bool = True, progress: bool = True) -> dict:
+    start = time.perf_counter()
+    objectives = parse_objectives(objectives)
+    if n_trials < 1:
+        raise TensorfoldError(f"--n-trials must be >= 1 (got {n_trials})")
+    for flag, v in (("--max-error", max_error), ("--target-latency", target_latency)):
+        if v is not None and not v > 0:
+            raise TensorfoldError(f"{flag} must be > 0 (got {v})")
+    out = Path(output_dir) if output_dir else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise TensorfoldError(f"--output-dir {out} is a file")
+        if not out.parent.is_dir():
+            raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
+    original = load_model(model_path)
+    shape_map = parse_shapes(tuple(shapes))
+    input_shapes = resolve_shapes(original, shape_map)
+    if inputs:
+        feeds, feeds_label = load_inputs(inputs, original), str(inputs)
+        input_shapes = {k: list(v.shape) for k, v in feeds.items()}
+    else:
+        feeds, feeds_label = random_inputs(original, shape_map, seed), f"random normal (seed {seed})"
+    model, _ = normalize(original)
+    rank_space = RankSpace(model, methods, space, tuple(include), tuple(exclude), progress)
+    evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=provider, device=device, threads=threads,
+                          latency_runs=latency_runs, data=data, recover_steps=recover_steps, seed=seed)
+    # what the trials are measured on: error is needed for --max-error even when not an objective
+    measured = list(objectives) + [o for o, v in (("error", max_error), ("latency", target_latency))
+                                   if v is not None and o not in objectives]
+    baseline = evaluator.baseline(measured)
+    constraints = {"max_error": max_error, "target_latency_ms": target_latency}
+    meta = {"objectives": list(objectives), "model": {"file": Path(model_path).name,
+                                                      "fingerprint": rank_space.fingerprint},
+            "space": rank_space.describe(), "constraints": constraints,
+            "evaluation": {**evaluator.describe(), "inputs": feeds_label}}
+    shared = bool(storage) and not str(storage).startswith("sqlite:///:memory:")
+    # workers sharing a study must not draw the same proposals: mix the process into the seed
+    sampler_seed = seed if not shared else seed * 100003 + os.getpid()
+    opt_sampler = make_sampler(sampler, len(objectives), sampler_seed, n_trials, max_error is not None
+                               or target_latency is not None, population)
+    name = study or f"{Path(model_path).stem}-{'-'.join(objectives)}"
+    the_study = open_study(open_storage(storage), name, [DIRECTIONS[o] for o in objectives], meta, opt_sampler)
+
+    def objective(trial):
+        try:
+            plan = rank_space.suggest(trial)
+            trial.set_user_attr("plan", encode_plan(plan))
+            result = rank_space.assemble(plan, PassContext(progress=False, seed=seed))
+            values = evaluator(result.model, measured)
+            for key, v in values.items():
+                trial.set_user_attr(key, v)
+            bad = [f"{k} = {v}" for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise TrialFailed(f"non-finite measurement: {', '.join(bad)}")
+            cons = []
+            if max_error is not None:
+                cons.append(values["error"] - max_error)
+            if target_latency is not None:
+                cons.append(values["latency"] - target_latency)
+            trial.set_user_attr("constraints", cons)
+            trial.set_user_attr("layers_rewritten", len(result.rewritten))
+            return tuple(values[o] for o in objectives)
+        except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, the search goes on
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason) from exc
+
+    before = len(the_study.trials)
+    interrupted = False
+    try:
+        the_study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialFailed,),
+                           show_progress_bar=progress and n_trials > 1, gc_after_trial=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    trials = the_study.get_trials(deepcopy=False)
+    mine = [t for t in trials[before:]]
+    report = _report(the_study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator, original,
+                     feeds, feeds_label, out, save_models, model_path, time.perf_counter() - start)
+    report["interrupted"] = interrupted
+    return report
+
+
+def _report(study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator, original, feeds,
+            feeds_label, out, save_models, model_path, seconds) -> dict:
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine
+                 if t.datetime_complete and t.datetime_start and t.state.name == "COMPLETE"]
+    points = []
+    if out is not None:
+        out.mkdir(exist_ok=True)
+    layers = {o.name: o.layer for o in rank_space.layers}
+    for k, t in enumerate(front(trials, objectives), start=1):
+        plan = decode_plan(t.user_attrs["plan"], f"trial {t.number}")
+        point = {"point": k, "trial": t.number, "values": dict(zip(objectives, t.values)),
+                 "layers_rewritten": t.user_attrs.get("layers_rewritten"), "plan": t.user_attrs["plan"]}
+        # re-verify: rebuild from the plan, onnx.checker, run beside the original
+        try:
+            result = rank_space.assemble(plan)
+            check = verify_models(original, result.model, feeds, feeds_label)
+            point["verified"] = True
+            point["max_relative_error"] = check.max_relative_error
+            if "params" in objectives:
+                point["params_ratio"] = baseline["params"] / max(t.values[objectives.index("params")], 1)
+        except TensorfoldError as exc:
+            point["verified"] = False
+            point["verify_error"] = str(exc)
+            result = None
+        if out is not None:
+            values = {o: _round(v) for o, v in point["values"].items()}
+            point["config"] = str(write_config(out / f"point-{k}.yaml", plan, layers, model=str(model_path),
+                                               values=values, source={"study": name, "trial": t.number,
+                                                                      "storage": redact(storage) if storage else
+                                                                      "memory"}))
+            if save_models and result is not None:
+                point["model"] = str(save_model(result.model, out / f"point-{k}.onnx"))
+        points.append(point)
+    report = {
+        "model": str(model_path), "study": name, "storage": redact(storage) if storage else "memory",
+        "objectives": list(objectives), "directions": [DIRECTIONS[o] for o in objectives],
+        "space": rank_space.describe(), "evaluation": evaluator.describe(), "baseline": baseline,
+        "trials": {"total": len(trials), "this_run": len(mine), "complete": len(complete), "failed": len(failed),
+                   "infeasible": sum(1 for t in complete if not feasible(t))},
+        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")}
+                     for t in failed][:20],
+        "seconds_per_trial": {"median": float(np.median(durations)) if durations else None,
+                              "mean": float(np.mean(durations)) if durations else None},
+        "hypervolume": front_hypervolume(trials, objectives, baseline) if complete else 0.0,
+        "front": points, "seconds": round(seconds, 1),
+    }
+    if out is not None:
+        plot = plot_front(trials, objectives, out / "front.png", baseline,
+                          f"{Path(model_path).name}: study {name}, {len(complete)} trials")
+        report["plot"] = str(plot) if plot else None
+        write_text_atomic(out / "front.json", json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.6g}")

@@ -1,0 +1,89 @@
+"""Where a study lives: in memory, an SQLite file, a journal file shared by local workers, or any
+SQLAlchemy database (PostgreSQL) shared by workers on many machines.
+
+    None / ""                 in memory, this process only
+    sqlite:///search.db       embedded file
+    journal:search.log        Optuna's journal file (append-only, file-locked: safe for workers on one machine or NFS)
+    postgresql://u:p@host/db  any SQLAlchemy URL (PostgreSQL needs psycopg2: pip install 'tensorfold[postgres]')
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import optuna
+
+from tensorfold.errors import TensorfoldError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str | None):
+    if not url:
+        return optuna.storages.InMemoryStorage()
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal:"):]).expanduser()
+        if not path.name or not path.parent.is_dir():
+            raise TensorfoldError(f"--storage {url}: folder {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise TensorfoldError(f"--storage {redact(url)} is not a storage URL (use sqlite:///FILE, journal:FILE or "
+                              f"a database URL such as postgresql://user@host/db)")
+    if url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///"):]).expanduser().parent
+        if not folder.is_dir():
+            raise TensorfoldError(f"--storage {url}: folder {folder} does not exist")
+    import sqlalchemy.exc
+
+    last = None
+    # workers starting together race to create the schema; the loser retries and finds it made
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=None)
+        except ModuleNotFoundError as exc:
+            hint = " (pip install 'tensorfold[postgres]')" if "psycopg" in str(exc) else ""
+            raise TensorfoldError(f"--storage {redact(url)}: the database driver is missing: {exc.name}{hint}") from None
+        except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as exc:
+            raise TensorfoldError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows: "
+                                  f"{_first_line(exc)}") from None
+        except sqlalchemy.exc.OperationalError as exc:
+            raise TensorfoldError(f"cannot reach --storage {redact(url)}: {_first_line(exc)}") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {_first_line(last)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def open_study(storage, name: str, directions: list[str], meta: dict, sampler):
+    """Create the study, or join it if it exists; a study made for other objectives, another model or
+    another search space is refused rather than mixed."""
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                load_if_exists=True)
+    have = study.user_attrs.get("tensorfold")
+    if have is None:
+        study.set_user_attr("tensorfold", meta)
+        return study
+    if have.get("objectives") != meta["objectives"]:
+        raise TensorfoldError(f"study '{name}' was created with objectives {','.join(have.get('objectives', []))}; "
+                              f"this run asks for {','.join(meta['objectives'])} (use another --study)")
+    for key, what in (("model", "another model"), ("space", "another search space (--methods/--space)"),
+                      ("constraints", "other constraints (--max-error/--target-latency)"),
+                      ("evaluation", "another evaluation (latency target, data or recovery steps)")):
+        if have.get(key) != meta.get(key):
+            raise TensorfoldError(f"study '{name}' was created for {what}: {have.get(key)} vs {meta.get(key)} "
+                                  f"(use another --study)")
+    return study
