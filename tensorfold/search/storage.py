@@ -4,7 +4,7 @@ SQLAlchemy database (PostgreSQL) shared by workers on many machines.
     None / ""                 in memory, this process only
     sqlite:///search.db       embedded file
     journal:search.log        Optuna's journal file (append-only, file-locked: safe for workers on one machine or NFS)
-    postgresql://u:p@host/db  any SQLAlchemy URL (PostgreSQL needs psycopg2: pip install 'tensorfold[postgres]')
+    postgresql://u:p@host/db  any SQLAlchemy URL (PostgreSQL needs psycopg: pip install 'tensorfold[postgres]')
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def open_storage(url: str | None):
     for attempt in range(4):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=None)
-        except ModuleNotFoundError as exc:
-            hint = " (pip install 'tensorfold[postgres]')" if "psycopg" in str(exc) else ""
-            raise TensorfoldError(f"--storage {redact(url)}: the database driver is missing: {exc.name}{hint}") from None
+        except ImportError as exc:   # optuna wraps the driver's ModuleNotFoundError
+            missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its driver"
+            hint = " (pip install 'tensorfold[postgres]')" if "psycopg" in str(missing) else ""
+            raise TensorfoldError(f"--storage {redact(url)}: the database driver is missing: {missing}{hint}") from None
         except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as exc:
             raise TensorfoldError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows: "
                                   f"{_first_line(exc)}") from None

@@ -1,0 +1,129 @@
+"""search ranks end to end on the demo CNN: the front, its configs, replay, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tensorfold.graph.io import load_model
+from tensorfold.graph.model import count_params
+from tensorfold.search.objectives import Evaluator
+from tensorfold.search.ranks import search_ranks
+from tests.bench.test_bench_suite import needs_data
+from tests.passes.single_node import conv_model
+from tests.test_cli import assert_user_error, invoke
+
+
+def test_front_is_verified_written_and_replayable(demo_model, tmp_path):
+    out = tmp_path / "pareto"
+    report = search_ranks(demo_model, objectives="params,error", n_trials=24, output_dir=out, progress=False)
+    assert report["trials"] == {"total": 24, "this_run": 24, "complete": 24, "failed": 0, "infeasible": 0}
+    front = report["front"]
+    assert front and all(p["verified"] for p in front)
+    params = [p["values"]["params"] for p in front]
+    errors = [p["values"]["error"] for p in front]
+    assert params == sorted(params) and errors == sorted(errors, reverse=True)   # a trade-off, both ways
+    assert 0 < report["hypervolume"] <= 1
+    assert (out / "front.png").stat().st_size > 5000 and json.loads((out / "front.json").read_text())["front"]
+    # replay the most compressed point: same parameter count and the same output error
+    point = front[0]
+    code, text = invoke("optimize", demo_model, "-o", tmp_path / "replay.onnx", "--config", point["config"], "--json")
+    assert code == 0, text
+    replay = load_model(tmp_path / "replay.onnx")
+    assert count_params(replay) == point["values"]["params"]
+    assert json.loads(text)["verification"]["max_relative_error"] == pytest.approx(point["values"]["error"], rel=1e-4)
+    assert count_params(load_model(point["model"])) == point["values"]["params"]
+
+
+def test_cli_table_and_constraints(demo_model, tmp_path):
+    code, text = invoke("search", "ranks", demo_model, "--n-trials", "12", "--sampler", "random", "--max-error",
+                        "0.5", "-o", tmp_path / "p", "--no-models")
+    assert code == 0, text
+    assert "Pareto front" in text and "infeasible" in text
+    report = json.loads((tmp_path / "p" / "front.json").read_text())
+    assert all(p["values"]["error"] <= 0.5 for p in report["front"])
+    assert not list((tmp_path / "p").glob("*.onnx"))
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(demo_model, tmp_path, monkeypatch):
+    real = Evaluator.error
+    calls = {"n": 0}
+
+    def flaky(self, model):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            return math.nan
+        if calls["n"] % 5 == 0:
+            raise RuntimeError("onnxruntime lost its way")
+        return real(self, model)
+
+    monkeypatch.setattr(Evaluator, "error", flaky)
+    report = search_ranks(demo_model, n_trials=15, sampler="tpe", output_dir=None, progress=False)
+    t = report["trials"]
+    assert t["total"] == 15 and t["failed"] >= 4 and t["complete"] + t["failed"] == 15
+    reasons = {f["reason"] for f in report["failures"]}
+    assert any("non-finite measurement: error = nan" in r for r in reasons)
+    assert any("onnxruntime lost its way" in r for r in reasons)
+
+
+@needs_data
+def test_accuracy_objective_cross_validates_on_held_out_training_data(demo_model, tmp_path):
+    report = search_ranks(demo_model, objectives="params,accuracy", n_trials=4, sampler="random",
+                          data="fashion-mnist", recover_steps=10, output_dir=None, progress=False)
+    assert 0.85 < report["baseline"]["accuracy"] <= 1
+    assert all(0 < p["values"]["accuracy"] <= 1 for p in report["front"])
+
+
+def test_studies_in_sqlite_refuse_other_objectives_and_models(demo_model, tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    search_ranks(demo_model, n_trials=3, storage=db, study="s", output_dir=None, progress=False)
+    again = search_ranks(demo_model, n_trials=2, storage=db, study="s", output_dir=None, progress=False)
+    assert again["trials"]["total"] == 5 and again["trials"]["this_run"] == 2
+    code, text = invoke("search", "ranks", demo_model, "--objectives", "params,flops", "--storage", db, "--study", "s",
+                        "--n-trials", "1", "-o", tmp_path / "x")
+    assert_user_error(code, text, "was created with objectives params,error")
+    other, _ = conv_model(np.random.default_rng(0).standard_normal((16, 8, 3, 3)), bias=True)
+    import onnx
+
+    onnx.save(other, tmp_path / "other.onnx")
+    code, text = invoke("search", "ranks", tmp_path / "other.onnx", "--storage", db, "--study", "s",
+                        "--shape", "x:1,8,9,9", "--n-trials", "1", "-o", tmp_path / "x")
+    assert_user_error(code, text, "was created for another model")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objectives", "params,speed"], "unknown objective(s) speed"),
+    (["--objectives", "params,params"], "named twice"),
+    (["--methods", "svd,magic"], "unknown method(s) magic"),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot reach --storage postgresql://nobody@127.0.0.1:1"),
+    (["--storage", "mysql+nodriver://u:secret@h/db"], "--storage mysql+nodriver://u:***@h/db"),
+    (["--storage", "journal:/no/such/dir/j.log"], "does not exist"),
+    (["--storage", "search.db"], "is not a storage URL"),
+    (["--n-trials", "0"], "--n-trials must be >= 1"),
+    (["--objectives", "accuracy"], "needs --data"),
+])
+def test_bad_input_is_one_line_exit_2(demo_model, tmp_path, args, message):
+    code, text = invoke("search", "ranks", demo_model, "-o", tmp_path / "p", *args)
+    assert_user_error(code, text, message)
+
+
+def test_config_from_another_model_or_with_rank_options_is_refused(demo_model, tmp_path):
+    report = search_ranks(demo_model, n_trials=4, sampler="random", output_dir=tmp_path / "p", save_models=False,
+                          progress=False)
+    config = report["front"][0]["config"]
+    other, _ = conv_model(np.random.default_rng(0).standard_normal((16, 8, 3, 3)), bias=True)
+    import onnx
+
+    onnx.save(other, tmp_path / "other.onnx")
+    code, text = invoke("optimize", tmp_path / "other.onnx", "-o", tmp_path / "o.onnx", "--config", config,
+                        "--shape", "x:1,8,9,9")
+    assert_user_error(code, text, "was made for another model")
+    code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", config, "--ratio", "4")
+    assert_user_error(code, text, "drop --ratio")
+    (tmp_path / "bad.yaml").write_text("kind: tensorfold-ranks\nlayers: {'/classifier/Gemm': {method: svd, ranks: [-1]}}\n")
+    code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", tmp_path / "bad.yaml")
+    assert_user_error(code, text, "needs 'keep'")
+    assert not (tmp_path / "o.onnx").exists()
