@@ -416,6 +416,120 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
     _render_search(report)
 
 
+@search_group.command("nas")
+@click.option("--strategy", type=click.Choice(["darts", "evolution", "random"]), default="evolution", show_default=True)
+@click.option("--objectives", default="accuracy", show_default=True,
+              help="comma-separated: accuracy, params, flops, latency (several: NSGA-II for evolution)")
+@click.option("--data", default="fashion-mnist", show_default=True, help="labelled 28x28 images: fashion-mnist, a folder, an .npz")
+@click.option("--budget-minutes", type=float, default=10.0, show_default=True, help="wall-clock budget of the search")
+@click.option("--device", help="predict latency for this device (rx580, gtx1060, ...); the host is always measured")
+@click.option("--provider", default="cpu", show_default=True, help="provider the host latency is measured on")
+@click.option("--threads", type=int, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
+@click.option("--teacher", type=click.Path(path_type=Path), help="ONNX model to distill the final training from")
+@click.option("--genotype", type=click.Path(path_type=Path), help="skip the search: train this genotype (JSON)")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write the trained network as ONNX")
+@click.option("--output-dir", type=click.Path(path_type=Path),
+              help="model.onnx, genotype.json, candidates.json, front.png, report.json")
+@click.option("--channels", type=int, default=8, show_default=True, help="channels of the first cells")
+@click.option("--layers", type=int, default=5, show_default=True, help="cells (reductions at 1/3 and 2/3)")
+@click.option("--nodes", type=int, default=3, show_default=True, help="intermediate nodes per cell")
+@click.option("--train-size", type=int, default=4000, show_default=True, help="training images the search uses")
+@click.option("--val-size", type=int, default=1000, show_default=True, help="held-out training images that score candidates")
+@click.option("--proxy-steps", type=int, default=100, show_default=True, help="SGD steps that score one candidate")
+@click.option("--final-steps", type=int, default=600, show_default=True, help="SGD steps of the final training")
+@click.option("--final-channels", type=int, help="channels of the final network (default: --channels)")
+@click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True, help="DARTS: first or second order")
+@click.option("--guard", type=click.Choice(["earlystop", "aux-skip", "none"]), default="earlystop", show_default=True,
+              help="DARTS collapse guard: DARTS+ early stop on skip dominance, or DARTS- auxiliary skip")
+@click.option("--population", type=int, default=10, show_default=True, help="evolution: population size")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider, threads, teacher, genotype, output,
+                   output_dir, channels, layers, nodes, train_size, val_size, proxy_steps, final_steps, final_channels,
+                   order, guard, population, seed, as_json):
+    """Search a cell architecture on DATA, train it, export it to ONNX and measure it."""
+    from tensorfold.search.nas.run import search_nas
+
+    report = search_nas(strategy=strategy, objectives=objectives, data=data, budget_minutes=budget_minutes,
+                        device=device, provider=provider, threads=threads, teacher=teacher, genotype=genotype,
+                        output=output, output_dir=output_dir, channels=channels, layers=layers, nodes=nodes,
+                        train_size=train_size, val_size=val_size, proxy_steps=proxy_steps, final_steps=final_steps,
+                        final_channels=final_channels, order=int(order), guard=guard, population=population, seed=seed,
+                        progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    _render_nas(report)
+
+
+def _render_nas(report: dict) -> None:
+    console = _console()
+    f = report["final"]
+    console.print(f"[bold]{report['strategy']}[/] on {report['data']}: {report['candidates']} candidate(s) in "
+                  f"{report['search_seconds']:.0f} s (budget {report['budget_minutes']:g} min)")
+    if report.get("darts"):
+        d = report["darts"]
+        console.print(f"DARTS: {d['epochs']} epoch(s), {d['steps']} steps, {d['stopped']}; peak memory "
+                      f"{d['peak_memory_mb']:.0f} MB")
+    console.print(f"proxy: {report['proxy']}")
+    console.print(f"genotype: {f['genotype_text']}")
+    table = Table(title="final network", title_justify="left")
+    for col in ("test accuracy", "params", "FLOPs", "host latency", "device latency", "training"):
+        table.add_column(col, justify="right")
+    acc = f"{100 * f['test_accuracy']:.2f}%" if f.get("test_accuracy") is not None else "-"
+    dev = f"{f['device_ms']:.3f} ms ({f['device']}, predicted)" if f.get("device_ms") else "-"
+    table.add_row(acc, f"{f['params']:,}", _flops(f["flops"]), f"{f['host_ms']:.3f} ms", dev,
+                  f"{f['steps']} steps{' distilled' if f['distilled_from'] else ''}")
+    console.print(table)
+    for key in ("output", "model", "plot"):
+        if report.get(key):
+            console.print(f"{key}: {report[key]}")
+
+
+@main.command("pipeline")
+@click.option("--data", default="fashion-mnist", show_default=True)
+@click.option("--strategy", type=click.Choice(["darts", "evolution", "random"]), default="evolution", show_default=True)
+@click.option("--budget-minutes", type=float, default=10.0, show_default=True, help="architecture search budget")
+@click.option("--teacher", type=click.Path(path_type=Path), required=True,
+              help="ONNX model the found network is distilled from")
+@click.option("--device", help="also predict latency for this device (rx580, ...)")
+@click.option("--final-steps", type=int, default=600, show_default=True)
+@click.option("--final-channels", type=int, default=16, show_default=True)
+@click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
+@click.option("--ratio", type=float, default=2.0, show_default=True,
+              help="the factorizable layers together hold RATIO times fewer parameters")
+@click.option("--recover-steps", type=int, default=300, show_default=True)
+@click.option("--hardware-aware/--no-hardware-aware", default=True, show_default=True,
+              help="keep a factor chain only where it is faster on the CPU provider")
+@click.option("--threads", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def pipeline_cmd(data, strategy, budget_minutes, teacher, device, final_steps, final_channels, method, ratio,
+                 recover_steps, hardware_aware, threads, seed, output_dir, as_json):
+    """NAS -> distillation -> decomposition -> recovery, each stage measured and kept in OUTPUT_DIR."""
+    from tensorfold.pipeline import run_pipeline
+
+    report = run_pipeline(data=data, strategy=strategy, budget_minutes=budget_minutes, teacher=teacher, device=device,
+                          final_steps=final_steps, final_channels=final_channels, method=method, ratio=ratio,
+                          recover_steps=recover_steps, threads=threads, seed=seed, output_dir=output_dir,
+                          hardware_aware=hardware_aware,
+                          progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    console = _console()
+    table = Table(title=f"pipeline ({report['output_dir']})", title_justify="left")
+    for col in ("stage", "model", "test accuracy", "params", "FLOPs", "host latency"):
+        table.add_column(col, justify="left" if col in ("stage", "model") else "right")
+    for s in report["stages"]:
+        acc = f"{100 * s['test_accuracy']:.2f}%" if s.get("test_accuracy") is not None else "-"
+        table.add_row(s["stage"], s["model"], acc, f"{s['params']:,}", _flops(s["flops"]), f"{s['host_ms']:.3f} ms")
+    console.print(table)
+    for note in report["optimize"]["notes"]:
+        console.print(f"decomposition: {note}")
+
+
 def _render_search(report: dict) -> None:
     console = _console()
     t = report["trials"]

@@ -52,15 +52,16 @@ def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes)
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> Path:
-    """Eval-mode export with a dynamic batch, input "input" and output "output", one file."""
+def export_onnx(module: nn.Module, example: torch.Tensor, path, opset: int = 17):
+    """Eval-mode export with a dynamic batch, input "input" and output "output", one file (or a
+    binary file object such as io.BytesIO)."""
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+        torch.onnx.export(module, (example,), path if hasattr(path, "write") else str(path), dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                           do_constant_folding=True)
-    return Path(path)
+    return path if hasattr(path, "write") else Path(path)
 
 
 class BasicBlock(nn.Module):

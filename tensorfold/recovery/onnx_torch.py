@@ -356,14 +356,21 @@ def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
     axes = _ints(axes) if axes is not None else list(_a(node, "axes", range(len(starts))))
     steps = _ints(steps) if steps is not None else [1] * len(starts)
     index = [slice(None)] * x.dim()
+    backwards = []
     for s, e, a, st in zip(starts, ends, axes, steps):
-        if st < 0:
-            raise Unsupported("negative Slice steps")
         size = x.shape[a]
-        s = max(min(s + size if s < 0 else s, size), 0)
-        e = max(min(e + size if e < 0 else e, size), 0)
-        index[a] = slice(s, e, st)
-    return x[tuple(index)]
+        s, e = (s + size if s < 0 else s), (e + size if e < 0 else e)
+        if st < 0:
+            # ONNX clamps starts to [0, size-1] and ends to [-1, size-1] for negative steps;
+            # torch slicing has no negative step, so gather the indices instead
+            backwards.append((a, torch.arange(max(min(s, size - 1), 0), max(min(e, size - 1), -1), st,
+                                              device=x.device)))
+            continue
+        index[a] = slice(max(min(s, size), 0), max(min(e, size), 0), st)
+    x = x[tuple(index)]
+    for a, idx in backwards:
+        x = x.index_select(a if a >= 0 else a + x.dim(), idx)
+    return x
 
 
 @op("Gather")

@@ -99,17 +99,40 @@ def test_lstm_matches_onnxruntime(direction):
 
 
 def test_unsupported_variant_runs_frozen_with_a_warning():
-    """A Slice with a negative step has no kernel here: that node alone falls back to onnxruntime."""
-    from onnx import TensorProto, helper, numpy_helper
+    """An AveragePool with asymmetric pads has no kernel here: that node alone falls back to onnxruntime."""
+    from onnx import TensorProto, helper
 
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-             (("starts", [-1]), ("ends", [-100]), ("axes", [1]), ("steps", [-1]))]
-    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="reverse")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits)
+    from tensorfold.runtime.sessions import make_session
+
+    nodes = [helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], pads=[0, 0, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     module = OnnxModule(model)
-    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     with pytest.warns(UserWarning, match="runs frozen"):
         got = module(torch.from_numpy(x))[0]
-    np.testing.assert_array_equal(got.numpy(), x[:, ::-1])
+    np.testing.assert_allclose(got.numpy(), make_session(model).run(None, {"x": x})[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("starts, ends, steps", [([-1], [-100], [-1]), ([3], [0], [-1]), ([4], [-6], [-2]),
+                                                 ([10], [1], [-3]), ([0], [5], [2])])
+def test_slice_with_negative_steps_matches_onnxruntime(starts, ends, steps):
+    """torch.onnx exports F.pad with a reversed (step -1) Slice over the pads; it must run natively."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tensorfold.runtime.sessions import make_session
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("starts", starts), ("ends", ends), ("axes", [1]), ("steps", steps))]
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="s")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = OnnxModule(model)(torch.from_numpy(x))[0]
+    np.testing.assert_array_equal(got.numpy(), make_session(model).run(None, {"x": x})[0])

@@ -1,0 +1,216 @@
+"""DARTS (Liu et al. 2019): a supernet of mixed ops, architecture weights alpha learned by bilevel
+optimization against network weights w, and a discrete genotype derived at the end.
+
+First order: alpha follows the validation loss at the current w. Second order: the validation
+loss at one virtual SGD step w' = w - xi * dL_train/dw, with the Hessian-vector product by finite
+differences (eq. 7-8 of the paper).
+
+Collapse guard. DARTS drifts to cells full of parameter-free skip connections when searched long
+(Zela et al. 2020; DARTS+ by Liang et al. 2019). Two guards:
+  earlystop  (DARTS+) derive the genotype after every epoch and stop once the normal cell holds
+             SKIP_LIMIT or more skip connections, returning the genotype of the epoch before;
+  aux-skip   (DARTS-, Chu et al. 2021) an auxiliary skip beside every stride-1 mixed op, its
+             weight beta decaying 1 -> 0 over the search, so skip stops being the easy way to
+             pass gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.search.nas.space import OPS, Genotype, NetConfig, _build, make_op
+
+SKIP_LIMIT = 2
+GUARDS = ("earlystop", "aux-skip", "none")
+
+
+class MixedOp(nn.Module):
+    def __init__(self, c: int, stride: int, beta: list):
+        super().__init__()
+        self.ops = nn.ModuleList(make_op(name, c, stride) for name in OPS)
+        self.stride, self.beta = stride, beta        # beta: shared one-element list (aux-skip weight)
+
+    def forward(self, x, weights):
+        out = sum(w * op(x) for w, op in zip(weights, self.ops))
+        if self.stride == 1 and self.beta[0] > 0:
+            out = out + self.beta[0] * x
+        return out
+
+
+class SuperNet(nn.Module):
+    def __init__(self, cfg: NetConfig, nodes: int = 3):
+        super().__init__()
+        self.cfg, self.nodes = cfg, nodes
+        self.beta = [0.0]
+        self.stem, self.cells, c_out = _build(cfg, nodes, lambda i, red: None,
+                                              lambda c, stride: MixedOp(c, stride, self.beta))
+        self.classifier = nn.Linear(c_out, cfg.classes)
+        edges = sum(i + 2 for i in range(nodes))
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
+
+    def arch_parameters(self):
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def weight_parameters(self):
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        wn, wr = F.softmax(self.alpha_normal, dim=-1), F.softmax(self.alpha_reduce, dim=-1)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, wr if cell.reduction else wn)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(s1, 1), 1))
+
+    def genotype(self) -> Genotype:
+        """Per node the two strongest incoming edges, each with its strongest op other than none."""
+        def derive(alpha):
+            w = F.softmax(alpha, dim=-1).detach().cpu().numpy()
+            cell, start = [], 0
+            for i in range(self.nodes):
+                rows = w[start:start + i + 2]
+                best = [(max(r[1:]), j, OPS[1 + int(np.argmax(r[1:]))]) for j, r in enumerate(rows)]
+                top = sorted(best, reverse=True)[:2]
+                cell.append(tuple((op, j) for _, j, op in sorted(top, key=lambda t: t[1])))
+                start += i + 2
+            return tuple(cell)
+        return Genotype(derive(self.alpha_normal), derive(self.alpha_reduce))
+
+
+@dataclass
+class DartsResult:
+    genotype: Genotype
+    epochs: int
+    steps: int
+    stopped: str
+    history: list[dict] = field(default_factory=list)     # per epoch: genotype, skips, val accuracy
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+def _batches(n: int, batch: int, rng):
+    order = rng.permutation(n)
+    for i in range(0, n - batch + 1, batch):
+        yield order[i:i + batch]
+
+
+def _unrolled_alpha_grad(net: SuperNet, xt, yt, xv, yv, xi: float, wd: float):
+    """Second-order DARTS: grad of L_val(w - xi dL_train/dw, alpha) wrt alpha (finite-difference Hessian)."""
+    weights, arch = net.weight_parameters(), net.arch_parameters()
+    grads = torch.autograd.grad(F.cross_entropy(net(xt), yt), weights, allow_unused=True)
+    backup = [w.detach().clone() for w in weights]
+    with torch.no_grad():
+        for w, g in zip(weights, grads):
+            if g is not None:
+                w.sub_(xi * (g + wd * w))
+    val_loss = F.cross_entropy(net(xv), yv)
+    dalpha = torch.autograd.grad(val_loss, arch, retain_graph=True)
+    dw = torch.autograd.grad(val_loss, weights, allow_unused=True)
+    dw = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, dw)]
+    eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in dw)) + 1e-12)
+    hessian = []
+    for sign in (1.0, -2.0):
+        with torch.no_grad():
+            for w, b, g in zip(weights, backup, dw):
+                w.copy_(b + (eps * g if sign > 0 else -eps * g))
+        hessian.append(torch.autograd.grad(F.cross_entropy(net(xt), yt), arch))
+    with torch.no_grad():
+        for w, b in zip(weights, backup):
+            w.copy_(b)
+    return [da - xi * (hp - hm) / (2 * eps) for da, hp, hm in zip(dalpha, hessian[0], hessian[1])]
+
+
+def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3, budget_s: float = 600,
+                 epochs: int = 50, batch: int = 64, order: int = 1, guard: str = "earlystop", seed: int = 0,
+                 progress: bool = True, lr: float = 0.025, arch_lr: float = 3e-4) -> DartsResult:
+    """Search on (x, y): half trains w, half trains alpha (and measures the epoch's accuracy)."""
+    from tqdm import tqdm
+
+    from tensorfold.runtime.latency import peak_rss_mb
+
+    if guard not in GUARDS:
+        raise TensorfoldError(f"unknown collapse guard '{guard}' (choose from {', '.join(GUARDS)})")
+    if order not in (1, 2):
+        raise TensorfoldError(f"--order must be 1 or 2 (got {order})")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    half = len(x) // 2
+    xt, yt, xv, yv = (torch.from_numpy(a) for a in (x[:half], y[:half].astype(np.int64), x[half:],
+                                                    y[half:].astype(np.int64)))
+    net = SuperNet(cfg, nodes)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+    steps_per_epoch = half // batch
+    if steps_per_epoch < 1:
+        raise TensorfoldError(f"DARTS needs at least {2 * batch} training images (got {len(x)})")
+    history, stopped, step, epoch = [], "epochs done", 0, 0
+    previous = net.genotype()
+    bar = tqdm(total=epochs, desc="darts", unit="epoch", disable=not progress)
+    for epoch in range(1, epochs + 1):
+        if guard == "aux-skip":
+            net.beta[0] = max(0.0, 1.0 - (epoch - 1) / max(1, epochs))
+        t0 = time.perf_counter()
+        net.train()
+        for k, (ti, vi) in enumerate(zip(_batches(half, batch, rng), _batches(len(xv), batch, rng))):
+            lr_now = 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1 + k / steps_per_epoch) / epochs))
+            for g in w_opt.param_groups:
+                g["lr"] = lr_now
+            a_opt.zero_grad()
+            if order == 2:
+                for a, g in zip(net.arch_parameters(), _unrolled_alpha_grad(net, xt[ti], yt[ti], xv[vi], yv[vi],
+                                                                             lr_now, 3e-4)):
+                    a.grad = g
+            else:
+                F.cross_entropy(net(xv[vi]), yv[vi]).backward(inputs=net.arch_parameters())
+            a_opt.step()
+            w_opt.zero_grad()
+            loss = F.cross_entropy(net(xt[ti]), yt[ti])
+            loss.backward(inputs=net.weight_parameters())
+            nn.utils.clip_grad_norm_(net.weight_parameters(), 5.0)
+            w_opt.step()
+            step += 1
+            elapsed = time.perf_counter() - start
+            if epoch == 1 and k == 2:
+                # a budget that cannot hold one epoch is refused before it is spent
+                estimate = (time.perf_counter() - t0) / 3 * steps_per_epoch
+                if estimate > budget_s:
+                    bar.close()
+                    raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small for one DARTS epoch "
+                                          f"(about {estimate / 60:.1f} min here); raise --budget-minutes or lower "
+                                          f"--train-size")
+            if elapsed > budget_s:
+                break
+        genotype = net.genotype()
+        acc = _accuracy(net, xv[:1000], yv[:1000])
+        history.append({"epoch": epoch, "genotype": genotype.as_dict(), "skips_normal": genotype.count("skip_connect"),
+                        "val_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
+        bar.update(1)
+        bar.set_postfix(acc=f"{acc:.3f}", skips=genotype.count("skip_connect"))
+        if guard == "earlystop" and genotype.count("skip_connect") >= SKIP_LIMIT:
+            stopped = (f"collapse guard: {genotype.count('skip_connect')} skip connections in the normal cell at "
+                       f"epoch {epoch}; kept the genotype of epoch {epoch - 1}")
+            genotype = previous
+            break
+        previous = genotype
+        if time.perf_counter() - start > budget_s:
+            stopped = f"budget reached in epoch {epoch}"
+            break
+    bar.close()
+    return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak_rss_mb())
+
+
+@torch.no_grad()
+def _accuracy(net, x, y, batch: int = 250) -> float:
+    net.eval()
+    correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    return correct / max(1, len(x))

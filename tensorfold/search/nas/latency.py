@@ -1,0 +1,91 @@
+"""Latency of a discrete network from a table per op and input shape (as FBNet and ProxylessNAS
+do): each block (stem, cell preprocessing, each edge's op, classifier) is exported alone, measured
+once on the host provider or predicted by a device's roofline, and cached on disk. A network's
+latency is the sum over its blocks; the sums and concatenations between blocks are left out, so
+the table ranks candidates and the final network is also measured whole."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tensorfold.runtime.devices import Device, _host_key, predict_seconds
+from tensorfold.runtime.latency import measure
+
+
+def blocks(net: nn.Module, image: tuple[int, int, int]) -> list[tuple[str, nn.Module, tuple]]:
+    """(signature, module, input shape) of each timed block, in forward order (batch 1)."""
+    found = []
+    leaves = [("stem", net.stem), ("classifier", net.classifier)]
+    for i, cell in enumerate(net.cells):
+        leaves += [(f"cell{i}.pre0", cell.pre0), (f"cell{i}.pre1", cell.pre1)]
+        leaves += [(f"cell{i}.edge{j}", e) for j, e in enumerate(cell.edges)]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: found.append((name, mod, tuple(inp[0].shape))))
+             for name, m in leaves]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *image))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(signature(mod, shape), mod, shape) for _, mod, shape in found]
+
+
+def signature(module: nn.Module, shape: tuple) -> str:
+    return json.dumps([repr(module), list(shape)])
+
+
+class OpLatencyTable:
+    """ms per (block, input shape) on the host provider (measured) or a device (predicted)."""
+
+    def __init__(self, provider: str = "cpu", threads: int = 1, device: Device | None = None, runs: int = 30,
+                 cache_dir: Path | None = None):
+        from tensorfold.bench.real_models import cache_dir as default_cache
+
+        self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
+        where = f"nas-{device.name}" if device else f"nas-{provider}-t{threads}-{_host_key(provider, threads)}"
+        self.path = (cache_dir or default_cache() / "latency") / f"{where}.json"
+        self.entries: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+        self.new = 0
+
+    def block_ms(self, sig: str, module: nn.Module, shape: tuple) -> float:
+        if sig not in self.entries:
+            import onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "block.onnx"
+                from tensorfold.bench.models import export_onnx
+
+                export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), path)
+                model = onnx.load(str(path))
+            if self.device is not None:
+                value = predict_seconds(model, {"input": list(shape)}, self.device) * 1e3
+            else:
+                feeds = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
+            self.entries[sig] = value
+            self.new += 1
+        return self.entries[sig]
+
+    def network_ms(self, net: nn.Module, image: tuple[int, int, int]) -> float:
+        return sum(self.block_ms(sig, mod, shape) for sig, mod, shape in blocks(net, image))
+
+    def save(self) -> None:
+        if not self.new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)

@@ -1,0 +1,327 @@
+"""search_nas(): search (DARTS, evolution, random) within a budget, then train the chosen network
+(optionally distilled from a teacher), export it to ONNX and measure it.
+
+Candidates in the discrete strategies are scored by a proxy stated in every report: accuracy on a
+validation split held out of the training data after `proxy_steps` SGD steps from scratch on a
+subset (no weight sharing). Latency during the search comes from the per-op table (nas/latency.py):
+measured on the host provider, or predicted for --device; the final network is measured whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.search.nas.space import Genotype, NetConfig, Network, export_network, genotype_from_dict
+from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search, seeded_rng
+from tensorfold.search.nas.train import accuracy, train_network
+from tensorfold.search.objectives import DIRECTIONS
+
+STRATEGIES = ("darts", "evolution", "random")
+NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency")
+IMAGE = (1, 28, 28)
+
+
+def parse_nas_objectives(text) -> tuple[str, ...]:
+    names = [o.strip() for o in (text.split(",") if isinstance(text, str) else text) if o.strip()]
+    bad = [o for o in names if o not in NAS_OBJECTIVES]
+    if bad or not names:
+        raise TensorfoldError(f"unknown NAS objective(s) {', '.join(bad) or '(none given)'} "
+                              f"(choose from {', '.join(NAS_OBJECTIVES)})")
+    if len(set(names)) != len(names):
+        raise TensorfoldError(f"an objective is named twice in '{','.join(names)}'")
+    return tuple(names)
+
+
+def onnx_of(net: torch.nn.Module) -> onnx.ModelProto:
+    from tensorfold.bench.models import export_onnx
+
+    buf = io.BytesIO()
+    export_onnx(net.cpu().eval(), torch.zeros(1, *IMAGE), buf)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def net_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+class Scorer:
+    """Proxy-trains and measures genotypes; every candidate gets accuracy, params, flops, and host
+    (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
+
+    def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
+                 deadline: float):
+        self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
+        self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
+        self.host_table, self.device_table, self.deadline = host_table, device_table, deadline
+        self.count = 0
+
+    def metrics(self, net) -> dict:
+        from tensorfold.graph.stats import model_stats
+
+        m = {"params": net_params(net),
+             "flops": model_stats(onnx_of(net), {"input": [1, *IMAGE]}).flops,
+             "host_ms": self.host_table.network_ms(net, IMAGE)}
+        if self.device_table is not None:
+            m["device_ms"] = self.device_table.network_ms(net, IMAGE)
+        m["latency"] = m.get("device_ms", m["host_ms"])
+        return m
+
+    def __call__(self, genotype: Genotype) -> Scored:
+        start = time.perf_counter()
+        net = Network(genotype, self.cfg)
+        train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count)
+        m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
+        s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start)
+        self.count += 1
+        return s
+
+    def check_budget(self, budget_s: float) -> None:
+        """Refuse a budget that cannot hold one candidate's proxy training (or one DARTS epoch)."""
+        net = Network(genotype_from_dict({"normal": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3,
+                                          "reduce": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3}), self.cfg)
+        t = time.perf_counter()
+        train_network(net, self.tx, self.ty, steps=3)
+        estimate = (time.perf_counter() - t) / 3 * self.proxy_steps
+        if estimate > budget_s:
+            raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small to train one candidate "
+                                  f"(about {estimate / 60:.1f} min for --proxy-steps {self.proxy_steps} here); raise "
+                                  f"--budget-minutes or lower --proxy-steps")
+
+
+def load_split(data: str, train_size: int, val_size: int, seed: int):
+    """Search data from the training split only: (train, val) subsets, disjoint."""
+    from tensorfold.bench.datasets import load_data, prepare_inputs
+
+    x, y, desc = load_data(data, "train", IMAGE[1:], IMAGE[0])
+    if y is None:
+        raise TensorfoldError(f"--data {data} has no labels; architecture search needs them")
+    order = seeded_rng(seed).permutation(len(x))
+    val_size = min(val_size, len(x) // 5)
+    train_size = min(train_size, len(x) - val_size)
+    v, t = order[:val_size], order[val_size:val_size + train_size]
+    x = prepare_inputs(x, [1, *IMAGE], None)
+    return (x[t], y[t].astype(np.int64), x[v], y[v].astype(np.int64)), desc
+
+
+def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: str = "fashion-mnist",
+               budget_minutes: float = 10.0, device: str | None = None, provider: str = "cpu", threads: int = 1,
+               teacher: str | os.PathLike | None = None, output: str | os.PathLike | None = None,
+               output_dir: str | os.PathLike | None = None, seed: int = 0, channels: int = 8, layers: int = 5,
+               nodes: int = 3, train_size: int = 4000, val_size: int = 1000, proxy_steps: int = 100,
+               final_steps: int = 600, final_channels: int | None = None, order: int = 1, guard: str = "earlystop",
+               population: int = 10, sample: int = 3, max_candidates: int | None = None,
+               genotype: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
+    final training, export and measurement."""
+    from tensorfold.runtime.devices import get_device
+    from tensorfold.search.nas.latency import OpLatencyTable
+
+    start = time.perf_counter()
+    if genotype is not None:
+        from tensorfold.search.nas.space import load_genotype
+
+        load_genotype(genotype)       # a bad file fails before any data is loaded
+    if strategy not in STRATEGIES:
+        raise TensorfoldError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
+    objectives = parse_nas_objectives(objectives)
+    if strategy == "darts" and objectives != ("accuracy",):
+        raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
+                              f"{','.join(objectives)}")
+    if not budget_minutes > 0:
+        raise TensorfoldError(f"--budget-minutes must be > 0 (got {budget_minutes})")
+    dev = get_device(device, provider, threads) if device else None
+    out_dir = Path(output_dir) if output_dir else None
+    for p in ([Path(output).parent] if output else []) + ([out_dir.parent] if out_dir else []):
+        if str(p) and not p.is_dir():
+            raise TensorfoldError(f"output folder {p} does not exist")
+    teacher_model = _load_teacher(teacher)
+    if threads:
+        torch.set_num_threads(threads)
+    split, desc = load_split(data, train_size, val_size, seed)
+    cfg = NetConfig(channels=channels, layers=layers)
+    budget_s = budget_minutes * 60
+    host_table = OpLatencyTable(provider, threads)
+    device_table = OpLatencyTable(device=dev) if dev is not None else None
+    deadline = start + budget_s
+    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline)
+    rng = seeded_rng(seed)
+    darts_info = None
+    if genotype is not None:
+        from tensorfold.search.nas.space import load_genotype
+
+        given = load_genotype(genotype)
+        strategy = "given"
+        candidates = [Scored(0, given, [], scorer.metrics(Network(given, cfg)), 0.0)]
+    elif strategy == "darts":
+        from tensorfold.search.nas.darts import darts_search
+
+        tx, ty, _, _ = split
+        res = darts_search(tx, ty, cfg, nodes=nodes, budget_s=budget_s - (time.perf_counter() - start), order=order,
+                           guard=guard, seed=seed, progress=progress)
+        darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
+                      "guard": guard, "order": order, "peak_memory_mb": round(res.peak_memory_mb, 1),
+                      "seconds": round(res.seconds, 1)}
+        candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
+    else:
+        scorer.check_budget(budget_s - (time.perf_counter() - start))
+        if strategy == "random":
+            candidates = random_search(scorer, deadline, rng, nodes, max_candidates)
+        elif len(objectives) == 1:
+            candidates = aging_evolution(scorer, deadline, rng, nodes, objectives, population, sample, max_candidates)
+        else:
+            candidates = nsga2_search(scorer, deadline, seed, nodes, objectives, population, max_candidates)
+    host_table.save()
+    if device_table is not None:
+        device_table.save()
+    search_seconds = time.perf_counter() - start
+    if not candidates:
+        raise TensorfoldError("the budget ended before any candidate was scored; raise --budget-minutes")
+    front, chosen = _choose(candidates, objectives)
+    final = train_final(chosen.genotype, NetConfig(channels=final_channels or channels, layers=layers), data,
+                        final_steps, seed, teacher_model, provider, threads, dev, progress)
+    report = {
+        "strategy": strategy + (f" (order {order}, guard {guard})" if strategy == "darts" else
+                                " (aging evolution)" if strategy == "evolution" and len(objectives) == 1 else
+                                " (NSGA-II)" if strategy == "evolution" else ""),
+        "objectives": list(objectives), "data": desc, "budget_minutes": budget_minutes,
+        "search_seconds": round(search_seconds, 1), "candidates": len(candidates),
+        "proxy": (f"accuracy on {len(split[2])} held-out training images after {proxy_steps} SGD steps from scratch "
+                  f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
+                 f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)",
+        "space": {"channels": channels, "layers": layers, "nodes": nodes, "ops": "DARTS ops + conv 3x3/5x5"},
+        "latency": {"host": f"{provider} measured (op table)", "device": dev.name if dev else None},
+        "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
+        "final": final, "seconds": None,
+    }
+    if output:
+        from tensorfold.graph.io import save_model
+
+        save_model(final.pop("_model"), output)
+        report["output"] = str(output)
+    if out_dir is not None:
+        _write_dir(out_dir, report, candidates, front, final, objectives, dev)
+    final.pop("_model", None)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    if out_dir is not None:
+        from tensorfold.search.config import write_text_atomic
+
+        write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _load_teacher(teacher):
+    if teacher is None:
+        return None
+    from tensorfold.graph.io import load_model
+
+    model = load_model(teacher)
+    inits = {t.name for t in model.graph.initializer}
+    ins = [v for v in model.graph.input if v.name not in inits]
+    dims = [d.dim_value for d in ins[0].type.tensor_type.shape.dim] if ins else []
+    if len(ins) != 1 or dims[1:] not in ([*IMAGE], [0, 0, 0]):
+        raise TensorfoldError(f"--teacher {teacher} takes {dims[1:] or 'no'} inputs; the searched networks take "
+                              f"{list(IMAGE)} images")
+    return model
+
+
+def _choose(candidates, objectives):
+    from tensorfold.search.pareto import front as pareto_front
+
+    if len(candidates) == 1 or not candidates[0].values:
+        return candidates, candidates[0]
+    front = pareto_front(candidates, objectives)
+    # the front's most accurate point, or the best on the single objective
+    key = "accuracy" if "accuracy" in objectives else objectives[0]
+    sign = 1 if DIRECTIONS[key] == "maximize" else -1
+    return front, max(front, key=lambda s: sign * s.metrics[key])
+
+
+def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
+                threads: int, dev, progress: bool) -> dict:
+    """Train on the whole training split, test on the test split (never seen by the search)."""
+    from tensorfold.bench.datasets import load_data, prepare_inputs
+    from tensorfold.graph.stats import model_stats
+    from tensorfold.runtime.devices import predict_seconds
+    from tensorfold.runtime.evaluation import evaluate_onnx
+    from tensorfold.runtime.latency import measure
+
+    x, y, _ = load_data(data, "train", IMAGE[1:], IMAGE[0])
+    x = prepare_inputs(x, [1, *IMAGE], None)
+    teacher = None
+    if teacher_model is not None:
+        from tensorfold.recovery.distill import OnnxTeacher
+
+        teacher = OnnxTeacher(teacher_model, [], threads)
+    net = Network(genotype, cfg)
+    t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress)
+    model = onnx_of(net)
+    out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
+           "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}
+    try:
+        xt, yt, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
+        out["test_accuracy"] = evaluate_onnx(model, prepare_inputs(xt, [1, *IMAGE], None), yt, threads=threads)
+    except TensorfoldError:
+        out["test_accuracy"] = None       # data with no test split
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, *IMAGE)).astype(np.float32)}
+    out["params"] = net_params(net)
+    out["flops"] = model_stats(model, {"input": [1, *IMAGE]}).flops
+    out["host_ms"] = measure(model, feeds, provider, threads, warmup=5, runs=50).median
+    if dev is not None:
+        out["device"] = dev.name
+        out["device_ms"] = predict_seconds(model, {"input": [1, *IMAGE]}, dev) * 1e3
+    out["_model"] = model
+    return out
+
+
+def _write_dir(out_dir: Path, report, candidates, front, final, objectives, dev) -> None:
+    from tensorfold.graph.io import save_model
+    from tensorfold.search.config import write_text_atomic
+
+    out_dir.mkdir(exist_ok=True)
+    if "_model" in final:
+        report["model"] = str(save_model(final["_model"], out_dir / "model.onnx"))
+    write_text_atomic(out_dir / "genotype.json", json.dumps({"genotype": final["genotype"]}, indent=2))
+    write_text_atomic(out_dir / "candidates.json", json.dumps([c.as_dict() for c in candidates], indent=2))
+    plot = plot_nas(candidates, front, out_dir / "front.png", dev.name if dev else None)
+    report["plot"] = str(plot) if plot else None
+
+
+def plot_nas(candidates, front, path: Path, device: str | None) -> Path | None:
+    """Accuracy against host-measured latency, and against the device's predicted latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [c for c in candidates if "accuracy" in c.metrics]
+    if not scored:
+        return None
+    keys = [("host_ms", "host latency, measured (ms)")] + ([("device_ms", f"{device} latency, predicted (ms)")]
+                                                          if device else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    on_front = {c.number for c in front}
+    for ax, (key, label) in zip(axes[0], keys):
+        ax.scatter([c.metrics[key] for c in scored], [c.metrics["accuracy"] for c in scored], s=12, color="0.6",
+                   label="candidates")
+        f = [c for c in scored if c.number in on_front]
+        ax.scatter([c.metrics[key] for c in f], [c.metrics["accuracy"] for c in f], s=30, color="tab:red",
+                   label="front", zorder=3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("proxy accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,107 @@
+"""Discrete search strategies over genotypes, all driven by one `evaluate(genotype) -> Scored`
+within a wall-clock deadline:
+
+  random     genotypes drawn uniformly (Li & Talwalkar 2019: the baseline every NAS result needs);
+  evolution  one objective: aging (regularized) evolution, Real et al. 2019 (population P, tournament
+             of S, the child of the best replaces the oldest); several objectives: NSGA-II through
+             Optuna's ask/tell, the genotype's ops and inputs as categorical parameters.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+
+from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, mutate, random_genotype
+from tensorfold.search.objectives import DIRECTIONS
+
+_COMPLETE = SimpleNamespace(name="COMPLETE")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class Scored:
+    """One evaluated genotype, shaped like an Optuna trial for search/pareto.py."""
+
+    number: int
+    genotype: Genotype
+    values: list[float]
+    metrics: dict
+    seconds: float
+    user_attrs: dict = field(default_factory=dict)
+
+    @property
+    def state(self) -> SimpleNamespace:
+        return _COMPLETE
+
+    def as_dict(self) -> dict:
+        return {"number": self.number, "genotype": self.genotype.as_dict(), "metrics": self.metrics,
+                "seconds": round(self.seconds, 2)}
+
+
+def _score(values, objectives) -> float:
+    """One number to rank by for single-objective strategies (higher is better)."""
+    v = values[0]
+    return v if DIRECTIONS[objectives[0]] == "maximize" else -v
+
+
+def random_search(evaluate, deadline: float, rng, nodes: int, max_candidates: int | None = None) -> list[Scored]:
+    out = []
+    while time.perf_counter() < deadline and (max_candidates is None or len(out) < max_candidates):
+        out.append(evaluate(random_genotype(rng, nodes)))
+    return out
+
+
+def aging_evolution(evaluate, deadline: float, rng, nodes: int, objectives, population: int = 10,
+                    sample: int = 3, max_candidates: int | None = None) -> list[Scored]:
+    history: list[Scored] = []
+    alive: collections.deque[Scored] = collections.deque()
+
+    def more():
+        return time.perf_counter() < deadline and (max_candidates is None or len(history) < max_candidates)
+
+    while len(alive) < population and more():
+        s = evaluate(random_genotype(rng, nodes))
+        alive.append(s)
+        history.append(s)
+    while more():
+        picks = [alive[i] for i in rng.choice(len(alive), size=min(sample, len(alive)), replace=False)]
+        parent = max(picks, key=lambda s: _score(s.values, objectives))
+        child = evaluate(mutate(parent.genotype, rng))
+        alive.append(child)
+        history.append(child)
+        alive.popleft()             # aging: the oldest dies, not the worst
+    return history
+
+
+def genotype_from_trial(trial, nodes: int) -> Genotype:
+    cells = {}
+    for kind in ("normal", "reduce"):
+        cell = []
+        for k in range(nodes):
+            cell.append(tuple((trial.suggest_categorical(f"{kind}{k}.op{e}", DISCRETE_OPS),
+                               trial.suggest_int(f"{kind}{k}.in{e}", 0, k + 1)) for e in range(2)))
+        cells[kind] = tuple(cell)
+    return Genotype(cells["normal"], cells["reduce"])
+
+
+def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, population: int = 10,
+                 max_candidates: int | None = None, sampler=None) -> list[Scored]:
+    study = optuna.create_study(directions=[DIRECTIONS[o] for o in objectives],
+                                sampler=sampler or optuna.samplers.NSGAIISampler(population_size=population, seed=seed))
+    out = []
+    while time.perf_counter() < deadline and (max_candidates is None or len(out) < max_candidates):
+        trial = study.ask()
+        s = evaluate(genotype_from_trial(trial, nodes))
+        study.tell(trial, s.values)
+        out.append(s)
+    return out
+
+
+def seeded_rng(seed: int):
+    return np.random.default_rng(seed)
