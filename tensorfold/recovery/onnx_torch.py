@@ -418,7 +418,7 @@ def _identity(node, x, *_):
 def _constant_of_shape(node, shape):
     value = attr(node, "value")
     arr = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
-    return torch.full(_ints(shape), float(arr.reshape(-1)[0]), dtype=torch.from_numpy(arr).dtype)
+    return torch.full(_ints(shape), float(arr.reshape(-1)[0]), dtype=torch.from_numpy(np.array(arr)).dtype)
 
 
 @op("Range")

@@ -180,9 +180,11 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
             w_opt.step()
             step += 1
             elapsed = time.perf_counter() - start
-            if epoch == 1 and k == 2:
+            if epoch == 1 and k < 2 and k < steps_per_epoch - 1:
+                continue
+            if epoch == 1 and k == min(2, steps_per_epoch - 1):
                 # a budget that cannot hold one epoch is refused before it is spent
-                estimate = (time.perf_counter() - t0) / 3 * steps_per_epoch
+                estimate = (time.perf_counter() - t0) / (k + 1) * steps_per_epoch
                 if estimate > budget_s:
                     bar.close()
                     raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small for one DARTS epoch "

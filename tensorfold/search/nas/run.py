@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.space import Genotype, NetConfig, Network, export_network, genotype_from_dict
+from tensorfold.search.nas.space import Genotype, NetConfig, Network, genotype_from_dict
 from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search, seeded_rng
 from tensorfold.search.nas.train import accuracy, train_network
 from tensorfold.search.objectives import DIRECTIONS
@@ -202,14 +202,14 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
         "final": final, "seconds": None,
     }
+    model = final.pop("_model")
     if output:
         from tensorfold.graph.io import save_model
 
-        save_model(final.pop("_model"), output)
+        save_model(model, output)
         report["output"] = str(output)
     if out_dir is not None:
-        _write_dir(out_dir, report, candidates, front, final, objectives, dev)
-    final.pop("_model", None)
+        _write_dir(out_dir, report, candidates, front, final, model, dev)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
         from tensorfold.search.config import write_text_atomic
@@ -282,13 +282,12 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
     return out
 
 
-def _write_dir(out_dir: Path, report, candidates, front, final, objectives, dev) -> None:
+def _write_dir(out_dir: Path, report, candidates, front, final, model, dev) -> None:
     from tensorfold.graph.io import save_model
     from tensorfold.search.config import write_text_atomic
 
     out_dir.mkdir(exist_ok=True)
-    if "_model" in final:
-        report["model"] = str(save_model(final["_model"], out_dir / "model.onnx"))
+    report["model"] = str(save_model(model, out_dir / "model.onnx"))
     write_text_atomic(out_dir / "genotype.json", json.dumps({"genotype": final["genotype"]}, indent=2))
     write_text_atomic(out_dir / "candidates.json", json.dumps([c.as_dict() for c in candidates], indent=2))
     plot = plot_nas(candidates, front, out_dir / "front.png", dev.name if dev else None)

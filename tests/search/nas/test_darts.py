@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.search.nas import darts
+from tensorfold.search.nas.darts import darts_search
+from tensorfold.search.nas.space import Genotype, NetConfig
+
+CFG = NetConfig(channels=4, layers=3)
+
+
+def _data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32) * 0.1
+    x[np.arange(n), 0, y, y] += 3.0            # a learnable signal: the label is where the bright pixel is
+    return x, y
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_first_and_second_order_search_move_alpha_and_derive(order):
+    x, y = _data(128)
+    res = darts_search(x, y, CFG, epochs=2, batch=32, order=order, guard="none", budget_s=300, progress=False)
+    assert isinstance(res.genotype, Genotype) and res.epochs == 2 and res.steps == 2 * (64 // 32)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert res.peak_memory_mb < 4096
+
+
+def test_earlystop_guard_returns_the_genotype_before_skips_dominate(monkeypatch):
+    """DARTS+ criterion: once the normal cell holds SKIP_LIMIT skips, stop and keep the previous epoch's cell."""
+    clean = Genotype(((("conv_3x3", 0), ("sep_conv_3x3", 1)),) * 3, ((("conv_3x3", 0), ("conv_3x3", 1)),) * 3)
+    collapsed = Genotype(((("skip_connect", 0), ("skip_connect", 1)),) * 3, clean.reduce)
+    sequence = iter([clean, clean, clean, collapsed, collapsed])
+    monkeypatch.setattr(darts.SuperNet, "genotype", lambda self: next(sequence))
+    x, y = _data(128)
+    res = darts_search(x, y, CFG, epochs=10, batch=32, guard="earlystop", budget_s=300, progress=False)
+    assert res.genotype == clean and res.epochs == 3
+    assert "collapse guard" in res.stopped and res.history[-1]["skips_normal"] == 6
+    sequence = iter([clean, clean, clean, collapsed, collapsed])
+    unguarded = darts_search(x, y, CFG, epochs=4, batch=32, guard="none", budget_s=300, progress=False)
+    assert unguarded.genotype == collapsed
+
+
+def test_aux_skip_guard_decays_beta(monkeypatch):
+    seen = []
+    real = darts.SuperNet.genotype
+
+    def spy(self):
+        seen.append(self.beta[0])
+        return real(self)
+    monkeypatch.setattr(darts.SuperNet, "genotype", spy)
+    x, y = _data(128)
+    darts_search(x, y, CFG, epochs=3, batch=32, guard="aux-skip", budget_s=300, progress=False)
+    assert seen[1:] == pytest.approx([1.0, 2 / 3, 1 / 3])
+
+
+def test_a_budget_below_one_epoch_is_refused():
+    x, y = _data(2048)
+    with pytest.raises(TensorfoldError, match="too small for one DARTS epoch"):
+        darts_search(x, y, CFG, epochs=1, batch=32, budget_s=0.01, progress=False)

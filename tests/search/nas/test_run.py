@@ -1,0 +1,94 @@
+"""search nas and pipeline from the command line: outputs, measurements, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tensorfold.runtime.sessions import make_session
+from tensorfold.search.nas.latency import OpLatencyTable
+from tensorfold.search.nas.space import NetConfig, Network, random_genotype
+from tests.bench.test_bench_suite import needs_data
+from tests.search.conftest import DEMO
+from tests.test_cli import assert_user_error, invoke
+
+TINY = ["--train-size", "400", "--val-size", "200", "--proxy-steps", "5", "--final-steps", "60", "--channels", "4",
+        "--layers", "3", "--threads", "1"]
+
+
+def test_op_latency_table_is_cached_on_disk(tmp_path):
+    net = Network(random_genotype(np.random.default_rng(0)), NetConfig(channels=4, layers=3))
+    table = OpLatencyTable(threads=1, cache_dir=tmp_path, runs=3)
+    ms = table.network_ms(net, (1, 28, 28))
+    assert ms > 0 and table.new > 5
+    table.save()
+    again = OpLatencyTable(threads=1, cache_dir=tmp_path, runs=3)
+    assert again.network_ms(net, (1, 28, 28)) == ms and again.new == 0
+
+
+@needs_data
+def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
+    out = tmp_path / "nas"
+    code, text = invoke("search", "nas", "--strategy", "evolution", "--objectives", "accuracy,latency",
+                        "--device", "rx580", "--budget-minutes", "0.25", "--output-dir", out, "-o",
+                        tmp_path / "net.onnx", "--json", *TINY)
+    assert code == 0, text
+    report = json.loads(text[text.index("{"):])
+    assert report["strategy"] == "evolution (NSGA-II)" and report["candidates"] >= 2
+    final = report["final"]
+    assert 0.3 < final["test_accuracy"] <= 1 and final["params"] > 0 and final["flops"] > 0
+    assert final["host_ms"] > 0 and final["device"] == "rx580" and final["device_ms"] > 0
+    for name in ("model.onnx", "genotype.json", "candidates.json", "front.png", "report.json"):
+        assert (out / name).exists(), name
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    assert make_session(str(tmp_path / "net.onnx")).run(None, {"input": x})[0].shape == (2, 10)
+    # the written genotype replays without a search
+    code, text = invoke("search", "nas", "--genotype", out / "genotype.json", "--budget-minutes", "1", *TINY)
+    assert code == 0, text
+    assert "given" in text and json.loads((out / "genotype.json").read_text())["genotype"]["normal"]
+
+
+@needs_data
+def test_darts_from_the_cli_reports_its_guard(tmp_path):
+    code, text = invoke("search", "nas", "--strategy", "darts", "--budget-minutes", "0.3", "--json", *TINY)
+    assert code == 0, text
+    report = json.loads(text[text.index("{"):])
+    assert report["darts"]["guard"] == "earlystop" and report["darts"]["epochs"] >= 1
+    assert report["final"]["test_accuracy"] > 0.3
+
+
+@needs_data
+def test_pipeline_runs_every_stage(tmp_path):
+    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "0.2",
+                        "--final-steps", "20", "--final-channels", "4", "--recover-steps", "5", "--threads", "1",
+                        "--output-dir", tmp_path / "p", "--json")
+    assert code == 0, text
+    report = json.loads(text[text.index("{"):])
+    assert [s["stage"].split(" ")[0] for s in report["stages"]] == ["teacher", "NAS,", "decomposed", "recovered"]
+    assert all(s["test_accuracy"] > 0.1 and s["host_ms"] > 0 for s in report["stages"])
+    assert (tmp_path / "p" / "recovered.onnx").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--genotype", "BAD"], "unknown op 'warp'"),
+    (["--device", "gameboy"], "unknown device 'gameboy'"),
+    (["--objectives", "accuracy,beauty"], "unknown NAS objective(s) beauty"),
+    (["--strategy", "darts", "--objectives", "accuracy,params"], "DARTS optimizes accuracy alone"),
+    (["--budget-minutes", "0"], "--budget-minutes must be > 0"),
+    (["--teacher", str(DEMO.with_name("nope.onnx"))], "nope.onnx"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"normal": [[["warp", 0], ["conv_3x3", 1]]], "reduce": [[["conv_3x3", 0],
+                                                                                      ["conv_3x3", 1]]]}))
+    args = [str(bad) if a == "BAD" else a for a in args]
+    code, text = invoke("search", "nas", *args)
+    assert_user_error(code, text, message)
+
+
+@needs_data
+def test_a_budget_too_small_for_one_candidate_is_refused(tmp_path):
+    code, text = invoke("search", "nas", "--budget-minutes", "0.001", "--proxy-steps", "500")
+    assert_user_error(code, text, "too small to train one candidate")
