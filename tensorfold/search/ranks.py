@@ -111,6 +111,8 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
                                or target_latency is not None, population)
     name = study or f"{Path(model_path).stem}-{'-'.join(objectives)}"
     the_study = open_study(open_storage(storage), name, [DIRECTIONS[o] for o in objectives], meta, opt_sampler)
+    if "tensorfold.baseline" not in the_study.user_attrs:
+        the_study.set_user_attr("tensorfold.baseline", baseline)    # what fronts of this study are normalized by
 
     def objective(trial):
         try:
