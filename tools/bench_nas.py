@@ -48,6 +48,7 @@ def one(label, seed, extra, args, work: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tensorfold.cli", "search", "nas", *extra, "--seed", str(seed), "--threads", "1",
            "--budget-minutes", str(args.budget_minutes), "--final-steps", str(args.final_steps),
+           "--proxy-steps", str(args.proxy_steps),
            "--data", args.data, "--output-dir", str(d), "--json"] + ([] if "--device" in extra else ["--device", "rx580"])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
@@ -103,6 +104,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-minutes", type=float, default=3.0)
     ap.add_argument("--final-steps", type=int, default=800)
+    ap.add_argument("--proxy-steps", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--data", default="fashion-mnist")
@@ -117,13 +119,13 @@ def main():
     ref = reference_ms()
     lines = ["# Architecture search on Fashion-MNIST", "",
              f"Command: `.venv/bin/python tools/bench_nas.py --budget-minutes {args.budget_minutes:g} --seeds "
-             f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps}`  ",
+             f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps} --proxy-steps {args.proxy_steps}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} runs side by side, each "
              f"single-threaded (torch and onnxruntime), CPU only  ",
              f"Date: {datetime.date.today().isoformat()}", "",
              f"Every run searches for {args.budget_minutes:g} min of wall-clock time on a subset of the training "
-             "split (evolution and random: 4000 images, candidates scored by accuracy on 1000 held-out training "
-             "images after 100 SGD steps from scratch, no weight sharing; DARTS: 1000 images, half for w and half "
+             f"split (evolution and random: 4000 images, candidates scored by accuracy on 1000 held-out training "
+             f"images after {args.proxy_steps} SGD steps from scratch, no weight sharing; DARTS: 1000 images, half for w and half "
              f"for alpha, first order), then trains the chosen network for {args.final_steps} SGD steps (batch 64, "
              "8 channels, 5 cells) on the full training split; test accuracy on the 10,000 test images. Latency: "
              "host measured by onnxruntime's CPU provider at batch 1, rx580 predicted by the roofline device model.",
