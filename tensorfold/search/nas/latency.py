@@ -1,8 +1,10 @@
 """Latency of a discrete network from a table per op and input shape (as FBNet and ProxylessNAS
 do): each block (stem, cell preprocessing, each edge's op, classifier) is exported alone, measured
 once on the host provider or predicted by a device's roofline, and cached on disk. A network's
-latency is the sum over its blocks; the sums and concatenations between blocks are left out, so
-the table ranks candidates and the final network is also measured whole."""
+latency is one inference call's fixed cost plus each block's time without it (a block timed
+alone pays the call's cost too: summed over 42 blocks that was two thirds of an rx580 estimate);
+the sums and concatenations between blocks are left out, so the table ranks candidates and the
+final network is also measured whole."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ class OpLatencyTable:
         from tensorfold.bench.real_models import cache_dir as default_cache
 
         self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
-        where = f"nas-{device.name}" if device else f"nas-{provider}-t{threads}-{_host_key(provider, threads)}"
+        where = f"nas2-{device.name}" if device else f"nas2-{provider}-t{threads}-{_host_key(provider, threads)}"
         self.path = (cache_dir or default_cache() / "latency") / f"{where}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():
@@ -79,8 +81,25 @@ class OpLatencyTable:
             self.new += 1
         return self.entries[sig]
 
+    def call_ms(self) -> float:
+        """The fixed cost of one inference call: the device's, or a one-element Identity measured."""
+        if self.device is not None:
+            return self.device.run_overhead_s * 1e3
+        if "__call__" not in self.entries:
+            from onnx import TensorProto, helper
+
+            graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call",
+                                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+                                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            self.entries["__call__"] = measure(model, {"input": np.zeros(1, np.float32)}, self.provider, self.threads,
+                                               warmup=3, runs=self.runs).median
+            self.new += 1
+        return self.entries["__call__"]
+
     def network_ms(self, net: nn.Module, image: tuple[int, int, int]) -> float:
-        return sum(self.block_ms(sig, mod, shape) for sig, mod, shape in blocks(net, image))
+        call = self.call_ms()
+        return call + sum(max(0.0, self.block_ms(sig, mod, shape) - call) for sig, mod, shape in blocks(net, image))
 
     def save(self) -> None:
         if not self.new:

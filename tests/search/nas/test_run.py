@@ -92,3 +92,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 def test_a_budget_too_small_for_one_candidate_is_refused(tmp_path):
     code, text = invoke("search", "nas", "--budget-minutes", "0.001", "--proxy-steps", "500")
     assert_user_error(code, text, "too small to train one candidate")
+
+
+def test_op_table_estimate_is_close_to_the_whole_graph_prediction(tmp_path):
+    """Each block pays one call's fixed cost only once in the sum: the table agrees with the device
+    model run on the whole exported network, less the adds and concatenations it leaves out."""
+    from tensorfold.runtime.devices import get_device, predict_seconds
+    from tensorfold.search.nas.run import onnx_of
+
+    dev = get_device("rx580")
+    net = Network(random_genotype(np.random.default_rng(3)), NetConfig())
+    table = OpLatencyTable(device=dev, cache_dir=tmp_path)
+    whole = predict_seconds(onnx_of(net), {"input": [1, 1, 28, 28]}, dev) * 1e3
+    assert 0.7 * whole < table.network_ms(net, (1, 28, 28)) <= whole
