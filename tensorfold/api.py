@@ -73,8 +73,10 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                       progress=progress, seed=seed)
     latency = None
     if hardware_aware or max_error is not None or target_latency is not None or speedup is not None:
-        result, latency = _hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
-                                          max_error, target_latency, speedup, seed)
+        from tensorfold.runtime.hardware_aware import optimize_hardware_aware
+
+        result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
+                                                  max_error, target_latency, speedup, seed)
     else:
         result = chosen(model, ctx)
     rewritten = result.model
@@ -95,77 +97,6 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads, max_error, target_latency,
-                    speedup, seed):
-    """Plan by measured (or predicted) latency, then make sure the whole model got faster."""
-    from tensorfold.graph.shapes import concrete_shapes
-    from tensorfold.runtime.devices import get_device, predict_seconds
-    from tensorfold.runtime.hardware_aware import HardwareTarget
-    from tensorfold.runtime.latency import compare, measure
-    from tensorfold.runtime.latency_table import LatencyTable
-
-    if max_error is not None and not max_error > 0:
-        raise TensorfoldError(f"--max-error must be > 0 (got {max_error})")
-    if speedup is not None and not speedup > 0:
-        raise TensorfoldError(f"--speedup must be > 0 (got {speedup})")
-    if target_latency is not None and not target_latency > 0:
-        raise TensorfoldError(f"--target-latency must be > 0 ms (got {target_latency})")
-    if speedup is not None and target_latency is not None:
-        raise TensorfoldError("choose one of --target-latency and --speedup")
-    dev = get_device(device, provider, threads) if device else None
-    feeds = random_inputs(model, input_shapes, seed)
-
-    def model_ms(m):
-        if dev is not None:
-            return predict_seconds(m, input_shapes, dev) * 1e3
-        return measure(m, feeds, provider, threads, warmup=5, runs=30).median
-
-    def speed_ratio(candidate):
-        """How many times faster `candidate` is than the normalized input (interleaved runs)."""
-        if dev is not None:
-            return model_ms(model) / model_ms(candidate)
-        return compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
-
-    base_ms = model_ms(model)
-    needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
-    target = HardwareTarget(LatencyTable(provider, threads, dev), model, concrete_shapes(model, input_shapes, needed),
-                            multiple=16 if (dev is not None or provider not in ("cpu", "CPUExecutionProvider")) else 8,
-                            max_error=max_error, target_ms=target_latency or (base_ms / speedup if speedup else None),
-                            model_ms=base_ms)
-    ctx.planner = target
-    result = chosen(model, ctx)
-    ratio = speed_ratio(result.model) if result.modified else 1.0
-    # fail over to the input's layers where the model is not faster: drop the half of the
-    # rewritten layers that gained least in isolation, at most three times
-    for _ in range(3):
-        if ratio >= 1.0 or not result.rewritten:
-            break
-        gains = sorted(result.rewritten, key=lambda r: _gain(target, r))
-        target.exclude.update(r.node for r in gains[: max(1, len(gains) // 2)])
-        result = chosen(model, ctx)
-        ratio = speed_ratio(result.model) if result.modified else 1.0
-        result.notes.append(f"whole model not faster: returned {len(target.exclude)} layer(s) to the input's form")
-    if ratio < 1.0 and result.modified:
-        from tensorfold.passes.base import PassResult
-        from tensorfold.passes.layers import Skip
-
-        skipped = result.skipped + [Skip(r.node, r.op, "hardware-aware: the factorized model was not faster")
-                                    for r in result.rewritten]
-        result = PassResult(model, False, [], skipped, result.notes + [
-            "no faster factorized model found: the output keeps the input's layers"], result.eligible_params)
-        ratio = 1.0
-    latency = {"target": f"device {dev.name} (predicted)" if dev is not None else f"provider {provider} (measured)",
-               "input_ms": round(base_ms, 4), "speedup": round(ratio, 4),
-               "max_error": max_error, "target_latency_ms": target_latency, "speedup_asked": speedup}
-    return result, latency
-
-
-def _gain(target, record) -> float:
-    layer_ms, timed = target.timings.get(record.node, (0.0, []))
-    chosen = [t.ms for t in timed if list(t.ranks)[-len(record.ranks):] == record.ranks]
-    return layer_ms - (min(chosen) if chosen else layer_ms)
 
 
 def _check_config_alone(spec: RankSpec, method: str, hardware_aware: bool) -> None:

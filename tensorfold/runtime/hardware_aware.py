@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from tensorfold.decompose.ranks import Option, allocate_budget
-from tensorfold.errors import DecompositionError
+from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import GraphIndex
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.factorize import FactorizePass, relative_error
@@ -153,3 +153,74 @@ def _spread(pass_: FactorizePass, layer: Layer) -> list[tuple]:
 
 def model_opset(model: onnx.ModelProto) -> int:
     return max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=17)
+
+
+# --- the whole run: plan by latency, then make sure the model got faster --------------------------
+
+def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads, max_error, target_latency,
+                            speedup, seed):
+    """Plan by measured (or predicted) latency, then make sure the whole model got faster."""
+    from tensorfold.graph.shapes import concrete_shapes
+    from tensorfold.passes.base import PassResult
+    from tensorfold.passes.layers import Skip
+    from tensorfold.runtime.devices import get_device, predict_seconds
+    from tensorfold.runtime.inputs import random_inputs
+    from tensorfold.runtime.latency import compare, measure
+
+    if max_error is not None and not max_error > 0:
+        raise TensorfoldError(f"--max-error must be > 0 (got {max_error})")
+    if speedup is not None and not speedup > 0:
+        raise TensorfoldError(f"--speedup must be > 0 (got {speedup})")
+    if target_latency is not None and not target_latency > 0:
+        raise TensorfoldError(f"--target-latency must be > 0 ms (got {target_latency})")
+    if speedup is not None and target_latency is not None:
+        raise TensorfoldError("choose one of --target-latency and --speedup")
+    dev = get_device(device, provider, threads) if device else None
+    feeds = random_inputs(model, input_shapes, seed)
+
+    def model_ms(m):
+        if dev is not None:
+            return predict_seconds(m, input_shapes, dev) * 1e3
+        return measure(m, feeds, provider, threads, warmup=5, runs=30).median
+
+    def speed_ratio(candidate):
+        """How many times faster `candidate` is than the normalized input (interleaved runs)."""
+        if dev is not None:
+            return model_ms(model) / model_ms(candidate)
+        return compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
+
+    base_ms = model_ms(model)
+    needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
+    target = HardwareTarget(LatencyTable(provider, threads, dev), model, concrete_shapes(model, input_shapes, needed),
+                            multiple=16 if (dev is not None or provider not in ("cpu", "CPUExecutionProvider")) else 8,
+                            max_error=max_error, target_ms=target_latency or (base_ms / speedup if speedup else None),
+                            model_ms=base_ms)
+    ctx.planner = target
+    result = chosen(model, ctx)
+    ratio = speed_ratio(result.model) if result.modified else 1.0
+    # fail over to the input's layers where the model is not faster: drop the half of the
+    # rewritten layers that gained least in isolation, at most three times
+    for _ in range(3):
+        if ratio >= 1.0 or not result.rewritten:
+            break
+        gains = sorted(result.rewritten, key=lambda r: _gain(target, r))
+        target.exclude.update(r.node for r in gains[: max(1, len(gains) // 2)])
+        result = chosen(model, ctx)
+        ratio = speed_ratio(result.model) if result.modified else 1.0
+        result.notes.append(f"whole model not faster: returned {len(target.exclude)} layer(s) to the input's form")
+    if ratio < 1.0 and result.modified:
+        skipped = result.skipped + [Skip(r.node, r.op, "hardware-aware: the factorized model was not faster")
+                                    for r in result.rewritten]
+        result = PassResult(model, False, [], skipped, result.notes + [
+            "no faster factorized model found: the output keeps the input's layers"], result.eligible_params)
+        ratio = 1.0
+    latency = {"target": f"device {dev.name} (predicted)" if dev is not None else f"provider {provider} (measured)",
+               "input_ms": round(base_ms, 4), "speedup": round(ratio, 4),
+               "max_error": max_error, "target_latency_ms": target_latency, "speedup_asked": speedup}
+    return result, latency
+
+
+def _gain(target, record) -> float:
+    layer_ms, timed = target.timings.get(record.node, (0.0, []))
+    chosen = [t.ms for t in timed if list(t.ranks)[-len(record.ranks):] == record.ranks]
+    return layer_ms - (min(chosen) if chosen else layer_ms)
