@@ -113,6 +113,10 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     the_study = open_study(open_storage(storage), name, [DIRECTIONS[o] for o in objectives], meta, opt_sampler)
     if "tensorfold.baseline" not in the_study.user_attrs:
         the_study.set_user_attr("tensorfold.baseline", baseline)    # what fronts of this study are normalized by
+    before = len(the_study.trials)
+    if not before and rank_space.mode == "per-layer":
+        # the input itself is the first trial: the front always holds a point no worse than the input
+        the_study.enqueue_trial(rank_space.keep_all_params())
 
     def objective(trial):
         try:
@@ -138,7 +142,6 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason) from exc
 
-    before = len(the_study.trials)
     interrupted = False
     try:
         the_study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialFailed,),

@@ -124,6 +124,14 @@ class RankSpace:
                 plan[opts.name] = (c.method, *c.ranks)
         return plan
 
+    def keep_all_params(self) -> dict:
+        """Per-layer trial parameters that keep every layer: the input model as a trial."""
+        out = {}
+        for opts in self.layers:
+            out[f"{opts.name}.method"] = "keep"
+            out[f"{opts.name}.size"] = 1.0
+        return out
+
     def max_ratio(self, method: str) -> float:
         smallest = sum(self._ladder(o, method)[1].params for o in self.layers)
         return self.total_params / smallest
