@@ -442,11 +442,13 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
 @click.option("--guard", type=click.Choice(["earlystop", "aux-skip", "none"]), default="earlystop", show_default=True,
               help="DARTS collapse guard: DARTS+ early stop on skip dominance, or DARTS- auxiliary skip")
 @click.option("--population", type=int, default=10, show_default=True, help="evolution: population size")
+@click.option("--max-latency", type=float,
+              help="constraint: latency (ms; --device's prediction, else measured on the host) at most this")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider, threads, teacher, genotype, output,
                    output_dir, channels, layers, nodes, train_size, val_size, proxy_steps, final_steps, final_channels,
-                   order, guard, population, seed, as_json):
+                   order, guard, population, max_latency, seed, as_json):
     """Search a cell architecture on DATA, train it, export it to ONNX and measure it."""
     from tensorfold.search.nas.run import search_nas
 
@@ -454,7 +456,8 @@ def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider,
                         device=device, provider=provider, threads=threads, teacher=teacher, genotype=genotype,
                         output=output, output_dir=output_dir, channels=channels, layers=layers, nodes=nodes,
                         train_size=train_size, val_size=val_size, proxy_steps=proxy_steps, final_steps=final_steps,
-                        final_channels=final_channels, order=int(order), guard=guard, population=population, seed=seed,
+                        final_channels=final_channels, order=int(order), guard=guard, population=population,
+                        max_latency=max_latency, seed=seed,
                         progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

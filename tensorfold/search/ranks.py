@@ -28,6 +28,7 @@ from tensorfold.graph.verify import verify_models
 from tensorfold.passes.base import PassContext
 from tensorfold.runtime.inputs import load_inputs, parse_shapes, random_inputs, resolve_shapes
 from tensorfold.search.config import write_config, write_text_atomic
+from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
 from tensorfold.search.pareto import feasible, front, front_hypervolume, plot_front
 from tensorfold.search.space import RankSpace, decode_plan, encode_plan
@@ -46,20 +47,16 @@ def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, 
         raise TensorfoldError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
     if name == "auto":
         name = "tpe" if n_objectives == 1 else "nsga2"
-    cf = _constraints if constraints else None
+    cf = sampler_kwargs(constraints)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=cf, n_startup_trials=min(10, max(3, n_trials // 4)))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, n_trials // 4)), **cf)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=cf, n_startup_trials=min(10, max(3, n_trials // 4)))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(3, n_trials // 4)), **cf)
     if name == "nsga2":
         # a generation of ~1/5 of the trials: the default 50 would leave a 50-trial search all random
         size = population or max(6, min(50, n_trials // 5))
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cf, population_size=size)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=size, **cf)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _constraints(trial) -> list[float]:
-    return trial.user_attrs.get("constraints", [1.0])
 
 
 def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"), n_trials: int = 50,
@@ -134,7 +131,7 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
                 cons.append(values["error"] - max_error)
             if target_latency is not None:
                 cons.append(values["latency"] - target_latency)
-            trial.set_user_attr("constraints", cons)
+            record(trial, cons)
             trial.set_user_attr("layers_rewritten", len(result.rewritten))
             return tuple(values[o] for o in objectives)
         except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, the search goes on
@@ -197,7 +194,7 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
         "space": rank_space.describe(), "evaluation": evaluator.describe(), "baseline": baseline,
         "trials": {"total": len(trials), "this_run": len(mine), "complete": len(complete), "failed": len(failed),
                    "infeasible": sum(1 for t in complete if not feasible(t))},
-        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")}
+        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")}
                      for t in failed][:20],
         "seconds_per_trial": {"median": float(np.median(durations)) if durations else None,
                               "mean": float(np.mean(durations)) if durations else None},

@@ -58,10 +58,11 @@ class Scorer:
     (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
 
     def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 deadline: float):
+                 deadline: float, max_latency: float | None = None):
         self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
         self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
         self.host_table, self.device_table, self.deadline = host_table, device_table, deadline
+        self.max_latency = max_latency
         self.count = 0
 
     def metrics(self, net) -> dict:
@@ -81,6 +82,8 @@ class Scorer:
         train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count)
         m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
         s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start)
+        if self.max_latency is not None:       # <= 0 is feasible, as Optuna's constraints
+            s.user_attrs["constraints"] = [m["latency"] - self.max_latency]
         self.count += 1
         return s
 
@@ -119,7 +122,8 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
                nodes: int = 3, train_size: int = 4000, val_size: int = 1000, proxy_steps: int = 100,
                final_steps: int = 600, final_channels: int | None = None, order: int = 1, guard: str = "earlystop",
                population: int = 10, sample: int = 3, max_candidates: int | None = None,
-               genotype: str | os.PathLike | None = None, progress: bool = True) -> dict:
+               genotype: str | os.PathLike | None = None, max_latency: float | None = None,
+               progress: bool = True) -> dict:
     """genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
     final training, export and measurement."""
     from tensorfold.runtime.devices import get_device
@@ -136,6 +140,8 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     if strategy == "darts" and objectives != ("accuracy",):
         raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
                               f"{','.join(objectives)}")
+    if max_latency is not None and not max_latency > 0:
+        raise TensorfoldError(f"--max-latency must be > 0 ms (got {max_latency})")
     if not budget_minutes > 0:
         raise TensorfoldError(f"--budget-minutes must be > 0 (got {budget_minutes})")
     dev = get_device(device, provider, threads) if device else None
@@ -152,7 +158,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     host_table = OpLatencyTable(provider, threads)
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     deadline = start + budget_s
-    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline)
+    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline, max_latency)
     rng = seeded_rng(seed)
     darts_info = None
     if genotype is not None:
@@ -198,7 +204,8 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
                   f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
                  f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)",
         "space": {"channels": channels, "layers": layers, "nodes": nodes, "ops": "DARTS ops + conv 3x3/5x5"},
-        "latency": {"host": f"{provider} measured (op table)", "device": dev.name if dev else None},
+        "latency": {"host": f"{provider} measured (op table)", "device": dev.name if dev else None,
+                    "max_latency_ms": max_latency},
         "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
         "final": final, "seconds": None,
     }
@@ -236,9 +243,12 @@ def _load_teacher(teacher):
 def _choose(candidates, objectives):
     from tensorfold.search.pareto import front as pareto_front
 
-    if len(candidates) == 1 or not candidates[0].values:
+    if not candidates[0].values:          # DARTS or a given genotype: one network, nothing to choose
         return candidates, candidates[0]
     front = pareto_front(candidates, objectives)
+    if not front:
+        best = min(c.metrics["latency"] for c in candidates)
+        raise TensorfoldError(f"no candidate met --max-latency (the fastest of {len(candidates)} took {best:.3f} ms)")
     # the front's most accurate point, or the best on the single objective
     key = "accuracy" if "accuracy" in objectives else objectives[0]
     sign = 1 if DIRECTIONS[key] == "maximize" else -1

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 
 from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, mutate, random_genotype
+from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS
 
 _COMPLETE = SimpleNamespace(name="COMPLETE")
@@ -44,10 +45,11 @@ class Scored:
                 "seconds": round(self.seconds, 2)}
 
 
-def _score(values, objectives) -> float:
-    """One number to rank by for single-objective strategies (higher is better)."""
-    v = values[0]
-    return v if DIRECTIONS[objectives[0]] == "maximize" else -v
+def _score(s: Scored, objectives) -> tuple:
+    """What single-objective strategies rank by (higher is better): feasible first, then the objective."""
+    v = s.values[0]
+    violation = sum(max(0.0, c) for c in s.user_attrs.get("constraints", []))
+    return (-violation, v if DIRECTIONS[objectives[0]] == "maximize" else -v)
 
 
 def random_search(evaluate, deadline: float, rng, nodes: int, max_candidates: int | None = None) -> list[Scored]:
@@ -71,7 +73,7 @@ def aging_evolution(evaluate, deadline: float, rng, nodes: int, objectives, popu
         history.append(s)
     while more():
         picks = [alive[i] for i in rng.choice(len(alive), size=min(sample, len(alive)), replace=False)]
-        parent = max(picks, key=lambda s: _score(s.values, objectives))
+        parent = max(picks, key=lambda s: _score(s, objectives))
         child = evaluate(mutate(parent.genotype, rng))
         alive.append(child)
         history.append(child)
@@ -93,11 +95,14 @@ def genotype_from_trial(trial, nodes: int) -> Genotype:
 def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, population: int = 10,
                  max_candidates: int | None = None, sampler=None) -> list[Scored]:
     study = optuna.create_study(directions=[DIRECTIONS[o] for o in objectives],
-                                sampler=sampler or optuna.samplers.NSGAIISampler(population_size=population, seed=seed))
+                                sampler=sampler or optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
+                                                                                 **sampler_kwargs(True)))
     out = []
     while time.perf_counter() < deadline and (max_candidates is None or len(out) < max_candidates):
         trial = study.ask()
         s = evaluate(genotype_from_trial(trial, nodes))
+        if "constraints" in s.user_attrs:
+            record(trial, s.user_attrs["constraints"])
         study.tell(trial, s.values)
         out.append(s)
     return out

@@ -40,3 +40,36 @@ def test_random_and_nsga2_respect_the_count_and_deadline():
     f = front(hist, objectives)
     assert f and all(s in hist for s in f)
     assert all(isinstance(s.genotype, type(random_genotype(np.random.default_rng(0)))) for s in hist)
+
+
+def _constrained(objectives, limit):
+    base = _fake(objectives)
+
+    def evaluate(g):
+        s = base(g)
+        s.metrics["latency"] = s.metrics["params"]          # stand-in: more ops, slower
+        s.user_attrs["constraints"] = [s.metrics["latency"] - limit]
+        return s
+    return evaluate
+
+
+def test_a_latency_constraint_steers_evolution_and_filters_the_front():
+    far = time.perf_counter() + 60
+    hist = aging_evolution(_constrained(("accuracy",), 6.0), far, np.random.default_rng(1), 3, ("accuracy",),
+                           population=10, sample=3, max_candidates=150)
+    late = hist[-50:]
+    assert np.mean([s.user_attrs["constraints"][0] <= 0 for s in late]) > 0.8
+    objectives = ("accuracy", "params")
+    hist = nsga2_search(_constrained(objectives, 6.0), far, 0, 3, objectives, population=8, max_candidates=40)
+    assert all(s.metrics["latency"] <= 6.0 for s in front(hist, objectives))
+
+
+def test_choosing_fails_clearly_when_nothing_meets_the_constraint():
+    import pytest
+
+    from tensorfold.errors import TensorfoldError
+    from tensorfold.search.nas.run import _choose
+
+    hist = random_search(_constrained(("accuracy",), -1.0), time.perf_counter() + 60, np.random.default_rng(0), 3, 5)
+    with pytest.raises(TensorfoldError, match="no candidate met --max-latency"):
+        _choose(hist, ("accuracy",))
