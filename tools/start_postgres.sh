@@ -2,13 +2,13 @@
 # Start Debian's PostgreSQL on loopback and make a database for the multi-worker search tests.
 # Run as root (CI does). Prints the URL to export as TENSORFOLD_TEST_POSTGRES.
 set -euo pipefail
-if ! command -v pg_lsclusters >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_lsclusters >/dev/null; then
+    apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2
 fi
 read -r ver name port status _ < <(pg_lsclusters --no-header | head -1) || true
 if [ -z "${ver:-}" ]; then
     ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
-    pg_createcluster "$ver" main >/dev/null
+    pg_createcluster "$ver" main >&2
     read -r ver name port status _ < <(pg_lsclusters --no-header | head -1)
 fi
 if [ "$status" != "online" ]; then

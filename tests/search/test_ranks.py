@@ -127,3 +127,12 @@ def test_config_from_another_model_or_with_rank_options_is_refused(demo_model, t
     code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", tmp_path / "bad.yaml")
     assert_user_error(code, text, "needs 'keep'")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_gp_sampler_and_the_global_space_from_the_cli(demo_model, tmp_path):
+    code, text = invoke("search", "ranks", demo_model, "--objectives", "error", "--sampler", "gp", "--space", "global",
+                        "--n-trials", "6", "-o", tmp_path / "g", "--no-models", "--json")
+    assert code == 0, text
+    report = json.loads(text)
+    assert report["space"]["mode"] == "global" and report["trials"]["complete"] == 6
+    assert len(report["front"]) == 1 and report["front"][0]["verified"]

@@ -36,7 +36,7 @@ def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
                         tmp_path / "net.onnx", "--json", *TINY)
     assert code == 0, text
     report = json.loads(text[text.index("{"):])
-    assert report["strategy"] == "evolution (NSGA-II)" and report["candidates"] >= 2
+    assert report["strategy"] == "evolution (NSGA-II)" and report["candidates"] >= 1
     final = report["final"]
     assert 0.3 < final["test_accuracy"] <= 1 and final["params"] > 0 and final["flops"] > 0
     assert final["host_ms"] > 0 and final["device"] == "rx580" and final["device_ms"] > 0
