@@ -496,6 +496,8 @@ def _render_nas(report: dict) -> None:
 @click.option("--teacher", type=click.Path(path_type=Path), required=True,
               help="ONNX model the found network is distilled from")
 @click.option("--device", help="also predict latency for this device (rx580, ...)")
+@click.option("--proxy-steps", type=int, default=100, show_default=True, help="SGD steps that score one candidate")
+@click.option("--train-size", type=int, default=4000, show_default=True, help="training images the search uses")
 @click.option("--final-steps", type=int, default=600, show_default=True)
 @click.option("--final-channels", type=int, default=16, show_default=True)
 @click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
@@ -508,15 +510,15 @@ def _render_nas(report: dict) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
-def pipeline_cmd(data, strategy, budget_minutes, teacher, device, final_steps, final_channels, method, ratio,
-                 recover_steps, hardware_aware, threads, seed, output_dir, as_json):
+def pipeline_cmd(data, strategy, budget_minutes, teacher, device, proxy_steps, train_size, final_steps, final_channels,
+                 method, ratio, recover_steps, hardware_aware, threads, seed, output_dir, as_json):
     """NAS -> distillation -> decomposition -> recovery, each stage measured and kept in OUTPUT_DIR."""
     from tensorfold.pipeline import run_pipeline
 
     report = run_pipeline(data=data, strategy=strategy, budget_minutes=budget_minutes, teacher=teacher, device=device,
                           final_steps=final_steps, final_channels=final_channels, method=method, ratio=ratio,
                           recover_steps=recover_steps, threads=threads, seed=seed, output_dir=output_dir,
-                          hardware_aware=hardware_aware,
+                          hardware_aware=hardware_aware, proxy_steps=proxy_steps, train_size=train_size,
                           progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

@@ -61,7 +61,8 @@ def test_darts_from_the_cli_reports_its_guard(tmp_path):
 
 @needs_data
 def test_pipeline_runs_every_stage(tmp_path):
-    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "0.2",
+    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "0.3",
+                        "--proxy-steps", "5", "--train-size", "400",
                         "--final-steps", "20", "--final-channels", "4", "--recover-steps", "5", "--threads", "1",
                         "--output-dir", tmp_path / "p", "--json")
     assert code == 0, text
