@@ -30,17 +30,32 @@ class Bottleneck(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
+def channels(c: int, width: float, divisor: int = 8) -> int:
+    """c scaled by a width multiplier, rounded to a multiple of `divisor` (c itself at width 1)."""
+    return max(divisor, int(c * width + divisor / 2) // divisor * divisor)
+
+
 class ResNet(nn.Module):
-    def __init__(self, blocks=(3, 4, 6, 3), num_classes: int = 1000, in_channels: int = 3):
+    """ResNet with BasicBlock or Bottleneck blocks. stem="imagenet": 7x7 stride-2 conv and a max pool
+    (torchvision's layout); stem="cifar": one 3x3 stride-1 conv (He et al. 2016's CIFAR recipe)."""
+
+    def __init__(self, blocks=(3, 4, 6, 3), block=None, num_classes: int = 1000, in_channels: int = 3,
+                 width: float = 1.0, stem: str = "imagenet"):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
-        layers, c_in = [], 64
+        block = block or Bottleneck
+        c = channels(64, width)
+        if stem == "imagenet":
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(c),
+                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                      nn.ReLU(inplace=True))
+        layers, c_in = [], c
         for i, n in enumerate(blocks):
-            width = 64 * 2 ** i
+            planes = channels(64 * 2 ** i, width)
             for j in range(n):
-                layers.append(Bottleneck(c_in, width, stride=2 if (j == 0 and i > 0) else 1))
-                c_in = width * Bottleneck.expansion
+                layers.append(block(c_in, planes, stride=2 if (j == 0 and i > 0) else 1))
+                c_in = planes * block.expansion
         self.layers = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
 
@@ -49,7 +64,7 @@ class ResNet(nn.Module):
 
 
 def resnet50(num_classes: int = 1000) -> ResNet:
-    return ResNet((3, 4, 6, 3), num_classes)
+    return ResNet((3, 4, 6, 3), Bottleneck, num_classes)
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path, opset: int = 17):
@@ -81,15 +96,6 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def resnet18(num_classes: int = 1000) -> nn.Module:
+def resnet18(num_classes: int = 1000) -> ResNet:
     """torchvision's ResNet-18 layout (11.7M parameters with a 1000-class head)."""
-    model = ResNet((2, 2, 2, 2), num_classes)
-    layers, c_in = [], 64
-    for i, n in enumerate((2, 2, 2, 2)):
-        width = 64 * 2 ** i
-        for j in range(n):
-            layers.append(BasicBlock(c_in, width, stride=2 if (j == 0 and i > 0) else 1))
-            c_in = width
-    model.layers = nn.Sequential(*layers)
-    model.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
-    return model
+    return ResNet((2, 2, 2, 2), BasicBlock, num_classes)

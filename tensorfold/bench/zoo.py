@@ -9,41 +9,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from tensorfold.bench.models import BasicBlock, Bottleneck
-
-
-def _w(channels: int, width: float, divisor: int = 8) -> int:
-    return max(divisor, int(channels * width + divisor / 2) // divisor * divisor)
-
-
-class CifarResNet(nn.Module):
-    def __init__(self, blocks, block, num_classes=10, in_channels=1, width=1.0):
-        super().__init__()
-        c = _w(64, width)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-        layers, c_in = [], c
-        for i, n in enumerate(blocks):
-            planes = _w(64 * 2 ** i, width)
-            for j in range(n):
-                layers.append(block(c_in, planes, stride=2 if (j == 0 and i > 0) else 1))
-                c_in = planes * block.expansion
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
-
-    def forward(self, x):
-        return self.head(self.layers(self.stem(x)))
+from tensorfold.bench.models import BasicBlock, Bottleneck, ResNet
+from tensorfold.bench.models import channels as _w
 
 
 def resnet18(num_classes=10, in_channels=1, width=1.0):
-    return CifarResNet((2, 2, 2, 2), BasicBlock, num_classes, in_channels, width)
+    return ResNet((2, 2, 2, 2), BasicBlock, num_classes, in_channels, width, stem="cifar")
 
 
 def resnet34(num_classes=10, in_channels=1, width=1.0):
-    return CifarResNet((3, 4, 6, 3), BasicBlock, num_classes, in_channels, width)
+    return ResNet((3, 4, 6, 3), BasicBlock, num_classes, in_channels, width, stem="cifar")
 
 
 def resnet50(num_classes=10, in_channels=1, width=1.0):
-    return CifarResNet((3, 4, 6, 3), Bottleneck, num_classes, in_channels, width)
+    return ResNet((3, 4, 6, 3), Bottleneck, num_classes, in_channels, width, stem="cifar")
 
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
