@@ -444,11 +444,12 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
 @click.option("--population", type=int, default=10, show_default=True, help="evolution: population size")
 @click.option("--max-latency", type=float,
               help="constraint: latency (ms; --device's prediction, else measured on the host) at most this")
+@click.option("--torch-device", default="cpu", show_default=True, help="where torch trains (cpu, cuda, cuda:1, ...)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider, threads, teacher, genotype, output,
                    output_dir, channels, layers, nodes, train_size, val_size, proxy_steps, final_steps, final_channels,
-                   order, guard, population, max_latency, seed, as_json):
+                   order, guard, population, max_latency, torch_device, seed, as_json):
     """Search a cell architecture on DATA, train it, export it to ONNX and measure it."""
     from tensorfold.search.nas.run import search_nas
 
@@ -457,7 +458,7 @@ def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider,
                         output=output, output_dir=output_dir, channels=channels, layers=layers, nodes=nodes,
                         train_size=train_size, val_size=val_size, proxy_steps=proxy_steps, final_steps=final_steps,
                         final_channels=final_channels, order=int(order), guard=guard, population=population,
-                        max_latency=max_latency, seed=seed,
+                        max_latency=max_latency, torch_device=torch_device, seed=seed,
                         progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

@@ -48,7 +48,7 @@ def one(label, seed, extra, args, work: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tensorfold.cli", "search", "nas", *extra, "--seed", str(seed), "--threads", "1",
            "--budget-minutes", str(args.budget_minutes), "--final-steps", str(args.final_steps),
-           "--proxy-steps", str(args.proxy_steps),
+           "--proxy-steps", str(args.proxy_steps), "--torch-device", args.torch_device,
            "--data", args.data, "--output-dir", str(d), "--json"] + ([] if "--device" in extra else ["--device", "rx580"])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
@@ -139,19 +139,28 @@ def main():
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plots", type=Path, help="folder for the Pareto plot and the raw JSON")
     ap.add_argument("--rescore", type=Path, help="only recompute the multi-objective table from a nas-runs.json")
+    ap.add_argument("--only", help="comma-separated strategy labels to run (prefixes: darts, evolution, random, nsga2)")
+    ap.add_argument("--torch-device", default="cpu", help="where torch trains (cuda on a GPU machine)")
     args = ap.parse_args()
     if args.rescore:
         publish(rescore(args.rescore), None)
         return
     work = Path(tempfile.mkdtemp(prefix="tensorfold-nas-"))
     with ThreadPoolExecutor(args.jobs) as pool:
-        reports = list(pool.map(lambda r: one(*r, args, work), runs(args.seeds)))
+        todo = [r for r in runs(args.seeds) if not args.only or r[0].startswith(tuple(args.only.split(",")))]
+        reports = list(pool.map(lambda r: one(*r, args, work), todo))
     failed = [r for r in reports if "error" in r]
     ok = [r for r in reports if "error" not in r]
+    if not ok:
+        publish(["# Architecture search: every run failed", ""] + [f"- {r['label']} seed {r['seed']}: {r['error']}"
+                                                                  for r in failed], args.out)
+        return
     ref = reference_ms()
     lines = ["# Architecture search on Fashion-MNIST", "",
              f"Command: `.venv/bin/python tools/bench_nas.py --budget-minutes {args.budget_minutes:g} --seeds "
-             f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps} --proxy-steps {args.proxy_steps}`  ",
+             f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps} --proxy-steps {args.proxy_steps}"
+             + (f" --only {args.only}" if args.only else "")
+             + (f" --torch-device {args.torch_device}" if args.torch_device != "cpu" else "") + "`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} runs side by side, each "
              f"single-threaded (torch and onnxruntime), CPU only  ",
              f"Date: {datetime.date.today().isoformat()}", "",

@@ -131,7 +131,7 @@ def _unrolled_alpha_grad(net: SuperNet, xt, yt, xv, yv, xi: float, wd: float):
 
 def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3, budget_s: float = 600,
                  epochs: int = 50, batch: int = 64, order: int = 1, guard: str = "earlystop", seed: int = 0,
-                 progress: bool = True, lr: float = 0.025, arch_lr: float = 3e-4) -> DartsResult:
+                 progress: bool = True, lr: float = 0.025, arch_lr: float = 3e-4, device: str = "cpu") -> DartsResult:
     """Search on (x, y): half trains w, half trains alpha (and measures the epoch's accuracy)."""
     from tqdm import tqdm
 
@@ -145,9 +145,9 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     half = len(x) // 2
-    xt, yt, xv, yv = (torch.from_numpy(a) for a in (x[:half], y[:half].astype(np.int64), x[half:],
-                                                    y[half:].astype(np.int64)))
-    net = SuperNet(cfg, nodes)
+    xt, yt, xv, yv = (torch.from_numpy(a).to(device) for a in (x[:half], y[:half].astype(np.int64), x[half:],
+                                                               y[half:].astype(np.int64)))
+    net = SuperNet(cfg, nodes).to(device)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
     steps_per_epoch = half // batch
@@ -162,6 +162,7 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
         t0 = time.perf_counter()
         net.train()
         for k, (ti, vi) in enumerate(zip(_batches(half, batch, rng), _batches(len(xv), batch, rng))):
+            ti, vi = torch.from_numpy(ti).to(device), torch.from_numpy(vi).to(device)
             lr_now = 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1 + k / steps_per_epoch) / epochs))
             for g in w_opt.param_groups:
                 g["lr"] = lr_now
@@ -208,7 +209,8 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
             stopped = f"budget reached in epoch {epoch}"
             break
     bar.close()
-    return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak_rss_mb())
+    peak = peak_rss_mb() + (torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else 0)
+    return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak)
 
 
 @torch.no_grad()

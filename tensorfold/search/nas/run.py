@@ -58,11 +58,12 @@ class Scorer:
     (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
 
     def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 deadline: float, max_latency: float | None = None):
+                 deadline: float, max_latency: float | None = None, device: str = "cpu"):
         self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
         self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
         self.host_table, self.device_table, self.deadline = host_table, device_table, deadline
         self.max_latency = max_latency
+        self.device = device
         self.count = 0
 
     def metrics(self, net) -> dict:
@@ -79,7 +80,7 @@ class Scorer:
     def __call__(self, genotype: Genotype) -> Scored:
         start = time.perf_counter()
         net = Network(genotype, self.cfg)
-        train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count)
+        train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count, device=self.device)
         m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
         s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start)
         if self.max_latency is not None:       # <= 0 is feasible, as Optuna's constraints
@@ -92,7 +93,7 @@ class Scorer:
         net = Network(genotype_from_dict({"normal": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3,
                                           "reduce": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3}), self.cfg)
         t = time.perf_counter()
-        train_network(net, self.tx, self.ty, steps=3)
+        train_network(net, self.tx, self.ty, steps=3, device=self.device)
         estimate = (time.perf_counter() - t) / 3 * self.proxy_steps
         if estimate > budget_s:
             raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small to train one candidate "
@@ -123,9 +124,10 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
                final_steps: int = 600, final_channels: int | None = None, order: int = 1, guard: str = "earlystop",
                population: int = 10, sample: int = 3, max_candidates: int | None = None,
                genotype: str | os.PathLike | None = None, max_latency: float | None = None,
-               progress: bool = True) -> dict:
+               torch_device: str = "cpu", progress: bool = True) -> dict:
     """genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
-    final training, export and measurement."""
+    final training, export and measurement. torch_device: where the search and the final training
+    run ("cuda" on a GPU machine); measurement is always onnxruntime on `provider`."""
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
 
@@ -134,6 +136,11 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         from tensorfold.search.nas.space import load_genotype
 
         load_genotype(genotype)       # a bad file fails before any data is loaded
+    if torch_device != "cpu":
+        try:
+            torch.empty(1, device=torch_device)
+        except (RuntimeError, AssertionError) as exc:
+            raise TensorfoldError(f"--torch-device {torch_device}: {str(exc).splitlines()[0]}") from None
     if strategy not in STRATEGIES:
         raise TensorfoldError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
     objectives = parse_nas_objectives(objectives)
@@ -158,7 +165,8 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     host_table = OpLatencyTable(provider, threads)
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     deadline = start + budget_s
-    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline, max_latency)
+    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline, max_latency,
+                    torch_device)
     rng = seeded_rng(seed)
     darts_info = None
     if genotype is not None:
@@ -172,7 +180,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
 
         tx, ty, _, _ = split
         res = darts_search(tx, ty, cfg, nodes=nodes, budget_s=budget_s - (time.perf_counter() - start), order=order,
-                           guard=guard, seed=seed, progress=progress)
+                           guard=guard, seed=seed, progress=progress, device=torch_device)
         darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
                       "guard": guard, "order": order, "peak_memory_mb": round(res.peak_memory_mb, 1),
                       "seconds": round(res.seconds, 1)}
@@ -193,7 +201,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         raise TensorfoldError("the budget ended before any candidate was scored; raise --budget-minutes")
     front, chosen = _choose(candidates, objectives)
     final = train_final(chosen.genotype, NetConfig(channels=final_channels or channels, layers=layers), data,
-                        final_steps, seed, teacher_model, provider, threads, dev, progress)
+                        final_steps, seed, teacher_model, provider, threads, dev, progress, torch_device)
     report = {
         "strategy": strategy + (f" (order {order}, guard {guard})" if strategy == "darts" else
                                 " (aging evolution)" if strategy == "evolution" and len(objectives) == 1 else
@@ -256,7 +264,7 @@ def _choose(candidates, objectives):
 
 
 def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
-                threads: int, dev, progress: bool) -> dict:
+                threads: int, dev, progress: bool, torch_device: str = "cpu") -> dict:
     """Train on the whole training split, test on the test split (never seen by the search)."""
     from tensorfold.bench.datasets import load_data, prepare_inputs
     from tensorfold.graph.stats import model_stats
@@ -272,7 +280,8 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
 
         teacher = OnnxTeacher(teacher_model, [], threads)
     net = Network(genotype, cfg)
-    t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress)
+    t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress,
+                      device=torch_device)
     model = onnx_of(net)
     out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
            "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}

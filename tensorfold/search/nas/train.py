@@ -14,7 +14,7 @@ from torch import nn
 
 def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 0.05,
                   seed: int = 0, teacher=None, temperature: float = 4.0, alpha: float = 0.7,
-                  deadline: float | None = None, progress: bool = False) -> dict:
+                  deadline: float | None = None, progress: bool = False, device: str = "cpu") -> dict:
     """SGD (Nesterov, cosine) for `steps` steps; with `teacher` (an OnnxTeacher) the loss is
     alpha * Hinton KD + (1 - alpha) * cross-entropy. Stops early at `deadline` (perf_counter)."""
     from tqdm import tqdm
@@ -24,14 +24,15 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=3e-4)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    net.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
     order, pos, done = rng.permutation(len(x)), 0, 0
     net.train()
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="train", unit="step", disable=not progress, leave=False):
         if pos + batch > len(order):
             order, pos = rng.permutation(len(x)), 0
-        idx = torch.from_numpy(order[pos:pos + batch])
+        idx = torch.from_numpy(order[pos:pos + batch]).to(device)
         pos += batch
         for g in opt.param_groups:
             g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
@@ -53,7 +54,9 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
 @torch.no_grad()
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     net.eval()
+    device = next(net.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        correct += int((net(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
+        pred = net(torch.from_numpy(x[i:i + batch]).to(device)).argmax(1).cpu().numpy()
+        correct += int((pred == y[i:i + batch]).sum())
     return correct / max(1, len(x))
