@@ -109,3 +109,13 @@ def count_params(model: onnx.ModelProto, quantized: bool = False) -> int:
 
 _QUANT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def make_model(graph: onnx.GraphProto, opset_imports: list, ir_version: int | None = None) -> onnx.ModelProto:
+    """onnx.helper.make_model stamped with the lowest IR version its opsets need. helper.make_model
+    stamps the installed onnx's newest IR version (14 for onnx 1.23), which older onnxruntime
+    builds refuse to load ("Unsupported model IR version"), though the model needs nothing newer."""
+    opset_imports = list(opset_imports)
+    if ir_version is None:
+        ir_version = onnx.helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
+    return onnx.helper.make_model(graph, opset_imports=opset_imports, ir_version=ir_version)

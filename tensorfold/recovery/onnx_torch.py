@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from tensorfold.graph.model import attr
+from tensorfold.graph.model import attr, make_model
 
 OPS: dict[str, Callable] = {}
 
@@ -602,7 +602,7 @@ class OnnxModule(nn.Module):
                                            [f"out{i}" for i in range(len(node.output))], domain=node.domain)
             single.attribute.extend(node.attribute)
             g = onnx.helper.make_graph([single], "frozen", inputs, outs)
-            m = onnx.helper.make_model(g, opset_imports=list(self.proto.opset_import))
+            m = make_model(g, self.proto.opset_import, self.proto.ir_version or None)
             self._ort_cache[key] = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         results = self._ort_cache[key].run(None, {f"in{i}": a for i, a in enumerate(arrays)})
         device = next((a.device for a in args if a is not None), torch.device("cpu"))

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import node_flops
+from tensorfold.graph.model import make_model
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def get_device(name: str, provider: str = "cpu", threads: int = 0) -> Device:
 
 def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "calibration", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(graph, [helper.make_opsetid("", 17)])
 
 
 def _median_seconds(model: onnx.ModelProto, feeds, provider: str, threads: int, runs: int = 15) -> float:

@@ -14,6 +14,7 @@ from onnx import helper
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.devices import Device, _host_key, predict_seconds
 from tensorfold.runtime.latency import measure
+from tensorfold.graph.model import make_model
 
 
 def _value_info(name: str, shape: list[int]) -> onnx.ValueInfoProto:
@@ -31,7 +32,7 @@ def mini_model(nodes, initializers, shapes: dict[str, list[int]], opset: int) ->
                 inputs.append(_value_info(name, shapes[name]))
     out = nodes[-1].output[0]
     graph = helper.make_graph(list(nodes), "layer", inputs, [_value_info(out, shapes[out])], list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return make_model(graph, [helper.make_opsetid("", opset)])
 
 
 class LatencyTable:

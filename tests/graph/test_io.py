@@ -59,3 +59,20 @@ def test_save_into_missing_folder(tmp_path):
     model, _ = conv_model(np.ones((4, 2, 3, 3)), bias=False)
     with pytest.raises(TensorfoldError, match="does not exist"):
         save_model(model, tmp_path / "nope" / "out.onnx")
+
+
+def test_models_tensorfold_builds_carry_the_lowest_ir_version_their_opset_needs():
+    """onnxruntime builds older than the installed onnx refuse a newer IR version; nothing built
+    here (latency-table chains, calibration kernels, frozen-op fallbacks) needs more than its opset."""
+    from onnx import TensorProto, helper
+
+    from tensorfold.graph.model import make_model
+    from tensorfold.runtime.latency_table import mini_model
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    model = mini_model([node], [], {"x": [1, 4], "y": [1, 4]}, 17)
+    assert model.ir_version == helper.find_min_ir_version_for([helper.make_opsetid("", 17)]) == 8
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    assert make_model(graph, [helper.make_opsetid("", 13)]).ir_version == 7
+    assert make_model(graph, [helper.make_opsetid("", 13)], ir_version=9).ir_version == 9

@@ -88,10 +88,12 @@ class OpLatencyTable:
         if "__call__" not in self.entries:
             from onnx import TensorProto, helper
 
+            from tensorfold.graph.model import make_model
+
             graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call",
                                       [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
                                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model = make_model(graph, [helper.make_opsetid("", 17)])
             self.entries["__call__"] = measure(model, {"input": np.zeros(1, np.float32)}, self.provider, self.threads,
                                                warmup=3, runs=self.runs).median
             self.new += 1
