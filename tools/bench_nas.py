@@ -95,6 +95,34 @@ def rescore(path: Path) -> list[str]:
     return lines
 
 
+def proxy_check(n: int, args) -> list[str]:
+    """Does the search's proxy rank networks as the final training does? n random genotypes, each
+    scored by the proxy (as a search would) and trained like a final network; Kendall tau."""
+    from scipy.stats import kendalltau
+
+    from tensorfold.search.nas.run import load_split, train_final
+    from tensorfold.search.nas.space import NetConfig, Network, random_genotype
+    from tensorfold.search.nas.train import accuracy, train_network
+
+    rng = np.random.default_rng(args.seeds)
+    (tx, ty, vx, vy), _ = load_split(args.data, 4000, 1000, 0)
+    proxy, final = [], []
+    for i in range(n):
+        g = random_genotype(rng)
+        net = Network(g, NetConfig())
+        train_network(net, tx, ty, steps=args.proxy_steps, seed=i)
+        proxy.append(accuracy(net, vx, vy))
+        final.append(train_final(g, NetConfig(), args.data, args.final_steps, i, None, "cpu", 0, None, False)
+                     ["test_accuracy"])
+        print(i, proxy[-1], final[-1], file=sys.stderr, flush=True)
+    tau = kendalltau(proxy, final).statistic
+    return [f"Proxy check: {n} random genotypes, proxy = accuracy on 1000 held-out training images after "
+            f"{args.proxy_steps} steps from scratch on 4000; final = test accuracy after {args.final_steps} steps on "
+            f"the full training split. Kendall tau {tau:.2f}.", "",
+            "| genotype | proxy | final |", "|---:|---:|---:|"] + \
+           [f"| {i} | {p:.2%} | {f:.2%} |" for i, (p, f) in enumerate(zip(proxy, final))]
+
+
 def reference_ms() -> float:
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
@@ -141,7 +169,11 @@ def main():
     ap.add_argument("--rescore", type=Path, help="only recompute the multi-objective table from a nas-runs.json")
     ap.add_argument("--only", help="comma-separated strategy labels to run (prefixes: darts, evolution, random, nsga2)")
     ap.add_argument("--torch-device", default="cpu", help="where torch trains (cuda on a GPU machine)")
+    ap.add_argument("--proxy-check", type=int, help="only: rank correlation of the proxy with final training, N nets")
     args = ap.parse_args()
+    if args.proxy_check:
+        publish(proxy_check(args.proxy_check, args), args.out)
+        return
     if args.rescore:
         publish(rescore(args.rescore), None)
         return
