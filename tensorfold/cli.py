@@ -562,6 +562,9 @@ def _render_search(report: dict) -> None:
     console.print(table)
     if report.get("plot"):
         console.print(f"plot: {report['plot']}")
+    if "error" in objectives and str(report.get("inputs", "")).startswith("random"):
+        console.print("[yellow]error was measured on random inputs; pass --inputs file.npz with real ones for an "
+                      "error that reflects the model's use[/]")
     if report.get("interrupted"):
         console.print("[yellow]interrupted: the front above covers the trials finished so far[/]")
 

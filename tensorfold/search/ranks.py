@@ -199,7 +199,7 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
         "seconds_per_trial": {"median": float(np.median(durations)) if durations else None,
                               "mean": float(np.mean(durations)) if durations else None},
         "hypervolume": front_hypervolume(trials, objectives, baseline) if complete else 0.0,
-        "front": points, "seconds": round(seconds, 1),
+        "front": points, "inputs": feeds_label, "seconds": round(seconds, 1),
     }
     if out is not None:
         plot = plot_front(trials, objectives, out / "front.png", baseline,
