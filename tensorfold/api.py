@@ -23,7 +23,7 @@ from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import verify_models
 from tensorfold.passes import PassContext, RankSpec, get_pass
 from tensorfold.report import OptimizeReport
-from tensorfold.runtime.inputs import load_inputs, parse_shapes, random_inputs, resolve_shapes
+from tensorfold.runtime.inputs import feeds_for, parse_shapes, random_inputs, resolve_shapes
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
 
@@ -58,14 +58,10 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         _check_output(Path(input_path), Path(output_path))
     original = load_model(input_path)
     shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
-    input_shapes = resolve_shapes(original, shape_map)
-    feeds, label = None, None
     if verify:
-        if inputs:
-            feeds, label = load_inputs(inputs, original), str(inputs)
-            input_shapes = {k: list(v.shape) for k, v in feeds.items()}
-        else:
-            feeds, label = random_inputs(original, shape_map, seed), f"random normal (seed {seed})"
+        feeds, label, input_shapes = feeds_for(original, shape_map, inputs, seed)
+    else:
+        feeds, label, input_shapes = None, None, resolve_shapes(original, shape_map)
     model, norm_stats = normalize(original)
     if config is not None:
         chosen.choices = _config_plan(model, config)
@@ -147,11 +143,7 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, *, shapes: tup
             inputs: str | None = None, seed: int = 0):
     """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
     a, b = load_model(path_a), load_model(path_b)
-    shape_map = parse_shapes(tuple(shapes))
-    if inputs:
-        feeds, label = load_inputs(inputs, a), str(inputs)
-    else:
-        feeds, label = random_inputs(a, shape_map, seed), f"random normal (seed {seed})"
+    feeds, label, _ = feeds_for(a, parse_shapes(tuple(shapes)), inputs, seed)
     return verify_models(a, b, feeds, label)
 
 

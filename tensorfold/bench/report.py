@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import write_text_atomic
 
 
 def load_rows(results: Path) -> list[dict]:
@@ -122,7 +123,5 @@ def publish(lines: list[str], out: Path | None) -> str:
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
-        tmp = Path(str(out) + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        write_text_atomic(out, text)
     return text

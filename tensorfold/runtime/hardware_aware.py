@@ -98,7 +98,7 @@ class HardwareTarget:
         for name, timed in options.items():
             if not timed:
                 self.reasons[name] = "hardware-aware: no chain faster than the layer on the target"
-        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.measured} new measurements, "
+        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.new} new measurements, "
                          f"cache {self.table.path}); {slower} had no chain faster than the layer"]
         return plan, notes
 

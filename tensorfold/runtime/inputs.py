@@ -88,3 +88,13 @@ def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarra
     if missing:
         raise TensorfoldError(f"--inputs {path}: no array for input(s) {missing} (it has {sorted(arrays)})")
     return {n: arrays[n] for n in names}
+
+
+def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | Path | None, seed: int = 0
+              ) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
+    """Inputs to run a model on, a label saying what they are, and their shapes: the arrays of an
+    .npz when `inputs` is given, else seeded random normal values of the resolved shapes."""
+    if inputs:
+        feeds = load_inputs(inputs, model)
+        return feeds, str(inputs), {k: list(v.shape) for k, v in feeds.items()}
+    return random_inputs(model, shapes, seed), f"random normal (seed {seed})", resolve_shapes(model, shapes)

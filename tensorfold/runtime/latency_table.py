@@ -4,7 +4,6 @@ predicted by a device model) and cached on disk, keyed by provider, host and sha
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from onnx import helper
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.devices import Device, _host_key, predict_seconds
 from tensorfold.runtime.latency import measure
+from tensorfold.graph.io import write_text_atomic
 from tensorfold.graph.model import make_model
 
 
@@ -35,8 +35,11 @@ def mini_model(nodes, initializers, shapes: dict[str, list[int]], opset: int) ->
     return make_model(graph, [helper.make_opsetid("", opset)])
 
 
-class LatencyTable:
-    """ms per (layer shape, method, ranks). `device` predicts instead of measuring."""
+class CachedTable:
+    """Milliseconds by key, kept on disk per provider and host (or per device model) in
+    <cache>/latency/<prefix><where>.json; `new` counts the entries this process added."""
+
+    prefix = ""
 
     def __init__(self, provider: str = "cpu", threads: int = 0, device: Device | None = None,
                  cache_dir: Path | None = None, runs: int = 25):
@@ -44,14 +47,24 @@ class LatencyTable:
 
         self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
         where = device.name if device else f"{provider}-t{threads}-{_host_key(provider, threads)}"
-        self.path = (cache_dir or default_cache() / "latency") / f"{where}.json"
+        self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{where}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():
             try:
                 self.entries = json.loads(self.path.read_text())
             except (OSError, ValueError):
                 self.entries = {}
-        self.measured = 0
+        self.new = 0
+
+    def save(self) -> None:
+        if not self.new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.entries))
+
+
+class LatencyTable(CachedTable):
+    """ms per (layer shape, method, ranks). `device` predicts instead of measuring."""
 
     def key(self, layer: Layer, shapes: dict, label: str) -> str:
         node = layer.node
@@ -73,11 +86,6 @@ class LatencyTable:
                 feeds = {v.name: rng.standard_normal(shapes[v.name]).astype(np.float32) for v in x}
                 value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
             self.entries[key] = value
-            self.measured += 1
+            self.new += 1
         return self.entries[key]
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries))
-        os.replace(tmp, self.path)

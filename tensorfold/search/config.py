@@ -6,13 +6,13 @@ meant for another model is refused instead of half-applied."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import write_text_atomic
 from tensorfold.passes.layers import Layer
 from tensorfold.search.space import Plan, decode_plan, encode_plan
 
@@ -22,20 +22,6 @@ KIND = "tensorfold-ranks"
 def layer_signature(layer: Layer) -> str:
     shape = "x".join(str(d) for d in layer.weight.shape)
     return f"{layer.node.op_type} {shape}" + (f" g{layer.groups}" if layer.groups > 1 else "")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_config(path: Path, plan: Plan, layers: dict[str, Layer], *, model: str, values: dict, source: dict) -> Path:

@@ -26,15 +26,22 @@ DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", 
               "accuracy": "maximize"}
 
 
-def parse_objectives(text: str | tuple | list) -> tuple[str, ...]:
+def parse_names(text: str | tuple | list, allowed, what: str, context: str = "", unique: bool = True
+                ) -> tuple[str, ...]:
+    """'a,b' (or a sequence) -> names, each one of `allowed`: one-line errors for unknown, none, or
+    (unique) repeated names; without `unique` a repeat is dropped."""
     names = [o.strip() for o in (text.split(",") if isinstance(text, str) else text) if o.strip()]
-    bad = [o for o in names if o not in DIRECTIONS]
+    bad = [o for o in names if o not in allowed]
     if bad or not names:
-        raise TensorfoldError(f"unknown objective(s) {', '.join(bad) or '(none given)'} "
-                              f"(choose from {', '.join(DIRECTIONS)})")
-    if len(set(names)) != len(names):
-        raise TensorfoldError(f"an objective is named twice in '{','.join(names)}'")
-    return tuple(names)
+        raise TensorfoldError(f"unknown {what}(s) {', '.join(bad) or '(none given)'}{context} "
+                              f"(choose from {', '.join(allowed)})")
+    if unique and len(set(names)) != len(names):
+        raise TensorfoldError(f"an {what} is named twice in '{','.join(names)}'")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_objectives(text: str | tuple | list) -> tuple[str, ...]:
+    return parse_names(text, DIRECTIONS, "objective")
 
 
 class Evaluator:

@@ -22,12 +22,12 @@ import numpy as np
 import optuna
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.io import load_model, save_model, write_text_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.passes.base import PassContext
-from tensorfold.runtime.inputs import load_inputs, parse_shapes, random_inputs, resolve_shapes
-from tensorfold.search.config import write_config, write_text_atomic
+from tensorfold.runtime.inputs import feeds_for, parse_shapes
+from tensorfold.search.config import write_config
 from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
 from tensorfold.search.pareto import feasible, front, front_hypervolume, plot_front
@@ -82,12 +82,7 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
             raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
     original = load_model(model_path)
     shape_map = parse_shapes(tuple(shapes))
-    input_shapes = resolve_shapes(original, shape_map)
-    if inputs:
-        feeds, feeds_label = load_inputs(inputs, original), str(inputs)
-        input_shapes = {k: list(v.shape) for k, v in feeds.items()}
-    else:
-        feeds, feeds_label = random_inputs(original, shape_map, seed), f"random normal (seed {seed})"
+    feeds, feeds_label, input_shapes = feeds_for(original, shape_map, inputs, seed)
     model, _ = normalize(original)
     rank_space = RankSpace(model, methods, space, tuple(include), tuple(exclude), progress)
     evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=provider, device=device, threads=threads,

@@ -28,6 +28,7 @@ from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
 from tensorfold.passes.planned import PLANNABLE, PlannedPass
+from tensorfold.search.objectives import parse_names
 
 PER_LAYER_MAX = 24
 OFFSET_LAYERS = 8
@@ -56,12 +57,7 @@ class LayerOptions:
 
 
 def parse_methods(text: str | tuple | list) -> tuple[str, ...]:
-    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    bad = [m for m in names if m not in PLANNABLE]
-    if bad or not names:
-        raise TensorfoldError(f"unknown method(s) {', '.join(bad) or '(none given)'} for the rank search "
-                              f"(choose from {', '.join(PLANNABLE)})")
-    return tuple(dict.fromkeys(names))
+    return parse_names(text, PLANNABLE, "method", " for the rank search", unique=False)
 
 
 def fingerprint(layers: list[Layer]) -> str:

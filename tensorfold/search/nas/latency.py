@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tensorfold.runtime.devices import Device, _host_key, predict_seconds
+from tensorfold.runtime.devices import Device, predict_seconds
 from tensorfold.runtime.latency import measure
+from tensorfold.runtime.latency_table import CachedTable
 
 
 def blocks(net: nn.Module, image: tuple[int, int, int]) -> list[tuple[str, nn.Module, tuple]]:
@@ -44,23 +44,14 @@ def signature(module: nn.Module, shape: tuple) -> str:
     return json.dumps([repr(module), list(shape)])
 
 
-class OpLatencyTable:
+class OpLatencyTable(CachedTable):
     """ms per (block, input shape) on the host provider (measured) or a device (predicted)."""
+
+    prefix = "nas2-"
 
     def __init__(self, provider: str = "cpu", threads: int = 1, device: Device | None = None, runs: int = 30,
                  cache_dir: Path | None = None):
-        from tensorfold.bench.real_models import cache_dir as default_cache
-
-        self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
-        where = f"nas2-{device.name}" if device else f"nas2-{provider}-t{threads}-{_host_key(provider, threads)}"
-        self.path = (cache_dir or default_cache() / "latency") / f"{where}.json"
-        self.entries: dict[str, float] = {}
-        if self.path.exists():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
-        self.new = 0
+        super().__init__(provider, threads, device, cache_dir, runs)
 
     def block_ms(self, sig: str, module: nn.Module, shape: tuple) -> float:
         if sig not in self.entries:
@@ -103,10 +94,3 @@ class OpLatencyTable:
         call = self.call_ms()
         return call + sum(max(0.0, self.block_ms(sig, mod, shape) - call) for sig, mod, shape in blocks(net, image))
 
-    def save(self) -> None:
-        if not self.new:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries))
-        os.replace(tmp, self.path)

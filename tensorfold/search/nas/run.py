@@ -9,21 +9,19 @@ measured on the host provider, or predicted for --device; the final network is m
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.space import Genotype, NetConfig, Network, genotype_from_dict
-from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search, seeded_rng
+from tensorfold.search.nas.space import Genotype, NetConfig, Network, genotype_from_dict, to_onnx
+from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search
 from tensorfold.search.nas.train import accuracy, train_network
-from tensorfold.search.objectives import DIRECTIONS
+from tensorfold.search.objectives import DIRECTIONS, parse_names
 
 STRATEGIES = ("darts", "evolution", "random")
 NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency")
@@ -31,22 +29,7 @@ IMAGE = (1, 28, 28)
 
 
 def parse_nas_objectives(text) -> tuple[str, ...]:
-    names = [o.strip() for o in (text.split(",") if isinstance(text, str) else text) if o.strip()]
-    bad = [o for o in names if o not in NAS_OBJECTIVES]
-    if bad or not names:
-        raise TensorfoldError(f"unknown NAS objective(s) {', '.join(bad) or '(none given)'} "
-                              f"(choose from {', '.join(NAS_OBJECTIVES)})")
-    if len(set(names)) != len(names):
-        raise TensorfoldError(f"an objective is named twice in '{','.join(names)}'")
-    return tuple(names)
-
-
-def onnx_of(net: torch.nn.Module) -> onnx.ModelProto:
-    from tensorfold.bench.models import export_onnx
-
-    buf = io.BytesIO()
-    export_onnx(net.cpu().eval(), torch.zeros(1, *IMAGE), buf)
-    return onnx.load_from_string(buf.getvalue())
+    return parse_names(text, NAS_OBJECTIVES, "NAS objective")
 
 
 def net_params(net: torch.nn.Module) -> int:
@@ -58,10 +41,10 @@ class Scorer:
     (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
 
     def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 deadline: float, max_latency: float | None = None, device: str = "cpu"):
+                 max_latency: float | None = None, device: str = "cpu"):
         self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
         self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
-        self.host_table, self.device_table, self.deadline = host_table, device_table, deadline
+        self.host_table, self.device_table = host_table, device_table
         self.max_latency = max_latency
         self.device = device
         self.count = 0
@@ -70,7 +53,7 @@ class Scorer:
         from tensorfold.graph.stats import model_stats
 
         m = {"params": net_params(net),
-             "flops": model_stats(onnx_of(net), {"input": [1, *IMAGE]}).flops,
+             "flops": model_stats(to_onnx(net), {"input": [1, *IMAGE]}).flops,
              "host_ms": self.host_table.network_ms(net, IMAGE)}
         if self.device_table is not None:
             m["device_ms"] = self.device_table.network_ms(net, IMAGE)
@@ -108,7 +91,7 @@ def load_split(data: str, train_size: int, val_size: int, seed: int):
     x, y, desc = load_data(data, "train", IMAGE[1:], IMAGE[0])
     if y is None:
         raise TensorfoldError(f"--data {data} has no labels; architecture search needs them")
-    order = seeded_rng(seed).permutation(len(x))
+    order = np.random.default_rng(seed).permutation(len(x))
     val_size = min(val_size, len(x) // 5)
     train_size = min(train_size, len(x) - val_size)
     v, t = order[:val_size], order[val_size:val_size + train_size]
@@ -165,9 +148,8 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     host_table = OpLatencyTable(provider, threads)
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     deadline = start + budget_s
-    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, deadline, max_latency,
-                    torch_device)
-    rng = seeded_rng(seed)
+    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, max_latency, torch_device)
+    rng = np.random.default_rng(seed)
     darts_info = None
     if genotype is not None:
         from tensorfold.search.nas.space import load_genotype
@@ -227,7 +209,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         _write_dir(out_dir, report, candidates, front, final, model, dev)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
-        from tensorfold.search.config import write_text_atomic
+        from tensorfold.graph.io import write_text_atomic
 
         write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     return report
@@ -282,7 +264,7 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
     net = Network(genotype, cfg)
     t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress,
                       device=torch_device)
-    model = onnx_of(net)
+    model = to_onnx(net)
     out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
            "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}
     try:
@@ -302,8 +284,7 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
 
 
 def _write_dir(out_dir: Path, report, candidates, front, final, model, dev) -> None:
-    from tensorfold.graph.io import save_model
-    from tensorfold.search.config import write_text_atomic
+    from tensorfold.graph.io import save_model, write_text_atomic
 
     out_dir.mkdir(exist_ok=True)
     report["model"] = str(save_model(model, out_dir / "model.onnx"))

@@ -237,10 +237,23 @@ def _build(cfg: NetConfig, nodes: int, genotype_cell, mixed):
     return stem, cells, c_p
 
 
-def export_network(net: nn.Module, path: str | Path, image: tuple[int, int, int] = (1, 28, 28)) -> Path:
+def to_onnx(net: nn.Module, image: tuple[int, int, int] = (1, 28, 28)):
+    """The network (moved to the CPU, eval mode) as an in-memory ONNX model with a dynamic batch."""
+    import io
+
+    import onnx
+
     from tensorfold.bench.models import export_onnx
 
-    return export_onnx(net.cpu().eval(), torch.zeros(1, *image), path)
+    buf = io.BytesIO()
+    export_onnx(net.cpu().eval(), torch.zeros(1, *image), buf)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_network(net: nn.Module, path: str | Path, image: tuple[int, int, int] = (1, 28, 28)) -> Path:
+    from tensorfold.graph.io import save_model
+
+    return save_model(to_onnx(net, image), path)
 
 
 def random_genotype(rng, nodes: int = 3) -> Genotype:

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import numpy as np
 import optuna
 
 from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, mutate, random_genotype
@@ -107,6 +106,3 @@ def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, p
         out.append(s)
     return out
 
-
-def seeded_rng(seed: int):
-    return np.random.default_rng(seed)

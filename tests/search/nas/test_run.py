@@ -99,10 +99,10 @@ def test_op_table_estimate_is_close_to_the_whole_graph_prediction(tmp_path):
     """Each block pays one call's fixed cost only once in the sum: the table agrees with the device
     model run on the whole exported network, less the adds and concatenations it leaves out."""
     from tensorfold.runtime.devices import get_device, predict_seconds
-    from tensorfold.search.nas.run import onnx_of
+    from tensorfold.search.nas.space import to_onnx
 
     dev = get_device("rx580")
     net = Network(random_genotype(np.random.default_rng(3)), NetConfig())
     table = OpLatencyTable(device=dev, cache_dir=tmp_path)
-    whole = predict_seconds(onnx_of(net), {"input": [1, 1, 28, 28]}, dev) * 1e3
+    whole = predict_seconds(to_onnx(net), {"input": [1, 1, 28, 28]}, dev) * 1e3
     assert 0.7 * whole < table.network_ms(net, (1, 28, 28)) <= whole
