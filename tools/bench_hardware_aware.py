@@ -40,7 +40,8 @@ from tensorfold.runtime.latency_table import LatencyTable
 from tensorfold.bench.report import publish
 
 
-def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int) -> dict:
+def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int, runs: int = 60,
+                         statistic: str = "min") -> dict:
     """Measure every layer and candidate chain as its own small model, predict it with the host
     roofline (micro-benchmark calibration) and with the roofline fitted on measurements of the
     other half of the layers (held out: fit on even layers, test on odd, and the reverse)."""
@@ -75,12 +76,12 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
             m = mini_model(nodes, inits, shapes, opset)
             ins = {v.name: shapes[v.name] for v in m.graph.input}
             feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in ins.items()}
-            # the minimum of 60 runs: on a shared host it repeats far better than the median of 25
-            # (Kendall tau between two passes 0.88-0.92 vs 0.79-0.83, measured while writing this)
-            first = measure(m, feeds, warmup=5, runs=60).min / 1e3
+            # the minimum of 60 runs by default: on a shared host it repeats better than the median of
+            # 25 (compare the "second measurement" rows of --statistic median --runs 25)
+            first = getattr(measure(m, feeds, warmup=5, runs=runs), statistic) / 1e3
             points.append((li, first, node_costs(m, ins), m, feeds))
     # a second pass over the same models: how well the measurement predicts itself
-    again = np.array([measure(p[3], p[4], warmup=5, runs=60).min / 1e3 for p in points])
+    again = np.array([getattr(measure(p[3], p[4], warmup=5, runs=runs), statistic) / 1e3 for p in points])
     points = [p[:3] for p in points]
     meas = np.array([p[1] for p in points])
     pred_host = np.array([host.run_overhead_s + sum(host.node_seconds(c.flops, c.bytes) for c in p[2])
@@ -155,6 +156,8 @@ def main():
     ap.add_argument("--quality-layers", type=int, default=12)
     ap.add_argument("--method", default="auto")
     ap.add_argument("--quality-only", action="store_true", help="skip the optimization runs")
+    ap.add_argument("--runs", type=int, default=60, help="device-model quality: timed runs per kernel")
+    ap.add_argument("--statistic", choices=["min", "median"], default="min", help="of those runs")
     args = ap.parse_args()
 
     import torch
@@ -175,12 +178,13 @@ def main():
                 print(rows[-1], file=sys.stderr)
             in_name, dims = shape.split(":")
             quality.append((name, device_model_quality(path, {in_name: [int(v) for v in dims.split(",")]}, args.method,
-                                                       args.quality_layers)))
+                                                       args.quality_layers, args.runs, args.statistic)))
             print(quality[-1], file=sys.stderr)
     title = "Device model quality" if args.quality_only else "Hardware-aware optimization on the CPU provider"
     lines = [f"# {title}", "",
              f"Command: `.venv/bin/python tools/bench_hardware_aware.py --speedup {args.speedup:g} "
-             f"--method {args.method}{' --quality-only' if args.quality_only else ''}`  ",
+             f"--method {args.method}{' --quality-only' if args.quality_only else ''}"
+             f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'min') else ''}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime CPU provider, all threads  ",
              f"Date: {datetime.date.today().isoformat()}", ""]
     if rows:
@@ -201,8 +205,8 @@ def main():
     for r in rows:
         lines += [f"- {r['model']}: " + "; ".join(r["notes"])]
     lines += ["", "## Device model quality on this host", "",
-              "Measured latency of each layer and candidate chain, each as its own small model (the minimum of 60 "
-              "runs), against: the roofline *calibrated* by micro-benchmarks through onnxruntime (`--device host`); "
+              f"Measured latency of each layer and candidate chain, each as its own small model (the {args.statistic} of "
+              f"{args.runs} runs), against: the roofline *calibrated* by micro-benchmarks through onnxruntime (`--device host`); "
               "the roofline *fitted* (peak, bandwidth, per-node and per-call overhead, least squares on log time) "
               "and a *per-kind fit* (per op kind a * FLOPs + b * bytes + c per node, non-negative least squares), "
               "both fitted on the measurements of the other half of the layers, so every prediction is for a layer "

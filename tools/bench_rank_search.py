@@ -130,7 +130,7 @@ def main():
                                            for r in rows), "",
               "## Two workers on one study (journal file)", "",
               "Each worker is a `tensorfold search ranks --storage journal:FILE --study s` process, single-threaded, "
-              "NSGA-II; the wall time includes each worker's start-up (imports, search space, baseline: about 3 s) "
+              "NSGA-II; the wall time includes each worker's start-up (imports, search space, baseline) "
               "and its report (re-verifying and plotting the front). The same total number of trials is split "
               "between the workers.", "",
               "| model | objectives | workers | trials | s per trial (median) | wall time | ratio to one worker "

@@ -13,7 +13,8 @@ from tensorfold.bench.runner import SUITES, Suite, run_suite
 from tensorfold.cli import main
 
 needs_data = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
-                                reason="Debian's dataset-fashion-mnist is not installed")
+                                reason="needs Fashion-MNIST from Debian's dataset-fashion-mnist "
+                                       "(apt-get install dataset-fashion-mnist; .ci/run does)")
 
 
 def _tiny():
