@@ -41,12 +41,13 @@ from tensorfold.bench.report import publish
 
 
 def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int, runs: int = 60,
-                         statistic: str = "min") -> dict:
+                         statistic: str = "median", threads: int = 0) -> dict:
     """Measure every layer and candidate chain as its own small model, predict it with the host
     roofline (micro-benchmark calibration) and with the roofline fitted on measurements of the
     other half of the layers (held out: fit on even layers, test on odd, and the reverse)."""
     from tensorfold.runtime.devices import fit_roofline, node_costs
-    from tensorfold.runtime.latency import measure
+    from tensorfold.runtime.kernel_model import learn_host
+    from tensorfold.runtime.latency import measure_interleaved
     from tensorfold.runtime.latency_table import mini_model
 
     model, _ = normalize(onnx.load(path))
@@ -55,10 +56,10 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     shapes = concrete_shapes(model, input_shapes, needed)
     pass_ = get_pass(method)
     ctx = PassContext(progress=False)
-    host = calibrate_host()
+    host = calibrate_host(threads=threads)
     opset = max(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
     layers, _ = find_layers(model)
-    points = []                                   # (layer index, measured s, node costs)
+    points = []                                   # (layer index, node costs, model, feeds)
     target = HardwareTarget(LatencyTable(), model, shapes)
     index = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(0)
@@ -76,13 +77,15 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
             m = mini_model(nodes, inits, shapes, opset)
             ins = {v.name: shapes[v.name] for v in m.graph.input}
             feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in ins.items()}
-            # the minimum of 60 runs by default: on a shared host it repeats better than the median of
-            # 25 (compare the "second measurement" rows of --statistic median --runs 25)
-            first = getattr(measure(m, feeds, warmup=5, runs=runs), statistic) / 1e3
-            points.append((li, first, node_costs(m, ins), m, feeds))
-    # a second pass over the same models: how well the measurement predicts itself
-    again = np.array([getattr(measure(p[3], p[4], warmup=5, runs=runs), statistic) / 1e3 for p in points])
-    points = [p[:3] for p in points]
+            points.append((li, node_costs(m, ins), m, feeds))
+    # every model timed round-robin with all the others (measure_interleaved), then a second pass
+    # the same way: how well the measurement predicts itself on this host
+    passes = [[getattr(s, statistic) / 1e3 for s in measure_interleaved([p[2:] for p in points], threads=threads, rounds=runs)]
+              for _ in range(2)]
+    again = np.array(passes[1])
+    kernels = learn_host(threads=threads, fallback=host, progress=True)
+    pred_kernels = np.array([kernels.predict(p[2], {k: list(v.shape) for k, v in p[3].items()}) for p in points])
+    points = [(p[0], t, p[1]) for p, t in zip(points, passes[0])]
     meas = np.array([p[1] for p in points])
     pred_host = np.array([host.run_overhead_s + sum(host.node_seconds(c.flops, c.bytes) for c in p[2])
                           for p in points])
@@ -95,7 +98,13 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
                 pred_fit[i] = fitted.run_overhead_s + sum(fitted.node_seconds(c.flops, c.bytes) for c in p[2])
     pred_kind = _fit_per_kind(points)
     out = {"points": len(points), "host": describe(host)}
+    if os.environ.get("TF_DEBUG"):
+        nn = np.array([len(p[2]) for p in points])
+        for k in sorted(set(nn)):
+            print("nodes", k, "count", (nn == k).sum(), "kern ratio", np.percentile((pred_kernels / meas)[nn == k], [10, 50, 90]),
+                  "fit ratio", np.percentile((pred_fit / meas)[nn == k], [10, 50, 90]), file=sys.stderr)
     for label, pred in (("calibrated", pred_host), ("fitted", pred_fit), ("per-kind fit", pred_kind),
+                        ("learned kernels", pred_kernels),
                         ("second measurement", again)):
         out[label] = {"kendall_tau": float(kendalltau(pred, meas).statistic),
                       "within_10pct": float(np.mean(np.abs(pred / meas - 1) <= 0.10)),
@@ -157,7 +166,8 @@ def main():
     ap.add_argument("--method", default="auto")
     ap.add_argument("--quality-only", action="store_true", help="skip the optimization runs")
     ap.add_argument("--runs", type=int, default=60, help="device-model quality: timed runs per kernel")
-    ap.add_argument("--statistic", choices=["min", "median"], default="min", help="of those runs")
+    ap.add_argument("--threads", type=int, default=0, help="device-model quality: onnxruntime threads (0: all)")
+    ap.add_argument("--statistic", choices=["min", "median"], default="median", help="of those runs")
     args = ap.parse_args()
 
     import torch
@@ -178,13 +188,13 @@ def main():
                 print(rows[-1], file=sys.stderr)
             in_name, dims = shape.split(":")
             quality.append((name, device_model_quality(path, {in_name: [int(v) for v in dims.split(",")]}, args.method,
-                                                       args.quality_layers, args.runs, args.statistic)))
+                                                       args.quality_layers, args.runs, args.statistic, args.threads)))
             print(quality[-1], file=sys.stderr)
     title = "Device model quality" if args.quality_only else "Hardware-aware optimization on the CPU provider"
     lines = [f"# {title}", "",
              f"Command: `.venv/bin/python tools/bench_hardware_aware.py --speedup {args.speedup:g} "
              f"--method {args.method}{' --quality-only' if args.quality_only else ''}"
-             f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'min') else ''}`  ",
+             f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'median') else ''}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime CPU provider, all threads  ",
              f"Date: {datetime.date.today().isoformat()}", ""]
     if rows:
@@ -215,7 +225,7 @@ def main():
               "", "| model | points | roofline | Kendall tau | within +-10% | median abs. rel. error |",
               "|---|---:|---|---:|---:|---:|"]
     for name, q in quality:
-        for label in ("calibrated", "fitted", "per-kind fit", "second measurement"):
+        for label in ("calibrated", "fitted", "per-kind fit", "learned kernels", "second measurement"):
             r = q[label]
             lines.append(f"| {name} | {q['points']} | {label} | {r['kendall_tau']:.3f} | {r['within_10pct']:.0%} | "
                          f"{r['median_abs_rel_error']:.0%} |")

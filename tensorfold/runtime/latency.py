@@ -69,6 +69,35 @@ def measure(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider
     return LatencyStats([_timed(session, feeds) for _ in range(runs)])
 
 
+def measure_interleaved(models: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]], provider: str = "cpu",
+                        threads: int = 0, warmup: int = 3, rounds: int = 25,
+                        spinning: bool = False, settle: int = 1) -> list[LatencyStats]:
+    """Time several models round-robin: each round visits every model, in alternating order, so a
+    burst of load from other processes hits all of them alike instead of whichever model was being
+    timed then. A visit runs the model `settle` times untimed, then once timed (the first run after
+    switching models pays for cold caches). Worker threads do not spin between runs (spinning=False):
+    a session's spinning workers would otherwise take the cores from the next session. On this shared 2-core host two passes of 77 layer/chain models agree at
+    Kendall tau 0.97 this way, and at 0.82-0.91 when each model is timed in one block (see
+    docs/results/device-model-quality.md)."""
+    sessions = []
+    for model, feeds in models:
+        session = make_session(model, provider, threads, spinning=spinning)
+        _run_checked(session, feeds)
+        sessions.append((session, feeds))
+    for _ in range(warmup):
+        for session, feeds in sessions:
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for r in range(rounds):
+        order = range(len(sessions)) if r % 2 == 0 else range(len(sessions) - 1, -1, -1)
+        for i in order:
+            session, feeds = sessions[i]
+            for _ in range(settle):
+                session.run(None, feeds)
+            times[i].append(_timed(session, feeds))
+    return [LatencyStats(t) for t in times]
+
+
 @dataclass
 class Comparison:
     a: LatencyStats

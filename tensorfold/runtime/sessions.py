@@ -36,10 +36,15 @@ OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
 
 
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: int = 0,
-                 optimization: str = "all", profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A session on one provider. threads=0 lets onnxruntime use every core."""
+                 optimization: str = "all", profile_prefix: str | None = None,
+                 spinning: bool = True) -> ort.InferenceSession:
+    """A session on one provider. threads=0 lets onnxruntime use every core. spinning=False stops
+    the session's worker threads from busy-waiting after a run (they otherwise take the cores
+    from the next session when several are timed in turn)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     if profile_prefix:
         opts.enable_profiling = True
