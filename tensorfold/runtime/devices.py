@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -30,6 +30,9 @@ class Device:
     memory_bytes: int | None = None
     note: str = ""
     run_overhead_s: float = 0.0  # fixed cost per inference call (session.run, input/output copies)
+    # `host`: the learned per-kernel model (runtime/kernel_model.py) that predicts in place of the roofline
+    kernels: object = field(default=None, compare=False, repr=False)
+    key: str = ""                # names this device's cached predictions (default: its name)
 
     def node_seconds(self, flops: float, nbytes: float) -> float:
         return max(flops / self.peak_flops, nbytes / self.bandwidth) + self.overhead_s
@@ -80,16 +83,34 @@ def node_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> li
 
 
 def predict_seconds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], device: Device) -> float:
-    """One inference: the call's fixed cost plus every node's roofline time."""
+    """One inference: the call's fixed cost plus every node's roofline time (or, on a device with a
+    learned kernel model, every node's learned time)."""
+    if device.kernels is not None:
+        return device.kernels.predict(model, input_shapes)
     return device.run_overhead_s + sum(device.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes))
 
 
-def get_device(name: str, provider: str = "cpu", threads: int = 0) -> Device:
+def get_device(name: str, provider: str = "cpu", threads: int = 0, progress: bool = True) -> Device:
+    """A device profile by name. `host` is this machine through `provider`, learned from sampled
+    kernels (about a minute the first time, then cached); `host-roofline` is the quicker roofline
+    calibrated by three micro-benchmarks, which ranks layers less well (docs/results/device-model-quality.md)."""
     if name == "host":
+        return learned_host(provider, threads, progress)
+    if name == "host-roofline":
         return calibrate_host(provider, threads)
     if name not in DEVICES:
-        raise TensorfoldError(f"unknown device '{name}' (profiles: host, {', '.join(sorted(DEVICES))})")
+        raise TensorfoldError(f"unknown device '{name}' (profiles: host, host-roofline, {', '.join(sorted(DEVICES))})")
     return DEVICES[name]
+
+
+def learned_host(provider: str = "cpu", threads: int = 0, progress: bool = True) -> Device:
+    from tensorfold.runtime.kernel_model import VERSION, learn_host
+
+    roofline = calibrate_host(provider, threads)
+    kernels = learn_host(provider, threads, fallback=roofline, progress=progress)
+    return Device("host", roofline.peak_flops, roofline.bandwidth, roofline.overhead_s, None,
+                  f"learned from {len(kernels.samples)} sampled kernels through {provider} on {platform.node()}",
+                  kernels.call_s, kernels=kernels, key=f"host-k{VERSION}-{_host_key(provider, threads)}")
 
 
 # --- host calibration -------------------------------------------------------------------------
@@ -123,7 +144,7 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
     bandwidth, a chain of tiny Relu nodes for per-node overhead. Cached per host and provider."""
     from tensorfold.bench.real_models import cache_dir
 
-    path = cache_dir() / "devices" / f"host-v2-{_host_key(provider, threads)}.json"
+    path = cache_dir() / "devices" / f"host-v3-{_host_key(provider, threads)}.json"
     if cache and path.exists():
         return Device(**json.loads(path.read_text()))
     rng = np.random.default_rng(0)
@@ -154,23 +175,26 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
                [helper.make_tensor_value_info("y", f32, [1, 128, 28, 28])], [w])
     t = _median_seconds(m, {"x": rng.standard_normal((1, 128, 28, 28)).astype(np.float32)}, provider, threads)
     peak = 2 * 128 * 128 * 9 * 28 * 28 / max(t - overhead - run_overhead, 1e-9)
-    device = Device("host", peak, bandwidth, overhead, None,
-                    f"calibrated {time.strftime('%Y-%m-%d')} on {platform.node()} through {provider}", run_overhead)
+    device = Device("host-roofline", peak, bandwidth, overhead, None,
+                    f"calibrated {time.strftime('%Y-%m-%d')} on {platform.node()} through {provider}", run_overhead,
+                    key=f"host-roofline-{_host_key(provider, threads)}")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(device)))
+        tmp.write_text(json.dumps({k: v for k, v in asdict(device).items() if k != "kernels"}))
         os.replace(tmp, path)
     return device
 
 
 def describe(device: Device) -> str:
+    if device.kernels is not None:
+        return f"{device.name}: per-kernel model, {device.run_overhead_s * 1e6:.1f} us per call ({device.note})"
     return (f"{device.name}: {device.peak_flops / 1e9:.1f} GFLOP/s, {device.bandwidth / 1e9:.1f} GB/s, "
             f"{device.overhead_s * 1e6:.1f} us per node, {device.run_overhead_s * 1e6:.1f} us per call"
             + (f" ({device.note})" if device.note else ""))
 
 
-__all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "get_device", "node_costs",
+__all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "get_device", "learned_host", "node_costs",
            "predict_seconds"]
 
 

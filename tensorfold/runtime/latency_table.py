@@ -46,7 +46,7 @@ class CachedTable:
         from tensorfold.bench.real_models import cache_dir as default_cache
 
         self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
-        where = device.name if device else f"{provider}-t{threads}-{_host_key(provider, threads)}"
+        where = (device.key or device.name) if device else f"{provider}-t{threads}-{_host_key(provider, threads)}"
         self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{where}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from tensorfold.cli import demo_model_path, main
-from tensorfold.runtime.latency import by_op_type, compare, measure, node_profile, with_batch
+from tensorfold.runtime.latency import by_op_type, compare, measure, measure_interleaved, node_profile, with_batch
 from tests.passes.single_node import conv_model
 
 
@@ -22,6 +22,14 @@ def test_measure_and_compare(tiny):
     assert len(stats.runs_ms) == 7 and 0 < stats.min <= stats.median <= stats.p90
     cmp = compare(model, model, feeds, runs=6, warmup=1)
     assert len(cmp.ratios) == 6 and cmp.speedup > 0
+
+
+def test_measure_interleaved_times_every_model_every_round(tiny):
+    model, feeds = tiny
+    big, big_feeds = conv_model(np.ones((32, 4, 3, 3)), bias=False, pads=[1, 1, 1, 1], spatial=(64, 64), batch=1)
+    stats = measure_interleaved([(model, feeds), (big, big_feeds)], rounds=5, warmup=1)
+    assert [len(s.runs_ms) for s in stats] == [5, 5]
+    assert stats[1].median > stats[0].median        # 32x more work per pixel, 50x more pixels
 
 
 def test_node_profile(tiny):
