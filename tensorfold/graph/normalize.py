@@ -1,4 +1,5 @@
-"""Put a model into the form the passes expect: weights as initializers, BatchNorm folded, shapes inferred."""
+"""Put a model into the form the passes expect: weights as initializers, BatchNorm and per-channel
+affine ops folded into their convs, hard-swish in two ops, shapes inferred."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import onnx
 from onnx import numpy_helper
 
 from tensorfold.graph.model import GraphIndex, attr
+from tensorfold.graph.simplify import hard_swish_to_hard_sigmoid
 
 
 def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -16,6 +18,8 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         "constants_to_initializers": constants_to_initializers(model),
         "identities_removed": remove_weight_identities(model),
         "batchnorms_folded": fold_batchnorm(model),
+        "affines_folded": fold_conv_affine(model),
+        "hard_swish_rewritten": hard_swish_to_hard_sigmoid(model),
     }
     model = infer_shapes(model)
     return model, stats
@@ -102,6 +106,73 @@ def _rename_in_subgraphs(nodes, rename):
 
 def fold_batchnorm(model: onnx.ModelProto) -> int:
     """Conv -> BatchNormalization (inference mode, constant stats) becomes one Conv."""
+    def bn_affine(index, conv, bn, w):
+        if bn.op_type != "BatchNormalization" or bn.input[0] != conv.output[0] or attr(bn, "training_mode", 0):
+            return None
+        if len([o for o in bn.output if o]) != 1 or not all(index.is_constant(n) for n in bn.input[1:5]):
+            return None
+        scale, beta, mean, var = (index.array(n).astype(np.float64) for n in bn.input[1:5])
+        factor = scale / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+        return factor, beta - mean * factor, bn
+
+    return _fold_into_convs(model, bn_affine, "bnfold")
+
+
+# y = conv(x) followed by these ops on a per-channel (or scalar) constant c: (factor, shift) -> new pair
+_AFFINE_OPS = {
+    "Mul": lambda f, s, c, y_first: (f * c, s * c),
+    "Add": lambda f, s, c, y_first: (f, s + c),
+    "Sub": lambda f, s, c, y_first: (f, s - c) if y_first else (-f, c - s),
+    "Div": lambda f, s, c, y_first: (f / c, s / c) if y_first else None,
+}
+
+
+def fold_conv_affine(model: onnx.ModelProto) -> int:
+    """Conv followed by Mul/Add/Sub/Div with per-channel or scalar constants (PaddlePaddle's
+    learnable affine blocks, exported scale-and-shift) becomes one Conv. onnxruntime fuses such ops
+    only when the constant is the second input of a Mul/Add and a per-channel shape; PP-OCRv4's
+    detector has 28 `Mul(constant, conv)` + `Add` pairs it leaves unfused."""
+    def affine(index, conv, first, w):
+        factor, shift = np.ones(w.shape[0]), np.zeros(w.shape[0])
+        node, y, last = first, conv.output[0], None
+        while node is not None and node.op_type in _AFFINE_OPS and len(node.input) == 2:
+            consts = [i for i in node.input if i != y]
+            if len(consts) != 1 or not index.is_constant(consts[0]):
+                break
+            c = _per_channel(index.array(consts[0]), w.shape[0], w.ndim)
+            if c is None:
+                break
+            got = _AFFINE_OPS[node.op_type](factor, shift, c, node.input[0] == y)
+            if got is None:
+                break
+            factor, shift, last = got[0], got[1], node
+            y = node.output[0]
+            users = index.consumers.get(y, [])
+            if len(users) != 1 or y in index.graph_outputs:
+                break
+            node = users[0]
+        return None if last is None else (factor, shift, last)
+
+    return _fold_into_convs(model, affine, "affinefold")
+
+
+def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """c as a vector over the output channels of a conv whose output has `rank` dims, if c
+    broadcasts only along channels (or is a scalar) and does not change the output's shape."""
+    if not np.issubdtype(c.dtype, np.floating) or c.ndim > rank:
+        return None
+    if c.size == 1:
+        return np.full(channels, float(c.ravel()[0]))
+    dims = [1] * (rank - c.ndim) + list(c.shape)
+    if dims[1] == channels and all(d == 1 for i, d in enumerate(dims) if i != 1):
+        return c.astype(np.float64).ravel()
+    return None
+
+
+def _fold_into_convs(model: onnx.ModelProto, match, tag: str) -> int:
+    """For every Conv with constant weights whose output feeds exactly one node, `match(index, conv,
+    user, weight)` returns (factor, shift, last) when the ops from that user to `last` compute
+    factor * y + shift per channel; the Conv then absorbs them and writes `last`'s output."""
     graph = model.graph
     index = GraphIndex(model)
     drop: set[int] = set()
@@ -115,22 +186,18 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         users = index.consumers.get(out, [])
         if len(users) != 1 or out in index.graph_outputs:
             continue
-        bn = users[0]
-        if bn.op_type != "BatchNormalization" or bn.input[0] != out or attr(bn, "training_mode", 0):
-            continue
-        if len([o for o in bn.output if o]) != 1 or not all(index.is_constant(n) for n in bn.input[1:5]):
-            continue
         w = index.array(conv.input[1])
         if not np.issubdtype(w.dtype, np.floating):
             continue
-        scale, beta, mean, var = (index.array(n).astype(np.float64) for n in bn.input[1:5])
-        eps = attr(bn, "epsilon", 1e-5)
-        factor = scale / np.sqrt(var + eps)
+        got = match(index, conv, users[0], w)
+        if got is None:
+            continue
+        factor, shift, last = got
         b = index.array(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
         new_w = (w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
-        new_b = ((b - mean) * factor + beta).astype(w.dtype)
-        w_name = _fresh(index, f"{conv.name or out}.bnfold.weight")
-        b_name = _fresh(index, f"{conv.name or out}.bnfold.bias")
+        new_b = (b * factor + shift).astype(w.dtype)
+        w_name = _fresh(index, f"{conv.name or out}.{tag}.weight")
+        b_name = _fresh(index, f"{conv.name or out}.{tag}.bias")
         graph.initializer.append(numpy_helper.from_array(new_w, w_name))
         graph.initializer.append(numpy_helper.from_array(new_b, b_name))
         index.initializers[w_name] = graph.initializer[-2]
@@ -138,9 +205,16 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         while len(conv.input) < 3:
             conv.input.append("")
         conv.input[1], conv.input[2] = w_name, b_name
-        conv.output[0] = bn.output[0]
-        conv.doc_string = (conv.doc_string + " " if conv.doc_string else "") + f"[tensorfold] folded {bn.name or 'BatchNormalization'}"
-        drop.add(id(bn))
+        # drop every node from the conv's user up to `last`
+        node, names = users[0], []
+        while True:
+            drop.add(id(node))
+            names.append(node.name or node.op_type)
+            if node is last:
+                break
+            node = index.consumers[node.output[0]][0]
+        conv.output[0] = last.output[0]
+        conv.doc_string = (conv.doc_string + " " if conv.doc_string else "") + f"[tensorfold] folded {', '.join(names)}"
         folded += 1
     if folded:
         keep = [n for n in graph.node if id(n) not in drop]
