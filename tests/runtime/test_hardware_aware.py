@@ -56,3 +56,49 @@ def test_measured_result_is_no_slower(tmp_path):
     cmp = compare(onnx.load(out), onnx.load(path), feeds, runs=40)
     assert cmp.speedup >= 0.9          # the output is not slower than the input, 10% noise allowed
     assert report.latency["speedup"] >= 1.0
+
+
+class _Result:
+    def __init__(self, name):
+        self.name, self.model, self.modified, self.notes = name, name, True, []
+
+
+class _Target:
+    def __init__(self, target_ms, reach_after=99):
+        self.target_ms, self.out_of_reach, self.asked, self._reach = target_ms, False, [], reach_after
+
+    def plan(self):
+        self.asked.append(self.target_ms)
+        self.out_of_reach = len(self.asked) > self._reach
+        return _Result(f"plan{len(self.asked)}")
+
+
+def test_a_missed_target_is_re_planned_and_the_fastest_kept():
+    from tensorfold.runtime.hardware_aware import _close_the_loop
+
+    target = _Target(target_ms=10.0)                       # base 15 ms: 1.5x asked
+    measured = {"plan1": 1.35, "plan2": 1.45, "plan3": 1.40}
+    first = _Result("plan0")
+    result, ratio = _close_the_loop(lambda m, c: target.plan(), None, None, target, lambda m: measured[m],
+                                    15.0, first, 1.2)
+    assert [round(15.0 / t, 3) for t in target.asked] == [1.875, 2.083, 2.155]   # asks for proportionally more
+    assert result.name == "plan2" and ratio == 1.45
+    assert len(result.notes) == 2 and "re-planned" in result.notes[0]
+    assert target.target_ms == 10.0                        # restored for the report
+
+
+def test_a_met_or_unreachable_target_is_not_re_planned():
+    from tensorfold.runtime.hardware_aware import _close_the_loop
+
+    target = _Target(target_ms=10.0)
+    first = _Result("plan0")
+    assert _close_the_loop(lambda m, c: target.plan(), None, None, target, None, 15.0, first, 1.47) == (first, 1.47)
+    target.out_of_reach = True
+    assert _close_the_loop(lambda m, c: target.plan(), None, None, target, None, 15.0, first, 1.1) == (first, 1.1)
+    assert target.asked == []
+
+
+def test_unreachable_target_takes_least_error_within_slack(tmp_path):
+    path, _ = _low_rank_conv(tmp_path)
+    report = optimize(path, tmp_path / "o.onnx", method="tucker", device="rx580", speedup=1000, progress=False)
+    assert any("least error within 3%" in n for n in report.notes)
