@@ -18,8 +18,10 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         "constants_to_initializers": constants_to_initializers(model),
         "identities_removed": remove_weight_identities(model),
         "batchnorms_folded": fold_batchnorm(model),
-        "affines_folded": fold_conv_affine(model),
+        # before the affine folds: a Div by 6 would otherwise fold into the next conv and leave
+        # a hard-swish no longer recognizable
         "hard_swish_rewritten": hard_swish_to_hard_sigmoid(model),
+        "affines_folded": fold_conv_affine(model) + fold_affine_into_next_conv(model),
     }
     model = infer_shapes(model)
     return model, stats
@@ -154,6 +156,75 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
         return None if last is None else (factor, shift, last)
 
     return _fold_into_convs(model, affine, "affinefold")
+
+
+def fold_affine_into_next_conv(model: onnx.ModelProto) -> int:
+    """Mul/Add/Sub/Div with per-channel or scalar constants whose result only a Conv without
+    padding reads (a pointwise conv after an activation's affine block) fold into that Conv:
+    conv(f * x + s) = conv_{W * f}(x) + sum(W * s). Exact only without padding (a padded border
+    would see s where the fold sees 0), so padded convs are left alone."""
+    graph = model.graph
+    index = GraphIndex(model)
+    drop: set[int] = set()
+    folded = 0
+    for conv in graph.node:
+        if conv.op_type != "Conv" or len(conv.input) < 2 or not index.is_constant(conv.input[1]):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and not index.is_constant(conv.input[2]):
+            continue
+        if any(attr(conv, "pads", [0]) ) or attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
+            continue
+        w = index.array(conv.input[1])
+        groups = attr(conv, "group", 1)
+        cin = w.shape[1] * groups
+        if not np.issubdtype(w.dtype, np.floating):
+            continue
+        factor, shift, v, chain = np.ones(cin), np.zeros(cin), conv.input[0], []
+        while True:
+            op = index.producer.get(v)
+            if (op is None or op.op_type not in _AFFINE_OPS or len(op.input) != 2 or v in index.graph_outputs
+                    or len(index.consumers.get(v, [])) != 1 or id(op) in drop):
+                break
+            consts = [i for i in op.input if index.is_constant(i)]
+            if len(consts) != 1:
+                break
+            u = next(i for i in op.input if i != consts[0])
+            c = _per_channel(index.array(consts[0]), cin, w.ndim)
+            got = None if c is None else _AFFINE_OPS[op.op_type](np.ones(cin), np.zeros(cin), c, op.input[0] == u)
+            if got is None:
+                break
+            factor, shift = factor * got[0], factor * got[1] + shift     # v = factor * u + shift
+            chain.append(op)
+            v = u
+        if not chain:
+            continue
+        # weight [O, I/g, k...]: the input channel of W[o, j] is (o // (O/g)) * (I/g) + j
+        out_per_group = w.shape[0] // groups
+        channel = (np.arange(w.shape[0])[:, None] // out_per_group) * w.shape[1] + np.arange(w.shape[1])[None, :]
+        expand = (slice(None), slice(None)) + (None,) * (w.ndim - 2)
+        w64 = w.astype(np.float64)
+        new_w = (w64 * factor[channel][expand]).astype(w.dtype)
+        b = index.array(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
+        new_b = (b + (w64 * shift[channel][expand]).reshape(w.shape[0], -1).sum(axis=1)).astype(w.dtype)
+        base = conv.name or conv.output[0]
+        w_name, b_name = _fresh(index, f"{base}.infold.weight"), _fresh(index, f"{base}.infold.bias")
+        graph.initializer.append(numpy_helper.from_array(new_w, w_name))
+        graph.initializer.append(numpy_helper.from_array(new_b, b_name))
+        index.initializers[w_name] = graph.initializer[-2]
+        index.initializers[b_name] = graph.initializer[-1]
+        while len(conv.input) < 3:
+            conv.input.append("")
+        conv.input[0], conv.input[1], conv.input[2] = v, w_name, b_name
+        drop.update(id(op) for op in chain)
+        conv.doc_string = (conv.doc_string + " " if conv.doc_string else "") + \
+            f"[tensorfold] folded {', '.join(op.name or op.op_type for op in chain)}"
+        folded += 1
+    if folded:
+        keep = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+        prune_initializers(model)
+    return folded
 
 
 def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:

@@ -104,7 +104,8 @@ class HardwareTarget:
         for name, timed in options.items():
             if not timed:
                 self.reasons[name] = "hardware-aware: no chain faster than the layer on the target"
-        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.new} new measurements, "
+        fresh = "predictions" if self.table.device is not None else "measurements"
+        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.new} new {fresh}, "
                          f"cache {self.table.path}); {slower} had no chain faster than the layer"]
         return plan, notes
 

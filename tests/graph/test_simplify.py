@@ -113,3 +113,60 @@ def test_a_clip_to_five_is_not_hard_swish():
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(5.0, np.float32), "five"))
     norm, stats = normalize(model)
     assert stats["hard_swish_rewritten"] == 0
+
+
+def _affine_then_conv(ops, inits, groups=1, pads=(0, 0, 0, 0), kernel=1, second_reader=False):
+    """x -> ops (reading "x", writing "v") -> Conv(v); the conv's input has 4 channels."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((6, 4 // groups, kernel, kernel)).astype(np.float32), "W2")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "B2")
+    nodes = ops + [helper.make_node("Conv", ["v", "W2", "B2"], ["y"], group=groups, pads=list(pads), name="pw")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if second_reader:
+        nodes.append(helper.make_node("Relu", ["v"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])], outputs,
+                              [w, b] + [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _same(a, b):
+    x = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    for ya, yb in zip(make_session(a).run(None, {"x": x}), make_session(b).run(None, {"x": x})):
+        np.testing.assert_allclose(yb, ya, rtol=1e-5, atol=1e-5)
+
+
+LAB = [helper.make_node("Mul", ["s", "x"], ["m"]), helper.make_node("Add", ["m", "t"], ["v"])]
+CHANNELS = np.array([0.5, 1.0, 1.5, 2.0]).reshape(1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("consts", [{"s": [0.9], "t": [0.2]}, {"s": CHANNELS, "t": -CHANNELS}], ids=["scalar", "per-channel"])
+def test_an_affine_before_a_pointwise_conv_folds_into_it(groups, consts):
+    model = _affine_then_conv(LAB, consts, groups=groups)
+    norm, stats = normalize(model)
+    assert stats["affines_folded"] == 1
+    assert [n.op_type for n in norm.graph.node] == ["Conv"] and norm.graph.node[0].input[0] == "x"
+    onnx.checker.check_model(norm)
+    _same(model, norm)
+
+
+@pytest.mark.parametrize("case", ["padded conv", "value read twice"])
+def test_an_affine_before_a_padded_or_shared_input_stays(case):
+    model = _affine_then_conv(LAB, {"s": [0.9], "t": [0.2]}, pads=(1, 1, 1, 1) if case == "padded conv" else (0, 0, 0, 0),
+                              kernel=3 if case == "padded conv" else 1, second_reader=case == "value read twice")
+    norm, stats = normalize(model)
+    assert stats["affines_folded"] == 0
+    _same(model, norm)
+
+
+def test_hard_swish_then_affine_then_pointwise_conv():
+    """PP-LCNetV3's block tail: hard-swish, a learnable affine, a pointwise conv."""
+    ops = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["k"]),
+           helper.make_node("Mul", ["x", "k"], ["m0"]), helper.make_node("Div", ["m0", "six"], ["h"]),
+           helper.make_node("Mul", ["s", "h"], ["m"]), helper.make_node("Add", ["m", "t"], ["v"])]
+    model = _affine_then_conv(ops, {"three": 3.0, "zero": 0.0, "six": 6.0, "s": [0.9], "t": [0.2]})
+    norm, stats = normalize(model)
+    assert stats["hard_swish_rewritten"] == 1 and stats["affines_folded"] == 1
+    assert [n.op_type for n in norm.graph.node] == ["HardSigmoid", "Mul", "Conv"]
+    _same(model, norm)
