@@ -117,8 +117,14 @@ class Comparison:
 
 def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
             warmup: int = 5, runs: int = 30) -> Comparison:
-    """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios."""
-    sa, sb = make_session(model_a, provider, threads), make_session(model_b, provider, threads)
+    """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios.
+
+    Worker threads do not spin between runs: with two sessions, one session's spinning workers
+    take the cores from the other's run. Measured on this 2-core host (five comparisons of a model
+    with itself): with spinning, ratios 0.82-1.07 and times 1.3x above the model run alone; without,
+    0.99-1.07 (ResNet-18, batch 8) and 0.98-1.01 (PP-OCRv4 det, batch 1), times near the solo ones."""
+    sa = make_session(model_a, provider, threads, spinning=False)
+    sb = make_session(model_b, provider, threads, spinning=False)
     _run_checked(sa, feeds)
     _run_checked(sb, feeds)
     for _ in range(warmup):
