@@ -122,7 +122,9 @@ def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu
     Worker threads do not spin between runs: with two sessions, one session's spinning workers
     take the cores from the other's run. Measured on this 2-core host (five comparisons of a model
     with itself): with spinning, ratios 0.82-1.07 and times 1.3x above the model run alone; without,
-    0.99-1.07 (ResNet-18, batch 8) and 0.98-1.01 (PP-OCRv4 det, batch 1), times near the solo ones."""
+    0.99-1.07 (ResNet-18, batch 8) and 0.98-1.01 (PP-OCRv4 det, batch 1), times near the solo ones.
+    It does not penalize the model with more nodes: a factorized detector against its input came out
+    1.54-1.55x this way and 1.55-1.59x timed alone in alternating blocks with spinning on."""
     sa = make_session(model_a, provider, threads, spinning=False)
     sb = make_session(model_b, provider, threads, spinning=False)
     _run_checked(sa, feeds)
