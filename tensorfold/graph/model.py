@@ -119,3 +119,29 @@ def make_model(graph: onnx.GraphProto, opset_imports: list, ir_version: int | No
     if ir_version is None:
         ir_version = onnx.helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
     return onnx.helper.make_model(graph, opset_imports=opset_imports, ir_version=ir_version)
+
+
+def prune_initializers(model: onnx.ModelProto) -> int:
+    """Remove initializers nothing reads any more."""
+    graph = model.graph
+    index = GraphIndex(model)
+    used = set(index.consumers) | index.graph_outputs
+    keep = [t for t in graph.initializer if t.name in used]
+    removed = len(graph.initializer) - len(keep)
+    if removed:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        graph_inputs = [v for v in graph.input if v.name in used or v.name in index.graph_inputs]
+        if len(graph_inputs) != len(graph.input):
+            del graph.input[:]
+            graph.input.extend(graph_inputs)
+    return removed
+
+
+def fresh_name(index: GraphIndex, base: str) -> str:
+    """A value name no initializer or node output of the indexed graph has yet."""
+    name, i = base, 1
+    while name in index.initializers or name in index.producer:
+        name = f"{base}.{i}"
+        i += 1
+    return name

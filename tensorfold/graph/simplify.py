@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tensorfold.graph.model import GraphIndex, attr
+from tensorfold.graph.model import GraphIndex, attr, prune_initializers
 
 
 def _scalar(index: GraphIndex, name: str) -> float | None:
@@ -114,7 +114,5 @@ def hard_swish_to_hard_sigmoid(model: onnx.ModelProto) -> int:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    from tensorfold.graph.normalize import prune_initializers
-
     prune_initializers(model)
     return len(replace)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
-from tensorfold.graph.normalize import make_name_generator, prune_initializers
+from tensorfold.graph.model import prune_initializers
+from tensorfold.graph.normalize import make_name_generator
 from tensorfold.passes.base import LayerRecord, Pass, PassContext, PassResult, RankSpec
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers
