@@ -41,7 +41,7 @@ from tensorfold.bench.report import publish
 
 
 def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int, runs: int = 60,
-                         statistic: str = "median", threads: int = 0) -> dict:
+                         statistic: str = "median", threads: int = 0, fresh_kernels: bool = False) -> dict:
     """Measure every layer and candidate chain as its own small model, predict it with the host
     roofline (micro-benchmark calibration) and with the roofline fitted on measurements of the
     other half of the layers (held out: fit on even layers, test on odd, and the reverse)."""
@@ -80,10 +80,12 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
             points.append((li, node_costs(m, ins), m, feeds))
     # every model timed round-robin with all the others (measure_interleaved), then a second pass
     # the same way: how well the measurement predicts itself on this host
+    # --fresh-kernels: sample the kernel model now, right before the measurement, instead of using
+    # the cached one: what is left of its error is the model's, not the host's drift since then
+    kernels = learn_host(threads=threads, fallback=host, progress=True, cache=not fresh_kernels)
     passes = [[getattr(s, statistic) / 1e3 for s in measure_interleaved([p[2:] for p in points], threads=threads, rounds=runs)]
               for _ in range(2)]
     again = np.array(passes[1])
-    kernels = learn_host(threads=threads, fallback=host, progress=True)
     pred_kernels = np.array([kernels.predict(p[2], {k: list(v.shape) for k, v in p[3].items()}) for p in points])
     points = [(p[0], t, p[1]) for p, t in zip(points, passes[0])]
     meas = np.array([p[1] for p in points])
@@ -167,6 +169,8 @@ def main():
     ap.add_argument("--quality-only", action="store_true", help="skip the optimization runs")
     ap.add_argument("--runs", type=int, default=60, help="device-model quality: timed runs per kernel")
     ap.add_argument("--threads", type=int, default=0, help="device-model quality: onnxruntime threads (0: all)")
+    ap.add_argument("--fresh-kernels", action="store_true",
+                    help="device-model quality: sample the learned kernel model right before measuring, not from the cache")
     ap.add_argument("--statistic", choices=["min", "median"], default="median", help="of those runs")
     args = ap.parse_args()
 
@@ -188,13 +192,14 @@ def main():
                 print(rows[-1], file=sys.stderr)
             in_name, dims = shape.split(":")
             quality.append((name, device_model_quality(path, {in_name: [int(v) for v in dims.split(",")]}, args.method,
-                                                       args.quality_layers, args.runs, args.statistic, args.threads)))
+                                                       args.quality_layers, args.runs, args.statistic, args.threads,
+                                                       args.fresh_kernels)))
             print(quality[-1], file=sys.stderr)
     title = "Device model quality" if args.quality_only else "Hardware-aware optimization on the CPU provider"
     lines = [f"# {title}", "",
              f"Command: `.venv/bin/python tools/bench_hardware_aware.py "
              f"{'--quality-only' if args.quality_only else f'--speedup {args.speedup}'} --method {args.method}"
-             f"{f' --threads {args.threads}' if args.threads else ''}"
+             f"{f' --threads {args.threads}' if args.threads else ''}{' --fresh-kernels' if args.fresh_kernels else ''}"
              f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'median') else ''}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime {__import__('onnxruntime').__version__} CPU provider  ",
              f"Date: {datetime.date.today().isoformat()}", ""]
