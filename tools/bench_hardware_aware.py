@@ -233,7 +233,7 @@ def main():
               "and a *per-kind fit* (per op kind a * FLOPs + b * bytes + c per node, non-negative least squares), "
               "both fitted on the measurements of the other half of the layers, so every prediction is for a layer "
               "the fit never saw; the *learned kernels* model (`--device host`: a random forest per kernel family "
-              "over ~900 randomly sampled Conv/Gemm/MatMul kernels and 60 conv pairs timed the same way at calibration, "
+              "over ~1,900 randomly sampled Conv/Gemm/MatMul kernels and 60 conv pairs timed the same way at calibration, "
               "never on these layers); and a *second measurement* of the same models right after the first, which "
               "bounds what any predictor can score against one measurement on this host.",
               "", "| model | points | predictor | Kendall tau | within +-10% | median abs. rel. error |",

@@ -92,7 +92,7 @@ def predict_seconds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], 
 
 def get_device(name: str, provider: str = "cpu", threads: int = 0, progress: bool = True) -> Device:
     """A device profile by name. `host` is this machine through `provider`, learned from sampled
-    kernels (about a minute the first time, then cached); `host-roofline` is the quicker roofline
+    kernels (about two minutes the first time, then cached); `host-roofline` is the quicker roofline
     calibrated by three micro-benchmarks, which ranks layers less well (docs/results/device-model-quality.md)."""
     if name == "host":
         return learned_host(provider, threads, progress)
