@@ -7,6 +7,10 @@ kernels handle without remainder loops. Three ways to choose among the faster ch
 - --max-error E: per layer the fastest chain whose relative weight error is <= E;
 - --target-latency / --speedup: least total error whose summed layer latency meets the target
   (the same Lagrangian allocation as --ratio, with milliseconds in place of parameters).
+
+Then the whole model decides: it is measured against the input; a reachable target it misses is
+re-planned for proportionally more (the fastest model measured is kept), and a model that is not
+faster gives layers back to the input's form until it is, or returns the input's layers.
 """
 
 from __future__ import annotations
