@@ -84,7 +84,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         ranks=ranks_desc, input_shapes=input_shapes,
         before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
         layers=result.rewritten, skipped=result.skipped, verification=verification,
-        normalization=norm_stats, seconds=0.0, notes=result.notes,
+        normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes,
         eligible_params=(result.eligible_params, result.eligible_params_after), latency=latency,
     )
     if not result.rewritten:
@@ -119,6 +119,15 @@ def _check_output(input_path: Path, output_path: Path) -> None:
         raise TensorfoldError(f"-o {output_path} is the input file; tensorfold never overwrites its input")
     if output_path.is_dir():
         raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
+
+
+def _fold_notes(norm_stats: dict) -> list[str]:
+    """What normalization changed beyond bookkeeping: exact folds the user should know about."""
+    parts = [f"{norm_stats[key]} {label}" for key, label in (
+        ("batchnorms_folded", "BatchNorm(s) folded into convs"),
+        ("affines_folded", "affine op chain(s) folded into convs"),
+        ("hard_swish_rewritten", "hard-swish(es) written as x * HardSigmoid(x)")) if norm_stats.get(key)]
+    return [f"normalize: {'; '.join(parts)} (exact, verified with the rest)"] if parts else []
 
 
 def _record_run(model: onnx.ModelProto, method: str, ranks: str, result) -> None:

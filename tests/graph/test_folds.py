@@ -83,3 +83,14 @@ def test_an_affine_before_a_padded_or_shared_input_stays(case):
     norm, stats = normalize(model)
     assert stats["affines_folded"] == 0
     check_same_outputs(model, norm)
+
+
+def test_the_optimize_report_says_what_was_folded(tmp_path):
+    from tensorfold.api import optimize
+
+    nodes, inits = AFFINES["paddle lab: Mul(const, y), Add"]
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_then(nodes, inits), path)
+    report = optimize(path, tmp_path / "o.onnx", method="tucker", progress=False)
+    assert any(n.startswith("normalize: 1 affine op chain(s) folded into convs") for n in report.notes)
+    assert report.verification.max_relative_error < 1e-5
