@@ -46,9 +46,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     ranks of each layer; it replaces method and the rank options."""
     start = time.perf_counter()
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
+    hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
     if config is not None:
-        _check_config_alone(spec, method, hardware_aware or max_error is not None or target_latency is not None
-                            or speedup is not None)
+        _check_config_alone(spec, method, hardware_aware)
         from tensorfold.passes.planned import PlannedPass
 
         chosen, method = PlannedPass(), "config"
@@ -68,7 +68,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     ctx = PassContext(spec=spec, include=tuple(include), exclude=tuple(exclude), force=force,
                       progress=progress, seed=seed)
     latency = None
-    if hardware_aware or max_error is not None or target_latency is not None or speedup is not None:
+    if hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
         result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,

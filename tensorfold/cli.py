@@ -91,7 +91,7 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--hardware-aware", is_flag=True,
               help="time every candidate chain on the target; rewrite a layer only where it is faster")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider to time on (hardware-aware)")
-@click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host)")
+@click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
 @click.option("--threads", type=int, default=0, show_default=True, help="intra-op threads for timing (0: all)")
 @click.option("--max-error", type=float, help="hardware-aware: fastest chain per layer with weight error <= this")
 @click.option("--target-latency", type=float, help="hardware-aware: least error meeting this whole-model latency (ms)")
@@ -147,7 +147,7 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--provider", default="cpu", show_default=True,
               help="execution provider: cpu, cuda, tensorrt, dml, webgpu, migraphx, openvino, coreml or a full name")
-@click.option("--device", help="predict with a device model instead of measuring (rx580, gtx1060, ..., host)")
+@click.option("--device", help="predict with a device model instead of measuring (rx580, gtx1060, ..., host, host-roofline)")
 @click.option("--batch", "batches", type=int, multiple=True, help="batch size (repeatable; default 1)")
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path),
               help="a second model, timed interleaved with MODEL; ratios are MODEL's speedup over it")
@@ -385,7 +385,7 @@ def search_group():
 @click.option("--max-error", type=float, help="constraint: output error at most this")
 @click.option("--target-latency", type=float, help="constraint: latency at most this many ms")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider for the latency objective")
-@click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host)")
+@click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
 @click.option("--threads", type=int, default=0, show_default=True)
 @click.option("--data", help="labelled data for the accuracy objective (fashion-mnist, a folder, an .npz)")
 @click.option("--recover-steps", type=int, default=100, show_default=True,

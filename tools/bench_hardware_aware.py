@@ -57,11 +57,10 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     pass_ = get_pass(method)
     ctx = PassContext(progress=False)
     host = calibrate_host(threads=threads)
-    opset = max(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
     layers, _ = find_layers(model)
     points = []                                   # (layer index, node costs, model, feeds)
     target = HardwareTarget(LatencyTable(), model, shapes)
-    index = {t.name: t for t in model.graph.initializer}
+    opset, index = target.opset, target.initializers
     rng = np.random.default_rng(0)
     for li, layer in enumerate(itertools.islice((l for l in layers if not pass_.supports(l)), max_layers)):
         chains = [([layer.node], [index[i] for i in layer.node.input if i in index])]
@@ -109,7 +108,7 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     return out
 
 
-_KINDS = ("Conv", "ConvDepthwise", "Gemm", "MatMul")
+_KINDS = ("Conv", "Gemm", "MatMul")
 
 
 def _fit_per_kind(points) -> np.ndarray:

@@ -28,6 +28,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from tensorfold.bench.datasets import load_data, prepare_inputs  # noqa: E402
+from tensorfold.bench.real_models import cache_dir  # noqa: E402
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.train import Recipe, baseline  # noqa: E402
 from tensorfold.cli import demo_model_path  # noqa: E402
@@ -66,7 +67,7 @@ def main():
     ap.add_argument("--parts", default="samplers,workers")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    cache = Path(os.environ.get("TENSORFOLD_CACHE", Path.home() / ".cache" / "tensorfold")) / "baselines"
+    cache = cache_dir() / "baselines"
     cache.mkdir(parents=True, exist_ok=True)
     models = {"fmnist-cnn": demo_model_path()}
     if "resnet18" in args.models:

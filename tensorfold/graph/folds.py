@@ -34,7 +34,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
             return None
         scale, beta, mean, var = (index.array(n).astype(np.float64) for n in bn.input[1:5])
         factor = scale / np.sqrt(var + attr(bn, "epsilon", 1e-5))
-        return factor, beta - mean * factor, bn
+        return factor, beta - mean * factor, [bn]
 
     return _rewrite_convs(model, _after(bn_affine), "bnfold")
 
@@ -43,7 +43,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
     """Conv followed by Mul/Add/Sub/Div with per-channel or scalar constants becomes one Conv."""
     def affine(index, conv, first, w):
         factor, shift = np.ones(w.shape[0]), np.zeros(w.shape[0])
-        node, y, last = first, conv.output[0], None
+        node, y, absorbed = first, conv.output[0], []
         while node is not None and node.op_type in _AFFINE_OPS and len(node.input) == 2:
             consts = [i for i in node.input if i != y]
             if len(consts) != 1 or not index.is_constant(consts[0]):
@@ -52,13 +52,14 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
             got = None if c is None else _AFFINE_OPS[node.op_type](factor, shift, c, node.input[0] == y)
             if got is None:
                 break
-            factor, shift, last = got[0], got[1], node
+            factor, shift = got
+            absorbed.append(node)
             y = node.output[0]
             users = index.consumers.get(y, [])
             if len(users) != 1 or y in index.graph_outputs:
                 break
             node = users[0]
-        return None if last is None else (factor, shift, last)
+        return (factor, shift, absorbed) if absorbed else None
 
     return _rewrite_convs(model, _after(affine), "affinefold")
 
@@ -118,7 +119,7 @@ def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
 
 def _after(match):
     """A fold of the ops after a conv: `match(index, conv, its one user, weight)` gives (factor,
-    shift, last) when the ops from that user to `last` compute factor * y + shift per channel."""
+    shift, absorbed) when the ops `absorbed`, from that user on, compute factor * y + shift per channel."""
     def fold(index, conv, w, b, taken):
         out = conv.output[0]
         users = index.consumers.get(out, [])
@@ -127,13 +128,9 @@ def _after(match):
         got = match(index, conv, users[0], w)
         if got is None:
             return None
-        factor, shift, last = got
-        absorbed, node = [users[0]], users[0]
-        while node is not last:
-            node = index.consumers[node.output[0]][0]
-            absorbed.append(node)
+        factor, shift, absorbed = got
         new_w = w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))
-        return new_w, b * factor + shift, absorbed, conv.input[0], last.output[0]
+        return new_w, b * factor + shift, absorbed, conv.input[0], absorbed[-1].output[0]
     return fold
 
 

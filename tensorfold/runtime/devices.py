@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import write_text_atomic
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import node_flops
 from tensorfold.graph.model import make_model
@@ -64,10 +65,13 @@ class NodeCost:
     bytes: float
 
 
-def node_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> list[NodeCost]:
-    """FLOPs (multiply-add = 2; other ops one per output element) and bytes read + written per node."""
-    needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
-    shapes = concrete_shapes(model, input_shapes, needed)
+def node_costs(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
+               shapes: dict[str, list[int]] | None = None) -> list[NodeCost]:
+    """FLOPs (multiply-add = 2; other ops one per output element) and bytes read + written per node.
+    `shapes`: the model's concrete shapes where the caller has them already."""
+    if shapes is None:
+        needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
+        shapes = concrete_shapes(model, input_shapes, needed)
     costs = []
     for node in model.graph.node:
         if node.op_type in _FREE_OPS:
@@ -180,9 +184,7 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
                     key=f"host-roofline-{_host_key(provider, threads)}")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in asdict(device).items() if k != "kernels"}))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({k: v for k, v in asdict(device).items() if k != "kernels"}))
     return device
 
 

@@ -197,7 +197,7 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     def speed_ratio(candidate):
         """How many times faster `candidate` is than the normalized input (interleaved runs)."""
         if dev is not None:
-            return model_ms(model) / model_ms(candidate)
+            return base_ms / model_ms(candidate)
         return compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
 
     base_ms = model_ms(model)

@@ -1,5 +1,5 @@
 """A learned per-kernel latency model of the machine tensorfold runs on, in the manner of
-nn-Meter: sample a few hundred kernel configurations (Conv in its regular, pointwise, depthwise
+nn-Meter: sample about 1,900 kernel configurations (Conv in its regular, pointwise, depthwise
 and asymmetric forms; Gemm and MatMul), time each one through onnxruntime round-robin with the
 others, and learn per kernel family how far the real time sits from a roofline fitted on the
 same samples (a random forest on the log ratio, over channels, kernel, stride, spatial size).
@@ -316,7 +316,7 @@ class KernelModel:
         nodes_s = sum(self.config_seconds(fam, cs).sum() for fam, cs in by_family.items())
         total = self.call_s + max(nodes_s - joints, 0.5 * nodes_s)
         if others:
-            total += sum(self.fallback.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes)
+            total += sum(self.fallback.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes, shapes)
                          if c.node in others)
         return float(total)
 

@@ -117,7 +117,8 @@ class Comparison:
 
 def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
             warmup: int = 5, runs: int = 30) -> Comparison:
-    """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios.
+    """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios: the
+    round-robin of `measure_interleaved` without untimed visits.
 
     Worker threads do not spin between runs: with two sessions, one session's spinning workers
     take the cores from the other's run. Measured on this 2-core host (five comparisons of a model
@@ -125,22 +126,8 @@ def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu
     0.99-1.07 (ResNet-18, batch 8) and 0.98-1.01 (PP-OCRv4 det, batch 1), times near the solo ones.
     It does not penalize the model with more nodes: a factorized detector against its input came out
     1.54-1.55x this way and 1.55-1.59x timed alone in alternating blocks with spinning on."""
-    sa = make_session(model_a, provider, threads, spinning=False)
-    sb = make_session(model_b, provider, threads, spinning=False)
-    _run_checked(sa, feeds)
-    _run_checked(sb, feeds)
-    for _ in range(warmup):
-        sa.run(None, feeds)
-        sb.run(None, feeds)
-    ta, tb = [], []
-    for i in range(runs):
-        if i % 2 == 0:
-            ta.append(_timed(sa, feeds))
-            tb.append(_timed(sb, feeds))
-        else:
-            tb.append(_timed(sb, feeds))
-            ta.append(_timed(sa, feeds))
-    return Comparison(LatencyStats(ta), LatencyStats(tb), [b / a for a, b in zip(ta, tb)])
+    sa, sb = measure_interleaved([(model_a, feeds), (model_b, feeds)], provider, threads, warmup, runs, settle=0)
+    return Comparison(sa, sb, [b / a for a, b in zip(sa.runs_ms, sb.runs_ms)])
 
 
 def _run_checked(session, feeds) -> None:
