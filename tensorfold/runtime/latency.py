@@ -76,9 +76,10 @@ def measure_interleaved(models: list[tuple[onnx.ModelProto | str, dict[str, np.n
     burst of load from other processes hits all of them alike instead of whichever model was being
     timed then. A visit runs the model `settle` times untimed, then once timed (the first run after
     switching models pays for cold caches). Worker threads do not spin between runs (spinning=False):
-    a session's spinning workers would otherwise take the cores from the next session. On this shared 2-core host two passes of 77 layer/chain models agree at
-    Kendall tau 0.97 this way, and at 0.82-0.91 when each model is timed in one block (see
-    docs/results/device-model-quality.md)."""
+    a session's spinning workers would otherwise take the cores from the next session. On this
+    shared 2-core host two passes of the 77-82 layer/chain models agree at Kendall tau 0.94-0.97 this
+    way ("second measurement" in docs/results/device-model-quality.md; timed one block per model, as
+    the tool did before, at 0.79-0.92)."""
     sessions = []
     for model, feeds in models:
         session = make_session(model, provider, threads, spinning=spinning)
@@ -121,7 +122,7 @@ def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu
     round-robin of `measure_interleaved` without untimed visits.
 
     Worker threads do not spin between runs: with two sessions, one session's spinning workers
-    take the cores from the other's run. Measured on this 2-core host (five comparisons of a model
+    take the cores from the other's run. Measured once on this 2-core host (commit a471734) (five comparisons of a model
     with itself): with spinning, ratios 0.82-1.07 and times 1.3x above the model run alone; without,
     0.99-1.07 (ResNet-18, batch 8) and 0.98-1.01 (PP-OCRv4 det, batch 1), times near the solo ones.
     It does not penalize the model with more nodes: a factorized detector against its input came out
