@@ -25,8 +25,9 @@ def _measure_stage(stage: str, path: Path, test, threads: int) -> dict:
     name = model.graph.input[0].name
     shape = [1, *test[0].shape[1:]]
     feeds = {name: test[0][:1]}
+    stats = model_stats(model, {name: shape})
     return {"stage": stage, "model": str(path), "test_accuracy": evaluate_onnx(model, test[0], test[1], threads=threads),
-            "params": model_stats(model, {name: shape}).params, "flops": model_stats(model, {name: shape}).flops,
+            "params": stats.params, "flops": stats.flops,
             "host_ms": measure(model, feeds, "cpu", threads, warmup=5, runs=50).median}
 
 

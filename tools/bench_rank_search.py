@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -33,8 +34,9 @@ from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.train import Recipe, baseline  # noqa: E402
 from tensorfold.cli import demo_model_path  # noqa: E402
 from tensorfold.graph.io import load_model  # noqa: E402
-from tensorfold.search.pareto import spread  # noqa: E402
+from tensorfold.search.pareto import front_hypervolume, spread  # noqa: E402
 from tensorfold.search.ranks import search_ranks  # noqa: E402
+from tensorfold.search.storage import open_storage  # noqa: E402
 
 
 def real_inputs(model_path: Path, out: Path, n: int = 256) -> Path:
@@ -92,11 +94,6 @@ def main():
                              "per_trial": float(np.median(per_trial)), "front": float(np.mean(fronts)),
                              "layers": rep["space"]["layers"], "mode": rep["space"]["mode"]})
             # two workers sharing a journal file vs one worker with the same total
-            import optuna
-
-            from tensorfold.search.pareto import front_hypervolume
-            from tensorfold.search.storage import open_storage
-
             setups = [("params,error", ["--inputs", str(inputs)], 2 * args.trials)]
             if label == "fmnist-cnn":   # trials that cost seconds: a short recovery each, validation accuracy
                 setups.append(("params,accuracy", ["--objectives", "params,accuracy", "--data", "fashion-mnist",

@@ -27,13 +27,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=True)
     except onnx.checker.ValidationError as exc:   # raised for a missing or misplaced external data file
-        raise TensorfoldError(f"{path}: external data: {_first_line(exc)}") from None
+        raise TensorfoldError(f"{path}: external data: {first_line(exc)}") from None
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise TensorfoldError(f"{path}: not a valid ONNX model (truncated or another format): {_first_line(exc)}") from None
+        raise TensorfoldError(f"{path}: not a valid ONNX model (truncated or another format): {first_line(exc)}") from None
     except FileNotFoundError as exc:
-        raise TensorfoldError(f"{path}: external data file missing: {_first_line(exc)}") from None
+        raise TensorfoldError(f"{path}: external data file missing: {first_line(exc)}") from None
     except OSError as exc:
-        raise TensorfoldError(f"{path}: cannot read: {_first_line(exc)}") from None
+        raise TensorfoldError(f"{path}: cannot read: {first_line(exc)}") from None
     if not model.graph.node and not model.graph.output:
         raise TensorfoldError(f"{path}: not a valid ONNX model (no graph found)")
     check_opset(model, path)
@@ -113,6 +113,7 @@ def _external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (of the driver's error it wraps, if any), for a one-line error."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

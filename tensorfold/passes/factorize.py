@@ -140,15 +140,23 @@ class FactorizePass(Pass):
             memo[key] = self.build(layer, ranks, ctx)
         return memo[key]
 
+    def weight_error(self, layer: Layer, ranks: tuple, ctx: PassContext) -> tuple[Factorization, float]:
+        """The factorization and its relative weight error, both remembered: a search that revisits
+        ranks pays for neither again."""
+        fac = self.factorization(layer, ranks, ctx)
+        errors = self.__dict__.setdefault("_errors", {})
+        key = (layer.name, tuple(ranks))
+        if key not in errors:
+            errors[key] = relative_error(layer.weight, fac.reconstruct())
+        return fac, errors[key]
+
     def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
         try:
-            fac = self.factorization(layer, ranks, ctx)
-            approx = fac.reconstruct()
+            fac, error = self.weight_error(layer, ranks, ctx)
         except DecompositionError as exc:
             return Skip(layer.name, op, f"{self.method} failed: {exc}")
-        error = relative_error(layer.weight, approx)
         if not np.isfinite(error):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
         doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,

@@ -26,7 +26,7 @@ from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import GraphIndex
 from tensorfold.passes.chains import ChainBuilder
-from tensorfold.passes.factorize import FactorizePass, relative_error
+from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.latency_table import LatencyTable
 
@@ -126,8 +126,7 @@ class HardwareTarget:
 
     def _time(self, pass_: FactorizePass, layer: Layer, ranks: tuple, ctx) -> Timed | None:
         try:
-            fac = pass_.factorization(layer, ranks, ctx)
-            error = relative_error(layer.weight, fac.reconstruct())
+            fac, error = pass_.weight_error(layer, ranks, ctx)
         except DecompositionError:
             return None
         counter = itertools.count()

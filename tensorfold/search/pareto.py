@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorfold.search.constraints import from_user_attrs
 from tensorfold.search.objectives import DIRECTIONS
 
 
 def feasible(trial) -> bool:
-    return all(c <= 0 for c in trial.user_attrs.get("constraints", []))
+    return all(c <= 0 for c in from_user_attrs(trial))
 
 
 def dominates(a, b) -> bool:

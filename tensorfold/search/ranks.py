@@ -90,7 +90,6 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     # what the trials are measured on: error is needed for --max-error even when not an objective
     measured = list(objectives) + [o for o, v in (("error", max_error), ("latency", target_latency))
                                    if v is not None and o not in objectives]
-    baseline = evaluator.baseline(measured)
     constraints = {"max_error": max_error, "target_latency_ms": target_latency}
     meta = {"objectives": list(objectives), "model": {"file": Path(model_path).name,
                                                       "fingerprint": rank_space.fingerprint},
@@ -103,8 +102,11 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
                                or target_latency is not None, population)
     name = study or f"{Path(model_path).stem}-{'-'.join(objectives)}"
     the_study = open_study(open_storage(storage), name, [DIRECTIONS[o] for o in objectives], meta, opt_sampler)
-    if "tensorfold.baseline" not in the_study.user_attrs:
-        the_study.set_user_attr("tensorfold.baseline", baseline)    # what fronts of this study are normalized by
+    # what fronts of this study are normalized by: measured once per study, not once per worker
+    baseline = the_study.user_attrs.get("tensorfold.baseline")
+    if baseline is None:
+        baseline = evaluator.baseline(measured)
+        the_study.set_user_attr("tensorfold.baseline", baseline)
     before = len(the_study.trials)
     if not before and rank_space.mode == "per-layer":
         # the input itself is the first trial: the front always holds a point no worse than the input

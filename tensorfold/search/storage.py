@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import first_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -55,18 +56,14 @@ def open_storage(url: str | None):
             raise TensorfoldError(f"--storage {redact(url)}: the database driver is missing: {missing}{hint}") from None
         except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as exc:
             raise TensorfoldError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows: "
-                                  f"{_first_line(exc)}") from None
+                                  f"{first_line(exc)}") from None
         except sqlalchemy.exc.OperationalError as exc:
-            raise TensorfoldError(f"cannot reach --storage {redact(url)}: {_first_line(exc)}") from None
+            raise TensorfoldError(f"cannot reach --storage {redact(url)}: {first_line(exc)}") from None
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             last = exc
             time.sleep(0.5 * (attempt + 1))
-    raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {_first_line(last)}")
+    raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {first_line(last)}")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def open_study(storage, name: str, directions: list[str], meta: dict, sampler):

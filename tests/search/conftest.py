@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
-DEMO = Path(__file__).resolve().parents[2] / "tensorfold" / "data" / "fmnist_cnn.onnx"
+from tensorfold.cli import demo_model_path
 
 
 @pytest.fixture
 def demo_model() -> Path:
-    return DEMO
+    return demo_model_path()
 
 
 @pytest.fixture(scope="session")

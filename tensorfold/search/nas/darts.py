@@ -27,6 +27,7 @@ from torch import nn
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.search.nas.space import OPS, Genotype, NetConfig, _build, make_op
+from tensorfold.search.nas.train import accuracy
 
 SKIP_LIMIT = 2
 GUARDS = ("earlystop", "aux-skip", "none")
@@ -194,7 +195,7 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
             if elapsed > budget_s:
                 break
         genotype = net.genotype()
-        acc = _accuracy(net, xv[:1000], yv[:1000])
+        acc = accuracy(net, xv[:1000], yv[:1000], batch=250)
         history.append({"epoch": epoch, "genotype": genotype.as_dict(), "skips_normal": genotype.count("skip_connect"),
                         "val_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
         bar.update(1)
@@ -211,10 +212,3 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
     bar.close()
     peak = peak_rss_mb() + (torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else 0)
     return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak)
-
-
-@torch.no_grad()
-def _accuracy(net, x, y, batch: int = 250) -> float:
-    net.eval()
-    correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    return correct / max(1, len(x))

@@ -115,10 +115,11 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     from tensorfold.search.nas.latency import OpLatencyTable
 
     start = time.perf_counter()
+    given = None
     if genotype is not None:
         from tensorfold.search.nas.space import load_genotype
 
-        load_genotype(genotype)       # a bad file fails before any data is loaded
+        given = load_genotype(genotype)       # a bad file fails before any data is loaded
     if torch_device != "cpu":
         try:
             torch.empty(1, device=torch_device)
@@ -151,10 +152,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
     scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, max_latency, torch_device)
     rng = np.random.default_rng(seed)
     darts_info = None
-    if genotype is not None:
-        from tensorfold.search.nas.space import load_genotype
-
-        given = load_genotype(genotype)
+    if given is not None:
         strategy = "given"
         candidates = [Scored(0, given, [], scorer.metrics(Network(given, cfg)), 0.0)]
     elif strategy == "darts":
@@ -219,10 +217,10 @@ def _load_teacher(teacher):
     if teacher is None:
         return None
     from tensorfold.graph.io import load_model
+    from tensorfold.runtime.inputs import model_inputs
 
     model = load_model(teacher)
-    inits = {t.name for t in model.graph.initializer}
-    ins = [v for v in model.graph.input if v.name not in inits]
+    ins = model_inputs(model)
     dims = [d.dim_value for d in ins[0].type.tensor_type.shape.dim] if ins else []
     if len(ins) != 1 or dims[1:] not in ([*IMAGE], [0, 0, 0]):
         raise TensorfoldError(f"--teacher {teacher} takes {dims[1:] or 'no'} inputs; the searched networks take "

@@ -273,7 +273,7 @@ def mutate(genotype: Genotype, rng) -> Genotype:
     if rng.random() < 0.5:
         choices = [o for o in DISCRETE_OPS if o != op]
         op = choices[rng.integers(len(choices))]
-    elif k + 2 > 1:
+    else:                                   # node k reads states 0 .. k+1: always another
         choices = [s for s in range(k + 2) if s != src]
         src = int(choices[rng.integers(len(choices))])
     cells[kind][k][e] = (op, src)

@@ -92,10 +92,10 @@ def genotype_from_trial(trial, nodes: int) -> Genotype:
 
 
 def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, population: int = 10,
-                 max_candidates: int | None = None, sampler=None) -> list[Scored]:
+                 max_candidates: int | None = None) -> list[Scored]:
     study = optuna.create_study(directions=[DIRECTIONS[o] for o in objectives],
-                                sampler=sampler or optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
-                                                                                 **sampler_kwargs(True)))
+                                sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
+                                                                      **sampler_kwargs(True)))
     out = []
     while time.perf_counter() < deadline and (max_candidates is None or len(out) < max_candidates):
         trial = study.ask()

@@ -14,9 +14,9 @@ from torch import nn
 
 def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 0.05,
                   seed: int = 0, teacher=None, temperature: float = 4.0, alpha: float = 0.7,
-                  deadline: float | None = None, progress: bool = False, device: str = "cpu") -> dict:
+                  progress: bool = False, device: str = "cpu") -> dict:
     """SGD (Nesterov, cosine) for `steps` steps; with `teacher` (an OnnxTeacher) the loss is
-    alpha * Hinton KD + (1 - alpha) * cross-entropy. Stops early at `deadline` (perf_counter)."""
+    alpha * Hinton KD + (1 - alpha) * cross-entropy."""
     from tqdm import tqdm
 
     from tensorfold.recovery.distill import hinton_kd
@@ -26,7 +26,7 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=3e-4)
     net.to(device)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
-    order, pos, done = rng.permutation(len(x)), 0, 0
+    order, pos = rng.permutation(len(x)), 0
     net.train()
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="train", unit="step", disable=not progress, leave=False):
@@ -45,18 +45,16 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
-        done = step + 1
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-    return {"steps": done, "seconds": time.perf_counter() - start}
+    return {"steps": steps, "seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+def accuracy(net: nn.Module, x, y, batch: int = 500) -> float:
+    """Top-1 accuracy on x, y (numpy arrays or tensors, on any device)."""
     net.eval()
     device = next(net.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        pred = net(torch.from_numpy(x[i:i + batch]).to(device)).argmax(1).cpu().numpy()
-        correct += int((pred == y[i:i + batch]).sum())
+        pred = net(torch.as_tensor(x[i:i + batch]).to(device)).argmax(1).cpu()
+        correct += int((pred == torch.as_tensor(y[i:i + batch]).cpu()).sum())
     return correct / max(1, len(x))

@@ -10,9 +10,11 @@ import pytest
 from tensorfold.runtime.sessions import make_session
 from tensorfold.search.nas.latency import OpLatencyTable
 from tensorfold.search.nas.space import NetConfig, Network, random_genotype
+from tensorfold.cli import demo_model_path
 from tests.bench.test_bench_suite import needs_data
-from tests.search.conftest import DEMO
 from tests.test_cli import assert_user_error, invoke
+
+DEMO = demo_model_path()
 
 TINY = ["--train-size", "400", "--val-size", "200", "--proxy-steps", "5", "--final-steps", "60", "--channels", "4",
         "--layers", "3", "--threads", "1"]
