@@ -126,10 +126,9 @@ def proxy_check(n: int, args) -> list[str]:
 def reference_ms() -> float:
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
-    from tensorfold.search.nas.space import NetConfig, Network, genotype_from_dict
+    from tensorfold.search.nas.space import NetConfig, Network, heaviest_genotype
 
-    cell = [[["conv_5x5", 0], ["conv_5x5", 1]], [["conv_5x5", 0], ["conv_5x5", 1]], [["conv_5x5", 0], ["conv_5x5", 1]]]
-    net = Network(genotype_from_dict({"normal": cell, "reduce": cell}), NetConfig())
+    net = Network(heaviest_genotype(3), NetConfig())
     return OpLatencyTable(device=get_device("rx580")).network_ms(net, (1, 28, 28))
 
 

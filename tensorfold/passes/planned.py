@@ -33,19 +33,7 @@ class PlannedPass(FactorizePass):
         return None
 
     def candidates(self, layer: Layer) -> list[Candidate]:
-        """Every distinct (method, ranks) point the method passes offer for this layer."""
-        seen, out = set(), []
-        for p in self.methods.values():
-            if p.supports(layer) is not None:
-                continue
-            for c in p.candidates(layer):
-                if (c.method, c.ranks) not in seen:
-                    seen.add((c.method, c.ranks))
-                    out.append(c)
-        return out
-
-    def ranks_of(self, candidate: Candidate) -> tuple:
-        return (candidate.method, *candidate.ranks)
+        raise TensorfoldError("a planned factorization has no candidates of its own: its plan names them")
 
     def ranks_for(self, layer: Layer, spec: RankSpec):
         raise TensorfoldError("a planned factorization takes its ranks from its plan, not from a rank spec")

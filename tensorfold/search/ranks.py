@@ -107,12 +107,14 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     if baseline is None:
         baseline = evaluator.baseline(measured)
         the_study.set_user_attr("tensorfold.baseline", baseline)
-    before = len(the_study.trials)
-    if not before and rank_space.mode == "per-layer":
+    if not the_study.trials and rank_space.mode == "per-layer":
         # the input itself is the first trial: the front always holds a point no worse than the input
         the_study.enqueue_trial(rank_space.keep_all_params())
 
+    own = set()                 # this process's trials: workers sharing the study add theirs meanwhile
+
     def objective(trial):
+        own.add(trial.number)
         try:
             plan = rank_space.suggest(trial)
             trial.set_user_attr("plan", encode_plan(plan))
@@ -143,7 +145,7 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     except KeyboardInterrupt:
         interrupted = True
     trials = the_study.get_trials(deepcopy=False)
-    mine = [t for t in trials[before:]]
+    mine = [t for t in trials if t.number in own]
     report = _report(the_study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator, original,
                      feeds, feeds_label, out, save_models, model_path, time.perf_counter() - start)
     report["interrupted"] = interrupted

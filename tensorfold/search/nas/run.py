@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.space import Genotype, NetConfig, Network, genotype_from_dict, to_onnx
+from tensorfold.search.nas.space import Genotype, NetConfig, Network, heaviest_genotype, to_onnx
 from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search
 from tensorfold.search.nas.train import accuracy, train_network
 from tensorfold.search.objectives import DIRECTIONS, parse_names
@@ -71,10 +71,9 @@ class Scorer:
         self.count += 1
         return s
 
-    def check_budget(self, budget_s: float) -> None:
+    def check_budget(self, budget_s: float, nodes: int) -> None:
         """Refuse a budget that cannot hold one candidate's proxy training (or one DARTS epoch)."""
-        net = Network(genotype_from_dict({"normal": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3,
-                                          "reduce": [[["conv_5x5", 0], ["conv_5x5", 1]]] * 3}), self.cfg)
+        net = Network(heaviest_genotype(nodes), self.cfg)
         t = time.perf_counter()
         train_network(net, self.tx, self.ty, steps=3, device=self.device)
         estimate = (time.perf_counter() - t) / 3 * self.proxy_steps
@@ -166,7 +165,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
                       "seconds": round(res.seconds, 1)}
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
-        scorer.check_budget(budget_s - (time.perf_counter() - start))
+        scorer.check_budget(budget_s - (time.perf_counter() - start), nodes)
         if strategy == "random":
             candidates = random_search(scorer, deadline, rng, nodes, max_candidates)
         elif len(objectives) == 1:

@@ -256,6 +256,12 @@ def export_network(net: nn.Module, path: str | Path, image: tuple[int, int, int]
     return save_model(to_onnx(net, image), path)
 
 
+def heaviest_genotype(nodes: int = 3) -> Genotype:
+    """Every edge a 5x5 conv: the costliest network of the space, for budget and latency bounds."""
+    cell = tuple(((("conv_5x5", 0), ("conv_5x5", 1)),) * nodes)
+    return Genotype(cell, cell)
+
+
 def random_genotype(rng, nodes: int = 3) -> Genotype:
     def cell():
         return tuple(tuple((DISCRETE_OPS[rng.integers(len(DISCRETE_OPS))], int(rng.integers(k + 2)))
