@@ -56,6 +56,21 @@ class CachedTable:
                 self.entries = {}
         self.new = 0
 
+    def cost_ms(self, key: str, build) -> float:
+        """The entry for `key`; if missing, `build()` gives (model, input shapes) to predict on the
+        device or measure (median) on the provider with random inputs, once."""
+        if key not in self.entries:
+            model, shapes = build()
+            if self.device is not None:
+                value = predict_seconds(model, shapes, self.device) * 1e3
+            else:
+                rng = np.random.default_rng(0)
+                feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
+            self.entries[key] = value
+            self.new += 1
+        return self.entries[key]
+
     def save(self) -> None:
         if not self.new:
             return
@@ -74,18 +89,7 @@ class LatencyTable(CachedTable):
         return json.dumps([node.op_type, ins, shapes.get(node.output[0]), attrs, label], sort_keys=True, default=str)
 
     def ms(self, layer: Layer, nodes, initializers, shapes: dict, label: str, opset: int) -> float:
-        key = self.key(layer, shapes, label)
-        if key not in self.entries:
+        def build():
             model = mini_model(nodes, initializers, shapes, opset)
-            x = model.graph.input
-            if self.device is not None:
-                in_shapes = {v.name: shapes[v.name] for v in x}
-                value = predict_seconds(model, in_shapes, self.device) * 1e3
-            else:
-                rng = np.random.default_rng(0)
-                feeds = {v.name: rng.standard_normal(shapes[v.name]).astype(np.float32) for v in x}
-                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
-            self.entries[key] = value
-            self.new += 1
-        return self.entries[key]
-
+            return model, {v.name: shapes[v.name] for v in model.graph.input}
+        return self.cost_ms(self.key(layer, shapes, label), build)

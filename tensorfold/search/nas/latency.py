@@ -9,16 +9,18 @@ final network is also measured whole."""
 from __future__ import annotations
 
 import copy
+import io
 import json
-import tempfile
 from pathlib import Path
 
-import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper
 from torch import nn
 
-from tensorfold.runtime.devices import Device, predict_seconds
-from tensorfold.runtime.latency import measure
+from tensorfold.bench.models import export_onnx
+from tensorfold.graph.model import make_model
+from tensorfold.runtime.devices import Device
 from tensorfold.runtime.latency_table import CachedTable
 
 
@@ -54,41 +56,23 @@ class OpLatencyTable(CachedTable):
         super().__init__(provider, threads, device, cache_dir, runs)
 
     def block_ms(self, sig: str, module: nn.Module, shape: tuple) -> float:
-        if sig not in self.entries:
-            import onnx
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "block.onnx"
-                from tensorfold.bench.models import export_onnx
-
-                export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), path)
-                model = onnx.load(str(path))
-            if self.device is not None:
-                value = predict_seconds(model, {"input": list(shape)}, self.device) * 1e3
-            else:
-                feeds = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
-            self.entries[sig] = value
-            self.new += 1
-        return self.entries[sig]
+        def build():
+            buf = io.BytesIO()
+            export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), buf)   # the live block stays put
+            return onnx.load_from_string(buf.getvalue()), {"input": list(shape)}
+        return self.cost_ms(sig, build)
 
     def call_ms(self) -> float:
         """The fixed cost of one inference call: the device's, or a one-element Identity measured."""
         if self.device is not None:
             return self.device.run_overhead_s * 1e3
-        if "__call__" not in self.entries:
-            from onnx import TensorProto, helper
 
-            from tensorfold.graph.model import make_model
-
+        def build():
             graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call",
                                       [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
                                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
-            model = make_model(graph, [helper.make_opsetid("", 17)])
-            self.entries["__call__"] = measure(model, {"input": np.zeros(1, np.float32)}, self.provider, self.threads,
-                                               warmup=3, runs=self.runs).median
-            self.new += 1
-        return self.entries["__call__"]
+            return make_model(graph, [helper.make_opsetid("", 17)]), {"input": [1]}
+        return self.cost_ms("__call__", build)
 
     def network_ms(self, net: nn.Module, image: tuple[int, int, int]) -> float:
         call = self.call_ms()
