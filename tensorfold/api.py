@@ -18,11 +18,15 @@ import onnx
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.graph.normalize import normalize
+from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
+from tensorfold.calibration.stats import collect_input_grams
+from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
-from tensorfold.graph.verify import verify_models
-from tensorfold.passes import PassContext, RankSpec, get_pass
+from tensorfold.graph.verify import Reference, verify_models
+from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
+from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
+from tensorfold.runtime.batching import call_shapes
 from tensorfold.runtime.inputs import feeds_for, parse_shapes, random_inputs, resolve_shapes
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
@@ -35,40 +39,67 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
              verify: bool = True, progress: bool = True, seed: int = 0, hardware_aware: bool = False,
              provider: str = "cpu", device: str | None = None, threads: int = 0, max_error: float | None = None,
              target_latency: float | None = None, speedup: float | None = None,
-             config: str | os.PathLike | None = None) -> OptimizeReport:
+             config: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
+             normalize: tuple | str | None = None, holdout: float = DEFAULT_HOLDOUT,
+             max_output_error: float | None = None, int8: bool = False) -> OptimizeReport:
     """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
+
+    method "none": no factorization (with int8=True: int8 alone, for comparison).
 
     hardware_aware: time each candidate chain on `provider` (or predict it for `device`), rewrite a
     layer only where its chain is faster, and check the whole model is faster than the input;
     where it is not, layers go back to the input's form (see runtime/hardware_aware.py).
 
     config: a rank configuration (YAML, written by `tensorfold search ranks`) naming the method and
-    ranks of each layer; it replaces method and the rank options."""
+    ranks of each layer; it replaces method and the rank options.
+
+    calibration: real samples (an .npz with one array per input, or a folder of images scaled to
+    [0, 1], `normalize` = "MEAN,STD"). Factors and rank curves are fitted to each layer's output on
+    them (decompose/data_aware.py); a seeded `holdout` share is kept out of the fit and the report's
+    verification runs on it (on `inputs` instead when given, and then every sample is fitted on).
+    max_output_error: the most compressed model whose held-out relative output error (and argmax
+    disagreement on class axes) stays within this bound. int8: onnxruntime static quantization of
+    the result, calibrated on the same samples."""
     start = time.perf_counter()
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
     hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
+    _check_calibration_options(spec, method, hardware_aware, config, calibration, max_output_error, int8, holdout)
     if config is not None:
         _check_config_alone(spec, method, hardware_aware)
         from tensorfold.passes.planned import PlannedPass
 
         chosen, method = PlannedPass(), "config"
     else:
-        chosen = get_pass(method)
+        chosen = None if method == "none" else get_pass(method)
     if output_path is not None:
-        _check_output(Path(input_path), Path(output_path))
+        _check_output(Path(output_path), [p for p in (input_path, inputs, config, calibration) if p is not None])
     original = load_model(input_path)
     shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
-    if verify:
+    fit, held, label = _calibration_split(original, calibration, inputs, shape_map, normalize, holdout, seed)
+    if held is not None:
+        feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
+    elif verify:
         feeds, label, input_shapes = feeds_for(original, shape_map, inputs, seed)
     else:
         feeds, label, input_shapes = None, None, resolve_shapes(original, shape_map)
-    model, norm_stats = normalize(original)
+    reference = Reference(original, feeds, label) if feeds is not None and (verify or max_output_error) else None
+    model, norm_stats = normalize_model(original)
     if config is not None:
         chosen.choices = _config_plan(model, config)
     ctx = PassContext(spec=spec, include=tuple(include), exclude=tuple(exclude), force=force,
                       progress=progress, seed=seed)
-    latency = None
-    if hardware_aware:
+    if fit is not None and chosen is not None:
+        ensure_node_names(model)   # the names the passes give, so statistics find their layers
+        layers, _ = find_layers(model, ctx.include, ctx.exclude)
+        ctx.stats = collect_input_grams(model, layers, fit, progress=progress)
+    latency, budget_trials, verification = None, None, None
+    if chosen is None:
+        result = PassResult(model, False, notes=["--method none: no layer factorized"])
+    elif max_output_error is not None:
+        from tensorfold.calibration.budget_search import search_budget
+
+        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error)
+    elif hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
         result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
@@ -76,23 +107,83 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     else:
         result = chosen(model, ctx)
     rewritten = result.model
-    ranks_desc = f"config {Path(config).name}" if config is not None else spec.describe()
+    ranks_desc = (f"config {Path(config).name}" if config is not None
+                  else f"max output error {max_output_error:g}" if max_output_error is not None else spec.describe())
+    if fit is not None and chosen is not None:
+        ranks_desc += ", fitted to calibration data"
     _record_run(rewritten, method, ranks_desc, result)
-    verification = verify_models(original, rewritten, feeds, label) if verify else None
+    if verify and verification is None:
+        verification = reference.verify(rewritten)
+    stages = [_stage("input", original, None)]
+    if chosen is not None:
+        stages.append(_stage("factorized", rewritten, verification))
+    final_verification = verification
+    if int8:
+        from tensorfold.calibration.int8 import quantize_int8
+
+        rewritten = quantize_int8(rewritten, fit)
+        final_verification = reference.verify(rewritten) if verify else None
+        stages.append(_stage("int8", rewritten, final_verification))
     report = OptimizeReport(
         input=str(input_path), output=str(output_path) if output_path else None, method=method,
         ranks=ranks_desc, input_shapes=input_shapes,
         before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
-        layers=result.rewritten, skipped=result.skipped, verification=verification,
+        layers=result.rewritten, skipped=result.skipped, verification=final_verification,
         normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes,
         eligible_params=(result.eligible_params, result.eligible_params_after), latency=latency,
+        stages=stages if (int8 or fit is not None) else [],
+        budget_search=[t.as_dict() for t in budget_trials] if budget_trials is not None else None,
     )
-    if not result.rewritten:
+    if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
     if output_path is not None:
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_calibration_options(spec: RankSpec, method: str, hardware_aware: bool, config, calibration,
+                               max_output_error, int8: bool, holdout: float) -> None:
+    if calibration is None:
+        for flag, on in (("--max-output-error", max_output_error is not None), ("--int8", int8)):
+            if on:
+                raise TensorfoldError(f"{flag} needs --calibration (real samples to fit and verify on)")
+    if not 0 < holdout < 1:
+        raise TensorfoldError(f"the held-out share must be in (0, 1) (got {holdout})")
+    if max_output_error is not None:
+        if not max_output_error > 0:
+            raise TensorfoldError(f"--max-output-error must be > 0 (got {max_output_error})")
+        given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
+                                       ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
+                                       ("--config", config is not None), ("--hardware-aware", hardware_aware),
+                                       ("--method none", method == "none")) if on]
+        if given:
+            raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
+    if method == "none" and (spec.rank is not None or spec.energy is not None or spec.ratio is not None
+                             or spec.evbmf or hardware_aware or config is not None):
+        raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
+
+
+def _calibration_split(original, calibration, inputs, shape_map, normalize, holdout, seed):
+    """(samples to fit on, samples to verify on, a label for the latter); all None without calibration."""
+    if calibration is None:
+        return None, None, None
+    norm = parse_normalize(normalize) if isinstance(normalize, str) or normalize is None else normalize
+    samples = load_samples(calibration, original, shapes=shape_map, normalize=norm)
+    if inputs is not None:      # the user's own held-out inputs verify; every calibration sample fits
+        return samples, None, None
+    fit, held = split_holdout(samples, holdout, seed)
+    return fit, held, f"{held.n} held-out of {samples.n} samples of {samples.source} (fitted on the other {fit.n})"
+
+
+def _stage(name: str, model: onnx.ModelProto, verification) -> dict:
+    from tensorfold.graph.model import count_params
+
+    row = {"stage": name, "params": count_params(model, quantized=name == "int8"), "size_bytes": model.ByteSize()}
+    if verification is not None:
+        row["max_relative_error"] = verification.max_relative_error
+        row["max_disagreement"] = verification.max_disagreement
+    return row
 
 
 def _check_config_alone(spec: RankSpec, method: str, hardware_aware: bool) -> None:
@@ -114,11 +205,14 @@ def _config_plan(model: onnx.ModelProto, config) -> dict:
     return read_config(config, {layer.name: layer for layer in layers})
 
 
-def _check_output(input_path: Path, output_path: Path) -> None:
-    if output_path.exists() and input_path.exists() and os.path.samefile(input_path, output_path):
-        raise TensorfoldError(f"-o {output_path} is the input file; tensorfold never overwrites its input")
+def _check_output(output_path: Path, inputs: list) -> None:
+    """Refuse an output that is one of the paths the user gave as input, or a folder."""
     if output_path.is_dir():
         raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
+    for given in inputs:
+        given = Path(given)
+        if output_path.exists() and given.exists() and os.path.samefile(given, output_path):
+            raise TensorfoldError(f"-o {output_path} is an input ({given}); tensorfold never overwrites its inputs")
 
 
 def _fold_notes(norm_stats: dict) -> list[str]:
@@ -163,7 +257,7 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> d
 
     original = load_model(input_path)
     input_shapes = resolve_shapes(original, parse_shapes(tuple(shapes)))
-    model, norm_stats = normalize(original)
+    model, norm_stats = normalize_model(original)
     ensure_node_names(model)
     stats = model_stats(original, input_shapes)
     node_flops = model_stats(model, input_shapes).node_flops

@@ -75,8 +75,9 @@ def inspect_cmd(model, shapes, as_json):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="where to write the rewritten model")
-@click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt"]), default="auto",
-              show_default=True, help="factorization; auto picks per layer the least error for the saving")
+@click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt", "none"]), default="auto",
+              show_default=True, help="factorization; auto picks per layer the least error for the saving; "
+                                      "none: no factorization (with --int8: int8 alone)")
 @click.option("--rank", type=int, help="the same rank for every layer (clipped to each mode)")
 @click.option("--energy", type=float, help="keep this share of each layer's spectral energy (0-1]")
 @click.option("--ratio", type=float, help="the factorizable layers together hold RATIO times fewer parameters")
@@ -98,9 +99,21 @@ def inspect_cmd(model, shapes, as_json):
 @click.option("--speedup", type=float, help="hardware-aware: least error meeting this speedup over the input")
 @click.option("--config", type=click.Path(path_type=Path),
               help="replay a rank configuration (YAML from `tensorfold search ranks`): method and ranks per layer")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="real samples (.npz, one array per input, or a folder of images): factors fit the layers' "
+                   "outputs on them; a share is held out and the report is verified on it")
+@click.option("--normalize", help="image folders: MEAN,STD (or three means, three stds) after [0,1] scaling")
+@click.option("--holdout", type=float, default=0.25, show_default=True,
+              help="share of the calibration samples held out for verification")
+@click.option("--max-output-error", type=float,
+              help="the most compressed model whose held-out relative output error (and argmax disagreement) "
+                   "stays within this bound")
+@click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
+                                            "calibrated on --calibration")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
-                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config, as_json):
+                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config,
+                 calibration, normalize, holdout, max_output_error, int8, as_json):
     """Factorize MODEL and write a verified model to OUTPUT.
 
     Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
@@ -112,7 +125,8 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
                       exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
                       progress=not as_json and sys.stderr.isatty(), seed=seed, hardware_aware=hardware_aware,
                       provider=provider, device=device, threads=threads, max_error=max_error,
-                      target_latency=target_latency, speedup=speedup, config=config)
+                      target_latency=target_latency, speedup=speedup, config=config, calibration=calibration,
+                      normalize=normalize, holdout=holdout, max_output_error=max_output_error, int8=int8)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:

@@ -31,6 +31,8 @@ class OptimizeReport:
     notes: list[str] = field(default_factory=list)
     eligible_params: tuple[int, int] = (0, 0)     # weights of the layers the method could rewrite, before/after
     latency: dict | None = None                   # hardware-aware runs: target, input ms, measured speedup
+    stages: list[dict] = field(default_factory=list)   # with calibration/int8: params, size, held-out error per stage
+    budget_search: list[dict] | None = None       # --max-output-error: every ratio tried and its held-out error
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +53,8 @@ class OptimizeReport:
             "normalization": self.normalization,
             "notes": self.notes,
             "latency": self.latency,
+            "stages": self.stages,
+            "budget_search": self.budget_search,
             "seconds": round(self.seconds, 3),
         }
 
@@ -81,15 +85,39 @@ class OptimizeReport:
             for o in self.verification.outputs:
                 value = (f"{o.relative_error:.3e} rel. error" if o.kind == "float"
                          else f"{o.agreement:.2%} agree")
+                if o.argmax_agreement is not None:
+                    value += f", argmax {o.argmax_agreement:.2%} agree"
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
+        if self.verification:
+            console.print(f"verified on: {self.verification.inputs}")
+        if self.stages:
+            stages = Table(title="stages", title_justify="left")
+            for col in ("stage", "params", "size", "max rel. output error", "max argmax disagreement"):
+                stages.add_column(col, justify="left" if col == "stage" else "right")
+            for row in self.stages:
+                err = row.get("max_relative_error")
+                dis = row.get("max_disagreement")
+                stages.add_row(row["stage"], f"{row['params']:,}", _fmt_bytes(row["size_bytes"]),
+                               "" if err is None else f"{err:.3e}", "" if dis is None else f"{dis:.2%}")
+            console.print(stages)
+        if self.budget_search:
+            trials = ", ".join(f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
+                               for t in self.budget_search)
+            console.print(f"budget search (ratio over factorizable layers, held-out error): {trials}")
         if self.layers:
             layers = Table(title=f"rewritten layers ({len(self.layers)})", title_justify="left")
-            for col in ("node", "op", "method", "ranks", "params", "weight error"):
-                layers.add_column(col, justify="right" if col in ("params", "weight error") else "left")
+            data = any(r.output_error is not None for r in self.layers)
+            cols = ("node", "op", "method", "ranks", "params", "weight error") + (("layer output error",) if data else ())
+            for col in cols:
+                layers.add_column(col, justify="right" if col in ("params", "weight error", "layer output error")
+                                  else "left")
             for r in self.layers:
-                layers.add_row(r.node, r.op, r.method, ",".join(map(str, r.ranks)),
-                               f"{r.params_before:,} -> {r.params_after:,}", f"{r.weight_error:.3f}")
+                row = [r.node, r.op, r.method, ",".join(map(str, r.ranks)),
+                       f"{r.params_before:,} -> {r.params_after:,}", f"{r.weight_error:.3f}"]
+                if data:
+                    row.append("" if r.output_error is None else f"{r.output_error:.3f}")
+                layers.add_row(*row)
             console.print(layers)
         if self.skipped:
             reasons = Counter(s.reason for s in self.skipped)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorfold.calibration.data import IMAGE_SUFFIXES, load_image_folder  # noqa: F401 - re-exported
 from tensorfold.errors import TensorfoldError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -143,40 +144,6 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
         raise TensorfoldError(f"{path}: no array named x, inputs or images (it has {data.files})")
     y_key = next((k for k in ("y", "labels") if k in data.files), None)
     return data[x_key], (data[y_key].astype(np.int64) if y_key else None)
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
-                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Images in `root/<class>/*.png` (labelled by subfolder, classes sorted by name) or directly in
-    `root/` (unlabelled). Each is converted to `channels` (1: grayscale, 3: RGB) and resized to
-    `size` (H, W) when given, else all must share the first image's size. uint8 (N, H, W, C)."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    labelled = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-                if p.suffix.lower() in IMAGE_SUFFIXES]
-    files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
-    images = []
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = (img.height, img.width)
-                if (img.height, img.width) != tuple(size):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
-        images.append(arr[..., None] if arr.ndim == 2 else arr)
-    labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
-    return np.stack(images), labels, classes if labelled else []
 
 
 def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3

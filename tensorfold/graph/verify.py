@@ -1,4 +1,9 @@
-"""Check a rewritten model: onnx.checker, then original and rewritten run side by side in onnxruntime."""
+"""Check a rewritten model: onnx.checker, then original and rewritten run side by side in onnxruntime.
+
+Inputs holding many samples are fed as many at a time as the models' batch dimension allows
+(runtime.batching); errors are pooled over all of them. Outputs with a class axis (a Softmax's
+axis, a 2-D (N, C) output, a Gemm/MatMul's last axis) also report argmax agreement.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.model import attr
+from tensorfold.runtime.batching import chunks
 from tensorfold.runtime.sessions import make_session
 
 
@@ -18,6 +25,7 @@ class OutputCheck:
     relative_error: float | None = None
     max_abs_error: float | None = None
     agreement: float | None = None
+    argmax_agreement: float | None = None   # float outputs with a class axis: share of equal argmaxes
 
 
 @dataclass
@@ -31,9 +39,19 @@ class Verification:
         errs = [o.relative_error for o in self.outputs if o.relative_error is not None]
         return max(errs) if errs else 0.0
 
+    @property
+    def max_disagreement(self) -> float:
+        """The largest share of changed argmaxes (class axes) or changed elements (integer outputs)."""
+        shares = [1.0 - a for o in self.outputs for a in (o.agreement, o.argmax_agreement) if a is not None]
+        return max(shares) if shares else 0.0
+
+    def within(self, bound: float) -> bool:
+        return self.max_relative_error <= bound and self.max_disagreement <= bound
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["max_relative_error"] = self.max_relative_error
+        d["max_disagreement"] = self.max_disagreement
         return d
 
 
@@ -44,38 +62,108 @@ def check(model: onnx.ModelProto, label: str = "model") -> None:
         raise TensorfoldError(f"{label} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
 
 
-def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str]) -> list[OutputCheck]:
-    checks = []
-    for name, ref, got in zip(names, reference, candidate):
+def class_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Output name -> the axis holding class scores, for the outputs that have one."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    opset = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=13)
+    axes = {}
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        node = producers.get(out.name)
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            axes[out.name] = int(attr(node, "axis", -1 if opset >= 13 else 1))
+        elif len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
+            axes[out.name] = 1
+        elif node is not None and node.op_type in ("Gemm", "MatMul") and len(dims) >= 2:
+            axes[out.name] = -1
+    return axes
+
+
+class _Accumulator:
+    """Errors of one output pooled over every call."""
+
+    def __init__(self, name: str, axis: int | None):
+        self.name, self.axis = name, axis
+        self.diff2 = self.ref2 = self.max_abs = 0.0
+        self.equal = self.count = self.argmax_equal = self.argmax_count = 0
+        self.kind = None
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         ref, got = np.asarray(ref), np.asarray(got)
         if ref.shape != got.shape:
-            raise TensorfoldError(f"output '{name}' changed shape: {ref.shape} -> {got.shape}")
+            raise TensorfoldError(f"output '{self.name}' changed shape: {ref.shape} -> {got.shape}")
         if np.issubdtype(ref.dtype, np.floating):
+            self.kind = "float"
             r64, g64 = ref.astype(np.float64), got.astype(np.float64)
-            norm = float(np.linalg.norm(r64))
-            diff = float(np.linalg.norm(r64 - g64))
-            checks.append(OutputCheck(name, "float", diff / norm if norm > 0 else diff,
-                                      float(np.max(np.abs(r64 - g64))) if ref.size else 0.0))
+            self.diff2 += float(np.sum((r64 - g64) ** 2))
+            self.ref2 += float(np.sum(r64 ** 2))
+            if ref.size:
+                self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - g64))))
+            if self.axis is not None and ref.ndim and ref.shape[self.axis] > 1:
+                same = np.argmax(ref, axis=self.axis) == np.argmax(got, axis=self.axis)
+                self.argmax_equal += int(same.sum())
+                self.argmax_count += int(same.size)
         else:
-            checks.append(OutputCheck(name, "integer", agreement=float(np.mean(ref == got)) if ref.size else 1.0))
-    return checks
+            self.kind = "integer"
+            self.equal += int(np.sum(ref == got))
+            self.count += int(ref.size)
+
+    def result(self) -> OutputCheck:
+        if self.kind == "float":
+            norm, diff = np.sqrt(self.ref2), np.sqrt(self.diff2)
+            return OutputCheck(self.name, "float", diff / norm if norm > 0 else diff, self.max_abs,
+                               argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None)
+        return OutputCheck(self.name, "integer", agreement=self.equal / self.count if self.count else 1.0)
+
+
+def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str],
+                    axes: dict[str, int] | None = None) -> list[OutputCheck]:
+    accs = [_Accumulator(name, (axes or {}).get(name)) for name in names]
+    for acc, ref, got in zip(accs, reference, candidate):
+        acc.add(ref, got)
+    return [acc.result() for acc in accs]
+
+
+class Reference:
+    """The original model's outputs on some inputs, computed once and compared with any number of
+    rewritten models (a budget search verifies every candidate against the same reference)."""
+
+    def __init__(self, original: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str, provider: str = "cpu"):
+        self.names = [o.name for o in original.graph.output]
+        self.axes = class_axes(original)
+        self.label, self.provider = label, provider
+        self.calls = list(chunks(original, feeds))
+        session = _session(original, provider, "the original model")
+        self.outputs = [_run(session, call, "the original model") for call in self.calls]
+
+    def verify(self, rewritten: onnx.ModelProto) -> Verification:
+        check(rewritten, "the rewritten model")
+        if [o.name for o in rewritten.graph.output] != self.names:
+            raise TensorfoldError("the two models have different outputs: "
+                                  f"{self.names} vs {[o.name for o in rewritten.graph.output]}")
+        session = _session(rewritten, self.provider, "the rewritten model")
+        accs = [_Accumulator(name, self.axes.get(name)) for name in self.names]
+        for call, reference in zip(self.calls, self.outputs):
+            for acc, ref, got in zip(accs, reference, _run(session, call, "the rewritten model")):
+                acc.add(ref, got)
+        return Verification("passed", self.label, [acc.result() for acc in accs])
 
 
 def verify_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray],
                   inputs_label: str, provider: str = "cpu") -> Verification:
     """Checker on the rewritten model, then both run on the same feeds; errors per output."""
     check(rewritten, "the rewritten model")
-    names = [o.name for o in original.graph.output]
-    if [o.name for o in rewritten.graph.output] != names:
-        raise TensorfoldError("the two models have different outputs: "
-                              f"{names} vs {[o.name for o in rewritten.graph.output]}")
-    reference = _run(original, feeds, provider, "the original model")
-    candidate = _run(rewritten, feeds, provider, "the rewritten model")
-    return Verification("passed", inputs_label, compare_outputs(reference, candidate, names))
+    return Reference(original, feeds, inputs_label, provider).verify(rewritten)
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], provider: str, label: str) -> list[np.ndarray]:
-    session = make_session(model, provider)
+def _session(model: onnx.ModelProto, provider: str, label: str):
+    try:
+        return make_session(model, provider)
+    except TensorfoldError as exc:
+        raise TensorfoldError(f"{label}: {exc}") from None
+
+
+def _run(session, feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
     try:
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - surfaced as one line

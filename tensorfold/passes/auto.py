@@ -12,7 +12,7 @@ from __future__ import annotations
 from tensorfold.errors import DecompositionError
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.cp import cp_build, cp_rank_for_params
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, layer_output_error2, relative_error
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 from tensorfold.passes.tt import TTPass
@@ -57,6 +57,15 @@ class AutoPass(FactorizePass):
     def ranks_of(self, candidate: Candidate):
         return (candidate.method, *candidate.ranks)
 
+    @staticmethod
+    def _error(layer: Layer, fac: Factorization) -> float:
+        """What CP and Tucker-2 are compared on: output error with calibration data, else weight error."""
+        if layer.gram is None:
+            return relative_error(layer.weight, fac.reconstruct())
+        if fac.output_error2 is None:
+            fac.output_error2 = layer_output_error2(layer, fac.reconstruct())
+        return fac.output_error2
+
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         method, *rest = ranks
         rest = tuple(rest)
@@ -71,6 +80,6 @@ class AutoPass(FactorizePass):
                 cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)
             except DecompositionError:  # an unstable CP just loses the comparison
                 return best
-            if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):
+            if self._error(layer, cp) < self._error(layer, best):
                 return cp
         return best

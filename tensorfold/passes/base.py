@@ -65,6 +65,8 @@ class PassContext:
     # planner(pass, layers, ctx) -> (ranks per layer name or None, notes): replaces the rank spec's
     # plan, e.g. hardware-aware selection by measured latency
     planner: Callable | None = None
+    # {layer name: InputGram} from calibration data: factors and rank curves fit the layers' outputs
+    stats: dict | None = None
 
 
 @dataclass
@@ -79,6 +81,7 @@ class LayerRecord:
     params_after: int
     weight_error: float
     new_nodes: list[str]
+    output_error: float | None = None    # relative output error of this layer on the calibration data
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,9 @@
 CP-ALS with SVD init, restarts and a stability check (tensorfold.decompose.cp); a failed or
 degenerate decomposition leaves the layer whole with the reason. Stride, dilation and pads are
 split per axis between the depthwise convs. Grouped kxk convs are skipped: use tucker for them.
+With calibration statistics (layer.gram) the inner factors still come from CP-ALS on the weight
+(CP has no closed form in the data norm) and the last 1x1 factor is re-solved by least squares
+to the layer's output on that data (decompose.data_aware.refit_output).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from tensorfold.passes.chains import emit_cp_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
-from tensorfold.passes.tucker import tucker_error_grid, tucker_ranks
+from tensorfold.decompose.data_aware import refit_output
+from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
 from tensorfold.decompose.tucker2 import tucker2_params
 
 
@@ -35,9 +39,14 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
     """CP errors are only known after ALS, too costly for every rank: the estimate used here is
     the Tucker-2 (HOSVD) error at the same parameter count. The real error is measured on the
     chosen rank and reported."""
-    grid = tucker_error_grid(layer)
     o, i = layer.weight.shape[:2]
-    ro, ri = np.meshgrid(np.arange(o + 1), np.arange(i + 1), indexing="ij")
+    if layer.gram is not None:      # the data-fitted Tucker-2 grid, on its r_in ladder
+        r_ins = ladder(i, 40)
+        grid = tucker_data_grid(layer, r_ins)
+        ro, ri = np.meshgrid(np.arange(o + 1), np.asarray(r_ins), indexing="ij")
+    else:
+        grid = tucker_error_grid(layer)
+        ro, ri = np.meshgrid(np.arange(o + 1), np.arange(i + 1), indexing="ij")
     tucker_p = o * ro + ri * i + ro * ri * int(np.prod(layer.kernel))
     max_rank = max(1, layer.params // sum(layer.weight.shape))
     out = []
@@ -51,12 +60,22 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
 def cp_build(layer: Layer, rank: int, seed: int) -> Factorization:
     cp = cp_als(layer.weight.astype(np.float64), rank, seed=seed)
     out_f, in_f, *spatial = cp.factors
+    output_error2 = None
+    if layer.gram is not None:
+        # F[r, (c, *k)] = in_f[c, r] * prod_axis spatial[axis][k_axis, r]: what the chain computes before its last 1x1
+        maps = in_f.T
+        for factor in spatial:
+            maps = np.einsum("rd,kr->rdk", maps, factor).reshape(maps.shape[0], -1)
+        out_f, output_error2 = refit_output(layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64),
+                                            maps, layer.gram.group(0))
+    factors = [out_f, in_f, *spatial]
     dtype = layer.weight.dtype
     return Factorization(
         "cp", [out_f.shape[1]],
-        reconstruct=lambda: cp_reconstruct(type(cp)([f.astype(dtype) for f in cp.factors], cp.rel_error,
+        reconstruct=lambda: cp_reconstruct(type(cp)([f.astype(dtype) for f in factors], cp.rel_error,
                                                     cp.n_iter, cp.restarts)),
         emit=lambda b: emit_cp_conv(b, out_f, in_f, spatial),
+        output_error2=output_error2,
     )
 
 

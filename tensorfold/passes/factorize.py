@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from tensorfold.decompose.data_aware import damped
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
@@ -32,6 +33,7 @@ class Factorization:
     ranks: list[int]
     reconstruct: Callable[[], np.ndarray]
     emit: Callable[[ChainBuilder], None]
+    output_error2: float | None = None   # relative squared output error on calibration data, when fitted to it
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,26 @@ def relative_error(weight: np.ndarray, approx: np.ndarray) -> float:
     norm = float(np.linalg.norm(weight.astype(np.float64)))
     diff = float(np.linalg.norm(weight.astype(np.float64) - approx.astype(np.float64)))
     return diff / norm if norm > 0 else diff
+
+
+def layer_rows(layer: Layer, weight: np.ndarray) -> list[np.ndarray]:
+    """The weight as rows acting on the vectors the layer multiplies, per group: (O/g, C/g * prod(k))
+    for a conv (patches ordered like weight[o].ravel()), (N, K) for y = x @ W."""
+    if layer.kind == "conv":
+        return [w.reshape(w.shape[0], -1).astype(np.float64) for w in np.split(weight, layer.groups, axis=0)]
+    return [weight.T.astype(np.float64)]
+
+
+def layer_output_error2(layer: Layer, approx: np.ndarray) -> float:
+    """Relative squared output error of replacing the layer's weight by `approx`, on the data of
+    layer.gram (groups pooled)."""
+    num = den = 0.0
+    for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx))):
+        gram = damped(layer.gram.group(g))
+        d = w - a
+        num += float(np.einsum("od,od->", d @ gram, d))
+        den += float(np.einsum("od,od->", w @ gram, w))
+    return max(num, 0.0) / den if den > 0 else max(num, 0.0)
 
 
 def ladder(n: int, points: int = 48) -> list[int]:
@@ -79,18 +101,34 @@ class FactorizePass(Pass):
 
     # --- the shared loop -------------------------------------------------------------------
 
-    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+    def eligible_layers(self, model: onnx.ModelProto, ctx: PassContext
+                        ) -> tuple[onnx.ModelProto, list[Layer], list[Skip]]:
+        """A named copy of the model, the layers this method can rewrite (with their calibration
+        statistics attached), and the skipped nodes with their reasons."""
         work = onnx.ModelProto()
         work.CopyFrom(model)
         ensure_node_names(work)
         layers, skipped = find_layers(work, ctx.include, ctx.exclude)
         eligible = []
         for layer in layers:
+            layer.gram = (ctx.stats or {}).get(layer.name)
             reason = self.supports(layer)
             if reason:
                 skipped.append(Skip(layer.name, layer.node.op_type, reason))
             else:
                 eligible.append(layer)
+        return work, eligible, skipped
+
+    def reachable_ratio(self, model: onnx.ModelProto, ctx: PassContext) -> float:
+        """The largest --ratio this method can meet on the model (1.0 when nothing can shrink)."""
+        _, layers, _ = self.eligible_layers(model, ctx)
+        total = sum(layer.params for layer in layers)
+        smallest = sum(min([layer.params] + [c.params for c in self.candidates_of(layer)
+                                             if ctx.force or c.params < layer.params]) for layer in layers)
+        return total / smallest if smallest else 1.0
+
+    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        work, eligible, skipped = self.eligible_layers(model, ctx)
         plan, notes = self.plan(eligible, ctx)
         fresh = make_name_generator(work)
         replacements: dict[str, ChainBuilder] = {}
@@ -135,7 +173,7 @@ class FactorizePass(Pass):
     def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
         """build(), remembered: a planner that tried these ranks already paid for them."""
         memo = self.__dict__.setdefault("_memo", {})
-        key = (layer.name, tuple(ranks))
+        key = (layer.name, tuple(ranks), layer.gram is not None)
         if key not in memo:
             memo[key] = self.build(layer, ranks, ctx)
         return memo[key]
@@ -145,10 +183,27 @@ class FactorizePass(Pass):
         ranks pays for neither again."""
         fac = self.factorization(layer, ranks, ctx)
         errors = self.__dict__.setdefault("_errors", {})
-        key = (layer.name, tuple(ranks))
+        key = (layer.name, tuple(ranks), layer.gram is not None)
         if key not in errors:
             errors[key] = relative_error(layer.weight, fac.reconstruct())
         return fac, errors[key]
+
+    def output_error(self, layer: Layer, ranks: tuple, ctx: PassContext) -> float | None:
+        """Relative output error of the layer's factorization on the calibration data (None without)."""
+        if layer.gram is None:
+            return None
+        fac = self.factorization(layer, ranks, ctx)
+        if fac.output_error2 is None:
+            fac.output_error2 = layer_output_error2(layer, fac.reconstruct())
+        return float(np.sqrt(max(fac.output_error2, 0.0)))
+
+    def candidates_of(self, layer: Layer) -> list[Candidate]:
+        """candidates(), remembered: a budget search at several ratios builds each curve once."""
+        memo = self.__dict__.setdefault("_candidates", {})
+        key = (layer.name, layer.gram is not None)
+        if key not in memo:
+            memo[key] = self.candidates(layer)
+        return memo[key]
 
     def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
@@ -167,7 +222,7 @@ class FactorizePass(Pass):
             return Skip(layer.name, op, f"{fac.method} ranks {list(fac.ranks)} give {builder.params} params, "
                                         f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)")
         record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks], layer.params, builder.params,
-                             error, [n.name for n in builder.nodes])
+                             error, [n.name for n in builder.nodes], self.output_error(layer, ranks, ctx))
         return builder, record
 
     def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[dict[str, tuple[int, ...] | None], list[str]]:
@@ -179,8 +234,19 @@ class FactorizePass(Pass):
         """Ranks from the rank spec alone: a fixed rank, an energy, EVBMF or the global budget."""
         spec = ctx.spec
         if spec.ratio is None:
-            return {layer.name: self.ranks_for(layer, spec) for layer in layers}, []
+            return {layer.name: self.data_ranks_for_energy(layer, spec) or self.ranks_for(layer, spec)
+                    for layer in layers}, []
         return self.budget_plan(layers, spec.ratio, ctx.force, ctx.progress)
+
+    def data_ranks_for_energy(self, layer: Layer, spec: RankSpec) -> tuple | None:
+        """With calibration statistics an energy is the share of the layer's *output* energy kept:
+        the smallest candidate whose relative squared output error is at most 1 - energy."""
+        if layer.gram is None or spec.rank is not None or spec.evbmf:
+            return None
+        fits = [c for c in self.candidates_of(layer) if c.error2 <= 1.0 - spec.effective_energy + 1e-12]
+        if not fits:
+            return None
+        return self.ranks_of(min(fits, key=lambda c: (c.params, c.error2)))
 
     def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False, progress: bool = False):
         """Meet `ratio` over these layers together, giving rank where it costs least error."""
@@ -190,7 +256,7 @@ class FactorizePass(Pass):
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
         for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
-            cands = [c for c in self.candidates(layer) if force or c.params < layer.params]
+            cands = [c for c in self.candidates_of(layer) if force or c.params < layer.params]
             opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2) for c in cands]
             options.append(opts)
             choices.append([None] + cands)

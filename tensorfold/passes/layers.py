@@ -25,6 +25,9 @@ class Layer:
     bias_name: str | None = None   # conv bias / Gemm C, passed through to the last factor
     groups: int = 1
     attrs: dict = field(default_factory=dict)
+    # second moments of the layer's inputs on calibration data (decompose.data_aware.InputGram);
+    # when set, methods fit factors and rank curves to the layer's output instead of its weight
+    gram: object | None = None
 
     @property
     def name(self) -> str:

@@ -2,13 +2,15 @@
 
 Gemm keeps transA/alpha on the first factor and beta/C on the second; MatMul works on batched
 activations (..., K); a grouped 1x1 conv is factorized per group. For every other method a
-1x1 conv or a matrix degenerates to this SVD, so they call these helpers.
+1x1 conv or a matrix degenerates to this SVD, so they call these helpers. With calibration
+statistics (layer.gram) the SVD is whitened by the layer's inputs (decompose.data_aware).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from tensorfold.decompose.data_aware import whitened_spectrum, whitened_svd
 from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.svd import singular_values, truncated_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
@@ -39,9 +41,18 @@ def svd_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
     return (max(rank_for_energy(singular_values(m), spec.effective_energy) for m in mats),)
 
 
+def svd_spectra(layer: Layer) -> list[np.ndarray]:
+    """Squared singular values per group: of the weight, or with calibration statistics of the
+    whitened weight (the output energy each rank keeps)."""
+    mats = layer_matrices(layer)
+    if layer.gram is not None:
+        return [whitened_spectrum(m, layer.gram.group(g)) for g, m in enumerate(mats)]
+    return [singular_values(m.astype(np.float64)) ** 2 for m in mats]
+
+
 def svd_candidates(layer: Layer) -> list[Candidate]:
     mats = layer_matrices(layer)
-    spectra = [singular_values(m.astype(np.float64)) ** 2 for m in mats]
+    spectra = svd_spectra(layer)
     total = sum(float(s.sum()) for s in spectra) or 1.0
     k, n = mats[0].shape
     out = []
@@ -52,7 +63,11 @@ def svd_candidates(layer: Layer) -> list[Candidate]:
 
 
 def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
-    pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
+    mats = layer_matrices(layer)
+    if layer.gram is not None:      # fitted to the layer's output on the calibration data
+        pairs = [whitened_svd(m, layer.gram.group(g), ranks[0]) for g, m in enumerate(mats)]
+    else:
+        pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in mats]
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
     rank = lefts[0].shape[1]
     return Factorization(

@@ -4,6 +4,10 @@ Conv: full TT-SVD (Oseledets 2011) of the kernel ordered (I, k_1, ..., k_n, O), 
 1x1 conv, one conv per spatial axis (stride/pads/dilation of that axis), and a 1x1 conv.
 Gemm/MatMul: TT-matrix (Novikov et al. 2015) with K and N split into d balanced factors, emitted
 as Reshape + MatMul. Both are exact at full rank. 1x1 convs use the SVD (a two-core TT).
+With calibration statistics (layer.gram): a TT-conv's cores come from TT-SVD of the weight and
+its last core (the 1x1 from r_n channels to O) is re-solved by least squares to the layer's
+output on that data; a TT-matrix keeps its weight-fitted cores (whitening would need a dense
+K x K factor in front of them), and its candidates are ranked by their measured output error.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from tensorfold.decompose.ranks import evbmf_rank
 from tensorfold.decompose.tt import factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tt_conv, emit_tt_matrix
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
+from tensorfold.decompose.data_aware import refit_output
+from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2,
+                                         relative_error)
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 
@@ -45,6 +51,16 @@ def _reconstruct(layer: Layer, cores: list[np.ndarray]) -> np.ndarray:
     if layer.kind == "conv":
         return np.moveaxis(tt_contraction(cores), -1, 0)
     return tt_matrix_contraction(cores)
+
+
+def _refit_last_core(layer: Layer, cores: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """TT-conv cores with the last one re-solved to the layer's output on the calibration data."""
+    head = cores[0][0]                                     # (I, r1)
+    for core in cores[1:-1]:                               # contract (I*k.., r) with (r, k, r')
+        head = np.einsum("dr,rks->dks", head, core).reshape(-1, core.shape[2])
+    out, err2 = refit_output(layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T,
+                             layer.gram.group(0))
+    return cores[:-1] + [out.T[:, :, None]], err2
 
 
 def _evbmf_bond_ranks(layer: Layer) -> list[int]:
@@ -97,14 +113,22 @@ class TTPass(FactorizePass):
             cores = _decompose(layer, None, float(eps))
             ranks = tuple(_bond_ranks(cores))
             if ranks not in out:
-                err = relative_error(layer.weight, _reconstruct(layer, cores))
-                out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err ** 2)
+                if layer.gram is None:
+                    err2 = relative_error(layer.weight, _reconstruct(layer, cores)) ** 2
+                elif layer.kind == "conv":
+                    err2 = _refit_last_core(layer, cores)[1]
+                else:
+                    err2 = layer_output_error2(layer, _reconstruct(layer, cores))
+                out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err2)
         return list(out.values())
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         if self._pointwise_conv(layer):
             return svd_build(layer, ranks)
         cores = _decompose(layer, list(ranks), None)
+        output_error2 = None
+        if layer.gram is not None and layer.kind == "conv":
+            cores, output_error2 = _refit_last_core(layer, cores)
         dtype = layer.weight.dtype
         if layer.kind == "conv":
             emit = lambda b: emit_tt_conv(b, cores)  # noqa: E731
@@ -112,4 +136,4 @@ class TTPass(FactorizePass):
             emit = lambda b: emit_tt_matrix(b, cores, layer.attrs.get("input_rank"))  # noqa: E731
         return Factorization("tt", _bond_ranks(cores),
                              reconstruct=lambda: _reconstruct(layer, [c.astype(dtype) for c in cores]),
-                             emit=emit)
+                             emit=emit, output_error2=output_error2)

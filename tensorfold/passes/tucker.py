@@ -2,7 +2,9 @@
 
 Kim et al. 2016. Stride, pads (asymmetric too), dilation and auto_pad stay on the core; the bias
 goes on the last 1x1. A grouped conv is decomposed per group (equal ranks, so the three convs
-stay grouped). 1x1 convs and matrices use the SVD, which is what Tucker-2 reduces to there.
+stay grouped). 1x1 convs and matrices use the SVD, which is what Tucker-2 reduces to there. With calibration
+statistics (layer.gram) the factors and the error grid fit the layer's output on that data
+(decompose.data_aware.tucker2_data).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
-from tensorfold.decompose.tucker2 import tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
+from tensorfold.decompose.data_aware import tucker2_data, tucker2_data_table
+from tensorfold.decompose.tucker2 import Tucker2, tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tucker_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
@@ -49,19 +52,35 @@ def tucker_error_grid(layer: Layer) -> np.ndarray:
     return sum(tucker2_error_table(w) * n for w, n in zip(groups, norms)) / total
 
 
+def tucker_data_grid(layer: Layer, r_in_values: list[int]) -> np.ndarray:
+    """Relative squared output error on the calibration data for every r_out (rows) and each r_in
+    of `r_in_values` (columns), groups pooled by their output energy."""
+    tables = [tucker2_data_table(w, layer.gram.group(g), r_in_values) for g, w in enumerate(layer.group_weights())]
+    total = sum(t for _, t in tables) or 1.0
+    return sum(table * t for table, t in tables) / total
+
+
 def tucker_candidates(layer: Layer) -> list[Candidate]:
     groups = layer.group_weights()
     shape = groups[0].shape
-    grid = tucker_error_grid(layer)
+    r_ins = ladder(shape[1], 40)
+    if layer.gram is not None:
+        data = tucker_data_grid(layer, r_ins)
+        error = lambda ro, col, ri: data[ro, col]  # noqa: E731
+    else:
+        grid = tucker_error_grid(layer)
+        error = lambda ro, col, ri: grid[ro, ri]  # noqa: E731
     out = []
     for ro in ladder(shape[0], 40):
-        for ri in ladder(shape[1], 40):
+        for col, ri in enumerate(r_ins):
             out.append(Candidate("tucker", (ro, ri), len(groups) * tucker2_params(shape, (ro, ri)),
-                                 float(grid[ro, ri])))
+                                 float(error(ro, col, ri))))
     return out
 
 
 def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Factorization:
+    if layer.gram is not None:
+        return _tucker_data_build(layer, ranks)
     parts = [tucker2(w.astype(np.float64), (ranks[0], ranks[1]), hooi_iters=hooi_iters)
              for w in layer.group_weights()]
     dtype = layer.weight.dtype
@@ -72,6 +91,19 @@ def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Facto
 
     return Factorization(
         "tucker", list(parts[0].ranks), reconstruct,
+        emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
+                                        [p.in_factor for p in parts]),
+    )
+
+
+def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
+    fits = [tucker2_data(w, layer.gram.group(g), (ranks[0], ranks[1])) for g, w in enumerate(layer.group_weights())]
+    parts = [Tucker2(core, out_f, in_f) for core, out_f, in_f, _ in fits]
+    dtype = layer.weight.dtype
+    return Factorization(
+        "tucker", list(parts[0].ranks),
+        lambda: np.concatenate([tucker2_reconstruct(Tucker2(p.core.astype(dtype), p.out_factor.astype(dtype),
+                                                            p.in_factor.astype(dtype))) for p in parts], axis=0),
         emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
                                         [p.in_factor for p in parts]),
     )

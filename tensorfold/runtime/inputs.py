@@ -84,6 +84,8 @@ def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarra
     except (OSError, ValueError) as exc:
         raise TensorfoldError(f"--inputs {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
     names = [v.name for v in model_inputs(model)]
+    if len(names) == 1 and names[0] not in arrays and "x" in arrays:
+        arrays[names[0]] = arrays["x"]
     missing = [n for n in names if n not in arrays]
     if missing:
         raise TensorfoldError(f"--inputs {path}: no array for input(s) {missing} (it has {sorted(arrays)})")

@@ -1,0 +1,68 @@
+"""--max-output-error: the most compressed model whose held-out error stays within a bound.
+
+The global budget (--ratio over the method's output-error curves) is searched by bisection on
+log(ratio), every candidate model built and verified on the held-out samples against the same
+reference outputs. Error is not strictly monotone in the ratio, so the answer is the largest
+ratio that was verified within the bound, not an interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import onnx
+from tqdm import tqdm
+
+from tensorfold.graph.verify import Reference, Verification
+from tensorfold.passes.base import PassContext, PassResult, RankSpec
+from tensorfold.passes.factorize import FactorizePass
+
+
+@dataclass
+class Trial:
+    ratio: float
+    params_after: int
+    max_relative_error: float
+    max_disagreement: float
+    within: bool
+
+    def as_dict(self) -> dict:
+        return {"ratio": round(self.ratio, 4), "factorizable_params_after": self.params_after,
+                "max_relative_error": self.max_relative_error, "max_disagreement": self.max_disagreement,
+                "within": self.within}
+
+
+def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference,
+                  bound: float, steps: int = 8) -> tuple[PassResult, Verification | None, list[Trial]]:
+    """(the result at the largest verified ratio, its verification, every trial). With no ratio
+    within the bound the result is the unchanged model."""
+    reachable = pass_.reachable_ratio(model, ctx)
+    best: tuple[PassResult, Verification] | None = None
+    trials: list[Trial] = []
+    lo, hi = 1.0, reachable * 0.999
+    bar = tqdm(total=steps, desc=f"max output error {bound:g}", unit="model", disable=not ctx.progress, leave=False)
+    for step in range(steps):
+        ratio = hi if step == 0 else math.sqrt(lo * hi)
+        if ratio <= 1.0 + 1e-6:
+            break
+        result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
+        check = reference.verify(result.model)
+        ok = check.within(bound)
+        trials.append(Trial(ratio, result.eligible_params_after, check.max_relative_error, check.max_disagreement, ok))
+        bar.update()
+        bar.set_postfix_str(f"{ratio:.2f}x {'ok' if ok else 'over'}")
+        if ok:       # lo only grows, so the latest model within the bound is the most compressed
+            lo, best = ratio, (result, check)
+            if step == 0:
+                break
+        else:
+            hi = ratio
+        if hi / lo < 1.02:
+            break
+    bar.close()
+    if best is None:
+        _, eligible, _ = pass_.eligible_layers(model, ctx)
+        note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
+        return PassResult(model, False, [], [], [note], sum(layer.params for layer in eligible)), None, trials
+    return best[0], best[1], trials

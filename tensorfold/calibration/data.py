@@ -1,0 +1,197 @@
+"""Calibration samples: an .npz with one array per model input, or a folder of images.
+
+Every problem with the data (names, shapes, dtypes, emptiness, NaN, too few samples to hold any
+out) is found here, before any factorization runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.runtime.inputs import _NP_TYPES, model_inputs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_HOLDOUT = 0.25
+
+
+@dataclass
+class Samples:
+    """N samples per model input, stacked along the first axis."""
+
+    arrays: dict[str, np.ndarray]
+    source: str
+
+    @property
+    def n(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    def take(self, index: np.ndarray) -> "Samples":
+        return Samples({k: v[index] for k, v in self.arrays.items()}, self.source)
+
+
+def load_samples(path: str | os.PathLike, model: onnx.ModelProto, *, option: str = "--calibration",
+                 shapes: dict[str, list[int]] | None = None, normalize: tuple | None = None) -> Samples:
+    """Read and check samples for `model`: an .npz (one array per input, `x` for a single-input
+    model) or a folder of PNG/JPEG images (scaled to [0, 1], resized to the model's input,
+    normalized by `normalize` = (mean, std) per channel or scalar)."""
+    path = Path(path)
+    if path.is_dir():
+        samples = _image_samples(path, model, option, shapes or {}, normalize)
+    elif path.is_file():
+        if normalize is not None:
+            raise TensorfoldError(f"--normalize applies to an image folder; {option} {path} is an .npz, "
+                                  "normalize its arrays before saving them")
+        samples = _npz_samples(path, model, option)
+    else:
+        raise TensorfoldError(f"{option} {path}: no such file or folder")
+    check_samples(samples, model, option)
+    return samples
+
+
+def _npz_samples(path: Path, model: onnx.ModelProto, option: str) -> Samples:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+    names = [v.name for v in model_inputs(model)]
+    if len(names) == 1 and names[0] not in arrays and "x" in arrays:
+        arrays[names[0]] = arrays["x"]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise TensorfoldError(f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
+                              f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
+    return Samples({n: arrays[n] for n in names}, str(path))
+
+
+def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--calibration") -> None:
+    """Shapes, dtypes, counts and values fit the model; float arrays are cast to the input's type."""
+    counts = set()
+    for v in model_inputs(model):
+        arr = samples.arrays[v.name]
+        dims = v.type.tensor_type.shape.dim
+        want = _NP_TYPES.get(v.type.tensor_type.elem_type)
+        where = f"{option} {samples.source}: input '{v.name}'"
+        if arr.ndim != len(dims) or arr.ndim == 0:
+            raise TensorfoldError(f"{where} has shape {list(arr.shape)}; the model takes rank-{len(dims)} arrays "
+                                  f"{_dims(dims)} with the samples along the first axis")
+        for i, d in enumerate(dims[1:], start=1):
+            if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
+                raise TensorfoldError(f"{where} has shape {list(arr.shape)}; the model takes {_dims(dims)}")
+        if want is not None:
+            if (np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating)
+                    or (arr.dtype == np.bool_) != (want == np.bool_)):
+                raise TensorfoldError(f"{where} is {arr.dtype}; the model takes {np.dtype(want).name}")
+            if arr.dtype != want:
+                samples.arrays[v.name] = arr = arr.astype(want)
+        if arr.shape[0] == 0:
+            raise TensorfoldError(f"{where} holds no samples")
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise TensorfoldError(f"{where} holds NaN or Inf values")
+        counts.add(arr.shape[0])
+    if len(counts) > 1:
+        raise TensorfoldError(f"{option} {samples.source}: the inputs have different sample counts {sorted(counts)}")
+
+
+def split_holdout(samples: Samples, share: float = DEFAULT_HOLDOUT, seed: int = 0,
+                  option: str = "--calibration") -> tuple[Samples, Samples]:
+    """(fit, held out): a seeded share of the samples (at least one) is kept for verification only."""
+    n = samples.n
+    if n < 2:
+        raise TensorfoldError(f"{option} {samples.source}: {n} sample; at least 2 are needed (one to fit on, "
+                              "one held out to verify on)")
+    held = min(max(1, int(round(n * share))), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return samples.take(np.sort(order[held:])), samples.take(np.sort(order[:held]))
+
+
+def _dims(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                           else (d.dim_param or "?") for d in dims) + "]"
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images in `root/<class>/*.png` (labelled by subfolder, classes sorted by name) or directly in
+    `root/` (unlabelled). Each is converted to `channels` (1: grayscale, 3: RGB) and resized to
+    `size` (H, W) when given, else all must share the first image's size. uint8 (N, H, W, C)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    labelled = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
+                if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
+    images = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = (img.height, img.width)
+                if (img.height, img.width) != tuple(size):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
+        images.append(arr[..., None] if arr.ndim == 2 else arr)
+    labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
+    return np.stack(images), labels, classes if labelled else []
+
+
+def _image_samples(root: Path, model: onnx.ModelProto, option: str, shapes: dict, normalize) -> Samples:
+    inputs = model_inputs(model)
+    if len(inputs) != 1:
+        raise TensorfoldError(f"{option} {root}: an image folder feeds a single-input model; this one has "
+                              f"{len(inputs)} inputs, pass an .npz with one array per input")
+    v = inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in v.type.tensor_type.shape.dim]
+    if v.name in shapes:
+        dims = list(shapes[v.name])
+    if len(dims) != 4:
+        raise TensorfoldError(f"{option} {root}: images need a model input of rank 4 (N, C, H, W); "
+                              f"'{v.name}' has rank {len(dims)}")
+    channels_last = dims[3] in (1, 3) and dims[1] not in (1, 3)
+    c, h, w = (dims[3], dims[1], dims[2]) if channels_last else (dims[1], dims[2], dims[3])
+    if c not in (1, 3, None):
+        raise TensorfoldError(f"{option} {root}: the model takes {c} channels; images give 1 or 3")
+    size = (h, w) if h and w else None
+    images, _, _ = load_image_folder(root, size, c or 3)
+    x = images.astype(np.float32) / 255.0                                  # (N, H, W, C)
+    if normalize is not None:
+        mean, std = (np.asarray(p, np.float32) for p in normalize)
+        if np.any(std == 0):
+            raise TensorfoldError("--normalize: a standard deviation of 0")
+        if mean.size not in (1, x.shape[-1]) or std.size not in (1, x.shape[-1]):
+            raise TensorfoldError(f"--normalize gives {mean.size} mean(s) for {x.shape[-1]} channels")
+        x = (x - mean) / std
+    if not channels_last:
+        x = x.transpose(0, 3, 1, 2)
+    how = f"{len(x)} images of {x.shape[1:]}" + ("" if size else " (the first image's size: the model's is dynamic)")
+    return Samples({v.name: np.ascontiguousarray(x)}, f"{root} ({how})")
+
+
+def parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
+    """`MEAN,STD` or `M1,M2,M3,S1,S2,S3` -> (means, stds)."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 6) or not all(np.isfinite(values)):
+        raise TensorfoldError(f"--normalize '{text}': expected MEAN,STD or three means then three stds")
+    half = len(values) // 2
+    return values[:half], values[half:]

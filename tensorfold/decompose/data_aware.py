@@ -1,0 +1,222 @@
+"""Factors fitted to what a layer does on real inputs, not to its weights.
+
+A layer computes y = W x, with x the vectors it multiplies (a conv's im2col patches ordered
+(C, *k), a matrix layer's features). With the uncentred second moment Sigma = sum x x^T of those
+vectors on calibration data, the output error of any replacement W' is exactly
+
+    sum ||W x - W' x||^2 = tr((W - W') Sigma (W - W')^T),
+
+so the factors that minimize it are computable from Sigma alone; no activation is kept.
+
+- Matrices and 1x1 convs: the whitened SVD of SVD-LLM (Wang et al. 2024; ASVD, Yuan et al. 2023,
+  scales by activation statistics in the same spirit). With Sigma = R^T R, the best rank-r W' in
+  the data norm is R^-1 [R W]_r, and the squared singular values of R W are the layer's output
+  error curve.
+- kxk convs, Tucker-2: for an input channel basis A (I x r_in), the reduced patches z = (A^T x I_k) x
+  are regressed onto y (the core and output factor together are the least-squares map from z to
+  y, Zhang et al. 2016, TPAMI, "Accelerating very deep convolutional networks for classification
+  and detection", who fit the output-side factor to the layer's responses), then that map is
+  truncated to r_out in the data norm of z. Ordering the reduced patch by (channel, offset), the
+  Gram of z for r_in channels is the leading block of the one for all channels, so one Cholesky
+  factor gives the exact output error of every (r_out, r_in) pair.
+  The nested input bases tried: the channel-whitened HOSVD basis (Sigma_c^-1/2 times the leading
+  eigenvectors of Sigma_c^1/2 W_(1) W_(1)^T Sigma_c^1/2, Sigma_c the channels' second moment) and
+  the plain HOSVD basis; per (r_out, r_in) the one with less output error is used.
+- CP and TT convs: their inner factors have no closed form in the data norm; they are fitted to
+  the weight as before and the last 1x1 factor (what maps the chain's R channels to the O
+  outputs) is re-solved by least squares on the calibration statistics (Zhang et al.'s
+  reconstruction of the responses, applied to the last factor only).
+- TT matrices (Gemm/MatMul): no data-aware form here: whitening would need a dense K x K factor
+  in front of the TT cores, which costs more than the layer. They keep weight-fitted cores; their
+  output error is still measured exactly with Sigma.
+
+`damping` adds damping * mean(diag Sigma) to the diagonal: with few calibration samples Sigma is
+rank-deficient and an undamped fit would chase directions the data never excites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from tensorfold.decompose.ranks import clip_rank
+
+__all__ = ["InputGram", "DEFAULT_DAMPING", "damped", "output_error2", "whitened_spectrum", "whitened_svd",
+           "refit_output", "tucker2_data_table", "tucker2_data"]
+
+DEFAULT_DAMPING = 1e-2
+
+
+@dataclass
+class InputGram:
+    """sum x x^T of the vectors a layer multiplies, one (D, D) block per conv group, over `count` vectors."""
+
+    grams: np.ndarray            # (groups, D, D), float64
+    count: int = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.grams.shape[-1])
+
+    def group(self, g: int = 0) -> np.ndarray:
+        return self.grams[g]
+
+
+def damped(gram: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """gram + damping * mean(diag) * I (symmetrized), so it is positive definite."""
+    g = 0.5 * (gram + gram.T)
+    scale = float(np.mean(np.diag(g))) if g.size else 0.0
+    return g + (damping * scale if scale > 0 else 1e-12) * np.eye(g.shape[0])
+
+
+def output_error2(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> float:
+    """Relative squared output error tr(D S D^T) / tr(W S W^T), rows of W (O, D) acting on x."""
+    diff = w2d - approx2d
+    num = float(np.einsum("od,od->", diff @ gram, diff))
+    den = float(np.einsum("od,od->", w2d @ gram, w2d))
+    return max(num, 0.0) / den if den > 0 else max(num, 0.0)
+
+
+def _root(gram: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """R and R^-1 with damped(gram) = R^T R (R = Lambda^1/2 Q^T)."""
+    lam, q = np.linalg.eigh(damped(gram, damping))
+    lam = np.maximum(lam, lam.max() * 1e-12)
+    root = np.sqrt(lam)
+    return root[:, None] * q.T, q / root[None, :]
+
+
+def whitened_spectrum(matrix: np.ndarray, gram: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Squared singular values (descending) of R M for y = x @ M (M is K x N, gram K x K): the
+    output energy each rank of the whitened SVD keeps."""
+    r, _ = _root(gram, damping)
+    return np.linalg.svd(r @ matrix.astype(np.float64), compute_uv=False) ** 2
+
+
+def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float = DEFAULT_DAMPING
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """left (K, r), right (r, N) minimizing sum ||x M - x left right||^2 over the data of `gram`
+    (SVD-LLM's truncation-aware whitening). Singular values split as sqrt onto both sides."""
+    m = matrix.astype(np.float64)
+    r = clip_rank(rank, *m.shape)
+    root, inv = _root(gram, damping)
+    u, s, vt = np.linalg.svd(root @ m, full_matrices=False)
+    half = np.sqrt(s[:r])
+    return inv @ (u[:, :r] * half), half[:, None] * vt[:r]
+
+
+def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float = DEFAULT_DAMPING
+                 ) -> tuple[np.ndarray, float]:
+    """The (O, R) matrix B minimizing sum ||W x - B F x||^2, for a chain whose first stages map a
+    vector x to F x (F is R x D), and the relative squared output error it leaves."""
+    g = damped(gram, damping)
+    cross = w2d @ g @ maps.T                          # (O, R): sum y (F x)^T
+    inner = maps @ g @ maps.T                         # (R, R): sum (F x)(F x)^T
+    inner = inner + 1e-10 * max(float(np.trace(inner)) / max(len(inner), 1), 1e-300) * np.eye(len(inner))
+    b = scipy.linalg.solve(inner, cross.T, assume_a="pos").T
+    total = float(np.einsum("od,od->", w2d @ g, w2d))
+    kept = float(np.einsum("or,or->", b, cross))
+    return b, (max(total - kept, 0.0) / total if total > 0 else 0.0)
+
+
+# --- Tucker-2 ------------------------------------------------------------------------------
+
+
+def _sym_sqrt(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lam, q = np.linalg.eigh(m)
+    lam = np.maximum(lam, lam.max() * 1e-12 if lam.size and lam.max() > 0 else 1e-300)
+    return (q * np.sqrt(lam)) @ q.T, (q / np.sqrt(lam)) @ q.T
+
+
+def _input_bases(w3: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
+    """Nested input-channel bases (I x I, leading columns first): whitened HOSVD and plain HOSVD."""
+    o, i, kk = w3.shape
+    m1 = np.einsum("oik,ojk->ij", w3, w3)             # W_(1) W_(1)^T
+    channel = np.einsum("ikjk->ij", g.reshape(i, kk, i, kk)) / kk
+    half, inv_half = _sym_sqrt(channel)
+    _, b = np.linalg.eigh(half @ m1 @ half)
+    whitened = inv_half @ b[:, ::-1]
+    _, v = np.linalg.eigh(m1)
+    return [whitened, v[:, ::-1]]
+
+
+@dataclass
+class _Fit:
+    """What one input basis gives: the Cholesky-whitened cross map X (O, I*kk) and the nested
+    eigen-decompositions of X_r X_r^T for every r_in of the ladder."""
+
+    basis: np.ndarray
+    x: np.ndarray
+    chol: np.ndarray
+    cross: np.ndarray
+
+
+def _fit(w3: np.ndarray, g: np.ndarray, basis: np.ndarray) -> _Fit:
+    o, i, kk = w3.shape
+    g4 = g.reshape(i, kk, i, kk)
+    # T = (A x I_k)^T G (A x I_k), z ordered (channel, offset): leading blocks are the smaller r_in
+    t = np.einsum("ca,ckdl,db->akbl", basis, g4, basis, optimize=True).reshape(i * kk, i * kk)
+    wg = (w3.reshape(o, i * kk) @ g).reshape(o, i, kk)
+    cross = np.einsum("ock,ca->oak", wg, basis, optimize=True).reshape(o, i * kk)   # sum y z^T
+    t = 0.5 * (t + t.T)
+    t += 1e-10 * float(np.trace(t)) / len(t) * np.eye(len(t))
+    chol = np.linalg.cholesky(t)
+    x = scipy.linalg.solve_triangular(chol, cross.T, lower=True).T                   # C L^-T
+    return _Fit(basis, x, chol, cross)
+
+
+def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, damping: float = DEFAULT_DAMPING
+                       ) -> tuple[np.ndarray, float]:
+    """Relative squared output error of the data-fitted Tucker-2 for every r_out (rows 0..O) and
+    each r_in in `r_in_values` (columns), and the layer's output energy tr(W Sigma W^T) it is
+    relative to (to weigh groups). Per entry the better of the two input bases counts."""
+    w3 = kernel.astype(np.float64).reshape(kernel.shape[0], kernel.shape[1], -1)
+    o, i, kk = w3.shape
+    g = damped(gram, damping)
+    total = float(np.einsum("od,od->", w3.reshape(o, -1) @ g, w3.reshape(o, -1)))
+    r_in_values = [clip_rank(r, i) for r in r_in_values]
+    best = np.ones((o + 1, len(r_in_values)))
+    if total <= 0:
+        best[1:] = 0.0
+        return best, 0.0
+    for b, basis in enumerate(_input_bases(w3, g)):
+        fit = _fit(w3, g, basis)
+        gx = np.zeros((o, o))
+        done = 0
+        for col, r in sorted(enumerate(r_in_values), key=lambda t: t[1]):
+            block = fit.x[:, done * kk:r * kk]
+            gx += block @ block.T
+            done = r
+            eig = np.clip(np.linalg.eigvalsh(gx)[::-1], 0.0, None)
+            err = np.clip((total - np.concatenate([[0.0], np.cumsum(eig)])) / total, 0.0, 1.0)
+            best[:, col] = np.minimum(err, best[:, col])
+    return best, total
+
+
+def tucker2_data(kernel: np.ndarray, gram: np.ndarray, ranks: tuple[int, int], damping: float = DEFAULT_DAMPING
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Data-fitted Tucker-2 at (r_out, r_in): core (r_out, r_in, *k), out_factor (O, r_out),
+    in_factor (I, r_in), and the relative squared output error (both input bases tried, the
+    better kept, as in tucker2_data_table)."""
+    spatial = kernel.shape[2:]
+    w3 = kernel.astype(np.float64).reshape(kernel.shape[0], kernel.shape[1], -1)
+    o, i, kk = w3.shape
+    ro, ri = clip_rank(ranks[0], o), clip_rank(ranks[1], i)
+    g = damped(gram, damping)
+    total = float(np.einsum("od,od->", w3.reshape(o, -1) @ g, w3.reshape(o, -1)))
+    bases = _input_bases(w3, g)
+    best = None
+    for b in range(len(bases)):
+        fit = _fit(w3, g, bases[b])
+        x = fit.x[:, :ri * kk]
+        lam, vec = np.linalg.eigh(x @ x.T)
+        u = vec[:, ::-1][:, :ro]
+        err = (total - float(np.clip(lam[::-1][:ro], 0, None).sum())) / total if total > 0 else 0.0
+        if best is None or err < best[3]:
+            # core = U^T C_r T_r^-1 = U^T X_r L_r^-1
+            chol = fit.chol[:ri * kk, :ri * kk]
+            core = scipy.linalg.solve_triangular(chol, (u.T @ x).T, lower=True, trans="T").T
+            a = bases[b][:, :ri]
+            best = (core.reshape((ro, ri) + tuple(spatial)), u, a, max(err, 0.0))
+    return best

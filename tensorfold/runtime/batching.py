@@ -1,0 +1,75 @@
+"""Run a model over a stack of samples as many at a time as its batch dimension allows.
+
+A file of N samples has them along the first axis of every array. A model whose inputs fix the
+batch dimension to b takes them b at a time (a fixed batch of 1: one by one); a dynamic batch takes
+up to `max_batch` at a time, which bounds the memory of intermediate activations.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.runtime.inputs import model_inputs
+
+DEFAULT_MAX_BATCH = 8
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's inputs fix (their first dim), or None when it is dynamic."""
+    fixed = []
+    for v in model_inputs(model):
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            fixed.append(int(dims[0].dim_value))
+    return min(fixed) if fixed else None
+
+
+def sample_count(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """N when every array stacks samples along its first axis (same rank as its input, same first
+    dim across inputs); None when the feeds are one call's worth (e.g. inputs without a batch axis)."""
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in model_inputs(model)}
+    firsts = set()
+    for name, arr in feeds.items():
+        if arr.ndim == 0 or arr.ndim != ranks.get(name, arr.ndim):
+            return None
+        firsts.add(int(arr.shape[0]))
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+def chunks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], max_batch: int = DEFAULT_MAX_BATCH
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds cut into calls the model accepts."""
+    n = sample_count(model, feeds)
+    if n is None:
+        yield feeds
+        return
+    fixed = fixed_batch(model)
+    step = fixed or max_batch
+    if fixed and n % fixed:
+        if n < fixed:
+            raise TensorfoldError(f"the model takes a fixed batch of {fixed}; only {n} sample(s) were given")
+        n -= n % fixed          # a partial last batch cannot be fed; it is left out
+    if fixed is None and n <= max_batch:
+        yield feeds
+        return
+    for start in range(0, n, step):
+        yield {k: v[start:start + step] for k, v in feeds.items()}
+
+
+def usable_samples(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """How many samples chunks() feeds (a fixed batch b drops a remainder of N mod b)."""
+    n = sample_count(model, feeds)
+    fixed = fixed_batch(model)
+    return n - n % fixed if n is not None and fixed else n
+
+
+def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """The input shapes of one call on these feeds: batch 1 (or the model's fixed batch) per sample."""
+    if sample_count(model, feeds) is None:
+        return {k: list(v.shape) for k, v in feeds.items()}
+    batch = fixed_batch(model) or 1
+    return {k: [batch, *v.shape[1:]] for k, v in feeds.items()}
