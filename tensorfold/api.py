@@ -41,7 +41,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
              target_latency: float | None = None, speedup: float | None = None,
              config: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
              normalize: tuple | str | None = None, holdout: float = DEFAULT_HOLDOUT,
-             max_output_error: float | None = None, int8: bool = False) -> OptimizeReport:
+             max_output_error: float | None = None, int8: bool = False, correct: bool = True) -> OptimizeReport:
     """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
 
     method "none": no factorization (with int8=True: int8 alone, for comparison).
@@ -59,7 +59,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     verification runs on it (on `inputs` instead when given, and then every sample is fitted on).
     max_output_error: the most compressed model whose held-out relative output error (and argmax
     disagreement on class axes) stays within this bound. int8: onnxruntime static quantization of
-    the result, calibrated on the same samples."""
+    the result, calibrated on the same samples. correct: with calibration, re-solve the last factor of
+    every chain for the inputs it sees inside the compressed model (calibration/correction.py)."""
     start = time.perf_counter()
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
     hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
@@ -98,7 +99,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     elif max_output_error is not None:
         from tensorfold.calibration.budget_search import search_budget
 
-        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error)
+        finish = (lambda r: apply_correction(original, r, fit, False)) if correct else None
+        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error, finish)
     elif hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
@@ -106,6 +108,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                                                   max_error, target_latency, speedup, seed)
     else:
         result = chosen(model, ctx)
+    if correct and fit is not None and result.rewritten and max_output_error is None:
+        result = apply_correction(original, result, fit, progress)
     rewritten = result.model
     ranks_desc = (f"config {Path(config).name}" if config is not None
                   else f"max output error {max_output_error:g}" if max_output_error is not None else spec.describe())
@@ -140,6 +144,17 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def apply_correction(original: onnx.ModelProto, result: PassResult, fit, progress: bool) -> PassResult:
+    """The result with every chain's last factor corrected for the error of the layers before it."""
+    from dataclasses import replace
+
+    from tensorfold.calibration.correction import correct_last_factors
+
+    model, n = correct_last_factors(original, result.model, [r.new_nodes for r in result.rewritten], fit, progress)
+    note = f"asymmetric correction: the last factor of {n} chain(s) re-fitted to the original responses"
+    return replace(result, model=model, notes=result.notes + [note]) if n else result
 
 
 def _check_calibration_options(spec: RankSpec, method: str, hardware_aware: bool, config, calibration,

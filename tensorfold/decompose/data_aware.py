@@ -64,8 +64,10 @@ class InputGram:
         return self.grams[g]
 
 
-def damped(gram: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
-    """gram + damping * mean(diag) * I (symmetrized), so it is positive definite."""
+def damped(gram: np.ndarray, damping: float | None = None) -> np.ndarray:
+    """gram + damping * mean(diag) * I (symmetrized), so it is positive definite (damping None:
+    DEFAULT_DAMPING)."""
+    damping = DEFAULT_DAMPING if damping is None else damping
     g = 0.5 * (gram + gram.T)
     scale = float(np.mean(np.diag(g))) if g.size else 0.0
     return g + (damping * scale if scale > 0 else 1e-12) * np.eye(g.shape[0])
@@ -87,14 +89,14 @@ def _root(gram: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     return root[:, None] * q.T, q / root[None, :]
 
 
-def whitened_spectrum(matrix: np.ndarray, gram: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+def whitened_spectrum(matrix: np.ndarray, gram: np.ndarray, damping: float | None = None) -> np.ndarray:
     """Squared singular values (descending) of R M for y = x @ M (M is K x N, gram K x K): the
     output energy each rank of the whitened SVD keeps."""
     r, _ = _root(gram, damping)
     return np.linalg.svd(r @ matrix.astype(np.float64), compute_uv=False) ** 2
 
 
-def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float = DEFAULT_DAMPING
+def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """left (K, r), right (r, N) minimizing sum ||x M - x left right||^2 over the data of `gram`
     (SVD-LLM's truncation-aware whitening). Singular values split as sqrt onto both sides."""
@@ -106,7 +108,7 @@ def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float
     return inv @ (u[:, :r] * half), half[:, None] * vt[:r]
 
 
-def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float = DEFAULT_DAMPING
+def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float | None = None
                  ) -> tuple[np.ndarray, float]:
     """The (O, R) matrix B minimizing sum ||W x - B F x||^2, for a chain whose first stages map a
     vector x to F x (F is R x D), and the relative squared output error it leaves."""
@@ -166,7 +168,7 @@ def _fit(w3: np.ndarray, g: np.ndarray, basis: np.ndarray) -> _Fit:
     return _Fit(basis, x, chol, cross)
 
 
-def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, damping: float = DEFAULT_DAMPING
+def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, damping: float | None = None
                        ) -> tuple[np.ndarray, float]:
     """Relative squared output error of the data-fitted Tucker-2 for every r_out (rows 0..O) and
     each r_in in `r_in_values` (columns), and the layer's output energy tr(W Sigma W^T) it is
@@ -194,7 +196,7 @@ def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, dampin
     return best, total
 
 
-def tucker2_data(kernel: np.ndarray, gram: np.ndarray, ranks: tuple[int, int], damping: float = DEFAULT_DAMPING
+def tucker2_data(kernel: np.ndarray, gram: np.ndarray, ranks: tuple[int, int], damping: float | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Data-fitted Tucker-2 at (r_out, r_in): core (r_out, r_in, *k), out_factor (O, r_out),
     in_factor (I, r_in), and the relative squared output error (both input bases tried, the

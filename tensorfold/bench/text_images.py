@@ -1,0 +1,73 @@
+"""Realistic inputs for OCR models: printed words on light, slightly noisy backgrounds (Pillow).
+
+Random normal inputs say little about a text detector or recognizer; these images look like what
+such models are run on: lines of dark text in several sizes, positions and colours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+WORDS = ("invoice total amount date number customer address street city phone email order item "
+         "quantity price discount payment account balance reference delivery shipping receipt "
+         "tensor model layer output input rank budget error speed latency 2026 0415 17:30 EUR USD "
+         "No. ID#4471 page 3/12 Hello World Station Platform Exit Open Closed Monday Friday").split()
+
+
+def _line(rng: np.random.Generator, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS, size=n_words))
+
+
+def _background(rng, size):
+    h, w = size
+    base = rng.integers(200, 256, size=3)
+    noise = rng.normal(0, 6, size=(h, w, 1))
+    return Image.fromarray(np.clip(base[None, None, :] + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def page_images(n: int, size: tuple[int, int] = (320, 320), seed: int = 0) -> np.ndarray:
+    """n uint8 (H, W, 3) pages with several text lines each (detector inputs)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = _background(rng, size)
+        draw = ImageDraw.Draw(img)
+        y = int(rng.integers(4, 20))
+        while y < size[0] - 20:
+            font_size = int(rng.integers(12, 30))
+            font = ImageFont.load_default(size=font_size)
+            colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
+            draw.text((int(rng.integers(2, size[1] // 3)), y), _line(rng, int(rng.integers(1, 5))), fill=colour,
+                      font=font)
+            y += font_size + int(rng.integers(6, 30))
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def line_images(n: int, size: tuple[int, int] = (48, 320), seed: int = 0, flip_share: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 (H, W, 3) single text lines (recognizer/direction-classifier inputs) and whether
+    each was turned by 180 degrees."""
+    rng = np.random.default_rng(seed)
+    out, flipped = [], []
+    for _ in range(n):
+        img = _background(rng, size)
+        draw = ImageDraw.Draw(img)
+        font = ImageFont.load_default(size=int(size[0] * rng.uniform(0.5, 0.75)))
+        colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
+        draw.text((int(rng.integers(2, 12)), int(size[0] * 0.1)), _line(rng, int(rng.integers(1, 4))),
+                  fill=colour, font=font)
+        turn = bool(rng.random() < flip_share)
+        if turn:
+            img = img.rotate(180)
+        out.append(np.asarray(img))
+        flipped.append(turn)
+    return np.stack(out), np.array(flipped)
+
+
+def to_nchw(images: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized."""
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
