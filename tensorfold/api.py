@@ -30,6 +30,8 @@ from tensorfold.runtime.batching import call_shapes
 from tensorfold.runtime.inputs import feeds_for, parse_shapes, random_inputs, resolve_shapes
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
+# calibration samples each layer's sensitivity probe runs on (one model run per layer)
+SENSITIVITY_SAMPLES = 8
 
 
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
@@ -41,7 +43,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
              target_latency: float | None = None, speedup: float | None = None,
              config: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
              normalize: tuple | str | None = None, holdout: float = DEFAULT_HOLDOUT,
-             max_output_error: float | None = None, int8: bool = False, correct: bool = True) -> OptimizeReport:
+             max_output_error: float | None = None, int8: bool = False, sensitivity: bool = True) -> OptimizeReport:
     """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
 
     method "none": no factorization (with int8=True: int8 alone, for comparison).
@@ -59,8 +61,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     verification runs on it (on `inputs` instead when given, and then every sample is fitted on).
     max_output_error: the most compressed model whose held-out relative output error (and argmax
     disagreement on class axes) stays within this bound. int8: onnxruntime static quantization of
-    the result, calibrated on the same samples. correct: with calibration, re-solve the last factor of
-    every chain for the inputs it sees inside the compressed model (calibration/correction.py)."""
+    the result, calibrated on the same samples. sensitivity: with calibration and a global budget, weigh each
+    layer's error curve by how much the model's output moves when that layer alone is compressed
+    (calibration/sensitivity.py; one model run per layer on a few samples)."""
     start = time.perf_counter()
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
     hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
@@ -93,14 +96,18 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         ensure_node_names(model)   # the names the passes give, so statistics find their layers
         layers, _ = find_layers(model, ctx.include, ctx.exclude)
         ctx.stats = collect_input_grams(model, layers, fit, progress=progress)
+        if sensitivity and (spec.ratio is not None or max_output_error is not None):
+            from tensorfold.calibration.sensitivity import measure_sensitivity, sensitivity_weights
+
+            probe = Reference(original, fit.take(np.arange(min(fit.n, SENSITIVITY_SAMPLES))).arrays, "probe")
+            ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
     latency, budget_trials, verification = None, None, None
     if chosen is None:
         result = PassResult(model, False, notes=["--method none: no layer factorized"])
     elif max_output_error is not None:
         from tensorfold.calibration.budget_search import search_budget
 
-        finish = (lambda r: apply_correction(original, r, fit, False)) if correct else None
-        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error, finish)
+        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error)
     elif hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
@@ -108,8 +115,6 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                                                   max_error, target_latency, speedup, seed)
     else:
         result = chosen(model, ctx)
-    if correct and fit is not None and result.rewritten and max_output_error is None:
-        result = apply_correction(original, result, fit, progress)
     rewritten = result.model
     ranks_desc = (f"config {Path(config).name}" if config is not None
                   else f"max output error {max_output_error:g}" if max_output_error is not None else spec.describe())
@@ -144,17 +149,6 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def apply_correction(original: onnx.ModelProto, result: PassResult, fit, progress: bool) -> PassResult:
-    """The result with every chain's last factor corrected for the error of the layers before it."""
-    from dataclasses import replace
-
-    from tensorfold.calibration.correction import correct_last_factors
-
-    model, n = correct_last_factors(original, result.model, [r.new_nodes for r in result.rewritten], fit, progress)
-    note = f"asymmetric correction: the last factor of {n} chain(s) re-fitted to the original responses"
-    return replace(result, model=model, notes=result.notes + [note]) if n else result
 
 
 def _check_calibration_options(spec: RankSpec, method: str, hardware_aware: bool, config, calibration,

@@ -110,10 +110,13 @@ def inspect_cmd(model, shapes, as_json):
                    "stays within this bound")
 @click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
                                             "calibrated on --calibration")
+@click.option("--no-sensitivity", is_flag=True,
+              help="with --calibration and a budget: skip the per-layer sensitivity probe (faster, usually "
+                   "more output error)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
                  seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config,
-                 calibration, normalize, holdout, max_output_error, int8, as_json):
+                 calibration, normalize, holdout, max_output_error, int8, no_sensitivity, as_json):
     """Factorize MODEL and write a verified model to OUTPUT.
 
     Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
@@ -126,7 +129,8 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
                       progress=not as_json and sys.stderr.isatty(), seed=seed, hardware_aware=hardware_aware,
                       provider=provider, device=device, threads=threads, max_error=max_error,
                       target_latency=target_latency, speedup=speedup, config=config, calibration=calibration,
-                      normalize=normalize, holdout=holdout, max_output_error=max_output_error, int8=int8)
+                      normalize=normalize, holdout=holdout, max_output_error=max_output_error, int8=int8,
+                      sensitivity=not no_sensitivity)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:

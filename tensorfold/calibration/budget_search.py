@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import onnx
 from tqdm import tqdm
@@ -35,10 +34,8 @@ class Trial:
 
 
 def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference,
-                  bound: float, finish: Callable[[PassResult], PassResult] | None = None, steps: int = 8
-                  ) -> tuple[PassResult, Verification | None, list[Trial]]:
-    """(the result at the largest verified ratio, its verification, every trial). `finish` is
-    applied to each candidate before it is verified (the asymmetric correction). With no ratio
+                  bound: float, steps: int = 8) -> tuple[PassResult, Verification | None, list[Trial]]:
+    """(the result at the largest verified ratio, its verification, every trial). With no ratio
     within the bound the result is the unchanged model."""
     reachable = pass_.reachable_ratio(model, ctx)
     best: tuple[PassResult, Verification] | None = None
@@ -50,8 +47,6 @@ def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext
         if ratio <= 1.0 + 1e-6:
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
-        if finish is not None and result.rewritten:
-            result = finish(result)
         check = reference.verify(result.model)
         ok = check.within(bound)
         trials.append(Trial(ratio, result.eligible_params_after, check.max_relative_error, check.max_disagreement, ok))

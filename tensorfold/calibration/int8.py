@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 
 from tensorfold.calibration.data import Samples
 from tensorfold.errors import TensorfoldError
@@ -20,6 +21,7 @@ def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calls = list(chunks(model, samples.arrays))
+    model = _at_least_opset(model, 13)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -48,3 +50,16 @@ def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:
         finally:
             root.setLevel(level)
         return onnx.load(str(dst))
+
+
+def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13): older models are converted first
+    (onnx's version converter rewrites the ops whose signature changed, e.g. Squeeze, Split)."""
+    current = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=version)
+    if current >= version:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, version)
+    except Exception as exc:  # noqa: BLE001 - the converter raises several kinds
+        raise TensorfoldError(f"int8 needs opset >= {version} (per-channel QDQ); converting this opset-{current} "
+                              f"model failed: {str(exc).splitlines()[0][:200]}") from None

@@ -67,6 +67,8 @@ class PassContext:
     planner: Callable | None = None
     # {layer name: InputGram} from calibration data: factors and rank curves fit the layers' outputs
     stats: dict | None = None
+    # {layer name: weight} on each layer's squared error in the global budget (measured sensitivity)
+    layer_weights: dict | None = None
 
 
 @dataclass

@@ -236,7 +236,7 @@ class FactorizePass(Pass):
         if spec.ratio is None:
             return {layer.name: self.data_ranks_for_energy(layer, spec) or self.ranks_for(layer, spec)
                     for layer in layers}, []
-        return self.budget_plan(layers, spec.ratio, ctx.force, ctx.progress)
+        return self.budget_plan(layers, spec.ratio, ctx.force, ctx.progress, ctx.layer_weights)
 
     def data_ranks_for_energy(self, layer: Layer, spec: RankSpec) -> tuple | None:
         """With calibration statistics an energy is the share of the layer's *output* energy kept:
@@ -248,8 +248,10 @@ class FactorizePass(Pass):
             return None
         return self.ranks_of(min(fits, key=lambda c: (c.params, c.error2)))
 
-    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False, progress: bool = False):
-        """Meet `ratio` over these layers together, giving rank where it costs least error."""
+    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False, progress: bool = False,
+                    weights: dict | None = None):
+        """Meet `ratio` over these layers together, giving rank where it costs least error (each
+        layer's squared error scaled by weights[name] when given)."""
         if not layers:
             return {}, []
         total = sum(layer.params for layer in layers)
@@ -257,7 +259,8 @@ class FactorizePass(Pass):
         choices: list[list[Candidate | None]] = []
         for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
             cands = [c for c in self.candidates_of(layer) if force or c.params < layer.params]
-            opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2) for c in cands]
+            scale = (weights or {}).get(layer.name, 1.0)
+            opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2 * scale) for c in cands]
             options.append(opts)
             choices.append([None] + cands)
         budget = int(total / ratio)
