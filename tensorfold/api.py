@@ -259,18 +259,24 @@ def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, *, shapes: tup
     return verify_models(a, b, feeds, label)
 
 
-def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> dict:
-    """What is in a model and, per weight-heavy node, which methods can rewrite it."""
+def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
+            calibration: str | os.PathLike | None = None, normalize: tuple | str | None = None,
+            progress: bool = False) -> dict:
+    """What is in a model and, per weight-heavy node, which methods can rewrite it. With
+    calibration samples also each layer's sensitivity: the layer's own output error and the
+    model's output error when that layer alone keeps half its parameters (data-fitted Tucker-2/SVD)."""
     from tensorfold.passes import PASSES
     from tensorfold.passes.layers import ensure_node_names, find_layers
 
     original = load_model(input_path)
-    input_shapes = resolve_shapes(original, parse_shapes(tuple(shapes)))
+    shape_map = parse_shapes(tuple(shapes))
+    input_shapes = resolve_shapes(original, shape_map)
     model, norm_stats = normalize_model(original)
     ensure_node_names(model)
     stats = model_stats(original, input_shapes)
     node_flops = model_stats(model, input_shapes).node_flops
     layers, skipped = find_layers(model)
+    sens = _sensitivity(original, model, calibration, normalize, shape_map, progress) if calibration else {}
     rows = []
     for layer in layers:
         methods = {}
@@ -280,6 +286,8 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> d
         rows.append({"node": layer.name, "op": layer.node.op_type, "weight_shape": list(layer.weight.shape),
                      "groups": layer.groups, "params": layer.params, "flops": node_flops.get(layer.name),
                      "methods": methods})
+        if layer.name in sens:
+            rows[-1]["sensitivity"] = sens[layer.name].as_dict()
     return {
         "input": str(input_path), "opset": max((i.version for i in original.opset_import
                                                if i.domain in ("", "ai.onnx")), default=None),
@@ -289,7 +297,20 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = ()) -> d
         "ops": dict(sorted(stats.ops.items())), "normalization": norm_stats,
         "layers": rows, "skipped": [s.as_dict() for s in skipped],
         "factorizable_params": sum(r["params"] for r in rows),
+        "calibration": str(calibration) if calibration else None,
     }
+
+
+def _sensitivity(original, model, calibration, normalize, shape_map, progress) -> dict:
+    from tensorfold.calibration.sensitivity import measure_sensitivity
+
+    norm = parse_normalize(normalize) if isinstance(normalize, str) or normalize is None else normalize
+    samples = load_samples(calibration, original, shapes=shape_map, normalize=norm)
+    chosen = get_pass("tucker")
+    layers, _ = find_layers(model)
+    ctx = PassContext(progress=progress, stats=collect_input_grams(model, layers, samples, progress=progress))
+    probe = Reference(original, samples.take(np.arange(min(samples.n, SENSITIVITY_SAMPLES))).arrays, "probe")
+    return measure_sensitivity(chosen, model, ctx, probe)
 
 
 def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | None = None,

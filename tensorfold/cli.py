@@ -37,12 +37,16 @@ def main():
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="real samples (.npz or image folder): also show each layer's sensitivity")
+@click.option("--normalize", help="image folders: MEAN,STD after [0,1] scaling")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def inspect_cmd(model, shapes, as_json):
+def inspect_cmd(model, shapes, calibration, normalize, as_json):
     """Show what is in MODEL and which layers each method can factorize."""
     from tensorfold.api import METHODS, inspect
 
-    info = inspect(model, shapes=shapes)
+    info = inspect(model, shapes=shapes, calibration=calibration, normalize=normalize,
+                   progress=not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -53,13 +57,19 @@ def inspect_cmd(model, shapes, as_json):
                   f"{info['factorizable_params']:,} parameters in {len(info['layers'])} factorizable layers")
     console.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     table = Table(title="weight-heavy layers", title_justify="left")
-    for col in ("node", "op", "weight", "params", "FLOPs", *METHODS):
-        table.add_column(col, justify="right" if col in ("params", "FLOPs") else "left")
+    sens_cols = ("layer err @2x", "model err @2x") if info["calibration"] else ()
+    for col in ("node", "op", "weight", "params", "FLOPs", *METHODS, *sens_cols):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs", *sens_cols) else "left")
     for row in info["layers"]:
         shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
         marks = ["yes" if row["methods"][m] == "yes" else "-" for m in METHODS]
-        table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", _flops(row["flops"]), *marks)
+        sens = row.get("sensitivity")
+        extra = ((f"{sens['layer_error']:.3f}", f"{sens['model_error']:.3f}") if sens else ("-", "-")) if sens_cols else ()
+        table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", _flops(row["flops"]), *marks, *extra)
     console.print(table)
+    if sens_cols:
+        console.print(f"sensitivity on {info['calibration']}: each layer alone at half its parameters (data-fitted "
+                      "Tucker-2/SVD); layer err = its relative output error, model err = the model's")
     reasons = {}
     for row in info["layers"]:
         for m, verdict in row["methods"].items():

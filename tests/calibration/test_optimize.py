@@ -1,0 +1,162 @@
+"""`optimize --calibration` as a user runs it: held-out verification, data-fitted factors that beat
+weight-fitted ones at equal parameters, the output-error bound, int8, and bad data refused up front."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tensorfold.api import optimize
+from tensorfold.cli import demo_model_path
+from tests.test_cli import assert_user_error, invoke
+
+DEMO = demo_model_path()
+
+
+def smooth_images(n: int, seed: int) -> np.ndarray:
+    """Low-frequency images with a bright blob (correlated pixels, as real images have), (n, 1, 28, 28)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, 1, 7, 7)).astype(np.float32)
+    img = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)
+    yy, xx = np.mgrid[:28, :28]
+    centre = rng.integers(8, 20, size=(n, 2))
+    blob = np.exp(-((yy[None] - centre[:, :1, None]) ** 2 + (xx[None] - centre[:, 1:, None]) ** 2) / 30.0)
+    return np.clip(0.5 * img + blob[:, None], 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    np.savez(root / "fit.npz", x=smooth_images(48, 0))
+    np.savez(root / "held.npz", x=smooth_images(24, 1))
+    np.savez(root / "all.npz", x=smooth_images(40, 2))
+    return root
+
+
+def test_data_fitted_factors_beat_weight_fitted_on_held_out_data(data):
+    kwargs = dict(method="tucker", ratio=4, inputs=str(data / "held.npz"), progress=False)
+    plain = optimize(DEMO, None, **kwargs)
+    fitted = optimize(DEMO, None, calibration=str(data / "fit.npz"), **kwargs)
+    assert abs(fitted.eligible_params[1] - plain.eligible_params[1]) <= 0.02 * plain.eligible_params[0]
+    assert fitted.verification.inputs == str(data / "held.npz")
+    assert fitted.verification.max_relative_error < 0.7 * plain.verification.max_relative_error
+    assert all(r.output_error is not None for r in fitted.layers)
+    assert "fitted to calibration data" in fitted.ranks
+
+
+def test_held_out_share_is_what_the_report_verifies_on(data, tmp_path):
+    out = tmp_path / "small.onnx"
+    code, text = invoke("optimize", DEMO, "-o", out, "--calibration", data / "all.npz", "--ratio", "3", "--json")
+    assert code == 0, text
+    report = json.loads(text)
+    assert report["verification"]["inputs"].startswith("10 held-out of 40 samples")
+    assert [s["stage"] for s in report["stages"]] == ["input", "factorized"]
+    out_check = report["verification"]["outputs"][0]
+    assert out_check["argmax_agreement"] is not None     # (N, 10) logits have a class axis
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_max_output_error_keeps_the_bound_and_compresses(data):
+    report = optimize(DEMO, None, method="tucker", calibration=str(data / "all.npz"), max_output_error=0.1,
+                      progress=False)
+    assert report.budget_search, "every ratio tried is reported"
+    assert report.verification.within(0.1)
+    assert report.after.params < report.before.params
+    within = [t for t in report.budget_search if t["within"]]
+    assert within and max(t["ratio"] for t in within) > 1.0
+
+
+def test_int8_after_factorization_and_alone(data, tmp_path):
+    both = optimize(DEMO, tmp_path / "a.onnx", method="tucker", ratio=2, calibration=str(data / "all.npz"), int8=True,
+                    progress=False)
+    assert [s["stage"] for s in both.stages] == ["input", "factorized", "int8"]
+    quantized = onnx.load(str(tmp_path / "a.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    assert both.stages[2]["size_bytes"] < both.stages[1]["size_bytes"]
+    alone = optimize(DEMO, tmp_path / "b.onnx", method="none", calibration=str(data / "all.npz"), int8=True,
+                     progress=False)
+    assert [s["stage"] for s in alone.stages] == ["input", "int8"]
+    assert alone.stages[1]["max_relative_error"] < 0.2
+
+
+def batch1_model() -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_fixed_batch_of_one_takes_many_samples_one_by_one(tmp_path):
+    path = tmp_path / "b1.onnx"
+    onnx.save(batch1_model(), str(path))
+    np.savez(tmp_path / "s.npz", x=np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32))
+    code, text = invoke("verify", path, path, "--inputs", tmp_path / "s.npz", "--json")
+    assert code == 0, text
+    assert json.loads(text)["max_relative_error"] == 0.0
+    code, text = invoke("optimize", path, "-o", tmp_path / "o.onnx", "--calibration", tmp_path / "s.npz",
+                        "--rank", "2", "--method", "svd", "--json")
+    assert code == 0, text
+    assert json.loads(text)["verification"]["inputs"].startswith("4 held-out of 16")
+
+
+def test_image_folder_with_normalize(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(smooth_images(6, 3)):
+        Image.fromarray((img[0] * 255).astype(np.uint8)).resize((40, 30)).save(folder / f"{i}.png")
+    report = optimize(DEMO, None, method="tucker", ratio=2, calibration=str(folder), normalize="0.5,0.5",
+                      progress=False)
+    assert "images" in report.verification.inputs and report.verification.max_relative_error < 1.0
+
+
+@pytest.mark.parametrize("arrays,expected", [
+    ({"pixels": np.zeros((4, 1, 28, 28), np.float32)}, "no array for input(s)"),
+    ({"x": np.zeros((4, 1, 28, 27), np.float32)}, "has shape [4, 1, 28, 27]"),
+    ({"x": np.zeros((4, 28, 28), np.float32)}, "the model takes rank-4"),
+    ({"x": np.zeros((4, 1, 28, 28), np.int64)}, "is int64; the model takes float32"),
+    ({"x": np.full((4, 1, 28, 28), np.nan, np.float32)}, "NaN or Inf"),
+    ({"x": np.zeros((0, 1, 28, 28), np.float32)}, "holds no samples"),
+    ({"x": np.zeros((1, 1, 28, 28), np.float32)}, "at least 2 are needed"),
+])
+def test_bad_calibration_data_is_one_line_before_any_work(tmp_path, arrays, expected):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    out = tmp_path / "o.onnx"
+    code, text = invoke("optimize", DEMO, "-o", out, "--calibration", tmp_path / "bad.npz", "--ratio", "2")
+    assert_user_error(code, text, expected)
+    assert not out.exists()
+
+
+def test_options_that_need_calibration_and_paths_that_are_inputs(tmp_path, data):
+    code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", "--int8")
+    assert_user_error(code, text, "--int8 needs --calibration")
+    code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", "--max-output-error", "0.1")
+    assert_user_error(code, text, "--max-output-error needs --calibration")
+    code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", "--calibration", data / "all.npz",
+                        "--max-output-error", "0.1", "--ratio", "2")
+    assert_user_error(code, text, "drop --ratio")
+    target = tmp_path / "calib.npz"
+    np.savez(target, x=smooth_images(4, 0))
+    before = target.read_bytes()
+    code, text = invoke("optimize", DEMO, "-o", target, "--calibration", target, "--ratio", "2")
+    assert_user_error(code, text, "is an input")
+    assert target.read_bytes() == before
+    code, text = invoke("optimize", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx", "--calibration",
+                        tmp_path / "nothing")
+    assert code == 2 and "Traceback" not in text
+
+
+def test_inspect_shows_sensitivity(data):
+    code, text = invoke("inspect", DEMO, "--calibration", data / "fit.npz", "--json")
+    assert code == 0, text
+    info = json.loads(text)
+    sens = [row["sensitivity"] for row in info["layers"] if "sensitivity" in row]
+    assert len(sens) >= 3
+    assert all(s["model_error"] >= 0 and s["layer_error"] > 0 for s in sens)
