@@ -63,36 +63,13 @@ def _environment() -> dict:
 
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
     """Static int8 (QDQ, per-channel weights), calibrated on training images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tensorfold.calibration.data import Samples
+    from tensorfold.calibration.int8 import quantize_int8 as quantize
+    from tensorfold.graph.io import save_model
+    from tensorfold.runtime.inputs import model_inputs
 
-    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    import logging
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    # onnxruntime's recommended pre-processing (shape inference, graph optimization) first
-    prepared = dst.with_name(dst.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        source = prepared
-    except Exception:  # noqa: BLE001 - quantize the model as it is
-        source = src
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        quantize_static(str(source), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
-    finally:
-        logging.getLogger().setLevel(level)
-        prepared.unlink(missing_ok=True)
+    model = onnx.load(str(src))
+    save_model(quantize(model, Samples({model_inputs(model)[0].name: calib}, "training images")), dst)
     return dst
 
 
