@@ -82,7 +82,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     fit, held, label = _calibration_split(original, calibration, inputs, shape_map, normalize, holdout, seed)
     if held is not None:
         feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
-    elif verify:
+    elif verify or max_output_error is not None:
         feeds, label, input_shapes = feeds_for(original, shape_map, inputs, seed)
     else:
         feeds, label, input_shapes = None, None, resolve_shapes(original, shape_map)

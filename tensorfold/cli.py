@@ -166,7 +166,8 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
     console.print(f"onnx.checker: {result.checker}; inputs: {result.inputs}")
     for o in result.outputs:
         if o.kind == "float":
-            console.print(f"{o.name}: relative error {o.relative_error:.3e}, max abs {o.max_abs_error:.3e}")
+            argmax = "" if o.argmax_agreement is None else f", argmax {o.argmax_agreement:.2%} agree"
+            console.print(f"{o.name}: relative error {o.relative_error:.3e}, max abs {o.max_abs_error:.3e}{argmax}")
         else:
             console.print(f"{o.name}: {o.agreement:.2%} of elements equal")
 

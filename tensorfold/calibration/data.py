@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.inputs import _NP_TYPES, model_inputs
+from tensorfold.runtime.inputs import _NP_TYPES, load_inputs, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_HOLDOUT = 0.25
@@ -55,19 +55,7 @@ def load_samples(path: str | os.PathLike, model: onnx.ModelProto, *, option: str
 
 
 def _npz_samples(path: Path, model: onnx.ModelProto, option: str) -> Samples:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
-    names = [v.name for v in model_inputs(model)]
-    if len(names) == 1 and names[0] not in arrays and "x" in arrays:
-        arrays[names[0]] = arrays["x"]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise TensorfoldError(f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
-                              f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
-    return Samples({n: arrays[n] for n in names}, str(path))
+    return Samples(load_inputs(path, model, option), str(path))
 
 
 def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--calibration") -> None:

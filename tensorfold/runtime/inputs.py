@@ -76,19 +76,21 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = 
     return feeds
 
 
-def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--inputs") -> dict[str, np.ndarray]:
+    """One array per model input from an .npz (`x` accepted for a single-input model)."""
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise TensorfoldError(f"--inputs {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
     names = [v.name for v in model_inputs(model)]
     if len(names) == 1 and names[0] not in arrays and "x" in arrays:
         arrays[names[0]] = arrays["x"]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise TensorfoldError(f"--inputs {path}: no array for input(s) {missing} (it has {sorted(arrays)})")
+        raise TensorfoldError(f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
+                              f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
     return {n: arrays[n] for n in names}
 
 
