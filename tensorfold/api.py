@@ -30,6 +30,8 @@ from tensorfold.runtime.batching import call_shapes
 from tensorfold.runtime.inputs import feeds_for, parse_shapes, random_inputs, resolve_shapes
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
+# --calibration without a rank option: the most compressed model within this held-out output error
+DEFAULT_OUTPUT_ERROR = 0.05
 # calibration samples each layer's sensitivity probe runs on (one model run per layer)
 SENSITIVITY_SAMPLES = 8
 
@@ -60,7 +62,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     them (decompose/data_aware.py); a seeded `holdout` share is kept out of the fit and the report's
     verification runs on it (on `inputs` instead when given, and then every sample is fitted on).
     max_output_error: the most compressed model whose held-out relative output error (and argmax
-    disagreement on class axes) stays within this bound. int8: onnxruntime static quantization of
+    disagreement on class axes) stays within this bound; with calibration and no rank option it
+    defaults to DEFAULT_OUTPUT_ERROR. int8: onnxruntime static quantization of
     the result, calibrated on the same samples. sensitivity: with calibration and a global budget, weigh each
     layer's error curve by how much the model's output moves when that layer alone is compressed
     (calibration/sensitivity.py; one model run per layer on a few samples)."""
@@ -68,6 +71,10 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
     hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
     _check_calibration_options(spec, method, hardware_aware, config, calibration, max_output_error, int8, holdout)
+    default_bound = (calibration is not None and max_output_error is None and method != "none" and config is None
+                     and not hardware_aware and spec == RankSpec())
+    if default_bound:   # with real data the safe default is a bound on what the user sees, not an energy
+        max_output_error = DEFAULT_OUTPUT_ERROR
     if config is not None:
         _check_config_alone(spec, method, hardware_aware)
         from tensorfold.passes.planned import PlannedPass
@@ -143,6 +150,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         stages=stages if (int8 or fit is not None) else [],
         budget_search=[t.as_dict() for t in budget_trials] if budget_trials is not None else None,
     )
+    if default_bound:
+        report.notes.append(f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
+                            f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
     if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
     if output_path is not None:

@@ -42,20 +42,19 @@ def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext
     trials: list[Trial] = []
     lo, hi = 1.0, reachable * 0.999
     bar = tqdm(total=steps, desc=f"max output error {bound:g}", unit="model", disable=not ctx.progress, leave=False)
-    for step in range(steps):
-        ratio = hi if step == 0 else math.sqrt(lo * hi)
+    for _ in range(steps):
+        ratio = math.sqrt(lo * hi)
         if ratio <= 1.0 + 1e-6:
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
         ok = check.within(bound)
-        trials.append(Trial(ratio, result.eligible_params_after, check.max_relative_error, check.max_disagreement, ok))
+        trials.append(Trial(ratio, result.eligible_params_after, float(check.max_relative_error),
+                            float(check.max_disagreement), ok))
         bar.update()
         bar.set_postfix_str(f"{ratio:.2f}x {'ok' if ok else 'over'}")
         if ok:       # lo only grows, so the latest model within the bound is the most compressed
             lo, best = ratio, (result, check)
-            if step == 0:
-                break
         else:
             hi = ratio
         if hi / lo < 1.02:

@@ -44,7 +44,7 @@ import scipy.linalg
 from tensorfold.decompose.ranks import clip_rank
 
 __all__ = ["InputGram", "DEFAULT_DAMPING", "damped", "output_error2", "whitened_spectrum", "whitened_svd",
-           "refit_output", "tucker2_data_table", "tucker2_data"]
+           "refit_output", "WhitenedSVD", "Tucker2DataFit", "tucker2_data_table", "tucker2_data"]
 
 DEFAULT_DAMPING = 1e-2
 
@@ -89,23 +89,36 @@ def _root(gram: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     return root[:, None] * q.T, q / root[None, :]
 
 
+class WhitenedSVD:
+    """The full SVD of R M for y = x @ M (M is K x N, gram K x K, damped(gram) = R^T R), done once:
+    every rank's factors and output error are slices of it (SVD-LLM's truncation-aware whitening)."""
+
+    def __init__(self, matrix: np.ndarray, gram: np.ndarray, damping: float | None = None):
+        root, self.inv = _root(gram, damping)
+        self.u, self.s, self.vt = np.linalg.svd(root @ matrix.astype(np.float64), full_matrices=False)
+
+    @property
+    def spectrum(self) -> np.ndarray:
+        """Squared singular values, descending: the output energy each rank keeps."""
+        return self.s ** 2
+
+    def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """left (K, r), right (r, N) minimizing sum ||x M - x left right||^2 over the data; the
+        singular values split as sqrt onto both sides."""
+        r = clip_rank(rank, len(self.s))
+        half = np.sqrt(self.s[:r])
+        return self.inv @ (self.u[:, :r] * half), half[:, None] * self.vt[:r]
+
+
 def whitened_spectrum(matrix: np.ndarray, gram: np.ndarray, damping: float | None = None) -> np.ndarray:
-    """Squared singular values (descending) of R M for y = x @ M (M is K x N, gram K x K): the
-    output energy each rank of the whitened SVD keeps."""
-    r, _ = _root(gram, damping)
-    return np.linalg.svd(r @ matrix.astype(np.float64), compute_uv=False) ** 2
+    """WhitenedSVD(...).spectrum."""
+    return WhitenedSVD(matrix, gram, damping).spectrum
 
 
 def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """left (K, r), right (r, N) minimizing sum ||x M - x left right||^2 over the data of `gram`
-    (SVD-LLM's truncation-aware whitening). Singular values split as sqrt onto both sides."""
-    m = matrix.astype(np.float64)
-    r = clip_rank(rank, *m.shape)
-    root, inv = _root(gram, damping)
-    u, s, vt = np.linalg.svd(root @ m, full_matrices=False)
-    half = np.sqrt(s[:r])
-    return inv @ (u[:, :r] * half), half[:, None] * vt[:r]
+    """WhitenedSVD(...).factors(rank)."""
+    return WhitenedSVD(matrix, gram, damping).factors(rank)
 
 
 def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float | None = None
@@ -145,13 +158,12 @@ def _input_bases(w3: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
 
 @dataclass
 class _Fit:
-    """What one input basis gives: the Cholesky-whitened cross map X (O, I*kk) and the nested
-    eigen-decompositions of X_r X_r^T for every r_in of the ladder."""
+    """What one input basis A gives: the Cholesky factor L of the reduced-patch Gram
+    T = (A x I_k)^T Sigma (A x I_k) and the whitened cross map X = C L^-T, C = W Sigma (A x I_k)."""
 
     basis: np.ndarray
     x: np.ndarray
     chol: np.ndarray
-    cross: np.ndarray
 
 
 def _fit(w3: np.ndarray, g: np.ndarray, basis: np.ndarray) -> _Fit:
@@ -165,60 +177,73 @@ def _fit(w3: np.ndarray, g: np.ndarray, basis: np.ndarray) -> _Fit:
     t += 1e-10 * float(np.trace(t)) / len(t) * np.eye(len(t))
     chol = np.linalg.cholesky(t)
     x = scipy.linalg.solve_triangular(chol, cross.T, lower=True).T                   # C L^-T
-    return _Fit(basis, x, chol, cross)
+    return _Fit(basis, x, chol)
+
+
+class Tucker2DataFit:
+    """The rank-independent work of the data-fitted Tucker-2 of one kernel, done once: both input
+    bases and their Cholesky-whitened cross maps. table() gives the exact output error of every
+    (r_out, r_in) pair, factors() the factors of one pair."""
+
+    def __init__(self, kernel: np.ndarray, gram: np.ndarray, damping: float | None = None):
+        self.spatial = tuple(kernel.shape[2:])
+        self.w3 = kernel.astype(np.float64).reshape(kernel.shape[0], kernel.shape[1], -1)
+        o = self.w3.shape[0]
+        g = damped(gram, damping)
+        self.total = float(np.einsum("od,od->", self.w3.reshape(o, -1) @ g, self.w3.reshape(o, -1)))
+        self.fits = [_fit(self.w3, g, basis) for basis in _input_bases(self.w3, g)] if self.total > 0 else []
+
+    def table(self, r_in_values) -> np.ndarray:
+        """Relative squared output error for every r_out (rows 0..O) and each r_in of `r_in_values`
+        (columns); per entry the better of the two input bases counts."""
+        o, i, kk = self.w3.shape
+        r_in_values = [clip_rank(r, i) for r in r_in_values]
+        best = np.ones((o + 1, len(r_in_values)))
+        if self.total <= 0:
+            best[1:] = 0.0
+            return best
+        for fit in self.fits:
+            gx = np.zeros((o, o))
+            done = 0
+            for col, r in sorted(enumerate(r_in_values), key=lambda t: t[1]):
+                block = fit.x[:, done * kk:r * kk]
+                gx += block @ block.T
+                done = r
+                eig = np.clip(np.linalg.eigvalsh(gx)[::-1], 0.0, None)
+                err = np.clip((self.total - np.concatenate([[0.0], np.cumsum(eig)])) / self.total, 0.0, 1.0)
+                best[:, col] = np.minimum(err, best[:, col])
+        return best
+
+    def factors(self, ranks: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """core (r_out, r_in, *k), out_factor (O, r_out), in_factor (I, r_in) and the relative
+        squared output error, from the input basis that gives less error."""
+        o, i, kk = self.w3.shape
+        ro, ri = clip_rank(ranks[0], o), clip_rank(ranks[1], i)
+        if self.total <= 0:
+            return (np.zeros((ro, ri) + self.spatial), np.eye(o)[:, :ro], np.eye(i)[:, :ri], 0.0)
+        best = None
+        for fit in self.fits:
+            x = fit.x[:, :ri * kk]
+            lam, vec = np.linalg.eigh(x @ x.T)
+            u = vec[:, ::-1][:, :ro]
+            err = max((self.total - float(np.clip(lam[::-1][:ro], 0, None).sum())) / self.total, 0.0)
+            if best is None or err < best[3]:
+                # core = U^T C_r T_r^-1 = U^T X_r L_r^-1
+                core = scipy.linalg.solve_triangular(fit.chol[:ri * kk, :ri * kk], (u.T @ x).T, lower=True,
+                                                     trans="T").T
+                best = (core.reshape((ro, ri) + self.spatial), u, fit.basis[:, :ri], err)
+        return best
 
 
 def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, damping: float | None = None
                        ) -> tuple[np.ndarray, float]:
-    """Relative squared output error of the data-fitted Tucker-2 for every r_out (rows 0..O) and
-    each r_in in `r_in_values` (columns), and the layer's output energy tr(W Sigma W^T) it is
-    relative to (to weigh groups). Per entry the better of the two input bases counts."""
-    w3 = kernel.astype(np.float64).reshape(kernel.shape[0], kernel.shape[1], -1)
-    o, i, kk = w3.shape
-    g = damped(gram, damping)
-    total = float(np.einsum("od,od->", w3.reshape(o, -1) @ g, w3.reshape(o, -1)))
-    r_in_values = [clip_rank(r, i) for r in r_in_values]
-    best = np.ones((o + 1, len(r_in_values)))
-    if total <= 0:
-        best[1:] = 0.0
-        return best, 0.0
-    for b, basis in enumerate(_input_bases(w3, g)):
-        fit = _fit(w3, g, basis)
-        gx = np.zeros((o, o))
-        done = 0
-        for col, r in sorted(enumerate(r_in_values), key=lambda t: t[1]):
-            block = fit.x[:, done * kk:r * kk]
-            gx += block @ block.T
-            done = r
-            eig = np.clip(np.linalg.eigvalsh(gx)[::-1], 0.0, None)
-            err = np.clip((total - np.concatenate([[0.0], np.cumsum(eig)])) / total, 0.0, 1.0)
-            best[:, col] = np.minimum(err, best[:, col])
-    return best, total
+    """Tucker2DataFit(...).table(r_in_values) and the layer's output energy tr(W Sigma W^T) the
+    errors are relative to (to weigh groups)."""
+    fit = Tucker2DataFit(kernel, gram, damping)
+    return fit.table(r_in_values), fit.total
 
 
 def tucker2_data(kernel: np.ndarray, gram: np.ndarray, ranks: tuple[int, int], damping: float | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Data-fitted Tucker-2 at (r_out, r_in): core (r_out, r_in, *k), out_factor (O, r_out),
-    in_factor (I, r_in), and the relative squared output error (both input bases tried, the
-    better kept, as in tucker2_data_table)."""
-    spatial = kernel.shape[2:]
-    w3 = kernel.astype(np.float64).reshape(kernel.shape[0], kernel.shape[1], -1)
-    o, i, kk = w3.shape
-    ro, ri = clip_rank(ranks[0], o), clip_rank(ranks[1], i)
-    g = damped(gram, damping)
-    total = float(np.einsum("od,od->", w3.reshape(o, -1) @ g, w3.reshape(o, -1)))
-    bases = _input_bases(w3, g)
-    best = None
-    for b in range(len(bases)):
-        fit = _fit(w3, g, bases[b])
-        x = fit.x[:, :ri * kk]
-        lam, vec = np.linalg.eigh(x @ x.T)
-        u = vec[:, ::-1][:, :ro]
-        err = (total - float(np.clip(lam[::-1][:ro], 0, None).sum())) / total if total > 0 else 0.0
-        if best is None or err < best[3]:
-            # core = U^T C_r T_r^-1 = U^T X_r L_r^-1
-            chol = fit.chol[:ri * kk, :ri * kk]
-            core = scipy.linalg.solve_triangular(chol, (u.T @ x).T, lower=True, trans="T").T
-            a = bases[b][:, :ri]
-            best = (core.reshape((ro, ri) + tuple(spatial)), u, a, max(err, 0.0))
-    return best
+    """Tucker2DataFit(...).factors(ranks): the data-fitted Tucker-2 at (r_out, r_in)."""
+    return Tucker2DataFit(kernel, gram, damping).factors(ranks)

@@ -46,7 +46,7 @@ class Verification:
         return max(shares) if shares else 0.0
 
     def within(self, bound: float) -> bool:
-        return self.max_relative_error <= bound and self.max_disagreement <= bound
+        return bool(self.max_relative_error <= bound and self.max_disagreement <= bound)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -4,7 +4,8 @@ The saving comes from the budget (--ratio) or, without one, from the Tucker-2/SV
 rank spec. Among SVD, Tucker-2 and TT points of that size (their errors are exact), the best is
 taken; for group-1 kxk convs CP is then run at the same parameter count and kept if its measured
 error is lower (CP errors have no closed form, so CP is judged on the real result); kernels above
-CP_MAX_PARAMS skip that comparison, where CP-ALS would cost seconds per layer.
+CP_MAX_PARAMS skip that comparison, where CP-ALS would cost seconds per layer; so do layers with
+calibration statistics (see build).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from tensorfold.errors import DecompositionError
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.cp import cp_build, cp_rank_for_params
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, layer_output_error2, relative_error
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 from tensorfold.passes.tt import TTPass
@@ -57,15 +58,6 @@ class AutoPass(FactorizePass):
     def ranks_of(self, candidate: Candidate):
         return (candidate.method, *candidate.ranks)
 
-    @staticmethod
-    def _error(layer: Layer, fac: Factorization) -> float:
-        """What CP and Tucker-2 are compared on: output error with calibration data, else weight error."""
-        if layer.gram is None:
-            return relative_error(layer.weight, fac.reconstruct())
-        if fac.output_error2 is None:
-            fac.output_error2 = layer_output_error2(layer, fac.reconstruct())
-        return fac.output_error2
-
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         method, *rest = ranks
         rest = tuple(rest)
@@ -74,12 +66,14 @@ class AutoPass(FactorizePass):
         if method == "tt":
             return _TT.build(layer, rest, ctx)
         best = tucker_build(layer, rest, ctx.hooi_iters)
-        if layer.groups == 1 and layer.params <= CP_MAX_PARAMS:
+        # with calibration statistics CP is not tried: its inner factors stay weight-fitted (only its
+        # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search
+        if layer.groups == 1 and layer.params <= CP_MAX_PARAMS and layer.gram is None:
             size = tucker2_params(layer.weight.shape, best.ranks)
             try:
                 cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)
             except DecompositionError:  # an unstable CP just loses the comparison
                 return best
-            if self._error(layer, cp) < self._error(layer, best):
+            if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):
                 return cp
         return best

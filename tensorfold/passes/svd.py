@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tensorfold.decompose.data_aware import whitened_spectrum, whitened_svd
+from tensorfold.decompose.data_aware import WhitenedSVD
 from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.svd import singular_values, truncated_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
@@ -44,10 +44,19 @@ def svd_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
 def svd_spectra(layer: Layer) -> list[np.ndarray]:
     """Squared singular values per group: of the weight, or with calibration statistics of the
     whitened weight (the output energy each rank keeps)."""
-    mats = layer_matrices(layer)
     if layer.gram is not None:
-        return [whitened_spectrum(m, layer.gram.group(g)) for g, m in enumerate(mats)]
-    return [singular_values(m.astype(np.float64)) ** 2 for m in mats]
+        return [fit.spectrum for fit in whitened_fits(layer)]
+    return [singular_values(m.astype(np.float64)) ** 2 for m in layer_matrices(layer)]
+
+
+def whitened_fits(layer: Layer) -> list[WhitenedSVD]:
+    """The whitened SVD per group, done once per layer and kept on its statistics object (a budget
+    search builds many ranks of the same layer)."""
+    cache = layer.gram.__dict__.setdefault("_whitened", {})
+    key = (layer.kind, layer.weight.shape)
+    if key not in cache:
+        cache[key] = [WhitenedSVD(m, layer.gram.group(g)) for g, m in enumerate(layer_matrices(layer))]
+    return cache[key]
 
 
 def svd_candidates(layer: Layer) -> list[Candidate]:
@@ -63,11 +72,10 @@ def svd_candidates(layer: Layer) -> list[Candidate]:
 
 
 def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
-    mats = layer_matrices(layer)
     if layer.gram is not None:      # fitted to the layer's output on the calibration data
-        pairs = [whitened_svd(m, layer.gram.group(g), ranks[0]) for g, m in enumerate(mats)]
+        pairs = [fit.factors(ranks[0]) for fit in whitened_fits(layer)]
     else:
-        pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in mats]
+        pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
     rank = lefts[0].shape[1]
     return Factorization(

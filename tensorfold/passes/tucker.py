@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
-from tensorfold.decompose.data_aware import tucker2_data, tucker2_data_table
+from tensorfold.decompose.data_aware import Tucker2DataFit
 from tensorfold.decompose.tucker2 import Tucker2, tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tucker_conv
@@ -52,12 +52,22 @@ def tucker_error_grid(layer: Layer) -> np.ndarray:
     return sum(tucker2_error_table(w) * n for w, n in zip(groups, norms)) / total
 
 
+def data_fits(layer: Layer) -> list[Tucker2DataFit]:
+    """The rank-independent data-fitted Tucker-2 work per group, done once per layer and kept on
+    its statistics object (a budget search builds many ranks of the same layer)."""
+    cache = layer.gram.__dict__.setdefault("_tucker_fits", {})
+    key = layer.weight.shape
+    if key not in cache:
+        cache[key] = [Tucker2DataFit(w, layer.gram.group(g)) for g, w in enumerate(layer.group_weights())]
+    return cache[key]
+
+
 def tucker_data_grid(layer: Layer, r_in_values: list[int]) -> np.ndarray:
     """Relative squared output error on the calibration data for every r_out (rows) and each r_in
     of `r_in_values` (columns), groups pooled by their output energy."""
-    tables = [tucker2_data_table(w, layer.gram.group(g), r_in_values) for g, w in enumerate(layer.group_weights())]
-    total = sum(t for _, t in tables) or 1.0
-    return sum(table * t for table, t in tables) / total
+    fits = data_fits(layer)
+    total = sum(f.total for f in fits) or 1.0
+    return sum(f.table(r_in_values) * f.total for f in fits) / total
 
 
 def tucker_candidates(layer: Layer) -> list[Candidate]:
@@ -97,7 +107,7 @@ def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Facto
 
 
 def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
-    fits = [tucker2_data(w, layer.gram.group(g), (ranks[0], ranks[1])) for g, w in enumerate(layer.group_weights())]
+    fits = [fit.factors((ranks[0], ranks[1])) for fit in data_fits(layer)]
     parts = [Tucker2(core, out_f, in_f) for core, out_f, in_f, _ in fits]
     dtype = layer.weight.dtype
     return Factorization(
