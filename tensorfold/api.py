@@ -60,7 +60,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     calibration: real samples (an .npz with one array per input, or a folder of images scaled to
     [0, 1], `normalize` = "MEAN,STD"). Factors and rank curves are fitted to each layer's output on
     them (decompose/data_aware.py); a seeded `holdout` share is kept out of the fit and the report's
-    verification runs on it (on `inputs` instead when given, and then every sample is fitted on).
+    verification runs on it (on `inputs` instead when given: the bound search selects on the held-out
+    share, so only `inputs` are independent of every choice).
     max_output_error: the most compressed model whose held-out relative output error (and argmax
     disagreement on class axes) stays within this bound; with calibration and no rank option it
     defaults to DEFAULT_OUTPUT_ERROR. int8: onnxruntime static quantization of
@@ -86,14 +87,20 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         _check_output(Path(output_path), [p for p in (input_path, inputs, config, calibration) if p is not None])
     original = load_model(input_path)
     shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
-    fit, held, label = _calibration_split(original, calibration, inputs, shape_map, normalize, holdout, seed)
-    if held is not None:
-        feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
-    elif verify or max_output_error is not None:
+    fit, held, label = _calibration_split(original, calibration, shape_map, normalize, holdout, seed)
+    # the bound search selects on the held-out share; the report verifies on --inputs when given
+    # (then independent of every choice), else on that same held-out share
+    search_reference = Reference(original, held.arrays, label) if held is not None and max_output_error else None
+    if inputs is not None or (held is None and verify):
         feeds, label, input_shapes = feeds_for(original, shape_map, inputs, seed)
+    elif held is not None:
+        feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
     else:
         feeds, label, input_shapes = None, None, resolve_shapes(original, shape_map)
-    reference = Reference(original, feeds, label) if feeds is not None and (verify or max_output_error) else None
+    reference = None
+    if verify and feeds is not None:
+        reference = (search_reference if search_reference is not None and inputs is None
+                     else Reference(original, feeds, label))
     model, norm_stats = normalize_model(original)
     if config is not None:
         chosen.choices = _config_plan(model, config)
@@ -114,7 +121,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     elif max_output_error is not None:
         from tensorfold.calibration.budget_search import search_budget
 
-        result, verification, budget_trials = search_budget(chosen, model, ctx, reference, max_output_error)
+        result, verification, budget_trials = search_budget(chosen, model, ctx, search_reference, max_output_error)
+        if reference is not search_reference:
+            verification = None
     elif hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
@@ -183,14 +192,12 @@ def _check_calibration_options(spec: RankSpec, method: str, hardware_aware: bool
         raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
 
 
-def _calibration_split(original, calibration, inputs, shape_map, normalize, holdout, seed):
-    """(samples to fit on, samples to verify on, a label for the latter); all None without calibration."""
+def _calibration_split(original, calibration, shape_map, normalize, holdout, seed):
+    """(samples to fit on, samples held out, a label for the latter); all None without calibration."""
     if calibration is None:
         return None, None, None
     norm = parse_normalize(normalize) if isinstance(normalize, str) or normalize is None else normalize
     samples = load_samples(calibration, original, shapes=shape_map, normalize=norm)
-    if inputs is not None:      # the user's own held-out inputs verify; every calibration sample fits
-        return samples, None, None
     fit, held = split_holdout(samples, holdout, seed)
     return fit, held, f"{held.n} held-out of {samples.n} samples of {samples.source} (fitted on the other {fit.n})"
 
