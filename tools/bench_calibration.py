@@ -79,10 +79,12 @@ def accuracy(path, x: np.ndarray, y: np.ndarray) -> float:
 
 def cli_run(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one `tensorfold` CLI run in a fresh process."""
-    code = ("import resource, sys, time; from tensorfold.cli import main; t = time.perf_counter()\n"
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of this (large) process
+    # would report the parent's peak
+    code = ("import sys, time; from tensorfold.cli import main; t = time.perf_counter()\n"
             "try:\n    main(sys.argv[1:], standalone_mode=False)\nfinally:\n"
-            "    print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
-            " file=sys.stderr)")
+            "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "    print('BENCH', time.perf_counter() - t, int(hwm.split()[1]) / 1024, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     line = next((l for l in done.stderr.splitlines() if l.startswith("BENCH")), None)
     if done.returncode != 0 or line is None:

@@ -4,6 +4,7 @@ calibrated on the user's samples: what a user tries first, and what factorizatio
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -38,11 +39,18 @@ def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            try:   # onnxruntime's recommended pre-processing (shape inference, graph optimization)
+            # onnxruntime's recommended pre-processing (shape inference, graph optimization); it
+            # writes scratch files (sym_shape_infer_temp.onnx, <uuid>.data) into the working
+            # directory, so it runs with the temporary folder as that directory
+            cwd = os.getcwd()
+            try:
+                os.chdir(tmp)
                 quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
                 source = prepared
             except Exception:  # noqa: BLE001 - quantize the model as it is
                 source = src
+            finally:
+                os.chdir(cwd)
             quantize_static(str(source), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
