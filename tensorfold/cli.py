@@ -121,8 +121,8 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
 @click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
                                             "calibrated on --calibration")
 @click.option("--no-sensitivity", is_flag=True,
-              help="with --calibration and a budget: skip the per-layer sensitivity probe (faster, usually "
-                   "more output error)")
+              help="with --calibration and a budget: skip the per-layer sensitivity probe (faster; "
+                   "less or more output error by model: docs/results/calibration.md)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
                  seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config,
