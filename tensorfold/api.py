@@ -17,7 +17,7 @@ import onnx
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.io import load_model, refuse_special, save_model
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.graph.normalize import normalize as normalize_model
@@ -232,9 +232,10 @@ def _config_plan(model: onnx.ModelProto, config) -> dict:
 
 
 def _check_output(output_path: Path, inputs: list) -> None:
-    """Refuse an output that is one of the paths the user gave as input, or a folder."""
+    """Refuse an output that is one of the paths the user gave as input, a folder or a device/FIFO."""
     if output_path.is_dir():
         raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
+    refuse_special(output_path)
     for given in inputs:
         given = Path(given)
         if output_path.exists() and given.exists() and os.path.samefile(given, output_path):

@@ -224,3 +224,16 @@ def test_hardware_aware_bad_options(tmp_path, args, expected):
     code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", *args)
     assert_user_error(code, text, expected)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_device_or_fifo_output_is_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    code, text = invoke("optimize", DEMO, "-o", fifo, "--rank", "2")
+    assert_user_error(code, text, "not a regular file")
+    assert fifo.exists() and not fifo.is_file()
+    code, text = invoke("optimize", DEMO, "-o", "/dev/null", "--rank", "2")
+    assert_user_error(code, text, "not a regular file")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")

@@ -111,8 +111,28 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
 
 # --- other formats and the one entry point recovery uses ----------------------------------------
 
+# What a CIFAR-10 python batch may contain besides builtin containers, bytes and numbers: numpy
+# arrays. Any other global in the pickle (a planted os.system, say) is refused, never called.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                  ("numpy._core.multiarray", "scalar")}
+
+
+def _restricted_unpickler(fh):
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _CIFAR_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: only numpy arrays are allowed")
+
+    return Restricted(fh, encoding="bytes")
+
+
 def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 from its python pickle batches (data_batch_1..5, test_batch): uint8 (N,32,32,3)."""
+    """CIFAR-10 from its python pickle batches (data_batch_1..5, test_batch): uint8 (N,32,32,3),
+    read with a restricted unpickler (builtin containers, bytes, numbers, numpy arrays only)."""
     import pickle
 
     root = Path(root)
@@ -124,11 +144,11 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndar
             raise TensorfoldError(f"CIFAR-10: {path} not found (expected the python version's batches in {root})")
         try:
             with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _restricted_unpickler(fh).load()
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
             raise TensorfoldError(f"CIFAR-10: {path} is not a CIFAR-10 python batch ({exc})") from None
     return np.concatenate(images), np.concatenate(labels)
 

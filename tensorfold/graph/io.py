@@ -63,6 +63,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise TensorfoldError(f"{path}: output folder {folder} does not exist")
+    refuse_special(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp_data = None
@@ -92,9 +93,18 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return path
 
 
+def refuse_special(path: Path) -> None:
+    """An existing output must be a regular file: renaming over /dev/null, a FIFO or a socket
+    would replace the device node (as root) instead of writing to it."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise TensorfoldError(f"{path} is {kind}; give a regular file name")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text through a temporary file in the same folder and a rename: never a half-written file."""
     path = Path(path)
+    refuse_special(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -71,6 +71,18 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, batch: i
     return out
 
 
+def load_checkpoint(path: Path, device):
+    """A checkpoint's tensors, numbers and strings only (weights_only=True): a planted file cannot
+    run code when it is unpickled; anything else is refused with one line."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise TensorfoldError(f"{path}: not a tensorfold checkpoint of plain tensors "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+
+
 def _save_checkpoint(path: Path, module, optimizer, step: int, history: History, best: dict | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"params": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -112,7 +124,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     if resume:
         if not ckpt.exists():
             raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
-        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
+        state = load_checkpoint(ckpt, cfg.device)
         module.load_state_dict(state["params"])
         opt.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best"]
@@ -188,7 +200,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         bar.close()
         signal.signal(signal.SIGINT, previous)
     if (checkpoint_dir / "best.pt").exists():
-        module.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=False, map_location=cfg.device))
+        module.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt", cfg.device))
     return history, stop_reason, best
 
 

@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tensorfold.api import optimize
@@ -59,6 +60,28 @@ def test_resume_continues(student, npz, tmp_path):
     assert report["steps"] == 8
 
 
+class _Planted:
+    """A pickle that would create a file when unpickled (what a planted checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_runs_no_code(student, npz, tmp_path):
+    ckpt = tmp_path / "r.onnx.ckpt"
+    ckpt.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"params": _Planted(marker)}, ckpt / "last.pt")
+    cfg = RecoverConfig(max_steps=2, batch_size=32, threads=1)
+    with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
+                progress=False)
+    assert not marker.exists() and not (tmp_path / "r.onnx").exists()
+
+
 def test_nan_loss_stops_and_says_so(student, npz, tmp_path):
     cfg = RecoverConfig(max_steps=6, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton",
                         warmup=0.0)
@@ -75,6 +98,16 @@ def test_teacher_with_other_outputs_is_refused(student, tmp_path, npz):
     onnx.save(other, tmp_path / "t.onnx")
     with pytest.raises(TensorfoldError, match="differ"):
         recover(student, tmp_path / "r.onnx", teacher_path=tmp_path / "t.onnx", data=str(npz[0]), progress=False)
+
+
+def test_a_planted_cifar_batch_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump({b"data": _Planted(marker), b"labels": [1]}, fh)
+    with pytest.raises(TensorfoldError, match="refusing .*only numpy arrays"):
+        load_data(str(tmp_path), "train")
+    assert not marker.exists()
 
 
 def test_data_that_does_not_fit(student, tmp_path):
