@@ -63,8 +63,10 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
     for row in info["layers"]:
         shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
         marks = ["yes" if row["methods"][m] == "yes" else "-" for m in METHODS]
-        sens = row.get("sensitivity")
-        extra = ((f"{sens['layer_error']:.3f}", f"{sens['model_error']:.3f}") if sens else ("-", "-")) if sens_cols else ()
+        extra = []
+        if sens_cols:
+            sens = row.get("sensitivity")
+            extra = [f"{sens['layer_error']:.3f}", f"{sens['model_error']:.3f}"] if sens else ["-", "-"]
         table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", _flops(row["flops"]), *marks, *extra)
     console.print(table)
     if sens_cols:

@@ -35,7 +35,7 @@ def collect_input_grams(model: onnx.ModelProto, layers: list[Layer], samples: Sa
     batches = list(chunks(model, samples.arrays, max_batch=4))
     for feeds in tqdm(batches, desc="calibration statistics", unit="batch", disable=not progress, leave=False):
         values = dict(zip(wanted, session.run(wanted, feeds) if wanted else []))
-        values.update({k: v for k, v in feeds.items()})
+        values.update(feeds)
         for layer in layers:
             x = values[layer.node.input[0]]
             rows_per_group = _vectors(layer, np.asarray(x))

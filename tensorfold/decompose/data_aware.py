@@ -36,15 +36,16 @@ rank-deficient and an undamped fit would chase directions the data never excites
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.linalg
 
 from tensorfold.decompose.ranks import clip_rank
 
-__all__ = ["InputGram", "DEFAULT_DAMPING", "damped", "output_error2", "whitened_spectrum", "whitened_svd",
-           "refit_output", "WhitenedSVD", "Tucker2DataFit", "tucker2_data_table", "tucker2_data"]
+__all__ = ["InputGram", "DEFAULT_DAMPING", "damped", "output_energies", "output_error2", "refit_output",
+           "WhitenedSVD", "Tucker2DataFit"]
 
 DEFAULT_DAMPING = 1e-2
 
@@ -55,6 +56,9 @@ class InputGram:
 
     grams: np.ndarray            # (groups, D, D), float64
     count: int = 0
+    # rank-independent fits of this layer (WhitenedSVD, Tucker2DataFit per group), made once: a
+    # budget search builds many ranks of the same layer
+    fits: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -62,6 +66,12 @@ class InputGram:
 
     def group(self, g: int = 0) -> np.ndarray:
         return self.grams[g]
+
+    def fitted(self, key, make: Callable[[], object]):
+        """make(), remembered under `key` for as long as these statistics live."""
+        if key not in self.fits:
+            self.fits[key] = make()
+        return self.fits[key]
 
 
 def damped(gram: np.ndarray, damping: float | None = None) -> np.ndarray:
@@ -73,12 +83,17 @@ def damped(gram: np.ndarray, damping: float | None = None) -> np.ndarray:
     return g + (damping * scale if scale > 0 else 1e-12) * np.eye(g.shape[0])
 
 
-def output_error2(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> float:
-    """Relative squared output error tr(D S D^T) / tr(W S W^T), rows of W (O, D) acting on x."""
+def output_energies(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> tuple[float, float]:
+    """(tr(D S D^T), tr(W S W^T)), D = W - approx, rows of W (O, D) acting on x: the squared output
+    error and the output energy, summable over groups."""
     diff = w2d - approx2d
-    num = float(np.einsum("od,od->", diff @ gram, diff))
-    den = float(np.einsum("od,od->", w2d @ gram, w2d))
-    return max(num, 0.0) / den if den > 0 else max(num, 0.0)
+    return max(float(np.einsum("od,od->", diff @ gram, diff)), 0.0), float(np.einsum("od,od->", w2d @ gram, w2d))
+
+
+def output_error2(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> float:
+    """Relative squared output error tr(D S D^T) / tr(W S W^T)."""
+    num, den = output_energies(w2d, approx2d, gram)
+    return num / den if den > 0 else num
 
 
 def _root(gram: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +125,8 @@ class WhitenedSVD:
         return self.inv @ (self.u[:, :r] * half), half[:, None] * self.vt[:r]
 
 
-def whitened_spectrum(matrix: np.ndarray, gram: np.ndarray, damping: float | None = None) -> np.ndarray:
-    """WhitenedSVD(...).spectrum."""
-    return WhitenedSVD(matrix, gram, damping).spectrum
 
 
-def whitened_svd(matrix: np.ndarray, gram: np.ndarray, rank: int, damping: float | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """WhitenedSVD(...).factors(rank)."""
-    return WhitenedSVD(matrix, gram, damping).factors(rank)
 
 
 def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float | None = None
@@ -233,17 +241,3 @@ class Tucker2DataFit:
                                                      trans="T").T
                 best = (core.reshape((ro, ri) + self.spatial), u, fit.basis[:, :ri], err)
         return best
-
-
-def tucker2_data_table(kernel: np.ndarray, gram: np.ndarray, r_in_values, damping: float | None = None
-                       ) -> tuple[np.ndarray, float]:
-    """Tucker2DataFit(...).table(r_in_values) and the layer's output energy tr(W Sigma W^T) the
-    errors are relative to (to weigh groups)."""
-    fit = Tucker2DataFit(kernel, gram, damping)
-    return fit.table(r_in_values), fit.total
-
-
-def tucker2_data(kernel: np.ndarray, gram: np.ndarray, ranks: tuple[int, int], damping: float | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Tucker2DataFit(...).factors(ranks): the data-fitted Tucker-2 at (r_out, r_in)."""
-    return Tucker2DataFit(kernel, gram, damping).factors(ranks)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from tensorfold.decompose.data_aware import damped
+from tensorfold.decompose.data_aware import damped, output_energies
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
@@ -63,13 +63,10 @@ def layer_rows(layer: Layer, weight: np.ndarray) -> list[np.ndarray]:
 def layer_output_error2(layer: Layer, approx: np.ndarray) -> float:
     """Relative squared output error of replacing the layer's weight by `approx`, on the data of
     layer.gram (groups pooled)."""
-    num = den = 0.0
-    for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx))):
-        gram = damped(layer.gram.group(g))
-        d = w - a
-        num += float(np.einsum("od,od->", d @ gram, d))
-        den += float(np.einsum("od,od->", w @ gram, w))
-    return max(num, 0.0) / den if den > 0 else max(num, 0.0)
+    pairs = [output_energies(w, a, damped(layer.gram.group(g)))
+             for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx)))]
+    num, den = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return num / den if den > 0 else num
 
 
 def ladder(n: int, points: int = 48) -> list[int]:

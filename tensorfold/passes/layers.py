@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from tensorfold.decompose.data_aware import InputGram
 from tensorfold.graph.model import GraphIndex, attr, subgraph_nodes
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -27,7 +28,7 @@ class Layer:
     attrs: dict = field(default_factory=dict)
     # second moments of the layer's inputs on calibration data (decompose.data_aware.InputGram);
     # when set, methods fit factors and rank curves to the layer's output instead of its weight
-    gram: object | None = None
+    gram: InputGram | None = None
 
     @property
     def name(self) -> str:

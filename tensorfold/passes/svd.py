@@ -50,13 +50,9 @@ def svd_spectra(layer: Layer) -> list[np.ndarray]:
 
 
 def whitened_fits(layer: Layer) -> list[WhitenedSVD]:
-    """The whitened SVD per group, done once per layer and kept on its statistics object (a budget
-    search builds many ranks of the same layer)."""
-    cache = layer.gram.__dict__.setdefault("_whitened", {})
-    key = (layer.kind, layer.weight.shape)
-    if key not in cache:
-        cache[key] = [WhitenedSVD(m, layer.gram.group(g)) for g, m in enumerate(layer_matrices(layer))]
-    return cache[key]
+    """The whitened SVD per group, made once per layer's statistics."""
+    return layer.gram.fitted("whitened_svd", lambda: [WhitenedSVD(m, layer.gram.group(g))
+                                                      for g, m in enumerate(layer_matrices(layer))])
 
 
 def svd_candidates(layer: Layer) -> list[Candidate]:

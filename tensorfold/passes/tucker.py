@@ -53,13 +53,9 @@ def tucker_error_grid(layer: Layer) -> np.ndarray:
 
 
 def data_fits(layer: Layer) -> list[Tucker2DataFit]:
-    """The rank-independent data-fitted Tucker-2 work per group, done once per layer and kept on
-    its statistics object (a budget search builds many ranks of the same layer)."""
-    cache = layer.gram.__dict__.setdefault("_tucker_fits", {})
-    key = layer.weight.shape
-    if key not in cache:
-        cache[key] = [Tucker2DataFit(w, layer.gram.group(g)) for g, w in enumerate(layer.group_weights())]
-    return cache[key]
+    """The rank-independent data-fitted Tucker-2 work per group, made once per layer's statistics."""
+    return layer.gram.fitted("tucker2", lambda: [Tucker2DataFit(w, layer.gram.group(g))
+                                                 for g, w in enumerate(layer.group_weights())])
 
 
 def tucker_data_grid(layer: Layer, r_in_values: list[int]) -> np.ndarray:

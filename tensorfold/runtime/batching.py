@@ -60,13 +60,6 @@ def chunks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], max_batch: int 
         yield {k: v[start:start + step] for k, v in feeds.items()}
 
 
-def usable_samples(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
-    """How many samples chunks() feeds (a fixed batch b drops a remainder of N mod b)."""
-    n = sample_count(model, feeds)
-    fixed = fixed_batch(model)
-    return n - n % fixed if n is not None and fixed else n
-
-
 def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
     """The input shapes of one call on these feeds: batch 1 (or the model's fixed batch) per sample."""
     if sample_count(model, feeds) is None:

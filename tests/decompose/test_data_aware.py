@@ -4,8 +4,7 @@ on the data they were fitted to."""
 import numpy as np
 import pytest
 
-from tensorfold.decompose.data_aware import (damped, output_error2, refit_output, tucker2_data, tucker2_data_table,
-                                             whitened_spectrum, whitened_svd)
+from tensorfold.decompose.data_aware import Tucker2DataFit, WhitenedSVD, damped, output_error2, refit_output
 from tensorfold.decompose.svd import truncated_svd
 from tensorfold.decompose.tucker2 import tucker2, tucker2_reconstruct
 
@@ -23,8 +22,9 @@ def test_whitened_svd_error_is_its_spectrum_tail_and_beats_plain(k, n, rank):
     rng = np.random.default_rng(1)
     m = rng.standard_normal((k, n))
     gram = correlated_gram(k)
-    left, right = whitened_svd(m, gram, rank)
-    s2 = whitened_spectrum(m, gram)
+    fit = WhitenedSVD(m, gram)
+    left, right = fit.factors(rank)
+    s2 = fit.spectrum
     g = damped(gram)
     err = output_error2(m.T, (left @ right).T, g)
     assert err == pytest.approx(s2[rank:].sum() / s2.sum(), abs=1e-9)
@@ -42,12 +42,13 @@ def test_tucker2_data_matches_its_table_and_beats_hosvd(shape):
     d = int(np.prod(shape[1:]))
     gram = correlated_gram(d, seed=3)
     r_ins = [1, 2, i // 2, i]
-    table, total = tucker2_data_table(w, gram, r_ins)
+    fit = Tucker2DataFit(w, gram)
+    table, total = fit.table(r_ins), fit.total
     assert total > 0 and table.shape == (o + 1, len(r_ins))
     g = damped(gram)
     for ro in (1, o // 2, o):
         for col, ri in enumerate(r_ins):
-            core, out_f, in_f, err = tucker2_data(w, gram, (ro, ri))
+            core, out_f, in_f, err = fit.factors((ro, ri))
             approx = np.einsum("oa,abk,ib->oik", out_f, core.reshape(ro, ri, -1), in_f).reshape(o, -1)
             direct = output_error2(w.reshape(o, -1), approx, g)
             assert err == pytest.approx(table[ro, col], abs=1e-7)
