@@ -34,12 +34,8 @@ from tensorfold.bench.report import publish
 from tensorfold.bench.text_images import line_images, page_images, to_nchw
 from tensorfold.graph.io import load_model
 
-OCR = {  # name: (rapidocr model, ratio, how its samples are made)
-    "det": ("det", 2.0),
-    "cls": ("cls", 2.0),
-    "rec": ("rec", 2.0),
-}
-ZOO_RATIO = 4.0
+OCR_MODELS = ("det", "cls", "rec")   # rapidocr model names; their samples: ocr_samples()
+OCR_RATIO, ZOO_RATIO = 2.0, 4.0
 
 
 def ocr_samples(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -113,9 +109,9 @@ def main():
         tmp = Path(tmpdir)
         for name in args.models.split(","):
             labels = task = None
-            if name in OCR:
-                path = fetch_rapidocr_model(OCR[name][0])
-                ratio = OCR[name][1]
+            if name in OCR_MODELS:
+                path = fetch_rapidocr_model(name)
+                ratio = OCR_RATIO
                 fit, _ = ocr_samples(name, args.fit, seed=1)
                 held, labels = ocr_samples(name, args.held, seed=2)
                 if labels is not None:
@@ -148,7 +144,9 @@ def main():
                     out = tmp / f"{name}.{label.replace(' ', '').replace(',', '-')}.onnx"
                     runs[label] = (optimize(path, out, ratio=ratio, **common, **extra), out)
                 cli = {}
-                for label, extra in (("plain", []), ("calibrated", ["--calibration", str(fit_path)])):
+                for label, extra in (("plain", []), ("calibrated", ["--calibration", str(fit_path)]),
+                                     ("calibrated, no sensitivity", ["--calibration", str(fit_path),
+                                                                     "--no-sensitivity"])):
                     cli[label] = cli_run(["optimize", str(path), "-o", str(tmp / f"{name}.cli.onnx"), "--method",
                                           args.method, "--ratio", str(ratio), "--inputs", str(held_path), *extra])
                 base = task_accuracy(path)
