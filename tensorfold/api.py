@@ -17,7 +17,8 @@ import onnx
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import load_model, refuse_special, save_model
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.outputs import check_output, guarded
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.graph.normalize import normalize as normalize_model
@@ -36,6 +37,7 @@ DEFAULT_OUTPUT_ERROR = 0.05
 SENSITIVITY_SAMPLES = 8
 
 
+@guarded("input_path", "inputs", "config", "calibration")
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
              method: str = "auto", rank: int | None = None, energy: float | None = None,
              ratio: float | None = None, evbmf: bool = False, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
@@ -84,7 +86,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     else:
         chosen = None if method == "none" else get_pass(method)
     if output_path is not None:
-        _check_output(Path(output_path), [p for p in (input_path, inputs, config, calibration) if p is not None])
+        check_output(output_path)
     original = load_model(input_path)
     shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
     fit, held, label = _calibration_split(original, calibration, shape_map, normalize, holdout, seed)
@@ -229,17 +231,6 @@ def _config_plan(model: onnx.ModelProto, config) -> dict:
     ensure_node_names(named)
     layers, _ = find_layers(named)
     return read_config(config, {layer.name: layer for layer in layers})
-
-
-def _check_output(output_path: Path, inputs: list) -> None:
-    """Refuse an output that is one of the paths the user gave as input, a folder or a device/FIFO."""
-    if output_path.is_dir():
-        raise TensorfoldError(f"-o {output_path} is a folder; give a file name")
-    refuse_special(output_path)
-    for given in inputs:
-        given = Path(given)
-        if output_path.exists() and given.exists() and os.path.samefile(given, output_path):
-            raise TensorfoldError(f"-o {output_path} is an input ({given}); tensorfold never overwrites its inputs")
 
 
 def _fold_notes(norm_stats: dict) -> list[str]:

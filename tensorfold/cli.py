@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -13,24 +13,42 @@ from rich.table import Table
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
+from tensorfold.outputs import json_text
 
+class _Finite(click.FloatRange):
+    """A float in range that is also finite: FloatRange lets NaN through (every comparison is false)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+_POSITIVE = click.IntRange(min=1)
+_COUNT = click.IntRange(min=0)
+_POSITIVE_FLOAT = _Finite(min=0, min_open=True)
 _SHAPE_HELP = "fix a dynamic input shape, NAME:D1,D2,... (repeatable)"
 
 
 class _Group(click.Group):
-    """Turn a TensorfoldError anywhere below into `error: ...` and exit status 2."""
+    """One line for every failure (cli_errors.report): user mistakes and environment failures exit 2,
+    internal errors 1 (with the hint to rerun with --debug), Ctrl-C 130, SIGTERM 143."""
 
     def invoke(self, ctx):
-        try:
+        from tensorfold.cli_errors import reporting
+
+        with reporting(ctx, debug=ctx.params.get("debug", False)):
             return super().invoke(ctx)
-        except TensorfoldError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tensorfold")
-def main():
+@click.option("--debug", is_flag=True, envvar="TENSORFOLD_DEBUG",
+              help="show the traceback of an internal error (also TENSORFOLD_DEBUG=1)")
+def main(debug):
     """Rewrite the Conv/Gemm/MatMul nodes of an ONNX model into verified low-rank factor chains."""
 
 
@@ -48,7 +66,7 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
     info = inspect(model, shapes=shapes, calibration=calibration, normalize=normalize,
                    progress=not as_json and sys.stderr.isatty())
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _echo_json(info)
         return
     console = _console()
     console.print(f"[bold]{info['input']}[/]  opset {info['opset']}  {info['producer']}")
@@ -90,9 +108,9 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
 @click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt", "none"]), default="auto",
               show_default=True, help="factorization; auto picks per layer the least error for the saving; "
                                       "none: no factorization (with --int8: int8 alone)")
-@click.option("--rank", type=int, help="the same rank for every layer (clipped to each mode)")
-@click.option("--energy", type=float, help="keep this share of each layer's spectral energy (0-1]")
-@click.option("--ratio", type=float, help="the factorizable layers together hold RATIO times fewer parameters")
+@click.option("--rank", type=_POSITIVE, help="the same rank for every layer (clipped to each mode)")
+@click.option("--energy", type=_Finite(0, 1, min_open=True), help="keep this share of each layer's spectral energy (0-1]")
+@click.option("--ratio", type=_POSITIVE_FLOAT, help="the factorizable layers together hold RATIO times fewer parameters")
 @click.option("--evbmf", is_flag=True, help="ranks by empirical variational Bayes (EVBMF, as Kim et al. 2016)")
 @click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
@@ -100,24 +118,24 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--hardware-aware", is_flag=True,
               help="time every candidate chain on the target; rewrite a layer only where it is faster")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider to time on (hardware-aware)")
 @click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
-@click.option("--threads", type=int, default=0, show_default=True, help="intra-op threads for timing (0: all)")
-@click.option("--max-error", type=float, help="hardware-aware: fastest chain per layer with weight error <= this")
-@click.option("--target-latency", type=float, help="hardware-aware: least error meeting this whole-model latency (ms)")
-@click.option("--speedup", type=float, help="hardware-aware: least error meeting this speedup over the input")
+@click.option("--threads", type=_COUNT, default=0, show_default=True, help="intra-op threads for timing (0: all)")
+@click.option("--max-error", type=_POSITIVE_FLOAT, help="hardware-aware: fastest chain per layer with weight error <= this")
+@click.option("--target-latency", type=_POSITIVE_FLOAT, help="hardware-aware: least error meeting this whole-model latency (ms)")
+@click.option("--speedup", type=_POSITIVE_FLOAT, help="hardware-aware: least error meeting this speedup over the input")
 @click.option("--config", type=click.Path(path_type=Path),
               help="replay a rank configuration (YAML from `tensorfold search ranks`): method and ranks per layer")
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="real samples (.npz, one array per input, or a folder of images): factors fit the layers' "
                    "outputs on them; a share is held out and the report is verified on it")
 @click.option("--normalize", help="image folders: MEAN,STD (or three means, three stds) after [0,1] scaling")
-@click.option("--holdout", type=float, default=0.25, show_default=True,
+@click.option("--holdout", type=_Finite(0, 1, max_open=True), default=0.25, show_default=True,
               help="share of the calibration samples held out for verification")
-@click.option("--max-output-error", type=float,
+@click.option("--max-output-error", type=_POSITIVE_FLOAT,
               help="the most compressed model whose held-out relative output error (and argmax disagreement) "
                    "stays within this bound")
 @click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
@@ -144,7 +162,7 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
                       normalize=normalize, holdout=holdout, max_output_error=max_output_error, int8=int8,
                       sensitivity=not no_sensitivity)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        _echo_json(report.as_dict())
     else:
         report.render(_console())
 
@@ -154,7 +172,7 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""
@@ -162,7 +180,7 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
 
     result = compare(reference, candidate, shapes=shapes, inputs=inputs, seed=seed)
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        _echo_json(result.as_dict())
         return
     console = _console()
     console.print(f"onnx.checker: {result.checker}; inputs: {result.inputs}")
@@ -179,15 +197,15 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
 @click.option("--provider", default="cpu", show_default=True,
               help="execution provider: cpu, cuda, tensorrt, dml, webgpu, migraphx, openvino, coreml or a full name")
 @click.option("--device", help="predict with a device model instead of measuring (rx580, gtx1060, ..., host, host-roofline)")
-@click.option("--batch", "batches", type=int, multiple=True, help="batch size (repeatable; default 1)")
+@click.option("--batch", "batches", type=_POSITIVE, multiple=True, help="batch size (repeatable; default 1)")
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path),
               help="a second model, timed interleaved with MODEL; ratios are MODEL's speedup over it")
-@click.option("--runs", type=int, default=30, show_default=True)
-@click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--threads", type=int, default=0, show_default=True, help="intra-op threads (0: all cores)")
+@click.option("--runs", type=_POSITIVE, default=30, show_default=True)
+@click.option("--warmup", type=_COUNT, default=5, show_default=True)
+@click.option("--threads", type=_COUNT, default=0, show_default=True, help="intra-op threads (0: all cores)")
 @click.option("--optimization", type=click.Choice(["none", "basic", "extended", "all"]), default="all",
               show_default=True, help="onnxruntime graph optimization level")
-@click.option("--top", type=int, default=10, show_default=True, help="rows of the per-op and per-node tables")
+@click.option("--top", type=_COUNT, default=10, show_default=True, help="rows of the per-op and per-node tables")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, threads, optimization, top, shapes,
@@ -200,7 +218,7 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
     info = profile(model, provider=provider, device=device, batches=tuple(batches) or (1,), runs=runs, warmup=warmup,
                    threads=threads, optimization=optimization, compare_with=compare_with, top=top, shapes=shapes)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _echo_json(info)
         return
     console = _console()
     where = f"predicted for {info['device']}" if info["device"] else f"measured on {info['provider']}"
@@ -256,22 +274,22 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @click.option("--teacher-weights", help="weights of the teachers in the ensemble, e.g. 0.7,0.3")
 @click.option("--peer", "peers", type=click.Path(path_type=Path), multiple=True,
               help="another factorized model trained alongside by deep mutual learning (written to OUT.peerN.onnx)")
-@click.option("--generations", type=int, default=1, show_default=True,
+@click.option("--generations", type=_POSITIVE, default=1, show_default=True,
               help="born-again distillation: each generation learns from the previous one")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist, a folder (Fashion-MNIST IDX or CIFAR-10 batches) or an .npz (x, optional y)")
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--max-steps", type=int, help="stop after this many steps")
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--epochs", type=_COUNT, default=1, show_default=True)
+@click.option("--max-steps", type=_POSITIVE, help="stop after this many steps")
+@click.option("--lr", type=_POSITIVE_FLOAT, default=2e-3, show_default=True)
+@click.option("--batch-size", type=_POSITIVE, default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
 @click.option("--distill", type=click.Choice(["hinton", "feature", "both", "none"]), default="both", show_default=True)
-@click.option("--temperature", type=float, default=4.0, show_default=True)
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="weight of the KD loss vs the labels")
-@click.option("--patience", type=int, help="early stop after this many evaluations without improvement")
+@click.option("--temperature", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
+@click.option("--alpha", type=_Finite(0, 1), default=0.5, show_default=True, help="weight of the KD loss vs the labels")
+@click.option("--patience", type=_POSITIVE, help="early stop after this many evaluations without improvement")
 @click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
 def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
@@ -306,7 +324,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
                      progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations,
                      peers=list(peers))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        _echo_json(report)
         return
     console = _console()
     table = Table(title=f"tensorfold recover — {report['data']}", title_justify="left")
@@ -334,9 +352,9 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
 @click.option("--models", help="comma-separated zoo models (resnet18,resnet34,resnet50,vgg16,mobilenetv2,mobilenetv1)")
 @click.option("--methods", help="comma-separated methods (tucker,cp,tt,svd,auto)")
 @click.option("--ratios", help="comma-separated compression ratios over the factorizable layers")
-@click.option("--width", type=float, help="width multiplier of the zoo models")
-@click.option("--epochs", type=int, help="baseline training epochs")
-@click.option("--steps", type=int, help="recovery steps per row")
+@click.option("--width", type=_POSITIVE_FLOAT, help="width multiplier of the zoo models")
+@click.option("--epochs", type=_COUNT, help="baseline training epochs")
+@click.option("--steps", type=_COUNT, help="recovery steps per row")
 @click.option("--data", default="fashion-mnist", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="folder for rows.jsonl and the models; an existing one resumes")
@@ -401,11 +419,11 @@ def search_group():
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--objectives", default="params,error", show_default=True,
               help="comma-separated: params, flops, latency, error, accuracy")
-@click.option("--n-trials", type=int, default=50, show_default=True, help="trials this worker runs")
-@click.option("--timeout", type=float, help="stop starting new trials after this many seconds")
+@click.option("--n-trials", type=_POSITIVE, default=50, show_default=True, help="trials this worker runs")
+@click.option("--timeout", type=_POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
 @click.option("--sampler", type=click.Choice(["auto", "tpe", "gp", "nsga2", "random"]), default="auto",
               show_default=True, help="auto: TPE for one objective, NSGA-II for several")
-@click.option("--population", type=int, help="NSGA-II generation size (default: n-trials/5, 6..50)")
+@click.option("--population", type=_POSITIVE, help="NSGA-II generation size (default: n-trials/5, 6..50)")
 @click.option("--methods", default="svd,tucker", show_default=True, help="methods a layer may take: svd,tucker,cp,tt")
 @click.option("--space", type=click.Choice(["auto", "per-layer", "global"]), default="auto", show_default=True,
               help="per-layer method and size, or a global ratio with offsets for the largest layers")
@@ -413,17 +431,17 @@ def search_group():
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
 @click.option("--storage", help="sqlite:///FILE, journal:FILE, or a database URL (postgresql://...); default in memory")
 @click.option("--study", help="study name; a worker naming an existing study adds its trials to it")
-@click.option("--max-error", type=float, help="constraint: output error at most this")
-@click.option("--target-latency", type=float, help="constraint: latency at most this many ms")
+@click.option("--max-error", type=_POSITIVE_FLOAT, help="constraint: output error at most this")
+@click.option("--target-latency", type=_POSITIVE_FLOAT, help="constraint: latency at most this many ms")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider for the latency objective")
 @click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
-@click.option("--threads", type=int, default=0, show_default=True)
+@click.option("--threads", type=_COUNT, default=0, show_default=True)
 @click.option("--data", help="labelled data for the accuracy objective (fashion-mnist, a folder, an .npz)")
-@click.option("--recover-steps", type=int, default=100, show_default=True,
+@click.option("--recover-steps", type=_COUNT, default=100, show_default=True,
               help="accuracy objective: distilled fine-tuning steps per trial before validation (0: none)")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for the error objective")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("pareto"), show_default=True,
               help="front.json, front.png, and per Pareto point a config (point-K.yaml) and its model")
 @click.option("--no-models", is_flag=True, help="write configs only, not each Pareto point's model")
@@ -442,7 +460,7 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
                           output_dir=output_dir, save_models=not no_models,
                           progress=not as_json and sys.stderr.isatty())
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        _echo_json(report)
         return
     _render_search(report)
 
@@ -452,31 +470,31 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
 @click.option("--objectives", default="accuracy", show_default=True,
               help="comma-separated: accuracy, params, flops, latency (several: NSGA-II for evolution)")
 @click.option("--data", default="fashion-mnist", show_default=True, help="labelled 28x28 images: fashion-mnist, a folder, an .npz")
-@click.option("--budget-minutes", type=float, default=10.0, show_default=True, help="wall-clock budget of the search")
+@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True, help="wall-clock budget of the search")
 @click.option("--device", help="predict latency for this device (rx580, gtx1060, ...); the host is always measured")
 @click.option("--provider", default="cpu", show_default=True, help="provider the host latency is measured on")
-@click.option("--threads", type=int, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
+@click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
 @click.option("--teacher", type=click.Path(path_type=Path), help="ONNX model to distill the final training from")
 @click.option("--genotype", type=click.Path(path_type=Path), help="skip the search: train this genotype (JSON)")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the trained network as ONNX")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="model.onnx, genotype.json, candidates.json, front.png, report.json")
-@click.option("--channels", type=int, default=8, show_default=True, help="channels of the first cells")
-@click.option("--layers", type=int, default=5, show_default=True, help="cells (reductions at 1/3 and 2/3)")
-@click.option("--nodes", type=int, default=3, show_default=True, help="intermediate nodes per cell")
-@click.option("--train-size", type=int, default=4000, show_default=True, help="training images the search uses")
-@click.option("--val-size", type=int, default=1000, show_default=True, help="held-out training images that score candidates")
-@click.option("--proxy-steps", type=int, default=100, show_default=True, help="SGD steps that score one candidate")
-@click.option("--final-steps", type=int, default=600, show_default=True, help="SGD steps of the final training")
-@click.option("--final-channels", type=int, help="channels of the final network (default: --channels)")
+@click.option("--channels", type=_POSITIVE, default=8, show_default=True, help="channels of the first cells")
+@click.option("--layers", type=_POSITIVE, default=5, show_default=True, help="cells (reductions at 1/3 and 2/3)")
+@click.option("--nodes", type=_POSITIVE, default=3, show_default=True, help="intermediate nodes per cell")
+@click.option("--train-size", type=_POSITIVE, default=4000, show_default=True, help="training images the search uses")
+@click.option("--val-size", type=_POSITIVE, default=1000, show_default=True, help="held-out training images that score candidates")
+@click.option("--proxy-steps", type=_POSITIVE, default=100, show_default=True, help="SGD steps that score one candidate")
+@click.option("--final-steps", type=_POSITIVE, default=600, show_default=True, help="SGD steps of the final training")
+@click.option("--final-channels", type=_POSITIVE, help="channels of the final network (default: --channels)")
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True, help="DARTS: first or second order")
 @click.option("--guard", type=click.Choice(["earlystop", "aux-skip", "none"]), default="earlystop", show_default=True,
               help="DARTS collapse guard: DARTS+ early stop on skip dominance, or DARTS- auxiliary skip")
-@click.option("--population", type=int, default=10, show_default=True, help="evolution: population size")
-@click.option("--max-latency", type=float,
+@click.option("--population", type=_POSITIVE, default=10, show_default=True, help="evolution: population size")
+@click.option("--max-latency", type=_POSITIVE_FLOAT,
               help="constraint: latency (ms; --device's prediction, else measured on the host) at most this")
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains (cpu, cuda, cuda:1, ...)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider, threads, teacher, genotype, output,
                    output_dir, channels, layers, nodes, train_size, val_size, proxy_steps, final_steps, final_channels,
@@ -492,7 +510,7 @@ def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider,
                         max_latency=max_latency, torch_device=torch_device, seed=seed,
                         progress=not as_json and sys.stderr.isatty())
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        _echo_json(report)
         return
     _render_nas(report)
 
@@ -524,22 +542,22 @@ def _render_nas(report: dict) -> None:
 @main.command("pipeline")
 @click.option("--data", default="fashion-mnist", show_default=True)
 @click.option("--strategy", type=click.Choice(["darts", "evolution", "random"]), default="evolution", show_default=True)
-@click.option("--budget-minutes", type=float, default=10.0, show_default=True, help="architecture search budget")
+@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True, help="architecture search budget")
 @click.option("--teacher", type=click.Path(path_type=Path), required=True,
               help="ONNX model the found network is distilled from")
 @click.option("--device", help="also predict latency for this device (rx580, ...)")
-@click.option("--proxy-steps", type=int, default=100, show_default=True, help="SGD steps that score one candidate")
-@click.option("--train-size", type=int, default=4000, show_default=True, help="training images the search uses")
-@click.option("--final-steps", type=int, default=600, show_default=True)
-@click.option("--final-channels", type=int, default=16, show_default=True)
+@click.option("--proxy-steps", type=_POSITIVE, default=100, show_default=True, help="SGD steps that score one candidate")
+@click.option("--train-size", type=_POSITIVE, default=4000, show_default=True, help="training images the search uses")
+@click.option("--final-steps", type=_POSITIVE, default=600, show_default=True)
+@click.option("--final-channels", type=_POSITIVE, default=16, show_default=True)
 @click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
-@click.option("--ratio", type=float, default=2.0, show_default=True,
+@click.option("--ratio", type=_POSITIVE_FLOAT, default=2.0, show_default=True,
               help="the factorizable layers together hold RATIO times fewer parameters")
-@click.option("--recover-steps", type=int, default=300, show_default=True)
+@click.option("--recover-steps", type=_COUNT, default=300, show_default=True)
 @click.option("--hardware-aware/--no-hardware-aware", default=True, show_default=True,
               help="keep a factor chain only where it is faster on the CPU provider")
-@click.option("--threads", type=int, default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=_COUNT, default=0, show_default=True)
+@click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_cmd(data, strategy, budget_minutes, teacher, device, proxy_steps, train_size, final_steps, final_channels,
@@ -553,7 +571,7 @@ def pipeline_cmd(data, strategy, budget_minutes, teacher, device, proxy_steps, t
                           hardware_aware=hardware_aware, proxy_steps=proxy_steps, train_size=train_size,
                           progress=not as_json and sys.stderr.isatty())
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        _echo_json(report)
         return
     console = _console()
     table = Table(title=f"pipeline ({report['output_dir']})", title_justify="left")
@@ -618,8 +636,8 @@ def demo_model_path() -> Path:
 @main.command("demo")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("fmnist_cnn.tucker.onnx"),
               show_default=True)
-@click.option("--ratio", type=float, default=4.0, show_default=True)
-@click.option("--recover-steps", type=int, default=200, show_default=True,
+@click.option("--ratio", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
+@click.option("--recover-steps", type=_COUNT, default=200, show_default=True,
               help="fine-tune the result with distillation when Fashion-MNIST is installed (0: skip)")
 def demo_cmd(output, ratio, recover_steps):
     """Factorize the built-in Fashion-MNIST CNN with Tucker-2, show the report, then recover it."""
@@ -659,6 +677,11 @@ def _demo_accuracy(console, original: Path, rewritten: Path) -> bool:
     for label, path in (("original", original), ("tucker", rewritten)):
         console.print(f"Fashion-MNIST test accuracy, {label}: {evaluate_onnx(path, x, labels):.2%} (no fine-tuning)")
     return True
+
+
+def _echo_json(obj) -> None:
+    """One JSON object on stdout: NaN and infinities become null (bare NaN is not JSON)."""
+    click.echo(json_text(obj))
 
 
 def _console() -> Console:

@@ -7,3 +7,8 @@ class TensorfoldError(Exception):
 
 class DecompositionError(TensorfoldError):
     """A decomposition that could not produce a usable result (NaN, diverged, degenerate)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is so that `finally` blocks remove temp files.
+    A BaseException, like KeyboardInterrupt: a broad `except Exception` must not swallow it."""

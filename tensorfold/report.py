@@ -160,3 +160,4 @@ def _fmt_bytes(v: int) -> str:
         if v >= scale:
             return f"{v / scale:.2f} {unit}"
     return f"{v} B"
+

@@ -163,7 +163,22 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     if x_key is None:
         raise TensorfoldError(f"{path}: no array named x, inputs or images (it has {data.files})")
     y_key = next((k for k in ("y", "labels") if k in data.files), None)
-    return data[x_key], (data[y_key].astype(np.int64) if y_key else None)
+    x = data[x_key]
+    if x.ndim == 0 or len(x) == 0:
+        raise TensorfoldError(f"{path}: array {x_key} holds no samples")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise TensorfoldError(f"{path}: array {x_key} holds NaN or infinite values")
+    if y_key is None:
+        return x, None
+    y = data[y_key]
+    if y.ndim != 1 or len(y) != len(x):
+        raise TensorfoldError(f"{path}: {y_key} has shape {list(y.shape)}, expected one label per sample "
+                              f"({len(x)})")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise TensorfoldError(f"{path}: {y_key} must hold integer class labels (it holds {y.dtype})")
+    if (y < 0).any():
+        raise TensorfoldError(f"{path}: {y_key} holds negative labels (classes are numbered from 0)")
+    return x, y.astype(np.int64)
 
 
 def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import write_text_atomic
+from tensorfold.outputs import write_text_atomic
 
 
 def load_rows(results: Path) -> list[dict]:

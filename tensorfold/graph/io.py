@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.outputs import atomic_path
 
 # Models above this size must keep their weights in an external data file (protobuf's 2 GiB cap).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -55,66 +55,36 @@ def check_opset(model: onnx.ModelProto, path: str | os.PathLike = "model") -> No
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write the model atomically: a temp file in the same folder, then rename over the target.
+    """Write the model atomically (outputs.atomic_path): never onto an input, never half-written.
 
-    A large model keeps its weights in `<name>.data` beside it, written the same way.
-    """
+    A large model keeps its weights in `<name>.data` beside it, written the same way under a
+    unique temp name."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise TensorfoldError(f"{path}: output folder {folder} does not exist")
-    refuse_special(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp_data = None
-    try:
-        if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD:
-            data_name = f"{path.name}.data"
-            tmp_data = folder / f".{data_name}.tmp"
-            # onnx writes external data relative to the model file; write it under a temp name
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            # point the model at the final data file name, then move both into place
-            saved = onnx.load(tmp, load_external_data=False)
-            for tensor in _external_tensors(saved):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(saved, tmp)
-            os.replace(tmp_data, folder / data_name)
+    with atomic_path(path) as tmp:
+        if model.ByteSize() > external_data_threshold():
+            data_path = folder / f"{path.name}.data"
+            with atomic_path(data_path) as tmp_data:
+                # onnx writes external data relative to the model file: under the temp name first
+                onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=tmp_data.name, size_threshold=1024)
+                saved = onnx.load(tmp, load_external_data=False)
+                for tensor in _external_tensors(saved):
+                    for entry in tensor.external_data:
+                        if entry.key == "location":
+                            entry.value = data_path.name
+                onnx.save_model(saved, tmp)
         else:
             onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, tmp_data):
-            if leftover is not None and os.path.exists(leftover):
-                os.unlink(leftover)
-        raise
     return path
 
 
-def refuse_special(path: Path) -> None:
-    """An existing output must be a regular file: renaming over /dev/null, a FIFO or a socket
-    would replace the device node (as root) instead of writing to it."""
-    if path.exists() and not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
-        raise TensorfoldError(f"{path} is {kind}; give a regular file name")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text through a temporary file in the same folder and a rename: never a half-written file."""
-    path = Path(path)
-    refuse_special(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def external_data_threshold() -> int:
+    """Models above this many bytes keep their weights in an external data file (protobuf's 2 GiB
+    cap); TENSORFOLD_EXTERNAL_DATA_BYTES lowers it (tests take the large-model path with it)."""
+    return int(os.environ.get("TENSORFOLD_EXTERNAL_DATA_BYTES", _EXTERNAL_DATA_THRESHOLD))
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.outputs import atomic_path
 from tensorfold.recovery.distill import feature_loss, hinton_kd
 
 
@@ -83,17 +83,42 @@ def load_checkpoint(path: Path, device):
                               f"({str(exc).splitlines()[0][:200]})") from None
 
 
-def _save_checkpoint(path: Path, module, optimizer, step: int, history: History, best: dict | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"params": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "history": history.as_dict(), "best": best}, tmp)
-    os.replace(tmp, path)
+def model_fingerprint(model) -> str:
+    """What a checkpoint must match to be loaded into this model: its trainable tensors' names and
+    shapes (a checkpoint from another model is refused by name, not by a size-mismatch traceback)."""
+    import hashlib
+
+    desc = sorted((t.name, tuple(t.dims)) for t in model.graph.initializer)
+    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
+
+
+def _save(obj, path: Path) -> None:
+    """torch.save through a temp file and a rename: a full disk or a kill never leaves a torn file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _save_checkpoint(path: Path, module, optimizer, step: int, history: History, best: dict | None,
+                     fingerprint: str) -> None:
+    _save({"params": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+           "history": history.as_dict(), "best": best, "model": fingerprint}, path)
+
+
+def _load_params(module, params, path: Path) -> None:
+    try:
+        module.load_state_dict(params)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise TensorfoldError(f"{path} holds weights of another model ({str(exc).splitlines()[0][:160]}); "
+                              "remove it or recover into another output") from None
 
 
 def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
-          cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True):
-    """Train `module` in place. Returns (history, stop reason). The best weights by the validation
-    metric are restored at the end."""
+          cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True,
+          fingerprint: str = ""):
+    """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
+    the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
+    KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
+    is stored in the checkpoint; --resume refuses a checkpoint of another model."""
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -125,10 +150,22 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         if not ckpt.exists():
             raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
         state = load_checkpoint(ckpt, cfg.device)
-        module.load_state_dict(state["params"])
-        opt.load_state_dict(state["optimizer"])
-        step, best = state["step"], state["best"]
-        history = History(**state["history"])
+        if not isinstance(state, dict) or not {"params", "optimizer", "step", "history", "best"} <= set(state):
+            raise TensorfoldError(f"{ckpt}: not a tensorfold recovery checkpoint")
+        if fingerprint and state.get("model", fingerprint) != fingerprint:
+            raise TensorfoldError(f"{ckpt} was written for another model; remove {checkpoint_dir} or recover "
+                                  "into another output")
+        _load_params(module, state["params"], ckpt)
+        try:
+            opt.load_state_dict(state["optimizer"])
+            history = History(**state["history"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TensorfoldError(f"{ckpt}: optimizer state or history does not fit "
+                                  f"({str(exc).splitlines()[0][:160]})") from None
+        step, best = int(state["step"]), state["best"]
+    else:
+        for stale in (ckpt, checkpoint_dir / "best.pt"):   # an earlier run's, maybe of another model
+            stale.unlink(missing_ok=True)
     use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
     capture = tuple(teacher.features) if use_feat else ()
@@ -160,7 +197,9 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             if use_feat:
                 loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
             if not torch.isfinite(loss):
-                stop_reason = f"loss became {loss.item()} at step {step}: stopped; the last good checkpoint is kept"
+                kept = (f"the last good checkpoint ({ckpt}, step {_checkpoint_step(ckpt, cfg.device)}) is kept"
+                        if ckpt.exists() else "no checkpoint was written before it")
+                stop_reason = f"loss became {loss.item()} at step {step}: stopped; {kept}"
                 break
             opt.zero_grad()
             loss.backward()
@@ -184,24 +223,28 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     plateau.step(result[metric])
                 if best is None or result[metric] > best[metric]:
                     best = dict(result)
-                    torch.save(module.state_dict(), checkpoint_dir / "best.pt")
+                    _save(module.state_dict(), checkpoint_dir / "best.pt")
                     stale = 0
                 else:
                     stale += 1
-                _save_checkpoint(ckpt, module, opt, step, history, best)
+                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
             if interrupted["flag"]:
-                _save_checkpoint(ckpt, module, opt, step, history, best)
-                stop_reason = f"interrupted at step {step}: checkpoint saved to {ckpt} (continue with --resume)"
-                break
+                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+                raise KeyboardInterrupt(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
     if (checkpoint_dir / "best.pt").exists():
-        module.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt", cfg.device))
+        _load_params(module, load_checkpoint(checkpoint_dir / "best.pt", cfg.device), checkpoint_dir / "best.pt")
     return history, stop_reason, best
+
+
+def _checkpoint_step(path: Path, device) -> int | None:
+    state = load_checkpoint(path, device)
+    return state.get("step") if isinstance(state, dict) else None
 
 
 def plot_history(history: History, path: Path) -> Path | None:
@@ -224,10 +267,9 @@ def plot_history(history: History, path: Path) -> Path | None:
     ax[1].set_xlabel("step")
     ax[1].legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,8 +12,10 @@ import onnx
 from tensorfold.bench.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
+from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
 from tensorfold.recovery.distill import EnsembleTeacher, GraphTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
-from tensorfold.recovery.finetune import RecoverConfig, evaluate, plot_history, train, train_mutual
+from tensorfold.recovery.finetune import (RecoverConfig, evaluate, model_fingerprint, plot_history, train,
+                                          train_mutual)
 
 
 def _io_signature(model: onnx.ModelProto):
@@ -24,6 +25,11 @@ def _io_signature(model: onnx.ModelProto):
     return ins, outs
 
 
+def _peer_output(output_path, i: int) -> Path:
+    return Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
+
+
+@guarded("student_path", "teacher_path", "data", "peers")
 def recover(student_path, output_path, *, teacher_path=None, data: str = "fashion-mnist", cfg: RecoverConfig | None = None,
             val_size: int = 5000, normalize=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
             limit: int | None = None, teacher_weights: list[float] | None = None, teacher_module=None,
@@ -39,6 +45,11 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
 
     cfg = cfg or RecoverConfig()
     start = time.perf_counter()
+    # everything about the outputs is checked before any training, not after the whole run
+    check_output(output_path)
+    peer_outputs = [check_output(_peer_output(output_path, i)) for i in range(1, len(peers or []) + 1)]
+    ckdir = check_output_dir(Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt"),
+                             "checkpoint folder", create=False)
     student = load_model(student_path)
     if generations < 1:
         raise TensorfoldError(f"--generations must be >= 1 (got {generations})")
@@ -64,6 +75,8 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
                               f"{input_shape}: {str(exc).splitlines()[0][:200]}") from None
     if y is not None and probe.shape[-1] <= int(y.max()):
         raise TensorfoldError(f"labels go up to {int(y.max())} but the model has {probe.shape[-1]} outputs")
+    if y is not None and int(y.min()) < 0:
+        raise TensorfoldError(f"labels must be class numbers from 0 (the data holds {int(y.min())})")
     # validation: held out from the training split (the test split stays for the final report)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(x))
@@ -87,7 +100,6 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     before = evaluate(module, val_x, val_y, teacher)
-    ckdir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt")
     peer_reports = []
     if peers:
         peer_models = [load_model(p) for p in peers]
@@ -97,16 +109,15 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
         history, results = train_mutual([module] + peer_modules, teacher, tx, ty, val_x, val_y, cfg, progress)
         for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
-            path = Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
+            path = peer_outputs[i - 1]
             save_model(pmod.write_back(), path)
             peer_reports.append({"peer": str(peers[i - 1]), "output": str(path), "val": res})
         reason, best = "deep mutual learning done", results[0]
-        ckdir.mkdir(parents=True, exist_ok=True)
     else:
-        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress)
+        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
+                                      fingerprint=model_fingerprint(student))
     if reason.startswith("loss became"):
-        raise TensorfoldError(f"{reason} ({ckdir / 'last.pt'}); nothing written to {output_path}: "
-                              f"try a lower --lr, then --resume")
+        raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
     generation_results = [evaluate(module, val_x, val_y)]
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
@@ -115,12 +126,15 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
         teacher = OnnxTeacher(previous, features, cfg.threads) if cfg.device == "cpu" else \
             GraphTeacher(previous, features, cfg.device)
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir / f"gen{gen}", False,
-                                      progress)
+                                      progress, fingerprint=model_fingerprint(student))
+        if reason.startswith("loss became"):
+            raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
         generation_results.append(evaluate(module, val_x, val_y))
     after = evaluate(module, val_x, val_y, teacher)
     trained = module.write_back()
     save_model(trained, output_path)
-    (ckdir / "history.json").write_text(json.dumps(history.as_dict()))
+    ckdir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(ckdir / "history.json", history.as_dict())
     plot = plot_history(history, ckdir / "history.png")
     test = {}
     if data in ("fashion-mnist", "fmnist") or Path(data).is_dir():

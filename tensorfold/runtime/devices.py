@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import write_text_atomic
+from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import node_flops
 from tensorfold.graph.model import make_model

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.graph.io import write_text_atomic
+from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.model import make_model
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import attr

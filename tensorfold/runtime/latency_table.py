@@ -13,7 +13,7 @@ from onnx import helper
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.devices import Device, _host_key, predict_seconds
 from tensorfold.runtime.latency import measure
-from tensorfold.graph.io import write_text_atomic
+from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.model import make_model
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import write_text_atomic
+from tensorfold.outputs import write_text_atomic
 from tensorfold.passes.layers import Layer
 from tensorfold.search.space import Plan, decode_plan, encode_plan
 

@@ -22,7 +22,8 @@ import numpy as np
 import optuna
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import load_model, save_model, write_text_atomic
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.passes.base import PassContext

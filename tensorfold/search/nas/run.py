@@ -206,7 +206,7 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         _write_dir(out_dir, report, candidates, front, final, model, dev)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
-        from tensorfold.graph.io import write_text_atomic
+        from tensorfold.outputs import write_text_atomic
 
         write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     return report
@@ -281,7 +281,8 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
 
 
 def _write_dir(out_dir: Path, report, candidates, front, final, model, dev) -> None:
-    from tensorfold.graph.io import save_model, write_text_atomic
+    from tensorfold.graph.io import save_model
+    from tensorfold.outputs import write_text_atomic
 
     out_dir.mkdir(exist_ok=True)
     report["model"] = str(save_model(model, out_dir / "model.onnx"))

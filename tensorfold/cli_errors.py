@@ -1,0 +1,99 @@
+"""How the CLI reports a failure: always one line, and an exit status that says whose fault it is.
+
+    2    a user mistake or an environment failure (TensorfoldError, a bad option, an OSError such
+         as a full disk or a read-only folder, memory exhausted by the size asked for)
+    1    an internal error: a bug in tensorfold; `--debug` (or TENSORFOLD_DEBUG=1) shows the traceback
+    130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM)
+
+Temp files are removed on every path: writes go through tensorfold.outputs, whose `finally`
+runs because SIGTERM is turned into errors.Terminated instead of killing the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import threading
+
+import click
+
+from tensorfold.errors import Terminated, TensorfoldError
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a folder",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno)
+    if hint and hint.lower() not in reason.lower():
+        reason = f"{reason} ({hint})"
+    return f"{where}: {reason}" if where else reason
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+@contextlib.contextmanager
+def reporting(ctx: click.Context, debug: bool = False):
+    """Run a command; map whatever escapes it to one `error:` line and its exit status."""
+    previous = _install_sigterm()
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+        _fail(2, f"{exc.format_message()} (see '{where} --help')")
+    except click.ClickException as exc:
+        _fail(2, exc.format_message())
+    except TensorfoldError as exc:
+        _fail(2, str(exc))
+    except KeyboardInterrupt as exc:
+        _fail(130, "interrupted" + (f": {exc}" if str(exc) else ""))
+    except Terminated as exc:
+        _fail(143, "terminated" + (f": {exc}" if str(exc) else ""))
+    except MemoryError as exc:
+        if debug:
+            raise
+        _fail(2, f"out of memory: {_first_line(exc) or 'the size asked for does not fit'}; ask for less "
+                 "(a smaller rank, shape or batch)")
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(2, describe_os_error(exc))
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
+        if debug:
+            raise
+        _fail(1, f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
+                 "rerun with --debug for the traceback and report it")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(status: int, message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(status)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _install_sigterm():
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)

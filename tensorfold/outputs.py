@@ -1,0 +1,210 @@
+"""Everything tensorfold writes goes through here: checked against every input, written atomically.
+
+The rules (docs/security.md):
+- An output is never one of the paths the user gave as input (model, teacher, peers, data,
+  inputs, calibration, config, storage): `guard_inputs` registers them for the length of a
+  command, and every write below refuses a target that is one of them or lies inside an input
+  folder. Identity is by `os.path.samefile` after links are resolved, so a symlink or a second
+  hard link to an input is caught too.
+- An existing output must be a regular file: renaming over /dev/null, a FIFO or a socket would
+  replace the node (as root) instead of writing to it.
+- A write goes to a hidden temp file in the target's folder, then `os.replace`: a reader sees
+  the old file or the new one, never half of one. The temp file is removed on any exception,
+  KeyboardInterrupt and SIGTERM included (the CLI turns SIGTERM into `errors.Terminated`).
+- A new file gets the mode a plain `open()` would give it (0666 minus the umask), not
+  mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from tensorfold.errors import TensorfoldError
+
+_INPUTS: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("tensorfold_inputs", default=())
+
+
+@contextlib.contextmanager
+def guard_inputs(*paths) -> Iterator[None]:
+    """While the block runs, no write may land on any of `paths` (files or folders; None ignored)."""
+    given = tuple(Path(p) for p in paths if p is not None and str(p) != "" and Path(p).exists())
+    token = _INPUTS.set(_INPUTS.get() + given)
+    try:
+        yield
+    finally:
+        _INPUTS.reset(token)
+
+
+def guarded(*names: str):
+    """Decorator: the named arguments (paths, or lists of paths) are inputs for the call's length."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            given = []
+            for name in names:
+                value = bound.arguments.get(name)
+                given.extend(value if isinstance(value, (list, tuple)) else [value])
+            with guard_inputs(*(v for v in given if isinstance(v, (str, os.PathLike)))):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
+def input_conflict(path: str | os.PathLike) -> Path | None:
+    """The registered input that writing `path` would overwrite, if any."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    resolved = path.resolve()
+    for given in _INPUTS.get():
+        try:
+            if os.path.samefile(given, path):
+                return given
+        except OSError:
+            continue
+        if given.is_dir() and resolved.is_relative_to(given.resolve()):
+            return given
+    return None
+
+
+def check_output(path: str | os.PathLike, option: str = "-o") -> Path:
+    """Everything that can be known about an output file before any work: refuse now, not after it."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise TensorfoldError(f"{option} {path} is a folder; give a file name")
+    refuse_special(path)
+    conflict = input_conflict(path)
+    if conflict is not None:
+        raise TensorfoldError(f"{option} {path} is an input ({conflict}); tensorfold never overwrites its inputs")
+    if not folder.is_dir():
+        raise TensorfoldError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TensorfoldError(f"{option} {path}: folder {folder} is not writable (permissions or a read-only "
+                              "file system)")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output-dir", create: bool = True) -> Path:
+    """An output folder: refused when it is a file, an input folder or not writable; created
+    (with its parents) unless `create` is False."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TensorfoldError(f"{option} {path} exists and is not a folder")
+    conflict = input_conflict(path) if path.exists() else None
+    if conflict is not None and conflict.is_dir():
+        raise TensorfoldError(f"{option} {path} is an input folder ({conflict}); tensorfold never writes into "
+                              "its inputs")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TensorfoldError(f"{option} {path}: {existing} is not a writable folder (permissions or a "
+                              "read-only file system)")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TensorfoldError(f"{option} {path}: cannot create the folder: {exc.strerror}") from None
+    return path
+
+
+def refuse_special(path: Path) -> None:
+    """An existing output must be a regular file (not a folder, device, FIFO or socket)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise TensorfoldError(f"{path} is {kind}; give a regular file name")
+
+
+def _refuse_target(path: Path) -> None:
+    refuse_special(path)
+    conflict = input_conflict(path)
+    if conflict is not None:
+        raise TensorfoldError(f"{path} is an input ({conflict}); tensorfold never overwrites its inputs")
+
+
+def new_file_mode() -> int:
+    """0666 minus the process umask: what open() would create."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A unique hidden temp file in `path`'s folder, removed unless the caller renamed it away."""
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path to write; on success it replaces `path` (with new_file_mode()), on any
+    failure or interrupt it is removed and `path` is untouched."""
+    path = Path(path)
+    _refuse_target(path)
+    with temp_beside(path, suffix) as tmp:
+        yield tmp
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def json_safe(obj):
+    """Plain JSON values: NaN and infinities -> None (bare NaN is not JSON), numpy scalars and
+    arrays -> Python numbers and lists, paths and anything else -> str."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+def json_text(obj) -> str:
+    """Indented JSON of `obj` through json_safe: never a bare NaN."""
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    return write_text_atomic(path, json_text(obj))
