@@ -461,8 +461,10 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
                           progress=not as_json and sys.stderr.isatty())
     if as_json:
         _echo_json(report)
-        return
-    _render_search(report)
+    else:
+        _render_search(report)
+    if report.get("interrupted"):
+        raise KeyboardInterrupt("the front covers the trials finished before it")
 
 
 @search_group.command("nas")

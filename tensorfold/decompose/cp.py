@@ -15,6 +15,7 @@ about half the work of N full MTTKRPs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,7 @@ def _rel_error(x0, factors, norm2) -> float:
     return float(np.sqrt(max(norm2 - 2.0 * inner + float(hat.sum()), 0.0) / norm2))
 
 
-def _als(x0, dims, factors, norm2, n_iter_max, tol):
+def _als(x0, dims, factors, norm2, n_iter_max, tol, deadline=None):
     """Run ALS from ``factors``; returns (factors, approximate rel error, sweeps).
 
     After each sweep, a line search (Bro 1998; the step it^(1/3) of TensorLy's option):
@@ -193,6 +194,8 @@ def _als(x0, dims, factors, norm2, n_iter_max, tol):
         grams = [f.T @ f for f in factors]
         if rel < 1e-10 or prev - rel < tol * prev:
             break
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         prev = rel
         previous = list(factors)  # a new list: the sweep reassigns factors[n] in place
     return factors, rel, it
@@ -221,7 +224,8 @@ def _check(factors, norm_t, rel) -> tuple[str, bool] | None:
     return None
 
 
-def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0) -> CP:
+def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0,
+           seconds: float | None = None) -> CP:
     """Rank-``rank`` CP of an N-way tensor (N >= 2) by ALS.
 
     The first try starts from the leading left singular vectors of each unfolding (padded
@@ -232,7 +236,8 @@ def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restar
     still above 1e-6 (a saddle; a soft rejection, used only if nothing else is accepted).
     If the SVD-init try is rejected, up to ``n_restarts`` tries from random (seeded) starts
     follow and the accepted one with the lowest error is returned. Every try rejected:
-    DecompositionError.
+    DecompositionError. ``seconds``: a time budget; past it the running try stops sweeping and
+    no further restart begins (the best accepted try so far is returned).
     Factors come back in the tensor's mode order, components sorted by weight, the weight of
     each component spread evenly over its N columns.
     """
@@ -260,10 +265,13 @@ def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restar
     x0 = tp.reshape(dims[0], -1)
     rng = np.random.default_rng(seed)
 
+    deadline = None if seconds is None else time.perf_counter() + seconds
     best = None   # (soft-rejected, rel, factors, n_iter)
     reasons = []
     restarts = 0
     for attempt in range(1 + n_restarts):
+        if attempt > 0 and deadline is not None and time.perf_counter() > deadline and best is not None:
+            break
         if attempt == 0:
             grams = [_mode_gram(tp, n) if n else np.eye(dims[0]) for n in range(len(dims))]
             init = _svd_init(grams, dims, rank, rng)
@@ -275,7 +283,7 @@ def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restar
             init = [f / np.linalg.norm(f, axis=0, keepdims=True) * s for f in init]
         with np.errstate(all="ignore"):
             try:
-                factors, rel, n_iter = _als(x0, dims, init, norm2, n_iter_max, tol)
+                factors, rel, n_iter = _als(x0, dims, init, norm2, n_iter_max, tol, deadline)
                 if all(np.all(np.isfinite(f)) for f in factors):
                     diff = tp - cp_reconstruct(CP(factors))
                     rel = float(np.sqrt(np.vdot(diff, diff) / norm2))

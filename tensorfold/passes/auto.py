@@ -15,9 +15,9 @@ from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.cp import cp_build, cp_rank_for_params
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 from tensorfold.passes.tt import TTPass
-from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_ranks
+from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_params, tucker_ranks
 from tensorfold.decompose.tucker2 import tucker2_params
 
 _TT = TTPass()
@@ -58,6 +58,14 @@ class AutoPass(FactorizePass):
     def ranks_of(self, candidate: Candidate):
         return (candidate.method, *candidate.ranks)
 
+    def params_for(self, layer: Layer, ranks):
+        method, *rest = ranks
+        if method == "svd":
+            return svd_params(layer, tuple(rest))
+        if method == "tucker":
+            return tucker_params(layer, tuple(rest))
+        return None
+
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         method, *rest = ranks
         rest = tuple(rest)
@@ -70,6 +78,9 @@ class AutoPass(FactorizePass):
         # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search
         if layer.groups == 1 and layer.params <= CP_MAX_PARAMS and layer.gram is None:
             size = tucker2_params(layer.weight.shape, best.ranks)
+            # CP of the same size is no smaller than the layer when Tucker-2 is not, nor beats an exact fit
+            if size >= layer.params or relative_error(layer.weight, best.reconstruct()) < 1e-6:
+                return best
             try:
                 cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)
             except DecompositionError:  # an unstable CP just loses the comparison

@@ -17,19 +17,25 @@ from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_cp_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 from tensorfold.decompose.data_aware import refit_output
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
 from tensorfold.decompose.tucker2 import tucker2_params
 
 
+def cp_max_rank(shape) -> int:
+    """Every tensor has an exact CP of rank prod(shape) / max(shape) (one mode's fibers): a larger
+    rank only costs time, so --rank is clipped to it (as every other method clips to its modes)."""
+    return max(1, int(np.prod(shape)) // max(shape))
+
+
 def cp_rank_for_params(layer: Layer, params: int) -> int:
-    return max(1, int(params // sum(layer.weight.shape)))
+    return min(max(1, int(params // sum(layer.weight.shape))), cp_max_rank(layer.weight.shape))
 
 
 def cp_ranks(layer: Layer, spec: RankSpec) -> tuple[int]:
     if spec.rank is not None:
-        return (spec.rank,)
+        return (min(spec.rank, cp_max_rank(layer.weight.shape)),)
     # an energy has no closed form for CP: take the Tucker-2 ranks for that energy and spend the same params
     ro, ri = tucker_ranks(layer, spec)
     return (cp_rank_for_params(layer, tucker2_params(layer.weight.shape, (ro, ri))),)
@@ -57,8 +63,14 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
     return out
 
 
+# CP-ALS stops sweeping (and restarting) past this many seconds per layer and keeps its best try:
+# a layer must never hold a run for minutes (the error reported is the one reached)
+CP_SECONDS = 20.0
+
+
 def cp_build(layer: Layer, rank: int, seed: int) -> Factorization:
-    cp = cp_als(layer.weight.astype(np.float64), rank, seed=seed)
+    cp = cp_als(layer.weight.astype(np.float64), min(rank, cp_max_rank(layer.weight.shape)), seed=seed,
+                seconds=CP_SECONDS)
     out_f, in_f, *spatial = cp.factors
     output_error2 = None
     if layer.gram is not None:
@@ -93,6 +105,11 @@ class CPPass(FactorizePass):
 
     def candidates(self, layer):
         return svd_candidates(layer) if layer.is_pointwise else cp_candidates(layer)
+
+    def params_for(self, layer, ranks):
+        if layer.is_pointwise:
+            return svd_params(layer, ranks)
+        return cp_params(layer.weight.shape, min(ranks[0], cp_max_rank(layer.weight.shape)))
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         if layer.is_pointwise:

@@ -96,6 +96,12 @@ class FactorizePass(Pass):
     def build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         """Decompose the layer at these ranks."""
 
+    def params_for(self, layer: Layer, ranks: tuple) -> int | None:
+        """The factors' parameter count at these ranks when known without decomposing (None:
+        only the build can tell). Lets the loop refuse a chain that cannot be smaller for free:
+        `--energy 1` or a huge `--rank` must not run a decomposition only to throw it away."""
+        return None
+
     # --- the shared loop -------------------------------------------------------------------
 
     def eligible_layers(self, model: onnx.ModelProto, ctx: PassContext
@@ -205,6 +211,12 @@ class FactorizePass(Pass):
     def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
+        predicted = self.params_for(layer, ranks)
+        if predicted is not None and predicted >= layer.params and not ctx.force:
+            shown = [r for r in ranks if not isinstance(r, str)]
+            method = ranks[0] if ranks and isinstance(ranks[0], str) else self.method
+            return Skip(layer.name, op, f"{method} ranks {shown} give at least {predicted} params, not fewer "
+                                        f"than the layer's {layer.params} (use --force to rewrite anyway)")
         try:
             fac, error = self.weight_error(layer, ranks, ctx)
         except DecompositionError as exc:

@@ -67,6 +67,11 @@ def svd_candidates(layer: Layer) -> list[Candidate]:
     return out
 
 
+def svd_params(layer: Layer, ranks: tuple[int, ...]) -> int:
+    mats = layer_matrices(layer)
+    return len(mats) * min(ranks[0], *mats[0].shape) * sum(mats[0].shape)
+
+
 def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
     if layer.gram is not None:      # fitted to the layer's output on the calibration data
         pairs = [fit.factors(ranks[0]) for fit in whitened_fits(layer)]
@@ -96,6 +101,9 @@ class SVDPass(FactorizePass):
 
     def candidates(self, layer):
         return svd_candidates(layer)
+
+    def params_for(self, layer, ranks):
+        return svd_params(layer, ranks)
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         return svd_build(layer, ranks)

@@ -18,7 +18,7 @@ from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tucker_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
+from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 
 
 def _unfold(w: np.ndarray, mode: int) -> np.ndarray:
@@ -84,6 +84,11 @@ def tucker_candidates(layer: Layer) -> list[Candidate]:
     return out
 
 
+def tucker_params(layer: Layer, ranks: tuple[int, ...]) -> int:
+    groups = layer.group_weights()
+    return len(groups) * tucker2_params(groups[0].shape, ranks)
+
+
 def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Factorization:
     if layer.gram is not None:
         return _tucker_data_build(layer, ranks)
@@ -127,6 +132,9 @@ class TuckerPass(FactorizePass):
 
     def candidates(self, layer):
         return svd_candidates(layer) if layer.is_pointwise else tucker_candidates(layer)
+
+    def params_for(self, layer, ranks):
+        return svd_params(layer, ranks) if layer.is_pointwise else tucker_params(layer, ranks)
 
     def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         if layer.is_pointwise:

@@ -12,9 +12,9 @@ measures a non-finite value is recorded as failed with its reason; the search go
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import optuna
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.outputs import write_text_atomic
+from tensorfold.outputs import check_output_dir, guard_inputs, guarded, input_conflict, write_json_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.passes.base import PassContext
@@ -33,7 +33,7 @@ from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
 from tensorfold.search.pareto import feasible, front, front_hypervolume, plot_front
 from tensorfold.search.space import RankSpace, decode_plan, encode_plan
-from tensorfold.search.storage import open_storage, open_study, redact
+from tensorfold.search.storage import open_storage, open_study, redact, storage_file
 
 SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
 
@@ -60,6 +60,7 @@ def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, 
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+@guarded("model_path", "inputs", "data")
 def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"), n_trials: int = 50,
                  timeout: float | None = None, sampler: str = "auto", population: int | None = None,
                  methods=("svd", "tucker"), space: str = "auto", include=(), exclude=(), storage: str | None = None,
@@ -75,12 +76,12 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     for flag, v in (("--max-error", max_error), ("--target-latency", target_latency)):
         if v is not None and not v > 0:
             raise TensorfoldError(f"{flag} must be > 0 (got {v})")
-    out = Path(output_dir) if output_dir else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise TensorfoldError(f"--output-dir {out} is a file")
-        if not out.parent.is_dir():
-            raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
+    out = check_output_dir(output_dir, create=False) if output_dir else None
+    if out is not None and out.is_dir():
+        for path in out.iterdir():
+            if _ours(path.name) and input_conflict(path) is not None:
+                raise TensorfoldError(f"--output-dir {out} holds an input, {path}, under a name this search "
+                                      "writes; give another folder")
     original = load_model(model_path)
     shape_map = parse_shapes(tuple(shapes))
     feeds, feeds_label, input_shapes = feeds_for(original, shape_map, inputs, seed)
@@ -147,8 +148,9 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
         interrupted = True
     trials = the_study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in own]
-    report = _report(the_study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator, original,
-                     feeds, feeds_label, out, save_models, model_path, time.perf_counter() - start)
+    with guard_inputs(storage_file(storage)):   # the study's own file is an input too
+        report = _report(the_study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator,
+                         original, feeds, feeds_label, out, save_models, model_path, time.perf_counter() - start)
     report["interrupted"] = interrupted
     return report
 
@@ -161,7 +163,10 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
                  if t.datetime_complete and t.datetime_start and t.state.name == "COMPLETE"]
     points = []
     if out is not None:
-        out.mkdir(exist_ok=True)
+        check_output_dir(out)
+        for stale in out.iterdir():   # an earlier run's points would read as this run's front
+            if _ours(stale.name) and stale.is_file():
+                stale.unlink()
     layers = {o.name: o.layer for o in rank_space.layers}
     for k, t in enumerate(front(trials, objectives), start=1):
         plan = decode_plan(t.user_attrs["plan"], f"trial {t.number}")
@@ -205,8 +210,16 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
         plot = plot_front(trials, objectives, out / "front.png", baseline,
                           f"{Path(model_path).name}: study {name}, {len(complete)} trials")
         report["plot"] = str(plot) if plot else None
-        write_text_atomic(out / "front.json", json.dumps(report, indent=2, default=str))
+        write_json_atomic(out / "front.json", report)
     return report
+
+
+_OUTPUT_NAMES = re.compile(r"point-\d+\.(yaml|onnx|onnx\.data)|front\.(json|png)")
+
+
+def _ours(name: str) -> bool:
+    """A file name this search writes in its output folder."""
+    return _OUTPUT_NAMES.fullmatch(name) is not None
 
 
 def _round(v: float) -> float:

@@ -26,6 +26,15 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def storage_file(url: str | None) -> Path | None:
+    """The local file a storage URL writes to (sqlite:///FILE, journal:FILE), if any."""
+    if url and url.startswith("journal:"):
+        return Path(url[len("journal:"):]).expanduser()
+    if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):]).expanduser()
+    return None
+
+
 def open_storage(url: str | None):
     if not url:
         return optuna.storages.InMemoryStorage()
@@ -35,7 +44,11 @@ def open_storage(url: str | None):
         path = Path(url[len("journal:"):]).expanduser()
         if not path.name or not path.parent.is_dir():
             raise TensorfoldError(f"--storage {url}: folder {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except ValueError as exc:   # JSONDecodeError: a torn or foreign file
+            raise TensorfoldError(f"--storage {url}: not an Optuna journal ({first_line(exc)}); a corrupt or "
+                                  "foreign file, give another one") from None
     if "://" not in url:
         raise TensorfoldError(f"--storage {redact(url)} is not a storage URL (use sqlite:///FILE, journal:FILE or "
                               f"a database URL such as postgresql://user@host/db)")
@@ -62,6 +75,8 @@ def open_storage(url: str | None):
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             last = exc
             time.sleep(0.5 * (attempt + 1))
+        except sqlalchemy.exc.DatabaseError as exc:   # e.g. an SQLite file that is not a database
+            raise TensorfoldError(f"--storage {redact(url)}: not a usable database ({first_line(exc)})") from None
     raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {first_line(last)}")
 
 
@@ -69,8 +84,19 @@ def open_storage(url: str | None):
 def open_study(storage, name: str, directions: list[str], meta: dict, sampler):
     """Create the study, or join it if it exists; a study made for other objectives, another model or
     another search space is refused rather than mixed."""
-    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                    load_if_exists=True)
+    except ValueError as exc:   # a torn or foreign journal file (JSONDecodeError), directions that differ
+        raise TensorfoldError(f"cannot open study '{name}' in its storage: {first_line(exc)} (a corrupt or "
+                              "foreign storage file?)") from None
+    except Exception as exc:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.DatabaseError):
+            raise TensorfoldError(f"cannot open study '{name}': the database is not usable "
+                                  f"({first_line(exc)})") from None
+        raise
     have = study.user_attrs.get("tensorfold")
     if have is None:
         study.set_user_attr("tensorfold", meta)
