@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from tensorfold import __version__
-from tensorfold.errors import TensorfoldError
+from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, guarded
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
@@ -166,6 +166,10 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                             f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
     if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
+    for checked in (verification, final_verification):
+        if checked is not None and checked.broken:
+            raise VerificationFailed(f"the rewritten model outputs NaN/Inf where the input model does not: "
+                                     f"{', '.join(checked.broken)}; nothing written")
     if output_path is not None:
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start

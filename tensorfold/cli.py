@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tensorfold import __version__
-from tensorfold.errors import TensorfoldError
+from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.outputs import json_text
 
 class _Finite(click.FloatRange):
@@ -181,7 +181,14 @@ def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
     result = compare(reference, candidate, shapes=shapes, inputs=inputs, seed=seed)
     if as_json:
         _echo_json(result.as_dict())
-        return
+    else:
+        _render_verification(result)
+    if result.broken:
+        raise VerificationFailed(f"{candidate} outputs NaN/Inf where {reference} does not: "
+                                 f"{', '.join(result.broken)}")
+
+
+def _render_verification(result) -> None:
     console = _console()
     console.print(f"onnx.checker: {result.checker}; inputs: {result.inputs}")
     for o in result.outputs:
@@ -312,8 +319,6 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
     cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                         schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
                         seed=seed)
-    if Path(output).exists() and Path(model).exists() and Path(output).resolve() == Path(model).resolve():
-        raise TensorfoldError(f"-o {output} is the input file; tensorfold never overwrites its input")
     weights = None
     if teacher_weights:
         try:

@@ -2,7 +2,7 @@
 
     2    a user mistake or an environment failure (TensorfoldError, a bad option, an OSError such
          as a full disk or a read-only folder, memory exhausted by the size asked for)
-    1    an internal error: a bug in tensorfold; `--debug` (or TENSORFOLD_DEBUG=1) shows the traceback
+    1    verification failed (errors.VerificationFailed), or an internal error: a bug in tensorfold; `--debug` (or TENSORFOLD_DEBUG=1) shows the traceback
     130  interrupted (Ctrl-C)
     143  terminated (SIGTERM)
 
@@ -19,7 +19,7 @@ import threading
 
 import click
 
-from tensorfold.errors import Terminated, TensorfoldError
+from tensorfold.errors import Terminated, TensorfoldError, VerificationFailed
 
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full",
@@ -61,6 +61,8 @@ def reporting(ctx: click.Context, debug: bool = False):
         _fail(2, exc.format_message())
     except TensorfoldError as exc:
         _fail(2, str(exc))
+    except VerificationFailed as exc:
+        _fail(1, f"verification failed: {exc}")
     except KeyboardInterrupt as exc:
         _fail(130, "interrupted" + (f": {exc}" if str(exc) else ""))
     except Terminated as exc:

@@ -157,8 +157,10 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Arrays of inputs: key `x` (or `inputs`/`images`), optional `y` (or `labels`)."""
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise TensorfoldError(f"{path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise TensorfoldError(f"{path}: a single array (.npy), not an .npz with x (and y)")
     x_key = next((k for k in ("x", "inputs", "images") if k in data.files), None)
     if x_key is None:
         raise TensorfoldError(f"{path}: no array named x, inputs or images (it has {data.files})")

@@ -26,6 +26,7 @@ class OutputCheck:
     max_abs_error: float | None = None
     agreement: float | None = None
     argmax_agreement: float | None = None   # float outputs with a class axis: share of equal argmaxes
+    nonfinite: int = 0             # elements NaN/Inf in the candidate where the reference is finite
 
 
 @dataclass
@@ -44,6 +45,11 @@ class Verification:
         """The largest share of changed argmaxes (class axes) or changed elements (integer outputs)."""
         shares = [1.0 - a for o in self.outputs for a in (o.agreement, o.argmax_agreement) if a is not None]
         return max(shares) if shares else 0.0
+
+    @property
+    def broken(self) -> list[str]:
+        """Outputs the candidate made non-finite: no error bound can pass them."""
+        return [f"{o.name} ({o.nonfinite} NaN/Inf values)" for o in self.outputs if o.nonfinite]
 
     def within(self, bound: float) -> bool:
         return bool(self.max_relative_error <= bound and self.max_disagreement <= bound)
@@ -87,6 +93,7 @@ class _Accumulator:
         self.diff2 = self.ref2 = self.max_abs = 0.0
         self.equal = self.count = self.argmax_equal = self.argmax_count = 0
         self.kind = None
+        self.nonfinite = 0
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         ref, got = np.asarray(ref), np.asarray(got)
@@ -95,6 +102,13 @@ class _Accumulator:
         if np.issubdtype(ref.dtype, np.floating):
             self.kind = "float"
             r64, g64 = ref.astype(np.float64), got.astype(np.float64)
+            # a non-finite value counts as an error unless the original has the very same one there;
+            # those positions are left out of the norms (which they would make NaN)
+            odd = ~(np.isfinite(r64) & np.isfinite(g64))
+            if odd.any():
+                same = (r64 == g64) | (np.isnan(r64) & np.isnan(g64))
+                self.nonfinite += int((odd & ~same).sum())
+                r64, g64 = np.where(odd, 0.0, r64), np.where(odd, 0.0, g64)
             self.diff2 += float(np.sum((r64 - g64) ** 2))
             self.ref2 += float(np.sum(r64 ** 2))
             if ref.size:
@@ -111,8 +125,10 @@ class _Accumulator:
     def result(self) -> OutputCheck:
         if self.kind == "float":
             norm, diff = np.sqrt(self.ref2), np.sqrt(self.diff2)
-            return OutputCheck(self.name, "float", diff / norm if norm > 0 else diff, self.max_abs,
-                               argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None)
+            error = float("inf") if self.nonfinite else (diff / norm if norm > 0 else diff)
+            return OutputCheck(self.name, "float", error, float("inf") if self.nonfinite else self.max_abs,
+                               argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None,
+                               nonfinite=self.nonfinite)
         return OutputCheck(self.name, "integer", agreement=self.equal / self.count if self.count else 1.0)
 
 

@@ -221,6 +221,10 @@ class FactorizePass(Pass):
             fac, error = self.weight_error(layer, ranks, ctx)
         except DecompositionError as exc:
             return Skip(layer.name, op, f"{self.method} failed: {exc}")
+        except MemoryError as exc:
+            raise TensorfoldError(f"layer {layer.name} (weight {list(layer.weight.shape)}): {self.method} ranks "
+                                  f"{list(ranks)} do not fit in memory ({str(exc)[:160]}); ask for smaller ranks"
+                                  ) from None
         if not np.isfinite(error):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
         doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,

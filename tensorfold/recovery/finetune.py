@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tensorfold.errors import TensorfoldError
+from tensorfold.errors import Terminated, TensorfoldError
 from tensorfold.outputs import atomic_path
 from tensorfold.recovery.distill import feature_loss, hinton_kd
 
@@ -171,8 +171,10 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     capture = tuple(teacher.features) if use_feat else ()
     metric = "accuracy" if val_y is not None else "teacher_agreement"
     stop_reason, stale = "done", 0
-    interrupted = {"flag": False}
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+    # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
+    interrupted = {"signal": None}
+    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.update(signal=signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not progress)
     order = np.arange(len(x))        # replaced by a seeded permutation at each epoch start
     try:
@@ -231,12 +233,14 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
-            if interrupted["flag"]:
+            if interrupted["signal"] is not None:
                 _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
-                raise KeyboardInterrupt(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
+                stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
+                raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if (checkpoint_dir / "best.pt").exists():
         _load_params(module, load_checkpoint(checkpoint_dir / "best.pt", cfg.device), checkpoint_dir / "best.pt")
     return history, stop_reason, best

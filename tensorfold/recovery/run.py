@@ -39,10 +39,6 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
     a torch module as (an extra) teacher. generations > 1: born-again distillation — each further
     generation starts again from the factorized student and learns from the previous generation."""
-    import torch
-
-    from tensorfold.recovery.onnx_torch import OnnxModule
-
     cfg = cfg or RecoverConfig()
     start = time.perf_counter()
     # everything about the outputs is checked before any training, not after the whole run
@@ -50,6 +46,25 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     peer_outputs = [check_output(_peer_output(output_path, i)) for i in range(1, len(peers or []) + 1)]
     ckdir = check_output_dir(Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt"),
                              "checkpoint folder", create=False)
+    made_ckdir = not ckdir.exists()
+    try:
+        return _recover(student_path, output_path, ckdir, peer_outputs, start, teacher_path=teacher_path, data=data,
+                        cfg=cfg, val_size=val_size, normalize=normalize, resume=resume, progress=progress,
+                        limit=limit, teacher_weights=teacher_weights, teacher_module=teacher_module,
+                        generations=generations, peers=peers)
+    except BaseException:
+        if made_ckdir and ckdir.is_dir() and not any(ckdir.iterdir()):
+            ckdir.rmdir()   # a run that failed before its first checkpoint leaves nothing behind
+        raise
+
+
+def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], start: float, *, teacher_path,
+             data, cfg, val_size, normalize, resume, progress, limit, teacher_weights, teacher_module, generations,
+             peers) -> dict:
+    import torch
+
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
     student = load_model(student_path)
     if generations < 1:
         raise TensorfoldError(f"--generations must be >= 1 (got {generations})")

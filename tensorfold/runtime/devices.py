@@ -150,7 +150,12 @@ def calibrate_host(provider: str = "cpu", threads: int = 0, cache: bool = True) 
 
     path = cache_dir() / "devices" / f"host-v3-{_host_key(provider, threads)}.json"
     if cache and path.exists():
-        return Device(**json.loads(path.read_text()))
+        try:
+            return Device(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            from tensorfold.log import warn
+
+            warn(f"device cache {path} is unreadable ({type(exc).__name__}); measuring this host again")
     rng = np.random.default_rng(0)
     f32 = TensorProto.FLOAT
     # per-node overhead: 200 Relus on 8 floats, less one Relu's time (the call's fixed cost)

@@ -80,7 +80,11 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
     """One array per model input from an .npz (`x` accepted for a single-input model)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise TensorfoldError(f"{option} {path}: a single array (.npy), not an .npz of named arrays; "
+                                  f"save it with np.savez(path, x=array)")
+        with data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as exc:
         raise TensorfoldError(f"{option} {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
@@ -91,6 +95,13 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
     if missing:
         raise TensorfoldError(f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
                               f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
+    for n in names:
+        arr = arrays[n]
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise TensorfoldError(f"{option} {path}: input '{n}' holds no samples (shape {list(arr.shape)})")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise TensorfoldError(f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified "
+                                  "on them")
     return {n: arrays[n] for n in names}
 
 

@@ -347,8 +347,10 @@ def learn_host(provider: str = "cpu", threads: int = 0, fallback=None, cache: bo
             model = KernelModel.from_json(path.read_text(), fallback)
             if model is not None:
                 return model
-        except (OSError, ValueError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            from tensorfold.log import warn
+
+            warn(f"kernel-model cache {path} is unreadable ({type(exc).__name__}); sampling this host again")
     samples, call_s = collect_samples(provider, threads, progress=progress)
     model = KernelModel(samples, call_s, fallback)
     if cache:

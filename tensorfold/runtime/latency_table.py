@@ -52,7 +52,13 @@ class CachedTable:
         if self.path.exists():
             try:
                 self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
+                if not isinstance(self.entries, dict) or not all(
+                        isinstance(v, (int, float)) for v in self.entries.values()):
+                    raise ValueError("not a table of timings")
+            except (OSError, ValueError) as exc:
+                from tensorfold.log import warn
+
+                warn(f"latency cache {self.path} is unreadable ({exc.__class__.__name__}); timing again")
                 self.entries = {}
         self.new = 0
 
