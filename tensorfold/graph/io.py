@@ -24,6 +24,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise TensorfoldError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise TensorfoldError(f"{path}: empty file, not an ONNX model")
+    _refuse_above_protobuf_cap(path)
     try:
         model = onnx.load(str(path), load_external_data=True)
     except onnx.checker.ValidationError as exc:   # raised for a missing or misplaced external data file
@@ -38,6 +39,27 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise TensorfoldError(f"{path}: not a valid ONNX model (no graph found)")
     check_opset(model, path)
     return model
+
+
+# protobuf (upb) cannot even size a message above 2 GiB: ByteSize, CopyFrom and serialization fail
+_PROTOBUF_CAP = 2**31 - 1
+
+
+def _refuse_above_protobuf_cap(path: Path) -> None:
+    """A model whose weights total more than protobuf's 2 GiB cannot be held as one ModelProto:
+    say so in one line before loading gigabytes, instead of failing deep inside a pass."""
+    total = path.stat().st_size
+    if total < 64 * 2**20:      # only a small header can point at gigabytes of external data
+        try:
+            header = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - load_model reports an unreadable file with its own message
+            return
+        files = {entry.value for t in _external_tensors(header) for entry in t.external_data
+                 if entry.key == "location"}
+        total += sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+    if total > _PROTOBUF_CAP:
+        raise TensorfoldError(f"{path}: {total / 2**30:.1f} GiB of graph and weights; models above protobuf's "
+                              "2 GiB cap are not supported yet (see docs/security.md)")
 
 
 def check_opset(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:
@@ -67,9 +89,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         if model.ByteSize() > external_data_threshold():
             data_path = folder / f"{path.name}.data"
             with atomic_path(data_path) as tmp_data:
-                # onnx writes external data relative to the model file: under the temp name first
-                onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                # onnx moves the weights out of the proto it saves: save a copy, never the caller's
+                # model; external data goes relative to the model file, under the temp name first
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)
+                onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                                 location=tmp_data.name, size_threshold=1024)
+                del copy
                 saved = onnx.load(tmp, load_external_data=False)
                 for tensor in _external_tensors(saved):
                     for entry in tensor.external_data:

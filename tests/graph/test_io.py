@@ -76,3 +76,26 @@ def test_models_tensorfold_builds_carry_the_lowest_ir_version_their_opset_needs(
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     assert make_model(graph, [helper.make_opsetid("", 13)]).ir_version == 7
     assert make_model(graph, [helper.make_opsetid("", 13)], ir_version=9).ir_version == 9
+
+
+def test_saving_with_external_data_leaves_the_model_in_memory_whole(tmp_path, monkeypatch):
+    """onnx.save_model(save_as_external_data=True) strips the weights from the proto it is given;
+    save_model must hand it a copy, or the caller's model loses its weights."""
+    monkeypatch.setenv("TENSORFOLD_EXTERNAL_DATA_BYTES", "1000")
+    weight = np.arange(64 * 32 * 9, dtype=np.float32).reshape(64, 32, 3, 3)
+    model, _ = conv_model(weight, bias=False)
+    before = model.SerializeToString()
+    save_model(model, tmp_path / "a.onnx")
+    save_model(model, tmp_path / "a.onnx")          # over the first: a unique temp data name each time
+    assert model.SerializeToString() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.data"]
+    assert np.array_equal(onnx.numpy_helper.to_array(load_model(tmp_path / "a.onnx").graph.initializer[0]), weight)
+    assert (tmp_path / "a.onnx.data").stat().st_size == weight.nbytes
+
+
+def test_a_model_above_protobufs_cap_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("tensorfold.graph.io._PROTOBUF_CAP", 10_000)
+    model, _ = conv_model(np.ones((64, 32, 3, 3), np.float32), bias=False)
+    onnx.save_model(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=16)
+    with pytest.raises(TensorfoldError, match="above protobuf's 2 GiB cap"):
+        load_model(tmp_path / "m.onnx")
