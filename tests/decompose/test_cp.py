@@ -138,3 +138,14 @@ def test_saddle_with_a_dead_component_triggers_restarts():
     cp = cp_als(t, 2)
     assert cp.restarts == 3
     assert cp.rel_error < 0.1  # the saddle sits at 0.816
+
+
+def test_a_time_budget_bounds_cp_als():
+    """A layer must never hold a run for minutes: past `seconds` no sweep and no restart starts."""
+    import time
+
+    t = np.random.default_rng(0).standard_normal((64, 32, 3, 3))
+    start = time.perf_counter()
+    result = cp_als(t, 300, n_iter_max=10_000, tol=0.0, seconds=0.5)
+    assert time.perf_counter() - start < 10
+    assert result.n_iter < 10_000 and np.isfinite(result.rel_error)

@@ -100,3 +100,25 @@ def test_real_ppocr_models(tmp_path, which, shape):
     feeds = {i.name: np.random.default_rng(0).random(report.input_shapes[i.name]).astype(np.float32)
              for i in make_session(str(out)).get_inputs()}
     assert make_session(model).run(None, feeds)[0].shape == make_session(str(path)).run(None, feeds)[0].shape
+
+
+@pytest.mark.parametrize("args", [{"method": "cp", "rank": 100_000}, {"method": "cp", "energy": 1.0},
+                                  {"method": "auto", "energy": 1.0}, {"method": "tt", "rank": 100_000},
+                                  {"method": "tucker", "rank": 100_000}])
+def test_huge_ranks_finish_in_seconds(tmp_path, args):
+    """A chain that cannot be smaller than its layer is refused before any decomposition runs."""
+    import time
+
+    from tensorfold.cli import demo_model_path
+
+    start = time.perf_counter()
+    report = optimize(demo_model_path(), tmp_path / "o.onnx", progress=False, verify=False, **args)
+    assert time.perf_counter() - start < 30
+    assert all("not fewer than the layer's" in s.reason for s in report.skipped if s.op == "Conv")
+
+
+def test_cp_rank_is_clipped_to_the_generic_bound():
+    from tensorfold.passes.cp import cp_max_rank
+
+    assert cp_max_rank((128, 64, 3, 3)) == 64 * 9
+    assert cp_max_rank((32, 1, 3, 3)) == 9

@@ -88,7 +88,46 @@ def test_nan_loss_stops_and_says_so(student, npz, tmp_path):
     with pytest.raises(TensorfoldError, match="loss became") as err:
         recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
     assert "nothing written" in str(err.value) and not (tmp_path / "r.onnx").exists()
-    assert (tmp_path / "r.onnx.ckpt" / "last.pt").exists()
+    # the message names what is really on disk: the checkpoint and the step it holds, or none
+    ckpt = tmp_path / "r.onnx.ckpt" / "last.pt"
+    if ckpt.exists():
+        step = torch.load(ckpt, weights_only=True)["step"]
+        assert f"({ckpt}, step {step}) is kept" in str(err.value)
+    else:
+        assert "no checkpoint was written" in str(err.value)
+        assert not (tmp_path / "r.onnx.ckpt").exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(student, npz, tmp_path):
+    other = tmp_path / "other.onnx"
+    optimize(TEACHER, other, method="tucker", ratio=3, progress=False)
+    cfg = RecoverConfig(max_steps=2, batch_size=32, threads=1, eval_every=1)
+    recover(other, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
+    (tmp_path / "r.onnx").unlink()
+    with pytest.raises(TensorfoldError, match="written for another model"):
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
+                progress=False)
+    assert not (tmp_path / "r.onnx").exists()
+    # without --resume the stale checkpoints are replaced, not loaded
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
+    assert report["steps"] == 2
+
+
+def test_a_torn_checkpoint_is_one_line(student, npz, tmp_path):
+    (tmp_path / "r.onnx.ckpt").mkdir()
+    (tmp_path / "r.onnx.ckpt" / "last.pt").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=True,
+                cfg=RecoverConfig(max_steps=2, batch_size=32, threads=1), progress=False)
+
+
+def test_outputs_are_checked_before_any_training(student, npz, tmp_path):
+    (tmp_path / "folder.onnx").mkdir()
+    for out, match in ((tmp_path / "folder.onnx", "is a folder"), (npz[0], "is an input"),
+                       (TEACHER, "is an input"), (tmp_path / "missing" / "r.onnx", "does not exist")):
+        with pytest.raises(TensorfoldError, match=match):
+            recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=RecoverConfig(max_steps=10**6),
+                    progress=False)
 
 
 def test_teacher_with_other_outputs_is_refused(student, tmp_path, npz):

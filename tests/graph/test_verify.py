@@ -1,0 +1,46 @@
+"""graph.verify: outputs compared pooled over calls; a NaN/Inf the original does not have fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from tensorfold.cli import main
+from tensorfold.graph.verify import Reference
+
+
+def _model(op_nodes, const=None):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    inits = [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in (const or {}).items()]
+    return helper.make_model(helper.make_graph(op_nodes, "g", [x], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+ORIGINAL = _model([helper.make_node("Add", ["x", "one"], ["y"])], {"one": 1.0})
+# x / 0 is +-inf (0 / 0 NaN) where the original is finite
+BROKEN = _model([helper.make_node("Div", ["x", "zero"], ["y"])], {"zero": 0.0})
+
+
+def test_a_nonfinite_output_fails_and_reads_null_in_json(tmp_path):
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    check = Reference(ORIGINAL, feeds, "test").verify(BROKEN)
+    assert check.broken == ["y (6 NaN/Inf values)"]
+    assert check.max_relative_error == float("inf") and not check.within(1e9)
+    onnx.save(ORIGINAL, tmp_path / "a.onnx")
+    onnx.save(BROKEN, tmp_path / "b.onnx")
+    np.savez(tmp_path / "in.npz", x=feeds["x"])
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"),
+                                       "--inputs", str(tmp_path / "in.npz"), "--json"])
+    assert result.exit_code == 1
+    assert "NaN" not in result.output.replace("NaN/Inf", "") and '"relative_error": null' in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: verification failed")
+
+
+def test_the_same_inf_in_both_models_is_no_error():
+    both = _model([helper.make_node("Div", ["x", "zero"], ["y"])], {"zero": 0.0})
+    feeds = {"x": np.ones((2, 3), np.float32)}
+    check = Reference(both, feeds, "test").verify(BROKEN)
+    assert check.broken == [] and check.max_relative_error == 0.0

@@ -1,0 +1,94 @@
+"""How the CLI fails: one line always; 2 for the user's or the environment's fault, 1 for a
+failed verification or a bug (with the --debug hint), 130 on Ctrl-C, 143 on SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from tensorfold.cli import demo_model_path, main
+
+DEMO = demo_model_path()
+
+
+def invoke(*args, **kwargs):
+    result = CliRunner().invoke(main, [str(a) for a in args], **kwargs)
+    return result
+
+
+def one_line(result, status: int, expected: str) -> str:
+    assert result.exit_code == status, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    assert expected in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("exc, status, expected", [
+    (RuntimeError("a bug"), 1, "rerun with --debug"),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/out.onnx"), 2, "/x/out.onnx: No space left on device"),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/out.onnx"), 2, "Read-only file system"),
+    (MemoryError("Unable to allocate 74.5 GiB"), 2, "out of memory: Unable to allocate 74.5 GiB"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+], ids=["bug", "disk-full", "read-only", "memory", "ctrl-c"])
+def test_every_failure_is_one_line_with_its_status(tmp_path, monkeypatch, exc, status, expected):
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("tensorfold.api.optimize", fail)
+    one_line(invoke("optimize", DEMO, "-o", tmp_path / "o.onnx"), status, expected)
+
+
+def test_debug_shows_the_traceback_of_a_bug(tmp_path, monkeypatch):
+    monkeypatch.setattr("tensorfold.api.optimize", lambda *a, **k: 1 / 0)
+    result = invoke("--debug", "optimize", DEMO, "-o", tmp_path / "o.onnx")
+    assert isinstance(result.exception, ZeroDivisionError)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["optimize", DEMO], "Missing option '-o'"),
+    (["optimize", DEMO, "-o", "x.onnx", "--bogus"], "No such option"),
+    (["recover", DEMO, "-o", "x.onnx", "--lr", "nan"], "not a finite number"),
+    (["profile", DEMO, "--top", "-1"], "--top"),
+    (["profile", DEMO, "--threads", "-2"], "--threads"),
+    (["search", "ranks", DEMO, "--timeout", "-1"], "--timeout"),
+    (["search", "nas", "--budget-minutes", "-1"], "--budget-minutes"),
+    (["frobnicate"], "No such command"),
+])
+def test_usage_errors_are_one_line_too(args, expected):
+    line = one_line(invoke(*args), 2, expected)
+    assert "--help" in line
+
+
+def test_python_dash_m_tensorfold_is_the_cli():
+    out = subprocess.run([sys.executable, "-m", "tensorfold", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "tensorfold" in out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
+    disk = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this container may not mount a tmpfs")
+    try:
+        result = subprocess.run([sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o",
+                                 str(disk / "o.onnx"), "--no-verify"], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+        assert list(disk.iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        result = subprocess.run([sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o",
+                                 str(disk / "o.onnx")], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "not writable" in result.stderr.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

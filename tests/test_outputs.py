@@ -1,0 +1,130 @@
+"""tensorfold.outputs: every write atomic, with the umask's mode, never onto an input, cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.outputs import (atomic_path, check_output, check_output_dir, guard_inputs, guarded, json_text,
+                                new_file_mode, write_text_atomic)
+
+
+def test_a_write_gets_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "a.txt", "x")
+        assert path.stat().st_mode & 0o777 == 0o644 == new_file_mode()
+    finally:
+        os.umask(old)
+
+
+def test_no_write_lands_on_an_input_even_through_a_link(tmp_path):
+    given = tmp_path / "model.onnx"
+    given.write_bytes(b"precious")
+    (tmp_path / "link.onnx").symlink_to(given)
+    os.link(given, tmp_path / "hard.onnx")
+    with guard_inputs(given):
+        for target in ("model.onnx", "link.onnx", "hard.onnx"):
+            with pytest.raises(TensorfoldError, match="is an input"):
+                write_text_atomic(tmp_path / target, "overwritten")
+            with pytest.raises(TensorfoldError, match="is an input"):
+                check_output(tmp_path / target)
+        write_text_atomic(tmp_path / "other.onnx", "fine")
+    assert given.read_bytes() == b"precious"
+    write_text_atomic(tmp_path / "model.onnx", "the guard ends with its block")
+
+
+def test_files_inside_an_input_folder_are_inputs(tmp_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    (data / "0.png").write_bytes(b"png")
+    with guard_inputs(data):
+        with pytest.raises(TensorfoldError, match="is an input"):
+            write_text_atomic(data / "0.png", "x")
+        with pytest.raises(TensorfoldError, match="input folder"):
+            check_output_dir(data)
+
+
+def test_guarded_reads_paths_and_lists_of_paths_from_the_arguments(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("a")
+    b.write_text("b")
+
+    @guarded("model", "teachers")
+    def run(model, out, *, teachers=()):
+        write_text_atomic(out, "x")
+
+    for out in (a, b):
+        with pytest.raises(TensorfoldError, match="is an input"):
+            run(a, out, teachers=[b])
+    run(a, tmp_path / "c", teachers=[b])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+])
+def test_an_existing_output_that_is_not_a_regular_file_is_refused(tmp_path, make, message):
+    target = tmp_path / "out"
+    make(target)
+    with pytest.raises(TensorfoldError, match=message):
+        check_output(target)
+    with pytest.raises(TensorfoldError):
+        write_text_atomic(target, "x")
+
+
+def test_check_output_refuses_a_missing_or_unwritable_folder(tmp_path):
+    with pytest.raises(TensorfoldError, match="does not exist"):
+        check_output(tmp_path / "nope" / "out.onnx")
+    if os.geteuid() != 0:       # root writes anywhere; the read-only tmpfs test covers it
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(TensorfoldError, match="not writable"):
+            check_output(ro / "out.onnx")
+
+
+def test_a_failed_or_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    for exc in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with atomic_path(target) as tmp:
+                tmp.write_text("half")
+                raise exc
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_sigterm_during_a_write_removes_the_temp_file(tmp_path):
+    """The CLI turns SIGTERM into errors.Terminated, so atomic_path's cleanup runs."""
+    script = textwrap.dedent(f"""
+        import signal, sys, time
+        from pathlib import Path
+        from tensorfold.cli_errors import _install_sigterm
+        from tensorfold.outputs import atomic_path
+        _install_sigterm()
+        with atomic_path(Path({str(tmp_path / 'out.bin')!r})) as tmp:
+            tmp.write_bytes(b"x" * 1000)
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_never_holds_a_bare_nan():
+    import numpy as np
+
+    text = json_text({"a": float("nan"), "b": [np.float32("inf"), np.int64(3), np.bool_(True)], "c": np.arange(2)})
+    assert "NaN" not in text and "Infinity" not in text
+    assert text.replace(" ", "").replace("\n", "") == '{"a":null,"b":[null,3,true],"c":[0,1]}'
