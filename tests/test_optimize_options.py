@@ -1,0 +1,56 @@
+"""Property: any combination of optimize's options either writes a valid, verified model (exit 0)
+or refuses in one `error:` line (exit 2) with nothing written; never a traceback, never exit 1,
+and the input's bytes never change."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tensorfold.cli import demo_model_path, main
+
+_budget = st.one_of(
+    st.just([]),
+    st.tuples(st.just("--rank"), st.sampled_from(["1", "4", "64", "100000", "0", "-2"])).map(list),
+    st.tuples(st.just("--energy"), st.sampled_from(["0.5", "0.95", "1", "1.5", "nan"])).map(list),
+    st.tuples(st.just("--ratio"), st.sampled_from(["1.5", "4", "1000", "0.5", "inf"])).map(list),
+    st.just(["--evbmf"]),
+)
+_options = st.fixed_dictionaries({
+    "method": st.sampled_from(["auto", "svd", "tucker", "cp", "tt", "none", "wavelet"]),
+    "budget": _budget,
+    "extra": st.lists(st.sampled_from([["--force"], ["--no-verify"], ["--include", "*features.4*"],
+                                       ["--exclude", "*Gemm*"], ["--json"], ["--seed", "3"],
+                                       ["--shape", "input:1,1,28,28"], ["--shape", "nope:1"],
+                                       ["--holdout", "0.3"], ["--threads", "-1"]]), max_size=3),
+})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(opts=_options)
+def test_any_option_combination_is_a_model_or_one_line(opts):
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "m.onnx"
+        shutil.copy(demo_model_path(), model)
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()
+        out = Path(tmp) / "o.onnx"
+        args = ["optimize", str(model), "-o", str(out), "--method", opts["method"], *opts["budget"],
+                *[a for extra in opts["extra"] for a in extra]]
+        result = CliRunner().invoke(main, args)
+        assert "Traceback" not in result.output
+        assert result.exit_code in (0, 2), (args, result.output)
+        if result.exit_code == 0:
+            onnx.checker.check_model(onnx.load(out), full_check=True)
+        else:
+            lines = [line for line in result.output.strip().splitlines() if line.strip()]
+            assert lines[-1].startswith("error: "), (args, result.output)
+            assert not out.exists()
+        assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+        assert sorted(p.name for p in Path(tmp).iterdir()) == sorted(["m.onnx"] + (["o.onnx"] if out.exists() else []))
