@@ -166,6 +166,12 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                             f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
     if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
+    if report.after.params > report.before.params:
+        if not force:
+            raise TensorfoldError(f"the rewritten model would hold {report.after.params:,} parameters, more than the "
+                                  f"input's {report.before.params:,}: nothing written (--force writes it anyway)")
+        report.notes.append(f"the written model holds more parameters than the input ({report.after.params:,} vs "
+                            f"{report.before.params:,}): --force")
     for checked in (verification, final_verification):
         if checked is not None and checked.broken:
             raise VerificationFailed(f"the rewritten model outputs NaN/Inf where the input model does not: "
@@ -290,6 +296,9 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
     node_flops = model_stats(model, input_shapes).node_flops
     layers, skipped = find_layers(model)
     sens = _sensitivity(original, model, calibration, normalize, shape_map, progress) if calibration else {}
+    readers: dict[str, list[str]] = {}
+    for layer in layers:
+        readers.setdefault(layer.node.input[1], []).append(layer.name)
     rows = []
     for layer in layers:
         methods = {}
@@ -298,7 +307,8 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
             methods[name] = "yes" if reason is None else reason
         rows.append({"node": layer.name, "op": layer.node.op_type, "weight_shape": list(layer.weight.shape),
                      "groups": layer.groups, "params": layer.params, "flops": node_flops.get(layer.name),
-                     "methods": methods})
+                     "methods": methods, "weight": layer.node.input[1],
+                     "shared_with": [n for n in readers[layer.node.input[1]] if n != layer.name]})
         if layer.name in sens:
             rows[-1]["sensitivity"] = sens[layer.name].as_dict()
     return {
@@ -309,7 +319,8 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
         "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
         "ops": dict(sorted(stats.ops.items())), "normalization": norm_stats,
         "layers": rows, "skipped": [s.as_dict() for s in skipped],
-        "factorizable_params": sum(r["params"] for r in rows),
+        # a weight read by several layers counts once
+        "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
         "calibration": str(calibration) if calibration else None,
     }
 

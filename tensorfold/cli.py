@@ -43,6 +43,13 @@ class _Group(click.Group):
         with reporting(ctx, debug=ctx.params.get("debug", False)):
             return super().invoke(ctx)
 
+    def parse_args(self, ctx, args):
+        """A usage error in the top-level options is one line too (subcommands' go through invoke)."""
+        from tensorfold.cli_errors import reporting
+
+        with reporting(ctx):
+            return super().parse_args(ctx, args)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tensorfold")
@@ -80,6 +87,8 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
         table.add_column(col, justify="right" if col in ("params", "FLOPs", *sens_cols) else "left")
     for row in info["layers"]:
         shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
+        if row["shared_with"]:
+            shape += f" (shared by {len(row['shared_with']) + 1})"
         marks = ["yes" if row["methods"][m] == "yes" else "-" for m in METHODS]
         extra = []
         if sens_cols:

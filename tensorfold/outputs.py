@@ -91,10 +91,19 @@ def check_output(path: str | os.PathLike, option: str = "-o") -> Path:
         raise TensorfoldError(f"{option} {path} is an input ({conflict}); tensorfold never overwrites its inputs")
     if not folder.is_dir():
         raise TensorfoldError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise TensorfoldError(f"{option} {path}: folder {folder} is not writable (permissions or a read-only "
-                              "file system)")
+    _probe_writable(folder, f"{option} {path}")
     return path
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a temp file: the only test that also holds for root, read-only mounts
+    and pseudo file systems (/proc, /sys), where os.access says yes."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tensorfold-probe.", dir=folder)
+    except OSError as exc:
+        raise TensorfoldError(f"{what}: folder {folder} is not writable ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--output-dir", create: bool = True) -> Path:
@@ -108,9 +117,9 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir", crea
         raise TensorfoldError(f"{option} {path} is an input folder ({conflict}); tensorfold never writes into "
                               "its inputs")
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise TensorfoldError(f"{option} {path}: {existing} is not a writable folder (permissions or a "
-                              "read-only file system)")
+    if not existing.is_dir():
+        raise TensorfoldError(f"{option} {path}: {existing} is not a folder")
+    _probe_writable(existing, f"{option} {path}")
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -145,7 +154,10 @@ def new_file_mode() -> int:
 def temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """A unique hidden temp file in `path`'s folder, removed unless the caller renamed it away."""
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise TensorfoldError(f"cannot write {path}: {exc.strerror} in folder {folder}") from None
     os.close(fd)
     try:
         yield Path(tmp)

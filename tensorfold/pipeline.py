@@ -44,14 +44,21 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     from tensorfold.recovery.run import recover
     from tensorfold.search.nas.run import IMAGE, search_nas
 
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise TensorfoldError(f"--output-dir {out} is a file")
-    if not out.parent.is_dir():
-        raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
-    if not Path(teacher).is_file():
-        raise TensorfoldError(f"--teacher {teacher}: no such file")
-    out.mkdir(exist_ok=True)
+    from tensorfold.api import METHODS
+    from tensorfold.graph.io import load_model
+    from tensorfold.outputs import check_output_dir, guard_inputs
+
+    # everything that can be refused is refused before the output folder is made or anything runs
+    if method not in METHODS:
+        raise TensorfoldError(f"--method {method}: choose from {', '.join(METHODS)}")
+    if not ratio > 1:
+        raise TensorfoldError(f"--ratio must be > 1 (got {ratio:g})")
+    load_model(teacher)
+    with guard_inputs(teacher):
+        out = check_output_dir(output_dir, create=False)
+        if not Path(output_dir).parent.is_dir():
+            raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
+        out.mkdir(exist_ok=True)
     nas = search_nas(strategy=strategy, data=data, budget_minutes=budget_minutes, device=device, threads=threads,
                      teacher=teacher, output_dir=out / "nas", output=out / "nas.onnx", final_steps=final_steps,
                      final_channels=final_channels, seed=seed, progress=progress, **nas_options)

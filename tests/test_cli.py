@@ -146,7 +146,8 @@ def test_untouchable_nodes_are_listed_and_model_stays_valid(tmp_path):
              numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
              numpy_helper.from_array(np.array(0, np.int8), "zp"),
              numpy_helper.from_array(np.array(True), "cond")]
-    then_graph = helper.make_graph([_conv_node("conv_in_if", "x", "W", "t")], "then", [],
+    inits.append(numpy_helper.from_array(w.copy(), "Wif"))   # its own weight: a shared one keeps "good" whole
+    then_graph = helper.make_graph([_conv_node("conv_in_if", "x", "Wif", "t")], "then", [],
                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
     else_graph = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="id")], "else", [],
                                    [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])

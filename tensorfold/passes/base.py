@@ -84,6 +84,7 @@ class LayerRecord:
     weight_error: float
     new_nodes: list[str]
     output_error: float | None = None    # relative output error of this layer on the calibration data
+    shared_with: list[str] = field(default_factory=list)   # other users of the same factors (shared weight)
 
     def as_dict(self) -> dict:
         return asdict(self)

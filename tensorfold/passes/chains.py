@@ -5,6 +5,8 @@ Every builder ends by writing the original node's output name, so consumers are 
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -15,7 +17,7 @@ from tensorfold.passes.layers import Layer
 class ChainBuilder:
     """Collects the nodes and initializers of one replacement chain, with provenance in names."""
 
-    def __init__(self, layer: Layer, method: str, fresh, doc: str):
+    def __init__(self, layer: Layer, method: str, fresh, doc: str, pool: dict | None = None):
         self.layer = layer
         self.prefix = f"{layer.name}/{method}"
         self.fresh = fresh
@@ -23,15 +25,30 @@ class ChainBuilder:
         self.dtype = layer.weight.dtype
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        # users of a shared weight: a factor tensor equal to one already in the graph is read from
+        # there, not added again (pool: content key -> (name, size); `pooled` adds this chain's)
+        self.pool = pool
+        self.pooled: dict = {}
+        self.reused_params = 0
 
     @property
     def params(self) -> int:
+        """Parameters this chain adds to the graph."""
         return sum(int(np.prod(t.dims)) for t in self.initializers if t.data_type in _FLOATS)
 
     def const(self, suffix: str, array: np.ndarray, dtype=None) -> str:
-        name = self.fresh(f"{self.prefix}/{suffix}")
         array = np.ascontiguousarray(array, dtype=dtype or self.dtype)
+        key = None
+        if self.pool is not None:
+            key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
+            if key in self.pool:
+                name, size = self.pool[key]
+                self.reused_params += size
+                return name
+        name = self.fresh(f"{self.prefix}/{suffix}")
         self.initializers.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.pooled[key] = (name, int(array.size))
         return name
 
     def op(self, op_type: str, inputs: list[str], suffix: str, output: str | None = None, **attrs) -> str:

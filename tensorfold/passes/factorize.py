@@ -22,7 +22,7 @@ from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
 from tensorfold.passes.base import LayerRecord, Pass, PassContext, PassResult, RankSpec
 from tensorfold.passes.chains import ChainBuilder
-from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers
+from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 
 
 @dataclass
@@ -120,11 +120,22 @@ class FactorizePass(Pass):
                 skipped.append(Skip(layer.name, layer.node.op_type, reason))
             else:
                 eligible.append(layer)
+        eligible, shared_skips = group_shared_weights(work, eligible)
+        skipped.extend(shared_skips)
+        groups: dict[str, list[Layer]] = {}
+        for layer in eligible:
+            if layer.sharers:
+                groups.setdefault(layer.key, []).append(layer)
+        for group in groups.values():      # one factorization fits every use of a shared weight
+            gram = merged_gram(group)
+            for layer in group:
+                layer.gram = gram
         return work, eligible, skipped
 
     def reachable_ratio(self, model: onnx.ModelProto, ctx: PassContext) -> float:
         """The largest --ratio this method can meet on the model (1.0 when nothing can shrink)."""
         _, layers, _ = self.eligible_layers(model, ctx)
+        layers = [layer for layer in layers if layer.leads]      # a shared weight counts once
         total = sum(layer.params for layer in layers)
         smallest = sum(min([layer.params] + [c.params for c in self.candidates_of(layer)
                                              if ctx.force or c.params < layer.params]) for layer in layers)
@@ -133,9 +144,15 @@ class FactorizePass(Pass):
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         work, eligible, skipped = self.eligible_layers(model, ctx)
         plan, notes = self.plan(eligible, ctx)
+        leaders: dict[str, str] = {}
+        for layer in eligible:   # every user of a shared weight takes its first user's ranks
+            if layer.sharers:
+                lead = leaders.setdefault(layer.key, layer.name)
+                plan[layer.name] = plan.get(lead)
         fresh = make_name_generator(work)
         replacements: dict[str, ChainBuilder] = {}
         records: list[LayerRecord] = []
+        pool: dict = {}          # factor tensors already in the graph, by content: shared weights' users reuse them
         bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible,
                    leave=False)
         for layer in bar:
@@ -144,14 +161,15 @@ class FactorizePass(Pass):
             if ranks is None:
                 skipped.append(Skip(layer.name, layer.node.op_type, self.keep_reason(layer, ctx)))
                 continue
-            outcome = self._rewrite(layer, ranks, ctx, fresh)
+            outcome = self._rewrite(layer, ranks, ctx, fresh, pool)
             if isinstance(outcome, Skip):
                 skipped.append(outcome)
                 continue
             builder, record = outcome
             replacements[layer.name] = builder
             records.append(record)
-        eligible_params = sum(layer.params for layer in eligible)
+            pool.update(builder.pooled)
+        eligible_params = sum(layer.params for layer in eligible if layer.leads)
         if not replacements:
             return PassResult(model, False, [], skipped, notes, eligible_params)
         new_nodes = []
@@ -176,7 +194,7 @@ class FactorizePass(Pass):
     def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
         """build(), remembered: a planner that tried these ranks already paid for them."""
         memo = self.__dict__.setdefault("_memo", {})
-        key = (layer.name, tuple(ranks), layer.gram is not None)
+        key = (layer.key, tuple(ranks), layer.gram is not None)
         if key not in memo:
             memo[key] = self.build(layer, ranks, ctx)
         return memo[key]
@@ -186,7 +204,7 @@ class FactorizePass(Pass):
         ranks pays for neither again."""
         fac = self.factorization(layer, ranks, ctx)
         errors = self.__dict__.setdefault("_errors", {})
-        key = (layer.name, tuple(ranks), layer.gram is not None)
+        key = (layer.key, tuple(ranks), layer.gram is not None)
         if key not in errors:
             errors[key] = relative_error(layer.weight, fac.reconstruct())
         return fac, errors[key]
@@ -203,12 +221,12 @@ class FactorizePass(Pass):
     def candidates_of(self, layer: Layer) -> list[Candidate]:
         """candidates(), remembered: a budget search at several ratios builds each curve once."""
         memo = self.__dict__.setdefault("_candidates", {})
-        key = (layer.name, layer.gram is not None)
+        key = (layer.key, layer.gram is not None)
         if key not in memo:
             memo[key] = self.candidates(layer)
         return memo[key]
 
-    def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh
+    def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh, pool: dict | None = None
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
         predicted = self.params_for(layer, ranks)
@@ -229,13 +247,17 @@ class FactorizePass(Pass):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
         doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,
                                             "ranks": list(fac.ranks), "weight_error": round(error, 6)})
-        builder = ChainBuilder(layer, fac.method, fresh, doc)
+        builder = ChainBuilder(layer, fac.method, fresh, doc, pool if layer.sharers else None)
         fac.emit(builder)
-        if builder.params >= layer.params and not ctx.force:
-            return Skip(layer.name, op, f"{fac.method} ranks {list(fac.ranks)} give {builder.params} params, "
+        # a later user of a shared weight adds no parameters of its own: compare the chain in full
+        chain_params = builder.params + builder.reused_params
+        if chain_params >= layer.params and not ctx.force:
+            return Skip(layer.name, op, f"{fac.method} ranks {list(fac.ranks)} give {chain_params} params, "
                                         f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)")
-        record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks], layer.params, builder.params,
-                             error, [n.name for n in builder.nodes], self.output_error(layer, ranks, ctx))
+        record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks],
+                             layer.params if layer.leads else 0, builder.params, error,
+                             [n.name for n in builder.nodes], self.output_error(layer, ranks, ctx),
+                             shared_with=[n for n in layer.sharers if n != layer.name])
         return builder, record
 
     def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[dict[str, tuple[int, ...] | None], list[str]]:
@@ -267,12 +289,17 @@ class FactorizePass(Pass):
         layer's squared error scaled by weights[name] when given)."""
         if not layers:
             return {}, []
+        users: dict[str, list[Layer]] = {}
+        for layer in layers:
+            users.setdefault(layer.key, []).append(layer)
+        every, layers = layers, [group[0] for group in users.values()]     # a shared weight: one choice
         total = sum(layer.params for layer in layers)
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
         for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
             cands = [c for c in self.candidates_of(layer) if force or c.params < layer.params]
-            scale = (weights or {}).get(layer.name, 1.0)
+            # every use of a shared weight suffers its error
+            scale = sum((weights or {}).get(user.name, 1.0) for user in users[layer.key])
             opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2 * scale) for c in cands]
             options.append(opts)
             choices.append([None] + cands)
@@ -287,8 +314,10 @@ class FactorizePass(Pass):
         plan = {}
         for layer, idx, cands in zip(layers, picked, choices):
             chosen = cands[idx]
-            plan[layer.name] = None if chosen is None else self.ranks_of(chosen)
+            for user in users[layer.key]:
+                plan[user.name] = None if chosen is None else self.ranks_of(chosen)
         kept = sum(1 for v in plan.values() if v is None)
+        layers = every
         return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers "
                       f"({kept} kept whole)"]
 

@@ -29,10 +29,23 @@ class Layer:
     # second moments of the layer's inputs on calibration data (decompose.data_aware.InputGram);
     # when set, methods fit factors and rank curves to the layer's output instead of its weight
     gram: InputGram | None = None
+    # every layer reading this layer's weight tensor, this one included, when it is shared (a
+    # weight is factorized once; all its users read the same factors)
+    sharers: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.node.name
+
+    @property
+    def key(self) -> str:
+        """What a factorization is remembered by: the weight tensor when shared, else the node."""
+        return f"weight:{self.node.input[1]}" if self.sharers else self.name
+
+    @property
+    def leads(self) -> bool:
+        """The layer that owns a shared weight's parameters in reports (the first user)."""
+        return not self.sharers or self.sharers[0] == self.name
 
     @property
     def params(self) -> int:
@@ -179,3 +192,46 @@ def _conv_attrs(node: onnx.NodeProto, w: np.ndarray) -> dict:
         "pads": list(pads) if pads is not None else [0] * (2 * nd),
         "auto_pad": auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad),
     }
+
+
+def group_shared_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[list[Layer], list[Skip]]:
+    """Layers whose weight tensor other nodes read too. Where every reader is one of `layers` and
+    reads it the same way, they become sharers of one factorization (Layer.sharers); otherwise
+    they are kept whole with the reason: factorizing one use would keep the weight for the other
+    and add the factors on top."""
+    index = GraphIndex(model)
+    by_weight: dict[str, list[Layer]] = {}
+    for layer in layers:
+        by_weight.setdefault(layer.node.input[1], []).append(layer)
+    kept, skips = [], []
+    for name, group in by_weight.items():
+        readers = index.consumers.get(name, [])
+        if len(group) == 1 and len(readers) <= 1:
+            kept.append(group[0])
+            continue
+        members = {layer.name for layer in group}
+        others = [n.name or n.op_type for n in readers if n.name not in members]
+        lead = group[0]
+        alike = all(layer.kind == lead.kind and layer.groups == lead.groups and layer.weight.shape == lead.weight.shape
+                    and np.array_equal(layer.weight, lead.weight) for layer in group[1:])
+        if others or not alike:
+            why = (f"also read by {others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+                   if others else "read in different layouts (e.g. Gemm transB) by its users")
+            skips.extend(Skip(layer.name, layer.node.op_type, f"weight '{name}' is shared and {why}: factorizing "
+                              "this use alone would add parameters; kept whole") for layer in group)
+            continue
+        sharers = tuple(layer.name for layer in group)
+        for layer in group:
+            layer.sharers = sharers
+        kept.extend(group)
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    return sorted(kept, key=lambda layer: order[layer.name]), skips
+
+
+def merged_gram(layers: list[Layer]) -> InputGram | None:
+    """The statistics of every use of a shared weight together: the output error of all uses is
+    tr(D (G1 + G2 + ...) D^T), so the factors fit them all at once."""
+    grams = [layer.gram for layer in layers]
+    if any(g is None for g in grams):
+        return None
+    return InputGram(sum(g.grams for g in grams), sum(g.count for g in grams))

@@ -20,6 +20,26 @@ from tensorfold.passes.tucker import TuckerPass
 PLANNABLE = ("svd", "tucker", "cp", "tt")
 
 
+def rank_count(method: str, layer: Layer) -> int:
+    """How many ranks `method` takes for this layer (a pointwise layer is an SVD: one)."""
+    from tensorfold.passes.tt import tt_bond_count
+
+    if layer.is_pointwise or method in ("svd", "cp"):
+        return 1
+    return 2 if method == "tucker" else tt_bond_count(layer)
+
+
+def check_choice(layer: Layer, choice: tuple | None, source: str) -> None:
+    """A plan's (method, *ranks) fits the layer, or a one-line error naming both."""
+    if choice is None:
+        return
+    method, *ranks = choice
+    want = rank_count(method, layer)
+    if len(ranks) != want:
+        raise TensorfoldError(f"{source}: layer '{layer.name}' takes {want} {method} rank(s), the plan gives "
+                              f"{len(ranks)} ({list(ranks)})")
+
+
 class PlannedPass(FactorizePass):
     name = method = "planned"
 
@@ -52,4 +72,5 @@ class PlannedPass(FactorizePass):
         reason = chosen.supports(layer)
         if reason is not None:
             raise TensorfoldError(f"{layer.name}: {reason}")
+        check_choice(layer, ranks, "plan")
         return chosen.factorization(layer, tuple(int(r) for r in rest), ctx)

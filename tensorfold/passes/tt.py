@@ -40,6 +40,13 @@ def matrix_dims(k: int, n: int) -> tuple[list[int], list[int]]:
     return factorize_dim(k, 2), factorize_dim(n, 2)
 
 
+def tt_bond_count(layer: Layer) -> int:
+    """How many bond ranks a TT of this layer has (a plan must name exactly that many)."""
+    if layer.kind == "conv":
+        return layer.weight.ndim - 1
+    return len(matrix_dims(*layer.weight.shape)[0]) - 1
+
+
 def _decompose(layer: Layer, cap: int | None, rel_eps: float | None) -> list[np.ndarray]:
     if layer.kind == "conv":
         return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps)

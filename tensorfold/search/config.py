@@ -14,6 +14,7 @@ from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import write_text_atomic
 from tensorfold.passes.layers import Layer
+from tensorfold.passes.planned import check_choice
 from tensorfold.search.space import Plan, decode_plan, encode_plan
 
 KIND = "tensorfold-ranks"
@@ -42,7 +43,7 @@ def read_config(path: str | os.PathLike, layers: dict[str, Layer]) -> Plan:
         raise TensorfoldError(f"--config {path}: no such file")
     try:
         doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise TensorfoldError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise TensorfoldError(f"--config {path} is not a tensorfold rank configuration (kind: {KIND})")
@@ -56,4 +57,5 @@ def read_config(path: str | os.PathLike, layers: dict[str, Layer]) -> Plan:
         if recorded.get(name) not in (None, here):
             raise TensorfoldError(f"--config {path} was made for another model: layer '{name}' is {here} here, "
                                   f"{recorded[name]} in the config")
+        check_choice(layers[name], plan[name], f"--config {path}")
     return plan

@@ -18,7 +18,8 @@ import optuna
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import first_line
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# a failed trial's reason goes into the report (and its traceback would drown a Ctrl-C's one line)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def redact(url: str) -> str:
