@@ -353,6 +353,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
         if "teacher" in test:
             table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
     console.print(table)
+    console.print(f"validation: {report['validation']}")
     console.print(f"{report['steps']} steps in {report['seconds']:.0f} s; {report['stop']}; "
                   f"{report['features_matched']} layer outputs matched to the teacher's")
     console.print(f"checkpoints {report['checkpoints']}, history {report['history']}"

@@ -128,9 +128,9 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(x) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    # --max-steps is a number of steps: epochs repeat until it is reached (a small data set is one
+    # step per epoch); without it, --epochs passes over the data
+    total = cfg.max_steps if cfg.max_steps else steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup * total))
 
     def lr_at(step):
@@ -166,10 +166,15 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     else:
         for stale in (ckpt, checkpoint_dir / "best.pt"):   # an earlier run's, maybe of another model
             stale.unlink(missing_ok=True)
+    metric = "accuracy" if val_y is not None else "teacher_agreement"
+    if best is None and len(val_x):
+        # step 0 is a candidate too: a run that only makes the model worse keeps the model it started from
+        best = dict(evaluate(module, val_x, val_y, teacher), step=0)
+        _save(module.state_dict(), checkpoint_dir / "best.pt")
+    start_metric = best[metric] if best is not None and best.get("step") == 0 else None
     use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
     capture = tuple(teacher.features) if use_feat else ()
-    metric = "accuracy" if val_y is not None else "teacher_agreement"
     stop_reason, stale = "done", 0
     # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
     interrupted = {"signal": None}
@@ -243,6 +248,9 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             signal.signal(sig, handler)
     if (checkpoint_dir / "best.pt").exists():
         _load_params(module, load_checkpoint(checkpoint_dir / "best.pt", cfg.device), checkpoint_dir / "best.pt")
+    if best is not None and best.get("step") == 0 and step > 0 and start_metric is not None:
+        stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
+                        "the starting weights are kept")
     return history, stop_reason, best
 
 

@@ -97,6 +97,10 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     order = rng.permutation(len(x))
     val_n = min(val_size, len(x) // 5)
     val_idx, train_idx = order[:val_n], order[val_n:]
+    validation = f"{val_n} samples held out of the training data"
+    if val_n == 0:     # too few to hold any out: validate on the training samples, and say so
+        val_idx = train_idx
+        validation = f"the {len(x)} training samples themselves (too few to hold any out)"
     val_x, val_y = x[val_idx], (y[val_idx] if y is not None else None)
     tx, ty = x[train_idx], (y[train_idx] if y is not None else None)
     features = rewritten_outputs(student)
@@ -168,6 +172,7 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
             (str(paths[0]) if paths else None), "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
+            "validation": validation,
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
             "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
             "steps": history.steps[-1] if history.steps else 0, "stop": reason,

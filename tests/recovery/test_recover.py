@@ -267,3 +267,28 @@ def test_graph_teacher_matches_the_onnxruntime_teacher(student):
     assert set(fa) == set(fb) and len(fa) >= 2
     for name in fa:
         np.testing.assert_allclose(fa[name].numpy(), fb[name].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_steps_repeat_epochs_and_a_run_never_ends_worse_than_it_started(tmp_path):
+    """Eight samples, batch 8: one step per epoch, so --max-steps 6 runs six epochs. The student is
+    its own teacher: no step can beat its starting agreement of 100%, so the starting weights are
+    what gets written, and the report says so."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(TEACHER.read_bytes())
+    data = tmp_path / "few.npz"
+    np.savez(data, x=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
+    report = recover(model, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(data), progress=False,
+                     cfg=RecoverConfig(max_steps=6, batch_size=8, lr=0.05, threads=1, eval_every=2))
+    assert report["steps"] == 6
+    assert "starting weights are kept" in report["stop"]
+    a, b = onnx.load(model), onnx.load(tmp_path / "r.onnx")
+    for x, y in zip(sorted(a.graph.initializer, key=lambda t: t.name), sorted(b.graph.initializer, key=lambda t: t.name)):
+        assert np.allclose(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
+
+
+def test_one_sample_trains_and_validates_on_itself(tmp_path, student):
+    data = tmp_path / "one.npz"
+    np.savez(data, x=np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32))
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(data), progress=False,
+                     cfg=RecoverConfig(max_steps=2, batch_size=1, threads=1))
+    assert report["steps"] == 2 and "too few to hold any out" in report["validation"]
