@@ -90,7 +90,9 @@ class OptimizeReport:
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
         if self.verification:
-            console.print(f"verified on: {self.verification.inputs}")
+            console.print(f"verified on: {self.verification.inputs}; worst output error "
+                          f"{self.verification.max_error:.3e} (relative L2 of float outputs, share of changed "
+                          "elements of integer outputs and of argmaxes on class axes)")
         if self.stages:
             stages = Table(title="stages", title_justify="left")
             for col in ("stage", "params", "size", "max rel. output error", "max argmax disagreement"):

@@ -47,6 +47,13 @@ class Verification:
         return max(shares) if shares else 0.0
 
     @property
+    def max_error(self) -> float:
+        """One number for every kind of output: the largest relative L2 error of a float output or
+        share of changed elements (integer outputs) or argmaxes (class axes). An int64 ArgMax output
+        at 25% agreement reads 0.75 here, not the 0.0 of max_relative_error (which has no float output)."""
+        return max(self.max_relative_error, self.max_disagreement)
+
+    @property
     def broken(self) -> list[str]:
         """Outputs the candidate made non-finite: no error bound can pass them."""
         return [f"{o.name} ({o.nonfinite} NaN/Inf values)" for o in self.outputs if o.nonfinite]
@@ -58,6 +65,7 @@ class Verification:
         d = asdict(self)
         d["max_relative_error"] = self.max_relative_error
         d["max_disagreement"] = self.max_disagreement
+        d["max_error"] = self.max_error
         return d
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
+from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import attr, make_model
 
 OPS: dict[str, Callable] = {}
@@ -28,6 +29,17 @@ OPS: dict[str, Callable] = {}
 
 class Unsupported(Exception):
     """An op variant the torch kernels here do not cover; the node then runs frozen in onnxruntime."""
+
+
+class NodeFailed(TensorfoldError):
+    """One node of the model failed in the trainer: says which op, which node, on what shapes."""
+
+    def __init__(self, node, args, exc: Exception, frozen: bool = False):
+        shapes = [list(a.shape) if hasattr(a, "shape") else None for a in args]
+        where = "frozen in onnxruntime" if frozen else "in the torch trainer"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        super().__init__(f"{node.op_type} node '{node.name or node.output[0]}' failed {where} on inputs of "
+                         f"shape {shapes}: {first}")
 
 
 def op(*names):
@@ -578,8 +590,13 @@ class OnnxModule(nn.Module):
                     self._unsupported.add(node.name or node.output[0])
                     warnings.warn(f"{node.op_type} node '{node.name}': {why}; it runs frozen through onnxruntime, "
                                   f"no gradient flows through it", stacklevel=2)
+                except Exception as exc:  # noqa: BLE001 - named by op and node, not blamed on the data
+                    raise NodeFailed(node, args, exc) from exc
             if out is None:
-                out = self._frozen(node, args)
+                try:
+                    out = self._frozen(node, args)
+                except Exception as exc:  # noqa: BLE001
+                    raise NodeFailed(node, args, exc, frozen=True) from exc
             outs = out if isinstance(out, (list, tuple)) else [out]
             for name, value in zip(node.output, outs):
                 if name:

@@ -63,7 +63,7 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
              peers) -> dict:
     import torch
 
-    from tensorfold.recovery.onnx_torch import OnnxModule
+    from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 
     student = load_model(student_path)
     if generations < 1:
@@ -85,9 +85,11 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     try:
         module = OnnxModule(student)
         probe = module(torch.from_numpy(x[:2]))[0]
-    except Exception as exc:  # noqa: BLE001 - the data does not fit the model
-        raise TensorfoldError(f"the data ({desc}, shape {list(x.shape[1:])}) does not fit the model's input "
-                              f"{input_shape}: {str(exc).splitlines()[0][:200]}") from None
+    except NodeFailed as exc:    # names the op and node: an unsupported op or data of the wrong shape
+        raise TensorfoldError(f"the model does not run in the trainer on the data ({desc}, shape "
+                              f"{list(x.shape[1:])}; the model takes {input_shape}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - building the module failed
+        raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
     if y is not None and probe.shape[-1] <= int(y.max()):
         raise TensorfoldError(f"labels go up to {int(y.max())} but the model has {probe.shape[-1]} outputs")
     if y is not None and int(y.min()) < 0:

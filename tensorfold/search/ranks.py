@@ -23,6 +23,7 @@ import optuna
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.model import count_params
 from tensorfold.outputs import check_output_dir, guard_inputs, guarded, input_conflict, write_json_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
@@ -108,6 +109,8 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
     baseline = the_study.user_attrs.get("tensorfold.baseline")
     if baseline is None:
         baseline = evaluator.baseline(measured)
+        if "params" in baseline:      # the input as the user gave it, not after folding BatchNorms
+            baseline["params"] = float(count_params(original))
         the_study.set_user_attr("tensorfold.baseline", baseline)
     if not the_study.trials and rank_space.mode == "per-layer":
         # the input itself is the first trial: the front always holds a point no worse than the input
@@ -178,6 +181,7 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
             check = verify_models(original, result.model, feeds, feeds_label)
             point["verified"] = True
             point["max_relative_error"] = check.max_relative_error
+            point["max_error"] = check.max_error
             if "params" in objectives:
                 point["params_ratio"] = baseline["params"] / max(t.values[objectives.index("params")], 1)
         except TensorfoldError as exc:

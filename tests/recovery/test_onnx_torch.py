@@ -136,3 +136,21 @@ def test_slice_with_negative_steps_matches_onnxruntime(starts, ends, steps):
         warnings.simplefilter("error")
         got = OnnxModule(model)(torch.from_numpy(x))[0]
     np.testing.assert_array_equal(got.numpy(), make_session(model).run(None, {"x": x})[0])
+
+
+def test_a_node_the_trainer_cannot_run_is_named_by_op_and_node():
+    """A failure inside the model names the op and the node (not "the data does not fit")."""
+    import pytest
+    from onnx import TensorProto, helper
+
+    from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
+
+    pads = helper.make_tensor("pads", TensorProto.INT64, [6], [0, 0, 2, 0, 0, 2])
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], name="pad3d", mode="reflect")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14])], [pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    module = OnnxModule(model)
+    x = torch.zeros(1, 4, 3)          # too short to reflect 2: fails in torch and in onnxruntime
+    with pytest.raises(NodeFailed, match="Pad node 'pad3d' failed"):
+        module(x)
