@@ -28,11 +28,14 @@ from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
 from tensorfold.runtime.batching import call_shapes
-from tensorfold.runtime.inputs import feeds_for, parse_shapes, random_inputs, resolve_shapes
+from tensorfold.runtime.inputs import (dynamic_warning, feeds_for, load_inputs, parse_shapes, placeholder_inputs,
+                                       random_inputs, resolve_shapes)
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
 # --calibration without a rank option: the most compressed model within this held-out output error
 DEFAULT_OUTPUT_ERROR = 0.05
+# a run without --calibration whose verified output error is above this says so and names the fix
+OUTPUT_ERROR_WARNING = 0.05
 # calibration samples each layer's sensitivity probe runs on (one model run per layer)
 SENSITIVITY_SAMPLES = 8
 
@@ -129,8 +132,14 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     elif hardware_aware:
         from tensorfold.runtime.hardware_aware import optimize_hardware_aware
 
+        from tensorfold.runtime.batching import chunks
+
+        timing_feeds = next(iter(chunks(original, feeds))) if feeds is not None and inputs is not None else None
         result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
-                                                  max_error, target_latency, speedup, seed)
+                                                  max_error, target_latency, speedup, seed, feeds=timing_feeds)
+        warning = None if inputs is not None or held is not None else dynamic_warning(original, shape_map)
+        if warning:
+            result.notes.append(warning)
     else:
         result = chosen(model, ctx)
     rewritten = result.model
@@ -166,6 +175,16 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                             f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
     if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
+    check = final_verification
+    if check is not None and calibration is None and config is None:
+        worst = max(check.max_error, check.max_channel_error)
+        if worst > OUTPUT_ERROR_WARNING:
+            what = f"output error {check.max_error:.3f}"
+            if check.max_channel_error > 2 * check.max_error:
+                what += f" (worst output channel {check.max_channel_error:.3f})"
+            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
+                                   "samples (--calibration FILE) and a bound on what the user sees "
+                                   "(--max-output-error E)")
     if report.after.params > report.before.params:
         if not force:
             raise TensorfoldError(f"the rewritten model would hold {report.after.params:,} parameters, more than the "
@@ -340,9 +359,13 @@ def _sensitivity(original, model, calibration, normalize, shape_map, progress) -
 def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | None = None,
             batches: tuple[int, ...] = (1,), runs: int = 30, warmup: int = 5, threads: int = 0,
             optimization: str = "all", compare_with: str | os.PathLike | None = None, top: int = 10,
-            shapes: tuple[str, ...] = (), seed: int = 0) -> dict:
+            shapes: tuple[str, ...] = (), seed: int = 0, inputs: str | os.PathLike | None = None) -> dict:
     """Latency (measured on `provider`, or predicted for `device`), FLOPs, params, size, memory,
-    per-op and per-node tables; with `compare_with`, both models interleaved with ratios."""
+    per-op and per-node tables; with `compare_with`, both models interleaved with ratios.
+
+    The shapes timed: the first sample of `inputs` (an .npz; needed for integer inputs), else
+    `shapes`, else the model's static dims with dynamic ones at DEFAULT_DYNAMIC_DIM, which the
+    report warns about (a detector's speed at 64x64 says nothing about its speed at 640x640)."""
     from tensorfold.runtime.devices import describe, get_device, predict_seconds
     from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
                                             peak_rss_mb, with_batch)
@@ -350,11 +373,22 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     model = load_model(path)
     other = load_model(compare_with) if compare_with else None
     shape_map = parse_shapes(tuple(shapes))
-    base_shapes = resolve_shapes(model, shape_map)
-    feeds = random_inputs(model, shape_map, seed)
+    warnings = []
+    if inputs is not None:
+        feeds = {k: v[:1] for k, v in load_inputs(inputs, model).items()}   # one sample; --batch repeats it
+        shapes_from = f"--inputs {inputs} (its first sample)"
+    else:
+        # a prediction needs shapes only; a measurement runs the model on random values
+        feeds = placeholder_inputs(model, shape_map) if device else random_inputs(model, shape_map, seed)
+        shapes_from = "--shape" if shape_map else "the model's static dims"
+        warning = dynamic_warning(model, shape_map)
+        if warning:
+            warnings.append(warning)
+    base_shapes = {k: list(v.shape) for k, v in feeds.items()}
     stats = model_stats(model, base_shapes)
     report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
-                    "provider": None, "device": None, "batches": {}}
+                    "provider": None, "device": None, "batches": {}, "input_shapes": base_shapes,
+                    "shapes_from": shapes_from, "warnings": warnings}
     if device:
         dev = get_device(device, provider, threads)
         report["device"] = describe(dev)

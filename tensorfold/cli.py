@@ -223,16 +223,19 @@ def _render_verification(result) -> None:
               show_default=True, help="onnxruntime graph optimization level")
 @click.option("--top", type=_COUNT, default=10, show_default=True, help="rows of the per-op and per-node tables")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
+@click.option("--inputs", type=click.Path(), help=".npz of real inputs: timed at its first sample's shapes "
+                                                  "(needed for integer inputs)")
 @click.option("--json", "as_json", is_flag=True)
 def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, threads, optimization, top, shapes,
-                as_json):
+                inputs, as_json):
     """Latency, FLOPs, params, size and memory of MODEL; per-op and per-node tables."""
     from tensorfold.api import profile
 
     if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
         raise TensorfoldError("--runs and --batch must be >= 1, --warmup >= 0")
     info = profile(model, provider=provider, device=device, batches=tuple(batches) or (1,), runs=runs, warmup=warmup,
-                   threads=threads, optimization=optimization, compare_with=compare_with, top=top, shapes=shapes)
+                   threads=threads, optimization=optimization, compare_with=compare_with, top=top, shapes=shapes,
+                   inputs=inputs)
     if as_json:
         _echo_json(info)
         return
@@ -240,6 +243,10 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
     where = f"predicted for {info['device']}" if info["device"] else f"measured on {info['provider']}"
     console.print(f"[bold]{info['model']}[/]: {info['params']:,} params, {_flops(info['flops'])} FLOPs (batch 1), "
                   f"{info['size_bytes']:,} bytes; latency {where}")
+    console.print("timed at input shapes " + ", ".join(f"{k} {v}" for k, v in info["input_shapes"].items())
+                  + f" (batch 1; from {info['shapes_from']})")
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if "compare" in info:
         c = info["compare"]
         console.print(f"vs {c['model']}: {c['params']:,} params, {_flops(c['flops'])} FLOPs, {c['size_bytes']:,} bytes")

@@ -29,6 +29,7 @@ class OptimizeReport:
     normalization: dict
     seconds: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # what the user should act on (printed in yellow)
     eligible_params: tuple[int, int] = (0, 0)     # weights of the layers the method could rewrite, before/after
     latency: dict | None = None                   # hardware-aware runs: target, input ms, measured speedup
     stages: list[dict] = field(default_factory=list)   # with calibration/int8: params, size, held-out error per stage
@@ -52,6 +53,7 @@ class OptimizeReport:
             "verification": self.verification.as_dict() if self.verification else None,
             "normalization": self.normalization,
             "notes": self.notes,
+            "warnings": self.warnings,
             "latency": self.latency,
             "stages": self.stages,
             "budget_search": self.budget_search,
@@ -87,6 +89,9 @@ class OptimizeReport:
                          else f"{o.agreement:.2%} agree")
                 if o.argmax_agreement is not None:
                     value += f", argmax {o.argmax_agreement:.2%} agree"
+                if o.worst_channel and o.worst_channel["relative_error"] > 2 * (o.relative_error or 0):
+                    w = o.worst_channel
+                    value += f"; channel {w['index']} (axis {w['axis']}): {w['relative_error']:.3e}"
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
         if self.verification:
@@ -131,6 +136,8 @@ class OptimizeReport:
                 example = next(s.node for s in self.skipped if s.reason == reason)
                 skipped.add_row(str(n), reason, example)
             console.print(skipped)
+        for warning in self.warnings:
+            console.print(f"[yellow]warning: {warning}[/]")
         for note in self.notes:
             console.print(f"note: {note}")
         if self.output:

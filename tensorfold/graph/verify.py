@@ -27,6 +27,10 @@ class OutputCheck:
     agreement: float | None = None
     argmax_agreement: float | None = None   # float outputs with a class axis: share of equal argmaxes
     nonfinite: int = 0             # elements NaN/Inf in the candidate where the reference is finite
+    # float outputs of rank >= 3: the channel (axis 1) with the largest
+    # relative error; one L2 over a detector's output is dominated by its boxes (pixels) and hides
+    # class-score channels that are far off
+    worst_channel: dict | None = None
 
 
 @dataclass
@@ -45,6 +49,11 @@ class Verification:
         """The largest share of changed argmaxes (class axes) or changed elements (integer outputs)."""
         shares = [1.0 - a for o in self.outputs for a in (o.agreement, o.argmax_agreement) if a is not None]
         return max(shares) if shares else 0.0
+
+    @property
+    def max_channel_error(self) -> float:
+        errs = [o.worst_channel["relative_error"] for o in self.outputs if o.worst_channel]
+        return max(errs) if errs else 0.0
 
     @property
     def max_error(self) -> float:
@@ -66,6 +75,7 @@ class Verification:
         d["max_relative_error"] = self.max_relative_error
         d["max_disagreement"] = self.max_disagreement
         d["max_error"] = self.max_error
+        d["max_channel_error"] = self.max_channel_error
         return d
 
 
@@ -102,6 +112,8 @@ class _Accumulator:
         self.equal = self.count = self.argmax_equal = self.argmax_count = 0
         self.kind = None
         self.nonfinite = 0
+        self.channel_axis = None
+        self.channel_diff2 = self.channel_ref2 = None
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         ref, got = np.asarray(ref), np.asarray(got)
@@ -119,6 +131,15 @@ class _Accumulator:
                 r64, g64 = np.where(odd, 0.0, r64), np.where(odd, 0.0, g64)
             self.diff2 += float(np.sum((r64 - g64) ** 2))
             self.ref2 += float(np.sum(r64 ** 2))
+            # (N, C) scores have argmax agreement; channels (axis 1) are for maps and detection heads
+            if ref.ndim >= 3 and ref.shape[1] > 1:
+                if self.channel_axis is None:
+                    self.channel_axis = 1
+                    self.channel_diff2 = np.zeros(ref.shape[self.channel_axis])
+                    self.channel_ref2 = np.zeros(ref.shape[self.channel_axis])
+                other = tuple(a for a in range(ref.ndim) if a != self.channel_axis)
+                self.channel_diff2 += np.sum((r64 - g64) ** 2, axis=other)
+                self.channel_ref2 += np.sum(r64 ** 2, axis=other)
             if ref.size:
                 self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - g64))))
             if self.axis is not None and ref.ndim and ref.shape[self.axis] > 1:
@@ -134,9 +155,17 @@ class _Accumulator:
         if self.kind == "float":
             norm, diff = np.sqrt(self.ref2), np.sqrt(self.diff2)
             error = float("inf") if self.nonfinite else (diff / norm if norm > 0 else diff)
+            worst = None
+            if self.channel_diff2 is not None and len(self.channel_diff2) > 1:
+                # channels that are all but zero in the reference would read as huge relative errors
+                live = self.channel_ref2 > 1e-12 * max(float(self.channel_ref2.max()), 1e-300)
+                rel = np.where(live, np.sqrt(self.channel_diff2 / np.where(live, self.channel_ref2, 1.0)), 0.0)
+                i = int(np.argmax(rel))
+                worst = {"axis": int(self.channel_axis), "index": i, "relative_error": float(rel[i]),
+                         "channels": int(len(rel))}
             return OutputCheck(self.name, "float", error, float("inf") if self.nonfinite else self.max_abs,
                                argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None,
-                               nonfinite=self.nonfinite)
+                               nonfinite=self.nonfinite, worst_channel=worst)
         return OutputCheck(self.name, "integer", agreement=self.equal / self.count if self.count else 1.0)
 
 

@@ -168,13 +168,14 @@ def model_opset(model: onnx.ModelProto) -> int:
 # --- the whole run: plan by latency, then make sure the model got faster --------------------------
 
 def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads, max_error, target_latency,
-                            speedup, seed):
-    """Plan by measured (or predicted) latency, then make sure the whole model got faster."""
+                            speedup, seed, feeds=None):
+    """Plan by measured (or predicted) latency, then make sure the whole model got faster.
+    feeds: one call of the user's inputs to time on (else random values of input_shapes)."""
     from tensorfold.graph.shapes import concrete_shapes
     from tensorfold.passes.base import PassResult
     from tensorfold.passes.layers import Skip
     from tensorfold.runtime.devices import get_device, predict_seconds
-    from tensorfold.runtime.inputs import random_inputs
+    from tensorfold.runtime.inputs import placeholder_inputs, random_inputs
     from tensorfold.runtime.latency import compare, measure
 
     if max_error is not None and not max_error > 0:
@@ -186,7 +187,8 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     if speedup is not None and target_latency is not None:
         raise TensorfoldError("choose one of --target-latency and --speedup")
     dev = get_device(device, provider, threads) if device else None
-    feeds = random_inputs(model, input_shapes, seed)
+    if feeds is None:
+        feeds = placeholder_inputs(model, input_shapes) if dev is not None else random_inputs(model, input_shapes, seed)
 
     def model_ms(m):
         if dev is not None:

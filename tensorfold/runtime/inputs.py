@@ -61,6 +61,39 @@ def resolve_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
     return out
 
 
+def defaulted_dims(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Inputs whose non-batch dims are dynamic and not fixed by --shape: name -> the axes that
+    resolve_shapes filled with DEFAULT_DYNAMIC_DIM (a timing there says little about real use)."""
+    out = {}
+    for v in model_inputs(model):
+        if v.name in (shapes or {}):
+            continue
+        axes = [i for i, d in enumerate(v.type.tensor_type.shape.dim)
+                if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)]
+        if axes:
+            out[v.name] = axes
+    return out
+
+
+def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> str | None:
+    """The line to print when a timing runs at defaulted dynamic dims, naming how to fix them."""
+    defaulted = defaulted_dims(model, shapes)
+    if not defaulted:
+        return None
+    resolved = resolve_shapes(model, shapes)
+    name = next(iter(defaulted))
+    return (f"input(s) {', '.join(defaulted)} have dynamic dims, timed at {DEFAULT_DYNAMIC_DIM} there "
+            f"({name}: {resolved[name]}); the model's speed depends on them: give the real size with "
+            f"--shape {name}:{','.join(str(d) for d in resolved[name])} or real inputs with --inputs")
+
+
+def placeholder_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Zeros of each input's shape and type: for what only needs shapes (a device prediction)."""
+    resolved = resolve_shapes(model, shapes)
+    return {v.name: np.zeros(resolved[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
+            for v in model_inputs(model)}
+
+
 def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, seed: int = 0
                   ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

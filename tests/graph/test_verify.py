@@ -44,3 +44,19 @@ def test_the_same_inf_in_both_models_is_no_error():
     feeds = {"x": np.ones((2, 3), np.float32)}
     check = Reference(both, feeds, "test").verify(BROKEN)
     assert check.broken == [] and check.max_relative_error == 0.0
+
+
+def test_a_channel_group_far_off_shows_although_the_overall_error_is_small():
+    """A detector head (N, 4 + classes, anchors): boxes in pixels dominate one L2 over the output."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 640, (1, 4, 100))
+    scores = rng.uniform(0, 1, (1, 6, 100))
+    ref = np.concatenate([boxes, scores], axis=1).astype(np.float32)
+    got = ref.copy()
+    got[:, 7] *= 3.0                          # one class channel off by 200%
+    from tensorfold.graph.verify import compare_outputs
+
+    check = compare_outputs([ref], [got], ["out"])[0]
+    assert check.relative_error < 0.01
+    assert check.worst_channel["index"] == 7 and check.worst_channel["axis"] == 1
+    assert abs(check.worst_channel["relative_error"] - 2.0) < 1e-6
