@@ -28,7 +28,7 @@ from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
 from tensorfold.runtime.batching import call_shapes
-from tensorfold.runtime.inputs import (dynamic_warning, feeds_for, load_inputs, parse_shapes, placeholder_inputs,
+from tensorfold.runtime.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, feeds_for, load_inputs, parse_shapes, placeholder_inputs,
                                        random_inputs, resolve_shapes)
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
@@ -384,6 +384,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         warning = dynamic_warning(model, shape_map)
         if warning:
             warnings.append(warning)
+            shapes_from = f"{shapes_from}, dynamic ones at {DEFAULT_DYNAMIC_DIM}"
     base_shapes = {k: list(v.shape) for k, v in feeds.items()}
     stats = model_stats(model, base_shapes)
     report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,

@@ -82,9 +82,10 @@ def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None 
         return None
     resolved = resolve_shapes(model, shapes)
     name = next(iter(defaulted))
+    example = ",".join("D" if i in defaulted[name] else str(d) for i, d in enumerate(resolved[name]))
     return (f"input(s) {', '.join(defaulted)} have dynamic dims, timed at {DEFAULT_DYNAMIC_DIM} there "
-            f"({name}: {resolved[name]}); the model's speed depends on them: give the real size with "
-            f"--shape {name}:{','.join(str(d) for d in resolved[name])} or real inputs with --inputs")
+            f"({name}: {resolved[name]}); the model's speed depends on them: give the size it runs at with "
+            f"--shape {name}:{example} or real inputs with --inputs")
 
 
 def placeholder_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
