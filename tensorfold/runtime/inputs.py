@@ -131,7 +131,7 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
                               f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
     for n in names:
         arr = arrays[n]
-        if arr.ndim == 0 or arr.shape[0] == 0:
+        if arr.size == 0:     # a scalar input (a sample rate) is one value, not zero samples
             raise TensorfoldError(f"{option} {path}: input '{n}' holds no samples (shape {list(arr.shape)})")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise TensorfoldError(f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified "

@@ -122,3 +122,26 @@ def test_cp_rank_is_clipped_to_the_generic_bound():
 
     assert cp_max_rank((128, 64, 3, 3)) == 64 * 9
     assert cp_max_rank((32, 1, 3, 3)) == 9
+
+
+@pytest.mark.network
+def test_real_silero_vad_with_integer_input(tmp_path):
+    """Silero VAD from the silero-vad 6.2.3 wheel: raw audio, an int64 sample-rate scalar, a state
+    whose batch axis is the second; factorized, verified on a real-shaped call, profiled on it."""
+    from tensorfold.api import profile
+    from tensorfold.bench.real_models import SILERO_VAD, fetch_wheel_model
+
+    path = fetch_wheel_model(SILERO_VAD, "vad16k")
+    t = np.arange(512) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(512))
+    inputs = tmp_path / "call.npz"
+    np.savez(inputs, input=audio.astype(np.float32)[None], state=np.zeros((2, 1, 128), np.float32),
+             sr=np.array(16000, np.int64))
+    full = optimize(path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, inputs=str(inputs),
+                    progress=False)
+    assert full.layers and full.verification.max_error < 1e-3
+    report = optimize(path, tmp_path / "small.onnx", method="auto", ratio=2, inputs=str(inputs), progress=False)
+    assert report.after.params < report.before.params
+    _check_written(tmp_path / "small.onnx")
+    info = profile(tmp_path / "small.onnx", inputs=str(inputs), runs=3, warmup=1)
+    assert info["input_shapes"]["sr"] == [] and info["input_shapes"]["input"] == [1, 512]
