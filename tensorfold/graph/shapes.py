@@ -39,6 +39,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
 
 def _shapes_from_run(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names: list[str]):
     import numpy as np
+    import onnxruntime as ort
 
     from tensorfold.runtime.inputs import _NP_TYPES, model_inputs
     from tensorfold.runtime.sessions import make_session
@@ -53,7 +54,9 @@ def _shapes_from_run(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
         session = make_session(probe, optimization="none")
         feeds = {v.name: np.zeros(input_shapes[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
                  for v in model_inputs(probe)}
-        results = session.run(names, feeds)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4     # a probe that fails leaves shapes unknown; no log lines for it
+        results = session.run(names, feeds, quiet)
     except Exception:  # noqa: BLE001 - shapes stay unknown; FLOPs for those nodes are reported as unknown
         return {}
     return {n: list(r.shape) for n, r in zip(names, results)}
