@@ -83,6 +83,7 @@ class OptimizeReport:
             lat = self.latency
             summary.add_row(f"latency, {lat['target']}", f"{lat['input_ms']:.3f} ms",
                             f"{lat['input_ms'] / lat['speedup']:.3f} ms", f"{lat['speedup']:.2f}x")
+            summary.add_row("  timed at", "", ", ".join(f"{k} {v}" for k, v in self.input_shapes.items()), "")
         if self.verification:
             for o in self.verification.outputs:
                 value = (f"{o.relative_error:.3e} rel. error" if o.kind == "float"
