@@ -52,8 +52,8 @@ def reporting(ctx: click.Context, debug: bool = False):
     previous = _install_sigterm()
     try:
         yield
-    except (click.exceptions.Exit, click.exceptions.Abort):
-        raise
+    except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.NoArgsIsHelpError):
+        raise       # --help, --version, and a bare group name showing its help
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
         _fail(2, f"{exc.format_message()} (see '{where} --help')")

@@ -37,6 +37,7 @@ _INPUTS: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("tens
 def guard_inputs(*paths) -> Iterator[None]:
     """While the block runs, no write may land on any of `paths` (files or folders; None ignored)."""
     given = tuple(Path(p) for p in paths if p is not None and str(p) != "" and Path(p).exists())
+    given += tuple(data for p in given for data in _external_data_files(p))
     token = _INPUTS.set(_INPUTS.get() + given)
     try:
         yield
@@ -62,20 +63,35 @@ def guarded(*names: str):
     return wrap
 
 
+def _external_data_files(path: Path) -> list[Path]:
+    """The weight files an ONNX model points at (they are inputs as much as the model is)."""
+    if not path.is_file() or path.suffix != ".onnx":
+        return []
+    try:
+        import onnx
+
+        header = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by whoever loads it
+        return []
+    names = {entry.value for t in header.graph.initializer for entry in t.external_data if entry.key == "location"}
+    return [path.parent / n for n in names if (path.parent / n).is_file()]
+
+
 def input_conflict(path: str | os.PathLike) -> Path | None:
-    """The registered input that writing `path` would overwrite, if any."""
+    """The registered input that writing `path` would overwrite or write into, if any. A path
+    inside an input folder is refused whether it exists yet or not (one rule, run after run)."""
     path = Path(path)
-    if not path.exists():
-        return None
     resolved = path.resolve()
     for given in _INPUTS.get():
+        if given.is_dir():
+            if resolved.is_relative_to(given.resolve()):
+                return given
+            continue
         try:
-            if os.path.samefile(given, path):
+            if path.exists() and os.path.samefile(given, path):
                 return given
         except OSError:
             continue
-        if given.is_dir() and resolved.is_relative_to(given.resolve()):
-            return given
     return None
 
 
@@ -88,7 +104,8 @@ def check_output(path: str | os.PathLike, option: str = "-o") -> Path:
     refuse_special(path)
     conflict = input_conflict(path)
     if conflict is not None:
-        raise TensorfoldError(f"{option} {path} is an input ({conflict}); tensorfold never overwrites its inputs")
+        where = "lies inside the input folder" if conflict.is_dir() else "is an input"
+        raise TensorfoldError(f"{option} {path} {where} ({conflict}); tensorfold never overwrites its inputs")
     if not folder.is_dir():
         raise TensorfoldError(f"{option} {path}: folder {folder} does not exist")
     _probe_writable(folder, f"{option} {path}")
@@ -112,10 +129,10 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir", crea
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TensorfoldError(f"{option} {path} exists and is not a folder")
-    conflict = input_conflict(path) if path.exists() else None
-    if conflict is not None and conflict.is_dir():
-        raise TensorfoldError(f"{option} {path} is an input folder ({conflict}); tensorfold never writes into "
-                              "its inputs")
+    conflict = input_conflict(path)
+    if conflict is not None:
+        raise TensorfoldError(f"{option} {path} is or lies inside an input ({conflict}); tensorfold never writes "
+                              "into its inputs")
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise TensorfoldError(f"{option} {path}: {existing} is not a folder")
@@ -136,11 +153,13 @@ def refuse_special(path: Path) -> None:
         raise TensorfoldError(f"{path} is {kind}; give a regular file name")
 
 
-def _refuse_target(path: Path) -> None:
+def refuse_target(path: Path) -> None:
+    """An existing non-regular file, or an input: never written."""
     refuse_special(path)
     conflict = input_conflict(path)
     if conflict is not None:
-        raise TensorfoldError(f"{path} is an input ({conflict}); tensorfold never overwrites its inputs")
+        where = "lies inside the input folder" if conflict.is_dir() else "is an input"
+        raise TensorfoldError(f"{path} {where} ({conflict}); tensorfold never overwrites its inputs")
 
 
 def new_file_mode() -> int:
@@ -171,7 +190,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """Yield a temp path to write; on success it replaces `path` (with new_file_mode()), on any
     failure or interrupt it is removed and `path` is untouched."""
     path = Path(path)
-    _refuse_target(path)
+    refuse_target(path)
     with temp_beside(path, suffix) as tmp:
         yield tmp
         os.chmod(tmp, new_file_mode())

@@ -45,10 +45,27 @@ def test_files_inside_an_input_folder_are_inputs(tmp_path):
     data.mkdir()
     (data / "0.png").write_bytes(b"png")
     with guard_inputs(data):
-        with pytest.raises(TensorfoldError, match="is an input"):
+        for target in (data / "0.png", data / "new.onnx", data / "sub" / "x.onnx"):   # existing or not
+            with pytest.raises(TensorfoldError, match="inside the input folder"):
+                check_output(target)
+        with pytest.raises(TensorfoldError, match="inside the input folder"):
             write_text_atomic(data / "0.png", "x")
-        with pytest.raises(TensorfoldError, match="input folder"):
-            check_output_dir(data)
+        with pytest.raises(TensorfoldError, match="lies inside an input"):
+            check_output_dir(data / "out")
+
+
+def test_an_input_models_external_weights_are_inputs_too(tmp_path):
+    import numpy as np
+    import onnx
+
+    from tests.passes.single_node import conv_model
+
+    model, _ = conv_model(np.ones((16, 8, 3, 3), np.float32), bias=False)
+    onnx.save_model(model, tmp_path / "orig.onnx", save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=16)
+    with guard_inputs(tmp_path / "orig.onnx"):
+        with pytest.raises(TensorfoldError, match="is an input"):
+            write_text_atomic(tmp_path / "model.onnx.data", "clobbered")
 
 
 def test_guarded_reads_paths_and_lists_of_paths_from_the_arguments(tmp_path):

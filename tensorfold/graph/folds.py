@@ -148,6 +148,8 @@ def _rewrite_convs(model: onnx.ModelProto, fold, tag: str) -> int:
             continue
         if len(conv.input) > 2 and conv.input[2] and not index.is_constant(conv.input[2]):
             continue
+        if len(index.consumers.get(conv.input[1], [])) > 1:
+            continue    # a weight other nodes read too: a fold would copy it (more parameters, not fewer)
         w = index.array(conv.input[1])
         if not np.issubdtype(w.dtype, np.floating):
             continue

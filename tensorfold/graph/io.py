@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.outputs import atomic_path
+from tensorfold.outputs import atomic_path, new_file_mode, refuse_target
 
 # Models above this size must keep their weights in an external data file (protobuf's 2 GiB cap).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -88,9 +89,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         if model.ByteSize() > external_data_threshold():
             data_path = folder / f"{path.name}.data"
-            with atomic_path(data_path) as tmp_data:
-                # onnx moves the weights out of the proto it saves: save a copy, never the caller's
-                # model; external data goes relative to the model file, under the temp name first
+            refuse_target(data_path)
+            # onnx refuses a data file name that exists (checked against the working directory,
+            # not the model's folder): a unique name that does not exist yet, removed on failure
+            tmp_data = folder / f".{data_path.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                # onnx moves the weights out of the proto it saves: save a copy, never the caller's model
                 copy = onnx.ModelProto()
                 copy.CopyFrom(model)
                 onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -102,6 +106,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
                         if entry.key == "location":
                             entry.value = data_path.name
                 onnx.save_model(saved, tmp)
+                os.chmod(tmp_data, new_file_mode())
+                os.replace(tmp_data, data_path)
+            finally:
+                tmp_data.unlink(missing_ok=True)
         else:
             onnx.save_model(model, tmp)
     return path

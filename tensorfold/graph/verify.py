@@ -126,20 +126,24 @@ class _Accumulator:
             # those positions are left out of the norms (which they would make NaN)
             odd = ~(np.isfinite(r64) & np.isfinite(g64))
             if odd.any():
-                same = (r64 == g64) | (np.isnan(r64) & np.isnan(g64))
-                self.nonfinite += int((odd & ~same).sum())
+                # only what the candidate broke fails the check: NaN/Inf where the original is finite
+                self.nonfinite += int((np.isfinite(r64) & ~np.isfinite(g64)).sum())
                 r64, g64 = np.where(odd, 0.0, r64), np.where(odd, 0.0, g64)
             self.diff2 += float(np.sum((r64 - g64) ** 2))
             self.ref2 += float(np.sum(r64 ** 2))
             # (N, C) scores have argmax agreement; channels (axis 1) are for maps and detection heads
-            if ref.ndim >= 3 and ref.shape[1] > 1:
+            # (axis 1 may be a batch or time axis that changes from call to call: then no channels)
+            if ref.ndim >= 3 and ref.shape[1] > 1 and self.channel_axis is not False:
                 if self.channel_axis is None:
                     self.channel_axis = 1
-                    self.channel_diff2 = np.zeros(ref.shape[self.channel_axis])
-                    self.channel_ref2 = np.zeros(ref.shape[self.channel_axis])
-                other = tuple(a for a in range(ref.ndim) if a != self.channel_axis)
-                self.channel_diff2 += np.sum((r64 - g64) ** 2, axis=other)
-                self.channel_ref2 += np.sum(r64 ** 2, axis=other)
+                    self.channel_diff2 = np.zeros(ref.shape[1])
+                    self.channel_ref2 = np.zeros(ref.shape[1])
+                if ref.shape[1] != len(self.channel_diff2):
+                    self.channel_axis, self.channel_diff2, self.channel_ref2 = False, None, None
+                else:
+                    other = tuple(a for a in range(ref.ndim) if a != 1)
+                    self.channel_diff2 += np.sum((r64 - g64) ** 2, axis=other)
+                    self.channel_ref2 += np.sum(r64 ** 2, axis=other)
             if ref.size:
                 self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - g64))))
             if self.axis is not None and ref.ndim and ref.shape[self.axis] > 1:

@@ -43,7 +43,8 @@ class ChainBuilder:
             key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
             if key in self.pool:
                 name, size = self.pool[key]
-                self.reused_params += size
+                if onnx.helper.np_dtype_to_tensor_dtype(array.dtype) in _FLOATS:   # as params counts
+                    self.reused_params += size
                 return name
         name = self.fresh(f"{self.prefix}/{suffix}")
         self.initializers.append(numpy_helper.from_array(array, name))

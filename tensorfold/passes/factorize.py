@@ -169,6 +169,15 @@ class FactorizePass(Pass):
             replacements[layer.name] = builder
             records.append(record)
             pool.update(builder.pooled)
+        # a shared weight is rewritten for all its users or for none: one user kept whole keeps
+        # the weight, and the others' factors would come on top
+        for layer in eligible:
+            if layer.sharers and layer.name not in replacements:
+                for other in layer.sharers:
+                    if replacements.pop(other, None) is not None:
+                        records = [r for r in records if r.node != other]
+                        skipped.append(Skip(other, layer.node.op_type, f"shares its weight with {layer.name}, "
+                                                                       "which is kept whole; kept whole too"))
         eligible_params = sum(layer.params for layer in eligible if layer.leads)
         if not replacements:
             return PassResult(model, False, [], skipped, notes, eligible_params)

@@ -212,7 +212,9 @@ def group_shared_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[l
         members = {layer.name for layer in group}
         others = [n.name or n.op_type for n in readers if n.name not in members]
         lead = group[0]
+        # Gemm's alpha goes into a factor: users must agree on it (conv attrs only shape the nodes)
         alike = all(layer.kind == lead.kind and layer.groups == lead.groups and layer.weight.shape == lead.weight.shape
+                    and (layer.kind == "conv" or layer.attrs == lead.attrs)
                     and np.array_equal(layer.weight, lead.weight) for layer in group[1:])
         if others or not alike:
             why = (f"also read by {others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")

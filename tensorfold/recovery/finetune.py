@@ -205,7 +205,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
             if not torch.isfinite(loss):
                 kept = (f"the last good checkpoint ({ckpt}, step {_checkpoint_step(ckpt, cfg.device)}) is kept"
-                        if ckpt.exists() else "no checkpoint was written before it")
+                        if ckpt.exists() else "no training checkpoint was written before it")
                 stop_reason = f"loss became {loss.item()} at step {step}: stopped; {kept}"
                 break
             opt.zero_grad()
@@ -239,9 +239,11 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
             if interrupted["signal"] is not None:
-                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
-                stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
-                raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
+                break
+        if interrupted["signal"] is not None:     # also when it came during the evaluation that ended the run
+            _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+            stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
+            raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
         bar.close()
         for sig, handler in previous.items():

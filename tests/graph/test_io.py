@@ -99,3 +99,13 @@ def test_a_model_above_protobufs_cap_is_refused_in_one_line(tmp_path, monkeypatc
     onnx.save_model(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=16)
     with pytest.raises(TensorfoldError, match="above protobuf's 2 GiB cap"):
         load_model(tmp_path / "m.onnx")
+
+
+def test_external_data_save_works_from_the_output_folder_itself(tmp_path, monkeypatch):
+    """onnx checks the data file name against the working directory: a bare -o name must work."""
+    monkeypatch.setenv("TENSORFOLD_EXTERNAL_DATA_BYTES", "1000")
+    monkeypatch.chdir(tmp_path)
+    model, _ = conv_model(np.ones((64, 32, 3, 3), np.float32), bias=False)
+    save_model(model, "o.onnx")
+    save_model(model, "o.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.onnx", "o.onnx.data"]
