@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tensorfold.decompose.svd import as_float_array
-from tensorfold.decompose.tucker2 import leading_subspace
+from tensorfold.decompose.tucker2 import gram_eig, leading_subspace
 
 __all__ = ["tt_svd", "tt_contraction", "tt_matrix", "tt_matrix_contraction", "factorize_dim", "tt_params", "tt_ranks"]
 
@@ -27,13 +27,18 @@ def _bond_caps(ranks, n_bonds: int) -> list[int] | None:
     return caps
 
 
-def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None) -> list[np.ndarray]:
+def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None,
+           memo: dict | None = None) -> list[np.ndarray]:
     """TT cores G_k (r_{k-1}, n_k, r_k), r_0 = r_N = 1, by sequential truncated SVDs.
 
     ``ranks``: one cap for every bond, or N-1 caps; each is clipped to what the sequential
     unfolding allows. ``rel_eps``: delta-truncation with delta = rel_eps / sqrt(N-1) * ||A||,
     which guarantees ||A - TT||_F <= rel_eps ||A||_F. Both: the smaller rank wins at each bond.
     Neither: no truncation (exact up to rounding).
+
+    ``memo``: a dict shared by calls on the *same* tensor (a ladder of truncations): the unfolding
+    at each bond depends only on the ranks chosen before it, so its eigendecomposition and each
+    truncated basis are computed once for every call that reaches it (the cores are identical).
     """
     a = as_float_array(tensor, None, "tensor")
     if a.ndim == 0:
@@ -66,12 +71,25 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
     cores = []
     r_prev = 1
     c = a.reshape(1, -1)
+    prefix: tuple[int, ...] = ()
     for k in range(n_modes - 1):
         c = c.reshape(r_prev * dims[k], -1)
         if use_gram:
-            u, s2 = leading_subspace(c, lambda s2: choose(s2[: min(c.shape)], k))
-            r = u.shape[1]
-            rest = u.T @ c
+            eig = memo.get(prefix) if memo is not None else None
+            if eig is None:
+                eig = gram_eig(c)
+                if memo is not None:
+                    memo[prefix] = eig
+            r = min(choose(eig[0][: min(c.shape)], k), c.shape[0])
+            key = ("basis", prefix, r)
+            if memo is not None and key in memo:
+                u, rest = memo[key]
+            else:
+                u = leading_subspace(c, lambda s2: r, eig)[0]
+                rest = u.T @ c
+                if memo is not None:
+                    memo[key] = (u, rest)
+            prefix += (r,)
         else:
             u, s, vt = np.linalg.svd(c, full_matrices=False)
             r = choose(s * s, k)

@@ -48,20 +48,25 @@ def leading_basis(a: np.ndarray, rank: int) -> np.ndarray:
     return leading_subspace(a, lambda s2: rank)[0]
 
 
-def leading_subspace(a: np.ndarray, choose_rank) -> tuple[np.ndarray, np.ndarray]:
+def gram_eig(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(squared singular values of ``a``, descending; eigenvectors of its smaller Gram matrix)."""
+    m, n = a.shape
+    w, v = _sym_eig_desc(a @ a.T if m <= n else a.T @ a)
+    return np.maximum(w, 0.0), v
+
+
+def leading_subspace(a: np.ndarray, choose_rank, eig: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(basis (m, r), squared singular values of ``a``, descending) with r = choose_rank(s2).
 
     The spectrum comes from the eigenvalues of the smaller Gram matrix (accurate to about
-    eps * s_max^2, plenty for choosing ranks and for the subspaces that are kept).
+    eps * s_max^2, plenty for choosing ranks and for the subspaces that are kept). ``eig``:
+    gram_eig(a) computed before, for a caller that truncates the same matrix several ways.
     """
     m, n = a.shape
+    s2, v = eig if eig is not None else gram_eig(a)
     if m <= n:
-        w, v = _sym_eig_desc(a @ a.T)
-        s2 = np.maximum(w, 0.0)
         rank = min(int(choose_rank(s2)), m)
         return np.ascontiguousarray(v[:, :rank]), s2
-    w, v = _sym_eig_desc(a.T @ a)
-    s2 = np.maximum(w, 0.0)
     rank = min(int(choose_rank(s2)), m)
     k = min(rank, n)
     b = a @ v[:, :k]

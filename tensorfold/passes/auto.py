@@ -23,6 +23,9 @@ from tensorfold.decompose.tucker2 import tucker2_params
 _TT = TTPass()
 # CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); auto compares it only below this size
 CP_MAX_PARAMS = 300_000
+# auto's CP try is a challenger to an exact-error Tucker-2: the SVD-initialised try alone, a few
+# seconds at most (a YOLOv8n spent minutes per layer in CP-ALS before)
+AUTO_CP_SECONDS = 2.0
 
 
 @register_pass
@@ -82,7 +85,7 @@ class AutoPass(FactorizePass):
             if size >= layer.params or relative_error(layer.weight, best.reconstruct()) < 1e-6:
                 return best
             try:
-                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed)
+                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed, seconds=AUTO_CP_SECONDS, restarts=0)
             except DecompositionError:  # an unstable CP just loses the comparison
                 return best
             if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):

@@ -68,9 +68,9 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
 CP_SECONDS = 20.0
 
 
-def cp_build(layer: Layer, rank: int, seed: int) -> Factorization:
+def cp_build(layer: Layer, rank: int, seed: int, seconds: float = CP_SECONDS, restarts: int = 3) -> Factorization:
     cp = cp_als(layer.weight.astype(np.float64), min(rank, cp_max_rank(layer.weight.shape)), seed=seed,
-                seconds=CP_SECONDS)
+                seconds=seconds, n_restarts=restarts)
     out_f, in_f, *spatial = cp.factors
     output_error2 = None
     if layer.gram is not None:

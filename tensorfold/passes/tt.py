@@ -47,9 +47,9 @@ def tt_bond_count(layer: Layer) -> int:
     return len(matrix_dims(*layer.weight.shape)[0]) - 1
 
 
-def _decompose(layer: Layer, cap: int | None, rel_eps: float | None) -> list[np.ndarray]:
+def _decompose(layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None) -> list[np.ndarray]:
     if layer.kind == "conv":
-        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps)
+        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo)
     rows, cols = matrix_dims(*layer.weight.shape)
     return tt_matrix(layer.weight.astype(np.float64), rows, cols, ranks=cap, rel_eps=rel_eps)
 
@@ -116,8 +116,9 @@ class TTPass(FactorizePass):
         if self._pointwise_conv(layer):
             return svd_candidates(layer)
         out = {}
+        memo: dict = {}      # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
-            cores = _decompose(layer, None, float(eps))
+            cores = _decompose(layer, None, float(eps), memo)
             ranks = tuple(_bond_ranks(cores))
             if ranks not in out:
                 if layer.gram is None:
