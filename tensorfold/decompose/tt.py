@@ -28,7 +28,7 @@ def _bond_caps(ranks, n_bonds: int) -> list[int] | None:
 
 
 def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None,
-           memo: dict | None = None) -> list[np.ndarray]:
+           memo: dict | None = None, info: dict | None = None) -> list[np.ndarray]:
     """TT cores G_k (r_{k-1}, n_k, r_k), r_0 = r_N = 1, by sequential truncated SVDs.
 
     ``ranks``: one cap for every bond, or N-1 caps; each is clipped to what the sequential
@@ -39,6 +39,9 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
     ``memo``: a dict shared by calls on the *same* tensor (a ladder of truncations): the unfolding
     at each bond depends only on the ranks chosen before it, so its eigendecomposition and each
     truncated basis are computed once for every call that reaches it (the cores are identical).
+    ``info``: filled with "error2", the relative squared error ||A - TT||^2 / ||A||^2, which for
+    TT-SVD is the sum of the squared singular values discarded at each bond (the successive
+    projections are orthogonal): no reconstruction needed.
     """
     a = as_float_array(tensor, None, "tensor")
     if a.ndim == 0:
@@ -72,6 +75,7 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
     r_prev = 1
     c = a.reshape(1, -1)
     prefix: tuple[int, ...] = ()
+    discarded = 0.0
     for k in range(n_modes - 1):
         c = c.reshape(r_prev * dims[k], -1)
         if use_gram:
@@ -81,6 +85,7 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
                 if memo is not None:
                     memo[prefix] = eig
             r = min(choose(eig[0][: min(c.shape)], k), c.shape[0])
+            discarded += float(eig[0][r:min(c.shape)].sum())
             key = ("basis", prefix, r)
             if memo is not None and key in memo:
                 u, rest = memo[key]
@@ -93,11 +98,15 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
         else:
             u, s, vt = np.linalg.svd(c, full_matrices=False)
             r = choose(s * s, k)
+            discarded += float((s[r:] ** 2).sum())
             u, rest = u[:, :r], s[:r, None] * vt[:r]
         cores.append(np.ascontiguousarray(u).reshape(r_prev, dims[k], r))
         c = rest
         r_prev = r
     cores.append(np.ascontiguousarray(c).reshape(r_prev, dims[-1], 1))
+    if info is not None:
+        norm2 = float(np.vdot(a, a))
+        info["error2"] = discarded / norm2 if norm2 > 0 else 0.0
     return cores
 
 

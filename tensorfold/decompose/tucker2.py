@@ -75,6 +75,10 @@ def leading_subspace(a: np.ndarray, choose_rank, eig: tuple | None = None) -> tu
     cols = np.empty((m, rank))
     cols[:, :k] = np.where(good, b / np.where(good, norms, 1.0), 0.0)
     bad = np.concatenate([~good, np.ones(rank - k, dtype=bool)])
+    if not np.any(bad) and norms[k - 1] > 1e-4 * norms[0]:
+        # a V for eigenvectors V of a^T a has orthogonal columns; well-conditioned, normalizing
+        # them is orthonormal to ~1e-8 and the QR (the cost of the tall case) adds nothing
+        return cols, s2
     if np.any(bad):
         fill = np.random.default_rng(12345).standard_normal((m, rank))
         cols[:, bad] = fill[:, bad]

@@ -47,9 +47,10 @@ def tt_bond_count(layer: Layer) -> int:
     return len(matrix_dims(*layer.weight.shape)[0]) - 1
 
 
-def _decompose(layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None) -> list[np.ndarray]:
+def _decompose(layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None,
+               info: dict | None = None) -> list[np.ndarray]:
     if layer.kind == "conv":
-        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo)
+        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo, info=info)
     rows, cols = matrix_dims(*layer.weight.shape)
     return tt_matrix(layer.weight.astype(np.float64), rows, cols, ranks=cap, rel_eps=rel_eps)
 
@@ -118,10 +119,13 @@ class TTPass(FactorizePass):
         out = {}
         memo: dict = {}      # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
-            cores = _decompose(layer, None, float(eps), memo)
+            info: dict = {}
+            cores = _decompose(layer, None, float(eps), memo, info)
             ranks = tuple(_bond_ranks(cores))
             if ranks not in out:
-                if layer.gram is None:
+                if layer.gram is None and "error2" in info:     # TT-SVD's error, from what it discarded
+                    err2 = info["error2"]
+                elif layer.gram is None:
                     err2 = relative_error(layer.weight, _reconstruct(layer, cores)) ** 2
                 elif layer.kind == "conv":
                     err2 = _refit_last_core(layer, cores)[1]

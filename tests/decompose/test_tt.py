@@ -162,3 +162,20 @@ def test_factorize_dim_bad_arguments():
         factorize_dim(0, 2)
     with pytest.raises(ValueError):
         factorize_dim(8, 0)
+
+
+def test_the_ladder_memo_and_the_discarded_error_match_a_plain_tt_svd():
+    """A ladder of truncations sharing one memo gives the cores a lone call gives, and TT-SVD's
+    error read from the discarded spectrum equals the reconstructed error."""
+    from tensorfold.decompose.tt import tt_contraction, tt_svd
+
+    t = np.random.default_rng(3).standard_normal((16, 3, 3, 24))
+    memo: dict = {}
+    for eps in (0.9, 0.5, 0.2, 0.5, 0.05):
+        info: dict = {}
+        shared = tt_svd(t, rel_eps=eps, memo=memo, info=info)
+        alone = tt_svd(t, rel_eps=eps)
+        assert [c.shape for c in shared] == [c.shape for c in alone]
+        assert all(np.allclose(a, b) for a, b in zip(shared, alone))
+        err2 = np.linalg.norm(t - tt_contraction(shared)) ** 2 / np.linalg.norm(t) ** 2
+        assert abs(info["error2"] - err2) < 1e-8
