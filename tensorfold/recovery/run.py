@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -121,25 +122,42 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     before = evaluate(module, val_x, val_y, teacher)
-    peer_reports = []
+    judge = teacher       # what every candidate model is scored against, whatever teaches it later
+    metric = "accuracy" if val_y is not None else "teacher_agreement"
+
+    def score(m) -> float:
+        return evaluate(m, val_x, val_y, judge)[metric]
+
+    peer_reports, peer_writes = [], []
     if peers:
         peer_models = [load_model(p) for p in peers]
         for p, pm in zip(peers, peer_models):
             if _io_signature(pm) != _io_signature(student):
                 raise TensorfoldError(f"peer {p} and the student differ in their inputs or outputs")
         peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
-        history, results = train_mutual([module] + peer_modules, teacher, tx, ty, val_x, val_y, cfg, progress)
+        students = [module] + peer_modules
+        # mutual learning keeps no checkpoints: remember each model's start, and keep it where
+        # training made that model worse (no run writes a model worse than it was given)
+        starts = [(score(m), copy.deepcopy(m.state_dict())) for m in students]
+        history, results = train_mutual(students, teacher, tx, ty, val_x, val_y, cfg, progress)
+        reason = "deep mutual learning done"
+        for i, (m, (start_score, start_state)) in enumerate(zip(students, starts)):
+            if score(m) < start_score:
+                m.load_state_dict(start_state)
+                results[i] = evaluate(m, val_x, val_y, teacher)
+                reason += f"; {'the student' if i == 0 else f'peer {i}'} ended worse than it started and is " \
+                          "written as it was given"
         for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
-            path = peer_outputs[i - 1]
-            save_model(pmod.write_back(), path)
-            peer_reports.append({"peer": str(peers[i - 1]), "output": str(path), "val": res})
-        reason, best = "deep mutual learning done", results[0]
+            peer_writes.append((pmod, peer_outputs[i - 1]))
+            peer_reports.append({"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]), "val": res})
+        best = results[0]
     else:
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
                                       fingerprint=model_fingerprint(student))
     if reason.startswith("loss became"):
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
     generation_results = [evaluate(module, val_x, val_y)]
+    kept, kept_score, kept_generation = module, score(module), 1
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
         previous = module.write_back()
@@ -151,9 +169,17 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
         generation_results.append(evaluate(module, val_x, val_y))
-    after = evaluate(module, val_x, val_y, teacher)
+        gen_score = score(module)
+        if gen_score > kept_score:
+            kept, kept_score, kept_generation = module, gen_score, gen
+    if kept_generation != generations:      # a later generation is not better by itself
+        module = kept
+        reason += f"; generation {kept_generation} scored best (validation {metric} {kept_score:.4f}) and is written"
+    after = evaluate(module, val_x, val_y, judge)
     trained = module.write_back()
     save_model(trained, output_path)
+    for pmod, path in peer_writes:      # only now: an error above leaves nothing written
+        save_model(pmod.write_back(), path)
     ckdir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(ckdir / "history.json", history.as_dict())
     plot = plot_history(history, ckdir / "history.png")

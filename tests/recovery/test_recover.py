@@ -292,3 +292,17 @@ def test_one_sample_trains_and_validates_on_itself(tmp_path, student):
     report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(data), progress=False,
                      cfg=RecoverConfig(max_steps=2, batch_size=1, threads=1))
     assert report["steps"] == 2 and "too few to hold any out" in report["validation"]
+
+
+def test_mutual_learning_and_generations_never_write_a_model_worse_than_given(student, tmp_path):
+    """The student is its own teacher (agreement 1.0 at the start): whatever mutual learning with a
+    peer or later generations do, what is written agrees with the teacher on every validation sample."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(TEACHER.read_bytes())
+    data = tmp_path / "few.npz"
+    np.savez(data, x=np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32))
+    cfg = RecoverConfig(max_steps=4, batch_size=8, lr=0.05, threads=1, eval_every=2)
+    for extra in ({"peers": [student]}, {"generations": 2}):
+        out = tmp_path / f"r{len(extra)}{next(iter(extra))}.onnx"
+        report = recover(model, out, teacher_path=TEACHER, data=str(data), progress=False, cfg=cfg, **extra)
+        assert report["val_after"]["teacher_agreement"] == 1.0, report["stop"]
