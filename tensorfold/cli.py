@@ -311,14 +311,19 @@ def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, th
 @click.option("--temperature", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
 @click.option("--alpha", type=_Finite(0, 1), default=0.5, show_default=True, help="weight of the KD loss vs the labels")
 @click.option("--patience", type=_POSITIVE, help="early stop after this many evaluations without improvement")
+@click.option("--eval-every", type=_POSITIVE,
+              help="validate every N steps (default: once per epoch); --patience and --schedule plateau count these")
+@click.option("--torch-device", default="cpu", show_default=True, help="where torch trains: cpu, cuda, cuda:N, mps")
+@click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
 @click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
-def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size, optimizer, schedule, distill,
-                temperature, alpha, patience, normalize, seed, resume, as_json):
+def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size,
+                optimizer, schedule, distill, temperature, alpha, patience, eval_every, torch_device, threads,
+                normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.finetune import RecoverConfig, check_torch_device
     from tensorfold.recovery.run import recover
 
     if epochs < 0 or (max_steps is not None and max_steps < 1) or batch_size < 1 or lr <= 0:
@@ -334,7 +339,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
         norm = ([mean], [std])
     cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                         schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
-                        seed=seed)
+                        eval_every=eval_every, seed=seed, threads=threads, device=check_torch_device(torch_device))
     weights = None
     if teacher_weights:
         try:

@@ -39,11 +39,31 @@ class RecoverConfig:
     device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
 
 
+def check_torch_device(name: str) -> str:
+    """The torch device a user named, if this machine has it; else one line naming what it has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TensorfoldError(f"--torch-device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise TensorfoldError(f"--torch-device {name}: not on this machine (it has {', '.join(have)}; this torch "
+                              f"{'has no CUDA build' if torch.version.cuda is None else 'sees no such GPU'})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TensorfoldError(f"--torch-device mps: not on this machine (it has {', '.join(have)})")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise TensorfoldError(f"--torch-device {name}: recover trains on cpu, cuda or mps")
+    return str(device)
+
+
 @dataclass
 class History:
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)      # the learning rate of each step, beside its loss
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -220,8 +240,9 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             step += 1
             history.steps.append(step)
             history.loss.append(float(loss.detach()))
+            history.lr.append(float(opt.param_groups[0]["lr"]))
             bar.update(1)
-            bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{history.lr[-1]:.2e}")
             if step % eval_every == 0 or step == total:
                 result = evaluate(module, val_x, val_y, teacher)
                 result["step"] = step

@@ -306,3 +306,18 @@ def test_mutual_learning_and_generations_never_write_a_model_worse_than_given(st
         out = tmp_path / f"r{len(extra)}{next(iter(extra))}.onnx"
         report = recover(model, out, teacher_path=TEACHER, data=str(data), progress=False, cfg=cfg, **extra)
         assert report["val_after"]["teacher_agreement"] == 1.0, report["stop"]
+
+
+def test_cli_eval_every_threads_and_a_missing_device(student, npz, tmp_path):
+    out = tmp_path / "r.onnx"
+    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
+                                       "-o", str(out), "--max-steps", "6", "--batch-size", "32", "--eval-every", "2",
+                                       "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "r.onnx.ckpt" / "history.json").read_text())
+    assert [e["step"] for e in history["evals"]] == [2, 4, 6]
+    assert len(history["lr"]) == len(history["loss"]) == 6 and all(v > 0 for v in history["lr"])
+    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
+                                       "-o", str(tmp_path / "g.onnx"), "--torch-device", "cuda:7"])
+    assert result.exit_code == 2 and result.output.strip().startswith("error: --torch-device cuda:7")
+    assert not (tmp_path / "g.onnx").exists()
