@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -109,3 +110,29 @@ def test_external_data_save_works_from_the_output_folder_itself(tmp_path, monkey
     save_model(model, "o.onnx")
     save_model(model, "o.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.onnx", "o.onnx.data"]
+
+
+def test_every_command_works_through_external_data(tmp_path, monkeypatch):
+    """The large-model path end to end, with the threshold lowered: optimize writes NAME.data,
+    and verify, profile, recover and search ranks read and write through it."""
+    from click.testing import CliRunner
+
+    from tensorfold.cli import demo_model_path, main
+
+    monkeypatch.setenv("TENSORFOLD_EXTERNAL_DATA_BYTES", "1000")
+    monkeypatch.chdir(tmp_path)
+    np.savez("d.npz", x=np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32))
+
+    def ok(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    ok("optimize", demo_model_path(), "-o", "small.onnx", "--ratio", "2")
+    ok("verify", demo_model_path(), "small.onnx")
+    ok("profile", "small.onnx", "--runs", "2", "--warmup", "1")
+    ok("recover", "small.onnx", "--teacher", demo_model_path(), "--data", "d.npz", "-o", "rec.onnx",
+       "--max-steps", "2", "--batch-size", "16")
+    ok("search", "ranks", "small.onnx", "--n-trials", "2", "-o", "pareto")
+    for name in ("small.onnx.data", "rec.onnx.data", "pareto/point-1.onnx.data"):
+        assert Path(name).stat().st_size > 1000, name
+    assert not list(Path(".").rglob(".*.tmp"))
