@@ -13,3 +13,5 @@ import os  # noqa: E402
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# every pass call in the tests also proves it left its input model untouched (passes/base.py)
+os.environ.setdefault("TENSORFOLD_CHECK_PASSES", "1")
