@@ -184,7 +184,6 @@ def bench_kernel(name, w, args, tl):
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         rows.append((name, "x".join(map(str, w.shape)), method, label, params, w.size / params,
                      e_ours, e_tl, t_ours, t_tl))
-        r = rows[-1]
         print(f"  {name} {method}: err {e_ours:.4f} vs {e_tl:.4f}, {t_ours:.3f}s vs {t_tl:.3f}s", file=sys.stderr,
               flush=True)
     return rows
