@@ -658,13 +658,15 @@ def _objective(name: str, value: float, base: dict) -> str:
     return f"{value:.4g}"
 
 
+DEMO_OUTPUT = Path("results/demo/fmnist_cnn.tucker.onnx")    # out of the way of a checkout's files
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("fmnist_cnn.tucker.onnx"),
-              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEMO_OUTPUT, show_default=True)
 @click.option("--ratio", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
 @click.option("--recover-steps", type=_COUNT, default=200, show_default=True,
               help="fine-tune the result with distillation when Fashion-MNIST is installed (0: skip)")
@@ -673,6 +675,8 @@ def demo_cmd(output, ratio, recover_steps):
     from tensorfold.api import optimize
 
     src = demo_model_path()
+    if output == DEMO_OUTPUT:
+        output.parent.mkdir(parents=True, exist_ok=True)
     console = _console()
     console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST; tucker --ratio {ratio:g}")
     report = optimize(src, output, method="tucker", ratio=ratio, progress=sys.stderr.isatty())
