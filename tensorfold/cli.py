@@ -675,11 +675,18 @@ def demo_cmd(output, ratio, recover_steps):
     from tensorfold.api import optimize
 
     src = demo_model_path()
-    if output == DEMO_OUTPUT:
-        output.parent.mkdir(parents=True, exist_ok=True)
+    made = [p for p in reversed(output.parents) if not p.exists()] if output == DEMO_OUTPUT else []
+    for folder in made:
+        folder.mkdir()
     console = _console()
     console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST; tucker --ratio {ratio:g}")
-    report = optimize(src, output, method="tucker", ratio=ratio, progress=sys.stderr.isatty())
+    try:
+        report = optimize(src, output, method="tucker", ratio=ratio, progress=sys.stderr.isatty())
+    except BaseException:
+        for folder in reversed(made):       # a demo that failed leaves nothing behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     report.render(console)
     if not _demo_accuracy(console, src, output) or recover_steps <= 0:
         return
