@@ -37,7 +37,9 @@ def test_node_profile(tiny):
     times = node_profile(model, feeds, runs=3)
     assert any(t.op == "Conv" for t in times)
     assert sum(t.share for t in times) == pytest.approx(1.0)
-    assert by_op_type(times)[0][0] == "Conv"
+    # onnxruntime's NCHWc conv runs as layout reorders around the conv: on a tiny model and a busy
+    # host either may take the most time
+    assert by_op_type(times)[0][0] in ("Conv", "ReorderInput", "ReorderOutput")
 
 
 def test_with_batch():
