@@ -28,8 +28,8 @@ from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
 from tensorfold.runtime.batching import call_shapes
-from tensorfold.runtime.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, feeds_for, load_inputs, parse_shapes, placeholder_inputs,
-                                       random_inputs, resolve_shapes)
+from tensorfold.runtime.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, feeds_for, load_inputs, parse_shapes,
+                                       random_inputs, resolve_shapes, zero_inputs)
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
 # --calibration without a rank option: the most compressed model within this held-out output error
@@ -381,7 +381,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         shapes_from = f"--inputs {inputs} (its first call)"
     else:
         # a prediction needs shapes only; a measurement runs the model on random values
-        feeds = placeholder_inputs(model, shape_map) if device else random_inputs(model, shape_map, seed)
+        feeds = zero_inputs(model, shape_map) if device else random_inputs(model, shape_map, seed)
         shapes_from = "--shape" if shape_map else "the model's static dims"
         warning = dynamic_warning(model, shape_map)
         if warning:

@@ -175,7 +175,7 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     from tensorfold.passes.base import PassResult
     from tensorfold.passes.layers import Skip
     from tensorfold.runtime.devices import get_device, predict_seconds
-    from tensorfold.runtime.inputs import placeholder_inputs, random_inputs
+    from tensorfold.runtime.inputs import random_inputs, zero_inputs
     from tensorfold.runtime.latency import compare, measure
 
     if max_error is not None and not max_error > 0:
@@ -188,7 +188,7 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
         raise TensorfoldError("choose one of --target-latency and --speedup")
     dev = get_device(device, provider, threads) if device else None
     if feeds is None:
-        feeds = placeholder_inputs(model, input_shapes) if dev is not None else random_inputs(model, input_shapes, seed)
+        feeds = zero_inputs(model, input_shapes) if dev is not None else random_inputs(model, input_shapes, seed)
 
     def model_ms(m):
         if dev is not None:

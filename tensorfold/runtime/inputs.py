@@ -88,7 +88,7 @@ def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None 
             f"--shape {name}:{example} or real inputs with --inputs")
 
 
-def placeholder_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+def zero_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Zeros of each input's shape and type: for what only needs shapes (a device prediction)."""
     resolved = resolve_shapes(model, shapes)
     return {v.name: np.zeros(resolved[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
