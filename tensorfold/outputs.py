@@ -65,7 +65,9 @@ def guarded(*names: str):
 
 def _external_data_files(path: Path) -> list[Path]:
     """The weight files an ONNX model points at (they are inputs as much as the model is)."""
-    if not path.is_file() or path.suffix != ".onnx":
+    # only a small file can be a header pointing at external weights: a large one holds its
+    # weights inline, and parsing it here would read the whole model once more
+    if not path.is_file() or path.suffix != ".onnx" or path.stat().st_size > 64 * 2**20:
         return []
     try:
         import onnx
@@ -101,11 +103,7 @@ def check_output(path: str | os.PathLike, option: str = "-o") -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise TensorfoldError(f"{option} {path} is a folder; give a file name")
-    refuse_special(path)
-    conflict = input_conflict(path)
-    if conflict is not None:
-        where = "lies inside the input folder" if conflict.is_dir() else "is an input"
-        raise TensorfoldError(f"{option} {path} {where} ({conflict}); tensorfold never overwrites its inputs")
+    refuse_target(path, f"{option} ")
     if not folder.is_dir():
         raise TensorfoldError(f"{option} {path}: folder {folder} does not exist")
     _probe_writable(folder, f"{option} {path}")
@@ -153,13 +151,13 @@ def refuse_special(path: Path) -> None:
         raise TensorfoldError(f"{path} is {kind}; give a regular file name")
 
 
-def refuse_target(path: Path) -> None:
-    """An existing non-regular file, or an input: never written."""
+def refuse_target(path: Path, label: str = "") -> None:
+    """An existing non-regular file, or an input: never written (`label` prefixes the message)."""
     refuse_special(path)
     conflict = input_conflict(path)
     if conflict is not None:
         where = "lies inside the input folder" if conflict.is_dir() else "is an input"
-        raise TensorfoldError(f"{path} {where} ({conflict}); tensorfold never overwrites its inputs")
+        raise TensorfoldError(f"{label}{path} {where} ({conflict}); tensorfold never overwrites its inputs")
 
 
 def new_file_mode() -> int:

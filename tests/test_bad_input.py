@@ -9,7 +9,7 @@ user mistake must look like:
   there is no traceback,
 - the whole output is short (one `error:` line, a little noise at most),
 - every file that was there before is byte-for-byte unchanged,
-- nothing new is left behind (no output file, no hidden `.NAME.XXXX.tmp`), except what the case allows.
+- nothing new is left behind (no output file, no hidden `.NAME.<random>.tmp`), except what the case allows.
 
 Then Ctrl-C and SIGTERM in the middle of `recover` and `search ranks`: 130 and 143, one `error:`
 line, no temp file left.
