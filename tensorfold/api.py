@@ -17,6 +17,7 @@ import onnx
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError, VerificationFailed
+from tensorfold.graph import large
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, guarded
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
@@ -236,7 +237,7 @@ def _calibration_split(original, calibration, shape_map, normalize, holdout, see
 def _stage(name: str, model: onnx.ModelProto, verification) -> dict:
     from tensorfold.graph.model import count_params
 
-    row = {"stage": name, "params": count_params(model, quantized=name == "int8"), "size_bytes": model.ByteSize()}
+    row = {"stage": name, "params": count_params(model, quantized=name == "int8"), "size_bytes": large.serialized_size(model)}
     if verification is not None:
         row["max_relative_error"] = verification.max_relative_error
         row["max_disagreement"] = verification.max_disagreement
@@ -366,6 +367,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     The shapes timed: the first sample of `inputs` (an .npz; needed for integer inputs), else
     `shapes`, else the model's static dims with dynamic ones at DEFAULT_DYNAMIC_DIM, which the
     report warns about (a detector's speed at 64x64 says nothing about its speed at 640x640)."""
+    from tensorfold.runtime.batching import fixed_batch
     from tensorfold.runtime.devices import describe, get_device, predict_seconds
     from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
                                             peak_rss_mb, with_batch)
@@ -388,10 +390,18 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
             warnings.append(warning)
             shapes_from = f"{shapes_from}, dynamic ones at {DEFAULT_DYNAMIC_DIM}"
     base_shapes = {k: list(v.shape) for k, v in feeds.items()}
+    fixed = fixed_batch(model)
+    if fixed is not None and set(batches) != {fixed}:
+        if tuple(batches) != (1,):
+            warnings.append(f"the model's batch is fixed at {fixed}: timed at batch {fixed}, not --batch "
+                            f"{','.join(str(b) for b in batches)}")
+        batches = (fixed,)
 
     def batched(batch: int) -> dict:
         """The user's call is timed as given; --batch repeats the inputs along their first axis."""
-        return feeds if batch == 1 and inputs is not None else with_batch(feeds, batch)
+        if batch == fixed or (batch == 1 and inputs is not None):
+            return feeds
+        return with_batch(feeds, batch)
 
     stats = model_stats(model, base_shapes)
     report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
@@ -449,7 +459,7 @@ def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, availa
     shapes = concrete_shapes(model, input_shapes)
     activations = sum(int(np.prod(s)) for name, s in shapes.items()
                       if name not in {t.name for t in model.graph.initializer}) * 4 * batch
-    need = 2 * model.ByteSize() + activations
+    need = 2 * large.serialized_size(model) + activations
     if need > available:
         raise TensorfoldError(f"profiling needs about {need / 2**30:.1f} GiB at batch {batch}, "
                               f"only {available / 2**30:.1f} GiB is available; use a smaller --batch")

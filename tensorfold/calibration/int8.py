@@ -13,6 +13,8 @@ import onnx.version_converter
 
 from tensorfold.calibration.data import Samples
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph import large
+from tensorfold.graph.io import save_model
 from tensorfold.runtime.batching import chunks
 
 
@@ -33,7 +35,8 @@ def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="tensorfold-int8-") as tmp:
         src, prepared, dst = Path(tmp, "model.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        onnx.save(model, str(src))
+        save_model(model, src)            # a large model keeps its weights in model.onnx.data
+        external = large.is_large(model)
         source = src
         root = logging.getLogger()
         level = root.level
@@ -45,14 +48,16 @@ def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:
             cwd = os.getcwd()
             try:
                 os.chdir(tmp)
-                quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+                quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False,
+                                  save_as_external_data=external)
                 source = prepared
             except Exception:  # noqa: BLE001 - quantize the model as it is
                 source = src
             finally:
                 os.chdir(cwd)
             quantize_static(str(source), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                            use_external_data_format=external)
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
             raise TensorfoldError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
         finally:
@@ -67,7 +72,7 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     if current >= version:
         return model
     try:
-        return onnx.version_converter.convert_version(model, version)
+        return large.transform(model, lambda m: onnx.version_converter.convert_version(m, version))
     except Exception as exc:  # noqa: BLE001 - the converter raises several kinds
         raise TensorfoldError(f"int8 needs opset >= {version} (per-channel QDQ); converting this opset-{current} "
                               f"model failed: {str(exc).splitlines()[0][:200]}") from None

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from tensorfold.calibration.data import Samples
 from tensorfold.decompose.data_aware import InputGram
+from tensorfold.graph import large
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.batching import chunks
 from tensorfold.runtime.sessions import make_session
@@ -57,7 +58,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe)
+        inferred = large.transform(probe, onnx.shape_inference.infer_shapes)
         known = {v.name: v for v in inferred.graph.value_info}
     except Exception:  # noqa: BLE001 - types are optional for onnxruntime's extra outputs
         known = {}

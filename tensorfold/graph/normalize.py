@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tensorfold.graph import large
 from tensorfold.graph.folds import fold_affine_into_next_conv, fold_batchnorm, fold_conv_affine
 from tensorfold.graph.model import GraphIndex, prune_initializers
 from tensorfold.graph.simplify import hard_swish_to_hard_sigmoid
@@ -110,7 +111,7 @@ def _rename_in_subgraphs(nodes, rename):
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference; a model it cannot handle (custom ops) keeps its shapes as they were."""
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return large.transform(model, lambda m: onnx.shape_inference.infer_shapes(m, data_prop=True))
     except Exception:  # noqa: BLE001 - inference is best effort; the graph stays valid without it
         return model
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from tensorfold.graph import large
 from tensorfold.graph.model import attr, count_params
 from tensorfold.graph.shapes import concrete_shapes
 
@@ -53,5 +54,5 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> M
     shapes = concrete_shapes(model, input_shapes, needed)
     per_node = {n.name or n.output[0]: node_flops(n, shapes) for n in mac_nodes}
     flops = None if any(v is None for v in per_node.values()) else int(sum(per_node.values()))
-    return ModelStats(Counter(n.op_type for n in model.graph.node), count_params(model), model.ByteSize(),
+    return ModelStats(Counter(n.op_type for n in model.graph.node), count_params(model), large.serialized_size(model),
                       flops, per_node)

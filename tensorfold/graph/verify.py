@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph import large
 from tensorfold.graph.model import attr
 from tensorfold.runtime.batching import chunks
 from tensorfold.runtime.sessions import make_session
@@ -81,7 +82,7 @@ class Verification:
 
 def check(model: onnx.ModelProto, label: str = "model") -> None:
     try:
-        onnx.checker.check_model(model, full_check=True)
+        large.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise TensorfoldError(f"{label} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
 

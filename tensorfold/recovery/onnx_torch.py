@@ -607,7 +607,7 @@ class OnnxModule(nn.Module):
         return outputs
 
     def _frozen(self, node, args):
-        import onnxruntime as ort
+        from tensorfold.runtime.sessions import make_session
 
         key = node.name or node.output[0]
         arrays = [a.detach().cpu().numpy() if a is not None else None for a in args]
@@ -620,7 +620,7 @@ class OnnxModule(nn.Module):
             single.attribute.extend(node.attribute)
             g = onnx.helper.make_graph([single], "frozen", inputs, outs)
             m = make_model(g, self.proto.opset_import, self.proto.ir_version or None)
-            self._ort_cache[key] = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            self._ort_cache[key] = make_session(m)
         results = self._ort_cache[key].run(None, {f"in{i}": a for i, a in enumerate(arrays)})
         device = next((a.device for a in args if a is not None), torch.device("cpu"))
         return [torch.from_numpy(np.asarray(r)).to(device) for r in results]

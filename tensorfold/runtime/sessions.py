@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph import large
 
 # short names users type -> (provider, the package that brings it)
 PROVIDERS = {
@@ -55,7 +56,11 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: i
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    source = model
+    if isinstance(model, onnx.ModelProto):
+        source, held = large.session_parts(model)
+        if held:
+            opts.add_external_initializers(*large.ort_values(held))
     try:
         return ort.InferenceSession(source, opts, providers=[resolve_provider(provider)])
     except TensorfoldError:

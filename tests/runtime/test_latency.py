@@ -88,3 +88,22 @@ def test_profile_refuses_a_model_too_large_for_memory(monkeypatch):
     monkeypatch.setattr("tensorfold.runtime.latency.available_memory_bytes", lambda: 1000)
     code, out = _cli("profile", demo_model_path())
     assert code == 2 and "GiB" in out
+
+
+@pytest.mark.parametrize("batches, warned", [((), False), (("--batch", "4"), True)])
+def test_profile_times_a_fixed_batch_model_at_its_batch(tmp_path, tiny, batches, warned):
+    """A model exported with a fixed batch (here 2) cannot run at another: profile times it at its
+    own batch instead of failing in onnxruntime, and says so when --batch asked for another."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(tiny[0])
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 2
+    onnx.save(model, tmp_path / "fixed.onnx")
+    code, out = _cli("profile", str(tmp_path / "fixed.onnx"), *batches, "--runs", "3", "--warmup", "1", "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert set(info["batches"]) == {"2"} and info["input_shapes"]["x"][0] == 2
+    assert any("fixed at 2" in w for w in info["warnings"]) == warned
