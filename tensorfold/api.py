@@ -121,6 +121,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
 
             probe = Reference(original, fit.take(np.arange(min(fit.n, SENSITIVITY_SAMPLES))).arrays, "probe")
             ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
+    before, input_stage = model_stats(original, input_shapes), _stage("input", original, None)
+    del original        # from here on the normalized model stands for it: a 2 GB model is held twice, not three times
     latency, budget_trials, verification = None, None, None
     if chosen is None:
         result = PassResult(model, False, notes=["--method none: no layer factorized"])
@@ -135,10 +137,10 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
 
         from tensorfold.runtime.batching import chunks
 
-        timing_feeds = next(iter(chunks(original, feeds))) if feeds is not None and inputs is not None else None
+        timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and inputs is not None else None
         result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
                                                   max_error, target_latency, speedup, seed, feeds=timing_feeds)
-        warning = None if inputs is not None or held is not None else dynamic_warning(original, shape_map)
+        warning = None if inputs is not None or held is not None else dynamic_warning(model, shape_map)
         if warning:
             result.notes.append(warning)
     else:
@@ -151,7 +153,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     _record_run(rewritten, method, ranks_desc, result)
     if verify and verification is None:
         verification = reference.verify(rewritten)
-    stages = [_stage("input", original, None)]
+    stages = [input_stage]
     if chosen is not None:
         stages.append(_stage("factorized", rewritten, verification))
     final_verification = verification
@@ -164,7 +166,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     report = OptimizeReport(
         input=str(input_path), output=str(output_path) if output_path else None, method=method,
         ranks=ranks_desc, input_shapes=input_shapes,
-        before=model_stats(original, input_shapes), after=model_stats(rewritten, input_shapes),
+        before=before, after=model_stats(rewritten, input_shapes),
         layers=result.rewritten, skipped=result.skipped, verification=final_verification,
         normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes,
         eligible_params=(result.eligible_params, result.eligible_params_after), latency=latency,

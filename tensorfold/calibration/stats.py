@@ -58,7 +58,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     try:
-        inferred = large.transform(probe, onnx.shape_inference.infer_shapes)
+        inferred = onnx.shape_inference.infer_shapes(large.skeleton(probe)[0])   # types only: no weights
         known = {v.name: v for v in inferred.graph.value_info}
     except Exception:  # noqa: BLE001 - types are optional for onnxruntime's extra outputs
         known = {}

@@ -142,6 +142,19 @@ def transform(model: onnx.ModelProto, fn: Callable[[onnx.ModelProto], onnx.Model
     return with_weights(fn(skel), held)
 
 
+def infer_shapes_in_place(model: onnx.ModelProto, **options) -> None:
+    """onnx shape inference into `model` itself (value_info, inputs, outputs and nodes: sub-graphs
+    get value_info too), run on the skeleton: no copy of the weights, none serialized."""
+    if not _skeleton_pays(model):
+        inferred = onnx.shape_inference.infer_shapes(model, **options)
+    else:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model)[0], **options)
+    for name in ("value_info", "input", "output", "node"):
+        target = getattr(model.graph, name)
+        del target[:]
+        target.extend(getattr(inferred.graph, name))
+
+
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
     """onnx.checker on the model, checked as a skeleton file (the checker's way for models above
     2 GiB: it needs the placeholder file to exist, not to hold the weights)."""

@@ -25,7 +25,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         "hard_swish_rewritten": hard_swish_to_hard_sigmoid(model),
         "affines_folded": fold_conv_affine(model) + fold_affine_into_next_conv(model),
     }
-    model = infer_shapes(model)
+    infer_shapes(model)
     return model, stats
 
 
@@ -108,12 +108,13 @@ def _rename_in_subgraphs(nodes, rename):
                 _rename_in_subgraphs(g.node, rename)
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run ONNX shape inference; a model it cannot handle (custom ops) keeps its shapes as they were."""
+def infer_shapes(model: onnx.ModelProto) -> None:
+    """ONNX shape inference into `model`; a model it cannot handle (custom ops) keeps its shapes as
+    they were."""
     try:
-        return large.transform(model, lambda m: onnx.shape_inference.infer_shapes(m, data_prop=True))
+        large.infer_shapes_in_place(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; the graph stays valid without it
-        return model
+        pass
 
 
 def make_name_generator(model: onnx.ModelProto):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from tensorfold.graph import large
 from tensorfold.graph.model import GraphIndex
 from tensorfold.graph.normalize import infer_shapes
 
@@ -13,8 +14,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
     """Shapes of every value onnx shape inference can resolve with the inputs fixed; values in
     `needed` that it cannot resolve (data-dependent Resize, custom ops) are read off one
     onnxruntime run on zeros."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
+    fixed, held = large.skeleton(model)        # shapes need no weights: none copied
     del fixed.graph.value_info[:]
     for v in fixed.graph.input:
         if v.name in input_shapes:
@@ -22,7 +22,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
             for d, size in zip(dims, input_shapes[v.name]):
                 d.Clear()
                 d.dim_value = size
-    fixed = infer_shapes(fixed)
+    infer_shapes(fixed)
     shapes = {}
     index = GraphIndex(fixed)
     for name in index.value_info:
@@ -33,7 +33,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
         shapes[name] = list(t.dims)
     missing = [n for n in (needed or set()) if n not in shapes]
     if missing:
-        shapes.update(_shapes_from_run(fixed, input_shapes, missing))
+        shapes.update(_shapes_from_run(large.with_weights(fixed, held), input_shapes, missing))
     return shapes
 
 
