@@ -122,16 +122,25 @@ def main(argv=None) -> int:
              f"Model: synthetic MLP, {layers} MatMul layers of {NARROW}x{WIDE} / {WIDE}x{NARROW} float32, "
              f"{weight_bytes / 2**30:.2f} GiB of weights in `big.onnx.data` (written in {written:.0f} s), "
              f"input [{BATCH}, {NARROW}].", "",
-             "| step | exit | seconds | peak memory of the process (GiB) |", "|---|---:|---:|---:|"]
+             "| step | exit | seconds | peak memory of the process (GiB) | peak / weights |",
+             "|---|---:|---:|---:|---:|"]
     for s in steps:
-        lines.append(f"| `{s['command']}` | {s['exit']} | {s['seconds']:.0f} | {s['peak_gib']:.1f} |")
+        lines.append(f"| `{s['command']}` | {s['exit']} | {s['seconds']:.0f} | {s['peak_gib']:.1f} | "
+                     f"{s['peak_gib'] / (weight_bytes / 2**30):.1f}x |")
     lines += ["", "Files written: " + ", ".join(f"`{k}` {v / 2**30:.2f} GiB" if v > 2**20 else f"`{k}` {v:,} B"
                                                  for k, v in files.items()) + "  "]
     if checked:
         lines.append(f"`small.onnx` passes onnx.checker (by path); {out_params:,} parameters "
                      f"(input: {weight_bytes // 4:,}).")
     if report:
-        lines.append(f"optimize's own verification: {json.dumps(report.get('verification'))[:300]}")
+        check = report.get("verification") or {}
+        out = (check.get("outputs") or [{}])[0]
+        lines.append(f"optimize's own verification: relative output error {check.get('max_relative_error'):.4f}, "
+                     f"argmax agreement {out.get('argmax_agreement')}, on {check.get('inputs')}.")
+    lines += ["", "What the memory holds at optimize's peak: the normalized input model and the rewritten one "
+              "as protobuf messages, onnxruntime's copy of the model it verifies, and the weights handed to "
+              "onnxruntime while its session is built. Plan for the peak / weights ratio above times the "
+              "model's weights in RAM."]
     lines += ["", "Result: " + ("every step passed." if ok else "FAILED: " + "; ".join(
         f"{s['step']} exit {s['exit']}: {' / '.join(s['tail'])}" for s in steps if s["exit"]))]
     publish(lines, args.out)
