@@ -17,7 +17,7 @@ import onnx
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError, VerificationFailed
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, guarded
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
@@ -28,8 +28,8 @@ from tensorfold.graph.verify import Reference, verify_models
 from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
-from tensorfold.runtime.batching import call_shapes
-from tensorfold.runtime.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, feeds_for, load_inputs, parse_shapes,
+from tensorfold.onnxrt.batching import call_shapes, feeds_for
+from tensorfold.onnxrt.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, load_inputs, parse_shapes,
                                        random_inputs, resolve_shapes, zero_inputs)
 
 METHODS = ("auto", "svd", "tucker", "cp", "tt")
@@ -58,7 +58,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
 
     hardware_aware: time each candidate chain on `provider` (or predict it for `device`), rewrite a
     layer only where its chain is faster, and check the whole model is faster than the input;
-    where it is not, layers go back to the input's form (see runtime/hardware_aware.py).
+    where it is not, layers go back to the input's form (see planning/hardware_aware.py).
 
     config: a rank configuration (YAML, written by `tensorfold search ranks`) naming the method and
     ranks of each layer; it replaces method and the rank options.
@@ -133,9 +133,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         if reference is not search_reference:
             verification = None
     elif hardware_aware:
-        from tensorfold.runtime.hardware_aware import optimize_hardware_aware
+        from tensorfold.planning.hardware_aware import optimize_hardware_aware
 
-        from tensorfold.runtime.batching import chunks
+        from tensorfold.onnxrt.batching import chunks
 
         timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and inputs is not None else None
         result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
@@ -369,7 +369,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     The shapes timed: the first sample of `inputs` (an .npz; needed for integer inputs), else
     `shapes`, else the model's static dims with dynamic ones at DEFAULT_DYNAMIC_DIM, which the
     report warns about (a detector's speed at 64x64 says nothing about its speed at 640x640)."""
-    from tensorfold.runtime.batching import fixed_batch
+    from tensorfold.onnxrt.batching import fixed_batch
     from tensorfold.runtime.devices import describe, get_device, predict_seconds
     from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
                                             peak_rss_mb, with_batch)
@@ -379,7 +379,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     shape_map = parse_shapes(tuple(shapes))
     warnings = []
     if inputs is not None:
-        from tensorfold.runtime.batching import chunks
+        from tensorfold.onnxrt.batching import chunks
 
         feeds = next(iter(chunks(model, load_inputs(inputs, model), max_batch=1)))   # --batch repeats it
         shapes_from = f"--inputs {inputs} (its first call)"
@@ -481,7 +481,7 @@ def compress(module, example_input, output_path: str | os.PathLike, *, method: s
     output_path as `<name>.original.onnx` and `<name>.factorized.onnx`."""
     import torch
 
-    from tensorfold.bench.models import export_onnx
+    from tensorfold.export import export_onnx
 
     out = Path(output_path)
     original = out.with_name(out.stem + ".original.onnx")

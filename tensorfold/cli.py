@@ -392,7 +392,7 @@ def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, o
         return
     from dataclasses import replace
 
-    from tensorfold.bench.real_models import cache_dir
+    from tensorfold.paths import cache_dir
     from tensorfold.bench.runner import SUITES, Suite, run_suite
     from tensorfold.bench.zoo import ZOO
 
@@ -706,7 +706,7 @@ def demo_cmd(output, ratio, recover_steps):
 def _demo_accuracy(console, original: Path, rewritten: Path) -> bool:
     """Test-set accuracy before and after, when Debian's dataset-fashion-mnist is installed."""
     try:
-        from tensorfold.bench.datasets import load_fashion_mnist, to_model_input
+        from tensorfold.datasets import load_fashion_mnist, to_model_input
         images, labels = load_fashion_mnist(split="test")
     except TensorfoldError as exc:
         console.print(f"(accuracy not measured: {exc})")

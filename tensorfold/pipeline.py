@@ -37,9 +37,9 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
                  recover_steps: int = 300, threads: int = 0, seed: int = 0, hardware_aware: bool = True,
                  progress: bool = True, **nas_options) -> dict:
     """hardware_aware: the decomposition keeps a layer's chain only where it is faster on the CPU
-    provider, and the model only if it is faster as a whole (see runtime/hardware_aware.py)."""
+    provider, and the model only if it is faster as a whole (see planning/hardware_aware.py)."""
     from tensorfold.api import optimize
-    from tensorfold.bench.datasets import load_data, prepare_inputs
+    from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.recovery.finetune import RecoverConfig
     from tensorfold.recovery.run import recover
     from tensorfold.search.nas.run import IMAGE, search_nas

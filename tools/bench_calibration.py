@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from tensorfold.api import optimize
-from tensorfold.bench.real_models import cache_dir, fetch_rapidocr_model
+from tensorfold.bench.real_models import fetch_rapidocr_model
+from tensorfold.paths import cache_dir
 from tensorfold.bench.report import publish
 from tensorfold.bench.text_images import line_images, page_images, to_nchw
 from tensorfold.graph.io import load_model
@@ -55,15 +56,15 @@ def zoo_model(name: str) -> Path:
 
 
 def fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    from tensorfold.bench.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
+    from tensorfold.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
 
     x, y = load_fashion_mnist(FASHION_MNIST_ROOT, split)
     return (x.astype(np.float32) / 255.0)[:, None], y
 
 
 def accuracy(path, x: np.ndarray, y: np.ndarray) -> float:
-    from tensorfold.runtime.batching import chunks
-    from tensorfold.runtime.sessions import make_session
+    from tensorfold.onnxrt.batching import chunks
+    from tensorfold.onnxrt.sessions import make_session
 
     model = load_model(path)
     session = make_session(model)

@@ -33,10 +33,10 @@ from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.passes import PassContext, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.runtime.devices import calibrate_host, describe
-from tensorfold.runtime.hardware_aware import HardwareTarget, _spread
-from tensorfold.runtime.inputs import random_inputs
+from tensorfold.planning.hardware_aware import HardwareTarget, _spread
+from tensorfold.onnxrt.inputs import random_inputs
 from tensorfold.runtime.latency import compare, measure, with_batch
-from tensorfold.runtime.latency_table import LatencyTable
+from tensorfold.planning.latency_table import LatencyTable
 from tensorfold.bench.report import publish
 
 
@@ -48,7 +48,7 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     from tensorfold.runtime.devices import fit_roofline, node_costs
     from tensorfold.runtime.kernel_model import learn_host
     from tensorfold.runtime.latency import measure_interleaved
-    from tensorfold.runtime.latency_table import mini_model
+    from tensorfold.planning.latency_table import mini_model
 
     model, _ = normalize(onnx.load(path))
     ensure_node_names(model)
@@ -175,7 +175,8 @@ def main():
 
     import torch
 
-    from tensorfold.bench.models import export_onnx, resnet18
+    from tensorfold.bench.models import resnet18
+    from tensorfold.export import export_onnx
     from tensorfold.bench.real_models import fetch_rapidocr_model
 
     with tempfile.TemporaryDirectory() as tmp:

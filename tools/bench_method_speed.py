@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from tensorfold.bench.models import export_onnx
+    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
     from tensorfold.cli import demo_model_path
 

@@ -85,7 +85,8 @@ def main():
 
     import torch
 
-    from tensorfold.bench.models import export_onnx, resnet50
+    from tensorfold.bench.models import resnet50
+    from tensorfold.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "resnet50.onnx", Path(tmp) / "resnet50.tucker.onnx"

@@ -28,8 +28,8 @@ import optuna
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from tensorfold.bench.datasets import load_data, prepare_inputs  # noqa: E402
-from tensorfold.bench.real_models import cache_dir  # noqa: E402
+from tensorfold.datasets import load_data, prepare_inputs  # noqa: E402
+from tensorfold.paths import cache_dir  # noqa: E402
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.train import Recipe, baseline  # noqa: E402
 from tensorfold.cli import demo_model_path  # noqa: E402

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tensorfold.bench.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, to_model_input  # noqa: E402
+from tensorfold.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, to_model_input  # noqa: E402
 
 
 class FashionCNN(nn.Module):

@@ -3,9 +3,6 @@ no torchvision is needed: bottleneck blocks [3, 4, 6, 3], 25.6M parameters with 
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -65,18 +62,6 @@ class ResNet(nn.Module):
 
 def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet((3, 4, 6, 3), Bottleneck, num_classes)
-
-
-def export_onnx(module: nn.Module, example: torch.Tensor, path, opset: int = 17):
-    """Eval-mode export with a dynamic batch, input "input" and output "output", one file (or a
-    binary file object such as io.BytesIO)."""
-    module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), path if hasattr(path, "write") else str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                          do_constant_folding=True)
-    return path if hasattr(path, "write") else Path(path)
 
 
 class BasicBlock(nn.Module):

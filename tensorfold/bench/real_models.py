@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,6 @@ RAPIDOCR_MODELS = {
 RAPIDOCR = WheelModels(RAPIDOCR_PACKAGE, RAPIDOCR_VERSION, "rapidocr_onnxruntime/models/", RAPIDOCR_MODELS)
 SILERO_VAD = WheelModels("silero-vad", "6.2.3", "silero_vad/data/",
                          {"vad16k": "silero_vad_16k_op15.onnx"})   # 16 kHz, opset 15, top-level convs
-
-
-def cache_dir() -> Path:
-    """``$TENSORFOLD_CACHE`` or ``~/.cache/tensorfold``."""
-    return Path(os.environ.get("TENSORFOLD_CACHE") or Path.home() / ".cache" / "tensorfold")
 
 
 def rapidocr_dir() -> Path:

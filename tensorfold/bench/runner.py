@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.bench.train import Recipe, baseline
 from tensorfold.runtime.evaluation import evaluate_onnx
 from tensorfold.graph.model import count_params
@@ -66,7 +66,7 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
     from tensorfold.calibration.data import Samples
     from tensorfold.calibration.int8 import quantize_int8 as quantize
     from tensorfold.graph.io import save_model
-    from tensorfold.runtime.inputs import model_inputs
+    from tensorfold.onnxrt.inputs import model_inputs
 
     model = onnx.load(str(src))
     save_model(quantize(model, Samples({model_inputs(model)[0].name: calib}, "training images")), dst)

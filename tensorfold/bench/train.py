@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.runtime.evaluation import evaluate_onnx
 
 
@@ -44,7 +44,7 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
     import torch
     from tqdm import tqdm
 
-    from tensorfold.bench.models import export_onnx
+    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
 
     key = hashlib.sha1(json.dumps([model, width, data, asdict(recipe)], sort_keys=True).encode()).hexdigest()[:12]

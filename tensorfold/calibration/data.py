@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.inputs import _NP_TYPES, load_inputs, model_inputs
+from tensorfold.onnxrt.inputs import _NP_TYPES, load_inputs, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_HOLDOUT = 0.25

@@ -13,9 +13,9 @@ import onnx.version_converter
 
 from tensorfold.calibration.data import Samples
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.io import save_model
-from tensorfold.runtime.batching import chunks
+from tensorfold.onnxrt.batching import chunks
 
 
 def quantize_int8(model: onnx.ModelProto, samples: Samples) -> onnx.ModelProto:

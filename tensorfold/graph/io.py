@@ -9,7 +9,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.outputs import atomic_path, new_file_mode, refuse_target, temp_beside
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.model import GraphIndex
 from tensorfold.graph.normalize import infer_shapes
 
@@ -41,8 +41,8 @@ def _shapes_from_run(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
     import numpy as np
     import onnxruntime as ort
 
-    from tensorfold.runtime.inputs import _NP_TYPES, model_inputs
-    from tensorfold.runtime.sessions import make_session
+    from tensorfold.onnxrt.inputs import _NP_TYPES, model_inputs
+    from tensorfold.onnxrt.sessions import make_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

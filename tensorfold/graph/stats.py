@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.model import attr, count_params
 from tensorfold.graph.shapes import concrete_shapes
 

@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.model import attr
-from tensorfold.runtime.batching import chunks
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.batching import chunks
+from tensorfold.onnxrt.sessions import make_session
 
 
 @dataclass

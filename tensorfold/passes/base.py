@@ -14,7 +14,7 @@ from typing import Callable, ClassVar
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.passes.layers import Skip
 
 

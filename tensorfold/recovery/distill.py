@@ -40,7 +40,7 @@ class OnnxTeacher:
     """An ONNX teacher run by onnxruntime; also returns the named intermediate values asked for."""
 
     def __init__(self, model: onnx.ModelProto, features: list[str], threads: int = 0):
-        from tensorfold.runtime.sessions import make_session
+        from tensorfold.onnxrt.sessions import make_session
 
         probe = onnx.ModelProto()
         probe.CopyFrom(model)

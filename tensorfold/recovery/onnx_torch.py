@@ -607,7 +607,7 @@ class OnnxModule(nn.Module):
         return outputs
 
     def _frozen(self, node, args):
-        from tensorfold.runtime.sessions import make_session
+        from tensorfold.onnxrt.sessions import make_session
 
         key = node.name or node.output[0]
         arrays = [a.detach().cpu().numpy() if a is not None else None for a in args]

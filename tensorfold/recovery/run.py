@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 
 
 def evaluate_onnx(model: str | Path | onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 500,

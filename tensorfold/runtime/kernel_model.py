@@ -296,14 +296,14 @@ class KernelModel:
         return roof * np.exp(self.forests[fam].predict(X))
 
     def predict(self, model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> float:
-        from tensorfold.runtime.devices import _FREE_OPS, node_costs
+        from tensorfold.runtime.roofline import FREE_OPS, node_costs
 
         needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
         shapes = concrete_shapes(model, input_shapes, needed)
         by_family: dict[str, list[dict]] = {fam: [] for fam in self.forests}
         others, covered_outputs, joints = set(), set(), 0.0
         for node in model.graph.node:
-            if node.op_type in _FREE_OPS:
+            if node.op_type in FREE_OPS:
                 continue
             got = node_config(node, shapes)
             if got and got[0] in self.forests:
@@ -337,11 +337,11 @@ class KernelModel:
 def learn_host(provider: str = "cpu", threads: int = 0, fallback=None, cache: bool = True,
                progress: bool = False) -> KernelModel:
     """The kernel model of this machine on this provider, from the cache or sampled now."""
-    from tensorfold.bench.real_models import cache_dir
-    from tensorfold.runtime.devices import _host_key, calibrate_host
+    from tensorfold.paths import cache_dir
+    from tensorfold.runtime.roofline import calibrate_host, host_key
 
     fallback = fallback or calibrate_host(provider, threads, cache=cache)
-    path = cache_dir() / "devices" / f"kernels-v{VERSION}-{_host_key(provider, threads)}.json"
+    path = cache_dir() / "devices" / f"kernels-v{VERSION}-{host_key(provider, threads)}.json"
     if cache and path.exists():
         try:
             model = KernelModel.from_json(path.read_text(), fallback)

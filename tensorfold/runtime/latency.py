@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 
 
 @dataclass

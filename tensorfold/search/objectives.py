@@ -20,7 +20,7 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import count_params
 from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import compare_outputs
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 
 DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", "error": "minimize",
               "accuracy": "maximize"}
@@ -123,7 +123,7 @@ class Evaluator:
         if self._split is None:
             if not self.data:
                 raise TensorfoldError("the accuracy objective needs --data (fashion-mnist, a folder or an .npz)")
-            from tensorfold.bench.datasets import load_data, prepare_inputs
+            from tensorfold.datasets import load_data, prepare_inputs
 
             shape = next(iter(self.input_shapes.values()))
             size = tuple(shape[2:4]) if len(shape) == 4 else None

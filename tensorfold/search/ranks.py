@@ -28,7 +28,8 @@ from tensorfold.outputs import check_output_dir, guard_inputs, guarded, input_co
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.passes.base import PassContext
-from tensorfold.runtime.inputs import feeds_for, parse_shapes
+from tensorfold.onnxrt.batching import feeds_for
+from tensorfold.onnxrt.inputs import parse_shapes
 from tensorfold.search.config import write_config
 from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tensorfold.bench.datasets import FASHION_MNIST_ROOT
+from tensorfold.datasets import FASHION_MNIST_ROOT
 from tensorfold.bench.report import load_rows, markdown, pareto, write_report
 from tensorfold.bench.runner import SUITES, Suite, run_suite
 from tensorfold.cli import main
@@ -79,7 +79,7 @@ def test_zoo_models_build_export_and_factorize(tmp_path, name, params):
     import torch
 
     from tensorfold.api import optimize
-    from tensorfold.bench.models import export_onnx
+    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
 
     assert sum(p.numel() for p in build(name).parameters()) == params      # the known full-width sizes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 
 C = 6
 

@@ -68,7 +68,7 @@ def test_models_tensorfold_builds_carry_the_lowest_ir_version_their_opset_needs(
     from onnx import TensorProto, helper
 
     from tensorfold.graph.model import make_model
-    from tensorfold.runtime.latency_table import mini_model
+    from tensorfold.planning.latency_table import mini_model
 
     node = helper.make_node("Relu", ["x"], ["y"])
     model = mini_model([node], [], {"x": [1, 4], "y": [1, 4]}, 17)

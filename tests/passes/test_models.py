@@ -8,7 +8,7 @@ import pytest
 
 from tensorfold.api import optimize
 from tensorfold.graph.io import load_model
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 from tests.fixtures import torch_models
 
 EXPORTS = {

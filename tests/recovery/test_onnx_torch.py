@@ -8,7 +8,7 @@ import torch
 from tensorfold.api import optimize
 from tensorfold.cli import demo_model_path
 from tensorfold.recovery.onnx_torch import OnnxModule
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 from tests.fixtures import torch_models
 
 
@@ -102,7 +102,7 @@ def test_unsupported_variant_runs_frozen_with_a_warning():
     """An AveragePool with asymmetric pads has no kernel here: that node alone falls back to onnxruntime."""
     from onnx import TensorProto, helper
 
-    from tensorfold.runtime.sessions import make_session
+    from tensorfold.onnxrt.sessions import make_session
 
     nodes = [helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], pads=[0, 0, 1, 1])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
@@ -121,7 +121,7 @@ def test_slice_with_negative_steps_matches_onnxruntime(starts, ends, steps):
     """torch.onnx exports F.pad with a reversed (step -1) Slice over the pads; it must run natively."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tensorfold.runtime.sessions import make_session
+    from tensorfold.onnxrt.sessions import make_session
 
     inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
              (("starts", starts), ("ends", ends), ("axes", [1]), ("steps", steps))]

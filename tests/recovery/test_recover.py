@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from tensorfold.api import optimize
-from tensorfold.bench.datasets import load_data, prepare_inputs
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.cli import demo_model_path, main
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.finetune import RecoverConfig

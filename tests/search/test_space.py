@@ -5,7 +5,7 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
-from tensorfold.runtime.inputs import random_inputs
+from tensorfold.onnxrt.inputs import random_inputs
 from tensorfold.search.space import RankSpace, decode_plan, encode_plan
 
 

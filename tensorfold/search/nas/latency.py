@@ -18,10 +18,10 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from tensorfold.bench.models import export_onnx
+from tensorfold.export import export_onnx
 from tensorfold.graph.model import make_model
 from tensorfold.runtime.devices import Device
-from tensorfold.runtime.latency_table import CachedTable
+from tensorfold.planning.latency_table import CachedTable
 
 
 def blocks(net: nn.Module, image: tuple[int, int, int]) -> list[tuple[str, nn.Module, tuple]]:

@@ -85,7 +85,7 @@ class Scorer:
 
 def load_split(data: str, train_size: int, val_size: int, seed: int):
     """Search data from the training split only: (train, val) subsets, disjoint."""
-    from tensorfold.bench.datasets import load_data, prepare_inputs
+    from tensorfold.datasets import load_data, prepare_inputs
 
     x, y, desc = load_data(data, "train", IMAGE[1:], IMAGE[0])
     if y is None:
@@ -216,7 +216,7 @@ def _load_teacher(teacher):
     if teacher is None:
         return None
     from tensorfold.graph.io import load_model
-    from tensorfold.runtime.inputs import model_inputs
+    from tensorfold.onnxrt.inputs import model_inputs
 
     model = load_model(teacher)
     ins = model_inputs(model)
@@ -245,7 +245,7 @@ def _choose(candidates, objectives):
 def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
                 threads: int, dev, progress: bool, torch_device: str = "cpu") -> dict:
     """Train on the whole training split, test on the test split (never seen by the search)."""
-    from tensorfold.bench.datasets import load_data, prepare_inputs
+    from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.stats import model_stats
     from tensorfold.runtime.devices import predict_seconds
     from tensorfold.runtime.evaluation import evaluate_onnx

@@ -243,7 +243,7 @@ def to_onnx(net: nn.Module, image: tuple[int, int, int] = (1, 28, 28)):
 
     import onnx
 
-    from tensorfold.bench.models import export_onnx
+    from tensorfold.export import export_onnx
 
     buf = io.BytesIO()
     export_onnx(net.cpu().eval(), torch.zeros(1, *image), buf)

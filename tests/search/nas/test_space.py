@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 from tensorfold.search.nas.darts import SuperNet
 from tensorfold.search.nas.space import (DISCRETE_OPS, Genotype, NetConfig, Network, export_network,
                                          genotype_from_dict, load_genotype, mutate, random_genotype)

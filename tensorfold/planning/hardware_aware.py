@@ -28,7 +28,7 @@ from tensorfold.graph.model import GraphIndex
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
-from tensorfold.runtime.latency_table import LatencyTable
+from tensorfold.planning.latency_table import LatencyTable
 
 FASTER = 0.9         # a chain must take at most 90% of the layer's time: isolated timings miss the
                      # fusions onnxruntime makes in the whole graph, so small gains do not survive
@@ -175,7 +175,7 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     from tensorfold.passes.base import PassResult
     from tensorfold.passes.layers import Skip
     from tensorfold.runtime.devices import get_device, predict_seconds
-    from tensorfold.runtime.inputs import random_inputs, zero_inputs
+    from tensorfold.onnxrt.inputs import random_inputs, zero_inputs
     from tensorfold.runtime.latency import compare, measure
 
     if max_error is not None and not max_error > 0:

@@ -7,13 +7,14 @@ up to `max_batch` at a time, which bounds the memory of intermediate activations
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.inputs import model_inputs
+from tensorfold.onnxrt.inputs import load_inputs, model_inputs, random_inputs, resolve_shapes
 
 DEFAULT_MAX_BATCH = 8
 
@@ -66,3 +67,14 @@ def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
         return {k: list(v.shape) for k, v in feeds.items()}
     batch = fixed_batch(model) or 1
     return {k: [batch, *v.shape[1:]] for k, v in feeds.items()}
+
+
+def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | Path | None, seed: int = 0
+              ) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
+    """Inputs to run a model on, a label saying what they are, and the shapes of one call (FLOPs and
+    latency are per call; a file of N samples is run as many per call as the batch allows): the
+    arrays of an .npz when `inputs` is given, else seeded random normal values of the resolved shapes."""
+    if inputs:
+        feeds = load_inputs(inputs, model)
+        return feeds, str(inputs), call_shapes(model, feeds)
+    return random_inputs(model, shapes, seed), f"random normal (seed {seed})", resolve_shapes(model, shapes)

@@ -137,16 +137,3 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
             raise TensorfoldError(f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified "
                                   "on them")
     return {n: arrays[n] for n in names}
-
-
-def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | Path | None, seed: int = 0
-              ) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
-    """Inputs to run a model on, a label saying what they are, and the shapes of one call (FLOPs and
-    latency are per call; a file of N samples is run as many per call as the batch allows): the
-    arrays of an .npz when `inputs` is given, else seeded random normal values of the resolved shapes."""
-    if inputs:
-        from tensorfold.runtime.batching import call_shapes   # batching builds on this module
-
-        feeds = load_inputs(inputs, model)
-        return feeds, str(inputs), call_shapes(model, feeds)
-    return random_inputs(model, shapes, seed), f"random normal (seed {seed})", resolve_shapes(model, shapes)

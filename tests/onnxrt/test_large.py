@@ -12,9 +12,9 @@ import pytest
 from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.runtime.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session
 
 CAP = 20_000
 

@@ -11,7 +11,7 @@ import onnx
 from onnx import helper
 
 from tensorfold.passes.layers import Layer
-from tensorfold.runtime.devices import Device, _host_key, predict_seconds
+from tensorfold.runtime.roofline import Device, host_key, predict_seconds
 from tensorfold.runtime.latency import measure
 from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.model import make_model
@@ -43,10 +43,10 @@ class CachedTable:
 
     def __init__(self, provider: str = "cpu", threads: int = 0, device: Device | None = None,
                  cache_dir: Path | None = None, runs: int = 25):
-        from tensorfold.bench.real_models import cache_dir as default_cache
+        from tensorfold.paths import cache_dir as default_cache
 
         self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
-        where = (device.key or device.name) if device else f"{provider}-t{threads}-{_host_key(provider, threads)}"
+        where = (device.key or device.name) if device else f"{provider}-t{threads}-{host_key(provider, threads)}"
         self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{where}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():

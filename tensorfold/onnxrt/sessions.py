@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph import large
+from tensorfold.onnxrt import large
 
 # short names users type -> (provider, the package that brings it)
 PROVIDERS = {

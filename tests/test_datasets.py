@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tensorfold.bench.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, to_model_input
+from tensorfold.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, to_model_input
 from tensorfold.errors import TensorfoldError
 
 

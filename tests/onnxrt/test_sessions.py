@@ -1,7 +1,7 @@
 import pytest
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.runtime.sessions import resolve_provider
+from tensorfold.onnxrt.sessions import resolve_provider
 
 
 def test_short_and_full_names():

@@ -74,7 +74,7 @@ class _Target:
 
 
 def test_a_missed_target_is_re_planned_and_the_fastest_kept():
-    from tensorfold.runtime.hardware_aware import _close_the_loop
+    from tensorfold.planning.hardware_aware import _close_the_loop
 
     target = _Target(target_ms=10.0)                       # base 15 ms: 1.5x asked
     measured = {"plan1": 1.35, "plan2": 1.45, "plan3": 1.40}
@@ -88,7 +88,7 @@ def test_a_missed_target_is_re_planned_and_the_fastest_kept():
 
 
 def test_a_met_or_unreachable_target_is_not_re_planned():
-    from tensorfold.runtime.hardware_aware import _close_the_loop
+    from tensorfold.planning.hardware_aware import _close_the_loop
 
     target = _Target(target_ms=10.0)
     first = _Result("plan0")
