@@ -20,17 +20,20 @@ from tensorfold.passes.tt import TTPass
 from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_params, tucker_ranks
 from tensorfold.decompose.tucker2 import tucker2_params
 
-_TT = TTPass()
 # CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); auto compares it only below this size
 CP_MAX_PARAMS = 300_000
-# auto's CP try is a challenger to an exact-error Tucker-2: the SVD-initialised try alone, a few
-# seconds at most (a YOLOv8n spent minutes per layer in CP-ALS before)
-AUTO_CP_SECONDS = 2.0
+# auto's CP try is a challenger to an exact-error Tucker-2: the SVD-initialised try alone, on a
+# tenth of CP's work (a YOLOv8n spent minutes per layer in CP-ALS before), with a time backstop
+AUTO_CP_FLOPS = 1e10
+AUTO_CP_SECONDS = 10.0
 
 
 @register_pass
 class AutoPass(FactorizePass):
     name = method = "auto"
+
+    def __init__(self):
+        self.tt = TTPass()        # its TT-SVD memo lives as long as this pass
 
     def supports(self, layer: Layer) -> str | None:
         return None
@@ -40,8 +43,8 @@ class AutoPass(FactorizePass):
             return svd_candidates(layer)
         if layer.kind == "conv":
             cands = tucker_candidates(layer)
-            return cands + (_TT.candidates(layer) if layer.groups == 1 else [])
-        return svd_candidates(layer) + _TT.candidates(layer)
+            return cands + (self.tt.candidates_of(layer) if layer.groups == 1 else [])
+        return svd_candidates(layer) + self.tt.candidates_of(layer)
 
     def ranks_for(self, layer: Layer, spec: RankSpec):
         if layer.is_pointwise:
@@ -75,7 +78,7 @@ class AutoPass(FactorizePass):
         if method == "svd":
             return svd_build(layer, rest)
         if method == "tt":
-            return _TT.build(layer, rest, ctx)
+            return self.tt.build(layer, rest, ctx)
         best = tucker_build(layer, rest, ctx.hooi_iters)
         # with calibration statistics CP is not tried: its inner factors stay weight-fitted (only its
         # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search
@@ -85,7 +88,8 @@ class AutoPass(FactorizePass):
             if size >= layer.params or relative_error(layer.weight, best.reconstruct()) < 1e-6:
                 return best
             try:
-                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed, seconds=AUTO_CP_SECONDS, restarts=0)
+                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed, flops=AUTO_CP_FLOPS,
+                              seconds=AUTO_CP_SECONDS, restarts=0)
             except DecompositionError:  # an unstable CP just loses the comparison
                 return best
             if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):

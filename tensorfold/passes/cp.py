@@ -63,13 +63,26 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
     return out
 
 
-# CP-ALS stops sweeping (and restarting) past this many seconds per layer and keeps its best try:
-# a layer must never hold a run for minutes (the error reported is the one reached)
-CP_SECONDS = 20.0
+# CP-ALS work per try, in FLOPs: the sweeps are capped by what the layer's size and rank cost,
+# not by a clock, so the same command gives the same model on any machine and under any load (a
+# time budget made auto's output error differ run to run). A sweep costs about 6 * size * rank
+# FLOPs plus a fixed share of small solves and Python work (~2e7 FLOP-equivalents measured here).
+CP_FLOPS = 1e11
+# a backstop past which CP-ALS keeps its best try, for a host far slower than any seen: a layer
+# must never hold a run for minutes (the error reported is the one reached)
+CP_SECONDS = 60.0
 
 
-def cp_build(layer: Layer, rank: int, seed: int, seconds: float = CP_SECONDS, restarts: int = 3) -> Factorization:
-    cp = cp_als(layer.weight.astype(np.float64), min(rank, cp_max_rank(layer.weight.shape)), seed=seed,
+def cp_sweeps(shape: tuple[int, ...], rank: int, flops: float) -> int:
+    """ALS sweeps that `flops` buys for a tensor of this shape at this rank (3 to 100)."""
+    per_sweep = 6.0 * float(np.prod(shape)) * rank + 2e7
+    return int(np.clip(flops // per_sweep, 3, 100))
+
+
+def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, seconds: float = CP_SECONDS,
+             restarts: int = 3) -> Factorization:
+    rank = min(rank, cp_max_rank(layer.weight.shape))
+    cp = cp_als(layer.weight.astype(np.float64), rank, seed=seed, n_iter_max=cp_sweeps(layer.weight.shape, rank, flops),
                 seconds=seconds, n_restarts=restarts)
     out_f, in_f, *spatial = cp.factors
     output_error2 = None
