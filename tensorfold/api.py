@@ -25,14 +25,13 @@ from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import Reference, verify_models
-from tensorfold.passes import PassContext, PassResult, RankSpec, get_pass
+from tensorfold.passes import METHODS, PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
 from tensorfold.onnxrt.batching import call_shapes, feeds_for
 from tensorfold.onnxrt.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, load_inputs, parse_shapes,
                                        random_inputs, resolve_shapes, zero_inputs)
 
-METHODS = ("auto", "svd", "tucker", "cp", "tt")
 # --calibration without a rank option: the most compressed model within this held-out output error
 DEFAULT_OUTPUT_ERROR = 0.05
 # a run without --calibration whose verified output error is above this says so and names the fix

@@ -27,6 +27,24 @@ class _Finite(click.FloatRange):
         return rv
 
 
+class _Methods(click.Choice):
+    """The registered factorization methods (tensorfold.passes.METHODS) and `none`, looked up when
+    first needed: importing the passes imports onnx (about 2 s), which `--help` must not wait for."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        from tensorfold.passes import METHODS
+
+        return (*METHODS, "none")
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
 _POSITIVE = click.IntRange(min=1)
 _COUNT = click.IntRange(min=0)
 _POSITIVE_FLOAT = _Finite(min=0, min_open=True)
@@ -68,7 +86,8 @@ def main(debug):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def inspect_cmd(model, shapes, calibration, normalize, as_json):
     """Show what is in MODEL and which layers each method can factorize."""
-    from tensorfold.api import METHODS, inspect
+    from tensorfold.api import inspect
+    from tensorfold.passes import METHODS
 
     info = inspect(model, shapes=shapes, calibration=calibration, normalize=normalize,
                    progress=not as_json and sys.stderr.isatty())
@@ -114,7 +133,7 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="where to write the rewritten model")
-@click.option("--method", type=click.Choice(["auto", "svd", "tucker", "cp", "tt", "none"]), default="auto",
+@click.option("--method", type=_Methods(), default="auto",
               show_default=True, help="factorization; auto picks per layer the least error for the saving; "
                                       "none: no factorization (with --int8: int8 alone)")
 @click.option("--rank", type=_POSITIVE, help="the same rank for every layer (clipped to each mode)")
@@ -404,7 +423,9 @@ def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, o
             raise TensorfoldError(f"unknown model(s) {unknown} (zoo: {', '.join(ZOO)})")
     if methods:
         cfg["methods"] = tuple(m.strip() for m in methods.split(","))
-        unknown = [m for m in cfg["methods"] if m not in ("tucker", "cp", "tt", "svd", "auto")]
+        from tensorfold.passes import METHODS
+
+        unknown = [m for m in cfg["methods"] if m not in METHODS]
         if unknown:
             raise TensorfoldError(f"unknown method(s) {unknown}")
     if ratios:

@@ -44,7 +44,7 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     from tensorfold.recovery.run import recover
     from tensorfold.search.nas.run import IMAGE, search_nas
 
-    from tensorfold.api import METHODS
+    from tensorfold.passes import METHODS
     from tensorfold.graph.io import load_model
     from tensorfold.outputs import check_output_dir, guard_inputs
 

@@ -31,6 +31,8 @@ AUTO_CP_SECONDS = 10.0
 @register_pass
 class AutoPass(FactorizePass):
     name = method = "auto"
+    order = 0
+    plannable = False          # it picks a method per layer itself
 
     def __init__(self):
         self.tt = TTPass()        # its TT-SVD memo lives as long as this pass

@@ -161,31 +161,3 @@ def get_pass(name: str) -> Pass:
     if name not in PASSES:
         raise TensorfoldError(f"unknown method '{name}' (choose from {', '.join(sorted(PASSES))})")
     return PASSES[name]()
-
-
-class PassManager:
-    """Run passes in order; repeat up to `steps` times until nothing changes (early stop)."""
-
-    def __init__(self, passes: list[Pass], steps: int = 1, early_stop: bool = True,
-                 on_result: Callable[[Pass, PassResult], None] | None = None):
-        self.passes = passes
-        self.steps = steps
-        self.early_stop = early_stop
-        self.on_result = on_result
-
-    def __call__(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
-        ctx = ctx or PassContext()
-        total = PassResult(model, False)
-        for _ in range(self.steps):
-            changed = False
-            for p in self.passes:
-                result = p(total.model, ctx)
-                if self.on_result:
-                    self.on_result(p, result)
-                total = PassResult(result.model, total.modified or result.modified,
-                                   total.rewritten + result.rewritten, result.skipped, total.notes + result.notes,
-                                   result.eligible_params)
-                changed |= result.modified
-            if self.early_stop and not changed:
-                break
-        return total

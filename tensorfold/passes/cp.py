@@ -107,6 +107,7 @@ def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, second
 @register_pass
 class CPPass(FactorizePass):
     name = method = "cp"
+    order = 3
 
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise and layer.groups > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import onnx
@@ -79,6 +79,10 @@ def ladder(n: int, points: int = 48) -> list[int]:
 
 class FactorizePass(Pass):
     method: str
+    # where the method is listed (--method, `inspect`); a plan may name it per layer (rank search,
+    # configs) when plannable
+    order: ClassVar[int] = 100
+    plannable: ClassVar[bool] = True
 
     @abstractmethod
     def supports(self, layer: Layer) -> str | None:

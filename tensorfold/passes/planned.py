@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.passes.base import PassContext, RankSpec
-from tensorfold.passes.cp import CPPass
+from tensorfold.passes import PASSES, PLANNABLE
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import SVDPass
-from tensorfold.passes.tt import TTPass
-from tensorfold.passes.tucker import TuckerPass
 
-# the methods a plan may name; a pointwise layer is an SVD whatever method is asked
-PLANNABLE = ("svd", "tucker", "cp", "tt")
 
 
 def rank_count(method: str, layer: Layer) -> int:
@@ -42,10 +37,11 @@ def check_choice(layer: Layer, choice: tuple | None, source: str) -> None:
 
 class PlannedPass(FactorizePass):
     name = method = "planned"
+    plannable = False
 
     def __init__(self):
-        self.methods: dict[str, FactorizePass] = {"svd": SVDPass(), "tucker": TuckerPass(), "cp": CPPass(),
-                                                  "tt": TTPass()}
+        # the plannable methods (a pointwise layer is an SVD whatever method is asked)
+        self.methods: dict[str, FactorizePass] = {name: PASSES[name]() for name in PLANNABLE}
         # node name -> (method, *ranks), or None to keep the layer; set before each call
         self.choices: dict[str, tuple | None] = {}
 

@@ -90,6 +90,7 @@ def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
 @register_pass
 class SVDPass(FactorizePass):
     name = method = "svd"
+    order = 1
 
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise:

@@ -90,6 +90,7 @@ def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
 @register_pass
 class TTPass(FactorizePass):
     name = method = "tt"
+    order = 4
 
     def supports(self, layer: Layer) -> str | None:
         if layer.kind == "conv" and not layer.is_pointwise and layer.groups > 1:

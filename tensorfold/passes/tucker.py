@@ -123,6 +123,7 @@ def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
 @register_pass
 class TuckerPass(FactorizePass):
     name = method = "tucker"
+    order = 2
 
     def supports(self, layer: Layer) -> str | None:
         return None   # any non-depthwise conv, grouped included; matrices via the SVD

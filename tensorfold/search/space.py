@@ -27,7 +27,8 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
-from tensorfold.passes.planned import PLANNABLE, PlannedPass
+from tensorfold.passes import PLANNABLE
+from tensorfold.passes.planned import PlannedPass
 from tensorfold.search.objectives import parse_names
 
 PER_LAYER_MAX = 24
