@@ -53,7 +53,7 @@ def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassC
     _, layers, _ = pass_.eligible_layers(model, ctx)
     out: dict[str, Sensitivity] = {}
     for layer in tqdm(layers, desc="layer sensitivity", unit="layer", disable=not ctx.progress, leave=False):
-        cands = [c for c in pass_.candidates_of(layer) if c.params <= PROBE_SHARE * layer.params]
+        cands = [c for c in pass_.candidates_of(layer, ctx) if c.params <= PROBE_SHARE * layer.params]
         if not cands:
             continue
         probe = min(cands, key=lambda c: (c.error2, c.params))

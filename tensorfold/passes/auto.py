@@ -45,8 +45,8 @@ class AutoPass(FactorizePass):
             return svd_candidates(layer)
         if layer.kind == "conv":
             cands = tucker_candidates(layer)
-            return cands + (self.tt.candidates_of(layer) if layer.groups == 1 else [])
-        return svd_candidates(layer) + self.tt.candidates_of(layer)
+            return cands + (self.tt.candidates(layer) if layer.groups == 1 else [])
+        return svd_candidates(layer) + self.tt.candidates(layer)
 
     def ranks_for(self, layer: Layer, spec: RankSpec):
         if layer.is_pointwise:

@@ -56,6 +56,18 @@ class RankSpec:
 
 
 @dataclass
+class FactorCache:
+    """Decompositions already paid for: a budget search, a hardware-aware planner or a rank search
+    that revisits a (method, layer, ranks) reuses them. Keys name the method, the node, its weight
+    (initializer name and shape) and whether calibration statistics shaped the result; the cache
+    lives as long as the PassContext holding it, or longer where a search hands one to every trial."""
+
+    factorizations: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
+
+
+@dataclass
 class PassContext:
     spec: RankSpec = field(default_factory=RankSpec)
     include: tuple[str, ...] = ()
@@ -71,6 +83,7 @@ class PassContext:
     stats: dict | None = None
     # {layer name: weight} on each layer's squared error in the global budget (measured sensitivity)
     layer_weights: dict | None = None
+    cache: FactorCache = field(default_factory=FactorCache)
 
 
 @dataclass

@@ -141,7 +141,7 @@ class FactorizePass(Pass):
         _, layers, _ = self.eligible_layers(model, ctx)
         layers = [layer for layer in layers if layer.leads]      # a shared weight counts once
         total = sum(layer.params for layer in layers)
-        smallest = sum(min([layer.params] + [c.params for c in self.candidates_of(layer)
+        smallest = sum(min([layer.params] + [c.params for c in self.candidates_of(layer, ctx)
                                              if ctx.force or c.params < layer.params]) for layer in layers)
         return total / smallest if smallest else 1.0
 
@@ -204,10 +204,13 @@ class FactorizePass(Pass):
         return getattr(ctx.planner, "reasons", {}).get(layer.name) or (
             "kept whole: the budget gains more from other layers")
 
+    def _cache_key(self, layer: Layer, *rest) -> tuple:
+        return (self.method, layer.key, layer.node.input[1], tuple(layer.weight.shape), layer.gram is not None, *rest)
+
     def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
-        """build(), remembered: a planner that tried these ranks already paid for them."""
-        memo = self.__dict__.setdefault("_memo", {})
-        key = (layer.key, tuple(ranks), layer.gram is not None)
+        """build(), remembered in ctx.cache: a planner that tried these ranks already paid for them."""
+        memo = ctx.cache.factorizations
+        key = self._cache_key(layer, tuple(ranks))
         if key not in memo:
             memo[key] = self.build(layer, ranks, ctx)
         return memo[key]
@@ -216,8 +219,8 @@ class FactorizePass(Pass):
         """The factorization and its relative weight error, both remembered: a search that revisits
         ranks pays for neither again."""
         fac = self.factorization(layer, ranks, ctx)
-        errors = self.__dict__.setdefault("_errors", {})
-        key = (layer.key, tuple(ranks), layer.gram is not None)
+        errors = ctx.cache.errors
+        key = self._cache_key(layer, tuple(ranks))
         if key not in errors:
             errors[key] = relative_error(layer.weight, fac.reconstruct())
         return fac, errors[key]
@@ -231,10 +234,11 @@ class FactorizePass(Pass):
             fac.output_error2 = layer_output_error2(layer, fac.reconstruct())
         return float(np.sqrt(max(fac.output_error2, 0.0)))
 
-    def candidates_of(self, layer: Layer) -> list[Candidate]:
-        """candidates(), remembered: a budget search at several ratios builds each curve once."""
-        memo = self.__dict__.setdefault("_candidates", {})
-        key = (layer.key, layer.gram is not None)
+    def candidates_of(self, layer: Layer, ctx: PassContext) -> list[Candidate]:
+        """candidates(), remembered in ctx.cache: a budget search at several ratios builds each
+        curve once."""
+        memo = ctx.cache.candidates
+        key = self._cache_key(layer)
         if key not in memo:
             memo[key] = self.candidates(layer)
         return memo[key]
@@ -282,24 +286,25 @@ class FactorizePass(Pass):
         """Ranks from the rank spec alone: a fixed rank, an energy, EVBMF or the global budget."""
         spec = ctx.spec
         if spec.ratio is None:
-            return {layer.name: self.data_ranks_for_energy(layer, spec) or self.ranks_for(layer, spec)
+            return {layer.name: self.data_ranks_for_energy(layer, ctx) or self.ranks_for(layer, spec)
                     for layer in layers}, []
-        return self.budget_plan(layers, spec.ratio, ctx.force, ctx.progress, ctx.layer_weights)
+        return self.budget_plan(layers, spec.ratio, ctx)
 
-    def data_ranks_for_energy(self, layer: Layer, spec: RankSpec) -> tuple | None:
+    def data_ranks_for_energy(self, layer: Layer, ctx: PassContext) -> tuple | None:
         """With calibration statistics an energy is the share of the layer's *output* energy kept:
         the smallest candidate whose relative squared output error is at most 1 - energy."""
+        spec = ctx.spec
         if layer.gram is None or spec.rank is not None or spec.evbmf:
             return None
-        fits = [c for c in self.candidates_of(layer) if c.error2 <= 1.0 - spec.effective_energy + 1e-12]
+        fits = [c for c in self.candidates_of(layer, ctx) if c.error2 <= 1.0 - spec.effective_energy + 1e-12]
         if not fits:
             return None
         return self.ranks_of(min(fits, key=lambda c: (c.params, c.error2)))
 
-    def budget_plan(self, layers: list[Layer], ratio: float, force: bool = False, progress: bool = False,
-                    weights: dict | None = None):
+    def budget_plan(self, layers: list[Layer], ratio: float, ctx: PassContext):
         """Meet `ratio` over these layers together, giving rank where it costs least error (each
-        layer's squared error scaled by weights[name] when given)."""
+        layer's squared error scaled by ctx.layer_weights[name] when given)."""
+        force, progress, weights = ctx.force, ctx.progress, ctx.layer_weights
         if not layers:
             return {}, []
         users: dict[str, list[Layer]] = {}
@@ -310,7 +315,7 @@ class FactorizePass(Pass):
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
         for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
-            cands = [c for c in self.candidates_of(layer) if force or c.params < layer.params]
+            cands = [c for c in self.candidates_of(layer, ctx) if force or c.params < layer.params]
             # every use of a shared weight suffers its error
             scale = sum((weights or {}).get(user.name, 1.0) for user in users[layer.key])
             opts = [Option(layer.params, 0.0)] + [Option(c.params, c.error2 * scale) for c in cands]

@@ -27,7 +27,6 @@ from tensorfold.graph.model import count_params
 from tensorfold.outputs import check_output_dir, guard_inputs, guarded, input_conflict, write_json_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
-from tensorfold.passes.base import PassContext
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import parse_shapes
 from tensorfold.search.config import write_config
@@ -124,7 +123,7 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
         try:
             plan = rank_space.suggest(trial)
             trial.set_user_attr("plan", encode_plan(plan))
-            result = rank_space.assemble(plan, PassContext(progress=False, seed=seed))
+            result = rank_space.assemble(plan, seed=seed)
             values = evaluator(result.model, measured)
             for key, v in values.items():
                 trial.set_user_attr(key, v)
@@ -178,7 +177,7 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
                  "layers_rewritten": t.user_attrs.get("layers_rewritten"), "plan": t.user_attrs["plan"]}
         # re-verify: rebuild from the plan, onnx.checker, run beside the original
         try:
-            result = rank_space.assemble(plan)
+            result = rank_space.assemble(plan)      # the trial's decompositions, from the space's cache
             check = verify_models(original, result.model, feeds, feeds_label)
             point["verified"] = True
             point["max_relative_error"] = check.max_relative_error

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import TensorfoldError
-from tensorfold.passes.base import PassContext, PassResult
+from tensorfold.passes.base import FactorCache, PassContext, PassResult
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
 from tensorfold.passes import PLANNABLE
@@ -75,6 +75,7 @@ class RankSpace:
         ensure_node_names(self.model)
         self.methods = parse_methods(methods)
         self.planned = PlannedPass()
+        self.cache = FactorCache()
         layers, _ = find_layers(self.model, include, exclude)
         self.layers: list[LayerOptions] = []
         for layer in tqdm(layers, desc="search space", unit="layer", disable=not progress, leave=False):
@@ -161,13 +162,14 @@ class RankSpace:
 
     # --- assembly ------------------------------------------------------------------------------
 
-    def assemble(self, plan: Plan, ctx: PassContext | None = None) -> PassResult:
-        """The model with these layers rewritten; decompositions come from the pass's memo."""
+    def assemble(self, plan: Plan, seed: int = 0) -> PassResult:
+        """The model with these layers rewritten; every trial shares one FactorCache, so a
+        (layer, method, ranks) that comes back is decomposed once per search."""
         unknown = set(plan) - {o.name for o in self.layers}
         if unknown:
             raise TensorfoldError(f"the plan names layers this model's search space lacks: {sorted(unknown)[:3]}")
         self.planned.choices = dict(plan)
-        return self.planned(self.model, ctx or PassContext(progress=False))
+        return self.planned(self.model, PassContext(progress=False, seed=seed, cache=self.cache))
 
 
 def encode_plan(plan: Plan) -> dict:
