@@ -17,7 +17,6 @@ from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_cp_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 from tensorfold.decompose.data_aware import refit_output
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
 from tensorfold.decompose.tucker2 import tucker2_params
@@ -107,6 +106,7 @@ def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, second
 @register_pass
 class CPPass(FactorizePass):
     name = method = "cp"
+    svd_for = "pointwise"
     order = 3
 
     def supports(self, layer: Layer) -> str | None:
@@ -114,18 +114,14 @@ class CPPass(FactorizePass):
             return "grouped kxk conv: cp rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
-    def ranks_for(self, layer, spec):
-        return svd_ranks(layer, spec) if layer.is_pointwise else cp_ranks(layer, spec)
+    def method_ranks(self, layer, spec):
+        return cp_ranks(layer, spec)
 
-    def candidates(self, layer):
-        return svd_candidates(layer) if layer.is_pointwise else cp_candidates(layer)
+    def method_candidates(self, layer):
+        return cp_candidates(layer)
 
-    def params_for(self, layer, ranks):
-        if layer.is_pointwise:
-            return svd_params(layer, ranks)
+    def method_params(self, layer, ranks):
         return cp_params(layer.weight.shape, min(ranks[0], cp_max_rank(layer.weight.shape)))
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
-        if layer.is_pointwise:
-            return svd_build(layer, ranks)
+    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         return cp_build(layer, ranks[0], ctx.seed)

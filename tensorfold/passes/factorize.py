@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -20,7 +21,7 @@ from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
-from tensorfold.passes.base import LayerRecord, Pass, PassContext, PassResult, RankSpec
+from tensorfold.passes.base import PASSES, LayerRecord, Pass, PassContext, PassResult, RankSpec
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 
@@ -83,28 +84,56 @@ class FactorizePass(Pass):
     # configs) when plannable
     order: ClassVar[int] = 100
     plannable: ClassVar[bool] = True
+    # the layers this method hands to the SVD, exact for a weight that is a matrix: "pointwise"
+    # (1x1 convs and matrices), "1x1 conv" (matrices keep the method, as TT-matrices do), or None
+    svd_for: ClassVar[str | None] = None
 
     @abstractmethod
     def supports(self, layer: Layer) -> str | None:
         """None if this method can rewrite the layer, else the reason it is skipped."""
 
-    @abstractmethod
-    def ranks_for(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
+    # --- what a method implements for the layers it decomposes itself ----------------------
+
+    def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         """Ranks for a fixed --rank or an --energy threshold (spec.ratio is handled by the budget)."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def candidates(self, layer: Layer) -> list[Candidate]:
+    def method_candidates(self, layer: Layer) -> list[Candidate]:
         """Rank choices with their parameter count and error, for the global budget."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         """Decompose the layer at these ranks."""
+        raise NotImplementedError
 
-    def params_for(self, layer: Layer, ranks: tuple) -> int | None:
+    def method_params(self, layer: Layer, ranks: tuple) -> int | None:
         """The factors' parameter count at these ranks when known without decomposing (None:
         only the build can tell). Lets the loop refuse a chain that cannot be smaller for free:
         `--energy 1` or a huge `--rank` must not run a decomposition only to throw it away."""
         return None
+
+    # --- what the loop calls: the SVD's layers go to the SVD, the rest to the method -------
+
+    def by_svd(self, layer: Layer) -> bool:
+        if self.svd_for == "pointwise":
+            return layer.is_pointwise
+        return self.svd_for == "1x1 conv" and layer.kind == "conv" and layer.is_pointwise
+
+    @cached_property
+    def svd(self) -> FactorizePass:
+        return PASSES["svd"]()
+
+    def ranks_for(self, layer: Layer, spec: RankSpec) -> tuple:
+        return self.svd.ranks_for(layer, spec) if self.by_svd(layer) else self.method_ranks(layer, spec)
+
+    def candidates(self, layer: Layer) -> list[Candidate]:
+        return self.svd.candidates(layer) if self.by_svd(layer) else self.method_candidates(layer)
+
+    def build(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
+        return self.svd.build(layer, ranks, ctx) if self.by_svd(layer) else self.method_build(layer, ranks, ctx)
+
+    def params_for(self, layer: Layer, ranks: tuple) -> int | None:
+        return self.svd.params_for(layer, ranks) if self.by_svd(layer) else self.method_params(layer, ranks)
 
     # --- the shared loop -------------------------------------------------------------------
 

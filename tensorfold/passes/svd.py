@@ -97,14 +97,14 @@ class SVDPass(FactorizePass):
             return "kxk conv: svd rewrites 1x1 convs and matrices; use tucker, cp or tt for kxk kernels"
         return None
 
-    def ranks_for(self, layer, spec):
+    def method_ranks(self, layer, spec):
         return svd_ranks(layer, spec)
 
-    def candidates(self, layer):
+    def method_candidates(self, layer):
         return svd_candidates(layer)
 
-    def params_for(self, layer, ranks):
+    def method_params(self, layer, ranks):
         return svd_params(layer, ranks)
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         return svd_build(layer, ranks)

@@ -22,7 +22,6 @@ from tensorfold.decompose.data_aware import refit_output
 from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2,
                                          relative_error)
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_ranks
 
 
 def _tt_tensor(layer: Layer) -> np.ndarray:
@@ -90,6 +89,7 @@ def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
 @register_pass
 class TTPass(FactorizePass):
     name = method = "tt"
+    svd_for = "1x1 conv"
     order = 4
 
     def supports(self, layer: Layer) -> str | None:
@@ -97,12 +97,7 @@ class TTPass(FactorizePass):
             return "grouped kxk conv: tt rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
-    def _pointwise_conv(self, layer: Layer) -> bool:
-        return layer.kind == "conv" and layer.is_pointwise
-
-    def ranks_for(self, layer: Layer, spec: RankSpec):
-        if self._pointwise_conv(layer):
-            return svd_ranks(layer, spec)
+    def method_ranks(self, layer: Layer, spec: RankSpec):
         if spec.rank is not None:
             cores = _decompose(layer, spec.rank, None)
         elif spec.evbmf:
@@ -112,11 +107,9 @@ class TTPass(FactorizePass):
             cores = _decompose(layer, None, float(np.sqrt(max(1.0 - spec.effective_energy, 0.0))))
         return tuple(_bond_ranks(cores))
 
-    def candidates(self, layer: Layer) -> list[Candidate]:
+    def method_candidates(self, layer: Layer) -> list[Candidate]:
         """TT-SVD at a ladder of error targets: delta-truncation sets each bond's rank on its
         own (a cap shared by all bonds would waste rank on the small ones); errors measured."""
-        if self._pointwise_conv(layer):
-            return svd_candidates(layer)
         out = {}
         memo: dict = {}      # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
@@ -135,9 +128,7 @@ class TTPass(FactorizePass):
                 out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err2)
         return list(out.values())
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
-        if self._pointwise_conv(layer):
-            return svd_build(layer, ranks)
+    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         cores = _decompose(layer, list(ranks), None)
         output_error2 = None
         if layer.gram is not None and layer.kind == "conv":

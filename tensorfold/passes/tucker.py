@@ -18,7 +18,6 @@ from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import emit_tucker_conv
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
-from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 
 
 def _unfold(w: np.ndarray, mode: int) -> np.ndarray:
@@ -123,21 +122,20 @@ def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
 @register_pass
 class TuckerPass(FactorizePass):
     name = method = "tucker"
+    svd_for = "pointwise"
     order = 2
 
     def supports(self, layer: Layer) -> str | None:
         return None   # any non-depthwise conv, grouped included; matrices via the SVD
 
-    def ranks_for(self, layer, spec):
-        return svd_ranks(layer, spec) if layer.is_pointwise else tucker_ranks(layer, spec)
+    def method_ranks(self, layer, spec):
+        return tucker_ranks(layer, spec)
 
-    def candidates(self, layer):
-        return svd_candidates(layer) if layer.is_pointwise else tucker_candidates(layer)
+    def method_candidates(self, layer):
+        return tucker_candidates(layer)
 
-    def params_for(self, layer, ranks):
-        return svd_params(layer, ranks) if layer.is_pointwise else tucker_params(layer, ranks)
+    def method_params(self, layer, ranks):
+        return tucker_params(layer, ranks)
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
-        if layer.is_pointwise:
-            return svd_build(layer, ranks)
+    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         return tucker_build(layer, ranks, ctx.hooi_iters)
