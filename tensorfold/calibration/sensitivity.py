@@ -11,7 +11,7 @@ by curvature, here measured directly instead of estimated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -58,8 +58,7 @@ def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassC
             continue
         probe = min(cands, key=lambda c: (c.error2, c.params))
         ranks = pass_.ranks_of(probe)
-        plan = _only(layer, ranks)
-        result = pass_(model, replace(ctx, planner=plan, progress=False))
+        result = pass_(model, replace(ctx, planner=OnlyLayer(layer.name, ranks), progress=False))
         if not result.rewritten:
             continue
         check = reference.verify(result.model)
@@ -68,10 +67,16 @@ def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassC
     return out
 
 
-def _only(target: Layer, ranks):
-    def planner(pass_, layers, ctx):
-        return {layer.name: (ranks if layer.name == target.name else None) for layer in layers}, []
-    return planner
+@dataclass
+class OnlyLayer:
+    """A planner that rewrites one layer at the given ranks and keeps every other whole."""
+
+    name: str
+    ranks: tuple
+    reasons: dict = field(default_factory=dict)
+
+    def __call__(self, pass_, layers: list[Layer], ctx):
+        return {layer.name: (self.ranks if layer.name == self.name else None) for layer in layers}, []
 
 
 def sensitivity_weights(measured: dict[str, Sensitivity]) -> dict[str, float]:

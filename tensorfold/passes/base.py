@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar, Protocol
 
 import onnx
 
@@ -55,6 +55,16 @@ class RankSpec:
         return f"energy {self.effective_energy:g}" + ("" if self.energy is not None else " (default)")
 
 
+class Planner(Protocol):
+    """Ranks chosen in place of the rank spec's plan: hardware-aware selection by measured latency
+    (planning/hardware_aware.py), one layer alone for a sensitivity probe (calibration/sensitivity.py)."""
+
+    reasons: dict[str, str]      # layer name -> why the plan keeps it whole (the pass reports it)
+
+    def __call__(self, pass_, layers: list, ctx: PassContext) -> tuple[dict[str, tuple | None], list[str]]:
+        """{layer name: ranks, or None to keep it whole} and notes for the report."""
+
+
 @dataclass
 class FactorCache:
     """Decompositions already paid for: a budget search, a hardware-aware planner or a rank search
@@ -76,9 +86,7 @@ class PassContext:
     hooi_iters: int = 5          # HOOI sweeps after HOSVD; stops early once the error stops improving
     progress: bool = True
     seed: int = 0
-    # planner(pass, layers, ctx) -> (ranks per layer name or None, notes): replaces the rank spec's
-    # plan, e.g. hardware-aware selection by measured latency
-    planner: Callable | None = None
+    planner: Planner | None = None       # replaces the rank spec's plan
     # {layer name: InputGram} from calibration data: factors and rank curves fit the layers' outputs
     stats: dict | None = None
     # {layer name: weight} on each layer's squared error in the global budget (measured sensitivity)

@@ -230,7 +230,7 @@ class FactorizePass(Pass):
 
     def keep_reason(self, layer: Layer, ctx: PassContext) -> str:
         """Why the plan left this layer whole."""
-        return getattr(ctx.planner, "reasons", {}).get(layer.name) or (
+        return (ctx.planner.reasons.get(layer.name) if ctx.planner is not None else None) or (
             "kept whole: the budget gains more from other layers")
 
     def _cache_key(self, layer: Layer, *rest) -> tuple:
