@@ -18,7 +18,7 @@ import onnx
 from tqdm import tqdm
 
 from tensorfold.graph.verify import Reference
-from tensorfold.passes.base import PassContext
+from tensorfold.passes.base import Choice, PassContext
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
 
@@ -57,8 +57,7 @@ def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassC
         if not cands:
             continue
         probe = min(cands, key=lambda c: (c.error2, c.params))
-        ranks = pass_.ranks_of(probe)
-        result = pass_(model, replace(ctx, planner=OnlyLayer(layer.name, ranks), progress=False))
+        result = pass_(model, replace(ctx, planner=OnlyLayer(layer.name, pass_.ranks_of(probe)), progress=False))
         if not result.rewritten:
             continue
         check = reference.verify(result.model)
@@ -72,11 +71,11 @@ class OnlyLayer:
     """A planner that rewrites one layer at the given ranks and keeps every other whole."""
 
     name: str
-    ranks: tuple
+    choice: Choice
     reasons: dict = field(default_factory=dict)
 
     def __call__(self, pass_, layers: list[Layer], ctx):
-        return {layer.name: (self.ranks if layer.name == self.name else None) for layer in layers}, []
+        return {layer.name: (self.choice if layer.name == self.name else None) for layer in layers}, []
 
 
 def sensitivity_weights(measured: dict[str, Sensitivity]) -> dict[str, float]:

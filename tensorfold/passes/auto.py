@@ -11,7 +11,7 @@ calibration statistics (see build).
 from __future__ import annotations
 
 from tensorfold.errors import DecompositionError
-from tensorfold.passes.base import PassContext, RankSpec, register_pass
+from tensorfold.passes.base import Choice, PassContext, RankSpec, register_pass
 from tensorfold.passes.cp import cp_build, cp_rank_for_params
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
 from tensorfold.passes.layers import Layer
@@ -59,28 +59,25 @@ class AutoPass(FactorizePass):
             size = len(layer.group_weights()) * tucker2_params(layer.group_weights()[0].shape, ranks)
         fits = [c for c in self.candidates(layer) if c.params <= size]
         if not fits:
-            return ("svd", *svd_ranks(layer, spec)) if layer.is_pointwise else ("tucker", *tucker_ranks(layer, spec))
+            if layer.is_pointwise:
+                return Choice("svd", svd_ranks(layer, spec))
+            return Choice("tucker", tucker_ranks(layer, spec))
         best = min(fits, key=lambda c: (c.error2, c.params))
-        return (best.method, *best.ranks)
+        return self.ranks_of(best)
 
-    def ranks_of(self, candidate: Candidate):
-        return (candidate.method, *candidate.ranks)
-
-    def params_for(self, layer: Layer, ranks):
-        method, *rest = ranks
-        if method == "svd":
-            return svd_params(layer, tuple(rest))
-        if method == "tucker":
-            return tucker_params(layer, tuple(rest))
+    def params_for(self, layer: Layer, choice: Choice):
+        if choice.method == "svd":
+            return svd_params(layer, choice.ranks)
+        if choice.method == "tucker":
+            return tucker_params(layer, choice.ranks)
         return None
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
-        method, *rest = ranks
-        rest = tuple(rest)
+    def build(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
+        method, rest = choice.method, choice.ranks
         if method == "svd":
             return svd_build(layer, rest)
         if method == "tt":
-            return self.tt.build(layer, rest, ctx)
+            return self.tt.build(layer, choice, ctx)
         best = tucker_build(layer, rest, ctx.hooi_iters)
         # with calibration statistics CP is not tried: its inner factors stay weight-fitted (only its
         # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search

@@ -55,14 +55,33 @@ class RankSpec:
         return f"energy {self.effective_energy:g}" + ("" if self.energy is not None else " (default)")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What a plan gives one layer: a method and its ranks (Tucker-2: output and input ranks; TT:
+    its bonds; SVD and CP: one). Plans, planners, latency tables, configs and the rank search all
+    speak it; None in a plan keeps the layer whole."""
+
+    method: str
+    ranks: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+
+    def __str__(self) -> str:
+        return f"{self.method} ranks {list(self.ranks)}"
+
+
+Plan = dict[str, "Choice | None"]
+
+
 class Planner(Protocol):
     """Ranks chosen in place of the rank spec's plan: hardware-aware selection by measured latency
     (planning/hardware_aware.py), one layer alone for a sensitivity probe (calibration/sensitivity.py)."""
 
     reasons: dict[str, str]      # layer name -> why the plan keeps it whole (the pass reports it)
 
-    def __call__(self, pass_, layers: list, ctx: PassContext) -> tuple[dict[str, tuple | None], list[str]]:
-        """{layer name: ranks, or None to keep it whole} and notes for the report."""
+    def __call__(self, pass_, layers: list, ctx: PassContext) -> tuple[Plan, list[str]]:
+        """{layer name: Choice, or None to keep it whole} and notes for the report."""
 
 
 @dataclass

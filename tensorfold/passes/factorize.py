@@ -21,7 +21,7 @@ from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
-from tensorfold.passes.base import PASSES, LayerRecord, Pass, PassContext, PassResult, RankSpec
+from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, Plan, PassResult, RankSpec
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 
@@ -123,17 +123,23 @@ class FactorizePass(Pass):
     def svd(self) -> FactorizePass:
         return PASSES["svd"]()
 
-    def ranks_for(self, layer: Layer, spec: RankSpec) -> tuple:
-        return self.svd.ranks_for(layer, spec) if self.by_svd(layer) else self.method_ranks(layer, spec)
+    def ranks_for(self, layer: Layer, spec: RankSpec) -> Choice:
+        if self.by_svd(layer):
+            return Choice("svd", self.svd.method_ranks(layer, spec))
+        return Choice(self.method, self.method_ranks(layer, spec))
 
     def candidates(self, layer: Layer) -> list[Candidate]:
         return self.svd.candidates(layer) if self.by_svd(layer) else self.method_candidates(layer)
 
-    def build(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
-        return self.svd.build(layer, ranks, ctx) if self.by_svd(layer) else self.method_build(layer, ranks, ctx)
+    def build(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
+        if self.by_svd(layer):
+            return self.svd.method_build(layer, choice.ranks, ctx)
+        return self.method_build(layer, choice.ranks, ctx)
 
-    def params_for(self, layer: Layer, ranks: tuple) -> int | None:
-        return self.svd.params_for(layer, ranks) if self.by_svd(layer) else self.method_params(layer, ranks)
+    def params_for(self, layer: Layer, choice: Choice) -> int | None:
+        if self.by_svd(layer):
+            return self.svd.method_params(layer, choice.ranks)
+        return self.method_params(layer, choice.ranks)
 
     # --- the shared loop -------------------------------------------------------------------
 
@@ -190,11 +196,11 @@ class FactorizePass(Pass):
                    leave=False)
         for layer in bar:
             bar.set_postfix_str(layer.name[-30:])
-            ranks = plan.get(layer.name)
-            if ranks is None:
+            choice = plan.get(layer.name)
+            if choice is None:
                 skipped.append(Skip(layer.name, layer.node.op_type, self.keep_reason(layer, ctx)))
                 continue
-            outcome = self._rewrite(layer, ranks, ctx, fresh, pool)
+            outcome = self._rewrite(layer, choice, ctx, fresh, pool)
             if isinstance(outcome, Skip):
                 skipped.append(outcome)
                 continue
@@ -236,29 +242,29 @@ class FactorizePass(Pass):
     def _cache_key(self, layer: Layer, *rest) -> tuple:
         return (self.method, layer.key, layer.node.input[1], tuple(layer.weight.shape), layer.gram is not None, *rest)
 
-    def factorization(self, layer: Layer, ranks: tuple, ctx: PassContext) -> Factorization:
-        """build(), remembered in ctx.cache: a planner that tried these ranks already paid for them."""
+    def factorization(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
+        """build(), remembered in ctx.cache: a planner that tried this choice already paid for it."""
         memo = ctx.cache.factorizations
-        key = self._cache_key(layer, tuple(ranks))
+        key = self._cache_key(layer, choice)
         if key not in memo:
-            memo[key] = self.build(layer, ranks, ctx)
+            memo[key] = self.build(layer, choice, ctx)
         return memo[key]
 
-    def weight_error(self, layer: Layer, ranks: tuple, ctx: PassContext) -> tuple[Factorization, float]:
+    def weight_error(self, layer: Layer, choice: Choice, ctx: PassContext) -> tuple[Factorization, float]:
         """The factorization and its relative weight error, both remembered: a search that revisits
-        ranks pays for neither again."""
-        fac = self.factorization(layer, ranks, ctx)
+        a choice pays for neither again."""
+        fac = self.factorization(layer, choice, ctx)
         errors = ctx.cache.errors
-        key = self._cache_key(layer, tuple(ranks))
+        key = self._cache_key(layer, choice)
         if key not in errors:
             errors[key] = relative_error(layer.weight, fac.reconstruct())
         return fac, errors[key]
 
-    def output_error(self, layer: Layer, ranks: tuple, ctx: PassContext) -> float | None:
+    def output_error(self, layer: Layer, choice: Choice, ctx: PassContext) -> float | None:
         """Relative output error of the layer's factorization on the calibration data (None without)."""
         if layer.gram is None:
             return None
-        fac = self.factorization(layer, ranks, ctx)
+        fac = self.factorization(layer, choice, ctx)
         if fac.output_error2 is None:
             fac.output_error2 = layer_output_error2(layer, fac.reconstruct())
         return float(np.sqrt(max(fac.output_error2, 0.0)))
@@ -272,22 +278,20 @@ class FactorizePass(Pass):
             memo[key] = self.candidates(layer)
         return memo[key]
 
-    def _rewrite(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext, fresh, pool: dict | None = None
+    def _rewrite(self, layer: Layer, choice: Choice, ctx: PassContext, fresh, pool: dict | None = None
                  ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
-        predicted = self.params_for(layer, ranks)
+        predicted = self.params_for(layer, choice)
         if predicted is not None and predicted >= layer.params and not ctx.force:
-            shown = [r for r in ranks if not isinstance(r, str)]
-            method = ranks[0] if ranks and isinstance(ranks[0], str) else self.method
-            return Skip(layer.name, op, f"{method} ranks {shown} give at least {predicted} params, not fewer "
+            return Skip(layer.name, op, f"{choice} give at least {predicted} params, not fewer "
                                         f"than the layer's {layer.params} (use --force to rewrite anyway)")
         try:
-            fac, error = self.weight_error(layer, ranks, ctx)
+            fac, error = self.weight_error(layer, choice, ctx)
         except DecompositionError as exc:
             return Skip(layer.name, op, f"{self.method} failed: {exc}")
         except MemoryError as exc:
-            raise TensorfoldError(f"layer {layer.name} (weight {list(layer.weight.shape)}): {self.method} ranks "
-                                  f"{list(ranks)} do not fit in memory ({str(exc)[:160]}); ask for smaller ranks"
+            raise TensorfoldError(f"layer {layer.name} (weight {list(layer.weight.shape)}): {choice} "
+                                  f"do not fit in memory ({str(exc)[:160]}); ask for smaller ranks"
                                   ) from None
         if not np.isfinite(error):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
@@ -302,11 +306,11 @@ class FactorizePass(Pass):
                                         f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)")
         record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks],
                              layer.params if layer.leads else 0, builder.params, error,
-                             [n.name for n in builder.nodes], self.output_error(layer, ranks, ctx),
+                             [n.name for n in builder.nodes], self.output_error(layer, choice, ctx),
                              shared_with=[n for n in layer.sharers if n != layer.name])
         return builder, record
 
-    def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[dict[str, tuple[int, ...] | None], list[str]]:
+    def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[Plan, list[str]]:
         if ctx.planner is not None:
             return ctx.planner(self, layers, ctx)
         return self.spec_plan(layers, ctx)
@@ -319,7 +323,7 @@ class FactorizePass(Pass):
                     for layer in layers}, []
         return self.budget_plan(layers, spec.ratio, ctx)
 
-    def data_ranks_for_energy(self, layer: Layer, ctx: PassContext) -> tuple | None:
+    def data_ranks_for_energy(self, layer: Layer, ctx: PassContext) -> Choice | None:
         """With calibration statistics an energy is the share of the layer's *output* energy kept:
         the smallest candidate whose relative squared output error is at most 1 - energy."""
         spec = ctx.spec
@@ -368,6 +372,6 @@ class FactorizePass(Pass):
         return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers "
                       f"({kept} kept whole)"]
 
-    def ranks_of(self, candidate: Candidate) -> tuple:
+    def ranks_of(self, candidate: Candidate) -> Choice:
         """What plan() hands to build() for this candidate."""
-        return candidate.ranks
+        return Choice(candidate.method, candidate.ranks)

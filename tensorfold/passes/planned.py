@@ -8,7 +8,7 @@ planned pass: a search that revisits a (layer, method, ranks) pays for its decom
 from __future__ import annotations
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.passes.base import PassContext, RankSpec
+from tensorfold.passes.base import Choice, PassContext, Plan, RankSpec
 from tensorfold.passes import PASSES, PLANNABLE
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass
 from tensorfold.passes.layers import Layer
@@ -24,15 +24,14 @@ def rank_count(method: str, layer: Layer) -> int:
     return 2 if method == "tucker" else tt_bond_count(layer)
 
 
-def check_choice(layer: Layer, choice: tuple | None, source: str) -> None:
-    """A plan's (method, *ranks) fits the layer, or a one-line error naming both."""
+def check_choice(layer: Layer, choice: Choice | None, source: str) -> None:
+    """A plan's choice fits the layer, or a one-line error naming both."""
     if choice is None:
         return
-    method, *ranks = choice
-    want = rank_count(method, layer)
-    if len(ranks) != want:
-        raise TensorfoldError(f"{source}: layer '{layer.name}' takes {want} {method} rank(s), the plan gives "
-                              f"{len(ranks)} ({list(ranks)})")
+    want = rank_count(choice.method, layer)
+    if len(choice.ranks) != want:
+        raise TensorfoldError(f"{source}: layer '{layer.name}' takes {want} {choice.method} rank(s), the plan gives "
+                              f"{len(choice.ranks)} ({list(choice.ranks)})")
 
 
 class PlannedPass(FactorizePass):
@@ -42,8 +41,8 @@ class PlannedPass(FactorizePass):
     def __init__(self):
         # the plannable methods (a pointwise layer is an SVD whatever method is asked)
         self.methods: dict[str, FactorizePass] = {name: PASSES[name]() for name in PLANNABLE}
-        # node name -> (method, *ranks), or None to keep the layer; set before each call
-        self.choices: dict[str, tuple | None] = {}
+        # node name -> its Choice, or None to keep the layer; set before each call
+        self.choices: Plan = {}
 
     def supports(self, layer: Layer) -> str | None:
         return None
@@ -60,13 +59,13 @@ class PlannedPass(FactorizePass):
     def keep_reason(self, layer: Layer, ctx: PassContext) -> str:
         return "kept whole by the plan"
 
-    def build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
-        method, *rest = ranks
+    def build(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
+        method = choice.method
         if method not in self.methods:
             raise TensorfoldError(f"unknown method '{method}' for {layer.name} (choose from {', '.join(PLANNABLE)})")
         chosen = self.methods[method]
         reason = chosen.supports(layer)
         if reason is not None:
             raise TensorfoldError(f"{layer.name}: {reason}")
-        check_choice(layer, ranks, "plan")
-        return chosen.factorization(layer, tuple(int(r) for r in rest), ctx)
+        check_choice(layer, choice, "plan")
+        return chosen.factorization(layer, choice, ctx)

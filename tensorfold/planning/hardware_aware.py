@@ -19,12 +19,12 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import GraphIndex
+from tensorfold.passes.base import Choice
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
@@ -37,7 +37,7 @@ SLACK = 0.03         # of the whole model's time: how far from the fastest plan 
 
 @dataclass
 class Timed:
-    ranks: tuple
+    choice: Choice
     params: int
     error: float
     ms: float
@@ -75,8 +75,8 @@ class HardwareTarget:
             else:
                 wanted = _spread(pass_, layer)
             timed = []
-            for ranks in {self._round(r, layer) for r in wanted}:
-                t = self._time(pass_, layer, ranks, ctx)
+            for choice in {self._round(c) for c in wanted}:
+                t = self._time(pass_, layer, choice, ctx)
                 if t is not None and t.ms <= FASTER * layer_ms and (ctx.force or t.params < layer.params):
                     timed.append(t)
             self.timings[layer.name] = (layer_ms, timed)
@@ -102,7 +102,7 @@ class HardwareTarget:
             for name, timed in options.items():
                 ok = [t for t in timed if self.max_error is None or t.error <= self.max_error]
                 if ok:
-                    plan[name] = min(ok, key=lambda t: t.ms).ranks
+                    plan[name] = min(ok, key=lambda t: t.ms).choice
                 elif timed:
                     self.reasons[name] = f"hardware-aware: no faster chain within --max-error {self.max_error:g}"
         for name, timed in options.items():
@@ -115,18 +115,18 @@ class HardwareTarget:
 
     # ------------------------------------------------------------------------------------------
 
-    def _round(self, ranks: tuple, layer: Layer) -> tuple:
+    def _round(self, choice: Choice) -> Choice:
         def up(r):
             return r if r < self.multiple else int(math.ceil(r / self.multiple) * self.multiple)
-        return tuple(up(r) if isinstance(r, (int, np.integer)) else r for r in ranks)
+        return Choice(choice.method, tuple(up(r) for r in choice.ranks))
 
     def _layer_ms(self, layer: Layer, ctx) -> float:
         inits = [self.initializers[i] for i in layer.node.input if i in self.initializers]
         return self.table.ms(layer, [layer.node], inits, self.shapes, "layer", self.opset)
 
-    def _time(self, pass_: FactorizePass, layer: Layer, ranks: tuple, ctx) -> Timed | None:
+    def _time(self, pass_: FactorizePass, layer: Layer, choice: Choice, ctx) -> Timed | None:
         try:
-            fac, error = pass_.weight_error(layer, ranks, ctx)
+            fac, error = pass_.weight_error(layer, choice, ctx)
         except DecompositionError:
             return None
         counter = itertools.count()
@@ -135,7 +135,7 @@ class HardwareTarget:
         extra = [self.initializers[n] for n in [layer.bias_name] if n and n in self.initializers]
         ms = self.table.ms(layer, builder.nodes, builder.initializers + extra, self.shapes,
                            f"{fac.method}:{list(fac.ranks)}", self.opset)
-        return Timed(ranks, builder.params, error, ms)
+        return Timed(choice, builder.params, error, ms)
 
     def _allocate(self, layers: list[Layer], options: dict, budget_ms: float) -> dict:
         names = [layer.name for layer in layers]
@@ -145,12 +145,12 @@ class HardwareTarget:
             timed = options[name]
             # cost in units of 0.1 us so the integer budget keeps precision
             opts.append([Option(int(layer_ms * 1e4), 0.0)] + [Option(int(t.ms * 1e4), t.error ** 2) for t in timed])
-            choices.append([None] + [t.ranks for t in timed])
+            choices.append([None] + [t.choice for t in timed])
         picked = allocate_budget(opts, int(budget_ms * 1e4))
         return {name: c[i] for name, c, i in zip(names, choices, picked)}
 
 
-def _spread(pass_: FactorizePass, layer: Layer) -> list[tuple]:
+def _spread(pass_: FactorizePass, layer: Layer) -> list[Choice]:
     """A few candidates from 1/16 to 3/4 of the layer's parameters, the least error in each."""
     cands = pass_.candidates(layer)
     out = []
@@ -259,5 +259,5 @@ def _close_the_loop(chosen, model, ctx, target, speed_ratio, base_ms, result, ra
 
 def _gain(target, record) -> float:
     layer_ms, timed = target.timings.get(record.node, (0.0, []))
-    chosen = [t.ms for t in timed if list(t.ranks)[-len(record.ranks):] == record.ranks]
+    chosen = [t.ms for t in timed if list(t.choice.ranks) == record.ranks]
     return layer_ms - (min(chosen) if chosen else layer_ms)

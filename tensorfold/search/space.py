@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import TensorfoldError
-from tensorfold.passes.base import FactorCache, PassContext, PassResult
+from tensorfold.passes.base import Choice, FactorCache, PassContext, PassResult, Plan
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
 from tensorfold.passes import PLANNABLE
@@ -35,7 +35,6 @@ PER_LAYER_MAX = 24
 OFFSET_LAYERS = 8
 OFFSET_STEPS = 3
 
-Plan = dict[str, tuple | None]     # node -> (method, *ranks) or None (kept whole)
 
 
 @dataclass
@@ -119,7 +118,7 @@ class RankSpace:
                 plan[opts.name] = None
             else:
                 c = opts.pick(method, share)
-                plan[opts.name] = (c.method, *c.ranks)
+                plan[opts.name] = Choice(c.method, c.ranks)
         return plan
 
     def keep_all_params(self) -> dict:
@@ -157,7 +156,7 @@ class RankSpace:
         plan: Plan = {}
         for opts, lad, idx in zip(self.layers, ladders, picked):
             c = lad[idx]
-            plan[opts.name] = None if c is None else (c.method, *c.ranks)
+            plan[opts.name] = None if c is None else Choice(c.method, c.ranks)
         return plan
 
     # --- assembly ------------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class RankSpace:
 
 def encode_plan(plan: Plan) -> dict:
     """JSON/YAML form: node -> {method, ranks} or "keep"."""
-    return {name: "keep" if v is None else {"method": v[0], "ranks": [int(r) for r in v[1:]]}
+    return {name: "keep" if v is None else {"method": v.method, "ranks": list(v.ranks)}
             for name, v in plan.items()}
 
 
@@ -187,7 +186,7 @@ def decode_plan(data: dict, source: str = "plan") -> Plan:
             plan[name] = None
         elif isinstance(v, dict) and v.get("method") in PLANNABLE and isinstance(v.get("ranks"), list) \
                 and all(isinstance(r, int) and r >= 1 for r in v["ranks"]):
-            plan[name] = (v["method"], *v["ranks"])
+            plan[name] = Choice(v["method"], v["ranks"])
         else:
             raise TensorfoldError(f"{source}: layer '{name}' needs 'keep' or {{method: {'|'.join(PLANNABLE)}, "
                                   f"ranks: [positive integers]}} (got {v!r})")

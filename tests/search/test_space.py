@@ -6,6 +6,7 @@ from tensorfold.graph.io import load_model
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.onnxrt.inputs import random_inputs
+from tensorfold.passes.base import Choice
 from tensorfold.search.space import RankSpace, decode_plan, encode_plan
 
 
@@ -34,8 +35,8 @@ def test_plans_assemble_into_valid_models_and_larger_ranks_err_less(space):
     feeds = random_inputs(space.model, {}, 0)
     errors = []
     for share in (0.0, 1.0):
-        plan = {o.name: (o.pick("svd" if "svd" in o.by_method else "tucker", share).method,
-                         *o.pick("svd" if "svd" in o.by_method else "tucker", share).ranks) for o in space.layers}
+        picks = {o.name: o.pick("svd" if "svd" in o.by_method else "tucker", share) for o in space.layers}
+        plan = {name: Choice(c.method, c.ranks) for name, c in picks.items()}
         result = space.assemble(plan)
         assert len(result.rewritten) == len(space.layers)
         errors.append(verify_models(space.model, result.model, feeds, "random").max_relative_error)
@@ -46,7 +47,7 @@ def test_plans_assemble_into_valid_models_and_larger_ranks_err_less(space):
 def test_assembly_reuses_decompositions(space, monkeypatch):
     plan = {o.name: None for o in space.layers}
     first = space.layers[1]
-    plan[first.name] = ("tucker", *first.by_method["tucker"][3].ranks)
+    plan[first.name] = Choice("tucker", first.by_method["tucker"][3].ranks)
     space.assemble(plan)
     calls = []
     tucker = space.planned.methods["tucker"]
