@@ -64,8 +64,8 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     rng = np.random.default_rng(0)
     for li, layer in enumerate(itertools.islice((l for l in layers if not pass_.supports(l)), max_layers)):
         chains = [([layer.node], [index[i] for i in layer.node.input if i in index])]
-        for ranks in {target._round(r, layer) for r in _spread(pass_, layer)}:
-            fac = pass_.factorization(layer, ranks, ctx)
+        for choice in {target._round(c) for c in _spread(pass_, layer)}:
+            fac = pass_.factorization(layer, choice, ctx)
             counter = itertools.count()
             from tensorfold.passes.chains import ChainBuilder
             b = ChainBuilder(layer, fac.method, lambda base: f"{base}_{next(counter)}", "")
