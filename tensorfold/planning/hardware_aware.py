@@ -108,7 +108,7 @@ class HardwareTarget:
         for name, timed in options.items():
             if not timed:
                 self.reasons[name] = "hardware-aware: no chain faster than the layer on the target"
-        fresh = "predictions" if self.table.device is not None else "measurements"
+        fresh = "predictions" if self.table.predicted else "measurements"
         notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.new} new {fresh}, "
                          f"cache {self.table.path}); {slower} had no chain faster than the layer"]
         return plan, notes
@@ -174,9 +174,8 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     from tensorfold.graph.shapes import concrete_shapes
     from tensorfold.passes.base import PassResult
     from tensorfold.passes.layers import Skip
-    from tensorfold.runtime.devices import get_device, predict_seconds
     from tensorfold.onnxrt.inputs import random_inputs, zero_inputs
-    from tensorfold.runtime.latency import compare, measure
+    from tensorfold.runtime.latency_model import Measured, latency_model
 
     if max_error is not None and not max_error > 0:
         raise TensorfoldError(f"--max-error must be > 0 (got {max_error})")
@@ -186,25 +185,20 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
         raise TensorfoldError(f"--target-latency must be > 0 ms (got {target_latency})")
     if speedup is not None and target_latency is not None:
         raise TensorfoldError("choose one of --target-latency and --speedup")
-    dev = get_device(device, provider, threads) if device else None
+    latency = latency_model(provider, threads, device)
+    whole = latency if latency.predicted else Measured(provider, threads, runs=30, warmup=5)
     if feeds is None:
-        feeds = zero_inputs(model, input_shapes) if dev is not None else random_inputs(model, input_shapes, seed)
-
-    def model_ms(m):
-        if dev is not None:
-            return predict_seconds(m, input_shapes, dev) * 1e3
-        return measure(m, feeds, provider, threads, warmup=5, runs=30).median
+        feeds = zero_inputs(model, input_shapes) if latency.predicted else random_inputs(model, input_shapes, seed)
 
     def speed_ratio(candidate):
         """How many times faster `candidate` is than the normalized input (interleaved runs)."""
-        if dev is not None:
-            return base_ms / model_ms(candidate)
-        return compare(candidate, model, feeds, provider, threads, warmup=5, runs=40).speedup
+        return whole.speedup(candidate, model, input_shapes, feeds)
 
-    base_ms = model_ms(model)
+    base_ms = whole.ms(model, input_shapes, feeds)
     needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
+    dev = getattr(latency, "device", None)
     target = HardwareTarget(LatencyTable(provider, threads, dev), model, concrete_shapes(model, input_shapes, needed),
-                            multiple=16 if (dev is not None or provider not in ("cpu", "CPUExecutionProvider")) else 8,
+                            multiple=16 if (latency.predicted or provider not in ("cpu", "CPUExecutionProvider")) else 8,
                             max_error=max_error, target_ms=target_latency or (base_ms / speedup if speedup else None),
                             model_ms=base_ms)
     ctx.planner = target

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import helper
 
 from tensorfold.passes.layers import Layer
-from tensorfold.runtime.roofline import Device, host_key, predict_seconds
-from tensorfold.runtime.latency import measure
+from tensorfold.runtime.latency_model import LatencyModel, latency_model
+from tensorfold.runtime.roofline import Device
 from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.model import make_model
 
@@ -45,9 +44,8 @@ class CachedTable:
                  cache_dir: Path | None = None, runs: int = 25):
         from tensorfold.paths import cache_dir as default_cache
 
-        self.provider, self.threads, self.device, self.runs = provider, threads, device, runs
-        where = (device.key or device.name) if device else f"{provider}-t{threads}-{host_key(provider, threads)}"
-        self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{where}.json"
+        self.latency: LatencyModel = latency_model(provider, threads, device, runs)
+        self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{self.latency.key}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():
             try:
@@ -62,20 +60,24 @@ class CachedTable:
                 self.entries = {}
         self.new = 0
 
+    @property
+    def predicted(self) -> bool:
+        return self.latency.predicted
+
     def cost_ms(self, key: str, build) -> float:
-        """The entry for `key`; if missing, `build()` gives (model, input shapes) to predict on the
-        device or measure (median) on the provider with random inputs, once."""
+        """The entry for `key`; if missing, `build()` gives (model, input shapes) for the latency
+        model to time once (measured on random inputs, or predicted)."""
         if key not in self.entries:
-            model, shapes = build()
-            if self.device is not None:
-                value = predict_seconds(model, shapes, self.device) * 1e3
-            else:
-                rng = np.random.default_rng(0)
-                feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
-                value = measure(model, feeds, self.provider, self.threads, warmup=3, runs=self.runs).median
-            self.entries[key] = value
+            self.entries[key] = self.latency.ms(*build())
             self.new += 1
         return self.entries[key]
+
+    def call_ms(self) -> float:
+        """The fixed cost of one inference call, cached like any entry."""
+        if "__call__" not in self.entries:
+            self.entries["__call__"] = self.latency.call_ms()
+            self.new += 1
+        return self.entries["__call__"]
 
     def save(self) -> None:
         if not self.new:
@@ -85,7 +87,7 @@ class CachedTable:
 
 
 class LatencyTable(CachedTable):
-    """ms per (layer shape, method, ranks). `device` predicts instead of measuring."""
+    """ms per (layer shape, method, ranks): measured, or predicted for `device`."""
 
     def key(self, layer: Layer, shapes: dict, label: str) -> str:
         node = layer.node

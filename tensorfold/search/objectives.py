@@ -56,16 +56,14 @@ class Evaluator:
         self.recover_steps, self.seed = recover_steps, seed
         self.names = [o.name for o in original.graph.output]
         self.reference = make_session(original, provider, threads).run(None, feeds)
-        self.device = None
-        if device:
-            from tensorfold.runtime.devices import get_device
+        from tensorfold.runtime.latency_model import latency_model
 
-            self.device = get_device(device, provider, threads)
+        self.latency_model = latency_model(provider, threads, device, latency_runs)
         self.data, self._split = data, None
         self._split_sizes = (val_size, train_size)
 
     def describe(self) -> dict:
-        return {"latency": f"device {self.device.name} (predicted)" if self.device else f"{self.provider} (measured)",
+        return {"latency": self.latency_model.label,
                 "data": self.data, "recover_steps": self.recover_steps}
 
     def __call__(self, model: onnx.ModelProto, names) -> dict[str, float]:
@@ -87,13 +85,7 @@ class Evaluator:
         return max(errs)
 
     def latency(self, model) -> float:
-        if self.device is not None:
-            from tensorfold.runtime.devices import predict_seconds
-
-            return predict_seconds(model, self.input_shapes, self.device) * 1e3
-        from tensorfold.runtime.latency import measure
-
-        return measure(model, self.feeds, self.provider, self.threads, warmup=3, runs=self.latency_runs).median
+        return self.latency_model.ms(model, self.input_shapes, self.feeds)
 
     def accuracy(self, model) -> float:
         tx, ty, vx, vy = self.split()

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import TensorProto, helper
 from torch import nn
 
 from tensorfold.export import export_onnx
-from tensorfold.graph.model import make_model
 from tensorfold.runtime.devices import Device
 from tensorfold.planning.latency_table import CachedTable
 
@@ -61,18 +59,6 @@ class OpLatencyTable(CachedTable):
             export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), buf)   # the live block stays put
             return onnx.load_from_string(buf.getvalue()), {"input": list(shape)}
         return self.cost_ms(sig, build)
-
-    def call_ms(self) -> float:
-        """The fixed cost of one inference call: the device's, or a one-element Identity measured."""
-        if self.device is not None:
-            return self.device.run_overhead_s * 1e3
-
-        def build():
-            graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call",
-                                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
-                                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
-            return make_model(graph, [helper.make_opsetid("", 17)]), {"input": [1]}
-        return self.cost_ms("__call__", build)
 
     def network_ms(self, net: nn.Module, image: tuple[int, int, int]) -> float:
         call = self.call_ms()
