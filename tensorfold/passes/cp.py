@@ -14,7 +14,7 @@ import numpy as np
 
 from tensorfold.decompose.cp import cp_als, cp_params, cp_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import emit_cp_conv
+from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 from tensorfold.decompose.data_aware import refit_output
@@ -101,6 +101,21 @@ def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, second
         emit=lambda b: emit_cp_conv(b, out_f, in_f, spatial),
         output_error2=output_error2,
     )
+
+
+def emit_cp_conv(b: ChainBuilder, out_factor: np.ndarray, in_factor: np.ndarray,
+                 spatial_factors: list[np.ndarray]) -> None:
+    """Lebedev et al. 2015: 1x1 (I->R) -> depthwise kx1 -> depthwise 1xk -> 1x1 (R->O).
+
+    Stride, dilation and pads are split between the depthwise convs, one axis each.
+    """
+    layer = b.layer
+    a, nd, rank = layer.attrs, len(layer.kernel), in_factor.shape[1]
+    h = b.conv(layer.node.input[0], pointwise_kernel(in_factor.T, nd), "in")
+    for axis, factor in enumerate(spatial_factors):   # factor: (k_axis, R)
+        h = b.conv(h, axis_kernel(factor.T, axis, nd, 1), f"axis{axis}", group=rank,
+                   **axis_conv_attrs(a, axis, nd))
+    b.conv(h, pointwise_kernel(out_factor, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
 
 
 @register_pass

@@ -14,7 +14,7 @@ from tensorfold.decompose.data_aware import WhitenedSVD
 from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.svd import singular_values, truncated_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import emit_matrix_pair
+from tensorfold.passes.chains import ChainBuilder, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 
@@ -85,6 +85,30 @@ def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
                                                         @ r.astype(layer.weight.dtype) for l, r in pairs]),
         emit=lambda b: emit_matrix_pair(b, lefts, rights),
     )
+
+
+def emit_matrix_pair(b: ChainBuilder, left: list[np.ndarray], right: list[np.ndarray]) -> None:
+    """y = x @ left @ right for Gemm/MatMul, or two pointwise convs (per group) for a 1x1 conv.
+
+    For a conv, left[g] is (I/g, r) and right[g] is (r, O/g); stride and pads go on the first conv
+    (a 1x1 kernel over zero padding gives zeros, the same as the original's padded border).
+    """
+    layer, x, out = b.layer, b.layer.node.input[0], b.layer.node.output[0]
+    if layer.kind == "conv":
+        a, nd = layer.attrs, len(layer.kernel)
+        first = np.concatenate([pointwise_kernel(l.T, nd) for l in left], axis=0)
+        last = np.concatenate([pointwise_kernel(r.T, nd) for r in right], axis=0)
+        h = b.conv(x, first, "in", group=layer.groups, strides=a["strides"], pads=a["pads"],
+                   auto_pad=a["auto_pad"])
+        b.conv(h, last, "out", bias=layer.bias_name, group=layer.groups, output=out)
+    elif layer.kind == "gemm":
+        at = layer.attrs
+        h = b.op("Gemm", [x, b.const("in.weight", left[0] * at["alpha"])], "in", transA=at["transA"])
+        inputs = [h, b.const("out.weight", right[0])] + ([layer.bias_name] if layer.bias_name else [])
+        b.op("Gemm", inputs, "out", output=out, beta=at["beta"])
+    else:
+        h = b.op("MatMul", [x, b.const("in.weight", left[0])], "in")
+        b.op("MatMul", [h, b.const("out.weight", right[0])], "out", output=out)
 
 
 @register_pass

@@ -17,7 +17,7 @@ import numpy as np
 from tensorfold.decompose.ranks import evbmf_rank
 from tensorfold.decompose.tt import factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_svd
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import emit_tt_conv, emit_tt_matrix
+from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
 from tensorfold.decompose.data_aware import refit_output
 from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2,
                                          relative_error)
@@ -84,6 +84,65 @@ def _evbmf_bond_ranks(layer: Layer) -> list[int]:
 
 def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
     return [c.shape[-1] for c in cores[:-1]]
+
+
+def emit_tt_conv(b: ChainBuilder, cores: list[np.ndarray]) -> None:
+    """TT cores of the kernel ordered (I, k_1, ..., k_n, O): 1x1 -> one conv per spatial axis -> 1x1.
+
+    cores[0] is (1, I, r1), cores[1+j] is (r_j, k_j, r_{j+1}), cores[-1] is (r_n, O, 1).
+    """
+    layer = b.layer
+    a, nd = layer.attrs, len(layer.kernel)
+    h = b.conv(layer.node.input[0], pointwise_kernel(cores[0][0].T, nd), "in")
+    for axis, core in enumerate(cores[1:-1]):          # (r_prev, k, r_next) -> (r_next, r_prev, k)
+        kernel = np.transpose(core, (2, 0, 1))
+        h = b.conv(h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}",
+                   **axis_conv_attrs(a, axis, nd))
+    b.conv(h, pointwise_kernel(cores[-1][:, :, 0].T, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
+
+
+def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | None) -> None:
+    """y = x @ W with W in TT-matrix format (Novikov 2015), as Reshape + MatMul only.
+
+    Cores are contracted right to left; with the state laid out as (P, m_k r_k, N_>k) every step
+    is a reshape and one broadcast MatMul, with no transposes.
+    """
+    layer = b.layer
+    x = layer.node.input[0]
+    if layer.kind == "gemm":
+        at = layer.attrs
+        if at["transA"]:
+            x = b.op("Transpose", [x], "transA", perm=[1, 0])
+        cores = [c * at["alpha"] if i == 0 else c for i, c in enumerate(cores)]
+    cols = [c.shape[2] for c in cores]
+    n_total = int(np.prod(cols))
+    state = x
+    trailing = 1                                      # N_>k, the output modes contracted so far
+    for k in reversed(range(len(cores))):
+        core = cores[k]                               # (r_prev, m_k, n_k, r_next)
+        r_prev, m, n, r_next = core.shape
+        shape = b.const(f"core{k}.shape", np.array([-1, m * r_next, trailing]), np.int64)
+        state = b.op("Reshape", [state, shape], f"reshape{k}")
+        matrix = np.transpose(core, (0, 2, 1, 3)).reshape(r_prev * n, m * r_next)
+        state = b.op("MatMul", [b.const(f"core{k}", matrix), state], f"core{k}")
+        trailing *= n
+    out = layer.node.output[0]
+    if layer.kind == "gemm" or input_rank == 2:
+        flat_out = None if (layer.kind == "gemm" and layer.bias_name) else out
+        flat = b.op("Reshape", [state, b.const("out.shape", np.array([-1, n_total]), np.int64)], "flatten",
+                    output=flat_out)
+        if layer.kind == "gemm" and layer.bias_name:
+            bias = layer.bias_name
+            if at["beta"] != 1.0:
+                bias = b.op("Mul", [bias, b.const("beta", np.array(at["beta"]))], "beta")
+            b.op("Add", [flat, bias], "bias", output=out)
+        return
+    # batched activations (..., K): restore the leading dims from the input's runtime shape
+    lead = b.op("Shape", [x], "shape")
+    lead = b.op("Slice", [lead, b.const("lead.start", np.array([0]), np.int64),
+                          b.const("lead.end", np.array([-1]), np.int64)], "lead")
+    target = b.op("Concat", [lead, b.const("out.cols", np.array([n_total]), np.int64)], "target", axis=0)
+    b.op("Reshape", [state, target], "unflatten", output=out)
 
 
 @register_pass

@@ -15,7 +15,7 @@ from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.data_aware import Tucker2DataFit
 from tensorfold.decompose.tucker2 import Tucker2, tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import emit_tucker_conv
+from tensorfold.passes.chains import ChainBuilder, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 
@@ -117,6 +117,23 @@ def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
         emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
                                         [p.in_factor for p in parts]),
     )
+
+
+def emit_tucker_conv(b: ChainBuilder, cores: list[np.ndarray], out_factors: list[np.ndarray],
+                     in_factors: list[np.ndarray]) -> None:
+    """Conv -> 1x1 (I->r_in) -> kxk core (r_in->r_out, stride/pads/dilation) -> 1x1 (r_out->O, bias).
+
+    One entry per group: each group gets its own factors, stacked into grouped convs.
+    """
+    layer = b.layer
+    a, nd, g = layer.attrs, len(layer.kernel), layer.groups
+    first = np.concatenate([pointwise_kernel(u.T, nd) for u in in_factors], axis=0)
+    core = np.concatenate(cores, axis=0)
+    last = np.concatenate([pointwise_kernel(u, nd) for u in out_factors], axis=0)
+    h = b.conv(layer.node.input[0], first, "in", group=g)
+    h = b.conv(h, core, "core", group=g, strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
+               auto_pad=a["auto_pad"])
+    b.conv(h, last, "out", bias=layer.bias_name, group=g, output=layer.node.output[0])
 
 
 @register_pass
