@@ -145,6 +145,9 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     else:
         result = chosen(model, ctx)
     rewritten = result.model
+    # the normalized input and the factors the passes cached (float64, as large as the result's
+    # weights) are done with: verification and saving hold the rewritten model alone
+    del model, ctx
     ranks_desc = (f"config {Path(config).name}" if config is not None
                   else f"max output error {max_output_error:g}" if max_output_error is not None else spec.describe())
     if fit is not None and chosen is not None:
