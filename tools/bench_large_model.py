@@ -137,10 +137,10 @@ def main(argv=None) -> int:
         out = (check.get("outputs") or [{}])[0]
         lines.append(f"optimize's own verification: relative output error {check.get('max_relative_error'):.4f}, "
                      f"argmax agreement {out.get('argmax_agreement')}, on {check.get('inputs')}.")
-    lines += ["", "What the memory holds at optimize's peak: the normalized input model and the rewritten one "
-              "as protobuf messages, onnxruntime's copy of the model it verifies, and the weights handed to "
-              "onnxruntime while its session is built. Plan for the peak / weights ratio above times the "
-              "model's weights in RAM."]
+    lines += ["", "Where the memory goes: the input model and the rewritten one as protobuf messages, the "
+              "float64 factors of the layers while they are rewritten, onnxruntime's copy of each model it "
+              "runs and the weights handed to it while a session is built. Plan for the peak / weights "
+              "ratio above times the model's weights in RAM."]
     lines += ["", "Result: " + ("every step passed." if ok else "FAILED: " + "; ".join(
         f"{s['step']} exit {s['exit']}: {' / '.join(s['tail'])}" for s in steps if s["exit"]))]
     publish(lines, args.out)
