@@ -47,7 +47,10 @@ def tensor_bytes(tensor: TensorProto) -> int:
     """The bytes of a tensor's data, read off its dims and type (never off the data itself)."""
     if tensor.data_type == TensorProto.STRING:
         return sum(len(s) for s in tensor.string_data)
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):     # an undefined or unknown type: the checker reports it
+        return len(tensor.raw_data)
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
@@ -79,6 +82,7 @@ _KEPT_TYPES = {TensorProto.STRING} | {getattr(TensorProto, n) for n in ("INT4", 
 
 def _holds_apart(tensor: TensorProto) -> bool:
     return (tensor.data_location != TensorProto.EXTERNAL and tensor.data_type not in _KEPT_TYPES
+            and tensor.data_type in onnx.helper.get_all_tensor_dtypes()
             and tensor_bytes(tensor) >= _HELD_TENSOR_BYTES)
 
 

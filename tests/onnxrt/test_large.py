@@ -64,6 +64,14 @@ def test_the_simulated_cap_refuses_what_upb_refuses(protobuf_cap):
         onnx.checker.check_model(model)
 
 
+def test_a_tensor_of_an_unknown_type_counts_its_bytes_and_stays_in_the_skeleton():
+    tensor = TensorProto(name="odd", data_type=0, dims=[4], raw_data=b"12345678" * 200)
+    assert large.tensor_bytes(tensor) == 1600
+    model = helper.make_model(helper.make_graph([], "g", [], [], [tensor]))
+    skel, held = large.skeleton(model)
+    assert not held and skel.graph.initializer[0].raw_data == tensor.raw_data
+
+
 def test_skeleton_holds_the_weights_apart_and_gives_them_back(protobuf_cap):
     model = _mlp()
     skel, held = large.skeleton(model)
