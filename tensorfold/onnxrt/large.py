@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 # the location a held-apart weight points at: it names no file (the checker gets an empty one)
-PLACEHOLDER = "tensorfold-weight-held-in-memory"
+HELD_LOCATION = "tensorfold-weight-held-in-memory"
 _THRESHOLD = 1_800_000_000
 _SKELETON_ABOVE = 2**20
 # weights smaller than this stay in the skeleton: shape inference reads small constants
@@ -86,9 +86,9 @@ def _holds_apart(tensor: TensorProto) -> bool:
             and tensor_bytes(tensor) >= _HELD_TENSOR_BYTES)
 
 
-def _is_placeholder(tensor: TensorProto) -> bool:
+def _is_held(tensor: TensorProto) -> bool:
     return tensor.data_location == TensorProto.EXTERNAL and any(
-        e.key == "location" and e.value == PLACEHOLDER for e in tensor.external_data)
+        e.key == "location" and e.value == HELD_LOCATION for e in tensor.external_data)
 
 
 def _copy_fields(src, dst, skip: str) -> None:
@@ -105,7 +105,7 @@ def _copy_fields(src, dst, skip: str) -> None:
 
 
 def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, TensorProto]]:
-    """The model with its weights of 1 KiB or more replaced by external-data placeholders (same
+    """The model with its weights of 1 KiB or more replaced by external-data stand-ins (same
     name, type, dims), and those weights by name (the model's own messages, not copies)."""
     skel = onnx.ModelProto()
     _copy_fields(model, skel, skip="graph")
@@ -115,24 +115,24 @@ def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, TensorP
         if not _holds_apart(tensor):
             skel.graph.initializer.add().CopyFrom(tensor)
             continue
-        placeholder = skel.graph.initializer.add()
-        placeholder.name, placeholder.data_type = tensor.name, tensor.data_type
-        placeholder.dims.extend(tensor.dims)
-        placeholder.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", PLACEHOLDER), ("offset", "0"), ("length", str(tensor_bytes(tensor)))):
-            entry = placeholder.external_data.add()
+        stand_in = skel.graph.initializer.add()
+        stand_in.name, stand_in.data_type = tensor.name, tensor.data_type
+        stand_in.dims.extend(tensor.dims)
+        stand_in.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", HELD_LOCATION), ("offset", "0"), ("length", str(tensor_bytes(tensor)))):
+            entry = stand_in.external_data.add()
             entry.key, entry.value = key, value
         held[tensor.name] = tensor
     return skel, held
 
 
 def with_weights(skel: onnx.ModelProto, held: dict[str, TensorProto]) -> onnx.ModelProto:
-    """A skeleton (or a model derived from one) with its placeholders filled from `held`."""
+    """A skeleton (or a model derived from one) with its stand-ins filled from `held`."""
     model = onnx.ModelProto()
     _copy_fields(skel, model, skip="graph")
     _copy_fields(skel.graph, model.graph, skip="initializer")
     for tensor in skel.graph.initializer:
-        source = held[tensor.name] if _is_placeholder(tensor) else tensor
+        source = held[tensor.name] if _is_held(tensor) else tensor
         model.graph.initializer.add().CopyFrom(source)
     return model
 
@@ -161,13 +161,13 @@ def infer_shapes_in_place(model: onnx.ModelProto, **options) -> None:
 
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
     """onnx.checker on the model, checked as a skeleton file (the checker's way for models above
-    2 GiB: it needs the placeholder file to exist, not to hold the weights)."""
+    2 GiB: it needs the stand-in file to exist, not to hold the weights)."""
     if not _skeleton_pays(model):
         onnx.checker.check_model(model, full_check=full_check)
         return
     skel, _ = skeleton(model)
     with tempfile.TemporaryDirectory(prefix="tensorfold-check-") as tmp:
-        Path(tmp, PLACEHOLDER).touch()
+        Path(tmp, HELD_LOCATION).touch()
         path = Path(tmp, "model.onnx")
         path.write_bytes(skel.SerializeToString())
         onnx.checker.check_model(str(path), full_check=full_check)
@@ -175,7 +175,7 @@ def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
 
 def session_parts(model: onnx.ModelProto) -> tuple[bytes, dict[str, np.ndarray]]:
     """What an onnxruntime session is built from: the serialized model, and for a large one the
-    weights its placeholders stand for (for SessionOptions.add_external_initializers)."""
+    weights its stand-ins stand for (for SessionOptions.add_external_initializers)."""
     if not is_large(model):
         return model.SerializeToString(), {}
     skel, held = skeleton(model)
@@ -207,7 +207,7 @@ def write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, lo
     skel, held = skeleton(model)
     with open(data_path, "wb") as out:
         for tensor in skel.graph.initializer:
-            if not _is_placeholder(tensor):
+            if not _is_held(tensor):
                 continue
             source = held[tensor.name]
             data = source.raw_data if source.HasField("raw_data") else numpy_helper.to_array(source).tobytes()
