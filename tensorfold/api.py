@@ -477,10 +477,11 @@ def recover(student_path, output_path, **kwargs) -> dict:
 
 
 def compress(module, example_input, output_path: str | os.PathLike, *, method: str = "auto",
-             ratio: float | None = None, data: str | None = "fashion-mnist", recover_config=None, **optimize_kwargs):
+             ratio: float | None = None, data: str | None = None, recover_config=None, **optimize_kwargs):
     """torch module -> ONNX -> factorized -> recovered, in one call. Returns (optimize report,
     recover report or None). The exported original and the factorized model are written beside
-    output_path as `<name>.original.onnx` and `<name>.factorized.onnx`."""
+    output_path as `<name>.original.onnx` and `<name>.factorized.onnx`. Recovery runs only on the
+    `data` the caller names (a folder, an .npz, `fashion-mnist`, ...): no data, no training."""
     import torch
 
     from tensorfold.export import export_onnx

@@ -215,6 +215,28 @@ def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = No
     raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 
 
+def adaptation(x: np.ndarray, input_shape: list) -> str | None:
+    """What prepare_inputs will change to make these samples fit the model's input (channels,
+    size), in words; None when they fit as they are. A user training on data that had to be
+    converted should be told: a Fashion-MNIST digit stretched to 224x224 RGB is rarely what they meant."""
+    if len(input_shape) != 4 or np.ndim(x) not in (3, 4):
+        return None
+    shape = list(np.shape(x)[1:])
+    if len(shape) == 2:
+        shape = [1, *shape]
+    elif shape[-1] in (1, 3) and shape[0] not in (1, 3):
+        shape = [shape[2], shape[0], shape[1]]
+    changes = []
+    c, h, w = input_shape[1:4]
+    if isinstance(c, int) and c > 0 and shape[0] != c and 1 in (shape[0], c):
+        changes.append(f"{'repeated' if shape[0] == 1 else 'averaged'} from {shape[0]} channel(s) to {c}")
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and (shape[1], shape[2]) != (h, w):
+        changes.append(f"resized from {shape[1]}x{shape[2]} to {h}x{w}")
+    if not changes:
+        return None
+    return "the samples do not fit the model's input as they are: " + " and ".join(changes)
+
+
 def prepare_inputs(x: np.ndarray, input_shape: list, normalize: tuple[list[float], list[float]] | None = None,
                    ) -> np.ndarray:
     """Images -> float32 (N, C, H, W) shaped like the model's input: [0, 1] scaling for uint8 (as

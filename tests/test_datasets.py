@@ -99,3 +99,14 @@ def test_real_fashion_mnist():
     images, labels = load_fashion_mnist(split="test")
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
     assert np.array_equal(np.bincount(labels), np.full(10, 1000))
+
+
+def test_adaptation_says_what_prepare_inputs_changes():
+    from tensorfold.datasets import adaptation
+
+    gray = np.zeros((4, 28, 28), np.uint8)
+    assert adaptation(gray, [1, 1, 28, 28]) is None
+    said = adaptation(gray, [1, 3, 32, 32])
+    assert "repeated from 1 channel(s) to 3" in said and "resized from 28x28 to 32x32" in said
+    assert "averaged from 3" in adaptation(np.zeros((2, 16, 16, 3), np.float32), [1, 1, 16, 16])
+    assert adaptation(np.zeros((2, 3, 8, 8), np.float32), [-1, 3, -1, -1]) is None    # dynamic dims fit anything

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.datasets import load_data, prepare_inputs
+from tensorfold.datasets import adaptation, load_data, prepare_inputs
+from tensorfold.log import warn
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
@@ -82,6 +83,9 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     x, y, desc = load_data(data, "train", size, channels)
     if limit:
         x, y = x[:limit], (y[:limit] if y is not None else None)
+    converted = adaptation(x, input_shape)
+    if converted:
+        warn(f"--data {desc}: {converted}")
     x = prepare_inputs(x, input_shape, normalize)
     try:
         module = OnnxModule(student)

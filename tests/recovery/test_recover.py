@@ -186,18 +186,26 @@ def test_cli_recover_json_and_errors(student, npz, tmp_path):
         assert result.exit_code == 2 and result.output.startswith("error:") and expected in result.output
 
 
-def test_compress_torch_module_in_one_call(tmp_path):
+def test_compress_torch_module_in_one_call(tmp_path, capsys):
+    """No data named, no training (never a default data set); data that must be converted to fit
+    the model's input trains with a warning saying how it was converted."""
     from tensorfold.api import compress
     from tests.fixtures.torch_models import build_resnet_like
 
     module, example = build_resnet_like()
-    report, rec = compress(module, example, tmp_path / "r.onnx", method="tucker", ratio=2, data=None, progress=False)
+    report, rec = compress(module, example, tmp_path / "r.onnx", method="tucker", ratio=2, progress=False)
     assert report.layers and rec is None and (tmp_path / "r.onnx").exists()
     np.savez(tmp_path / "rgb.npz", x=np.random.default_rng(0).random((64, 3, 32, 32)).astype(np.float32))
     report, rec = compress(module, example, tmp_path / "r2.onnx", method="tucker", ratio=2,
                            data=str(tmp_path / "rgb.npz"), progress=False,
                            recover_config=RecoverConfig(max_steps=2, batch_size=16, threads=1))
     assert rec["steps"] == 2 and (tmp_path / "r2.onnx").exists()
+    assert "do not fit" not in capsys.readouterr().err
+    np.savez(tmp_path / "gray.npz", x=np.random.default_rng(0).random((64, 1, 16, 16)).astype(np.float32))
+    compress(module, example, tmp_path / "r3.onnx", method="tucker", ratio=2, data=str(tmp_path / "gray.npz"),
+             progress=False, recover_config=RecoverConfig(max_steps=1, batch_size=16, threads=1))
+    err = capsys.readouterr().err
+    assert "repeated from 1 channel(s) to 3" in err and "resized from 16x16 to 32x32" in err
 
 
 def test_image_folder_labelled_and_unlabelled(tmp_path, student):
