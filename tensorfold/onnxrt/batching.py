@@ -20,12 +20,18 @@ DEFAULT_MAX_BATCH = 8
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size the model's inputs fix (their first dim), or None when it is dynamic."""
+    """The batch size the model's inputs fix (their first dim), or None when it is dynamic.
+
+    One input with a dynamic first dim frees the batch: a recurrent state [2, batch, 128] beside
+    an audio input [batch, samples] (Silero VAD) has a fixed first dim that is not a batch."""
     fixed = []
     for v in model_inputs(model):
         dims = v.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            fixed.append(int(dims[0].dim_value))
+        if not dims:
+            continue                      # a scalar (a sample rate) has no batch
+        if not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            return None
+        fixed.append(int(dims[0].dim_value))
     return min(fixed) if fixed else None
 
 
