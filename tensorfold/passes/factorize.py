@@ -92,19 +92,23 @@ class FactorizePass(Pass):
     def supports(self, layer: Layer) -> str | None:
         """None if this method can rewrite the layer, else the reason it is skipped."""
 
-    # --- what a method implements for the layers it decomposes itself ----------------------
+    # --- what a method implements for the layers it decomposes itself (a pass that overrides the
+    # dispatchers below, as auto and planned do, needs none of these) -------------------------
+
+    def _missing(self, hook: str):
+        return TypeError(f"{type(self).__name__} implements neither {hook} nor the dispatcher that calls it")
 
     def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         """Ranks for a fixed --rank or an --energy threshold (spec.ratio is handled by the budget)."""
-        raise NotImplementedError
+        raise self._missing("method_ranks")
 
     def method_candidates(self, layer: Layer) -> list[Candidate]:
         """Rank choices with their parameter count and error, for the global budget."""
-        raise NotImplementedError
+        raise self._missing("method_candidates")
 
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         """Decompose the layer at these ranks."""
-        raise NotImplementedError
+        raise self._missing("method_build")
 
     def method_params(self, layer: Layer, ranks: tuple) -> int | None:
         """The factors' parameter count at these ranks when known without decomposing (None:
