@@ -185,10 +185,11 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
         raise TensorfoldError(f"--target-latency must be > 0 ms (got {target_latency})")
     if speedup is not None and target_latency is not None:
         raise TensorfoldError("choose one of --target-latency and --speedup")
-    latency = latency_model(provider, threads, device)
-    whole = latency if latency.predicted else Measured(provider, threads, runs=30, warmup=5)
+    timing = latency_model(provider, threads, device)
+    # the whole model is timed with more warm-up and runs than a table entry
+    whole = timing if timing.predicted else Measured(provider, threads, runs=30, warmup=5)
     if feeds is None:
-        feeds = zero_inputs(model, input_shapes) if latency.predicted else random_inputs(model, input_shapes, seed)
+        feeds = zero_inputs(model, input_shapes) if timing.predicted else random_inputs(model, input_shapes, seed)
 
     def speed_ratio(candidate):
         """How many times faster `candidate` is than the normalized input (interleaved runs)."""
@@ -196,9 +197,8 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
 
     base_ms = whole.ms(model, input_shapes, feeds)
     needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
-    dev = getattr(latency, "device", None)
-    target = HardwareTarget(LatencyTable(provider, threads, dev), model, concrete_shapes(model, input_shapes, needed),
-                            multiple=16 if (latency.predicted or provider not in ("cpu", "CPUExecutionProvider")) else 8,
+    target = HardwareTarget(LatencyTable(latency=timing), model, concrete_shapes(model, input_shapes, needed),
+                            multiple=16 if (timing.predicted or provider not in ("cpu", "CPUExecutionProvider")) else 8,
                             max_error=max_error, target_ms=target_latency or (base_ms / speedup if speedup else None),
                             model_ms=base_ms)
     ctx.planner = target
@@ -222,7 +222,7 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
         result = PassResult(model, False, [], skipped, result.notes + [
             "no faster factorized model found: the output keeps the input's layers"], result.eligible_params)
         ratio = 1.0
-    latency = {"target": f"device {dev.name} (predicted)" if dev is not None else f"provider {provider} (measured)",
+    latency = {"target": timing.label if timing.predicted else f"provider {provider} (measured)",
                "input_ms": round(base_ms, 4), "speedup": round(ratio, 4),
                "max_error": max_error, "target_latency_ms": target_latency, "speedup_asked": speedup}
     return result, latency

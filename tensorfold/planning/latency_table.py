@@ -41,10 +41,11 @@ class CachedTable:
     prefix = ""
 
     def __init__(self, provider: str = "cpu", threads: int = 0, device: Device | None = None,
-                 cache_dir: Path | None = None, runs: int = 25):
+                 cache_dir: Path | None = None, runs: int = 25, latency: LatencyModel | None = None):
+        """`latency`: the caller's latency model (else one for provider/threads/device)."""
         from tensorfold.paths import cache_dir as default_cache
 
-        self.latency: LatencyModel = latency_model(provider, threads, device, runs)
+        self.latency: LatencyModel = latency or latency_model(provider, threads, device, runs)
         self.path = (cache_dir or default_cache() / "latency") / f"{self.prefix}{self.latency.key}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():

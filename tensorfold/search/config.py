@@ -15,7 +15,8 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import write_text_atomic
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.planned import check_choice
-from tensorfold.search.space import Plan, decode_plan, encode_plan
+from tensorfold.passes.base import Plan
+from tensorfold.search.space import decode_plan, encode_plan
 
 KIND = "tensorfold-ranks"
 
