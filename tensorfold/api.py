@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from tensorfold import __version__
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.onnxrt import large
 from tensorfold.graph.io import load_model, save_model
-from tensorfold.outputs import check_output, guarded
+from tensorfold.outputs import check_output, guard_inputs
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.graph.normalize import normalize as normalize_model
@@ -27,7 +29,8 @@ from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import Reference, verify_models
 from tensorfold.passes import METHODS, PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
-from tensorfold.report import OptimizeReport
+from tensorfold.report import (InspectReport, NasReport, OptimizeReport, ProfileReport, RankSearchReport, RecoverReport,
+                               VerifyReport)
 from tensorfold.onnxrt.batching import call_shapes, feeds_for
 from tensorfold.onnxrt.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, load_inputs, parse_shapes,
                                        random_inputs, resolve_shapes, zero_inputs)
@@ -40,24 +43,16 @@ OUTPUT_ERROR_WARNING = 0.05
 SENSITIVITY_SAMPLES = 8
 
 
-@guarded("input_path", "inputs", "config", "calibration")
-def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
-             method: str = "auto", rank: int | None = None, energy: float | None = None,
-             ratio: float | None = None, evbmf: bool = False, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-             force: bool = False, shapes: tuple[str, ...] | dict = (), inputs: str | None = None,
-             verify: bool = True, progress: bool = True, seed: int = 0, hardware_aware: bool = False,
-             provider: str = "cpu", device: str | None = None, threads: int = 0, max_error: float | None = None,
-             target_latency: float | None = None, speedup: float | None = None,
-             config: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
-             normalize: tuple | str | None = None, holdout: float = DEFAULT_HOLDOUT,
-             max_output_error: float | None = None, int8: bool = False, sensitivity: bool = True) -> OptimizeReport:
-    """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Every option of `optimize`, checked once here (the CLI and Python callers build the same thing).
 
     method "none": no factorization (with int8=True: int8 alone, for comparison).
 
     hardware_aware: time each candidate chain on `provider` (or predict it for `device`), rewrite a
     layer only where its chain is faster, and check the whole model is faster than the input;
-    where it is not, layers go back to the input's form (see planning/hardware_aware.py).
+    where it is not, layers go back to the input's form (see planning/hardware_aware.py). Implied
+    by max_error, target_latency and speedup.
 
     config: a rank configuration (YAML, written by `tensorfold search ranks`) naming the method and
     ranks of each layer; it replaces method and the rank options.
@@ -73,49 +68,142 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     the result, calibrated on the same samples. sensitivity: with calibration and a global budget, weigh each
     layer's error curve by how much the model's output moves when that layer alone is compressed
     (calibration/sensitivity.py; one model run per layer on a few samples)."""
+
+    method: str = "auto"
+    rank: int | None = None
+    energy: float | None = None
+    ratio: float | None = None
+    evbmf: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    force: bool = False
+    shapes: tuple[str, ...] | dict = ()
+    inputs: str | os.PathLike | None = None
+    verify: bool = True
+    progress: bool = True
+    seed: int = 0
+    hardware_aware: bool = False
+    provider: str = "cpu"
+    device: str | None = None
+    threads: int = 0
+    max_error: float | None = None
+    target_latency: float | None = None
+    speedup: float | None = None
+    config: str | os.PathLike | None = None
+    calibration: str | os.PathLike | None = None
+    normalize: tuple | str | None = None
+    holdout: float = DEFAULT_HOLDOUT
+    max_output_error: float | None = None
+    int8: bool = False
+    sensitivity: bool = True
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        put("include", tuple(self.include))
+        put("exclude", tuple(self.exclude))
+        put("shapes", self.shapes if isinstance(self.shapes, dict) else parse_shapes(tuple(self.shapes)))
+        put("hardware_aware", self.hardware_aware or any(v is not None for v in (
+            self.max_error, self.target_latency, self.speedup)))
+        if self.method not in (*METHODS, "none"):
+            raise TensorfoldError(f"unknown method '{self.method}' (choose from {', '.join((*METHODS, 'none'))})")
+        spec = self.spec        # RankSpec checks the rank options themselves
+        if self.config is not None:
+            given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
+                                           ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
+                                           ("--method", self.method != "auto"),
+                                           ("--hardware-aware", self.hardware_aware)) if on]
+            if given:
+                raise TensorfoldError(f"--config sets the method and ranks of every layer; drop {', '.join(given)}")
+        if self.calibration is None:
+            for flag, on in (("--max-output-error", self.max_output_error is not None), ("--int8", self.int8)):
+                if on:
+                    raise TensorfoldError(f"{flag} needs --calibration (real samples to fit and verify on)")
+        if not 0 < self.holdout < 1:
+            raise TensorfoldError(f"the held-out share must be in (0, 1) (got {self.holdout})")
+        if self.max_output_error is not None:
+            if not self.max_output_error > 0:
+                raise TensorfoldError(f"--max-output-error must be > 0 (got {self.max_output_error})")
+            given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
+                                           ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
+                                           ("--config", self.config is not None),
+                                           ("--hardware-aware", self.hardware_aware),
+                                           ("--method none", self.method == "none")) if on]
+            if given:
+                raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
+        if self.method == "none" and (spec != RankSpec() or self.hardware_aware or self.config is not None):
+            raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
+
+    @property
+    def spec(self) -> RankSpec:
+        return RankSpec(rank=self.rank, energy=self.energy, ratio=self.ratio, evbmf=self.evbmf)
+
+    @property
+    def default_bound(self) -> bool:
+        """With real data and no rank option the safe default is a bound on what the user sees, not an energy."""
+        return (self.calibration is not None and self.max_output_error is None and self.method != "none"
+                and self.config is None and not self.hardware_aware and self.spec == RankSpec())
+
+    @property
+    def output_bound(self) -> float | None:
+        return DEFAULT_OUTPUT_ERROR if self.default_bound else self.max_output_error
+
+    def describe_ranks(self) -> str:
+        if self.config is not None:
+            text = f"config {Path(self.config).name}"
+        elif self.output_bound is not None:
+            text = f"max output error {self.output_bound:g}"
+        else:
+            text = self.spec.describe()
+        return text + (", fitted to calibration data" if self.calibration is not None and self.method != "none"
+                       else "")
+
+
+def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
+             options: OptimizeOptions | None = None, **kwargs) -> OptimizeReport:
+    """Load, normalize, rewrite, verify, save. Nothing is written unless every step succeeded.
+    The options are OptimizeOptions' fields, given as keywords or as one OptimizeOptions."""
+    if options is not None and kwargs:
+        raise TypeError("give either an OptimizeOptions or keyword options, not both")
+    opts = options if options is not None else OptimizeOptions(**kwargs)
+    with guard_inputs(*(p for p in (input_path, opts.inputs, opts.config, opts.calibration) if p is not None)):
+        return _optimize(input_path, output_path, opts)
+
+
+def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
     start = time.perf_counter()
-    spec = RankSpec(rank=rank, energy=energy, ratio=ratio, evbmf=evbmf)
-    hardware_aware = hardware_aware or max_error is not None or target_latency is not None or speedup is not None
-    _check_calibration_options(spec, method, hardware_aware, config, calibration, max_output_error, int8, holdout)
-    default_bound = (calibration is not None and max_output_error is None and method != "none" and config is None
-                     and not hardware_aware and spec == RankSpec())
-    if default_bound:   # with real data the safe default is a bound on what the user sees, not an energy
-        max_output_error = DEFAULT_OUTPUT_ERROR
-    if config is not None:
-        _check_config_alone(spec, method, hardware_aware)
+    spec, max_output_error = o.spec, o.output_bound
+    if o.config is not None:
         from tensorfold.passes.planned import PlannedPass
 
         chosen, method = PlannedPass(), "config"
     else:
-        chosen = None if method == "none" else get_pass(method)
+        chosen, method = (None if o.method == "none" else get_pass(o.method)), o.method
     if output_path is not None:
         check_output(output_path)
     original = load_model(input_path)
-    shape_map = shapes if isinstance(shapes, dict) else parse_shapes(tuple(shapes))
-    fit, held, label = _calibration_split(original, calibration, shape_map, normalize, holdout, seed)
+    fit, held, label = _calibration_split(original, o.calibration, o.shapes, o.normalize, o.holdout, o.seed)
     # the bound search selects on the held-out share; the report verifies on --inputs when given
     # (then independent of every choice), else on that same held-out share
     search_reference = Reference(original, held.arrays, label) if held is not None and max_output_error else None
-    if inputs is not None or (held is None and verify):
-        feeds, label, input_shapes = feeds_for(original, shape_map, inputs, seed)
+    if o.inputs is not None or (held is None and o.verify):
+        feeds, label, input_shapes = feeds_for(original, o.shapes, o.inputs, o.seed)
     elif held is not None:
         feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
     else:
-        feeds, label, input_shapes = None, None, resolve_shapes(original, shape_map)
+        feeds, label, input_shapes = None, None, resolve_shapes(original, o.shapes)
     reference = None
-    if verify and feeds is not None:
-        reference = (search_reference if search_reference is not None and inputs is None
+    if o.verify and feeds is not None:
+        reference = (search_reference if search_reference is not None and o.inputs is None
                      else Reference(original, feeds, label))
     model, norm_stats = normalize_model(original)
-    if config is not None:
-        chosen.choices = _config_plan(model, config)
-    ctx = PassContext(spec=spec, include=tuple(include), exclude=tuple(exclude), force=force,
-                      progress=progress, seed=seed)
+    if o.config is not None:
+        chosen.choices = _config_plan(model, o.config)
+    ctx = PassContext(spec=spec, include=o.include, exclude=o.exclude, force=o.force, progress=o.progress, seed=o.seed)
     if fit is not None and chosen is not None:
         ensure_node_names(model)   # the names the passes give, so statistics find their layers
         layers, _ = find_layers(model, ctx.include, ctx.exclude)
-        ctx.stats = collect_input_grams(model, layers, fit, progress=progress)
-        if sensitivity and (spec.ratio is not None or max_output_error is not None):
+        ctx.stats = collect_input_grams(model, layers, fit, progress=o.progress)
+        if o.sensitivity and (spec.ratio is not None or max_output_error is not None):
             from tensorfold.calibration.sensitivity import measure_sensitivity, sensitivity_weights
 
             probe = Reference(original, fit.take(np.arange(min(fit.n, SENSITIVITY_SAMPLES))).arrays, "probe")
@@ -131,15 +219,14 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         result, verification, budget_trials = search_budget(chosen, model, ctx, search_reference, max_output_error)
         if reference is not search_reference:
             verification = None
-    elif hardware_aware:
+    elif o.hardware_aware:
+        from tensorfold.onnxrt.batching import chunks
         from tensorfold.planning.hardware_aware import optimize_hardware_aware
 
-        from tensorfold.onnxrt.batching import chunks
-
-        timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and inputs is not None else None
-        result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads,
-                                                  max_error, target_latency, speedup, seed, feeds=timing_feeds)
-        warning = None if inputs is not None or held is not None else dynamic_warning(model, shape_map)
+        timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and o.inputs is not None else None
+        result, latency = optimize_hardware_aware(chosen, model, ctx, input_shapes, o.provider, o.device, o.threads,
+                                                  o.max_error, o.target_latency, o.speedup, o.seed, feeds=timing_feeds)
+        warning = None if o.inputs is not None or held is not None else dynamic_warning(model, o.shapes)
         if warning:
             result.notes.append(warning)
     else:
@@ -148,22 +235,19 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
     # the normalized input and the factors the passes cached (float64, as large as the result's
     # weights) are done with: verification and saving hold the rewritten model alone
     del model, ctx
-    ranks_desc = (f"config {Path(config).name}" if config is not None
-                  else f"max output error {max_output_error:g}" if max_output_error is not None else spec.describe())
-    if fit is not None and chosen is not None:
-        ranks_desc += ", fitted to calibration data"
+    ranks_desc = o.describe_ranks()
     _record_run(rewritten, method, ranks_desc, result)
-    if verify and verification is None:
+    if o.verify and verification is None:
         verification = reference.verify(rewritten)
     stages = [input_stage]
     if chosen is not None:
         stages.append(_stage("factorized", rewritten, verification))
     final_verification = verification
-    if int8:
+    if o.int8:
         from tensorfold.calibration.int8 import quantize_int8
 
         rewritten = quantize_int8(rewritten, fit)
-        final_verification = reference.verify(rewritten) if verify else None
+        final_verification = reference.verify(rewritten) if o.verify else None
         stages.append(_stage("int8", rewritten, final_verification))
     report = OptimizeReport(
         input=str(input_path), output=str(output_path) if output_path else None, method=method,
@@ -172,16 +256,16 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         layers=result.rewritten, skipped=result.skipped, verification=final_verification,
         normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes,
         eligible_params=(result.eligible_params, result.eligible_params_after), latency=latency,
-        stages=stages if (int8 or fit is not None) else [],
+        stages=stages if (o.int8 or fit is not None) else [],
         budget_search=[t.as_dict() for t in budget_trials] if budget_trials is not None else None,
     )
-    if default_bound:
+    if o.default_bound:
         report.notes.append(f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
                             f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
     if not result.rewritten and chosen is not None:
         report.notes.append("no layer was rewritten; the output equals the normalized input")
     check = final_verification
-    if check is not None and calibration is None and config is None:
+    if check is not None and o.calibration is None and o.config is None:
         worst = max(check.max_error, check.max_channel_error)
         if worst > OUTPUT_ERROR_WARNING:
             what = f"output error {check.max_error:.3f}"
@@ -191,7 +275,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
                                    "samples (--calibration FILE) and a bound on what the user sees "
                                    "(--max-output-error E)")
     if report.after.params > report.before.params:
-        if not force:
+        if not o.force:
             raise TensorfoldError(f"the rewritten model would hold {report.after.params:,} parameters, more than the "
                                   f"input's {report.before.params:,}: nothing written (--force writes it anyway)")
         report.notes.append(f"the written model holds more parameters than the input ({report.after.params:,} vs "
@@ -204,28 +288,6 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         save_model(rewritten, output_path)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _check_calibration_options(spec: RankSpec, method: str, hardware_aware: bool, config, calibration,
-                               max_output_error, int8: bool, holdout: float) -> None:
-    if calibration is None:
-        for flag, on in (("--max-output-error", max_output_error is not None), ("--int8", int8)):
-            if on:
-                raise TensorfoldError(f"{flag} needs --calibration (real samples to fit and verify on)")
-    if not 0 < holdout < 1:
-        raise TensorfoldError(f"the held-out share must be in (0, 1) (got {holdout})")
-    if max_output_error is not None:
-        if not max_output_error > 0:
-            raise TensorfoldError(f"--max-output-error must be > 0 (got {max_output_error})")
-        given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
-                                       ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
-                                       ("--config", config is not None), ("--hardware-aware", hardware_aware),
-                                       ("--method none", method == "none")) if on]
-        if given:
-            raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
-    if method == "none" and (spec.rank is not None or spec.energy is not None or spec.ratio is not None
-                             or spec.evbmf or hardware_aware or config is not None):
-        raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
 
 
 def _calibration_split(original, calibration, shape_map, normalize, holdout, seed):
@@ -246,14 +308,6 @@ def _stage(name: str, model: onnx.ModelProto, verification) -> dict:
         row["max_relative_error"] = verification.max_relative_error
         row["max_disagreement"] = verification.max_disagreement
     return row
-
-
-def _check_config_alone(spec: RankSpec, method: str, hardware_aware: bool) -> None:
-    given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
-                                   ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
-                                   ("--method", method != "auto"), ("--hardware-aware", hardware_aware)) if on]
-    if given:
-        raise TensorfoldError(f"--config sets the method and ranks of every layer; drop {', '.join(given)}")
 
 
 def _config_plan(model: onnx.ModelProto, config) -> dict:
@@ -295,16 +349,16 @@ def _record_run(model: onnx.ModelProto, method: str, ranks: str, result) -> None
 
 
 def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, *, shapes: tuple[str, ...] = (),
-            inputs: str | None = None, seed: int = 0):
+            inputs: str | None = None, seed: int = 0) -> VerifyReport:
     """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
     a, b = load_model(path_a), load_model(path_b)
     feeds, label, _ = feeds_for(a, parse_shapes(tuple(shapes)), inputs, seed)
-    return verify_models(a, b, feeds, label)
+    return VerifyReport(verify_models(a, b, feeds, label).as_dict())
 
 
 def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
             calibration: str | os.PathLike | None = None, normalize: tuple | str | None = None,
-            progress: bool = False) -> dict:
+            progress: bool = False) -> InspectReport:
     """What is in a model and, per weight-heavy node, which methods can rewrite it. With
     calibration samples also each layer's sensitivity: the layer's own output error and the
     model's output error when that layer alone keeps half its parameters (data-fitted Tucker-2/SVD)."""
@@ -335,7 +389,7 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
                      "shared_with": [n for n in readers[layer.node.input[1]] if n != layer.name]})
         if layer.name in sens:
             rows[-1]["sensitivity"] = sens[layer.name].as_dict()
-    return {
+    return InspectReport({
         "input": str(input_path), "opset": max((i.version for i in original.opset_import
                                                if i.domain in ("", "ai.onnx")), default=None),
         "producer": f"{original.producer_name} {original.producer_version}".strip(),
@@ -346,7 +400,7 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
         # a weight read by several layers counts once
         "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
         "calibration": str(calibration) if calibration else None,
-    }
+    })
 
 
 def _sensitivity(original, model, calibration, normalize, shape_map, progress) -> dict:
@@ -364,7 +418,7 @@ def _sensitivity(original, model, calibration, normalize, shape_map, progress) -
 def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | None = None,
             batches: tuple[int, ...] = (1,), runs: int = 30, warmup: int = 5, threads: int = 0,
             optimization: str = "all", compare_with: str | os.PathLike | None = None, top: int = 10,
-            shapes: tuple[str, ...] = (), seed: int = 0, inputs: str | os.PathLike | None = None) -> dict:
+            shapes: tuple[str, ...] = (), seed: int = 0, inputs: str | os.PathLike | None = None) -> ProfileReport:
     """Latency (measured on `provider`, or predicted for `device`), FLOPs, params, size, memory,
     per-op and per-node tables; with `compare_with`, both models interleaved with ratios.
 
@@ -372,9 +426,9 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     `shapes`, else the model's static dims with dynamic ones at DEFAULT_DYNAMIC_DIM, which the
     report warns about (a detector's speed at 64x64 says nothing about its speed at 640x640)."""
     from tensorfold.onnxrt.batching import fixed_batch
-    from tensorfold.runtime.devices import describe, get_device, predict_seconds
-    from tensorfold.runtime.latency import (available_memory_bytes, by_op_type, compare, measure, node_profile,
-                                            peak_rss_mb, with_batch)
+    from tensorfold.runtime.devices import describe
+    from tensorfold.runtime.latency import available_memory_bytes, by_op_type, node_profile, peak_rss_mb, with_batch
+    from tensorfold.runtime.latency_model import latency_model
 
     model = load_model(path)
     other = load_model(compare_with) if compare_with else None
@@ -408,32 +462,20 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         return with_batch(feeds, batch)
 
     stats = model_stats(model, base_shapes)
-    report: dict = {"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
+    report = ProfileReport({"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
                     "provider": None, "device": None, "batches": {}, "input_shapes": base_shapes,
-                    "shapes_from": shapes_from, "warnings": warnings}
-    if device:
-        dev = get_device(device, provider, threads)
-        report["device"] = describe(dev)
+                    "shapes_from": shapes_from, "warnings": warnings})
+    latency = latency_model(provider, threads, device, runs=runs, warmup=warmup,
+                            optimization=optimization)
+    if latency.predicted:
+        report["device"] = describe(latency.device)
     else:
         _check_memory(model, base_shapes, max(batches), available_memory_bytes())
         report["provider"] = provider
     for batch in batches:
         bfeeds = batched(batch)
-        bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
-        row: dict = {"flops": model_stats(model, bshapes).flops}
-        if device:
-            row["predicted_ms"] = round(predict_seconds(model, bshapes, dev) * 1e3, 4)
-            if other is not None:
-                row["compare_predicted_ms"] = round(
-                    predict_seconds(other, bshapes, dev) * 1e3, 4)
-                row["predicted_speedup"] = round(row["compare_predicted_ms"] / row["predicted_ms"], 4)
-        elif other is not None:
-            cmp = compare(model, other, bfeeds, provider, threads, warmup, runs)
-            row.update({"latency": cmp.a.as_dict(), "compare_latency": cmp.b.as_dict(),
-                        "speedup": round(cmp.speedup, 4),
-                        "speedup_p10_p90": [round(float(np.percentile(cmp.ratios, q)), 4) for q in (10, 90)]})
-        else:
-            row["latency"] = measure(model, bfeeds, provider, threads, warmup, runs, optimization).as_dict()
+        row = {"flops": model_stats(model, {k: list(v.shape) for k, v in bfeeds.items()}).flops}
+        row.update(latency.stats(model, bfeeds, other))
         report["batches"][str(batch)] = row
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     per_node = [{"node": n.name or n.output[0], "op": n.op_type, "flops": stats.node_flops.get(n.name or n.output[0]),
@@ -444,7 +486,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         ostats = model_stats(other, base_shapes)
         report["compare"] = {"model": str(compare_with), "params": ostats.params, "flops": ostats.flops,
                              "size_bytes": ostats.size_bytes}
-    if not device:
+    if not latency.predicted:
         times = node_profile(model, batched(batches[0]), provider, threads, runs=min(runs, 10))
         report["ops"] = [{"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
                          for op, ms, share, n in by_op_type(times)][:top]
@@ -469,11 +511,25 @@ def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, availa
                               f"only {available / 2**30:.1f} GiB is available; use a smaller --batch")
 
 
-def recover(student_path, output_path, **kwargs) -> dict:
+def recover(student_path, output_path, **kwargs) -> RecoverReport:
     """Fine-tune a factorized model with distillation; see tensorfold.recovery.run.recover."""
     from tensorfold.recovery.run import recover as _recover
 
-    return _recover(student_path, output_path, **kwargs)
+    return RecoverReport(_recover(student_path, output_path, **kwargs))
+
+
+def search_ranks(model_path, **kwargs) -> RankSearchReport:
+    """The Pareto front of per-layer methods and ranks; see tensorfold.search.ranks.RankSearchOptions."""
+    from tensorfold.search.ranks import search_ranks as _search_ranks
+
+    return RankSearchReport(_search_ranks(model_path, **kwargs))
+
+
+def search_nas(**kwargs) -> NasReport:
+    """A cell architecture searched, trained, exported and measured; see tensorfold.search.nas.run.NasOptions."""
+    from tensorfold.search.nas.run import search_nas as _search_nas
+
+    return NasReport(_search_nas(**kwargs))
 
 
 def compress(module, example_input, output_path: str | os.PathLike, *, method: str = "auto",

@@ -8,8 +8,6 @@ from importlib import resources
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError, VerificationFailed
@@ -84,49 +82,11 @@ def main(debug):
               help="real samples (.npz or image folder): also show each layer's sensitivity")
 @click.option("--normalize", help="image folders: MEAN,STD after [0,1] scaling")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def inspect_cmd(model, shapes, calibration, normalize, as_json):
+def inspect_cmd(model, as_json, **options):
     """Show what is in MODEL and which layers each method can factorize."""
     from tensorfold.api import inspect
-    from tensorfold.passes import METHODS
 
-    info = inspect(model, shapes=shapes, calibration=calibration, normalize=normalize,
-                   progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        _echo_json(info)
-        return
-    console = _console()
-    console.print(f"[bold]{info['input']}[/]  opset {info['opset']}  {info['producer']}")
-    console.print(f"inputs {info['inputs']}  outputs {info['outputs']}")
-    console.print(f"{info['params']:,} parameters, {_flops(info['flops'])} FLOPs, {info['size_bytes']:,} bytes; "
-                  f"{info['factorizable_params']:,} parameters in {len(info['layers'])} factorizable layers")
-    console.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
-    table = Table(title="weight-heavy layers", title_justify="left")
-    sens_cols = ("layer err @2x", "model err @2x") if info["calibration"] else ()
-    for col in ("node", "op", "weight", "params", "FLOPs", *METHODS, *sens_cols):
-        table.add_column(col, justify="right" if col in ("params", "FLOPs", *sens_cols) else "left")
-    for row in info["layers"]:
-        shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
-        if row["shared_with"]:
-            shape += f" (shared by {len(row['shared_with']) + 1})"
-        marks = ["yes" if row["methods"][m] == "yes" else "-" for m in METHODS]
-        extra = []
-        if sens_cols:
-            sens = row.get("sensitivity")
-            extra = [f"{sens['layer_error']:.3f}", f"{sens['model_error']:.3f}"] if sens else ["-", "-"]
-        table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", _flops(row["flops"]), *marks, *extra)
-    console.print(table)
-    if sens_cols:
-        console.print(f"sensitivity on {info['calibration']}: each layer alone at half its parameters (data-fitted "
-                      "Tucker-2/SVD); layer err = its relative output error, model err = the model's")
-    reasons = {}
-    for row in info["layers"]:
-        for m, verdict in row["methods"].items():
-            if verdict != "yes":
-                reasons.setdefault(verdict, []).append(row["node"])
-    for s in info["skipped"]:
-        reasons.setdefault(s["reason"], []).append(s["node"])
-    for reason, nodes in reasons.items():
-        console.print(f"- {reason}: {len(nodes)} node(s), e.g. {nodes[0]}")
+    _show(inspect(model, **options, progress=_progress(as_json)), as_json)
 
 
 @main.command("optimize")
@@ -145,7 +105,8 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
 @click.option("--force", is_flag=True, help="rewrite a layer even where the chain is not smaller")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
-@click.option("--no-verify", is_flag=True, help="skip the onnxruntime comparison")
+@click.option("--no-verify", "verify", is_flag=True, flag_value=False, default=True,
+              help="skip the onnxruntime comparison")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--hardware-aware", is_flag=True,
               help="time every candidate chain on the target; rewrite a layer only where it is faster")
@@ -168,31 +129,19 @@ def inspect_cmd(model, shapes, calibration, normalize, as_json):
                    "stays within this bound")
 @click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
                                             "calibrated on --calibration")
-@click.option("--no-sensitivity", is_flag=True,
+@click.option("--no-sensitivity", "sensitivity", is_flag=True, flag_value=False, default=True,
               help="with --calibration and a budget: skip the per-layer sensitivity probe (faster; "
                    "less or more output error by model: docs/results/calibration.md)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
-def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exclude, force, shapes, inputs, no_verify,
-                 seed, hardware_aware, provider, device, threads, max_error, target_latency, speedup, config,
-                 calibration, normalize, holdout, max_output_error, int8, no_sensitivity, as_json):
+def optimize_cmd(model, output, as_json, **options):
     """Factorize MODEL and write a verified model to OUTPUT.
 
     Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
     (a conservative start: expect a modest saving and a small error).
     """
-    from tensorfold.api import optimize
+    from tensorfold.api import OptimizeOptions, optimize
 
-    report = optimize(model, output, method=method, rank=rank, energy=energy, ratio=ratio, evbmf=evbmf, include=include,
-                      exclude=exclude, force=force, shapes=shapes, inputs=inputs, verify=not no_verify,
-                      progress=not as_json and sys.stderr.isatty(), seed=seed, hardware_aware=hardware_aware,
-                      provider=provider, device=device, threads=threads, max_error=max_error,
-                      target_latency=target_latency, speedup=speedup, config=config, calibration=calibration,
-                      normalize=normalize, holdout=holdout, max_output_error=max_output_error, int8=int8,
-                      sensitivity=not no_sensitivity)
-    if as_json:
-        _echo_json(report.as_dict())
-    else:
-        report.render(_console())
+    _show(optimize(model, output, OptimizeOptions(**options, progress=_progress(as_json))), as_json)
 
 
 @main.command("verify")
@@ -202,29 +151,15 @@ def optimize_cmd(model, output, method, rank, energy, ratio, evbmf, include, exc
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(reference, candidate, shapes, inputs, seed, as_json):
+def verify_cmd(reference, candidate, as_json, **options):
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""
     from tensorfold.api import compare
 
-    result = compare(reference, candidate, shapes=shapes, inputs=inputs, seed=seed)
-    if as_json:
-        _echo_json(result.as_dict())
-    else:
-        _render_verification(result)
+    result = compare(reference, candidate, **options)
+    _show(result, as_json)
     if result.broken:
         raise VerificationFailed(f"{candidate} outputs NaN/Inf where {reference} does not: "
                                  f"{', '.join(result.broken)}")
-
-
-def _render_verification(result) -> None:
-    console = _console()
-    console.print(f"onnx.checker: {result.checker}; inputs: {result.inputs}")
-    for o in result.outputs:
-        if o.kind == "float":
-            argmax = "" if o.argmax_agreement is None else f", argmax {o.argmax_agreement:.2%} agree"
-            console.print(f"{o.name}: relative error {o.relative_error:.3e}, max abs {o.max_abs_error:.3e}{argmax}")
-        else:
-            console.print(f"{o.name}: {o.agreement:.2%} of elements equal")
 
 
 @main.command("profile")
@@ -245,67 +180,11 @@ def _render_verification(result) -> None:
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs: timed at its first sample's shapes "
                                                   "(needed for integer inputs)")
 @click.option("--json", "as_json", is_flag=True)
-def profile_cmd(model, provider, device, batches, compare_with, runs, warmup, threads, optimization, top, shapes,
-                inputs, as_json):
+def profile_cmd(model, batches, as_json, **options):
     """Latency, FLOPs, params, size and memory of MODEL; per-op and per-node tables."""
     from tensorfold.api import profile
 
-    if runs < 1 or warmup < 0 or any(b < 1 for b in batches):
-        raise TensorfoldError("--runs and --batch must be >= 1, --warmup >= 0")
-    info = profile(model, provider=provider, device=device, batches=tuple(batches) or (1,), runs=runs, warmup=warmup,
-                   threads=threads, optimization=optimization, compare_with=compare_with, top=top, shapes=shapes,
-                   inputs=inputs)
-    if as_json:
-        _echo_json(info)
-        return
-    console = _console()
-    where = f"predicted for {info['device']}" if info["device"] else f"measured on {info['provider']}"
-    console.print(f"[bold]{info['model']}[/]: {info['params']:,} params, {_flops(info['flops'])} FLOPs (batch 1), "
-                  f"{info['size_bytes']:,} bytes; latency {where}")
-    console.print("timed at input shapes " + ", ".join(f"{k} {v}" for k, v in info["input_shapes"].items())
-                  + f" (batch 1; from {info['shapes_from']})")
-    for warning in info["warnings"]:
-        click.echo(f"warning: {warning}", err=True)
-    if "compare" in info:
-        c = info["compare"]
-        console.print(f"vs {c['model']}: {c['params']:,} params, {_flops(c['flops'])} FLOPs, {c['size_bytes']:,} bytes")
-    table = Table(title="latency (ms)", title_justify="left")
-    for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup"):
-        table.add_column(col, justify="right")
-    for batch, row in info["batches"].items():
-        if "predicted_ms" in row:
-            table.add_row(batch, _flops(row["flops"]), "", f"{row['predicted_ms']:.3f}", "",
-                          f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
-                          f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "")
-            continue
-        lat = row["latency"]
-        other = row.get("compare_latency")
-        table.add_row(batch, _flops(row["flops"]), f"{lat['min_ms']:.3f}", f"{lat['median_ms']:.3f}",
-                      f"{lat['p90_ms']:.3f}", f"{other['median_ms']:.3f}" if other else "",
-                      f"{row['speedup']:.2f}x" if other else "")
-    console.print(table)
-    if info.get("ops"):
-        ops = Table(title="time by op type (onnxruntime profiler, batch %s)" % next(iter(info["batches"])),
-                    title_justify="left")
-        for col in ("op", "nodes", "ms", "share"):
-            ops.add_column(col, justify="left" if col == "op" else "right")
-        for r in info["ops"]:
-            ops.add_row(r["op"], str(r["nodes"]), f"{r['ms']:.4f}", f"{r['share']:.1%}")
-        console.print(ops)
-        nodes = Table(title=f"top {len(info['nodes'])} nodes", title_justify="left")
-        for col in ("node", "op", "ms", "share"):
-            nodes.add_column(col, justify="right" if col in ("ms", "share") else "left")
-        for r in info["nodes"]:
-            nodes.add_row(r["node"], r["op"], f"{r['ms']:.4f}", f"{r['share']:.1%}")
-        console.print(nodes)
-        console.print(f"process peak RSS: {info['peak_rss_mb']:.0f} MB")
-    if info.get("graph_nodes"):
-        graph = Table(title=f"top {len(info['graph_nodes'])} graph nodes by FLOPs (batch 1)", title_justify="left")
-        for col in ("node", "op", "FLOPs", "params"):
-            graph.add_column(col, justify="right" if col in ("FLOPs", "params") else "left")
-        for r in info["graph_nodes"]:
-            graph.add_row(r["node"], r["op"], _flops(r["flops"]), f"{r['params']:,}")
-        console.print(graph)
+    _show(profile(model, batches=tuple(batches) or (1,), **options), as_json)
 
 
 @main.command("recover")
@@ -342,8 +221,8 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
                 optimizer, schedule, distill, temperature, alpha, patience, eval_every, torch_device, threads,
                 normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
+    from tensorfold.api import recover
     from tensorfold.recovery.finetune import RecoverConfig, check_torch_device
-    from tensorfold.recovery.run import recover
 
     if epochs < 0 or (max_steps is not None and max_steps < 1) or batch_size < 1 or lr <= 0:
         raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
@@ -368,28 +247,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
     report = recover(model, output, teacher_path=list(teacher), data=data, cfg=cfg, normalize=norm, resume=resume,
                      progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations,
                      peers=list(peers))
-    if as_json:
-        _echo_json(report)
-        return
-    console = _console()
-    table = Table(title=f"tensorfold recover — {report['data']}", title_justify="left")
-    for col in ("", "before", "after"):
-        table.add_column(col, justify="right" if col else "left")
-    for key in ("accuracy", "teacher_agreement"):
-        if key in report["val_before"]:
-            table.add_row(f"validation {key}", f"{report['val_before'][key]:.2%}", f"{report['val_after'][key]:.2%}")
-    test = report["test_accuracy"]
-    if test:
-        table.add_row("test accuracy", f"{test['student_before']:.2%}", f"{test['student_after']:.2%}")
-        if "teacher" in test:
-            table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
-    console.print(table)
-    console.print(f"validation: {report['validation']}")
-    console.print(f"{report['steps']} steps in {report['seconds']:.0f} s; {report['stop']}; "
-                  f"{report['features_matched']} layer outputs matched to the teacher's")
-    console.print(f"checkpoints {report['checkpoints']}, history {report['history']}"
-                  + (f", plot {report['plot']}" if report["plot"] else ""))
-    console.print(f"wrote {report['output']}")
+    _show(report, as_json)
 
 
 @main.group("bench", invoke_without_command=True)
@@ -492,25 +350,15 @@ def search_group():
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("pareto"), show_default=True,
               help="front.json, front.png, and per Pareto point a config (point-K.yaml) and its model")
-@click.option("--no-models", is_flag=True, help="write configs only, not each Pareto point's model")
+@click.option("--no-models", "save_models", is_flag=True, flag_value=False, default=True,
+              help="write configs only, not each Pareto point's model")
 @click.option("--json", "as_json", is_flag=True)
-def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, methods, space, include, exclude,
-                     storage, study, max_error, target_latency, provider, device, threads, data, recover_steps, shapes,
-                     inputs, seed, output_dir, no_models, as_json):
+def search_ranks_cmd(model, as_json, **options):
     """Search per-layer methods and ranks of MODEL for the Pareto front of OBJECTIVES."""
-    from tensorfold.search.ranks import search_ranks
+    from tensorfold.api import search_ranks
 
-    report = search_ranks(model, objectives=objectives, n_trials=n_trials, timeout=timeout, sampler=sampler,
-                          population=population, methods=methods, space=space, include=include, exclude=exclude,
-                          storage=storage, study=study, seed=seed, max_error=max_error,
-                          target_latency=target_latency, provider=provider, device=device, threads=threads,
-                          data=data, recover_steps=recover_steps, shapes=shapes, inputs=inputs,
-                          output_dir=output_dir, save_models=not no_models,
-                          progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        _echo_json(report)
-    else:
-        _render_search(report)
+    report = search_ranks(model, **options, progress=_progress(as_json))
+    _show(report, as_json)
     if report.get("interrupted"):
         raise KeyboardInterrupt("the front covers the trials finished before it")
 
@@ -546,47 +394,11 @@ def search_ranks_cmd(model, objectives, n_trials, timeout, sampler, population, 
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains (cpu, cuda, cuda:1, ...)")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def search_nas_cmd(strategy, objectives, data, budget_minutes, device, provider, threads, teacher, genotype, output,
-                   output_dir, channels, layers, nodes, train_size, val_size, proxy_steps, final_steps, final_channels,
-                   order, guard, population, max_latency, torch_device, seed, as_json):
+def search_nas_cmd(as_json, **options):
     """Search a cell architecture on DATA, train it, export it to ONNX and measure it."""
-    from tensorfold.search.nas.run import search_nas
+    from tensorfold.api import search_nas
 
-    report = search_nas(strategy=strategy, objectives=objectives, data=data, budget_minutes=budget_minutes,
-                        device=device, provider=provider, threads=threads, teacher=teacher, genotype=genotype,
-                        output=output, output_dir=output_dir, channels=channels, layers=layers, nodes=nodes,
-                        train_size=train_size, val_size=val_size, proxy_steps=proxy_steps, final_steps=final_steps,
-                        final_channels=final_channels, order=int(order), guard=guard, population=population,
-                        max_latency=max_latency, torch_device=torch_device, seed=seed,
-                        progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        _echo_json(report)
-        return
-    _render_nas(report)
-
-
-def _render_nas(report: dict) -> None:
-    console = _console()
-    f = report["final"]
-    console.print(f"[bold]{report['strategy']}[/] on {report['data']}: {report['candidates']} candidate(s) in "
-                  f"{report['search_seconds']:.0f} s (budget {report['budget_minutes']:g} min)")
-    if report.get("darts"):
-        d = report["darts"]
-        console.print(f"DARTS: {d['epochs']} epoch(s), {d['steps']} steps, {d['stopped']}; peak memory "
-                      f"{d['peak_memory_mb']:.0f} MB")
-    console.print(f"proxy: {report['proxy']}")
-    console.print(f"genotype: {f['genotype_text']}")
-    table = Table(title="final network", title_justify="left")
-    for col in ("test accuracy", "params", "FLOPs", "host latency", "device latency", "training"):
-        table.add_column(col, justify="right")
-    acc = f"{100 * f['test_accuracy']:.2f}%" if f.get("test_accuracy") is not None else "-"
-    dev = f"{f['device_ms']:.3f} ms ({f['device']}, predicted)" if f.get("device_ms") else "-"
-    table.add_row(acc, f"{f['params']:,}", _flops(f["flops"]), f"{f['host_ms']:.3f} ms", dev,
-                  f"{f['steps']} steps{' distilled' if f['distilled_from'] else ''}")
-    console.print(table)
-    for key in ("output", "model", "plot"):
-        if report.get(key):
-            console.print(f"{key}: {report[key]}")
+    _show(search_nas(**options, progress=_progress(as_json)), as_json)
 
 
 @main.command("pipeline")
@@ -610,73 +422,11 @@ def _render_nas(report: dict) -> None:
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
-def pipeline_cmd(data, strategy, budget_minutes, teacher, device, proxy_steps, train_size, final_steps, final_channels,
-                 method, ratio, recover_steps, hardware_aware, threads, seed, output_dir, as_json):
+def pipeline_cmd(as_json, **options):
     """NAS -> distillation -> decomposition -> recovery, each stage measured and kept in OUTPUT_DIR."""
     from tensorfold.pipeline import run_pipeline
 
-    report = run_pipeline(data=data, strategy=strategy, budget_minutes=budget_minutes, teacher=teacher, device=device,
-                          final_steps=final_steps, final_channels=final_channels, method=method, ratio=ratio,
-                          recover_steps=recover_steps, threads=threads, seed=seed, output_dir=output_dir,
-                          hardware_aware=hardware_aware, proxy_steps=proxy_steps, train_size=train_size,
-                          progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        _echo_json(report)
-        return
-    console = _console()
-    table = Table(title=f"pipeline ({report['output_dir']})", title_justify="left")
-    for col in ("stage", "model", "test accuracy", "params", "FLOPs", "host latency"):
-        table.add_column(col, justify="left" if col in ("stage", "model") else "right")
-    for s in report["stages"]:
-        acc = f"{100 * s['test_accuracy']:.2f}%" if s.get("test_accuracy") is not None else "-"
-        table.add_row(s["stage"], s["model"], acc, f"{s['params']:,}", _flops(s["flops"]), f"{s['host_ms']:.3f} ms")
-    console.print(table)
-    for note in report["optimize"]["notes"]:
-        console.print(f"decomposition: {note}")
-
-
-def _render_search(report: dict) -> None:
-    console = _console()
-    t = report["trials"]
-    console.print(f"[bold]{report['model']}[/]  study {report['study']} ({report['storage']}), "
-                  f"{report['space']['mode']} space over {report['space']['layers']} layers "
-                  f"({', '.join(report['space']['methods'])})")
-    per = report["seconds_per_trial"]["median"]
-    console.print(f"{t['this_run']} trials this run, {t['total']} in the study: {t['complete']} complete, "
-                  f"{t['failed']} failed, {t['infeasible']} infeasible"
-                  + (f"; {per:.2f} s per trial (median)" if per else ""))
-    for f in report["failures"][:3]:
-        console.print(f"  trial {f['trial']} failed: {f['reason']}")
-    objectives = report["objectives"]
-    table = Table(title=f"Pareto front ({len(report['front'])} points; hypervolume {report['hypervolume']:.4f})",
-                  title_justify="left")
-    for col in ("#", "trial", *objectives, "layers", "verified", "config"):
-        table.add_column(col, justify="left" if col in ("config", "verified") else "right")
-    base = report["baseline"]
-    table.add_row("orig", "-", *[_objective(o, base[o], base) for o in objectives], "0", "-", "")
-    for p in report["front"]:
-        verified = "yes" if p["verified"] else f"NO: {p.get('verify_error', '')[:40]}"
-        table.add_row(str(p["point"]), str(p["trial"]), *[_objective(o, p["values"][o], base) for o in objectives],
-                      str(p.get("layers_rewritten", "")), verified, p.get("config", ""))
-    console.print(table)
-    if report.get("plot"):
-        console.print(f"plot: {report['plot']}")
-    if "error" in objectives and str(report.get("inputs", "")).startswith("random"):
-        console.print("[yellow]error was measured on random inputs; pass --inputs file.npz with real ones for an "
-                      "error that reflects the model's use[/]")
-    if report.get("interrupted"):
-        console.print("[yellow]interrupted: the front above covers the trials finished so far[/]")
-
-
-def _objective(name: str, value: float, base: dict) -> str:
-    if name in ("params", "flops"):
-        ratio = base[name] / value if value else float("inf")
-        return f"{_flops(value) if name == 'flops' else f'{int(value):,}'} ({ratio:.1f}x)"
-    if name == "latency":
-        return f"{value:.3f} ms ({base['latency'] / value:.2f}x)" if value else "-"
-    if name == "accuracy":
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}"
+    _show(run_pipeline(**options, progress=_progress(as_json)), as_json)
 
 
 DEMO_OUTPUT = Path("results/demo/fmnist_cnn.tucker.onnx")    # out of the way of a checkout's files
@@ -740,23 +490,28 @@ def _demo_accuracy(console, original: Path, rewritten: Path) -> bool:
     return True
 
 
+def _show(report, as_json: bool) -> None:
+    """A command's report: one JSON object on stdout, or its tables."""
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        report.render(_console())
+
+
+def _progress(as_json: bool) -> bool:
+    """Progress bars on a terminal, never into a JSON stream or a log file."""
+    return not as_json and sys.stderr.isatty()
+
+
 def _echo_json(obj) -> None:
     """One JSON object on stdout: NaN and infinities become null (bare NaN is not JSON)."""
     click.echo(json_text(obj))
 
 
-def _console() -> Console:
-    # piped output (CI logs, files) is read later in full: don't wrap tables at 80 columns
-    return Console() if sys.stdout.isatty() else Console(width=200)
+def _console():
+    from tensorfold.report import make_console
 
-
-def _flops(v) -> str:
-    if v is None:
-        return "unknown"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return str(v)
+    return make_console()
 
 
 if __name__ == "__main__":

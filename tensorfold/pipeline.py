@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.report import PipelineReport
 
 
 def _measure_stage(stage: str, path: Path, test, threads: int) -> dict:
@@ -35,7 +36,7 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
                  strategy: str = "evolution", budget_minutes: float = 10.0, device: str | None = None,
                  final_steps: int = 600, final_channels: int = 16, method: str = "auto", ratio: float = 2.0,
                  recover_steps: int = 300, threads: int = 0, seed: int = 0, hardware_aware: bool = True,
-                 progress: bool = True, **nas_options) -> dict:
+                 progress: bool = True, **nas_options) -> PipelineReport:
     """hardware_aware: the decomposition keeps a layer's chain only where it is faster on the CPU
     provider, and the model only if it is faster as a whole (see planning/hardware_aware.py)."""
     from tensorfold.api import optimize
@@ -74,8 +75,9 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
               _measure_stage("NAS, distilled", out / "nas.onnx", test, threads),
               _measure_stage(f"decomposed ({method}, ratio {ratio:g})", factorized, test, threads),
               _measure_stage("recovered", recovered, test, threads)]
-    return {"output_dir": str(out), "stages": stages, "nas": {k: nas[k] for k in ("strategy", "candidates", "proxy",
-                                                                                  "search_seconds", "chosen")},
-            "optimize": {"layers_rewritten": len(opt.layers), "notes": opt.notes, "latency": opt.latency,
-                         "verification": opt.verification.as_dict() if opt.verification else None},
-            "recover": {k: rec[k] for k in ("steps", "stop", "seconds")}}
+    nas_summary = {k: nas[k] for k in ("strategy", "candidates", "proxy", "search_seconds", "chosen")}
+    return PipelineReport({
+        "output_dir": str(out), "stages": stages, "nas": nas_summary,
+        "optimize": {"layers_rewritten": len(opt.layers), "notes": opt.notes, "latency": opt.latency,
+                     "verification": opt.verification.as_dict() if opt.verification else None},
+        "recover": {k: rec[k] for k in ("steps", "stop", "seconds")}})

@@ -77,6 +77,7 @@ class Verification:
         d["max_disagreement"] = self.max_disagreement
         d["max_error"] = self.max_error
         d["max_channel_error"] = self.max_channel_error
+        d["broken"] = self.broken
         return d
 
 

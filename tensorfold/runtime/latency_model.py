@@ -33,6 +33,12 @@ class LatencyModel(Protocol):
     def call_ms(self) -> float:
         """The fixed cost of one inference call, whatever the model."""
 
+    def stats(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+              other: onnx.ModelProto | None = None) -> dict:
+        """A profile row for one call on `feeds`: the latency statistics this model can give
+        (measured: min/median/p90; predicted: the prediction) and, with `other`, its latency and
+        the speedup of `model` over it (measured interleaved, so noise hits both alike)."""
+
 
 def _random_feeds(shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
@@ -47,6 +53,7 @@ class Measured:
     threads: int = 0
     runs: int = 25
     warmup: int = 3
+    optimization: str = "all"
     predicted: ClassVar[bool] = False
 
     @property
@@ -59,7 +66,8 @@ class Measured:
 
     def ms(self, model, shapes, feeds=None) -> float:
         feeds = feeds if feeds is not None else _random_feeds(shapes)
-        return measure(model, feeds, self.provider, self.threads, warmup=self.warmup, runs=self.runs).median
+        return measure(model, feeds, self.provider, self.threads, warmup=self.warmup, runs=self.runs,
+                       optimization=self.optimization).median
 
     def speedup(self, candidate, base, shapes, feeds=None) -> float:
         """Interleaved runs of both (a busy host slows them alike): the median of per-round ratios."""
@@ -71,6 +79,14 @@ class Measured:
                                   [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
                                   [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
         return self.ms(make_model(graph, [helper.make_opsetid("", 17)]), {"input": [1]})
+
+    def stats(self, model, feeds, other=None) -> dict:
+        if other is None:
+            return {"latency": measure(model, feeds, self.provider, self.threads, self.warmup, self.runs,
+                                       self.optimization).as_dict()}
+        cmp = compare(model, other, feeds, self.provider, self.threads, self.warmup, self.runs)
+        return {"latency": cmp.a.as_dict(), "compare_latency": cmp.b.as_dict(), "speedup": round(cmp.speedup, 4),
+                "speedup_p10_p90": [round(float(np.percentile(cmp.ratios, q)), 4) for q in (10, 90)]}
 
 
 @dataclass
@@ -97,12 +113,20 @@ class Predicted:
     def call_ms(self) -> float:
         return self.device.run_overhead_s * 1e3
 
+    def stats(self, model, feeds, other=None) -> dict:
+        shapes = {k: list(v.shape) for k, v in feeds.items()}
+        row = {"predicted_ms": round(self.ms(model, shapes), 4)}
+        if other is not None:
+            row["compare_predicted_ms"] = round(self.ms(other, shapes), 4)
+            row["predicted_speedup"] = round(row["compare_predicted_ms"] / row["predicted_ms"], 4)
+        return row
+
 
 def latency_model(provider: str = "cpu", threads: int = 0, device: str | Device | None = None, runs: int = 25,
-                  progress: bool = True) -> LatencyModel:
+                  progress: bool = True, warmup: int = 3, optimization: str = "all") -> LatencyModel:
     """Predicted for `device` (a name or a Device) when given, else measured on `provider`."""
     if device is None or device == "":
-        return Measured(provider, threads, runs)
+        return Measured(provider, threads, runs, warmup, optimization)
     if isinstance(device, str):
         from tensorfold.runtime.devices import get_device
 

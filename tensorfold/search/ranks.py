@@ -12,10 +12,12 @@ measures a non-finite value is recorded as failed with its reason; the search go
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ import optuna
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.model import count_params
-from tensorfold.outputs import check_output_dir, guard_inputs, guarded, input_conflict, write_json_atomic
+from tensorfold.outputs import check_output_dir, guard_inputs, input_conflict, write_json_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.onnxrt.batching import feeds_for
@@ -61,50 +63,91 @@ def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, 
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-@guarded("model_path", "inputs", "data")
-def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"), n_trials: int = 50,
-                 timeout: float | None = None, sampler: str = "auto", population: int | None = None,
-                 methods=("svd", "tucker"), space: str = "auto", include=(), exclude=(), storage: str | None = None,
-                 study: str | None = None, seed: int = 0, max_error: float | None = None,
-                 target_latency: float | None = None, provider: str = "cpu", device: str | None = None,
-                 threads: int = 0, latency_runs: int = 20, data: str | None = None, recover_steps: int = 100,
-                 shapes=(), inputs: str | None = None, output_dir: str | os.PathLike | None = "pareto",
-                 save_models: bool = True, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class RankSearchOptions:
+    """Every option of a rank search, checked once (the CLI and Python callers build the same thing).
+    objectives: params, flops, latency, error, accuracy; constraints max_error (output error) and
+    target_latency (ms); storage: sqlite:///FILE, journal:FILE or a database URL shared by workers."""
+
+    objectives: tuple[str, ...] | str = ("params", "error")
+    n_trials: int = 50
+    timeout: float | None = None
+    sampler: str = "auto"
+    population: int | None = None
+    methods: tuple[str, ...] | str = ("svd", "tucker")
+    space: str = "auto"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    storage: str | None = None
+    study: str | None = None
+    seed: int = 0
+    max_error: float | None = None
+    target_latency: float | None = None
+    provider: str = "cpu"
+    device: str | None = None
+    threads: int = 0
+    latency_runs: int = 20
+    data: str | None = None
+    recover_steps: int = 100
+    shapes: tuple[str, ...] = ()
+    inputs: str | os.PathLike | None = None
+    output_dir: str | os.PathLike | None = "pareto"
+    save_models: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        put("objectives", parse_objectives(self.objectives))
+        for name in ("include", "exclude", "shapes"):
+            put(name, tuple(getattr(self, name)))
+        if self.n_trials < 1:
+            raise TensorfoldError(f"--n-trials must be >= 1 (got {self.n_trials})")
+        for flag, v in (("--max-error", self.max_error), ("--target-latency", self.target_latency)):
+            if v is not None and not v > 0:
+                raise TensorfoldError(f"{flag} must be > 0 (got {v})")
+        if self.sampler not in SAMPLERS:
+            raise TensorfoldError(f"unknown sampler '{self.sampler}' (choose from {', '.join(SAMPLERS)})")
+
+
+def search_ranks(model_path: str | os.PathLike, options: RankSearchOptions | None = None, **kwargs) -> dict:
+    """The options are RankSearchOptions' fields, given as keywords or as one RankSearchOptions."""
+    if options is not None and kwargs:
+        raise TypeError("give either a RankSearchOptions or keyword options, not both")
+    opts = options if options is not None else RankSearchOptions(**kwargs)
+    with guard_inputs(*(p for p in (model_path, opts.inputs, opts.data) if p is not None)):
+        return _search_ranks(model_path, opts)
+
+
+def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     start = time.perf_counter()
-    objectives = parse_objectives(objectives)
-    if n_trials < 1:
-        raise TensorfoldError(f"--n-trials must be >= 1 (got {n_trials})")
-    for flag, v in (("--max-error", max_error), ("--target-latency", target_latency)):
-        if v is not None and not v > 0:
-            raise TensorfoldError(f"{flag} must be > 0 (got {v})")
-    out = check_output_dir(output_dir, create=False) if output_dir else None
+    out = check_output_dir(opts.output_dir, create=False) if opts.output_dir else None
     if out is not None and out.is_dir():
         for path in out.iterdir():
             if _ours(path.name) and input_conflict(path) is not None:
                 raise TensorfoldError(f"--output-dir {out} holds an input, {path}, under a name this search "
                                       "writes; give another folder")
     original = load_model(model_path)
-    shape_map = parse_shapes(tuple(shapes))
-    feeds, feeds_label, input_shapes = feeds_for(original, shape_map, inputs, seed)
+    shape_map = parse_shapes(tuple(opts.shapes))
+    feeds, feeds_label, input_shapes = feeds_for(original, shape_map, opts.inputs, opts.seed)
     model, _ = normalize(original)
-    rank_space = RankSpace(model, methods, space, tuple(include), tuple(exclude), progress)
-    evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=provider, device=device, threads=threads,
-                          latency_runs=latency_runs, data=data, recover_steps=recover_steps, seed=seed)
+    rank_space = RankSpace(model, opts.methods, opts.space, tuple(opts.include), tuple(opts.exclude), opts.progress)
+    evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=opts.provider, device=opts.device, threads=opts.threads,
+                          latency_runs=opts.latency_runs, data=opts.data, recover_steps=opts.recover_steps, seed=opts.seed)
     # what the trials are measured on: error is needed for --max-error even when not an objective
-    measured = list(objectives) + [o for o, v in (("error", max_error), ("latency", target_latency))
-                                   if v is not None and o not in objectives]
-    constraints = {"max_error": max_error, "target_latency_ms": target_latency}
-    meta = {"objectives": list(objectives), "model": {"file": Path(model_path).name,
+    measured = list(opts.objectives) + [o for o, v in (("error", opts.max_error), ("latency", opts.target_latency))
+                                   if v is not None and o not in opts.objectives]
+    constraints = {"max_error": opts.max_error, "target_latency_ms": opts.target_latency}
+    meta = {"objectives": list(opts.objectives), "model": {"file": Path(model_path).name,
                                                       "fingerprint": rank_space.fingerprint},
             "space": rank_space.describe(), "constraints": constraints,
             "evaluation": {**evaluator.describe(), "inputs": feeds_label}}
-    shared = bool(storage) and not str(storage).startswith("sqlite:///:memory:")
+    shared = bool(opts.storage) and not str(opts.storage).startswith("sqlite:///:memory:")
     # workers sharing a study must not draw the same proposals: mix the process into the seed
-    sampler_seed = seed if not shared else seed * 100003 + os.getpid()
-    opt_sampler = make_sampler(sampler, len(objectives), sampler_seed, n_trials, max_error is not None
-                               or target_latency is not None, population)
-    name = study or f"{Path(model_path).stem}-{'-'.join(objectives)}"
-    the_study = open_study(open_storage(storage), name, [DIRECTIONS[o] for o in objectives], meta, opt_sampler)
+    sampler_seed = opts.seed if not shared else opts.seed * 100003 + os.getpid()
+    opt_sampler = make_sampler(opts.sampler, len(opts.objectives), sampler_seed, opts.n_trials, opts.max_error is not None
+                               or opts.target_latency is not None, opts.population)
+    name = opts.study or f"{Path(model_path).stem}-{'-'.join(opts.objectives)}"
+    the_study = open_study(open_storage(opts.storage), name, [DIRECTIONS[o] for o in opts.objectives], meta, opt_sampler)
     # what fronts of this study are normalized by: measured once per study, not once per worker
     baseline = the_study.user_attrs.get("tensorfold.baseline")
     if baseline is None:
@@ -123,7 +166,7 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
         try:
             plan = rank_space.suggest(trial)
             trial.set_user_attr("plan", encode_plan(plan))
-            result = rank_space.assemble(plan, seed=seed)
+            result = rank_space.assemble(plan, seed=opts.seed)
             values = evaluator(result.model, measured)
             for key, v in values.items():
                 trial.set_user_attr(key, v)
@@ -131,13 +174,13 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
             if bad:
                 raise TrialFailed(f"non-finite measurement: {', '.join(bad)}")
             cons = []
-            if max_error is not None:
-                cons.append(values["error"] - max_error)
-            if target_latency is not None:
-                cons.append(values["latency"] - target_latency)
+            if opts.max_error is not None:
+                cons.append(values["error"] - opts.max_error)
+            if opts.target_latency is not None:
+                cons.append(values["latency"] - opts.target_latency)
             record(trial, cons)
             trial.set_user_attr("layers_rewritten", len(result.rewritten))
-            return tuple(values[o] for o in objectives)
+            return tuple(values[o] for o in opts.objectives)
         except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, the search goes on
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             trial.set_user_attr("fail_reason", reason)
@@ -145,15 +188,15 @@ def search_ranks(model_path: str | os.PathLike, *, objectives=("params", "error"
 
     interrupted = False
     try:
-        the_study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialFailed,),
-                           show_progress_bar=progress and n_trials > 1, gc_after_trial=False)
+        the_study.optimize(objective, n_trials=opts.n_trials, timeout=opts.timeout, catch=(TrialFailed,),
+                           show_progress_bar=opts.progress and opts.n_trials > 1, gc_after_trial=False)
     except KeyboardInterrupt:
         interrupted = True
     trials = the_study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in own]
-    with guard_inputs(storage_file(storage)):   # the study's own file is an input too
-        report = _report(the_study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator,
-                         original, feeds, feeds_label, out, save_models, model_path, time.perf_counter() - start)
+    with guard_inputs(storage_file(opts.storage)):   # the study's own file is an input too
+        report = _report(the_study, name, opts.storage, trials, mine, opts.objectives, baseline, rank_space, evaluator,
+                         original, feeds, feeds_label, out, opts.save_models, model_path, time.perf_counter() - start)
     report["interrupted"] = interrupted
     return report
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,58 +99,98 @@ def load_split(data: str, train_size: int, val_size: int, seed: int):
     return (x[t], y[t].astype(np.int64), x[v], y[v].astype(np.int64)), desc
 
 
-def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: str = "fashion-mnist",
-               budget_minutes: float = 10.0, device: str | None = None, provider: str = "cpu", threads: int = 1,
-               teacher: str | os.PathLike | None = None, output: str | os.PathLike | None = None,
-               output_dir: str | os.PathLike | None = None, seed: int = 0, channels: int = 8, layers: int = 5,
-               nodes: int = 3, train_size: int = 4000, val_size: int = 1000, proxy_steps: int = 100,
-               final_steps: int = 600, final_channels: int | None = None, order: int = 1, guard: str = "earlystop",
-               population: int = 10, sample: int = 3, max_candidates: int | None = None,
-               genotype: str | os.PathLike | None = None, max_latency: float | None = None,
-               torch_device: str = "cpu", progress: bool = True) -> dict:
-    """genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
+@dataclass(frozen=True)
+class NasOptions:
+    """Every option of an architecture search, checked once (the CLI and Python callers build the same thing).
+
+    genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
     final training, export and measurement. torch_device: where the search and the final training
     run ("cuda" on a GPU machine); measurement is always onnxruntime on `provider`."""
+
+    strategy: str = "evolution"
+    objectives: tuple[str, ...] | str = ("accuracy",)
+    data: str = "fashion-mnist"
+    budget_minutes: float = 10.0
+    device: str | None = None
+    provider: str = "cpu"
+    threads: int = 1
+    teacher: str | os.PathLike | None = None
+    output: str | os.PathLike | None = None
+    output_dir: str | os.PathLike | None = None
+    seed: int = 0
+    channels: int = 8
+    layers: int = 5
+    nodes: int = 3
+    train_size: int = 4000
+    val_size: int = 1000
+    proxy_steps: int = 100
+    final_steps: int = 600
+    final_channels: int | None = None
+    order: int = 1
+    guard: str = "earlystop"
+    population: int = 10
+    sample: int = 3
+    max_candidates: int | None = None
+    genotype: str | os.PathLike | None = None
+    max_latency: float | None = None
+    torch_device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "order", int(self.order))
+        if self.strategy not in STRATEGIES:
+            raise TensorfoldError(f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
+        objectives = parse_nas_objectives(self.objectives)
+        object.__setattr__(self, "objectives", objectives)
+        if self.strategy == "darts" and objectives != ("accuracy",):
+            raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
+                                  f"{','.join(objectives)}")
+        if self.max_latency is not None and not self.max_latency > 0:
+            raise TensorfoldError(f"--max-latency must be > 0 ms (got {self.max_latency})")
+        if not self.budget_minutes > 0:
+            raise TensorfoldError(f"--budget-minutes must be > 0 (got {self.budget_minutes})")
+
+
+def search_nas(options: NasOptions | None = None, **kwargs) -> dict:
+    """The options are NasOptions' fields, given as keywords or as one NasOptions."""
+    if options is not None and kwargs:
+        raise TypeError("give either a NasOptions or keyword options, not both")
+    return _search_nas(options if options is not None else NasOptions(**kwargs))
+
+
+def _search_nas(opts: NasOptions) -> dict:
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
 
     start = time.perf_counter()
+    strategy = opts.strategy
     given = None
-    if genotype is not None:
+    if opts.genotype is not None:
         from tensorfold.search.nas.space import load_genotype
 
-        given = load_genotype(genotype)       # a bad file fails before any data is loaded
-    if torch_device != "cpu":
+        given = load_genotype(opts.genotype)       # a bad file fails before any data is loaded
+    if opts.torch_device != "cpu":
         try:
-            torch.empty(1, device=torch_device)
+            torch.empty(1, device=opts.torch_device)
         except (RuntimeError, AssertionError) as exc:
-            raise TensorfoldError(f"--torch-device {torch_device}: {str(exc).splitlines()[0]}") from None
-    if strategy not in STRATEGIES:
-        raise TensorfoldError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
-    objectives = parse_nas_objectives(objectives)
-    if strategy == "darts" and objectives != ("accuracy",):
-        raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
-                              f"{','.join(objectives)}")
-    if max_latency is not None and not max_latency > 0:
-        raise TensorfoldError(f"--max-latency must be > 0 ms (got {max_latency})")
-    if not budget_minutes > 0:
-        raise TensorfoldError(f"--budget-minutes must be > 0 (got {budget_minutes})")
-    dev = get_device(device, provider, threads) if device else None
-    out_dir = Path(output_dir) if output_dir else None
-    for p in ([Path(output).parent] if output else []) + ([out_dir.parent] if out_dir else []):
+            raise TensorfoldError(f"--torch-device {opts.torch_device}: {str(exc).splitlines()[0]}") from None
+    dev = get_device(opts.device, opts.provider, opts.threads) if opts.device else None
+    out_dir = Path(opts.output_dir) if opts.output_dir else None
+    for p in ([Path(opts.output).parent] if opts.output else []) + ([out_dir.parent] if out_dir else []):
         if str(p) and not p.is_dir():
             raise TensorfoldError(f"output folder {p} does not exist")
-    teacher_model = _load_teacher(teacher)
-    if threads:
-        torch.set_num_threads(threads)
-    split, desc = load_split(data, train_size, val_size, seed)
-    cfg = NetConfig(channels=channels, layers=layers)
-    budget_s = budget_minutes * 60
-    host_table = OpLatencyTable(provider, threads)
+    teacher_model = _load_teacher(opts.teacher)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    split, desc = load_split(opts.data, opts.train_size, opts.val_size, opts.seed)
+    cfg = NetConfig(channels=opts.channels, layers=opts.layers)
+    budget_s = opts.budget_minutes * 60
+    host_table = OpLatencyTable(opts.provider, opts.threads)
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     deadline = start + budget_s
-    scorer = Scorer(cfg, split, objectives, proxy_steps, seed, host_table, device_table, max_latency, torch_device)
-    rng = np.random.default_rng(seed)
+    scorer = Scorer(cfg, split, opts.objectives, opts.proxy_steps, opts.seed, host_table, device_table,
+                    opts.max_latency, opts.torch_device)
+    rng = np.random.default_rng(opts.seed)
     darts_info = None
     if given is not None:
         strategy = "given"
@@ -158,50 +199,50 @@ def search_nas(*, strategy: str = "evolution", objectives=("accuracy",), data: s
         from tensorfold.search.nas.darts import darts_search
 
         tx, ty, _, _ = split
-        res = darts_search(tx, ty, cfg, nodes=nodes, budget_s=budget_s - (time.perf_counter() - start), order=order,
-                           guard=guard, seed=seed, progress=progress, device=torch_device)
+        res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=budget_s - (time.perf_counter() - start), order=opts.order,
+                           guard=opts.guard, seed=opts.seed, progress=opts.progress, device=opts.torch_device)
         darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
-                      "guard": guard, "order": order, "peak_memory_mb": round(res.peak_memory_mb, 1),
+                      "guard": opts.guard, "order": opts.order, "peak_memory_mb": round(res.peak_memory_mb, 1),
                       "seconds": round(res.seconds, 1)}
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
-        scorer.check_budget(budget_s - (time.perf_counter() - start), nodes)
+        scorer.check_budget(budget_s - (time.perf_counter() - start), opts.nodes)
         if strategy == "random":
-            candidates = random_search(scorer, deadline, rng, nodes, max_candidates)
-        elif len(objectives) == 1:
-            candidates = aging_evolution(scorer, deadline, rng, nodes, objectives, population, sample, max_candidates)
+            candidates = random_search(scorer, deadline, rng, opts.nodes, opts.max_candidates)
+        elif len(opts.objectives) == 1:
+            candidates = aging_evolution(scorer, deadline, rng, opts.nodes, opts.objectives, opts.population, opts.sample, opts.max_candidates)
         else:
-            candidates = nsga2_search(scorer, deadline, seed, nodes, objectives, population, max_candidates)
+            candidates = nsga2_search(scorer, deadline, opts.seed, opts.nodes, opts.objectives, opts.population, opts.max_candidates)
     host_table.save()
     if device_table is not None:
         device_table.save()
     search_seconds = time.perf_counter() - start
     if not candidates:
         raise TensorfoldError("the budget ended before any candidate was scored; raise --budget-minutes")
-    front, chosen = _choose(candidates, objectives)
-    final = train_final(chosen.genotype, NetConfig(channels=final_channels or channels, layers=layers), data,
-                        final_steps, seed, teacher_model, provider, threads, dev, progress, torch_device)
+    front, chosen = _choose(candidates, opts.objectives)
+    final = train_final(chosen.genotype, NetConfig(channels=opts.final_channels or opts.channels, layers=opts.layers), opts.data,
+                        opts.final_steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress, opts.torch_device)
     report = {
-        "strategy": strategy + (f" (order {order}, guard {guard})" if strategy == "darts" else
-                                " (aging evolution)" if strategy == "evolution" and len(objectives) == 1 else
+        "strategy": strategy + (f" (order {opts.order}, guard {opts.guard})" if strategy == "darts" else
+                                " (aging evolution)" if strategy == "evolution" and len(opts.objectives) == 1 else
                                 " (NSGA-II)" if strategy == "evolution" else ""),
-        "objectives": list(objectives), "data": desc, "budget_minutes": budget_minutes,
+        "objectives": list(opts.objectives), "data": desc, "budget_minutes": opts.budget_minutes,
         "search_seconds": round(search_seconds, 1), "candidates": len(candidates),
-        "proxy": (f"accuracy on {len(split[2])} held-out training images after {proxy_steps} SGD steps from scratch "
+        "proxy": (f"accuracy on {len(split[2])} held-out training images after {opts.proxy_steps} SGD steps from scratch "
                   f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
                  f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)",
-        "space": {"channels": channels, "layers": layers, "nodes": nodes, "ops": "DARTS ops + conv 3x3/5x5"},
-        "latency": {"host": f"{provider} measured (op table)", "device": dev.name if dev else None,
-                    "max_latency_ms": max_latency},
+        "space": {"channels": opts.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
+        "latency": {"host": f"{opts.provider} measured (op table)", "device": dev.name if dev else None,
+                    "max_latency_ms": opts.max_latency},
         "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
         "final": final, "seconds": None,
     }
     model = final.pop("_model")
-    if output:
+    if opts.output:
         from tensorfold.graph.io import save_model
 
-        save_model(model, output)
-        report["output"] = str(output)
+        save_model(model, opts.output)
+        report["output"] = str(opts.output)
     if out_dir is not None:
         _write_dir(out_dir, report, candidates, front, final, model, dev)
     report["seconds"] = round(time.perf_counter() - start, 1)

@@ -1,4 +1,4 @@
-"""Reports of an optimize run: one JSON object, or before/after tables for a terminal."""
+"""The report of `optimize`: one JSON object, or before/after tables for a terminal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tensorfold.graph.stats import ModelStats
 from tensorfold.graph.verify import Verification
 from tensorfold.passes.base import LayerRecord
 from tensorfold.passes.layers import Skip
+from tensorfold.report.base import fmt_bytes, fmt_count, fmt_ratio, ratio
 
 
 @dataclass
@@ -40,14 +41,14 @@ class OptimizeReport:
             "input": self.input, "output": self.output, "method": self.method, "ranks": self.ranks,
             "input_shapes": self.input_shapes,
             "params_before": self.before.params, "params_after": self.after.params,
-            "params_ratio": _ratio(self.before.params, self.after.params),
+            "params_ratio": ratio(self.before.params, self.after.params),
             "flops_before": self.before.flops, "flops_after": self.after.flops,
-            "flops_ratio": _ratio(self.before.flops, self.after.flops),
+            "flops_ratio": ratio(self.before.flops, self.after.flops),
             "size_before": self.before.size_bytes, "size_after": self.after.size_bytes,
             "ops_before": dict(sorted(self.before.ops.items())), "ops_after": dict(sorted(self.after.ops.items())),
             "factorizable_params_before": self.eligible_params[0],
             "factorizable_params_after": self.eligible_params[1],
-            "factorizable_ratio": _ratio(*self.eligible_params),
+            "factorizable_ratio": ratio(*self.eligible_params),
             "layers": [r.as_dict() for r in self.layers],
             "skipped": [s.as_dict() for s in self.skipped],
             "verification": self.verification.as_dict() if self.verification else None,
@@ -67,14 +68,14 @@ class OptimizeReport:
         summary.add_column("after", justify="right")
         summary.add_column("ratio", justify="right")
         summary.add_row("parameters", f"{self.before.params:,}", f"{self.after.params:,}",
-                        _fmt_ratio(self.before.params, self.after.params))
+                        fmt_ratio(self.before.params, self.after.params))
         if self.eligible_params[0]:
             summary.add_row("  in factorizable layers", f"{self.eligible_params[0]:,}", f"{self.eligible_params[1]:,}",
-                            _fmt_ratio(*self.eligible_params))
-        summary.add_row("FLOPs", _fmt_int(self.before.flops), _fmt_int(self.after.flops),
-                        _fmt_ratio(self.before.flops, self.after.flops))
-        summary.add_row("size", _fmt_bytes(self.before.size_bytes), _fmt_bytes(self.after.size_bytes),
-                        _fmt_ratio(self.before.size_bytes, self.after.size_bytes))
+                            fmt_ratio(*self.eligible_params))
+        summary.add_row("FLOPs", fmt_count(self.before.flops), fmt_count(self.after.flops),
+                        fmt_ratio(self.before.flops, self.after.flops))
+        summary.add_row("size", fmt_bytes(self.before.size_bytes), fmt_bytes(self.after.size_bytes),
+                        fmt_ratio(self.before.size_bytes, self.after.size_bytes))
         ops = sorted(set(self.before.ops) | set(self.after.ops))
         for op in ops:
             b, a = self.before.ops.get(op, 0), self.after.ops.get(op, 0)
@@ -106,7 +107,7 @@ class OptimizeReport:
             for row in self.stages:
                 err = row.get("max_relative_error")
                 dis = row.get("max_disagreement")
-                stages.add_row(row["stage"], f"{row['params']:,}", _fmt_bytes(row["size_bytes"]),
+                stages.add_row(row["stage"], f"{row['params']:,}", fmt_bytes(row["size_bytes"]),
                                "" if err is None else f"{err:.3e}", "" if dis is None else f"{dis:.2%}")
             console.print(stages)
         if self.budget_search:
@@ -143,31 +144,3 @@ class OptimizeReport:
             console.print(f"note: {note}")
         if self.output:
             console.print(f"wrote {self.output} in {self.seconds:.1f} s")
-
-
-def _ratio(before, after):
-    if before is None or after in (None, 0):
-        return None
-    return round(before / after, 4)
-
-
-def _fmt_ratio(before, after) -> str:
-    r = _ratio(before, after)
-    return "" if r is None else f"{r:.2f}x"
-
-
-def _fmt_int(v) -> str:
-    if v is None:
-        return "unknown"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return str(v)
-
-
-def _fmt_bytes(v: int) -> str:
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
-        if v >= scale:
-            return f"{v / scale:.2f} {unit}"
-    return f"{v} B"
-

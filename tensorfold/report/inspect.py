@@ -1,0 +1,45 @@
+"""The report of `inspect`: what is in a model and which method can rewrite each layer."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tensorfold.report.base import Report, fmt_count
+
+
+class InspectReport(Report):
+    def render(self, console: Console) -> None:
+        methods = list(self["layers"][0]["methods"]) if self["layers"] else []
+        console.print(f"[bold]{self['input']}[/]  opset {self['opset']}  {self['producer']}")
+        console.print(f"inputs {self['inputs']}  outputs {self['outputs']}")
+        console.print(f"{self['params']:,} parameters, {fmt_count(self['flops'])} FLOPs, {self['size_bytes']:,} bytes; "
+                      f"{self['factorizable_params']:,} parameters in {len(self['layers'])} factorizable layers")
+        console.print("ops: " + ", ".join(f"{k} {v}" for k, v in self["ops"].items()))
+        table = Table(title="weight-heavy layers", title_justify="left")
+        sens_cols = ("layer err @2x", "model err @2x") if self["calibration"] else ()
+        for col in ("node", "op", "weight", "params", "FLOPs", *methods, *sens_cols):
+            table.add_column(col, justify="right" if col in ("params", "FLOPs", *sens_cols) else "left")
+        for row in self["layers"]:
+            shape = "x".join(map(str, row["weight_shape"])) + (f" g{row['groups']}" if row["groups"] > 1 else "")
+            if row["shared_with"]:
+                shape += f" (shared by {len(row['shared_with']) + 1})"
+            marks = ["yes" if row["methods"][m] == "yes" else "-" for m in methods]
+            extra = []
+            if sens_cols:
+                sens = row.get("sensitivity")
+                extra = [f"{sens['layer_error']:.3f}", f"{sens['model_error']:.3f}"] if sens else ["-", "-"]
+            table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", fmt_count(row["flops"]), *marks, *extra)
+        console.print(table)
+        if sens_cols:
+            console.print(f"sensitivity on {self['calibration']}: each layer alone at half its parameters (data-fitted "
+                          "Tucker-2/SVD); layer err = its relative output error, model err = the model's")
+        reasons: dict[str, list[str]] = {}
+        for row in self["layers"]:
+            for verdict in row["methods"].values():
+                if verdict != "yes":
+                    reasons.setdefault(verdict, []).append(row["node"])
+        for s in self["skipped"]:
+            reasons.setdefault(s["reason"], []).append(s["node"])
+        for reason, nodes in reasons.items():
+            console.print(f"- {reason}: {len(nodes)} node(s), e.g. {nodes[0]}")

@@ -1,0 +1,22 @@
+"""The report of `pipeline`: every stage (teacher, NAS, decomposition, recovery) measured alike."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tensorfold.report.base import Report, fmt_count
+
+
+class PipelineReport(Report):
+    def render(self, console: Console) -> None:
+        table = Table(title=f"pipeline ({self['output_dir']})", title_justify="left")
+        for col in ("stage", "model", "test accuracy", "params", "FLOPs", "host latency"):
+            table.add_column(col, justify="left" if col in ("stage", "model") else "right")
+        for s in self["stages"]:
+            acc = f"{100 * s['test_accuracy']:.2f}%" if s.get("test_accuracy") is not None else "-"
+            table.add_row(s["stage"], s["model"], acc, f"{s['params']:,}", fmt_count(s["flops"]),
+                          f"{s['host_ms']:.3f} ms")
+        console.print(table)
+        for note in self["optimize"]["notes"]:
+            console.print(f"decomposition: {note}")

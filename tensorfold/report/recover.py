@@ -1,0 +1,30 @@
+"""The report of `recover`: validation before/after, test accuracy where labels exist, where it wrote."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tensorfold.report.base import Report
+
+
+class RecoverReport(Report):
+    def render(self, console: Console) -> None:
+        table = Table(title=f"tensorfold recover — {self['data']}", title_justify="left")
+        for col in ("", "before", "after"):
+            table.add_column(col, justify="right" if col else "left")
+        for key in ("accuracy", "teacher_agreement"):
+            if key in self["val_before"]:
+                table.add_row(f"validation {key}", f"{self['val_before'][key]:.2%}", f"{self['val_after'][key]:.2%}")
+        test = self["test_accuracy"]
+        if test:
+            table.add_row("test accuracy", f"{test['student_before']:.2%}", f"{test['student_after']:.2%}")
+            if "teacher" in test:
+                table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
+        console.print(table)
+        console.print(f"validation: {self['validation']}")
+        console.print(f"{self['steps']} steps in {self['seconds']:.0f} s; {self['stop']}; "
+                      f"{self['features_matched']} layer outputs matched to the teacher's")
+        console.print(f"checkpoints {self['checkpoints']}, history {self['history']}"
+                      + (f", plot {self['plot']}" if self["plot"] else ""))
+        console.print(f"wrote {self['output']}")
