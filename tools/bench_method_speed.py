@@ -5,7 +5,8 @@
 Exports the zoo ResNet-18 at --width (seeded random weights: decomposition time does not depend on
 training; width 0.5 is 2.8M parameters) and times `tensorfold.api.optimize(method=M, ratio=R,
 verify=False)` for each method in a fresh process per run, the methods interleaved run by run
-(so a busy host slows them alike). Also the demo CNN at --energy 1 and --rank 100000 (auto), which
+(so a busy host slows them alike). Quality, outside the timed call: the mean relative weight error
+of the rewritten layers and the relative output error on random normal input (seed 0). Also the demo CNN at --energy 1 and --rank 100000 (auto), which
 must take seconds. Reports medians and the ratio to Tucker's median.
 """
 
@@ -31,7 +32,12 @@ RUN = textwrap.dedent("""
     path, out, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     start = time.perf_counter()
     report = optimize(path, out, progress=False, verify=False, **args)
-    print(json.dumps({"seconds": time.perf_counter() - start, "params": report.after.params}))
+    seconds = time.perf_counter() - start
+    from tensorfold.api import compare      # quality, outside the timed call
+    errors = [r.weight_error for r in report.layers]
+    print(json.dumps({"seconds": seconds, "params": report.after.params,
+                      "weight_error": sum(errors) / len(errors) if errors else 0.0,
+                      "output_error": compare(path, out)["max_relative_error"]}))
 """)
 
 
@@ -64,11 +70,13 @@ def main(argv=None) -> int:
                   for k, v in (("energy", 1.0), ("rank", 100_000))]
         times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
         params: dict[str, int] = {}
+        quality: dict[str, tuple[float, float]] = {}
         for _ in range(args.repeats):
             for name, path, kwargs in cases:
                 got = run(path, Path(tmp) / "out.onnx", kwargs)
                 times[name].append(got["seconds"])
                 params[name] = got["params"]
+                quality[name] = (got["weight_error"], got["output_error"])
     tucker = statistics.median(times["tucker"])
     lines = [f"Command: `.venv/bin/python tools/bench_method_speed.py --width {args.width:g} --ratio {args.ratio:g} "
              f"--repeats {args.repeats}`  ",
@@ -76,11 +84,13 @@ def main(argv=None) -> int:
              f"Date: {datetime.date.today()}  ",
              f"Model: zoo ResNet-18 width {args.width:g} (seeded random weights), `optimize --ratio {args.ratio:g} "
              "--no-verify` in a fresh process per run, methods interleaved run by run.", "",
-             "| method | median s (optimize call) | ratio to tucker | params after |", "|---|---:|---:|---:|"]
+             "| method | median s (optimize call) | ratio to tucker | params after | mean layer weight error "
+             "| output error |", "|---|---:|---:|---:|---:|---:|"]
     for name, values in times.items():
         med = statistics.median(values)
         ratio = f"{med / tucker:.2f}x" if not name.startswith("demo") else "-"
-        lines.append(f"| {name} | {med:.2f} | {ratio} | {params[name]:,} |")
+        weight, output = quality[name]
+        lines.append(f"| {name} | {med:.2f} | {ratio} | {params[name]:,} | {weight:.4f} | {output:.4f} |")
     publish(lines, args.out)
     return 0
 

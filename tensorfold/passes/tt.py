@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from tensorfold.decompose.ranks import evbmf_rank
-from tensorfold.decompose.tt import factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_svd
+from tensorfold.decompose.tt import (factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_rank_ladder,
+                                     tt_svd)
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
 from tensorfold.decompose.data_aware import refit_output
-from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2,
-                                         relative_error)
+from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2)
 from tensorfold.passes.layers import Layer
 
 
@@ -70,15 +70,24 @@ def _refit_last_core(layer: Layer, cores: list[np.ndarray]) -> tuple[list[np.nda
     return cores[:-1] + [out.T[:, :, None]], err2
 
 
+def _tt_target(layer: Layer) -> np.ndarray:
+    """The tensor TT-SVD works on: the reordered kernel, or the matrix with merged (m_k n_k) modes."""
+    if layer.kind == "conv":
+        return _tt_tensor(layer)
+    rows, cols = matrix_dims(*layer.weight.shape)
+    d = len(rows)
+    t = layer.weight.astype(np.float64).reshape(*rows, *cols)
+    return t.transpose([a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(rows, cols)])
+
+
+def _tt_params(dims: tuple[int, ...], ranks: tuple[int, ...]) -> int:
+    full = (1, *ranks, 1)
+    return sum(full[k] * n * full[k + 1] for k, n in enumerate(dims))
+
+
 def _evbmf_bond_ranks(layer: Layer) -> list[int]:
     """EVBMF rank of each bond's unfolding of the tensor TT-SVD works on."""
-    if layer.kind == "conv":
-        t = _tt_tensor(layer)
-    else:
-        rows, cols = matrix_dims(*layer.weight.shape)
-        d = len(rows)
-        t = layer.weight.astype(np.float64).reshape(*rows, *cols)
-        t = t.transpose([a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(rows, cols)])
+    t = _tt_target(layer)
     return [evbmf_rank(t.reshape(int(np.prod(t.shape[:k + 1])), -1)) for k in range(t.ndim - 1)]
 
 
@@ -168,19 +177,25 @@ class TTPass(FactorizePass):
 
     def method_candidates(self, layer: Layer) -> list[Candidate]:
         """TT-SVD at a ladder of error targets: delta-truncation sets each bond's rank on its
-        own (a cap shared by all bonds would waste rank on the small ones); errors measured."""
+        own (a cap shared by all bonds would waste rank on the small ones).
+
+        Without data the ranks and an estimate of the weight error come from one spectrum per bond
+        (decompose.tt.tt_rank_ladder: 3 eigendecompositions for a kxk conv, not ~35), so the ladder
+        can be fine and reach rank 1 on every bond. The layer record's weight error is the built
+        chain's, measured. With data each candidate's output error is measured on its cores."""
         out = {}
+        if layer.gram is None:
+            tensor = _tt_target(layer)
+            for ranks, est in tt_rank_ladder(tensor, np.geomspace(1e-4, 1.0, 40)):
+                if ranks not in out:
+                    out[ranks] = Candidate("tt", ranks, _tt_params(tensor.shape, ranks), est)
+            return list(out.values())
         memo: dict = {}      # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
-            info: dict = {}
-            cores = _decompose(layer, None, float(eps), memo, info)
+            cores = _decompose(layer, None, float(eps), memo)
             ranks = tuple(_bond_ranks(cores))
             if ranks not in out:
-                if layer.gram is None and "error2" in info:     # TT-SVD's error, from what it discarded
-                    err2 = info["error2"]
-                elif layer.gram is None:
-                    err2 = relative_error(layer.weight, _reconstruct(layer, cores)) ** 2
-                elif layer.kind == "conv":
+                if layer.kind == "conv":
                     err2 = _refit_last_core(layer, cores)[1]
                 else:
                     err2 = layer_output_error2(layer, _reconstruct(layer, cores))

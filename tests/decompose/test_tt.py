@@ -10,6 +10,7 @@ from tensorfold.decompose.tt import (
     tt_matrix_contraction,
     tt_params,
     tt_ranks,
+    tt_rank_ladder,
     tt_svd,
 )
 from tensorfold.errors import DecompositionError
@@ -179,3 +180,39 @@ def test_the_ladder_memo_and_the_discarded_error_match_a_plain_tt_svd():
         assert all(np.allclose(a, b) for a, b in zip(shared, alone))
         err2 = np.linalg.norm(t - tt_contraction(shared)) ** 2 / np.linalg.norm(t) ** 2
         assert abs(info["error2"] - err2) < 1e-8
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 3, 24), (8, 5, 12), (32, 3, 3, 32)])
+def test_rank_ladder_estimate_within_bounds(shape):
+    """The one-sweep ladder: ranks fall as the share grows down to rank 1 on every bond, and the
+    estimate lies between TT-SVD's lower bound (the worst single unfolding) and its exact error's
+    upper bound (the sum over bonds), with the exact error inside the same bounds."""
+    rng = np.random.default_rng(3)
+    # a decaying spectrum, as trained weights have: a low-rank part plus small noise
+    a = np.einsum("ir,jr,kr->ijk", *(rng.standard_normal((n, 6)) for n in (shape[0], int(np.prod(shape[1:-1])),
+                                                                           shape[-1])))
+    a = a.reshape(shape) + 0.3 * rng.standard_normal(shape)
+    norm2 = float(np.vdot(a, a))
+    ladder = tt_rank_ladder(a, np.geomspace(1e-4, 1.0, 20))
+    assert ladder[-1][0] == tuple(1 for _ in shape[:-1])
+    for (r_small, _), (r_big, _) in zip(ladder[1:], ladder[:-1]):
+        assert all(s <= b for s, b in zip(r_small, r_big))
+    for ranks, est in ladder:
+        info: dict = {}
+        tt_svd(a, ranks=list(ranks), info=info)
+        tails = []
+        for k, r in enumerate(ranks):
+            s = np.linalg.svd(a.reshape(int(np.prod(shape[:k + 1])), -1), compute_uv=False)
+            tails.append(float((s[r:] ** 2).sum()) / norm2)
+        lower, upper = max(tails), sum(tails)
+        assert lower - 1e-9 <= info["error2"] <= upper + 1e-9
+        assert lower - 1e-9 <= est <= min(upper, 1.0) + 1e-9
+
+
+def test_rank_ladder_one_bond_is_exact():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 20))
+    for ranks, est in tt_rank_ladder(a, [0.01, 0.1, 0.5]):
+        info: dict = {}
+        tt_svd(a, ranks=list(ranks), info=info)
+        assert est == pytest.approx(info["error2"], rel=1e-9, abs=1e-12)
