@@ -212,13 +212,15 @@ def profile_cmd(model, batches, as_json, **options):
 @click.option("--eval-every", type=_POSITIVE,
               help="validate every N steps (default: once per epoch); --patience and --schedule plateau count these")
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains: cpu, cuda, cuda:N, mps")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="mixed precision (torch.autocast) for the forward passes; weights and validation stay fp32")
 @click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
 @click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
 def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size,
-                optimizer, schedule, distill, temperature, alpha, patience, eval_every, torch_device, threads,
+                optimizer, schedule, distill, temperature, alpha, patience, eval_every, torch_device, precision, threads,
                 normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.api import recover
@@ -237,7 +239,8 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
         norm = ([mean], [std])
     cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                         schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
-                        eval_every=eval_every, seed=seed, threads=threads, device=check_torch_device(torch_device))
+                        eval_every=eval_every, seed=seed, threads=threads, device=check_torch_device(torch_device),
+                        precision=precision)
     weights = None
     if teacher_weights:
         try:

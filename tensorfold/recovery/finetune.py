@@ -37,6 +37,26 @@ class RecoverConfig:
     seed: int = 0
     threads: int = 0
     device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
+    precision: str = "fp32"             # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(cfg: RecoverConfig):
+    """The forward passes (student and teacher) and the losses under torch.autocast at the chosen
+    precision; fp32: off. Weights, optimizer state and validation stay fp32."""
+    dtype = PRECISIONS[cfg.precision]
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(cfg: RecoverConfig):
+    """Loss scaling for fp16, whose gradients underflow without it; bf16 has fp32's exponent range."""
+    return torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.precision == "fp16")
 
 
 def check_torch_device(name: str) -> str:
@@ -201,6 +221,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.update(signal=signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not progress)
+    scaler = grad_scaler(cfg)
     order = np.arange(len(x))        # replaced by a seeded permutation at each epoch start
     try:
         while step < total:
@@ -210,33 +231,37 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             idx = order[pos:pos + cfg.batch_size]
             xb = torch.from_numpy(x[idx]).to(cfg.device)
             module.train()
-            outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
-            logits = outputs[0]
-            loss = torch.zeros(())
-            t_logits, t_feats = teacher(xb) if teacher is not None else (None, {})
-            if use_kd:
-                loss = loss + cfg.alpha * hinton_kd(logits, t_logits, cfg.temperature)
-            if y is not None:
-                ce = F.cross_entropy(logits, torch.from_numpy(y[idx]).to(cfg.device))
-                loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
-            elif not use_kd and teacher is not None:
-                loss = loss + F.mse_loss(logits, t_logits)
-            if use_feat:
-                loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
+            with autocast(cfg):
+                outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
+                logits = outputs[0].float()
+                loss = torch.zeros((), device=logits.device)
+                t_logits, t_feats = teacher(xb) if teacher is not None else (None, {})
+                t_logits = t_logits.float() if t_logits is not None else None
+                if use_kd:
+                    loss = loss + cfg.alpha * hinton_kd(logits, t_logits, cfg.temperature)
+                if y is not None:
+                    ce = F.cross_entropy(logits, torch.from_numpy(y[idx]).to(cfg.device))
+                    loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
+                elif not use_kd and teacher is not None:
+                    loss = loss + F.mse_loss(logits, t_logits)
+                if use_feat:
+                    loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
             if not torch.isfinite(loss):
                 kept = (f"the last good checkpoint ({ckpt}, step {_checkpoint_step(ckpt, cfg.device)}) is kept"
                         if ckpt.exists() else "no training checkpoint was written before it")
                 stop_reason = f"loss became {loss.item()} at step {step}: stopped; {kept}"
                 break
             opt.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             lr = lr_at(step)
             if lr is not None:
                 for g in opt.param_groups:
                     g["lr"] = lr
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             history.steps.append(step)
             history.loss.append(float(loss.detach()))
@@ -322,17 +347,19 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup * total))
     order = np.random.default_rng(cfg.seed).permutation(len(x))
+    scalers = [grad_scaler(cfg) for _ in students]
     for step in tqdm(range(total), desc="mutual", unit="step", disable=not progress):
         pos = (step % steps_per_epoch) * cfg.batch_size
         if pos == 0 and step:
             order = np.random.default_rng(cfg.seed + step).permutation(len(x))
         idx = order[pos:pos + cfg.batch_size]
         xb = torch.from_numpy(x[idx]).to(cfg.device)
-        t_logits = teacher(xb)[0] if teacher is not None else None
         logits = []
-        for s in students:
-            s.train()
-            logits.append(s(xb)[0])
+        with autocast(cfg):
+            t_logits = teacher(xb)[0].float() if teacher is not None else None
+            for s in students:
+                s.train()
+                logits.append(s(xb)[0].float())
         lr = cfg.lr * (step + 1) / warm if step < warm else \
             0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
         for i, (s, opt) in enumerate(zip(students, opts)):
@@ -345,12 +372,14 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
             if not torch.isfinite(loss):
                 raise TensorfoldError(f"mutual learning: loss became {loss.item()} at step {step}")
             opt.zero_grad()
-            loss.backward()
+            scalers[i].scale(loss).backward()
             if cfg.clip:
+                scalers[i].unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(s.parameters(), cfg.clip)
             for g in opt.param_groups:
                 g["lr"] = lr
-            opt.step()
+            scalers[i].step(opt)
+            scalers[i].update()
             if i == 0:
                 history.steps.append(step + 1)
                 history.loss.append(float(loss.detach()))

@@ -23,7 +23,8 @@ class RecoverReport(Report):
                 table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
         console.print(table)
         console.print(f"validation: {self['validation']}")
-        console.print(f"{self['steps']} steps in {self['seconds']:.0f} s; {self['stop']}; "
+        precision = (self.get("config") or {}).get("precision", "fp32")
+        console.print(f"{self['steps']} steps ({precision}) in {self['seconds']:.0f} s; {self['stop']}; "
                       f"{self['features_matched']} layer outputs matched to the teacher's")
         console.print(f"checkpoints {self['checkpoints']}, history {self['history']}"
                       + (f", plot {self['plot']}" if self["plot"] else ""))

@@ -329,3 +329,32 @@ def test_cli_eval_every_threads_and_a_missing_device(student, npz, tmp_path):
                                        "-o", str(tmp_path / "g.onnx"), "--torch-device", "cuda:7"])
     assert result.exit_code == 2 and result.output.strip().startswith("error: --torch-device cuda:7")
     assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_keeps_fp32_weights(student, npz, tmp_path, precision):
+    """--precision runs the forward passes under torch.autocast (fp16 with loss scaling): the loss
+    falls as in fp32, the written model keeps float32 weights, and the report names the precision."""
+    cfg = RecoverConfig(max_steps=12, batch_size=32, lr=3e-3, threads=1, precision=precision)
+    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[1]), cfg=cfg, progress=False)
+    history = json.loads((tmp_path / "r.onnx.ckpt" / "history.json").read_text())
+    assert all(np.isfinite(history["loss"]))
+    assert np.mean(history["loss"][-3:]) < np.mean(history["loss"][:3])
+    assert report["config"]["precision"] == precision
+    out = onnx.load(tmp_path / "r.onnx")
+    assert {t.data_type for t in out.graph.initializer if t.dims} == {onnx.TensorProto.FLOAT}
+
+
+def test_mixed_precision_peer_path_and_a_bad_precision(student, npz, tmp_path):
+    peer = tmp_path / "peer.onnx"
+    optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
+    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--peer", str(peer),
+                                       "--data", str(npz[0]), "-o", str(tmp_path / "r.onnx"), "--max-steps", "3",
+                                       "--batch-size", "32", "--precision", "bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["precision"] == "bf16"
+    with pytest.raises(TensorfoldError, match="--precision fp8"):
+        RecoverConfig(precision="fp8")
+    bad = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
+                                    "-o", str(tmp_path / "x.onnx"), "--precision", "fp8"])
+    assert bad.exit_code == 2 and "fp8" in bad.output
