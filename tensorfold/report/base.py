@@ -16,7 +16,10 @@ class Report(dict):
         return dict(self)
 
     def render(self, console: Console) -> None:
-        raise NotImplementedError
+        """A report without tables of its own prints its data; each command's report overrides this."""
+        from tensorfold.outputs import json_text
+
+        console.print_json(json_text(self.as_dict()))
 
 
 def make_console() -> Console:
