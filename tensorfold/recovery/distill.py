@@ -1,9 +1,13 @@
 """Distillation losses and teachers. General: any student module, any teacher (an ONNX model run
-by onnxruntime, or a torch module), with or without labels."""
+by onnxruntime, or a torch module), with or without labels, and any task: outputs with a class
+axis (classifiers' scores) are distilled with Hinton's KD and judged by argmax agreement; every
+other output (a detector's maps, an OCR model's sequences, an audio model's states) by its
+relative squared error against the teacher's. A teacher returns all of its outputs."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -16,6 +20,60 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1),
                     reduction="batchmean") * t * t
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The model's outputs as losses and validation see them: output index -> the axis holding
+    class scores (graph.verify.class_axes: a Softmax's axis, a 2-D (N, C) output, a Gemm/MatMul's
+    last axis); outputs without one are maps or values, matched by relative squared error."""
+
+    names: tuple[str, ...]
+    axes: dict
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> Outputs:
+        from tensorfold.graph.verify import class_axes
+
+        axes = class_axes(model)
+        names = tuple(o.name for o in model.graph.output)
+        return cls(names, {i: axes[n] for i, n in enumerate(names) if n in axes})
+
+    @property
+    def classifier(self) -> bool:
+        """The first output holds class scores: labels and accuracy apply to it."""
+        return 0 in self.axes
+
+    def describe(self) -> str:
+        scores = [self.names[i] for i in self.axes]
+        rest = [n for i, n in enumerate(self.names) if i not in self.axes]
+        parts = ([f"class scores {', '.join(scores)} (KD, argmax agreement)"] if scores else []) + \
+                ([f"{', '.join(rest)} matched by relative error"] if rest else [])
+        return "; ".join(parts)
+
+
+def relative_error2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """||s - t||^2 / ||t||^2 over the batch: an output's error on the scale of the output itself."""
+    return ((student - teacher) ** 2).sum() / (teacher ** 2).sum().clamp_min(1e-12)
+
+
+def output_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], spec: Outputs, temperature: float,
+                kd: bool = True) -> torch.Tensor:
+    """Mean over outputs: Hinton KD on the class axis of score outputs (kd=True), the relative
+    squared error on every other output (and on score outputs when kd=False)."""
+    losses = []
+    for i, (s, t) in enumerate(zip(student, teacher)):
+        if not (s.is_floating_point() and t.is_floating_point()):
+            continue            # integer outputs (an ArgMax, token ids) carry no gradient
+        s, t = s.float(), t.float()
+        if kd and i in spec.axes and s.ndim >= 1 and s.shape[spec.axes[i]] > 1:
+            # scores at many positions (an OCR model's (N, T, C)): one distribution per position
+            axis, c = spec.axes[i], s.shape[spec.axes[i]]
+            losses.append(hinton_kd(s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c),
+                                    temperature))
+        else:
+            losses.append(relative_error2(s, t))
+    return torch.stack(losses).mean() if losses else torch.zeros((), device=student[0].device)
 
 
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -53,12 +111,21 @@ class OnnxTeacher:
         self.session = make_session(probe, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         names = [o.name for o in probe.graph.output]
+        self.n_outputs = len(existing)
         self.feature_index = {f: names.index(f) for f in self.features}   # a feature may be a graph output
+        from tensorfold.onnxrt.batching import fixed_batch
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        outs = self.session.run(None, {self.input_names[0]: x.detach().cpu().numpy()})
-        feats = {n: torch.from_numpy(np.asarray(outs[i])).to(x.device) for n, i in self.feature_index.items()}
-        return torch.from_numpy(np.asarray(outs[0])).to(x.device), feats
+        self.fixed = fixed_batch(model)     # a model exported with a fixed batch runs batch by batch
+
+    def __call__(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        arr = x.detach().cpu().numpy()
+        step = self.fixed or len(arr)
+        runs = [self.session.run(None, {self.input_names[0]: arr[i:i + step]}) for i in range(0, len(arr), step)]
+        outs = [np.concatenate([np.asarray(r[k]) for r in runs]) if len(runs) > 1 else np.asarray(runs[0][k])
+                for k in range(len(runs[0]))]
+        tensors = [torch.from_numpy(o).to(x.device) for o in outs]
+        feats = {n: tensors[i] for n, i in self.feature_index.items()}
+        return tensors[:self.n_outputs], feats
 
 
 class GraphTeacher:
@@ -74,11 +141,11 @@ class GraphTeacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor):
         outputs, feats = self.module(x, capture=tuple(self.features))
-        return outputs[0], feats
+        return list(outputs), feats
 
 
 class TorchTeacher:
-    """A torch module as teacher (its first output is the logits; no intermediate features)."""
+    """A torch module as teacher (its outputs in the ONNX model's order; no intermediate features)."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module.eval()
@@ -87,7 +154,7 @@ class TorchTeacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor):
         out = self.module(x)
-        return (out[0] if isinstance(out, (list, tuple)) else out), {}
+        return (list(out) if isinstance(out, (list, tuple)) else [out]), {}
 
     def to(self, device):
         self.module.to(device)
@@ -95,7 +162,7 @@ class TorchTeacher:
 
 
 class EnsembleTeacher:
-    """Several teachers as one: logits are the weighted mean of theirs (multi-teacher KD);
+    """Several teachers as one: each output is the weighted mean of theirs (multi-teacher KD);
     each intermediate feature comes from the first teacher that has it."""
 
     def __init__(self, teachers: list, weights: list[float] | None = None):
@@ -112,10 +179,12 @@ class EnsembleTeacher:
         self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
 
     def __call__(self, x: torch.Tensor):
-        logits, feats = None, {}
+        outputs, feats = None, {}
         for t, w in zip(self.teachers, self.weights):
-            out, f = t(x)
-            logits = out * w if logits is None else logits + out * w
+            outs, f = t(x)
+            weighted = [o * w if o.is_floating_point() else o for o in outs]
+            outputs = weighted if outputs is None else [a + b if b.is_floating_point() else a
+                                                        for a, b in zip(outputs, weighted)]
             for name, value in f.items():
                 feats.setdefault(name, value)
-        return logits, feats
+        return outputs, feats

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from tensorfold.errors import Terminated, TensorfoldError
 from tensorfold.outputs import atomic_path
-from tensorfold.recovery.distill import feature_loss, hinton_kd
+from tensorfold.recovery.distill import Outputs, feature_loss, output_loss
 
 
 @dataclass
@@ -89,26 +89,57 @@ class History:
         return asdict(self)
 
 
-def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, batch: int = 512) -> dict:
-    """Top-1 accuracy with labels; agreement with the teacher's top-1 without."""
+def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Outputs | None = None,
+             batch: int = 512) -> dict:
+    """Validation. With labels: top-1 accuracy of the first output. Against a teacher: each output's
+    relative L2 error pooled over the samples ("output_error", the largest over outputs: what
+    `tensorfold verify` would report) and, over outputs with a class axis, the share of equal
+    argmaxes ("teacher_agreement")."""
+    spec = spec if spec is not None else Outputs((), {0: -1})
     module.eval()
     device = next(module.parameters()).device
-    correct, agree, n = 0, 0, 0
+    correct, n, agree, count = 0, 0, 0, 0
+    diff2: list[float] = []
+    ref2: list[float] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(x[i:i + batch]).to(device)
-            pred = module(xb)[0].argmax(-1)
+            outs = module(xb)
             if y is not None:
+                pred = outs[0].argmax(spec.axes.get(0, -1))
                 correct += int((pred.cpu().numpy() == y[i:i + batch]).sum())
             if teacher is not None:
-                agree += int((pred == teacher(xb)[0].argmax(-1)).sum())
+                t_outs, _ = teacher(xb)
+                if not diff2:
+                    diff2, ref2 = [0.0] * len(outs), [0.0] * len(outs)
+                for k, (s_k, t_k) in enumerate(zip(outs, t_outs)):
+                    if s_k.is_floating_point():
+                        diff2[k] += float(((s_k.double() - t_k.double()) ** 2).sum())
+                        ref2[k] += float((t_k.double() ** 2).sum())
+                    if k in spec.axes and s_k.ndim and s_k.shape[spec.axes[k]] > 1:
+                        same = s_k.argmax(spec.axes[k]) == t_k.argmax(spec.axes[k])
+                        agree += int(same.sum())
+                        count += same.numel()
             n += len(xb)
     out = {}
     if y is not None:
         out["accuracy"] = correct / n
-    if teacher is not None:
-        out["teacher_agreement"] = agree / n
+    if teacher is not None and diff2:
+        out["output_error"] = max(float(np.sqrt(d / r)) if r > 0 else float(np.sqrt(d)) for d, r in zip(diff2, ref2))
+        if count:
+            out["teacher_agreement"] = agree / count
     return out
+
+
+def metric_for(labels: bool, spec: Outputs) -> str:
+    """What validation selects on: accuracy with labels; without, argmax agreement with the teacher
+    for a classifier, the teacher-relative output error for any other model (lower is better)."""
+    return "accuracy" if labels else "teacher_agreement" if spec.classifier else "output_error"
+
+
+def signed(result: dict, metric: str) -> float:
+    """The metric as a score where higher is better."""
+    return -result[metric] if metric == "output_error" else result[metric]
 
 
 def load_checkpoint(path: Path, device):
@@ -154,7 +185,7 @@ def _load_params(module, params, path: Path) -> None:
 
 def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
           cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True,
-          fingerprint: str = ""):
+          fingerprint: str = "", spec: Outputs | None = None):
     """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
     KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
@@ -206,10 +237,11 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     else:
         for stale in (ckpt, checkpoint_dir / "best.pt"):   # an earlier run's, maybe of another model
             stale.unlink(missing_ok=True)
-    metric = "accuracy" if val_y is not None else "teacher_agreement"
+    spec = spec if spec is not None else Outputs((), {0: -1})
+    metric = metric_for(val_y is not None, spec)
     if best is None and len(val_x):
         # step 0 is a candidate too: a run that only makes the model worse keeps the model it started from
-        best = dict(evaluate(module, val_x, val_y, teacher), step=0)
+        best = dict(evaluate(module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
         _save(module.state_dict(), checkpoint_dir / "best.pt")
     start_metric = best[metric] if best is not None and best.get("step") == 0 else None
     use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
@@ -233,17 +265,15 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             module.train()
             with autocast(cfg):
                 outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
-                logits = outputs[0].float()
-                loss = torch.zeros((), device=logits.device)
-                t_logits, t_feats = teacher(xb) if teacher is not None else (None, {})
-                t_logits = t_logits.float() if t_logits is not None else None
-                if use_kd:
-                    loss = loss + cfg.alpha * hinton_kd(logits, t_logits, cfg.temperature)
+                loss = torch.zeros((), device=outputs[0].device)
+                t_outs, t_feats = teacher(xb) if teacher is not None else (None, {})
+                if use_kd:     # KD on class scores, relative error on every other output
+                    loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
                 if y is not None:
-                    ce = F.cross_entropy(logits, torch.from_numpy(y[idx]).to(cfg.device))
+                    ce = F.cross_entropy(outputs[0].float(), torch.from_numpy(y[idx]).to(cfg.device))
                     loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
                 elif not use_kd and teacher is not None:
-                    loss = loss + F.mse_loss(logits, t_logits)
+                    loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
                 if use_feat:
                     loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
             if not torch.isfinite(loss):
@@ -269,12 +299,12 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             bar.update(1)
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{history.lr[-1]:.2e}")
             if step % eval_every == 0 or step == total:
-                result = evaluate(module, val_x, val_y, teacher)
+                result = evaluate(module, val_x, val_y, teacher, spec, cfg.batch_size)
                 result["step"] = step
                 history.evals.append(result)
                 if plateau is not None and step >= warm:
-                    plateau.step(result[metric])
-                if best is None or result[metric] > best[metric]:
+                    plateau.step(signed(result, metric))
+                if best is None or signed(result, metric) > signed(best, metric):
                     best = dict(result)
                     _save(module.state_dict(), checkpoint_dir / "best.pt")
                     stale = 0
@@ -320,12 +350,13 @@ def plot_history(history: History, path: Path) -> Path | None:
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("training loss")
     ax[0].set_yscale("log")
-    for key in ("accuracy", "teacher_agreement"):
+    for key in ("accuracy", "teacher_agreement", "output_error"):
         pts = [(e["step"], e[key]) for e in history.evals if key in e]
         if pts:
-            ax[1].plot(*zip(*pts), marker="o", label=key)
+            ax[1].plot(*zip(*pts), marker="o", label=key.replace("_", " "))
     ax[1].set_xlabel("step")
-    ax[1].legend()
+    if history.evals:
+        ax[1].legend()
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
@@ -334,12 +365,14 @@ def plot_history(history: History, path: Path) -> Path | None:
 
 
 def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray,
-                 val_y: np.ndarray | None, cfg: RecoverConfig, progress: bool = True) -> tuple[History, list[dict]]:
+                 val_y: np.ndarray | None, cfg: RecoverConfig, progress: bool = True,
+                 spec: Outputs | None = None) -> tuple[History, list[dict]]:
     """Deep mutual learning (Zhang et al. 2018): the students train together, each pulled by KL
     toward the others' (detached) predictions, plus labels and the teacher's KD when present.
     Returns the first student's loss history and each student's validation result; the modules
     are trained in place."""
     history = History()
+    spec = spec if spec is not None else Outputs((), {0: -1})
     torch.manual_seed(cfg.seed)
     opts = [torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=cfg.lr,
                               weight_decay=cfg.weight_decay) for s in students]
@@ -354,21 +387,23 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
             order = np.random.default_rng(cfg.seed + step).permutation(len(x))
         idx = order[pos:pos + cfg.batch_size]
         xb = torch.from_numpy(x[idx]).to(cfg.device)
-        logits = []
+        outs = []
         with autocast(cfg):
-            t_logits = teacher(xb)[0].float() if teacher is not None else None
+            t_outs = teacher(xb)[0] if teacher is not None else None
             for s in students:
                 s.train()
-                logits.append(s(xb)[0].float())
+                outs.append([o.float() if o.is_floating_point() else o for o in s(xb)])
         lr = cfg.lr * (step + 1) / warm if step < warm else \
             0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
         for i, (s, opt) in enumerate(zip(students, opts)):
-            others = torch.stack([l.detach() for j, l in enumerate(logits) if j != i]).mean(0)
-            loss = hinton_kd(logits[i], others, 1.0)
+            # the other students' mean prediction, per output (detached: each learns toward the others)
+            others = [torch.stack([o[k].detach() for j, o in enumerate(outs) if j != i]).mean(0)
+                      if outs[i][k].is_floating_point() else outs[i][k] for k in range(len(outs[i]))]
+            loss = output_loss(outs[i], others, spec, 1.0)
             if y is not None:
-                loss = loss + F.cross_entropy(logits[i], torch.from_numpy(y[idx]).to(cfg.device))
-            if t_logits is not None:
-                loss = loss + cfg.alpha * hinton_kd(logits[i], t_logits, cfg.temperature)
+                loss = loss + F.cross_entropy(outs[i][0], torch.from_numpy(y[idx]).to(cfg.device))
+            if t_outs is not None:
+                loss = loss + cfg.alpha * output_loss(outs[i], t_outs, spec, cfg.temperature)
             if not torch.isfinite(loss):
                 raise TensorfoldError(f"mutual learning: loss became {loss.item()} at step {step}")
             opt.zero_grad()
@@ -383,6 +418,6 @@ def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, v
             if i == 0:
                 history.steps.append(step + 1)
                 history.loss.append(float(loss.detach()))
-    results = [evaluate(s, val_x, val_y, teacher) for s in students]
+    results = [evaluate(s, val_x, val_y, teacher, spec, cfg.batch_size) for s in students]
     history.evals.append(dict(results[0], step=total))
     return history, results

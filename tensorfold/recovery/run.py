@@ -15,9 +15,10 @@ from tensorfold.log import warn
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
-from tensorfold.recovery.distill import EnsembleTeacher, GraphTeacher, OnnxTeacher, TorchTeacher, rewritten_outputs
-from tensorfold.recovery.finetune import (RecoverConfig, evaluate, model_fingerprint, plot_history, train,
-                                          train_mutual)
+from tensorfold.recovery.distill import (EnsembleTeacher, GraphTeacher, OnnxTeacher, Outputs, TorchTeacher,
+                                         rewritten_outputs)
+from tensorfold.recovery.finetune import (RecoverConfig, evaluate, metric_for, model_fingerprint, plot_history,
+                                          signed, train, train_mutual)
 
 
 def _io_signature(model: onnx.ModelProto):
@@ -95,6 +96,11 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
                               f"{list(x.shape[1:])}; the model takes {input_shape}): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - building the module failed
         raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
+    spec = Outputs.of(student)
+    if y is not None and not spec.classifier:
+        warn(f"--data {desc}: labels are ignored, the model's first output ({spec.names[0]}) holds no class "
+             "scores; it is distilled from the teacher")
+        y = None
     if y is not None and probe.shape[-1] <= int(y.max()):
         raise TensorfoldError(f"labels go up to {int(y.max())} but the model has {probe.shape[-1]} outputs")
     if y is not None and int(y.min()) < 0:
@@ -125,12 +131,15 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         teacher = EnsembleTeacher(members, teacher_weights)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
-    before = evaluate(module, val_x, val_y, teacher)
+    def check(m, against=None) -> dict:
+        return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
+
+    before = check(module, teacher)
     judge = teacher       # what every candidate model is scored against, whatever teaches it later
-    metric = "accuracy" if val_y is not None else "teacher_agreement"
+    metric = metric_for(val_y is not None, spec)
 
     def score(m) -> float:
-        return evaluate(m, val_x, val_y, judge)[metric]
+        return signed(check(m, judge), metric)
 
     peer_reports, peer_writes = [], []
     if peers:
@@ -143,12 +152,12 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         # mutual learning keeps no checkpoints: remember each model's start, and keep it where
         # training made that model worse (no run writes a model worse than it was given)
         starts = [(score(m), copy.deepcopy(m.state_dict())) for m in students]
-        history, results = train_mutual(students, teacher, tx, ty, val_x, val_y, cfg, progress)
+        history, results = train_mutual(students, teacher, tx, ty, val_x, val_y, cfg, progress, spec)
         reason = "deep mutual learning done"
         for i, (m, (start_score, start_state)) in enumerate(zip(students, starts)):
             if score(m) < start_score:
                 m.load_state_dict(start_state)
-                results[i] = evaluate(m, val_x, val_y, teacher)
+                results[i] = check(m, teacher)
                 reason += f"; {'the student' if i == 0 else f'peer {i}'} ended worse than it started and is " \
                           "written as it was given"
         for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
@@ -157,10 +166,10 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         best = results[0]
     else:
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
-                                      fingerprint=model_fingerprint(student))
+                                      fingerprint=model_fingerprint(student), spec=spec)
     if reason.startswith("loss became"):
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
-    generation_results = [evaluate(module, val_x, val_y)]
+    generation_results = [check(module, judge)]
     kept, kept_score, kept_generation = module, score(module), 1
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
@@ -169,17 +178,18 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         teacher = OnnxTeacher(previous, features, cfg.threads) if cfg.device == "cpu" else \
             GraphTeacher(previous, features, cfg.device)
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir / f"gen{gen}", False,
-                                      progress, fingerprint=model_fingerprint(student))
+                                      progress, fingerprint=model_fingerprint(student), spec=spec)
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
-        generation_results.append(evaluate(module, val_x, val_y))
+        generation_results.append(check(module, judge))
         gen_score = score(module)
         if gen_score > kept_score:
             kept, kept_score, kept_generation = module, gen_score, gen
     if kept_generation != generations:      # a later generation is not better by itself
         module = kept
-        reason += f"; generation {kept_generation} scored best (validation {metric} {kept_score:.4f}) and is written"
-    after = evaluate(module, val_x, val_y, judge)
+        reason += (f"; generation {kept_generation} scored best (validation {metric} {abs(kept_score):.4f}) "
+                   "and is written")
+    after = check(module, judge)
     trained = module.write_back()
     save_model(trained, output_path)
     for pmod, path in peer_writes:      # only now: an error above leaves nothing written
@@ -204,7 +214,7 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
             (str(paths[0]) if paths else None), "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
-            "validation": validation,
+            "validation": validation, "metric": metric, "outputs": spec.describe(),
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
             "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
             "steps": history.steps[-1] if history.steps else 0, "stop": reason,

@@ -13,9 +13,12 @@ class RecoverReport(Report):
         table = Table(title=f"tensorfold recover — {self['data']}", title_justify="left")
         for col in ("", "before", "after"):
             table.add_column(col, justify="right" if col else "left")
-        for key in ("accuracy", "teacher_agreement"):
-            if key in self["val_before"]:
-                table.add_row(f"validation {key}", f"{self['val_before'][key]:.2%}", f"{self['val_after'][key]:.2%}")
+        for key in ("accuracy", "teacher_agreement", "output_error"):
+            if key in self["val_before"] and key in self["val_after"]:
+                fmt = "{:.4f}" if key == "output_error" else "{:.2%}"
+                mark = " (selects)" if key == self.get("metric") else ""
+                table.add_row(f"validation {key.replace('_', ' ')}{mark}", fmt.format(self["val_before"][key]),
+                              fmt.format(self["val_after"][key]))
         test = self["test_accuracy"]
         if test:
             table.add_row("test accuracy", f"{test['student_before']:.2%}", f"{test['student_after']:.2%}")
@@ -23,6 +26,8 @@ class RecoverReport(Report):
                 table.add_row("test accuracy, teacher", f"{test['teacher']:.2%}", "")
         console.print(table)
         console.print(f"validation: {self['validation']}")
+        if self.get("outputs"):
+            console.print(f"outputs: {self['outputs']}")
         precision = (self.get("config") or {}).get("precision", "fp32")
         console.print(f"{self['steps']} steps ({precision}) in {self['seconds']:.0f} s; {self['stop']}; "
                       f"{self['features_matched']} layer outputs matched to the teacher's")

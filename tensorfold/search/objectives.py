@@ -95,7 +95,7 @@ class Evaluator:
             return evaluate_onnx(model, vx, vy, threads=self.threads)
         import torch
 
-        from tensorfold.recovery.distill import OnnxTeacher, rewritten_outputs
+        from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
         from tensorfold.recovery.finetune import RecoverConfig, evaluate, train
         from tensorfold.recovery.onnx_torch import OnnxModule
 
@@ -104,8 +104,8 @@ class Evaluator:
         teacher = OnnxTeacher(self.original, rewritten_outputs(model), self.threads)
         cfg = RecoverConfig(epochs=1, max_steps=self.recover_steps, seed=self.seed, threads=self.threads)
         with tempfile.TemporaryDirectory(prefix="tensorfold-trial-") as tmp:
-            train(module, teacher, tx, ty, vx, vy, cfg, Path(tmp), progress=False)
-        acc = evaluate(module, vx, vy)["accuracy"]
+            train(module, teacher, tx, ty, vx, vy, cfg, Path(tmp), progress=False, spec=Outputs.of(model))
+        acc = evaluate(module, vx, vy, spec=Outputs.of(model))["accuracy"]
         if not math.isfinite(acc):
             raise TensorfoldError("validation accuracy is not finite")
         return acc

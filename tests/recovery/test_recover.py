@@ -270,8 +270,10 @@ def test_graph_teacher_matches_the_onnxruntime_teacher(student):
     teacher = onnx.load(TEACHER)
     a, b = OnnxTeacher(teacher, features), GraphTeacher(teacher, features, "cpu")
     x = torch.from_numpy(np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32))
-    (la, fa), (lb, fb) = a(x), b(x)
-    np.testing.assert_allclose(la.numpy(), lb.numpy(), rtol=1e-4, atol=1e-4)
+    (la, fa), (lb, fb) = a(x), b(x)     # every output of the model, then the features asked for
+    assert len(la) == len(lb) == len(teacher.graph.output)
+    for oa, ob in zip(la, lb):
+        np.testing.assert_allclose(oa.numpy(), ob.numpy(), rtol=1e-4, atol=1e-4)
     assert set(fa) == set(fb) and len(fa) >= 2
     for name in fa:
         np.testing.assert_allclose(fa[name].numpy(), fb[name].numpy(), rtol=1e-4, atol=1e-4)

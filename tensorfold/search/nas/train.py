@@ -39,7 +39,8 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
         logits = net(xt[idx])
         loss = F.cross_entropy(logits, yt[idx])
         if teacher is not None:
-            t_logits, _ = teacher(xt[idx])
+            t_outs, _ = teacher(xt[idx])
+            t_logits = t_outs[0]
             loss = alpha * hinton_kd(logits, t_logits, temperature) + (1 - alpha) * loss
         opt.zero_grad()
         loss.backward()
