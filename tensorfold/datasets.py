@@ -154,7 +154,8 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndar
 
 
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays of inputs: key `x` (or `inputs`/`images`), optional `y` (or `labels`)."""
+    """Arrays of inputs: key `x` (or `inputs`/`images`, or the one array besides the labels, named
+    as the model's input is, as `--inputs` files are), optional `y` (or `labels`)."""
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -162,8 +163,12 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise TensorfoldError(f"{path}: a single array (.npy), not an .npz with x (and y)")
     x_key = next((k for k in ("x", "inputs", "images") if k in data.files), None)
+    others = [k for k in data.files if k not in ("y", "labels")]
+    if x_key is None and len(others) == 1:
+        x_key = others[0]
     if x_key is None:
-        raise TensorfoldError(f"{path}: no array named x, inputs or images (it has {data.files})")
+        raise TensorfoldError(f"{path}: no array named x, inputs or images, and not one array besides the labels "
+                              f"(it has {data.files})")
     y_key = next((k for k in ("y", "labels") if k in data.files), None)
     x = data[x_key]
     if x.ndim == 0 or len(x) == 0:
@@ -241,8 +246,11 @@ def prepare_inputs(x: np.ndarray, input_shape: list, normalize: tuple[list[float
                    ) -> np.ndarray:
     """Images -> float32 (N, C, H, W) shaped like the model's input: [0, 1] scaling for uint8 (as
     torchvision's ToTensor), channels repeated or averaged to C, bilinear resize to H x W when the
-    model fixes them, then (x - mean) / std if asked."""
+    model fixes them, then (x - mean) / std if asked. Integer arrays other than uint8 (token ids)
+    pass through as int64."""
     x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
+        return np.ascontiguousarray(x.astype(np.int64))    # token ids, class ids: passed through untouched
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32)

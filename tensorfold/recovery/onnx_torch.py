@@ -466,12 +466,24 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
 def _pad(node, x, pads=None, value=None, axes=None):
     pads = _ints(pads) if pads is not None else list(_a(node, "pads"))
     mode = _a(node, "mode", "constant")
+    if axes is not None and axes.numel():          # opset 18: pads for these axes only
+        chosen = [a % x.ndim for a in _ints(axes)]
+        full = [0] * (2 * x.ndim)
+        for j, a in enumerate(chosen):
+            full[a], full[a + x.ndim] = pads[j], pads[j + len(chosen)]
+        pads = full
     nd = len(pads) // 2
     spec = []
     for i in reversed(range(nd)):
         spec += [pads[i], pads[i + nd]]
+    # ONNX names every axis, batch and channels too; torch's reflect/replicate pad only the last
+    # 1-3 dims and refuse a spec that reaches further ("Padding size 6 is not supported for 3D
+    # input"), so the leading axes' zero pairs go
+    while len(spec) > 2 and spec[-1] == 0 and spec[-2] == 0:
+        spec = spec[:-2]
     fill = float(value.item()) if value is not None and value.numel() else 0.0
-    return F.pad(x, spec, mode=mode if mode != "edge" else "replicate", value=fill if mode == "constant" else None)
+    torch_mode = {"edge": "replicate", "wrap": "circular"}.get(mode, mode)
+    return F.pad(x, spec, mode=torch_mode, value=fill if mode == "constant" else None)
 
 
 # --- recurrent ----------------------------------------------------------------------------------
@@ -571,8 +583,36 @@ class OnnxModule(nn.Module):
                           f"onnxruntime, no gradient flows through it", stacklevel=2)
         self._ort_cache: dict[str, object] = {}
         self._unsupported: set[str] = set()    # nodes whose variant fell back to frozen execution
+        from tensorfold.onnxrt.batching import fixed_batch
+
+        # a model exported with a fixed batch (its Reshapes hold that batch as a constant) runs on
+        # any batch as slices of that size: training batches are not the export's
+        self.fixed_batch = fixed_batch(self.proto)
 
     def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
+        b0 = self.fixed_batch
+        n = int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None
+        if b0 is None or n is None or n == b0:
+            return self._forward(*inputs, capture=capture)
+        parts = []
+        for start in range(0, n, b0):
+            # the last slice is filled up with its last sample and trimmed after
+            take = torch.arange(start, start + b0, device=inputs[0].device).clamp_max(n - 1)
+            parts.append(self._forward(*(x.index_select(0, take) if x.ndim and x.shape[0] == n else x
+                                         for x in inputs), capture=capture))
+        keep = b0 - ((-n) % b0)
+
+        def joined(values: list[torch.Tensor]) -> torch.Tensor:
+            if not values[0].ndim or values[0].shape[0] != b0:
+                return values[0]            # not batched (a scalar, a state batched elsewhere)
+            return torch.cat(values[:-1] + [values[-1][:keep]])
+
+        if capture:
+            outputs = [joined([p[0][k] for p in parts]) for k in range(len(parts[0][0]))]
+            return outputs, {name: joined([p[1][name] for p in parts]) for name in parts[0][1]}
+        return [joined([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def _forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
         values: dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self.constant_of.items()}
         for name, key in self.param_of.items():
             values[name] = self.params[key]

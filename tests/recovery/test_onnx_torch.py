@@ -151,6 +151,6 @@ def test_a_node_the_trainer_cannot_run_is_named_by_op_and_node():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14])], [pads])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     module = OnnxModule(model)
-    x = torch.zeros(1, 4, 3)          # too short to reflect 2: fails in torch and in onnxruntime
+    x = torch.zeros(1, 4, 2)          # too short to reflect 2: fails in torch and in onnxruntime
     with pytest.raises(NodeFailed, match="Pad node 'pad3d' failed"):
         module(x)

@@ -98,3 +98,115 @@ def test_labels_for_a_model_without_class_scores_are_ignored_with_a_warning(mode
                      cfg=cfg, progress=False)
     assert "labels are ignored" in capsys.readouterr().err
     assert report["metric"] == "output_error" and "accuracy" not in report["val_after"]
+
+
+class Audio(nn.Module):
+    """A 1-D model as audio front ends are built: reflection pad, strided conv, conv, a per-frame head."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ReflectionPad1d(3)
+        self.c1 = nn.Conv1d(1, 32, 7, stride=2)
+        self.c2 = nn.Conv1d(32, 32, 5, padding=2, padding_mode="replicate")
+        self.head = nn.Conv1d(32, 1, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(torch.relu(self.c2(torch.relu(self.c1(self.pad(x)))))))
+
+
+class FixedBatch(nn.Module):
+    """Exported with batch 1: its Reshape holds the batch as a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 24, 3, padding=1)
+        self.c2 = nn.Conv2d(24, 24, 3, padding=1)
+        self.fc = nn.Linear(24 * 8 * 8, 6)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).reshape(1, -1))
+
+
+def test_a_1d_model_with_reflect_pads_trains_and_matches_onnxruntime(tmp_path):
+    from tensorfold.onnxrt.sessions import make_session
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    torch.manual_seed(0)
+    model = tmp_path / "audio.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Audio().eval(), (torch.zeros(1, 1, 400),), str(model), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["frames"],
+                          dynamic_axes={"input": {0: "batch"}, "frames": {0: "batch"}})
+    x = np.random.default_rng(0).standard_normal((24, 1, 400)).astype(np.float32)
+    pads = [n for n in onnx.load(model).graph.node if n.op_type == "Pad"]
+    assert pads, "the export should hold a Pad node"
+    got = OnnxModule(onnx.load(model))(torch.from_numpy(x[:4]))[0].detach().numpy()
+    want = make_session(onnx.load(model)).run(None, {"input": x[:4]})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    small = tmp_path / "audio.small.onnx"
+    optimize(model, small, method="tucker", ratio=2, progress=False)
+    np.savez(tmp_path / "a.npz", x=x)
+    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "a.npz"),
+                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    assert report["steps"] == 4 and report["metric"] == "output_error"
+
+
+def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    torch.manual_seed(0)
+    model = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FixedBatch().eval(), (torch.zeros(1, 3, 8, 8),), str(model), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"])
+    x = np.random.default_rng(0).random((40, 3, 8, 8)).astype(np.float32)
+    module = OnnxModule(onnx.load(model))
+    assert module.fixed_batch == 1
+    batched = module(torch.from_numpy(x[:7]))[0]           # 7 calls of batch 1, joined
+    one_by_one = torch.cat([module(torch.from_numpy(x[i:i + 1]))[0] for i in range(7)])
+    assert batched.shape == (7, 6)
+    torch.testing.assert_close(batched, one_by_one)
+    small = tmp_path / "fixed.small.onnx"
+    optimize(model, small, method="tucker", ratio=2, progress=False)
+    np.savez(tmp_path / "f.npz", x=x)
+    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "f.npz"),
+                     cfg=RecoverConfig(max_steps=3, batch_size=8, threads=1), progress=False)
+    assert report["steps"] == 3 and report["metric"] == "teacher_agreement"
+    assert onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+class Tokens(nn.Module):
+    """Token ids in, class scores out, exported with a fixed batch of 1 (as BERT-style exports often are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        self.mix = nn.Linear(32, 64)
+        self.out = nn.Linear(64, 4)
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.mix(self.embed(ids))).mean(1))
+
+
+def test_integer_token_inputs_pass_through_and_train(tmp_path):
+    torch.manual_seed(0)
+    model = tmp_path / "tokens.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tokens().eval(), (torch.zeros(1, 12, dtype=torch.int64),), str(model), dynamo=False,
+                          opset_version=17, input_names=["ids"], output_names=["scores"])
+    small = tmp_path / "tokens.small.onnx"
+    optimize(model, small, method="svd", ratio=2, progress=False,
+             inputs=str(_ids(tmp_path / "ids.npz", 1)))
+    data = _ids(tmp_path / "train.npz", 64)
+    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(data),
+                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    assert report["steps"] == 4 and report["metric"] == "teacher_agreement"
+    assert report["val_after"]["teacher_agreement"] >= 0
+
+
+def _ids(path, n):
+    np.savez(path, ids=np.random.default_rng(n).integers(0, 50, (n, 12)).astype(np.int64))
+    return path
