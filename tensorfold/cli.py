@@ -250,7 +250,8 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
     report = recover(model, output, teacher_path=list(teacher), data=data, cfg=cfg, normalize=norm, resume=resume,
                      progress=not as_json and sys.stderr.isatty(), teacher_weights=weights, generations=generations,
                      peers=list(peers))
-    _show(report, as_json)
+    if report.get("rank", 0) == 0:     # under torchrun, rank 0 reports for every process
+        _show(report, as_json)
 
 
 @main.group("bench", invoke_without_command=True)

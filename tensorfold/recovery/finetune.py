@@ -15,6 +15,7 @@ from tqdm import tqdm
 from tensorfold.errors import Terminated, TensorfoldError
 from tensorfold.outputs import atomic_path
 from tensorfold.recovery.distill import Outputs, feature_loss, output_loss
+from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 
 
 @dataclass
@@ -185,11 +186,15 @@ def _load_params(module, params, path: Path) -> None:
 
 def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
           cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True,
-          fingerprint: str = "", spec: Outputs | None = None):
+          fingerprint: str = "", spec: Outputs | None = None, w: World | None = None):
     """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
     KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
-    is stored in the checkpoint; --resume refuses a checkpoint of another model."""
+    is stored in the checkpoint; --resume refuses a checkpoint of another model. Under torchrun
+    (`w`), each rank trains on its DistributedSampler shard through DistributedDataParallel and
+    validates on the whole held-out set (the weights are the same on every rank, so every rank
+    takes the same decisions); rank 0 alone writes checkpoints."""
+    w = w or world()
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -198,7 +203,8 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(x) // cfg.batch_size)
+    shard = -(-len(x) // w.size)                 # each rank's share of an epoch (DistributedSampler pads)
+    steps_per_epoch = max(1, shard // cfg.batch_size)
     # --max-steps is a number of steps: epochs repeat until it is reached (a small data set is one
     # step per epoch); without it, --epochs passes over the data
     total = cfg.max_steps if cfg.max_steps else steps_per_epoch * cfg.epochs
@@ -234,7 +240,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             raise TensorfoldError(f"{ckpt}: optimizer state or history does not fit "
                                   f"({str(exc).splitlines()[0][:160]})") from None
         step, best = int(state["step"]), state["best"]
-    else:
+    elif w.main:
         for stale in (ckpt, checkpoint_dir / "best.pt"):   # an earlier run's, maybe of another model
             stale.unlink(missing_ok=True)
     spec = spec if spec is not None else Outputs((), {0: -1})
@@ -242,7 +248,8 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     if best is None and len(val_x):
         # step 0 is a candidate too: a run that only makes the model worse keeps the model it started from
         best = dict(evaluate(module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
-        _save(module.state_dict(), checkpoint_dir / "best.pt")
+        if w.main:
+            _save(module.state_dict(), checkpoint_dir / "best.pt")
     start_metric = best[metric] if best is not None and best.get("step") == 0 else None
     use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
@@ -252,19 +259,20 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     interrupted = {"signal": None}
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.update(signal=signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not (progress and w.main))
     scaler = grad_scaler(cfg)
+    net = wrap(module, w)            # the module itself in one process; DDP around it under torchrun
     order = np.arange(len(x))        # replaced by a seeded permutation at each epoch start
     try:
         while step < total:
             pos = (step % steps_per_epoch) * cfg.batch_size
             if pos == 0:
-                order = np.random.default_rng(cfg.seed + step).permutation(len(x))
+                order = epoch_order(len(x), cfg.seed, step, w)
             idx = order[pos:pos + cfg.batch_size]
             xb = torch.from_numpy(x[idx]).to(cfg.device)
             module.train()
             with autocast(cfg):
-                outputs, feats = module(xb, capture=capture) if capture else (module(xb), {})
+                outputs, feats = net(xb, capture=capture) if capture else (net(xb), {})
                 loss = torch.zeros((), device=outputs[0].device)
                 t_outs, t_feats = teacher(xb) if teacher is not None else (None, {})
                 if use_kd:     # KD on class scores, relative error on every other output
@@ -276,7 +284,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
                 if use_feat:
                     loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
-            if not torch.isfinite(loss):
+            if not _finite_everywhere(loss, w):
                 kept = (f"the last good checkpoint ({ckpt}, step {_checkpoint_step(ckpt, cfg.device)}) is kept"
                         if ckpt.exists() else "no training checkpoint was written before it")
                 stop_reason = f"loss became {loss.item()} at step {step}: stopped; {kept}"
@@ -306,30 +314,46 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     plateau.step(signed(result, metric))
                 if best is None or signed(result, metric) > signed(best, metric):
                     best = dict(result)
-                    _save(module.state_dict(), checkpoint_dir / "best.pt")
+                    if w.main:
+                        _save(module.state_dict(), checkpoint_dir / "best.pt")
                     stale = 0
                 else:
                     stale += 1
-                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+                if w.main:
+                    _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
             if interrupted["signal"] is not None:
                 break
         if interrupted["signal"] is not None:     # also when it came during the evaluation that ended the run
-            _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+            if w.main:
+                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
             stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
             raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if (checkpoint_dir / "best.pt").exists():
+    if w.main and (checkpoint_dir / "best.pt").exists():     # only rank 0 writes the output
         _load_params(module, load_checkpoint(checkpoint_dir / "best.pt", cfg.device), checkpoint_dir / "best.pt")
     if best is not None and best.get("step") == 0 and step > 0 and start_metric is not None:
         stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
                         "the starting weights are kept")
     return history, stop_reason, best
+
+
+def _finite_everywhere(loss: torch.Tensor, w: World) -> bool:
+    """The loss is finite on every rank: one rank stopping alone would leave the others waiting
+    in their next gradient all-reduce."""
+    finite = bool(torch.isfinite(loss))
+    if not w.distributed:
+        return finite
+    import torch.distributed as dist
+
+    flag = torch.tensor([0.0 if finite else 1.0], device=loss.device)
+    dist.all_reduce(flag)
+    return float(flag) == 0.0
 
 
 def _checkpoint_step(path: Path, device) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,9 @@ from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
 from tensorfold.recovery.distill import (EnsembleTeacher, GraphTeacher, OnnxTeacher, Outputs, TorchTeacher,
                                          rewritten_outputs)
+from tensorfold.recovery.distributed import World, world
+from tensorfold.recovery.distributed import start as start_processes
+from tensorfold.recovery.distributed import stop as stop_processes
 from tensorfold.recovery.finetune import (RecoverConfig, evaluate, metric_for, model_fingerprint, plot_history,
                                           signed, train, train_mutual)
 
@@ -44,6 +47,9 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     generation starts again from the factorized student and learns from the previous generation."""
     cfg = cfg or RecoverConfig()
     start = time.perf_counter()
+    w = world()
+    if w.distributed and (peers or generations > 1):
+        raise TensorfoldError("--peer and --generations train in one process; launch them without torchrun")
     # everything about the outputs is checked before any training, not after the whole run
     check_output(output_path)
     peer_outputs = [check_output(_peer_output(output_path, i)) for i in range(1, len(peers or []) + 1)]
@@ -51,19 +57,25 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
                              "checkpoint folder", create=False)
     made_ckdir = not ckdir.exists()
     try:
+        cfg = replace(cfg, device=start_processes(w, cfg.device))
+        if w.distributed and w.main:
+            warn(f"recover: {w.size} processes (DistributedDataParallel over "
+                 f"{'nccl' if cfg.device.startswith('cuda') else 'gloo'}); rank 0 writes")
         return _recover(student_path, output_path, ckdir, peer_outputs, start, teacher_path=teacher_path, data=data,
                         cfg=cfg, val_size=val_size, normalize=normalize, resume=resume, progress=progress,
                         limit=limit, teacher_weights=teacher_weights, teacher_module=teacher_module,
-                        generations=generations, peers=peers)
+                        generations=generations, peers=peers, w=w)
     except BaseException:
-        if made_ckdir and ckdir.is_dir() and not any(ckdir.iterdir()):
+        if w.main and made_ckdir and ckdir.is_dir() and not any(ckdir.iterdir()):
             ckdir.rmdir()   # a run that failed before its first checkpoint leaves nothing behind
         raise
+    finally:
+        stop_processes(w)
 
 
 def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], start: float, *, teacher_path,
              data, cfg, val_size, normalize, resume, progress, limit, teacher_weights, teacher_module, generations,
-             peers) -> dict:
+             peers, w: World) -> dict:
     import torch
 
     from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
@@ -166,7 +178,10 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         best = results[0]
     else:
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
-                                      fingerprint=model_fingerprint(student), spec=spec)
+                                      fingerprint=model_fingerprint(student), spec=spec, w=w)
+        if not w.main:       # rank 0 writes the model, the history and the report
+            return {"rank": w.rank, "world_size": w.size, "output": None, "steps": history.steps[-1]
+                    if history.steps else 0, "stop": reason}
     if reason.startswith("loss became"):
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
     generation_results = [check(module, judge)]
@@ -214,7 +229,7 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
             (str(paths[0]) if paths else None), "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
-            "validation": validation, "metric": metric, "outputs": spec.describe(),
+            "validation": validation, "metric": metric, "outputs": spec.describe(), "world_size": w.size,
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
             "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
             "steps": history.steps[-1] if history.steps else 0, "stop": reason,
