@@ -198,7 +198,8 @@ def profile_cmd(model, batches, as_json, **options):
 @click.option("--generations", type=_POSITIVE, default=1, show_default=True,
               help="born-again distillation: each generation learns from the previous one")
 @click.option("--data", default="fashion-mnist", show_default=True,
-              help="fashion-mnist, a folder (Fashion-MNIST IDX or CIFAR-10 batches) or an .npz (x, optional y)")
+              help="fashion-mnist, a folder (images: class subfolders = labels, flat = unlabelled, read per batch; "
+                   "Fashion-MNIST IDX; CIFAR-10 batches) or an .npz (x, optional y)")
 @click.option("--epochs", type=_COUNT, default=1, show_default=True)
 @click.option("--max-steps", type=_POSITIVE, help="stop after this many steps")
 @click.option("--lr", type=_POSITIVE_FLOAT, default=2e-3, show_default=True)
@@ -215,13 +216,15 @@ def profile_cmd(model, batches, as_json, **options):
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="mixed precision (torch.autocast) for the forward passes; weights and validation stay fp32")
 @click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
+@click.option("--workers", type=_COUNT, default=2, show_default=True,
+              help="image folders: DataLoader processes decoding the next batches (0: decode in the training process)")
 @click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
 def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size,
                 optimizer, schedule, distill, temperature, alpha, patience, eval_every, torch_device, precision, threads,
-                normalize, seed, resume, as_json):
+                workers, normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.api import recover
     from tensorfold.recovery.finetune import RecoverConfig, check_torch_device
@@ -240,7 +243,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
     cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                         schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
                         eval_every=eval_every, seed=seed, threads=threads, device=check_torch_device(torch_device),
-                        precision=precision)
+                        precision=precision, workers=workers)
     weights = None
     if teacher_weights:
         try:

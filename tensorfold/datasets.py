@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorfold.calibration.data import IMAGE_SUFFIXES, load_image_folder  # noqa: F401 - re-exported
+from tensorfold.calibration.data import IMAGE_SUFFIXES, decode_image, image_files, load_image_folder  # noqa: F401
 from tensorfold.errors import TensorfoldError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -188,10 +188,49 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y.astype(np.int64)
 
 
-def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3
-              ) -> tuple[np.ndarray, np.ndarray | None, str]:
+class ImageFiles:
+    """An image folder read as it is used: file names and labels in memory, pixels decoded per
+    batch (a training run's memory does not grow with the folder). Indexing with a slice or an
+    index array decodes those samples, ready for the model (`prepared`); `subset` keeps it lazy.
+    Picklable, so DataLoader workers decode ahead of the training step."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray | None, size: tuple[int, int] | None, channels: int,
+                 input_shape: list | None = None, normalize=None):
+        self.files, self.labels, self.channels = list(files), labels, channels
+        self.size = size if size is not None else decode_image(self.files[0], None, channels).shape[:2]
+        self.input_shape, self.normalize = input_shape, normalize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def raw(self, idx) -> np.ndarray:
+        """uint8 (n, H, W, C) as decoded, before the model's conversion."""
+        return np.stack([decode_image(self.files[i], self.size, self.channels) for i in np.atleast_1d(idx)])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        raw = self.raw(idx)
+        return raw if self.input_shape is None else prepare_inputs(raw, self.input_shape, self.normalize)
+
+    def subset(self, idx) -> ImageFiles:
+        idx = np.asarray(idx)
+        return ImageFiles([self.files[i] for i in idx], self.labels[idx] if self.labels is not None else None,
+                          self.size, self.channels, self.input_shape, self.normalize)
+
+    def prepared(self, input_shape: list, normalize=None) -> ImageFiles:
+        return ImageFiles(self.files, self.labels, self.size, self.channels, input_shape, normalize)
+
+
+def samples_subset(x, idx):
+    """Samples `idx` of an array (copied) or of ImageFiles (still lazy)."""
+    return x.subset(idx) if isinstance(x, ImageFiles) else x[idx]
+
+
+def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3,
+              lazy: bool = False) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
     """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
-    subfolder or not), or an .npz file. `size`/`channels` apply to image folders.
+    subfolder or not), or an .npz file. `size`/`channels` apply to image folders; `lazy`: an image
+    folder comes back as ImageFiles (decoded per batch) instead of one array.
 
     Returns (inputs, labels or None, a description)."""
     if spec in ("fashion-mnist", "fmnist"):
@@ -214,9 +253,13 @@ def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = No
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
         if split != "train":
             raise TensorfoldError(f"{path}: an image folder has no separate {split} split")
-        x, y, classes = load_image_folder(path, size, channels)
+        if lazy:
+            files, y, classes = image_files(path)
+            x = ImageFiles(files, y, size, channels)
+        else:
+            x, y, classes = load_image_folder(path, size, channels)
         kind = f"{len(classes)} classes" if y is not None else "unlabelled"
-        return x, y, f"image folder {path} ({len(x)} images, {kind})"
+        return x, y, f"image folder {path} ({len(x)} images, {kind}{', read per batch' if lazy else ''})"
     raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 
 

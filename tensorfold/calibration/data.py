@@ -107,13 +107,9 @@ def _dims(dims) -> str:
 # --- images -----------------------------------------------------------------------------------
 
 
-def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
-                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Images in `root/<class>/*.png` (labelled by subfolder, classes sorted by name) or directly in
-    `root/` (unlabelled). Each is converted to `channels` (1: grayscale, 3: RGB) and resized to
-    `size` (H, W) when given, else all must share the first image's size. uint8 (N, H, W, C)."""
-    from PIL import Image, UnidentifiedImageError
-
+def image_files(root: str | os.PathLike) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The images of a folder: `root/<class>/*.png` (labelled by subfolder, classes sorted by name)
+    or directly in `root/` (unlabelled). (files, labels or None, class names); nothing decoded."""
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     labelled = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
@@ -121,21 +117,35 @@ def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = No
     files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
-    images = []
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = (img.height, img.width)
-                if (img.height, img.width) != tuple(size):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
-        images.append(arr[..., None] if arr.ndim == 2 else arr)
     labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
-    return np.stack(images), labels, classes if labelled else []
+    return [p for p, _ in files], labels, classes if labelled else []
+
+
+def decode_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+    """One image as uint8 (H, W, C): converted to `channels` (1: grayscale, 3: RGB), resized to
+    `size` (H, W) when given (bilinear)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None and (img.height, img.width) != tuple(size):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Every image of a folder (see image_files) decoded: converted to `channels`, resized to
+    `size` (H, W) when given, else all to the first image's size. uint8 (N, H, W, C)."""
+    files, labels, classes = image_files(root)
+    if size is None:
+        first = decode_image(files[0], None, channels)
+        size = first.shape[:2]
+    return np.stack([decode_image(p, size, channels) for p in files]), labels, classes
 
 
 def _image_samples(root: Path, model: onnx.ModelProto, option: str, shapes: dict, normalize) -> Samples:

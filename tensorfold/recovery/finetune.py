@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from tensorfold.errors import Terminated, TensorfoldError
 from tensorfold.outputs import atomic_path
+from tensorfold.datasets import ImageFiles
 from tensorfold.recovery.distill import Outputs, feature_loss, output_loss
 from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 
@@ -39,6 +40,7 @@ class RecoverConfig:
     threads: int = 0
     device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
     precision: str = "fp32"             # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
+    workers: int = 2                    # DataLoader processes decoding image files ahead of the step
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -262,14 +264,15 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not (progress and w.main))
     scaler = grad_scaler(cfg)
     net = wrap(module, w)            # the module itself in one process; DDP around it under torchrun
-    order = np.arange(len(x))        # replaced by a seeded permutation at each epoch start
+    feed = None
     try:
         while step < total:
             pos = (step % steps_per_epoch) * cfg.batch_size
-            if pos == 0:
-                order = epoch_order(len(x), cfg.seed, step, w)
-            idx = order[pos:pos + cfg.batch_size]
-            xb = torch.from_numpy(x[idx]).to(cfg.device)
+            if pos == 0 or feed is None:     # an epoch starts (or a resumed run rejoins its epoch)
+                order = epoch_order(len(x), cfg.seed, step - step % steps_per_epoch, w)
+                feed = _batches(x, order, pos, steps_per_epoch, cfg.batch_size, cfg.workers)
+            idx, xb = next(feed)
+            xb = xb.to(cfg.device)
             module.train()
             with autocast(cfg):
                 outputs, feats = net(xb, capture=capture) if capture else (net(xb), {})
@@ -341,6 +344,30 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
                         "the starting weights are kept")
     return history, stop_reason, best
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Batch k of an epoch, decoded by whichever DataLoader worker takes it."""
+
+    def __init__(self, x, chunks):
+        self.x, self.chunks = x, chunks
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def __getitem__(self, k):
+        return self.x[self.chunks[k]]
+
+
+def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers: int):
+    """(indices, inputs) of the rest of an epoch from `pos`. Arrays in memory are indexed; image
+    files are decoded ahead by `workers` DataLoader processes (0: in this process)."""
+    chunks = [order[p:p + batch_size] for p in range(pos, steps_per_epoch * batch_size, batch_size)]
+    if not isinstance(x, ImageFiles) or workers == 0:
+        return ((c, torch.from_numpy(np.asarray(x[c]))) for c in chunks)
+    loader = torch.utils.data.DataLoader(_Chunks(x, chunks), batch_size=None, num_workers=workers,
+                                         prefetch_factor=2)
+    return zip(chunks, loader)
 
 
 def _finite_everywhere(loss: torch.Tensor, w: World) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.datasets import adaptation, load_data, prepare_inputs
+from tensorfold.datasets import ImageFiles, adaptation, load_data, prepare_inputs, samples_subset
 from tensorfold.log import warn
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
@@ -93,13 +93,14 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
     channels = input_shape[1] if len(input_shape) == 4 and input_shape[1] in (1, 3) else 3
-    x, y, desc = load_data(data, "train", size, channels)
+    x, y, desc = load_data(data, "train", size, channels, lazy=True)
     if limit:
-        x, y = x[:limit], (y[:limit] if y is not None else None)
-    converted = adaptation(x, input_shape)
+        x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)
+    lazy = isinstance(x, ImageFiles)
+    converted = adaptation(x.raw([0]) if lazy else x, input_shape)
     if converted:
         warn(f"--data {desc}: {converted}")
-    x = prepare_inputs(x, input_shape, normalize)
+    x = x.prepared(input_shape, normalize) if lazy else prepare_inputs(x, input_shape, normalize)
     try:
         module = OnnxModule(student)
         probe = module(torch.from_numpy(x[:2]))[0]
@@ -126,8 +127,8 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     if val_n == 0:     # too few to hold any out: validate on the training samples, and say so
         val_idx = train_idx
         validation = f"the {len(x)} training samples themselves (too few to hold any out)"
-    val_x, val_y = x[val_idx], (y[val_idx] if y is not None else None)
-    tx, ty = x[train_idx], (y[train_idx] if y is not None else None)
+    val_x, val_y = samples_subset(x, val_idx), (y[val_idx] if y is not None else None)
+    tx, ty = samples_subset(x, train_idx), (y[train_idx] if y is not None else None)
     features = rewritten_outputs(student)
     module.to(cfg.device)
     if cfg.device == "cpu":

@@ -210,3 +210,31 @@ def test_integer_token_inputs_pass_through_and_train(tmp_path):
 def _ids(path, n):
     np.savez(path, ids=np.random.default_rng(n).integers(0, 50, (n, 12)).astype(np.int64))
     return path
+
+
+def test_an_image_folder_is_read_per_batch_with_workers(tmp_path, monkeypatch, models):
+    """A flat folder of PNGs (unlabelled) trains without ever being decoded whole; DataLoader
+    workers decode ahead and give the very batches the training process would."""
+    from PIL import Image
+
+    import tensorfold.datasets as datasets
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(folder / f"f{i:02d}.png")
+
+    def whole(*_a, **_k):
+        raise AssertionError("the folder was decoded whole")
+
+    monkeypatch.setattr(datasets, "load_image_folder", whole)
+    losses = []
+    for workers in (0, 2):
+        out = tmp_path / f"r{workers}.onnx"
+        cfg = RecoverConfig(max_steps=4, batch_size=8, threads=1, workers=workers)
+        report = recover(models["student"], out, teacher_path=models["teacher"], data=str(folder), cfg=cfg,
+                         normalize=([0.5], [0.5]), progress=False)
+        assert "read per batch" in report["data"] and report["train_size"] + report["val_size"] == 48
+        losses.append(json.loads((tmp_path / f"r{workers}.onnx.ckpt" / "history.json").read_text())["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
