@@ -191,7 +191,8 @@ def profile_cmd(model, batches, as_json, **options):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--teacher", type=click.Path(path_type=Path), multiple=True,
-              help="the original model to distill from (repeat for a multi-teacher ensemble)")
+              help="the original model to distill from (repeat for a multi-teacher ensemble); `self`: without the "
+                   "original, the student's own moving average teaches (mean teacher; needs labelled --data)")
 @click.option("--teacher-weights", help="weights of the teachers in the ensemble, e.g. 0.7,0.3")
 @click.option("--peer", "peers", type=click.Path(path_type=Path), multiple=True,
               help="another factorized model trained alongside by deep mutual learning (written to OUT.peerN.onnx)")

@@ -50,7 +50,7 @@ def label_free(tmp: Path, pages: int, steps: int, lr: float) -> list[str]:
     from tensorfold.bench.real_models import fetch_rapidocr_model
     from tensorfold.bench.text_images import page_images, to_nchw
 
-    det = fetch_rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+    det = fetch_rapidocr_model("det")
     folder = tmp / "pages"
     folder.mkdir()
     for i, img in enumerate(page_images(pages, size=(256, 256), seed=1)):

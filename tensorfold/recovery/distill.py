@@ -144,6 +144,34 @@ class GraphTeacher:
         return list(outputs), feats
 
 
+class EmaTeacher:
+    """Self-distillation for a user without the original model (`--teacher self`): the exponential
+    moving average of the student's own weights teaches it, outputs and factor-chain features alike
+    (mean teacher, Tarvainen & Valpola 2017). It needs labels: the average only steadies what the
+    labels teach."""
+
+    def __init__(self, student: torch.nn.Module, features: list[str], decay: float = 0.99):
+        import copy
+
+        self.module = copy.deepcopy(student).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        produced = {o for n in student.proto.graph.node for o in n.output}
+        self.features = [f for f in features if f in produced]
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor):
+        outputs, feats = self.module(x, capture=tuple(self.features))
+        return list(outputs), feats
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        """After each optimizer step: teacher = decay * teacher + (1 - decay) * student."""
+        for t, s in zip(self.module.parameters(), student.parameters()):
+            t.mul_(self.decay).add_(s.detach(), alpha=1.0 - self.decay)
+
+
 class TorchTeacher:
     """A torch module as teacher (its outputs in the ONNX model's order; no intermediate features)."""
 

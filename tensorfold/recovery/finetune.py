@@ -303,6 +303,8 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     g["lr"] = lr
             scaler.step(opt)
             scaler.update()
+            if hasattr(teacher, "update"):      # a moving-average teacher follows the student
+                teacher.update(module)
             step += 1
             history.steps.append(step)
             history.loss.append(float(loss.detach()))

@@ -15,7 +15,7 @@ from tensorfold.log import warn
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
-from tensorfold.recovery.distill import (EnsembleTeacher, GraphTeacher, OnnxTeacher, Outputs, TorchTeacher,
+from tensorfold.recovery.distill import (EmaTeacher, EnsembleTeacher, GraphTeacher, OnnxTeacher, Outputs, TorchTeacher,
                                          rewritten_outputs)
 from tensorfold.recovery.distributed import World, world
 from tensorfold.recovery.distributed import start as start_processes
@@ -84,6 +84,11 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     if generations < 1:
         raise TensorfoldError(f"--generations must be >= 1 (got {generations})")
     paths = [teacher_path] if isinstance(teacher_path, (str, Path)) else list(teacher_path or [])
+    self_taught = [str(p) for p in paths] == ["self"]
+    if "self" in [str(p) for p in paths] and (not self_taught or teacher_module is not None):
+        raise TensorfoldError("--teacher self is the student's own moving average: give it alone")
+    if self_taught:
+        paths = []
     teacher_models = [load_model(p) for p in paths]
     for p, tm in zip(paths, teacher_models):
         if _io_signature(tm) != _io_signature(student):
@@ -142,13 +147,21 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         teacher = members[0]
     elif members:
         teacher = EnsembleTeacher(members, teacher_weights)
+    if self_taught:
+        if y is None:
+            raise TensorfoldError("--teacher self needs labelled --data: the student's moving average only steadies "
+                                  "what labels teach (without labels or the original model there is nothing to "
+                                  "recover toward)")
+        teacher = EmaTeacher(module, features)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     def check(m, against=None) -> dict:
         return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
 
     before = check(module, teacher)
-    judge = teacher       # what every candidate model is scored against, whatever teaches it later
+    # what every candidate model is scored against, whatever teaches it later (a moving average
+    # is no judge: self-taught runs are scored on their labels)
+    judge = None if self_taught else teacher
     metric = metric_for(val_y is not None, spec)
 
     def score(m) -> float:
@@ -205,6 +218,9 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         module = kept
         reason += (f"; generation {kept_generation} scored best (validation {metric} {abs(kept_score):.4f}) "
                    "and is written")
+    if self_taught and score(teacher.module) > score(module):
+        module = teacher.module
+        reason += "; the moving average scored better on validation than the student and is written"
     after = check(module, judge)
     trained = module.write_back()
     save_model(trained, output_path)
@@ -227,8 +243,9 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
                 test["teacher"] = evaluate_onnx(paths[0], tx_test, ty_test)
         except TensorfoldError:
             test = {}
-    return {"peers": peer_reports, "student": str(student_path), "teacher": [str(p) for p in paths] if len(paths) > 1 else
-            (str(paths[0]) if paths else None), "generations": generation_results,
+    teachers = "self (the student's moving average)" if self_taught else \
+        [str(p) for p in paths] if len(paths) > 1 else (str(paths[0]) if paths else None)
+    return {"peers": peer_reports, "student": str(student_path), "teacher": teachers, "generations": generation_results,
             "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
             "validation": validation, "metric": metric, "outputs": spec.describe(), "world_size": w.size,
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,

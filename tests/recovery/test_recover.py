@@ -360,3 +360,37 @@ def test_mixed_precision_peer_path_and_a_bad_precision(student, npz, tmp_path):
     bad = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
                                     "-o", str(tmp_path / "x.onnx"), "--precision", "fp8"])
     assert bad.exit_code == 2 and "fp8" in bad.output
+
+
+def test_self_distillation_trains_on_labels_with_a_moving_average_teacher(student, npz, tmp_path):
+    """--teacher self: no original model; the student's EMA teaches (outputs and chain features),
+    labels say what is right, the validation accuracy selects."""
+    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[0]),
+                                       "-o", str(tmp_path / "r.onnx"), "--max-steps", "6", "--batch-size", "32",
+                                       "--eval-every", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["teacher"].startswith("self") and report["metric"] == "accuracy"
+    assert report["features_matched"] >= 2 and report["steps"] == 6
+    assert (tmp_path / "r.onnx").exists()
+    unlabelled = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[1]),
+                                           "-o", str(tmp_path / "u.onnx")])
+    assert unlabelled.exit_code == 2 and "needs labelled --data" in unlabelled.output
+    mixed = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--teacher", str(TEACHER),
+                                      "--data", str(npz[0]), "-o", str(tmp_path / "m.onnx")])
+    assert mixed.exit_code == 2 and "give it alone" in mixed.output
+
+
+def test_the_moving_average_follows_the_student():
+    from tensorfold.recovery.distill import EmaTeacher
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    module = OnnxModule(onnx.load(TEACHER))
+    ema = EmaTeacher(module, [], decay=0.5)
+    first = next(module.parameters())
+    before = next(ema.module.parameters()).clone()
+    with torch.no_grad():
+        first.add_(1.0)
+    ema.update(module)
+    torch.testing.assert_close(next(ema.module.parameters()), before + 0.5)
+    assert not any(p.requires_grad for p in ema.module.parameters())
