@@ -438,14 +438,61 @@ def _range(node, start, limit, delta):
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
 
 
-@op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+def _prod(x, dim, keepdim):
+    for d in sorted(dim, reverse=True):
+        x = torch.prod(x, dim=d, keepdim=keepdim)
+    return x
+
+
+_REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin,
+           "ReduceProd": _prod,
+           "ReduceL1": lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim),
+           "ReduceL2": lambda x, dim, keepdim: torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim)),
+           "ReduceSumSquare": lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim),
+           "ReduceLogSumExp": torch.logsumexp}
+
+
+@op(*_REDUCE)
 def _reduce(node, x, axes=None):
     axes = _ints(axes) if axes is not None else _a(node, "axes")
     keep = bool(_a(node, "keepdims", 1))
-    dims = tuple(axes) if axes else tuple(range(x.dim()))
-    fn = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax,
-          "ReduceMin": torch.amin}[node.op_type]
-    return fn(x, dim=dims, keepdim=keep)
+    if not axes and _a(node, "noop_with_empty_axes", 0):
+        return x
+    dims = tuple(a % max(x.dim(), 1) for a in axes) if axes else tuple(range(x.dim()))
+    return _REDUCE[node.op_type](x, dim=dims, keepdim=keep)
+
+
+@op("Mod")
+def _mod(node, a, b):
+    # fmod=1: the sign of the dividend (C fmod); 0: the sign of the divisor (Python %), integers only
+    return torch.fmod(a, b) if _a(node, "fmod", 0) else torch.remainder(a, b)
+
+
+@op("ArgMax", "ArgMin")
+def _argmax(node, x):
+    axis, keep = _a(node, "axis", 0), bool(_a(node, "keepdims", 1))
+    fn = torch.argmax if node.op_type == "ArgMax" else torch.argmin
+    if _a(node, "select_last_index", 0):
+        flipped = fn(torch.flip(x, (axis,)), dim=axis, keepdim=keep)
+        return x.shape[axis] - 1 - flipped
+    return fn(x, dim=axis, keepdim=keep)
+
+
+@op("CumSum")
+def _cumsum(node, x, axis):
+    dim = int(axis.reshape(-1)[0])
+    if _a(node, "reverse", 0):
+        x = torch.flip(x, (dim,))
+    out = torch.cumsum(x, dim)
+    if _a(node, "exclusive", 0):
+        out = out - x
+    return torch.flip(out, (dim,)) if _a(node, "reverse", 0) else out
+
+
+@op("Trilu")
+def _trilu(node, x, k=None):
+    diagonal = int(k.reshape(-1)[0]) if k is not None else 0
+    return torch.triu(x, diagonal) if _a(node, "upper", 1) else torch.tril(x, diagonal)
 
 
 @op("Resize")
@@ -583,11 +630,13 @@ class OnnxModule(nn.Module):
                           f"onnxruntime, no gradient flows through it", stacklevel=2)
         self._ort_cache: dict[str, object] = {}
         self._unsupported: set[str] = set()    # nodes whose variant fell back to frozen execution
-        from tensorfold.onnxrt.batching import fixed_batch
-
         # a model exported with a fixed batch (its Reshapes hold that batch as a constant) runs on
-        # any batch as slices of that size: training batches are not the export's
-        self.fixed_batch = fixed_batch(self.proto)
+        # any batch as slices of that size: training batches are not the export's. The batch is the
+        # first input's static first dim (the data's samples are stacked along the first input's)
+        first = next((v for v in graph.input if v.name in self.input_names), None)
+        dims = first.type.tensor_type.shape.dim if first is not None else []
+        self.fixed_batch = int(dims[0].dim_value) if len(dims) > 1 and dims[0].HasField("dim_value") \
+            and dims[0].dim_value > 0 else None
 
     def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
         b0 = self.fixed_batch
