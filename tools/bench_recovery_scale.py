@@ -110,7 +110,8 @@ def folder_vs_idx(tmp: Path, n: int, steps: int) -> list[str]:
         report, seconds = tensorfold("recover", small, "--teacher", teacher, "--data", data, "-o",
                                      tmp / f"rec_{data.stem}.onnx", "--max-steps", steps, "--batch-size", 64)
         acc = _test_accuracy(tmp / f"rec_{data.stem}.onnx")
-        rows.append(f"| {label} | {report['data']} | {report['val_after']['accuracy']:.2%} | {acc:.2%} | "
+        loaded = report["data"].replace(f"{tmp}/", "")
+        rows.append(f"| {label} | {loaded} | {report['val_after']['accuracy']:.2%} | {acc:.2%} | "
                     f"{seconds:.0f} s |")
     return ["## An ImageFolder gives what the IDX loader gives", "",
             f"The first {n:,} Fashion-MNIST training images, once from Debian's IDX files and once written as "

@@ -79,7 +79,8 @@ def output_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], spec: 
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over matched layers of ||s - t||^2 / ||t||^2: each factor chain's output is pulled to
     the original layer's output, every layer on the same scale."""
-    losses = [((student[n] - teacher[n]) ** 2).sum() / (teacher[n] ** 2).sum().clamp_min(1e-12) for n in teacher]
+    losses = [((student[n] - teacher[n]) ** 2).sum() / (teacher[n] ** 2).sum().clamp_min(1e-12)
+              for n in teacher if n in student]
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 

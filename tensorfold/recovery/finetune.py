@@ -172,10 +172,42 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _save_checkpoint(path: Path, module, optimizer, step: int, history: History, best: dict | None,
-                     fingerprint: str) -> None:
-    _save({"params": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-           "history": history.as_dict(), "best": best, "model": fingerprint}, path)
+def _save_checkpoint(path: Path, learners: list, step: int, history: History, fingerprint: str) -> None:
+    """The student's weights, optimizer and best at the top level; each peer's beside them."""
+    main = learners[0]
+    _save({"params": main.module.state_dict(), "optimizer": main.opt.state_dict(), "step": step,
+           "history": history.as_dict(), "best": main.best, "model": fingerprint,
+           "peers": [{"params": ln.module.state_dict(), "optimizer": ln.opt.state_dict(), "best": ln.best}
+                     for ln in learners[1:]]}, path)
+
+
+def _resume(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: RecoverConfig, fingerprint: str):
+    """(step, history) of the checkpoint, every model's weights, optimizer and best loaded from it."""
+    if not ckpt.exists():
+        raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
+    state = load_checkpoint(ckpt, cfg.device)
+    if not isinstance(state, dict) or not {"params", "optimizer", "step", "history", "best"} <= set(state):
+        raise TensorfoldError(f"{ckpt}: not a tensorfold recovery checkpoint")
+    if fingerprint and state.get("model", fingerprint) != fingerprint:
+        raise TensorfoldError(f"{ckpt} was written for another model; remove {checkpoint_dir} or recover "
+                              "into another output")
+    peers = state.get("peers") or []
+    if len(peers) != len(learners) - 1:
+        raise TensorfoldError(f"{ckpt} holds {len(peers)} peer(s), this run has {len(learners) - 1}: resume with "
+                              "the same --peer models")
+    parts = [{"params": state["params"], "optimizer": state["optimizer"], "best": state["best"]}, *peers]
+    for ln, part in zip(learners, parts):
+        _load_params(ln.module, part["params"], ckpt)
+        try:
+            ln.opt.load_state_dict(part["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TensorfoldError(f"{ckpt}: optimizer state does not fit ({str(exc).splitlines()[0][:160]})") from None
+        ln.best = part["best"]
+    try:
+        history = History(**state["history"])
+    except (KeyError, TypeError) as exc:
+        raise TensorfoldError(f"{ckpt}: history does not fit ({str(exc).splitlines()[0][:160]})") from None
+    return int(state["step"]), history
 
 
 def _load_params(module, params, path: Path) -> None:
@@ -186,25 +218,46 @@ def _load_params(module, params, path: Path) -> None:
                               "remove it or recover into another output") from None
 
 
+@dataclass
+class _Learner:
+    """One model being trained: the student, or a peer of deep mutual learning."""
+
+    module: torch.nn.Module
+    net: torch.nn.Module                 # the module, or DDP around it
+    opt: torch.optim.Optimizer
+    scaler: object
+    plateau: object
+    best_file: Path
+    capture: tuple = ()
+    best: dict | None = None
+
+
+def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
           cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True,
-          fingerprint: str = "", spec: Outputs | None = None, w: World | None = None):
+          fingerprint: str = "", spec: Outputs | None = None, w: World | None = None, peers: list | None = None):
     """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
     KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
     is stored in the checkpoint; --resume refuses a checkpoint of another model. Under torchrun
     (`w`), each rank trains on its DistributedSampler shard through DistributedDataParallel and
     validates on the whole held-out set (the weights are the same on every rank, so every rank
-    takes the same decisions); rank 0 alone writes checkpoints."""
+    takes the same decisions); rank 0 alone writes checkpoints.
+
+    peers: other factorized models trained alongside by deep mutual learning (Zhang et al. 2018):
+    each learns as the student does (teacher, labels, features, optimizer, schedule) and also
+    toward the others' mean prediction; each keeps its own best checkpoint (best.peerK.pt), the
+    checkpoint holds them all (--resume continues them), the student's metric drives --patience."""
     w = w or world()
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     shard = -(-len(x) // w.size)                 # each rank's share of an epoch (DistributedSampler pads)
     steps_per_epoch = max(1, shard // cfg.batch_size)
     # --max-steps is a number of steps: epochs repeat until it is reached (a small data set is one
@@ -219,51 +272,43 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             return None
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1) \
-        if cfg.schedule == "plateau" else None
+    spec = spec if spec is not None else Outputs((), {0: -1})
+    metric = metric_for(val_y is not None, spec)
+    use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
+    use_kd = cfg.distill in ("hinton", "both") and teacher is not None
+    learners = []
+    for k, m in enumerate([module, *(peers or [])]):
+        opt = _optimizer(m, cfg)
+        produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()
+        learners.append(_Learner(
+            m, wrap(m, w), opt, grad_scaler(cfg),
+            torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1)
+            if cfg.schedule == "plateau" else None,
+            checkpoint_dir / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
+            tuple(f for f in teacher.features if f in produced or k == 0) if use_feat else ()))
+    main = learners[0]
     eval_every = cfg.eval_every or min(steps_per_epoch, total)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dir / "last.pt"
-    history, step, best = History(), 0, None
+    history, step = History(), 0
     if resume:
-        if not ckpt.exists():
-            raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
-        state = load_checkpoint(ckpt, cfg.device)
-        if not isinstance(state, dict) or not {"params", "optimizer", "step", "history", "best"} <= set(state):
-            raise TensorfoldError(f"{ckpt}: not a tensorfold recovery checkpoint")
-        if fingerprint and state.get("model", fingerprint) != fingerprint:
-            raise TensorfoldError(f"{ckpt} was written for another model; remove {checkpoint_dir} or recover "
-                                  "into another output")
-        _load_params(module, state["params"], ckpt)
-        try:
-            opt.load_state_dict(state["optimizer"])
-            history = History(**state["history"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TensorfoldError(f"{ckpt}: optimizer state or history does not fit "
-                                  f"({str(exc).splitlines()[0][:160]})") from None
-        step, best = int(state["step"]), state["best"]
+        step, history = _resume(ckpt, checkpoint_dir, learners, cfg, fingerprint)
     elif w.main:
-        for stale in (ckpt, checkpoint_dir / "best.pt"):   # an earlier run's, maybe of another model
+        for stale in (ckpt, *(ln.best_file for ln in learners)):   # an earlier run's, maybe of another model
             stale.unlink(missing_ok=True)
-    spec = spec if spec is not None else Outputs((), {0: -1})
-    metric = metric_for(val_y is not None, spec)
-    if best is None and len(val_x):
-        # step 0 is a candidate too: a run that only makes the model worse keeps the model it started from
-        best = dict(evaluate(module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
-        if w.main:
-            _save(module.state_dict(), checkpoint_dir / "best.pt")
-    start_metric = best[metric] if best is not None and best.get("step") == 0 else None
-    use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
-    use_kd = cfg.distill in ("hinton", "both") and teacher is not None
-    capture = tuple(teacher.features) if use_feat else ()
+    for ln in learners:
+        if ln.best is None and len(val_x):
+            # step 0 is a candidate too: a run that only makes a model worse keeps the model it started from
+            ln.best = dict(evaluate(ln.module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
+            if w.main:
+                _save(ln.module.state_dict(), ln.best_file)
+    start_metric = main.best[metric] if main.best is not None and main.best.get("step") == 0 else None
     stop_reason, stale = "done", 0
     # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
     interrupted = {"signal": None}
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.update(signal=signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not (progress and w.main))
-    scaler = grad_scaler(cfg)
-    net = wrap(module, w)            # the module itself in one process; DDP around it under torchrun
     feed = None
     try:
         while step < total:
@@ -273,59 +318,75 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 feed = _batches(x, order, pos, steps_per_epoch, cfg.batch_size, cfg.workers)
             idx, xb = next(feed)
             xb = xb.to(cfg.device)
-            module.train()
+            labels = torch.from_numpy(y[idx]).to(cfg.device) if y is not None else None
             with autocast(cfg):
-                outputs, feats = net(xb, capture=capture) if capture else (net(xb), {})
-                loss = torch.zeros((), device=outputs[0].device)
                 t_outs, t_feats = teacher(xb) if teacher is not None else (None, {})
-                if use_kd:     # KD on class scores, relative error on every other output
-                    loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
-                if y is not None:
-                    ce = F.cross_entropy(outputs[0].float(), torch.from_numpy(y[idx]).to(cfg.device))
-                    loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
-                elif not use_kd and teacher is not None:
-                    loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
-                if use_feat:
-                    loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
-            if not _finite_everywhere(loss, w):
+                runs = []
+                for ln in learners:
+                    ln.module.train()
+                    runs.append(ln.net(xb, capture=ln.capture) if ln.capture else (ln.net(xb), {}))
+            losses = []
+            for k, (ln, (outputs, feats)) in enumerate(zip(learners, runs)):
+                with autocast(cfg):
+                    loss = torch.zeros((), device=outputs[0].device)
+                    if use_kd:     # KD on class scores, relative error on every other output
+                        loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
+                    if labels is not None:
+                        ce = F.cross_entropy(outputs[0].float(), labels)
+                        loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
+                    elif not use_kd and teacher is not None:
+                        loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
+                    if ln.capture:
+                        loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
+                    if len(learners) > 1:    # toward the other models' mean prediction (detached)
+                        others = [torch.stack([r[0][j].detach().float() for i, r in enumerate(runs) if i != k]).mean(0)
+                                  if outputs[j].is_floating_point() else outputs[j] for j in range(len(outputs))]
+                        loss = loss + output_loss(outputs, others, spec, 1.0)
+                losses.append(loss)
+            loss = losses[0]
+            if not all(_finite_everywhere(v, w) for v in losses):
                 kept = (f"the last good checkpoint ({ckpt}, step {_checkpoint_step(ckpt, cfg.device)}) is kept"
                         if ckpt.exists() else "no training checkpoint was written before it")
-                stop_reason = f"loss became {loss.item()} at step {step}: stopped; {kept}"
+                bad = next(v for v in losses if not torch.isfinite(v))
+                who = "" if len(learners) == 1 or bad is losses[0] else " (of a peer)"
+                stop_reason = f"loss became {bad.item()}{who} at step {step}: stopped; {kept}"
                 break
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            if cfg.clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             lr = lr_at(step)
-            if lr is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr
-            scaler.step(opt)
-            scaler.update()
+            for ln, value in zip(learners, losses):
+                ln.opt.zero_grad()
+                ln.scaler.scale(value).backward()
+                if cfg.clip:
+                    ln.scaler.unscale_(ln.opt)
+                    torch.nn.utils.clip_grad_norm_([p for p in ln.module.parameters() if p.requires_grad], cfg.clip)
+                if lr is not None:
+                    for g in ln.opt.param_groups:
+                        g["lr"] = lr
+                ln.scaler.step(ln.opt)
+                ln.scaler.update()
             if hasattr(teacher, "update"):      # a moving-average teacher follows the student
                 teacher.update(module)
             step += 1
             history.steps.append(step)
             history.loss.append(float(loss.detach()))
-            history.lr.append(float(opt.param_groups[0]["lr"]))
+            history.lr.append(float(main.opt.param_groups[0]["lr"]))
             bar.update(1)
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{history.lr[-1]:.2e}")
             if step % eval_every == 0 or step == total:
-                result = evaluate(module, val_x, val_y, teacher, spec, cfg.batch_size)
-                result["step"] = step
-                history.evals.append(result)
-                if plateau is not None and step >= warm:
-                    plateau.step(signed(result, metric))
-                if best is None or signed(result, metric) > signed(best, metric):
-                    best = dict(result)
-                    if w.main:
-                        _save(module.state_dict(), checkpoint_dir / "best.pt")
-                    stale = 0
-                else:
-                    stale += 1
+                improved = False
+                for k, ln in enumerate(learners):
+                    result = dict(evaluate(ln.module, val_x, val_y, teacher, spec, cfg.batch_size), step=step)
+                    if k == 0:
+                        history.evals.append(result)
+                    if ln.plateau is not None and step >= warm:
+                        ln.plateau.step(signed(result, metric))
+                    if ln.best is None or signed(result, metric) > signed(ln.best, metric):
+                        ln.best = result
+                        improved |= k == 0
+                        if w.main:
+                            _save(ln.module.state_dict(), ln.best_file)
+                stale = 0 if improved else stale + 1
                 if w.main:
-                    _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+                    _save_checkpoint(ckpt, learners, step, history, fingerprint)
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
@@ -333,19 +394,23 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 break
         if interrupted["signal"] is not None:     # also when it came during the evaluation that ended the run
             if w.main:
-                _save_checkpoint(ckpt, module, opt, step, history, best, fingerprint)
+                _save_checkpoint(ckpt, learners, step, history, fingerprint)
             stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
             raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if w.main and (checkpoint_dir / "best.pt").exists():     # only rank 0 writes the output
-        _load_params(module, load_checkpoint(checkpoint_dir / "best.pt", cfg.device), checkpoint_dir / "best.pt")
-    if best is not None and best.get("step") == 0 and step > 0 and start_metric is not None:
+    if w.main:      # only rank 0 writes the output: each model goes back to its best weights
+        for ln in learners:
+            if ln.best_file.exists():
+                _load_params(ln.module, load_checkpoint(ln.best_file, cfg.device), ln.best_file)
+    if main.best is not None and main.best.get("step") == 0 and step > 0 and start_metric is not None:
         stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
                         "the starting weights are kept")
-    return history, stop_reason, best
+    if peers:
+        return history, stop_reason, main.best, [ln.best for ln in learners[1:]]
+    return history, stop_reason, main.best
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -415,62 +480,3 @@ def plot_history(history: History, path: Path) -> Path | None:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
-
-
-def train_mutual(students: list, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray,
-                 val_y: np.ndarray | None, cfg: RecoverConfig, progress: bool = True,
-                 spec: Outputs | None = None) -> tuple[History, list[dict]]:
-    """Deep mutual learning (Zhang et al. 2018): the students train together, each pulled by KL
-    toward the others' (detached) predictions, plus labels and the teacher's KD when present.
-    Returns the first student's loss history and each student's validation result; the modules
-    are trained in place."""
-    history = History()
-    spec = spec if spec is not None else Outputs((), {0: -1})
-    torch.manual_seed(cfg.seed)
-    opts = [torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=cfg.lr,
-                              weight_decay=cfg.weight_decay) for s in students]
-    steps_per_epoch = max(1, len(x) // cfg.batch_size)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    warm = max(1, int(cfg.warmup * total))
-    order = np.random.default_rng(cfg.seed).permutation(len(x))
-    scalers = [grad_scaler(cfg) for _ in students]
-    for step in tqdm(range(total), desc="mutual", unit="step", disable=not progress):
-        pos = (step % steps_per_epoch) * cfg.batch_size
-        if pos == 0 and step:
-            order = np.random.default_rng(cfg.seed + step).permutation(len(x))
-        idx = order[pos:pos + cfg.batch_size]
-        xb = torch.from_numpy(x[idx]).to(cfg.device)
-        outs = []
-        with autocast(cfg):
-            t_outs = teacher(xb)[0] if teacher is not None else None
-            for s in students:
-                s.train()
-                outs.append([o.float() if o.is_floating_point() else o for o in s(xb)])
-        lr = cfg.lr * (step + 1) / warm if step < warm else \
-            0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-        for i, (s, opt) in enumerate(zip(students, opts)):
-            # the other students' mean prediction, per output (detached: each learns toward the others)
-            others = [torch.stack([o[k].detach() for j, o in enumerate(outs) if j != i]).mean(0)
-                      if outs[i][k].is_floating_point() else outs[i][k] for k in range(len(outs[i]))]
-            loss = output_loss(outs[i], others, spec, 1.0)
-            if y is not None:
-                loss = loss + F.cross_entropy(outs[i][0], torch.from_numpy(y[idx]).to(cfg.device))
-            if t_outs is not None:
-                loss = loss + cfg.alpha * output_loss(outs[i], t_outs, spec, cfg.temperature)
-            if not torch.isfinite(loss):
-                raise TensorfoldError(f"mutual learning: loss became {loss.item()} at step {step}")
-            opt.zero_grad()
-            scalers[i].scale(loss).backward()
-            if cfg.clip:
-                scalers[i].unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(s.parameters(), cfg.clip)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            scalers[i].step(opt)
-            scalers[i].update()
-            if i == 0:
-                history.steps.append(step + 1)
-                history.loss.append(float(loss.detach()))
-    results = [evaluate(s, val_x, val_y, teacher, spec, cfg.batch_size) for s in students]
-    history.evals.append(dict(results[0], step=total))
-    return history, results

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from tensorfold.recovery.distributed import World, world
 from tensorfold.recovery.distributed import start as start_processes
 from tensorfold.recovery.distributed import stop as stop_processes
 from tensorfold.recovery.finetune import (RecoverConfig, evaluate, metric_for, model_fingerprint, plot_history,
-                                          signed, train, train_mutual)
+                                          signed, train)
 
 
 def _io_signature(model: onnx.ModelProto):
@@ -134,7 +133,12 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         validation = f"the {len(x)} training samples themselves (too few to hold any out)"
     val_x, val_y = samples_subset(x, val_idx), (y[val_idx] if y is not None else None)
     tx, ty = samples_subset(x, train_idx), (y[train_idx] if y is not None else None)
-    features = rewritten_outputs(student)
+    peer_models = [load_model(p) for p in peers or []]
+    for p, pm in zip(peers or [], peer_models):
+        if _io_signature(pm) != _io_signature(student):
+            raise TensorfoldError(f"peer {p} and the student differ in their inputs or outputs")
+    # every factor chain's output, the student's and the peers' (named as the original layers' outputs)
+    features = list(dict.fromkeys(f for m in [student, *peer_models] for f in rewritten_outputs(m)))
     module.to(cfg.device)
     if cfg.device == "cpu":
         members = [OnnxTeacher(tm, features, cfg.threads) for tm in teacher_models]
@@ -168,31 +172,20 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         return signed(check(m, judge), metric)
 
     peer_reports, peer_writes = [], []
+    fingerprint = "+".join(model_fingerprint(m) for m in [student, *peer_models])
     if peers:
-        peer_models = [load_model(p) for p in peers]
-        for p, pm in zip(peers, peer_models):
-            if _io_signature(pm) != _io_signature(student):
-                raise TensorfoldError(f"peer {p} and the student differ in their inputs or outputs")
+        # deep mutual learning: the peers train beside the student with all of its machinery
+        # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
         peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
-        students = [module] + peer_modules
-        # mutual learning keeps no checkpoints: remember each model's start, and keep it where
-        # training made that model worse (no run writes a model worse than it was given)
-        starts = [(score(m), copy.deepcopy(m.state_dict())) for m in students]
-        history, results = train_mutual(students, teacher, tx, ty, val_x, val_y, cfg, progress, spec)
-        reason = "deep mutual learning done"
-        for i, (m, (start_score, start_state)) in enumerate(zip(students, starts)):
-            if score(m) < start_score:
-                m.load_state_dict(start_state)
-                results[i] = check(m, teacher)
-                reason += f"; {'the student' if i == 0 else f'peer {i}'} ended worse than it started and is " \
-                          "written as it was given"
-        for i, (pmod, res) in enumerate(zip(peer_modules, results[1:]), start=1):
+        history, reason, best, _ = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
+                                         fingerprint=fingerprint, spec=spec, w=w, peers=peer_modules)
+        for i, pmod in enumerate(peer_modules, start=1):
             peer_writes.append((pmod, peer_outputs[i - 1]))
-            peer_reports.append({"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]), "val": res})
-        best = results[0]
+            peer_reports.append({"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]),
+                                 "val": check(pmod, judge)})
     else:
         history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
-                                      fingerprint=model_fingerprint(student), spec=spec, w=w)
+                                      fingerprint=fingerprint, spec=spec, w=w)
         if not w.main:       # rank 0 writes the model, the history and the report
             return {"rank": w.rank, "world_size": w.size, "output": None, "steps": history.steps[-1]
                     if history.steps else 0, "stop": reason}

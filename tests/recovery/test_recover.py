@@ -394,3 +394,24 @@ def test_the_moving_average_follows_the_student():
     ema.update(module)
     torch.testing.assert_close(next(ema.module.parameters()), before + 0.5)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_a_peer_trains_with_checkpoints_resume_and_its_own_best(student, npz, tmp_path):
+    """--peer gets the student's machinery: its own best checkpoint, a place in last.pt, --resume."""
+    peer = tmp_path / "peer.onnx"
+    optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
+    out = tmp_path / "r.onnx"
+    cfg = RecoverConfig(max_steps=4, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd",
+                        lr=1e-3)
+    recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, peers=[peer], progress=False)
+    ckdir = tmp_path / "r.onnx.ckpt"
+    assert (ckdir / "best.peer1.pt").exists()
+    state = torch.load(ckdir / "last.pt", weights_only=True)
+    assert len(state["peers"]) == 1 and state["step"] == 4
+    cfg = RecoverConfig(max_steps=6, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd",
+                        lr=1e-3)
+    report = recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, peers=[peer], resume=True,
+                     progress=False)
+    assert report["steps"] == 6 and report["peers"][0]["val"]["teacher_agreement"] >= 0
+    with pytest.raises(TensorfoldError, match="written for another model"):
+        recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False)
