@@ -221,9 +221,70 @@ class ImageFiles:
         return ImageFiles(self.files, self.labels, self.size, self.channels, input_shape, normalize)
 
 
+class InputArrays:
+    """Samples of a model with several inputs (token ids and an attention mask, ...): one array per
+    input in the model's order, stacked along the first axis; indexing gives one array per input."""
+
+    def __init__(self, names: list[str], arrays: list[np.ndarray]):
+        self.names, self.arrays = list(names), list(arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, idx) -> tuple[np.ndarray, ...]:
+        return tuple(a[idx] for a in self.arrays)
+
+    def subset(self, idx) -> InputArrays:
+        return InputArrays(self.names, [a[idx] for a in self.arrays])
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {list(a.shape[1:])} {a.dtype}" for n, a in zip(self.names, self.arrays))
+
+
+def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputArrays, np.ndarray | None, str]:
+    """An .npz holding one array per model input, named as the inputs are (as `--inputs` files),
+    samples along the first axis, and optional labels `y`/`labels`. Integers pass as int64, floats
+    as float32."""
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        raise TensorfoldError(f"--data {path}: the model takes {len(names)} inputs ({', '.join(names)}); give an "
+                              ".npz with one array per input, named as the inputs")
+    data = np.load(path, allow_pickle=False)
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise TensorfoldError(f"{path}: no array for input(s) {', '.join(missing)} (it has {data.files})")
+    arrays = [data[n] for n in names]
+    counts = {len(a) if a.ndim else 0 for a in arrays}
+    if len(counts) != 1 or 0 in counts:
+        raise TensorfoldError(f"{path}: the inputs' arrays must stack the same number of samples "
+                              f"({', '.join(f'{n}: {list(a.shape)}' for n, a in zip(names, arrays))})")
+    arrays = [a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32) for a in arrays]
+    for n, a in zip(names, arrays):
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise TensorfoldError(f"{path}: array {n} holds NaN or infinite values")
+    y_key = next((k for k in ("y", "labels") if k in data.files), None)
+    y = None
+    if y_key is not None:
+        y = data[y_key]
+        if y.ndim != 1 or len(y) != len(arrays[0]) or y.dtype.kind not in "iu" or (y < 0).any():
+            raise TensorfoldError(f"{path}: {y_key} must hold one non-negative integer label per sample")
+        y = y.astype(np.int64)
+    x = InputArrays(names, arrays)
+    return x, y, f"{path.name} ({len(x)} samples of {x.describe()}{'' if y is not None else ', unlabelled'})"
+
+
 def samples_subset(x, idx):
-    """Samples `idx` of an array (copied) or of ImageFiles (still lazy)."""
-    return x.subset(idx) if isinstance(x, ImageFiles) else x[idx]
+    """Samples `idx` of an array (copied), of ImageFiles (still lazy) or of InputArrays."""
+    return x.subset(idx) if isinstance(x, (ImageFiles, InputArrays)) else x[idx]
+
+
+def sample_shape(x) -> str:
+    """What one sample looks like, for messages."""
+    if isinstance(x, InputArrays):
+        return x.describe()
+    if isinstance(x, ImageFiles):
+        return f"{list(x.size)} images, {x.channels} channel(s)"
+    return str(list(np.shape(x)[1:]))
 
 
 def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3,

@@ -118,13 +118,19 @@ class OnnxTeacher:
 
         self.fixed = fixed_batch(model)     # a model exported with a fixed batch runs batch by batch
 
-    def __call__(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        arr = x.detach().cpu().numpy()
-        step = self.fixed or len(arr)
-        runs = [self.session.run(None, {self.input_names[0]: arr[i:i + step]}) for i in range(0, len(arr), step)]
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        arrays = [x.detach().cpu().numpy() for x in xs]
+        n = len(arrays[0])
+        step = self.fixed or n
+
+        def part(a, i):      # the batched inputs are sliced, anything else goes whole
+            return a[i:i + step] if a.ndim and len(a) == n else a
+
+        runs = [self.session.run(None, {name: part(a, i) for name, a in zip(self.input_names, arrays)})
+                for i in range(0, n, step)]
         outs = [np.concatenate([np.asarray(r[k]) for r in runs]) if len(runs) > 1 else np.asarray(runs[0][k])
                 for k in range(len(runs[0]))]
-        tensors = [torch.from_numpy(o).to(x.device) for o in outs]
+        tensors = [torch.from_numpy(o).to(xs[0].device) for o in outs]
         feats = {n: tensors[i] for n, i in self.feature_index.items()}
         return tensors[:self.n_outputs], feats
 
@@ -140,8 +146,8 @@ class GraphTeacher:
         self.features = [f for f in features if f in produced]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor):
-        outputs, feats = self.module(x, capture=tuple(self.features))
+    def __call__(self, *xs: torch.Tensor):
+        outputs, feats = self.module(*xs, capture=tuple(self.features))
         return list(outputs), feats
 
 
@@ -162,8 +168,8 @@ class EmaTeacher:
         self.decay = decay
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor):
-        outputs, feats = self.module(x, capture=tuple(self.features))
+    def __call__(self, *xs: torch.Tensor):
+        outputs, feats = self.module(*xs, capture=tuple(self.features))
         return list(outputs), feats
 
     @torch.no_grad()
@@ -181,8 +187,8 @@ class TorchTeacher:
         self.features: list[str] = []
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor):
-        out = self.module(x)
+    def __call__(self, *xs: torch.Tensor):
+        out = self.module(*xs)
         return (list(out) if isinstance(out, (list, tuple)) else [out]), {}
 
     def to(self, device):
@@ -207,10 +213,10 @@ class EnsembleTeacher:
         self.teachers, self.weights = teachers, [w / total for w in weights]
         self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, *xs: torch.Tensor):
         outputs, feats = None, {}
         for t, w in zip(self.teachers, self.weights):
-            outs, f = t(x)
+            outs, f = t(*xs)
             weighted = [o * w if o.is_floating_point() else o for o in outs]
             outputs = weighted if outputs is None else [a + b if b.is_floating_point() else a
                                                         for a, b in zip(outputs, weighted)]

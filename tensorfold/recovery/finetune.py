@@ -106,13 +106,13 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Ou
     ref2: list[float] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i:i + batch]).to(device)
-            outs = module(xb)
+            xb = tensors(x[i:i + batch], device)
+            outs = module(*xb)
             if y is not None:
                 pred = outs[0].argmax(spec.axes.get(0, -1))
                 correct += int((pred.cpu().numpy() == y[i:i + batch]).sum())
             if teacher is not None:
-                t_outs, _ = teacher(xb)
+                t_outs, _ = teacher(*xb)
                 if not diff2:
                     diff2, ref2 = [0.0] * len(outs), [0.0] * len(outs)
                 for k, (s_k, t_k) in enumerate(zip(outs, t_outs)):
@@ -123,7 +123,7 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Ou
                         same = s_k.argmax(spec.axes[k]) == t_k.argmax(spec.axes[k])
                         agree += int(same.sum())
                         count += same.numel()
-            n += len(xb)
+            n += len(xb[0])
     out = {}
     if y is not None:
         out["accuracy"] = correct / n
@@ -317,14 +317,14 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 order = epoch_order(len(x), cfg.seed, step - step % steps_per_epoch, w)
                 feed = _batches(x, order, pos, steps_per_epoch, cfg.batch_size, cfg.workers)
             idx, xb = next(feed)
-            xb = xb.to(cfg.device)
+            xb = tensors(xb, cfg.device)
             labels = torch.from_numpy(y[idx]).to(cfg.device) if y is not None else None
             with autocast(cfg):
-                t_outs, t_feats = teacher(xb) if teacher is not None else (None, {})
+                t_outs, t_feats = teacher(*xb) if teacher is not None else (None, {})
                 runs = []
                 for ln in learners:
                     ln.module.train()
-                    runs.append(ln.net(xb, capture=ln.capture) if ln.capture else (ln.net(xb), {}))
+                    runs.append(ln.net(*xb, capture=ln.capture) if ln.capture else (ln.net(*xb), {}))
             losses = []
             for k, (ln, (outputs, feats)) in enumerate(zip(learners, runs)):
                 with autocast(cfg):
@@ -431,10 +431,16 @@ def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers:
     files are decoded ahead by `workers` DataLoader processes (0: in this process)."""
     chunks = [order[p:p + batch_size] for p in range(pos, steps_per_epoch * batch_size, batch_size)]
     if not isinstance(x, ImageFiles) or workers == 0:
-        return ((c, torch.from_numpy(np.asarray(x[c]))) for c in chunks)
+        return ((c, x[c]) for c in chunks)
     loader = torch.utils.data.DataLoader(_Chunks(x, chunks), batch_size=None, num_workers=workers,
                                          prefetch_factor=2)
     return zip(chunks, loader)
+
+
+def tensors(batch, device) -> tuple[torch.Tensor, ...]:
+    """A batch (one array or tensor, or one per model input) as a tuple of tensors on `device`."""
+    parts = batch if isinstance(batch, (tuple, list)) else (batch,)
+    return tuple((p if torch.is_tensor(p) else torch.from_numpy(np.asarray(p))).to(device) for p in parts)
 
 
 def _finite_everywhere(loss: torch.Tensor, w: World) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.datasets import ImageFiles, adaptation, load_data, prepare_inputs, samples_subset
+from tensorfold.datasets import (ImageFiles, adaptation, load_data, load_input_arrays, prepare_inputs, sample_shape,
+                                 samples_subset)
 from tensorfold.log import warn
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
@@ -19,7 +20,7 @@ from tensorfold.recovery.distill import (EmaTeacher, EnsembleTeacher, GraphTeach
 from tensorfold.recovery.distributed import World, world
 from tensorfold.recovery.distributed import start as start_processes
 from tensorfold.recovery.distributed import stop as stop_processes
-from tensorfold.recovery.finetune import (RecoverConfig, evaluate, metric_for, model_fingerprint, plot_history,
+from tensorfold.recovery.finetune import (RecoverConfig, tensors, evaluate, metric_for, model_fingerprint, plot_history,
                                           signed, train)
 
 
@@ -75,7 +76,6 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
 def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], start: float, *, teacher_path,
              data, cfg, val_size, normalize, resume, progress, limit, teacher_weights, teacher_module, generations,
              peers, w: World) -> dict:
-    import torch
 
     from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 
@@ -97,20 +97,29 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
     channels = input_shape[1] if len(input_shape) == 4 and input_shape[1] in (1, 3) else 3
-    x, y, desc = load_data(data, "train", size, channels, lazy=True)
+    names = [v.name for v in student.graph.input if v.name not in {t.name for t in student.graph.initializer}]
+    if len(names) > 1:      # token ids and a mask, ...: one array per input
+        x, y, desc = load_input_arrays(data, names)
+    else:
+        x, y, desc = load_data(data, "train", size, channels, lazy=True)
     if limit:
         x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)
-    lazy = isinstance(x, ImageFiles)
-    converted = adaptation(x.raw([0]) if lazy else x, input_shape)
+    if isinstance(x, ImageFiles):
+        converted = adaptation(x.raw([0]), input_shape)
+        x = x.prepared(input_shape, normalize)
+    elif isinstance(x, np.ndarray):
+        converted = adaptation(x, input_shape)
+        x = prepare_inputs(x, input_shape, normalize)
+    else:
+        converted = None
     if converted:
         warn(f"--data {desc}: {converted}")
-    x = x.prepared(input_shape, normalize) if lazy else prepare_inputs(x, input_shape, normalize)
     try:
         module = OnnxModule(student)
-        probe = module(torch.from_numpy(x[:2]))[0]
+        probe = module(*tensors(x[:2], "cpu"))[0]
     except NodeFailed as exc:    # names the op and node: an unsupported op or data of the wrong shape
-        raise TensorfoldError(f"the model does not run in the trainer on the data ({desc}, shape "
-                              f"{list(x.shape[1:])}; the model takes {input_shape}): {exc}") from None
+        raise TensorfoldError(f"the model does not run in the trainer on the data ({desc}, samples "
+                              f"{sample_shape(x)}; the model takes {input_shape}): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - building the module failed
         raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
     spec = Outputs.of(student)

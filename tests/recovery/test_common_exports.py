@@ -116,3 +116,31 @@ def test_added_ops_match_onnxruntime(op, attrs, inputs):
         got = OnnxModule(model)(*(torch.from_numpy(a) for a in inputs))[0]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
     assert got.dtype == torch.from_numpy(np.asarray(want)).dtype
+
+
+def test_a_two_input_encoder_recovers_from_an_npz_per_input(tmp_path):
+    """Token ids and an attention mask, one array per input named as the inputs: recover trains."""
+    from tensorfold.api import optimize
+    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.run import recover
+
+    ids = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    model = _export(BertLike(), (ids, mask), ["ids", "mask"], tmp_path / "bert.onnx")
+    rng = np.random.default_rng(0)
+    n = 48
+    masks = np.ones((n, 16), np.int64)
+    for i, length in enumerate(rng.integers(4, 17, n)):
+        masks[i, length:] = 0
+    data = tmp_path / "tokens.npz"
+    np.savez(data, ids=rng.integers(0, 100, (n, 16)), mask=masks)
+    small = tmp_path / "bert.small.onnx"
+    optimize(tmp_path / "bert.onnx", small, method="svd", ratio=2, progress=False, inputs=str(data))
+    report = recover(small, tmp_path / "r.onnx", teacher_path=tmp_path / "bert.onnx", data=str(data),
+                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    assert report["steps"] == 4 and "ids [16] int64, mask [16] int64" in report["data"]
+    assert report["metric"] == "teacher_agreement" and model.graph.input[1].name == "mask"
+    with pytest.raises(Exception, match="no array for input"):
+        np.savez(tmp_path / "ids_only.npz", ids=rng.integers(0, 100, (n, 16)))
+        recover(small, tmp_path / "r2.onnx", teacher_path=tmp_path / "bert.onnx", data=str(tmp_path / "ids_only.npz"),
+                cfg=RecoverConfig(max_steps=1, batch_size=8, threads=1), progress=False)
