@@ -30,6 +30,7 @@ class Outputs:
 
     names: tuple[str, ...]
     axes: dict
+    probabilities: frozenset = frozenset()    # outputs a Softmax produced: KD takes their logs as logits
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> Outputs:
@@ -37,7 +38,9 @@ class Outputs:
 
         axes = class_axes(model)
         names = tuple(o.name for o in model.graph.output)
-        return cls(names, {i: axes[n] for i, n in enumerate(names) if n in axes})
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        return cls(names, {i: axes[n] for i, n in enumerate(names) if n in axes},
+                   frozenset(i for i, n in enumerate(names) if producers.get(n) == "Softmax"))
 
     @property
     def classifier(self) -> bool:
@@ -69,6 +72,8 @@ def output_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], spec: 
         if kd and i in spec.axes and s.ndim >= 1 and s.shape[spec.axes[i]] > 1:
             # scores at many positions (an OCR model's (N, T, C)): one distribution per position
             axis, c = spec.axes[i], s.shape[spec.axes[i]]
+            if i in spec.probabilities:    # softmax(p / T) of probabilities is all but uniform: use log p
+                s, t = torch.log(s.clamp_min(1e-12)), torch.log(t.clamp_min(1e-12))
             losses.append(hinton_kd(s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c),
                                     temperature))
         else:

@@ -605,6 +605,10 @@ class OnnxModule(nn.Module):
         self.params = nn.ParameterDict()
         self.param_of: dict[str, str] = {}           # initializer name -> parameter key
         self.constant_of: dict[str, str] = {}        # non-float initializer name -> buffer name
+        # a scalar is part of the function, not a weight: an exponent (Pow's gradient in the exponent
+        # is NaN for negative bases), a Clip bound, an epsilon, hard-swish's 3 and 6 (PaddlePaddle
+        # exports name them p2o_helper_constant_*); PRelu's single slope is the one learnable scalar
+        slopes = {n.input[1] for n in graph.node if n.op_type == "PRelu" and len(n.input) > 1}
         for t in graph.initializer:
             arr = numpy_helper.to_array(t).copy()
             tensor = torch.from_numpy(arr)
@@ -612,7 +616,8 @@ class OnnxModule(nn.Module):
                 key = _param_name(t.name)
                 while key in self.params:
                     key += "_"
-                self.params[key] = nn.Parameter(tensor.float(), requires_grad=trainable)
+                learnable = trainable and (tensor.numel() > 1 or t.name in slopes)
+                self.params[key] = nn.Parameter(tensor.float(), requires_grad=learnable)
                 self.param_of[t.name] = key
             else:
                 key = "c_" + _param_name(t.name)

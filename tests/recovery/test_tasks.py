@@ -238,3 +238,30 @@ def test_an_image_folder_is_read_per_batch_with_workers(tmp_path, monkeypatch, m
         assert "read per batch" in report["data"] and report["train_size"] + report["val_size"] == 48
         losses.append(json.loads((tmp_path / f"r{workers}.onnx.ckpt" / "history.json").read_text())["loss"])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_scalars_are_part_of_the_function_and_softmax_outputs_are_distilled_as_logs():
+    """A scalar initializer (an exponent, a bound: PaddlePaddle's p2o_helper_constant_*) is not
+    trained: Pow's gradient in its exponent is NaN for a negative base, which broke PP-OCRv4 rec's
+    first step. PRelu's one slope stays learnable. A Softmax output's KD uses log-probabilities."""
+    from onnx import TensorProto, helper
+
+    from tensorfold.recovery.distill import hinton_kd, output_loss
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    inits = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+             helper.make_tensor("slope", TensorProto.FLOAT, [1], [0.25]),
+             helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32))]
+    nodes = [helper.make_node("Pow", ["x", "two"], ["p"]), helper.make_node("PRelu", ["p", "slope"], ["q"]),
+             helper.make_node("MatMul", ["q", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    module = OnnxModule(model)
+    grad = {name: module.params[key].requires_grad for name, key in module.param_of.items()}
+    assert grad == {"two": False, "slope": True, "w": True}
+    spec = Outputs.of(model)
+    assert spec.axes == {0: -1} and spec.probabilities == {0}
+    s = torch.softmax(torch.randn(5, 3), -1)
+    t = torch.softmax(torch.randn(5, 3), -1)
+    torch.testing.assert_close(output_loss([s], [t], spec, 4.0), hinton_kd(s.log(), t.log(), 4.0))
