@@ -35,13 +35,15 @@ class MapNet(nn.Module):
         return prob, self.cls(f.mean((2, 3)))
 
 
-def _export(module, path, outputs=("output",)):
+def _export(module, path, outputs=("output",), example=None, names=("input",), dynamic=True):
+    """ONNX export, the batch dynamic unless `dynamic=False` (a fixed-batch export)."""
     module.eval()
+    example = example if example is not None else (torch.zeros(1, 3, 16, 16),)
+    axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=list(outputs),
-                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=list(names),
+                          output_names=list(outputs), dynamic_axes=axes)
     return path
 
 
@@ -100,6 +102,15 @@ def test_labels_for_a_model_without_class_scores_are_ignored_with_a_warning(mode
     assert report["metric"] == "output_error" and "accuracy" not in report["val_after"]
 
 
+def _cut_and_recover(model, x: np.ndarray, tmp_path, steps: int) -> dict:
+    """Tucker-2 at ratio 2, then a few recovery steps on `x` (unlabelled) from the model as teacher."""
+    small = tmp_path / "small.onnx"
+    optimize(model, small, method="tucker", ratio=2, progress=False)
+    np.savez(tmp_path / "x.npz", x=x)
+    return recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "x.npz"),
+                   cfg=RecoverConfig(max_steps=steps, batch_size=8, threads=1), progress=False)
+
+
 class Audio(nn.Module):
     """A 1-D model as audio front ends are built: reflection pad, strided conv, conv, a per-frame head."""
 
@@ -132,23 +143,14 @@ def test_a_1d_model_with_reflect_pads_trains_and_matches_onnxruntime(tmp_path):
     from tensorfold.recovery.onnx_torch import OnnxModule
 
     torch.manual_seed(0)
-    model = tmp_path / "audio.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Audio().eval(), (torch.zeros(1, 1, 400),), str(model), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["frames"],
-                          dynamic_axes={"input": {0: "batch"}, "frames": {0: "batch"}})
+    model = _export(Audio(), tmp_path / "audio.onnx", ("frames",), (torch.zeros(1, 1, 400),))
     x = np.random.default_rng(0).standard_normal((24, 1, 400)).astype(np.float32)
     pads = [n for n in onnx.load(model).graph.node if n.op_type == "Pad"]
     assert pads, "the export should hold a Pad node"
     got = OnnxModule(onnx.load(model))(torch.from_numpy(x[:4]))[0].detach().numpy()
     want = make_session(onnx.load(model)).run(None, {"input": x[:4]})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    small = tmp_path / "audio.small.onnx"
-    optimize(model, small, method="tucker", ratio=2, progress=False)
-    np.savez(tmp_path / "a.npz", x=x)
-    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "a.npz"),
-                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    report = _cut_and_recover(model, x, tmp_path, steps=4)
     assert report["steps"] == 4 and report["metric"] == "output_error"
 
 
@@ -156,11 +158,7 @@ def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
     from tensorfold.recovery.onnx_torch import OnnxModule
 
     torch.manual_seed(0)
-    model = tmp_path / "fixed.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(FixedBatch().eval(), (torch.zeros(1, 3, 8, 8),), str(model), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"])
+    model = _export(FixedBatch(), tmp_path / "fixed.onnx", ("logits",), (torch.zeros(1, 3, 8, 8),), dynamic=False)
     x = np.random.default_rng(0).random((40, 3, 8, 8)).astype(np.float32)
     module = OnnxModule(onnx.load(model))
     assert module.fixed_batch == 1
@@ -168,11 +166,7 @@ def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
     one_by_one = torch.cat([module(torch.from_numpy(x[i:i + 1]))[0] for i in range(7)])
     assert batched.shape == (7, 6)
     torch.testing.assert_close(batched, one_by_one)
-    small = tmp_path / "fixed.small.onnx"
-    optimize(model, small, method="tucker", ratio=2, progress=False)
-    np.savez(tmp_path / "f.npz", x=x)
-    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "f.npz"),
-                     cfg=RecoverConfig(max_steps=3, batch_size=8, threads=1), progress=False)
+    report = _cut_and_recover(model, x, tmp_path, steps=3)
     assert report["steps"] == 3 and report["metric"] == "teacher_agreement"
     assert onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
@@ -192,11 +186,8 @@ class Tokens(nn.Module):
 
 def test_integer_token_inputs_pass_through_and_train(tmp_path):
     torch.manual_seed(0)
-    model = tmp_path / "tokens.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Tokens().eval(), (torch.zeros(1, 12, dtype=torch.int64),), str(model), dynamo=False,
-                          opset_version=17, input_names=["ids"], output_names=["scores"])
+    model = _export(Tokens(), tmp_path / "tokens.onnx", ("scores",), (torch.zeros(1, 12, dtype=torch.int64),),
+                    names=("ids",), dynamic=False)
     small = tmp_path / "tokens.small.onnx"
     optimize(model, small, method="svd", ratio=2, progress=False,
              inputs=str(_ids(tmp_path / "ids.npz", 1)))
