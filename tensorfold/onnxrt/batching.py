@@ -35,6 +35,17 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return min(fixed) if fixed else None
 
 
+def sample_batch(model: onnx.ModelProto) -> int | None:
+    """The batch an export fixes on the input its samples are stacked along (the first input, of
+    rank >= 2), or None when that batch is dynamic. Training runs such a model on slices of this
+    size: its Reshapes hold the batch as a constant."""
+    inputs = model_inputs(model)
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    if len(dims) > 1 and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return None
+
+
 def sample_count(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
     """N when every array stacks samples along its first axis (same rank as its input, same first
     dim across inputs); None when the feeds are one call's worth (e.g. inputs without a batch axis)."""

@@ -119,9 +119,9 @@ class OnnxTeacher:
         names = [o.name for o in probe.graph.output]
         self.n_outputs = len(existing)
         self.feature_index = {f: names.index(f) for f in self.features}   # a feature may be a graph output
-        from tensorfold.onnxrt.batching import fixed_batch
+        from tensorfold.onnxrt.batching import sample_batch
 
-        self.fixed = fixed_batch(model)     # a model exported with a fixed batch runs batch by batch
+        self.fixed = sample_batch(model)    # a model exported with a fixed batch runs in slices of it
 
     def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         arrays = [x.detach().cpu().numpy() for x in xs]

@@ -635,13 +635,11 @@ class OnnxModule(nn.Module):
                           f"onnxruntime, no gradient flows through it", stacklevel=2)
         self._ort_cache: dict[str, object] = {}
         self._unsupported: set[str] = set()    # nodes whose variant fell back to frozen execution
-        # a model exported with a fixed batch (its Reshapes hold that batch as a constant) runs on
-        # any batch as slices of that size: training batches are not the export's. The batch is the
-        # first input's static first dim (the data's samples are stacked along the first input's)
-        first = next((v for v in graph.input if v.name in self.input_names), None)
-        dims = first.type.tensor_type.shape.dim if first is not None else []
-        self.fixed_batch = int(dims[0].dim_value) if len(dims) > 1 and dims[0].HasField("dim_value") \
-            and dims[0].dim_value > 0 else None
+        from tensorfold.onnxrt.batching import sample_batch
+
+        # a model exported with a fixed batch runs on any batch as slices of that size: training
+        # batches are not the export's
+        self.fixed_batch = sample_batch(self.proto)
 
     def forward(self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()):
         b0 = self.fixed_batch
