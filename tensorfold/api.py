@@ -429,6 +429,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     from tensorfold.runtime.devices import describe
     from tensorfold.runtime.latency import available_memory_bytes, by_op_type, node_profile, peak_rss_mb, with_batch
     from tensorfold.runtime.latency_model import latency_model
+    from tensorfold.runtime.memory import predict_memory
 
     model = load_model(path)
     other = load_model(compare_with) if compare_with else None
@@ -472,10 +473,18 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     else:
         _check_memory(model, base_shapes, max(batches), available_memory_bytes())
         report["provider"] = provider
+    capacity = latency.device.memory_bytes if latency.predicted else None
     for batch in batches:
         bfeeds = batched(batch)
-        row = {"flops": model_stats(model, {k: list(v.shape) for k, v in bfeeds.items()}).flops}
+        bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
+        row = {"flops": model_stats(model, bshapes).flops}
         row.update(latency.stats(model, bfeeds, other))
+        # what one call holds at once: weights, live activations, a conv's im2col (runtime/memory.py)
+        memory = predict_memory(model, bshapes)
+        row["predicted_memory"] = memory.as_dict()
+        if capacity and memory.total_bytes > capacity:
+            warnings.append(f"batch {batch} needs about {memory.total_bytes / 2**30:.1f} GiB, more than the "
+                            f"{capacity / 2**30:.0f} GiB of {latency.device.name}")
         report["batches"][str(batch)] = row
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     per_node = [{"node": n.name or n.output[0], "op": n.op_type, "flops": stats.node_flops.get(n.name or n.output[0]),

@@ -73,28 +73,14 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
     return dst
 
 
-_PEAK = """
-import resource, sys, numpy as np, onnxruntime as ort
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-x = np.load(sys.argv[2])
-s.run(None, {s.get_inputs()[0].name: x})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
-
-
 def peak_memory_mb(model_path: Path, x: np.ndarray) -> float | None:
-    """Peak RSS of a fresh process that loads the model and runs one batch (interpreter included,
-    so compare rows with each other, not with zero)."""
-    import subprocess
-    import tempfile
+    """What the model's own onnxruntime session and one batch add to a fresh process's peak memory
+    (runtime.memory.measured_peak_bytes; the interpreter and imports are not counted)."""
+    from tensorfold.runtime.memory import measured_peak_bytes
 
-    with tempfile.NamedTemporaryFile(suffix=".npy") as fh:
-        np.save(fh.name, x)
-        done = subprocess.run([sys.executable, "-c", _PEAK, str(model_path), fh.name], capture_output=True, text=True)
-    try:
-        return round(float(done.stdout.strip().splitlines()[-1]), 1)
-    except (ValueError, IndexError):
-        return None
+    name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    peak = measured_peak_bytes(model_path, {name: x})
+    return round(peak / 2**20, 1) if peak is not None else None
 
 
 def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:

@@ -22,19 +22,20 @@ class ProfileReport(Report):
             console.print(f"vs {c['model']}: {c['params']:,} params, {fmt_count(c['flops'])} FLOPs, "
                           f"{c['size_bytes']:,} bytes")
         table = Table(title="latency (ms)", title_justify="left")
-        for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup"):
+        for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup", "memory (pred.)"):
             table.add_column(col, justify="right")
         for batch, row in self["batches"].items():
+            memory = f"{row['predicted_memory']['total_mb']:.1f} MB" if row.get("predicted_memory") else ""
             if "predicted_ms" in row:
                 table.add_row(batch, fmt_count(row["flops"]), "", f"{row['predicted_ms']:.3f}", "",
                               f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
-                              f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "")
+                              f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "", memory)
                 continue
             lat = row["latency"]
             other = row.get("compare_latency")
             table.add_row(batch, fmt_count(row["flops"]), f"{lat['min_ms']:.3f}", f"{lat['median_ms']:.3f}",
                           f"{lat['p90_ms']:.3f}", f"{other['median_ms']:.3f}" if other else "",
-                          f"{row['speedup']:.2f}x" if other else "")
+                          f"{row['speedup']:.2f}x" if other else "", memory)
         console.print(table)
         if self.get("ops"):
             self._render_profiler(console)
