@@ -332,7 +332,7 @@ def search_group():
 @search_group.command("ranks")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--objectives", default="params,error", show_default=True,
-              help="comma-separated: params, flops, latency, error, accuracy")
+              help="comma-separated: params, flops, latency, memory, error, accuracy")
 @click.option("--n-trials", type=_POSITIVE, default=50, show_default=True, help="trials this worker runs")
 @click.option("--timeout", type=_POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
 @click.option("--sampler", type=click.Choice(["auto", "tpe", "gp", "nsga2", "random"]), default="auto",
@@ -347,6 +347,8 @@ def search_group():
 @click.option("--study", help="study name; a worker naming an existing study adds its trials to it")
 @click.option("--max-error", type=_POSITIVE_FLOAT, help="constraint: output error at most this")
 @click.option("--target-latency", type=_POSITIVE_FLOAT, help="constraint: latency at most this many ms")
+@click.option("--max-memory-mb", type=_POSITIVE_FLOAT,
+              help="constraint: predicted peak memory of one call (weights, activations, im2col) at most this")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider for the latency objective")
 @click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
 @click.option("--threads", type=_COUNT, default=0, show_default=True)
@@ -374,7 +376,7 @@ def search_ranks_cmd(model, as_json, **options):
 @search_group.command("nas")
 @click.option("--strategy", type=click.Choice(["darts", "evolution", "random"]), default="evolution", show_default=True)
 @click.option("--objectives", default="accuracy", show_default=True,
-              help="comma-separated: accuracy, params, flops, latency (several: NSGA-II for evolution)")
+              help="comma-separated: accuracy, params, flops, latency, memory (several: NSGA-II for evolution)")
 @click.option("--data", default="fashion-mnist", show_default=True, help="labelled 28x28 images: fashion-mnist, a folder, an .npz")
 @click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True, help="wall-clock budget of the search")
 @click.option("--device", help="predict latency for this device (rx580, gtx1060, ...); the host is always measured")
@@ -399,6 +401,8 @@ def search_ranks_cmd(model, as_json, **options):
 @click.option("--population", type=_POSITIVE, default=10, show_default=True, help="evolution: population size")
 @click.option("--max-latency", type=_POSITIVE_FLOAT,
               help="constraint: latency (ms; --device's prediction, else measured on the host) at most this")
+@click.option("--max-memory-mb", type=_POSITIVE_FLOAT,
+              help="constraint: predicted peak memory of one call (weights, activations, im2col) at most this")
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains (cpu, cuda, cuda:1, ...)")
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -48,6 +48,8 @@ def _objective(name: str, value: float, base: dict) -> str:
         return f"{fmt_count(value) if name == 'flops' else f'{int(value):,}'} ({ratio:.1f}x)"
     if name == "latency":
         return f"{value:.3f} ms ({base['latency'] / value:.2f}x)" if value else "-"
+    if name == "memory":
+        return f"{value:.1f} MB ({base['memory'] / value:.2f}x)" if value else "-"
     if name == "accuracy":
         return f"{100 * value:.2f}%"
     return f"{value:.4g}"

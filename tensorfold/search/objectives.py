@@ -1,10 +1,11 @@
-"""What a rank-search trial is judged on: params, flops, latency, error, accuracy.
+"""What a rank-search trial is judged on: params, flops, latency, memory, error, accuracy.
 
 `error` is the largest relative L2 error over the model's outputs against the original, on the
 given inputs (or random ones). `accuracy` is top-1 on a validation split held out of the training
 data after a short distilled recovery (`recover_steps`; 0 measures the factorized model as is), so
 the ranks are chosen by cross-validation, never on the test split. `latency` is the median of
-timed runs on a provider, or the device model's prediction with `device`.
+timed runs on a provider, or the device model's prediction with `device`. `memory` is the
+predicted peak of one call in MB (weights, live activations, im2col: runtime/memory.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import compare_outputs
 from tensorfold.onnxrt.sessions import make_session
 
-DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", "error": "minimize",
-              "accuracy": "maximize"}
+DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", "memory": "minimize",
+              "error": "minimize", "accuracy": "maximize"}
 
 
 def parse_names(text: str | tuple | list, allowed, what: str, context: str = "", unique: bool = True
@@ -83,6 +84,11 @@ class Evaluator:
         checks = compare_outputs(self.reference, got, self.names)
         errs = [c.relative_error if c.relative_error is not None else 1 - c.agreement for c in checks]
         return max(errs)
+
+    def memory(self, model) -> float:
+        from tensorfold.runtime.memory import predict_memory
+
+        return predict_memory(model, self.input_shapes).total_bytes / 2**20
 
     def latency(self, model) -> float:
         return self.latency_model.ms(model, self.input_shapes, self.feeds)

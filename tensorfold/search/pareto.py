@@ -1,6 +1,6 @@
 """The Pareto front of a study's trials, its hypervolume, and a plot.
 
-Hypervolume is computed on normalized objectives, all minimized: params, flops and latency as a
+Hypervolume is computed on normalized objectives, all minimized: params, flops, latency and memory as a
 share of the original model's, error as is, accuracy as its loss against the original
 (original accuracy - accuracy). The reference point is 1.0 for every objective (no saving, an
 error as large as the output, or losing the whole accuracy), so fronts from different samplers
@@ -48,7 +48,7 @@ def front(trials, objectives) -> list:
 def normalize(values, objectives, baseline: dict) -> list[float]:
     out = []
     for v, o in zip(values, objectives):
-        if o in ("params", "flops", "latency"):
+        if o in ("params", "flops", "latency", "memory"):
             out.append(v / baseline[o] if baseline.get(o) else v)
         elif o == "accuracy":
             out.append(baseline.get("accuracy", 1.0) - v)

@@ -67,7 +67,7 @@ def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, 
 class RankSearchOptions:
     """Every option of a rank search, checked once (the CLI and Python callers build the same thing).
     objectives: params, flops, latency, error, accuracy; constraints max_error (output error) and
-    target_latency (ms); storage: sqlite:///FILE, journal:FILE or a database URL shared by workers."""
+    target_latency (ms) and max_memory_mb (predicted peak memory of one call, runtime/memory.py); storage: sqlite:///FILE, journal:FILE or a database URL shared by workers."""
 
     objectives: tuple[str, ...] | str = ("params", "error")
     n_trials: int = 50
@@ -83,6 +83,7 @@ class RankSearchOptions:
     seed: int = 0
     max_error: float | None = None
     target_latency: float | None = None
+    max_memory_mb: float | None = None
     provider: str = "cpu"
     device: str | None = None
     threads: int = 0
@@ -102,7 +103,8 @@ class RankSearchOptions:
             put(name, tuple(getattr(self, name)))
         if self.n_trials < 1:
             raise TensorfoldError(f"--n-trials must be >= 1 (got {self.n_trials})")
-        for flag, v in (("--max-error", self.max_error), ("--target-latency", self.target_latency)):
+        for flag, v in (("--max-error", self.max_error), ("--target-latency", self.target_latency),
+                        ("--max-memory-mb", self.max_memory_mb)):
             if v is not None and not v > 0:
                 raise TensorfoldError(f"{flag} must be > 0 (got {v})")
         if self.sampler not in SAMPLERS:
@@ -134,9 +136,11 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=opts.provider, device=opts.device, threads=opts.threads,
                           latency_runs=opts.latency_runs, data=opts.data, recover_steps=opts.recover_steps, seed=opts.seed)
     # what the trials are measured on: error is needed for --max-error even when not an objective
-    measured = list(opts.objectives) + [o for o, v in (("error", opts.max_error), ("latency", opts.target_latency))
+    measured = list(opts.objectives) + [o for o, v in (("error", opts.max_error), ("latency", opts.target_latency),
+                                                       ("memory", opts.max_memory_mb))
                                    if v is not None and o not in opts.objectives]
-    constraints = {"max_error": opts.max_error, "target_latency_ms": opts.target_latency}
+    constraints = {"max_error": opts.max_error, "target_latency_ms": opts.target_latency,
+                   "max_memory_mb": opts.max_memory_mb}
     meta = {"objectives": list(opts.objectives), "model": {"file": Path(model_path).name,
                                                       "fingerprint": rank_space.fingerprint},
             "space": rank_space.describe(), "constraints": constraints,
@@ -145,7 +149,7 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     # workers sharing a study must not draw the same proposals: mix the process into the seed
     sampler_seed = opts.seed if not shared else opts.seed * 100003 + os.getpid()
     opt_sampler = make_sampler(opts.sampler, len(opts.objectives), sampler_seed, opts.n_trials, opts.max_error is not None
-                               or opts.target_latency is not None, opts.population)
+                               or opts.target_latency is not None or opts.max_memory_mb is not None, opts.population)
     name = opts.study or f"{Path(model_path).stem}-{'-'.join(opts.objectives)}"
     the_study = open_study(open_storage(opts.storage), name, [DIRECTIONS[o] for o in opts.objectives], meta, opt_sampler)
     # what fronts of this study are normalized by: measured once per study, not once per worker
@@ -178,6 +182,8 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
                 cons.append(values["error"] - opts.max_error)
             if opts.target_latency is not None:
                 cons.append(values["latency"] - opts.target_latency)
+            if opts.max_memory_mb is not None:
+                cons.append(values["memory"] - opts.max_memory_mb)
             record(trial, cons)
             trial.set_user_attr("layers_rewritten", len(result.rewritten))
             return tuple(values[o] for o in opts.objectives)

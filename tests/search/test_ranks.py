@@ -136,3 +136,17 @@ def test_gp_sampler_and_the_global_space_from_the_cli(demo_model, tmp_path):
     report = json.loads(text)
     assert report["space"]["mode"] == "global" and report["trials"]["complete"] == 6
     assert len(report["front"]) == 1 and report["front"][0]["verified"]
+
+
+def test_memory_is_an_objective_and_a_constraint(tmp_path):
+    """--objectives memory and --max-memory-mb: the predicted peak memory of one call; the front's
+    feasible points stay within the bound."""
+    from tensorfold.api import search_ranks
+    from tensorfold.cli import demo_model_path
+
+    report = search_ranks(demo_model_path(), objectives="memory,error", n_trials=6, max_memory_mb=0.6,
+                          output_dir=tmp_path / "p", save_models=False, progress=False)
+    assert report["baseline"]["memory"] > 0.6           # the input needs more than the bound
+    assert report["front"], report["failures"]
+    feasible = [p for p in report["front"] if p["values"]["memory"] <= 0.6]
+    assert feasible and all(p["values"]["memory"] < report["baseline"]["memory"] for p in feasible)

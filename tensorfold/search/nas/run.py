@@ -25,7 +25,7 @@ from tensorfold.search.nas.train import accuracy, train_network
 from tensorfold.search.objectives import DIRECTIONS, parse_names
 
 STRATEGIES = ("darts", "evolution", "random")
-NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency")
+NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency", "memory")
 IMAGE = (1, 28, 28)
 
 
@@ -42,19 +42,23 @@ class Scorer:
     (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
 
     def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 max_latency: float | None = None, device: str = "cpu"):
+                 max_latency: float | None = None, device: str = "cpu", max_memory_mb: float | None = None):
         self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
         self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
         self.host_table, self.device_table = host_table, device_table
-        self.max_latency = max_latency
+        self.max_latency, self.max_memory_mb = max_latency, max_memory_mb
         self.device = device
         self.count = 0
 
     def metrics(self, net) -> dict:
         from tensorfold.graph.stats import model_stats
 
-        m = {"params": net_params(net),
-             "flops": model_stats(to_onnx(net), {"input": [1, *IMAGE]}).flops,
+        from tensorfold.runtime.memory import predict_memory
+
+        model = to_onnx(net)
+        m = {"params": net_params(net), "flops": model_stats(model, {"input": [1, *IMAGE]}).flops,
+             # predicted peak of one call (weights, live activations, im2col): what the device must hold
+             "memory": predict_memory(model, {"input": [1, *IMAGE]}).total_bytes / 2**20,
              "host_ms": self.host_table.network_ms(net, IMAGE)}
         if self.device_table is not None:
             m["device_ms"] = self.device_table.network_ms(net, IMAGE)
@@ -67,8 +71,10 @@ class Scorer:
         train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count, device=self.device)
         m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
         s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start)
-        if self.max_latency is not None:       # <= 0 is feasible, as Optuna's constraints
-            s.user_attrs["constraints"] = [m["latency"] - self.max_latency]
+        # <= 0 is feasible, as Optuna's constraints
+        bounds = [(m["latency"], self.max_latency), (m["memory"], self.max_memory_mb)]
+        if any(bound is not None for _, bound in bounds):
+            s.user_attrs["constraints"] = [value - bound for value, bound in bounds if bound is not None]
         self.count += 1
         return s
 
@@ -133,6 +139,7 @@ class NasOptions:
     max_candidates: int | None = None
     genotype: str | os.PathLike | None = None
     max_latency: float | None = None
+    max_memory_mb: float | None = None
     torch_device: str = "cpu"
     progress: bool = True
 
@@ -147,6 +154,8 @@ class NasOptions:
                                   f"{','.join(objectives)}")
         if self.max_latency is not None and not self.max_latency > 0:
             raise TensorfoldError(f"--max-latency must be > 0 ms (got {self.max_latency})")
+        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
+            raise TensorfoldError(f"--max-memory-mb must be > 0 (got {self.max_memory_mb})")
         if not self.budget_minutes > 0:
             raise TensorfoldError(f"--budget-minutes must be > 0 (got {self.budget_minutes})")
 
@@ -189,7 +198,7 @@ def _search_nas(opts: NasOptions) -> dict:
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     deadline = start + budget_s
     scorer = Scorer(cfg, split, opts.objectives, opts.proxy_steps, opts.seed, host_table, device_table,
-                    opts.max_latency, opts.torch_device)
+                    opts.max_latency, opts.torch_device, opts.max_memory_mb)
     rng = np.random.default_rng(opts.seed)
     darts_info = None
     if given is not None:
@@ -233,7 +242,7 @@ def _search_nas(opts: NasOptions) -> dict:
                  f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)",
         "space": {"channels": opts.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
         "latency": {"host": f"{opts.provider} measured (op table)", "device": dev.name if dev else None,
-                    "max_latency_ms": opts.max_latency},
+                    "max_latency_ms": opts.max_latency, "max_memory_mb": opts.max_memory_mb},
         "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
         "final": final, "seconds": None,
     }

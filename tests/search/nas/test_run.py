@@ -111,3 +111,19 @@ def test_op_table_estimate_is_close_to_the_whole_graph_prediction(tmp_path):
     table = OpLatencyTable(device=dev, cache_dir=tmp_path)
     whole = predict_seconds(to_onnx(net), {"input": [1, 1, 28, 28]}, dev) * 1e3
     assert 0.7 * whole < table.network_ms(net, (1, 28, 28)) <= whole
+
+
+def test_scorer_predicts_memory_and_constrains_it():
+    """Every candidate carries its predicted peak memory; --max-memory-mb becomes a constraint
+    value (<= 0 feasible) beside --max-latency."""
+    from tensorfold.search.nas.run import Scorer
+
+    rng = np.random.default_rng(0)
+    data = (rng.random((32, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 32),
+            rng.random((16, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 16))
+    table = OpLatencyTable(threads=1, runs=2)
+    cfg = NetConfig(channels=4, layers=3)
+    scorer = Scorer(cfg, data, ("accuracy", "memory"), 2, 0, table, None, max_memory_mb=1e-3)
+    scored = scorer(random_genotype(rng))
+    assert scored.metrics["memory"] > 1e-3 and scored.values[1] == scored.metrics["memory"]
+    assert scored.user_attrs["constraints"] == [pytest.approx(scored.metrics["memory"] - 1e-3)]
