@@ -1,4 +1,5 @@
-"""The report of `pipeline`: every stage (teacher, NAS, decomposition, recovery) measured alike."""
+"""The report of `pipeline`: every stage (teacher, NAS, decomposition, recovery, int8) measured
+alike, latencies timed round-robin."""
 
 from __future__ import annotations
 
@@ -18,5 +19,7 @@ class PipelineReport(Report):
             table.add_row(s["stage"], s["model"], acc, f"{s['params']:,}", fmt_count(s["flops"]),
                           f"{s['host_ms']:.3f} ms")
         console.print(table)
+        for note in self.get("notes", []):
+            console.print(f"note: {note}")
         for note in self["optimize"]["notes"]:
             console.print(f"decomposition: {note}")

@@ -69,7 +69,12 @@ def test_pipeline_runs_every_stage(tmp_path):
                         "--output-dir", tmp_path / "p", "--json")
     assert code == 0, text
     report = json.loads(text[text.index("{"):])
-    assert [s["stage"].split(" ")[0] for s in report["stages"]] == ["teacher", "NAS,", "decomposed", "recovered"]
+    assert [s["stage"].split(" ")[0] for s in report["stages"]] == ["teacher", "NAS,", "decomposed", "recovered",
+                                                                    "recovered"]
+    assert report["stages"][-1]["stage"] == "recovered + int8" and (tmp_path / "p" / "recovered.int8.onnx").exists()
+    # a hardware-aware decomposition that rewrites nothing says why and falls back to parameters
+    fell_back = "by parameters" in report["stages"][2]["stage"]
+    assert fell_back == any("rewrote no layer" in n for n in report["notes"])
     # 20 training steps on 400 images may leave the NAS model at chance (0.1) on some runs: the
     # stages must run and report, not learn; the teacher is the one trained model here
     assert all(0 <= s["test_accuracy"] <= 1 and s["host_ms"] > 0 for s in report["stages"])
