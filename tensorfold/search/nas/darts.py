@@ -8,7 +8,9 @@ differences (eq. 7-8 of the paper).
 Collapse guard. DARTS drifts to cells full of parameter-free skip connections when searched long
 (Zela et al. 2020; DARTS+ by Liang et al. 2019). Two guards:
   earlystop  (DARTS+) derive the genotype after every epoch and stop once the normal cell holds
-             SKIP_LIMIT or more skip connections, returning the genotype of the epoch before;
+             SKIP_LIMIT or more skip connections, or half or more of its edges are parameter-free
+             (skips and pools: a cell of pools collapses as surely as one of skips), returning
+             the genotype of the epoch before;
   aux-skip   (DARTS-, Chu et al. 2021) an auxiliary skip beside every stride-1 mixed op, its
              weight beta decaying 1 -> 0 over the search, so skip stops being the easy way to
              pass gradients.
@@ -30,6 +32,20 @@ from tensorfold.search.nas.space import OPS, Genotype, NetConfig, _build, make_o
 from tensorfold.search.nas.train import accuracy
 
 SKIP_LIMIT = 2
+PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
+
+
+def collapse(genotype: Genotype) -> str | None:
+    """Why the normal cell counts as collapsed, or None: SKIP_LIMIT skips, or parameter-free ops on
+    half or more of its edges."""
+    skips = genotype.count("skip_connect")
+    if skips >= SKIP_LIMIT:
+        return f"{skips} skip connections in the normal cell"
+    edges = sum(len(node) for node in genotype.normal)
+    free = sum(genotype.count(op) for op in PARAMETER_FREE)
+    if edges and free * 2 >= edges:
+        return f"{free} of the normal cell's {edges} edges parameter-free (skips and pools)"
+    return None
 GUARDS = ("earlystop", "aux-skip", "none")
 
 
@@ -197,12 +213,13 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
         genotype = net.genotype()
         acc = accuracy(net, xv[:1000], yv[:1000], batch=250)
         history.append({"epoch": epoch, "genotype": genotype.as_dict(), "skips_normal": genotype.count("skip_connect"),
+                        "parameter_free_normal": sum(genotype.count(op) for op in PARAMETER_FREE),
                         "val_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
         bar.update(1)
         bar.set_postfix(acc=f"{acc:.3f}", skips=genotype.count("skip_connect"))
-        if guard == "earlystop" and genotype.count("skip_connect") >= SKIP_LIMIT:
-            stopped = (f"collapse guard: {genotype.count('skip_connect')} skip connections in the normal cell at "
-                       f"epoch {epoch}; kept the genotype of epoch {epoch - 1}")
+        why = collapse(genotype) if guard == "earlystop" else None
+        if why:
+            stopped = f"collapse guard: {why} at epoch {epoch}; kept the genotype of epoch {epoch - 1}"
             genotype = previous
             break
         previous = genotype

@@ -49,6 +49,7 @@ class Scorer:
         self.max_latency, self.max_memory_mb = max_latency, max_memory_mb
         self.device = device
         self.count = 0
+        self.bar = None            # a progress bar the search loop sets; each candidate moves it
 
     def metrics(self, net) -> dict:
         from tensorfold.graph.stats import model_stats
@@ -70,12 +71,16 @@ class Scorer:
         net = Network(genotype, self.cfg)
         train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count, device=self.device)
         m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
-        s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start)
+        s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start,
+                   weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
         # <= 0 is feasible, as Optuna's constraints
         bounds = [(m["latency"], self.max_latency), (m["memory"], self.max_memory_mb)]
         if any(bound is not None for _, bound in bounds):
             s.user_attrs["constraints"] = [value - bound for value, bound in bounds if bound is not None]
         self.count += 1
+        if self.bar is not None:
+            self.bar.update(min(time.perf_counter() - start, self.bar.total - self.bar.n))
+            self.bar.set_postfix(candidates=self.count, accuracy=f"{m['accuracy']:.3f}")
         return s
 
     def check_budget(self, budget_s: float, nodes: int) -> None:
@@ -216,12 +221,22 @@ def _search_nas(opts: NasOptions) -> dict:
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
         scorer.check_budget(budget_s - (time.perf_counter() - start), opts.nodes)
-        if strategy == "random":
-            candidates = random_search(scorer, deadline, rng, opts.nodes, opts.max_candidates)
-        elif len(opts.objectives) == 1:
-            candidates = aging_evolution(scorer, deadline, rng, opts.nodes, opts.objectives, opts.population, opts.sample, opts.max_candidates)
-        else:
-            candidates = nsga2_search(scorer, deadline, opts.seed, opts.nodes, opts.objectives, opts.population, opts.max_candidates)
+        from tqdm import tqdm
+
+        # the budget's seconds as the bar; each scored candidate moves it and shows the count and accuracy
+        scorer.bar = tqdm(total=round(max(0.0, deadline - time.perf_counter())), desc=f"nas {strategy}", unit="s",
+                          disable=not opts.progress)
+        try:
+            if strategy == "random":
+                candidates = random_search(scorer, deadline, rng, opts.nodes, opts.max_candidates)
+            elif len(opts.objectives) == 1:
+                candidates = aging_evolution(scorer, deadline, rng, opts.nodes, opts.objectives, opts.population,
+                                             opts.sample, opts.max_candidates)
+            else:
+                candidates = nsga2_search(scorer, deadline, opts.seed, opts.nodes, opts.objectives, opts.population,
+                                          opts.max_candidates)
+        finally:
+            scorer.bar.close()
     host_table.save()
     if device_table is not None:
         device_table.save()
@@ -253,7 +268,7 @@ def _search_nas(opts: NasOptions) -> dict:
         save_model(model, opts.output)
         report["output"] = str(opts.output)
     if out_dir is not None:
-        _write_dir(out_dir, report, candidates, front, final, model, dev)
+        _write_dir(out_dir, report, candidates, front, final, model, dev, cfg if len(opts.objectives) > 1 else None)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
         from tensorfold.outputs import write_text_atomic
@@ -330,11 +345,30 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
     return out
 
 
-def _write_dir(out_dir: Path, report, candidates, front, final, model, dev) -> None:
+def _write_dir(out_dir: Path, report, candidates, front, final, model, dev, cfg: NetConfig | None = None) -> None:
+    """model.onnx (the final network), genotype.json, candidates.json, front.png; with several
+    objectives (`cfg` given) also every Pareto point as point-K.onnx (its proxy-trained network) and
+    point-K.json (genotype, objectives, metrics), and front.json, as `search ranks` writes its front."""
     from tensorfold.graph.io import save_model
     from tensorfold.outputs import write_text_atomic
 
     out_dir.mkdir(exist_ok=True)
+    for stale in out_dir.glob("point-*"):     # an earlier run's points would read as this run's front
+        stale.unlink()
+    if cfg is not None:
+        points = []
+        for k, s in enumerate(front, start=1):
+            point = {"point": k, "candidate": s.number, "genotype": s.genotype.as_dict(),
+                     "values": dict(zip(report["objectives"], s.values)), "metrics": s.metrics}
+            write_text_atomic(out_dir / f"point-{k}.json", json.dumps(point, indent=2))
+            if s.weights is not None:
+                net = Network(s.genotype, cfg)
+                net.load_state_dict(s.weights)
+                point["model"] = str(save_model(to_onnx(net), out_dir / f"point-{k}.onnx"))
+            points.append(point)
+        write_text_atomic(out_dir / "front.json", json.dumps({"objectives": report["objectives"], "points": points},
+                                                             indent=2))
+        report["front_points"] = len(points)
     report["model"] = str(save_model(model, out_dir / "model.onnx"))
     write_text_atomic(out_dir / "genotype.json", json.dumps({"genotype": final["genotype"]}, indent=2))
     write_text_atomic(out_dir / "candidates.json", json.dumps([c.as_dict() for c in candidates], indent=2))

@@ -34,6 +34,7 @@ class Scored:
     metrics: dict
     seconds: float
     user_attrs: dict = field(default_factory=dict)
+    weights: dict | None = field(default=None, repr=False, compare=False)   # the proxy-trained network's
 
     @property
     def state(self) -> SimpleNamespace:

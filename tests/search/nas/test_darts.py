@@ -58,3 +58,18 @@ def test_a_budget_below_one_epoch_is_refused():
     x, y = _data(2048)
     with pytest.raises(TensorfoldError, match="too small for one DARTS epoch"):
         darts_search(x, y, CFG, epochs=1, batch=32, budget_s=0.01, progress=False)
+
+
+def test_the_collapse_guard_catches_pools_as_well_as_skips():
+    from tensorfold.search.nas.darts import collapse
+    from tensorfold.search.nas.space import Genotype
+
+    conv = (("sep_conv_3x3", 0), ("dil_conv_3x3", 1))
+    reduce = (conv, conv, conv)
+    healthy = Genotype((conv, (("skip_connect", 0), ("sep_conv_3x3", 1)), conv), reduce)
+    skips = Genotype(((("skip_connect", 0), ("skip_connect", 1)), conv, conv), reduce)
+    pools = Genotype(((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("sep_conv_3x3", 2)), conv),
+                     reduce)
+    assert collapse(healthy) is None
+    assert "2 skip connections" in collapse(skips)
+    assert "3 of the normal cell's 6 edges parameter-free" in collapse(pools)

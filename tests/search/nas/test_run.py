@@ -44,6 +44,13 @@ def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
     assert final["host_ms"] > 0 and final["device"] == "rx580" and final["device_ms"] > 0
     for name in ("model.onnx", "genotype.json", "candidates.json", "front.png", "report.json"):
         assert (out / name).exists(), name
+    # two objectives: every Pareto point is written, its proxy-trained network runs
+    front = json.loads((out / "front.json").read_text())
+    assert front["objectives"] == ["accuracy", "latency"] and front["points"]
+    for point in front["points"]:
+        assert (out / f"point-{point['point']}.json").exists() and set(point["values"]) == {"accuracy", "latency"}
+        got = make_session(point["model"]).run(None, {"input": np.zeros((1, 1, 28, 28), np.float32)})[0]
+        assert got.shape == (1, 10)
     x = np.zeros((2, 1, 28, 28), np.float32)
     assert make_session(str(tmp_path / "net.onnx")).run(None, {"input": x})[0].shape == (2, 10)
     # the written genotype replays without a search
