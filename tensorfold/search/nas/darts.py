@@ -32,6 +32,8 @@ from tensorfold.search.nas.space import OPS, Genotype, NetConfig, _build, make_o
 from tensorfold.search.nas.train import accuracy
 
 SKIP_LIMIT = 2
+MIN_EPOCHS = 3       # epochs a budget must hold: the guard compares each epoch's genotype with the last
+MIN_STEPS = 10       # steps an epoch needs to move alpha at all
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
 
 
@@ -112,6 +114,7 @@ class DartsResult:
     history: list[dict] = field(default_factory=list)     # per epoch: genotype, skips, val accuracy
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    subset: str = ""                 # how the epochs were shrunk to fit the budget, if they were
 
 
 def _batches(n: int, batch: int, rng):
@@ -170,7 +173,7 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
     steps_per_epoch = half // batch
     if steps_per_epoch < 1:
         raise TensorfoldError(f"DARTS needs at least {2 * batch} training images (got {len(x)})")
-    history, stopped, step, epoch = [], "epochs done", 0, 0
+    history, stopped, step, epoch, subset = [], "epochs done", 0, 0, ""
     previous = net.genotype()
     bar = tqdm(total=epochs, desc="darts", unit="epoch", disable=not progress)
     for epoch in range(1, epochs + 1):
@@ -201,14 +204,20 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
             if epoch == 1 and k < 2 and k < steps_per_epoch - 1:
                 continue
             if epoch == 1 and k == min(2, steps_per_epoch - 1):
-                # a budget that cannot hold one epoch is refused before it is spent
-                estimate = (time.perf_counter() - t0) / (k + 1) * steps_per_epoch
-                if estimate > budget_s:
+                # measured on the first steps (a few seconds, far under a tenth of any budget that can
+                # run): epochs shrink to a subset of the training images so MIN_EPOCHS fit the budget
+                step_s = (time.perf_counter() - t0) / (k + 1)
+                fit = int((budget_s - elapsed) / (MIN_EPOCHS * step_s))
+                if fit < min(MIN_STEPS, steps_per_epoch):
                     bar.close()
-                    raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small for one DARTS epoch "
-                                          f"(about {estimate / 60:.1f} min here); raise --budget-minutes or lower "
-                                          f"--train-size")
-            if elapsed > budget_s:
+                    raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small for DARTS here: "
+                                          f"{MIN_EPOCHS} epochs of {MIN_STEPS} steps take about "
+                                          f"{MIN_EPOCHS * MIN_STEPS * step_s / 60:.1f} min; raise --budget-minutes")
+                if fit < steps_per_epoch:
+                    steps_per_epoch = fit
+                    subset = (f"each epoch trains on {fit * batch} of the {half} weight-training images "
+                              f"({step_s:.2f} s per step here) so {MIN_EPOCHS} epochs fit the budget")
+            if elapsed > budget_s or k + 1 >= steps_per_epoch:
                 break
         genotype = net.genotype()
         acc = accuracy(net, xv[:1000], yv[:1000], batch=250)
@@ -228,4 +237,4 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
             break
     bar.close()
     peak = peak_rss_mb() + (torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else 0)
-    return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak)
+    return DartsResult(genotype, epoch, step, stopped, history, time.perf_counter() - start, peak, subset)

@@ -194,8 +194,10 @@ def _search_nas(opts: NasOptions) -> dict:
         if str(p) and not p.is_dir():
             raise TensorfoldError(f"output folder {p} does not exist")
     teacher_model = _load_teacher(opts.teacher)
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    # small cells on a few cores: more threads than cores' worth of work slows a step 10x on a busy
+    # 2-core host (54-75 s vs 3-4.5 s per supernet step measured with 2 threads and 1)
+    threads = opts.threads or (1 if (os.cpu_count() or 1) <= 4 else min(8, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads)
     split, desc = load_split(opts.data, opts.train_size, opts.val_size, opts.seed)
     cfg = NetConfig(channels=opts.channels, layers=opts.layers)
     budget_s = opts.budget_minutes * 60
@@ -216,6 +218,7 @@ def _search_nas(opts: NasOptions) -> dict:
         res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=budget_s - (time.perf_counter() - start), order=opts.order,
                            guard=opts.guard, seed=opts.seed, progress=opts.progress, device=opts.torch_device)
         darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
+                      "subset": res.subset,
                       "guard": opts.guard, "order": opts.order, "peak_memory_mb": round(res.peak_memory_mb, 1),
                       "seconds": round(res.seconds, 1)}
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
@@ -254,7 +257,9 @@ def _search_nas(opts: NasOptions) -> dict:
         "search_seconds": round(search_seconds, 1), "candidates": len(candidates),
         "proxy": (f"accuracy on {len(split[2])} held-out training images after {opts.proxy_steps} SGD steps from scratch "
                   f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
-                 f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)",
+                 f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)"
+                 + (f"; {darts_info['subset']}" if darts_info and darts_info.get("subset") else ""),
+        "threads": threads,
         "space": {"channels": opts.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
         "latency": {"host": f"{opts.provider} measured (op table)", "device": dev.name if dev else None,
                     "max_latency_ms": opts.max_latency, "max_memory_mb": opts.max_memory_mb},

@@ -54,10 +54,22 @@ def test_aux_skip_guard_decays_beta(monkeypatch):
     assert seen[1:] == pytest.approx([1.0, 2 / 3, 1 / 3])
 
 
-def test_a_budget_below_one_epoch_is_refused():
+def test_a_budget_below_three_short_epochs_is_refused():
     x, y = _data(2048)
-    with pytest.raises(TensorfoldError, match="too small for one DARTS epoch"):
+    with pytest.raises(TensorfoldError, match="too small for DARTS here"):
         darts_search(x, y, CFG, epochs=1, batch=32, budget_s=0.01, progress=False)
+
+
+def test_epochs_shrink_to_fit_the_budget(monkeypatch):
+    """A budget that cannot hold three full epochs trains each epoch on a subset, says so, and ends
+    within the budget (a clock that advances 1 s per reading stands in for slow steps)."""
+    clock = iter(np.arange(0, 1e6, 1.0))
+    monkeypatch.setattr(darts.time, "perf_counter", lambda: float(next(clock)))
+    x, y = _data(512)                                # 256 weight-training images: 32 steps of 8
+    res = darts_search(x, y, CFG, epochs=50, batch=8, guard="none", budget_s=60.0, progress=False)
+    assert "so 3 epochs fit the budget" in res.subset
+    per_epoch = int(res.subset.split(" of ")[0].split()[-1]) // 8
+    assert 10 <= per_epoch < 32 and res.epochs >= 3
 
 
 def test_the_collapse_guard_catches_pools_as_well_as_skips():
