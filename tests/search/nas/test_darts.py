@@ -85,3 +85,4 @@ def test_the_collapse_guard_catches_pools_as_well_as_skips():
     assert collapse(healthy) is None
     assert "2 skip connections" in collapse(skips)
     assert "3 of the normal cell's 6 edges parameter-free" in collapse(pools)
+    assert collapse(pools, epoch=1) is None and "2 skip connections" in collapse(skips, epoch=1)
