@@ -160,12 +160,13 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         teacher = members[0]
     elif members:
         teacher = EnsembleTeacher(members, teacher_weights)
+    ema = None      # --teacher self: the student's moving average (born-again generations replace `teacher`)
     if self_taught:
         if y is None:
             raise TensorfoldError("--teacher self needs labelled --data: the student's moving average only steadies "
                                   "what labels teach (without labels or the original model there is nothing to "
                                   "recover toward)")
-        teacher = EmaTeacher(module, features)
+        teacher = ema = EmaTeacher(module, features)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     def check(m, against=None) -> dict:
@@ -176,9 +177,6 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     # is no judge: self-taught runs are scored on their labels)
     judge = None if self_taught else teacher
     metric = metric_for(val_y is not None, spec)
-
-    def score(m) -> float:
-        return signed(check(m, judge), metric)
 
     peer_reports, peer_writes = [], []
     fingerprint = "+".join(model_fingerprint(m) for m in [student, *peer_models])
@@ -200,8 +198,8 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
                     if history.steps else 0, "stop": reason}
     if reason.startswith("loss became"):
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
-    generation_results = [check(module, judge)]
-    kept, kept_score, kept_generation = module, score(module), 1
+    generation_results = [check(module, judge)]         # each model is validated once
+    kept, after, kept_generation = module, generation_results[0], 1
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
         previous = module.write_back()
@@ -213,17 +211,17 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
         generation_results.append(check(module, judge))
-        gen_score = score(module)
-        if gen_score > kept_score:
-            kept, kept_score, kept_generation = module, gen_score, gen
+        if signed(generation_results[-1], metric) > signed(after, metric):
+            kept, after, kept_generation = module, generation_results[-1], gen
     if kept_generation != generations:      # a later generation is not better by itself
         module = kept
-        reason += (f"; generation {kept_generation} scored best (validation {metric} {abs(kept_score):.4f}) "
+        reason += (f"; generation {kept_generation} scored best (validation {metric} {after[metric]:.4f}) "
                    "and is written")
-    if self_taught and score(teacher.module) > score(module):
-        module = teacher.module
-        reason += "; the moving average scored better on validation than the student and is written"
-    after = check(module, judge)
+    if ema is not None:
+        averaged = check(ema.module, judge)
+        if signed(averaged, metric) > signed(after, metric):
+            module, after = ema.module, averaged
+            reason += "; the moving average scored better on validation than the student and is written"
     trained = module.write_back()
     save_model(trained, output_path)
     for pmod, path in peer_writes:      # only now: an error above leaves nothing written

@@ -373,6 +373,12 @@ def test_self_distillation_trains_on_labels_with_a_moving_average_teacher(studen
     assert report["teacher"].startswith("self") and report["metric"] == "accuracy"
     assert report["features_matched"] >= 2 and report["steps"] == 6
     assert (tmp_path / "r.onnx").exists()
+    # born-again generations replace the teacher; the moving average is still compared at the end
+    again = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[0]), "-o",
+                                      str(tmp_path / "g.onnx"), "--max-steps", "2", "--batch-size", "32",
+                                      "--generations", "2", "--json"])
+    assert again.exit_code == 0, again.output
+    assert len(json.loads(again.output)["generations"]) == 2
     unlabelled = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[1]),
                                            "-o", str(tmp_path / "u.onnx")])
     assert unlabelled.exit_code == 2 and "needs labelled --data" in unlabelled.output
