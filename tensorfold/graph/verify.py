@@ -105,7 +105,7 @@ def class_axes(model: onnx.ModelProto) -> dict[str, int]:
     return axes
 
 
-class _Accumulator:
+class OutputAccumulator:
     """Errors of one output pooled over every call."""
 
     def __init__(self, name: str, axis: int | None):
@@ -177,7 +177,7 @@ class _Accumulator:
 
 def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str],
                     axes: dict[str, int] | None = None) -> list[OutputCheck]:
-    accs = [_Accumulator(name, (axes or {}).get(name)) for name in names]
+    accs = [OutputAccumulator(name, (axes or {}).get(name)) for name in names]
     for acc, ref, got in zip(accs, reference, candidate):
         acc.add(ref, got)
     return [acc.result() for acc in accs]
@@ -201,7 +201,7 @@ class Reference:
             raise TensorfoldError("the two models have different outputs: "
                                   f"{self.names} vs {[o.name for o in rewritten.graph.output]}")
         session = _session(rewritten, self.provider, "the rewritten model")
-        accs = [_Accumulator(name, self.axes.get(name)) for name in self.names]
+        accs = [OutputAccumulator(name, self.axes.get(name)) for name in self.names]
         for call, reference in zip(self.calls, self.outputs):
             for acc, ref, got in zip(accs, reference, _run(session, call, "the rewritten model")):
                 acc.add(ref, got)

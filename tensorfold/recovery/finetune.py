@@ -98,12 +98,12 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Ou
     relative L2 error pooled over the samples ("output_error", the largest over outputs: what
     `tensorfold verify` would report) and, over outputs with a class axis, the share of equal
     argmaxes ("teacher_agreement")."""
+    from tensorfold.graph.verify import OutputAccumulator
+
     spec = spec if spec is not None else Outputs((), {0: -1})
     module.eval()
     device = next(module.parameters()).device
-    correct, n, agree, count = 0, 0, 0, 0
-    diff2: list[float] = []
-    ref2: list[float] = []
+    correct, n, pooled = 0, 0, []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = tensors(x[i:i + batch], device)
@@ -113,24 +113,23 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Ou
                 correct += int((pred.cpu().numpy() == y[i:i + batch]).sum())
             if teacher is not None:
                 t_outs, _ = teacher(*xb)
-                if not diff2:
-                    diff2, ref2 = [0.0] * len(outs), [0.0] * len(outs)
-                for k, (s_k, t_k) in enumerate(zip(outs, t_outs)):
-                    if s_k.is_floating_point():
-                        diff2[k] += float(((s_k.double() - t_k.double()) ** 2).sum())
-                        ref2[k] += float((t_k.double() ** 2).sum())
-                    if k in spec.axes and s_k.ndim and s_k.shape[spec.axes[k]] > 1:
-                        same = s_k.argmax(spec.axes[k]) == t_k.argmax(spec.axes[k])
-                        agree += int(same.sum())
-                        count += same.numel()
+                # the accumulators `tensorfold verify` pools its errors with
+                pooled = pooled or [OutputAccumulator(f"output {k}", spec.axes.get(k)) for k in range(len(outs))]
+                for acc, s_k, t_k in zip(pooled, outs, t_outs):
+                    acc.add(t_k.float().cpu().numpy() if t_k.is_floating_point() else t_k.cpu().numpy(),
+                            s_k.float().cpu().numpy() if s_k.is_floating_point() else s_k.cpu().numpy())
             n += len(xb[0])
     out = {}
     if y is not None:
         out["accuracy"] = correct / n
-    if teacher is not None and diff2:
-        out["output_error"] = max(float(np.sqrt(d / r)) if r > 0 else float(np.sqrt(d)) for d, r in zip(diff2, ref2))
-        if count:
-            out["teacher_agreement"] = agree / count
+    checks = [acc.result() for acc in pooled]
+    # plain floats: the result goes into checkpoints, which load weights_only (no numpy scalars)
+    errors = [float(c.relative_error) for c in checks if c.relative_error is not None]
+    if errors:
+        out["output_error"] = max(errors)
+    counts = sum(acc.argmax_count for acc in pooled)
+    if counts:
+        out["teacher_agreement"] = sum(acc.argmax_equal for acc in pooled) / counts
     return out
 
 

@@ -64,9 +64,9 @@ def test_a_channel_group_far_off_shows_although_the_overall_error_is_small():
 
 def test_channels_are_dropped_when_axis_one_changes_between_calls():
     """An RNN's h_n is (layers, N, H): axis 1 is the batch, 8 then 4 samples per call."""
-    from tensorfold.graph.verify import _Accumulator
+    from tensorfold.graph.verify import OutputAccumulator
 
-    acc = _Accumulator("h_n", None)
+    acc = OutputAccumulator("h_n", None)
     for n in (8, 4):
         ref = np.ones((1, n, 16), np.float32)
         acc.add(ref, ref * 1.01)
@@ -75,8 +75,8 @@ def test_channels_are_dropped_when_axis_one_changes_between_calls():
 
 
 def test_nan_in_the_original_alone_does_not_fail_the_candidate():
-    from tensorfold.graph.verify import _Accumulator
+    from tensorfold.graph.verify import OutputAccumulator
 
-    acc = _Accumulator("y", None)
+    acc = OutputAccumulator("y", None)
     acc.add(np.array([[np.nan, 1.0]]), np.array([[0.5, 1.0]]))
     assert acc.result().nonfinite == 0
