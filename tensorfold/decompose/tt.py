@@ -122,8 +122,9 @@ def tt_rank_ladder(tensor, shares: Sequence[float]) -> list[tuple[tuple[int, ...
     discards less than the product says, because the directions one bond drops are largely those
     the next would drop. Measured against the exact error on the demo CNN's and a ResNet-18's kxk
     convs (tests/decompose/test_tt.py checks it stays within the bounds): estimate / exact has median
-    0.86, 10th-90th percentile 0.73-1.0; the upper bounds alone overstate the middle of the ladder
-    by up to 1.45x, which made a budget collapse a layer to rank 1 (a trained CNN at chance).
+    0.87, 10th-90th percentile 0.73-1.0; the upper bounds alone overstate the middle of the ladder
+    by up to 1.48x (tools/bench_tt_estimate.py), which made a budget collapse a layer to rank 1 (a
+    trained CNN at chance).
 
     The exact ladder (tt_svd with a memo) needs one eigendecomposition per bond per distinct
     prefix of ranks: on a ResNet-18 kxk conv ~35 instead of 3.
