@@ -107,11 +107,11 @@ class OptimizeOptions:
         if self.method not in (*METHODS, "none"):
             raise TensorfoldError(f"unknown method '{self.method}' (choose from {', '.join((*METHODS, 'none'))})")
         spec = self.spec        # RankSpec checks the rank options themselves
+        rank_flags = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
+                                            ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf)) if on]
+        hardware = ["--hardware-aware"] if self.hardware_aware else []
         if self.config is not None:
-            given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
-                                           ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
-                                           ("--method", self.method != "auto"),
-                                           ("--hardware-aware", self.hardware_aware)) if on]
+            given = rank_flags + (["--method"] if self.method != "auto" else []) + hardware
             if given:
                 raise TensorfoldError(f"--config sets the method and ranks of every layer; drop {', '.join(given)}")
         if self.calibration is None:
@@ -123,14 +123,11 @@ class OptimizeOptions:
         if self.max_output_error is not None:
             if not self.max_output_error > 0:
                 raise TensorfoldError(f"--max-output-error must be > 0 (got {self.max_output_error})")
-            given = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
-                                           ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf),
-                                           ("--config", self.config is not None),
-                                           ("--hardware-aware", self.hardware_aware),
-                                           ("--method none", self.method == "none")) if on]
+            given = rank_flags + (["--config"] if self.config is not None else []) + hardware + \
+                (["--method none"] if self.method == "none" else [])
             if given:
                 raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
-        if self.method == "none" and (spec != RankSpec() or self.hardware_aware or self.config is not None):
+        if self.method == "none" and (rank_flags or self.hardware_aware or self.config is not None):
             raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
 
     @property
