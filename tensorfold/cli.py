@@ -378,7 +378,8 @@ def search_ranks_cmd(model, as_json, **options):
 @click.option("--objectives", default="accuracy", show_default=True,
               help="comma-separated: accuracy, params, flops, latency, memory (several: NSGA-II for evolution)")
 @click.option("--data", default="fashion-mnist", show_default=True, help="labelled 28x28 images: fashion-mnist, a folder, an .npz")
-@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True, help="wall-clock budget of the search")
+@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True,
+              help="wall-clock budget of the whole run: search, final training and measurement")
 @click.option("--device", help="predict latency for this device (rx580, gtx1060, ...); the host is always measured")
 @click.option("--provider", default="cpu", show_default=True, help="provider the host latency is measured on")
 @click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
@@ -387,14 +388,17 @@ def search_ranks_cmd(model, as_json, **options):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the trained network as ONNX")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="model.onnx, genotype.json, candidates.json, front.png, report.json")
-@click.option("--channels", type=_POSITIVE, default=8, show_default=True, help="channels of the first cells")
+@click.option("--channels", type=_POSITIVE, help="channels of the first cells (default: 8, or 6 or 4 for the candidates "
+              "when 8 leaves too few to fit the budget)")
 @click.option("--layers", type=_POSITIVE, default=5, show_default=True, help="cells (reductions at 1/3 and 2/3)")
 @click.option("--nodes", type=_POSITIVE, default=3, show_default=True, help="intermediate nodes per cell")
 @click.option("--train-size", type=_POSITIVE, default=4000, show_default=True, help="training images the search uses")
 @click.option("--val-size", type=_POSITIVE, default=1000, show_default=True, help="held-out training images that score candidates")
-@click.option("--proxy-steps", type=_POSITIVE, default=100, show_default=True, help="SGD steps that score one candidate")
-@click.option("--final-steps", type=_POSITIVE, default=600, show_default=True, help="SGD steps of the final training")
-@click.option("--final-channels", type=_POSITIVE, help="channels of the final network (default: --channels)")
+@click.option("--proxy-steps", type=_POSITIVE,
+              help="SGD steps that score one candidate (default: 100, down to 30 to fit the budget)")
+@click.option("--final-steps", type=_POSITIVE,
+              help="SGD steps of the final training (default: 600, fewer to end inside the budget)")
+@click.option("--final-channels", type=_POSITIVE, help="channels of the final network (default: --channels, or 8)")
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True, help="DARTS: first or second order")
 @click.option("--guard", type=click.Choice(["earlystop", "aux-skip", "none"]), default="earlystop", show_default=True,
               help="DARTS collapse guard: DARTS+ early stop on skip dominance, or DARTS- auxiliary skip")
@@ -416,13 +420,16 @@ def search_nas_cmd(as_json, **options):
 @main.command("pipeline")
 @click.option("--data", default="fashion-mnist", show_default=True)
 @click.option("--strategy", type=click.Choice(["darts", "evolution", "random"]), default="evolution", show_default=True)
-@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True, help="architecture search budget")
+@click.option("--budget-minutes", type=_POSITIVE_FLOAT, default=10.0, show_default=True,
+              help="budget of the NAS stage: search and the found network's training")
 @click.option("--teacher", type=click.Path(path_type=Path), required=True,
               help="ONNX model the found network is distilled from")
 @click.option("--device", help="also predict latency for this device (rx580, ...)")
-@click.option("--proxy-steps", type=_POSITIVE, default=100, show_default=True, help="SGD steps that score one candidate")
+@click.option("--proxy-steps", type=_POSITIVE,
+              help="SGD steps that score one candidate (default: 100, down to 30 to fit the budget)")
 @click.option("--train-size", type=_POSITIVE, default=4000, show_default=True, help="training images the search uses")
-@click.option("--final-steps", type=_POSITIVE, default=600, show_default=True)
+@click.option("--final-steps", type=_POSITIVE,
+              help="SGD steps of the found network's training (default: 600, fewer to end inside the budget)")
 @click.option("--final-channels", type=_POSITIVE, default=16, show_default=True)
 @click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
 @click.option("--ratio", type=_POSITIVE_FLOAT, default=2.0, show_default=True,

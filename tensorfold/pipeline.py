@@ -44,7 +44,7 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
 
 def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, data: str = "fashion-mnist",
                  strategy: str = "evolution", budget_minutes: float = 10.0, device: str | None = None,
-                 final_steps: int = 600, final_channels: int = 16, method: str = "auto", ratio: float = 2.0,
+                 final_steps: int | None = None, final_channels: int = 16, method: str = "auto", ratio: float = 2.0,
                  recover_steps: int = 300, threads: int = 0, seed: int = 0, hardware_aware: bool = True,
                  progress: bool = True, **nas_options) -> PipelineReport:
     """hardware_aware: the decomposition keeps a layer's chain only where it is faster on the CPU

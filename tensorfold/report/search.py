@@ -59,7 +59,10 @@ class NasReport(Report):
     def render(self, console: Console) -> None:
         f = self["final"]
         console.print(f"[bold]{self['strategy']}[/] on {self['data']}: {self['candidates']} candidate(s) in "
-                      f"{self['search_seconds']:.0f} s (budget {self['budget_minutes']:g} min)")
+                      f"{self['search_seconds']:.0f} s; whole run {self['seconds']:.0f} s (budget "
+                      f"{self['budget_minutes']:g} min)")
+        for note in (self.get("budget") or {}).get("notes", []):
+            console.print(f"budget: {note}")
         if self.get("darts"):
             d = self["darts"]
             console.print(f"DARTS: {d['epochs']} epoch(s), {d['steps']} steps, {d['stopped']}; peak memory "

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.space import Genotype, NetConfig, Network, heaviest_genotype, to_onnx
+from tensorfold.search.nas.budget import FINAL_OVERHEAD_S, plan_budget
+from tensorfold.search.nas.space import Genotype, NetConfig, Network, to_onnx
 from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search
 from tensorfold.search.nas.train import accuracy, train_network
 from tensorfold.search.objectives import DIRECTIONS, parse_names
@@ -83,17 +84,6 @@ class Scorer:
             self.bar.set_postfix(candidates=self.count, accuracy=f"{m['accuracy']:.3f}")
         return s
 
-    def check_budget(self, budget_s: float, nodes: int) -> None:
-        """Refuse a budget that cannot hold one candidate's proxy training (or one DARTS epoch)."""
-        net = Network(heaviest_genotype(nodes), self.cfg)
-        t = time.perf_counter()
-        train_network(net, self.tx, self.ty, steps=3, device=self.device)
-        estimate = (time.perf_counter() - t) / 3 * self.proxy_steps
-        if estimate > budget_s:
-            raise TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small to train one candidate "
-                                  f"(about {estimate / 60:.1f} min for --proxy-steps {self.proxy_steps} here); raise "
-                                  f"--budget-minutes or lower --proxy-steps")
-
 
 def load_split(data: str, train_size: int, val_size: int, seed: int):
     """Search data from the training split only: (train, val) subsets, disjoint."""
@@ -129,13 +119,13 @@ class NasOptions:
     output: str | os.PathLike | None = None
     output_dir: str | os.PathLike | None = None
     seed: int = 0
-    channels: int = 8
+    channels: int | None = None          # None: fit the budget (8, else 6 or 4 for the candidates)
     layers: int = 5
     nodes: int = 3
     train_size: int = 4000
     val_size: int = 1000
-    proxy_steps: int = 100
-    final_steps: int = 600
+    proxy_steps: int | None = None       # None: fit the budget (100, down to 30)
+    final_steps: int | None = None       # None: fit the budget (600, down to 100)
     final_channels: int | None = None
     order: int = 1
     guard: str = "earlystop"
@@ -199,12 +189,14 @@ def _search_nas(opts: NasOptions) -> dict:
     threads = opts.threads or (1 if (os.cpu_count() or 1) <= 4 else min(8, (os.cpu_count() or 2) // 2))
     torch.set_num_threads(threads)
     split, desc = load_split(opts.data, opts.train_size, opts.val_size, opts.seed)
-    cfg = NetConfig(channels=opts.channels, layers=opts.layers)
     budget_s = opts.budget_minutes * 60
+    plan = plan_budget(opts, split, budget_s, time.perf_counter() - start)
+    cfg = NetConfig(channels=plan.channels, layers=opts.layers)
     host_table = OpLatencyTable(opts.provider, opts.threads)
     device_table = OpLatencyTable(device=dev) if dev is not None else None
-    deadline = start + budget_s
-    scorer = Scorer(cfg, split, opts.objectives, opts.proxy_steps, opts.seed, host_table, device_table,
+    # a candidate starts only if the costliest one would still end before the final training's share
+    deadline = plan.search_deadline(start) - plan.proxy_steps * plan.step_s
+    scorer = Scorer(cfg, split, opts.objectives, plan.proxy_steps, opts.seed, host_table, device_table,
                     opts.max_latency, opts.torch_device, opts.max_memory_mb)
     rng = np.random.default_rng(opts.seed)
     darts_info = None
@@ -215,15 +207,19 @@ def _search_nas(opts: NasOptions) -> dict:
         from tensorfold.search.nas.darts import darts_search
 
         tx, ty, _, _ = split
-        res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=budget_s - (time.perf_counter() - start), order=opts.order,
-                           guard=opts.guard, seed=opts.seed, progress=opts.progress, device=opts.torch_device)
+        try:
+            res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=plan.search_deadline(start) - time.perf_counter(),
+                               order=opts.order, guard=opts.guard, seed=opts.seed, progress=opts.progress,
+                               device=opts.torch_device)
+        except TensorfoldError as exc:
+            raise TensorfoldError(f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "
+                                  f"{plan.final_reserve_s:.0f} s for the final training)") from None
         darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
                       "subset": res.subset,
                       "guard": opts.guard, "order": opts.order, "peak_memory_mb": round(res.peak_memory_mb, 1),
                       "seconds": round(res.seconds, 1)}
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
-        scorer.check_budget(budget_s - (time.perf_counter() - start), opts.nodes)
         from tqdm import tqdm
 
         # the budget's seconds as the bar; each scored candidate moves it and shows the count and accuracy
@@ -247,20 +243,26 @@ def _search_nas(opts: NasOptions) -> dict:
     if not candidates:
         raise TensorfoldError("the budget ended before any candidate was scored; raise --budget-minutes")
     front, chosen = _choose(candidates, opts.objectives)
-    final = train_final(chosen.genotype, NetConfig(channels=opts.final_channels or opts.channels, layers=opts.layers), opts.data,
-                        opts.final_steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress, opts.torch_device)
+    # steps the user left to the plan end with the budget, whatever the search left over
+    final_deadline = start + budget_s - FINAL_OVERHEAD_S if opts.final_steps is None else None
+    final = train_final(chosen.genotype, NetConfig(channels=plan.final_channels, layers=opts.layers), opts.data,
+                        plan.final_steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress,
+                        opts.torch_device, final_deadline)
+    if final["steps"] < plan.final_steps:
+        plan.notes.append(f"final training stopped after {final['steps']} of {plan.final_steps} steps at the "
+                          f"budget's end")
     report = {
         "strategy": strategy + (f" (order {opts.order}, guard {opts.guard})" if strategy == "darts" else
                                 " (aging evolution)" if strategy == "evolution" and len(opts.objectives) == 1 else
                                 " (NSGA-II)" if strategy == "evolution" else ""),
         "objectives": list(opts.objectives), "data": desc, "budget_minutes": opts.budget_minutes,
         "search_seconds": round(search_seconds, 1), "candidates": len(candidates),
-        "proxy": (f"accuracy on {len(split[2])} held-out training images after {opts.proxy_steps} SGD steps from scratch "
+        "proxy": (f"accuracy on {len(split[2])} held-out training images after {plan.proxy_steps} SGD steps from scratch "
                   f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
                  f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)"
                  + (f"; {darts_info['subset']}" if darts_info and darts_info.get("subset") else ""),
-        "threads": threads,
-        "space": {"channels": opts.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
+        "threads": threads, "budget": plan.as_dict(),
+        "space": {"channels": plan.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
         "latency": {"host": f"{opts.provider} measured (op table)", "device": dev.name if dev else None,
                     "max_latency_ms": opts.max_latency, "max_memory_mb": opts.max_memory_mb},
         "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
@@ -313,7 +315,7 @@ def _choose(candidates, objectives):
 
 
 def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
-                threads: int, dev, progress: bool, torch_device: str = "cpu") -> dict:
+                threads: int, dev, progress: bool, torch_device: str = "cpu", deadline: float | None = None) -> dict:
     """Train on the whole training split, test on the test split (never seen by the search)."""
     from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.stats import model_stats
@@ -330,7 +332,7 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
         teacher = OnnxTeacher(teacher_model, [], threads)
     net = Network(genotype, cfg)
     t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress,
-                      device=torch_device)
+                      device=torch_device, deadline=deadline)
     model = to_onnx(net)
     out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
            "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}

@@ -14,9 +14,11 @@ from torch import nn
 
 def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 0.05,
                   seed: int = 0, teacher=None, temperature: float = 4.0, alpha: float = 0.7,
-                  progress: bool = False, device: str = "cpu") -> dict:
+                  progress: bool = False, device: str = "cpu", deadline: float | None = None) -> dict:
     """SGD (Nesterov, cosine) for `steps` steps; with `teacher` (an OnnxTeacher) the loss is
-    alpha * Hinton KD + (1 - alpha) * cross-entropy."""
+    alpha * Hinton KD + (1 - alpha) * cross-entropy. With `deadline` (a time.perf_counter() value)
+    the steps shrink, once the first three are timed, to what ends by then (the cosine schedule
+    follows the new count)."""
     from tqdm import tqdm
 
     from tensorfold.recovery.distill import hinton_kd
@@ -29,7 +31,14 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
     order, pos = rng.permutation(len(x)), 0
     net.train()
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc="train", unit="step", disable=not progress, leave=False):
+    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, leave=False)
+    step = 0
+    while step < steps:
+        if deadline is not None and step == 3:
+            fit = 3 + int((deadline - time.perf_counter()) / ((time.perf_counter() - start) / 3))
+            if fit < steps:
+                steps = max(4, fit)
+                bar.total = steps
         if pos + batch > len(order):
             order, pos = rng.permutation(len(x)), 0
         idx = torch.from_numpy(order[pos:pos + batch]).to(device)
@@ -46,6 +55,9 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
+        step += 1
+        bar.update(1)
+    bar.close()
     return {"steps": steps, "seconds": time.perf_counter() - start}
 
 

@@ -86,3 +86,8 @@ def test_the_collapse_guard_catches_pools_as_well_as_skips():
     assert "2 skip connections" in collapse(skips)
     assert "3 of the normal cell's 6 edges parameter-free" in collapse(pools)
     assert collapse(pools, epoch=1) is None and "2 skip connections" in collapse(skips, epoch=1)
+    # pools that recede (4 of 6 -> 3 of 6) are early noise, not collapse; rising ones are
+    more_pools = Genotype(((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("max_pool_3x3", 2)),
+                           conv), reduce)
+    assert collapse(pools, 2, before=more_pools) is None
+    assert "rising" in collapse(more_pools, 2, before=pools) and collapse(pools, 2, before=healthy)
