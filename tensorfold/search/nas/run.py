@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.budget import FINAL_OVERHEAD_S, plan_budget
+from tensorfold.search.nas.budget import FINAL_OVERHEAD_S, FINAL_STEPS, plan_budget
 from tensorfold.search.nas.space import Genotype, NetConfig, Network, to_onnx
 from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search
 from tensorfold.search.nas.train import accuracy, train_network
@@ -245,12 +245,14 @@ def _search_nas(opts: NasOptions) -> dict:
     front, chosen = _choose(candidates, opts.objectives)
     # steps the user left to the plan end with the budget, whatever the search left over
     final_deadline = start + budget_s - FINAL_OVERHEAD_S if opts.final_steps is None else None
+    # (the plan's steps sized the reserve for the slowest network; the chosen one trains up to the
+    # default and stops with the budget)
+    steps = opts.final_steps or FINAL_STEPS[0]
     final = train_final(chosen.genotype, NetConfig(channels=plan.final_channels, layers=opts.layers), opts.data,
-                        plan.final_steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress,
+                        steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress,
                         opts.torch_device, final_deadline)
-    if final["steps"] < plan.final_steps:
-        plan.notes.append(f"final training stopped after {final['steps']} of {plan.final_steps} steps at the "
-                          f"budget's end")
+    if final["steps"] < steps:
+        plan.notes.append(f"final training: {final['steps']} of {steps} steps fit the time the search left")
     report = {
         "strategy": strategy + (f" (order {opts.order}, guard {opts.guard})" if strategy == "darts" else
                                 " (aging evolution)" if strategy == "evolution" and len(opts.objectives) == 1 else
