@@ -137,6 +137,8 @@ class NasOptions:
     max_memory_mb: float | None = None
     torch_device: str = "cpu"
     progress: bool = True
+    started: float | None = None         # time.perf_counter() when the budget began (default: this call);
+                                         # the CLI passes its start, so imports count against the budget
 
     def __post_init__(self):
         object.__setattr__(self, "order", int(self.order))
@@ -166,7 +168,7 @@ def _search_nas(opts: NasOptions) -> dict:
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
 
-    start = time.perf_counter()
+    start = opts.started if opts.started is not None else time.perf_counter()
     strategy = opts.strategy
     given = None
     if opts.genotype is not None:
