@@ -403,6 +403,9 @@ def search_ranks_cmd(model, as_json, **options):
 @click.option("--guard", type=click.Choice(["earlystop", "aux-skip", "none"]), default="earlystop", show_default=True,
               help="DARTS collapse guard: DARTS+ early stop on skip dominance, or DARTS- auxiliary skip")
 @click.option("--population", type=_POSITIVE, default=10, show_default=True, help="evolution: population size")
+@click.option("--max-candidates", type=_POSITIVE, help="evolution/random: stop after this many candidates")
+@click.option("--max-epochs", type=_POSITIVE, default=50, show_default=True,
+              help="DARTS: epochs of its schedule (the budget may stop it sooner)")
 @click.option("--max-latency", type=_POSITIVE_FLOAT,
               help="constraint: latency (ms; --device's prediction, else measured on the host) at most this")
 @click.option("--max-memory-mb", type=_POSITIVE_FLOAT,
@@ -433,6 +436,7 @@ def search_nas_cmd(as_json, **options):
 @click.option("--train-size", type=_POSITIVE, default=4000, show_default=True, help="training images the search uses")
 @click.option("--final-steps", type=_POSITIVE,
               help="SGD steps of the found network's training (default: 600, fewer to end inside the budget)")
+@click.option("--max-candidates", type=_POSITIVE, help="evolution/random: stop after this many candidates")
 @click.option("--final-channels", type=_POSITIVE, default=16, show_default=True)
 @click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
 @click.option("--ratio", type=_POSITIVE_FLOAT, default=2.0, show_default=True,

@@ -24,7 +24,8 @@ from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, NetConfig, Netwo
 from tensorfold.search.nas.train import train_network
 
 PRECHECK_SHARE = 0.1      # the pre-check never spends more than this share of the budget
-FINAL_SHARE = 0.3         # the final training's share of the budget, at most
+FINAL_SHARE = 0.3         # the final training's share of the budget, as a rule
+MAX_FINAL_SHARE = 0.6     # ... and at most, for its fewest steps on a slow host
 FINAL_OVERHEAD_S = 8.0    # export, test on 10,000 images and latency runs after the final training (measured: 3-6 s)
 WIDTHS = (8, 6, 4)        # search widths tried, widest first, when --channels is left unset
 PROXY_STEPS = (100, 30)   # proxy steps: the default and the fewest that still rank candidates
@@ -112,8 +113,8 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
     clock = _Clock(tx, ty, opts.layers, opts.nodes, limit, opts.torch_device)
     notes: list[str] = []
 
-    def too_small(what: str):
-        return TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small {what}; raise --budget-minutes")
+    def too_small(what: str, fix: str = "raise --budget-minutes"):
+        return TensorfoldError(f"the budget ({budget_s / 60:.1f} min) is too small {what}; {fix}")
 
     widths = (opts.channels,) if opts.channels is not None else WIDTHS
     channels = widths[0]
@@ -131,8 +132,11 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
         share = FINAL_SHARE * budget_s if searching else left - FINAL_OVERHEAD_S
         final_steps = min(FINAL_STEPS[0], int(share / final_step_s))
         if final_steps < FINAL_STEPS[1]:
-            raise too_small(f"for the final training: {FINAL_STEPS[1]} steps take about "
-                            f"{FINAL_STEPS[1] * final_step_s / 60:.1f} min here")
+            # the fewest steps worth a report may take more than the share, not more than MAX_FINAL_SHARE
+            if FINAL_STEPS[1] * final_step_s > MAX_FINAL_SHARE * (left - FINAL_OVERHEAD_S):
+                raise too_small(f"for the final training: {FINAL_STEPS[1]} steps take about "
+                                f"{FINAL_STEPS[1] * final_step_s / 60:.1f} min here")
+            final_steps = FINAL_STEPS[1]
         if final_steps < FINAL_STEPS[0]:
             notes.append(f"final training: {final_steps} steps of the slowest network fit {FINAL_SHARE:.0%} of the "
                          f"budget ({final_step_s:.3f} s per step); the chosen one trains up to {FINAL_STEPS[0]} "
@@ -145,7 +149,7 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
 
     proxy_steps = opts.proxy_steps or PROXY_STEPS[0]
     if searching and opts.strategy != "darts":
-        wanted = GENERATIONS * opts.population
+        wanted = min(GENERATIONS * opts.population, opts.max_candidates or GENERATIONS * opts.population)
 
         def count(step: float, steps: int) -> int:
             return int(search_s / (step * steps)) if search_s > 0 else 0
@@ -169,7 +173,7 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
         if count(step_s, proxy_steps) < 1:
             raise too_small(f"to train one candidate (about {proxy_steps * step_s / 60:.1f} min for "
                             f"{proxy_steps} proxy steps here, with {final_reserve / 60:.1f} min kept for the final "
-                            f"training); raise --budget-minutes or lower --proxy-steps")
+                            f"training)", "raise --budget-minutes or lower --proxy-steps")
     notes.insert(0, f"pre-check: {clock.spent:.1f} s timing training steps ({step_s:.3f} s per step of a typical "
                     f"candidate at {channels} channels, {final_step_s:.3f} s of the slowest network at "
                     f"{final_channels}); {final_reserve:.0f} s kept for the final training and measurement")

@@ -131,7 +131,8 @@ class NasOptions:
     guard: str = "earlystop"
     population: int = 10
     sample: int = 3
-    max_candidates: int | None = None
+    max_candidates: int | None = None    # evolution/random: stop after this many, budget or not
+    max_epochs: int = 50                 # DARTS: epochs of its schedule (the budget may stop it sooner)
     genotype: str | os.PathLike | None = None
     max_latency: float | None = None
     max_memory_mb: float | None = None
@@ -211,7 +212,8 @@ def _search_nas(opts: NasOptions) -> dict:
         tx, ty, _, _ = split
         try:
             res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=plan.search_deadline(start) - time.perf_counter(),
-                               order=opts.order, guard=opts.guard, seed=opts.seed, progress=opts.progress,
+                               epochs=opts.max_epochs, order=opts.order, guard=opts.guard, seed=opts.seed,
+                               progress=opts.progress,
                                device=opts.torch_device)
         except TensorfoldError as exc:
             raise TensorfoldError(f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "

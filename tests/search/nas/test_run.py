@@ -34,7 +34,7 @@ def test_op_latency_table_is_cached_on_disk(tmp_path):
 def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
     out = tmp_path / "nas"
     code, text = invoke("search", "nas", "--strategy", "evolution", "--objectives", "accuracy,latency",
-                        "--device", "rx580", "--budget-minutes", "0.25", "--output-dir", out, "-o",
+                        "--device", "rx580", "--budget-minutes", "2", "--max-candidates", "4", "--output-dir", out, "-o",
                         tmp_path / "net.onnx", "--json", *TINY)
     assert code == 0, text
     report = json.loads(text[text.index("{"):])
@@ -61,7 +61,8 @@ def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
 
 @needs_data
 def test_darts_from_the_cli_reports_its_guard(tmp_path):
-    code, text = invoke("search", "nas", "--strategy", "darts", "--budget-minutes", "0.5", "--json", *TINY)
+    code, text = invoke("search", "nas", "--strategy", "darts", "--budget-minutes", "2", "--max-epochs", "2", "--json",
+                        *TINY)
     assert code == 0, text
     report = json.loads(text[text.index("{"):])
     assert report["darts"]["guard"] == "earlystop" and report["darts"]["epochs"] >= 1
@@ -70,8 +71,8 @@ def test_darts_from_the_cli_reports_its_guard(tmp_path):
 
 @needs_data
 def test_pipeline_runs_every_stage(tmp_path):
-    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "0.3",
-                        "--proxy-steps", "5", "--train-size", "400",
+    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "2",
+                        "--max-candidates", "3", "--proxy-steps", "5", "--train-size", "400",
                         "--final-steps", "20", "--final-channels", "4", "--recover-steps", "5", "--threads", "1",
                         "--output-dir", tmp_path / "p", "--json")
     assert code == 0, text
