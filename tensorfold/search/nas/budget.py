@@ -133,7 +133,7 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
         final_steps = min(FINAL_STEPS[0], int(share / final_step_s))
         if final_steps < FINAL_STEPS[1]:
             # the fewest steps worth a report may take more than the share, not more than MAX_FINAL_SHARE
-            if FINAL_STEPS[1] * final_step_s > MAX_FINAL_SHARE * (left - FINAL_OVERHEAD_S):
+            if FINAL_STEPS[1] * final_step_s > (MAX_FINAL_SHARE if searching else 1.0) * (left - FINAL_OVERHEAD_S):
                 raise too_small(f"for the final training: {FINAL_STEPS[1]} steps take about "
                                 f"{FINAL_STEPS[1] * final_step_s / 60:.1f} min here")
             final_steps = FINAL_STEPS[1]
@@ -142,7 +142,8 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
                          f"budget ({final_step_s:.3f} s per step); the chosen one trains up to {FINAL_STEPS[0]} "
                          f"until the budget's end")
     final_reserve = final_steps * final_step_s + FINAL_OVERHEAD_S
-    step_s = clock.step_s(channels) if searching else final_step_s
+    # DARTS times its own supernet steps; a given genotype has no candidates
+    step_s = clock.step_s(channels) if searching and opts.strategy != "darts" else final_step_s
     if step_s is None:
         raise too_small(f"here: the pre-check's tenth ({limit:.1f} s) ran out timing the candidates")
     search_s = budget_s - elapsed_s - clock.spent - final_reserve
@@ -174,8 +175,10 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
             raise too_small(f"to train one candidate (about {proxy_steps * step_s / 60:.1f} min for "
                             f"{proxy_steps} proxy steps here, with {final_reserve / 60:.1f} min kept for the final "
                             f"training)", "raise --budget-minutes or lower --proxy-steps")
-    notes.insert(0, f"pre-check: {clock.spent:.1f} s timing training steps ({step_s:.3f} s per step of a typical "
-                    f"candidate at {channels} channels, {final_step_s:.3f} s of the slowest network at "
-                    f"{final_channels}); {final_reserve:.0f} s kept for the final training and measurement")
+    typical = (f"{step_s:.3f} s per step of a typical candidate at {channels} channels, "
+               if searching and opts.strategy != "darts" else "")
+    notes.insert(0, f"pre-check: {clock.spent:.1f} s timing training steps ({typical}{final_step_s:.3f} s of the "
+                    f"slowest network at {final_channels}); {final_reserve:.0f} s kept for the final training and "
+                    f"measurement")
     return BudgetPlan(budget_s, channels, proxy_steps, final_steps, final_channels, step_s, final_step_s,
                       clock.spent, final_reserve, notes)
