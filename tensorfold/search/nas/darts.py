@@ -64,6 +64,15 @@ def collapse(genotype: Genotype, epoch: int = 2, before: Genotype | None = None)
 GUARDS = ("earlystop", "aux-skip", "none")
 
 
+class DartsBudgetError(TensorfoldError):
+    """The search's time cannot hold MIN_EPOCHS epochs of MIN_STEPS steps at this width."""
+
+    def __init__(self, budget_s: float, need_s: float):
+        self.short = f"{MIN_EPOCHS} epochs of {MIN_STEPS} steps take about {need_s / 60:.1f} min"
+        super().__init__(f"the search's time ({budget_s / 60:.1f} min) is too small for DARTS here: {self.short}; "
+                         f"raise --budget-minutes")
+
+
 class MixedOp(nn.Module):
     def __init__(self, c: int, stride: int, beta: list):
         super().__init__()
@@ -223,9 +232,7 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
                 fit = int((budget_s - elapsed) / (MIN_EPOCHS * step_s))
                 if fit < min(MIN_STEPS, steps_per_epoch):
                     bar.close()
-                    raise TensorfoldError(f"the search's time ({budget_s / 60:.1f} min) is too small for DARTS here: "
-                                          f"{MIN_EPOCHS} epochs of {MIN_STEPS} steps take about "
-                                          f"{MIN_EPOCHS * MIN_STEPS * step_s / 60:.1f} min; raise --budget-minutes")
+                    raise DartsBudgetError(budget_s, MIN_EPOCHS * MIN_STEPS * step_s)
                 if fit < steps_per_epoch:
                     steps_per_epoch = fit
                     subset = (f"each epoch trains on {fit * batch} of the {half} weight-training images "

@@ -123,3 +123,32 @@ def test_the_fewest_final_steps_may_take_more_than_the_share(step_times):
     step_times.update({8: 0.25, 6: 0.2, 4: 0.1})
     plan = plan_budget(NasOptions(), SPLIT, budget_s=60, elapsed_s=0)
     assert plan.final_steps == 100 and plan.proxy_steps >= 30
+
+
+def test_darts_tries_a_narrower_supernet_before_refusing(tmp_path, monkeypatch):
+    """--channels unset: a supernet too slow for three short epochs at 8 channels is tried at 6, then 4."""
+    from tensorfold.search.nas import darts
+    from tensorfold.search.nas.run import search_nas
+    from tensorfold.search.nas.space import random_genotype
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=rng.random((300, 1, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 300))
+    widths = []
+
+    def fake(x, y, cfg, **kw):
+        widths.append(cfg.channels)
+        if cfg.channels > 4:
+            raise darts.DartsBudgetError(kw["budget_s"], 1000.0)
+        return darts.DartsResult(random_genotype(rng), 1, 10, "epochs done")
+
+    monkeypatch.setattr(darts, "darts_search", fake)
+    report = search_nas(strategy="darts", data=str(data), budget_minutes=1, layers=3, final_steps=5, threads=1,
+                        train_size=200, val_size=50, progress=False)
+    assert widths == [8, 6, 4] and report["space"]["channels"] == 4
+    assert any("DARTS supernet at 4 channels" in n for n in report["budget"]["notes"])
+    widths.clear()
+    with pytest.raises(TensorfoldError, match="too small for DARTS here"):
+        search_nas(strategy="darts", data=str(data), budget_minutes=1, layers=3, final_steps=5, threads=1,
+                   channels=5, train_size=200, val_size=50, progress=False)
+    assert widths == [5]
