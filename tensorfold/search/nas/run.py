@@ -207,27 +207,7 @@ def _search_nas(opts: NasOptions) -> dict:
         strategy = "given"
         candidates = [Scored(0, given, [], scorer.metrics(Network(given, cfg)), 0.0)]
     elif strategy == "darts":
-        from tensorfold.search.nas.budget import WIDTHS
-        from tensorfold.search.nas.darts import DartsBudgetError, darts_search
-
-        tx, ty, _, _ = split
-        # with --channels unset a supernet too slow for three short epochs is tried narrower (each try
-        # costs its three timed steps, out of the search's share)
-        widths = [w for w in WIDTHS if w <= plan.channels] if opts.channels is None else [plan.channels]
-        for k, width in enumerate(widths):
-            cfg = NetConfig(channels=width, layers=opts.layers)
-            try:
-                res = darts_search(tx, ty, cfg, nodes=opts.nodes,
-                                   budget_s=plan.search_deadline(start) - time.perf_counter(),
-                                   epochs=opts.max_epochs, order=opts.order, guard=opts.guard, seed=opts.seed,
-                                   progress=opts.progress, device=opts.torch_device)
-                break
-            except DartsBudgetError as exc:
-                if k + 1 == len(widths):
-                    raise TensorfoldError(f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "
-                                          f"{plan.final_reserve_s:.0f} s for the final training)") from None
-                plan.notes.append(f"DARTS supernet at {widths[k + 1]} channels: at {width}, {exc.short}")
-        plan.channels = cfg.channels
+        res, cfg = _run_darts(opts, plan, split, start)
         darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
                       "subset": res.subset,
                       "guard": opts.guard, "order": opts.order, "peak_memory_mb": round(res.peak_memory_mb, 1),
@@ -298,6 +278,29 @@ def _search_nas(opts: NasOptions) -> dict:
 
         write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     return report
+
+
+def _run_darts(opts: NasOptions, plan, split, start: float):
+    """DARTS in the search's share of the budget; with --channels unset a supernet too slow for three
+    short epochs is tried narrower (each try costs its three timed steps, out of the same share)."""
+    from tensorfold.search.nas.budget import WIDTHS
+    from tensorfold.search.nas.darts import DartsBudgetError, darts_search
+
+    tx, ty, _, _ = split
+    widths = [w for w in WIDTHS if w <= plan.channels] if opts.channels is None else [plan.channels]
+    for k, width in enumerate(widths):
+        cfg = NetConfig(channels=width, layers=opts.layers)
+        try:
+            res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=plan.search_deadline(start) - time.perf_counter(),
+                               epochs=opts.max_epochs, order=opts.order, guard=opts.guard, seed=opts.seed,
+                               progress=opts.progress, device=opts.torch_device)
+            plan.channels = width
+            return res, cfg
+        except DartsBudgetError as exc:
+            if k + 1 == len(widths):
+                raise TensorfoldError(f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "
+                                      f"{plan.final_reserve_s:.0f} s for the final training)") from None
+            plan.notes.append(f"DARTS supernet at {widths[k + 1]} channels: at {width}, {exc.short}")
 
 
 def _load_teacher(teacher):
