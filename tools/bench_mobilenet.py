@@ -37,7 +37,7 @@ TARGET = 14.0
 RUNS = {   # name: (calibrated, sensitivity)
     "plain": (False, False),
     "calibrated": (True, True),
-    "calibrated, no sensitivity": (True, False),
+    "calibrated-no-sensitivity": (True, False),
 }
 
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     for ratio in map(float, args.ratios.split(",")):
         for run in args.runs.split(","):
             calibrated, sensitivity = RUNS[run]
-            small = work / f"x{ratio:g}-{run.replace(' ', '').replace(',', '-')}.onnx"
+            small = work / f"x{ratio:g}-{run}.onnx"
             for epochs in map(int, args.epochs.split(",")):
                 key = f"x{ratio:g}/{run}/{epochs}ep"
                 if key in rows:
