@@ -4,7 +4,7 @@ training, test and measurement) ends inside the budget on the machine it runs on
 A pre-check times SGD steps of two networks of the space and stops once it has spent a tenth of
 the budget: a typical candidate (every op of the space on about as many edges as a random genotype
 gives it) and the slowest one (every edge a separable 5x5 conv: on a CPU its depthwise convs make a
-step 2.5x slower than the 5x5 conv that leads in FLOPs, measured with 1 thread at 8 channels). The
+step 2.5x slower than the 5x5 conv that leads in FLOPs, measured with 1 thread at 8 channels by tools/bench_nas_step.py). The
 typical step sizes the search, the slowest the final training's reserve. The plan reserves the final
 training's share and sizes what the user left unset: the final training's steps, the candidates'
 width and proxy steps (evolution and random), so that the search scores at least a couple of
