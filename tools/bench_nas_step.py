@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, NetConfig, Network
+from tensorfold.search.nas.space import DISCRETE_OPS, NetConfig, Network, uniform_genotype
 from tensorfold.search.nas.train import train_network
 
 
@@ -27,8 +27,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     x, y = rng.random((4000, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 4000)
     for op in DISCRETE_OPS:
-        cell = tuple(((op, 0), (op, 1)) for _ in range(3))
-        net = Network(Genotype(cell, cell), NetConfig(channels=args.channels, layers=5))
+        net = Network(uniform_genotype(op, 3), NetConfig(channels=args.channels, layers=5))
         train_network(net, x, y, steps=2)
         t = time.perf_counter()
         train_network(net, x, y, steps=args.steps)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, NetConfig, Network
+from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, NetConfig, Network, uniform_genotype
 from tensorfold.search.nas.train import train_network
 
 PRECHECK_SHARE = 0.1      # the pre-check never spends more than this share of the budget
@@ -41,8 +41,7 @@ def typical_genotype(nodes: int) -> Genotype:
 
 
 def slowest_genotype(nodes: int) -> Genotype:
-    cell = tuple(((("sep_conv_5x5", 0), ("sep_conv_5x5", 1)),) * nodes)
-    return Genotype(cell, cell)
+    return uniform_genotype("sep_conv_5x5", nodes)
 
 
 @dataclass

@@ -256,10 +256,15 @@ def export_network(net: nn.Module, path: str | Path, image: tuple[int, int, int]
     return save_model(to_onnx(net, image), path)
 
 
-def heaviest_genotype(nodes: int = 3) -> Genotype:
-    """Every edge a 5x5 conv: the costliest network of the space, for budget and latency bounds."""
-    cell = tuple(((("conv_5x5", 0), ("conv_5x5", 1)),) * nodes)
+def uniform_genotype(op: str, nodes: int = 3) -> Genotype:
+    """Every edge `op`, in both cells."""
+    cell = tuple((((op, 0), (op, 1)),) * nodes)
     return Genotype(cell, cell)
+
+
+def heaviest_genotype(nodes: int = 3) -> Genotype:
+    """Every edge a 5x5 conv: the network of the space with the most FLOPs, for latency bounds."""
+    return uniform_genotype("conv_5x5", nodes)
 
 
 def random_genotype(rng, nodes: int = 3) -> Genotype:
