@@ -24,9 +24,11 @@ from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, guard_inputs
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.stats import collect_input_grams
+from tensorfold.calibration.deploy import check_objective
+from tensorfold.quantize.formats import format_for
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
-from tensorfold.graph.verify import Reference, verify_models
+from tensorfold.graph.verify import Reference, parse_class_outputs, verify_models
 from tensorfold.passes import METHODS, PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import (InspectReport, NasReport, OptimizeReport, ProfileReport, RankSearchReport, RecoverReport,
@@ -64,8 +66,15 @@ class OptimizeOptions:
     share, so only `inputs` are independent of every choice).
     max_output_error: the most compressed model whose held-out relative output error (and argmax
     disagreement on class axes) stays within this bound; with calibration and no rank option it
-    defaults to DEFAULT_OUTPUT_ERROR. int8: onnxruntime static quantization of
-    the result, calibrated on the same samples. sensitivity: with calibration and a global budget, weigh each
+    defaults to DEFAULT_OUTPUT_ERROR. int8: onnxruntime int8 quantization in the format that is fast
+    on `provider`, calibrated on the same samples, with the nodes that cost the most held-out error
+    left in float; with a bound (given, or the default) the bound holds for the model as written and
+    the candidates (input, factorized, int8 alone, factorized + int8) are compared by `objective`:
+    "latency" (the default with int8: the fastest, measured on `provider`) or "size" (the smallest
+    file); the input is kept when no candidate beats it. With a rank option instead of a bound, int8
+    may add at most DEFAULT_OUTPUT_ERROR to the factorized model's error. class_outputs: outputs
+    that hold class scores ("NAME" or "NAME:AXIS"), judged by argmax agreement besides their error
+    (the graph marks them itself with a Softmax or an ArgMax). sensitivity: with calibration and a global budget, weigh each
     layer's error curve by how much the model's output moves when that layer alone is compressed
     (calibration/sensitivity.py; one model run per layer on a few samples)."""
 
@@ -96,6 +105,8 @@ class OptimizeOptions:
     max_output_error: float | None = None
     int8: bool = False
     sensitivity: bool = True
+    objective: str | None = None
+    class_outputs: tuple[str, ...] | dict = ()
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -104,6 +115,8 @@ class OptimizeOptions:
         put("shapes", self.shapes if isinstance(self.shapes, dict) else parse_shapes(tuple(self.shapes)))
         put("hardware_aware", self.hardware_aware or any(v is not None for v in (
             self.max_error, self.target_latency, self.speedup)))
+        put("class_outputs", self.class_outputs if isinstance(self.class_outputs, dict)
+            else parse_class_outputs(tuple(self.class_outputs)))
         if self.method not in (*METHODS, "none"):
             raise TensorfoldError(f"unknown method '{self.method}' (choose from {', '.join((*METHODS, 'none'))})")
         spec = self.spec        # RankSpec checks the rank options themselves
@@ -124,11 +137,20 @@ class OptimizeOptions:
             if not self.max_output_error > 0:
                 raise TensorfoldError(f"--max-output-error must be > 0 (got {self.max_output_error})")
             given = rank_flags + (["--config"] if self.config is not None else []) + hardware + \
-                (["--method none"] if self.method == "none" else [])
+                (["--method none"] if self.method == "none" and not self.int8 else [])
             if given:
                 raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
         if self.method == "none" and (rank_flags or self.hardware_aware or self.config is not None):
             raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
+        check_objective(self.objective)
+        if self.objective is not None and not self.int8 and self.output_bound is None:
+            raise TensorfoldError(f"--objective {self.objective} picks among models within an error bound: add --int8 "
+                                  "or --max-output-error (both need --calibration)")
+        if self.int8 and self.deploy_objective == "latency":
+            if self.device is not None:
+                raise TensorfoldError("--int8 is timed on a provider: the device models (--device) predict float "
+                                      "kernels only; drop --device, or use --objective size")
+            format_for(self.provider)      # a provider without int8 kernels is refused here, before any work
 
     @property
     def spec(self) -> RankSpec:
@@ -136,9 +158,16 @@ class OptimizeOptions:
 
     @property
     def default_bound(self) -> bool:
-        """With real data and no rank option the safe default is a bound on what the user sees, not an energy."""
-        return (self.calibration is not None and self.max_output_error is None and self.method != "none"
+        """With real data and no rank option the safe default is a bound on what the user sees, not an
+        energy (also for int8 alone: a quantized model is held to what the user sees, too)."""
+        return (self.calibration is not None and self.max_output_error is None
+                and (self.method != "none" or self.int8)
                 and self.config is None and not self.hardware_aware and self.spec == RankSpec())
+
+    @property
+    def deploy_objective(self) -> str | None:
+        """What picks among the candidates: given, or `latency` whenever int8 is asked for."""
+        return self.objective or ("latency" if self.int8 else None)
 
     @property
     def output_bound(self) -> float | None:
@@ -179,9 +208,11 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
         check_output(output_path)
     original = load_model(input_path)
     fit, held, label = _calibration_split(original, o.calibration, o.shapes, o.normalize, o.holdout, o.seed)
-    # the bound search selects on the held-out share; the report verifies on --inputs when given
-    # (then independent of every choice), else on that same held-out share
-    search_reference = Reference(original, held.arrays, label) if held is not None and max_output_error else None
+    classes = o.class_outputs or None
+    # the bound search (and every int8 candidate) selects on the held-out share; the report verifies
+    # on --inputs when given (then independent of every choice), else on that same held-out share
+    selecting = held is not None and (max_output_error is not None or o.int8)
+    search_reference = Reference(original, held.arrays, label, class_outputs=classes) if selecting else None
     if o.inputs is not None or (held is None and o.verify):
         feeds, label, input_shapes = feeds_for(original, o.shapes, o.inputs, o.seed)
     elif held is not None:
@@ -191,7 +222,7 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
     reference = None
     if o.verify and feeds is not None:
         reference = (search_reference if search_reference is not None and o.inputs is None
-                     else Reference(original, feeds, label))
+                     else Reference(original, feeds, label, class_outputs=classes))
     model, norm_stats = normalize_model(original)
     if o.config is not None:
         chosen.choices = _config_plan(model, o.config)
@@ -206,14 +237,20 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
             probe = Reference(original, fit.take(np.arange(min(fit.n, SENSITIVITY_SAMPLES))).arrays, "probe")
             ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
     before, input_stage = model_stats(original, input_shapes), _stage("input", original, None)
-    del original        # from here on the normalized model stands for it: a 2 GB model is held twice, not three times
-    latency, budget_trials, verification = None, None, None
+    deploying = o.deploy_objective is not None
+    # from here on the normalized model stands for the input: a 2 GB model is held twice, not three
+    # times (a run that compares candidates keeps the input: it is one of them)
+    kept_input = original if deploying else None
+    del original
+    latency, budget_trials, verification, split_models = None, None, None, []
     if chosen is None:
         result = PassResult(model, False, notes=["--method none: no layer factorized"])
     elif max_output_error is not None:
         from tensorfold.calibration.budget_search import search_budget
 
         result, verification, budget_trials = search_budget(chosen, model, ctx, search_reference, max_output_error)
+        if o.int8:
+            split_models = _split_models(chosen, model, ctx, search_reference, max_output_error)
         if reference is not search_reference:
             verification = None
     elif o.hardware_aware:
@@ -229,48 +266,53 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
     else:
         result = chosen(model, ctx)
     rewritten = result.model
-    # the normalized input and the factors the passes cached (float64, as large as the result's
-    # weights) are done with: verification and saving hold the rewritten model alone
-    del model, ctx
+    # the factors the passes cached (float64, as large as the result's weights) are done with
+    del ctx
     ranks_desc = o.describe_ranks()
     _record_run(rewritten, method, ranks_desc, result)
-    if o.verify and verification is None:
+    if o.verify and verification is None and reference is not None:
         verification = reference.verify(rewritten)
     stages = [input_stage]
     if chosen is not None:
         stages.append(_stage("factorized", rewritten, verification))
-    final_verification = verification
-    if o.int8:
-        from tensorfold.calibration.int8 import quantize_int8
-
-        rewritten = quantize_int8(rewritten, fit)
-        final_verification = reference.verify(rewritten) if o.verify else None
-        stages.append(_stage("int8", rewritten, final_verification))
+    final_verification, deploy, notes = verification, None, []
+    if deploying:
+        deploy = _deploy(o, kept_input, model, result, verification if reference is search_reference else None,
+                         split_models, fit, held, search_reference, max_output_error)
+        picked = deploy.chosen
+        rewritten = picked.model
+        final_verification = picked.verification
+        result = _result_of(picked, result, split_models)
+        if picked.name == "input":
+            final_verification = None
+        elif reference is not None and reference is not search_reference:
+            final_verification = reference.verify(rewritten)
+        notes = deploy.notes
+        if picked.int8 is not None:
+            notes = notes + [f"int8: {picked.int8.format.name} ({picked.int8.format.why}); calibration "
+                             f"{picked.int8.calibration or 'none (dynamic)'}; {picked.int8.quantized_nodes} node(s) "
+                             f"quantized, {len(picked.int8.float_nodes)} left in float"] + picked.int8.notes
+            if picked.int8.fusion is not None:
+                notes.append(picked.int8.fusion.describe())
+    del model
     report = OptimizeReport(
         input=str(input_path), output=str(output_path) if output_path else None, method=method,
         ranks=ranks_desc, input_shapes=input_shapes,
         before=before, after=model_stats(rewritten, input_shapes),
         layers=result.rewritten, skipped=result.skipped, verification=final_verification,
-        normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes,
+        normalization=norm_stats, seconds=0.0, notes=_fold_notes(norm_stats) + result.notes + notes,
         eligible_params=(result.eligible_params, result.eligible_params_after), latency=latency,
-        stages=stages if (o.int8 or fit is not None) else [],
+        stages=stages if (fit is not None and deploy is None) else [],
         budget_search=[t.as_dict() for t in budget_trials] if budget_trials is not None else None,
+        deploy=deploy.as_dict() if deploy is not None else None,
     )
     if o.default_bound:
         report.notes.append(f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
-                            f"{DEFAULT_OUTPUT_ERROR:g}: the most compressed model within that held-out error")
-    if not result.rewritten and chosen is not None:
-        report.notes.append("no layer was rewritten; the output equals the normalized input")
-    check = final_verification
-    if check is not None and o.calibration is None and o.config is None:
-        worst = max(check.max_error, check.max_channel_error)
-        if worst > OUTPUT_ERROR_WARNING:
-            what = f"output error {check.max_error:.3f}"
-            if check.max_channel_error > 2 * check.max_error:
-                what += f" (worst output channel {check.max_channel_error:.3f})"
-            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
-                                   "samples (--calibration FILE) and a bound on what the user sees "
-                                   "(--max-output-error E)")
+                            f"{DEFAULT_OUTPUT_ERROR:g}: the best model within that held-out error")
+    if not result.rewritten and chosen is not None and (deploy is None or deploy.chosen.name == "input"):
+        report.notes.append("no layer was rewritten; the output equals the "
+                            + ("input" if deploy is not None else "normalized input"))
+    _output_warnings(report, final_verification, o, max_output_error)
     if report.after.params > report.before.params:
         if not o.force:
             raise TensorfoldError(f"the rewritten model would hold {report.after.params:,} parameters, more than the "
@@ -287,6 +329,103 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
     return report
 
 
+def _output_warnings(report: OptimizeReport, check, o: OptimizeOptions, bound: float | None) -> None:
+    """A `warning:` whenever the written model's error is above OUTPUT_ERROR_WARNING or the bound."""
+    if check is None:
+        return
+    worst = max(check.max_error, check.max_channel_error)
+    what = f"output error {check.max_error:.3f}"
+    if check.max_channel_error > 2 * check.max_error:
+        what += f" (worst output channel {check.max_channel_error:.3f})"
+    if bound is not None and check.max_error > bound:
+        report.warnings.append(f"{what} on {check.inputs} is above the bound {bound:g}")
+    elif worst > OUTPUT_ERROR_WARNING:
+        if o.calibration is None and o.config is None:
+            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
+                                   "samples (--calibration FILE) and a bound on what the user sees "
+                                   "(--max-output-error E)")
+        else:
+            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}")
+
+
+def _split_models(chosen, model, ctx, reference, bound) -> list[tuple[float, PassResult]]:
+    """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
+    model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
+    from dataclasses import replace
+
+    from tensorfold.calibration.budget_search import search_budget
+    from tensorfold.calibration.deploy import INT8_SPLITS, SPLIT_STEPS
+
+    out = []
+    for share in INT8_SPLITS:
+        result, _, trials = search_budget(chosen, model, replace(ctx, progress=False), reference, share * bound,
+                                          steps=SPLIT_STEPS)
+        ratios = [t.ratio for t in trials if t.within]
+        if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:
+            out.append((max(ratios), result))
+    return out
+
+
+def _deploy(o: OptimizeOptions, original, normalized, result, verification, split_models, fit, held,
+            reference, bound):
+    """The candidates of this run, built and verified on the held-out share, and the one the
+    objective picks (calibration/deploy.py)."""
+    from tensorfold.calibration.deploy import Candidate, choose
+    from tensorfold.quantize.within_bound import quantize_within
+
+    if reference is None:
+        raise TensorfoldError("--int8 and --objective need held-out samples to check every candidate on "
+                              "(--calibration)")
+    factorized = result.model if result.rewritten else None
+    candidates = [Candidate("input", original, None, bound)]
+    if factorized is not None:
+        candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
+                                    factorized_ratio=_ratio(result)))
+    if o.int8:
+        fmt = format_for(o.provider) if o.deploy_objective == "latency" else format_for("cpu")
+        if bound is not None:
+            bases = [("int8", normalized, None, None)]
+            bases += [("factorized + int8", r.model, r, ratio) for ratio, r in split_models if r.rewritten]
+            int8_bound = bound
+        else:
+            # a rank option chose the factorization: int8 may add DEFAULT_OUTPUT_ERROR to its error
+            base_error = candidates[-1].max_error if factorized is not None else 0.0
+            int8_bound = base_error + DEFAULT_OUTPUT_ERROR
+            bases = [("factorized + int8" if factorized is not None else "int8", factorized or normalized, result,
+                      _ratio(result) if factorized is not None else None)]
+        method_choice = None
+        for name, base, _, ratio in bases:
+            methods = (method_choice,) if method_choice else None
+            for r in quantize_within(base, fit.arrays, reference, int8_bound, fmt, o.provider,
+                                     **({"methods": methods} if methods else {}),
+                                     class_outputs=set(reference.axes), progress=o.progress):
+                method_choice = method_choice or r.calibration
+                label = name + (" (dynamic)" if r.kind == "dynamic" else "")
+                if r.model is None:
+                    continue
+                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r, factorized_ratio=ratio))
+    timing = held.arrays if held is not None else None
+    return choose(candidates, o.deploy_objective, timing, o.provider, o.threads)
+
+
+def _ratio(result: PassResult) -> float | None:
+    return result.eligible_params / result.eligible_params_after if result.eligible_params_after else None
+
+
+def _result_of(picked, result: PassResult, split_models) -> PassResult:
+    """The factorization behind the picked candidate (for the report's layer table): none for the
+    input and int8 alone, the bound search's for "factorized", the split's for factorized + int8."""
+    if picked.name == "factorized":
+        return result
+    if picked.factorized_ratio is None:
+        return PassResult(picked.model, picked.name != "input", [], result.skipped, result.notes,
+                          result.eligible_params)
+    for ratio, r in split_models:
+        if picked.factorized_ratio == ratio:
+            return PassResult(picked.model, True, r.rewritten, r.skipped, result.notes, r.eligible_params)
+    return PassResult(picked.model, True, result.rewritten, result.skipped, result.notes, result.eligible_params)
+
+
 def _calibration_split(original, calibration, shape_map, normalize, holdout, seed):
     """(samples to fit on, samples held out, a label for the latter); all None without calibration."""
     if calibration is None:
@@ -300,7 +439,7 @@ def _calibration_split(original, calibration, shape_map, normalize, holdout, see
 def _stage(name: str, model: onnx.ModelProto, verification) -> dict:
     from tensorfold.graph.model import count_params
 
-    row = {"stage": name, "params": count_params(model, quantized=name == "int8"), "size_bytes": large.serialized_size(model)}
+    row = {"stage": name, "params": count_params(model), "size_bytes": large.serialized_size(model)}
     if verification is not None:
         row["max_relative_error"] = verification.max_relative_error
         row["max_disagreement"] = verification.max_disagreement

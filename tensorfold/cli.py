@@ -110,7 +110,8 @@ def inspect_cmd(model, as_json, **options):
 @click.option("--seed", type=_COUNT, default=0, show_default=True)
 @click.option("--hardware-aware", is_flag=True,
               help="time every candidate chain on the target; rewrite a layer only where it is faster")
-@click.option("--provider", default="cpu", show_default=True, help="execution provider to time on (hardware-aware)")
+@click.option("--provider", default="cpu", show_default=True,
+              help="execution provider to time on (hardware-aware, --objective latency) and to pick the int8 format for")
 @click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
 @click.option("--threads", type=_COUNT, default=0, show_default=True, help="intra-op threads for timing (0: all)")
 @click.option("--max-error", type=_POSITIVE_FLOAT, help="hardware-aware: fastest chain per layer with weight error <= this")
@@ -125,10 +126,15 @@ def inspect_cmd(model, as_json, **options):
 @click.option("--holdout", type=_Finite(0, 1, max_open=True), default=0.25, show_default=True,
               help="share of the calibration samples held out for verification")
 @click.option("--max-output-error", type=_POSITIVE_FLOAT,
-              help="the most compressed model whose held-out relative output error (and argmax disagreement) "
-                   "stays within this bound")
-@click.option("--int8", is_flag=True, help="quantize the result to int8 (onnxruntime QDQ, per channel), "
-                                            "calibrated on --calibration")
+              help="the best model whose held-out relative output error (and argmax disagreement) stays within "
+                   "this bound, as written (with --int8: over factorization and int8 together)")
+@click.option("--int8", is_flag=True, help="also int8 (onnxruntime, the format fast on --provider), calibrated on "
+                                            "--calibration, nodes that cost the most error left in float")
+@click.option("--objective", type=click.Choice(["latency", "size"]),
+              help="with --int8 or --max-output-error: the fastest model on --provider (default with --int8) "
+                   "or the smallest file within the bound; never one slower/larger than the input")
+@click.option("--class-output", "class_outputs", multiple=True,
+              help="an output holding class scores, NAME or NAME:AXIS (repeatable): judged by argmax agreement too")
 @click.option("--no-sensitivity", "sensitivity", is_flag=True, flag_value=False, default=True,
               help="with --calibration and a budget: skip the per-layer sensitivity probe (faster; "
                    "less or more output error by model: docs/results/calibration.md)")

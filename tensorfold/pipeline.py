@@ -32,9 +32,7 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
         stats = model_stats(model, {name: [1, *test[0].shape[1:]]})
         rows.append({"stage": stage, "model": str(path),
                      "test_accuracy": evaluate_onnx(model, test[0], test[1], threads=threads),
-                     # a quantized model's weights are int8 tensors read through DequantizeLinear
-                     "params": count_params(model, quantized=any(n.op_type == "DequantizeLinear"
-                                                                 for n in model.graph.node)),
+                     "params": count_params(model),     # int8 weights count too
                      "flops": stats.flops})
         timed.append((model, {name: test[0][:1]}))
     for row, stats in zip(rows, measure_interleaved(timed, "cpu", threads, warmup=5, rounds=50)):

@@ -20,7 +20,8 @@ LAYERS = [
     ("runtime",),                  # latency: measured on a provider, predicted for a device
     ("passes",),                   # layer discovery, the factorization passes, chain emission
     ("planning",),                 # ranks chosen by measured latency (latency tables, hardware-aware)
-    ("calibration",),              # the user's samples: statistics, sensitivity, budget search, int8
+    ("quantize",),                 # int8 with onnxruntime: formats, calibration, mixed precision, fusion
+    ("calibration",),              # the user's samples: statistics, sensitivity, budget search, deploy search
     ("datasets", "export"),        # data sets for training and evaluation; torch -> ONNX export
     ("recovery",),                 # ONNX -> torch, distillation, fine-tuning
     ("search",),                   # rank search and architecture search

@@ -63,7 +63,7 @@ def markdown(rows: list[dict]) -> str:
                     f"({first['baseline_train']['train_seconds']} s). Rows: {first['date'][:10]}, {first['machine']}, "
                     f"onnxruntime {first['onnxruntime']}, torch {first['torch']}. Latency x = original time / this "
                     "time, interleaved runs on the CPU provider; size x = file size ratio; int8 = onnxruntime static "
-                    "QDQ quantization, per-channel, calibrated on training images.", ""]
+                    "QDQ quantization (uint8 activations, int8 per-channel weights, MinMax: quantize/baseline.py), calibrated on training images.", ""]
     return "\n".join(out)
 
 

@@ -62,14 +62,13 @@ def _environment() -> dict:
 
 
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
-    """Static int8 (QDQ, per-channel weights), calibrated on training images."""
-    from tensorfold.calibration.data import Samples
-    from tensorfold.calibration.int8 import quantize_int8 as quantize
+    """onnxruntime's static int8 as a user runs it (quantize/baseline.py), calibrated on training images."""
     from tensorfold.graph.io import save_model
     from tensorfold.onnxrt.inputs import model_inputs
+    from tensorfold.quantize.baseline import ort_quantize_static
 
     model = onnx.load(str(src))
-    save_model(quantize(model, Samples({model_inputs(model)[0].name: calib}, "training images")), dst)
+    save_model(ort_quantize_static(model, {model_inputs(model)[0].name: calib}), dst)
     return dst
 
 
@@ -103,7 +102,7 @@ def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
     model = onnx.load(str(path))
     name = model.graph.input[0].name
     stats = model_stats(model, {name: [1, *tx.shape[1:]]})
-    row = {"params": count_params(model, quantized=True), "flops": stats.flops, "size_bytes": path.stat().st_size,
+    row = {"params": count_params(model), "flops": stats.flops, "size_bytes": path.stat().st_size,
            "accuracy": evaluate_onnx(path, tx, ty)}
     row.update({"params_ratio": round(base["params"] / row["params"], 4),
                 "flops_ratio": round(base["flops"] / row["flops"], 4) if row["flops"] else None,

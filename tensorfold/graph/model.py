@@ -91,24 +91,41 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def count_params(model: onnx.ModelProto, quantized: bool = False) -> int:
-    """Parameters = elements of all floating-point constants (weights, biases, BN stats), whether
-    stored as initializers or as top-level Constant nodes (as in PaddlePaddle exports).
-    quantized=True also counts int8/uint8/int32 constants (the weights of a quantized model)."""
+def count_params(model: onnx.ModelProto) -> int:
+    """Parameters = elements of the constant tensors that hold weights, of any dtype, whether stored
+    as initializers or as top-level Constant nodes (as in PaddlePaddle exports): floating-point
+    constants, int8/uint8/int4/int16 weights of a quantized model, and int32 biases read by a
+    DequantizeLinear. Quantization metadata (scales and zero points) and integer shapes or indices
+    are not parameters: a 17M-parameter model quantized to int8 still holds 17M parameters."""
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         if node.op_type == "Constant":
             tensors.extend(a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR)
-    types = _FLOAT_TYPES | (_QUANT_TYPES if quantized else set())
+    metadata, biases = set(), set()
+    for node in model.graph.node:
+        positions = _QUANT_METADATA.get(node.op_type, ())
+        metadata.update(node.input[i] for i in positions if i < len(node.input))
+        if node.op_type == "DequantizeLinear" or node.op_type in ("QLinearConv", "QGemm"):
+            biases.update(node.input)
     total = 0
     for t in tensors:
-        if t.data_type in types:
+        if t.name in metadata:
+            continue
+        if t.data_type in _WEIGHT_TYPES or (t.data_type == onnx.TensorProto.INT32 and t.name in biases):
             total += int(np.prod(t.dims)) if t.dims else 1
     return total
 
 
-_QUANT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
+# inputs that are scales or zero points, by op
+_QUANT_METADATA = {
+    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
+    "QLinearAdd": (1, 2, 4, 5, 6, 7), "QLinearMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8),
+    "DynamicQuantizeMatMul": (2, 3), "MatMulIntegerToFloat": (2, 3, 4, 5),
+}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_WEIGHT_TYPES = _FLOAT_TYPES | {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                                onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
 def make_model(graph: onnx.GraphProto, opset_imports: list, ir_version: int | None = None) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
 """Check a rewritten model: onnx.checker, then original and rewritten run side by side in onnxruntime.
 
 Inputs holding many samples are fed as many at a time as the models' batch dimension allows
-(runtime.batching); errors are pooled over all of them. Outputs with a class axis (a Softmax's
-axis, a 2-D (N, C) output, a Gemm/MatMul's last axis) also report argmax agreement.
+(runtime.batching); errors are pooled over all of them. Outputs the graph (or the user) marks as
+class scores (a Softmax's axis, an ArgMax's input, --class-output) also report argmax agreement.
 """
 
 from __future__ import annotations
@@ -88,20 +88,55 @@ def check(model: onnx.ModelProto, label: str = "model") -> None:
         raise TensorfoldError(f"{label} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
 
 
-def class_axes(model: onnx.ModelProto) -> dict[str, int]:
-    """Output name -> the axis holding class scores, for the outputs that have one."""
+def parse_class_outputs(specs: tuple[str, ...] | list[str]) -> dict[str, int | None]:
+    """`NAME` or `NAME:AXIS` (repeatable) -> {name: axis or None}. Output names may hold colons
+    (`onnx::Shape_422`): only an integer after the last one is an axis."""
+    out = {}
+    for spec in specs:
+        name, sep, axis = spec.rpartition(":")
+        try:
+            out[name] = int(axis) if sep and name else None
+        except ValueError:
+            out[spec] = None
+        if (not sep or out.get(name) is None) and spec not in out:
+            out[spec] = None
+    return {k: v for k, v in out.items() if k}
+
+
+def class_axes(model: onnx.ModelProto, named: dict[str, int | None] | None = None,
+               by_shape: bool = False) -> dict[str, int]:
+    """Output name -> the axis holding class scores, for the outputs the graph says are class scores:
+    made by a Softmax/LogSoftmax, or read by an ArgMax/TopK inside the graph; and the outputs the
+    user `named` (name -> axis, None: axis 1 of a 4-D map, else the last). A 2-D output is not a
+    class axis by shape alone: a sentence embedding (N, 384) read as 384 classes gives a meaningless
+    argmax agreement. `by_shape` adds the old shape rules ((N, C) outputs, a Gemm/MatMul's last
+    axis) for training, where labels confirm them."""
     producers = {o: n for n in model.graph.node for o in n.output}
     opset = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=13)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name: o for o in model.graph.output}
+    unknown = sorted(set(named or {}) - set(outputs))
+    if unknown:
+        raise TensorfoldError(f"--class-output {unknown[0]}: the model has no such output "
+                              f"(outputs: {', '.join(outputs)})")
     axes = {}
-    for out in model.graph.output:
+    for name, out in outputs.items():
         dims = out.type.tensor_type.shape.dim
-        node = producers.get(out.name)
-        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-            axes[out.name] = int(attr(node, "axis", -1 if opset >= 13 else 1))
-        elif len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
-            axes[out.name] = 1
-        elif node is not None and node.op_type in ("Gemm", "MatMul") and len(dims) >= 2:
-            axes[out.name] = -1
+        node = producers.get(name)
+        reader = next((r for r in readers.get(name, []) if r.op_type in ("ArgMax", "TopK")), None)
+        if named and name in named:
+            axes[name] = named[name] if named[name] is not None else (1 if len(dims) == 4 else -1)
+        elif node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            axes[name] = int(attr(node, "axis", -1 if opset >= 13 else 1))
+        elif reader is not None:
+            axes[name] = int(attr(reader, "axis", 0 if reader.op_type == "ArgMax" else -1))
+        elif by_shape and len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
+            axes[name] = 1
+        elif by_shape and node is not None and node.op_type in ("Gemm", "MatMul") and len(dims) >= 2:
+            axes[name] = -1
     return axes
 
 
@@ -187,9 +222,10 @@ class Reference:
     """The original model's outputs on some inputs, computed once and compared with any number of
     rewritten models (a budget search verifies every candidate against the same reference)."""
 
-    def __init__(self, original: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str, provider: str = "cpu"):
+    def __init__(self, original: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str, provider: str = "cpu",
+                 class_outputs: dict[str, int | None] | None = None):
         self.names = [o.name for o in original.graph.output]
-        self.axes = class_axes(original)
+        self.axes = class_axes(original, class_outputs)
         self.label, self.provider = label, provider
         self.calls = list(chunks(original, feeds))
         session = _session(original, provider, "the original model")
@@ -209,9 +245,9 @@ class Reference:
 
 
 def verify_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                  inputs_label: str, provider: str = "cpu") -> Verification:
+                  inputs_label: str, provider: str = "cpu", class_outputs: dict | None = None) -> Verification:
     """Checker on the rewritten model, then both run on the same feeds; errors per output."""
-    return Reference(original, feeds, inputs_label, provider).verify(rewritten)
+    return Reference(original, feeds, inputs_label, provider, class_outputs).verify(rewritten)
 
 
 def _session(model: onnx.ModelProto, provider: str, label: str):

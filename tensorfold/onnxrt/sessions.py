@@ -38,7 +38,7 @@ OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
 
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: int = 0,
                  optimization: str = "all", profile_prefix: str | None = None,
-                 spinning: bool = True) -> ort.InferenceSession:
+                 spinning: bool = True, optimized_model_path: str | None = None) -> ort.InferenceSession:
     """A session on one provider. threads=0 lets onnxruntime use every core. spinning=False stops
     the session's worker threads from busy-waiting after a run (they otherwise take the cores
     from the next session when several are timed in turn)."""
@@ -47,6 +47,8 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: i
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    if optimized_model_path:           # what the graph optimizer made of it (int8 fusion checks)
+        opts.optimized_model_filepath = optimized_model_path
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

@@ -36,7 +36,7 @@ class Outputs:
     def of(cls, model: onnx.ModelProto) -> Outputs:
         from tensorfold.graph.verify import class_axes
 
-        axes = class_axes(model)
+        axes = class_axes(model, by_shape=True)     # training: the labels confirm a class axis
         names = tuple(o.name for o in model.graph.output)
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
         return cls(names, {i: axes[n] for i, n in enumerate(names) if n in axes},

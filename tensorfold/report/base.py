@@ -54,7 +54,7 @@ def fmt_count(v) -> str:
 
 
 def fmt_bytes(v: int) -> str:
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if v >= scale:
             return f"{v / scale:.2f} {unit}"
     return f"{v} B"

@@ -35,6 +35,7 @@ class OptimizeReport:
     latency: dict | None = None                   # hardware-aware runs: target, input ms, measured speedup
     stages: list[dict] = field(default_factory=list)   # with calibration/int8: params, size, held-out error per stage
     budget_search: list[dict] | None = None       # --max-output-error: every ratio tried and its held-out error
+    deploy: dict | None = None                    # --int8/--objective: every candidate, measured, and the one picked
 
     def as_dict(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class OptimizeReport:
             "latency": self.latency,
             "stages": self.stages,
             "budget_search": self.budget_search,
+            "deploy": self.deploy,
             "seconds": round(self.seconds, 3),
         }
 
@@ -110,6 +112,8 @@ class OptimizeReport:
                 stages.add_row(row["stage"], f"{row['params']:,}", fmt_bytes(row["size_bytes"]),
                                "" if err is None else f"{err:.3e}", "" if dis is None else f"{dis:.2%}")
             console.print(stages)
+        if self.deploy:
+            _render_deploy(self.deploy, console)
         if self.budget_search:
             trials = ", ".join(f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
                                for t in self.budget_search)
@@ -144,3 +148,33 @@ class OptimizeReport:
             console.print(f"note: {note}")
         if self.output:
             console.print(f"wrote {self.output} in {self.seconds:.1f} s")
+
+
+def _render_deploy(deploy: dict, console: Console) -> None:
+    """The candidates side by side (same held-out samples, timed together) and the int8 details."""
+    title = f"candidates (objective: {deploy['objective'] or 'none'}; chosen: {deploy['chosen']})"
+    table = Table(title=title, title_justify="left")
+    for col in ("candidate", "params", "size", "held-out error", "per output", "speed vs input", "within bound"):
+        table.add_column(col, justify="left" if col in ("candidate", "per output") else "right")
+    for c in deploy["candidates"]:
+        outputs = "; ".join(
+            f"{o['name']}: " + (f"{o['relative_error']:.3g}" if o["relative_error"] is not None
+                                else f"{o['agreement']:.1%} equal")
+            + (f", argmax {o['argmax_agreement']:.1%}" if o["argmax_agreement"] is not None else "")
+            for o in (c["outputs"] or []))
+        speed = "" if c["speedup"] is None else f"{c['speedup']:.2f}x"
+        mark = "* " if c["name"] == deploy["chosen"] else "  "
+        table.add_row(mark + c["name"], f"{c['params']:,}", fmt_bytes(c["size_bytes"]),
+                      "reference" if c["outputs"] is None else f"{c['max_error']:.3e}", outputs, speed,
+                      "yes" if c["within"] else "no")
+    console.print(table)
+    if deploy["latency"]:
+        console.print(f"speed: {deploy['latency']}")
+    for c in deploy["candidates"]:
+        q = c["int8"]
+        if not q or not q["float_nodes"]:
+            continue
+        shown = list(q["float_nodes"].items())[:8]
+        more = len(q["float_nodes"]) - len(shown)
+        console.print(f"{c['name']}: {len(q['float_nodes'])} node(s) left in float: "
+                      + "; ".join(f"{n} ({why})" for n, why in shown) + (f"; and {more} more (--json)" if more else ""))

@@ -25,7 +25,7 @@ class ProfileReport(Report):
         for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup", "memory (pred.)"):
             table.add_column(col, justify="right")
         for batch, row in self["batches"].items():
-            memory = f"{row['predicted_memory']['total_mb']:.1f} MB" if row.get("predicted_memory") else ""
+            memory = f"{row['predicted_memory']['total_mb']:.1f} MiB" if row.get("predicted_memory") else ""
             if "predicted_ms" in row:
                 table.add_row(batch, fmt_count(row["flops"]), "", f"{row['predicted_ms']:.3f}", "",
                               f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
@@ -61,4 +61,4 @@ class ProfileReport(Report):
         for r in self["nodes"]:
             nodes.add_row(r["node"], r["op"], f"{r['ms']:.4f}", f"{r['share']:.1%}")
         console.print(nodes)
-        console.print(f"process peak RSS: {self['peak_rss_mb']:.0f} MB")
+        console.print(f"process peak RSS: {self['peak_rss_mb']:.0f} MiB")

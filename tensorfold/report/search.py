@@ -66,7 +66,7 @@ class NasReport(Report):
         if self.get("darts"):
             d = self["darts"]
             console.print(f"DARTS: {d['epochs']} epoch(s), {d['steps']} steps, {d['stopped']}; peak memory "
-                          f"{d['peak_memory_mb']:.0f} MB")
+                          f"{d['peak_memory_mb']:.0f} MiB")
         console.print(f"proxy: {self['proxy']}")
         console.print(f"genotype: {f['genotype_text']}")
         table = Table(title="final network", title_justify="left")

@@ -1,0 +1,20 @@
+"""What a user would run instead of tensorfold's int8: onnxruntime's quantize_static as its CPU
+guidance says (QDQ, uint8 activations, int8 per-channel weights, MinMax on the same samples), after
+converting the model to opset 13 and onnxruntime's pre-processing. Every node quantized, nothing
+checked. The benchmarks compare against it in the same run (tools/bench_deploy.py, bench/runner.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from tensorfold.quantize.formats import Int8Format
+from tensorfold.quantize.static import StaticQuantizer
+
+BASELINE = Int8Format("onnxruntime quantize_static, QDQ U8S8 per-channel, MinMax", "uint8",
+                      why="onnxruntime's CPU guidance, every node quantized")
+
+
+def ort_quantize_static(model: onnx.ModelProto, fit: dict[str, np.ndarray]) -> onnx.ModelProto:
+    with StaticQuantizer(model, fit, BASELINE) as quantizer:
+        return quantizer.quantize("minmax")

@@ -1,0 +1,204 @@
+"""Static int8 quantization with onnxruntime, prepared once and calibrated once per method.
+
+A model is converted to opset >= 13 (per-channel DequantizeLinear needs `axis`), run through
+onnxruntime's pre-processing (shape inference, basic graph optimizations) and its activation ranges
+are collected once per calibration method, a few calls at a time (memory stays at a few calls'
+activations, not all samples'). Every quantization after that (another set of nodes kept float)
+reuses those ranges through onnxruntime's calibration cache: seconds, not a new calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.version_converter
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import save_model
+from tensorfold.onnxrt import large
+from tensorfold.onnxrt.batching import chunks
+from tensorfold.quantize.formats import Int8Format
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# onnxruntime's percentile default (99.999) keeps the outliers a detector's maps are made of
+PERCENTILE = 99.99
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime_quantization():
+    """onnxruntime.quantization logs warnings at root level (pre-processing advice, per-tensor notes)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def at_least_opset(model: onnx.ModelProto, version: int = 13) -> onnx.ModelProto:
+    """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13): older models are converted first
+    (onnx's version converter rewrites the ops whose signature changed, e.g. Squeeze, Split)."""
+    current = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=version)
+    if current >= version:
+        return model
+    try:
+        return large.transform(model, lambda m: onnx.version_converter.convert_version(m, version))
+    except Exception as exc:  # noqa: BLE001 - the converter raises several kinds
+        raise TensorfoldError(f"int8 needs opset >= {version} (per-channel QDQ); converting this opset-{current} "
+                              f"model failed: {str(exc).splitlines()[0][:200]}") from None
+
+
+class StaticQuantizer:
+    """One float model, prepared for onnxruntime's static quantizer; `quantize` any number of times."""
+
+    def __init__(self, model: onnx.ModelProto, fit: dict[str, np.ndarray], fmt: Int8Format,
+                 calls_per_collect: int = 4):
+        from tensorfold.passes.layers import ensure_node_names
+
+        self.fmt = fmt
+        self._tmp = tempfile.TemporaryDirectory(prefix="tensorfold-int8-")
+        self.dir = Path(self._tmp.name)
+        self.external = large.is_large(model)
+        # one sample per call: onnxruntime's histogram calibrators stack every call's outputs, which
+        # fails when the last call holds fewer samples than the others
+        self.calls = list(chunks(model, fit, max_batch=1))
+        self.calls_per_collect = calls_per_collect
+        self.preprocessed = True
+        model = at_least_opset(model, 13)
+        raw = self.dir / "model.onnx"
+        save_model(model, raw)           # a large model keeps its weights in model.onnx.data
+        prepared = self.dir / "prepared.onnx"
+        with quiet_onnxruntime_quantization():
+            if not self._preprocess(raw, prepared):
+                prepared, self.preprocessed = raw, False
+        # nodes are named, so a node kept in float is named in the report and in nodes_to_exclude
+        self.model = onnx.load(str(prepared))
+        ensure_node_names(self.model)
+        self.source = self.dir / "source.onnx"
+        save_model(self.model, self.source)
+        self._ranges: dict[str, Path] = {}
+
+    def _preprocess(self, src: Path, dst: Path) -> bool:
+        """onnxruntime's recommended pre-processing; a model its symbolic shape inference cannot
+        follow (PP-OCR's dynamic dims) is pre-processed without it, and one that fails even so is
+        quantized as it is. It writes scratch files into the working directory, so it runs there."""
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        try:
+            for skip_symbolic in (False, True):
+                try:
+                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
+                                      save_as_external_data=self.external)
+                    return True
+                except Exception:  # noqa: BLE001 - try the next, then quantize the model as it is
+                    continue
+            return False
+        finally:
+            os.chdir(cwd)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def ranges(self, method: str) -> Path:
+        """The calibration cache (activation ranges) for `method`, computed on first use."""
+        if method not in CALIBRATION_METHODS:
+            raise TensorfoldError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
+        if method not in self._ranges:
+            self._ranges[method] = self._calibrate(method)
+        return self._ranges[method]
+
+    def _calibrate(self, method: str) -> Path:
+        from onnxruntime.quantization import CalibrationDataReader
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, calls):
+                self.calls = iter(calls)
+
+            def get_next(self):
+                return next(self.calls, None)
+
+        options = {"symmetric": self.fmt.activations == "int8"}
+        if method == "percentile":
+            options["percentile"] = PERCENTILE
+        path = self.dir / f"ranges.{method}.json"
+        with tempfile.TemporaryDirectory(prefix="calib-", dir=self.dir) as work, quiet_onnxruntime_quantization():
+            try:
+                calibrator = create_calibrator(
+                    self.source, op_types_to_calibrate=None,
+                    augmented_model_path=str(Path(work, "augmented.onnx")),
+                    calibrate_method=_ort_method(method), use_external_data_format=self.external,
+                    extra_options=options)
+                step = self.calls_per_collect
+                for start in range(0, len(self.calls), step):
+                    calibrator.collect_data(Reader(self.calls[start:start + step]))
+                save_tensors_data(calibrator.compute_data(), path)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
+                raise TensorfoldError(f"int8 calibration ({method}) failed: {str(exc).splitlines()[0][:300]}") from None
+        return path
+
+    def quantize(self, method: str = "minmax", exclude: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+        """The model quantized in the provider's format, `exclude`d nodes left in float."""
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        cache = self.ranges(method)
+        activations, weights = self.fmt.ort_types()
+        dst = self.dir / "quantized.onnx"
+        with quiet_onnxruntime_quantization():
+            try:
+                quantize_static(str(self.source), str(dst), None, quant_format=QuantFormat.QDQ,
+                                per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
+                                activation_type=activations, weight_type=weights,
+                                nodes_to_exclude=sorted(exclude), use_external_data_format=self.external,
+                                calibrate_method=_ort_method(method), calibration_cache_path=str(cache))
+            except Exception as exc:  # noqa: BLE001
+                raise TensorfoldError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
+        quantized = onnx.load(str(dst))
+        for path in self.dir.glob("quantized.onnx*"):
+            path.unlink()
+        return quantized
+
+    def quantize_dynamic(self, exclude: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+        """Weights int8, activations quantized at run time (MatMulInteger, DynamicQuantizeLSTM): no
+        calibration; for MatMul/LSTM-heavy models, where it can beat static QDQ on a CPU."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        dst = self.dir / "dynamic.onnx"
+        with quiet_onnxruntime_quantization():
+            try:
+                quantize_dynamic(str(self.source), str(dst), weight_type=QuantType.QInt8,
+                                 per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
+                                 op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=sorted(exclude),
+                                 use_external_data_format=self.external)
+            except Exception as exc:  # noqa: BLE001
+                raise TensorfoldError(f"dynamic int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
+        quantized = onnx.load(str(dst))
+        for path in self.dir.glob("dynamic.onnx*"):
+            path.unlink()
+        return quantized
+
+
+# the ops dynamic quantization pays off for: weight-heavy matrix products and recurrent cells
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]

@@ -1,0 +1,119 @@
+"""int8 that stays within a bound on the held-out samples, in the format that is fast on the provider.
+
+For one float model: prepare and calibrate it (quantize/static.py), choose the calibration method
+by the fully quantized model's held-out error, then return to float the units of nodes that cost the
+most output error until the bound holds (quantize/mixed.py), and check what onnxruntime fused
+(quantize/fusion.py). A model whose weights sit mostly in MatMul/Gemm/LSTM also gets a dynamic
+quantization candidate; which one is written is the caller's choice by measured latency or size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.graph.verify import Reference, Verification, class_axes
+from tensorfold.quantize.formats import Int8Format
+from tensorfold.quantize.fragile import fragile_nodes
+from tensorfold.quantize.fusion import FusionReport, fused_kernels
+from tensorfold.quantize.mixed import keep_within, score_units
+from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_OPS, StaticQuantizer
+
+# dynamic quantization is tried where at least this share of the weights sits in DYNAMIC_OPS
+DYNAMIC_WEIGHT_SHARE = 0.5
+
+
+@dataclass
+class Int8Result:
+    """One int8 candidate: the model (None when no mixed-precision plan met the bound) and how."""
+
+    kind: str                                  # "static" | "dynamic"
+    format: Int8Format
+    model: onnx.ModelProto | None
+    verification: Verification | None
+    calibration: str | None = None             # the calibration method chosen (static)
+    calibration_errors: dict[str, float] = field(default_factory=dict)   # method -> fully quantized error
+    float_nodes: dict[str, str] = field(default_factory=dict)            # node -> why it stayed float
+    quantized_nodes: int = 0
+    fusion: FusionReport | None = None
+    trials: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "format": self.format.as_dict(), "calibration": self.calibration,
+                "calibration_errors": self.calibration_errors, "float_nodes": self.float_nodes,
+                "quantized_nodes": self.quantized_nodes,
+                "fusion": self.fusion.as_dict() if self.fusion else None, "trials": self.trials,
+                "max_error": self.verification.max_error if self.verification else None, "notes": self.notes}
+
+
+def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], reference: Reference, bound: float,
+                    fmt: Int8Format, provider: str = "cpu", methods: tuple[str, ...] = CALIBRATION_METHODS,
+                    class_outputs: set[str] | None = None, progress: bool = True) -> list[Int8Result]:
+    """The int8 candidates of `model` within `bound` on `reference` (static, and dynamic where the
+    weights sit in matrix products); a candidate no plan could hold has model None and says why."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    results = []
+    with StaticQuantizer(model, fit, fmt) as quantizer:
+        prepared = quantizer.model
+        classes = class_axes(prepared) if class_outputs is None else class_outputs
+        fragile = fragile_nodes(prepared, set(classes))
+        ops = set(QLinearOpsRegistry) | set(QDQRegistry)
+        quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
+        bar = tqdm(desc="int8", unit="model", disable=not progress, leave=False)
+        try:
+            # the calibration method: the one whose fully quantized model is closest on the held-out share
+            errors, failed = {}, []
+            for method in methods:
+                bar.set_postfix_str(f"calibrating ({method})")
+                try:
+                    errors[method] = float(reference.verify(quantizer.quantize(method)).max_error)
+                except TensorfoldError as exc:
+                    if len(methods) == 1:
+                        raise
+                    failed.append(f"{method} calibration skipped: {exc}")
+                bar.update()
+            if not errors:
+                raise TensorfoldError("; ".join(failed))
+            method = min(errors, key=errors.get)
+            results.append(_within(lambda ex: quantizer.quantize(method, ex), "static", fmt, reference, bound,
+                                   quantizable, fragile, provider, bar, calibration=method,
+                                   calibration_errors=errors))
+            results[-1].notes.extend(failed)
+            if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
+                dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
+                results.append(_within(quantizer.quantize_dynamic, "dynamic", fmt, reference, bound, dynamic,
+                                       fragile, provider, bar))
+        finally:
+            bar.close()
+    return results
+
+
+def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, bar, **extra) -> Int8Result:
+    bar.set_postfix_str(f"{kind}: scoring")
+    units = score_units(build, reference, quantizable, fragile, bound, bar) if quantizable else []
+    bar.set_postfix_str(f"{kind}: nodes to float")
+    mixed = keep_within(build, reference, bound, units, bar)
+    result = Int8Result(kind, fmt, mixed.model, mixed.verification, float_nodes=mixed.float_nodes,
+                        quantized_nodes=len(quantizable) - len(mixed.float_nodes), trials=mixed.trials, **extra)
+    if mixed.model is None:
+        result.notes.append(f"{kind} int8: no set of float nodes kept the held-out error within {bound:g}")
+    else:
+        try:
+            result.fusion = fused_kernels(mixed.model, provider)
+        except Exception as exc:  # noqa: BLE001 - the count is a report; the model itself was verified
+            result.notes.append(f"could not count the fused int8 kernels: {str(exc).splitlines()[0][:200]}")
+    return result
+
+
+def _dynamic_share(model: onnx.ModelProto) -> float:
+    """The share of the weights that DYNAMIC_OPS nodes read."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    total = sum(sizes.values())
+    read = {i for n in model.graph.node if n.op_type in DYNAMIC_OPS for i in n.input if i in sizes}
+    return sum(sizes[i] for i in read) / total if total else 0.0
