@@ -335,7 +335,8 @@ def _output_warnings(report: OptimizeReport, check, o: OptimizeOptions, bound: f
         return
     worst = max(check.max_error, check.max_channel_error)
     what = f"output error {check.max_error:.3f}"
-    if check.max_channel_error > 2 * check.max_error:
+    if check.max_channel_error > max(2 * check.max_error, OUTPUT_ERROR_WARNING if check.max_error <= OUTPUT_ERROR_WARNING
+                                     else 0.0):
         what += f" (worst output channel {check.max_channel_error:.3f})"
     if bound is not None and check.max_error > bound:
         report.warnings.append(f"{what} on {check.inputs} is above the bound {bound:g}")

@@ -12,7 +12,7 @@ Parts:
   equal    plain (weight-fitted) vs calibrated at the same --ratio: held-out error, argmax
            agreement, task accuracy where there is one; time and peak memory of both CLI runs
   bound    --max-output-error 0.01 / 0.02 / 0.05: parameters reached, held-out error
-  int8     int8 alone vs factorized + int8: size, held-out error, CPU latency (round-robin)
+(int8 alone vs factorized + int8 against onnxruntime's quantizer: tools/bench_deploy.py)
 """
 
 from __future__ import annotations
@@ -98,14 +98,14 @@ def argmax_agreement(v) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="det,cls,rec,resnet18,mobilenetv2")
-    ap.add_argument("--parts", default="equal,bound,int8")
+    ap.add_argument("--parts", default="equal,bound")
     ap.add_argument("--fit", type=int, default=32, help="calibration samples per model")
     ap.add_argument("--held", type=int, default=32, help="held-out samples per model (zoo: test images)")
     ap.add_argument("--method", default="tucker")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     parts = args.parts.split(",")
-    equal, bound, int8 = [], [], []
+    equal, bound = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.models.split(","):
@@ -170,32 +170,6 @@ def main():
                     bound.append(f"| {name} | {e:g} | {reached} | {v.max_relative_error:.4f} | "
                                  f"{argmax_agreement(v)} | {tried} |")
                     print(bound[-1], flush=True)
-            if "int8" in parts:
-                from tensorfold.runtime.latency import measure_interleaved
-
-                alone = tmp / f"{name}.int8.onnx"
-                both = tmp / f"{name}.fact.int8.onnx"
-                fact = tmp / f"{name}.fact.onnx"
-                r_alone = optimize(path, alone, method="none", calibration=str(fit_path), int8=True, inputs=str(held_path),
-                                   progress=False)
-                r_both = optimize(path, both, method=args.method, ratio=ratio, calibration=str(fit_path), int8=True,
-                                  inputs=str(held_path), progress=False)
-                optimize(path, fact, method=args.method, ratio=ratio, calibration=str(fit_path), inputs=str(held_path),
-                         progress=False)
-                feeds = {load_model(path).graph.input[0].name: held[:1]}
-                paths = [Path(path), fact, alone, both]
-                stats = measure_interleaved([(str(p), feeds) for p in paths], rounds=25)
-                base_ms = stats[0].median
-                for label, p, rep in (("original", Path(path), None), ("factorized", fact, None),
-                                      ("int8 alone", alone, r_alone), ("factorized + int8", both, r_both)):
-                    st = stats[paths.index(p)]
-                    err = rep.verification.max_relative_error if rep else None
-                    if label == "factorized":
-                        err = r_both.stages[1].get("max_relative_error")
-                    int8.append(f"| {name} | {label} | {p.stat().st_size / 1024:,.0f} kB | "
-                                f"{'-' if err is None else f'{err:.4f}'} | {task_accuracy(p)} | "
-                                f"{base_ms / st.median:.2f}x |")
-                    print(int8[-1], flush=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     lines = ["# Data-aware compression: calibrated vs plain, on held-out real inputs", "",
              f"Command: `.venv/bin/python tools/bench_calibration.py {' '.join(sys.argv[1:])}`  ",
@@ -219,13 +193,6 @@ def main():
                   "Ratios tried in order; * = over the bound.", "",
                   "| model | E | params | held-out error | argmax agree | ratios tried |", "|---|---|---|---|---|---|",
                   *bound, ""]
-    if int8:
-        lines += ["## int8 alone vs factorized + int8", "",
-                  "onnxruntime static QDQ, per-channel int8 weights, int8 activations, calibrated on the same "
-                  "samples. Speed = the original's median latency over this model's, batch 1, CPU provider, all four "
-                  "timed round-robin in one run (25 rounds).", "",
-                  "| model | model | file size | held-out error | task accuracy | speed |", "|---|---|---|---|---|---|",
-                  *int8, ""]
     publish(lines, args.out)
 
 

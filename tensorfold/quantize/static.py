@@ -10,9 +10,11 @@ reuses those ranges through onnxruntime's calibration cache: seconds, not a new 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +34,16 @@ PERCENTILE = 99.99
 
 @contextlib.contextmanager
 def quiet_onnxruntime_quantization():
-    """onnxruntime.quantization logs warnings at root level (pre-processing advice, per-tensor notes)."""
+    """onnxruntime.quantization logs warnings at root level (pre-processing advice, per-tensor notes),
+    prints its histogram progress to stdout (which would corrupt --json) and lets numpy warn about
+    empty histograms; none of it is for the user."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
     finally:
         root.setLevel(level)
 

@@ -82,19 +82,25 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
                 raise TensorfoldError("; ".join(failed))
             method = min(errors, key=errors.get)
             results.append(_within(lambda ex: quantizer.quantize(method, ex), "static", fmt, reference, bound,
-                                   quantizable, fragile, provider, bar, calibration=method,
+                                   quantizable, fragile, provider, bar, producers=_input_producers(prepared),
+                                   calibration=method,
                                    calibration_errors=errors))
             results[-1].notes.extend(failed)
             if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
                 dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-                results.append(_within(quantizer.quantize_dynamic, "dynamic", fmt, reference, bound, dynamic,
+                dynamic_fmt = Int8Format("dynamic, int8 per-channel weights", "uint8", per_channel=fmt.per_channel,
+                                         reduce_range=fmt.reduce_range,
+                                         why="activations quantized at run time: no calibration, MatMulInteger "
+                                             "kernels for MatMul/LSTM-heavy models")
+                results.append(_within(quantizer.quantize_dynamic, "dynamic", dynamic_fmt, reference, bound, dynamic,
                                        fragile, provider, bar))
         finally:
             bar.close()
     return results
 
 
-def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, bar, **extra) -> Int8Result:
+def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, bar, producers=None,
+            **extra) -> Int8Result:
     bar.set_postfix_str(f"{kind}: scoring")
     units = score_units(build, reference, quantizable, fragile, bound, bar) if quantizable else []
     bar.set_postfix_str(f"{kind}: nodes to float")
@@ -103,17 +109,54 @@ def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, 
                         quantized_nodes=len(quantizable) - len(mixed.float_nodes), trials=mixed.trials, **extra)
     if mixed.model is None:
         result.notes.append(f"{kind} int8: no set of float nodes kept the held-out error within {bound:g}")
-    else:
-        try:
-            result.fusion = fused_kernels(mixed.model, provider)
-        except Exception as exc:  # noqa: BLE001 - the count is a report; the model itself was verified
-            result.notes.append(f"could not count the fused int8 kernels: {str(exc).splitlines()[0][:200]}")
+        return result
+    try:
+        result.fusion = fused_kernels(mixed.model, provider)
+    except Exception as exc:  # noqa: BLE001 - the count is a report; the model itself was verified
+        result.notes.append(f"could not count the fused int8 kernels: {str(exc).splitlines()[0][:200]}")
+        return result
+    if result.fusion.slow_spots and producers is not None:
+        _float_slow_spots(result, build, reference, bound, quantizable, producers, provider)
     return result
 
 
+def _float_slow_spots(result: Int8Result, build, reference, bound, quantizable, producers, provider) -> None:
+    """A weight op onnxruntime has no int8 kernel for (ConvTranspose on the CPU) runs in float on a
+    dequantized weight; onnxruntime quantizes its weight itself when its input arrives quantized.
+    Keeping the op and the producer of its input in float drops that Q/DQ work: tried once, kept
+    when it stays within the bound and leaves fewer slow spots."""
+    slow = set(result.fusion.slow_spots)
+    nodes = {n for n in slow if n in quantizable}
+    nodes |= {producers[n].name for n in slow if n in producers and producers[n].name in quantizable}
+    if not nodes:
+        return
+    model = build(frozenset(result.float_nodes) | nodes)
+    check = reference.verify(model)
+    if not check.within(bound) or check.broken:
+        return
+    fusion = fused_kernels(model, provider)
+    if len(fusion.slow_spots) >= len(slow):
+        return
+    result.model, result.verification, result.fusion = model, check, fusion
+    result.float_nodes.update({n: "around a weight op with no int8 kernel on this provider" for n in nodes
+                               if n not in result.float_nodes})
+    result.quantized_nodes = len(quantizable) - len(result.float_nodes)
+
+
+def _input_producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Node name -> the node producing its first (activation) input."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    return {n.name: made[n.input[0]] for n in model.graph.node if n.input and n.input[0] in made}
+
+
 def _dynamic_share(model: onnx.ModelProto) -> float:
-    """The share of the weights that DYNAMIC_OPS nodes read."""
+    """The share of the compute weights (those read by convs, matrix products and recurrent cells;
+    an embedding table is looked up, not multiplied) that DYNAMIC_OPS nodes read."""
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    total = sum(sizes.values())
-    read = {i for n in model.graph.node if n.op_type in DYNAMIC_OPS for i in n.input if i in sizes}
-    return sum(sizes[i] for i in read) / total if total else 0.0
+    compute = {i for n in model.graph.node if n.op_type in COMPUTE_OPS for i in n.input if i in sizes}
+    dynamic = {i for n in model.graph.node if n.op_type in DYNAMIC_OPS for i in n.input if i in sizes}
+    total = sum(sizes[i] for i in compute)
+    return sum(sizes[i] for i in dynamic) / total if total else 0.0
+
+
+COMPUTE_OPS = (*DYNAMIC_OPS, "Conv", "ConvTranspose")
