@@ -379,6 +379,7 @@ def _deploy(o: OptimizeOptions, original, normalized, result, verification, spli
                               "(--calibration)")
     factorized = result.model if result.rewritten else None
     candidates = [Candidate("input", original, None, bound)]
+    unmet: list[str] = []
     if factorized is not None:
         candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
                                     factorized_ratio=_ratio(result)))
@@ -403,10 +404,15 @@ def _deploy(o: OptimizeOptions, original, normalized, result, verification, spli
                 method_choice = method_choice or r.calibration
                 label = name + (" (dynamic)" if r.kind == "dynamic" else "")
                 if r.model is None:
+                    unmet.extend(f"{label}: {note}" for note in r.notes)
                     continue
                 candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r, factorized_ratio=ratio))
     timing = held.arrays if held is not None else None
-    return choose(candidates, o.deploy_objective, timing, o.provider, o.threads)
+    picked = choose(candidates, o.deploy_objective, timing, o.provider, o.threads)
+    picked.notes[:0] = unmet
+    if picked.chosen.name == "input" and not any("input is kept" in n for n in picked.notes):
+        picked.notes.append("no candidate stayed within the bound on the held-out samples: the input is kept")
+    return picked
 
 
 def _ratio(result: PassResult) -> float | None:

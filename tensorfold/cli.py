@@ -484,7 +484,8 @@ def demo_cmd(output, ratio, recover_steps):
     console = _console()
     console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST; tucker --ratio {ratio:g}")
     try:
-        report = optimize(src, output, method="tucker", ratio=ratio, progress=sys.stderr.isatty())
+        report = optimize(src, output, method="tucker", ratio=ratio, class_outputs=["logits"],
+                          progress=sys.stderr.isatty())
     except BaseException:
         for folder in reversed(made):       # a demo that failed leaves nothing behind
             if folder.is_dir() and not any(folder.iterdir()):

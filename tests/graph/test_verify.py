@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from click.testing import CliRunner
 from onnx import TensorProto, helper
@@ -80,3 +81,45 @@ def test_nan_in_the_original_alone_does_not_fail_the_candidate():
     acc = OutputAccumulator("y", None)
     acc.add(np.array([[np.nan, 1.0]]), np.array([[0.5, 1.0]]))
     assert acc.result().nonfinite == 0
+
+
+def _head(op: str | None, width: int = 384, reader: str | None = None):
+    """x (N, 8) -> MatMul -> [op] -> y (N, width); optionally an ArgMax reading y inside the graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, width), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if op else "y"], name="mm")]
+    if op:
+        nodes.append(helper.make_node(op, ["h"], ["y"], name="head", axis=1))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])]
+    if reader:
+        nodes.append(helper.make_node(reader, ["y"], ["label"], name="pick", axis=1, keepdims=0))
+        outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, [None]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              outputs, [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_2d_output_is_a_class_axis_only_where_the_graph_or_the_user_says_so():
+    from tensorfold.graph.verify import class_axes
+
+    assert class_axes(_head(None)) == {}                       # a sentence embedding (N, 384) is not 384 classes
+    assert class_axes(_head("Softmax")) == {"y": 1}
+    assert class_axes(_head(None, reader="ArgMax")) == {"y": 1}
+    assert class_axes(_head(None), {"y": None}) == {"y": -1}
+    assert class_axes(_head(None), by_shape=True) == {"y": 1}  # training, where labels confirm it
+
+
+def test_an_unknown_class_output_is_named():
+    from tensorfold.errors import TensorfoldError
+    from tensorfold.graph.verify import class_axes
+
+    with pytest.raises(TensorfoldError, match="--class-output logits: the model has no such output"):
+        class_axes(_head(None), {"logits": None})
+
+
+def test_class_output_specs_keep_colons_in_names():
+    from tensorfold.graph.verify import parse_class_outputs
+
+    assert parse_class_outputs(["logits", "onnx::Shape_422", "seg:1"]) == {"logits": None, "onnx::Shape_422": None,
+                                                                         "seg": 1}

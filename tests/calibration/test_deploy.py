@@ -1,0 +1,104 @@
+"""The deploy search as a user meets it: one bound over every stage, the objective picking among
+candidates measured side by side, the input kept when nothing beats it, and mistakes refused with
+one line before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tensorfold.api import optimize
+from tensorfold.calibration.deploy import Candidate, choose
+from tensorfold.cli import demo_model_path
+from tensorfold.graph.verify import OutputCheck, Verification
+from tests.calibration.test_optimize import smooth_images
+from tests.test_cli import assert_user_error, invoke
+
+DEMO = demo_model_path()
+
+
+def chain(width: int, layers: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(width)
+    inits = [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}")
+             for i in range(layers)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < layers - 1 else "y"])
+             for i in range(layers)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def check(error: float) -> Verification:
+    return Verification("passed", "held", [OutputCheck("y", "float", relative_error=error)])
+
+
+def test_latency_picks_the_fastest_within_the_bound_and_size_the_smallest_file():
+    feeds = {"x": np.ones((4, 256), np.float32)}
+    base = Candidate("input", chain(256, 8), None, 0.05)
+    fast_but_wrong = Candidate("fast", chain(256, 1), check(0.2), 0.05)
+    fast = Candidate("faster", chain(256, 2), check(0.01), 0.05)
+    picked = choose([base, fast_but_wrong, fast], "latency", feeds, threads=1, rounds=5)
+    assert picked.chosen is fast and fast.speedup > 1.5
+    assert fast_but_wrong.speedup is not None        # timed for the report though outside the bound
+    picked = choose([base, fast_but_wrong, fast], "size", feeds, threads=1, rounds=3)
+    assert picked.chosen is fast
+
+
+def test_the_input_is_kept_when_no_candidate_is_faster():
+    feeds = {"x": np.ones((4, 256), np.float32)}
+    base = Candidate("input", chain(256, 1), None, 0.05)
+    slower = Candidate("slower", chain(256, 6), check(0.0), 0.05)
+    picked = choose([base, slower], "latency", feeds, threads=1, rounds=5)
+    assert picked.chosen is base and "the input is kept" in picked.notes[0]
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    np.savez(root / "s.npz", input=smooth_images(32, 3))
+    return root / "s.npz"
+
+
+def test_a_bound_nothing_can_meet_keeps_the_input(samples, tmp_path):
+    out = tmp_path / "o.onnx"
+    code, text = invoke("optimize", DEMO, "-o", out, "--calibration", samples, "--method", "none", "--int8",
+                        "--max-output-error", "1e-9", "--json")
+    assert code == 0, text
+    report = json.loads(text)
+    assert report["deploy"]["chosen"] == "input"
+    assert any("kept" in n for n in report["notes"])
+    written = onnx.load(str(out))
+    assert not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(DEMO)).graph.node]
+
+
+def test_the_bound_holds_for_the_model_as_written(samples, tmp_path):
+    report = optimize(DEMO, tmp_path / "o.onnx", calibration=str(samples), max_output_error=0.03, int8=True,
+                      objective="size", class_outputs=["logits"], threads=1, progress=False)
+    names = [c["name"] for c in report.deploy["candidates"]]
+    assert names[0] == "input" and "int8" in names
+    assert report.verification is None or report.verification.within(0.03)
+    chosen = next(c for c in report.deploy["candidates"] if c["name"] == report.deploy["chosen"])
+    assert chosen["within"] and chosen["size_bytes"] <= report.deploy["candidates"][0]["size_bytes"]
+    assert all(c["outputs"] is None or c["outputs"][0]["argmax_agreement"] is not None
+               for c in report.deploy["candidates"])
+    assert report.after.size_bytes == chosen["size_bytes"] or report.deploy["chosen"] == "input"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objective", "size"], "--objective size picks among models within an error bound"),
+    (["--int8", "--provider", "cuda"], "provider 'cuda' has no int8 kernels"),
+    (["--int8", "--device", "rx580"], "--int8 is timed on a provider"),
+    (["--method", "none", "--max-output-error", "0.05"], "--max-output-error searches the global budget itself"),
+    (["--int8", "--class-output", "nope"], "--class-output nope: the model has no such output"),
+])
+def test_mistakes_are_one_line_before_any_work(samples, tmp_path, args, message):
+    base = ["optimize", DEMO, "-o", tmp_path / "o.onnx"]
+    calibration = [] if args[:2] == ["--objective", "size"] else ["--calibration", samples]
+    code, text = invoke(*base, *calibration, *args)
+    assert_user_error(code, text, message)
+    assert not (tmp_path / "o.onnx").exists()
