@@ -126,6 +126,8 @@ def class_axes(model: onnx.ModelProto, named: dict[str, int | None] | None = Non
     for name, out in outputs.items():
         dims = out.type.tensor_type.shape.dim
         node = producers.get(name)
+        while node is not None and node.op_type in ("Identity", "Cast") and node.input:
+            node = producers.get(node.input[0])        # PaddlePaddle exports end in an Identity
         reader = next((r for r in readers.get(name, []) if r.op_type in ("ArgMax", "TopK")), None)
         if named and name in named:
             axes[name] = named[name] if named[name] is not None else (1 if len(dims) == 4 else -1)
