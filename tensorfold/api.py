@@ -24,7 +24,8 @@ from tensorfold.graph.io import load_model, save_model
 from tensorfold.outputs import check_output, guard_inputs
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.stats import collect_input_grams
-from tensorfold.calibration.deploy import check_objective
+from tensorfold.calibration.deploy import (DeploySettings, check_objective, factorization_of, search_candidates,
+                                           split_models_for_int8)
 from tensorfold.quantize.formats import format_for
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
@@ -250,7 +251,7 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
 
         result, verification, budget_trials = search_budget(chosen, model, ctx, search_reference, max_output_error)
         if o.int8:
-            split_models = _split_models(chosen, model, ctx, search_reference, max_output_error)
+            split_models = split_models_for_int8(chosen, model, ctx, search_reference, max_output_error)
         if reference is not search_reference:
             verification = None
     elif o.hardware_aware:
@@ -277,12 +278,14 @@ def _optimize(input_path, output_path, o: OptimizeOptions) -> OptimizeReport:
         stages.append(_stage("factorized", rewritten, verification))
     final_verification, deploy, notes = verification, None, []
     if deploying:
-        deploy = _deploy(o, kept_input, model, result, verification if reference is search_reference else None,
-                         split_models, fit, held, search_reference, max_output_error)
+        deploy = search_candidates(
+            kept_input, model, result, verification if reference is search_reference else None, split_models,
+            fit.arrays, held.arrays if held is not None else None, search_reference, max_output_error,
+            DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR, o.progress))
         picked = deploy.chosen
         rewritten = picked.model
         final_verification = picked.verification
-        result = _result_of(picked, result, split_models)
+        result = factorization_of(picked, result, split_models)
         if picked.name == "input":
             final_verification = None
         elif reference is not None and reference is not search_reference:
@@ -347,90 +350,6 @@ def _output_warnings(report: OptimizeReport, check, o: OptimizeOptions, bound: f
                                    "(--max-output-error E)")
         else:
             report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}")
-
-
-def _split_models(chosen, model, ctx, reference, bound) -> list[tuple[float, PassResult]]:
-    """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
-    model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
-    from dataclasses import replace
-
-    from tensorfold.calibration.budget_search import search_budget
-    from tensorfold.calibration.deploy import INT8_SPLITS, SPLIT_STEPS
-
-    out = []
-    for share in INT8_SPLITS:
-        result, _, trials = search_budget(chosen, model, replace(ctx, progress=False), reference, share * bound,
-                                          steps=SPLIT_STEPS)
-        ratios = [t.ratio for t in trials if t.within]
-        if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:
-            out.append((max(ratios), result))
-    return out
-
-
-def _deploy(o: OptimizeOptions, original, normalized, result, verification, split_models, fit, held,
-            reference, bound):
-    """The candidates of this run, built and verified on the held-out share, and the one the
-    objective picks (calibration/deploy.py)."""
-    from tensorfold.calibration.deploy import Candidate, choose
-    from tensorfold.quantize.within_bound import quantize_within
-
-    if reference is None:
-        raise TensorfoldError("--int8 and --objective need held-out samples to check every candidate on "
-                              "(--calibration)")
-    factorized = result.model if result.rewritten else None
-    candidates = [Candidate("input", original, None, bound)]
-    unmet: list[str] = []
-    if factorized is not None:
-        candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
-                                    factorized_ratio=_ratio(result)))
-    if o.int8:
-        fmt = format_for(o.provider) if o.deploy_objective == "latency" else format_for("cpu")
-        if bound is not None:
-            bases = [("int8", normalized, None, None)]
-            bases += [("factorized + int8", r.model, r, ratio) for ratio, r in split_models if r.rewritten]
-            int8_bound = bound
-        else:
-            # a rank option chose the factorization: int8 may add DEFAULT_OUTPUT_ERROR to its error
-            base_error = candidates[-1].max_error if factorized is not None else 0.0
-            int8_bound = base_error + DEFAULT_OUTPUT_ERROR
-            bases = [("factorized + int8" if factorized is not None else "int8", factorized or normalized, result,
-                      _ratio(result) if factorized is not None else None)]
-        method_choice = None
-        for name, base, _, ratio in bases:
-            methods = (method_choice,) if method_choice else None
-            for r in quantize_within(base, fit.arrays, reference, int8_bound, fmt, o.provider,
-                                     **({"methods": methods} if methods else {}),
-                                     class_outputs=set(reference.axes), progress=o.progress):
-                method_choice = method_choice or r.calibration
-                label = name + (" (dynamic)" if r.kind == "dynamic" else "")
-                if r.model is None:
-                    unmet.extend(f"{label}: {note}" for note in r.notes)
-                    continue
-                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r, factorized_ratio=ratio))
-    timing = held.arrays if held is not None else None
-    picked = choose(candidates, o.deploy_objective, timing, o.provider, o.threads)
-    picked.notes[:0] = unmet
-    if picked.chosen.name == "input" and not any("input is kept" in n for n in picked.notes):
-        picked.notes.append("no candidate stayed within the bound on the held-out samples: the input is kept")
-    return picked
-
-
-def _ratio(result: PassResult) -> float | None:
-    return result.eligible_params / result.eligible_params_after if result.eligible_params_after else None
-
-
-def _result_of(picked, result: PassResult, split_models) -> PassResult:
-    """The factorization behind the picked candidate (for the report's layer table): none for the
-    input and int8 alone, the bound search's for "factorized", the split's for factorized + int8."""
-    if picked.name == "factorized":
-        return result
-    if picked.factorized_ratio is None:
-        return PassResult(picked.model, picked.name != "input", [], result.skipped, result.notes,
-                          result.eligible_params)
-    for ratio, r in split_models:
-        if picked.factorized_ratio == ratio:
-            return PassResult(picked.model, True, r.rewritten, r.skipped, result.notes, r.eligible_params)
-    return PassResult(picked.model, True, result.rewritten, result.skipped, result.notes, result.eligible_params)
 
 
 def _calibration_split(original, calibration, shape_map, normalize, holdout, seed):

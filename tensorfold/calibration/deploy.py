@@ -11,16 +11,18 @@ says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import count_params
-from tensorfold.graph.verify import Verification
+from tensorfold.graph.verify import Reference, Verification
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
+from tensorfold.passes.base import PassContext, PassResult
+from tensorfold.passes.factorize import FactorizePass
 from tensorfold.quantize.within_bound import Int8Result
 
 OBJECTIVES = ("latency", "size")
@@ -120,3 +122,97 @@ def choose(candidates: list[Candidate], objective: str | None, feeds: dict[str, 
 def check_objective(objective: str | None) -> None:
     if objective is not None and objective not in OBJECTIVES:
         raise TensorfoldError(f"unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    objective: str | None           # "latency" | "size" | None (the last candidate within the bound)
+    int8: bool
+    provider: str = "cpu"
+    threads: int = 0
+    rank_option_int8_error: float = 0.05    # without a bound: what int8 may add to the factorized model's error
+    progress: bool = True
+
+
+def split_models_for_int8(chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference,
+                          bound: float) -> list[tuple[float, PassResult]]:
+    """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
+    model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
+    from tensorfold.calibration.budget_search import search_budget
+
+    out: list[tuple[float, PassResult]] = []
+    for share in INT8_SPLITS:
+        result, _, trials = search_budget(chosen, model, replace(ctx, progress=False), reference, share * bound,
+                                          steps=SPLIT_STEPS)
+        ratios = [t.ratio for t in trials if t.within]
+        if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:
+            out.append((max(ratios), result))
+    return out
+
+
+def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto, result: PassResult,
+                      verification: Verification | None, split_models: list[tuple[float, PassResult]],
+                      fit: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, reference: Reference | None,
+                      bound: float | None, settings: DeploySettings) -> DeployChoice:
+    """The candidates of one run, built and verified on the held-out share, and the one the objective
+    picks. With a bound: input, factorized at the bound, int8 alone, factorized at a share of the
+    bound + int8. With a rank option instead (bound None): input, the factorization as asked, and it
+    with int8 allowed to add `settings.rank_option_int8_error`."""
+    from tensorfold.quantize.formats import format_for
+    from tensorfold.quantize.within_bound import quantize_within
+
+    if reference is None:
+        raise TensorfoldError("--int8 and --objective need held-out samples to check every candidate on "
+                              "(--calibration)")
+    factorized = result.model if result.rewritten else None
+    candidates = [Candidate("input", original, None, bound)]
+    unmet: list[str] = []
+    if factorized is not None:
+        candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
+                                    factorized_ratio=_ratio(result)))
+    if settings.int8:
+        fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
+        if bound is not None:
+            bases = [("int8", normalized, None)]
+            bases += [("factorized + int8", r.model, ratio) for ratio, r in split_models if r.rewritten]
+            int8_bound = bound
+        else:
+            int8_bound = (candidates[-1].max_error if factorized is not None else 0.0) + settings.rank_option_int8_error
+            bases = [("factorized + int8", factorized, _ratio(result)) if factorized is not None
+                     else ("int8", normalized, None)]
+        method: str | None = None           # the calibration method int8 alone chose is reused after it
+        for name, base, ratio in bases:
+            options = {"methods": (method,)} if method else {}
+            for r in quantize_within(base, fit, reference, int8_bound, fmt, settings.provider,
+                                     class_outputs=set(reference.axes), progress=settings.progress, **options):
+                method = method or r.calibration
+                label = name + (" (dynamic)" if r.kind == "dynamic" else "")
+                if r.model is None:
+                    unmet.extend(f"{label}: {note}" for note in r.notes)
+                    continue
+                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r,
+                                            factorized_ratio=ratio))
+    picked = choose(candidates, settings.objective, held, settings.provider, settings.threads)
+    picked.notes[:0] = unmet
+    if picked.chosen.name == "input" and not any("input is kept" in n for n in picked.notes):
+        picked.notes.append("no candidate stayed within the bound on the held-out samples: the input is kept")
+    return picked
+
+
+def _ratio(result: PassResult) -> float | None:
+    return result.eligible_params / result.eligible_params_after if result.eligible_params_after else None
+
+
+def factorization_of(picked: Candidate, result: PassResult, split_models: list[tuple[float, PassResult]]
+                     ) -> PassResult:
+    """The factorization behind the picked candidate (for the report's layer table): none for the
+    input and int8 alone, the bound search's for "factorized", the split's for factorized + int8."""
+    if picked.name == "factorized":
+        return result
+    if picked.factorized_ratio is None:
+        return PassResult(picked.model, picked.name != "input", [], result.skipped, result.notes,
+                          result.eligible_params)
+    for ratio, r in split_models:
+        if picked.factorized_ratio == ratio:
+            return PassResult(picked.model, True, r.rewritten, r.skipped, result.notes, r.eligible_params)
+    return PassResult(picked.model, True, result.rewritten, result.skipped, result.notes, result.eligible_params)
