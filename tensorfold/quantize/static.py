@@ -120,24 +120,19 @@ class StaticQuantizer:
     def __exit__(self, *exc):
         self.close()
 
-    def ranges(self, method: str) -> Path:
-        """The calibration cache (activation ranges) for `method`, computed on first use."""
+    def ranges(self, method: str) -> Path | None:
+        """The calibration cache (activation ranges) for `method`, computed on first use; None where
+        this onnxruntime has no calibration cache (before 1.26): every quantization then calibrates."""
         if method not in CALIBRATION_METHODS:
             raise TensorfoldError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
+        if not _has_calibration_cache():
+            return None
         if method not in self._ranges:
             self._ranges[method] = self._calibrate(method)
         return self._ranges[method]
 
     def _calibrate(self, method: str) -> Path:
-        from onnxruntime.quantization import CalibrationDataReader
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-        class Reader(CalibrationDataReader):
-            def __init__(self, calls):
-                self.calls = iter(calls)
-
-            def get_next(self):
-                return next(self.calls, None)
 
         options = {"symmetric": self.fmt.activations == "int8"}
         if method == "percentile":
@@ -152,7 +147,7 @@ class StaticQuantizer:
                     extra_options=options)
                 step = self.calls_per_collect
                 for start in range(0, len(self.calls), step):
-                    calibrator.collect_data(Reader(self.calls[start:start + step]))
+                    calibrator.collect_data(_reader(self.calls[start:start + step]))
                 save_tensors_data(calibrator.compute_data(), path)
             except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
                 raise TensorfoldError(f"int8 calibration ({method}) failed: {str(exc).splitlines()[0][:300]}") from None
@@ -167,11 +162,12 @@ class StaticQuantizer:
         dst = self.dir / "quantized.onnx"
         with quiet_onnxruntime_quantization():
             try:
-                quantize_static(str(self.source), str(dst), None, quant_format=QuantFormat.QDQ,
-                                per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
-                                activation_type=activations, weight_type=weights,
+                cached = {"calibration_cache_path": str(cache)} if cache is not None else {}
+                quantize_static(str(self.source), str(dst), None if cache is not None else _reader(self.calls),
+                                quant_format=QuantFormat.QDQ, per_channel=self.fmt.per_channel,
+                                reduce_range=self.fmt.reduce_range, activation_type=activations, weight_type=weights,
                                 nodes_to_exclude=sorted(exclude), use_external_data_format=self.external,
-                                calibrate_method=_ort_method(method), calibration_cache_path=str(cache))
+                                calibrate_method=_ort_method(method), **cached)
             except Exception as exc:  # noqa: BLE001
                 raise TensorfoldError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
         quantized = onnx.load(str(dst))
@@ -201,6 +197,28 @@ class StaticQuantizer:
 
 # the ops dynamic quantization pays off for: weight-heavy matrix products and recurrent cells
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
+
+
+def _has_calibration_cache() -> bool:
+    """onnxruntime 1.26 added quantize_static(calibration_cache_path=...) (microsoft/onnxruntime#28221)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _reader(calls: list[dict]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.calls = iter(calls)
+
+        def get_next(self):
+            return next(self.calls, None)
+
+    return Reader()
 
 
 def _ort_method(method: str):

@@ -82,3 +82,14 @@ def test_quantize_within_on_the_demo_cnn(demo):
         onnx.checker.check_model(tight.model)
     else:
         assert tight.notes
+
+
+def test_an_onnxruntime_without_the_calibration_cache_calibrates_every_time(demo, monkeypatch):
+    from tensorfold.quantize import static
+
+    monkeypatch.setattr(static, "_has_calibration_cache", lambda: False)
+    fit = {"input": smooth_images(8, 0)}
+    with static.StaticQuantizer(demo, fit, format_for("cpu", "x86_64", {"avx512_vnni"})) as q:
+        assert q.ranges("minmax") is None
+        model = q.quantize("minmax", frozenset())
+    assert any(n.op_type == "QLinearConv" or n.op_type == "QuantizeLinear" for n in model.graph.node)
