@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # (e.g. `make TORCH_SPEC=torch test`), or install torch into .venv yourself first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: env demo test bench clean
+.PHONY: env demo test lint bench clean
 
 env: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test,bench,lint]"
 	touch $@
 
 demo: env
@@ -22,6 +22,10 @@ demo: env
 
 test: env
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+lint: env
+	$(VENV)/bin/ruff check tensorfold tests tools
+	$(VENV)/bin/mypy
 
 bench: env
 	$(PY) -m pytest -q -m slow -p no:xdist

@@ -18,25 +18,44 @@ import numpy as np
 import onnx
 
 from tensorfold import __version__
-from tensorfold.errors import TensorfoldError, VerificationFailed
-from tensorfold.onnxrt import large
-from tensorfold.graph.io import load_model, save_model
-from tensorfold.outputs import check_output, guard_inputs
 from tensorfold.calibration.data import DEFAULT_HOLDOUT, load_samples, parse_normalize, split_holdout
+from tensorfold.calibration.deploy import (
+    DeploySettings,
+    check_objective,
+    factorization_of,
+    search_candidates,
+    split_models_for_int8,
+)
 from tensorfold.calibration.stats import collect_input_grams
-from tensorfold.calibration.deploy import (DeploySettings, check_objective, factorization_of, search_candidates,
-                                           split_models_for_int8)
-from tensorfold.quantize.formats import format_for
+from tensorfold.errors import TensorfoldError, VerificationFailed
+from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import Reference, parse_class_outputs, verify_models
+from tensorfold.onnxrt import large
+from tensorfold.onnxrt.batching import call_shapes, feeds_for
+from tensorfold.onnxrt.inputs import (
+    DEFAULT_DYNAMIC_DIM,
+    dynamic_warning,
+    load_inputs,
+    parse_shapes,
+    random_inputs,
+    resolve_shapes,
+    zero_inputs,
+)
+from tensorfold.outputs import check_output, guard_inputs
 from tensorfold.passes import METHODS, PassContext, PassResult, RankSpec, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
-from tensorfold.report import (InspectReport, NasReport, OptimizeReport, ProfileReport, RankSearchReport, RecoverReport,
-                               VerifyReport)
-from tensorfold.onnxrt.batching import call_shapes, feeds_for
-from tensorfold.onnxrt.inputs import (DEFAULT_DYNAMIC_DIM, dynamic_warning, load_inputs, parse_shapes,
-                                       random_inputs, resolve_shapes, zero_inputs)
+from tensorfold.quantize.formats import format_for
+from tensorfold.report import (
+    InspectReport,
+    NasReport,
+    OptimizeReport,
+    ProfileReport,
+    RankSearchReport,
+    RecoverReport,
+    VerifyReport,
+)
 
 # --calibration without a rank option: the most compressed model within this held-out output error
 DEFAULT_OUTPUT_ERROR = 0.05

@@ -13,6 +13,7 @@ from tensorfold import __version__
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.outputs import json_text
 
+
 class _Finite(click.FloatRange):
     """A float in range that is also finite: FloatRange lets NaN through (every comparison is false)."""
 
@@ -283,9 +284,9 @@ def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, o
         return
     from dataclasses import replace
 
-    from tensorfold.paths import cache_dir
     from tensorfold.bench.runner import SUITES, Suite, run_suite
     from tensorfold.bench.zoo import ZOO
+    from tensorfold.paths import cache_dir
 
     cfg = dict(SUITES[suite])
     if models:

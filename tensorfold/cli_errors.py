@@ -19,7 +19,7 @@ import threading
 
 import click
 
-from tensorfold.errors import Terminated, TensorfoldError, VerificationFailed
+from tensorfold.errors import TensorfoldError, Terminated, VerificationFailed
 
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full",

@@ -25,8 +25,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tensorfold.errors import TensorfoldError
 

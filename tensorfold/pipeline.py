@@ -49,13 +49,12 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     provider, and the model only if it is faster as a whole (see planning/hardware_aware.py)."""
     from tensorfold.api import optimize
     from tensorfold.datasets import load_data, prepare_inputs
+    from tensorfold.graph.io import load_model
+    from tensorfold.outputs import check_output_dir, guard_inputs
+    from tensorfold.passes import METHODS
     from tensorfold.recovery.finetune import RecoverConfig
     from tensorfold.recovery.run import recover
     from tensorfold.search.nas.run import IMAGE, search_nas
-
-    from tensorfold.passes import METHODS
-    from tensorfold.graph.io import load_model
-    from tensorfold.outputs import check_output_dir, guard_inputs
 
     # everything that can be refused is refused before the output folder is made or anything runs
     if method not in METHODS:

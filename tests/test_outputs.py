@@ -11,8 +11,16 @@ import textwrap
 import pytest
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.outputs import (atomic_path, check_output, check_output_dir, guard_inputs, guarded, json_text,
-                                new_file_mode, write_text_atomic)
+from tensorfold.outputs import (
+    atomic_path,
+    check_output,
+    check_output_dir,
+    guard_inputs,
+    guarded,
+    json_text,
+    new_file_mode,
+    write_text_atomic,
+)
 
 
 def test_a_write_gets_the_umask_mode_not_mkstemps_0600(tmp_path):

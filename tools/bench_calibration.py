@@ -30,10 +30,10 @@ import numpy as np
 
 from tensorfold.api import optimize
 from tensorfold.bench.real_models import fetch_rapidocr_model
-from tensorfold.paths import cache_dir
 from tensorfold.bench.report import publish
 from tensorfold.bench.text_images import line_images, page_images, to_nchw
 from tensorfold.graph.io import load_model
+from tensorfold.paths import cache_dir
 
 OCR_MODELS = ("det", "cls", "rec")   # rapidocr model names; their samples: ocr_samples()
 OCR_RATIO, ZOO_RATIO = 2.0, 4.0
@@ -83,7 +83,7 @@ def cli_run(args: list[str]) -> tuple[float, float]:
             "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
             "    print('BENCH', time.perf_counter() - t, int(hwm.split()[1]) / 1024, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    line = next((l for l in done.stderr.splitlines() if l.startswith("BENCH")), None)
+    line = next((row for row in done.stderr.splitlines() if row.startswith("BENCH")), None)
     if done.returncode != 0 or line is None:
         raise SystemExit(f"tensorfold {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     _, seconds, mb = line.split()

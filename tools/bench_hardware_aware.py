@@ -28,16 +28,16 @@ import onnx
 from scipy.stats import kendalltau
 
 from tensorfold.api import optimize
+from tensorfold.bench.report import publish
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.shapes import concrete_shapes
+from tensorfold.onnxrt.inputs import random_inputs
 from tensorfold.passes import PassContext, get_pass
 from tensorfold.passes.layers import ensure_node_names, find_layers
-from tensorfold.runtime.devices import calibrate_host, describe
 from tensorfold.planning.hardware_aware import HardwareTarget, _spread
-from tensorfold.onnxrt.inputs import random_inputs
-from tensorfold.runtime.latency import compare, measure, with_batch
 from tensorfold.planning.latency_table import LatencyTable
-from tensorfold.bench.report import publish
+from tensorfold.runtime.devices import calibrate_host, describe
+from tensorfold.runtime.latency import compare, measure, with_batch
 
 
 def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int, runs: int = 60,
@@ -45,10 +45,10 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     """Measure every layer and candidate chain as its own small model, predict it with the host
     roofline (micro-benchmark calibration) and with the roofline fitted on measurements of the
     other half of the layers (held out: fit on even layers, test on odd, and the reverse)."""
+    from tensorfold.planning.latency_table import mini_model
     from tensorfold.runtime.devices import fit_roofline, node_costs
     from tensorfold.runtime.kernel_model import learn_host
     from tensorfold.runtime.latency import measure_interleaved
-    from tensorfold.planning.latency_table import mini_model
 
     model, _ = normalize(onnx.load(path))
     ensure_node_names(model)
@@ -62,7 +62,7 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     target = HardwareTarget(LatencyTable(), model, shapes)
     opset, index = target.opset, target.initializers
     rng = np.random.default_rng(0)
-    for li, layer in enumerate(itertools.islice((l for l in layers if not pass_.supports(l)), max_layers)):
+    for li, layer in enumerate(itertools.islice((lay for lay in layers if not pass_.supports(lay)), max_layers)):
         chains = [([layer.node], [index[i] for i in layer.node.input if i in index])]
         for choice in {target._round(c) for c in _spread(pass_, layer)}:
             fac = pass_.factorization(layer, choice, ctx)
@@ -176,8 +176,8 @@ def main():
     import torch
 
     from tensorfold.bench.models import resnet18
-    from tensorfold.export import export_onnx
     from tensorfold.bench.real_models import fetch_rapidocr_model
+    from tensorfold.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

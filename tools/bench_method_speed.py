@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
     from tensorfold.cli import demo_model_path
+    from tensorfold.export import export_onnx
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     from tensorfold.bench.runner import quantize_int8
     from tensorfold.bench.train import Recipe, baseline
     from tensorfold.datasets import load_data, prepare_inputs
-    from tensorfold.graph.model import count_params
     from tensorfold.graph.io import load_model
+    from tensorfold.graph.model import count_params
     from tensorfold.recovery.finetune import RecoverConfig
     from tensorfold.recovery.run import recover
     from tensorfold.runtime.evaluation import evaluate_onnx

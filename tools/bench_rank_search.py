@@ -28,12 +28,12 @@ import optuna
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from tensorfold.datasets import load_data, prepare_inputs  # noqa: E402
-from tensorfold.paths import cache_dir  # noqa: E402
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.train import Recipe, baseline  # noqa: E402
 from tensorfold.cli import demo_model_path  # noqa: E402
+from tensorfold.datasets import load_data, prepare_inputs  # noqa: E402
 from tensorfold.graph.io import load_model  # noqa: E402
+from tensorfold.paths import cache_dir  # noqa: E402
 from tensorfold.search.pareto import front_hypervolume, spread  # noqa: E402
 from tensorfold.search.ranks import search_ranks  # noqa: E402
 from tensorfold.search.storage import open_storage  # noqa: E402

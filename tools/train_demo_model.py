@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

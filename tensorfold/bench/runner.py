@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.bench.train import Recipe, baseline
-from tensorfold.runtime.evaluation import evaluate_onnx
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.graph.model import count_params
+from tensorfold.runtime.evaluation import evaluate_onnx
 
 SUITES = {
     # minutes on a laptop, the same code path as the full suite

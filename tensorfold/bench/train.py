@@ -44,8 +44,8 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
     import torch
     from tqdm import tqdm
 
-    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
+    from tensorfold.export import export_onnx
 
     key = hashlib.sha1(json.dumps([model, width, data, asdict(recipe)], sort_keys=True).encode()).hexdigest()[:12]
     path = cache / f"{model}-w{width:g}-{key}.onnx"

@@ -31,7 +31,7 @@ class Samples:
     def n(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
-    def take(self, index: np.ndarray) -> "Samples":
+    def take(self, index: np.ndarray) -> Samples:
         return Samples({k: v[index] for k, v in self.arrays.items()}, self.source)
 
 

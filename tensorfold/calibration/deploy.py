@@ -45,7 +45,7 @@ class Candidate:
     params: int = field(init=False)
     size_bytes: int = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.params = count_params(self.model)
         self.size_bytes = large.serialized_size(self.model)
 
@@ -61,7 +61,7 @@ class Candidate:
             return False
         return self.bound is None or self.verification.within(self.bound)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         v = self.verification
         return {"name": self.name, "params": self.params, "size_bytes": self.size_bytes,
                 "max_error": self.max_error, "within": self.within, "speedup": self.speedup,
@@ -79,7 +79,7 @@ class DeployChoice:
     latency: str | None                         # what the speedups are: "cpu, 1 thread, measured interleaved"
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"chosen": self.chosen.name, "objective": self.objective, "latency": self.latency,
                 "candidates": [c.as_dict() for c in self.candidates], "notes": self.notes}
 
@@ -105,7 +105,7 @@ def choose(candidates: list[Candidate], objective: str | None, feeds: dict[str, 
         label = f"{provider}, {threads or 'all'} thread(s), {shapes}, median of {rounds} interleaved runs"
     notes = []
     if objective == "latency":
-        chosen = max(ok, key=lambda c: c.speedup)
+        chosen = max(ok, key=lambda c: c.speedup or 0.0)
         if chosen is base and len(ok) > 1:
             notes.append(f"no candidate within the bound ran faster than the input on {provider}: the input is kept")
     elif objective == "size":
@@ -173,7 +173,7 @@ def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto, re
     if settings.int8:
         fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
         if bound is not None:
-            bases = [("int8", normalized, None)]
+            bases: list[tuple[str, onnx.ModelProto, float | None]] = [("int8", normalized, None)]
             bases += [("factorized + int8", r.model, ratio) for ratio, r in split_models if r.rewritten]
             int8_bound = bound
         else:

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from tensorfold.calibration.data import Samples
 from tensorfold.decompose.data_aware import InputGram
 from tensorfold.onnxrt import large
-from tensorfold.passes.layers import Layer
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.onnxrt.sessions import make_session
+from tensorfold.passes.layers import Layer
 
 # patch rows processed per Gram update: bounds the im2col copy (rows x D floats)
 _ROWS_PER_STEP = 16384

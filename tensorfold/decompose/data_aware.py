@@ -36,8 +36,8 @@ rank-deficient and an undamped fit would chase directions the data never excites
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import scipy.linalg

@@ -12,6 +12,7 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.onnxrt import large
 from tensorfold.outputs import atomic_path, new_file_mode, refuse_target, temp_beside
 
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file, external data included, or raise a one-line TensorfoldError."""
     path = Path(path)

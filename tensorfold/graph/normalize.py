@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tensorfold.onnxrt import large
 from tensorfold.graph.folds import fold_affine_into_next_conv, fold_batchnorm, fold_conv_affine
 from tensorfold.graph.model import GraphIndex, prune_initializers
 from tensorfold.graph.simplify import hard_swish_to_hard_sigmoid
+from tensorfold.onnxrt import large
 
 
 def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx
 
-from tensorfold.onnxrt import large
 from tensorfold.graph.model import GraphIndex
 from tensorfold.graph.normalize import infer_shapes
+from tensorfold.onnxrt import large
 
 
 def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],

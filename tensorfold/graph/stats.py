@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from tensorfold.onnxrt import large
 from tensorfold.graph.model import attr, count_params
 from tensorfold.graph.shapes import concrete_shapes
+from tensorfold.onnxrt import large
 
 # FLOPs count a multiply-add as 2 operations (Conv, Gemm, MatMul, Einsum-free chains): the
 # convention of the roofline model; elementwise ops are not counted.

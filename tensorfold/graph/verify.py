@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.onnxrt import large
 from tensorfold.graph.model import attr
+from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.onnxrt.sessions import make_session
 

@@ -7,8 +7,8 @@ up to `max_batch` at a time, which bounds the memory of intermediate activations
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx

@@ -10,6 +10,7 @@ calibration statistics (see build).
 
 from __future__ import annotations
 
+from tensorfold.decompose.tucker2 import tucker2_params
 from tensorfold.errors import DecompositionError
 from tensorfold.passes.base import Choice, PassContext, RankSpec, register_pass
 from tensorfold.passes.cp import cp_build, cp_rank_for_params
@@ -18,7 +19,6 @@ from tensorfold.passes.layers import Layer
 from tensorfold.passes.svd import svd_build, svd_candidates, svd_params, svd_ranks
 from tensorfold.passes.tt import TTPass
 from tensorfold.passes.tucker import tucker_build, tucker_candidates, tucker_params, tucker_ranks
-from tensorfold.decompose.tucker2 import tucker2_params
 
 # CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); auto compares it only below this size
 CP_MAX_PARAMS = 300_000

@@ -151,7 +151,7 @@ class Pass(ABC):
 
     name: ClassVar[str]
 
-    def requires(self, model: onnx.ModelProto, ctx: PassContext) -> None:
+    def requires(self, model: onnx.ModelProto, ctx: PassContext) -> None:  # noqa: B027 - an optional hook
         """Raise TensorfoldError if the model is not in a form this pass can work on."""
 
     @abstractmethod

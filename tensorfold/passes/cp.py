@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from tensorfold.decompose.cp import cp_als, cp_params, cp_reconstruct
+from tensorfold.decompose.data_aware import refit_output
+from tensorfold.decompose.tucker2 import tucker2_params
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
-from tensorfold.decompose.data_aware import refit_output
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
-from tensorfold.decompose.tucker2 import tucker2_params
 
 
 def cp_max_rank(shape) -> int:

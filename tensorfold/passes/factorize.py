@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -21,7 +22,7 @@ from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
-from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, Plan, PassResult, RankSpec
+from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, PassResult, Plan, RankSpec
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 

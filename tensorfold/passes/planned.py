@@ -8,11 +8,10 @@ planned pass: a search that revisits a (layer, method, ranks) pays for its decom
 from __future__ import annotations
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.passes.base import Choice, PassContext, Plan, RankSpec
 from tensorfold.passes import PASSES, PLANNABLE
+from tensorfold.passes.base import Choice, PassContext, Plan, RankSpec
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass
 from tensorfold.passes.layers import Layer
-
 
 
 def rank_count(method: str, layer: Layer) -> int:

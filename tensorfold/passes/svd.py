@@ -81,8 +81,8 @@ def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
     rank = lefts[0].shape[1]
     return Factorization(
         "svd", [rank],
-        reconstruct=lambda: _matrices_to_weight(layer, [l.astype(layer.weight.dtype).astype(np.float64)
-                                                        @ r.astype(layer.weight.dtype) for l, r in pairs]),
+        reconstruct=lambda: _matrices_to_weight(layer, [lf.astype(layer.weight.dtype).astype(np.float64)
+                                                        @ r.astype(layer.weight.dtype) for lf, r in pairs]),
         emit=lambda b: emit_matrix_pair(b, lefts, rights),
     )
 
@@ -96,7 +96,7 @@ def emit_matrix_pair(b: ChainBuilder, left: list[np.ndarray], right: list[np.nda
     layer, x, out = b.layer, b.layer.node.input[0], b.layer.node.output[0]
     if layer.kind == "conv":
         a, nd = layer.attrs, len(layer.kernel)
-        first = np.concatenate([pointwise_kernel(l.T, nd) for l in left], axis=0)
+        first = np.concatenate([pointwise_kernel(lf.T, nd) for lf in left], axis=0)
         last = np.concatenate([pointwise_kernel(r.T, nd) for r in right], axis=0)
         h = b.conv(x, first, "in", group=layer.groups, strides=a["strides"], pads=a["pads"],
                    auto_pad=a["auto_pad"])

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from tensorfold.decompose.data_aware import refit_output
 from tensorfold.decompose.ranks import evbmf_rank
-from tensorfold.decompose.tt import (factorize_dim, tt_contraction, tt_matrix, tt_matrix_contraction, tt_rank_ladder,
-                                     tt_svd)
+from tensorfold.decompose.tt import (
+    factorize_dim,
+    tt_contraction,
+    tt_matrix,
+    tt_matrix_contraction,
+    tt_rank_ladder,
+    tt_svd,
+)
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
-from tensorfold.decompose.data_aware import refit_output
-from tensorfold.passes.factorize import (Candidate, Factorization, FactorizePass, layer_output_error2)
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, layer_output_error2
 from tensorfold.passes.layers import Layer
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.data_aware import Tucker2DataFit
+from tensorfold.decompose.ranks import clip_rank, evbmf_rank, rank_for_energy
 from tensorfold.decompose.tucker2 import Tucker2, tucker2, tucker2_error_table, tucker2_params, tucker2_reconstruct
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import ChainBuilder, pointwise_kernel

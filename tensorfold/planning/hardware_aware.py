@@ -175,9 +175,9 @@ def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, 
     """Plan by measured (or predicted) latency, then make sure the whole model got faster.
     feeds: one call of the user's inputs to time on (else random values of input_shapes)."""
     from tensorfold.graph.shapes import concrete_shapes
+    from tensorfold.onnxrt.inputs import random_inputs, zero_inputs
     from tensorfold.passes.base import PassResult
     from tensorfold.passes.layers import Skip
-    from tensorfold.onnxrt.inputs import random_inputs, zero_inputs
     from tensorfold.runtime.latency_model import Measured, latency_model
 
     if max_error is not None and not max_error > 0:

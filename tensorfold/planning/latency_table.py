@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from tensorfold.graph.model import make_model
+from tensorfold.outputs import write_text_atomic
 from tensorfold.passes.layers import Layer
 from tensorfold.runtime.latency_model import LatencyModel, latency_model
 from tensorfold.runtime.roofline import Device
-from tensorfold.outputs import write_text_atomic
-from tensorfold.graph.model import make_model
 
 
 def _value_info(name: str, shape: list[int]) -> onnx.ValueInfoProto:

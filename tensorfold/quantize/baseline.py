@@ -17,4 +17,5 @@ BASELINE = Int8Format("onnxruntime quantize_static, QDQ U8S8 per-channel, MinMax
 
 def ort_quantize_static(model: onnx.ModelProto, fit: dict[str, np.ndarray]) -> onnx.ModelProto:
     with StaticQuantizer(model, fit, BASELINE) as quantizer:
-        return quantizer.quantize("minmax")
+        quantized: onnx.ModelProto = quantizer.quantize("minmax")
+        return quantized

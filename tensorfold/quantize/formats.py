@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tensorfold.errors import TensorfoldError
 
@@ -33,11 +34,11 @@ class Int8Format:
     reduce_range: bool = False
     why: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "activations": self.activations, "weights": self.weights,
                 "per_channel": self.per_channel, "reduce_range": self.reduce_range, "why": self.why}
 
-    def ort_types(self):
+    def ort_types(self) -> tuple[Any, Any]:
         from onnxruntime.quantization import QuantType
 
         types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -49,7 +50,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
         text = Path(path).read_text()
     except OSError:
         return set()
-    line = next((l for l in text.splitlines() if l.startswith(("flags", "Features"))), "")
+    line = next((row for row in text.splitlines() if row.startswith(("flags", "Features"))), "")
     return set(line.partition(":")[2].split())
 
 

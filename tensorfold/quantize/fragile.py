@@ -17,14 +17,14 @@ _HEAD_PASSTHROUGH = {"Sigmoid", "Relu", "Clip", "Add", "Mul", "Reshape", "Transp
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
-def fragile_nodes(model: onnx.ModelProto, class_outputs: set[str] = frozenset()) -> dict[str, str]:
+def fragile_nodes(model: onnx.ModelProto, class_outputs: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
     """Node name -> why it is fragile, for the nodes of `model` (named) that int8 is known to hurt."""
     index = GraphIndex(model)
     constants = set(index.initializers) | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     producer, consumers = index.producer, index.consumers
     found: dict[str, str] = {}
 
-    def mark(node, why):
+    def mark(node: onnx.NodeProto | None, why: str) -> None:
         if node is not None and node.op_type != "Constant":
             found.setdefault(node.name, why)
 

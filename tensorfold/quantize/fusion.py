@@ -38,7 +38,7 @@ class FusionReport:
     def fused(self) -> int:
         return sum(self.kernels.values())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"kernels": dict(sorted(self.kernels.items())), "fused": self.fused, "slow_spots": self.slow_spots,
                 "float_weight_ops": self.float_weight_ops, "quantize_nodes": self.quantize_nodes,
                 "dequantize_nodes": self.dequantize_nodes}

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import onnx
 
@@ -29,7 +30,7 @@ from tensorfold.graph.verify import Reference, Verification
 INITIAL_UNITS = 16
 REFINE_BUDGET = 24
 
-Build = Callable[[frozenset], onnx.ModelProto]     # nodes kept in float -> quantized model
+Build = Callable[[frozenset[str]], onnx.ModelProto]     # nodes kept in float -> quantized model
 
 
 @dataclass
@@ -49,15 +50,15 @@ class MixedPrecision:
     model: onnx.ModelProto | None            # None: no set of float nodes met the bound
     verification: Verification | None
     float_nodes: dict[str, str] = field(default_factory=dict)     # node -> why it stayed float
-    trials: list[dict] = field(default_factory=list)              # every set tried: units float, error, within
+    trials: list[dict[str, object]] = field(default_factory=list)  # every set tried: units float, error, within
     scored_units: int = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"float_nodes": self.float_nodes, "trials": self.trials, "scored_units": self.scored_units}
 
 
 def score_units(build: Build, reference: Reference, quantizable: list[str], fragile: dict[str, str],
-                bound: float, bar=None) -> list[Unit]:
+                bound: float, bar: Any = None) -> list[Unit]:
     """Units of `quantizable` (in graph order) scored by the output error of quantizing each alone."""
     everything = frozenset(quantizable)
 
@@ -93,11 +94,11 @@ def score_units(build: Build, reference: Reference, quantizable: list[str], frag
     return sorted(final, key=lambda u: -u.error)
 
 
-def keep_within(build: Build, reference: Reference, bound: float, units: list[Unit], bar=None) -> MixedPrecision:
+def keep_within(build: Build, reference: Reference, bound: float, units: list[Unit], bar: Any = None) -> MixedPrecision:
     """The fewest leading `units` (worst first) left in float whose model is within `bound`."""
-    trials: list[dict] = []
+    trials: list[dict[str, object]] = []
 
-    def attempt(k: int):
+    def attempt(k: int) -> tuple[onnx.ModelProto, Verification, bool]:
         model = build(frozenset(n for u in units[:k] for n in u.nodes))
         check = reference.verify(model)
         ok = check.within(bound) and not check.broken

@@ -15,7 +15,9 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,7 +35,7 @@ PERCENTILE = 99.99
 
 
 @contextlib.contextmanager
-def quiet_onnxruntime_quantization():
+def quiet_onnxruntime_quantization() -> Iterator[None]:
     """onnxruntime.quantization logs warnings at root level (pre-processing advice, per-tensor notes),
     prints its histogram progress to stdout (which would corrupt --json) and lets numpy warn about
     empty histograms; none of it is for the user."""
@@ -114,10 +116,10 @@ class StaticQuantizer:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def __enter__(self):
+    def __enter__(self) -> StaticQuantizer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def ranges(self, method: str) -> Path | None:
@@ -134,7 +136,7 @@ class StaticQuantizer:
     def _calibrate(self, method: str) -> Path:
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-        options = {"symmetric": self.fmt.activations == "int8"}
+        options: dict[str, object] = {"symmetric": self.fmt.activations == "int8"}
         if method == "percentile":
             options["percentile"] = PERCENTILE
         path = self.dir / f"ranges.{method}.json"
@@ -208,20 +210,20 @@ def _has_calibration_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _reader(calls: list[dict]):
+def _reader(calls: list[dict[str, np.ndarray]]) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
+        def __init__(self) -> None:
             self.calls = iter(calls)
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.calls, None)
 
     return Reader()
 
 
-def _ort_method(method: str):
+def _ort_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,

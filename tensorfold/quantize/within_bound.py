@@ -10,6 +10,7 @@ quantization candidate; which one is written is the caller's choice by measured 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from tensorfold.graph.verify import Reference, Verification, class_axes
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.fragile import fragile_nodes
 from tensorfold.quantize.fusion import FusionReport, fused_kernels
-from tensorfold.quantize.mixed import keep_within, score_units
+from tensorfold.quantize.mixed import Build, keep_within, score_units
 from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_OPS, StaticQuantizer
 
 # dynamic quantization is tried where at least this share of the weights sits in DYNAMIC_OPS
@@ -40,10 +41,10 @@ class Int8Result:
     float_nodes: dict[str, str] = field(default_factory=dict)            # node -> why it stayed float
     quantized_nodes: int = 0
     fusion: FusionReport | None = None
-    trials: list[dict] = field(default_factory=list)
+    trials: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "format": self.format.as_dict(), "calibration": self.calibration,
                 "calibration_errors": self.calibration_errors, "float_nodes": self.float_nodes,
                 "quantized_nodes": self.quantized_nodes,
@@ -80,7 +81,7 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
                 bar.update()
             if not errors:
                 raise TensorfoldError("; ".join(failed))
-            method = min(errors, key=errors.get)
+            method = min(errors, key=lambda m: errors[m])
             results.append(_within(lambda ex: quantizer.quantize(method, ex), "static", fmt, reference, bound,
                                    quantizable, fragile, provider, bar, producers=_input_producers(prepared),
                                    calibration=method,
@@ -99,8 +100,9 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
     return results
 
 
-def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, bar, producers=None,
-            **extra) -> Int8Result:
+def _within(build: Build, kind: str, fmt: Int8Format, reference: Reference, bound: float, quantizable: list[str],
+            fragile: dict[str, str], provider: str, bar: Any, producers: dict[str, onnx.NodeProto] | None = None,
+            **extra: Any) -> Int8Result:
     bar.set_postfix_str(f"{kind}: scoring")
     units = score_units(build, reference, quantizable, fragile, bound, bar) if quantizable else []
     bar.set_postfix_str(f"{kind}: nodes to float")
@@ -120,11 +122,13 @@ def _within(build, kind, fmt, reference, bound, quantizable, fragile, provider, 
     return result
 
 
-def _float_slow_spots(result: Int8Result, build, reference, bound, quantizable, producers, provider) -> None:
+def _float_slow_spots(result: Int8Result, build: Build, reference: Reference, bound: float, quantizable: list[str],
+                      producers: dict[str, onnx.NodeProto], provider: str) -> None:
     """A weight op onnxruntime has no int8 kernel for (ConvTranspose on the CPU) runs in float on a
     dequantized weight; onnxruntime quantizes its weight itself when its input arrives quantized.
     Keeping the op and the producer of its input in float drops that Q/DQ work: tried once, kept
     when it stays within the bound and leaves fewer slow spots."""
+    assert result.fusion is not None
     slow = set(result.fusion.slow_spots)
     nodes = {n for n in slow if n in quantizable}
     nodes |= {producers[n].name for n in slow if n in producers and producers[n].name in quantizable}

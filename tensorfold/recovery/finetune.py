@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tensorfold.errors import Terminated, TensorfoldError
-from tensorfold.outputs import atomic_path
 from tensorfold.datasets import ImageFiles
+from tensorfold.errors import TensorfoldError, Terminated
+from tensorfold.outputs import atomic_path
 from tensorfold.recovery.distill import Outputs, feature_loss, output_loss
 from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 

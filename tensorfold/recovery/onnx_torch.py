@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

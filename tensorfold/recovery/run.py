@@ -9,19 +9,41 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.datasets import (ImageFiles, adaptation, load_data, load_input_arrays, prepare_inputs, sample_shape,
-                                 samples_subset)
-from tensorfold.log import warn
+from tensorfold.datasets import (
+    ImageFiles,
+    adaptation,
+    load_data,
+    load_input_arrays,
+    prepare_inputs,
+    sample_shape,
+    samples_subset,
+)
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
+from tensorfold.log import warn
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
-from tensorfold.recovery.distill import (EmaTeacher, EnsembleTeacher, GraphTeacher, OnnxTeacher, Outputs, TorchTeacher,
-                                         rewritten_outputs)
+from tensorfold.recovery.distill import (
+    EmaTeacher,
+    EnsembleTeacher,
+    GraphTeacher,
+    OnnxTeacher,
+    Outputs,
+    TorchTeacher,
+    rewritten_outputs,
+)
 from tensorfold.recovery.distributed import World, world
 from tensorfold.recovery.distributed import start as start_processes
 from tensorfold.recovery.distributed import stop as stop_processes
-from tensorfold.recovery.finetune import (RecoverConfig, tensors, evaluate, metric_for, model_fingerprint, plot_history,
-                                          signed, train)
+from tensorfold.recovery.finetune import (
+    RecoverConfig,
+    evaluate,
+    metric_for,
+    model_fingerprint,
+    plot_history,
+    signed,
+    tensors,
+    train,
+)
 
 
 def _io_signature(model: onnx.ModelProto):

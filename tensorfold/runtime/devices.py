@@ -8,8 +8,17 @@ import platform
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.runtime.kernel_model import VERSION, learn_host
-from tensorfold.runtime.roofline import (DEVICES, Device, NodeCost, calibrate_host, describe, fit_roofline, host_key,
-                                         node_costs, predict_seconds)
+from tensorfold.runtime.roofline import (
+    DEVICES,
+    Device,
+    NodeCost,
+    calibrate_host,
+    describe,
+    fit_roofline,
+    host_key,
+    node_costs,
+    predict_seconds,
+)
 
 __all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "fit_roofline", "get_device", "learned_host",
            "node_costs", "predict_seconds"]

@@ -25,10 +25,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.outputs import write_text_atomic
 from tensorfold.graph.model import make_model
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import attr
+from tensorfold.outputs import write_text_atomic
 
 FAMILIES = ("conv", "matmul")
 # 2 min 16 s on this 2-core host. Against one fixed measurement (a one-off check, commit c01e6d3), 900 more sampled convs raised
@@ -327,7 +327,7 @@ class KernelModel:
                            "samples": [[s.family, s.config, s.seconds] for s in self.samples]})
 
     @classmethod
-    def from_json(cls, text: str, fallback) -> "KernelModel | None":
+    def from_json(cls, text: str, fallback) -> KernelModel | None:
         data = json.loads(text)
         if data.get("version") != VERSION:
             return None

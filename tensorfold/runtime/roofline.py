@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.outputs import write_text_atomic
+from tensorfold.graph.model import make_model
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import node_flops
-from tensorfold.graph.model import make_model
+from tensorfold.outputs import write_text_atomic
 
 
 @dataclass(frozen=True)

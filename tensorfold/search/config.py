@@ -13,9 +13,9 @@ import yaml
 from tensorfold import __version__
 from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import write_text_atomic
+from tensorfold.passes.base import Plan
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.planned import check_choice
-from tensorfold.passes.base import Plan
 from tensorfold.search.space import decode_plan, encode_plan
 
 KIND = "tensorfold-ranks"

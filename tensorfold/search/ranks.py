@@ -26,11 +26,11 @@ import optuna
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.model import count_params
-from tensorfold.outputs import check_output_dir, guard_inputs, input_conflict, write_json_atomic
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import parse_shapes
+from tensorfold.outputs import check_output_dir, guard_inputs, input_conflict, write_json_atomic
 from tensorfold.search.config import write_config
 from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives

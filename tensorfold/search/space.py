@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import TensorfoldError
+from tensorfold.passes import PLANNABLE
 from tensorfold.passes.base import Choice, FactorCache, PassContext, PassResult, Plan
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
-from tensorfold.passes import PLANNABLE
 from tensorfold.passes.planned import PlannedPass
 from tensorfold.search.objectives import parse_names
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tensorfold.datasets import FASHION_MNIST_ROOT
 from tensorfold.bench.report import load_rows, markdown, pareto, write_report
 from tensorfold.bench.runner import SUITES, Suite, run_suite
 from tensorfold.cli import main
+from tensorfold.datasets import FASHION_MNIST_ROOT
 
 needs_data = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
                                 reason="needs Fashion-MNIST from Debian's dataset-fashion-mnist "
@@ -79,8 +79,8 @@ def test_zoo_models_build_export_and_factorize(tmp_path, name, params):
     import torch
 
     from tensorfold.api import optimize
-    from tensorfold.export import export_onnx
     from tensorfold.bench.zoo import build
+    from tensorfold.export import export_onnx
 
     assert sum(p.numel() for p in build(name).parameters()) == params      # the known full-width sizes
     small = build(name, width=0.125).eval()

@@ -6,8 +6,8 @@ import pytest
 
 from tensorfold.calibration.data import Samples
 from tensorfold.calibration.stats import collect_input_grams, conv_patches
-from tensorfold.passes.layers import find_layers
 from tensorfold.onnxrt.sessions import make_session
+from tensorfold.passes.layers import find_layers
 from tests.passes.single_node import conv_model, gemm_model
 
 CASES = [

@@ -132,7 +132,7 @@ def test_allocate_budget_general_case_within_budget_and_one_opt(seed):
         assert e >= optimum - 1e-12
         # no single-layer change that fits the budget improves the sum of errors
         for i, opts in enumerate(options):
-            for k, o in enumerate(opts):
+            for k, _ in enumerate(opts):
                 trial = list(pick)
                 trial[i] = k
                 tp, te = _objective(options, trial)

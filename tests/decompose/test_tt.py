@@ -9,8 +9,8 @@ from tensorfold.decompose.tt import (
     tt_matrix,
     tt_matrix_contraction,
     tt_params,
-    tt_ranks,
     tt_rank_ladder,
+    tt_ranks,
     tt_svd,
 )
 from tensorfold.errors import DecompositionError

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tensorfold.graph.normalize import normalize
-from tests.graph.graphs import C, affine_then_conv, conv_then, check_same_outputs
+from tests.graph.graphs import C, affine_then_conv, check_same_outputs, conv_then
 
 per_channel = np.linspace(0.5, 2.0, C).reshape(1, C, 1, 1)
 

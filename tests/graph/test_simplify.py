@@ -8,7 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from tensorfold.graph.normalize import normalize
-from tests.graph.graphs import affine_then_conv, conv_then, check_same_outputs
+from tests.graph.graphs import affine_then_conv, check_same_outputs, conv_then
 
 
 def _hard_swish(form: str):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 

@@ -12,8 +12,8 @@ import pytest
 from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.onnxrt import large
 from tensorfold.graph.io import load_model, save_model
+from tensorfold.onnxrt import large
 from tensorfold.onnxrt.sessions import make_session
 
 CAP = 20_000

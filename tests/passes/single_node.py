@@ -7,8 +7,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.graph.verify import compare_outputs
-from tensorfold.passes import PassContext, RankSpec, get_pass
 from tensorfold.onnxrt.sessions import make_session
+from tensorfold.passes import PassContext, RankSpec, get_pass
 
 OPSET = 17
 

@@ -28,7 +28,7 @@ def record(method: str, kwargs: dict) -> dict:
             "max_relative_error": round(report.verification.max_relative_error, 6)}
 
 
-@pytest.mark.parametrize("method, label, kwargs", CASES, ids=[f"{m} {l}" for m, l, _ in CASES])
+@pytest.mark.parametrize("method, label, kwargs", CASES, ids=[f"{m} {label}" for m, label, _ in CASES])
 def test_the_demo_factorizes_as_recorded(method, label, kwargs):
     expected = json.loads(RECORD.read_text())[f"{method} {label}"]
     got = record(method, kwargs)
@@ -40,4 +40,4 @@ def test_the_demo_factorizes_as_recorded(method, label, kwargs):
 
 
 if __name__ == "__main__":
-    print(json.dumps({f"{m} {l}": record(m, k) for m, l, k in CASES}, indent=1, sort_keys=True))
+    print(json.dumps({f"{m} {label}": record(m, k) for m, label, k in CASES}, indent=1, sort_keys=True))

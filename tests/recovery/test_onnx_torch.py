@@ -7,8 +7,8 @@ import torch
 
 from tensorfold.api import optimize
 from tensorfold.cli import demo_model_path
-from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.onnxrt.sessions import make_session
+from tensorfold.recovery.onnx_torch import OnnxModule
 from tests.fixtures import torch_models
 
 

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from tensorfold.api import optimize
-from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.cli import demo_model_path, main
+from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.finetune import RecoverConfig
 from tensorfold.recovery.run import recover

@@ -10,9 +10,21 @@ import pytest
 from tensorfold.graph.shapes import concrete_shapes
 from tensorfold.graph.stats import node_flops
 from tensorfold.runtime.devices import DEVICES, describe, get_device, predict_seconds
-from tensorfold.runtime.kernel_model import (KernelModel, Sample, collect_samples, conv_bytes, conv_flops,
-                                             conv_input_bytes, kernel_model, learn_host, matmul_flops, node_config,
-                                             sample_conv, sample_matmul, sample_pair)
+from tensorfold.runtime.kernel_model import (
+    KernelModel,
+    Sample,
+    collect_samples,
+    conv_bytes,
+    conv_flops,
+    conv_input_bytes,
+    kernel_model,
+    learn_host,
+    matmul_flops,
+    node_config,
+    sample_conv,
+    sample_matmul,
+    sample_pair,
+)
 from tests.passes.single_node import conv_model, gemm_model
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from tensorfold.export import export_onnx
-from tensorfold.runtime.devices import Device
 from tensorfold.planning.latency_table import CachedTable
+from tensorfold.runtime.devices import Device
 
 
 def blocks(net: nn.Module, image: tuple[int, int, int]) -> list[tuple[str, nn.Module, tuple]]:

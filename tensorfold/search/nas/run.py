@@ -54,7 +54,6 @@ class Scorer:
 
     def metrics(self, net) -> dict:
         from tensorfold.graph.stats import model_stats
-
         from tensorfold.runtime.memory import predict_memory
 
         model = to_onnx(net)

@@ -194,7 +194,7 @@ class Cell(nn.Module):
         states = [self.pre0(s0), self.pre1(s1)]
         if self.mixed:
             offset = 0
-            for i in range(self.nodes):
+            for _ in range(self.nodes):
                 states.append(sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
                 offset += len(states) - 1
         else:

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import optuna
 
-from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, mutate, random_genotype
 from tensorfold.search.constraints import record, sampler_kwargs
+from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, mutate, random_genotype
 from tensorfold.search.objectives import DIRECTIONS
 
 _COMPLETE = SimpleNamespace(name="COMPLETE")

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from tensorfold.cli import demo_model_path
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.search.nas.latency import OpLatencyTable
 from tensorfold.search.nas.space import NetConfig, Network, random_genotype
-from tensorfold.cli import demo_model_path
 from tests.bench.test_bench_suite import needs_data
 from tests.test_cli import assert_user_error, invoke
 

@@ -8,8 +8,17 @@ import torch
 from tensorfold.errors import TensorfoldError
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.search.nas.darts import SuperNet
-from tensorfold.search.nas.space import (DISCRETE_OPS, Genotype, NetConfig, Network, export_network,
-                                         genotype_from_dict, load_genotype, mutate, random_genotype)
+from tensorfold.search.nas.space import (
+    DISCRETE_OPS,
+    Genotype,
+    NetConfig,
+    Network,
+    export_network,
+    genotype_from_dict,
+    load_genotype,
+    mutate,
+    random_genotype,
+)
 
 EVERY_OP = {"normal": [[["sep_conv_3x3", 0], ["sep_conv_5x5", 1]], [["dil_conv_3x3", 2], ["dil_conv_5x5", 1]],
                        [["conv_3x3", 3], ["skip_connect", 0]]],
