@@ -7,26 +7,13 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.cli import demo_model_path, main
+from tensorfold.cli import demo_model_path
+from tests.helpers.cli import assert_user_error, invoke
 from tests.passes.single_node import conv_model, run
 
 DEMO = demo_model_path()
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output   # click >= 8.2: stdout and stderr interleaved
-
-
-def assert_user_error(code, out, expected: str):
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [line for line in out.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), out
-    assert expected in lines[0], out
 
 
 def test_optimize_json_report(tmp_path):

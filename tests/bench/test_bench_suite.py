@@ -10,11 +10,7 @@ from click.testing import CliRunner
 from tensorfold.bench.report import load_rows, markdown, pareto, write_report
 from tensorfold.bench.runner import SUITES, Suite, run_suite
 from tensorfold.cli import main
-from tensorfold.datasets import FASHION_MNIST_ROOT
-
-needs_data = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
-                                reason="needs Fashion-MNIST from Debian's dataset-fashion-mnist "
-                                       "(apt-get install dataset-fashion-mnist; .ci/run does)")
+from tests.helpers.data import needs_data
 
 
 def _tiny():

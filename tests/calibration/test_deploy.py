@@ -15,8 +15,8 @@ from tensorfold.api import optimize
 from tensorfold.calibration.deploy import Candidate, choose
 from tensorfold.cli import demo_model_path
 from tensorfold.graph.verify import OutputCheck, Verification
-from tests.calibration.test_optimize import smooth_images
-from tests.test_cli import assert_user_error, invoke
+from tests.helpers.cli import assert_user_error, invoke
+from tests.helpers.data import smooth_images
 
 DEMO = demo_model_path()
 

@@ -12,20 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.api import optimize
 from tensorfold.cli import demo_model_path
-from tests.test_cli import assert_user_error, invoke
+from tests.helpers.cli import assert_user_error, invoke
+from tests.helpers.data import smooth_images
 
 DEMO = demo_model_path()
-
-
-def smooth_images(n: int, seed: int) -> np.ndarray:
-    """Low-frequency images with a bright blob (correlated pixels, as real images have), (n, 1, 28, 28)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((n, 1, 7, 7)).astype(np.float32)
-    img = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)
-    yy, xx = np.mgrid[:28, :28]
-    centre = rng.integers(8, 20, size=(n, 2))
-    blob = np.exp(-((yy[None] - centre[:, :1, None]) ** 2 + (xx[None] - centre[:, 1:, None]) ** 2) / 30.0)
-    return np.clip(0.5 * img + blob[:, None], 0, 1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tensorfold.graph.verify import OutputCheck, Reference, Verification
 from tensorfold.quantize.formats import format_for
 from tensorfold.quantize.mixed import Unit, keep_within, score_units
 from tensorfold.quantize.within_bound import quantize_within
-from tests.calibration.test_optimize import smooth_images
+from tests.helpers.data import smooth_images
 
 
 class FakeReference:

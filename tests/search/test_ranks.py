@@ -12,9 +12,9 @@ from tensorfold.graph.io import load_model
 from tensorfold.graph.model import count_params
 from tensorfold.search.objectives import Evaluator
 from tensorfold.search.ranks import search_ranks
-from tests.bench.test_bench_suite import needs_data
+from tests.helpers.cli import assert_user_error, invoke
+from tests.helpers.data import needs_data
 from tests.passes.single_node import conv_model
-from tests.test_cli import assert_user_error, invoke
 
 
 def test_front_is_verified_written_and_replayable(demo_model, tmp_path):

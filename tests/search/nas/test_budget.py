@@ -13,8 +13,8 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.search.nas import budget
 from tensorfold.search.nas.budget import plan_budget
 from tensorfold.search.nas.run import NasOptions
-from tests.bench.test_bench_suite import needs_data
-from tests.test_cli import invoke
+from tests.helpers.cli import invoke
+from tests.helpers.data import needs_data
 
 SPLIT = (np.zeros((64, 1, 28, 28), np.float32), np.zeros(64, np.int64))
 

@@ -11,8 +11,8 @@ from tensorfold.cli import demo_model_path
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.search.nas.latency import OpLatencyTable
 from tensorfold.search.nas.space import NetConfig, Network, random_genotype
-from tests.bench.test_bench_suite import needs_data
-from tests.test_cli import assert_user_error, invoke
+from tests.helpers.cli import assert_user_error, invoke
+from tests.helpers.data import needs_data
 
 DEMO = demo_model_path()
 
