@@ -86,8 +86,9 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
     x, _ = fmnist("train")
     tx, _ = fmnist("test")
     path = zoo_model(name)
-    input_name = load_model(path).graph.input[0].name
-    return path, {input_name: x[:n]}, {input_name: tx[:n]}, ["logits"]
+    model = load_model(path)
+    input_name = model.graph.input[0].name
+    return path, {input_name: x[:n]}, {input_name: tx[:n]}, [model.graph.output[0].name]   # the class logits
 
 
 def main():
