@@ -225,3 +225,19 @@ def test_a_device_or_fifo_output_is_refused(tmp_path):
     code, text = invoke("optimize", DEMO, "-o", "/dev/null", "--rank", "2")
     assert_user_error(code, text, "not a regular file")
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_inspect_warns_when_a_dynamic_dim_was_taken_as_64(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, text = invoke("inspect", path, "--json")
+    assert code == 0, text
+    assert "FLOPs counted at 64" in json.loads(text)["warnings"][0]
+    code, text = invoke("inspect", path, "--shape", "x:1,3,488,488", "--json")
+    assert json.loads(text)["warnings"] == []

@@ -43,3 +43,5 @@ class InspectReport(Report):
             reasons.setdefault(s["reason"], []).append(s["node"])
         for reason, nodes in reasons.items():
             console.print(f"- {reason}: {len(nodes)} node(s), e.g. {nodes[0]}")
+        for warning in self.get("warnings", []):
+            console.print(f"[yellow]warning: {warning}[/]")
