@@ -16,9 +16,11 @@ about half the work of N full MTTKRPs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import scipy.linalg
 
 from tensorfold.decompose.svd import as_float_array
@@ -47,7 +49,7 @@ class CP:
         return int(self.factors[0].shape[1])
 
 
-def cp_params(shape, rank: int) -> int:
+def cp_params(shape: Sequence[int], rank: int) -> int:
     """Parameters of a rank-``rank`` CP of a tensor of ``shape``: rank * sum(shape)."""
     if int(rank) < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
@@ -80,6 +82,7 @@ def _hadamard(grams: list[np.ndarray], skip: int) -> np.ndarray:
         if n == skip:
             continue
         out = g.copy() if out is None else out * g
+    assert out is not None
     return out
 
 
@@ -123,7 +126,8 @@ def _balance(factors: list[np.ndarray]) -> list[np.ndarray]:
     return [f * scale[m][None, :] for m, f in enumerate(factors[:n])]
 
 
-def _svd_init(unfoldings_grams: list[np.ndarray], dims: tuple[int, ...], rank: int, rng) -> list[np.ndarray]:
+def _svd_init(unfoldings_grams: list[np.ndarray], dims: tuple[int, ...], rank: int, rng: np.random.Generator
+              ) -> list[np.ndarray]:
     factors = []
     for gram, d in zip(unfoldings_grams, dims):
         w, v = np.linalg.eigh(gram)
@@ -143,7 +147,7 @@ def _mode_gram(t: np.ndarray, n: int) -> np.ndarray:
     return np.tensordot(t, t, axes=(axes, axes))
 
 
-def _rel_error(x0, factors, norm2) -> float:
+def _rel_error(x0: np.ndarray, factors: list[np.ndarray], norm2: float) -> float:
     """Relative error of a CP model against the tensor, from one MTTKRP (mode 0)."""
     m = x0 @ _khatri_rao(factors[1:])
     inner = float(np.vdot(m, factors[0]))
@@ -153,7 +157,8 @@ def _rel_error(x0, factors, norm2) -> float:
     return float(np.sqrt(max(norm2 - 2.0 * inner + float(hat.sum()), 0.0) / norm2))
 
 
-def _als(x0, dims, factors, norm2, n_iter_max, tol, deadline=None):
+def _als(x0: np.ndarray, dims: tuple[int, ...], factors: list[np.ndarray], norm2: float, n_iter_max: int,
+         tol: float, deadline: float | None = None) -> tuple[list[np.ndarray], float, int]:
     """Run ALS from ``factors``; returns (factors, approximate rel error, sweeps).
 
     After each sweep, a line search (Bro 1998; the step it^(1/3) of TensorLy's option):
@@ -202,7 +207,7 @@ def _als(x0, dims, factors, norm2, n_iter_max, tol, deadline=None):
     return factors, rel, it
 
 
-def _check(factors, norm_t, rel) -> tuple[str, bool] | None:
+def _check(factors: list[np.ndarray], norm_t: float, rel: float) -> tuple[str, bool] | None:
     """(reason, hard) to reject a try, or None. Soft rejections are kept as a last resort."""
     for f in factors:
         if not np.all(np.isfinite(f)):
@@ -225,7 +230,7 @@ def _check(factors, norm_t, rel) -> tuple[str, bool] | None:
     return None
 
 
-def cp_als(tensor, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0,
+def cp_als(tensor: npt.ArrayLike, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0,
            seconds: float | None = None) -> CP:
     """Rank-``rank`` CP of an N-way tensor (N >= 2) by ALS.
 

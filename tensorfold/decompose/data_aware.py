@@ -36,8 +36,9 @@ rank-deficient and an undamped fit would chase directions the data never excites
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -58,16 +59,17 @@ class InputGram:
     count: int = 0
     # rank-independent fits of this layer (WhitenedSVD, Tucker2DataFit per group), made once: a
     # budget search builds many ranks of the same layer
-    fits: dict = field(default_factory=dict, repr=False, compare=False)
+    fits: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
         return int(self.grams.shape[-1])
 
     def group(self, g: int = 0) -> np.ndarray:
-        return self.grams[g]
+        block: np.ndarray = self.grams[g]
+        return block
 
-    def fitted(self, key, make: Callable[[], object]):
+    def fitted(self, key: object, make: Callable[[], object]) -> Any:
         """make(), remembered under `key` for as long as these statistics live."""
         if key not in self.fits:
             self.fits[key] = make()
@@ -80,7 +82,8 @@ def damped(gram: np.ndarray, damping: float | None = None) -> np.ndarray:
     damping = DEFAULT_DAMPING if damping is None else damping
     g = 0.5 * (gram + gram.T)
     scale = float(np.mean(np.diag(g))) if g.size else 0.0
-    return g + (damping * scale if scale > 0 else 1e-12) * np.eye(g.shape[0])
+    out: np.ndarray = g + (damping * scale if scale > 0 else 1e-12) * np.eye(g.shape[0])
+    return out
 
 
 def output_energies(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> tuple[float, float]:
@@ -96,7 +99,7 @@ def output_error2(w2d: np.ndarray, approx2d: np.ndarray, gram: np.ndarray) -> fl
     return num / den if den > 0 else num
 
 
-def _root(gram: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+def _root(gram: np.ndarray, damping: float | None) -> tuple[np.ndarray, np.ndarray]:
     """R and R^-1 with damped(gram) = R^T R (R = Lambda^1/2 Q^T)."""
     lam, q = np.linalg.eigh(damped(gram, damping))
     lam = np.maximum(lam, lam.max() * 1e-12)
@@ -201,7 +204,7 @@ class Tucker2DataFit:
         self.total = float(np.einsum("od,od->", self.w3.reshape(o, -1) @ g, self.w3.reshape(o, -1)))
         self.fits = [_fit(self.w3, g, basis) for basis in _input_bases(self.w3, g)] if self.total > 0 else []
 
-    def table(self, r_in_values) -> np.ndarray:
+    def table(self, r_in_values: Iterable[int]) -> np.ndarray:
         """Relative squared output error for every r_out (rows 0..O) and each r_in of `r_in_values`
         (columns); per entry the better of the two input bases counts."""
         o, i, kk = self.w3.shape
@@ -229,7 +232,7 @@ class Tucker2DataFit:
         ro, ri = clip_rank(ranks[0], o), clip_rank(ranks[1], i)
         if self.total <= 0:
             return (np.zeros((ro, ri) + self.spatial), np.eye(o)[:, :ro], np.eye(i)[:, :ri], 0.0)
-        best = None
+        best: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         for fit in self.fits:
             x = fit.x[:, :ri * kk]
             lam, vec = np.linalg.eigh(x @ x.T)
@@ -240,4 +243,5 @@ class Tucker2DataFit:
                 core = scipy.linalg.solve_triangular(fit.chol[:ri * kk, :ri * kk], (u.T @ x).T, lower=True,
                                                      trans="T").T
                 best = (core.reshape((ro, ri) + self.spatial), u, fit.basis[:, :ri], err)
+        assert best is not None          # total > 0: there is at least one fit
         return best

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
 __all__ = ["clip_rank", "rank_for_energy", "evbmf_rank", "Option", "allocate_budget"]
@@ -24,7 +25,7 @@ def clip_rank(rank: int, *dims: int) -> int:
     return rank
 
 
-def rank_for_energy(singular_values, energy: float) -> int:
+def rank_for_energy(singular_values: npt.ArrayLike, energy: float) -> int:
     """Smallest r with sum(s[:r]**2) / sum(s**2) >= energy.
 
     ``energy`` is in (0, 1]; 1 means keep every singular value (full rank). An
@@ -84,7 +85,7 @@ def _evb_free_energy(log_sigma2: float, s2: np.ndarray, L: int, M: int, alpha: f
     return obj
 
 
-def evbmf_rank(matrix) -> int:
+def evbmf_rank(matrix: npt.ArrayLike) -> int:
     """Rank picked by empirical variational Bayes matrix factorization (noise variance estimated).
 
     Returns at least 1, also for all-zero, rank-deficient and tiny matrices.
@@ -167,7 +168,8 @@ def _pick(P: np.ndarray, E: np.ndarray, lam: float) -> np.ndarray:
     best = np.min(cost, axis=1, keepdims=True)
     tie = cost <= best + 1e-15 * np.maximum(1.0, np.abs(best))
     # among the (near-)ties pick the fewest params; argmin returns the first on equal params
-    return np.argmin(np.where(tie, P, np.inf), axis=1)
+    picked: np.ndarray = np.argmin(np.where(tie, P, np.inf), axis=1)
+    return picked
 
 
 def allocate_budget(options: list[list[Option]], max_params: int) -> list[int]:
@@ -227,7 +229,8 @@ def allocate_budget(options: list[list[Option]], max_params: int) -> list[int]:
     return [int(k) for k in _exchange(P, E, valid, choice, budget)]
 
 
-def _greedy_fill(P, E, valid, choice, budget):
+def _greedy_fill(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarray, budget: float
+                 ) -> np.ndarray:
     """Spend what is left of the budget on the best error decrease per extra parameter."""
     rows = np.arange(P.shape[0])
     for _ in range(P.size):
@@ -244,7 +247,8 @@ def _greedy_fill(P, E, valid, choice, budget):
     return choice
 
 
-def _exchange(P, E, valid, choice, budget, max_rounds=50, nearest=16):
+def _exchange(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarray, budget: float,
+              max_rounds: int = 50, nearest: int = 16) -> np.ndarray:
     """Pairwise exchanges: step one layer down its Pareto front, spend the freed parameters on
     the best upgrade of another layer; repeat while the sum of errors drops.
 
@@ -270,21 +274,24 @@ def _exchange(P, E, valid, choice, budget, max_rounds=50, nearest=16):
         cur_p = P[rows, choice]
         cur_e = E[rows, choice]
         left = budget - cur_p.sum()
-        cand_a, cand_i, cand_allow, cand_loss = [], [], [], []
+        parts_a: list[np.ndarray] = []
+        parts_i: list[np.ndarray] = []
+        cand_allow: list[np.ndarray] = []
+        cand_loss: list[np.ndarray] = []
         for a in range(n_layers):
             pos = front_pos[a]
             lower = pos[ps[a, pos] < cur_p[a]][-nearest:]
             if lower.size == 0:
                 continue
             opts = order[a, lower]
-            cand_a.append(np.full(lower.size, a))
-            cand_i.append(opts)
+            parts_a.append(np.full(lower.size, a))
+            parts_i.append(opts)
             cand_allow.append(left + cur_p[a] - P[a, opts])
             cand_loss.append(E[a, opts] - cur_e[a])
-        if not cand_a:
+        if not parts_a:
             break
-        cand_a = np.concatenate(cand_a)
-        cand_i = np.concatenate(cand_i)
+        cand_a = np.concatenate(parts_a)
+        cand_i = np.concatenate(parts_i)
         allow = np.concatenate(cand_allow)
         loss = np.concatenate(cand_loss)
         best_gain = np.full(allow.size, -np.inf)

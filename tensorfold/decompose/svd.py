@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from tensorfold.decompose.ranks import clip_rank
 from tensorfold.errors import DecompositionError
@@ -10,7 +11,7 @@ from tensorfold.errors import DecompositionError
 __all__ = ["singular_values", "truncated_svd", "as_float_array"]
 
 
-def as_float_array(array, ndim: int | None = None, name: str = "array") -> np.ndarray:
+def as_float_array(array: npt.ArrayLike, ndim: int | None = None, name: str = "array") -> np.ndarray:
     """float64 view/copy of ``array``; non-finite values are a DecompositionError (nothing to decompose)."""
     a = np.asarray(array, dtype=np.float64)
     if ndim is not None and a.ndim != ndim:
@@ -22,13 +23,13 @@ def as_float_array(array, ndim: int | None = None, name: str = "array") -> np.nd
     return a
 
 
-def singular_values(matrix) -> np.ndarray:
+def singular_values(matrix: npt.ArrayLike) -> np.ndarray:
     """Singular values of ``matrix``, descending, float64."""
     a = as_float_array(matrix, 2, "matrix")
     return np.linalg.svd(a, compute_uv=False)
 
 
-def truncated_svd(matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def truncated_svd(matrix: npt.ArrayLike, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Best rank-``rank`` factorization ``left (m, r) @ right (r, n)`` of ``matrix``.
 
     The singular values are split as sqrt(s) onto both sides, so both factors have

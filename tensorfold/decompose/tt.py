@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tensorfold.decompose.svd import as_float_array
 from tensorfold.decompose.tucker2 import gram_eig, leading_subspace
@@ -12,7 +14,7 @@ from tensorfold.decompose.tucker2 import gram_eig, leading_subspace
 __all__ = ["tt_svd", "tt_rank_ladder", "tt_contraction", "tt_matrix", "tt_matrix_contraction", "factorize_dim", "tt_params", "tt_ranks"]
 
 
-def _bond_caps(ranks, n_bonds: int) -> list[int] | None:
+def _bond_caps(ranks: int | Sequence[int] | None, n_bonds: int) -> list[int] | None:
     if ranks is None:
         return None
     if isinstance(ranks, (int, np.integer)):
@@ -27,8 +29,8 @@ def _bond_caps(ranks, n_bonds: int) -> list[int] | None:
     return caps
 
 
-def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None,
-           memo: dict | None = None, info: dict | None = None) -> list[np.ndarray]:
+def tt_svd(tensor: npt.ArrayLike, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None,
+           memo: dict[Any, Any] | None = None, info: dict[str, Any] | None = None) -> list[np.ndarray]:
     """TT cores G_k (r_{k-1}, n_k, r_k), r_0 = r_N = 1, by sequential truncated SVDs.
 
     ``ranks``: one cap for every bond, or N-1 caps; each is clipped to what the sequential
@@ -110,7 +112,7 @@ def tt_svd(tensor, ranks: int | Sequence[int] | None = None, rel_eps: float | No
     return cores
 
 
-def tt_rank_ladder(tensor, shares: Sequence[float]) -> list[tuple[tuple[int, ...], float]]:
+def tt_rank_ladder(tensor: npt.ArrayLike, shares: Sequence[float]) -> list[tuple[tuple[int, ...], float]]:
     """For each share: bond ranks that discard at most that share of ||A||^2 at every bond, and an
     estimate of TT-SVD's relative squared error at those ranks, from one spectrum per bond of the
     tensor's own unfoldings A_k = A.reshape(n_1...n_k, n_k+1...n_N), whatever the other bonds take.
@@ -185,7 +187,7 @@ def tt_contraction(cores: Sequence[np.ndarray]) -> np.ndarray:
     return x.reshape(dims)
 
 
-def tt_matrix(matrix, row_dims: Sequence[int], col_dims: Sequence[int],
+def tt_matrix(matrix: npt.ArrayLike, row_dims: Sequence[int], col_dims: Sequence[int],
               ranks: int | Sequence[int] | None = None, rel_eps: float | None = None) -> list[np.ndarray]:
     """TT-matrix cores (r_{k-1}, m_k, n_k, r_k) of ``matrix`` (M, N), M = prod(row_dims), N = prod(col_dims).
 

@@ -11,9 +11,11 @@ the (O, I*k) unfolding and as accurate for the leading subspaces that are kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from tensorfold.decompose.ranks import clip_rank
 from tensorfold.decompose.svd import as_float_array
@@ -55,7 +57,8 @@ def gram_eig(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(w, 0.0), v
 
 
-def leading_subspace(a: np.ndarray, choose_rank, eig: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+def leading_subspace(a: np.ndarray, choose_rank: Callable[[np.ndarray], int],
+                     eig: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(basis (m, r), squared singular values of ``a``, descending) with r = choose_rank(s2).
 
     The spectrum comes from the eigenvalues of the smaller Gram matrix (accurate to about
@@ -87,7 +90,7 @@ def leading_subspace(a: np.ndarray, choose_rank, eig: tuple | None = None) -> tu
     return q, s2
 
 
-def _as_3d(kernel) -> tuple[np.ndarray, tuple[int, ...]]:
+def _as_3d(kernel: npt.ArrayLike) -> tuple[np.ndarray, tuple[int, ...]]:
     w = np.asarray(kernel)
     if w.ndim < 2:
         raise ValueError(f"kernel must have shape (O, I, *spatial), got {w.shape}")
@@ -102,7 +105,7 @@ def _mode1_unfolding(w3: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w3.transpose(1, 0, 2)).reshape(i, o * k)
 
 
-def tucker2(kernel, ranks: tuple[int, int], hooi_iters: int = 5) -> Tucker2:
+def tucker2(kernel: npt.ArrayLike, ranks: tuple[int, int], hooi_iters: int = 5) -> Tucker2:
     """Tucker-2 of ``kernel`` (O, I, *spatial) to ``ranks`` = (r_out, r_in).
 
     HOSVD initialization from the Gram matrices of the mode-0 and mode-1 unfoldings, then up
@@ -123,7 +126,7 @@ def tucker2(kernel, ranks: tuple[int, int], hooi_iters: int = 5) -> Tucker2:
     u = leading_basis(w0, r_out)
     v = leading_basis(_mode1_unfolding(w3), r_in)
 
-    def core_of(u, v):
+    def core_of(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # (r_out, I, k) -> contract I with v -> (r_out, r_in, k)
         z = (u.T @ w0).reshape(r_out, i, k)
         return np.einsum("aik,ib->abk", z, v, optimize=True), z
@@ -161,7 +164,7 @@ def tucker2_reconstruct(t: Tucker2) -> np.ndarray:
     return x.reshape((t.out_factor.shape[0], t.in_factor.shape[0]) + tuple(spatial))
 
 
-def tucker2_error_table(kernel) -> np.ndarray:
+def tucker2_error_table(kernel: npt.ArrayLike) -> np.ndarray:
     """E[ro, ri] = ||W - W_hat||^2 / ||W||^2 of the HOSVD truncation to ranks (ro, ri).
 
     Shape (O+1, I+1); E[0, :] = E[:, 0] = 1. With full orthonormal bases U, V from the Gram
@@ -195,7 +198,7 @@ def tucker2_error_table(kernel) -> np.ndarray:
     return table
 
 
-def tucker2_params(shape, ranks) -> int:
+def tucker2_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
     """Parameters of the Tucker-2 chain: O*ro + ro*ri*prod(k) + ri*I (ranks clipped to O, I)."""
     shape = tuple(int(d) for d in shape)
     if len(shape) < 2:
