@@ -26,6 +26,7 @@ LAYERS = [
     ("recovery",),                 # ONNX -> torch, distillation, fine-tuning
     ("search",),                   # rank search and architecture search
     ("report",),
+    ("optimize",),                 # optimize as typed stages (load, prepare, build, verify, deploy, report, save)
     ("api",),
     ("pipeline", "cli_errors"),
     ("bench",),                    # the benchmark suite: an application on top

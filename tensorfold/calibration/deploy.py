@@ -150,7 +150,7 @@ def split_models_for_int8(chosen: FactorizePass, model: onnx.ModelProto, ctx: Pa
     return out
 
 
-def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto, result: PassResult,
+def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto | None, result: PassResult,
                       verification: Verification | None, split_models: list[tuple[float, PassResult]],
                       fit: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, reference: Reference | None,
                       bound: float | None, settings: DeploySettings) -> DeployChoice:
@@ -171,6 +171,7 @@ def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto, re
         candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
                                     factorized_ratio=_ratio(result)))
     if settings.int8:
+        assert normalized is not None, "int8 alone quantizes the normalized input"
         fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
         if bound is not None:
             bases: list[tuple[str, onnx.ModelProto, float | None]] = [("int8", normalized, None)]

@@ -22,6 +22,8 @@ from tensorfold.passes.base import Choice, PassContext
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
 
+# calibration samples each layer's sensitivity probe runs on (one model run per layer)
+PROBE_SAMPLES = 8
 # the probe point: each layer alone at (at most) this share of its parameters
 PROBE_SHARE = 0.5
 # the most a layer's weight may differ from the median layer's (see sensitivity_weights)

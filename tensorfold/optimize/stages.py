@@ -1,0 +1,372 @@
+"""The stages of `optimize`, each a function with typed input and output.
+
+    inputs   = load(path, options)              the model, the samples split, the references
+    prepared = prepare(inputs, options)         normalized model, the pass, its context and statistics
+    built    = build(inputs, prepared, options) the factorization (bound search / hardware-aware / as asked)
+    refuse_larger(...)                          right after the build: more parameters than the input
+    verify(...)                                 the factorized model against the reference
+    deployed = deploy(...)                      --int8/--objective: candidates measured, one picked
+    report   = make_report(...)                 what the user reads
+    save(...)                                   atomically, only when every stage succeeded
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from tensorfold import __version__
+from tensorfold.calibration.budget_search import Trial
+from tensorfold.calibration.data import Samples, load_samples, parse_normalize, split_holdout
+from tensorfold.calibration.deploy import (
+    DeployChoice,
+    DeploySettings,
+    factorization_of,
+    search_candidates,
+    split_models_for_int8,
+)
+from tensorfold.calibration.stats import collect_input_grams
+from tensorfold.errors import TensorfoldError, VerificationFailed
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.model import count_params
+from tensorfold.graph.normalize import normalize as normalize_model
+from tensorfold.graph.stats import ModelStats, model_stats
+from tensorfold.graph.verify import Reference, Verification
+from tensorfold.onnxrt import large
+from tensorfold.onnxrt.batching import call_shapes, feeds_for
+from tensorfold.onnxrt.inputs import dynamic_warning, resolve_shapes
+from tensorfold.optimize.options import DEFAULT_OUTPUT_ERROR, OUTPUT_ERROR_WARNING, OptimizeOptions
+from tensorfold.outputs import check_output
+from tensorfold.passes import PassContext, PassResult, get_pass
+from tensorfold.passes.factorize import FactorizePass
+from tensorfold.passes.layers import ensure_node_names, find_layers
+from tensorfold.report import OptimizeReport
+
+
+@dataclass
+class Inputs:
+    """The loaded model and the samples every later stage checks against."""
+
+    path: str | os.PathLike
+    original: onnx.ModelProto | None       # released after `prepare` unless it is a deploy candidate
+    fit: Samples | None                    # calibration samples the factors and int8 ranges are fitted on
+    held: Samples | None                   # the held-out share, never fitted
+    search_reference: Reference | None     # the held-out share: every choice (bound, int8) is made on it
+    reference: Reference | None            # what the report verifies on (--inputs when given)
+    feeds: dict[str, np.ndarray] | None
+    input_shapes: dict[str, list[int]]
+
+
+@dataclass
+class Prepared:
+    """The normalized model, the pass that rewrites it and the context it runs with."""
+
+    model: onnx.ModelProto | None          # released after `build` unless int8 quantizes it
+    norm_stats: dict[str, int]
+    chosen: FactorizePass | None           # None: --method none
+    method: str
+    ctx: PassContext | None                # released after `build`: its cached factors are as large as the weights
+    before: ModelStats
+    input_stage: dict[str, object]
+
+
+@dataclass
+class Built:
+    """The factorization the options asked for."""
+
+    result: PassResult
+    verification: Verification | None = None       # on the search reference, where a bound search made one
+    trials: list[Trial] | None = None               # --max-output-error: every ratio tried
+    latency: dict[str, object] | None = None        # --hardware-aware: target, input ms, speedup
+    split_models: list[tuple[float, PassResult]] = field(default_factory=list)   # for factorized + int8
+
+
+@dataclass
+class Deployed:
+    """What --int8/--objective picked, with the factorization behind it."""
+
+    model: onnx.ModelProto
+    verification: Verification | None
+    result: PassResult
+    choice: DeployChoice
+    notes: list[str]
+
+
+def run(input_path: str | os.PathLike, output_path: str | os.PathLike | None, o: OptimizeOptions) -> OptimizeReport:
+    """Every stage in order; nothing is written unless all of them succeeded."""
+    start = time.perf_counter()
+    if output_path is not None:
+        check_output(output_path)
+    inputs = load(input_path, o)
+    prepared = prepare(inputs, o)
+    deploying = o.deploy_objective is not None
+    if not deploying:
+        inputs.original = None      # the normalized model stands for it: a 2 GB model is held twice, not three times
+    built = build(inputs, prepared, o)
+    prepared.ctx = None
+    if not (deploying and o.int8):
+        prepared.model = None
+    refuse_larger(built.result.model, prepared.before, o)
+    ranks = o.describe_ranks()
+    record_run(built.result.model, prepared.method, ranks, built.result)
+    verification = verify(inputs, built, o)
+    stages = [prepared.input_stage]
+    if prepared.chosen is not None:
+        stages.append(_stage("factorized", built.result.model, verification))
+    deployed = deploy(inputs, prepared, built, verification, o) if deploying else None
+    report = make_report(inputs, prepared, built, verification, deployed, stages, ranks, output_path, o)
+    for checked in (verification, report.verification):
+        if checked is not None and checked.broken:
+            raise VerificationFailed(f"the rewritten model outputs NaN/Inf where the input model does not: "
+                                     f"{', '.join(checked.broken)}; nothing written")
+    if output_path is not None:
+        save_model(deployed.model if deployed is not None else built.result.model, output_path)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def load(input_path: str | os.PathLike, o: OptimizeOptions) -> Inputs:
+    """Load the model, split the calibration samples, and compute the references once."""
+    original = load_model(input_path)
+    fit, held, label = _calibration_split(original, o)
+    classes = o.class_outputs or None
+    # the bound search (and every int8 candidate) selects on the held-out share; the report verifies
+    # on --inputs when given (then independent of every choice), else on that same held-out share
+    selecting = held is not None and (o.output_bound is not None or o.int8)
+    search_reference = Reference(original, held.arrays, label, class_outputs=classes) if selecting else None
+    feeds: dict[str, np.ndarray] | None
+    if o.inputs is not None or (held is None and o.verify):
+        feeds, label, input_shapes = feeds_for(original, o.shapes, o.inputs, o.seed)
+    elif held is not None:
+        feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
+    else:
+        feeds, label, input_shapes = None, None, resolve_shapes(original, o.shapes)
+    reference = None
+    if o.verify and feeds is not None:
+        reference = (search_reference if search_reference is not None and o.inputs is None
+                     else Reference(original, feeds, label, class_outputs=classes))
+    return Inputs(input_path, original, fit, held, search_reference, reference, feeds, input_shapes)
+
+
+def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
+    """Normalize (exact folds), pick the pass, and fit what it needs to the calibration samples:
+    each layer's input statistics and, for a global budget, each layer's sensitivity."""
+    if o.config is not None:
+        from tensorfold.passes.planned import PlannedPass
+
+        chosen: FactorizePass | None = PlannedPass()
+        method = "config"
+    else:
+        chosen, method = (None if o.method == "none" else get_pass(o.method)), o.method
+    model, norm_stats = normalize_model(inputs.original)
+    if o.config is not None:
+        chosen.choices = _config_plan(model, o.config)
+    ctx = PassContext(spec=o.spec, include=o.include, exclude=o.exclude, force=o.force, progress=o.progress,
+                      seed=o.seed)
+    if inputs.fit is not None and chosen is not None:
+        ensure_node_names(model)   # the names the passes give, so statistics find their layers
+        layers, _ = find_layers(model, ctx.include, ctx.exclude)
+        ctx.stats = collect_input_grams(model, layers, inputs.fit, progress=o.progress)
+        if o.sensitivity and (o.spec.ratio is not None or o.output_bound is not None):
+            from tensorfold.calibration.sensitivity import PROBE_SAMPLES, measure_sensitivity, sensitivity_weights
+
+            fit = inputs.fit
+            probe = Reference(inputs.original, fit.take(np.arange(min(fit.n, PROBE_SAMPLES))).arrays, "probe")
+            ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
+    before = model_stats(inputs.original, inputs.input_shapes)
+    return Prepared(model, norm_stats, chosen, method, ctx, before, _stage("input", inputs.original, None))
+
+
+def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
+    """The factorization: none, the bound search, the hardware-aware plan, or the ranks as asked."""
+    chosen, model, ctx = prepared.chosen, prepared.model, prepared.ctx
+    assert model is not None and ctx is not None
+    bound = o.output_bound
+    if chosen is None:
+        return Built(PassResult(model, False, notes=["--method none: no layer factorized"]))
+    if bound is not None:
+        from tensorfold.calibration.budget_search import search_budget
+
+        assert inputs.search_reference is not None      # a bound needs --calibration (options check it)
+        result, verification, trials = search_budget(chosen, model, ctx, inputs.search_reference, bound)
+        splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound) if o.int8 else []
+        return Built(result, verification, trials, split_models=splits)
+    if o.hardware_aware:
+        from tensorfold.onnxrt.batching import chunks
+        from tensorfold.planning.hardware_aware import optimize_hardware_aware
+
+        feeds = inputs.feeds
+        timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and o.inputs is not None else None
+        result, latency = optimize_hardware_aware(chosen, model, ctx, inputs.input_shapes, o.provider, o.device,
+                                                  o.threads, o.max_error, o.target_latency, o.speedup, o.seed,
+                                                  feeds=timing_feeds)
+        warning = None if o.inputs is not None or inputs.held is not None else dynamic_warning(model, o.shapes)
+        if warning:
+            result.notes.append(warning)
+        return Built(result, latency=latency)
+    return Built(chosen(model, ctx))
+
+
+def refuse_larger(model: onnx.ModelProto, before: ModelStats, o: OptimizeOptions) -> None:
+    """Known right after the build, so no verification or int8 is spent on it."""
+    after = count_params(model)
+    if after > before.params and not o.force:
+        raise TensorfoldError(f"the rewritten model would hold {after:,} parameters, more than the "
+                              f"input's {before.params:,}: nothing written (--force writes it anyway)")
+
+
+def verify(inputs: Inputs, built: Built, o: OptimizeOptions) -> Verification | None:
+    """The factorized model against the report's reference (the bound search's own check where it
+    ran on that same reference)."""
+    if built.verification is not None and inputs.reference is inputs.search_reference:
+        return built.verification
+    if o.verify and inputs.reference is not None:
+        return inputs.reference.verify(built.result.model)
+    return None
+
+
+def deploy(inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None,
+           o: OptimizeOptions) -> Deployed:
+    """--int8 / --objective: the candidates, built and verified on the held-out share, and the one
+    the objective picks (calibration/deploy.py)."""
+    assert o.deploy_objective is not None and inputs.original is not None
+    if inputs.fit is None:
+        raise TensorfoldError("--int8 and --objective need --calibration: every candidate is checked on held-out "
+                              "samples")
+    choice = search_candidates(
+        inputs.original, prepared.model, built.result,
+        verification if inputs.reference is inputs.search_reference else None, built.split_models,
+        inputs.fit.arrays, inputs.held.arrays if inputs.held is not None else None, inputs.search_reference,
+        o.output_bound, DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR,
+                                       o.progress))
+    picked = choice.chosen
+    checked = picked.verification
+    if picked.name == "input":
+        checked = None
+    elif inputs.reference is not None and inputs.reference is not inputs.search_reference:
+        checked = inputs.reference.verify(picked.model)
+    notes = list(choice.notes)
+    if picked.int8 is not None:
+        q = picked.int8
+        notes.append(f"int8: {q.format.name} ({q.format.why}); calibration {q.calibration or 'none (dynamic)'}; "
+                     f"{q.quantized_nodes} node(s) quantized, {len(q.float_nodes)} left in float")
+        notes.extend(q.notes)
+        if q.fusion is not None:
+            notes.append(q.fusion.describe())
+    return Deployed(picked.model, checked, factorization_of(picked, built.result, built.split_models), choice, notes)
+
+
+def make_report(inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None,
+                deployed: Deployed | None, stages: list[dict[str, object]], ranks: str,
+                output_path: str | os.PathLike | None, o: OptimizeOptions) -> OptimizeReport:
+    result = deployed.result if deployed is not None else built.result
+    final = deployed.model if deployed is not None else built.result.model
+    checked = deployed.verification if deployed is not None else verification
+    report = OptimizeReport(
+        input=str(inputs.path), output=str(output_path) if output_path else None, method=prepared.method,
+        ranks=ranks, input_shapes=inputs.input_shapes, before=prepared.before,
+        after=model_stats(final, inputs.input_shapes), layers=result.rewritten, skipped=result.skipped,
+        verification=checked, normalization=prepared.norm_stats, seconds=0.0,
+        notes=_fold_notes(prepared.norm_stats) + result.notes + (deployed.notes if deployed is not None else []),
+        eligible_params=(result.eligible_params, result.eligible_params_after), latency=built.latency,
+        stages=stages if (inputs.fit is not None and deployed is None) else [],
+        budget_search=[t.as_dict() for t in built.trials] if built.trials is not None else None,
+        deploy=deployed.choice.as_dict() if deployed is not None else None,
+    )
+    if o.default_bound:
+        report.notes.append(f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
+                            f"{DEFAULT_OUTPUT_ERROR:g}: the best model within that held-out error")
+    kept_input = deployed is not None and deployed.choice.chosen.name == "input"
+    if not result.rewritten and prepared.chosen is not None and (deployed is None or kept_input):
+        report.notes.append("no layer was rewritten; the output equals the "
+                            + ("input" if deployed is not None else "normalized input"))
+    _output_warnings(report, checked, o, o.output_bound)
+    if report.after.params > report.before.params:
+        report.notes.append(f"the written model holds more parameters than the input ({report.after.params:,} vs "
+                            f"{report.before.params:,}): --force")
+    return report
+
+
+def _output_warnings(report: OptimizeReport, check: Verification | None, o: OptimizeOptions,
+                     bound: float | None) -> None:
+    """A `warning:` whenever the written model's error is above OUTPUT_ERROR_WARNING or the bound."""
+    if check is None:
+        return
+    worst = max(check.max_error, check.max_channel_error)
+    what = f"output error {check.max_error:.3f}"
+    if check.max_channel_error > max(2 * check.max_error, OUTPUT_ERROR_WARNING if check.max_error <= OUTPUT_ERROR_WARNING
+                                     else 0.0):
+        what += f" (worst output channel {check.max_channel_error:.3f})"
+    if bound is not None and check.max_error > bound:
+        report.warnings.append(f"{what} on {check.inputs} is above the bound {bound:g}")
+    elif worst > OUTPUT_ERROR_WARNING:
+        if o.calibration is None and o.config is None:
+            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
+                                   "samples (--calibration FILE) and a bound on what the user sees "
+                                   "(--max-output-error E)")
+        else:
+            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}")
+
+
+def _calibration_split(original: onnx.ModelProto, o: OptimizeOptions
+                       ) -> tuple[Samples | None, Samples | None, str | None]:
+    """(samples to fit on, samples held out, a label for the latter); all None without calibration."""
+    if o.calibration is None:
+        return None, None, None
+    norm = parse_normalize(o.normalize) if isinstance(o.normalize, str) or o.normalize is None else o.normalize
+    samples = load_samples(o.calibration, original, shapes=o.shapes, normalize=norm)
+    fit, held = split_holdout(samples, o.holdout, o.seed)
+    return fit, held, f"{held.n} held-out of {samples.n} samples of {samples.source} (fitted on the other {fit.n})"
+
+
+def _stage(name: str, model: onnx.ModelProto, verification: Verification | None) -> dict[str, object]:
+    row: dict[str, object] = {"stage": name, "params": count_params(model),
+                              "size_bytes": large.serialized_size(model)}
+    if verification is not None:
+        row["max_relative_error"] = verification.max_relative_error
+        row["max_disagreement"] = verification.max_disagreement
+    return row
+
+
+def _config_plan(model: onnx.ModelProto, config: str | os.PathLike) -> dict:
+    from tensorfold.search.config import read_config
+
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    ensure_node_names(named)
+    layers, _ = find_layers(named)
+    return read_config(config, {layer.name: layer for layer in layers})
+
+
+def _fold_notes(norm_stats: dict[str, int]) -> list[str]:
+    """What normalization changed beyond bookkeeping: exact folds the user should know about."""
+    parts = [f"{norm_stats[key]} {label}" for key, label in (
+        ("batchnorms_folded", "BatchNorm(s) folded into convs"),
+        ("affines_folded", "affine op chain(s) folded into convs"),
+        ("hard_swish_rewritten", "hard-swish(es) written as x * HardSigmoid(x)")) if norm_stats.get(key)]
+    return [f"normalize: {'; '.join(parts)} (exact, verified with the rest)"] if parts else []
+
+
+def record_run(model: onnx.ModelProto, method: str, ranks: str, result: PassResult) -> None:
+    """Provenance in metadata_props, so the file says what was done to it (Netron shows these)."""
+    run_info = {
+        "version": __version__, "method": method, "ranks": ranks,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "layers_rewritten": len(result.rewritten),
+        "params_before": sum(r.params_before for r in result.rewritten),
+        "params_after": sum(r.params_after for r in result.rewritten),
+    }
+    taken = {p.key for p in model.metadata_props}
+    key, n = "tensorfold", 1
+    while key in taken:
+        n += 1
+        key = f"tensorfold.{n}"
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(run_info)
+
