@@ -1,4 +1,5 @@
-"""Command line: `tensorfold inspect|optimize|verify|demo`. User errors: one line, exit 2."""
+"""Command line: `tensorfold inspect|optimize|verify|profile|recover|search|bench|pipeline|demo`.
+User errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -141,10 +142,12 @@ def inspect_cmd(model, as_json, **options):
                    "less or more output error by model: docs/results/calibration.md)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, as_json, **options):
-    """Factorize MODEL and write a verified model to OUTPUT.
+    """Make MODEL smaller and faster and write a verified model to OUTPUT.
 
-    Without --rank, --energy or --ratio each layer keeps 95% of its spectral energy
-    (a conservative start: expect a modest saving and a small error).
+    With --calibration (real samples) and no rank option: the most compressed model within
+    --max-output-error (default 0.05) on held-out samples; add --int8 for the fastest model within
+    that bound over factorization and int8 together. Without --calibration and a rank option each
+    layer keeps 95% of its spectral energy (a conservative start).
     """
     from tensorfold.api import OptimizeOptions, optimize
 
