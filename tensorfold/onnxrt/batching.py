@@ -7,8 +7,8 @@ up to `max_batch` at a time, which bounds the memory of intermediate activations
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -86,7 +86,7 @@ def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     return {k: [batch, *v.shape[1:]] for k, v in feeds.items()}
 
 
-def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | Path | None, seed: int = 0
+def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | os.PathLike[str] | None, seed: int = 0
               ) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
     """Inputs to run a model on, a label saying what they are, and the shapes of one call (FLOPs and
     latency are per call; a file of N samples is run as many per call as the batch allows): the

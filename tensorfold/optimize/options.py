@@ -62,8 +62,8 @@ class OptimizeOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: bool = False
-    shapes: tuple[str, ...] | dict = ()
-    inputs: str | os.PathLike | None = None
+    shapes: tuple[str, ...] | dict[str, list[int]] = ()
+    inputs: str | os.PathLike[str] | None = None
     verify: bool = True
     progress: bool = True
     seed: int = 0
@@ -74,17 +74,17 @@ class OptimizeOptions:
     max_error: float | None = None
     target_latency: float | None = None
     speedup: float | None = None
-    config: str | os.PathLike | None = None
-    calibration: str | os.PathLike | None = None
-    normalize: tuple | str | None = None
+    config: str | os.PathLike[str] | None = None
+    calibration: str | os.PathLike[str] | None = None
+    normalize: tuple[list[float], list[float]] | str | None = None
     holdout: float = DEFAULT_HOLDOUT
     max_output_error: float | None = None
     int8: bool = False
     sensitivity: bool = True
     objective: str | None = None
-    class_outputs: tuple[str, ...] | dict = ()
+    class_outputs: tuple[str, ...] | dict[str, int | None] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
         put("include", tuple(self.include))
         put("exclude", tuple(self.exclude))
@@ -127,6 +127,18 @@ class OptimizeOptions:
                 raise TensorfoldError("--int8 is timed on a provider: the device models (--device) predict float "
                                       "kernels only; drop --device, or use --objective size")
             format_for(self.provider)      # a provider without int8 kernels is refused here, before any work
+
+    @property
+    def shape_map(self) -> dict[str, list[int]]:
+        """--shape as {input: dims} (__post_init__ parsed it)."""
+        assert isinstance(self.shapes, dict)
+        return self.shapes
+
+    @property
+    def class_map(self) -> dict[str, int | None] | None:
+        """--class-output as {output: axis or None}, or None when none was named."""
+        assert isinstance(self.class_outputs, dict)
+        return self.class_outputs or None
 
     @property
     def spec(self) -> RankSpec:

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -53,7 +54,7 @@ from tensorfold.report import OptimizeReport
 class Inputs:
     """The loaded model and the samples every later stage checks against."""
 
-    path: str | os.PathLike
+    path: str | os.PathLike[str]
     original: onnx.ModelProto | None       # released after `prepare` unless it is a deploy candidate
     fit: Samples | None                    # calibration samples the factors and int8 ranges are fitted on
     held: Samples | None                   # the held-out share, never fitted
@@ -98,7 +99,8 @@ class Deployed:
     notes: list[str]
 
 
-def run(input_path: str | os.PathLike, output_path: str | os.PathLike | None, o: OptimizeOptions) -> OptimizeReport:
+def run(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str] | None, o: OptimizeOptions
+        ) -> OptimizeReport:
     """Every stage in order; nothing is written unless all of them succeeded."""
     start = time.perf_counter()
     if output_path is not None:
@@ -131,26 +133,27 @@ def run(input_path: str | os.PathLike, output_path: str | os.PathLike | None, o:
     return report
 
 
-def load(input_path: str | os.PathLike, o: OptimizeOptions) -> Inputs:
+def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     """Load the model, split the calibration samples, and compute the references once."""
     original = load_model(input_path)
     fit, held, label = _calibration_split(original, o)
-    classes = o.class_outputs or None
+    classes = o.class_map
     # the bound search (and every int8 candidate) selects on the held-out share; the report verifies
     # on --inputs when given (then independent of every choice), else on that same held-out share
     selecting = held is not None and (o.output_bound is not None or o.int8)
-    search_reference = Reference(original, held.arrays, label, class_outputs=classes) if selecting else None
+    search_reference = (Reference(original, held.arrays, label or "held-out", class_outputs=classes)
+                        if selecting and held is not None else None)
     feeds: dict[str, np.ndarray] | None
     if o.inputs is not None or (held is None and o.verify):
-        feeds, label, input_shapes = feeds_for(original, o.shapes, o.inputs, o.seed)
+        feeds, label, input_shapes = feeds_for(original, o.shape_map, o.inputs, o.seed)
     elif held is not None:
         feeds, input_shapes = held.arrays, call_shapes(original, held.arrays)
     else:
-        feeds, label, input_shapes = None, None, resolve_shapes(original, o.shapes)
+        feeds, label, input_shapes = None, None, resolve_shapes(original, o.shape_map)
     reference = None
     if o.verify and feeds is not None:
         reference = (search_reference if search_reference is not None and o.inputs is None
-                     else Reference(original, feeds, label, class_outputs=classes))
+                     else Reference(original, feeds, label or "inputs", class_outputs=classes))
     return Inputs(input_path, original, fit, held, search_reference, reference, feeds, input_shapes)
 
 
@@ -160,13 +163,16 @@ def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
     if o.config is not None:
         from tensorfold.passes.planned import PlannedPass
 
-        chosen: FactorizePass | None = PlannedPass()
+        planned = PlannedPass()
+        chosen: FactorizePass | None = planned
         method = "config"
     else:
-        chosen, method = (None if o.method == "none" else get_pass(o.method)), o.method
+        chosen = None if o.method == "none" else cast(FactorizePass, get_pass(o.method))
+        method = o.method
+    assert inputs.original is not None
     model, norm_stats = normalize_model(inputs.original)
     if o.config is not None:
-        chosen.choices = _config_plan(model, o.config)
+        planned.choices = _config_plan(model, o.config)
     ctx = PassContext(spec=o.spec, include=o.include, exclude=o.exclude, force=o.force, progress=o.progress,
                       seed=o.seed)
     if inputs.fit is not None and chosen is not None:
@@ -206,7 +212,7 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         result, latency = optimize_hardware_aware(chosen, model, ctx, inputs.input_shapes, o.provider, o.device,
                                                   o.threads, o.max_error, o.target_latency, o.speedup, o.seed,
                                                   feeds=timing_feeds)
-        warning = None if o.inputs is not None or inputs.held is not None else dynamic_warning(model, o.shapes)
+        warning = None if o.inputs is not None or inputs.held is not None else dynamic_warning(model, o.shape_map)
         if warning:
             result.notes.append(warning)
         return Built(result, latency=latency)
@@ -264,7 +270,7 @@ def deploy(inputs: Inputs, prepared: Prepared, built: Built, verification: Verif
 
 def make_report(inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None,
                 deployed: Deployed | None, stages: list[dict[str, object]], ranks: str,
-                output_path: str | os.PathLike | None, o: OptimizeOptions) -> OptimizeReport:
+                output_path: str | os.PathLike[str] | None, o: OptimizeOptions) -> OptimizeReport:
     result = deployed.result if deployed is not None else built.result
     final = deployed.model if deployed is not None else built.result.model
     checked = deployed.verification if deployed is not None else verification
@@ -320,7 +326,7 @@ def _calibration_split(original: onnx.ModelProto, o: OptimizeOptions
     if o.calibration is None:
         return None, None, None
     norm = parse_normalize(o.normalize) if isinstance(o.normalize, str) or o.normalize is None else o.normalize
-    samples = load_samples(o.calibration, original, shapes=o.shapes, normalize=norm)
+    samples = load_samples(o.calibration, original, shapes=o.shape_map, normalize=norm)
     fit, held = split_holdout(samples, o.holdout, o.seed)
     return fit, held, f"{held.n} held-out of {samples.n} samples of {samples.source} (fitted on the other {fit.n})"
 
@@ -334,7 +340,7 @@ def _stage(name: str, model: onnx.ModelProto, verification: Verification | None)
     return row
 
 
-def _config_plan(model: onnx.ModelProto, config: str | os.PathLike) -> dict:
+def _config_plan(model: onnx.ModelProto, config: str | os.PathLike[str]) -> dict[str, Any]:
     from tensorfold.search.config import read_config
 
     named = onnx.ModelProto()

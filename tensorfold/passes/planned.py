@@ -37,7 +37,7 @@ class PlannedPass(FactorizePass):
     name = method = "planned"
     plannable = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         # the plannable methods (a pointwise layer is an SVD whatever method is asked)
         self.methods: dict[str, FactorizePass] = {name: PASSES[name]() for name in PLANNABLE}
         # node name -> its Choice, or None to keep the layer; set before each call

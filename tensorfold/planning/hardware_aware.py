@@ -18,13 +18,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import onnx
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import GraphIndex
-from tensorfold.passes.base import Choice
+from tensorfold.passes.base import Choice, PassContext, PassResult
 from tensorfold.passes.chains import ChainBuilder
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
@@ -170,8 +172,10 @@ def model_opset(model: onnx.ModelProto) -> int:
 
 # --- the whole run: plan by latency, then make sure the model got faster --------------------------
 
-def optimize_hardware_aware(chosen, model, ctx, input_shapes, provider, device, threads, max_error, target_latency,
-                            speedup, seed, feeds=None):
+def optimize_hardware_aware(chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext,
+                            input_shapes: dict[str, list[int]], provider: str, device: str | None, threads: int,
+                            max_error: float | None, target_latency: float | None, speedup: float | None, seed: int,
+                            feeds: dict[str, np.ndarray] | None = None) -> tuple[PassResult, dict[str, Any]]:
     """Plan by measured (or predicted) latency, then make sure the whole model got faster.
     feeds: one call of the user's inputs to time on (else random values of input_shapes)."""
     from tensorfold.graph.shapes import concrete_shapes
