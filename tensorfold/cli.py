@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 
 import click
 
 from tensorfold import __version__
+from tensorfold.demo import DEMO_OUTPUT, demo_model_path  # noqa: F401 - demo_model_path: tests and tools
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.outputs import json_text
 
@@ -465,66 +465,18 @@ def pipeline_cmd(as_json, **options):
     _show(run_pipeline(**options, progress=_progress(as_json)), as_json)
 
 
-DEMO_OUTPUT = Path("results/demo/fmnist_cnn.tucker.onnx")    # out of the way of a checkout's files
-
-
-def demo_model_path() -> Path:
-    return Path(str(resources.files("tensorfold") / "data" / "fmnist_cnn.onnx"))
-
-
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEMO_OUTPUT, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEMO_OUTPUT, show_default=True,
+              help="the tucker model of step 2; step 1's model is written beside it as fmnist_cnn.deploy.onnx")
 @click.option("--ratio", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
 @click.option("--recover-steps", type=_COUNT, default=200, show_default=True,
               help="fine-tune the result with distillation when Fashion-MNIST is installed (0: skip)")
 def demo_cmd(output, ratio, recover_steps):
-    """Factorize the built-in Fashion-MNIST CNN with Tucker-2, show the report, then recover it."""
-    from tensorfold.api import optimize
+    """The built-in Fashion-MNIST CNN: the fastest model within a bound (calibration, int8), then
+    Tucker-2 at --ratio recovered by distillation."""
+    from tensorfold.demo import run_demo
 
-    src = demo_model_path()
-    made = [p for p in reversed(output.parents) if not p.exists()] if output == DEMO_OUTPUT else []
-    for folder in made:
-        folder.mkdir()
-    console = _console()
-    console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST; tucker --ratio {ratio:g}")
-    try:
-        report = optimize(src, output, method="tucker", ratio=ratio, class_outputs=["logits"],
-                          progress=sys.stderr.isatty())
-    except BaseException:
-        for folder in reversed(made):       # a demo that failed leaves nothing behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
-    report.render(console)
-    if not _demo_accuracy(console, src, output) or recover_steps <= 0:
-        return
-    from tensorfold.recovery.finetune import RecoverConfig
-    from tensorfold.recovery.run import recover
-
-    recovered = Path(output).with_name(Path(output).stem + ".rec.onnx")
-    console.print(f"recover: {recover_steps} steps of distillation from the original (Hinton KD + each chain's "
-                  f"output matched to its layer's) ...")
-    r = recover(output, recovered, teacher_path=src, cfg=RecoverConfig(max_steps=recover_steps),
-                progress=sys.stderr.isatty())
-    test = r["test_accuracy"]
-    console.print(f"Fashion-MNIST test accuracy, recovered: {test['student_after']:.2%} after {r['steps']} steps "
-                  f"({r['seconds']:.0f} s); wrote {recovered}")
-
-
-def _demo_accuracy(console, original: Path, rewritten: Path) -> bool:
-    """Test-set accuracy before and after, when Debian's dataset-fashion-mnist is installed."""
-    try:
-        from tensorfold.datasets import load_fashion_mnist, to_model_input
-        images, labels = load_fashion_mnist(split="test")
-    except TensorfoldError as exc:
-        console.print(f"(accuracy not measured: {exc})")
-        return False
-    from tensorfold.runtime.evaluation import evaluate_onnx
-
-    x = to_model_input(images)
-    for label, path in (("original", original), ("tucker", rewritten)):
-        console.print(f"Fashion-MNIST test accuracy, {label}: {evaluate_onnx(path, x, labels):.2%} (no fine-tuning)")
-    return True
+    run_demo(_console(), output, ratio, recover_steps)
 
 
 def _show(report, as_json: bool) -> None:

@@ -28,7 +28,7 @@ LAYERS = [
     ("report",),
     ("optimize",),                 # optimize as typed stages (load, prepare, build, verify, deploy, report, save)
     ("api",),
-    ("pipeline", "cli_errors"),
+    ("pipeline", "cli_errors", "demo"),
     ("bench",),                    # the benchmark suite: an application on top
     ("cli",),
     ("__main__",),
