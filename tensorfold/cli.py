@@ -238,7 +238,7 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
                 workers, normalize, seed, resume, as_json):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.api import recover
-    from tensorfold.recovery.finetune import RecoverConfig, check_torch_device
+    from tensorfold.recovery.config import RecoverConfig, check_torch_device
 
     if epochs < 0 or (max_steps is not None and max_steps < 1) or batch_size < 1 or lr <= 0:
         raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")

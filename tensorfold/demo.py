@@ -71,7 +71,7 @@ def run_demo(console: Console, output: Path, ratio: float, recover_steps: int) -
                   f"error {v.max_error:.3f} before recovery; wrote {output}" if v else f"wrote {output}")
     if not _accuracy(console, src, {"deployed": deployed, "tucker": output}) or recover_steps <= 0:
         return
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
 
     recovered = Path(output).with_name(Path(output).stem + ".rec.onnx")

@@ -52,7 +52,7 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     from tensorfold.graph.io import load_model
     from tensorfold.outputs import check_output_dir, guard_inputs
     from tensorfold.passes import METHODS
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
     from tensorfold.search.nas.run import IMAGE, search_nas
 

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.io import load_model
     from tensorfold.graph.model import count_params
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
     from tensorfold.runtime.evaluation import evaluate_onnx
 

@@ -114,7 +114,7 @@ def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
 
 def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, log=print) -> list[dict]:
     from tensorfold.api import optimize
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
 
     out_dir.mkdir(parents=True, exist_ok=True)

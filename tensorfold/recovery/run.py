@@ -22,6 +22,8 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.log import warn
 from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
+from tensorfold.recovery.checkpoints import model_fingerprint
+from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import (
     EmaTeacher,
     EnsembleTeacher,
@@ -34,16 +36,9 @@ from tensorfold.recovery.distill import (
 from tensorfold.recovery.distributed import World, world
 from tensorfold.recovery.distributed import start as start_processes
 from tensorfold.recovery.distributed import stop as stop_processes
-from tensorfold.recovery.finetune import (
-    RecoverConfig,
-    evaluate,
-    metric_for,
-    model_fingerprint,
-    plot_history,
-    signed,
-    tensors,
-    train,
-)
+from tensorfold.recovery.finetune import train
+from tensorfold.recovery.history import plot_history
+from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 
 def _io_signature(model: onnx.ModelProto):

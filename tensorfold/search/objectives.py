@@ -101,9 +101,11 @@ class Evaluator:
             return evaluate_onnx(model, vx, vy, threads=self.threads)
         import torch
 
+        from tensorfold.recovery.config import RecoverConfig
         from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
-        from tensorfold.recovery.finetune import RecoverConfig, evaluate, train
+        from tensorfold.recovery.finetune import train
         from tensorfold.recovery.onnx_torch import OnnxModule
+        from tensorfold.recovery.validation import evaluate
 
         torch.manual_seed(self.seed)
         module = OnnxModule(model)

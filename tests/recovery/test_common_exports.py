@@ -121,7 +121,7 @@ def test_added_ops_match_onnxruntime(op, attrs, inputs):
 def test_a_two_input_encoder_recovers_from_an_npz_per_input(tmp_path):
     """Token ids and an attention mask, one array per input named as the inputs: recover trains."""
     from tensorfold.api import optimize
-    from tensorfold.recovery.finetune import RecoverConfig
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
 
     ids = torch.randint(0, 100, (2, 16))

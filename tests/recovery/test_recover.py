@@ -13,7 +13,7 @@ from tensorfold.api import optimize
 from tensorfold.cli import demo_model_path, main
 from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.errors import TensorfoldError
-from tensorfold.recovery.finetune import RecoverConfig
+from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.run import recover
 
 TEACHER = demo_model_path()

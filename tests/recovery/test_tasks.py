@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from tensorfold.api import optimize
+from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import Outputs
-from tensorfold.recovery.finetune import RecoverConfig
 from tensorfold.recovery.run import recover
 
 

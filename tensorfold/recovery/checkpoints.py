@@ -1,0 +1,91 @@
+"""Recovery checkpoints: written atomically, loaded with weights_only (a planted file runs no code),
+refused when written for another model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tensorfold.errors import TensorfoldError
+from tensorfold.outputs import atomic_path
+from tensorfold.recovery.config import RecoverConfig
+from tensorfold.recovery.history import History
+
+
+def load_checkpoint(path: Path, device):
+    """A checkpoint's tensors, numbers and strings only (weights_only=True): a planted file cannot
+    run code when it is unpickled; anything else is refused with one line."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise TensorfoldError(f"{path}: not a tensorfold checkpoint of plain tensors "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+
+
+def model_fingerprint(model) -> str:
+    """What a checkpoint must match to be loaded into this model: its trainable tensors' names and
+    shapes (a checkpoint from another model is refused by name, not by a size-mismatch traceback)."""
+    import hashlib
+
+    desc = sorted((t.name, tuple(t.dims)) for t in model.graph.initializer)
+    return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save through a temp file and a rename: a full disk or a kill never leaves a torn file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_checkpoint(path: Path, learners: list, step: int, history: History, fingerprint: str) -> None:
+    """The student's weights, optimizer and best at the top level; each peer's beside them."""
+    main = learners[0]
+    save_atomic({"params": main.module.state_dict(), "optimizer": main.opt.state_dict(), "step": step,
+           "history": history.as_dict(), "best": main.best, "model": fingerprint,
+           "peers": [{"params": ln.module.state_dict(), "optimizer": ln.opt.state_dict(), "best": ln.best}
+                     for ln in learners[1:]]}, path)
+
+
+def resume_checkpoint(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: RecoverConfig, fingerprint: str):
+    """(step, history) of the checkpoint, every model's weights, optimizer and best loaded from it."""
+    if not ckpt.exists():
+        raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
+    state = load_checkpoint(ckpt, cfg.device)
+    if not isinstance(state, dict) or not {"params", "optimizer", "step", "history", "best"} <= set(state):
+        raise TensorfoldError(f"{ckpt}: not a tensorfold recovery checkpoint")
+    if fingerprint and state.get("model", fingerprint) != fingerprint:
+        raise TensorfoldError(f"{ckpt} was written for another model; remove {checkpoint_dir} or recover "
+                              "into another output")
+    peers = state.get("peers") or []
+    if len(peers) != len(learners) - 1:
+        raise TensorfoldError(f"{ckpt} holds {len(peers)} peer(s), this run has {len(learners) - 1}: resume with "
+                              "the same --peer models")
+    parts = [{"params": state["params"], "optimizer": state["optimizer"], "best": state["best"]}, *peers]
+    for ln, part in zip(learners, parts):
+        load_params(ln.module, part["params"], ckpt)
+        try:
+            ln.opt.load_state_dict(part["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TensorfoldError(f"{ckpt}: optimizer state does not fit ({str(exc).splitlines()[0][:160]})") from None
+        ln.best = part["best"]
+    try:
+        history = History(**state["history"])
+    except (KeyError, TypeError) as exc:
+        raise TensorfoldError(f"{ckpt}: history does not fit ({str(exc).splitlines()[0][:160]})") from None
+    return int(state["step"]), history
+
+
+def load_params(module, params, path: Path) -> None:
+    try:
+        module.load_state_dict(params)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise TensorfoldError(f"{path} holds weights of another model ({str(exc).splitlines()[0][:160]}); "
+                              "remove it or recover into another output") from None
+
+
+def checkpoint_step(path: Path, device) -> int | None:
+    state = load_checkpoint(path, device)
+    return state.get("step") if isinstance(state, dict) else None

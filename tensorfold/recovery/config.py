@@ -1,0 +1,71 @@
+"""What a recovery run is configured with, and the torch device and precision it runs at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tensorfold.errors import TensorfoldError
+
+
+@dataclass
+class RecoverConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 2e-3
+    batch_size: int = 128
+    optimizer: str = "adamw"            # adamw | sgd
+    weight_decay: float = 1e-4
+    warmup: float = 0.05                # share of the steps
+    schedule: str = "cosine"            # cosine | plateau
+    clip: float = 1.0
+    distill: str = "both"               # hinton | feature | both | none
+    temperature: float = 4.0
+    alpha: float = 0.5                  # weight of the KD term against the label loss
+    feature_weight: float = 1.0
+    patience: int | None = None         # evaluations without improvement before stopping
+    eval_every: int | None = None       # steps; default once per epoch and at the end
+    seed: int = 0
+    threads: int = 0
+    device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
+    precision: str = "fp32"             # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
+    workers: int = 2                    # DataLoader processes decoding image files ahead of the step
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(cfg: RecoverConfig):
+    """The forward passes (student and teacher) and the losses under torch.autocast at the chosen
+    precision; fp32: off. Weights, optimizer state and validation stay fp32."""
+    dtype = PRECISIONS[cfg.precision]
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(cfg: RecoverConfig):
+    """Loss scaling for fp16, whose gradients underflow without it; bf16 has fp32's exponent range."""
+    return torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.precision == "fp16")
+
+
+def check_torch_device(name: str) -> str:
+    """The torch device a user named, if this machine has it; else one line naming what it has."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TensorfoldError(f"--torch-device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise TensorfoldError(f"--torch-device {name}: not on this machine (it has {', '.join(have)}; this torch "
+                              f"{'has no CUDA build' if torch.version.cuda is None else 'sees no such GPU'})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TensorfoldError(f"--torch-device mps: not on this machine (it has {', '.join(have)})")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise TensorfoldError(f"--torch-device {name}: recover trains on cpu, cuda or mps")
+    return str(device)
