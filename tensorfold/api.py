@@ -248,7 +248,7 @@ def search_ranks(model_path, **kwargs) -> RankSearchReport:
 
 
 def search_nas(**kwargs) -> NasReport:
-    """A cell architecture searched, trained, exported and measured; see tensorfold.search.nas.run.NasOptions."""
+    """A cell architecture searched, trained, exported and measured; see tensorfold.search.nas.options.NasOptions."""
     from tensorfold.search.nas.run import search_nas as _search_nas
 
     return NasReport(_search_nas(**kwargs))

@@ -54,7 +54,8 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     from tensorfold.passes import METHODS
     from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
-    from tensorfold.search.nas.run import IMAGE, search_nas
+    from tensorfold.search.nas.options import IMAGE
+    from tensorfold.search.nas.run import search_nas
 
     # everything that can be refused is refused before the output folder is made or anything runs
     if method not in METHODS:

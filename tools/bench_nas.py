@@ -100,7 +100,8 @@ def proxy_check(n: int, args) -> list[str]:
     scored by the proxy (as a search would) and trained like a final network; Kendall tau."""
     from scipy.stats import kendalltau
 
-    from tensorfold.search.nas.run import load_split, train_final
+    from tensorfold.search.nas.final import train_final
+    from tensorfold.search.nas.scoring import load_split
     from tensorfold.search.nas.space import NetConfig, Network, random_genotype
     from tensorfold.search.nas.train import accuracy, train_network
 

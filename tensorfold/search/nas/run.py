@@ -12,149 +12,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.search.nas.artifacts import write_dir
 from tensorfold.search.nas.budget import FINAL_OVERHEAD_S, FINAL_STEPS, plan_budget
-from tensorfold.search.nas.space import Genotype, NetConfig, Network, to_onnx
+from tensorfold.search.nas.final import load_teacher, train_final
+from tensorfold.search.nas.options import NasOptions
+from tensorfold.search.nas.scoring import Scorer, load_split
+from tensorfold.search.nas.space import NetConfig, Network
 from tensorfold.search.nas.strategies import Scored, aging_evolution, nsga2_search, random_search
-from tensorfold.search.nas.train import accuracy, train_network
-from tensorfold.search.objectives import DIRECTIONS, parse_names
-
-STRATEGIES = ("darts", "evolution", "random")
-NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency", "memory")
-IMAGE = (1, 28, 28)
-
-
-def parse_nas_objectives(text) -> tuple[str, ...]:
-    return parse_names(text, NAS_OBJECTIVES, "NAS objective")
-
-
-def net_params(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-class Scorer:
-    """Proxy-trains and measures genotypes; every candidate gets accuracy, params, flops, and host
-    (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
-
-    def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 max_latency: float | None = None, device: str = "cpu", max_memory_mb: float | None = None):
-        self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
-        self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
-        self.host_table, self.device_table = host_table, device_table
-        self.max_latency, self.max_memory_mb = max_latency, max_memory_mb
-        self.device = device
-        self.count = 0
-        self.bar = None            # a progress bar the search loop sets; each candidate moves it
-
-    def metrics(self, net) -> dict:
-        from tensorfold.graph.stats import model_stats
-        from tensorfold.runtime.memory import predict_memory
-
-        model = to_onnx(net)
-        m = {"params": net_params(net), "flops": model_stats(model, {"input": [1, *IMAGE]}).flops,
-             # predicted peak of one call (weights, live activations, im2col): what the device must hold
-             "memory": predict_memory(model, {"input": [1, *IMAGE]}).total_bytes / 2**20,
-             "host_ms": self.host_table.network_ms(net, IMAGE)}
-        if self.device_table is not None:
-            m["device_ms"] = self.device_table.network_ms(net, IMAGE)
-        m["latency"] = m.get("device_ms", m["host_ms"])
-        return m
-
-    def __call__(self, genotype: Genotype) -> Scored:
-        start = time.perf_counter()
-        net = Network(genotype, self.cfg)
-        train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count, device=self.device)
-        m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
-        s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start,
-                   weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-        # <= 0 is feasible, as Optuna's constraints
-        bounds = [(m["latency"], self.max_latency), (m["memory"], self.max_memory_mb)]
-        if any(bound is not None for _, bound in bounds):
-            s.user_attrs["constraints"] = [value - bound for value, bound in bounds if bound is not None]
-        self.count += 1
-        if self.bar is not None:
-            self.bar.update(min(time.perf_counter() - start, self.bar.total - self.bar.n))
-            self.bar.set_postfix(candidates=self.count, accuracy=f"{m['accuracy']:.3f}")
-        return s
-
-
-def load_split(data: str, train_size: int, val_size: int, seed: int):
-    """Search data from the training split only: (train, val) subsets, disjoint."""
-    from tensorfold.datasets import load_data, prepare_inputs
-
-    x, y, desc = load_data(data, "train", IMAGE[1:], IMAGE[0])
-    if y is None:
-        raise TensorfoldError(f"--data {data} has no labels; architecture search needs them")
-    order = np.random.default_rng(seed).permutation(len(x))
-    val_size = min(val_size, len(x) // 5)
-    train_size = min(train_size, len(x) - val_size)
-    v, t = order[:val_size], order[val_size:val_size + train_size]
-    x = prepare_inputs(x, [1, *IMAGE], None)
-    return (x[t], y[t].astype(np.int64), x[v], y[v].astype(np.int64)), desc
-
-
-@dataclass(frozen=True)
-class NasOptions:
-    """Every option of an architecture search, checked once (the CLI and Python callers build the same thing).
-
-    genotype: a genotype JSON file (from an earlier run's --output-dir): no search, only the
-    final training, export and measurement. torch_device: where the search and the final training
-    run ("cuda" on a GPU machine); measurement is always onnxruntime on `provider`."""
-
-    strategy: str = "evolution"
-    objectives: tuple[str, ...] | str = ("accuracy",)
-    data: str = "fashion-mnist"
-    budget_minutes: float = 10.0
-    device: str | None = None
-    provider: str = "cpu"
-    threads: int = 1
-    teacher: str | os.PathLike | None = None
-    output: str | os.PathLike | None = None
-    output_dir: str | os.PathLike | None = None
-    seed: int = 0
-    channels: int | None = None          # None: fit the budget (8, else 6 or 4 for the candidates)
-    layers: int = 5
-    nodes: int = 3
-    train_size: int = 4000
-    val_size: int = 1000
-    proxy_steps: int | None = None       # None: fit the budget (100, down to 30)
-    final_steps: int | None = None       # None: fit the budget (600, down to 100)
-    final_channels: int | None = None
-    order: int = 1
-    guard: str = "earlystop"
-    population: int = 10
-    sample: int = 3
-    max_candidates: int | None = None    # evolution/random: stop after this many, budget or not
-    max_epochs: int = 50                 # DARTS: epochs of its schedule (the budget may stop it sooner)
-    genotype: str | os.PathLike | None = None
-    max_latency: float | None = None
-    max_memory_mb: float | None = None
-    torch_device: str = "cpu"
-    progress: bool = True
-    started: float | None = None         # time.perf_counter() when the budget began (default: this call);
-                                         # the CLI passes its start, so imports count against the budget
-
-    def __post_init__(self):
-        object.__setattr__(self, "order", int(self.order))
-        if self.strategy not in STRATEGIES:
-            raise TensorfoldError(f"unknown strategy '{self.strategy}' (choose from {', '.join(STRATEGIES)})")
-        objectives = parse_nas_objectives(self.objectives)
-        object.__setattr__(self, "objectives", objectives)
-        if self.strategy == "darts" and objectives != ("accuracy",):
-            raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
-                                  f"{','.join(objectives)}")
-        if self.max_latency is not None and not self.max_latency > 0:
-            raise TensorfoldError(f"--max-latency must be > 0 ms (got {self.max_latency})")
-        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
-            raise TensorfoldError(f"--max-memory-mb must be > 0 (got {self.max_memory_mb})")
-        if not self.budget_minutes > 0:
-            raise TensorfoldError(f"--budget-minutes must be > 0 (got {self.budget_minutes})")
+from tensorfold.search.objectives import DIRECTIONS
 
 
 def search_nas(options: NasOptions | None = None, **kwargs) -> dict:
@@ -185,7 +56,7 @@ def _search_nas(opts: NasOptions) -> dict:
     for p in ([Path(opts.output).parent] if opts.output else []) + ([out_dir.parent] if out_dir else []):
         if str(p) and not p.is_dir():
             raise TensorfoldError(f"output folder {p} does not exist")
-    teacher_model = _load_teacher(opts.teacher)
+    teacher_model = load_teacher(opts.teacher)
     # small cells on a few cores: more threads than cores' worth of work slows a step 10x on a busy
     # 2-core host (54-75 s vs 3-4.5 s per supernet step measured with 2 threads and 1)
     threads = opts.threads or (1 if (os.cpu_count() or 1) <= 4 else min(8, (os.cpu_count() or 2) // 2))
@@ -270,7 +141,7 @@ def _search_nas(opts: NasOptions) -> dict:
         save_model(model, opts.output)
         report["output"] = str(opts.output)
     if out_dir is not None:
-        _write_dir(out_dir, report, candidates, front, final, model, dev, cfg if len(opts.objectives) > 1 else None)
+        write_dir(out_dir, report, candidates, front, final, model, dev, cfg if len(opts.objectives) > 1 else None)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
         from tensorfold.outputs import write_text_atomic
@@ -302,21 +173,6 @@ def _run_darts(opts: NasOptions, plan, split, start: float):
             plan.notes.append(f"DARTS supernet at {widths[k + 1]} channels: at {width}, {exc.short}")
 
 
-def _load_teacher(teacher):
-    if teacher is None:
-        return None
-    from tensorfold.graph.io import load_model
-    from tensorfold.onnxrt.inputs import model_inputs
-
-    model = load_model(teacher)
-    ins = model_inputs(model)
-    dims = [d.dim_value for d in ins[0].type.tensor_type.shape.dim] if ins else []
-    if len(ins) != 1 or dims[1:] not in ([*IMAGE], [0, 0, 0]):
-        raise TensorfoldError(f"--teacher {teacher} takes {dims[1:] or 'no'} inputs; the searched networks take "
-                              f"{list(IMAGE)} images")
-    return model
-
-
 def _choose(candidates, objectives):
     from tensorfold.search.pareto import front as pareto_front
 
@@ -330,105 +186,3 @@ def _choose(candidates, objectives):
     key = "accuracy" if "accuracy" in objectives else objectives[0]
     sign = 1 if DIRECTIONS[key] == "maximize" else -1
     return front, max(front, key=lambda s: sign * s.metrics[key])
-
-
-def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
-                threads: int, dev, progress: bool, torch_device: str = "cpu", deadline: float | None = None) -> dict:
-    """Train on the whole training split, test on the test split (never seen by the search)."""
-    from tensorfold.datasets import load_data, prepare_inputs
-    from tensorfold.graph.stats import model_stats
-    from tensorfold.runtime.devices import predict_seconds
-    from tensorfold.runtime.evaluation import evaluate_onnx
-    from tensorfold.runtime.latency import measure
-
-    x, y, _ = load_data(data, "train", IMAGE[1:], IMAGE[0])
-    x = prepare_inputs(x, [1, *IMAGE], None)
-    teacher = None
-    if teacher_model is not None:
-        from tensorfold.recovery.distill import OnnxTeacher
-
-        teacher = OnnxTeacher(teacher_model, [], threads)
-    net = Network(genotype, cfg)
-    t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress,
-                      device=torch_device, deadline=deadline)
-    model = to_onnx(net)
-    out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
-           "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}
-    try:
-        xt, yt, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
-        out["test_accuracy"] = evaluate_onnx(model, prepare_inputs(xt, [1, *IMAGE], None), yt, threads=threads)
-    except TensorfoldError:
-        out["test_accuracy"] = None       # data with no test split
-    feeds = {"input": np.random.default_rng(0).standard_normal((1, *IMAGE)).astype(np.float32)}
-    out["params"] = net_params(net)
-    out["flops"] = model_stats(model, {"input": [1, *IMAGE]}).flops
-    out["host_ms"] = measure(model, feeds, provider, threads, warmup=5, runs=50).median
-    if dev is not None:
-        out["device"] = dev.name
-        out["device_ms"] = predict_seconds(model, {"input": [1, *IMAGE]}, dev) * 1e3
-    out["_model"] = model
-    return out
-
-
-def _write_dir(out_dir: Path, report, candidates, front, final, model, dev, cfg: NetConfig | None = None) -> None:
-    """model.onnx (the final network), genotype.json, candidates.json, front.png; with several
-    objectives (`cfg` given) also every Pareto point as point-K.onnx (its proxy-trained network) and
-    point-K.json (genotype, objectives, metrics), and front.json, as `search ranks` writes its front."""
-    from tensorfold.graph.io import save_model
-    from tensorfold.outputs import write_text_atomic
-
-    out_dir.mkdir(exist_ok=True)
-    for stale in out_dir.glob("point-*"):     # an earlier run's points would read as this run's front
-        stale.unlink()
-    if cfg is not None:
-        points = []
-        for k, s in enumerate(front, start=1):
-            point = {"point": k, "candidate": s.number, "genotype": s.genotype.as_dict(),
-                     "values": dict(zip(report["objectives"], s.values)), "metrics": s.metrics}
-            write_text_atomic(out_dir / f"point-{k}.json", json.dumps(point, indent=2))
-            if s.weights is not None:
-                net = Network(s.genotype, cfg)
-                net.load_state_dict(s.weights)
-                point["model"] = str(save_model(to_onnx(net), out_dir / f"point-{k}.onnx"))
-            points.append(point)
-        write_text_atomic(out_dir / "front.json", json.dumps({"objectives": report["objectives"], "points": points},
-                                                             indent=2))
-        report["front_points"] = len(points)
-    report["model"] = str(save_model(model, out_dir / "model.onnx"))
-    write_text_atomic(out_dir / "genotype.json", json.dumps({"genotype": final["genotype"]}, indent=2))
-    write_text_atomic(out_dir / "candidates.json", json.dumps([c.as_dict() for c in candidates], indent=2))
-    plot = plot_nas(candidates, front, out_dir / "front.png", dev.name if dev else None)
-    report["plot"] = str(plot) if plot else None
-
-
-def plot_nas(candidates, front, path: Path, device: str | None) -> Path | None:
-    """Accuracy against host-measured latency, and against the device's predicted latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scored = [c for c in candidates if "accuracy" in c.metrics]
-    if not scored:
-        return None
-    keys = [("host_ms", "host latency, measured (ms)")] + ([("device_ms", f"{device} latency, predicted (ms)")]
-                                                          if device else [])
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    on_front = {c.number for c in front}
-    for ax, (key, label) in zip(axes[0], keys):
-        ax.scatter([c.metrics[key] for c in scored], [c.metrics["accuracy"] for c in scored], s=12, color="0.6",
-                   label="candidates")
-        f = [c for c in scored if c.number in on_front]
-        ax.scatter([c.metrics[key] for c in f], [c.metrics["accuracy"] for c in f], s=30, color="tab:red",
-                   label="front", zorder=3)
-        ax.set_xlabel(label)
-        ax.set_ylabel("proxy accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    from tensorfold.outputs import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path

@@ -12,7 +12,7 @@ import pytest
 from tensorfold.errors import TensorfoldError
 from tensorfold.search.nas import budget
 from tensorfold.search.nas.budget import plan_budget
-from tensorfold.search.nas.run import NasOptions
+from tensorfold.search.nas.options import NasOptions
 from tests.helpers.cli import invoke
 from tests.helpers.data import needs_data
 

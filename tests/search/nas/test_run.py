@@ -129,7 +129,7 @@ def test_op_table_estimate_is_close_to_the_whole_graph_prediction(tmp_path):
 def test_scorer_predicts_memory_and_constrains_it():
     """Every candidate carries its predicted peak memory; --max-memory-mb becomes a constraint
     value (<= 0 feasible) beside --max-latency."""
-    from tensorfold.search.nas.run import Scorer
+    from tensorfold.search.nas.scoring import Scorer
 
     rng = np.random.default_rng(0)
     data = (rng.random((32, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 32),
