@@ -22,7 +22,7 @@ from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.fragile import fragile_nodes
 from tensorfold.quantize.fusion import FusionReport, fused_kernels
 from tensorfold.quantize.mixed import Build, keep_within, score_units
-from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_OPS, StaticQuantizer
+from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_COMPUTE_OPS, DYNAMIC_OPS, StaticQuantizer
 
 # dynamic quantization is tried where at least this share of the weights sits in DYNAMIC_OPS
 DYNAMIC_WEIGHT_SHARE = 0.5
@@ -155,12 +155,12 @@ def _input_producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 def _dynamic_share(model: onnx.ModelProto) -> float:
     """The share of the compute weights (those read by convs, matrix products and recurrent cells;
-    an embedding table is looked up, not multiplied) that DYNAMIC_OPS nodes read."""
+    an embedding table is looked up, not multiplied) that matrix products and recurrent cells read."""
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     compute = {i for n in model.graph.node if n.op_type in COMPUTE_OPS for i in n.input if i in sizes}
-    dynamic = {i for n in model.graph.node if n.op_type in DYNAMIC_OPS for i in n.input if i in sizes}
+    dynamic = {i for n in model.graph.node if n.op_type in DYNAMIC_COMPUTE_OPS for i in n.input if i in sizes}
     total = sum(sizes[i] for i in compute)
     return sum(sizes[i] for i in dynamic) / total if total else 0.0
 
 
-COMPUTE_OPS = (*DYNAMIC_OPS, "Conv", "ConvTranspose")
+COMPUTE_OPS = (*DYNAMIC_COMPUTE_OPS, "Conv", "ConvTranspose")
