@@ -35,3 +35,15 @@ def test_dynamic_quantization_scales_are_not_parameters():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     assert count_params(helper.make_model(graph)) == 32
+
+
+def test_a_dynamically_quantized_lstm_counts_its_int8_weights_not_their_scales():
+    t = numpy_helper.from_array
+    inits = [t(np.ones((1, 4, 8), np.int8), "W_q"), t(np.ones((1, 4, 8), np.int8), "R_q"),
+             t(np.ones((1, 8), np.float32), "W_s"), t(np.zeros((1, 8), np.int8), "W_z"),
+             t(np.ones((1, 8), np.float32), "R_s"), t(np.zeros((1, 8), np.int8), "R_z")]
+    node = helper.make_node("DynamicQuantizeLSTM", ["x", "W_q", "R_q", "", "", "", "", "", "W_s", "W_z", "R_s", "R_z"],
+                            ["y"], domain="com.microsoft", hidden_size=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    assert count_params(helper.make_model(graph)) == 64
