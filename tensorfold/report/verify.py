@@ -22,3 +22,6 @@ class VerifyReport(Report):
                               f"max abs {o['max_abs_error']:.3e}{argmax}")
             else:
                 console.print(f"{o['name']}: {o['agreement']:.2%} of elements equal")
+            if o.get("shape_changes"):
+                console.print(f"  {o['name']}: its shape changed on {o['shape_changes']} call(s) (a decoder that "
+                              "stopped at another step): those calls count as wholly different")

@@ -140,3 +140,18 @@ def test_a_model_that_fails_strict_shape_inference_as_given_is_held_to_the_basic
     assert not passes_full_check(model)
     check = Reference(model, {"x": np.ones((2, 3), np.float32)}, "ones").verify(model)
     assert check.max_error == 0.0
+
+
+def test_an_output_whose_length_changes_counts_as_wholly_different_not_as_a_crash():
+    from tensorfold.graph.verify import OutputAccumulator
+
+    acc = OutputAccumulator("tokens", axis=-1)
+    acc.add(np.ones((2, 5, 4), np.float32), np.ones((2, 5, 4), np.float32))
+    acc.add(np.ones((2, 6, 4), np.float32), np.ones((2, 7, 4), np.float32))     # the decoder stopped later
+    out = acc.result()
+    assert out.shape_changes == 1 and out.relative_error == float("inf")
+    assert out.argmax_agreement == 10 / 22
+    ints = OutputAccumulator("ids", axis=None)
+    ints.add(np.arange(4), np.arange(4))
+    ints.add(np.arange(4), np.arange(5))
+    assert ints.result().agreement == 0.5
