@@ -147,7 +147,9 @@ class StaticQuantizer:
                     augmented_model_path=str(Path(work, "augmented.onnx")),
                     calibrate_method=_ort_method(method), use_external_data_format=self.external,
                     extra_options=options)
-                step = self.calls_per_collect
+                # histogram calibrators stack the outputs of the calls of one collect: one call each keeps
+                # them working where activation shapes vary between samples (a decoder's length)
+                step = self.calls_per_collect if method == "minmax" else 1
                 for start in range(0, len(self.calls), step):
                     calibrator.collect_data(_reader(self.calls[start:start + step]))
                 save_tensors_data(calibrator.compute_data(), path)
