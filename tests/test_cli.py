@@ -241,3 +241,11 @@ def test_inspect_warns_when_a_dynamic_dim_was_taken_as_64(tmp_path):
     assert "FLOPs counted at 64" in json.loads(text)["warnings"][0]
     code, text = invoke("inspect", path, "--shape", "x:1,3,488,488", "--json")
     assert json.loads(text)["warnings"] == []
+
+
+def test_the_demo_ships_real_calibration_images():
+    from tensorfold.demo import demo_samples
+
+    x = demo_samples()
+    assert x.shape == (64, 1, 28, 28) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1      # real images, not a blank placeholder
