@@ -300,8 +300,11 @@ class FactorizePass(Pass):
                                   ) from None
         if not np.isfinite(error):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
+        # "output": the value the chain writes in the layer's place, whatever its last node is (feature
+        # distillation reads the chains' outputs by it; the TT-matrix chain ends in a Reshape)
         doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,
-                                            "ranks": list(fac.ranks), "weight_error": round(error, 6)})
+                                            "ranks": list(fac.ranks), "weight_error": round(error, 6),
+                                            "output": layer.node.output[0]})
         builder = ChainBuilder(layer, fac.method, fresh, doc, pool if layer.sharers else None)
         fac.emit(builder)
         # a later user of a shared weight adds no parameters of its own: compare the chain in full

@@ -90,12 +90,17 @@ def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tens
 
 
 def rewritten_outputs(student: onnx.ModelProto) -> list[str]:
-    """Outputs of factor chains, named as the original layers' outputs (tensorfold keeps the names)."""
+    """Outputs of factor chains, named as the original layers' outputs (tensorfold keeps the names):
+    the value each chain's provenance names as its output (files written before it was recorded:
+    the chain node whose name ends in /out)."""
     names = []
     for node in student.graph.node:
         if node.doc_string.startswith("[tensorfold] {"):
             info = json.loads(node.doc_string[len("[tensorfold] "):])
-            if node.name.startswith(info["original"]) and node.name.endswith("/out"):
+            if "output" in info:
+                if info["output"] in node.output:
+                    names.append(info["output"])
+            elif node.name.startswith(info["original"]) and node.name.endswith("/out"):
                 names.append(node.output[0])
     return names
 

@@ -421,3 +421,18 @@ def test_a_peer_trains_with_checkpoints_resume_and_its_own_best(student, npz, tm
     assert report["steps"] == 6 and report["peers"][0]["val"]["teacher_agreement"] >= 0
     with pytest.raises(TensorfoldError, match="written for another model"):
         recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("method", ["svd", "tucker", "tt", "cp"])
+def test_every_method_names_its_chain_output_for_feature_distillation(method):
+    """Feature distillation pulls each chain's output to the original layer's: every emitter, the
+    TT-matrix one ending in a Reshape included, must say which value that is."""
+    from tensorfold.passes import get_pass
+    from tensorfold.passes.base import PassContext, RankSpec
+    from tensorfold.recovery.distill import rewritten_outputs
+    from tests.passes.single_node import matmul_model
+
+    model, _ = matmul_model(64, 48)
+    result = get_pass(method)(model, PassContext(spec=RankSpec(ratio=2), force=True, progress=False))
+    assert result.rewritten, result.skipped
+    assert rewritten_outputs(result.model) == ["y"]
