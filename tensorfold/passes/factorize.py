@@ -93,6 +93,10 @@ class FactorizePass(Pass):
     def supports(self, layer: Layer) -> str | None:
         """None if this method can rewrite the layer, else the reason it is skipped."""
 
+    def rank_count(self, layer: Layer) -> int:
+        """How many ranks a plan gives this method for `layer` (a pointwise layer is an SVD: one)."""
+        return 1
+
     # --- what a method implements for the layers it decomposes itself (a pass that overrides the
     # dispatchers below, as auto and planned do, needs none of these) -------------------------
 

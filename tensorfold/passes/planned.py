@@ -15,12 +15,8 @@ from tensorfold.passes.layers import Layer
 
 
 def rank_count(method: str, layer: Layer) -> int:
-    """How many ranks `method` takes for this layer (a pointwise layer is an SVD: one)."""
-    from tensorfold.passes.tt import tt_bond_count
-
-    if layer.is_pointwise or method in ("svd", "cp"):
-        return 1
-    return 2 if method == "tucker" else tt_bond_count(layer)
+    """How many ranks `method` takes for this layer: the method's own pass says."""
+    return PASSES[method]().rank_count(layer)
 
 
 def check_choice(layer: Layer, choice: Choice | None, source: str) -> None:

@@ -166,6 +166,9 @@ class TTPass(FactorizePass):
     svd_for = "1x1 conv"
     order = 4
 
+    def rank_count(self, layer: Layer) -> int:
+        return 1 if layer.is_pointwise else tt_bond_count(layer)
+
     def supports(self, layer: Layer) -> str | None:
         if layer.kind == "conv" and not layer.is_pointwise and layer.groups > 1:
             return "grouped kxk conv: tt rewrites group-1 convs only; use tucker for grouped convs"

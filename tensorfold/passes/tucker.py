@@ -142,6 +142,9 @@ class TuckerPass(FactorizePass):
     svd_for = "pointwise"
     order = 2
 
+    def rank_count(self, layer: Layer) -> int:
+        return 1 if layer.is_pointwise else 2          # (r_out, r_in)
+
     def supports(self, layer: Layer) -> str | None:
         return None   # any non-depthwise conv, grouped included; matrices via the SVD
 
