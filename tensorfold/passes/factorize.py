@@ -7,6 +7,7 @@ candidate (ranks, params, error) points for the global budget, and how to build 
 from __future__ import annotations
 
 import json
+import math
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ class FactorizePass(Pass):
     def rank_count(self, layer: Layer) -> int:
         """How many ranks a plan gives this method for `layer` (a pointwise layer is an SVD: one)."""
         return 1
+
+    def rounded(self, ranks: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+        """The ranks a hardware-aware plan times: every rank here is a channel count of a chain's
+        convs or matrices, rounded up to a multiple the vector units like. A method whose ranks
+        are something else (a block count) says how they round."""
+        return tuple(r if r < multiple else int(math.ceil(r / multiple) * multiple) for r in ranks)
 
     # --- what a method implements for the layers it decomposes itself (a pass that overrides the
     # dispatchers below, as auto and planned do, needs none of these) -------------------------

@@ -16,7 +16,6 @@ faster gives layers back to the input's form until it is, or returns the input's
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +79,7 @@ class HardwareTarget:
             else:
                 wanted = _spread(pass_, layer)
             timed = []
-            for choice in {self._round(c) for c in wanted}:
+            for choice in {self._round(pass_, c) for c in wanted}:
                 t = self._time(pass_, layer, choice, ctx)
                 if t is not None and t.ms <= FASTER * layer_ms and (ctx.force or t.params < layer.params):
                     timed.append(t)
@@ -120,10 +119,12 @@ class HardwareTarget:
 
     # ------------------------------------------------------------------------------------------
 
-    def _round(self, choice: Choice) -> Choice:
-        def up(r):
-            return r if r < self.multiple else int(math.ceil(r / self.multiple) * self.multiple)
-        return Choice(choice.method, tuple(up(r) for r in choice.ranks))
+    def _round(self, pass_: FactorizePass, choice: Choice) -> Choice:
+        """The choice's ranks rounded the way its method says (auto's choices name their method)."""
+        from tensorfold.passes import PASSES
+
+        owner = PASSES[choice.method]() if choice.method in PASSES and choice.method != pass_.method else pass_
+        return Choice(choice.method, owner.rounded(tuple(choice.ranks), self.multiple))
 
     def _layer_ms(self, layer: Layer, ctx) -> float:
         inits = [self.initializers[i] for i in layer.node.input if i in self.initializers]
