@@ -27,7 +27,7 @@ class Trial:
     max_disagreement: float
     within: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"ratio": round(self.ratio, 4), "factorizable_params_after": self.params_after,
                 "max_relative_error": self.max_relative_error, "max_disagreement": self.max_disagreement,
                 "within": self.within}

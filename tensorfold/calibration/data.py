@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,8 +36,8 @@ class Samples:
         return Samples({k: v[index] for k, v in self.arrays.items()}, self.source)
 
 
-def load_samples(path: str | os.PathLike, model: onnx.ModelProto, *, option: str = "--calibration",
-                 shapes: dict[str, list[int]] | None = None, normalize: tuple | None = None) -> Samples:
+def load_samples(path: str | os.PathLike[str], model: onnx.ModelProto, *, option: str = "--calibration",
+                 shapes: dict[str, list[int]] | None = None, normalize: tuple[Any, Any] | None = None) -> Samples:
     """Read and check samples for `model`: an .npz (one array per input, `x` for a single-input
     model) or a folder of PNG/JPEG images (scaled to [0, 1], resized to the model's input,
     normalized by `normalize` = (mean, std) per channel or scalar)."""
@@ -99,7 +100,7 @@ def split_holdout(samples: Samples, share: float = DEFAULT_HOLDOUT, seed: int = 
     return samples.take(np.sort(order[held:])), samples.take(np.sort(order[:held]))
 
 
-def _dims(dims) -> str:
+def _dims(dims: Any) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
                            else (d.dim_param or "?") for d in dims) + "]"
 
@@ -107,7 +108,7 @@ def _dims(dims) -> str:
 # --- images -----------------------------------------------------------------------------------
 
 
-def image_files(root: str | os.PathLike) -> tuple[list[Path], np.ndarray | None, list[str]]:
+def image_files(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray | None, list[str]]:
     """The images of a folder: `root/<class>/*.png` (labelled by subfolder, classes sorted by name)
     or directly in `root/` (unlabelled). (files, labels or None, class names); nothing decoded."""
     root = Path(root)
@@ -130,14 +131,14 @@ def decode_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.
         with Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             if size is not None and (img.height, img.width) != tuple(size):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = None, channels: int = 3
+def load_image_folder(root: str | os.PathLike[str], size: tuple[int, int] | None = None, channels: int = 3
                       ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Every image of a folder (see image_files) decoded: converted to `channels`, resized to
     `size` (H, W) when given, else all to the first image's size. uint8 (N, H, W, C)."""
@@ -148,7 +149,8 @@ def load_image_folder(root: str | os.PathLike, size: tuple[int, int] | None = No
     return np.stack([decode_image(p, size, channels) for p in files]), labels, classes
 
 
-def _image_samples(root: Path, model: onnx.ModelProto, option: str, shapes: dict, normalize) -> Samples:
+def _image_samples(root: Path, model: onnx.ModelProto, option: str, shapes: dict[str, list[int]],
+                   normalize: tuple[Any, Any] | None) -> Samples:
     inputs = model_inputs(model)
     if len(inputs) != 1:
         raise TensorfoldError(f"{option} {root}: an image folder feeds a single-input model; this one has "

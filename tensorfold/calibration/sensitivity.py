@@ -43,7 +43,7 @@ class Sensitivity:
         """model error^2 / layer error^2: how the network scales this layer's error."""
         return (self.model_error ** 2) / max(self.layer_error ** 2, 1e-12)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"node": self.node, "probe_params": self.probe_params, "layer_error": self.layer_error,
                 "model_error": self.model_error, "model_disagreement": self.model_disagreement,
                 "gain": self.gain}
@@ -74,9 +74,10 @@ class OnlyLayer:
 
     name: str
     choice: Choice
-    reasons: dict = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, pass_, layers: list[Layer], ctx):
+    def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx: PassContext
+                 ) -> tuple[dict[str, Choice | None], list[str]]:
         return {layer.name: (self.choice if layer.name == self.name else None) for layer in layers}, []
 
 

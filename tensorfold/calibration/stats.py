@@ -8,6 +8,9 @@ activations plus one (D x D) Gram per layer, whatever the number of samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import onnx
 from tqdm import tqdm
@@ -85,7 +88,7 @@ def _vectors(layer: Layer, x: np.ndarray) -> list[np.ndarray]:
     return [x.reshape(-1, x.shape[-1])]
 
 
-def conv_patches(x: np.ndarray, weight_shape, groups: int, attrs: dict) -> list[np.ndarray]:
+def conv_patches(x: np.ndarray, weight_shape: Sequence[int], groups: int, attrs: dict[str, Any]) -> list[np.ndarray]:
     """im2col of a conv's input: per group an array (N * positions, C/g * prod(k)), each row ordered
     (channel, *kernel offsets) like weight[o].ravel()."""
     kernel = tuple(int(k) for k in weight_shape[2:])
@@ -107,7 +110,8 @@ def conv_patches(x: np.ndarray, weight_shape, groups: int, attrs: dict) -> list[
     return out
 
 
-def _pads(spatial, kernel, strides, dilations, pads, auto_pad: str) -> list[int]:
+def _pads(spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+          pads: Sequence[int], auto_pad: str) -> list[int]:
     nd = len(kernel)
     if auto_pad in ("NOTSET", ""):
         return list(pads)

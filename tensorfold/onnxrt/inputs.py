@@ -12,7 +12,7 @@ from tensorfold.errors import TensorfoldError
 # A dynamic dim the user did not fix: batch (the first dim) gets 1, others this size.
 DEFAULT_DYNAMIC_DIM = 64
 
-_NP_TYPES = {
+_NP_TYPES: dict[int, type] = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
     onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
