@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,38 +163,33 @@ class StaticQuantizer:
 
         cache = self.ranges(method)
         activations, weights = self.fmt.ort_types()
-        dst = self.dir / "quantized.onnx"
-        with quiet_onnxruntime_quantization():
-            try:
-                cached = {"calibration_cache_path": str(cache)} if cache is not None else {}
-                quantize_static(str(self.source), str(dst), None if cache is not None else _reader(self.calls),
-                                quant_format=QuantFormat.QDQ, per_channel=self.fmt.per_channel,
-                                reduce_range=self.fmt.reduce_range, activation_type=activations, weight_type=weights,
-                                nodes_to_exclude=sorted(exclude), use_external_data_format=self.external,
-                                calibrate_method=_ort_method(method), **cached)
-            except Exception as exc:  # noqa: BLE001
-                raise TensorfoldError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
-        quantized = onnx.load(str(dst))
-        for path in self.dir.glob("quantized.onnx*"):
-            path.unlink()
-        return quantized
+        cached = {"calibration_cache_path": str(cache)} if cache is not None else {}
+        return self._written("int8 quantization", lambda dst: quantize_static(
+            str(self.source), dst, None if cache is not None else _reader(self.calls),
+            quant_format=QuantFormat.QDQ, per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
+            activation_type=activations, weight_type=weights, nodes_to_exclude=sorted(exclude),
+            use_external_data_format=self.external, calibrate_method=_ort_method(method), **cached))
 
     def quantize_dynamic(self, exclude: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
         """Weights int8, activations quantized at run time (MatMulInteger, DynamicQuantizeLSTM): no
         calibration; for MatMul/LSTM-heavy models, where it can beat static QDQ on a CPU."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        dst = self.dir / "dynamic.onnx"
+        return self._written("dynamic int8 quantization", lambda dst: quantize_dynamic(
+            str(self.source), dst, weight_type=QuantType.QInt8, per_channel=self.fmt.per_channel,
+            reduce_range=self.fmt.reduce_range, op_types_to_quantize=list(DYNAMIC_OPS),
+            nodes_to_exclude=sorted(exclude), use_external_data_format=self.external))
+
+    def _written(self, what: str, write: Callable[[str], object]) -> onnx.ModelProto:
+        """Run an onnxruntime quantizer that writes into the work folder; the model it wrote."""
+        dst = self.dir / "quantized.onnx"
         with quiet_onnxruntime_quantization():
             try:
-                quantize_dynamic(str(self.source), str(dst), weight_type=QuantType.QInt8,
-                                 per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
-                                 op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=sorted(exclude),
-                                 use_external_data_format=self.external)
-            except Exception as exc:  # noqa: BLE001
-                raise TensorfoldError(f"dynamic int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
+                write(str(dst))
+            except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
+                raise TensorfoldError(f"{what} failed: {str(exc).splitlines()[0][:300]}") from None
         quantized = onnx.load(str(dst))
-        for path in self.dir.glob("dynamic.onnx*"):
+        for path in self.dir.glob("quantized.onnx*"):
             path.unlink()
         return quantized
 
