@@ -94,13 +94,18 @@ def score_units(build: Build, reference: Reference, quantizable: list[str], frag
     return sorted(final, key=lambda u: -u.error)
 
 
-def keep_within(build: Build, reference: Reference, bound: float, units: list[Unit], bar: Any = None) -> MixedPrecision:
-    """The fewest leading `units` (worst first) left in float whose model is within `bound`."""
+def keep_within(build: Build, reference: Reference, bound: float, units: list[Unit], bar: Any = None,
+                full: tuple[onnx.ModelProto, Verification] | None = None) -> MixedPrecision:
+    """The fewest leading `units` (worst first) left in float whose model is within `bound`;
+    `full`: the fully quantized model and its check, where the caller has them already."""
     trials: list[dict[str, object]] = []
 
     def attempt(k: int) -> tuple[onnx.ModelProto, Verification, bool]:
-        model = build(frozenset(n for u in units[:k] for n in u.nodes))
-        check = reference.verify(model)
+        if k == 0 and full is not None:
+            model, check = full
+        else:
+            model = build(frozenset(n for u in units[:k] for n in u.nodes))
+            check = reference.verify(model)
         ok = check.within(bound) and not check.broken
         trials.append({"float_units": k, "max_error": float(check.max_error), "within": ok})
         if bar is not None:

@@ -21,7 +21,7 @@ from tensorfold.graph.verify import Reference, Verification, class_axes
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.fragile import fragile_nodes
 from tensorfold.quantize.fusion import FusionReport, fused_kernels
-from tensorfold.quantize.mixed import Build, keep_within, score_units
+from tensorfold.quantize.mixed import Build, Unit, keep_within, score_units
 from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_COMPUTE_OPS, DYNAMIC_OPS, StaticQuantizer
 
 # dynamic quantization is tried where at least this share of the weights sits in DYNAMIC_OPS
@@ -69,11 +69,13 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
         bar = tqdm(desc="int8", unit="model", disable=not progress, leave=False)
         try:
             # the calibration method: the one whose fully quantized model is closest on the held-out share
-            errors, failed = {}, []
+            errors, failed, full = {}, [], {}
             for method in methods:
                 bar.set_postfix_str(f"calibrating ({method})")
                 try:
-                    errors[method] = float(reference.verify(quantizer.quantize(method)).max_error)
+                    quantized = quantizer.quantize(method)
+                    full[method] = (quantized, reference.verify(quantized))
+                    errors[method] = float(full[method][1].max_error)
                 except TensorfoldError as exc:
                     if len(methods) == 1:
                         raise
@@ -84,8 +86,8 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
             method = min(errors, key=lambda m: errors[m])
             results.append(_within(lambda ex: quantizer.quantize(method, ex), "static", fmt, reference, bound,
                                    quantizable, fragile, provider, bar, producers=_input_producers(prepared),
-                                   calibration=method,
-                                   calibration_errors=errors))
+                                   full=full[method], calibration=method, calibration_errors=errors))
+            full.clear()
             results[-1].notes.extend(failed)
             if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
                 dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
@@ -102,11 +104,18 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
 
 def _within(build: Build, kind: str, fmt: Int8Format, reference: Reference, bound: float, quantizable: list[str],
             fragile: dict[str, str], provider: str, bar: Any, producers: dict[str, onnx.NodeProto] | None = None,
-            **extra: Any) -> Int8Result:
-    bar.set_postfix_str(f"{kind}: scoring")
-    units = score_units(build, reference, quantizable, fragile, bound, bar) if quantizable else []
+            full: tuple[onnx.ModelProto, Verification] | None = None, **extra: Any) -> Int8Result:
+    """int8 within `bound`: the fully quantized model (`full` where the caller built it already),
+    and only where it is over the bound, units scored and returned to float."""
+    if full is None:
+        quantized = build(frozenset())
+        full = (quantized, reference.verify(quantized))
+    units: list[Unit] = []
+    if not full[1].within(bound) and quantizable:
+        bar.set_postfix_str(f"{kind}: scoring")
+        units = score_units(build, reference, quantizable, fragile, bound, bar)
     bar.set_postfix_str(f"{kind}: nodes to float")
-    mixed = keep_within(build, reference, bound, units, bar)
+    mixed = keep_within(build, reference, bound, units, bar, full=full)
     result = Int8Result(kind, fmt, mixed.model, mixed.verification, float_nodes=mixed.float_nodes,
                         quantized_nodes=len(quantizable) - len(mixed.float_nodes), trials=mixed.trials, **extra)
     if mixed.model is None:
