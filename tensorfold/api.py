@@ -111,8 +111,7 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
         "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
         "calibration": str(calibration) if calibration else None,
         # FLOPs at a defaulted dynamic dim say little: a 488x488 table model read at 64x64 shows 61M, not 3.6G
-        "warnings": [w.replace("timed at", "FLOPs counted at").replace(" or real inputs with --inputs", "")
-                     for w in [dynamic_warning(original, shape_map)] if w],
+        "warnings": [w for w in [dynamic_warning(original, shape_map, "FLOPs counted", inputs_option=False)] if w],
     })
 
 

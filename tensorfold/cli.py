@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tensorfold import __version__
-from tensorfold.demo import DEMO_OUTPUT, demo_model_path  # noqa: F401 - demo_model_path: tests and tools
+from tensorfold.demo import DEMO_OUTPUT
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.outputs import json_text
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tests.helpers.cli import assert_user_error, invoke
 from tests.passes.single_node import conv_model, run
 

@@ -13,7 +13,8 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from tensorfold.cli import demo_model_path, main
+from tensorfold.cli import main
+from tensorfold.demo import demo_model_path
 
 DEMO = demo_model_path()
 

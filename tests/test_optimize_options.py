@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensorfold.cli import demo_model_path, main
+from tensorfold.cli import main
+from tensorfold.demo import demo_model_path
 
 _budget = st.one_of(
     st.just([]),

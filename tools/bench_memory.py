@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import torch
 
     from tensorfold.bench.zoo import build
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
     from tensorfold.export import export_onnx
     from tensorfold.runtime.memory import measured_peak_bytes, predict_memory
 

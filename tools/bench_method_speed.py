@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     import torch
 
     from tensorfold.bench.zoo import build
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
     from tensorfold.export import export_onnx
 
     torch.manual_seed(0)

@@ -30,8 +30,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.train import Recipe, baseline  # noqa: E402
-from tensorfold.cli import demo_model_path  # noqa: E402
 from tensorfold.datasets import load_data, prepare_inputs  # noqa: E402
+from tensorfold.demo import demo_model_path  # noqa: E402
 from tensorfold.graph.io import load_model  # noqa: E402
 from tensorfold.paths import cache_dir  # noqa: E402
 from tensorfold.search.pareto import front_hypervolume, spread  # noqa: E402

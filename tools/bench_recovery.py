@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tensorfold.api import optimize
 from tensorfold.bench.report import publish
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.run import recover
 

@@ -93,7 +93,7 @@ def _fmnist(n: int):
 def folder_vs_idx(tmp: Path, n: int, steps: int) -> list[str]:
     from PIL import Image
 
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     x, y = _fmnist(n)
     root = tmp / "fmnist_png"
@@ -130,7 +130,7 @@ def _test_accuracy(path: Path) -> float:
 
 
 def ddp(tmp: Path, n: int, steps: int) -> list[str]:
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     x, y = _fmnist(n)
     np.savez(tmp / "ddp.npz", x=x, y=y)

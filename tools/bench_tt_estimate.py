@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     from onnx import numpy_helper
 
     from tensorfold.bench.zoo import build
-    from tensorfold.cli import demo_model_path
     from tensorfold.decompose.tt import tt_rank_ladder, tt_svd
+    from tensorfold.demo import demo_model_path
 
     kernels = [numpy_helper.to_array(t) for t in onnx.load(str(demo_model_path())).graph.initializer
                if len(t.dims) == 4 and t.dims[2] > 1 and t.dims[1] > 1]

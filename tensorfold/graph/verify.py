@@ -105,16 +105,14 @@ def passes_full_check(model: onnx.ModelProto) -> bool:
 def parse_class_outputs(specs: tuple[str, ...] | list[str]) -> dict[str, int | None]:
     """`NAME` or `NAME:AXIS` (repeatable) -> {name: axis or None}. Output names may hold colons
     (`onnx::Shape_422`): only an integer after the last one is an axis."""
-    out = {}
+    out: dict[str, int | None] = {}
     for spec in specs:
-        name, sep, axis = spec.rpartition(":")
-        try:
-            out[name] = int(axis) if sep and name else None
-        except ValueError:
+        name, _, axis = spec.rpartition(":")
+        if name and axis.lstrip("-").isdigit():
+            out[name] = int(axis)
+        elif spec:
             out[spec] = None
-        if (not sep or out.get(name) is None) and spec not in out:
-            out[spec] = None
-    return {k: v for k, v in out.items() if k}
+    return out
 
 
 def class_axes(model: onnx.ModelProto, named: dict[str, int | None] | None = None,

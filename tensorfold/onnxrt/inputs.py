@@ -75,17 +75,19 @@ def defaulted_dims(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
     return out
 
 
-def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> str | None:
-    """The line to print when a timing runs at defaulted dynamic dims, naming how to fix them."""
+def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, what: str = "timed",
+                    inputs_option: bool = True) -> str | None:
+    """The line to print when a timing (or a FLOP count: `what`) runs at defaulted dynamic dims,
+    naming how to fix them (--inputs only where the command has it)."""
     defaulted = defaulted_dims(model, shapes)
     if not defaulted:
         return None
     resolved = resolve_shapes(model, shapes)
     name = next(iter(defaulted))
     example = ",".join("D" if i in defaulted[name] else str(d) for i, d in enumerate(resolved[name]))
-    return (f"input(s) {', '.join(defaulted)} have dynamic dims, timed at {DEFAULT_DYNAMIC_DIM} there "
+    return (f"input(s) {', '.join(defaulted)} have dynamic dims, {what} at {DEFAULT_DYNAMIC_DIM} there "
             f"({name}: {resolved[name]}); the model's speed depends on them: give the size it runs at with "
-            f"--shape {name}:{example} or real inputs with --inputs")
+            f"--shape {name}:{example}" + (" or real inputs with --inputs" if inputs_option else ""))
 
 
 def zero_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:

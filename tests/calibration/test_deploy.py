@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.api import optimize
 from tensorfold.calibration.deploy import Candidate, choose
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.graph.verify import OutputCheck, Verification
 from tests.helpers.cli import assert_user_error, invoke
 from tests.helpers.data import smooth_images

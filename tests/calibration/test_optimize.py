@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.api import optimize
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tests.helpers.cli import assert_user_error, invoke
 from tests.helpers.data import smooth_images
 

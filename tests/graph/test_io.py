@@ -109,7 +109,8 @@ def test_every_command_works_through_external_data(tmp_path, monkeypatch):
     and verify, profile, recover and search ranks read and write through it."""
     from click.testing import CliRunner
 
-    from tensorfold.cli import demo_model_path, main
+    from tensorfold.cli import main
+    from tensorfold.demo import demo_model_path
 
     monkeypatch.setenv("TENSORFOLD_EXTERNAL_DATA_BYTES", "1000")
     monkeypatch.chdir(tmp_path)

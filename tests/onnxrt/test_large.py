@@ -146,7 +146,8 @@ def test_every_command_works_on_a_model_above_the_cap(tmp_path, monkeypatch, pro
     protobuf cannot be serialized whole: input and output keep their weights in NAME.data."""
     from click.testing import CliRunner
 
-    from tensorfold.cli import demo_model_path, main
+    from tensorfold.cli import main
+    from tensorfold.demo import demo_model_path
 
     monkeypatch.chdir(tmp_path)
     save_model(load_model(demo_model_path()), "cnn.onnx")

@@ -19,7 +19,7 @@ CASES = [(method, label, kwargs) for method in ("auto", "svd", "tucker", "cp", "
 
 def record(method: str, kwargs: dict) -> dict:
     from tensorfold.api import optimize
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     report = optimize(demo_model_path(), None, method=method, progress=False, **kwargs)
     return {"layers": {r.node: {"method": r.method, "ranks": r.ranks, "params_after": r.params_after}

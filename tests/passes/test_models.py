@@ -109,7 +109,7 @@ def test_huge_ranks_finish_in_seconds(tmp_path, args):
     """A chain that cannot be smaller than its layer is refused before any decomposition runs."""
     import time
 
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     start = time.perf_counter()
     report = optimize(demo_model_path(), tmp_path / "o.onnx", progress=False, verify=False, **args)

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from tensorfold.api import optimize
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.runtime.latency import compare
 from tests.passes.single_node import conv_model
 

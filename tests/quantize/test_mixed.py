@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.graph.io import load_model
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import OutputCheck, Reference, Verification

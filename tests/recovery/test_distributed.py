@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tensorfold.api import optimize
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.distributed import World, epoch_order, world
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tensorfold.api import optimize
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tests.fixtures import torch_models

@@ -10,8 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from tensorfold.api import optimize
-from tensorfold.cli import demo_model_path, main
+from tensorfold.cli import main
 from tensorfold.datasets import load_data, prepare_inputs
+from tensorfold.demo import demo_model_path
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.run import recover

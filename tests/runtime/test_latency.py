@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tensorfold.cli import demo_model_path, main
+from tensorfold.cli import main
+from tensorfold.demo import demo_model_path
 from tensorfold.runtime.latency import by_op_type, compare, measure, measure_interleaved, node_profile, with_batch
 from tests.passes.single_node import conv_model
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.graph.io import load_model
 from tensorfold.runtime.devices import DEVICES
 from tensorfold.runtime.latency_model import Measured, Predicted, latency_model

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ def test_memory_is_an_objective_and_a_constraint(tmp_path):
     """--objectives memory and --max-memory-mb: the predicted peak memory of one call; the front's
     feasible points stay within the bound."""
     from tensorfold.api import search_ranks
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     report = search_ranks(demo_model_path(), objectives="memory,error", n_trials=6, max_memory_mb=0.6,
                           output_dir=tmp_path / "p", save_models=False, progress=False)

@@ -12,7 +12,7 @@ from tensorfold.search.space import RankSpace, decode_plan, encode_plan
 
 @pytest.fixture(scope="module")
 def space(request):
-    from tensorfold.cli import demo_model_path
+    from tensorfold.demo import demo_model_path
 
     model, _ = normalize(load_model(demo_model_path()))
     return RankSpace(model, ("svd", "tucker", "cp", "tt"), progress=False)

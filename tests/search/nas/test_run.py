@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tensorfold.cli import demo_model_path
+from tensorfold.demo import demo_model_path
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.search.nas.latency import OpLatencyTable
 from tensorfold.search.nas.space import NetConfig, Network, random_genotype
