@@ -1,11 +1,11 @@
 """Which int8 format is fast on which provider.
 
-Measured here (AVX-512 VNNI x86-64, onnxruntime 1.32, PP-OCRv4 det, batch 1, one thread; see
-docs/results/deploy.md): QDQ with uint8 activations and int8 per-channel weights (U8S8) runs 1.40x
-faster than float, and every Conv, Add and Mul fuses into a QLinear kernel; the S8S8 QDQ tensorfold
-wrote before runs 0.79x (only 48 of 62 convs fused, 244 QuantizeLinear left); QOperator U8S8 1.41x
-(the same kernels); dynamic quantization 0.23x on that conv net (ConvInteger plus a
-DynamicQuantizeLinear per conv). onnxruntime's quantization docs give the rest: reduce_range
+Measured here (AVX-512 VNNI x86-64, onnxruntime 1.32, PP-OCRv4 det, batch 1, one thread;
+docs/results/int8-formats.md, tools/bench_int8_formats.py): QDQ with uint8 activations and int8
+per-channel weights (U8S8) runs 1.69x faster than float, every Conv, Add and Mul fused into a
+QLinear kernel; symmetric S8S8 QDQ 0.72x (24 of 62 convs fused, 167 QuantizeLinear left);
+QOperator U8S8 1.71x (the same kernels); dynamic quantization 0.24x on that conv net (ConvInteger
+plus a DynamicQuantizeLinear per conv). onnxruntime's quantization docs give the rest: reduce_range
 (7-bit weights) where x86-64 lacks VNNI (saturation of the u8*s8 pairwise sums), symmetric S8S8 on
 ARM and for TensorRT."""
 

@@ -1,9 +1,10 @@
 """Mixed precision: which nodes go back to float so that the int8 model stays within a bound.
 
 Local quantization noise does not say what reaches the output: on PP-OCRv4 det, quantizing only the
-first ten nodes (stem conv and its hard-swish) gives 0.21 held-out output error and any later ten at
-most 0.06, though the stem's own tensors carry no more rounding noise than the rest (a first version
-ranked nodes by the error each added to its own output and found nothing). So every score here is
+first ten quantizable nodes (the stem convs and their hard-swish) gives 0.19 held-out output error
+and any later ten at most 0.055 (docs/results/int8-formats.md), though the stem's own tensors carry
+no more rounding noise than the rest (a first version, not kept, ranked nodes by the error each added
+to its own output and found nothing). So every score here is
 the *model's* held-out output error with only one unit of nodes quantized:
 
 1. Units: the quantizable nodes in graph order, cut into about INITIAL_UNITS contiguous blocks;
