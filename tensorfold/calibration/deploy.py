@@ -75,8 +75,8 @@ class Candidate:
 class DeployChoice:
     chosen: Candidate
     candidates: list[Candidate]
-    objective: str | None
-    latency: str | None                         # what the speedups are: "cpu, 1 thread, measured interleaved"
+    objective: str
+    latency: str                         # what the speedups are: "cpu, 1 thread, measured interleaved"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -84,38 +84,32 @@ class DeployChoice:
                 "candidates": [c.as_dict() for c in self.candidates], "notes": self.notes}
 
 
-def choose(candidates: list[Candidate], objective: str | None, feeds: dict[str, np.ndarray] | None,
-           provider: str = "cpu", threads: int = 0, rounds: int = 15) -> DeployChoice:
-    """Time the candidates within the bound (interleaved, one call each round) and pick by `objective`.
-    candidates[0] is the input. Without an objective the last candidate within the bound is taken
-    (the caller's order: the one the options asked for)."""
+def choose(candidates: list[Candidate], objective: str, feeds: dict[str, np.ndarray], provider: str = "cpu",
+           threads: int = 0, rounds: int = 15) -> DeployChoice:
+    """Time every candidate (interleaved, one call each round; those outside the bound too, so the
+    report compares them all) and pick among those within the bound by `objective`. candidates[0]
+    is the input: it wins when nothing within the bound beats it, and the notes say so."""
     from tensorfold.runtime.latency import measure_interleaved
 
     base = candidates[0]
+    call = next(iter(chunks(base.model, feeds, max_batch=1)))
+    stats = measure_interleaved([(c.model, call) for c in candidates], provider, threads, rounds=rounds)
+    for c, s in zip(candidates, stats):
+        c.latency_ms = s.median
+        c.speedup = stats[0].median / s.median
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in call.items())
+    label = f"{provider}, {threads or 'all'} thread(s), {shapes}, median of {rounds} interleaved runs"
     ok = [c for c in candidates if c.within]
-    label = None
-    if objective is not None and feeds is not None:
-        # every candidate is timed, within the bound or not: the report compares them all
-        call = next(iter(chunks(base.model, feeds, max_batch=1)))
-        stats = measure_interleaved([(c.model, call) for c in candidates], provider, threads, rounds=rounds)
-        for c, s in zip(candidates, stats):
-            c.latency_ms = s.median
-            c.speedup = stats[0].median / s.median
-        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in call.items())
-        label = f"{provider}, {threads or 'all'} thread(s), {shapes}, median of {rounds} interleaved runs"
-    notes = []
     if objective == "latency":
         chosen = max(ok, key=lambda c: c.speedup or 0.0)
-        if chosen is base and len(ok) > 1:
-            notes.append(f"no candidate within the bound ran faster than the input on {provider}: the input is kept")
-    elif objective == "size":
-        chosen = min(ok, key=lambda c: c.size_bytes)
-        if chosen is base and len(ok) > 1:
-            notes.append("no candidate within the bound is a smaller file than the input: the input is kept")
+        better = f"ran faster than the input on {provider}"
     else:
-        chosen = ok[-1]
-    if len(ok) == 1 and len(candidates) > 1:
-        notes.append("no candidate stayed within the bound on the held-out samples: the input is kept")
+        chosen = min(ok, key=lambda c: c.size_bytes)
+        better = "is a smaller file than the input"
+    notes = []
+    if chosen is base and len(candidates) > 1:
+        notes.append("no candidate stayed within the bound on the held-out samples: the input is kept" if len(ok) == 1
+                     else f"no candidate within the bound {better}: the input is kept")
     return DeployChoice(chosen, candidates, objective, label, notes)
 
 
@@ -126,7 +120,7 @@ def check_objective(objective: str | None) -> None:
 
 @dataclass(frozen=True)
 class DeploySettings:
-    objective: str | None           # "latency" | "size" | None (the last candidate within the bound)
+    objective: str                  # "latency" | "size"
     int8: bool
     provider: str = "cpu"
     threads: int = 0
@@ -193,10 +187,10 @@ def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto | N
                     continue
                 candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r,
                                             factorized_ratio=ratio))
+    if held is None:
+        raise TensorfoldError("--int8 and --objective time the candidates on held-out samples (--calibration)")
     picked = choose(candidates, settings.objective, held, settings.provider, settings.threads)
     picked.notes[:0] = unmet
-    if picked.chosen.name == "input" and not any("input is kept" in n for n in picked.notes):
-        picked.notes.append("no candidate stayed within the bound on the held-out samples: the input is kept")
     return picked
 
 

@@ -152,7 +152,7 @@ class OptimizeReport:
 
 def _render_deploy(deploy: dict, console: Console) -> None:
     """The candidates side by side (same held-out samples, timed together) and the int8 details."""
-    title = f"candidates (objective: {deploy['objective'] or 'none'}; chosen: {deploy['chosen']})"
+    title = f"candidates (objective: {deploy['objective']}; chosen: {deploy['chosen']})"
     table = Table(title=title, title_justify="left")
     for col in ("candidate", "params", "size", "held-out error", "per output", "speed vs input", "within bound"):
         table.add_column(col, justify="left" if col in ("candidate", "per output") else "right")
