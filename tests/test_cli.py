@@ -248,4 +248,4 @@ def test_the_demo_ships_real_calibration_images():
 
     x = demo_samples()
     assert x.shape == (64, 1, 28, 28) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1      # real images, not a blank placeholder
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1      # real images with contrast, not blank arrays
