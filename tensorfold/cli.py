@@ -4,6 +4,7 @@ User errors: one line, exit 2."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,38 @@ class _Methods(click.Choice):
         pass
 
 
+class _PerCore(click.IntRange):
+    """Threads or worker processes: 0 (all cores) up to a small multiple of the cores (limits.py);
+    a million threads would hang while memory grows."""
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        from tensorfold import limits
+
+        rv = super().convert(value, param, ctx)
+        if rv > limits.most():
+            self.fail(f"{rv} is more than this machine can use: at most {limits.most()} ({limits.PER_CORE} per "
+                      f"core, {limits.cores()} cores here)", param, ctx)
+        return rv
+
+
+class _OutputFile(click.Path):
+    """A file to write: `-o newdir/` names a folder (a trailing slash), never a file called `newdir`."""
+
+    def __init__(self):
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value} names a folder (it ends in /); give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 _POSITIVE = click.IntRange(min=1)
+_SEED = click.IntRange(0, 2**32 - 1)       # numpy and torch seeds are 32-bit
+_PER_CORE = _PerCore()
 _COUNT = click.IntRange(min=0)
 _POSITIVE_FLOAT = _Finite(min=0, min_open=True)
 _SHAPE_HELP = "fix a dynamic input shape, NAME:D1,D2,... (repeatable)"
@@ -93,7 +125,7 @@ def inspect_cmd(model, as_json, **options):
 
 @main.command("optimize")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=_OutputFile(), required=True,
               help="where to write the rewritten model")
 @click.option("--method", type=_Methods(), default="auto",
               show_default=True, help="factorization; auto picks per layer the least error for the saving; "
@@ -109,13 +141,13 @@ def inspect_cmd(model, as_json, **options):
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option("--no-verify", "verify", is_flag=True, flag_value=False, default=True,
               help="skip the onnxruntime comparison")
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--hardware-aware", is_flag=True,
               help="time every candidate chain on the target; rewrite a layer only where it is faster")
 @click.option("--provider", default="cpu", show_default=True,
               help="execution provider to time on (hardware-aware, --objective latency) and to pick the int8 format for")
 @click.option("--device", help="predict with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
-@click.option("--threads", type=_COUNT, default=0, show_default=True, help="intra-op threads for timing (0: all)")
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True, help="intra-op threads for timing (0: all)")
 @click.option("--max-error", type=_POSITIVE_FLOAT, help="hardware-aware: fastest chain per layer with weight error <= this")
 @click.option("--target-latency", type=_POSITIVE_FLOAT, help="hardware-aware: least error meeting this whole-model latency (ms)")
 @click.option("--speedup", type=_POSITIVE_FLOAT, help="hardware-aware: least error meeting this speedup over the input")
@@ -159,7 +191,7 @@ def optimize_cmd(model, output, as_json, **options):
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs")
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(reference, candidate, as_json, **options):
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""
@@ -182,7 +214,7 @@ def verify_cmd(reference, candidate, as_json, **options):
               help="a second model, timed interleaved with MODEL; ratios are MODEL's speedup over it")
 @click.option("--runs", type=_POSITIVE, default=30, show_default=True)
 @click.option("--warmup", type=_COUNT, default=5, show_default=True)
-@click.option("--threads", type=_COUNT, default=0, show_default=True, help="intra-op threads (0: all cores)")
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True, help="intra-op threads (0: all cores)")
 @click.option("--optimization", type=click.Choice(["none", "basic", "extended", "all"]), default="all",
               show_default=True, help="onnxruntime graph optimization level")
 @click.option("--top", type=_COUNT, default=10, show_default=True, help="rows of the per-op and per-node tables")
@@ -199,7 +231,7 @@ def profile_cmd(model, batches, as_json, **options):
 
 @main.command("recover")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("-o", "--output", type=_OutputFile(), required=True)
 @click.option("--teacher", type=click.Path(path_type=Path), multiple=True,
               help="the original model to distill from (repeat for a multi-teacher ensemble); `self`: without the "
                    "original, the student's own moving average teaches (mean teacher; needs labelled --data)")
@@ -226,11 +258,11 @@ def profile_cmd(model, batches, as_json, **options):
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains: cpu, cuda, cuda:N, mps")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="mixed precision (torch.autocast) for the forward passes; weights and validation stay fp32")
-@click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
-@click.option("--workers", type=_COUNT, default=2, show_default=True,
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
+@click.option("--workers", type=_PER_CORE, default=2, show_default=True,
               help="image folders: DataLoader processes decoding the next batches (0: decode in the training process)")
-@click.option("--normalize", help="MEAN,STD per channel after [0,1] scaling, e.g. 0.5,0.5")
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--normalize", help="MEAN,STD (or three means, three stds) after [0,1] scaling, e.g. 0.5,0.5")
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in OUTPUT.ckpt/")
 @click.option("--json", "as_json", is_flag=True)
 def recover_cmd(model, output, teacher, teacher_weights, peers, generations, data, epochs, max_steps, lr, batch_size,
@@ -244,13 +276,9 @@ def recover_cmd(model, output, teacher, teacher_weights, peers, generations, dat
         raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
     if not 0 <= alpha <= 1 or temperature <= 0:
         raise TensorfoldError("--alpha must be in [0, 1] and --temperature > 0")
-    norm = None
-    if normalize:
-        try:
-            mean, std = (float(v) for v in normalize.split(","))
-        except ValueError:
-            raise TensorfoldError(f"--normalize '{normalize}': expected MEAN,STD") from None
-        norm = ([mean], [std])
+    from tensorfold.calibration.data import parse_normalize
+
+    norm = parse_normalize(normalize)       # the rule optimize and inspect follow: stds > 0
     cfg = RecoverConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                         schedule=schedule, distill=distill, temperature=temperature, alpha=alpha, patience=patience,
                         eval_every=eval_every, seed=seed, threads=threads, device=check_torch_device(torch_device),
@@ -361,13 +389,13 @@ def search_group():
               help="constraint: predicted peak memory of one call (weights, activations, im2col) at most this")
 @click.option("--provider", default="cpu", show_default=True, help="execution provider for the latency objective")
 @click.option("--device", help="predict latency with a device model instead (rx580, gtx1060, ..., host, host-roofline)")
-@click.option("--threads", type=_COUNT, default=0, show_default=True)
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True)
 @click.option("--data", help="labelled data for the accuracy objective (fashion-mnist, a folder, an .npz)")
 @click.option("--recover-steps", type=_COUNT, default=100, show_default=True,
               help="accuracy objective: distilled fine-tuning steps per trial before validation (0: none)")
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for the error objective")
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("pareto"), show_default=True,
               help="front.json, front.png, and per Pareto point a config (point-K.yaml) and its model")
 @click.option("--no-models", "save_models", is_flag=True, flag_value=False, default=True,
@@ -392,10 +420,10 @@ def search_ranks_cmd(model, as_json, **options):
               help="wall-clock budget of the whole run: search, final training and measurement")
 @click.option("--device", help="predict latency for this device (rx580, gtx1060, ...); the host is always measured")
 @click.option("--provider", default="cpu", show_default=True, help="provider the host latency is measured on")
-@click.option("--threads", type=_COUNT, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True, help="torch and onnxruntime threads (0: all)")
 @click.option("--teacher", type=click.Path(path_type=Path), help="ONNX model to distill the final training from")
 @click.option("--genotype", type=click.Path(path_type=Path), help="skip the search: train this genotype (JSON)")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="write the trained network as ONNX")
+@click.option("-o", "--output", type=_OutputFile(), help="write the trained network as ONNX")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="model.onnx, genotype.json, candidates.json, front.png, report.json")
 @click.option("--channels", type=_POSITIVE, help="channels of the first cells (default: 8, or 6 or 4 for the candidates "
@@ -421,7 +449,7 @@ def search_ranks_cmd(model, as_json, **options):
 @click.option("--max-memory-mb", type=_POSITIVE_FLOAT,
               help="constraint: predicted peak memory of one call (weights, activations, im2col) at most this")
 @click.option("--torch-device", default="cpu", show_default=True, help="where torch trains (cpu, cuda, cuda:1, ...)")
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def search_nas_cmd(as_json, **options):
     """Search a cell architecture on DATA, train it, export it to ONNX and measure it."""
@@ -454,8 +482,8 @@ def search_nas_cmd(as_json, **options):
 @click.option("--recover-steps", type=_COUNT, default=300, show_default=True)
 @click.option("--hardware-aware/--no-hardware-aware", default=True, show_default=True,
               help="keep a factor chain only where it is faster on the CPU provider")
-@click.option("--threads", type=_COUNT, default=0, show_default=True)
-@click.option("--seed", type=_COUNT, default=0, show_default=True)
+@click.option("--threads", type=_PER_CORE, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_cmd(as_json, **options):
@@ -466,7 +494,7 @@ def pipeline_cmd(as_json, **options):
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEMO_OUTPUT, show_default=True,
+@click.option("-o", "--output", type=_OutputFile(), default=DEMO_OUTPUT, show_default=True,
               help="the tucker model of step 2; step 1's model is written beside it as fmnist_cnn.deploy.onnx")
 @click.option("--ratio", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
 @click.option("--recover-steps", type=_COUNT, default=200, show_default=True,

@@ -19,7 +19,9 @@ import threading
 
 import click
 
+from tensorfold import signals
 from tensorfold.errors import TensorfoldError, Terminated, VerificationFailed
+from tensorfold.outputs import remove_live
 
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full",
@@ -51,7 +53,8 @@ def reporting(ctx: click.Context, debug: bool = False):
     """Run a command; map whatever escapes it to one `error:` line and its exit status."""
     previous = _install_sigterm()
     try:
-        yield
+        with signals.watching(remove_live):
+            yield
     except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.NoArgsIsHelpError):
         raise       # --help, --version, and a bare group name showing its help
     except click.UsageError as exc:
@@ -79,11 +82,27 @@ def reporting(ctx: click.Context, debug: bool = False):
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are reported
         if debug:
             raise
+        memory = _out_of_memory(exc)
+        if memory:
+            _fail(2, memory)
         _fail(1, f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
                  "rerun with --debug for the traceback and report it")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """Memory exhausted, as torch and its DataLoader report it (RuntimeErrors, not MemoryError): the
+    size asked for, not a bug."""
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text.lower():
+        return (f"out of memory: {_first_line(exc)[:160]}; ask for less (a smaller --batch-size, fewer "
+                "--channels, a smaller model)")
+    if "DataLoader worker" in text and ("killed" in text or "exited unexpectedly" in text):
+        return ("a data loading worker was killed (out of memory?): lower --workers (0 decodes in the training "
+                "process) or --batch-size")
+    return None
 
 
 def _fail(status: int, message: str) -> None:
@@ -92,10 +111,21 @@ def _fail(status: int, message: str) -> None:
 
 
 def _raise_terminated(signum, frame):
+    signals.seen()
     raise Terminated()
 
 
+def _raise_interrupted(signum, frame):
+    signals.seen()
+    raise KeyboardInterrupt()
+
+
 def _install_sigterm():
+    """SIGTERM and Ctrl-C raised where the main thread is; the watchdog (signals.py) for the times it
+    is inside a native call that does not return."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupted)
+    return previous

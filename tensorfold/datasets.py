@@ -15,6 +15,7 @@ import numpy as np
 
 from tensorfold.calibration.data import IMAGE_SUFFIXES, decode_image, image_files, load_image_folder  # noqa: F401
 from tensorfold.errors import TensorfoldError
+from tensorfold.onnxrt.inputs import read_npz
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -156,20 +157,15 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndar
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """Arrays of inputs: key `x` (or `inputs`/`images`, or the one array besides the labels, named
     as the model's input is, as `--inputs` files are), optional `y` (or `labels`)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise TensorfoldError(f"{path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise TensorfoldError(f"{path}: a single array (.npy), not an .npz with x (and y)")
-    x_key = next((k for k in ("x", "inputs", "images") if k in data.files), None)
-    others = [k for k in data.files if k not in ("y", "labels")]
+    data = read_npz(path, "--data", "x=images, y=labels")
+    x_key = next((k for k in ("x", "inputs", "images") if k in data), None)
+    others = [k for k in data if k not in ("y", "labels")]
     if x_key is None and len(others) == 1:
         x_key = others[0]
     if x_key is None:
         raise TensorfoldError(f"{path}: no array named x, inputs or images, and not one array besides the labels "
-                              f"(it has {data.files})")
-    y_key = next((k for k in ("y", "labels") if k in data.files), None)
+                              f"(it has {sorted(data)})")
+    y_key = next((k for k in ("y", "labels") if k in data), None)
     x = data[x_key]
     if x.ndim == 0 or len(x) == 0:
         raise TensorfoldError(f"{path}: array {x_key} holds no samples")
@@ -249,10 +245,10 @@ def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputA
     if path.suffix != ".npz" or not path.is_file():
         raise TensorfoldError(f"--data {path}: the model takes {len(names)} inputs ({', '.join(names)}); give an "
                               ".npz with one array per input, named as the inputs")
-    data = np.load(path, allow_pickle=False)
-    missing = [n for n in names if n not in data.files]
+    data = read_npz(path, "--data")
+    missing = [n for n in names if n not in data]
     if missing:
-        raise TensorfoldError(f"{path}: no array for input(s) {', '.join(missing)} (it has {data.files})")
+        raise TensorfoldError(f"{path}: no array for input(s) {', '.join(missing)} (it has {sorted(data)})")
     arrays = [data[n] for n in names]
     counts = {len(a) if a.ndim else 0 for a in arrays}
     if len(counts) != 1 or 0 in counts:
@@ -262,7 +258,7 @@ def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputA
     for n, a in zip(names, arrays):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise TensorfoldError(f"{path}: array {n} holds NaN or infinite values")
-    y_key = next((k for k in ("y", "labels") if k in data.files), None)
+    y_key = next((k for k in ("y", "labels") if k in data), None)
     y = None
     if y_key is not None:
         y = data[y_key]

@@ -176,9 +176,11 @@ def temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     except OSError as exc:
         raise TensorfoldError(f"cannot write {path}: {exc.strerror} in folder {folder}") from None
     os.close(fd)
+    _LIVE.add(Path(tmp))
     try:
         yield Path(tmp)
     finally:
+        _LIVE.discard(Path(tmp))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
@@ -237,3 +239,202 @@ def json_text(obj) -> str:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json_text(obj))
+
+
+# --- folders a command writes several files into -------------------------------------------------
+
+MANIFEST = ".tensorfold.json"       # in an output folder: the names tensorfold wrote there
+
+
+class OutputFolder:
+    """A folder a command writes several files into (search results, pipeline stages, bench rows,
+    recovery checkpoints), under the names (globs) the command declares.
+
+    `check()`, before any work: the folder is refused when it is a file, an input or inside one, or
+    not writable, and when it holds, under a name the command writes, an input or a file tensorfold
+    did not write there. What it wrote is listed in the folder's manifest (MANIFEST), so a user's own
+    `point-9.onnx`, `front.json` or `last.pt` is never replaced or deleted, and a symlinked folder
+    is judged by what it holds, wherever it points.
+
+    Unstaged, every `file()` is written atomically where it belongs as the work goes (checkpoints,
+    bench rows: progress is kept). Staged (`staged=True`: results written at the end), files go to a
+    hidden folder inside and `commit()` moves them into place together, so a failure half-way (a full
+    disk) leaves the folder as it was. `failed()` removes what this run created, and the folder when
+    this run made it.
+    """
+
+    def __init__(self, path: str | os.PathLike, option: str, names: tuple[str, ...], staged: bool = False):
+        self.path, self.option, self.names, self.staged = Path(path), option, tuple(names), staged
+        self.made = False
+        self._created: list[str] = []      # names new in this run (removed by failed())
+        self._stage: Path | None = None
+        self._made_manifest = False
+
+    def __repr__(self) -> str:
+        return f"OutputFolder({str(self.path)!r})"
+
+    def _matches(self, name: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(name, g) for g in self.names)
+
+    def owned(self) -> set[str]:
+        """The names the manifest says tensorfold wrote here (empty for a foreign or missing manifest)."""
+        try:
+            data = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return set()
+        files = data.get("files") if isinstance(data, dict) and data.get("written_by") == "tensorfold" else None
+        return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+    def check(self) -> OutputFolder:
+        check_output_dir(self.path, self.option, create=False)
+        if not self.path.is_dir():
+            return self
+        owned = self.owned()
+        for entry in sorted(self.path.iterdir()):
+            if not self._matches(entry.name):
+                continue
+            conflict = input_conflict(entry)
+            if conflict is not None:
+                raise TensorfoldError(f"{self.option} {self.path} holds an input, {entry}, under a name tensorfold "
+                                      "writes there; give another folder")
+            if entry.name not in owned:
+                raise TensorfoldError(f"{self.option} {self.path} holds {entry.name}, which tensorfold did not "
+                                      "write there and would replace; move it or give another folder")
+        return self
+
+    def open(self) -> OutputFolder:
+        """Create the folder (with its parents) if needed; check() first."""
+        if not self.path.is_dir():
+            try:
+                self.path.mkdir(parents=True)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise TensorfoldError(f"{self.option} {self.path}: cannot create the folder: {exc.strerror}") from None
+            else:
+                self.made = True
+        return self
+
+    def _record(self, names) -> None:
+        listed = self.owned()
+        new = set(names) - listed
+        if new:
+            self._made_manifest |= not (self.path / MANIFEST).exists()
+            write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(listed | new)})
+
+    def file(self, name: str) -> Path:
+        """The path to write `name` to (recorded in the manifest first: a crash after the write still
+        leaves a file tensorfold knows as its own)."""
+        if not self._matches(name):
+            raise ValueError(f"{name} is not among the names declared for {self.path}")
+        self.open()
+        target = self.path / name
+        if target.is_dir() and not target.is_symlink():     # a declared sub-folder (checkpoints, a stage's)
+            conflict = input_conflict(target)
+            if conflict is not None:
+                raise TensorfoldError(f"{self.option} {target} is or holds an input ({conflict})")
+        else:
+            refuse_target(target, f"{self.option} ")
+        if self.staged:
+            if self._stage is None:
+                self._stage = Path(tempfile.mkdtemp(prefix=".tensorfold-staging.", suffix=".tmp", dir=self.path))
+                _LIVE.add(self._stage)
+            return self._stage / name
+        if not target.exists() and not target.is_symlink():
+            self._created.append(name)
+        self._record([name])
+        return target
+
+    def commit(self, stale: tuple[str, ...] = ()) -> None:
+        """Staged files into place; then an earlier run's files matching `stale` (globs) that this run
+        did not write again are removed (they would read as this run's), only ones the manifest lists."""
+        import fnmatch
+
+        names = sorted(p.name for p in self._stage.iterdir()) if self._stage is not None else []
+        for name in names:
+            if not self._matches(name):
+                raise ValueError(f"{name} is not among the names declared for {self.path}")
+            refuse_target(self.path / name, f"{self.option} ")
+        self._record(names)
+        for name in names:
+            if not (self.path / name).exists():
+                self._created.append(name)
+            os.chmod(self._stage / name, new_file_mode())
+            os.replace(self._stage / name, self.path / name)
+        self._drop_stage()
+        gone = [n for n in self.owned() if n not in names and any(fnmatch.fnmatchcase(n, g) for g in stale)]
+        for name in gone:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        if gone:
+            write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold",
+                                                     "files": sorted(self.owned() - set(gone))})
+
+    def _drop_stage(self) -> None:
+        import shutil
+
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            _LIVE.discard(self._stage)
+            self._stage = None
+
+    def keep(self) -> None:
+        """What this run wrote stays even if it fails from here on (a checkpoint the error names, to
+        resume from)."""
+        self._created = []
+        self.made = False
+
+    def failed(self) -> None:
+        """After a failure: the staged files and the files this run created go, and the folder when this
+        run made it; what was there before stays."""
+        import shutil
+
+        self._drop_stage()
+        for name in self._created:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+        if self._created and self.path.is_dir():
+            left = self.owned() - set(self._created)
+            with contextlib.suppress(OSError, TensorfoldError):
+                if left or not self._made_manifest:
+                    write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(left)})
+                else:
+                    (self.path / MANIFEST).unlink()
+        self._created = []
+        if self.made and self.path.is_dir():
+            with contextlib.suppress(OSError):
+                self.path.rmdir()       # only when nothing else is in it
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[OutputFolder]:
+        """failed() on an error; an interrupt (Ctrl-C, SIGTERM) keeps what was written, to resume from."""
+        try:
+            yield self
+        except Exception:
+            self.failed()
+            raise
+        finally:
+            self._drop_stage()
+
+
+_LIVE: set[Path] = set()        # temp files and staging folders now being written (see remove_live)
+
+
+def remove_live() -> None:
+    """Remove every temp file and staging folder still being written: for a process about to exit
+    without unwinding (a signal that a long native call kept Python from seeing)."""
+    import shutil
+
+    for path in list(_LIVE):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    _LIVE.clear()

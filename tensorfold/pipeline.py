@@ -40,6 +40,11 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
     return rows
 
 
+# what a pipeline writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
+OUTPUT_NAMES = ("nas", "nas.onnx", "factorized.onnx", "recovered.onnx", "recovered.onnx.ckpt", "calibration.npz",
+                "recovered.int8.onnx", "*.onnx.data")
+
+
 def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, data: str = "fashion-mnist",
                  strategy: str = "evolution", budget_minutes: float = 10.0, device: str | None = None,
                  final_steps: int | None = None, final_channels: int = 16, method: str = "auto", ratio: float = 2.0,
@@ -47,15 +52,11 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
                  progress: bool = True, **nas_options) -> PipelineReport:
     """hardware_aware: the decomposition keeps a layer's chain only where it is faster on the CPU
     provider, and the model only if it is faster as a whole (see planning/hardware_aware.py)."""
-    from tensorfold.api import optimize
-    from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.io import load_model
-    from tensorfold.outputs import check_output_dir, guard_inputs
+    from tensorfold.outputs import OutputFolder, guard_inputs
     from tensorfold.passes import METHODS
-    from tensorfold.recovery.config import RecoverConfig
-    from tensorfold.recovery.run import recover
-    from tensorfold.search.nas.options import IMAGE
-    from tensorfold.search.nas.run import search_nas
+    from tensorfold.recovery.checkpoints import checkpoint_folder
+    from tensorfold.search.nas.artifacts import OUTPUT_NAMES as NAS_NAMES
 
     # everything that can be refused is refused before the output folder is made or anything runs
     if method not in METHODS:
@@ -63,15 +64,37 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
     if not ratio > 1:
         raise TensorfoldError(f"--ratio must be > 1 (got {ratio:g})")
     load_model(teacher)
-    with guard_inputs(teacher):
-        out = check_output_dir(output_dir, create=False)
-        if not Path(output_dir).parent.is_dir():
-            raise TensorfoldError(f"--output-dir {out}: folder {out.parent} does not exist")
-        out.mkdir(exist_ok=True)
+    # the teacher and the data are inputs for the whole run: no stage may write onto or into them
+    with guard_inputs(teacher, data):
+        folder = OutputFolder(output_dir, "--output-dir", OUTPUT_NAMES).check()
+        if not folder.path.absolute().parent.is_dir():
+            raise TensorfoldError(f"--output-dir {folder.path}: folder {folder.path.parent} does not exist")
+        # the stages' own folders too, before any work
+        OutputFolder(folder.path / "nas", "--output-dir", NAS_NAMES).check()
+        checkpoint_folder(folder.path / "recovered.onnx.ckpt").check()
+        with folder.open().writing():
+            return _run(folder, teacher=teacher, data=data, strategy=strategy, budget_minutes=budget_minutes,
+                        device=device, final_steps=final_steps, final_channels=final_channels, method=method,
+                        ratio=ratio, recover_steps=recover_steps, threads=threads, seed=seed,
+                        hardware_aware=hardware_aware, progress=progress, **nas_options)
+
+
+def _run(folder, *, teacher, data, strategy, budget_minutes, device, final_steps, final_channels, method, ratio,
+         recover_steps, threads, seed, hardware_aware, progress, **nas_options) -> PipelineReport:
+    from tensorfold.api import optimize
+    from tensorfold.datasets import load_data, prepare_inputs
+    from tensorfold.graph.io import load_model
+    from tensorfold.outputs import atomic_path
+    from tensorfold.recovery.config import RecoverConfig
+    from tensorfold.recovery.run import recover
+    from tensorfold.search.nas.options import IMAGE
+    from tensorfold.search.nas.run import search_nas
+
+    out = folder.path
     nas = search_nas(strategy=strategy, data=data, budget_minutes=budget_minutes, device=device, threads=threads,
-                     teacher=teacher, output_dir=out / "nas", output=out / "nas.onnx", final_steps=final_steps,
+                     teacher=teacher, output_dir=folder.file("nas"), output=folder.file("nas.onnx"), final_steps=final_steps,
                      final_channels=final_channels, seed=seed, progress=progress, **nas_options)
-    factorized = out / "factorized.onnx"
+    factorized = folder.file("factorized.onnx")
     opt = optimize(out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed,
                    hardware_aware=hardware_aware, threads=threads)
     decomposition = f"{method}, ratio {ratio:g}" + (", hardware-aware" if hardware_aware else "")
@@ -85,18 +108,17 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
         opt = optimize(out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed,
                        threads=threads)
         decomposition = f"{method}, ratio {ratio:g}, by parameters"
-    recovered = out / "recovered.onnx"
+    recovered = folder.file("recovered.onnx")
+    folder.file("recovered.onnx.ckpt")
     rec = recover(factorized, recovered, teacher_path=out / "nas.onnx", data=data,
                   cfg=RecoverConfig(max_steps=recover_steps, seed=seed, threads=threads), progress=progress)
     # int8 on top, calibrated on training images (static QDQ, per channel)
     train_x, _, _ = load_data(data, "train", IMAGE[1:], IMAGE[0])
-    calibration = out / "calibration.npz"
-    from tensorfold.outputs import atomic_path
-
+    calibration = folder.file("calibration.npz")
     with atomic_path(calibration, suffix=".npz") as tmp:
         np.savez(tmp, **{load_model(recovered).graph.input[0].name:
                          prepare_inputs(train_x[:256], [1, *IMAGE], None)})
-    int8 = out / "recovered.int8.onnx"
+    int8 = folder.file("recovered.int8.onnx")
     optimize(recovered, int8, method="none", int8=True, calibration=calibration, progress=progress, seed=seed)
     x, y, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
     test = (prepare_inputs(x, [1, *IMAGE], None), np.asarray(y))

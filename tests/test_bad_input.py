@@ -109,12 +109,98 @@ def _symlink(name: str, target: str) -> Callable[[Path], None]:
     return lambda folder: (folder / name).symlink_to(target)
 
 
+def _symlink_in(folder: str, name: str, target: str) -> Callable[[Path], None]:
+    def prep(root: Path) -> None:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / name).symlink_to(target)
+    return prep
+
+
 def _read_only_folder(folder: Path) -> None:
     (folder / "ro").mkdir()
     (folder / "ro").chmod(0o555)
 
 
 GARBAGE = bytes(range(256)) * 40
+MANY = "1000000"            # threads, workers: far past what any machine can use
+SEED_2_32 = str(2**32)      # numpy and torch seeds are 32-bit
+GENOTYPE = json.dumps({"genotype": {"normal": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [["skip_connect", 0],
+                                                                                          ["sep_conv_3x3", 2]]],
+                                    "reduce": [[["avg_pool_3x3", 0], ["max_pool_3x3", 1]], [["skip_connect", 0],
+                                                                                          ["avg_pool_3x3", 2]]]}})
+
+
+def _own(folder: str, *names: str) -> Callable[[Path], None]:
+    """Files in `folder` as tensorfold lists what it wrote there (outputs.MANIFEST)."""
+    def prep(root: Path) -> None:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / ".tensorfold.json").write_text(json.dumps({"written_by": "tensorfold", "files": list(names)}))
+    return prep
+
+
+def _all(*preps: Callable[[Path], None]) -> Callable[[Path], None]:
+    def prep(folder: Path) -> None:
+        for p in preps:
+            p(folder)
+    return prep
+
+
+def _copy(src: str, dst: str) -> Callable[[Path], None]:
+    def prep(folder: Path) -> None:
+        (folder / dst).parent.mkdir(parents=True, exist_ok=True)
+        (folder / dst).write_bytes((folder / src).read_bytes())
+    return prep
+
+
+def _model_edit(name: str, edit: Callable) -> Callable[[Path], None]:
+    """A copy of the demo model, changed by `edit(model)` (onnx, not tensorfold)."""
+    def prep(folder: Path) -> None:
+        import onnx
+
+        model = onnx.load(str(DEMO))
+        edit(model)
+        (folder / name).write_bytes(model.SerializeToString())
+    return prep
+
+
+def _short_weight(model) -> None:
+    """A weight whose bytes do not fill its dims (a corrupt or hand-edited file)."""
+    t = next(t for t in model.graph.initializer if len(t.raw_data) > 64)
+    t.raw_data = t.raw_data[:-8]
+
+
+def _attr_without_type(model) -> None:
+    """What a flipped bit in an attribute's type field leaves: the file parses, the graph is wrong."""
+    next(n for n in model.graph.node if n.attribute).attribute[0].type = 0
+
+
+def _ir_99(model) -> None:
+    model.ir_version = 99
+
+
+def _input_32x32(model) -> None:
+    for d, v in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], (32, 32)):
+        d.dim_value = v
+
+
+def _png_header(name: str, width: int, height: int) -> Callable[[Path], None]:
+    """A PNG whose header declares width x height (no pixel data follows): a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return _write(name, png)
+
+
+def _truncated(name: str, src: str) -> Callable[[Path], None]:
+    def prep(folder: Path) -> None:
+        data = (folder / src).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    return prep
 
 
 def _truncated_zip(name: str) -> Callable[[Path], None]:
@@ -490,6 +576,19 @@ OPTIMIZE = [
     case("config-garbage", *OPT, "-o", "out.onnx", "--config", "bad.yaml", prep=_write("bad.yaml", GARBAGE),
          says="bad.yaml"),
     case("config-missing", *OPT, "-o", "out.onnx", "--config", "missing.yaml", says="missing.yaml"),
+    case("o-trailing-slash", *OPT, "-o", "newdir/", *FAST, says="newdir/"),
+    case("threads-million", *OPT, "-o", "out.onnx", *FAST, "--threads", MANY, max_seconds=30, says="--threads"),
+    case("threads-million-hardware-aware", *OPT, "-o", "out.onnx", *FAST, "--hardware-aware", "--threads", MANY,
+         max_seconds=30, says="--threads"),
+    case("seed-2-32", *OPT, "-o", "out.onnx", *FAST, "--seed", SEED_2_32, says="--seed"),
+    case("calibration-overflows-float32", *OPT, "-o", "out.onnx", "--calibration", "big.npz", *FAST,
+         prep=_npz("big.npz", x=np.full((8, 1, 28, 28), 1e300)), says="big.npz"),
+    case("calibration-truncated-npz", *OPT, "-o", "out.onnx", "--calibration", "cut.npz", *FAST,
+         prep=_truncated("cut.npz", "calib.npz"), says="cut.npz"),
+    case("model-weight-short-of-its-dims", "optimize", "bad.onnx", "-o", "out.onnx", *FAST,
+         prep=_model_edit("bad.onnx", _short_weight), says="bad.onnx"),
+    case("model-attribute-without-type", "optimize", "bad.onnx", "-o", "out.onnx", *FAST,
+         prep=_model_edit("bad.onnx", _attr_without_type), says="bad.onnx"),
 ]
 
 
@@ -528,6 +627,11 @@ INSPECT = [
     case("calibration-missing", "inspect", "model.onnx", "--calibration", "missing.npz", says="missing.npz"),
     case("calibration-nan", "inspect", "model.onnx", "--calibration", "nan.npz", says="nan.npz"),
     case("shape-unknown-input", "inspect", "model.onnx", "--shape", "other:1,2", says="--shape"),
+    case("model-ir-version-99", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _ir_99), says="IR version"),
+    case("model-attribute-without-type", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _attr_without_type),
+         says="bad.onnx"),
+    case("model-weight-short-of-its-dims", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _short_weight),
+         says="bad.onnx"),
 ]
 
 
@@ -549,6 +653,7 @@ PROFILE = [
     case("model-missing", "profile", "missing.onnx", says="missing.onnx"),
     case("compare-missing", *PROF, "--compare", "missing.onnx", says="missing.onnx"),
     case("device-unknown", *PROF, "--device", "rx590", says="rx590"),
+    case("threads-million", *PROF, "--threads", MANY, max_seconds=30, says="--threads"),
 ]
 
 
@@ -604,6 +709,33 @@ RECOVER = [
     case("peer-missing", *REC, "-o", "out.onnx", "--peer", "missing.onnx", *SMALL, says="missing.onnx"),
     case("model-garbage", "recover", "garbage.onnx", "-o", "out.onnx", *SMALL, prep=_write("garbage.onnx", GARBAGE),
          says="garbage.onnx"),
+    case("o-trailing-slash", *REC, "-o", "newdir/", *SMALL, says="newdir/"),
+    case("threads-million", *REC, "-o", "out.onnx", *SMALL, "--threads", MANY, max_seconds=30, says="--threads"),
+    case("workers-100000", *REC, "-o", "out.onnx", *SMALL, "--workers", "100000", max_seconds=30, says="--workers"),
+    case("seed-2-32", *REC, "-o", "out.onnx", *SMALL, "--seed", SEED_2_32, says="--seed"),
+    case("normalize-zero-std", *REC, "-o", "out.onnx", "--normalize", "0.5,0", *SMALL, says="--normalize"),
+    case("data-object-array", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "obj.npz",
+         prep=_npz("obj.npz", x=np.array([{"a": 1}] * 4, dtype=object)), says="obj.npz"),
+    case("data-truncated-npz", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "cut.npz",
+         prep=_truncated("cut.npz", "train.npz"), says="cut.npz"),
+    case("data-image-decompression-bomb", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "2",
+         "--workers", "0", "--data", "imgs", prep=_png_header("imgs/bomb.png", 20000, 20000), says="bomb.png"),
+    case("data-image-links-outside", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "2",
+         "--workers", "0", "--data", "imgs", prep=_all(_png_header("elsewhere/a.png", 28, 28),
+                                                        _symlink_in("imgs", "a.png", "../elsewhere/a.png")),
+         says="outside"),
+    case("teacher-other-input-shape", *REC, "-o", "out.onnx", "--teacher", "t32.onnx", *SMALL,
+         prep=_model_edit("t32.onnx", _input_32x32), says="t32.onnx"),
+    # a checkpoint folder holding a last.pt tensorfold did not write (a symlink to another run's folder)
+    case("checkpoint-folder-links-to-foreign-files", *REC, "-o", "out.onnx", *SMALL,
+         prep=_all(_write("other/last.pt", GARBAGE), _write("other/best.pt", GARBAGE),
+                   _symlink("out.onnx.ckpt", "other")), says="did not write"),
+    case("resume-empty-checkpoint", *REC, "-o", "out.onnx", *SMALL, "--resume",
+         prep=_all(_write("out.onnx.ckpt/last.pt", b""), _own("out.onnx.ckpt", "last.pt")), says="last.pt"),
+    # the loss turns NaN before the first training checkpoint: no model, and no checkpoint either
+    # (the step-0 evaluation's best.pt goes too, as the message says)
+    case("loss-nan-before-a-checkpoint", *REC, "-o", "out.onnx", "--data", "train.npz", "--max-steps", "5",
+         "--batch-size", "8", "--lr", "1e30", says="no training checkpoint"),
 ]
 
 
@@ -645,6 +777,15 @@ SEARCH_RANKS = [
     case("data-missing", *RANKS, "--objectives", "params,accuracy", "--data", "missing.npz", "--recover-steps", "0",
          says="missing.npz"),
     case("model-missing", "search", "ranks", "missing.onnx", "--n-trials", "1", says="missing.onnx"),
+    # a user's own files under the names the front is written as: never replaced, never deleted
+    case("output-dir-holds-foreign-front", *RANKS, "-o", "pd", prep=_all(_write("pd/point-9.onnx", GARBAGE),
+                                                                         _write("pd/front.json", "{}")),
+         max_seconds=30, says="front.json"),
+    case("storage-journal-torn-last-line", *RANKS, "--storage", "journal:torn.log",
+         prep=_write("torn.log", '{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n{"op_code":4,"wor'),
+         says="truncate"),
+    case("threads-million", *RANKS, "--threads", MANY, max_seconds=30, says="--threads"),
+    case("seed-2-32", *RANKS, "--seed", SEED_2_32, says="--seed"),
 ]
 
 
@@ -671,6 +812,27 @@ SEARCH_NAS = [
     case("o-in-missing-folder", *NAS, *NAS_BUDGET, "-o", "nowhere/nas.onnx", says="nowhere"),
     case("teacher-garbage", *NAS, *NAS_BUDGET, "--teacher", "garbage.onnx", prep=_write("garbage.onnx", GARBAGE),
          says="garbage.onnx"),
+    # every output against every input, before any work
+    case("o-is-teacher", *NAS, *NAS_BUDGET, "--data", "train.npz", "--teacher", "teacher.onnx", "-o", "teacher.onnx",
+         max_seconds=30, says="teacher.onnx"),
+    case("o-is-data", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "train.npz", max_seconds=30, says="train.npz"),
+    case("o-is-genotype", *NAS, "--data", "train.npz", "--genotype", "g.json", "-o", "g.json",
+         prep=_write("g.json", GENOTYPE), max_seconds=30, says="g.json"),
+    case("output-dir-holds-teacher", *NAS, *NAS_BUDGET, "--data", "train.npz", "--teacher", "nd/model.onnx",
+         "--output-dir", "nd", prep=_copy("teacher.onnx", "nd/model.onnx"), max_seconds=30, says="nd/model.onnx"),
+    case("output-dir-holds-foreign-file", *NAS, *NAS_BUDGET, "--data", "train.npz", "--output-dir", "nd",
+         prep=_write("nd/report.json", "{}"), max_seconds=30, says="report.json"),
+    case("output-dir-is-file", *NAS, *NAS_BUDGET, "--data", "train.npz", "--output-dir", "inputs.npz",
+         max_seconds=30, says="inputs.npz"),
+    case("o-dev-null", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "/dev/null", max_seconds=30, says="/dev/null"),
+    case("o-trailing-slash", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "newdir/", says="newdir/"),
+    case("layers-100000", "search", "nas", "--data", "train.npz", "--budget-minutes", "1", "--layers", "100000",
+         max_seconds=30, says="--layers"),
+    case("channels-100000", *NAS, *NAS_BUDGET, "--data", "train.npz", "--channels", "100000", max_seconds=30,
+         says="--channels"),
+    case("threads-million", *NAS, *NAS_BUDGET, "--data", "train.npz", "--threads", MANY, max_seconds=30,
+         says="--threads"),
+    case("seed-2-32", *NAS, *NAS_BUDGET, "--data", "train.npz", "--seed", SEED_2_32, says="--seed"),
 ]
 
 
@@ -697,6 +859,15 @@ PIPELINE = [
     case("method-unknown", *PIPE, "--method", "qr", "--output-dir", "pipe", marks=needs_fmnist, says="qr"),
     case("threads-negative", *PIPE, "--threads", "-1", "--output-dir", "pipe", marks=needs_fmnist,
          says="--threads"),
+    # the teacher or the data inside the output folder, under a name a stage writes: refused up front
+    case("teacher-is-a-stage-output", *PIPE[:1], "--teacher", "pd/recovered.onnx", *PIPE[3:], "--output-dir", "pd",
+         prep=_copy("teacher.onnx", "pd/recovered.onnx"), max_seconds=30, says="pd/recovered.onnx"),
+    case("data-is-a-stage-output", *PIPE, "--data", "pd/calibration.npz", "--output-dir", "pd",
+         prep=_copy("train.npz", "pd/calibration.npz"), max_seconds=30, says="pd/calibration.npz"),
+    case("output-dir-holds-foreign-file", *PIPE, "--data", "train.npz", "--output-dir", "pd",
+         prep=_write("pd/nas.onnx", GARBAGE), max_seconds=30, says="nas.onnx"),
+    case("threads-million", *PIPE, "--data", "train.npz", "--threads", MANY, "--output-dir", "pd", max_seconds=30,
+         says="--threads"),
 ]
 
 
@@ -714,6 +885,10 @@ BENCH = [
          says="rows.jsonl"),
     case("report-o-is-file", "bench", "report", "res", "-o", "inputs.npz", prep=_write("res/rows.jsonl", ""),
          says="inputs.npz"),
+    # refused before the output folder is made: no empty folder is left
+    case("data-missing", "bench", "--data", "missing.npz", "-o", "res", max_seconds=30, says="missing.npz"),
+    case("output-holds-foreign-rows", "bench", "-o", "res", prep=_write("res/rows.jsonl", "{}\n"), max_seconds=30,
+         says="rows.jsonl"),
 ]
 
 

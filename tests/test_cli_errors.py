@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -93,3 +95,41 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
         assert result.returncode == 2 and "not writable" in result.stderr.strip().splitlines()[-1]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+WATCHDOG = r"""
+import sys, click, numpy as np
+from pathlib import Path
+from tensorfold.cli_errors import reporting
+from tensorfold.outputs import atomic_path
+
+
+@click.command()
+def main():
+    with reporting(click.get_current_context()):
+        with atomic_path(Path(sys.argv[1])) as tmp:
+            tmp.write_text("partial")
+            print("ready", flush=True)
+            np.linalg.svd(np.random.default_rng(0).random((3000, 3000)))    # many seconds in LAPACK
+
+
+main(args=[])
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_is_honoured_within_seconds_inside_a_long_native_call(tmp_path, sig, code):
+    """Python sees a signal only between bytecodes: the watchdog (signals.py) ends a process stuck in
+    native code within its grace, and removes the temp file being written."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(tmp_path / "out.txt")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)                       # inside the SVD
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 5, "the signal waited for the native call to return"
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,8 @@ import pytest
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import (
+    MANIFEST,
+    OutputFolder,
     atomic_path,
     check_output,
     check_output_dir,
@@ -153,3 +155,78 @@ def test_json_never_holds_a_bare_nan():
     text = json_text({"a": float("nan"), "b": [np.float32("inf"), np.int64(3), np.bool_(True)], "c": np.arange(2)})
     assert "NaN" not in text and "Infinity" not in text
     assert text.replace(" ", "").replace("\n", "") == '{"a":null,"b":[null,3,true],"c":[0,1]}'
+
+
+# --- OutputFolder: a folder a command writes several files into ------------------------------------
+
+def _folder(path, staged=False):
+    return OutputFolder(path, "-o", ("front.json", "point-*.onnx"), staged=staged)
+
+
+def test_a_users_own_file_under_a_name_the_command_writes_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "pd"
+    out.mkdir()
+    (out / "point-9.onnx").write_text("mine")
+    (out / "notes.txt").write_text("mine too")           # under no name the command writes: left alone
+    with pytest.raises(TensorfoldError, match="point-9.onnx, which tensorfold did not write"):
+        _folder(out).check()
+    (out / "point-9.onnx").unlink()
+    _folder(out).check()
+
+
+def test_an_input_inside_the_folder_under_a_written_name_is_refused(tmp_path):
+    out = tmp_path / "pd"
+    out.mkdir()
+    (out / "front.json").write_text("{}")
+    (out / MANIFEST).write_text('{"written_by": "tensorfold", "files": ["front.json"]}')
+    with guard_inputs(out / "front.json"), pytest.raises(TensorfoldError, match="holds an input"):
+        _folder(out).check()
+
+
+def test_a_staged_folder_changes_all_at_once_or_not_at_all(tmp_path):
+    out = tmp_path / "pd"
+    first = _folder(out, staged=True).check()
+    with first.writing():
+        write_text_atomic(first.file("point-1.onnx"), "1")
+        write_text_atomic(first.file("point-2.onnx"), "2")
+        assert not (out / "point-1.onnx").exists()       # nothing in place before the commit
+        write_text_atomic(first.file("front.json"), "a")
+        first.commit(stale=("point-*",))
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "front.json", "point-1.onnx", "point-2.onnx"]
+    # a second run that fails half-way (a full disk) leaves the first run's files as they were
+    second = _folder(out, staged=True).check()
+    with pytest.raises(OSError), second.writing():
+        write_text_atomic(second.file("point-1.onnx"), "new")
+        raise OSError(28, "No space left on device")
+    assert (out / "point-1.onnx").read_text() == "1" and (out / "front.json").read_text() == "a"
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "front.json", "point-1.onnx", "point-2.onnx"]
+    # a third that succeeds with one point: the earlier run's second point goes, a user's file stays
+    (out / "notes.txt").write_text("mine")
+    third = _folder(out, staged=True).check()
+    with third.writing():
+        write_text_atomic(third.file("point-1.onnx"), "x")
+        write_text_atomic(third.file("front.json"), "b")
+        third.commit(stale=("point-*",))
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "front.json", "notes.txt", "point-1.onnx"]
+
+
+def test_a_failed_run_removes_only_what_it_created_and_the_folder_it_made(tmp_path):
+    out = tmp_path / "new"
+    folder = _folder(out).check()
+    with pytest.raises(ValueError), folder.writing():
+        write_text_atomic(folder.file("point-1.onnx"), "1")
+        raise ValueError("a bad sample")
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    folder = _folder(out).check()
+    with pytest.raises(ValueError), folder.writing():
+        write_text_atomic(folder.file("point-1.onnx"), "1")
+        raise ValueError("a bad sample")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    # an interrupt keeps what was written (a checkpoint to resume from)
+    folder = _folder(out).check()
+    with pytest.raises(KeyboardInterrupt), folder.writing():
+        write_text_atomic(folder.file("point-1.onnx"), "1")
+        raise KeyboardInterrupt
+    assert (out / "point-1.onnx").read_text() == "1"

@@ -19,6 +19,7 @@ import onnx
 from tensorfold.bench.train import Recipe, baseline
 from tensorfold.datasets import load_data, prepare_inputs
 from tensorfold.graph.model import count_params
+from tensorfold.outputs import OutputFolder, write_text_atomic
 from tensorfold.runtime.evaluation import evaluate_onnx
 
 SUITES = {
@@ -112,30 +113,56 @@ def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
     return row
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run to resume from. A last line cut short (a run killed while writing
+    it) is dropped, and its row is measured again; any other bad line is refused by number."""
+    from tensorfold.errors import TensorfoldError
+    from tensorfold.log import warn
+
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "key" not in row:
+                raise ValueError("not a bench row")
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                warn(f"{path}: line {number} was cut short (an interrupted run); its row is measured again")
+                write_text_atomic(path, "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
+                break
+            raise TensorfoldError(f"{path}: line {number} is not a bench row; remove that line (or the file) "
+                                  "to go on") from None
+        rows.append(row)
+    return rows
+
+
 def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, log=print) -> list[dict]:
     from tensorfold.api import optimize
     from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # everything refusable is refused before the folder is made: its files, then the data
+    folder = OutputFolder(out_dir, "-o", ("rows.jsonl", "models")).check()
+    models = OutputFolder(out_dir / "models", "-o", ("*.onnx", "*.onnx.data", "*.ckpt")).check()
     rows_path = out_dir / "rows.jsonl"
-    done = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["key"]] = row
+    done = {row["key"]: row for row in read_rows(rows_path)} if rows_path.exists() else {}
     env = _environment()
     x, y, _ = load_data(suite.data, "train")
     tx, ty, _ = load_data(suite.data, "test")
+    folder.open()
+    folder.file("rows.jsonl")
+    folder.file("models")
     if suite.test_limit:
         tx, ty = tx[:suite.test_limit], ty[:suite.test_limit]
     in_ch = 1 if x.ndim == 3 else 3
     calib = prepare_inputs(x[:suite.calibration], [1, in_ch, -1, -1])
     tx = prepare_inputs(tx, [1, in_ch, -1, -1])
     x_lat = tx[:32]
-    work = out_dir / "models"
-    work.mkdir(exist_ok=True)
+    models.open()
 
     def emit(row):
         row.update(env)
@@ -164,7 +191,7 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
             row.update(_measure(original, original, base, tx, ty, x_lat))
             emit(row)
         if f"{prefix}/original/int8" not in done:
-            q = quantize_int8(original, work / f"{model}.int8.onnx", calib)
+            q = quantize_int8(original, models.file(f"{model}.int8.onnx"), calib)
             row = dict(common, key=f"{prefix}/original/int8", method="original", ratio=1.0, int8=True)
             row.update(_measure(q, original, base, tx, ty, x_lat))
             emit(row)
@@ -173,8 +200,9 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
                 key = f"{prefix}/{method}/x{ratio:g}"
                 if key in done and f"{key}/int8" in done:
                     continue
-                small = work / f"{model}.{method}.x{ratio:g}.onnx"
-                rec = work / f"{model}.{method}.x{ratio:g}.rec.onnx"
+                small = models.file(f"{model}.{method}.x{ratio:g}.onnx")
+                rec = models.file(f"{model}.{method}.x{ratio:g}.rec.onnx")
+                models.file(f"{rec.name}.ckpt")
                 start = time.perf_counter()
                 try:
                     report = optimize(original, small, method=method, ratio=ratio, verify=False, progress=False)
@@ -197,7 +225,7 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
                            seconds=round(time.perf_counter() - start, 1))
                 row.update(_measure(rec, original, base, tx, ty, x_lat))
                 emit(row)
-                q = quantize_int8(rec, work / f"{model}.{method}.x{ratio:g}.rec.int8.onnx", calib)
+                q = quantize_int8(rec, models.file(f"{model}.{method}.x{ratio:g}.rec.int8.onnx"), calib)
                 row = dict(common, key=f"{key}/int8", method=method, ratio=ratio, int8=True,
                            compressed_accuracy=compressed_accuracy)
                 row.update(_measure(q, original, base, tx, ty, x_lat))

@@ -118,6 +118,14 @@ def image_files(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray | 
     files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
+    inside = root.resolve()
+    for p, _ in files:
+        # as ONNX external data: a link out of the folder (another folder's file, /etc/passwd) is refused
+        if p.is_symlink() or p.parent.is_symlink():
+            target = p.resolve()
+            if not target.is_relative_to(inside):
+                raise TensorfoldError(f"{root}: {p.relative_to(root)} links to {target}, outside the folder; "
+                                      "copy the image in instead")
     labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
     return [p for p, _ in files], labels, classes if labelled else []
 
@@ -135,6 +143,8 @@ def decode_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
+    except Image.DecompressionBombError as exc:   # a header declaring 20000x20000: refused before decoding
+        raise TensorfoldError(f"{path}: {str(exc).splitlines()[0][:200]}") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -194,4 +204,6 @@ def parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
     if len(values) not in (2, 6) or not all(np.isfinite(values)):
         raise TensorfoldError(f"--normalize '{text}': expected MEAN,STD or three means then three stds")
     half = len(values) // 2
+    if any(v <= 0 for v in values[half:]):
+        raise TensorfoldError(f"--normalize '{text}': a standard deviation must be > 0")
     return values[:half], values[half:]

@@ -34,8 +34,54 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise TensorfoldError(f"{path}: cannot read: {first_line(exc)}") from None
     if not model.graph.node and not model.graph.output:
         raise TensorfoldError(f"{path}: not a valid ONNX model (no graph found)")
+    if model.ir_version > onnx.IR_VERSION:
+        raise TensorfoldError(f"{path}: IR version {model.ir_version} is newer than this onnx supports "
+                              f"({onnx.IR_VERSION}); a corrupt file, or upgrade onnx/onnxruntime")
     check_opset(model, path)
+    check_initializers(model, path)
+    if not large.is_large(model):
+        # a damaged file often still parses (protobuf is lenient): names, attributes, node order
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            if "Field 'shape' of 'type' is required" in str(exc):
+                return model        # a value without a shape: real exporters write them, onnxruntime runs them
+            raise TensorfoldError(f"{path}: not a valid ONNX model (onnx.checker: {first_line(exc)}); a corrupt "
+                                  "or hand-edited file?") from None
     return model
+
+
+def check_initializers(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:
+    """Every weight holds as many values as its dims say: a mismatch (a corrupt or hand-edited file)
+    is refused here, by name, instead of failing later inside numpy or onnxruntime."""
+    import math
+
+    from onnx import helper
+
+    four_bit = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+    graphs = [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.HasField("g")]
+    for graph in graphs:
+        for t in graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING,
+                                                                             onnx.TensorProto.UNDEFINED):
+                continue
+            if any(d < 0 for d in t.dims):
+                raise TensorfoldError(f"{path}: weight '{t.name}' has a negative dimension {list(t.dims)}")
+            count = math.prod(t.dims)
+            try:
+                if t.raw_data:
+                    bits = 4 if t.data_type in four_bit else 8 * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                    have, want, unit = len(t.raw_data), -(-count * bits // 8), "bytes"
+                else:
+                    # one value per entry of the typed field (two for complex), 4-bit types two to one
+                    have, unit = len(getattr(t, helper.tensor_dtype_to_field(t.data_type))), "values"
+                    want = 2 * count if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) \
+                        else -(-count // 2) if t.data_type in four_bit else count
+            except (KeyError, TypeError, ValueError):
+                continue        # a type this onnx does not know: onnxruntime says what it thinks of it
+            if have != want:
+                raise TensorfoldError(f"{path}: weight '{t.name}' holds {have} {unit} where its dims {list(t.dims)} "
+                                      f"need {want}; a corrupt file")
 
 
 def check_opset(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:

@@ -112,18 +112,41 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = 
     return feeds
 
 
-def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--inputs") -> dict[str, np.ndarray]:
-    """One array per model input from an .npz (`x` accepted for a single-input model)."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array") -> dict[str, np.ndarray]:
+    """Every array of an .npz, read whole and checked: never unpickled (object arrays refused), a
+    truncated or foreign archive is one line, and floats beyond float32's range (what the models
+    take) are refused here rather than turning into Inf later."""
+    import zipfile
+
     path = Path(path)
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise TensorfoldError(f"{option} {path}: a single array (.npy), not an .npz of named arrays; "
-                                  f"save it with np.savez(path, x=array)")
+                                  f"save it with np.savez(path, {single})")
         with data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "allow_pickle" in why:
+            why = "it holds object arrays, which would have to be unpickled; save plain numeric arrays"
+        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({why})") from None
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+            finite = arr[np.isfinite(arr)]
+            if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
+                raise TensorfoldError(f"{option} {path}: array {name} holds values beyond float32's range "
+                                      f"(up to {float(np.abs(finite).max()):.3g}); the model computes in float32")
+    return arrays
+
+
+def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--inputs") -> dict[str, np.ndarray]:
+    """One array per model input from an .npz (`x` accepted for a single-input model)."""
+    path = Path(path)
+    arrays = read_npz(path, option)
     names = [v.name for v in model_inputs(model)]
     if len(names) == 1 and names[0] not in arrays and "x" in arrays:
         arrays[names[0]] = arrays["x"]

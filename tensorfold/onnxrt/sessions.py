@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.limits import check_count
 from tensorfold.onnxrt import large
 
 # short names users type -> (provider, the package that brings it)
@@ -43,7 +44,7 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: i
     the session's worker threads from busy-waiting after a run (they otherwise take the cores
     from the next session when several are timed in turn)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = check_count(threads)
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3

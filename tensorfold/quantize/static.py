@@ -97,21 +97,44 @@ class StaticQuantizer:
         """onnxruntime's recommended pre-processing; a model its symbolic shape inference cannot
         follow (PP-OCR's dynamic dims) is pre-processed without it, and one that fails even so is
         quantized as it is. It writes scratch files into the working directory, so it runs there."""
+        import errno
+        import logging
+
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        # onnxruntime logs a failed optimization step with its traceback and goes on: caught here
+        # instead of printed; a full disk ends the run (the quantization itself needs the space too)
+        records: list[logging.LogRecord] = []
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        handler = Keep(logging.ERROR)
+        logger = logging.getLogger("onnxruntime.quantization.shape_inference")
+        saved = logger.handlers[:], logger.propagate
+        logger.handlers, logger.propagate = [handler], False
         cwd = os.getcwd()
         os.chdir(self.dir)
         try:
             for skip_symbolic in (False, True):
+                records.clear()
                 try:
                     quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
                                       save_as_external_data=self.external)
-                    return True
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    continue
                 except Exception:  # noqa: BLE001 - try the next, then quantize the model as it is
                     continue
+                logged = " ".join(r.getMessage() for r in records)
+                if "No space left" in logged:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.dir))
+                return True         # (an optimization step it skipped, logged, leaves a usable model)
             return False
         finally:
             os.chdir(cwd)
+            logger.handlers, logger.propagate = saved
 
     def close(self) -> None:
         self._tmp.cleanup()

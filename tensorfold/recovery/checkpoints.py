@@ -8,9 +8,17 @@ from pathlib import Path
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.outputs import atomic_path
+from tensorfold.outputs import OutputFolder, atomic_path
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.history import History
+
+# what recovery writes in OUTPUT.ckpt/ (outputs.OutputFolder: nothing else there is touched, and a
+# last.pt tensorfold did not write there is refused before any work, --resume or not)
+CHECKPOINT_NAMES = ("last.pt", "best.pt", "best.peer*.pt", "history.json", "history.png", "gen*")
+
+
+def checkpoint_folder(path: Path) -> OutputFolder:
+    return OutputFolder(path, "checkpoint folder", CHECKPOINT_NAMES)
 
 
 def load_checkpoint(path: Path, device):
@@ -20,9 +28,10 @@ def load_checkpoint(path: Path, device):
 
     try:
         return torch.load(path, weights_only=True, map_location=device)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError,
+            TypeError, AttributeError) as exc:   # what torch.load raises on an empty or foreign file
         raise TensorfoldError(f"{path}: not a tensorfold checkpoint of plain tensors "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+                              f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]})") from None
 
 
 def model_fingerprint(model) -> str:
@@ -37,7 +46,16 @@ def model_fingerprint(model) -> str:
 def save_atomic(obj, path: Path) -> None:
     """torch.save through a temp file and a rename: a full disk or a kill never leaves a torn file."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:   # torch's zip writer reports a failed write as "unexpected pos ..."
+            import errno
+            import os
+            import shutil
+
+            if shutil.disk_usage(tmp.parent).free < 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise TensorfoldError(f"cannot write {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def save_checkpoint(path: Path, learners: list, step: int, history: History, fingerprint: str) -> None:

@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tensorfold import signals
 from tensorfold.datasets import ImageFiles
 from tensorfold.errors import Terminated
+from tensorfold.outputs import OutputFolder
 from tensorfold.recovery.checkpoints import (
+    checkpoint_folder,
     checkpoint_step,
     load_checkpoint,
     load_params,
@@ -42,6 +45,7 @@ class _Learner:
     best_file: Path
     capture: tuple = ()
     best: dict | None = None
+    best_saved: bool = False             # best_file holds this run's (or the resumed run's) best weights
 
 
 def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
@@ -52,7 +56,7 @@ def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
 
 
 def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
-          cfg: RecoverConfig, checkpoint_dir: Path, resume: bool = False, progress: bool = True,
+          cfg: RecoverConfig, checkpoints: OutputFolder | Path, resume: bool = False, progress: bool = True,
           fingerprint: str = "", spec: Outputs | None = None, w: World | None = None, peers: list | None = None):
     """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
@@ -67,6 +71,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     toward the others' mean prediction; each keeps its own best checkpoint (best.peerK.pt), the
     checkpoint holds them all (--resume continues them), the student's metric drives --patience."""
     w = w or world()
+    folder = checkpoints if isinstance(checkpoints, OutputFolder) else checkpoint_folder(checkpoints)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -96,30 +101,35 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             m, wrap(m, w), opt, grad_scaler(cfg),
             torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1)
             if cfg.schedule == "plateau" else None,
-            checkpoint_dir / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
+            folder.path / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
             tuple(f for f in teacher.features if f in produced or k == 0) if use_feat else ()))
     main = learners[0]
     eval_every = cfg.eval_every or min(steps_per_epoch, total)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint_dir / "last.pt"
+    if w.main:
+        folder.open()
+    ckpt = folder.path / "last.pt"
     history, step = History(), 0
+    # an earlier run's files are replaced as this run writes its own, not deleted up front: a run that
+    # fails leaves them as they were (and only this run's best weights are loaded at the end)
     if resume:
-        step, history = resume_checkpoint(ckpt, checkpoint_dir, learners, cfg, fingerprint)
-    elif w.main:
-        for stale in (ckpt, *(ln.best_file for ln in learners)):   # an earlier run's, maybe of another model
-            stale.unlink(missing_ok=True)
+        step, history = resume_checkpoint(ckpt, folder.path, learners, cfg, fingerprint)
+        for ln in learners:
+            ln.best_saved = ln.best_file.exists()
     for ln in learners:
         if ln.best is None and len(val_x):
             # step 0 is a candidate too: a run that only makes a model worse keeps the model it started from
             ln.best = dict(evaluate(ln.module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
             if w.main:
-                save_atomic(ln.module.state_dict(), ln.best_file)
+                _save_best(folder, ln)
     start_metric = main.best[metric] if main.best is not None and main.best.get("step") == 0 else None
     stop_reason, stale = "done", 0
     # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
     interrupted = {"signal": None}
-    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.update(signal=signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    def note(signum, _frame):
+        signals.seen()
+        interrupted.update(signal=signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not (progress and w.main))
     feed = None
     try:
@@ -195,10 +205,10 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                         ln.best = result
                         improved |= k == 0
                         if w.main:
-                            save_atomic(ln.module.state_dict(), ln.best_file)
+                            _save_best(folder, ln)
                 stale = 0 if improved else stale + 1
                 if w.main:
-                    save_checkpoint(ckpt, learners, step, history, fingerprint)
+                    save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint)
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
@@ -206,7 +216,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                 break
         if interrupted["signal"] is not None:     # also when it came during the evaluation that ended the run
             if w.main:
-                save_checkpoint(ckpt, learners, step, history, fingerprint)
+                save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint)
             stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
             raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:
@@ -215,7 +225,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             signal.signal(sig, handler)
     if w.main:      # only rank 0 writes the output: each model goes back to its best weights
         for ln in learners:
-            if ln.best_file.exists():
+            if ln.best_saved:
                 load_params(ln.module, load_checkpoint(ln.best_file, cfg.device), ln.best_file)
     if main.best is not None and main.best.get("step") == 0 and step > 0 and start_metric is not None:
         stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
@@ -223,6 +233,11 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     if peers:
         return history, stop_reason, main.best, [ln.best for ln in learners[1:]]
     return history, stop_reason, main.best
+
+
+def _save_best(folder: OutputFolder, ln: _Learner) -> None:
+    save_atomic(ln.module.state_dict(), folder.file(ln.best_file.name))
+    ln.best_saved = True
 
 
 class _Chunks(torch.utils.data.Dataset):

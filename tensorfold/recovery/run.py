@@ -21,8 +21,8 @@ from tensorfold.datasets import (
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.log import warn
-from tensorfold.outputs import check_output, check_output_dir, guarded, write_json_atomic
-from tensorfold.recovery.checkpoints import model_fingerprint
+from tensorfold.outputs import MANIFEST, OutputFolder, check_output, guarded, write_json_atomic
+from tensorfold.recovery.checkpoints import checkpoint_folder, model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import (
     EmaTeacher,
@@ -48,6 +48,22 @@ def _io_signature(model: onnx.ModelProto):
     return ins, outs
 
 
+def _shape_clash(a: onnx.ModelProto, b: onnx.ModelProto) -> str | None:
+    """Inputs whose fixed dims differ (a dynamic dim fits any): both must run on the same samples."""
+    def dims(m):
+        inits = {t.name for t in m.graph.initializer}
+        return {v.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                         for d in v.type.tensor_type.shape.dim] for v in m.graph.input if v.name not in inits}
+
+    da, db = dims(a), dims(b)
+    for name in da.keys() & db.keys():
+        x, y = da[name], db[name]
+        if x and y and (len(x) != len(y) or any(p is not None and q is not None and p != q for p, q in zip(x, y))):
+            show = lambda ds: "[" + ", ".join("?" if d is None else str(d) for d in ds) + "]"  # noqa: E731
+            return f"'{name}' is {show(x)} vs {show(y)}"
+    return None
+
+
 def _peer_output(output_path, i: int) -> Path:
     return Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
 
@@ -70,9 +86,7 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     # everything about the outputs is checked before any training, not after the whole run
     check_output(output_path)
     peer_outputs = [check_output(_peer_output(output_path, i)) for i in range(1, len(peers or []) + 1)]
-    ckdir = check_output_dir(Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt"),
-                             "checkpoint folder", create=False)
-    made_ckdir = not ckdir.exists()
+    ckdir = checkpoint_folder(Path(checkpoint_dir) if checkpoint_dir else Path(str(output_path) + ".ckpt")).check()
     try:
         cfg = replace(cfg, device=start_processes(w, cfg.device))
         if w.distributed and w.main:
@@ -82,15 +96,19 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
                         cfg=cfg, val_size=val_size, normalize=normalize, resume=resume, progress=progress,
                         limit=limit, teacher_weights=teacher_weights, teacher_module=teacher_module,
                         generations=generations, peers=peers, w=w)
+    except Exception:
+        if w.main:
+            ckdir.failed()      # a failed run leaves the folder as it was (an interrupted one keeps its checkpoint)
+        raise
     except BaseException:
-        if w.main and made_ckdir and ckdir.is_dir() and not any(ckdir.iterdir()):
-            ckdir.rmdir()   # a run that failed before its first checkpoint leaves nothing behind
+        if w.main and ckdir.made and ckdir.path.is_dir() and {p.name for p in ckdir.path.iterdir()} <= {MANIFEST}:
+            ckdir.failed()      # interrupted before its first checkpoint: nothing to resume from
         raise
     finally:
         stop_processes(w)
 
 
-def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], start: float, *, teacher_path,
+def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[Path], start: float, *, teacher_path,
              data, cfg, val_size, normalize, resume, progress, limit, teacher_weights, teacher_module, generations,
              peers, w: World) -> dict:
 
@@ -110,6 +128,9 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         if _io_signature(tm) != _io_signature(student):
             raise TensorfoldError(f"teacher {p} and the student differ in their inputs or outputs: "
                                   f"{_io_signature(tm)} vs {_io_signature(student)}")
+        clash = _shape_clash(tm, student)
+        if clash:
+            raise TensorfoldError(f"teacher {p} takes other input shapes than the student: {clash}")
     input_shape = [d.dim_value if d.HasField("dim_value") else -1
                    for d in student.graph.input[0].type.tensor_type.shape.dim]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
@@ -214,6 +235,8 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
             return {"rank": w.rank, "world_size": w.size, "output": None, "steps": history.steps[-1]
                     if history.steps else 0, "stop": reason}
     if reason.startswith("loss became"):
+        if "last good checkpoint" in reason:
+            ckdir.keep()        # the message names it: --resume from it with a lower --lr
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
     generation_results = [check(module, judge)]         # each model is validated once
     kept, after, kept_generation = module, generation_results[0], 1
@@ -223,7 +246,8 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
         module = OnnxModule(student).to(cfg.device)
         teacher = OnnxTeacher(previous, features, cfg.threads) if cfg.device == "cpu" else \
             GraphTeacher(previous, features, cfg.device)
-        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir / f"gen{gen}", False,
+        generation_dir = checkpoint_folder(ckdir.file(f"gen{gen}")).check()
+        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, generation_dir, False,
                                       progress, fingerprint=model_fingerprint(student), spec=spec)
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
@@ -243,9 +267,8 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
     save_model(trained, output_path)
     for pmod, path in peer_writes:      # only now: an error above leaves nothing written
         save_model(pmod.write_back(), path)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(ckdir / "history.json", history.as_dict())
-    plot = plot_history(history, ckdir / "history.png")
+    write_json_atomic(ckdir.file("history.json"), history.as_dict())
+    plot = plot_history(history, ckdir.file("history.png"))
     test = {}
     if data in ("fashion-mnist", "fmnist") or Path(data).is_dir():
         try:
@@ -268,5 +291,5 @@ def _recover(student_path, output_path, ckdir: Path, peer_outputs: list[Path], s
             "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
             "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
             "steps": history.steps[-1] if history.steps else 0, "stop": reason,
-            "checkpoints": str(ckdir), "history": str(ckdir / "history.json"),
+            "checkpoints": str(ckdir.path), "history": str(ckdir.path / "history.json"),
             "plot": str(plot) if plot else None, "seconds": round(time.perf_counter() - start, 1)}

@@ -12,10 +12,10 @@ measures a non-finite value is recorded as failed with its reason; the search go
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +30,13 @@ from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import parse_shapes
-from tensorfold.outputs import check_output_dir, guard_inputs, input_conflict, write_json_atomic
+from tensorfold.outputs import OutputFolder, guard_inputs, write_json_atomic
 from tensorfold.search.config import write_config
 from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
 from tensorfold.search.pareto import feasible, front, front_hypervolume, plot_front
 from tensorfold.search.space import RankSpace, decode_plan, encode_plan
-from tensorfold.search.storage import open_storage, open_study, redact, storage_file
+from tensorfold.search.storage import open_storage, open_study, redact, storage_file, write_failure
 
 SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
 
@@ -116,18 +116,26 @@ def search_ranks(model_path: str | os.PathLike, options: RankSearchOptions | Non
     if options is not None and kwargs:
         raise TypeError("give either a RankSearchOptions or keyword options, not both")
     opts = options if options is not None else RankSearchOptions(**kwargs)
+    study_file = storage_file(opts.storage)
+    new_study_file = study_file is not None and not study_file.exists()
     with guard_inputs(*(p for p in (model_path, opts.inputs, opts.data) if p is not None)):
-        return _search_ranks(model_path, opts)
+        try:
+            return _search_ranks(model_path, opts)
+        except Exception:
+            # a storage file this run created and then failed on (a full disk) is not left behind
+            if new_study_file:
+                for leftover in (study_file, *(study_file.with_name(study_file.name + s) for s in ("-journal", "-wal",
+                                                                                                  "-shm", ".lock"))):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+            raise
 
 
 def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     start = time.perf_counter()
-    out = check_output_dir(opts.output_dir, create=False) if opts.output_dir else None
-    if out is not None and out.is_dir():
-        for path in out.iterdir():
-            if _ours(path.name) and input_conflict(path) is not None:
-                raise TensorfoldError(f"--output-dir {out} holds an input, {path}, under a name this search "
-                                      "writes; give another folder")
+    # the output folder is judged before any work: an input or a user's own file under a name the
+    # search writes is refused; the front is staged and moved into place together at the end
+    out = OutputFolder(opts.output_dir, "--output-dir", OUTPUT_NAMES, staged=True).check() if opts.output_dir else None
     original = load_model(model_path)
     shape_map = parse_shapes(tuple(opts.shapes))
     feeds, feeds_label, input_shapes = feeds_for(original, shape_map, opts.inputs, opts.seed)
@@ -151,7 +159,8 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     opt_sampler = make_sampler(opts.sampler, len(opts.objectives), sampler_seed, opts.n_trials, opts.max_error is not None
                                or opts.target_latency is not None or opts.max_memory_mb is not None, opts.population)
     name = opts.study or f"{Path(model_path).stem}-{'-'.join(opts.objectives)}"
-    the_study = open_study(open_storage(opts.storage), name, [DIRECTIONS[o] for o in opts.objectives], meta, opt_sampler)
+    storage = open_storage(opts.storage)
+    the_study = open_study(storage, name, [DIRECTIONS[o] for o in opts.objectives], meta, opt_sampler)
     # what fronts of this study are normalized by: measured once per study, not once per worker
     baseline = the_study.user_attrs.get("tensorfold.baseline")
     if baseline is None:
@@ -198,9 +207,14 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
                            show_progress_bar=opts.progress and opts.n_trials > 1, gc_after_trial=False)
     except KeyboardInterrupt:
         interrupted = True
+    except Exception:
+        failure = write_failure(storage)
+        if failure is not None:
+            raise failure from None
+        raise
     trials = the_study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in own]
-    with guard_inputs(storage_file(opts.storage)):   # the study's own file is an input too
+    with guard_inputs(storage_file(opts.storage)), (out.writing() if out else contextlib.nullcontext()):
         report = _report(the_study, name, opts.storage, trials, mine, opts.objectives, baseline, rank_space, evaluator,
                          original, feeds, feeds_label, out, opts.save_models, model_path, time.perf_counter() - start)
     report["interrupted"] = interrupted
@@ -214,11 +228,6 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine
                  if t.datetime_complete and t.datetime_start and t.state.name == "COMPLETE"]
     points = []
-    if out is not None:
-        check_output_dir(out)
-        for stale in out.iterdir():   # an earlier run's points would read as this run's front
-            if _ours(stale.name) and stale.is_file():
-                stale.unlink()
     layers = {o.name: o.layer for o in rank_space.layers}
     for k, t in enumerate(front(trials, objectives), start=1):
         plan = decode_plan(t.user_attrs["plan"], f"trial {t.number}")
@@ -239,12 +248,14 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
             result = None
         if out is not None:
             values = {o: _round(v) for o, v in point["values"].items()}
-            point["config"] = str(write_config(out / f"point-{k}.yaml", plan, layers, model=str(model_path),
+            write_config(out.file(f"point-{k}.yaml"), plan, layers, model=str(model_path),
                                                values=values, source={"study": name, "trial": t.number,
                                                                       "storage": redact(storage) if storage else
-                                                                      "memory"}))
+                                                                      "memory"})
+            point["config"] = str(out.path / f"point-{k}.yaml")
             if save_models and result is not None:
-                point["model"] = str(save_model(result.model, out / f"point-{k}.onnx"))
+                save_model(result.model, out.file(f"point-{k}.onnx"))
+                point["model"] = str(out.path / f"point-{k}.onnx")
         points.append(point)
     report = {
         "model": str(model_path), "study": name, "storage": redact(storage) if storage else "memory",
@@ -260,19 +271,16 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
         "front": points, "inputs": feeds_label, "seconds": round(seconds, 1),
     }
     if out is not None:
-        plot = plot_front(trials, objectives, out / "front.png", baseline,
+        plot = plot_front(trials, objectives, out.file("front.png"), baseline,
                           f"{Path(model_path).name}: study {name}, {len(complete)} trials")
-        report["plot"] = str(plot) if plot else None
-        write_json_atomic(out / "front.json", report)
+        report["plot"] = str(out.path / "front.png") if plot else None
+        write_json_atomic(out.file("front.json"), report)
+        out.commit(stale=("point-*",))   # an earlier run's other points would read as this run's front
     return report
 
 
-_OUTPUT_NAMES = re.compile(r"point-\d+\.(yaml|onnx|onnx\.data)|front\.(json|png)")
-
-
-def _ours(name: str) -> bool:
-    """A file name this search writes in its output folder."""
-    return _OUTPUT_NAMES.fullmatch(name) is not None
+# what the search writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
+OUTPUT_NAMES = ("front.json", "front.png", "point-*.yaml", "point-*.onnx", "point-*.onnx.data")
 
 
 def _round(v: float) -> float:

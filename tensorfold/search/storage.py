@@ -9,11 +9,15 @@ SQLAlchemy database (PostgreSQL) shared by workers on many machines.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import time
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import first_line
@@ -36,17 +40,113 @@ def storage_file(url: str | None) -> Path | None:
     return None
 
 
+def check_journal(path: Path, url: str) -> None:
+    """Read a journal back whole before anything is appended to it: a record cut short (a worker
+    killed while writing, a full disk) or a foreign file is refused by line, and how to repair it is
+    said; appending after a torn line would make the study unreadable for good."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    offset = 0
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "op_code" not in record:
+                    raise ValueError("not a journal record")
+            except ValueError:
+                if number == len(lines):      # no newline after it: a write cut short
+                    raise TensorfoldError(f"--storage {url}: line {number} is cut short (a worker stopped while "
+                                          f"writing it); repair with `truncate -s {offset} {path}` (drops that "
+                                          "line only) and run again") from None
+                raise TensorfoldError(f"--storage {url}: line {number} is not an Optuna journal record; a corrupt "
+                                      "or foreign file, give another one") from None
+        offset += len(line) + 1
+
+
+def check_writable(path: Path, url: str) -> None:
+    """A storage file the search can write to (a read-only mount refuses even root), before any work."""
+    from tensorfold.outputs import check_output_dir
+
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            check_output_dir(path.parent, f"--storage {url}:", create=False)
+    except OSError as exc:
+        raise TensorfoldError(f"--storage {url}: cannot write {path} ({exc.strerror})") from None
+
+
+class _Journal(JournalFileBackend):
+    """Optuna's journal file, appended under its lock as before; an append that fails (a full disk)
+    is cut back to where it began, so the journal never holds a torn record."""
+
+    def __init__(self, path: str):
+        self._guard = JournalFileOpenLock(path)
+        super().__init__(path, lock_obj=self._guard)
+        self._journal_path = path
+        self.failure: OSError | None = None
+
+    def append_logs(self, logs) -> None:
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        # Ctrl-C or SIGTERM wait until the lock is released: raised between taking the lock and the
+        # `try`, they would leave the lock file behind and the write of the failed trial would wait on it
+        with _signals_held():
+            self._append(text)
+
+    def _append(self, text: str) -> None:
+        self._guard.acquire()
+        try:
+            size = os.path.getsize(self._journal_path) if os.path.exists(self._journal_path) else 0
+            try:
+                with open(self._journal_path, "ab") as f:
+                    f.write(text.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._journal_path, size)
+                exc.filename = exc.filename or self._journal_path
+                self.failure = exc      # optuna turns it into "AssertionError: Should not reach."
+                raise
+        finally:
+            self._guard.release()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def open_storage(url: str | None):
     if not url:
         return optuna.storages.InMemoryStorage()
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
         path = Path(url[len("journal:"):]).expanduser()
         if not path.name or not path.parent.is_dir():
             raise TensorfoldError(f"--storage {url}: folder {path.parent} does not exist")
+        check_journal(path, url)
+        check_writable(path, url)
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            backend = _Journal(str(path))
+            storage = JournalStorage(backend)
+            storage.tensorfold_backend = backend
+            return storage
         except ValueError as exc:   # JSONDecodeError: a torn or foreign file
             raise TensorfoldError(f"--storage {url}: not an Optuna journal ({first_line(exc)}); a corrupt or "
                                   "foreign file, give another one") from None
@@ -57,6 +157,8 @@ def open_storage(url: str | None):
         folder = Path(url[len("sqlite:///"):]).expanduser().parent
         if not folder.is_dir():
             raise TensorfoldError(f"--storage {url}: folder {folder} does not exist")
+        if url != "sqlite:///:memory:":
+            check_writable(Path(url[len("sqlite:///"):]).expanduser(), url)
     import sqlalchemy.exc
 
     last = None
@@ -80,6 +182,12 @@ def open_storage(url: str | None):
             raise TensorfoldError(f"--storage {redact(url)}: not a usable database ({first_line(exc)})") from None
     raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {first_line(last)}")
 
+
+
+def write_failure(storage) -> OSError | None:
+    """The error a journal write met (a full disk), which optuna reports as an assertion of its own."""
+    backend = getattr(storage, "tensorfold_backend", None)
+    return getattr(backend, "failure", None)
 
 
 def open_study(storage, name: str, directions: list[str], meta: dict, sampler):

@@ -76,6 +76,8 @@ def test_a_planted_checkpoint_runs_no_code(student, npz, tmp_path):
     ckpt.mkdir()
     marker = tmp_path / "pwned"
     torch.save({"params": _Planted(marker)}, ckpt / "last.pt")
+    # a planter can write the folder's manifest too: the load itself must run no code
+    (ckpt / ".tensorfold.json").write_text('{"written_by": "tensorfold", "files": ["last.pt"]}')
     cfg = RecoverConfig(max_steps=2, batch_size=32, threads=1)
     with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
         recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
@@ -117,9 +119,18 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(student, npz, tmp_path
 def test_a_torn_checkpoint_is_one_line(student, npz, tmp_path):
     (tmp_path / "r.onnx.ckpt").mkdir()
     (tmp_path / "r.onnx.ckpt" / "last.pt").write_bytes(b"PK\x03\x04 torn")
+    cfg = RecoverConfig(max_steps=2, batch_size=32, threads=1)
+    # a last.pt tensorfold did not write there is refused before any work, --resume or not
+    for resume in (True, False):
+        with pytest.raises(TensorfoldError, match="last.pt, which tensorfold did not write there"):
+            recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=resume, cfg=cfg,
+                    progress=False)
+    # one it did write, torn by a crash: one line too
+    (tmp_path / "r.onnx.ckpt" / ".tensorfold.json").write_text('{"written_by": "tensorfold", "files": ["last.pt"]}')
     with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
-        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=True,
-                cfg=RecoverConfig(max_steps=2, batch_size=32, threads=1), progress=False)
+        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=True, cfg=cfg,
+                progress=False)
+    assert (tmp_path / "r.onnx.ckpt" / "last.pt").read_bytes() == b"PK\x03\x04 torn"
 
 
 def test_outputs_are_checked_before_any_training(student, npz, tmp_path):

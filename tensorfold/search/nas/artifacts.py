@@ -5,38 +5,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tensorfold.outputs import OutputFolder
 from tensorfold.search.nas.space import NetConfig, Network, to_onnx
 
+# what a NAS run writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
+OUTPUT_NAMES = ("model.onnx", "model.onnx.data", "genotype.json", "candidates.json", "front.png", "front.json",
+                "report.json", "point-*.json", "point-*.onnx", "point-*.onnx.data")
 
-def write_dir(out_dir: Path, report, candidates, front, final, model, dev, cfg: NetConfig | None = None) -> None:
+
+def write_dir(folder: OutputFolder, report, candidates, front, final, model, dev, cfg: NetConfig | None = None) -> None:
     """model.onnx (the final network), genotype.json, candidates.json, front.png; with several
     objectives (`cfg` given) also every Pareto point as point-K.onnx (its proxy-trained network) and
     point-K.json (genotype, objectives, metrics), and front.json, as `search ranks` writes its front."""
     from tensorfold.graph.io import save_model
     from tensorfold.outputs import write_text_atomic
 
-    out_dir.mkdir(exist_ok=True)
-    for stale in out_dir.glob("point-*"):     # an earlier run's points would read as this run's front
-        stale.unlink()
     if cfg is not None:
         points = []
         for k, s in enumerate(front, start=1):
             point = {"point": k, "candidate": s.number, "genotype": s.genotype.as_dict(),
                      "values": dict(zip(report["objectives"], s.values)), "metrics": s.metrics}
-            write_text_atomic(out_dir / f"point-{k}.json", json.dumps(point, indent=2))
+            write_text_atomic(folder.file(f"point-{k}.json"), json.dumps(point, indent=2))
             if s.weights is not None:
                 net = Network(s.genotype, cfg)
                 net.load_state_dict(s.weights)
-                point["model"] = str(save_model(to_onnx(net), out_dir / f"point-{k}.onnx"))
+                save_model(to_onnx(net), folder.file(f"point-{k}.onnx"))
+                point["model"] = str(folder.path / f"point-{k}.onnx")
             points.append(point)
-        write_text_atomic(out_dir / "front.json", json.dumps({"objectives": report["objectives"], "points": points},
+        write_text_atomic(folder.file("front.json"), json.dumps({"objectives": report["objectives"], "points": points},
                                                              indent=2))
         report["front_points"] = len(points)
-    report["model"] = str(save_model(model, out_dir / "model.onnx"))
-    write_text_atomic(out_dir / "genotype.json", json.dumps({"genotype": final["genotype"]}, indent=2))
-    write_text_atomic(out_dir / "candidates.json", json.dumps([c.as_dict() for c in candidates], indent=2))
-    plot = plot_nas(candidates, front, out_dir / "front.png", dev.name if dev else None)
-    report["plot"] = str(plot) if plot else None
+    save_model(model, folder.file("model.onnx"))
+    report["model"] = str(folder.path / "model.onnx")
+    write_text_atomic(folder.file("genotype.json"), json.dumps({"genotype": final["genotype"]}, indent=2))
+    write_text_atomic(folder.file("candidates.json"), json.dumps([c.as_dict() for c in candidates], indent=2))
+    plot = plot_nas(candidates, front, folder.file("front.png"), dev.name if dev else None)
+    report["plot"] = str(folder.path / "front.png") if plot else None
 
 
 def plot_nas(candidates, front, path: Path, device: str | None) -> Path | None:

@@ -6,11 +6,16 @@ import os
 from dataclasses import dataclass
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.limits import check_count
 from tensorfold.search.objectives import parse_names
 
 STRATEGIES = ("darts", "evolution", "random")
 NAS_OBJECTIVES = ("accuracy", "params", "flops", "latency", "memory")
 IMAGE = (1, 28, 28)
+# the space's size a search can make use of: more cells, nodes or channels than these do not fit a
+# 28x28 search's budget or memory (100000 cells ran for minutes before a 1-minute budget was
+# checked; 100000 channels exhausted memory)
+MOST = {"--layers": 30, "--nodes": 8, "--channels": 512, "--final-channels": 512, "--population": 1000}
 
 
 def parse_nas_objectives(text) -> tuple[str, ...]:
@@ -73,3 +78,10 @@ class NasOptions:
             raise TensorfoldError(f"--max-memory-mb must be > 0 (got {self.max_memory_mb})")
         if not self.budget_minutes > 0:
             raise TensorfoldError(f"--budget-minutes must be > 0 (got {self.budget_minutes})")
+        for option, value in (("--layers", self.layers), ("--nodes", self.nodes), ("--channels", self.channels),
+                              ("--final-channels", self.final_channels), ("--population", self.population)):
+            if value is not None and not 1 <= value <= MOST[option]:
+                raise TensorfoldError(f"{option} must be between 1 and {MOST[option]} (got {value})")
+        check_count(self.threads)
+        if not 0 <= self.seed < 2**32:
+            raise TensorfoldError(f"--seed must be between 0 and {2**32 - 1} (got {self.seed})")

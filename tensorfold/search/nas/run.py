@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.search.nas.artifacts import write_dir
+from tensorfold.outputs import OutputFolder, check_output, guard_inputs, write_text_atomic
+from tensorfold.search.nas.artifacts import OUTPUT_NAMES, write_dir
 from tensorfold.search.nas.budget import FINAL_OVERHEAD_S, FINAL_STEPS, plan_budget
 from tensorfold.search.nas.final import load_teacher, train_final
 from tensorfold.search.nas.options import NasOptions
@@ -32,10 +32,21 @@ def search_nas(options: NasOptions | None = None, **kwargs) -> dict:
     """The options are NasOptions' fields, given as keywords or as one NasOptions."""
     if options is not None and kwargs:
         raise TypeError("give either a NasOptions or keyword options, not both")
-    return _search_nas(options if options is not None else NasOptions(**kwargs))
+    opts = options if options is not None else NasOptions(**kwargs)
+    with guard_inputs(opts.teacher, opts.genotype, opts.data):
+        folder = None
+        # every output is checked against every input before any work, not after the search
+        if opts.output is not None:
+            check_output(opts.output, "-o")
+        if opts.output_dir is not None:
+            folder = OutputFolder(opts.output_dir, "--output-dir", OUTPUT_NAMES, staged=True).check()
+        if folder is None:
+            return _search_nas(opts, None)
+        with folder.writing():
+            return _search_nas(opts, folder)
 
 
-def _search_nas(opts: NasOptions) -> dict:
+def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     from tensorfold.runtime.devices import get_device
     from tensorfold.search.nas.latency import OpLatencyTable
 
@@ -52,10 +63,8 @@ def _search_nas(opts: NasOptions) -> dict:
         except (RuntimeError, AssertionError) as exc:
             raise TensorfoldError(f"--torch-device {opts.torch_device}: {str(exc).splitlines()[0]}") from None
     dev = get_device(opts.device, opts.provider, opts.threads) if opts.device else None
-    out_dir = Path(opts.output_dir) if opts.output_dir else None
-    for p in ([Path(opts.output).parent] if opts.output else []) + ([out_dir.parent] if out_dir else []):
-        if str(p) and not p.is_dir():
-            raise TensorfoldError(f"output folder {p} does not exist")
+    if folder is not None and not folder.path.absolute().parent.is_dir():
+        raise TensorfoldError(f"--output-dir {folder.path}: folder {folder.path.parent} does not exist")
     teacher_model = load_teacher(opts.teacher)
     # small cells on a few cores: more threads than cores' worth of work slows a step 10x on a busy
     # 2-core host (54-75 s vs 3-4.5 s per supernet step measured with 2 threads and 1)
@@ -140,13 +149,12 @@ def _search_nas(opts: NasOptions) -> dict:
 
         save_model(model, opts.output)
         report["output"] = str(opts.output)
-    if out_dir is not None:
-        write_dir(out_dir, report, candidates, front, final, model, dev, cfg if len(opts.objectives) > 1 else None)
+    if folder is not None:
+        write_dir(folder, report, candidates, front, final, model, dev, cfg if len(opts.objectives) > 1 else None)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    if out_dir is not None:
-        from tensorfold.outputs import write_text_atomic
-
-        write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    if folder is not None:
+        write_text_atomic(folder.file("report.json"), json.dumps(report, indent=2, default=str))
+        folder.commit(stale=("point-*",))
     return report
 
 

@@ -1,0 +1,36 @@
+"""What the machine can do: bounds on the counts a user may ask for (threads, worker processes).
+
+Asking onnxruntime for a million threads hangs while memory grows, and a million DataLoader workers
+forks hundreds of processes: a count beyond a small multiple of the cores helps nothing, so it is
+refused with one line before any work.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tensorfold.errors import TensorfoldError
+
+PER_CORE = 4        # threads or worker processes per core a user may ask for
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity: a container's share, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def most() -> int:
+    return PER_CORE * cores()
+
+
+def check_count(value: int, option: str = "--threads") -> int:
+    """`value` (0: all cores) when the machine can use it; otherwise one line naming the bound."""
+    if value < 0:
+        raise TensorfoldError(f"{option} must be >= 0 (got {value})")
+    if value > most():
+        raise TensorfoldError(f"{option} {value} is more than this machine can use: at most {most()} "
+                              f"({PER_CORE} per core, {cores()} cores here)")
+    return value
