@@ -196,6 +196,17 @@ def _png_header(name: str, width: int, height: int) -> Callable[[Path], None]:
     return _write(name, png)
 
 
+def _images(folder: str, count: int) -> Callable[[Path], None]:
+    def prep(root: Path) -> None:
+        from PIL import Image
+
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for k in range(count):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / folder / f"{k:03d}.png")
+    return prep
+
+
 def _truncated(name: str, src: str) -> Callable[[Path], None]:
     def prep(folder: Path) -> None:
         data = (folder / src).read_bytes()
@@ -724,6 +735,10 @@ RECOVER = [
          "--workers", "0", "--data", "imgs", prep=_all(_png_header("elsewhere/a.png", 28, 28),
                                                         _symlink_in("imgs", "a.png", "../elsewhere/a.png")),
          says="outside"),
+    # one image that cannot be read among good ones: the run stops, leaving no checkpoint behind
+    case("data-bad-image-mid-run", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "20",
+         "--batch-size", "4", "--workers", "0", "--data", "imgs",
+         prep=_all(_images("imgs", 40), _write("imgs/zzz.png", GARBAGE)), says="zzz.png"),
     case("teacher-other-input-shape", *REC, "-o", "out.onnx", "--teacher", "t32.onnx", *SMALL,
          prep=_model_edit("t32.onnx", _input_32x32), says="t32.onnx"),
     # a checkpoint folder holding a last.pt tensorfold did not write (a symlink to another run's folder)

@@ -56,7 +56,7 @@ def check_journal(path: Path, url: str) -> None:
                 if not isinstance(record, dict) or "op_code" not in record:
                     raise ValueError("not a journal record")
             except ValueError:
-                if number == len(lines):      # no newline after it: a write cut short
+                if number == len(lines) and line.startswith(b'{"op_code"'):   # no newline after it: cut short
                     raise TensorfoldError(f"--storage {url}: line {number} is cut short (a worker stopped while "
                                           f"writing it); repair with `truncate -s {offset} {path}` (drops that "
                                           "line only) and run again") from None
