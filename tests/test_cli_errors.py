@@ -97,6 +97,25 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_a_search_on_a_full_disk_leaves_neither_storage_nor_a_partial_front(tmp_path, storage):
+    """The study file this run created and the front's files: all gone; nothing half-written."""
+    disk = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this container may not mount a tmpfs")
+    try:
+        url = f"sqlite:///{disk}/s.db" if storage == "sqlite" else f"journal:{disk}/s.log"
+        result = subprocess.run([sys.executable, "-m", "tensorfold", "search", "ranks", str(DEMO), "--n-trials", "30",
+                                 "--storage", url, "-o", str(disk / "front")], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 WATCHDOG = r"""
 import sys, click, numpy as np
 from pathlib import Path
