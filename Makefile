@@ -25,6 +25,7 @@ test: env
 
 lint: env
 	$(VENV)/bin/ruff check tensorfold tests tools
+	$(VENV)/bin/ruff format --check tensorfold tests tools
 	$(VENV)/bin/mypy
 
 bench: env

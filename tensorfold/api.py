@@ -1,7 +1,7 @@
 """The Python API; the CLI is a thin layer over it.
 
-    from tensorfold.api import optimize
-    report = optimize("model.onnx", "small.onnx", method="tucker", ratio=4)
+from tensorfold.api import optimize
+report = optimize("model.onnx", "small.onnx", method="tucker", ratio=4)
 """
 
 from __future__ import annotations
@@ -46,8 +46,12 @@ from tensorfold.report import (
 )
 
 
-def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
-             options: OptimizeOptions | None = None, **kwargs) -> OptimizeReport:
+def optimize(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    options: OptimizeOptions | None = None,
+    **kwargs,
+) -> OptimizeReport:
     """Load, normalize, rewrite, verify, (int8,) save: the stages of tensorfold/optimize/. Nothing is
     written unless every stage succeeded. The options are OptimizeOptions' fields, given as keywords
     or as one OptimizeOptions."""
@@ -58,17 +62,28 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike | Non
         return run_optimize(input_path, output_path, opts)
 
 
-def compare(path_a: str | os.PathLike, path_b: str | os.PathLike, *, shapes: tuple[str, ...] = (),
-            inputs: str | None = None, seed: int = 0) -> VerifyReport:
+def compare(
+    path_a: str | os.PathLike,
+    path_b: str | os.PathLike,
+    *,
+    shapes: tuple[str, ...] = (),
+    inputs: str | None = None,
+    seed: int = 0,
+) -> VerifyReport:
     """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
     a, b = load_model(path_a), load_model(path_b)
     feeds, label, _ = feeds_for(a, parse_shapes(tuple(shapes)), inputs, seed)
     return VerifyReport(verify_models(a, b, feeds, label).as_dict())
 
 
-def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
-            calibration: str | os.PathLike | None = None, normalize: tuple | str | None = None,
-            progress: bool = False) -> InspectReport:
+def inspect(
+    input_path: str | os.PathLike,
+    *,
+    shapes: tuple[str, ...] = (),
+    calibration: str | os.PathLike | None = None,
+    normalize: tuple | str | None = None,
+    progress: bool = False,
+) -> InspectReport:
     """What is in a model and, per weight-heavy node, which methods can rewrite it. With
     calibration samples also each layer's sensitivity: the layer's own output error and the
     model's output error when that layer alone keeps half its parameters (data-fitted Tucker-2/SVD)."""
@@ -93,26 +108,42 @@ def inspect(input_path: str | os.PathLike, *, shapes: tuple[str, ...] = (),
         for name in METHODS:
             reason = PASSES[name]().supports(layer)
             methods[name] = "yes" if reason is None else reason
-        rows.append({"node": layer.name, "op": layer.node.op_type, "weight_shape": list(layer.weight.shape),
-                     "groups": layer.groups, "params": layer.params, "flops": node_flops.get(layer.name),
-                     "methods": methods, "weight": layer.node.input[1],
-                     "shared_with": [n for n in readers[layer.node.input[1]] if n != layer.name]})
+        rows.append(
+            {
+                "node": layer.name,
+                "op": layer.node.op_type,
+                "weight_shape": list(layer.weight.shape),
+                "groups": layer.groups,
+                "params": layer.params,
+                "flops": node_flops.get(layer.name),
+                "methods": methods,
+                "weight": layer.node.input[1],
+                "shared_with": [n for n in readers[layer.node.input[1]] if n != layer.name],
+            }
+        )
         if layer.name in sens:
             rows[-1]["sensitivity"] = sens[layer.name].as_dict()
-    return InspectReport({
-        "input": str(input_path), "opset": max((i.version for i in original.opset_import
-                                               if i.domain in ("", "ai.onnx")), default=None),
-        "producer": f"{original.producer_name} {original.producer_version}".strip(),
-        "inputs": input_shapes, "outputs": [o.name for o in original.graph.output],
-        "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
-        "ops": dict(sorted(stats.ops.items())), "normalization": norm_stats,
-        "layers": rows, "skipped": [s.as_dict() for s in skipped],
-        # a weight read by several layers counts once
-        "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
-        "calibration": str(calibration) if calibration else None,
-        # FLOPs at a defaulted dynamic dim say little: a 488x488 table model read at 64x64 shows 61M, not 3.6G
-        "warnings": [w for w in [dynamic_warning(original, shape_map, "FLOPs counted", inputs_option=False)] if w],
-    })
+    return InspectReport(
+        {
+            "input": str(input_path),
+            "opset": max((i.version for i in original.opset_import if i.domain in ("", "ai.onnx")), default=None),
+            "producer": f"{original.producer_name} {original.producer_version}".strip(),
+            "inputs": input_shapes,
+            "outputs": [o.name for o in original.graph.output],
+            "params": stats.params,
+            "flops": stats.flops,
+            "size_bytes": stats.size_bytes,
+            "ops": dict(sorted(stats.ops.items())),
+            "normalization": norm_stats,
+            "layers": rows,
+            "skipped": [s.as_dict() for s in skipped],
+            # a weight read by several layers counts once
+            "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
+            "calibration": str(calibration) if calibration else None,
+            # FLOPs at a defaulted dynamic dim say little: a 488x488 table model read at 64x64 shows 61M, not 3.6G
+            "warnings": [w for w in [dynamic_warning(original, shape_map, "FLOPs counted", inputs_option=False)] if w],
+        }
+    )
 
 
 def _sensitivity(original, model, calibration, normalize, shape_map, progress) -> dict:
@@ -127,10 +158,22 @@ def _sensitivity(original, model, calibration, normalize, shape_map, progress) -
     return measure_sensitivity(chosen, model, ctx, probe)
 
 
-def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | None = None,
-            batches: tuple[int, ...] = (1,), runs: int = 30, warmup: int = 5, threads: int = 0,
-            optimization: str = "all", compare_with: str | os.PathLike | None = None, top: int = 10,
-            shapes: tuple[str, ...] = (), seed: int = 0, inputs: str | os.PathLike | None = None) -> ProfileReport:
+def profile(
+    path: str | os.PathLike,
+    *,
+    provider: str = "cpu",
+    device: str | None = None,
+    batches: tuple[int, ...] = (1,),
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int = 0,
+    optimization: str = "all",
+    compare_with: str | os.PathLike | None = None,
+    top: int = 10,
+    shapes: tuple[str, ...] = (),
+    seed: int = 0,
+    inputs: str | os.PathLike | None = None,
+) -> ProfileReport:
     """Latency (measured on `provider`, or predicted for `device`), FLOPs, params, size, memory,
     per-op and per-node tables; with `compare_with`, both models interleaved with ratios.
 
@@ -150,7 +193,7 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     if inputs is not None:
         from tensorfold.onnxrt.batching import chunks
 
-        feeds = next(iter(chunks(model, load_inputs(inputs, model), max_batch=1)))   # --batch repeats it
+        feeds = next(iter(chunks(model, load_inputs(inputs, model), max_batch=1)))  # --batch repeats it
         shapes_from = f"--inputs {inputs} (its first call)"
     else:
         # a prediction needs shapes only; a measurement runs the model on random values
@@ -164,8 +207,10 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
     fixed = fixed_batch(model)
     if fixed is not None and set(batches) != {fixed}:
         if tuple(batches) != (1,):
-            warnings.append(f"the model's batch is fixed at {fixed}: timed at batch {fixed}, not --batch "
-                            f"{','.join(str(b) for b in batches)}")
+            warnings.append(
+                f"the model's batch is fixed at {fixed}: timed at batch {fixed}, not --batch "
+                f"{','.join(str(b) for b in batches)}"
+            )
         batches = (fixed,)
 
     def batched(batch: int) -> dict:
@@ -175,11 +220,21 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         return with_batch(feeds, batch)
 
     stats = model_stats(model, base_shapes)
-    report = ProfileReport({"model": str(path), "params": stats.params, "flops": stats.flops, "size_bytes": stats.size_bytes,
-                    "provider": None, "device": None, "batches": {}, "input_shapes": base_shapes,
-                    "shapes_from": shapes_from, "warnings": warnings})
-    latency = latency_model(provider, threads, device, runs=runs, warmup=warmup,
-                            optimization=optimization)
+    report = ProfileReport(
+        {
+            "model": str(path),
+            "params": stats.params,
+            "flops": stats.flops,
+            "size_bytes": stats.size_bytes,
+            "provider": None,
+            "device": None,
+            "batches": {},
+            "input_shapes": base_shapes,
+            "shapes_from": shapes_from,
+            "warnings": warnings,
+        }
+    )
+    latency = latency_model(provider, threads, device, runs=runs, warmup=warmup, optimization=optimization)
     if latency.predicted:
         report["device"] = describe(latency.device)
     else:
@@ -195,24 +250,40 @@ def profile(path: str | os.PathLike, *, provider: str = "cpu", device: str | Non
         memory = predict_memory(model, bshapes)
         row["predicted_memory"] = memory.as_dict()
         if capacity and memory.total_bytes > capacity:
-            warnings.append(f"batch {batch} needs about {memory.total_bytes / 2**30:.1f} GiB, more than the "
-                            f"{capacity / 2**30:.0f} GiB of {latency.device.name}")
+            warnings.append(
+                f"batch {batch} needs about {memory.total_bytes / 2**30:.1f} GiB, more than the "
+                f"{capacity / 2**30:.0f} GiB of {latency.device.name}"
+            )
         report["batches"][str(batch)] = row
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    per_node = [{"node": n.name or n.output[0], "op": n.op_type, "flops": stats.node_flops.get(n.name or n.output[0]),
-                 "params": sum(sizes.get(i, 0) for i in n.input)} for n in model.graph.node
-                if (n.name or n.output[0]) in stats.node_flops]
+    per_node = [
+        {
+            "node": n.name or n.output[0],
+            "op": n.op_type,
+            "flops": stats.node_flops.get(n.name or n.output[0]),
+            "params": sum(sizes.get(i, 0) for i in n.input),
+        }
+        for n in model.graph.node
+        if (n.name or n.output[0]) in stats.node_flops
+    ]
     report["graph_nodes"] = sorted(per_node, key=lambda r: -(r["flops"] or 0))[:top]
     if other is not None:
         ostats = model_stats(other, base_shapes)
-        report["compare"] = {"model": str(compare_with), "params": ostats.params, "flops": ostats.flops,
-                             "size_bytes": ostats.size_bytes}
+        report["compare"] = {
+            "model": str(compare_with),
+            "params": ostats.params,
+            "flops": ostats.flops,
+            "size_bytes": ostats.size_bytes,
+        }
     if not latency.predicted:
         times = node_profile(model, batched(batches[0]), provider, threads, runs=min(runs, 10))
-        report["ops"] = [{"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
-                         for op, ms, share, n in by_op_type(times)][:top]
-        report["nodes"] = [{"node": t.node, "op": t.op, "ms": round(t.mean_ms, 4), "share": round(t.share, 4)}
-                           for t in times[:top]]
+        report["ops"] = [
+            {"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
+            for op, ms, share, n in by_op_type(times)
+        ][:top]
+        report["nodes"] = [
+            {"node": t.node, "op": t.op, "ms": round(t.mean_ms, 4), "share": round(t.share, 4)} for t in times[:top]
+        ]
         report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return report
 
@@ -224,12 +295,17 @@ def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, availa
     from tensorfold.graph.shapes import concrete_shapes
 
     shapes = concrete_shapes(model, input_shapes)
-    activations = sum(int(np.prod(s)) for name, s in shapes.items()
-                      if name not in {t.name for t in model.graph.initializer}) * 4 * batch
+    activations = (
+        sum(int(np.prod(s)) for name, s in shapes.items() if name not in {t.name for t in model.graph.initializer})
+        * 4
+        * batch
+    )
     need = 2 * large.serialized_size(model) + activations
     if need > available:
-        raise TensorfoldError(f"profiling needs about {need / 2**30:.1f} GiB at batch {batch}, "
-                              f"only {available / 2**30:.1f} GiB is available; use a smaller --batch")
+        raise TensorfoldError(
+            f"profiling needs about {need / 2**30:.1f} GiB at batch {batch}, "
+            f"only {available / 2**30:.1f} GiB is available; use a smaller --batch"
+        )
 
 
 def recover(student_path, output_path, **kwargs) -> RecoverReport:
@@ -253,8 +329,17 @@ def search_nas(**kwargs) -> NasReport:
     return NasReport(_search_nas(**kwargs))
 
 
-def compress(module, example_input, output_path: str | os.PathLike, *, method: str = "auto",
-             ratio: float | None = None, data: str | None = None, recover_config=None, **optimize_kwargs):
+def compress(
+    module,
+    example_input,
+    output_path: str | os.PathLike,
+    *,
+    method: str = "auto",
+    ratio: float | None = None,
+    data: str | None = None,
+    recover_config=None,
+    **optimize_kwargs,
+):
     """torch module -> ONNX -> factorized -> recovered, in one call. Returns (optimize report,
     recover report or None). The exported original and the factorized model are written beside
     output_path as `<name>.original.onnx` and `<name>.factorized.onnx`. Recovery runs only on the
@@ -266,8 +351,11 @@ def compress(module, example_input, output_path: str | os.PathLike, *, method: s
     out = Path(output_path)
     original = out.with_name(out.stem + ".original.onnx")
     factorized = out.with_name(out.stem + ".factorized.onnx")
-    export_onnx(module.eval(), example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input),
-                original)
+    export_onnx(
+        module.eval(),
+        example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input),
+        original,
+    )
     report = optimize(original, factorized, method=method, ratio=ratio, **optimize_kwargs)
     if data is None:
         save_model(load_model(factorized), out)

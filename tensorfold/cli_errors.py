@@ -56,7 +56,7 @@ def reporting(ctx: click.Context, debug: bool = False):
         with signals.watching(remove_live):
             yield
     except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.NoArgsIsHelpError):
-        raise       # --help, --version, and a bare group name showing its help
+        raise  # --help, --version, and a bare group name showing its help
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
         _fail(2, f"{exc.format_message()} (see '{where} --help')")
@@ -73,8 +73,11 @@ def reporting(ctx: click.Context, debug: bool = False):
     except MemoryError as exc:
         if debug:
             raise
-        _fail(2, f"out of memory: {_first_line(exc) or 'the size asked for does not fit'}; ask for less "
-                 "(a smaller rank, shape or batch)")
+        _fail(
+            2,
+            f"out of memory: {_first_line(exc) or 'the size asked for does not fit'}; ask for less "
+            "(a smaller rank, shape or batch)",
+        )
     except OSError as exc:
         if debug:
             raise
@@ -85,8 +88,11 @@ def reporting(ctx: click.Context, debug: bool = False):
         memory = _out_of_memory(exc)
         if memory:
             _fail(2, memory)
-        _fail(1, f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
-                 "rerun with --debug for the traceback and report it")
+        _fail(
+            1,
+            f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
+            "rerun with --debug for the traceback and report it",
+        )
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -97,11 +103,15 @@ def _out_of_memory(exc: BaseException) -> str | None:
     size asked for, not a bug."""
     text = str(exc)
     if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text.lower():
-        return (f"out of memory: {_first_line(exc)[:160]}; ask for less (a smaller --batch-size, fewer "
-                "--channels, a smaller model)")
+        return (
+            f"out of memory: {_first_line(exc)[:160]}; ask for less (a smaller --batch-size, fewer "
+            "--channels, a smaller model)"
+        )
     if "DataLoader worker" in text and ("killed" in text or "exited unexpectedly" in text):
-        return ("a data loading worker was killed (out of memory?): lower --workers (0 decodes in the training "
-                "process) or --batch-size")
+        return (
+            "a data loading worker was killed (out of memory?): lower --workers (0 decodes in the training "
+            "process) or --batch-size"
+        )
     return None
 
 

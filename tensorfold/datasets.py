@@ -20,8 +20,16 @@ from tensorfold.onnxrt.inputs import read_npz
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 _FILES = {
@@ -52,13 +60,9 @@ def load_fashion_mnist(
     images = _read_idx(_find(root, images_name), _IMAGES_MAGIC)
     labels = _read_idx(_find(root, labels_name), _LABELS_MAGIC)
     if images.shape[1:] != (28, 28):
-        raise TensorfoldError(
-            f"{root / images_name}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28"
-        )
+        raise TensorfoldError(f"{root / images_name}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
-        raise TensorfoldError(
-            f"Fashion-MNIST {split} split in {root}: {len(images)} images but {len(labels)} labels"
-        )
+        raise TensorfoldError(f"Fashion-MNIST {split} split in {root}: {len(images)} images but {len(labels)} labels")
     return images, labels.astype(np.int64)
 
 
@@ -72,9 +76,7 @@ def _find(root: Path, name: str) -> Path:
     for candidate in (root / (name + ".gz"), root / name):
         if candidate.is_file():
             return candidate
-    raise TensorfoldError(
-        f"Fashion-MNIST file {name}[.gz] missing from {root} ({_HOW_TO_GET})"
-    )
+    raise TensorfoldError(f"Fashion-MNIST file {name}[.gz] missing from {root} ({_HOW_TO_GET})")
 
 
 def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
@@ -92,14 +94,13 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
         raise TensorfoldError(
-            f"{path}: not an IDX file of the expected kind "
-            f"(magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
+            f"{path}: not an IDX file of the expected kind (magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
         raise TensorfoldError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     count = int(np.prod(shape, dtype=np.int64))
     if len(data) - header != count:
         raise TensorfoldError(
@@ -114,9 +115,14 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
 
 # What a CIFAR-10 python batch may contain besides builtin containers, bytes and numbers: numpy
 # arrays. Any other global in the pickle (a planted os.system, say) is refused, never called.
-_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                  ("numpy._core.multiarray", "scalar")}
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
 
 
 def _restricted_unpickler(fh):
@@ -163,8 +169,9 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     if x_key is None and len(others) == 1:
         x_key = others[0]
     if x_key is None:
-        raise TensorfoldError(f"{path}: no array named x, inputs or images, and not one array besides the labels "
-                              f"(it has {sorted(data)})")
+        raise TensorfoldError(
+            f"{path}: no array named x, inputs or images, and not one array besides the labels (it has {sorted(data)})"
+        )
     y_key = next((k for k in ("y", "labels") if k in data), None)
     x = data[x_key]
     if x.ndim == 0 or len(x) == 0:
@@ -175,8 +182,7 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
         return x, None
     y = data[y_key]
     if y.ndim != 1 or len(y) != len(x):
-        raise TensorfoldError(f"{path}: {y_key} has shape {list(y.shape)}, expected one label per sample "
-                              f"({len(x)})")
+        raise TensorfoldError(f"{path}: {y_key} has shape {list(y.shape)}, expected one label per sample ({len(x)})")
     if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
         raise TensorfoldError(f"{path}: {y_key} must hold integer class labels (it holds {y.dtype})")
     if (y < 0).any():
@@ -190,8 +196,15 @@ class ImageFiles:
     index array decodes those samples, ready for the model (`prepared`); `subset` keeps it lazy.
     Picklable, so DataLoader workers decode ahead of the training step."""
 
-    def __init__(self, files: list[Path], labels: np.ndarray | None, size: tuple[int, int] | None, channels: int,
-                 input_shape: list | None = None, normalize=None):
+    def __init__(
+        self,
+        files: list[Path],
+        labels: np.ndarray | None,
+        size: tuple[int, int] | None,
+        channels: int,
+        input_shape: list | None = None,
+        normalize=None,
+    ):
         self.files, self.labels, self.channels = list(files), labels, channels
         self.size = size if size is not None else decode_image(self.files[0], None, channels).shape[:2]
         self.input_shape, self.normalize = input_shape, normalize
@@ -210,8 +223,14 @@ class ImageFiles:
 
     def subset(self, idx) -> ImageFiles:
         idx = np.asarray(idx)
-        return ImageFiles([self.files[i] for i in idx], self.labels[idx] if self.labels is not None else None,
-                          self.size, self.channels, self.input_shape, self.normalize)
+        return ImageFiles(
+            [self.files[i] for i in idx],
+            self.labels[idx] if self.labels is not None else None,
+            self.size,
+            self.channels,
+            self.input_shape,
+            self.normalize,
+        )
 
     def prepared(self, input_shape: list, normalize=None) -> ImageFiles:
         return ImageFiles(self.files, self.labels, self.size, self.channels, input_shape, normalize)
@@ -243,8 +262,10 @@ def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputA
     as float32."""
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
-        raise TensorfoldError(f"--data {path}: the model takes {len(names)} inputs ({', '.join(names)}); give an "
-                              ".npz with one array per input, named as the inputs")
+        raise TensorfoldError(
+            f"--data {path}: the model takes {len(names)} inputs ({', '.join(names)}); give an "
+            ".npz with one array per input, named as the inputs"
+        )
     data = read_npz(path, "--data")
     missing = [n for n in names if n not in data]
     if missing:
@@ -252,8 +273,10 @@ def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputA
     arrays = [data[n] for n in names]
     counts = {len(a) if a.ndim else 0 for a in arrays}
     if len(counts) != 1 or 0 in counts:
-        raise TensorfoldError(f"{path}: the inputs' arrays must stack the same number of samples "
-                              f"({', '.join(f'{n}: {list(a.shape)}' for n, a in zip(names, arrays))})")
+        raise TensorfoldError(
+            f"{path}: the inputs' arrays must stack the same number of samples "
+            f"({', '.join(f'{n}: {list(a.shape)}' for n, a in zip(names, arrays))})"
+        )
     arrays = [a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32) for a in arrays]
     for n, a in zip(names, arrays):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -283,8 +306,9 @@ def sample_shape(x) -> str:
     return str(list(np.shape(x)[1:]))
 
 
-def load_data(spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3,
-              lazy: bool = False) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
+def load_data(
+    spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3, lazy: bool = False
+) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
     """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
     subfolder or not), or an .npz file. `size`/`channels` apply to image folders; `lazy`: an image
     folder comes back as ImageFiles (decoded per batch) instead of one array.
@@ -342,27 +366,31 @@ def adaptation(x: np.ndarray, input_shape: list) -> str | None:
     return "the samples do not fit the model's input as they are: " + " and ".join(changes)
 
 
-def prepare_inputs(x: np.ndarray, input_shape: list, normalize: tuple[list[float], list[float]] | None = None,
-                   ) -> np.ndarray:
+def prepare_inputs(
+    x: np.ndarray,
+    input_shape: list,
+    normalize: tuple[list[float], list[float]] | None = None,
+) -> np.ndarray:
     """Images -> float32 (N, C, H, W) shaped like the model's input: [0, 1] scaling for uint8 (as
     torchvision's ToTensor), channels repeated or averaged to C, bilinear resize to H x W when the
     model fixes them, then (x - mean) / std if asked. Integer arrays other than uint8 (token ids)
     pass through as int64."""
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
-        return np.ascontiguousarray(x.astype(np.int64))    # token ids, class ids: passed through untouched
+        return np.ascontiguousarray(x.astype(np.int64))  # token ids, class ids: passed through untouched
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32)
     if len(input_shape) != 4:
         return x
     if x.ndim not in (3, 4):
-        raise TensorfoldError(f"the data has shape {list(x.shape[1:])} per sample; the model takes images "
-                              f"{list(input_shape[1:])}")
-    if x.ndim == 3:                                   # (N, H, W) grayscale
+        raise TensorfoldError(
+            f"the data has shape {list(x.shape[1:])} per sample; the model takes images {list(input_shape[1:])}"
+        )
+    if x.ndim == 3:  # (N, H, W) grayscale
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)                   # NHWC -> NCHW
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     c = input_shape[1] if isinstance(input_shape[1], int) and input_shape[1] > 0 else x.shape[1]
     if x.shape[1] != c:
         if x.shape[1] == 1:

@@ -20,7 +20,7 @@ from rich.console import Console
 from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import check_output
 
-DEMO_OUTPUT = Path("results/demo/fmnist_cnn.tucker.onnx")    # out of the way of a checkout's files
+DEMO_OUTPUT = Path("results/demo/fmnist_cnn.tucker.onnx")  # out of the way of a checkout's files
 DEMO_BOUND = 0.02
 
 
@@ -43,50 +43,67 @@ def run_demo(console: Console, output: Path, ratio: float, recover_steps: int) -
     for folder in made:
         folder.mkdir()
     deployed = output.with_name(src.stem + ".deploy.onnx")
-    for path in (output, deployed):     # both outputs checked before any work
+    for path in (output, deployed):  # both outputs checked before any work
         check_output(path)
     progress = sys.stderr.isatty()
     try:
         with tempfile.TemporaryDirectory(prefix="tensorfold-demo-") as tmp:
             samples = Path(tmp, "samples.npz")
             np.savez(samples, x=demo_samples())
-            console.print(f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST\n"
-                          f"1. the fastest model within {DEMO_BOUND:g} held-out output error: --calibration "
-                          f"(64 real images, a quarter held out) --max-output-error {DEMO_BOUND:g} --int8")
+            console.print(
+                f"demo: {src.name}, a 3-conv CNN trained on Fashion-MNIST\n"
+                f"1. the fastest model within {DEMO_BOUND:g} held-out output error: --calibration "
+                f"(64 real images, a quarter held out) --max-output-error {DEMO_BOUND:g} --int8"
+            )
             # both steps' options are checked before either runs: a bad --ratio leaves nothing behind
-            first = OptimizeOptions(calibration=str(samples), max_output_error=DEMO_BOUND, int8=True,
-                                    class_outputs=("logits",), progress=progress)
-            second = OptimizeOptions(method="tucker", ratio=ratio, calibration=str(samples),
-                                     class_outputs=("logits",), progress=progress)
+            first = OptimizeOptions(
+                calibration=str(samples),
+                max_output_error=DEMO_BOUND,
+                int8=True,
+                class_outputs=("logits",),
+                progress=progress,
+            )
+            second = OptimizeOptions(
+                method="tucker", ratio=ratio, calibration=str(samples), class_outputs=("logits",), progress=progress
+            )
             optimize(src, deployed, first).render(console)
             console.print(f"\n2. smaller still: calibrated tucker --ratio {ratio:g}, then recovered by distillation")
             small = optimize(src, output, second)
     except BaseException:
-        for folder in reversed(made):       # a demo that failed leaves nothing behind
+        for folder in reversed(made):  # a demo that failed leaves nothing behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
     v = small.verification
-    console.print(f"tucker x{ratio:g}: {small.before.params:,} -> {small.after.params:,} parameters, held-out output "
-                  f"error {v.max_error:.3f} before recovery; wrote {output}" if v else f"wrote {output}")
+    console.print(
+        f"tucker x{ratio:g}: {small.before.params:,} -> {small.after.params:,} parameters, held-out output "
+        f"error {v.max_error:.3f} before recovery; wrote {output}"
+        if v
+        else f"wrote {output}"
+    )
     if not _accuracy(console, src, {"deployed": deployed, "tucker": output}) or recover_steps <= 0:
         return
     from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
 
     recovered = Path(output).with_name(Path(output).stem + ".rec.onnx")
-    console.print(f"recover: {recover_steps} steps of distillation from the original (Hinton KD + each chain's "
-                  f"output matched to its layer's) ...")
+    console.print(
+        f"recover: {recover_steps} steps of distillation from the original (Hinton KD + each chain's "
+        f"output matched to its layer's) ..."
+    )
     r = recover(output, recovered, teacher_path=src, cfg=RecoverConfig(max_steps=recover_steps), progress=progress)
     test = r["test_accuracy"]
-    console.print(f"Fashion-MNIST test accuracy, recovered: {test['student_after']:.2%} after {r['steps']} steps "
-                  f"({r['seconds']:.0f} s); wrote {recovered}")
+    console.print(
+        f"Fashion-MNIST test accuracy, recovered: {test['student_after']:.2%} after {r['steps']} steps "
+        f"({r['seconds']:.0f} s); wrote {recovered}"
+    )
 
 
 def _accuracy(console: Console, original: Path, models: dict[str, Path]) -> bool:
     """Test-set accuracy of each model, when Debian's dataset-fashion-mnist is installed."""
     try:
         from tensorfold.datasets import load_fashion_mnist, to_model_input
+
         images, labels = load_fashion_mnist(split="test")
     except TensorfoldError as exc:
         console.print(f"(accuracy not measured: {exc})")

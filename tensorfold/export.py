@@ -15,7 +15,15 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path, opset: int = 17)
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), path if hasattr(path, "write") else str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                          do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            path if hasattr(path, "write") else str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            do_constant_folding=True,
+        )
     return path if hasattr(path, "write") else Path(path)

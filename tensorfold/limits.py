@@ -11,7 +11,7 @@ import os
 
 from tensorfold.errors import TensorfoldError
 
-PER_CORE = 4        # threads or worker processes per core a user may ask for
+PER_CORE = 4  # threads or worker processes per core a user may ask for
 
 
 def cores() -> int:
@@ -31,6 +31,8 @@ def check_count(value: int, option: str = "--threads") -> int:
     if value < 0:
         raise TensorfoldError(f"{option} must be >= 0 (got {value})")
     if value > most():
-        raise TensorfoldError(f"{option} {value} is more than this machine can use: at most {most()} "
-                              f"({PER_CORE} per core, {cores()} cores here)")
+        raise TensorfoldError(
+            f"{option} {value} is more than this machine can use: at most {most()} "
+            f"({PER_CORE} per core, {cores()} cores here)"
+        )
     return value

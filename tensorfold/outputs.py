@@ -47,6 +47,7 @@ def guard_inputs(*paths) -> Iterator[None]:
 
 def guarded(*names: str):
     """Decorator: the named arguments (paths, or lists of paths) are inputs for the call's length."""
+
     def wrap(fn):
         signature = inspect.signature(fn)
 
@@ -59,7 +60,9 @@ def guarded(*names: str):
                 given.extend(value if isinstance(value, (list, tuple)) else [value])
             with guard_inputs(*(v for v in given if isinstance(v, (str, os.PathLike)))):
                 return fn(*args, **kwargs)
+
         return inner
+
     return wrap
 
 
@@ -129,8 +132,9 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir", crea
         raise TensorfoldError(f"{option} {path} exists and is not a folder")
     conflict = input_conflict(path)
     if conflict is not None:
-        raise TensorfoldError(f"{option} {path} is or lies inside an input ({conflict}); tensorfold never writes "
-                              "into its inputs")
+        raise TensorfoldError(
+            f"{option} {path} is or lies inside an input ({conflict}); tensorfold never writes into its inputs"
+        )
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise TensorfoldError(f"{option} {path}: {existing} is not a folder")
@@ -243,7 +247,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
 
 # --- folders a command writes several files into -------------------------------------------------
 
-MANIFEST = ".tensorfold.json"       # in an output folder: the names tensorfold wrote there
+MANIFEST = ".tensorfold.json"  # in an output folder: the names tensorfold wrote there
 
 
 class OutputFolder:
@@ -266,7 +270,7 @@ class OutputFolder:
     def __init__(self, path: str | os.PathLike, option: str, names: tuple[str, ...], staged: bool = False):
         self.path, self.option, self.names, self.staged = Path(path), option, tuple(names), staged
         self.made = False
-        self._created: list[str] = []      # names new in this run (removed by failed())
+        self._created: list[str] = []  # names new in this run (removed by failed())
         self._stage: Path | None = None
         self._made_manifest = False
 
@@ -297,11 +301,15 @@ class OutputFolder:
                 continue
             conflict = input_conflict(entry)
             if conflict is not None:
-                raise TensorfoldError(f"{self.option} {self.path} holds an input, {entry}, under a name tensorfold "
-                                      "writes there; give another folder")
+                raise TensorfoldError(
+                    f"{self.option} {self.path} holds an input, {entry}, under a name tensorfold "
+                    "writes there; give another folder"
+                )
             if entry.name not in owned:
-                raise TensorfoldError(f"{self.option} {self.path} holds {entry.name}, which tensorfold did not "
-                                      "write there and would replace; move it or give another folder")
+                raise TensorfoldError(
+                    f"{self.option} {self.path} holds {entry.name}, which tensorfold did not "
+                    "write there and would replace; move it or give another folder"
+                )
         return self
 
     def open(self) -> OutputFolder:
@@ -331,7 +339,7 @@ class OutputFolder:
             raise ValueError(f"{name} is not among the names declared for {self.path}")
         self.open()
         target = self.path / name
-        if target.is_dir() and not target.is_symlink():     # a declared sub-folder (checkpoints, a stage's)
+        if target.is_dir() and not target.is_symlink():  # a declared sub-folder (checkpoints, a stage's)
             conflict = input_conflict(target)
             if conflict is not None:
                 raise TensorfoldError(f"{self.option} {target} is or holds an input ({conflict})")
@@ -369,8 +377,9 @@ class OutputFolder:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
         if gone:
-            write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold",
-                                                     "files": sorted(self.owned() - set(gone))})
+            write_json_atomic(
+                self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(self.owned() - set(gone))}
+            )
 
     def _drop_stage(self) -> None:
         import shutil
@@ -409,7 +418,7 @@ class OutputFolder:
         self._created = []
         if self.made and self.path.is_dir():
             with contextlib.suppress(OSError):
-                self.path.rmdir()       # only when nothing else is in it
+                self.path.rmdir()  # only when nothing else is in it
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[OutputFolder]:
@@ -423,7 +432,7 @@ class OutputFolder:
             self._drop_stage()
 
 
-_LIVE: set[Path] = set()        # temp files and staging folders now being written (see remove_live)
+_LIVE: set[Path] = set()  # temp files and staging folders now being written (see remove_live)
 
 
 def remove_live() -> None:

@@ -30,10 +30,15 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
         model = load_model(path)
         name = model.graph.input[0].name
         stats = model_stats(model, {name: [1, *test[0].shape[1:]]})
-        rows.append({"stage": stage, "model": str(path),
-                     "test_accuracy": evaluate_onnx(model, test[0], test[1], threads=threads),
-                     "params": count_params(model),     # int8 weights count too
-                     "flops": stats.flops})
+        rows.append(
+            {
+                "stage": stage,
+                "model": str(path),
+                "test_accuracy": evaluate_onnx(model, test[0], test[1], threads=threads),
+                "params": count_params(model),  # int8 weights count too
+                "flops": stats.flops,
+            }
+        )
         timed.append((model, {name: test[0][:1]}))
     for row, stats in zip(rows, measure_interleaved(timed, "cpu", threads, warmup=5, rounds=50)):
         row["host_ms"] = stats.median
@@ -41,15 +46,37 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
 
 
 # what a pipeline writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
-OUTPUT_NAMES = ("nas", "nas.onnx", "factorized.onnx", "recovered.onnx", "recovered.onnx.ckpt", "calibration.npz",
-                "recovered.int8.onnx", "*.onnx.data")
+OUTPUT_NAMES = (
+    "nas",
+    "nas.onnx",
+    "factorized.onnx",
+    "recovered.onnx",
+    "recovered.onnx.ckpt",
+    "calibration.npz",
+    "recovered.int8.onnx",
+    "*.onnx.data",
+)
 
 
-def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, data: str = "fashion-mnist",
-                 strategy: str = "evolution", budget_minutes: float = 10.0, device: str | None = None,
-                 final_steps: int | None = None, final_channels: int = 16, method: str = "auto", ratio: float = 2.0,
-                 recover_steps: int = 300, threads: int = 0, seed: int = 0, hardware_aware: bool = True,
-                 progress: bool = True, **nas_options) -> PipelineReport:
+def run_pipeline(
+    *,
+    teacher: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    data: str = "fashion-mnist",
+    strategy: str = "evolution",
+    budget_minutes: float = 10.0,
+    device: str | None = None,
+    final_steps: int | None = None,
+    final_channels: int = 16,
+    method: str = "auto",
+    ratio: float = 2.0,
+    recover_steps: int = 300,
+    threads: int = 0,
+    seed: int = 0,
+    hardware_aware: bool = True,
+    progress: bool = True,
+    **nas_options,
+) -> PipelineReport:
     """hardware_aware: the decomposition keeps a layer's chain only where it is faster on the CPU
     provider, and the model only if it is faster as a whole (see planning/hardware_aware.py)."""
     from tensorfold.graph.io import load_model
@@ -73,14 +100,45 @@ def run_pipeline(*, teacher: str | os.PathLike, output_dir: str | os.PathLike, d
         OutputFolder(folder.path / "nas", "--output-dir", NAS_NAMES).check()
         checkpoint_folder(folder.path / "recovered.onnx.ckpt").check()
         with folder.open().writing():
-            return _run(folder, teacher=teacher, data=data, strategy=strategy, budget_minutes=budget_minutes,
-                        device=device, final_steps=final_steps, final_channels=final_channels, method=method,
-                        ratio=ratio, recover_steps=recover_steps, threads=threads, seed=seed,
-                        hardware_aware=hardware_aware, progress=progress, **nas_options)
+            return _run(
+                folder,
+                teacher=teacher,
+                data=data,
+                strategy=strategy,
+                budget_minutes=budget_minutes,
+                device=device,
+                final_steps=final_steps,
+                final_channels=final_channels,
+                method=method,
+                ratio=ratio,
+                recover_steps=recover_steps,
+                threads=threads,
+                seed=seed,
+                hardware_aware=hardware_aware,
+                progress=progress,
+                **nas_options,
+            )
 
 
-def _run(folder, *, teacher, data, strategy, budget_minutes, device, final_steps, final_channels, method, ratio,
-         recover_steps, threads, seed, hardware_aware, progress, **nas_options) -> PipelineReport:
+def _run(
+    folder,
+    *,
+    teacher,
+    data,
+    strategy,
+    budget_minutes,
+    device,
+    final_steps,
+    final_channels,
+    method,
+    ratio,
+    recover_steps,
+    threads,
+    seed,
+    hardware_aware,
+    progress,
+    **nas_options,
+) -> PipelineReport:
     from tensorfold.api import optimize
     from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.io import load_model
@@ -91,44 +149,89 @@ def _run(folder, *, teacher, data, strategy, budget_minutes, device, final_steps
     from tensorfold.search.nas.run import search_nas
 
     out = folder.path
-    nas = search_nas(strategy=strategy, data=data, budget_minutes=budget_minutes, device=device, threads=threads,
-                     teacher=teacher, output_dir=folder.file("nas"), output=folder.file("nas.onnx"), final_steps=final_steps,
-                     final_channels=final_channels, seed=seed, progress=progress, **nas_options)
+    nas = search_nas(
+        strategy=strategy,
+        data=data,
+        budget_minutes=budget_minutes,
+        device=device,
+        threads=threads,
+        teacher=teacher,
+        output_dir=folder.file("nas"),
+        output=folder.file("nas.onnx"),
+        final_steps=final_steps,
+        final_channels=final_channels,
+        seed=seed,
+        progress=progress,
+        **nas_options,
+    )
     factorized = folder.file("factorized.onnx")
-    opt = optimize(out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed,
-                   hardware_aware=hardware_aware, threads=threads)
+    opt = optimize(
+        out / "nas.onnx",
+        factorized,
+        method=method,
+        ratio=ratio,
+        progress=progress,
+        seed=seed,
+        hardware_aware=hardware_aware,
+        threads=threads,
+    )
     decomposition = f"{method}, ratio {ratio:g}" + (", hardware-aware" if hardware_aware else "")
     notes = []
     if hardware_aware and not opt.layers:
         # a NAS-sized network's layers are too small for a chain to be faster on the CPU: say so,
         # and cut the parameters instead (the stage is then smaller, not faster)
         why = sorted({s.reason for s in opt.skipped if s.reason.startswith("hardware-aware")}) or opt.notes[-1:]
-        notes.append(f"hardware-aware decomposition rewrote no layer ({'; '.join(why)}); fell back to "
-                     f"--ratio {ratio:g} by parameters")
-        opt = optimize(out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed,
-                       threads=threads)
+        notes.append(
+            f"hardware-aware decomposition rewrote no layer ({'; '.join(why)}); fell back to "
+            f"--ratio {ratio:g} by parameters"
+        )
+        opt = optimize(
+            out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed, threads=threads
+        )
         decomposition = f"{method}, ratio {ratio:g}, by parameters"
     recovered = folder.file("recovered.onnx")
     folder.file("recovered.onnx.ckpt")
-    rec = recover(factorized, recovered, teacher_path=out / "nas.onnx", data=data,
-                  cfg=RecoverConfig(max_steps=recover_steps, seed=seed, threads=threads), progress=progress)
+    rec = recover(
+        factorized,
+        recovered,
+        teacher_path=out / "nas.onnx",
+        data=data,
+        cfg=RecoverConfig(max_steps=recover_steps, seed=seed, threads=threads),
+        progress=progress,
+    )
     # int8 on top, calibrated on training images (static QDQ, per channel)
     train_x, _, _ = load_data(data, "train", IMAGE[1:], IMAGE[0])
     calibration = folder.file("calibration.npz")
     with atomic_path(calibration, suffix=".npz") as tmp:
-        np.savez(tmp, **{load_model(recovered).graph.input[0].name:
-                         prepare_inputs(train_x[:256], [1, *IMAGE], None)})
+        np.savez(tmp, **{load_model(recovered).graph.input[0].name: prepare_inputs(train_x[:256], [1, *IMAGE], None)})
     int8 = folder.file("recovered.int8.onnx")
     optimize(recovered, int8, method="none", int8=True, calibration=calibration, progress=progress, seed=seed)
     x, y, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
     test = (prepare_inputs(x, [1, *IMAGE], None), np.asarray(y))
-    stages = _measure_stages([("teacher", Path(teacher)), ("NAS, distilled", out / "nas.onnx"),
-                              (f"decomposed ({decomposition})", factorized), ("recovered", recovered),
-                              ("recovered + int8", int8)], test, threads)
+    stages = _measure_stages(
+        [
+            ("teacher", Path(teacher)),
+            ("NAS, distilled", out / "nas.onnx"),
+            (f"decomposed ({decomposition})", factorized),
+            ("recovered", recovered),
+            ("recovered + int8", int8),
+        ],
+        test,
+        threads,
+    )
     nas_summary = {k: nas[k] for k in ("strategy", "candidates", "proxy", "search_seconds", "chosen")}
-    return PipelineReport({
-        "output_dir": str(out), "stages": stages, "nas": nas_summary,
-        "notes": notes,
-        "optimize": {"layers_rewritten": len(opt.layers), "notes": opt.notes, "latency": opt.latency,
-                     "verification": opt.verification.as_dict() if opt.verification else None},
-        "recover": {k: rec[k] for k in ("steps", "stop", "seconds")}})
+    return PipelineReport(
+        {
+            "output_dir": str(out),
+            "stages": stages,
+            "nas": nas_summary,
+            "notes": notes,
+            "optimize": {
+                "layers_rewritten": len(opt.layers),
+                "notes": opt.notes,
+                "latency": opt.latency,
+                "verification": opt.verification.as_dict() if opt.verification else None,
+            },
+            "recover": {k: rec[k] for k in ("steps", "stop", "seconds")},
+        }
+    )

@@ -23,7 +23,7 @@ _EXIT = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated"
 _handled = threading.Condition()
 _count = {"handled": 0}
 _armed: dict = {}
-_active = {"depth": 0}        # the watchdog acts only inside watching(): a command's run
+_active = {"depth": 0}  # the watchdog acts only inside watching(): a command's run
 
 
 def seen() -> None:

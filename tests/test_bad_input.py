@@ -38,19 +38,22 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "tensorfold" / "data" / "fmnist_cnn.onnx"      # 1x1x28x28 -> 10 classes
+DEMO = ROOT / "tensorfold" / "data" / "fmnist_cnn.onnx"  # 1x1x28x28 -> 10 classes
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TIMEOUT = 120                 # seconds, per CLI run
-MAX_LINES = 6                 # non-empty lines of stdout + stderr a user mistake may print
+TIMEOUT = 120  # seconds, per CLI run
+MAX_LINES = 6  # non-empty lines of stdout + stderr a user mistake may print
 MAX_CHARS = 1500
 
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-not_root = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                              reason="root ignores folder permissions")
+not_root = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
 
 # The demo model's factorizable layers, as `tensorfold search ranks` records them in a config.
-LAYERS = {"/features/features.0/Conv": "Conv 32x1x3x3", "/features/features.4/Conv": "Conv 64x32x3x3",
-          "/features/features.8/Conv": "Conv 128x64x3x3", "/classifier/Gemm": "Gemm 1152x10"}
+LAYERS = {
+    "/features/features.0/Conv": "Conv 32x1x3x3",
+    "/features/features.4/Conv": "Conv 64x32x3x3",
+    "/features/features.8/Conv": "Conv 128x64x3x3",
+    "/classifier/Gemm": "Gemm 1152x10",
+}
 
 
 def _config(plan: dict[str, str]) -> str:
@@ -61,11 +64,13 @@ def _config(plan: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GOOD_CONFIG = _config({"/features/features.8/Conv": "{method: tucker, ranks: [32, 24]}",
-                       "/classifier/Gemm": "{method: svd, ranks: [4]}"})
+GOOD_CONFIG = _config(
+    {"/features/features.8/Conv": "{method: tucker, ranks: [32, 24]}", "/classifier/Gemm": "{method: svd, ranks: [4]}"}
+)
 
 
 # --- the folder every case starts in -------------------------------------------------------------
+
 
 def make_workspace(folder: Path) -> None:
     """model.onnx, teacher.onnx (copies of the demo), inputs and data files, a valid config."""
@@ -81,19 +86,24 @@ def make_workspace(folder: Path) -> None:
     np.savez(folder / "nan.npz", x=nan)
     np.savez(folder / "empty.npz", x=np.zeros((0, 1, 28, 28), np.float32))
     np.savez(folder / "calib.npz", x=rng.random((16, 1, 28, 28), dtype=np.float32))
-    np.savez(folder / "train.npz", x=rng.random((64, 1, 28, 28), dtype=np.float32),
-             y=rng.integers(0, 10, 64).astype(np.int64))
+    np.savez(
+        folder / "train.npz",
+        x=rng.random((64, 1, 28, 28), dtype=np.float32),
+        y=rng.integers(0, 10, 64).astype(np.int64),
+    )
     np.save(folder / "train.npy", rng.random((64, 1, 28, 28), dtype=np.float32))
     (folder / "config.yaml").write_text(GOOD_CONFIG)
 
 
 # --- extra preparation for single cases (run in the case's folder, before the snapshot) ---------
 
+
 def _write(name: str, content: bytes | str) -> Callable[[Path], None]:
     def prep(folder: Path) -> None:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
+
     return prep
 
 
@@ -113,6 +123,7 @@ def _symlink_in(folder: str, name: str, target: str) -> Callable[[Path], None]:
     def prep(root: Path) -> None:
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / name).symlink_to(target)
+
     return prep
 
 
@@ -122,19 +133,25 @@ def _read_only_folder(folder: Path) -> None:
 
 
 GARBAGE = bytes(range(256)) * 40
-MANY = "1000000"            # threads, workers: far past what any machine can use
-SEED_2_32 = str(2**32)      # numpy and torch seeds are 32-bit
-GENOTYPE = json.dumps({"genotype": {"normal": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [["skip_connect", 0],
-                                                                                          ["sep_conv_3x3", 2]]],
-                                    "reduce": [[["avg_pool_3x3", 0], ["max_pool_3x3", 1]], [["skip_connect", 0],
-                                                                                          ["avg_pool_3x3", 2]]]}})
+MANY = "1000000"  # threads, workers: far past what any machine can use
+SEED_2_32 = str(2**32)  # numpy and torch seeds are 32-bit
+GENOTYPE = json.dumps(
+    {
+        "genotype": {
+            "normal": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [["skip_connect", 0], ["sep_conv_3x3", 2]]],
+            "reduce": [[["avg_pool_3x3", 0], ["max_pool_3x3", 1]], [["skip_connect", 0], ["avg_pool_3x3", 2]]],
+        }
+    }
+)
 
 
 def _own(folder: str, *names: str) -> Callable[[Path], None]:
     """Files in `folder` as tensorfold lists what it wrote there (outputs.MANIFEST)."""
+
     def prep(root: Path) -> None:
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / ".tensorfold.json").write_text(json.dumps({"written_by": "tensorfold", "files": list(names)}))
+
     return prep
 
 
@@ -142,6 +159,7 @@ def _all(*preps: Callable[[Path], None]) -> Callable[[Path], None]:
     def prep(folder: Path) -> None:
         for p in preps:
             p(folder)
+
     return prep
 
 
@@ -149,17 +167,20 @@ def _copy(src: str, dst: str) -> Callable[[Path], None]:
     def prep(folder: Path) -> None:
         (folder / dst).parent.mkdir(parents=True, exist_ok=True)
         (folder / dst).write_bytes((folder / src).read_bytes())
+
     return prep
 
 
 def _model_edit(name: str, edit: Callable) -> Callable[[Path], None]:
     """A copy of the demo model, changed by `edit(model)` (onnx, not tensorfold)."""
+
     def prep(folder: Path) -> None:
         import onnx
 
         model = onnx.load(str(DEMO))
         edit(model)
         (folder / name).write_bytes(model.SerializeToString())
+
     return prep
 
 
@@ -191,8 +212,12 @@ def _png_header(name: str, width: int, height: int) -> Callable[[Path], None]:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return _write(name, png)
 
 
@@ -204,6 +229,7 @@ def _images(folder: str, count: int) -> Callable[[Path], None]:
         rng = np.random.default_rng(0)
         for k in range(count):
             Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / folder / f"{k:03d}.png")
+
     return prep
 
 
@@ -211,11 +237,13 @@ def _truncated(name: str, src: str) -> Callable[[Path], None]:
     def prep(folder: Path) -> None:
         data = (folder / src).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
+
     return prep
 
 
 def _truncated_zip(name: str) -> Callable[[Path], None]:
     """The first half of a zip archive, as torch.save writes checkpoints: a write cut short."""
+
     def prep(folder: Path) -> None:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +252,7 @@ def _truncated_zip(name: str) -> Callable[[Path], None]:
             z.writestr("archive/data/0", b"\0" * 4096)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+
     return prep
 
 
@@ -232,10 +261,10 @@ class Case:
     args: tuple[str, ...]
     prep: Callable[[Path], None] | None = None
     code: int = 2
-    allow_new: tuple[str, ...] = ()        # glob patterns (relative paths) the case may leave behind
-    max_seconds: float | None = None       # "fails before any work": refused within this time
-    outside: tuple[str, ...] = ()          # absolute files outside the folder that must stay unchanged
-    says: str | None = None                # the error line names the culprit (case-insensitive)
+    allow_new: tuple[str, ...] = ()  # glob patterns (relative paths) the case may leave behind
+    max_seconds: float | None = None  # "fails before any work": refused within this time
+    outside: tuple[str, ...] = ()  # absolute files outside the folder that must stay unchanged
+    says: str | None = None  # the error line names the culprit (case-insensitive)
 
 
 def case(id_: str, *args: str, marks=(), **kw) -> pytest.param:
@@ -255,8 +284,23 @@ def case(id_: str, *args: str, marks=(), **kw) -> pytest.param:
 # TENSORFOLD_TEST_FRESH=1 runs every case as `python -m tensorfold.cli ...` in a new interpreter
 # instead (minutes; the reference behaviour).
 
-PRELOAD = ("numpy", "onnx", "torch", "torch._dynamo", "optuna", "sqlalchemy", "scipy.linalg", "scipy.optimize",
-           "tensorly", "yaml", "tqdm", "PIL.Image", "click", "rich.console", "rich.table")
+PRELOAD = (
+    "numpy",
+    "onnx",
+    "torch",
+    "torch._dynamo",
+    "optuna",
+    "sqlalchemy",
+    "scipy.linalg",
+    "scipy.optimize",
+    "tensorly",
+    "yaml",
+    "tqdm",
+    "PIL.Image",
+    "click",
+    "rich.console",
+    "rich.table",
+)
 
 ZYGOTE = r"""
 import atexit, importlib, json, os, signal, sys, threading, traceback
@@ -376,8 +420,9 @@ class Running:
                 os.killpg(self.pid, signal.SIGKILL)
             self.returncode = self._waiter(None)
             pytest.fail(f"still running after {timeout} s; stderr:\n    {_tail(self.stderr())}")
-        return Result(self.returncode, self._out.read_text(errors="replace"), self.stderr(),
-                      time.perf_counter() - self.start)
+        return Result(
+            self.returncode, self._out.read_text(errors="replace"), self.stderr(), time.perf_counter() - self.start
+        )
 
     def stderr(self) -> str:
         return self._err.read_text(errors="replace") if self._err.exists() else ""
@@ -389,11 +434,17 @@ class Launcher:
     def __init__(self, logs: Path, pycache: Path):
         self.logs, self.pycache, self.count, self.zygote = logs, pycache, 0, None
         if os.environ.get("TENSORFOLD_TEST_FRESH") != "1" and hasattr(os, "fork"):
-            self.zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, ",".join(PRELOAD), str(pycache)],
-                                           env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                           bufsize=1, cwd=logs)
+            self.zygote = subprocess.Popen(
+                [sys.executable, "-c", ZYGOTE, ",".join(PRELOAD), str(pycache)],
+                env=cli_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                cwd=logs,
+            )
             hello = self._read(120)
-            if not (hello and hello.get("ready")):     # threads after the imports: forking is not safe
+            if not (hello and hello.get("ready")):  # threads after the imports: forking is not safe
                 self.close()
 
     def _read(self, timeout: float | None) -> dict | None:
@@ -409,22 +460,32 @@ class Launcher:
         out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
         if self.zygote is None:
             with open(out, "w") as fo, open(err, "w") as fe:
-                proc = subprocess.Popen(cli(*args), cwd=folder, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
-                                        env=cli_env(), start_new_session=True)
+                proc = subprocess.Popen(
+                    cli(*args),
+                    cwd=folder,
+                    stdout=fo,
+                    stderr=fe,
+                    stdin=subprocess.DEVNULL,
+                    env=cli_env(),
+                    start_new_session=True,
+                )
 
             def waiter(timeout):
                 try:
                     return proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     return None
+
             return Running(proc.pid, out, err, waiter)
-        self.zygote.stdin.write(json.dumps({"cwd": str(folder), "args": list(args), "out": str(out),
-                                            "err": str(err)}) + "\n")
+        self.zygote.stdin.write(
+            json.dumps({"cwd": str(folder), "args": list(args), "out": str(out), "err": str(err)}) + "\n"
+        )
         pid = self._read(None)["pid"]
 
         def waiter(timeout):
             reply = self._read(timeout)
             return None if reply is None else reply["status"]
+
         return Running(pid, out, err, waiter)
 
     def close(self) -> None:
@@ -449,6 +510,7 @@ def _tail(text, n: int = 3) -> str:
 
 
 # --- checking ------------------------------------------------------------------------------------
+
 
 def snapshot(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of a file, 'dir', or 'link -> target'; folders recursed."""
@@ -521,49 +583,72 @@ def check_user_error(launcher: Launcher, folder: Path, c: Case) -> None:
         problems.append(f"new files left: {[p for p in new if p not in temps]}")
     if c.max_seconds is not None and seconds > c.max_seconds:
         problems.append(f"took {seconds:.1f} s, expected to be refused within {c.max_seconds:g} s")
-    assert not problems, (f"tensorfold {' '.join(c.args)}\n  " + "\n  ".join(problems)
-                          + f"\n  exit {proc.returncode}; stderr tail:\n    {_tail(proc.stderr)}"
-                          + (f"\n  stdout tail:\n    {_tail(proc.stdout)}" if proc.stdout.strip() else ""))
+    assert not problems, (
+        f"tensorfold {' '.join(c.args)}\n  "
+        + "\n  ".join(problems)
+        + f"\n  exit {proc.returncode}; stderr tail:\n    {_tail(proc.stderr)}"
+        + (f"\n  stdout tail:\n    {_tail(proc.stdout)}" if proc.stdout.strip() else "")
+    )
 
 
 # --- optimize ------------------------------------------------------------------------------------
 
 OPT = ("optimize", "model.onnx")
-FAST = ("--method", "tucker", "--rank", "4")        # cheap enough when the bad value slips through
+FAST = ("--method", "tucker", "--rank", "4")  # cheap enough when the bad value slips through
 
 OPTIMIZE = [
     case("o-is-model", *OPT, "-o", "model.onnx", says="model.onnx"),
     case("o-is-model-other-spelling", *OPT, "-o", "./sub/../model.onnx", prep=_mkdir("sub"), says="model.onnx"),
-    case("o-is-symlink-to-model", *OPT, "-o", "link.onnx", prep=_symlink("link.onnx", "model.onnx"),
-         says="link.onnx"),
+    case("o-is-symlink-to-model", *OPT, "-o", "link.onnx", prep=_symlink("link.onnx", "model.onnx"), says="link.onnx"),
     case("o-is-inputs", *OPT, "-o", "inputs.npz", "--inputs", "inputs.npz", says="inputs.npz"),
     case("o-is-config", *OPT, "-o", "config.yaml", "--config", "config.yaml", says="config.yaml"),
     case("o-is-calibration", *OPT, "-o", "calib.npz", "--calibration", "calib.npz", *FAST, says="calib.npz"),
     case("o-is-folder", *OPT, "-o", "outdir", prep=_mkdir("outdir"), says="outdir"),
     case("o-in-missing-folder", *OPT, "-o", "nowhere/out.onnx", *FAST, says="nowhere"),
-    case("o-in-read-only-folder", *OPT, "-o", "ro/out.onnx", *FAST, prep=_read_only_folder, marks=not_root,
-         says="ro/"),
+    case("o-in-read-only-folder", *OPT, "-o", "ro/out.onnx", *FAST, prep=_read_only_folder, marks=not_root, says="ro/"),
     # as root, folder permissions do not apply: /proc and /sys refuse new files whoever asks
     case("o-is-proc-version", *OPT, "-o", "/proc/version", *FAST, outside=("/proc/version",), says="/proc/"),
     case("o-in-proc", *OPT, "-o", "/proc/tensorfold-test.onnx", *FAST, says="/proc/"),
     case("o-in-sysfs", *OPT, "-o", "/sys/kernel/tensorfold-test.onnx", *FAST, says="/sys/kernel/"),
-    case("model-garbage", "optimize", "garbage.onnx", "-o", "out.onnx", prep=_write("garbage.onnx", GARBAGE),
-         says="garbage.onnx"),
-    case("model-empty", "optimize", "empty.onnx", "-o", "out.onnx", prep=_write("empty.onnx", b""),
-         says="empty.onnx"),
+    case(
+        "model-garbage",
+        "optimize",
+        "garbage.onnx",
+        "-o",
+        "out.onnx",
+        prep=_write("garbage.onnx", GARBAGE),
+        says="garbage.onnx",
+    ),
+    case("model-empty", "optimize", "empty.onnx", "-o", "out.onnx", prep=_write("empty.onnx", b""), says="empty.onnx"),
     case("model-missing", "optimize", "missing.onnx", "-o", "out.onnx", says="missing.onnx"),
     case("model-is-folder", "optimize", "adir", "-o", "out.onnx", prep=_mkdir("adir"), says="adir"),
     case("inputs-npy", *OPT, "-o", "out.onnx", "--inputs", "inputs.npy", *FAST, says="inputs.npy"),
     case("inputs-nan", *OPT, "-o", "out.onnx", "--inputs", "nan.npz", *FAST, says="nan.npz"),
     case("inputs-zero-samples", *OPT, "-o", "out.onnx", "--inputs", "empty.npz", *FAST, says="empty.npz"),
-    case("inputs-wrong-shape", *OPT, "-o", "out.onnx", "--inputs", "wrong.npz", *FAST,
-         prep=_npz("wrong.npz", x=np.zeros((2, 3, 32, 32), np.float32))),
-    case("inputs-garbage", *OPT, "-o", "out.onnx", "--inputs", "garbage.npz", *FAST,
-         prep=_write("garbage.npz", GARBAGE), says="garbage.npz"),
+    case(
+        "inputs-wrong-shape",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--inputs",
+        "wrong.npz",
+        *FAST,
+        prep=_npz("wrong.npz", x=np.zeros((2, 3, 32, 32), np.float32)),
+    ),
+    case(
+        "inputs-garbage",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--inputs",
+        "garbage.npz",
+        *FAST,
+        prep=_write("garbage.npz", GARBAGE),
+        says="garbage.npz",
+    ),
     case("inputs-is-folder", *OPT, "-o", "out.onnx", "--inputs", "adir", *FAST, prep=_mkdir("adir"), says="adir"),
     case("calibration-nan", *OPT, "-o", "out.onnx", "--calibration", "nan.npz", *FAST, says="nan.npz"),
-    case("calibration-zero-samples", *OPT, "-o", "out.onnx", "--calibration", "empty.npz", *FAST,
-         says="empty.npz"),
+    case("calibration-zero-samples", *OPT, "-o", "out.onnx", "--calibration", "empty.npz", *FAST, says="empty.npz"),
     case("rank-negative", *OPT, "-o", "out.onnx", "--rank", "-3", says="--rank"),
     case("rank-zero", *OPT, "-o", "out.onnx", "--rank", "0", says="--rank"),
     case("ratio-below-1", *OPT, "-o", "out.onnx", "--ratio", "0.5", says="--ratio"),
@@ -571,35 +656,117 @@ OPTIMIZE = [
     case("energy-above-1", *OPT, "-o", "out.onnx", "--energy", "1.5", says="--energy"),
     case("energy-zero", *OPT, "-o", "out.onnx", "--energy", "0", says="--energy"),
     case("threads-negative", *OPT, "-o", "out.onnx", *FAST, "--threads", "-1", says="--threads"),
-    case("threads-negative-hardware-aware", *OPT, "-o", "out.onnx", *FAST, "--hardware-aware", "--threads", "-1",
-         says="--threads"),
+    case(
+        "threads-negative-hardware-aware",
+        *OPT,
+        "-o",
+        "out.onnx",
+        *FAST,
+        "--hardware-aware",
+        "--threads",
+        "-1",
+        says="--threads",
+    ),
     case("seed-negative", *OPT, "-o", "out.onnx", *FAST, "--seed", "-1", says="--seed"),
-    case("holdout-above-1", *OPT, "-o", "out.onnx", "--calibration", "calib.npz", "--holdout", "1.5",
-         says="--holdout"),
-    case("config-rank-list-wrong-length", *OPT, "-o", "out.onnx", "--config", "bad.yaml",
-         prep=_write("bad.yaml", _config({"/features/features.4/Conv": "{method: tucker, ranks: [3]}"})),
-         says="bad.yaml"),
-    case("config-rank-list-too-long", *OPT, "-o", "out.onnx", "--config", "bad.yaml",
-         prep=_write("bad.yaml", _config({"/classifier/Gemm": "{method: svd, ranks: [3, 4, 5]}"})), says="bad.yaml"),
-    case("config-ranks-strings", *OPT, "-o", "out.onnx", "--config", "bad.yaml",
-         prep=_write("bad.yaml", _config({"/features/features.4/Conv": "{method: tucker, ranks: [a, b]}"})),
-         says="bad.yaml"),
-    case("config-garbage", *OPT, "-o", "out.onnx", "--config", "bad.yaml", prep=_write("bad.yaml", GARBAGE),
-         says="bad.yaml"),
+    case("holdout-above-1", *OPT, "-o", "out.onnx", "--calibration", "calib.npz", "--holdout", "1.5", says="--holdout"),
+    case(
+        "config-rank-list-wrong-length",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--config",
+        "bad.yaml",
+        prep=_write("bad.yaml", _config({"/features/features.4/Conv": "{method: tucker, ranks: [3]}"})),
+        says="bad.yaml",
+    ),
+    case(
+        "config-rank-list-too-long",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--config",
+        "bad.yaml",
+        prep=_write("bad.yaml", _config({"/classifier/Gemm": "{method: svd, ranks: [3, 4, 5]}"})),
+        says="bad.yaml",
+    ),
+    case(
+        "config-ranks-strings",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--config",
+        "bad.yaml",
+        prep=_write("bad.yaml", _config({"/features/features.4/Conv": "{method: tucker, ranks: [a, b]}"})),
+        says="bad.yaml",
+    ),
+    case(
+        "config-garbage",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--config",
+        "bad.yaml",
+        prep=_write("bad.yaml", GARBAGE),
+        says="bad.yaml",
+    ),
     case("config-missing", *OPT, "-o", "out.onnx", "--config", "missing.yaml", says="missing.yaml"),
     case("o-trailing-slash", *OPT, "-o", "newdir/", *FAST, says="newdir/"),
     case("threads-million", *OPT, "-o", "out.onnx", *FAST, "--threads", MANY, max_seconds=30, says="--threads"),
-    case("threads-million-hardware-aware", *OPT, "-o", "out.onnx", *FAST, "--hardware-aware", "--threads", MANY,
-         max_seconds=30, says="--threads"),
+    case(
+        "threads-million-hardware-aware",
+        *OPT,
+        "-o",
+        "out.onnx",
+        *FAST,
+        "--hardware-aware",
+        "--threads",
+        MANY,
+        max_seconds=30,
+        says="--threads",
+    ),
     case("seed-2-32", *OPT, "-o", "out.onnx", *FAST, "--seed", SEED_2_32, says="--seed"),
-    case("calibration-overflows-float32", *OPT, "-o", "out.onnx", "--calibration", "big.npz", *FAST,
-         prep=_npz("big.npz", x=np.full((8, 1, 28, 28), 1e300)), says="big.npz"),
-    case("calibration-truncated-npz", *OPT, "-o", "out.onnx", "--calibration", "cut.npz", *FAST,
-         prep=_truncated("cut.npz", "calib.npz"), says="cut.npz"),
-    case("model-weight-short-of-its-dims", "optimize", "bad.onnx", "-o", "out.onnx", *FAST,
-         prep=_model_edit("bad.onnx", _short_weight), says="bad.onnx"),
-    case("model-attribute-without-type", "optimize", "bad.onnx", "-o", "out.onnx", *FAST,
-         prep=_model_edit("bad.onnx", _attr_without_type), says="bad.onnx"),
+    case(
+        "calibration-overflows-float32",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--calibration",
+        "big.npz",
+        *FAST,
+        prep=_npz("big.npz", x=np.full((8, 1, 28, 28), 1e300)),
+        says="big.npz",
+    ),
+    case(
+        "calibration-truncated-npz",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--calibration",
+        "cut.npz",
+        *FAST,
+        prep=_truncated("cut.npz", "calib.npz"),
+        says="cut.npz",
+    ),
+    case(
+        "model-weight-short-of-its-dims",
+        "optimize",
+        "bad.onnx",
+        "-o",
+        "out.onnx",
+        *FAST,
+        prep=_model_edit("bad.onnx", _short_weight),
+        says="bad.onnx",
+    ),
+    case(
+        "model-attribute-without-type",
+        "optimize",
+        "bad.onnx",
+        "-o",
+        "out.onnx",
+        *FAST,
+        prep=_model_edit("bad.onnx", _attr_without_type),
+        says="bad.onnx",
+    ),
 ]
 
 
@@ -618,8 +785,14 @@ VER = ("verify", "model.onnx", "teacher.onnx")
 
 VERIFY = [
     case("candidate-missing", "verify", "model.onnx", "missing.onnx", says="missing.onnx"),
-    case("reference-garbage", "verify", "garbage.onnx", "model.onnx", prep=_write("garbage.onnx", GARBAGE),
-         says="garbage.onnx"),
+    case(
+        "reference-garbage",
+        "verify",
+        "garbage.onnx",
+        "model.onnx",
+        prep=_write("garbage.onnx", GARBAGE),
+        says="garbage.onnx",
+    ),
     case("inputs-nan", *VER, "--inputs", "nan.npz", says="nan.npz"),
     case("inputs-zero-samples", *VER, "--inputs", "empty.npz", says="empty.npz"),
     case("inputs-npy", *VER, "--inputs", "inputs.npy", says="inputs.npy"),
@@ -639,10 +812,20 @@ INSPECT = [
     case("calibration-nan", "inspect", "model.onnx", "--calibration", "nan.npz", says="nan.npz"),
     case("shape-unknown-input", "inspect", "model.onnx", "--shape", "other:1,2", says="--shape"),
     case("model-ir-version-99", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _ir_99), says="IR version"),
-    case("model-attribute-without-type", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _attr_without_type),
-         says="bad.onnx"),
-    case("model-weight-short-of-its-dims", "inspect", "bad.onnx", prep=_model_edit("bad.onnx", _short_weight),
-         says="bad.onnx"),
+    case(
+        "model-attribute-without-type",
+        "inspect",
+        "bad.onnx",
+        prep=_model_edit("bad.onnx", _attr_without_type),
+        says="bad.onnx",
+    ),
+    case(
+        "model-weight-short-of-its-dims",
+        "inspect",
+        "bad.onnx",
+        prep=_model_edit("bad.onnx", _short_weight),
+        says="bad.onnx",
+    ),
 ]
 
 
@@ -683,8 +866,19 @@ RECOVER = [
     case("o-is-teacher", *REC, "-o", "teacher.onnx", "--teacher", "teacher.onnx", *SMALL, says="teacher.onnx"),
     case("o-is-data", *REC, "-o", "train.npz", *SMALL, says="train.npz"),
     # refused before training: training makes OUT.ckpt/ first, so no new folder may appear
-    case("o-is-folder", *REC, "-o", "outdir", "--data", "train.npz", "--epochs", "50", prep=_mkdir("outdir"),
-         max_seconds=30, says="outdir"),
+    case(
+        "o-is-folder",
+        *REC,
+        "-o",
+        "outdir",
+        "--data",
+        "train.npz",
+        "--epochs",
+        "50",
+        prep=_mkdir("outdir"),
+        max_seconds=30,
+        says="outdir",
+    ),
     case("o-in-missing-folder", *REC, "-o", "nowhere/out.onnx", *SMALL, max_seconds=30, says="nowhere"),
     case("lr-nan", *REC, "-o", "out.onnx", "--lr", "nan", *SMALL, says="--lr"),
     case("lr-inf", *REC, "-o", "out.onnx", "--lr", "inf", *SMALL, says="--lr"),
@@ -692,65 +886,269 @@ RECOVER = [
     case("batch-size-zero", *REC, "-o", "out.onnx", "--batch-size", "0", *SMALL, says="--batch-size"),
     case("generations-zero", *REC, "-o", "out.onnx", "--generations", "0", *SMALL, says="--generations"),
     case("normalize-not-numbers", *REC, "-o", "out.onnx", "--normalize", "a,b", *SMALL, says="--normalize"),
-    case("teacher-weights-not-numbers", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--teacher-weights",
-         "a,b", *SMALL, says="--teacher-weights"),
-    case("teacher-weights-count-mismatch", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx",
-         "--teacher-weights", "0.7,0.3", *SMALL, says="--teacher-weights"),
-    case("data-x-y-lengths-differ", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "xy.npz",
-         prep=_npz("xy.npz", x=X64, y=np.zeros(50, np.int64)), says="xy.npz"),
-    case("labels-out-of-range", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "y57.npz",
-         prep=_npz("y57.npz", x=X64, y=np.full(64, 57, np.int64)), says="57"),
-    case("labels-negative", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "yneg.npz",
-         prep=_npz("yneg.npz", x=X64, y=np.full(64, -1, np.int64)), says="yneg.npz"),
+    case(
+        "teacher-weights-not-numbers",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--teacher-weights",
+        "a,b",
+        *SMALL,
+        says="--teacher-weights",
+    ),
+    case(
+        "teacher-weights-count-mismatch",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--teacher-weights",
+        "0.7,0.3",
+        *SMALL,
+        says="--teacher-weights",
+    ),
+    case(
+        "data-x-y-lengths-differ",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--max-steps",
+        "2",
+        "--data",
+        "xy.npz",
+        prep=_npz("xy.npz", x=X64, y=np.zeros(50, np.int64)),
+        says="xy.npz",
+    ),
+    case(
+        "labels-out-of-range",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--max-steps",
+        "2",
+        "--data",
+        "y57.npz",
+        prep=_npz("y57.npz", x=X64, y=np.full(64, 57, np.int64)),
+        says="57",
+    ),
+    case(
+        "labels-negative",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--max-steps",
+        "2",
+        "--data",
+        "yneg.npz",
+        prep=_npz("yneg.npz", x=X64, y=np.full(64, -1, np.int64)),
+        says="yneg.npz",
+    ),
     case("data-npy", *REC, "-o", "out.onnx", "--data", "train.npy", "--max-steps", "2", says="train.npy"),
-    case("data-zero-samples", *REC, "-o", "out.onnx", "--data", "empty.npz", "--teacher", "teacher.onnx",
-         "--max-steps", "2", says="empty.npz"),
-    case("data-nan", *REC, "-o", "out.onnx", "--data", "nan.npz", "--teacher", "teacher.onnx", "--max-steps", "2",
-         says="nan.npz"),
-    case("data-garbage", *REC, "-o", "out.onnx", "--data", "garbage.npz", "--max-steps", "2",
-         prep=_write("garbage.npz", GARBAGE), says="garbage.npz"),
-    case("resume-torn-checkpoint", *REC, "-o", "out.onnx", *SMALL, "--resume",
-         prep=_write("out.onnx.ckpt/last.pt", GARBAGE), says="last.pt"),
-    case("resume-truncated-checkpoint", *REC, "-o", "out.onnx", *SMALL, "--resume",
-         prep=_truncated_zip("out.onnx.ckpt/last.pt"), says="last.pt"),
+    case(
+        "data-zero-samples",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--data",
+        "empty.npz",
+        "--teacher",
+        "teacher.onnx",
+        "--max-steps",
+        "2",
+        says="empty.npz",
+    ),
+    case(
+        "data-nan",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--data",
+        "nan.npz",
+        "--teacher",
+        "teacher.onnx",
+        "--max-steps",
+        "2",
+        says="nan.npz",
+    ),
+    case(
+        "data-garbage",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--data",
+        "garbage.npz",
+        "--max-steps",
+        "2",
+        prep=_write("garbage.npz", GARBAGE),
+        says="garbage.npz",
+    ),
+    case(
+        "resume-torn-checkpoint",
+        *REC,
+        "-o",
+        "out.onnx",
+        *SMALL,
+        "--resume",
+        prep=_write("out.onnx.ckpt/last.pt", GARBAGE),
+        says="last.pt",
+    ),
+    case(
+        "resume-truncated-checkpoint",
+        *REC,
+        "-o",
+        "out.onnx",
+        *SMALL,
+        "--resume",
+        prep=_truncated_zip("out.onnx.ckpt/last.pt"),
+        says="last.pt",
+    ),
     case("resume-no-checkpoint", *REC, "-o", "out.onnx", *SMALL, "--resume", says="--resume"),
-    case("max-steps-negative", *REC, "-o", "out.onnx", "--data", "train.npz", "--max-steps", "-1",
-         says="--max-steps"),
+    case("max-steps-negative", *REC, "-o", "out.onnx", "--data", "train.npz", "--max-steps", "-1", says="--max-steps"),
     case("teacher-missing", *REC, "-o", "out.onnx", "--teacher", "missing.onnx", *SMALL, says="missing.onnx"),
     case("peer-missing", *REC, "-o", "out.onnx", "--peer", "missing.onnx", *SMALL, says="missing.onnx"),
-    case("model-garbage", "recover", "garbage.onnx", "-o", "out.onnx", *SMALL, prep=_write("garbage.onnx", GARBAGE),
-         says="garbage.onnx"),
+    case(
+        "model-garbage",
+        "recover",
+        "garbage.onnx",
+        "-o",
+        "out.onnx",
+        *SMALL,
+        prep=_write("garbage.onnx", GARBAGE),
+        says="garbage.onnx",
+    ),
     case("o-trailing-slash", *REC, "-o", "newdir/", *SMALL, says="newdir/"),
     case("threads-million", *REC, "-o", "out.onnx", *SMALL, "--threads", MANY, max_seconds=30, says="--threads"),
     case("workers-100000", *REC, "-o", "out.onnx", *SMALL, "--workers", "100000", max_seconds=30, says="--workers"),
     case("seed-2-32", *REC, "-o", "out.onnx", *SMALL, "--seed", SEED_2_32, says="--seed"),
     case("normalize-zero-std", *REC, "-o", "out.onnx", "--normalize", "0.5,0", *SMALL, says="--normalize"),
-    case("data-object-array", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "obj.npz",
-         prep=_npz("obj.npz", x=np.array([{"a": 1}] * 4, dtype=object)), says="obj.npz"),
-    case("data-truncated-npz", *REC, "-o", "out.onnx", "--max-steps", "2", "--data", "cut.npz",
-         prep=_truncated("cut.npz", "train.npz"), says="cut.npz"),
-    case("data-image-decompression-bomb", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "2",
-         "--workers", "0", "--data", "imgs", prep=_png_header("imgs/bomb.png", 20000, 20000), says="bomb.png"),
-    case("data-image-links-outside", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "2",
-         "--workers", "0", "--data", "imgs", prep=_all(_png_header("elsewhere/a.png", 28, 28),
-                                                        _symlink_in("imgs", "a.png", "../elsewhere/a.png")),
-         says="outside"),
+    case(
+        "data-object-array",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--max-steps",
+        "2",
+        "--data",
+        "obj.npz",
+        prep=_npz("obj.npz", x=np.array([{"a": 1}] * 4, dtype=object)),
+        says="obj.npz",
+    ),
+    case(
+        "data-truncated-npz",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--max-steps",
+        "2",
+        "--data",
+        "cut.npz",
+        prep=_truncated("cut.npz", "train.npz"),
+        says="cut.npz",
+    ),
+    case(
+        "data-image-decompression-bomb",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+        "--data",
+        "imgs",
+        prep=_png_header("imgs/bomb.png", 20000, 20000),
+        says="bomb.png",
+    ),
+    case(
+        "data-image-links-outside",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+        "--data",
+        "imgs",
+        prep=_all(_png_header("elsewhere/a.png", 28, 28), _symlink_in("imgs", "a.png", "../elsewhere/a.png")),
+        says="outside",
+    ),
     # one image that cannot be read among good ones: the run stops, leaving no checkpoint behind
-    case("data-bad-image-mid-run", *REC, "-o", "out.onnx", "--teacher", "teacher.onnx", "--max-steps", "20",
-         "--batch-size", "4", "--workers", "0", "--data", "imgs",
-         prep=_all(_images("imgs", 40), _write("imgs/zzz.png", GARBAGE)), says="zzz.png"),
-    case("teacher-other-input-shape", *REC, "-o", "out.onnx", "--teacher", "t32.onnx", *SMALL,
-         prep=_model_edit("t32.onnx", _input_32x32), says="t32.onnx"),
+    case(
+        "data-bad-image-mid-run",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--max-steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--data",
+        "imgs",
+        prep=_all(_images("imgs", 40), _write("imgs/zzz.png", GARBAGE)),
+        says="zzz.png",
+    ),
+    case(
+        "teacher-other-input-shape",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "t32.onnx",
+        *SMALL,
+        prep=_model_edit("t32.onnx", _input_32x32),
+        says="t32.onnx",
+    ),
     # a checkpoint folder holding a last.pt tensorfold did not write (a symlink to another run's folder)
-    case("checkpoint-folder-links-to-foreign-files", *REC, "-o", "out.onnx", *SMALL,
-         prep=_all(_write("other/last.pt", GARBAGE), _write("other/best.pt", GARBAGE),
-                   _symlink("out.onnx.ckpt", "other")), says="did not write"),
-    case("resume-empty-checkpoint", *REC, "-o", "out.onnx", *SMALL, "--resume",
-         prep=_all(_write("out.onnx.ckpt/last.pt", b""), _own("out.onnx.ckpt", "last.pt")), says="last.pt"),
+    case(
+        "checkpoint-folder-links-to-foreign-files",
+        *REC,
+        "-o",
+        "out.onnx",
+        *SMALL,
+        prep=_all(
+            _write("other/last.pt", GARBAGE), _write("other/best.pt", GARBAGE), _symlink("out.onnx.ckpt", "other")
+        ),
+        says="did not write",
+    ),
+    case(
+        "resume-empty-checkpoint",
+        *REC,
+        "-o",
+        "out.onnx",
+        *SMALL,
+        "--resume",
+        prep=_all(_write("out.onnx.ckpt/last.pt", b""), _own("out.onnx.ckpt", "last.pt")),
+        says="last.pt",
+    ),
     # the loss turns NaN before the first training checkpoint: no model, and no checkpoint either
     # (the step-0 evaluation's best.pt goes too, as the message says)
-    case("loss-nan-before-a-checkpoint", *REC, "-o", "out.onnx", "--data", "train.npz", "--max-steps", "5",
-         "--batch-size", "8", "--lr", "1e30", says="no training checkpoint"),
+    case(
+        "loss-nan-before-a-checkpoint",
+        *REC,
+        "-o",
+        "out.onnx",
+        "--data",
+        "train.npz",
+        "--max-steps",
+        "5",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e30",
+        says="no training checkpoint",
+    ),
 ]
 
 
@@ -775,30 +1173,82 @@ SEARCH_RANKS = [
     case("max-error-negative", *RANKS, "--max-error", "-1", says="--max-error"),
     case("population-zero", *RANKS, "--population", "0", says="--population"),
     # the front's models are written as point-K.onnx: an input of that name there must not be overwritten
-    case("output-dir-holds-model-point-0", "search", "ranks", "point-0.onnx", "--n-trials", "1", "-o", ".",
-         prep=_model_named("point-0.onnx"), says="point-0.onnx"),
-    case("output-dir-holds-model-point-1", "search", "ranks", "point-1.onnx", "--n-trials", "1", "-o", ".",
-         prep=_model_named("point-1.onnx"), says="point-1.onnx"),
+    case(
+        "output-dir-holds-model-point-0",
+        "search",
+        "ranks",
+        "point-0.onnx",
+        "--n-trials",
+        "1",
+        "-o",
+        ".",
+        prep=_model_named("point-0.onnx"),
+        says="point-0.onnx",
+    ),
+    case(
+        "output-dir-holds-model-point-1",
+        "search",
+        "ranks",
+        "point-1.onnx",
+        "--n-trials",
+        "1",
+        "-o",
+        ".",
+        prep=_model_named("point-1.onnx"),
+        says="point-1.onnx",
+    ),
     case("output-dir-is-file", *RANKS, "-o", "inputs.npz", says="inputs.npz"),
-    case("storage-sqlite-garbage", *RANKS, "--storage", "sqlite:///corrupt.db", prep=_write("corrupt.db", GARBAGE),
-         says="corrupt.db"),
-    case("storage-journal-garbage", *RANKS, "--storage", "journal:corrupt.log", prep=_write("corrupt.log", GARBAGE),
-         says="corrupt.log"),
+    case(
+        "storage-sqlite-garbage",
+        *RANKS,
+        "--storage",
+        "sqlite:///corrupt.db",
+        prep=_write("corrupt.db", GARBAGE),
+        says="corrupt.db",
+    ),
+    case(
+        "storage-journal-garbage",
+        *RANKS,
+        "--storage",
+        "journal:corrupt.log",
+        prep=_write("corrupt.log", GARBAGE),
+        says="corrupt.log",
+    ),
     case("storage-sqlite-missing-folder", *RANKS, "--storage", "sqlite:///nowhere/s.db", says="nowhere"),
     case("storage-not-a-url", *RANKS, "--storage", "corrupt.db", says="--storage"),
     case("objectives-unknown", *RANKS, "--objectives", "params,speed", says="speed"),
     case("methods-unknown", *RANKS, "--methods", "svd,qr", says="qr"),
     case("inputs-nan", *RANKS, "--inputs", "nan.npz", says="nan.npz"),
-    case("data-missing", *RANKS, "--objectives", "params,accuracy", "--data", "missing.npz", "--recover-steps", "0",
-         says="missing.npz"),
+    case(
+        "data-missing",
+        *RANKS,
+        "--objectives",
+        "params,accuracy",
+        "--data",
+        "missing.npz",
+        "--recover-steps",
+        "0",
+        says="missing.npz",
+    ),
     case("model-missing", "search", "ranks", "missing.onnx", "--n-trials", "1", says="missing.onnx"),
     # a user's own files under the names the front is written as: never replaced, never deleted
-    case("output-dir-holds-foreign-front", *RANKS, "-o", "pd", prep=_all(_write("pd/point-9.onnx", GARBAGE),
-                                                                         _write("pd/front.json", "{}")),
-         max_seconds=30, says="front.json"),
-    case("storage-journal-torn-last-line", *RANKS, "--storage", "journal:torn.log",
-         prep=_write("torn.log", '{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n{"op_code":4,"wor'),
-         says="truncate"),
+    case(
+        "output-dir-holds-foreign-front",
+        *RANKS,
+        "-o",
+        "pd",
+        prep=_all(_write("pd/point-9.onnx", GARBAGE), _write("pd/front.json", "{}")),
+        max_seconds=30,
+        says="front.json",
+    ),
+    case(
+        "storage-journal-torn-last-line",
+        *RANKS,
+        "--storage",
+        "journal:torn.log",
+        prep=_write("torn.log", '{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n{"op_code":4,"wor'),
+        says="truncate",
+    ),
     case("threads-million", *RANKS, "--threads", MANY, max_seconds=30, says="--threads"),
     case("seed-2-32", *RANKS, "--seed", SEED_2_32, says="--seed"),
 ]
@@ -810,8 +1260,26 @@ def test_search_ranks(launcher, tmp_path, c):
 
 
 # small enough that a case whose bad value slips through still ends in seconds
-NAS = ("search", "nas", "--train-size", "64", "--val-size", "32", "--proxy-steps", "1", "--final-steps", "1",
-       "--population", "2", "--channels", "4", "--layers", "3", "--nodes", "2")
+NAS = (
+    "search",
+    "nas",
+    "--train-size",
+    "64",
+    "--val-size",
+    "32",
+    "--proxy-steps",
+    "1",
+    "--final-steps",
+    "1",
+    "--population",
+    "2",
+    "--channels",
+    "4",
+    "--layers",
+    "3",
+    "--nodes",
+    "2",
+)
 NAS_BUDGET = ("--budget-minutes", "0.02")
 
 SEARCH_NAS = [
@@ -825,28 +1293,109 @@ SEARCH_NAS = [
     case("genotype-garbage", *NAS, "--genotype", "g.json", prep=_write("g.json", GARBAGE), says="g.json"),
     case("genotype-missing", *NAS, "--genotype", "missing.json", says="missing.json"),
     case("o-in-missing-folder", *NAS, *NAS_BUDGET, "-o", "nowhere/nas.onnx", says="nowhere"),
-    case("teacher-garbage", *NAS, *NAS_BUDGET, "--teacher", "garbage.onnx", prep=_write("garbage.onnx", GARBAGE),
-         says="garbage.onnx"),
+    case(
+        "teacher-garbage",
+        *NAS,
+        *NAS_BUDGET,
+        "--teacher",
+        "garbage.onnx",
+        prep=_write("garbage.onnx", GARBAGE),
+        says="garbage.onnx",
+    ),
     # every output against every input, before any work
-    case("o-is-teacher", *NAS, *NAS_BUDGET, "--data", "train.npz", "--teacher", "teacher.onnx", "-o", "teacher.onnx",
-         max_seconds=30, says="teacher.onnx"),
+    case(
+        "o-is-teacher",
+        *NAS,
+        *NAS_BUDGET,
+        "--data",
+        "train.npz",
+        "--teacher",
+        "teacher.onnx",
+        "-o",
+        "teacher.onnx",
+        max_seconds=30,
+        says="teacher.onnx",
+    ),
     case("o-is-data", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "train.npz", max_seconds=30, says="train.npz"),
-    case("o-is-genotype", *NAS, "--data", "train.npz", "--genotype", "g.json", "-o", "g.json",
-         prep=_write("g.json", GENOTYPE), max_seconds=30, says="g.json"),
-    case("output-dir-holds-teacher", *NAS, *NAS_BUDGET, "--data", "train.npz", "--teacher", "nd/model.onnx",
-         "--output-dir", "nd", prep=_copy("teacher.onnx", "nd/model.onnx"), max_seconds=30, says="nd/model.onnx"),
-    case("output-dir-holds-foreign-file", *NAS, *NAS_BUDGET, "--data", "train.npz", "--output-dir", "nd",
-         prep=_write("nd/report.json", "{}"), max_seconds=30, says="report.json"),
-    case("output-dir-is-file", *NAS, *NAS_BUDGET, "--data", "train.npz", "--output-dir", "inputs.npz",
-         max_seconds=30, says="inputs.npz"),
+    case(
+        "o-is-genotype",
+        *NAS,
+        "--data",
+        "train.npz",
+        "--genotype",
+        "g.json",
+        "-o",
+        "g.json",
+        prep=_write("g.json", GENOTYPE),
+        max_seconds=30,
+        says="g.json",
+    ),
+    case(
+        "output-dir-holds-teacher",
+        *NAS,
+        *NAS_BUDGET,
+        "--data",
+        "train.npz",
+        "--teacher",
+        "nd/model.onnx",
+        "--output-dir",
+        "nd",
+        prep=_copy("teacher.onnx", "nd/model.onnx"),
+        max_seconds=30,
+        says="nd/model.onnx",
+    ),
+    case(
+        "output-dir-holds-foreign-file",
+        *NAS,
+        *NAS_BUDGET,
+        "--data",
+        "train.npz",
+        "--output-dir",
+        "nd",
+        prep=_write("nd/report.json", "{}"),
+        max_seconds=30,
+        says="report.json",
+    ),
+    case(
+        "output-dir-is-file",
+        *NAS,
+        *NAS_BUDGET,
+        "--data",
+        "train.npz",
+        "--output-dir",
+        "inputs.npz",
+        max_seconds=30,
+        says="inputs.npz",
+    ),
     case("o-dev-null", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "/dev/null", max_seconds=30, says="/dev/null"),
     case("o-trailing-slash", *NAS, *NAS_BUDGET, "--data", "train.npz", "-o", "newdir/", says="newdir/"),
-    case("layers-100000", "search", "nas", "--data", "train.npz", "--budget-minutes", "1", "--layers", "100000",
-         max_seconds=30, says="--layers"),
-    case("channels-100000", *NAS, *NAS_BUDGET, "--data", "train.npz", "--channels", "100000", max_seconds=30,
-         says="--channels"),
-    case("threads-million", *NAS, *NAS_BUDGET, "--data", "train.npz", "--threads", MANY, max_seconds=30,
-         says="--threads"),
+    case(
+        "layers-100000",
+        "search",
+        "nas",
+        "--data",
+        "train.npz",
+        "--budget-minutes",
+        "1",
+        "--layers",
+        "100000",
+        max_seconds=30,
+        says="--layers",
+    ),
+    case(
+        "channels-100000",
+        *NAS,
+        *NAS_BUDGET,
+        "--data",
+        "train.npz",
+        "--channels",
+        "100000",
+        max_seconds=30,
+        says="--channels",
+    ),
+    case(
+        "threads-million", *NAS, *NAS_BUDGET, "--data", "train.npz", "--threads", MANY, max_seconds=30, says="--threads"
+    ),
     case("seed-2-32", *NAS, *NAS_BUDGET, "--data", "train.npz", "--seed", SEED_2_32, says="--seed"),
 ]
 
@@ -859,30 +1408,99 @@ def test_search_nas(launcher, tmp_path, c):
 # --- pipeline, bench, bench report, demo ---------------------------------------------------------
 
 # a bad value that slips through ends at the architecture search: its budget is too small to score
-PIPE = ("pipeline", "--teacher", "teacher.onnx", "--budget-minutes", "0.02", "--proxy-steps", "1",
-        "--train-size", "64", "--final-steps", "1", "--recover-steps", "1", "--no-hardware-aware")
+PIPE = (
+    "pipeline",
+    "--teacher",
+    "teacher.onnx",
+    "--budget-minutes",
+    "0.02",
+    "--proxy-steps",
+    "1",
+    "--train-size",
+    "64",
+    "--final-steps",
+    "1",
+    "--recover-steps",
+    "1",
+    "--no-hardware-aware",
+)
 
 PIPELINE = [
     case("teacher-missing", "pipeline", "--teacher", "missing.onnx", "--output-dir", "pipe", says="missing.onnx"),
-    case("teacher-garbage", *PIPE[:1], "--teacher", "garbage.onnx", *PIPE[3:], "--output-dir", "pipe",
-         prep=_write("garbage.onnx", GARBAGE), says="garbage.onnx"),
+    case(
+        "teacher-garbage",
+        *PIPE[:1],
+        "--teacher",
+        "garbage.onnx",
+        *PIPE[3:],
+        "--output-dir",
+        "pipe",
+        prep=_write("garbage.onnx", GARBAGE),
+        says="garbage.onnx",
+    ),
     case("output-dir-in-missing-folder", *PIPE, "--output-dir", "nowhere/pipe", says="nowhere"),
     case("output-dir-is-file", *PIPE, "--output-dir", "inputs.npz", says="inputs.npz"),
-    case("budget-negative", "pipeline", "--teacher", "teacher.onnx", "--budget-minutes", "-1",
-         "--output-dir", "pipe", says="--budget-minutes"),
+    case(
+        "budget-negative",
+        "pipeline",
+        "--teacher",
+        "teacher.onnx",
+        "--budget-minutes",
+        "-1",
+        "--output-dir",
+        "pipe",
+        says="--budget-minutes",
+    ),
     case("ratio-below-1", *PIPE, "--ratio", "0.5", "--output-dir", "pipe", marks=needs_fmnist, says="--ratio"),
     case("method-unknown", *PIPE, "--method", "qr", "--output-dir", "pipe", marks=needs_fmnist, says="qr"),
-    case("threads-negative", *PIPE, "--threads", "-1", "--output-dir", "pipe", marks=needs_fmnist,
-         says="--threads"),
+    case("threads-negative", *PIPE, "--threads", "-1", "--output-dir", "pipe", marks=needs_fmnist, says="--threads"),
     # the teacher or the data inside the output folder, under a name a stage writes: refused up front
-    case("teacher-is-a-stage-output", *PIPE[:1], "--teacher", "pd/recovered.onnx", *PIPE[3:], "--output-dir", "pd",
-         prep=_copy("teacher.onnx", "pd/recovered.onnx"), max_seconds=30, says="pd/recovered.onnx"),
-    case("data-is-a-stage-output", *PIPE, "--data", "pd/calibration.npz", "--output-dir", "pd",
-         prep=_copy("train.npz", "pd/calibration.npz"), max_seconds=30, says="pd/calibration.npz"),
-    case("output-dir-holds-foreign-file", *PIPE, "--data", "train.npz", "--output-dir", "pd",
-         prep=_write("pd/nas.onnx", GARBAGE), max_seconds=30, says="nas.onnx"),
-    case("threads-million", *PIPE, "--data", "train.npz", "--threads", MANY, "--output-dir", "pd", max_seconds=30,
-         says="--threads"),
+    case(
+        "teacher-is-a-stage-output",
+        *PIPE[:1],
+        "--teacher",
+        "pd/recovered.onnx",
+        *PIPE[3:],
+        "--output-dir",
+        "pd",
+        prep=_copy("teacher.onnx", "pd/recovered.onnx"),
+        max_seconds=30,
+        says="pd/recovered.onnx",
+    ),
+    case(
+        "data-is-a-stage-output",
+        *PIPE,
+        "--data",
+        "pd/calibration.npz",
+        "--output-dir",
+        "pd",
+        prep=_copy("train.npz", "pd/calibration.npz"),
+        max_seconds=30,
+        says="pd/calibration.npz",
+    ),
+    case(
+        "output-dir-holds-foreign-file",
+        *PIPE,
+        "--data",
+        "train.npz",
+        "--output-dir",
+        "pd",
+        prep=_write("pd/nas.onnx", GARBAGE),
+        max_seconds=30,
+        says="nas.onnx",
+    ),
+    case(
+        "threads-million",
+        *PIPE,
+        "--data",
+        "train.npz",
+        "--threads",
+        MANY,
+        "--output-dir",
+        "pd",
+        max_seconds=30,
+        says="--threads",
+    ),
 ]
 
 
@@ -896,14 +1514,37 @@ BENCH = [
     case("methods-unknown", "bench", "--methods", "qr", says="qr"),
     case("ratios-not-numbers", "bench", "--ratios", "four", says="--ratios"),
     case("report-results-missing", "bench", "report", "missing", "-o", "rep", says="missing"),
-    case("report-rows-garbage", "bench", "report", "res", "-o", "rep", prep=_write("res/rows.jsonl", GARBAGE),
-         says="rows.jsonl"),
-    case("report-o-is-file", "bench", "report", "res", "-o", "inputs.npz", prep=_write("res/rows.jsonl", ""),
-         says="inputs.npz"),
+    case(
+        "report-rows-garbage",
+        "bench",
+        "report",
+        "res",
+        "-o",
+        "rep",
+        prep=_write("res/rows.jsonl", GARBAGE),
+        says="rows.jsonl",
+    ),
+    case(
+        "report-o-is-file",
+        "bench",
+        "report",
+        "res",
+        "-o",
+        "inputs.npz",
+        prep=_write("res/rows.jsonl", ""),
+        says="inputs.npz",
+    ),
     # refused before the output folder is made: no empty folder is left
     case("data-missing", "bench", "--data", "missing.npz", "-o", "res", max_seconds=30, says="missing.npz"),
-    case("output-holds-foreign-rows", "bench", "-o", "res", prep=_write("res/rows.jsonl", "{}\n"), max_seconds=30,
-         says="rows.jsonl"),
+    case(
+        "output-holds-foreign-rows",
+        "bench",
+        "-o",
+        "res",
+        prep=_write("res/rows.jsonl", "{}\n"),
+        max_seconds=30,
+        says="rows.jsonl",
+    ),
 ]
 
 
@@ -946,8 +1587,16 @@ USAGE = [
     case("search-unknown-subcommand", "search", "layers", says="layers"),
     case("search-ranks-unknown-option", *RANKS, "--bogus", says="--bogus"),
     case("search-nas-unknown-option", "search", "nas", "--bogus", says="--bogus"),
-    case("pipeline-unknown-option", "pipeline", "--teacher", "teacher.onnx", "--output-dir", "p", "--bogus",
-         says="--bogus"),
+    case(
+        "pipeline-unknown-option",
+        "pipeline",
+        "--teacher",
+        "teacher.onnx",
+        "--output-dir",
+        "p",
+        "--bogus",
+        says="--bogus",
+    ),
     case("pipeline-missing-teacher", "pipeline", "--output-dir", "p", says="--teacher"),
     case("demo-unknown-option", "demo", "--bogus", says="--bogus"),
 ]
@@ -960,6 +1609,7 @@ def test_usage_error(launcher, tmp_path, c):
 
 # --- Ctrl-C and SIGTERM while working ------------------------------------------------------------
 
+
 def _signal_when_ready(launcher: Launcher, folder: Path, args, ready: Callable[[], bool], sig: int) -> Result:
     """Start the CLI, wait until ready() (the work is under way), send sig, return the result."""
     run = launcher.start(folder, args)
@@ -968,9 +1618,9 @@ def _signal_when_ready(launcher: Launcher, folder: Path, args, ready: Callable[[
         if run.poll() is not None:
             pytest.fail(f"exited {run.returncode} before the work started\n    {_tail(run.stderr())}")
         if time.monotonic() > deadline:
-            run.wait(timeout=0)          # kills it and fails
+            run.wait(timeout=0)  # kills it and fails
         time.sleep(0.05)
-    time.sleep(0.5)                      # inside the loop
+    time.sleep(0.5)  # inside the loop
     run.send_signal(sig)
     return run.wait(timeout=60)
 
@@ -994,32 +1644,64 @@ def _check_signalled(folder: Path, before: dict, result: Result, code: int) -> N
     assert not problems, "\n  ".join(problems) + f"\n  stderr tail:\n    {_tail(result.stderr)}"
 
 
-@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, id="sigint-130"),
-                                      pytest.param(signal.SIGTERM, 143, id="sigterm-143")])
+@pytest.mark.parametrize(
+    "sig,code", [pytest.param(signal.SIGINT, 130, id="sigint-130"), pytest.param(signal.SIGTERM, 143, id="sigterm-143")]
+)
 def test_recover_signalled(launcher, tmp_path, sig, code):
     """Labelled .npz data (no Fashion-MNIST needed); training makes OUT.ckpt/ just before its loop."""
     make_workspace(tmp_path)
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "big.npz", x=rng.random((2000, 1, 28, 28), dtype=np.float32),
-             y=rng.integers(0, 10, 2000).astype(np.int64))
-    args = ("recover", "model.onnx", "-o", "out.onnx", "--teacher", "teacher.onnx", "--data", "big.npz",
-            "--batch-size", "32", "--epochs", "1000")
+    np.savez(
+        tmp_path / "big.npz",
+        x=rng.random((2000, 1, 28, 28), dtype=np.float32),
+        y=rng.integers(0, 10, 2000).astype(np.int64),
+    )
+    args = (
+        "recover",
+        "model.onnx",
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--data",
+        "big.npz",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1000",
+    )
     before = snapshot(tmp_path)
     result = _signal_when_ready(launcher, tmp_path, args, lambda: (tmp_path / "out.onnx.ckpt").is_dir(), sig)
     _check_signalled(tmp_path, before, result, code)
 
 
-@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, id="sigint-130"),
-                                      pytest.param(signal.SIGTERM, 143, id="sigterm-143")])
+@pytest.mark.parametrize(
+    "sig,code", [pytest.param(signal.SIGINT, 130, id="sigint-130"), pytest.param(signal.SIGTERM, 143, id="sigterm-143")]
+)
 def test_search_ranks_signalled(launcher, tmp_path, sig, code):
     make_workspace(tmp_path)
     log = tmp_path / "study.log"
-    args = ("search", "ranks", "model.onnx", "--n-trials", "100000", "--storage", "journal:study.log",
-            "-o", "out", "--no-models")
+    args = (
+        "search",
+        "ranks",
+        "model.onnx",
+        "--n-trials",
+        "100000",
+        "--storage",
+        "journal:study.log",
+        "-o",
+        "out",
+        "--no-models",
+    )
     before = snapshot(tmp_path)
     # three trials created in the journal: the search loop is under way
-    result = _signal_when_ready(launcher, tmp_path, args, lambda: log.exists() and log.read_text(
-        errors="replace").count('"op_code":4') >= 3, sig)
+    result = _signal_when_ready(
+        launcher,
+        tmp_path,
+        args,
+        lambda: log.exists() and log.read_text(errors="replace").count('"op_code":4') >= 3,
+        sig,
+    )
     _check_signalled(tmp_path, before, result, code)
 
 
@@ -1027,8 +1709,15 @@ def test_fresh_interpreter_entry_point(tmp_path):
     """`python -m tensorfold.cli` in a new interpreter, as the brief's reference: a user mistake."""
     make_workspace(tmp_path)
     before = snapshot(tmp_path)
-    proc = subprocess.run(cli("optimize", "missing.onnx", "-o", "out.onnx"), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=TIMEOUT, env=cli_env(), stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cli("optimize", "missing.onnx", "-o", "out.onnx"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr

@@ -33,7 +33,7 @@ def test_optimize_json_report(tmp_path):
     onnx.checker.check_model(model, full_check=True)
     assert any(p.key == "tensorfold" for p in model.metadata_props)
     docs = [n.doc_string for n in model.graph.node if '[tensorfold] {"original"' in n.doc_string]
-    assert len(docs) >= 3 * len(report["layers"]) - 1   # every node of every chain says where it came from
+    assert len(docs) >= 3 * len(report["layers"]) - 1  # every node of every chain says where it came from
 
 
 def test_optimize_table_and_input_untouched(tmp_path):
@@ -99,14 +99,17 @@ def test_impossible_ratio_says_what_it_could_reach(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--rank", "3", "--energy", "0.9"], "choose one of"),
-    (["--energy", "1.5"], "--energy"),
-    (["--ratio", "0.5"], "--ratio"),
-    (["--shape", "nope"], "--shape"),
-    (["--shape", "other:1,2"], "unknown input"),
-    (["--inputs", "missing.npz"], "--inputs"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--rank", "3", "--energy", "0.9"], "choose one of"),
+        (["--energy", "1.5"], "--energy"),
+        (["--ratio", "0.5"], "--ratio"),
+        (["--shape", "nope"], "--shape"),
+        (["--shape", "other:1,2"], "unknown input"),
+        (["--inputs", "missing.npz"], "--inputs"),
+    ],
+)
 def test_bad_options(tmp_path, args, expected):
     code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", *args)
     assert_user_error(code, text, expected)
@@ -128,16 +131,27 @@ def test_untouchable_nodes_are_listed_and_model_stays_valid(tmp_path):
     w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
     w_nan = w.copy()
     w_nan[0, 0, 0, 0] = np.nan
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(w_nan, "Wnan"),
-             numpy_helper.from_array((w * 10).astype(np.int8), "Wq"),
-             numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
-             numpy_helper.from_array(np.array(0, np.int8), "zp"),
-             numpy_helper.from_array(np.array(True), "cond")]
-    inits.append(numpy_helper.from_array(w.copy(), "Wif"))   # its own weight: a shared one keeps "good" whole
-    then_graph = helper.make_graph([_conv_node("conv_in_if", "x", "Wif", "t")], "then", [],
-                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
-    else_graph = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="id")], "else", [],
-                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(w_nan, "Wnan"),
+        numpy_helper.from_array((w * 10).astype(np.int8), "Wq"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    inits.append(numpy_helper.from_array(w.copy(), "Wif"))  # its own weight: a shared one keeps "good" whole
+    then_graph = helper.make_graph(
+        [_conv_node("conv_in_if", "x", "Wif", "t")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"], name="id")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
     nodes = [
         _conv_node("good", "x", "W", "a"),
         helper.make_node("DequantizeLinear", ["Wq", "scale", "zp"], ["Wdq"], name="dq"),
@@ -148,10 +162,19 @@ def test_untouchable_nodes_are_listed_and_model_stays_valid(tmp_path):
         helper.make_node("Sum", ["a", "b", "c", "f"], ["y"], name="sum"),
         helper.make_node("Identity", ["d"], ["y2"], name="keep_nan"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6]),
-                                           helper.make_tensor_value_info("w_input", TensorProto.FLOAT, [8, 4, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("y2", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6]),
+            helper.make_tensor_value_info("w_input", TensorProto.FLOAT, [8, 4, 3, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, None),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = _save(model, tmp_path / "mixed.onnx")
     out = tmp_path / "out.onnx"
@@ -173,17 +196,25 @@ def test_untouchable_nodes_are_listed_and_model_stays_valid(tmp_path):
 def test_integer_inputs_need_real_inputs(tmp_path):
     emb = numpy_helper.from_array(np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32), "E")
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32), "W")
-    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
-             helper.make_node("MatMul", ["h", "W"], ["y"], name="proj")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 16])], [emb, w])
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
+        helper.make_node("MatMul", ["h", "W"], ["y"], name="proj"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 16])],
+        [emb, w],
+    )
     path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ids.onnx")
     out = tmp_path / "o.onnx"
     code, text = invoke("optimize", path, "-o", out, "--method", "svd", "--rank", "4")
     assert_user_error(code, text, "--inputs")
     np.savez(tmp_path / "ids.npz", ids=np.array([[1, 2, 3], [4, 5, 49]], dtype=np.int64))
-    code, text = invoke("optimize", path, "-o", out, "--method", "svd", "--rank", "4", "--inputs", tmp_path / "ids.npz",
-                        "--json")
+    code, text = invoke(
+        "optimize", path, "-o", out, "--method", "svd", "--rank", "4", "--inputs", tmp_path / "ids.npz", "--json"
+    )
     assert code == 0, text
     assert json.loads(text)["verification"]["inputs"].endswith("ids.npz")
 
@@ -195,19 +226,23 @@ def test_conv_model_roundtrip_with_grouped_conv(tmp_path):
     assert code == 0, text
     report = json.loads(text)
     assert "grouped" in report["skipped"][0]["reason"]
-    code, text = invoke("optimize", path, "-o", tmp_path / "o.onnx", "--method", "tucker", "--rank", "100", "--force",
-                        "--json")
+    code, text = invoke(
+        "optimize", path, "-o", tmp_path / "o.onnx", "--method", "tucker", "--rank", "100", "--force", "--json"
+    )
     assert code == 0, text
     assert json.loads(text)["verification"]["max_relative_error"] < 1e-4
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--hardware-aware", "--speedup", "0"], "--speedup"),
-    (["--hardware-aware", "--max-error", "-1"], "--max-error"),
-    (["--hardware-aware", "--speedup", "2", "--target-latency", "1"], "choose one of"),
-    (["--hardware-aware", "--device", "rx590"], "unknown device"),
-    (["--hardware-aware", "--provider", "cuda"], "onnxruntime-gpu"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--hardware-aware", "--speedup", "0"], "--speedup"),
+        (["--hardware-aware", "--max-error", "-1"], "--max-error"),
+        (["--hardware-aware", "--speedup", "2", "--target-latency", "1"], "choose one of"),
+        (["--hardware-aware", "--device", "rx590"], "unknown device"),
+        (["--hardware-aware", "--provider", "cuda"], "onnxruntime-gpu"),
+    ],
+)
 def test_hardware_aware_bad_options(tmp_path, args, expected):
     code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", *args)
     assert_user_error(code, text, expected)
@@ -231,9 +266,13 @@ def test_inspect_warns_when_a_dynamic_dim_was_taken_as_64(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     code, text = invoke("inspect", path, "--json")
@@ -248,4 +287,4 @@ def test_the_demo_ships_real_calibration_images():
 
     x = demo_samples()
     assert x.shape == (64, 1, 28, 28) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1      # real images with contrast, not blank arrays
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1  # real images with contrast, not blank arrays

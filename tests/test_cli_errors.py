@@ -35,13 +35,17 @@ def one_line(result, status: int, expected: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("exc, status, expected", [
-    (RuntimeError("a bug"), 1, "rerun with --debug"),
-    (OSError(errno.ENOSPC, "No space left on device", "/x/out.onnx"), 2, "/x/out.onnx: No space left on device"),
-    (OSError(errno.EROFS, "Read-only file system", "/ro/out.onnx"), 2, "Read-only file system"),
-    (MemoryError("Unable to allocate 74.5 GiB"), 2, "out of memory: Unable to allocate 74.5 GiB"),
-    (KeyboardInterrupt(), 130, "interrupted"),
-], ids=["bug", "disk-full", "read-only", "memory", "ctrl-c"])
+@pytest.mark.parametrize(
+    "exc, status, expected",
+    [
+        (RuntimeError("a bug"), 1, "rerun with --debug"),
+        (OSError(errno.ENOSPC, "No space left on device", "/x/out.onnx"), 2, "/x/out.onnx: No space left on device"),
+        (OSError(errno.EROFS, "Read-only file system", "/ro/out.onnx"), 2, "Read-only file system"),
+        (MemoryError("Unable to allocate 74.5 GiB"), 2, "out of memory: Unable to allocate 74.5 GiB"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+    ids=["bug", "disk-full", "read-only", "memory", "ctrl-c"],
+)
 def test_every_failure_is_one_line_with_its_status(tmp_path, monkeypatch, exc, status, expected):
     def fail(*args, **kwargs):
         raise exc
@@ -56,16 +60,19 @@ def test_debug_shows_the_traceback_of_a_bug(tmp_path, monkeypatch):
     assert isinstance(result.exception, ZeroDivisionError)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["optimize", DEMO], "Missing option '-o'"),
-    (["optimize", DEMO, "-o", "x.onnx", "--bogus"], "No such option"),
-    (["recover", DEMO, "-o", "x.onnx", "--lr", "nan"], "not a finite number"),
-    (["profile", DEMO, "--top", "-1"], "--top"),
-    (["profile", DEMO, "--threads", "-2"], "--threads"),
-    (["search", "ranks", DEMO, "--timeout", "-1"], "--timeout"),
-    (["search", "nas", "--budget-minutes", "-1"], "--budget-minutes"),
-    (["frobnicate"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["optimize", DEMO], "Missing option '-o'"),
+        (["optimize", DEMO, "-o", "x.onnx", "--bogus"], "No such option"),
+        (["recover", DEMO, "-o", "x.onnx", "--lr", "nan"], "not a finite number"),
+        (["profile", DEMO, "--top", "-1"], "--top"),
+        (["profile", DEMO, "--threads", "-2"], "--threads"),
+        (["search", "ranks", DEMO, "--timeout", "-1"], "--timeout"),
+        (["search", "nas", "--budget-minutes", "-1"], "--budget-minutes"),
+        (["frobnicate"], "No such command"),
+    ],
+)
 def test_usage_errors_are_one_line_too(args, expected):
     line = one_line(invoke(*args), 2, expected)
     assert "--help" in line
@@ -83,15 +90,23 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("this container may not mount a tmpfs")
     try:
-        result = subprocess.run([sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o",
-                                 str(disk / "o.onnx"), "--no-verify"], capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o", str(disk / "o.onnx"), "--no-verify"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
         assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
         assert list(disk.iterdir()) == []
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        result = subprocess.run([sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o",
-                                 str(disk / "o.onnx")], capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "tensorfold", "optimize", str(DEMO), "-o", str(disk / "o.onnx")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 2 and "not writable" in result.stderr.strip().splitlines()[-1]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
@@ -106,9 +121,25 @@ def test_a_search_on_a_full_disk_leaves_neither_storage_nor_a_partial_front(tmp_
         pytest.skip("this container may not mount a tmpfs")
     try:
         url = f"sqlite:///{disk}/s.db" if storage == "sqlite" else f"journal:{disk}/s.log"
-        result = subprocess.run([sys.executable, "-m", "tensorfold", "search", "ranks", str(DEMO), "--n-trials", "30",
-                                 "--storage", url, "-o", str(disk / "front")], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tensorfold",
+                "search",
+                "ranks",
+                str(DEMO),
+                "--n-trials",
+                "30",
+                "--storage",
+                url,
+                "-o",
+                str(disk / "front"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
         assert list(disk.iterdir()) == []
@@ -141,10 +172,15 @@ def test_a_signal_is_honoured_within_seconds_inside_a_long_native_call(tmp_path,
     """Python sees a signal only between bytecodes: the watchdog (signals.py) ends a process stuck in
     native code within its grace, and removes the temp file being written."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(tmp_path / "out.txt")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(tmp_path / "out.txt")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.5)                       # inside the SVD
+    time.sleep(0.5)  # inside the SVD
     sent = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

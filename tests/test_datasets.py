@@ -109,4 +109,4 @@ def test_adaptation_says_what_prepare_inputs_changes():
     said = adaptation(gray, [1, 3, 32, 32])
     assert "repeated from 1 channel(s) to 3" in said and "resized from 28x28 to 32x32" in said
     assert "averaged from 3" in adaptation(np.zeros((2, 16, 16, 3), np.float32), [1, 1, 16, 16])
-    assert adaptation(np.zeros((2, 3, 8, 8), np.float32), [-1, 3, -1, -1]) is None    # dynamic dims fit anything
+    assert adaptation(np.zeros((2, 3, 8, 8), np.float32), [-1, 3, -1, -1]) is None  # dynamic dims fit anything

@@ -12,25 +12,25 @@ ROOT = Path(tensorfold.__file__).parent
 
 # bottom to top; a unit may import only units of a lower rank (or itself)
 LAYERS = [
-    ("errors", "log", "paths"),    # what every layer may use
-    ("limits", "signals"),         # what the machine can do; signals seen inside native calls
-    ("outputs",),                  # the one place files are written
-    ("decompose",),                # numpy math: factorizations and rank selection
-    ("onnxrt",),                   # protobuf's 2 GiB cap, onnxruntime sessions, inputs, batching
-    ("graph",),                    # ONNX graphs: load/save, normalize, shapes, stats, verification
-    ("runtime",),                  # latency: measured on a provider, predicted for a device
-    ("passes",),                   # layer discovery, the factorization passes, chain emission
-    ("planning",),                 # ranks chosen by measured latency (latency tables, hardware-aware)
-    ("quantize",),                 # int8 with onnxruntime: formats, calibration, mixed precision, fusion
-    ("calibration",),              # the user's samples: statistics, sensitivity, budget search, deploy search
-    ("datasets", "export"),        # data sets for training and evaluation; torch -> ONNX export
-    ("recovery",),                 # ONNX -> torch, distillation, fine-tuning
-    ("search",),                   # rank search and architecture search
+    ("errors", "log", "paths"),  # what every layer may use
+    ("limits", "signals"),  # what the machine can do; signals seen inside native calls
+    ("outputs",),  # the one place files are written
+    ("decompose",),  # numpy math: factorizations and rank selection
+    ("onnxrt",),  # protobuf's 2 GiB cap, onnxruntime sessions, inputs, batching
+    ("graph",),  # ONNX graphs: load/save, normalize, shapes, stats, verification
+    ("runtime",),  # latency: measured on a provider, predicted for a device
+    ("passes",),  # layer discovery, the factorization passes, chain emission
+    ("planning",),  # ranks chosen by measured latency (latency tables, hardware-aware)
+    ("quantize",),  # int8 with onnxruntime: formats, calibration, mixed precision, fusion
+    ("calibration",),  # the user's samples: statistics, sensitivity, budget search, deploy search
+    ("datasets", "export"),  # data sets for training and evaluation; torch -> ONNX export
+    ("recovery",),  # ONNX -> torch, distillation, fine-tuning
+    ("search",),  # rank search and architecture search
     ("report",),
-    ("optimize",),                 # optimize as typed stages (load, prepare, build, verify, deploy, report, save)
+    ("optimize",),  # optimize as typed stages (load, prepare, build, verify, deploy, report, save)
     ("api",),
     ("pipeline", "cli_errors", "demo"),
-    ("bench",),                    # the benchmark suite: an application on top
+    ("bench",),  # the benchmark suite: an application on top
     ("cli",),
     ("__main__",),
 ]
@@ -48,12 +48,20 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("tensorfold")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tensorfold") \
-                and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("tensorfold")
+            and node.level == 0
+        ):
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
-                found.add(sub if (ROOT.parent / sub.replace(".", "/")).with_suffix(".py").exists()
-                          or (ROOT.parent / sub.replace(".", "/")).is_dir() else node.module)
+                found.add(
+                    sub
+                    if (ROOT.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                    or (ROOT.parent / sub.replace(".", "/")).is_dir()
+                    else node.module
+                )
     return found
 
 
@@ -89,7 +97,7 @@ def test_no_import_cycle():
     graph = {m: {t for t in ts if t in graph and t != m and not m.startswith(t + ".")} for m, ts in graph.items()}
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
-    def visit(node):      # Tarjan's strongly connected components
+    def visit(node):  # Tarjan's strongly connected components
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)

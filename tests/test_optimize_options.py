@@ -24,14 +24,29 @@ _budget = st.one_of(
     st.tuples(st.just("--ratio"), st.sampled_from(["1.5", "4", "1000", "0.5", "inf"])).map(list),
     st.just(["--evbmf"]),
 )
-_options = st.fixed_dictionaries({
-    "method": st.sampled_from(["auto", "svd", "tucker", "cp", "tt", "none", "wavelet"]),
-    "budget": _budget,
-    "extra": st.lists(st.sampled_from([["--force"], ["--no-verify"], ["--include", "*features.4*"],
-                                       ["--exclude", "*Gemm*"], ["--json"], ["--seed", "3"],
-                                       ["--shape", "input:1,1,28,28"], ["--shape", "nope:1"],
-                                       ["--holdout", "0.3"], ["--threads", "-1"]]), max_size=3),
-})
+_options = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(["auto", "svd", "tucker", "cp", "tt", "none", "wavelet"]),
+        "budget": _budget,
+        "extra": st.lists(
+            st.sampled_from(
+                [
+                    ["--force"],
+                    ["--no-verify"],
+                    ["--include", "*features.4*"],
+                    ["--exclude", "*Gemm*"],
+                    ["--json"],
+                    ["--seed", "3"],
+                    ["--shape", "input:1,1,28,28"],
+                    ["--shape", "nope:1"],
+                    ["--holdout", "0.3"],
+                    ["--threads", "-1"],
+                ]
+            ),
+            max_size=3,
+        ),
+    }
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -42,8 +57,16 @@ def test_any_option_combination_is_a_model_or_one_line(opts):
         shutil.copy(demo_model_path(), model)
         digest = hashlib.sha256(model.read_bytes()).hexdigest()
         out = Path(tmp) / "o.onnx"
-        args = ["optimize", str(model), "-o", str(out), "--method", opts["method"], *opts["budget"],
-                *[a for extra in opts["extra"] for a in extra]]
+        args = [
+            "optimize",
+            str(model),
+            "-o",
+            str(out),
+            "--method",
+            opts["method"],
+            *opts["budget"],
+            *[a for extra in opts["extra"] for a in extra],
+        ]
         result = CliRunner().invoke(main, args)
         assert "Traceback" not in result.output
         assert result.exit_code in (0, 2), (args, result.output)

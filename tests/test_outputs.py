@@ -55,7 +55,7 @@ def test_files_inside_an_input_folder_are_inputs(tmp_path):
     data.mkdir()
     (data / "0.png").write_bytes(b"png")
     with guard_inputs(data):
-        for target in (data / "0.png", data / "new.onnx", data / "sub" / "x.onnx"):   # existing or not
+        for target in (data / "0.png", data / "new.onnx", data / "sub" / "x.onnx"):  # existing or not
             with pytest.raises(TensorfoldError, match="inside the input folder"):
                 check_output(target)
         with pytest.raises(TensorfoldError, match="inside the input folder"):
@@ -71,8 +71,9 @@ def test_an_input_models_external_weights_are_inputs_too(tmp_path):
     from tests.passes.single_node import conv_model
 
     model, _ = conv_model(np.ones((16, 8, 3, 3), np.float32), bias=False)
-    onnx.save_model(model, tmp_path / "orig.onnx", save_as_external_data=True, location="model.onnx.data",
-                    size_threshold=16)
+    onnx.save_model(
+        model, tmp_path / "orig.onnx", save_as_external_data=True, location="model.onnx.data", size_threshold=16
+    )
     with guard_inputs(tmp_path / "orig.onnx"):
         with pytest.raises(TensorfoldError, match="is an input"):
             write_text_atomic(tmp_path / "model.onnx.data", "clobbered")
@@ -93,10 +94,13 @@ def test_guarded_reads_paths_and_lists_of_paths_from_the_arguments(tmp_path):
     run(a, tmp_path / "c", teachers=[b])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.mkdir(), "is a folder"),
-    (lambda p: os.mkfifo(p), "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: os.mkfifo(p), "not a regular file"),
+    ],
+)
 def test_an_existing_output_that_is_not_a_regular_file_is_refused(tmp_path, make, message):
     target = tmp_path / "out"
     make(target)
@@ -109,7 +113,7 @@ def test_an_existing_output_that_is_not_a_regular_file_is_refused(tmp_path, make
 def test_check_output_refuses_a_missing_or_unwritable_folder(tmp_path):
     with pytest.raises(TensorfoldError, match="does not exist"):
         check_output(tmp_path / "nope" / "out.onnx")
-    if os.geteuid() != 0:       # root writes anywhere; the read-only tmpfs test covers it
+    if os.geteuid() != 0:  # root writes anywhere; the read-only tmpfs test covers it
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
         with pytest.raises(TensorfoldError, match="not writable"):
@@ -136,7 +140,7 @@ def test_sigterm_during_a_write_removes_the_temp_file(tmp_path):
         from tensorfold.cli_errors import _install_sigterm
         from tensorfold.outputs import atomic_path
         _install_sigterm()
-        with atomic_path(Path({str(tmp_path / 'out.bin')!r})) as tmp:
+        with atomic_path(Path({str(tmp_path / "out.bin")!r})) as tmp:
             tmp.write_bytes(b"x" * 1000)
             print("writing", flush=True)
             time.sleep(60)
@@ -159,6 +163,7 @@ def test_json_never_holds_a_bare_nan():
 
 # --- OutputFolder: a folder a command writes several files into ------------------------------------
 
+
 def _folder(path, staged=False):
     return OutputFolder(path, "-o", ("front.json", "point-*.onnx"), staged=staged)
 
@@ -167,7 +172,7 @@ def test_a_users_own_file_under_a_name_the_command_writes_is_refused_before_any_
     out = tmp_path / "pd"
     out.mkdir()
     (out / "point-9.onnx").write_text("mine")
-    (out / "notes.txt").write_text("mine too")           # under no name the command writes: left alone
+    (out / "notes.txt").write_text("mine too")  # under no name the command writes: left alone
     with pytest.raises(TensorfoldError, match="point-9.onnx, which tensorfold did not write"):
         _folder(out).check()
     (out / "point-9.onnx").unlink()
@@ -189,7 +194,7 @@ def test_a_staged_folder_changes_all_at_once_or_not_at_all(tmp_path):
     with first.writing():
         write_text_atomic(first.file("point-1.onnx"), "1")
         write_text_atomic(first.file("point-2.onnx"), "2")
-        assert not (out / "point-1.onnx").exists()       # nothing in place before the commit
+        assert not (out / "point-1.onnx").exists()  # nothing in place before the commit
         write_text_atomic(first.file("front.json"), "a")
         first.commit(stale=("point-*",))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "front.json", "point-1.onnx", "point-2.onnx"]

@@ -23,8 +23,13 @@ def dynamic_conv(path):
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "W")
     nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, "h", "w"])], [w])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, "h", "w"])],
+        [w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return path
 
@@ -32,13 +37,22 @@ def dynamic_conv(path):
 def token_tagger(path):
     """int64 token ids -> embedding (Gather) -> MatMul -> int64 ArgMax tags, ALBERT-tagger style."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((50, 32)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.standard_normal((32, 48)).astype(np.float32), "W")]
-    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
-             helper.make_node("MatMul", ["e", "W"], ["logits"], name="proj"),
-             helper.make_node("ArgMax", ["logits"], ["tags"], name="argmax", axis=-1, keepdims=0)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
-                              [helper.make_tensor_value_info("tags", TensorProto.INT64, [1, "seq"])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((50, 32)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.standard_normal((32, 48)).astype(np.float32), "W"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "W"], ["logits"], name="proj"),
+        helper.make_node("ArgMax", ["logits"], ["tags"], name="argmax", axis=-1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
+        [helper.make_tensor_value_info("tags", TensorProto.INT64, [1, "seq"])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return path
 
@@ -47,10 +61,10 @@ def test_a_dynamic_model_is_timed_at_the_shape_given_and_warned_about_otherwise(
     model = dynamic_conv(tmp_path / "d.onnx")
     code, text = invoke("profile", model, "--runs", "3", "--warmup", "1", "--json")
     assert code == 0, text
-    info = json.loads(text[text.index("{"):])
+    info = json.loads(text[text.index("{") :])
     assert info["input_shapes"] == {"x": [1, 3, 64, 64]} and "dynamic dims" in info["warnings"][0]
     code, text = invoke("profile", model, "--runs", "3", "--warmup", "1", "--shape", "x:1,3,96,128", "--json")
-    info = json.loads(text[text.index("{"):])
+    info = json.loads(text[text.index("{") :])
     assert info["input_shapes"] == {"x": [1, 3, 96, 128]} and not info["warnings"]
     assert info["flops"] == 2 * 16 * 27 * 96 * 128
     np.savez(tmp_path / "in.npz", x=np.zeros((4, 3, 40, 50), np.float32))
@@ -61,7 +75,7 @@ def test_a_dynamic_model_is_timed_at_the_shape_given_and_warned_about_otherwise(
 
 def test_integer_inputs_and_outputs(tmp_path):
     model = token_tagger(tmp_path / "t.onnx")
-    ids = np.random.default_rng(1).integers(0, 50, (6, 12)).astype(np.int64)   # 6 samples, batch 1 each
+    ids = np.random.default_rng(1).integers(0, 50, (6, 12)).astype(np.int64)  # 6 samples, batch 1 each
     np.savez(tmp_path / "ids.npz", ids=ids)
     # random values are meaningless for token ids: profile says how to give real ones, and takes them
     code, text = invoke("profile", model)
@@ -72,8 +86,9 @@ def test_integer_inputs_and_outputs(tmp_path):
     assert code == 0, text
     # a strong cut changes tags: the summary reads the disagreement, not a relative error of 0
     out = tmp_path / "small.onnx"
-    code, text = invoke("optimize", model, "-o", out, "--method", "svd", "--rank", "1", "--inputs",
-                        tmp_path / "ids.npz", "--json")
+    code, text = invoke(
+        "optimize", model, "-o", out, "--method", "svd", "--rank", "1", "--inputs", tmp_path / "ids.npz", "--json"
+    )
     assert code == 0, text
     verification = json.loads(text)["verification"]
     tags = next(o for o in verification["outputs"] if o["name"] == "tags")

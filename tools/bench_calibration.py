@@ -35,14 +35,14 @@ from tensorfold.bench.text_images import line_images, page_images, to_nchw
 from tensorfold.graph.io import load_model
 from tensorfold.paths import cache_dir
 
-OCR_MODELS = ("det", "cls", "rec")   # rapidocr model names; their samples: ocr_samples()
+OCR_MODELS = ("det", "cls", "rec")  # rapidocr model names; their samples: ocr_samples()
 OCR_RATIO, ZOO_RATIO = 2.0, 4.0
 
 
 def ocr_samples(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     if name == "det":
         return to_nchw(page_images(n, (320, 320), seed), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), None
-    if name == "cls":   # half the lines turned by 180 degrees: the label the classifier predicts
+    if name == "cls":  # half the lines turned by 180 degrees: the label the classifier predicts
         images, turned = line_images(n, (48, 192), seed, flip_share=0.5)
         return to_nchw(images, 0.5, 0.5), turned.astype(np.int64)
     images, _ = line_images(n, (48, 320), seed)
@@ -78,10 +78,12 @@ def cli_run(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one `tensorfold` CLI run in a fresh process."""
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of this (large) process
     # would report the parent's peak
-    code = ("import sys, time; from tensorfold.cli import main; t = time.perf_counter()\n"
-            "try:\n    main(sys.argv[1:], standalone_mode=False)\nfinally:\n"
-            "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-            "    print('BENCH', time.perf_counter() - t, int(hwm.split()[1]) / 1024, file=sys.stderr)")
+    code = (
+        "import sys, time; from tensorfold.cli import main; t = time.perf_counter()\n"
+        "try:\n    main(sys.argv[1:], standalone_mode=False)\nfinally:\n"
+        "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "    print('BENCH', time.perf_counter() - t, int(hwm.split()[1]) / 1024, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     line = next((row for row in done.stderr.splitlines() if row.startswith("BENCH")), None)
     if done.returncode != 0 or line is None:
@@ -121,9 +123,9 @@ def main():
                 path = zoo_model(name)
                 ratio = ZOO_RATIO
                 x, _ = fmnist("train")
-                fit = x[:args.fit]
+                fit = x[: args.fit]
                 tx, ty = fmnist("test")
-                held = tx[:args.held]
+                held = tx[: args.held]
                 task = ("test accuracy (10k)", None)
             fit_path, held_path = tmp / f"{name}.fit.npz", tmp / f"{name}.held.npz"
             np.savez(fit_path, x=fit)
@@ -139,60 +141,100 @@ def main():
             common = dict(method=args.method, inputs=str(held_path), progress=False)
             if "equal" in parts:
                 runs = {}
-                for label, extra in (("plain", {}), ("calibrated", {"calibration": str(fit_path)}),
-                                     ("calibrated, no sensitivity", {"calibration": str(fit_path),
-                                                                     "sensitivity": False})):
+                for label, extra in (
+                    ("plain", {}),
+                    ("calibrated", {"calibration": str(fit_path)}),
+                    ("calibrated, no sensitivity", {"calibration": str(fit_path), "sensitivity": False}),
+                ):
                     out = tmp / f"{name}.{label.replace(' ', '').replace(',', '-')}.onnx"
                     runs[label] = (optimize(path, out, ratio=ratio, **common, **extra), out)
                 cli = {}
-                for label, extra in (("plain", []), ("calibrated", ["--calibration", str(fit_path)]),
-                                     ("calibrated, no sensitivity", ["--calibration", str(fit_path),
-                                                                     "--no-sensitivity"])):
-                    cli[label] = cli_run(["optimize", str(path), "-o", str(tmp / f"{name}.cli.onnx"), "--method",
-                                          args.method, "--ratio", str(ratio), "--inputs", str(held_path), *extra])
+                for label, extra in (
+                    ("plain", []),
+                    ("calibrated", ["--calibration", str(fit_path)]),
+                    ("calibrated, no sensitivity", ["--calibration", str(fit_path), "--no-sensitivity"]),
+                ):
+                    cli[label] = cli_run(
+                        [
+                            "optimize",
+                            str(path),
+                            "-o",
+                            str(tmp / f"{name}.cli.onnx"),
+                            "--method",
+                            args.method,
+                            "--ratio",
+                            str(ratio),
+                            "--inputs",
+                            str(held_path),
+                            *extra,
+                        ]
+                    )
                 base = task_accuracy(path)
                 for label, (report, out) in runs.items():
                     v = report.verification
                     seconds, mb = cli.get(label, (None, None))
-                    equal.append(f"| {name} | {label} | {ratio:g}x | {report.after.params:,} | "
-                                 f"{v.max_relative_error:.4f} | {argmax_agreement(v)} | {task_accuracy(out)} "
-                                 f"(original {base}) | "
-                                 + (f"{seconds:.1f} s, {mb:.0f} MB |" if seconds else "- |"))
+                    equal.append(
+                        f"| {name} | {label} | {ratio:g}x | {report.after.params:,} | "
+                        f"{v.max_relative_error:.4f} | {argmax_agreement(v)} | {task_accuracy(out)} "
+                        f"(original {base}) | " + (f"{seconds:.1f} s, {mb:.0f} MB |" if seconds else "- |")
+                    )
                     print(equal[-1], flush=True)
             if "bound" in parts:
                 for e in (0.01, 0.02, 0.05):
                     report = optimize(path, None, calibration=str(fit_path), max_output_error=e, **common)
                     v = report.verification
                     tried = ", ".join(f"{t['ratio']:.2f}x{'' if t['within'] else '*'}" for t in report.budget_search)
-                    reached = (f"{report.before.params:,} -> {report.after.params:,} "
-                               f"({report.before.params / report.after.params:.2f}x)" if report.layers
-                               else "none within the bound (input kept; exact folds only)")
-                    bound.append(f"| {name} | {e:g} | {reached} | {v.max_relative_error:.4f} | "
-                                 f"{argmax_agreement(v)} | {tried} |")
+                    reached = (
+                        f"{report.before.params:,} -> {report.after.params:,} "
+                        f"({report.before.params / report.after.params:.2f}x)"
+                        if report.layers
+                        else "none within the bound (input kept; exact folds only)"
+                    )
+                    bound.append(
+                        f"| {name} | {e:g} | {reached} | {v.max_relative_error:.4f} | {argmax_agreement(v)} | {tried} |"
+                    )
                     print(bound[-1], flush=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    lines = ["# Data-aware compression: calibrated vs plain, on held-out real inputs", "",
-             f"Command: `.venv/bin/python tools/bench_calibration.py {' '.join(sys.argv[1:])}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), {platform.node()}; "
-             f"onnxruntime {__import__('onnxruntime').__version__}  ", f"Date: {now}", "",
-             f"Every model: {args.fit} calibration samples to fit on, {args.held} other samples held out; all errors "
-             "are on the held-out samples. Error = the largest relative L2 output error over the model's outputs; "
-             "argmax = agreement of per-position argmax on class axes (the recognizer's 6,625-way per-position "
-             "softmax, the classifiers' logits).", ""]
+    lines = [
+        "# Data-aware compression: calibrated vs plain, on held-out real inputs",
+        "",
+        f"Command: `.venv/bin/python tools/bench_calibration.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), {platform.node()}; "
+        f"onnxruntime {__import__('onnxruntime').__version__}  ",
+        f"Date: {now}",
+        "",
+        f"Every model: {args.fit} calibration samples to fit on, {args.held} other samples held out; all errors "
+        "are on the held-out samples. Error = the largest relative L2 output error over the model's outputs; "
+        "argmax = agreement of per-position argmax on class axes (the recognizer's 6,625-way per-position "
+        "softmax, the classifiers' logits).",
+        "",
+    ]
     if equal:
-        lines += ["## Plain vs calibrated at equal parameters", "",
-                  f"`--method {args.method} --ratio R` (the factorizable layers together hold R times fewer "
-                  "parameters), with and without `--calibration`; time and peak RSS of the whole CLI run "
-                  "(load, statistics, sensitivity probe, factorization, verification), one run each.", "",
-                  "| model | run | ratio | params after | held-out error | argmax agree | task accuracy | CLI time, peak RSS |",
-                  "|---|---|---|---|---|---|---|---|", *equal, ""]
+        lines += [
+            "## Plain vs calibrated at equal parameters",
+            "",
+            f"`--method {args.method} --ratio R` (the factorizable layers together hold R times fewer "
+            "parameters), with and without `--calibration`; time and peak RSS of the whole CLI run "
+            "(load, statistics, sensitivity probe, factorization, verification), one run each.",
+            "",
+            "| model | run | ratio | params after | held-out error | argmax agree | task accuracy | CLI time, peak RSS |",
+            "|---|---|---|---|---|---|---|---|",
+            *equal,
+            "",
+        ]
     if bound:
-        lines += ["## `--max-output-error E`", "",
-                  "The bound is checked on the held-out share of the calibration samples inside the run (a quarter "
-                  "of them); the error column is on the separate held-out set (`--inputs`), so it may exceed E. "
-                  "Ratios tried in order; * = over the bound.", "",
-                  "| model | E | params | held-out error | argmax agree | ratios tried |", "|---|---|---|---|---|---|",
-                  *bound, ""]
+        lines += [
+            "## `--max-output-error E`",
+            "",
+            "The bound is checked on the held-out share of the calibration samples inside the run (a quarter "
+            "of them); the error column is on the separate held-out set (`--inputs`), so it may exceed E. "
+            "Ratios tried in order; * = over the bound.",
+            "",
+            "| model | E | params | held-out error | argmax agree | ratios tried |",
+            "|---|---|---|---|---|---|",
+            *bound,
+            "",
+        ]
     publish(lines, args.out)
 
 

@@ -56,6 +56,7 @@ METHODS = ("tucker2", "cp3", "cp4", "tt")
 
 # --------------------------------------------------------------------------- kernels
 
+
 def structured_kernel(o: int, i: int, k: int = 3, seed: int = 0, decay: float = 0.7) -> np.ndarray:
     rng = np.random.default_rng(seed)
     g = rng.standard_normal((o, i, k, k))
@@ -103,6 +104,7 @@ def load_kernels(paths: list[str], limit: int) -> list[tuple[str, np.ndarray]]:
 
 # --------------------------------------------------------------------------- ranks at a budget
 
+
 def tucker_ranks(shape, budget: int) -> tuple[int, int]:
     o, i = shape[:2]
     best = (1, 1)
@@ -116,7 +118,7 @@ def tucker_ranks(shape, budget: int) -> tuple[int, int]:
 def tt_rank_cap(dims, budget: int) -> list[int]:
     def ranks_for(cap):
         n = len(dims)
-        return [1] + [min(cap, int(np.prod(dims[: k + 1])), int(np.prod(dims[k + 1:]))) for k in range(n - 1)] + [1]
+        return [1] + [min(cap, int(np.prod(dims[: k + 1])), int(np.prod(dims[k + 1 :]))) for k in range(n - 1)] + [1]
 
     def params(r):
         return sum(r[k] * dims[k] * r[k + 1] for k in range(len(dims)))
@@ -128,6 +130,7 @@ def tt_rank_cap(dims, budget: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- runners
+
 
 def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
@@ -182,10 +185,14 @@ def bench_kernel(name, w, args, tl):
             label = "ranks " + "-".join(map(str, ranks[1:-1]))
         else:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        rows.append((name, "x".join(map(str, w.shape)), method, label, params, w.size / params,
-                     e_ours, e_tl, t_ours, t_tl))
-        print(f"  {name} {method}: err {e_ours:.4f} vs {e_tl:.4f}, {t_ours:.3f}s vs {t_tl:.3f}s", file=sys.stderr,
-              flush=True)
+        rows.append(
+            (name, "x".join(map(str, w.shape)), method, label, params, w.size / params, e_ours, e_tl, t_ours, t_tl)
+        )
+        print(
+            f"  {name} {method}: err {e_ours:.4f} vs {e_tl:.4f}, {t_ours:.3f}s vs {t_tl:.3f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -223,16 +230,21 @@ def bench_resnet50(ratio: float) -> dict:
 
 # --------------------------------------------------------------------------- report
 
+
 def markdown(rows, args, r50) -> str:
     import tensorly
 
     lines = []
-    lines.append("| kernel | shape | method | ranks | params | x smaller | rel. error tensorfold | rel. error TensorLy "
-                 "| time tensorfold | time TensorLy | speedup |")
+    lines.append(
+        "| kernel | shape | method | ranks | params | x smaller | rel. error tensorfold | rel. error TensorLy "
+        "| time tensorfold | time TensorLy | speedup |"
+    )
     lines.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, shape, method, label, params, ratio, e1, e2, t1, t2 in rows:
-        lines.append(f"| {name} | {shape} | {method} | {label} | {params} | {ratio:.1f} | {e1:.5f} | {e2:.5f} "
-                     f"| {t1:.3f} s | {t2:.3f} s | {t2 / t1:.1f}x |")
+        lines.append(
+            f"| {name} | {shape} | {method} | {label} | {params} | {ratio:.1f} | {e1:.5f} | {e2:.5f} "
+            f"| {t1:.3f} s | {t2:.3f} s | {t2 / t1:.1f}x |"
+        )
     head = [
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
@@ -243,10 +255,12 @@ def markdown(rows, args, r50) -> str:
     ]
     out = "\n".join(head) + "\n\n" + "\n".join(lines) + "\n"
     if r50:
-        out += (f"\nResNet-50 conv shapes ({r50['kernels']} kernels, random weights, ranks at {args.ratio}x): "
-                f"SVDs of both unfoldings of every kernel {r50['floor']:.2f} s; tucker2 (HOSVD + HOOI, default sweeps) "
-                f"{r50['tucker2']:.2f} s = {r50['tucker2'] / r50['floor']:.2f}x of that; "
-                f"tucker2_error_table of every kernel {r50['table']:.2f} s = {r50['table'] / r50['floor']:.2f}x.\n")
+        out += (
+            f"\nResNet-50 conv shapes ({r50['kernels']} kernels, random weights, ranks at {args.ratio}x): "
+            f"SVDs of both unfoldings of every kernel {r50['floor']:.2f} s; tucker2 (HOSVD + HOOI, default sweeps) "
+            f"{r50['tucker2']:.2f} s = {r50['tucker2'] / r50['floor']:.2f}x of that; "
+            f"tucker2_error_table of every kernel {r50['table']:.2f} s = {r50['table'] / r50['floor']:.2f}x.\n"
+        )
     return out
 
 

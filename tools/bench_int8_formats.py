@@ -63,16 +63,41 @@ def main():
             if label == "QDQ U8S8 per-channel":
                 # the same calibration ranges written as QOperator (QLinearConv nodes in the file)
                 activations, weights = fmt.ort_types()
-                rows.append(("QOperator U8S8 per-channel", q._written("QOperator", lambda dst: quantize_static(
-                    str(q.source), dst, None, quant_format=QuantFormat.QOperator, per_channel=True,
-                    activation_type=activations, weight_type=weights, calibration_cache_path=str(q.ranges("minmax"))))))
-                rows.append(("dynamic (ConvInteger)", q._written("dynamic", lambda dst: __import__(
-                    "onnxruntime.quantization", fromlist=["quantize_dynamic"]).quantize_dynamic(
-                    str(q.source), dst, weight_type=QuantType.QInt8, per_channel=True))))
-                quantizable = [n.name for n in q.model.graph.node if n.op_type in set(QLinearOpsRegistry) | set(QDQRegistry)]
+                rows.append(
+                    (
+                        "QOperator U8S8 per-channel",
+                        q._written(
+                            "QOperator",
+                            lambda dst: quantize_static(
+                                str(q.source),
+                                dst,
+                                None,
+                                quant_format=QuantFormat.QOperator,
+                                per_channel=True,
+                                activation_type=activations,
+                                weight_type=weights,
+                                calibration_cache_path=str(q.ranges("minmax")),
+                            ),
+                        ),
+                    )
+                )
+                rows.append(
+                    (
+                        "dynamic (ConvInteger)",
+                        q._written(
+                            "dynamic",
+                            lambda dst: __import__(
+                                "onnxruntime.quantization", fromlist=["quantize_dynamic"]
+                            ).quantize_dynamic(str(q.source), dst, weight_type=QuantType.QInt8, per_channel=True),
+                        ),
+                    )
+                )
+                quantizable = [
+                    n.name for n in q.model.graph.node if n.op_type in set(QLinearOpsRegistry) | set(QDQRegistry)
+                ]
                 blocks = []
                 for start in range(0, len(quantizable), args.block):
-                    alone = set(quantizable[start:start + args.block])
+                    alone = set(quantizable[start : start + args.block])
                     check = reference.verify(q.quantize("minmax", frozenset(quantizable) - alone))
                     blocks.append(f"| {start}-{start + len(alone) - 1} | {check.max_error:.4f} |")
                     print(blocks[-1], flush=True)
@@ -82,25 +107,40 @@ def main():
     for (label, m), st in zip(rows, stats[1:]):
         fusion = fused_kernels(m)
         kernels = ", ".join(f"{n} {k}" for k, n in sorted(fusion.kernels.items(), key=lambda kv: -kv[1])) or "none"
-        table.append(f"| {label} | {reference.verify(m).max_error:.4f} | {stats[0].median / st.median:.2f}x | "
-                     f"{kernels}; QuantizeLinear left: {fusion.quantize_nodes} |")
+        table.append(
+            f"| {label} | {reference.verify(m).max_error:.4f} | {stats[0].median / st.median:.2f}x | "
+            f"{kernels}; QuantizeLinear left: {fusion.quantize_nodes} |"
+        )
         print(table[-1], flush=True)
     import onnxruntime
 
-    lines = ["# int8 formats and where the error comes from (PP-OCRv4 det)", "",
-             f"Command: `.venv/bin/python tools/bench_int8_formats.py {' '.join(sys.argv[1:])}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
-             f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ",
-             f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}", "",
-             f"{args.samples} printed pages (320x320) to calibrate (MinMax), {args.samples} others held out; every "
-             "node quantized. Speed = float median / this median, batch 1, one thread, all timed round-robin in "
-             f"one run ({args.rounds} rounds); kernels = what onnxruntime's optimized graph holds.", "",
-             "| format | held-out error | speed | int8 kernels after optimization |", "|---|---|---|---|", *table, "",
-             f"## Only {args.block} nodes quantized at a time", "",
-             "The model's held-out error with only these quantizable nodes (graph order) in int8, U8S8 QDQ. "
-             "The stem's nodes, though their own tensors carry no more rounding noise than later ones, cost "
-             "the most: mixed precision scores units by this, not by local noise.", "",
-             "| nodes | held-out error |", "|---|---|", *blocks, ""]
+    lines = [
+        "# int8 formats and where the error comes from (PP-OCRv4 det)",
+        "",
+        f"Command: `.venv/bin/python tools/bench_int8_formats.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
+        f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
+        "",
+        f"{args.samples} printed pages (320x320) to calibrate (MinMax), {args.samples} others held out; every "
+        "node quantized. Speed = float median / this median, batch 1, one thread, all timed round-robin in "
+        f"one run ({args.rounds} rounds); kernels = what onnxruntime's optimized graph holds.",
+        "",
+        "| format | held-out error | speed | int8 kernels after optimization |",
+        "|---|---|---|---|",
+        *table,
+        "",
+        f"## Only {args.block} nodes quantized at a time",
+        "",
+        "The model's held-out error with only these quantizable nodes (graph order) in int8, U8S8 QDQ. "
+        "The stem's nodes, though their own tensors carry no more rounding noise than later ones, cost "
+        "the most: mixed precision scores units by this, not by local noise.",
+        "",
+        "| nodes | held-out error |",
+        "|---|---|",
+        *blocks,
+        "",
+    ]
     publish(lines, args.out)
 
 

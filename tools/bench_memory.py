@@ -57,14 +57,21 @@ def main(argv=None) -> int:
                 got = measured_peak_bytes(path, {inp.name: x})
                 mb = 1 << 20
                 ratio = f"{got / pred.total_bytes:.2f}" if got else "-"
-                rows.append(f"| {label} | {batch} | {pred.weights_bytes / mb:.1f} | {pred.activations_bytes / mb:.1f} | "
-                            f"{pred.workspace_bytes / mb:.1f} | {pred.total_bytes / mb:.1f} | "
-                            f"{got / mb if got else float('nan'):.1f} | {ratio} |")
-    lines = [f"Command: `.venv/bin/python tools/bench_memory.py --width {args.width:g} --batches {args.batches}`  ",
-             f"Machine: {platform.machine()}, Python {platform.python_version()}, onnxruntime CPU provider, one thread  ",
-             f"Date: {datetime.date.today()}", "",
-             "| model | batch | weights MB | live activations MB | workspace MB | predicted MB | measured MB "
-             "| measured / predicted |", "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+                rows.append(
+                    f"| {label} | {batch} | {pred.weights_bytes / mb:.1f} | {pred.activations_bytes / mb:.1f} | "
+                    f"{pred.workspace_bytes / mb:.1f} | {pred.total_bytes / mb:.1f} | "
+                    f"{got / mb if got else float('nan'):.1f} | {ratio} |"
+                )
+    lines = [
+        f"Command: `.venv/bin/python tools/bench_memory.py --width {args.width:g} --batches {args.batches}`  ",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, onnxruntime CPU provider, one thread  ",
+        f"Date: {datetime.date.today()}",
+        "",
+        "| model | batch | weights MB | live activations MB | workspace MB | predicted MB | measured MB "
+        "| measured / predicted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
     publish(lines, args.out)
     return 0
 

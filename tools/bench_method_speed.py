@@ -43,8 +43,13 @@ RUN = textwrap.dedent("""
 
 def run(path: Path, out: Path, args: dict) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", RUN, str(path), str(out), json.dumps(args)], capture_output=True,
-                          text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(path), str(out), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -66,8 +71,10 @@ def main(argv=None) -> int:
         model = Path(tmp) / "resnet18.onnx"
         export_onnx(build("resnet18", width=args.width).eval(), torch.zeros(1, 1, 28, 28), model)
         cases = [(m, model, {"method": m, "ratio": args.ratio}) for m in ("tucker", "svd", "auto", "tt", "cp")]
-        cases += [(f"demo auto {k}", demo_model_path(), {"method": "auto", k: v})
-                  for k, v in (("energy", 1.0), ("rank", 100_000))]
+        cases += [
+            (f"demo auto {k}", demo_model_path(), {"method": "auto", k: v})
+            for k, v in (("energy", 1.0), ("rank", 100_000))
+        ]
         times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
         params: dict[str, int] = {}
         quality: dict[str, tuple[float, float]] = {}
@@ -78,14 +85,18 @@ def main(argv=None) -> int:
                 params[name] = got["params"]
                 quality[name] = (got["weight_error"], got["output_error"])
     tucker = statistics.median(times["tucker"])
-    lines = [f"Command: `.venv/bin/python tools/bench_method_speed.py --width {args.width:g} --ratio {args.ratio:g} "
-             f"--repeats {args.repeats}`  ",
-             f"Machine: {platform.machine()}, Python {platform.python_version()}, one BLAS thread per run  ",
-             f"Date: {datetime.date.today()}  ",
-             f"Model: zoo ResNet-18 width {args.width:g} (seeded random weights), `optimize --ratio {args.ratio:g} "
-             "--no-verify` in a fresh process per run, methods interleaved run by run.", "",
-             "| method | median s (optimize call) | ratio to tucker | params after | mean layer weight error "
-             "| output error |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Command: `.venv/bin/python tools/bench_method_speed.py --width {args.width:g} --ratio {args.ratio:g} "
+        f"--repeats {args.repeats}`  ",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, one BLAS thread per run  ",
+        f"Date: {datetime.date.today()}  ",
+        f"Model: zoo ResNet-18 width {args.width:g} (seeded random weights), `optimize --ratio {args.ratio:g} "
+        "--no-verify` in a fresh process per run, methods interleaved run by run.",
+        "",
+        "| method | median s (optimize call) | ratio to tucker | params after | mean layer weight error "
+        "| output error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, values in times.items():
         med = statistics.median(values)
         ratio = f"{med / tucker:.2f}x" if not name.startswith("demo") else "-"

@@ -34,7 +34,7 @@ from tensorfold.paths import cache_dir
 
 WIDTH = 0.25
 TARGET = 14.0
-RUNS = {   # name: (calibrated, sensitivity)
+RUNS = {  # name: (calibrated, sensitivity)
     "plain": (False, False),
     "calibrated": (True, True),
     "calibrated-no-sensitivity": (True, False),
@@ -49,12 +49,21 @@ def ceiling(width: float) -> dict:
 
     net = build("mobilenetv2", width=width)
     total = sum(p.numel() for p in net.parameters())
-    factorizable = sum(m.weight.numel() for m in net.modules()
-                       if (isinstance(m, torch.nn.Conv2d) and m.groups == 1) or isinstance(m, torch.nn.Linear))
+    factorizable = sum(
+        m.weight.numel()
+        for m in net.modules()
+        if (isinstance(m, torch.nn.Conv2d) and m.groups == 1) or isinstance(m, torch.nn.Linear)
+    )
     fixed = total - factorizable
     target = total / TARGET
-    return {"width": width, "params": total, "factorizable": factorizable, "fixed": fixed,
-            "max_cut": total / fixed, "needed_ratio": factorizable / (target - fixed) if target > fixed else None}
+    return {
+        "width": width,
+        "params": total,
+        "factorizable": factorizable,
+        "fixed": fixed,
+        "max_cut": total / fixed,
+        "needed_ratio": factorizable / (target - fixed) if target > fixed else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -99,50 +108,91 @@ def main(argv=None) -> int:
                 if key in rows:
                     continue
                 if not small.exists():
-                    optimize(original, small, method="tucker", ratio=ratio, verify=False, progress=False,
-                             calibration=calib if calibrated else None, sensitivity=sensitivity)
+                    optimize(
+                        original,
+                        small,
+                        method="tucker",
+                        ratio=ratio,
+                        verify=False,
+                        progress=False,
+                        calibration=calib if calibrated else None,
+                        sensitivity=sensitivity,
+                    )
                 rec = work / f"{small.stem}.{epochs}ep.onnx"
                 t = time.perf_counter()
-                r = recover(small, rec, teacher_path=original, data="fashion-mnist",
-                            cfg=RecoverConfig(epochs=epochs, batch_size=128), progress=True)
+                r = recover(
+                    small,
+                    rec,
+                    teacher_path=original,
+                    data="fashion-mnist",
+                    cfg=RecoverConfig(epochs=epochs, batch_size=128),
+                    progress=True,
+                )
                 q = quantize_int8(rec, work / f"{rec.stem}.int8.onnx", prepare_inputs(x[:256], [1, 1, -1, -1]))
-                row = {"key": key, "ratio": ratio, "run": run, "epochs": epochs, "steps": r["steps"],
-                       "recover_seconds": round(time.perf_counter() - t, 1),
-                       "params": count_params(load_model(rec)), "params_cut": base_params / count_params(load_model(rec)),
-                       "compressed_accuracy": evaluate_onnx(small, tx, ty), "accuracy": evaluate_onnx(rec, tx, ty),
-                       "int8_accuracy": evaluate_onnx(q, tx, ty),
-                       "int8_size_cut": original.stat().st_size / q.stat().st_size,
-                       "date": datetime.date.today().isoformat(),
-                       "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+                row = {
+                    "key": key,
+                    "ratio": ratio,
+                    "run": run,
+                    "epochs": epochs,
+                    "steps": r["steps"],
+                    "recover_seconds": round(time.perf_counter() - t, 1),
+                    "params": count_params(load_model(rec)),
+                    "params_cut": base_params / count_params(load_model(rec)),
+                    "compressed_accuracy": evaluate_onnx(small, tx, ty),
+                    "accuracy": evaluate_onnx(rec, tx, ty),
+                    "int8_accuracy": evaluate_onnx(q, tx, ty),
+                    "int8_size_cut": original.stat().st_size / q.stat().st_size,
+                    "date": datetime.date.today().isoformat(),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                }
                 rows[key] = row
                 with open(args.rows, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                print(f"{key}: accuracy {row['accuracy']:.4f} (compressed {row['compressed_accuracy']:.4f}), "
-                      f"params x{row['params_cut']:.2f}", flush=True)
+                print(
+                    f"{key}: accuracy {row['accuracy']:.4f} (compressed {row['compressed_accuracy']:.4f}), "
+                    f"params x{row['params_cut']:.2f}",
+                    flush=True,
+                )
 
-    lines = ["# MobileNetV2 against the 14x target", "",
-             f"Command: `.venv/bin/python tools/bench_mobilenet.py --ratios {args.ratios} --runs '{args.runs}' "
-             f"--epochs {args.epochs}`; {datetime.date.today().isoformat()}, {platform.machine()}, "
-             f"{os.cpu_count()} cores, CPU only. Rows: `{args.rows}`.", "",
-             "Target (the user's plan): MobileNet >= 14x fewer parameters at <= 2 points of accuracy.", "",
-             "## The ceiling of a low-rank rewrite", "",
-             "| width | params | factorizable (groups=1 convs, classifier) | not factorizable (depthwise, BN) "
-             "| most a factorization can cut | ratio over factorizable layers for 14x |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# MobileNetV2 against the 14x target",
+        "",
+        f"Command: `.venv/bin/python tools/bench_mobilenet.py --ratios {args.ratios} --runs '{args.runs}' "
+        f"--epochs {args.epochs}`; {datetime.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, CPU only. Rows: `{args.rows}`.",
+        "",
+        "Target (the user's plan): MobileNet >= 14x fewer parameters at <= 2 points of accuracy.",
+        "",
+        "## The ceiling of a low-rank rewrite",
+        "",
+        "| width | params | factorizable (groups=1 convs, classifier) | not factorizable (depthwise, BN) "
+        "| most a factorization can cut | ratio over factorizable layers for 14x |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for width in (WIDTH, 1.0):
         c = ceiling(width)
         need = f"{c['needed_ratio']:.1f}x" if c["needed_ratio"] else "unreachable"
-        lines.append(f"| {width:g} | {c['params']:,} | {c['factorizable']:,} | {c['fixed']:,} | {c['max_cut']:.1f}x "
-                     f"| {need} |")
-    lines += ["", f"## Width {WIDTH:g}, recovered on the CPU", "",
-              f"Baseline: {meta['recipe']['epochs']} epochs on {meta['device']}, test accuracy {base_acc:.2%}, "
-              f"{base_params:,} parameters.", "",
-              "| ratio | factors | recovery | params cut | accuracy after the rewrite | recovered accuracy | loss (pt) "
-              "| + int8: accuracy, file size cut |", "|---:|---|---|---:|---:|---:|---:|---|"]
+        lines.append(
+            f"| {width:g} | {c['params']:,} | {c['factorizable']:,} | {c['fixed']:,} | {c['max_cut']:.1f}x | {need} |"
+        )
+    lines += [
+        "",
+        f"## Width {WIDTH:g}, recovered on the CPU",
+        "",
+        f"Baseline: {meta['recipe']['epochs']} epochs on {meta['device']}, test accuracy {base_acc:.2%}, "
+        f"{base_params:,} parameters.",
+        "",
+        "| ratio | factors | recovery | params cut | accuracy after the rewrite | recovered accuracy | loss (pt) "
+        "| + int8: accuracy, file size cut |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in sorted(rows.values(), key=lambda r: (r["ratio"], r["run"], r["epochs"])):
-        lines.append(f"| {r['ratio']:g} | {r['run']} | {r['epochs']} epoch(s), {r['steps']} steps, "
-                     f"{r['recover_seconds'] / 60:.0f} min | {r['params_cut']:.2f}x | {r['compressed_accuracy']:.2%} "
-                     f"| {r['accuracy']:.2%} | {100 * (base_acc - r['accuracy']):+.2f} "
-                     f"| {r['int8_accuracy']:.2%}, {r['int8_size_cut']:.1f}x |")
+        lines.append(
+            f"| {r['ratio']:g} | {r['run']} | {r['epochs']} epoch(s), {r['steps']} steps, "
+            f"{r['recover_seconds'] / 60:.0f} min | {r['params_cut']:.2f}x | {r['compressed_accuracy']:.2%} "
+            f"| {r['accuracy']:.2%} | {100 * (base_acc - r['accuracy']):+.2f} "
+            f"| {r['int8_accuracy']:.2%}, {r['int8_size_cut']:.1f}x |"
+        )
     publish(lines, args.out)
     return 0
 

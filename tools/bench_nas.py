@@ -32,10 +32,12 @@ def runs(seeds: int):
     multi = ["--objectives", "accuracy,latency", "--device", "rx580"]
     out = []
     for seed in range(seeds):
-        out.append(("darts (guard)", seed, ["--strategy", "darts", "--guard", "earlystop", "--train-size", "1000",
-                                            *single]))
-        out.append(("darts (no guard)", seed, ["--strategy", "darts", "--guard", "none", "--train-size", "1000",
-                                               *single]))
+        out.append(
+            ("darts (guard)", seed, ["--strategy", "darts", "--guard", "earlystop", "--train-size", "1000", *single])
+        )
+        out.append(
+            ("darts (no guard)", seed, ["--strategy", "darts", "--guard", "none", "--train-size", "1000", *single])
+        )
         out.append(("evolution", seed, ["--strategy", "evolution", *single]))
         out.append(("random", seed, ["--strategy", "random", *single]))
         out.append(("nsga2 (acc, rx580 ms)", seed, ["--strategy", "evolution", *multi]))
@@ -46,10 +48,31 @@ def runs(seeds: int):
 def one(label, seed, extra, args, work: Path) -> dict:
     d = work / f"{label.split()[0]}-{abs(hash(label)) % 1000}-{seed}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "tensorfold.cli", "search", "nas", *extra, "--seed", str(seed), "--threads", "1",
-           "--budget-minutes", str(args.budget_minutes), "--final-steps", str(args.final_steps),
-           "--proxy-steps", str(args.proxy_steps), "--torch-device", args.torch_device,
-           "--data", args.data, "--output-dir", str(d), "--json"] + ([] if "--device" in extra else ["--device", "rx580"])
+    cmd = [
+        sys.executable,
+        "-m",
+        "tensorfold.cli",
+        "search",
+        "nas",
+        *extra,
+        "--seed",
+        str(seed),
+        "--threads",
+        "1",
+        "--budget-minutes",
+        str(args.budget_minutes),
+        "--final-steps",
+        str(args.final_steps),
+        "--proxy-steps",
+        str(args.proxy_steps),
+        "--torch-device",
+        args.torch_device,
+        "--data",
+        args.data,
+        "--output-dir",
+        str(d),
+        "--json",
+    ] + ([] if "--device" in extra else ["--device", "rx580"])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
         return {"label": label, "seed": seed, "error": p.stderr.strip().splitlines()[-1:]}
@@ -78,20 +101,28 @@ def rescore(path: Path) -> list[str]:
     table = OpLatencyTable(device=get_device("rx580"))
     reports = [r for r in json.loads(path.read_text()) if "rx580" in r.get("label", "")]
     ref = reference_ms()
-    lines = [f"Hypervolume of each run's front in (1 - proxy accuracy, rx580 ms / {ref:.3f} ms of the all-conv_5x5 "
-             "network), reference (1, 1); higher is better. Rescored with "
-             f"`.venv/bin/python tools/bench_nas.py --rescore {path}`.", "",
-             "| strategy | hypervolume | front points | per seed |", "|---|---:|---:|---|"]
+    lines = [
+        f"Hypervolume of each run's front in (1 - proxy accuracy, rx580 ms / {ref:.3f} ms of the all-conv_5x5 "
+        "network), reference (1, 1); higher is better. Rescored with "
+        f"`.venv/bin/python tools/bench_nas.py --rescore {path}`.",
+        "",
+        "| strategy | hypervolume | front points | per seed |",
+        "|---|---:|---:|---|",
+    ]
     for label in dict.fromkeys(r["label"] for r in reports):
         rs = [r for r in reports if r["label"] == label]
         for r in rs:
             for c in r["front"]:
-                net = Network(genotype_from_dict(c["genotype"]), NetConfig(channels=r["space"]["channels"],
-                                                                            layers=r["space"]["layers"]))
+                net = Network(
+                    genotype_from_dict(c["genotype"]),
+                    NetConfig(channels=r["space"]["channels"], layers=r["space"]["layers"]),
+                )
                 c["metrics"]["device_ms"] = table.network_ms(net, (1, 28, 28))
         hv = [hypervolume_of(r, ref, "front") for r in rs]
-        lines.append(f"| {label} | {np.mean(hv):.4f} +- {np.std(hv, ddof=1) if len(hv) > 1 else 0:.4f} | "
-                     f"{np.mean([len(r['front']) for r in rs]):.1f} | " + ", ".join(f"{v:.4f}" for v in hv) + " |")
+        lines.append(
+            f"| {label} | {np.mean(hv):.4f} +- {np.std(hv, ddof=1) if len(hv) > 1 else 0:.4f} | "
+            f"{np.mean([len(r['front']) for r in rs]):.1f} | " + ", ".join(f"{v:.4f}" for v in hv) + " |"
+        )
     return lines
 
 
@@ -113,15 +144,19 @@ def proxy_check(n: int, args) -> list[str]:
         net = Network(g, NetConfig())
         train_network(net, tx, ty, steps=args.proxy_steps, seed=i)
         proxy.append(accuracy(net, vx, vy))
-        final.append(train_final(g, NetConfig(), args.data, args.final_steps, i, None, "cpu", 0, None, False)
-                     ["test_accuracy"])
+        final.append(
+            train_final(g, NetConfig(), args.data, args.final_steps, i, None, "cpu", 0, None, False)["test_accuracy"]
+        )
         print(i, proxy[-1], final[-1], file=sys.stderr, flush=True)
     tau = kendalltau(proxy, final).statistic
-    return [f"Proxy check: {n} random genotypes, proxy = accuracy on 1000 held-out training images after "
-            f"{args.proxy_steps} steps from scratch on 4000; final = test accuracy after {args.final_steps} steps on "
-            f"the full training split. Kendall tau {tau:.2f}.", "",
-            "| genotype | proxy | final |", "|---:|---:|---:|"] + \
-           [f"| {i} | {p:.2%} | {f:.2%} |" for i, (p, f) in enumerate(zip(proxy, final))]
+    return [
+        f"Proxy check: {n} random genotypes, proxy = accuracy on 1000 held-out training images after "
+        f"{args.proxy_steps} steps from scratch on 4000; final = test accuracy after {args.final_steps} steps on "
+        f"the full training split. Kendall tau {tau:.2f}.",
+        "",
+        "| genotype | proxy | final |",
+        "|---:|---:|---:|",
+    ] + [f"| {i} | {p:.2%} | {f:.2%} |" for i, (p, f) in enumerate(zip(proxy, final))]
 
 
 def reference_ms() -> float:
@@ -141,12 +176,20 @@ def plot(reports, path: Path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"nsga2 (acc, rx580 ms)": "tab:red", "random (acc, rx580 ms)": "tab:blue"}
-    for ax, key, label in ((axes[0], "device_ms", "rx580 latency, predicted (ms)"),
-                           (axes[1], "host_ms", "host latency, measured (ms)")):
+    for ax, key, label in (
+        (axes[0], "device_ms", "rx580 latency, predicted (ms)"),
+        (axes[1], "host_ms", "host latency, measured (ms)"),
+    ):
         for name, color in colors.items():
             cands = [c for r in reports if r.get("label") == name for c in r["all"]]
-            ax.scatter([c["metrics"][key] for c in cands], [c["metrics"]["accuracy"] for c in cands], s=10,
-                       color=color, alpha=0.6, label=name)
+            ax.scatter(
+                [c["metrics"][key] for c in cands],
+                [c["metrics"]["accuracy"] for c in cands],
+                s=10,
+                color=color,
+                alpha=0.6,
+                label=name,
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("proxy accuracy (held-out training images)")
         ax.grid(alpha=0.3)
@@ -184,60 +227,88 @@ def main():
     failed = [r for r in reports if "error" in r]
     ok = [r for r in reports if "error" not in r]
     if not ok:
-        publish(["# Architecture search: every run failed", ""] + [f"- {r['label']} seed {r['seed']}: {r['error']}"
-                                                                  for r in failed], args.out)
+        publish(
+            ["# Architecture search: every run failed", ""]
+            + [f"- {r['label']} seed {r['seed']}: {r['error']}" for r in failed],
+            args.out,
+        )
         return
     ref = reference_ms()
-    lines = ["# Architecture search on Fashion-MNIST", "",
-             f"Command: `.venv/bin/python tools/bench_nas.py --budget-minutes {args.budget_minutes:g} --seeds "
-             f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps} --proxy-steps {args.proxy_steps}"
-             + (f" --only {args.only}" if args.only else "")
-             + (f" --torch-device {args.torch_device}" if args.torch_device != "cpu" else "") + "`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} runs side by side, each "
-             f"single-threaded (torch and onnxruntime), CPU only  ",
-             f"Date: {datetime.date.today().isoformat()}", "",
-             f"Every run searches for {args.budget_minutes:g} min of wall-clock time on a subset of the training "
-             f"split (evolution and random: 4000 images, candidates scored by accuracy on 1000 held-out training "
-             f"images after {args.proxy_steps} SGD steps from scratch, no weight sharing; DARTS: 1000 images, half for w and half "
-             f"for alpha, first order), then trains the chosen network for {args.final_steps} SGD steps (batch 64, "
-             "8 channels, 5 cells) on the full training split; test accuracy on the 10,000 test images. Latency: "
-             "host measured by onnxruntime's CPU provider at batch 1, rx580 predicted by the roofline device model.",
-             "", "## Same budget, same final training (mean +- std over seeds)", "",
-             "| strategy | test accuracy | candidates scored | params | host ms | rx580 ms (predicted) | per seed |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Architecture search on Fashion-MNIST",
+        "",
+        f"Command: `.venv/bin/python tools/bench_nas.py --budget-minutes {args.budget_minutes:g} --seeds "
+        f"{args.seeds} --jobs {args.jobs} --final-steps {args.final_steps} --proxy-steps {args.proxy_steps}"
+        + (f" --only {args.only}" if args.only else "")
+        + (f" --torch-device {args.torch_device}" if args.torch_device != "cpu" else "")
+        + "`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} runs side by side, each "
+        f"single-threaded (torch and onnxruntime), CPU only  ",
+        f"Date: {datetime.date.today().isoformat()}",
+        "",
+        f"Every run searches for {args.budget_minutes:g} min of wall-clock time on a subset of the training "
+        f"split (evolution and random: 4000 images, candidates scored by accuracy on 1000 held-out training "
+        f"images after {args.proxy_steps} SGD steps from scratch, no weight sharing; DARTS: 1000 images, half for w and half "
+        f"for alpha, first order), then trains the chosen network for {args.final_steps} SGD steps (batch 64, "
+        "8 channels, 5 cells) on the full training split; test accuracy on the 10,000 test images. Latency: "
+        "host measured by onnxruntime's CPU provider at batch 1, rx580 predicted by the roofline device model.",
+        "",
+        "## Same budget, same final training (mean +- std over seeds)",
+        "",
+        "| strategy | test accuracy | candidates scored | params | host ms | rx580 ms (predicted) | per seed |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     labels = list(dict.fromkeys(r["label"] for r in ok))
     for label in labels:
         rs = [r for r in ok if r["label"] == label]
         acc = [r["final"]["test_accuracy"] for r in rs]
-        lines.append(f"| {label} | {np.mean(acc):.2%} +- {np.std(acc, ddof=1) if len(acc) > 1 else 0:.2%} | "
-                     f"{np.mean([r['candidates'] for r in rs]):.0f} | {np.mean([r['final']['params'] for r in rs]):,.0f}"
-                     f" | {np.mean([r['final']['host_ms'] for r in rs]):.3f} | "
-                     f"{np.mean([r['final']['device_ms'] for r in rs]):.3f} | "
-                     + ", ".join(f"{a:.2%}" for a in acc) + " |")
-    lines += ["", "## DARTS and its collapse guard", "",
-              "| run | epochs | skips in the normal cell (per epoch) | stopped | test accuracy |", "|---|---:|---|---|---:|"]
+        lines.append(
+            f"| {label} | {np.mean(acc):.2%} +- {np.std(acc, ddof=1) if len(acc) > 1 else 0:.2%} | "
+            f"{np.mean([r['candidates'] for r in rs]):.0f} | {np.mean([r['final']['params'] for r in rs]):,.0f}"
+            f" | {np.mean([r['final']['host_ms'] for r in rs]):.3f} | "
+            f"{np.mean([r['final']['device_ms'] for r in rs]):.3f} | " + ", ".join(f"{a:.2%}" for a in acc) + " |"
+        )
+    lines += [
+        "",
+        "## DARTS and its collapse guard",
+        "",
+        "| run | epochs | skips in the normal cell (per epoch) | stopped | test accuracy |",
+        "|---|---:|---|---|---:|",
+    ]
     for r in ok:
         if r["darts"]:
             d = r["darts"]
-            lines.append(f"| {r['label']} seed {r['seed']} | {d['epochs']} | "
-                         f"{' '.join(str(h['skips_normal']) for h in d['history'])} | {d['stopped']} | "
-                         f"{r['final']['test_accuracy']:.2%} |")
-    lines += ["", f"Peak memory of a DARTS run: {max((r['darts']['peak_memory_mb'] for r in ok if r['darts']), default=0):.0f} MB.",
-              "", "## Multi-objective: accuracy and rx580 latency", "",
-              f"Hypervolume of all scored candidates in (1 - proxy accuracy, rx580 ms / {ref:.3f} ms of the "
-              "all-conv_5x5 network), reference (1, 1); higher is better.", "",
-              "| strategy | hypervolume | candidates | per seed |", "|---|---:|---:|---|"]
+            lines.append(
+                f"| {r['label']} seed {r['seed']} | {d['epochs']} | "
+                f"{' '.join(str(h['skips_normal']) for h in d['history'])} | {d['stopped']} | "
+                f"{r['final']['test_accuracy']:.2%} |"
+            )
+    lines += [
+        "",
+        f"Peak memory of a DARTS run: {max((r['darts']['peak_memory_mb'] for r in ok if r['darts']), default=0):.0f} MB.",
+        "",
+        "## Multi-objective: accuracy and rx580 latency",
+        "",
+        f"Hypervolume of all scored candidates in (1 - proxy accuracy, rx580 ms / {ref:.3f} ms of the "
+        "all-conv_5x5 network), reference (1, 1); higher is better.",
+        "",
+        "| strategy | hypervolume | candidates | per seed |",
+        "|---|---:|---:|---|",
+    ]
     for label in [lb for lb in labels if "rx580" in lb]:
         rs = [r for r in ok if r["label"] == label]
         hv = [hypervolume_of(r, ref) for r in rs]
-        lines.append(f"| {label} | {np.mean(hv):.4f} +- {np.std(hv, ddof=1) if len(hv) > 1 else 0:.4f} | "
-                     f"{np.mean([r['candidates'] for r in rs]):.0f} | " + ", ".join(f"{v:.4f}" for v in hv) + " |")
+        lines.append(
+            f"| {label} | {np.mean(hv):.4f} +- {np.std(hv, ddof=1) if len(hv) > 1 else 0:.4f} | "
+            f"{np.mean([r['candidates'] for r in rs]):.0f} | " + ", ".join(f"{v:.4f}" for v in hv) + " |"
+        )
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)
         plot(ok, args.plots / "nas-pareto.png")
         lines += ["", f"![accuracy vs latency]({args.plots.name}/nas-pareto.png)"]
-        (args.plots / "nas-runs.json").write_text(json.dumps(
-            [{k: v for k, v in r.items() if k != "all"} for r in reports], indent=1, default=str))
+        (args.plots / "nas-runs.json").write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "all"} for r in reports], indent=1, default=str)
+        )
     if failed:
         lines += ["", "Failed runs: " + "; ".join(f"{r['label']} seed {r['seed']}: {r['error']}" for r in failed)]
     publish(lines, args.out)

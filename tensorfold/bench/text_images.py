@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-WORDS = ("invoice total amount date number customer address street city phone email order item "
-         "quantity price discount payment account balance reference delivery shipping receipt "
-         "tensor model layer output input rank budget error speed latency 2026 0415 17:30 EUR USD "
-         "No. ID#4471 page 3/12 Hello World Station Platform Exit Open Closed Monday Friday").split()
+WORDS = (
+    "invoice total amount date number customer address street city phone email order item "
+    "quantity price discount payment account balance reference delivery shipping receipt "
+    "tensor model layer output input rank budget error speed latency 2026 0415 17:30 EUR USD "
+    "No. ID#4471 page 3/12 Hello World Station Platform Exit Open Closed Monday Friday"
+).split()
 
 
 def _line(rng: np.random.Generator, n_words: int) -> str:
@@ -38,15 +40,17 @@ def page_images(n: int, size: tuple[int, int] = (320, 320), seed: int = 0) -> np
             font_size = int(rng.integers(12, 30))
             font = ImageFont.load_default(size=font_size)
             colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
-            draw.text((int(rng.integers(2, size[1] // 3)), y), _line(rng, int(rng.integers(1, 5))), fill=colour,
-                      font=font)
+            draw.text(
+                (int(rng.integers(2, size[1] // 3)), y), _line(rng, int(rng.integers(1, 5))), fill=colour, font=font
+            )
             y += font_size + int(rng.integers(6, 30))
         out.append(np.asarray(img))
     return np.stack(out)
 
 
-def line_images(n: int, size: tuple[int, int] = (48, 320), seed: int = 0, flip_share: float = 0.0
-                ) -> tuple[np.ndarray, np.ndarray]:
+def line_images(
+    n: int, size: tuple[int, int] = (48, 320), seed: int = 0, flip_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """n uint8 (H, W, 3) single text lines (recognizer/direction-classifier inputs) and whether
     each was turned by 180 degrees."""
     rng = np.random.default_rng(seed)
@@ -56,8 +60,9 @@ def line_images(n: int, size: tuple[int, int] = (48, 320), seed: int = 0, flip_s
         draw = ImageDraw.Draw(img)
         font = ImageFont.load_default(size=int(size[0] * rng.uniform(0.5, 0.75)))
         colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
-        draw.text((int(rng.integers(2, 12)), int(size[0] * 0.1)), _line(rng, int(rng.integers(1, 4))),
-                  fill=colour, font=font)
+        draw.text(
+            (int(rng.integers(2, 12)), int(size[0] * 0.1)), _line(rng, int(rng.integers(1, 4))), fill=colour, font=font
+        )
         turn = bool(rng.random() < flip_share)
         if turn:
             img = img.rotate(180)

@@ -19,9 +19,9 @@ from tensorfold.runtime.evaluation import evaluate_onnx
 class Recipe:
     epochs: int = 10
     batch_size: int = 128
-    max_lr: float = 0.1             # SGD, Nesterov momentum 0.9, OneCycle
+    max_lr: float = 0.1  # SGD, Nesterov momentum 0.9, OneCycle
     weight_decay: float = 5e-4
-    augment: bool = True            # random crop (pad 2) + horizontal flip
+    augment: bool = True  # random crop (pad 2) + horizontal flip
     train_limit: int | None = None  # first N training images (smoke runs)
     seed: int = 0
 
@@ -32,14 +32,15 @@ def _augment(xb, rng):
     n, _, h, w = xb.shape
     padded = torch.nn.functional.pad(xb, (2, 2, 2, 2))
     dy, dx = rng.integers(0, 5, 2)
-    out = padded[:, :, dy:dy + h, dx:dx + w]
+    out = padded[:, :, dy : dy + h, dx : dx + w]
     flip = torch.from_numpy(rng.random(n) < 0.5)
     out[flip] = out[flip].flip(-1)
     return out
 
 
-def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, device: str | None = None,
-             progress: bool = True) -> tuple[Path, dict]:
+def baseline(
+    model: str, width: float, data: str, recipe: Recipe, cache: Path, device: str | None = None, progress: bool = True
+) -> tuple[Path, dict]:
     """The trained baseline's ONNX path and its metadata (test accuracy, time, recipe)."""
     import torch
     from tqdm import tqdm
@@ -56,7 +57,7 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     x, y, desc = load_data(data, "train")
     if recipe.train_limit:
-        x, y = x[:recipe.train_limit], y[:recipe.train_limit]
+        x, y = x[: recipe.train_limit], y[: recipe.train_limit]
     tx, ty, _ = load_data(data, "test")
     in_ch = 1 if x.ndim == 3 else 3
     x = prepare_inputs(x, [1, in_ch, -1, -1])
@@ -65,8 +66,9 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
     rng = np.random.default_rng(recipe.seed)
     net = build(model, 10, in_ch, width).to(device)
     steps = recipe.epochs * (len(x) // recipe.batch_size)
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.max_lr, momentum=0.9, nesterov=True,
-                          weight_decay=recipe.weight_decay)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=recipe.max_lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.max_lr, total_steps=steps, pct_start=0.15)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     start = time.perf_counter()
@@ -75,7 +77,7 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
         net.train()
         order = torch.from_numpy(rng.permutation(len(x)))
         for i in range(len(x) // recipe.batch_size):
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             xb = xt[idx]
             if recipe.augment:
                 xb = _augment(xb, rng)
@@ -91,9 +93,17 @@ def baseline(model: str, width: float, data: str, recipe: Recipe, cache: Path, d
     tmp = path.with_name(path.name + ".tmp.onnx")
     export_onnx(net, torch.from_numpy(x[:1]), tmp)
     accuracy = evaluate_onnx(tmp, tx, ty)
-    meta = {"model": model, "width": width, "data": desc, "recipe": asdict(recipe), "test_accuracy": accuracy,
-            "params": int(sum(p.numel() for p in net.parameters())), "train_seconds": round(seconds, 1),
-            "device": device, "torch": torch.__version__}
+    meta = {
+        "model": model,
+        "width": width,
+        "data": desc,
+        "recipe": asdict(recipe),
+        "test_accuracy": accuracy,
+        "params": int(sum(p.numel() for p in net.parameters())),
+        "train_seconds": round(seconds, 1),
+        "device": device,
+        "torch": torch.__version__,
+    }
     os.replace(tmp, path)
     meta_path.write_text(json.dumps(meta, indent=1))
     return path, meta

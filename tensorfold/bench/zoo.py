@@ -48,8 +48,13 @@ class InvertedResidual(nn.Module):
         layers = []
         if expand != 1:
             layers += [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
 
@@ -68,8 +73,14 @@ def mobilenet_v2(num_classes=10, in_channels=1, width=1.0):
             layers.append(InvertedResidual(c, out, s if i == 0 else 1, t))
             c = out
     last = _w(1280, max(width, 1.0))
-    layers += [nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True),
-               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last, num_classes)]
+    layers += [
+        nn.Conv2d(c, last, 1, bias=False),
+        nn.BatchNorm2d(last),
+        nn.ReLU6(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(last, num_classes),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -80,14 +91,26 @@ def mobilenet_v1(num_classes=10, in_channels=1, width=1.0):
     layers = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
     for ch, s in cfg:
         out = _w(ch, width)
-        layers += [nn.Conv2d(c, c, 3, s, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                   nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c, c, 3, s, 1, groups=c, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        ]
         c = out
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
 
-ZOO = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "vgg16": vgg16,
-       "mobilenetv2": mobilenet_v2, "mobilenetv1": mobilenet_v1}
+ZOO = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "vgg16": vgg16,
+    "mobilenetv2": mobilenet_v2,
+    "mobilenetv1": mobilenet_v1,
+}
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> nn.Module:

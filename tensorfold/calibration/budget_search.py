@@ -28,13 +28,18 @@ class Trial:
     within: bool
 
     def as_dict(self) -> dict[str, object]:
-        return {"ratio": round(self.ratio, 4), "factorizable_params_after": self.params_after,
-                "max_relative_error": self.max_relative_error, "max_disagreement": self.max_disagreement,
-                "within": self.within}
+        return {
+            "ratio": round(self.ratio, 4),
+            "factorizable_params_after": self.params_after,
+            "max_relative_error": self.max_relative_error,
+            "max_disagreement": self.max_disagreement,
+            "within": self.within,
+        }
 
 
-def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference,
-                  bound: float, steps: int = 8) -> tuple[PassResult, Verification | None, list[Trial]]:
+def search_budget(
+    pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference, bound: float, steps: int = 8
+) -> tuple[PassResult, Verification | None, list[Trial]]:
     """(the result at the largest verified ratio, its verification, every trial). With no ratio
     within the bound the result is the unchanged model."""
     reachable = pass_.reachable_ratio(model, ctx)
@@ -49,11 +54,14 @@ def search_budget(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
         ok = check.within(bound)
-        trials.append(Trial(ratio, result.eligible_params_after, float(check.max_relative_error),
-                            float(check.max_disagreement), ok))
+        trials.append(
+            Trial(
+                ratio, result.eligible_params_after, float(check.max_relative_error), float(check.max_disagreement), ok
+            )
+        )
         bar.update()
         bar.set_postfix_str(f"{ratio:.2f}x {'ok' if ok else 'over'}")
-        if ok:       # lo only grows, so the latest model within the bound is the most compressed
+        if ok:  # lo only grows, so the latest model within the bound is the most compressed
             lo, best = ratio, (result, check)
         else:
             hi = ratio

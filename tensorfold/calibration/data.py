@@ -36,8 +36,14 @@ class Samples:
         return Samples({k: v[index] for k, v in self.arrays.items()}, self.source)
 
 
-def load_samples(path: str | os.PathLike[str], model: onnx.ModelProto, *, option: str = "--calibration",
-                 shapes: dict[str, list[int]] | None = None, normalize: tuple[Any, Any] | None = None) -> Samples:
+def load_samples(
+    path: str | os.PathLike[str],
+    model: onnx.ModelProto,
+    *,
+    option: str = "--calibration",
+    shapes: dict[str, list[int]] | None = None,
+    normalize: tuple[Any, Any] | None = None,
+) -> Samples:
     """Read and check samples for `model`: an .npz (one array per input, `x` for a single-input
     model) or a folder of PNG/JPEG images (scaled to [0, 1], resized to the model's input,
     normalized by `normalize` = (mean, std) per channel or scalar)."""
@@ -46,8 +52,10 @@ def load_samples(path: str | os.PathLike[str], model: onnx.ModelProto, *, option
         samples = _image_samples(path, model, option, shapes or {}, normalize)
     elif path.is_file():
         if normalize is not None:
-            raise TensorfoldError(f"--normalize applies to an image folder; {option} {path} is an .npz, "
-                                  "normalize its arrays before saving them")
+            raise TensorfoldError(
+                f"--normalize applies to an image folder; {option} {path} is an .npz, "
+                "normalize its arrays before saving them"
+            )
         samples = _npz_samples(path, model, option)
     else:
         raise TensorfoldError(f"{option} {path}: no such file or folder")
@@ -68,14 +76,17 @@ def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--cal
         want = _NP_TYPES.get(v.type.tensor_type.elem_type)
         where = f"{option} {samples.source}: input '{v.name}'"
         if arr.ndim != len(dims) or arr.ndim == 0:
-            raise TensorfoldError(f"{where} has shape {list(arr.shape)}; the model takes rank-{len(dims)} arrays "
-                                  f"{_dims(dims)} with the samples along the first axis")
+            raise TensorfoldError(
+                f"{where} has shape {list(arr.shape)}; the model takes rank-{len(dims)} arrays "
+                f"{_dims(dims)} with the samples along the first axis"
+            )
         for i, d in enumerate(dims[1:], start=1):
             if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
                 raise TensorfoldError(f"{where} has shape {list(arr.shape)}; the model takes {_dims(dims)}")
         if want is not None:
-            if (np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating)
-                    or (arr.dtype == np.bool_) != (want == np.bool_)):
+            if np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating) or (arr.dtype == np.bool_) != (
+                want == np.bool_
+            ):
                 raise TensorfoldError(f"{where} is {arr.dtype}; the model takes {np.dtype(want).name}")
             if arr.dtype != want:
                 samples.arrays[v.name] = arr = arr.astype(want)
@@ -88,21 +99,28 @@ def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--cal
         raise TensorfoldError(f"{option} {samples.source}: the inputs have different sample counts {sorted(counts)}")
 
 
-def split_holdout(samples: Samples, share: float = DEFAULT_HOLDOUT, seed: int = 0,
-                  option: str = "--calibration") -> tuple[Samples, Samples]:
+def split_holdout(
+    samples: Samples, share: float = DEFAULT_HOLDOUT, seed: int = 0, option: str = "--calibration"
+) -> tuple[Samples, Samples]:
     """(fit, held out): a seeded share of the samples (at least one) is kept for verification only."""
     n = samples.n
     if n < 2:
-        raise TensorfoldError(f"{option} {samples.source}: {n} sample; at least 2 are needed (one to fit on, "
-                              "one held out to verify on)")
+        raise TensorfoldError(
+            f"{option} {samples.source}: {n} sample; at least 2 are needed (one to fit on, one held out to verify on)"
+        )
     held = min(max(1, int(round(n * share))), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     return samples.take(np.sort(order[held:])), samples.take(np.sort(order[:held]))
 
 
 def _dims(dims: Any) -> str:
-    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                           else (d.dim_param or "?") for d in dims) + "]"
+    return (
+        "["
+        + ", ".join(
+            str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims
+        )
+        + "]"
+    )
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -113,8 +131,12 @@ def image_files(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray | 
     or directly in `root/` (unlabelled). (files, labels or None, class names); nothing decoded."""
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    labelled = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-                if p.suffix.lower() in IMAGE_SUFFIXES]
+    labelled = [
+        (p, i)
+        for i, c in enumerate(classes)
+        for p in sorted((root / c).iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
     files = labelled or [(p, -1) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise TensorfoldError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it or in its subfolders")
@@ -124,8 +146,9 @@ def image_files(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray | 
         if p.is_symlink() or p.parent.is_symlink():
             target = p.resolve()
             if not target.is_relative_to(inside):
-                raise TensorfoldError(f"{root}: {p.relative_to(root)} links to {target}, outside the folder; "
-                                      "copy the image in instead")
+                raise TensorfoldError(
+                    f"{root}: {p.relative_to(root)} links to {target}, outside the folder; copy the image in instead"
+                )
     labels = np.array([i for _, i in files], dtype=np.int64) if labelled else None
     return [p for p, _ in files], labels, classes if labelled else []
 
@@ -143,13 +166,14 @@ def decode_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise TensorfoldError(f"{path}: not a readable image ({exc})") from None
-    except Image.DecompressionBombError as exc:   # a header declaring 20000x20000: refused before decoding
+    except Image.DecompressionBombError as exc:  # a header declaring 20000x20000: refused before decoding
         raise TensorfoldError(f"{path}: {str(exc).splitlines()[0][:200]}") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_image_folder(root: str | os.PathLike[str], size: tuple[int, int] | None = None, channels: int = 3
-                      ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def load_image_folder(
+    root: str | os.PathLike[str], size: tuple[int, int] | None = None, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Every image of a folder (see image_files) decoded: converted to `channels`, resized to
     `size` (H, W) when given, else all to the first image's size. uint8 (N, H, W, C)."""
     files, labels, classes = image_files(root)
@@ -159,27 +183,30 @@ def load_image_folder(root: str | os.PathLike[str], size: tuple[int, int] | None
     return np.stack([decode_image(p, size, channels) for p in files]), labels, classes
 
 
-def _image_samples(root: Path, model: onnx.ModelProto, option: str, shapes: dict[str, list[int]],
-                   normalize: tuple[Any, Any] | None) -> Samples:
+def _image_samples(
+    root: Path, model: onnx.ModelProto, option: str, shapes: dict[str, list[int]], normalize: tuple[Any, Any] | None
+) -> Samples:
     inputs = model_inputs(model)
     if len(inputs) != 1:
-        raise TensorfoldError(f"{option} {root}: an image folder feeds a single-input model; this one has "
-                              f"{len(inputs)} inputs, pass an .npz with one array per input")
+        raise TensorfoldError(
+            f"{option} {root}: an image folder feeds a single-input model; this one has "
+            f"{len(inputs)} inputs, pass an .npz with one array per input"
+        )
     v = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in v.type.tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in v.type.tensor_type.shape.dim]
     if v.name in shapes:
         dims = list(shapes[v.name])
     if len(dims) != 4:
-        raise TensorfoldError(f"{option} {root}: images need a model input of rank 4 (N, C, H, W); "
-                              f"'{v.name}' has rank {len(dims)}")
+        raise TensorfoldError(
+            f"{option} {root}: images need a model input of rank 4 (N, C, H, W); '{v.name}' has rank {len(dims)}"
+        )
     channels_last = dims[3] in (1, 3) and dims[1] not in (1, 3)
     c, h, w = (dims[3], dims[1], dims[2]) if channels_last else (dims[1], dims[2], dims[3])
     if c not in (1, 3, None):
         raise TensorfoldError(f"{option} {root}: the model takes {c} channels; images give 1 or 3")
     size = (h, w) if h and w else None
     images, _, _ = load_image_folder(root, size, c or 3)
-    x = images.astype(np.float32) / 255.0                                  # (N, H, W, C)
+    x = images.astype(np.float32) / 255.0  # (N, H, W, C)
     if normalize is not None:
         mean, std = (np.asarray(p, np.float32) for p in normalize)
         if np.any(std == 0):

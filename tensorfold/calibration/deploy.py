@@ -29,18 +29,18 @@ OBJECTIVES = ("latency", "size")
 # shares of the bound the factorization may use before int8 takes the rest; measured on PP-OCRv4 det
 # at 0.05: factorizing at half the bound leaves int8 room to quantize most nodes
 INT8_SPLITS = (0.5,)
-SPLIT_STEPS = 6           # models the bound search at a share of the bound builds
+SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
 
 
 @dataclass
 class Candidate:
-    name: str                                   # "input", "factorized", "int8", "factorized + int8", ...
+    name: str  # "input", "factorized", "int8", "factorized + int8", ...
     model: onnx.ModelProto
-    verification: Verification | None          # None for the input: it is the reference
+    verification: Verification | None  # None for the input: it is the reference
     bound: float | None
     int8: Int8Result | None = None
-    factorized_ratio: float | None = None       # over the factorizable layers
-    speedup: float | None = None                # the input's median latency over this one's
+    factorized_ratio: float | None = None  # over the factorizable layers
+    speedup: float | None = None  # the input's median latency over this one's
     latency_ms: float | None = None
     params: int = field(init=False)
     size_bytes: int = field(init=False)
@@ -63,12 +63,28 @@ class Candidate:
 
     def as_dict(self) -> dict[str, object]:
         v = self.verification
-        return {"name": self.name, "params": self.params, "size_bytes": self.size_bytes,
-                "max_error": self.max_error, "within": self.within, "speedup": self.speedup,
-                "latency_ms": self.latency_ms, "factorized_ratio": self.factorized_ratio,
-                "outputs": [{"name": o.name, "relative_error": o.relative_error, "agreement": o.agreement,
-                             "argmax_agreement": o.argmax_agreement} for o in v.outputs] if v else None,
-                "int8": self.int8.as_dict() if self.int8 else None}
+        return {
+            "name": self.name,
+            "params": self.params,
+            "size_bytes": self.size_bytes,
+            "max_error": self.max_error,
+            "within": self.within,
+            "speedup": self.speedup,
+            "latency_ms": self.latency_ms,
+            "factorized_ratio": self.factorized_ratio,
+            "outputs": [
+                {
+                    "name": o.name,
+                    "relative_error": o.relative_error,
+                    "agreement": o.agreement,
+                    "argmax_agreement": o.argmax_agreement,
+                }
+                for o in v.outputs
+            ]
+            if v
+            else None,
+            "int8": self.int8.as_dict() if self.int8 else None,
+        }
 
 
 @dataclass
@@ -76,16 +92,27 @@ class DeployChoice:
     chosen: Candidate
     candidates: list[Candidate]
     objective: str
-    latency: str                         # what the speedups are: "cpu, 1 thread, measured interleaved"
+    latency: str  # what the speedups are: "cpu, 1 thread, measured interleaved"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"chosen": self.chosen.name, "objective": self.objective, "latency": self.latency,
-                "candidates": [c.as_dict() for c in self.candidates], "notes": self.notes}
+        return {
+            "chosen": self.chosen.name,
+            "objective": self.objective,
+            "latency": self.latency,
+            "candidates": [c.as_dict() for c in self.candidates],
+            "notes": self.notes,
+        }
 
 
-def choose(candidates: list[Candidate], objective: str, feeds: dict[str, np.ndarray], provider: str = "cpu",
-           threads: int = 0, rounds: int = 15) -> DeployChoice:
+def choose(
+    candidates: list[Candidate],
+    objective: str,
+    feeds: dict[str, np.ndarray],
+    provider: str = "cpu",
+    threads: int = 0,
+    rounds: int = 15,
+) -> DeployChoice:
     """Time every candidate (interleaved, one call each round; those outside the bound too, so the
     report compares them all) and pick among those within the bound by `objective`. candidates[0]
     is the input: it wins when nothing within the bound beats it, and the notes say so."""
@@ -108,8 +135,11 @@ def choose(candidates: list[Candidate], objective: str, feeds: dict[str, np.ndar
         better = "is a smaller file than the input"
     notes = []
     if chosen is base and len(candidates) > 1:
-        notes.append("no candidate stayed within the bound on the held-out samples: the input is kept" if len(ok) == 1
-                     else f"no candidate within the bound {better}: the input is kept")
+        notes.append(
+            "no candidate stayed within the bound on the held-out samples: the input is kept"
+            if len(ok) == 1
+            else f"no candidate within the bound {better}: the input is kept"
+        )
     return DeployChoice(chosen, candidates, objective, label, notes)
 
 
@@ -120,34 +150,44 @@ def check_objective(objective: str | None) -> None:
 
 @dataclass(frozen=True)
 class DeploySettings:
-    objective: str                  # "latency" | "size"
+    objective: str  # "latency" | "size"
     int8: bool
     provider: str = "cpu"
     threads: int = 0
-    rank_option_int8_error: float = 0.05    # without a bound: what int8 may add to the factorized model's error
+    rank_option_int8_error: float = 0.05  # without a bound: what int8 may add to the factorized model's error
     progress: bool = True
 
 
-def split_models_for_int8(chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference,
-                          bound: float) -> list[tuple[float, PassResult]]:
+def split_models_for_int8(
+    chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference, bound: float
+) -> list[tuple[float, PassResult]]:
     """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
     model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
     from tensorfold.calibration.budget_search import search_budget
 
     out: list[tuple[float, PassResult]] = []
     for share in INT8_SPLITS:
-        result, _, trials = search_budget(chosen, model, replace(ctx, progress=False), reference, share * bound,
-                                          steps=SPLIT_STEPS)
+        result, _, trials = search_budget(
+            chosen, model, replace(ctx, progress=False), reference, share * bound, steps=SPLIT_STEPS
+        )
         ratios = [t.ratio for t in trials if t.within]
         if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:
             out.append((max(ratios), result))
     return out
 
 
-def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto | None, result: PassResult,
-                      verification: Verification | None, split_models: list[tuple[float, PassResult]],
-                      fit: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, reference: Reference | None,
-                      bound: float | None, settings: DeploySettings) -> DeployChoice:
+def search_candidates(
+    original: onnx.ModelProto,
+    normalized: onnx.ModelProto | None,
+    result: PassResult,
+    verification: Verification | None,
+    split_models: list[tuple[float, PassResult]],
+    fit: dict[str, np.ndarray],
+    held: dict[str, np.ndarray] | None,
+    reference: Reference | None,
+    bound: float | None,
+    settings: DeploySettings,
+) -> DeployChoice:
     """The candidates of one run, built and verified on the held-out share, and the one the objective
     picks. With a bound: input, factorized at the bound, int8 alone, factorized at a share of the
     bound + int8. With a rank option instead (bound None): input, the factorization as asked, and it
@@ -156,14 +196,22 @@ def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto | N
     from tensorfold.quantize.within_bound import quantize_within
 
     if reference is None:
-        raise TensorfoldError("--int8 and --objective need held-out samples to check every candidate on "
-                              "(--calibration)")
+        raise TensorfoldError(
+            "--int8 and --objective need held-out samples to check every candidate on (--calibration)"
+        )
     factorized = result.model if result.rewritten else None
     candidates = [Candidate("input", original, None, bound)]
     unmet: list[str] = []
     if factorized is not None:
-        candidates.append(Candidate("factorized", factorized, verification or reference.verify(factorized), bound,
-                                    factorized_ratio=_ratio(result)))
+        candidates.append(
+            Candidate(
+                "factorized",
+                factorized,
+                verification or reference.verify(factorized),
+                bound,
+                factorized_ratio=_ratio(result),
+            )
+        )
     if settings.int8:
         assert normalized is not None, "int8 alone quantizes the normalized input"
         fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
@@ -173,20 +221,31 @@ def search_candidates(original: onnx.ModelProto, normalized: onnx.ModelProto | N
             int8_bound = bound
         else:
             int8_bound = (candidates[-1].max_error if factorized is not None else 0.0) + settings.rank_option_int8_error
-            bases = [("factorized + int8", factorized, _ratio(result)) if factorized is not None
-                     else ("int8", normalized, None)]
-        method: str | None = None           # the calibration method int8 alone chose is reused after it
+            bases = [
+                ("factorized + int8", factorized, _ratio(result))
+                if factorized is not None
+                else ("int8", normalized, None)
+            ]
+        method: str | None = None  # the calibration method int8 alone chose is reused after it
         for name, base, ratio in bases:
             options = {"methods": (method,)} if method else {}
-            for r in quantize_within(base, fit, reference, int8_bound, fmt, settings.provider,
-                                     class_outputs=set(reference.axes), progress=settings.progress, **options):
+            for r in quantize_within(
+                base,
+                fit,
+                reference,
+                int8_bound,
+                fmt,
+                settings.provider,
+                class_outputs=set(reference.axes),
+                progress=settings.progress,
+                **options,
+            ):
                 method = method or r.calibration
                 label = name + (" (dynamic)" if r.kind == "dynamic" else "")
                 if r.model is None:
                     unmet.extend(f"{label}: {note}" for note in r.notes)
                     continue
-                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r,
-                                            factorized_ratio=ratio))
+                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r, factorized_ratio=ratio))
     if held is None:
         raise TensorfoldError("--int8 and --objective time the candidates on held-out samples (--calibration)")
     picked = choose(candidates, settings.objective, held, settings.provider, settings.threads)
@@ -198,15 +257,15 @@ def _ratio(result: PassResult) -> float | None:
     return result.eligible_params / result.eligible_params_after if result.eligible_params_after else None
 
 
-def factorization_of(picked: Candidate, result: PassResult, split_models: list[tuple[float, PassResult]]
-                     ) -> PassResult:
+def factorization_of(picked: Candidate, result: PassResult, split_models: list[tuple[float, PassResult]]) -> PassResult:
     """The factorization behind the picked candidate (for the report's layer table): none for the
     input and int8 alone, the bound search's for "factorized", the split's for factorized + int8."""
     if picked.name == "factorized":
         return result
     if picked.factorized_ratio is None:
-        return PassResult(picked.model, picked.name != "input", [], result.skipped, result.notes,
-                          result.eligible_params)
+        return PassResult(
+            picked.model, picked.name != "input", [], result.skipped, result.notes, result.eligible_params
+        )
     for ratio, r in split_models:
         if picked.factorized_ratio == ratio:
             return PassResult(picked.model, True, r.rewritten, r.skipped, result.notes, r.eligible_params)

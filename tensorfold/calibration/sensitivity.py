@@ -33,24 +33,30 @@ GAIN_CLIP = 10.0
 @dataclass
 class Sensitivity:
     node: str
-    probe_params: int            # parameters of the probed factorization
-    layer_error: float           # its relative output error at the layer
-    model_error: float           # the model's largest relative output error with only this layer probed
-    model_disagreement: float    # and the largest argmax disagreement
+    probe_params: int  # parameters of the probed factorization
+    layer_error: float  # its relative output error at the layer
+    model_error: float  # the model's largest relative output error with only this layer probed
+    model_disagreement: float  # and the largest argmax disagreement
 
     @property
     def gain(self) -> float:
         """model error^2 / layer error^2: how the network scales this layer's error."""
-        return (self.model_error ** 2) / max(self.layer_error ** 2, 1e-12)
+        return (self.model_error**2) / max(self.layer_error**2, 1e-12)
 
     def as_dict(self) -> dict[str, object]:
-        return {"node": self.node, "probe_params": self.probe_params, "layer_error": self.layer_error,
-                "model_error": self.model_error, "model_disagreement": self.model_disagreement,
-                "gain": self.gain}
+        return {
+            "node": self.node,
+            "probe_params": self.probe_params,
+            "layer_error": self.layer_error,
+            "model_error": self.model_error,
+            "model_disagreement": self.model_disagreement,
+            "gain": self.gain,
+        }
 
 
-def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference
-                        ) -> dict[str, Sensitivity]:
+def measure_sensitivity(
+    pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference
+) -> dict[str, Sensitivity]:
     """{layer name: Sensitivity} for every layer the pass can rewrite and shrink to PROBE_SHARE."""
     _, layers, _ = pass_.eligible_layers(model, ctx)
     out: dict[str, Sensitivity] = {}
@@ -63,8 +69,9 @@ def measure_sensitivity(pass_: FactorizePass, model: onnx.ModelProto, ctx: PassC
         if not result.rewritten:
             continue
         check = reference.verify(result.model)
-        out[layer.name] = Sensitivity(layer.name, probe.params, max(probe.error2, 0.0) ** 0.5,
-                                      check.max_relative_error, check.max_disagreement)
+        out[layer.name] = Sensitivity(
+            layer.name, probe.params, max(probe.error2, 0.0) ** 0.5, check.max_relative_error, check.max_disagreement
+        )
     return out
 
 
@@ -76,8 +83,9 @@ class OnlyLayer:
     choice: Choice
     reasons: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx: PassContext
-                 ) -> tuple[dict[str, Choice | None], list[str]]:
+    def __call__(
+        self, pass_: FactorizePass, layers: list[Layer], ctx: PassContext
+    ) -> tuple[dict[str, Choice | None], list[str]]:
         return {layer.name: (self.choice if layer.name == self.name else None) for layer in layers}, []
 
 

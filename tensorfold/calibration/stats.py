@@ -26,8 +26,9 @@ from tensorfold.passes.layers import Layer
 _ROWS_PER_STEP = 16384
 
 
-def collect_input_grams(model: onnx.ModelProto, layers: list[Layer], samples: Samples, provider: str = "cpu",
-                        progress: bool = False) -> dict[str, InputGram]:
+def collect_input_grams(
+    model: onnx.ModelProto, layers: list[Layer], samples: Samples, provider: str = "cpu", progress: bool = False
+) -> dict[str, InputGram]:
     """{layer name: InputGram} for every layer in `layers`, from one pass over `samples`."""
     if not layers:
         return {}
@@ -46,10 +47,11 @@ def collect_input_grams(model: onnx.ModelProto, layers: list[Layer], samples: Sa
             acc = grams.get(layer.name)
             for g, rows in enumerate(rows_per_group):
                 for start in range(0, len(rows), _ROWS_PER_STEP):
-                    block = np.ascontiguousarray(rows[start:start + _ROWS_PER_STEP], dtype=np.float32)
+                    block = np.ascontiguousarray(rows[start : start + _ROWS_PER_STEP], dtype=np.float32)
                     if acc is None:
-                        acc = grams[layer.name] = InputGram(np.zeros((len(rows_per_group), block.shape[1],
-                                                                      block.shape[1])))
+                        acc = grams[layer.name] = InputGram(
+                            np.zeros((len(rows_per_group), block.shape[1], block.shape[1]))
+                        )
                     acc.grams[g] += (block.T @ block).astype(np.float64)
             if acc is not None:
                 acc.count += len(rows_per_group[0])
@@ -61,7 +63,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(large.skeleton(probe)[0])   # types only: no weights
+        inferred = onnx.shape_inference.infer_shapes(large.skeleton(probe)[0])  # types only: no weights
         known = {v.name: v for v in inferred.graph.value_info}
     except Exception:  # noqa: BLE001 - types are optional for onnxruntime's extra outputs
         known = {}
@@ -98,20 +100,29 @@ def conv_patches(x: np.ndarray, weight_shape: Sequence[int], groups: int, attrs:
     xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + nd]) for a in range(nd)])
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     windows = np.lib.stride_tricks.sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))
-    select = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+    select = (
+        (slice(None), slice(None))
+        + tuple(slice(None, None, s) for s in strides)
         + tuple(slice(None, None, d) for d in dilations)
-    windows = windows[select]                                 # (N, C, *out, *k)
+    )
+    windows = windows[select]  # (N, C, *out, *k)
     perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
     per = x.shape[1] // groups
     out = []
     for g in range(groups):
-        part = windows[:, g * per:(g + 1) * per].transpose(perm)
+        part = windows[:, g * per : (g + 1) * per].transpose(perm)
         out.append(part.reshape(-1, per * int(np.prod(kernel))))
     return out
 
 
-def _pads(spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
-          pads: Sequence[int], auto_pad: str) -> list[int]:
+def _pads(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    auto_pad: str,
+) -> list[int]:
     nd = len(kernel)
     if auto_pad in ("NOTSET", ""):
         return list(pads)

@@ -39,10 +39,10 @@ _RIDGE = 1e-10
 
 @dataclass
 class CP:
-    factors: list[np.ndarray]   # mode n: (dim_n, R); weights absorbed, columns balanced across modes
-    rel_error: float = 0.0      # ||T - cp||_F / ||T||_F
-    n_iter: int = 0             # ALS sweeps of the returned try
-    restarts: int = 0           # random-init tries that ran after the SVD-init try
+    factors: list[np.ndarray]  # mode n: (dim_n, R); weights absorbed, columns balanced across modes
+    rel_error: float = 0.0  # ||T - cp||_F / ||T||_F
+    n_iter: int = 0  # ALS sweeps of the returned try
+    restarts: int = 0  # random-init tries that ran after the SVD-init try
 
     @property
     def rank(self) -> int:
@@ -126,8 +126,9 @@ def _balance(factors: list[np.ndarray]) -> list[np.ndarray]:
     return [f * scale[m][None, :] for m, f in enumerate(factors[:n])]
 
 
-def _svd_init(unfoldings_grams: list[np.ndarray], dims: tuple[int, ...], rank: int, rng: np.random.Generator
-              ) -> list[np.ndarray]:
+def _svd_init(
+    unfoldings_grams: list[np.ndarray], dims: tuple[int, ...], rank: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     factors = []
     for gram, d in zip(unfoldings_grams, dims):
         w, v = np.linalg.eigh(gram)
@@ -157,8 +158,15 @@ def _rel_error(x0: np.ndarray, factors: list[np.ndarray], norm2: float) -> float
     return float(np.sqrt(max(norm2 - 2.0 * inner + float(hat.sum()), 0.0) / norm2))
 
 
-def _als(x0: np.ndarray, dims: tuple[int, ...], factors: list[np.ndarray], norm2: float, n_iter_max: int,
-         tol: float, deadline: float | None = None) -> tuple[list[np.ndarray], float, int]:
+def _als(
+    x0: np.ndarray,
+    dims: tuple[int, ...],
+    factors: list[np.ndarray],
+    norm2: float,
+    n_iter_max: int,
+    tol: float,
+    deadline: float | None = None,
+) -> tuple[list[np.ndarray], float, int]:
     """Run ALS from ``factors``; returns (factors, approximate rel error, sweeps).
 
     After each sweep, a line search (Bro 1998; the step it^(1/3) of TensorLy's option):
@@ -220,18 +228,27 @@ def _check(factors: list[np.ndarray], norm_t: float, rel: float) -> tuple[str, b
     # Rounding each component (float16, int8) adds independent errors of about its norm, so
     # sqrt(sum_r w_r^2) / ||T|| is how much the CP amplifies rounding; orthogonal components
     # give <= 1, components that cancel each other give more.
-    amplification = float(np.sqrt(np.sum(weights ** 2))) / norm_t
+    amplification = float(np.sqrt(np.sum(weights**2))) / norm_t
     if amplification > _DEGENERACY_RATIO:
-        return (f"degenerate: sqrt(sum of squared component norms) is {amplification:.3g} x ||T|| "
-                f"(limit {_DEGENERACY_RATIO:g}), the components cancel each other"), True
+        return (
+            f"degenerate: sqrt(sum of squared component norms) is {amplification:.3g} x ||T|| "
+            f"(limit {_DEGENERACY_RATIO:g}), the components cancel each other"
+        ), True
     dead = int(np.count_nonzero(weights <= 1e-12 * norm_t))
     if dead and rel > 1e-6:
         return f"{dead} of {len(weights)} components collapsed to zero at relative error {rel:.3g}", False
     return None
 
 
-def cp_als(tensor: npt.ArrayLike, rank: int, n_iter_max: int = 100, tol: float = 1e-6, n_restarts: int = 3, seed: int = 0,
-           seconds: float | None = None) -> CP:
+def cp_als(
+    tensor: npt.ArrayLike,
+    rank: int,
+    n_iter_max: int = 100,
+    tol: float = 1e-6,
+    n_restarts: int = 3,
+    seed: int = 0,
+    seconds: float | None = None,
+) -> CP:
     """Rank-``rank`` CP of an N-way tensor (N >= 2) by ALS.
 
     The first try starts from the leading left singular vectors of each unfolding (padded
@@ -272,7 +289,7 @@ def cp_als(tensor: npt.ArrayLike, rank: int, n_iter_max: int = 100, tol: float =
     rng = np.random.default_rng(seed)
 
     deadline = None if seconds is None else time.perf_counter() + seconds
-    best = None   # (soft-rejected, rel, factors, n_iter)
+    best = None  # (soft-rejected, rel, factors, n_iter)
     reasons = []
     restarts = 0
     for attempt in range(1 + n_restarts):

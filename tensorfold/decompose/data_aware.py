@@ -45,8 +45,16 @@ import scipy.linalg
 
 from tensorfold.decompose.ranks import clip_rank
 
-__all__ = ["InputGram", "DEFAULT_DAMPING", "damped", "output_energies", "output_error2", "refit_output",
-           "WhitenedSVD", "Tucker2DataFit"]
+__all__ = [
+    "InputGram",
+    "DEFAULT_DAMPING",
+    "damped",
+    "output_energies",
+    "output_error2",
+    "refit_output",
+    "WhitenedSVD",
+    "Tucker2DataFit",
+]
 
 DEFAULT_DAMPING = 1e-2
 
@@ -55,7 +63,7 @@ DEFAULT_DAMPING = 1e-2
 class InputGram:
     """sum x x^T of the vectors a layer multiplies, one (D, D) block per conv group, over `count` vectors."""
 
-    grams: np.ndarray            # (groups, D, D), float64
+    grams: np.ndarray  # (groups, D, D), float64
     count: int = 0
     # rank-independent fits of this layer (WhitenedSVD, Tucker2DataFit per group), made once: a
     # budget search builds many ranks of the same layer
@@ -118,7 +126,7 @@ class WhitenedSVD:
     @property
     def spectrum(self) -> np.ndarray:
         """Squared singular values, descending: the output energy each rank keeps."""
-        return self.s ** 2
+        return self.s**2
 
     def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """left (K, r), right (r, N) minimizing sum ||x M - x left right||^2 over the data; the
@@ -128,17 +136,14 @@ class WhitenedSVD:
         return self.inv @ (self.u[:, :r] * half), half[:, None] * self.vt[:r]
 
 
-
-
-
-
-def refit_output(w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float | None = None
-                 ) -> tuple[np.ndarray, float]:
+def refit_output(
+    w2d: np.ndarray, maps: np.ndarray, gram: np.ndarray, damping: float | None = None
+) -> tuple[np.ndarray, float]:
     """The (O, R) matrix B minimizing sum ||W x - B F x||^2, for a chain whose first stages map a
     vector x to F x (F is R x D), and the relative squared output error it leaves."""
     g = damped(gram, damping)
-    cross = w2d @ g @ maps.T                          # (O, R): sum y (F x)^T
-    inner = maps @ g @ maps.T                         # (R, R): sum (F x)(F x)^T
+    cross = w2d @ g @ maps.T  # (O, R): sum y (F x)^T
+    inner = maps @ g @ maps.T  # (R, R): sum (F x)(F x)^T
     inner = inner + 1e-10 * max(float(np.trace(inner)) / max(len(inner), 1), 1e-300) * np.eye(len(inner))
     b = scipy.linalg.solve(inner, cross.T, assume_a="pos").T
     total = float(np.einsum("od,od->", w2d @ g, w2d))
@@ -158,7 +163,7 @@ def _sym_sqrt(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _input_bases(w3: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
     """Nested input-channel bases (I x I, leading columns first): whitened HOSVD and plain HOSVD."""
     o, i, kk = w3.shape
-    m1 = np.einsum("oik,ojk->ij", w3, w3)             # W_(1) W_(1)^T
+    m1 = np.einsum("oik,ojk->ij", w3, w3)  # W_(1) W_(1)^T
     channel = np.einsum("ikjk->ij", g.reshape(i, kk, i, kk)) / kk
     half, inv_half = _sym_sqrt(channel)
     _, b = np.linalg.eigh(half @ m1 @ half)
@@ -183,11 +188,11 @@ def _fit(w3: np.ndarray, g: np.ndarray, basis: np.ndarray) -> _Fit:
     # T = (A x I_k)^T G (A x I_k), z ordered (channel, offset): leading blocks are the smaller r_in
     t = np.einsum("ca,ckdl,db->akbl", basis, g4, basis, optimize=True).reshape(i * kk, i * kk)
     wg = (w3.reshape(o, i * kk) @ g).reshape(o, i, kk)
-    cross = np.einsum("ock,ca->oak", wg, basis, optimize=True).reshape(o, i * kk)   # sum y z^T
+    cross = np.einsum("ock,ca->oak", wg, basis, optimize=True).reshape(o, i * kk)  # sum y z^T
     t = 0.5 * (t + t.T)
     t += 1e-10 * float(np.trace(t)) / len(t) * np.eye(len(t))
     chol = np.linalg.cholesky(t)
-    x = scipy.linalg.solve_triangular(chol, cross.T, lower=True).T                   # C L^-T
+    x = scipy.linalg.solve_triangular(chol, cross.T, lower=True).T  # C L^-T
     return _Fit(basis, x, chol)
 
 
@@ -217,7 +222,7 @@ class Tucker2DataFit:
             gx = np.zeros((o, o))
             done = 0
             for col, r in sorted(enumerate(r_in_values), key=lambda t: t[1]):
-                block = fit.x[:, done * kk:r * kk]
+                block = fit.x[:, done * kk : r * kk]
                 gx += block @ block.T
                 done = r
                 eig = np.clip(np.linalg.eigvalsh(gx)[::-1], 0.0, None)
@@ -234,14 +239,15 @@ class Tucker2DataFit:
             return (np.zeros((ro, ri) + self.spatial), np.eye(o)[:, :ro], np.eye(i)[:, :ri], 0.0)
         best: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         for fit in self.fits:
-            x = fit.x[:, :ri * kk]
+            x = fit.x[:, : ri * kk]
             lam, vec = np.linalg.eigh(x @ x.T)
             u = vec[:, ::-1][:, :ro]
             err = max((self.total - float(np.clip(lam[::-1][:ro], 0, None).sum())) / self.total, 0.0)
             if best is None or err < best[3]:
                 # core = U^T C_r T_r^-1 = U^T X_r L_r^-1
-                core = scipy.linalg.solve_triangular(fit.chol[:ri * kk, :ri * kk], (u.T @ x).T, lower=True,
-                                                     trans="T").T
+                core = scipy.linalg.solve_triangular(
+                    fit.chol[: ri * kk, : ri * kk], (u.T @ x).T, lower=True, trans="T"
+                ).T
                 best = (core.reshape((ro, ri) + self.spatial), u, fit.basis[:, :ri], err)
-        assert best is not None          # total > 0: there is at least one fit
+        assert best is not None  # total > 0: there is at least one fit
         return best

@@ -229,8 +229,7 @@ def allocate_budget(options: list[list[Option]], max_params: int) -> list[int]:
     return [int(k) for k in _exchange(P, E, valid, choice, budget)]
 
 
-def _greedy_fill(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarray, budget: float
-                 ) -> np.ndarray:
+def _greedy_fill(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarray, budget: float) -> np.ndarray:
     """Spend what is left of the budget on the best error decrease per extra parameter."""
     rows = np.arange(P.shape[0])
     for _ in range(P.size):
@@ -247,8 +246,15 @@ def _greedy_fill(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.nda
     return choice
 
 
-def _exchange(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarray, budget: float,
-              max_rounds: int = 50, nearest: int = 16) -> np.ndarray:
+def _exchange(
+    P: np.ndarray,
+    E: np.ndarray,
+    valid: np.ndarray,
+    choice: np.ndarray,
+    budget: float,
+    max_rounds: int = 50,
+    nearest: int = 16,
+) -> np.ndarray:
     """Pairwise exchanges: step one layer down its Pareto front, spend the freed parameters on
     the best upgrade of another layer; repeat while the sum of errors drops.
 
@@ -265,9 +271,9 @@ def _exchange(P: np.ndarray, E: np.ndarray, valid: np.ndarray, choice: np.ndarra
     es = np.take_along_axis(E, order, axis=1)
     emin = np.minimum.accumulate(es, axis=1)
     shifted = np.concatenate([np.full((n_layers, 1), np.inf), emin[:, :-1]], axis=1)
-    front = valid[rows[:, None], order] & (es < shifted)        # Pareto options, in params order
+    front = valid[rows[:, None], order] & (es < shifted)  # Pareto options, in params order
     arg_run = np.maximum.accumulate(np.where(front, np.arange(width), 0), axis=1)
-    best_opt = np.take_along_axis(order, arg_run, axis=1)        # option giving emin at each position
+    best_opt = np.take_along_axis(order, arg_run, axis=1)  # option giving emin at each position
     front_pos = [np.flatnonzero(front[b]) for b in range(n_layers)]
 
     for _ in range(max_rounds):

@@ -11,7 +11,16 @@ import numpy.typing as npt
 from tensorfold.decompose.svd import as_float_array
 from tensorfold.decompose.tucker2 import gram_eig, leading_subspace
 
-__all__ = ["tt_svd", "tt_rank_ladder", "tt_contraction", "tt_matrix", "tt_matrix_contraction", "factorize_dim", "tt_params", "tt_ranks"]
+__all__ = [
+    "tt_svd",
+    "tt_rank_ladder",
+    "tt_contraction",
+    "tt_matrix",
+    "tt_matrix_contraction",
+    "factorize_dim",
+    "tt_params",
+    "tt_ranks",
+]
 
 
 def _bond_caps(ranks: int | Sequence[int] | None, n_bonds: int) -> list[int] | None:
@@ -29,8 +38,13 @@ def _bond_caps(ranks: int | Sequence[int] | None, n_bonds: int) -> list[int] | N
     return caps
 
 
-def tt_svd(tensor: npt.ArrayLike, ranks: int | Sequence[int] | None = None, rel_eps: float | None = None,
-           memo: dict[Any, Any] | None = None, info: dict[str, Any] | None = None) -> list[np.ndarray]:
+def tt_svd(
+    tensor: npt.ArrayLike,
+    ranks: int | Sequence[int] | None = None,
+    rel_eps: float | None = None,
+    memo: dict[Any, Any] | None = None,
+    info: dict[str, Any] | None = None,
+) -> list[np.ndarray]:
     """TT cores G_k (r_{k-1}, n_k, r_k), r_0 = r_N = 1, by sequential truncated SVDs.
 
     ``ranks``: one cap for every bond, or N-1 caps; each is clipped to what the sequential
@@ -57,7 +71,7 @@ def tt_svd(tensor: npt.ArrayLike, ranks: int | Sequence[int] | None = None, rel_
         if rel_eps < 0:
             raise ValueError(f"rel_eps must be >= 0, got {rel_eps}")
         if n_modes > 1:
-            delta2 = (rel_eps ** 2 / (n_modes - 1)) * float(np.vdot(a, a))
+            delta2 = (rel_eps**2 / (n_modes - 1)) * float(np.vdot(a, a))
 
     def choose(s2: np.ndarray, k: int) -> int:
         r = len(s2)
@@ -87,7 +101,7 @@ def tt_svd(tensor: npt.ArrayLike, ranks: int | Sequence[int] | None = None, rel_
                 if memo is not None:
                     memo[prefix] = eig
             r = min(choose(eig[0][: min(c.shape)], k), c.shape[0])
-            discarded += float(eig[0][r:min(c.shape)].sum())
+            discarded += float(eig[0][r : min(c.shape)].sum())
             key = ("basis", prefix, r)
             if memo is not None and key in memo:
                 u, rest = memo[key]
@@ -139,7 +153,7 @@ def tt_rank_ladder(tensor: npt.ArrayLike, shares: Sequence[float]) -> list[tuple
         return [(tuple(1 for _ in range(n_bonds)), 0.0) for _ in shares]
     tails = []
     for k in range(n_bonds):
-        unfolding = a.reshape(int(np.prod(dims[:k + 1])), -1)
+        unfolding = a.reshape(int(np.prod(dims[: k + 1])), -1)
         m, n = unfolding.shape
         s2 = np.maximum(np.linalg.eigvalsh(unfolding @ unfolding.T if m <= n else unfolding.T @ unfolding)[::-1], 0)
         tails.append(np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]]))
@@ -187,8 +201,13 @@ def tt_contraction(cores: Sequence[np.ndarray]) -> np.ndarray:
     return x.reshape(dims)
 
 
-def tt_matrix(matrix: npt.ArrayLike, row_dims: Sequence[int], col_dims: Sequence[int],
-              ranks: int | Sequence[int] | None = None, rel_eps: float | None = None) -> list[np.ndarray]:
+def tt_matrix(
+    matrix: npt.ArrayLike,
+    row_dims: Sequence[int],
+    col_dims: Sequence[int],
+    ranks: int | Sequence[int] | None = None,
+    rel_eps: float | None = None,
+) -> list[np.ndarray]:
     """TT-matrix cores (r_{k-1}, m_k, n_k, r_k) of ``matrix`` (M, N), M = prod(row_dims), N = prod(col_dims).
 
     Reshape to (m_1..m_d, n_1..n_d), interleave to (m_1, n_1, ..., m_d, n_d), TT-SVD over
@@ -202,8 +221,10 @@ def tt_matrix(matrix: npt.ArrayLike, row_dims: Sequence[int], col_dims: Sequence
     if min(row_dims + col_dims) < 1:
         raise ValueError(f"TT-matrix dims must be >= 1, got {row_dims} and {col_dims}")
     if int(np.prod(row_dims)) != w.shape[0] or int(np.prod(col_dims)) != w.shape[1]:
-        raise ValueError(f"prod(row_dims)={int(np.prod(row_dims))} and prod(col_dims)={int(np.prod(col_dims))} "
-                         f"must equal the matrix shape {w.shape}")
+        raise ValueError(
+            f"prod(row_dims)={int(np.prod(row_dims))} and prod(col_dims)={int(np.prod(col_dims))} "
+            f"must equal the matrix shape {w.shape}"
+        )
     d = len(row_dims)
     x = w.reshape(row_dims + col_dims)
     order = [a for k in range(d) for a in (k, d + k)]
@@ -238,7 +259,7 @@ def factorize_dim(n: int, d: int) -> list[int]:
     best: tuple[tuple[int, float], list[int]] | None = None
 
     def divisors_desc(m: int, upper: int) -> list[int]:
-        small = [k for k in range(1, int(m ** 0.5) + 1) if m % k == 0]
+        small = [k for k in range(1, int(m**0.5) + 1) if m % k == 0]
         divs = set(small) | {m // k for k in small}
         return sorted((k for k in divs if k <= upper), reverse=True)
 

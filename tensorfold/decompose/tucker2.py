@@ -20,14 +20,22 @@ import numpy.typing as npt
 from tensorfold.decompose.ranks import clip_rank
 from tensorfold.decompose.svd import as_float_array
 
-__all__ = ["Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_error_table", "tucker2_params", "leading_basis", "leading_subspace"]
+__all__ = [
+    "Tucker2",
+    "tucker2",
+    "tucker2_reconstruct",
+    "tucker2_error_table",
+    "tucker2_params",
+    "leading_basis",
+    "leading_subspace",
+]
 
 
 @dataclass
 class Tucker2:
-    core: np.ndarray        # (r_out, r_in, *k)
+    core: np.ndarray  # (r_out, r_in, *k)
     out_factor: np.ndarray  # (O, r_out), orthonormal columns
-    in_factor: np.ndarray   # (I, r_in), orthonormal columns
+    in_factor: np.ndarray  # (I, r_in), orthonormal columns
 
     @property
     def ranks(self) -> tuple[int, int]:
@@ -57,8 +65,9 @@ def gram_eig(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(w, 0.0), v
 
 
-def leading_subspace(a: np.ndarray, choose_rank: Callable[[np.ndarray], int],
-                     eig: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def leading_subspace(
+    a: np.ndarray, choose_rank: Callable[[np.ndarray], int], eig: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(basis (m, r), squared singular values of ``a``, descending) with r = choose_rank(s2).
 
     The spectrum comes from the eigenvalues of the smaller Gram matrix (accurate to about
@@ -119,7 +128,7 @@ def tucker2(kernel: npt.ArrayLike, ranks: tuple[int, int], hooi_iters: int = 5) 
     if hooi_iters < 0:
         raise ValueError(f"hooi_iters must be >= 0, got {hooi_iters}")
 
-    w0 = w3.reshape(o, i * k)                                  # mode-0 unfolding (a view)
+    w0 = w3.reshape(o, i * k)  # mode-0 unfolding (a view)
     w_oki = np.ascontiguousarray(w3.transpose(0, 2, 1)).reshape(o * k, i)
     norm2 = float(np.vdot(w0, w0))
 

@@ -28,6 +28,7 @@ _AFFINE_OPS = {
 
 def fold_batchnorm(model: onnx.ModelProto) -> int:
     """Conv -> BatchNormalization (inference mode, constant stats) becomes one Conv."""
+
     def bn_affine(index, conv, bn, w):
         if bn.op_type != "BatchNormalization" or bn.input[0] != conv.output[0] or attr(bn, "training_mode", 0):
             return None
@@ -42,6 +43,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
 
 def fold_conv_affine(model: onnx.ModelProto) -> int:
     """Conv followed by Mul/Add/Sub/Div with per-channel or scalar constants becomes one Conv."""
+
     def affine(index, conv, first, w):
         factor, shift = np.ones(w.shape[0]), np.zeros(w.shape[0])
         node, y, absorbed = first, conv.output[0], []
@@ -70,15 +72,22 @@ def fold_affine_into_next_conv(model: onnx.ModelProto) -> int:
     padding reads (a pointwise conv after an activation's affine block) fold into that Conv:
     conv(f * x + s) = conv_{W * f}(x) + sum(W * s). Exact only without padding (a padded border
     would see s where the fold sees 0), so padded convs are left alone."""
+
     def before(index, conv, w, b, taken):
         if any(attr(conv, "pads", [0])) or attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return None
         cin = w.shape[1] * attr(conv, "group", 1)
         factor, shift, v, chain = np.ones(cin), np.zeros(cin), conv.input[0], []
-        while True:                                   # walk back: v = factor * u + shift
+        while True:  # walk back: v = factor * u + shift
             op = index.producer.get(v)
-            if (op is None or op.op_type not in _AFFINE_OPS or len(op.input) != 2 or v in index.graph_outputs
-                    or len(index.consumers.get(v, [])) != 1 or id(op) in taken):
+            if (
+                op is None
+                or op.op_type not in _AFFINE_OPS
+                or len(op.input) != 2
+                or v in index.graph_outputs
+                or len(index.consumers.get(v, [])) != 1
+                or id(op) in taken
+            ):
                 break
             consts = [i for i in op.input if index.is_constant(i)]
             if len(consts) != 1:
@@ -121,6 +130,7 @@ def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
 def _after(match):
     """A fold of the ops after a conv: `match(index, conv, its one user, weight)` gives (factor,
     shift, absorbed) when the ops `absorbed`, from that user on, compute factor * y + shift per channel."""
+
     def fold(index, conv, w, b, taken):
         out = conv.output[0]
         users = index.consumers.get(out, [])
@@ -132,6 +142,7 @@ def _after(match):
         factor, shift, absorbed = got
         new_w = w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))
         return new_w, b * factor + shift, absorbed, conv.input[0], absorbed[-1].output[0]
+
     return fold
 
 
@@ -149,11 +160,15 @@ def _rewrite_convs(model: onnx.ModelProto, fold, tag: str) -> int:
         if len(conv.input) > 2 and conv.input[2] and not index.is_constant(conv.input[2]):
             continue
         if len(index.consumers.get(conv.input[1], [])) > 1:
-            continue    # a weight other nodes read too: a fold would copy it (more parameters, not fewer)
+            continue  # a weight other nodes read too: a fold would copy it (more parameters, not fewer)
         w = index.array(conv.input[1])
         if not np.issubdtype(w.dtype, np.floating):
             continue
-        b = index.array(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
+        b = (
+            index.array(conv.input[2]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(w.shape[0])
+        )
         got = fold(index, conv, w, b, drop)
         if got is None:
             continue
@@ -169,8 +184,9 @@ def _rewrite_convs(model: onnx.ModelProto, fold, tag: str) -> int:
             conv.input.append("")
         conv.input[0], conv.input[1], conv.input[2] = new_input, names[0], names[1]
         conv.output[0] = new_output
-        conv.doc_string = (conv.doc_string + " " if conv.doc_string else "") + \
-            f"[tensorfold] folded {', '.join(n.name or n.op_type for n in absorbed)}"
+        conv.doc_string = (
+            conv.doc_string + " " if conv.doc_string else ""
+        ) + f"[tensorfold] folded {', '.join(n.name or n.op_type for n in absorbed)}"
         drop.update(id(n) for n in absorbed)
         folded += 1
     if folded:

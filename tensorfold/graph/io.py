@@ -24,10 +24,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise TensorfoldError(f"{path}: empty file, not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=True)
-    except onnx.checker.ValidationError as exc:   # raised for a missing or misplaced external data file
+    except onnx.checker.ValidationError as exc:  # raised for a missing or misplaced external data file
         raise TensorfoldError(f"{path}: external data: {first_line(exc)}") from None
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise TensorfoldError(f"{path}: not a valid ONNX model (truncated or another format): {first_line(exc)}") from None
+        raise TensorfoldError(
+            f"{path}: not a valid ONNX model (truncated or another format): {first_line(exc)}"
+        ) from None
     except FileNotFoundError as exc:
         raise TensorfoldError(f"{path}: external data file missing: {first_line(exc)}") from None
     except OSError as exc:
@@ -35,8 +37,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise TensorfoldError(f"{path}: not a valid ONNX model (no graph found)")
     if model.ir_version > onnx.IR_VERSION:
-        raise TensorfoldError(f"{path}: IR version {model.ir_version} is newer than this onnx supports "
-                              f"({onnx.IR_VERSION}); a corrupt file, or upgrade onnx/onnxruntime")
+        raise TensorfoldError(
+            f"{path}: IR version {model.ir_version} is newer than this onnx supports "
+            f"({onnx.IR_VERSION}); a corrupt file, or upgrade onnx/onnxruntime"
+        )
     check_opset(model, path)
     check_initializers(model, path)
     if not large.is_large(model):
@@ -45,9 +49,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
             if "Field 'shape' of 'type' is required" in str(exc):
-                return model        # a value without a shape: real exporters write them, onnxruntime runs them
-            raise TensorfoldError(f"{path}: not a valid ONNX model (onnx.checker: {first_line(exc)}); a corrupt "
-                                  "or hand-edited file?") from None
+                return model  # a value without a shape: real exporters write them, onnxruntime runs them
+            raise TensorfoldError(
+                f"{path}: not a valid ONNX model (onnx.checker: {first_line(exc)}); a corrupt or hand-edited file?"
+            ) from None
     return model
 
 
@@ -62,8 +67,10 @@ def check_initializers(model: onnx.ModelProto, path: str | os.PathLike = "model"
     graphs = [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.HasField("g")]
     for graph in graphs:
         for t in graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING,
-                                                                             onnx.TensorProto.UNDEFINED):
+            if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (
+                onnx.TensorProto.STRING,
+                onnx.TensorProto.UNDEFINED,
+            ):
                 continue
             if any(d < 0 for d in t.dims):
                 raise TensorfoldError(f"{path}: weight '{t.name}' has a negative dimension {list(t.dims)}")
@@ -75,13 +82,20 @@ def check_initializers(model: onnx.ModelProto, path: str | os.PathLike = "model"
                 else:
                     # one value per entry of the typed field (two for complex), 4-bit types two to one
                     have, unit = len(getattr(t, helper.tensor_dtype_to_field(t.data_type))), "values"
-                    want = 2 * count if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) \
-                        else -(-count // 2) if t.data_type in four_bit else count
+                    want = (
+                        2 * count
+                        if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
+                        else -(-count // 2)
+                        if t.data_type in four_bit
+                        else count
+                    )
             except (KeyError, TypeError, ValueError):
-                continue        # a type this onnx does not know: onnxruntime says what it thinks of it
+                continue  # a type this onnx does not know: onnxruntime says what it thinks of it
             if have != want:
-                raise TensorfoldError(f"{path}: weight '{t.name}' holds {have} {unit} where its dims {list(t.dims)} "
-                                      f"need {want}; a corrupt file")
+                raise TensorfoldError(
+                    f"{path}: weight '{t.name}' holds {have} {unit} where its dims {list(t.dims)} "
+                    f"need {want}; a corrupt file"
+                )
 
 
 def check_opset(model: onnx.ModelProto, path: str | os.PathLike = "model") -> None:

@@ -73,6 +73,7 @@ def _outer_scope_reads(node: onnx.NodeProto) -> set[str]:
 
 def subgraph_nodes(model: onnx.ModelProto):
     """Yield (parent node, node) for every node nested inside If/Loop/Scan bodies."""
+
     def walk(graph, parent):
         for node in graph.node:
             if parent is not None:
@@ -81,6 +82,7 @@ def subgraph_nodes(model: onnx.ModelProto):
                 graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
                 for g in graphs:
                     yield from walk(g, parent if parent is not None else node)
+
     yield from walk(model.graph, None)
 
 
@@ -120,15 +122,28 @@ def count_params(model: onnx.ModelProto) -> int:
 
 # inputs that are scales or zero points, by op
 _QUANT_METADATA = {
-    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
-    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
-    "QLinearAdd": (1, 2, 4, 5, 6, 7), "QLinearMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8),
-    "DynamicQuantizeMatMul": (2, 3), "MatMulIntegerToFloat": (2, 3, 4, 5),
-    "DynamicQuantizeLSTM": (8, 9, 10, 11),        # per-direction, per-gate scales of W and R
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+    "MatMulInteger": (2, 3),
+    "ConvInteger": (2, 3),
+    "QLinearAdd": (1, 2, 4, 5, 6, 7),
+    "QLinearMul": (1, 2, 4, 5, 6, 7),
+    "QGemm": (1, 2, 4, 5, 7, 8),
+    "DynamicQuantizeMatMul": (2, 3),
+    "MatMulIntegerToFloat": (2, 3, 4, 5),
+    "DynamicQuantizeLSTM": (8, 9, 10, 11),  # per-direction, per-gate scales of W and R
 }
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-_WEIGHT_TYPES = _FLOAT_TYPES | {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
-                                onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_WEIGHT_TYPES = _FLOAT_TYPES | {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+}
 
 
 def make_model(graph: onnx.GraphProto, opset_imports: list, ir_version: int | None = None) -> onnx.ModelProto:

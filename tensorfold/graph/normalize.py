@@ -79,8 +79,11 @@ def remove_weight_identities(model: onnx.ModelProto) -> int:
     rename: dict[str, str] = {}
     keep = []
     for node in graph.node:
-        if (node.op_type == "Identity" and node.input[0] in index.initializers
-                and node.output[0] not in index.graph_outputs):
+        if (
+            node.op_type == "Identity"
+            and node.input[0] in index.initializers
+            and node.output[0] not in index.graph_outputs
+        ):
             rename[node.output[0]] = node.input[0]
             continue
         keep.append(node)
@@ -136,6 +139,15 @@ def make_name_generator(model: onnx.ModelProto):
     return fresh
 
 
-__all__ = ["normalize", "constants_to_initializers", "remove_weight_identities", "fold_batchnorm",
-           "fold_conv_affine", "fold_affine_into_next_conv", "hard_swish_to_hard_sigmoid",
-           "prune_initializers", "infer_shapes", "make_name_generator"]
+__all__ = [
+    "normalize",
+    "constants_to_initializers",
+    "remove_weight_identities",
+    "fold_batchnorm",
+    "fold_conv_affine",
+    "fold_affine_into_next_conv",
+    "hard_swish_to_hard_sigmoid",
+    "prune_initializers",
+    "infer_shapes",
+    "make_name_generator",
+]

@@ -9,12 +9,13 @@ from tensorfold.graph.normalize import infer_shapes
 from tensorfold.onnxrt import large
 
 
-def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
-                    needed: set[str] | None = None) -> dict[str, list[int]]:
+def concrete_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]], needed: set[str] | None = None
+) -> dict[str, list[int]]:
     """Shapes of every value onnx shape inference can resolve with the inputs fixed; values in
     `needed` that it cannot resolve (data-dependent Resize, custom ops) are read off one
     onnxruntime run on zeros."""
-    fixed, held = large.skeleton(model)        # shapes need no weights: none copied
+    fixed, held = large.skeleton(model)  # shapes need no weights: none copied
     del fixed.graph.value_info[:]
     for v in fixed.graph.input:
         if v.name in input_shapes:
@@ -52,10 +53,12 @@ def _shapes_from_run(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     try:
         session = make_session(probe, optimization="none")
-        feeds = {v.name: np.zeros(input_shapes[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
-                 for v in model_inputs(probe)}
+        feeds = {
+            v.name: np.zeros(input_shapes[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
+            for v in model_inputs(probe)
+        }
         quiet = ort.RunOptions()
-        quiet.log_severity_level = 4     # a probe that fails leaves shapes unknown; no log lines for it
+        quiet.log_severity_level = 4  # a probe that fails leaves shapes unknown; no log lines for it
         results = session.run(names, feeds, quiet)
     except Exception:  # noqa: BLE001 - shapes stay unknown; FLOPs for those nodes are reported as unknown
         return {}

@@ -25,7 +25,7 @@ def _scalar(index: GraphIndex, name: str) -> float | None:
 
 
 def _clip_bounds(index: GraphIndex, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
-    if len(clip.input) > 1:                       # opset 11+: min and max are inputs
+    if len(clip.input) > 1:  # opset 11+: min and max are inputs
         lo = _scalar(index, clip.input[1])
         hi = _scalar(index, clip.input[2]) if len(clip.input) > 2 else None
         return lo, hi
@@ -99,8 +99,15 @@ def hard_swish_to_hard_sigmoid(model: onnx.ModelProto) -> int:
             continue
         x, nodes, out = got
         base = nodes[-1].name or out
-        hs = helper.make_node("HardSigmoid", [x], [fresh_name(index, f"{out}.hardsigmoid")], name=f"{base}.hardsigmoid",
-                              alpha=1 / 6, beta=0.5, doc_string="[tensorfold] hard-swish as x * HardSigmoid(x)")
+        hs = helper.make_node(
+            "HardSigmoid",
+            [x],
+            [fresh_name(index, f"{out}.hardsigmoid")],
+            name=f"{base}.hardsigmoid",
+            alpha=1 / 6,
+            beta=0.5,
+            doc_string="[tensorfold] hard-swish as x * HardSigmoid(x)",
+        )
         mul = helper.make_node("Mul", [x, hs.output[0]], [out], name=f"{base}.hardswish")
         drop.update(id(n) for n in nodes)
         replace[id(nodes[-1])] = [hs, mul]

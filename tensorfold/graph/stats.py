@@ -22,7 +22,7 @@ class ModelStats:
     ops: Counter
     params: int
     size_bytes: int
-    flops: int | None                       # None when some MAC node's shape is unknown
+    flops: int | None  # None when some MAC node's shape is unknown
     node_flops: dict[str, int | None] = field(default_factory=dict)
 
 
@@ -33,7 +33,7 @@ def node_flops(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None
         if out is None or w is None:
             return None
         if node.op_type == "Conv":
-            per_output = int(np.prod(w[1:]))             # (I/g) * k...
+            per_output = int(np.prod(w[1:]))  # (I/g) * k...
             return 2 * int(np.prod(out)) * per_output
         x = shapes.get(node.input[0])
         if x is None:
@@ -54,5 +54,6 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> M
     shapes = concrete_shapes(model, input_shapes, needed)
     per_node = {n.name or n.output[0]: node_flops(n, shapes) for n in mac_nodes}
     flops = None if any(v is None for v in per_node.values()) else int(sum(per_node.values()))
-    return ModelStats(Counter(n.op_type for n in model.graph.node), count_params(model), large.serialized_size(model),
-                      flops, per_node)
+    return ModelStats(
+        Counter(n.op_type for n in model.graph.node), count_params(model), large.serialized_size(model), flops, per_node
+    )

@@ -22,13 +22,13 @@ from tensorfold.onnxrt.sessions import make_session
 @dataclass
 class OutputCheck:
     name: str
-    kind: str                      # "float": relative L2 error; "integer": share of equal elements
+    kind: str  # "float": relative L2 error; "integer": share of equal elements
     relative_error: float | None = None
     max_abs_error: float | None = None
     agreement: float | None = None
-    argmax_agreement: float | None = None   # float outputs with a class axis: share of equal argmaxes
-    nonfinite: int = 0             # elements NaN/Inf in the candidate where the reference is finite
-    shape_changes: int = 0         # calls whose output shape differed (a decoder that stopped elsewhere)
+    argmax_agreement: float | None = None  # float outputs with a class axis: share of equal argmaxes
+    nonfinite: int = 0  # elements NaN/Inf in the candidate where the reference is finite
+    shape_changes: int = 0  # calls whose output shape differed (a decoder that stopped elsewhere)
     # float outputs of rank >= 3: the channel (axis 1) with the largest
     # relative error; one L2 over a detector's output is dominated by its boxes (pixels) and hides
     # class-score channels that are far off
@@ -38,7 +38,7 @@ class OutputCheck:
 @dataclass
 class Verification:
     checker: str
-    inputs: str                    # "random (seed 0)" or the .npz path
+    inputs: str  # "random (seed 0)" or the .npz path
     outputs: list[OutputCheck] = field(default_factory=list)
 
     @property
@@ -115,8 +115,9 @@ def parse_class_outputs(specs: tuple[str, ...] | list[str]) -> dict[str, int | N
     return out
 
 
-def class_axes(model: onnx.ModelProto, named: dict[str, int | None] | None = None,
-               by_shape: bool = False) -> dict[str, int]:
+def class_axes(
+    model: onnx.ModelProto, named: dict[str, int | None] | None = None, by_shape: bool = False
+) -> dict[str, int]:
     """Output name -> the axis holding class scores, for the outputs the graph says are class scores:
     made by a Softmax/LogSoftmax, or read by an ArgMax/TopK inside the graph; and the outputs the
     user `named` (name -> axis, None: axis 1 of a 4-D map, else the last). A 2-D output is not a
@@ -132,14 +133,15 @@ def class_axes(model: onnx.ModelProto, named: dict[str, int | None] | None = Non
     outputs = {o.name: o for o in model.graph.output}
     unknown = sorted(set(named or {}) - set(outputs))
     if unknown:
-        raise TensorfoldError(f"--class-output {unknown[0]}: the model has no such output "
-                              f"(outputs: {', '.join(outputs)})")
+        raise TensorfoldError(
+            f"--class-output {unknown[0]}: the model has no such output (outputs: {', '.join(outputs)})"
+        )
     axes = {}
     for name, out in outputs.items():
         dims = out.type.tensor_type.shape.dim
         node = producers.get(name)
         while node is not None and node.op_type in ("Identity", "Cast") and node.input:
-            node = producers.get(node.input[0])        # PaddlePaddle exports end in an Identity
+            node = producers.get(node.input[0])  # PaddlePaddle exports end in an Identity
         reader = next((r for r in readers.get(name, []) if r.op_type in ("ArgMax", "TopK")), None)
         if named and name in named:
             axes[name] = named[name] if named[name] is not None else (1 if len(dims) == 4 else -1)
@@ -189,7 +191,7 @@ class OutputAccumulator:
                 self.nonfinite += int((np.isfinite(r64) & ~np.isfinite(g64)).sum())
                 r64, g64 = np.where(odd, 0.0, r64), np.where(odd, 0.0, g64)
             self.diff2 += float(np.sum((r64 - g64) ** 2))
-            self.ref2 += float(np.sum(r64 ** 2))
+            self.ref2 += float(np.sum(r64**2))
             # (N, C) scores have argmax agreement; channels (axis 1) are for maps and detection heads
             # (axis 1 may be a batch or time axis that changes from call to call: then no channels)
             if ref.ndim >= 3 and ref.shape[1] > 1 and self.channel_axis is not False:
@@ -202,7 +204,7 @@ class OutputAccumulator:
                 else:
                     other = tuple(a for a in range(ref.ndim) if a != 1)
                     self.channel_diff2 += np.sum((r64 - g64) ** 2, axis=other)
-                    self.channel_ref2 += np.sum(r64 ** 2, axis=other)
+                    self.channel_ref2 += np.sum(r64**2, axis=other)
             if ref.size:
                 self.max_abs = max(self.max_abs, float(np.max(np.abs(r64 - g64))))
             if self.axis is not None and ref.ndim and ref.shape[self.axis] > 1:
@@ -224,17 +226,33 @@ class OutputAccumulator:
                 live = self.channel_ref2 > 1e-12 * max(float(self.channel_ref2.max()), 1e-300)
                 rel = np.where(live, np.sqrt(self.channel_diff2 / np.where(live, self.channel_ref2, 1.0)), 0.0)
                 i = int(np.argmax(rel))
-                worst = {"axis": int(self.channel_axis), "index": i, "relative_error": float(rel[i]),
-                         "channels": int(len(rel))}
-            return OutputCheck(self.name, "float", error, float("inf") if self.nonfinite else self.max_abs,
-                               argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None,
-                               nonfinite=self.nonfinite, worst_channel=worst, shape_changes=self.shape_changes)
-        return OutputCheck(self.name, "integer", agreement=self.equal / self.count if self.count else 1.0,
-                           shape_changes=self.shape_changes)
+                worst = {
+                    "axis": int(self.channel_axis),
+                    "index": i,
+                    "relative_error": float(rel[i]),
+                    "channels": int(len(rel)),
+                }
+            return OutputCheck(
+                self.name,
+                "float",
+                error,
+                float("inf") if self.nonfinite else self.max_abs,
+                argmax_agreement=self.argmax_equal / self.argmax_count if self.argmax_count else None,
+                nonfinite=self.nonfinite,
+                worst_channel=worst,
+                shape_changes=self.shape_changes,
+            )
+        return OutputCheck(
+            self.name,
+            "integer",
+            agreement=self.equal / self.count if self.count else 1.0,
+            shape_changes=self.shape_changes,
+        )
 
 
-def compare_outputs(reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str],
-                    axes: dict[str, int] | None = None) -> list[OutputCheck]:
+def compare_outputs(
+    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], axes: dict[str, int] | None = None
+) -> list[OutputCheck]:
     accs = [OutputAccumulator(name, (axes or {}).get(name)) for name in names]
     for acc, ref, got in zip(accs, reference, candidate):
         acc.add(ref, got)
@@ -245,8 +263,14 @@ class Reference:
     """The original model's outputs on some inputs, computed once and compared with any number of
     rewritten models (a budget search verifies every candidate against the same reference)."""
 
-    def __init__(self, original: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str, provider: str = "cpu",
-                 class_outputs: dict[str, int | None] | None = None):
+    def __init__(
+        self,
+        original: onnx.ModelProto,
+        feeds: dict[str, np.ndarray],
+        label: str,
+        provider: str = "cpu",
+        class_outputs: dict[str, int | None] | None = None,
+    ):
         self.names = [o.name for o in original.graph.output]
         self.axes = class_axes(original, class_outputs)
         self.full_check = passes_full_check(original)
@@ -258,8 +282,9 @@ class Reference:
     def verify(self, rewritten: onnx.ModelProto) -> Verification:
         check(rewritten, "the rewritten model", full=self.full_check)
         if [o.name for o in rewritten.graph.output] != self.names:
-            raise TensorfoldError("the two models have different outputs: "
-                                  f"{self.names} vs {[o.name for o in rewritten.graph.output]}")
+            raise TensorfoldError(
+                f"the two models have different outputs: {self.names} vs {[o.name for o in rewritten.graph.output]}"
+            )
         session = _session(rewritten, self.provider, "the rewritten model")
         accs = [OutputAccumulator(name, self.axes.get(name)) for name in self.names]
         for call, reference in zip(self.calls, self.outputs):
@@ -268,8 +293,14 @@ class Reference:
         return Verification("passed", self.label, [acc.result() for acc in accs])
 
 
-def verify_models(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                  inputs_label: str, provider: str = "cpu", class_outputs: dict | None = None) -> Verification:
+def verify_models(
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    inputs_label: str,
+    provider: str = "cpu",
+    class_outputs: dict | None = None,
+) -> Verification:
     """Checker on the rewritten model, then both run on the same feeds; errors per output."""
     return Reference(original, feeds, inputs_label, provider, class_outputs).verify(rewritten)
 
@@ -285,5 +316,7 @@ def _run(session, feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
     try:
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - surfaced as one line
-        raise TensorfoldError(f"onnxruntime failed to run {label}: {str(exc).splitlines()[0][:300]} "
-                              f"(fix dynamic dims with --shape NAME:D1,D2,... or pass --inputs file.npz)") from None
+        raise TensorfoldError(
+            f"onnxruntime failed to run {label}: {str(exc).splitlines()[0][:300]} "
+            f"(fix dynamic dims with --shape NAME:D1,D2,... or pass --inputs file.npz)"
+        ) from None

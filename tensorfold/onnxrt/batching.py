@@ -28,7 +28,7 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     for v in model_inputs(model):
         dims = v.type.tensor_type.shape.dim
         if not dims:
-            continue                      # a scalar (a sample rate) has no batch
+            continue  # a scalar (a sample rate) has no batch
         if not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
             return None
         fixed.append(int(dims[0].dim_value))
@@ -58,8 +58,9 @@ def sample_count(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | 
     return firsts.pop() if len(firsts) == 1 else None
 
 
-def chunks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], max_batch: int = DEFAULT_MAX_BATCH
-           ) -> Iterator[dict[str, np.ndarray]]:
+def chunks(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], max_batch: int = DEFAULT_MAX_BATCH
+) -> Iterator[dict[str, np.ndarray]]:
     """The feeds cut into calls the model accepts."""
     n = sample_count(model, feeds)
     if n is None:
@@ -70,12 +71,12 @@ def chunks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], max_batch: int 
     if fixed and n % fixed:
         if n < fixed:
             raise TensorfoldError(f"the model takes a fixed batch of {fixed}; only {n} sample(s) were given")
-        n -= n % fixed          # a partial last batch cannot be fed; it is left out
+        n -= n % fixed  # a partial last batch cannot be fed; it is left out
     if fixed is None and n <= max_batch:
         yield feeds
         return
     for start in range(0, n, step):
-        yield {k: v[start:start + step] for k, v in feeds.items()}
+        yield {k: v[start : start + step] for k, v in feeds.items()}
 
 
 def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
@@ -86,8 +87,9 @@ def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     return {k: [batch, *v.shape[1:]] for k, v in feeds.items()}
 
 
-def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | os.PathLike[str] | None, seed: int = 0
-              ) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
+def feeds_for(
+    model: onnx.ModelProto, shapes: dict[str, list[int]], inputs: str | os.PathLike[str] | None, seed: int = 0
+) -> tuple[dict[str, np.ndarray], str, dict[str, list[int]]]:
     """Inputs to run a model on, a label saying what they are, and the shapes of one call (FLOPs and
     latency are per call; a file of N samples is run as many per call as the batch allows): the
     arrays of an .npz when `inputs` is given, else seeded random normal values of the resolved shapes."""

@@ -13,9 +13,14 @@ from tensorfold.errors import TensorfoldError
 DEFAULT_DYNAMIC_DIM = 64
 
 _NP_TYPES: dict[int, type] = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
 }
 
 
@@ -46,8 +51,9 @@ def resolve_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
     inputs = model_inputs(model)
     unknown = set(shapes) - {v.name for v in inputs}
     if unknown:
-        raise TensorfoldError(f"--shape names unknown input(s) {sorted(unknown)}; the model's inputs are "
-                              f"{[v.name for v in inputs]}")
+        raise TensorfoldError(
+            f"--shape names unknown input(s) {sorted(unknown)}; the model's inputs are {[v.name for v in inputs]}"
+        )
     out = {}
     for v in inputs:
         dims = v.type.tensor_type.shape.dim
@@ -56,8 +62,10 @@ def resolve_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
                 raise TensorfoldError(f"--shape {v.name}: {len(shapes[v.name])} dims given, the input has {len(dims)}")
             out[v.name] = shapes[v.name]
             continue
-        out[v.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                       else (1 if i == 0 else DEFAULT_DYNAMIC_DIM) for i, d in enumerate(dims)]
+        out[v.name] = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if i == 0 else DEFAULT_DYNAMIC_DIM)
+            for i, d in enumerate(dims)
+        ]
     return out
 
 
@@ -68,15 +76,19 @@ def defaulted_dims(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
     for v in model_inputs(model):
         if v.name in (shapes or {}):
             continue
-        axes = [i for i, d in enumerate(v.type.tensor_type.shape.dim)
-                if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)]
+        axes = [
+            i
+            for i, d in enumerate(v.type.tensor_type.shape.dim)
+            if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)
+        ]
         if axes:
             out[v.name] = axes
     return out
 
 
-def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, what: str = "timed",
-                    inputs_option: bool = True) -> str | None:
+def dynamic_warning(
+    model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, what: str = "timed", inputs_option: bool = True
+) -> str | None:
     """The line to print when a timing (or a FLOP count: `what`) runs at defaulted dynamic dims,
     naming how to fix them (--inputs only where the command has it)."""
     defaulted = defaulted_dims(model, shapes)
@@ -85,20 +97,25 @@ def dynamic_warning(model: onnx.ModelProto, shapes: dict[str, list[int]] | None 
     resolved = resolve_shapes(model, shapes)
     name = next(iter(defaulted))
     example = ",".join("D" if i in defaulted[name] else str(d) for i, d in enumerate(resolved[name]))
-    return (f"input(s) {', '.join(defaulted)} have dynamic dims, {what} at {DEFAULT_DYNAMIC_DIM} there "
-            f"({name}: {resolved[name]}); the model's speed depends on them: give the size it runs at with "
-            f"--shape {name}:{example}" + (" or real inputs with --inputs" if inputs_option else ""))
+    return (
+        f"input(s) {', '.join(defaulted)} have dynamic dims, {what} at {DEFAULT_DYNAMIC_DIM} there "
+        f"({name}: {resolved[name]}); the model's speed depends on them: give the size it runs at with "
+        f"--shape {name}:{example}" + (" or real inputs with --inputs" if inputs_option else "")
+    )
 
 
 def zero_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Zeros of each input's shape and type: for what only needs shapes (a device prediction)."""
     resolved = resolve_shapes(model, shapes)
-    return {v.name: np.zeros(resolved[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
-            for v in model_inputs(model)}
+    return {
+        v.name: np.zeros(resolved[v.name], _NP_TYPES.get(v.type.tensor_type.elem_type, np.float32))
+        for v in model_inputs(model)
+    }
 
 
-def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, seed: int = 0
-                  ) -> dict[str, np.ndarray]:
+def random_inputs(
+    model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     resolved = resolve_shapes(model, shapes)
     feeds = {}
@@ -106,8 +123,10 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = 
         elem = v.type.tensor_type.elem_type
         dtype = _NP_TYPES.get(elem)
         if dtype is None or not np.issubdtype(dtype, np.floating):
-            raise TensorfoldError(f"input '{v.name}' is of type {onnx.TensorProto.DataType.Name(elem)}: random values "
-                                  f"would be meaningless; pass real inputs with --inputs file.npz")
+            raise TensorfoldError(
+                f"input '{v.name}' is of type {onnx.TensorProto.DataType.Name(elem)}: random values "
+                f"would be meaningless; pass real inputs with --inputs file.npz"
+            )
         feeds[v.name] = rng.standard_normal(resolved[v.name]).astype(dtype)
     return feeds
 
@@ -125,8 +144,10 @@ def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array"
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise TensorfoldError(f"{option} {path}: a single array (.npy), not an .npz of named arrays; "
-                                  f"save it with np.savez(path, {single})")
+            raise TensorfoldError(
+                f"{option} {path}: a single array (.npy), not an .npz of named arrays; "
+                f"save it with np.savez(path, {single})"
+            )
         with data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
@@ -138,8 +159,10 @@ def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array"
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
             finite = arr[np.isfinite(arr)]
             if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
-                raise TensorfoldError(f"{option} {path}: array {name} holds values beyond float32's range "
-                                      f"(up to {float(np.abs(finite).max()):.3g}); the model computes in float32")
+                raise TensorfoldError(
+                    f"{option} {path}: array {name} holds values beyond float32's range "
+                    f"(up to {float(np.abs(finite).max()):.3g}); the model computes in float32"
+                )
     return arrays
 
 
@@ -152,13 +175,16 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
         arrays[names[0]] = arrays["x"]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise TensorfoldError(f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
-                              f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})")
+        raise TensorfoldError(
+            f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
+            f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})"
+        )
     for n in names:
         arr = arrays[n]
-        if arr.size == 0:     # a scalar input (a sample rate) is one value, not zero samples
+        if arr.size == 0:  # a scalar input (a sample rate) is one value, not zero samples
             raise TensorfoldError(f"{option} {path}: input '{n}' holds no samples (shape {list(arr.shape)})")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise TensorfoldError(f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified "
-                                  "on them")
+            raise TensorfoldError(
+                f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified on them"
+            )
     return {n: arrays[n] for n in names}

@@ -51,7 +51,7 @@ def tensor_bytes(tensor: TensorProto) -> int:
         return sum(len(s) for s in tensor.string_data)
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):     # an undefined or unknown type: the checker reports it
+    except (KeyError, TypeError, ValueError):  # an undefined or unknown type: the checker reports it
         return len(tensor.raw_data)
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
@@ -78,19 +78,24 @@ def serialized_size(model: onnx.ModelProto) -> int:
 
 
 # strings have no fixed size, and 4-bit types pack two values in a byte: they stay in the skeleton
-_KEPT_TYPES = {TensorProto.STRING} | {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-                                      if hasattr(TensorProto, n)}
+_KEPT_TYPES = {TensorProto.STRING} | {
+    getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)
+}
 
 
 def _holds_apart(tensor: TensorProto) -> bool:
-    return (tensor.data_location != TensorProto.EXTERNAL and tensor.data_type not in _KEPT_TYPES
-            and tensor.data_type in onnx.helper.get_all_tensor_dtypes()
-            and tensor_bytes(tensor) >= _HELD_TENSOR_BYTES)
+    return (
+        tensor.data_location != TensorProto.EXTERNAL
+        and tensor.data_type not in _KEPT_TYPES
+        and tensor.data_type in onnx.helper.get_all_tensor_dtypes()
+        and tensor_bytes(tensor) >= _HELD_TENSOR_BYTES
+    )
 
 
 def _is_held(tensor: TensorProto) -> bool:
     return tensor.data_location == TensorProto.EXTERNAL and any(
-        e.key == "location" and e.value == HELD_LOCATION for e in tensor.external_data)
+        e.key == "location" and e.value == HELD_LOCATION for e in tensor.external_data
+    )
 
 
 def _copy_fields(src, dst, skip: str) -> None:
@@ -98,7 +103,7 @@ def _copy_fields(src, dst, skip: str) -> None:
     for field, value in src.ListFields():
         if field.name == skip:
             continue
-        if hasattr(value, "extend"):                       # a repeated field
+        if hasattr(value, "extend"):  # a repeated field
             getattr(dst, field.name).extend(value)
         elif field.message_type is not None:
             getattr(dst, field.name).CopyFrom(value)

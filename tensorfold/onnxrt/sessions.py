@@ -29,17 +29,25 @@ def resolve_provider(name: str) -> str:
     if full not in available:
         package = next((pkg for short, (prov, pkg) in PROVIDERS.items() if prov == full), None)
         hint = f"; it comes with {package}" if package else ""
-        raise TensorfoldError(f"execution provider '{name}' is not available in this onnxruntime "
-                              f"(available: {', '.join(available)}){hint}")
+        raise TensorfoldError(
+            f"execution provider '{name}' is not available in this onnxruntime "
+            f"(available: {', '.join(available)}){hint}"
+        )
     return full
 
 
 OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
 
 
-def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: int = 0,
-                 optimization: str = "all", profile_prefix: str | None = None,
-                 spinning: bool = True, optimized_model_path: str | None = None) -> ort.InferenceSession:
+def make_session(
+    model: onnx.ModelProto | str,
+    provider: str = "cpu",
+    threads: int = 0,
+    optimization: str = "all",
+    profile_prefix: str | None = None,
+    spinning: bool = True,
+    optimized_model_path: str | None = None,
+) -> ort.InferenceSession:
     """A session on one provider. threads=0 lets onnxruntime use every core. spinning=False stops
     the session's worker threads from busy-waiting after a run (they otherwise take the cores
     from the next session when several are timed in turn)."""
@@ -48,7 +56,7 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu", threads: i
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    if optimized_model_path:           # what the graph optimizer made of it (int8 fusion checks)
+    if optimized_model_path:  # what the graph optimizer made of it (int8 fusion checks)
         opts.optimized_model_filepath = optimized_model_path
     if profile_prefix:
         opts.enable_profiling = True

@@ -89,15 +89,29 @@ class OptimizeOptions:
         put("include", tuple(self.include))
         put("exclude", tuple(self.exclude))
         put("shapes", self.shapes if isinstance(self.shapes, dict) else parse_shapes(tuple(self.shapes)))
-        put("hardware_aware", self.hardware_aware or any(v is not None for v in (
-            self.max_error, self.target_latency, self.speedup)))
-        put("class_outputs", self.class_outputs if isinstance(self.class_outputs, dict)
-            else parse_class_outputs(tuple(self.class_outputs)))
+        put(
+            "hardware_aware",
+            self.hardware_aware or any(v is not None for v in (self.max_error, self.target_latency, self.speedup)),
+        )
+        put(
+            "class_outputs",
+            self.class_outputs
+            if isinstance(self.class_outputs, dict)
+            else parse_class_outputs(tuple(self.class_outputs)),
+        )
         if self.method not in (*METHODS, "none"):
             raise TensorfoldError(f"unknown method '{self.method}' (choose from {', '.join((*METHODS, 'none'))})")
-        spec = self.spec        # RankSpec checks the rank options themselves
-        rank_flags = [flag for flag, on in (("--rank", spec.rank is not None), ("--energy", spec.energy is not None),
-                                            ("--ratio", spec.ratio is not None), ("--evbmf", spec.evbmf)) if on]
+        spec = self.spec  # RankSpec checks the rank options themselves
+        rank_flags = [
+            flag
+            for flag, on in (
+                ("--rank", spec.rank is not None),
+                ("--energy", spec.energy is not None),
+                ("--ratio", spec.ratio is not None),
+                ("--evbmf", spec.evbmf),
+            )
+            if on
+        ]
         hardware = ["--hardware-aware"] if self.hardware_aware else []
         if self.config is not None:
             given = rank_flags + (["--method"] if self.method != "auto" else []) + hardware
@@ -112,21 +126,29 @@ class OptimizeOptions:
         if self.max_output_error is not None:
             if not self.max_output_error > 0:
                 raise TensorfoldError(f"--max-output-error must be > 0 (got {self.max_output_error})")
-            given = rank_flags + (["--config"] if self.config is not None else []) + hardware + \
-                (["--method none"] if self.method == "none" and not self.int8 else [])
+            given = (
+                rank_flags
+                + (["--config"] if self.config is not None else [])
+                + hardware
+                + (["--method none"] if self.method == "none" and not self.int8 else [])
+            )
             if given:
                 raise TensorfoldError(f"--max-output-error searches the global budget itself; drop {', '.join(given)}")
         if self.method == "none" and (rank_flags or self.hardware_aware or self.config is not None):
             raise TensorfoldError("--method none factorizes nothing; drop the rank and hardware-aware options")
         check_objective(self.objective)
         if self.objective is not None and not self.int8 and self.output_bound is None:
-            raise TensorfoldError(f"--objective {self.objective} picks among models within an error bound: add --int8 "
-                                  "or --max-output-error (both need --calibration)")
+            raise TensorfoldError(
+                f"--objective {self.objective} picks among models within an error bound: add --int8 "
+                "or --max-output-error (both need --calibration)"
+            )
         if self.int8 and self.deploy_objective == "latency":
             if self.device is not None:
-                raise TensorfoldError("--int8 is timed on a provider: the device models (--device) predict float "
-                                      "kernels only; drop --device, or use --objective size")
-            format_for(self.provider)      # a provider without int8 kernels is refused here, before any work
+                raise TensorfoldError(
+                    "--int8 is timed on a provider: the device models (--device) predict float "
+                    "kernels only; drop --device, or use --objective size"
+                )
+            format_for(self.provider)  # a provider without int8 kernels is refused here, before any work
 
     @property
     def shape_map(self) -> dict[str, list[int]]:
@@ -148,9 +170,14 @@ class OptimizeOptions:
     def default_bound(self) -> bool:
         """With real data and no rank option the safe default is a bound on what the user sees, not an
         energy (also for int8 alone: a quantized model is held to what the user sees, too)."""
-        return (self.calibration is not None and self.max_output_error is None
-                and (self.method != "none" or self.int8)
-                and self.config is None and not self.hardware_aware and self.spec == RankSpec())
+        return (
+            self.calibration is not None
+            and self.max_output_error is None
+            and (self.method != "none" or self.int8)
+            and self.config is None
+            and not self.hardware_aware
+            and self.spec == RankSpec()
+        )
 
     @property
     def deploy_objective(self) -> str | None:
@@ -168,5 +195,4 @@ class OptimizeOptions:
             text = f"max output error {self.output_bound:g}"
         else:
             text = self.spec.describe()
-        return text + (", fitted to calibration data" if self.calibration is not None and self.method != "none"
-                       else "")
+        return text + (", fitted to calibration data" if self.calibration is not None and self.method != "none" else "")

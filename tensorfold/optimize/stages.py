@@ -1,13 +1,13 @@
 """The stages of `optimize`, each a function with typed input and output.
 
-    inputs   = load(path, options)              the model, the samples split, the references
-    prepared = prepare(inputs, options)         normalized model, the pass, its context and statistics
-    built    = build(inputs, prepared, options) the factorization (bound search / hardware-aware / as asked)
-    refuse_larger(...)                          right after the build: more parameters than the input
-    verify(...)                                 the factorized model against the reference
-    deployed = deploy(...)                      --int8/--objective: candidates measured, one picked
-    report   = make_report(...)                 what the user reads
-    save(...)                                   atomically, only when every stage succeeded
+inputs   = load(path, options)              the model, the samples split, the references
+prepared = prepare(inputs, options)         normalized model, the pass, its context and statistics
+built    = build(inputs, prepared, options) the factorization (bound search / hardware-aware / as asked)
+refuse_larger(...)                          right after the build: more parameters than the input
+verify(...)                                 the factorized model against the reference
+deployed = deploy(...)                      --int8/--objective: candidates measured, one picked
+report   = make_report(...)                 what the user reads
+save(...)                                   atomically, only when every stage succeeded
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ class Inputs:
     """The loaded model and the samples every later stage checks against."""
 
     path: str | os.PathLike[str]
-    original: onnx.ModelProto | None       # released after `prepare` unless it is a deploy candidate
-    fit: Samples | None                    # calibration samples the factors and int8 ranges are fitted on
-    held: Samples | None                   # the held-out share, never fitted
-    search_reference: Reference | None     # the held-out share: every choice (bound, int8) is made on it
-    reference: Reference | None            # what the report verifies on (--inputs when given)
+    original: onnx.ModelProto | None  # released after `prepare` unless it is a deploy candidate
+    fit: Samples | None  # calibration samples the factors and int8 ranges are fitted on
+    held: Samples | None  # the held-out share, never fitted
+    search_reference: Reference | None  # the held-out share: every choice (bound, int8) is made on it
+    reference: Reference | None  # what the report verifies on (--inputs when given)
     feeds: dict[str, np.ndarray] | None
     input_shapes: dict[str, list[int]]
 
@@ -68,11 +68,11 @@ class Inputs:
 class Prepared:
     """The normalized model, the pass that rewrites it and the context it runs with."""
 
-    model: onnx.ModelProto | None          # released after `build` unless int8 quantizes it
+    model: onnx.ModelProto | None  # released after `build` unless int8 quantizes it
     norm_stats: dict[str, int]
-    chosen: FactorizePass | None           # None: --method none
+    chosen: FactorizePass | None  # None: --method none
     method: str
-    ctx: PassContext | None                # released after `build`: its cached factors are as large as the weights
+    ctx: PassContext | None  # released after `build`: its cached factors are as large as the weights
     before: ModelStats
     input_stage: dict[str, object]
 
@@ -82,10 +82,10 @@ class Built:
     """The factorization the options asked for."""
 
     result: PassResult
-    verification: Verification | None = None       # on the search reference, where a bound search made one
-    trials: list[Trial] | None = None               # --max-output-error: every ratio tried
-    latency: dict[str, object] | None = None        # --hardware-aware: target, input ms, speedup
-    split_models: list[tuple[float, PassResult]] = field(default_factory=list)   # for factorized + int8
+    verification: Verification | None = None  # on the search reference, where a bound search made one
+    trials: list[Trial] | None = None  # --max-output-error: every ratio tried
+    latency: dict[str, object] | None = None  # --hardware-aware: target, input ms, speedup
+    split_models: list[tuple[float, PassResult]] = field(default_factory=list)  # for factorized + int8
 
 
 @dataclass
@@ -99,8 +99,9 @@ class Deployed:
     notes: list[str]
 
 
-def run(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str] | None, o: OptimizeOptions
-        ) -> OptimizeReport:
+def run(
+    input_path: str | os.PathLike[str], output_path: str | os.PathLike[str] | None, o: OptimizeOptions
+) -> OptimizeReport:
     """Every stage in order; nothing is written unless all of them succeeded."""
     start = time.perf_counter()
     if output_path is not None:
@@ -109,7 +110,7 @@ def run(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str] 
     prepared = prepare(inputs, o)
     deploying = o.deploy_objective is not None
     if not deploying:
-        inputs.original = None      # the normalized model stands for it: a 2 GB model is held twice, not three times
+        inputs.original = None  # the normalized model stands for it: a 2 GB model is held twice, not three times
     built = build(inputs, prepared, o)
     prepared.ctx = None
     if not (deploying and o.int8):
@@ -125,8 +126,10 @@ def run(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str] 
     report = make_report(inputs, prepared, built, verification, deployed, stages, ranks, output_path, o)
     for checked in (verification, report.verification):
         if checked is not None and checked.broken:
-            raise VerificationFailed(f"the rewritten model outputs NaN/Inf where the input model does not: "
-                                     f"{', '.join(checked.broken)}; nothing written")
+            raise VerificationFailed(
+                f"the rewritten model outputs NaN/Inf where the input model does not: "
+                f"{', '.join(checked.broken)}; nothing written"
+            )
     if output_path is not None:
         save_model(deployed.model if deployed is not None else built.result.model, output_path)
     report.seconds = time.perf_counter() - start
@@ -141,8 +144,11 @@ def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     # the bound search (and every int8 candidate) selects on the held-out share; the report verifies
     # on --inputs when given (then independent of every choice), else on that same held-out share
     selecting = held is not None and (o.output_bound is not None or o.int8)
-    search_reference = (Reference(original, held.arrays, label or "held-out", class_outputs=classes)
-                        if selecting and held is not None else None)
+    search_reference = (
+        Reference(original, held.arrays, label or "held-out", class_outputs=classes)
+        if selecting and held is not None
+        else None
+    )
     feeds: dict[str, np.ndarray] | None
     if o.inputs is not None or (held is None and o.verify):
         feeds, label, input_shapes = feeds_for(original, o.shape_map, o.inputs, o.seed)
@@ -152,8 +158,11 @@ def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
         feeds, label, input_shapes = None, None, resolve_shapes(original, o.shape_map)
     reference = None
     if o.verify and feeds is not None:
-        reference = (search_reference if search_reference is not None and o.inputs is None
-                     else Reference(original, feeds, label or "inputs", class_outputs=classes))
+        reference = (
+            search_reference
+            if search_reference is not None and o.inputs is None
+            else Reference(original, feeds, label or "inputs", class_outputs=classes)
+        )
     return Inputs(input_path, original, fit, held, search_reference, reference, feeds, input_shapes)
 
 
@@ -173,10 +182,11 @@ def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
     model, norm_stats = normalize_model(inputs.original)
     if o.config is not None:
         planned.choices = _config_plan(model, o.config)
-    ctx = PassContext(spec=o.spec, include=o.include, exclude=o.exclude, force=o.force, progress=o.progress,
-                      seed=o.seed)
+    ctx = PassContext(
+        spec=o.spec, include=o.include, exclude=o.exclude, force=o.force, progress=o.progress, seed=o.seed
+    )
     if inputs.fit is not None and chosen is not None:
-        ensure_node_names(model)   # the names the passes give, so statistics find their layers
+        ensure_node_names(model)  # the names the passes give, so statistics find their layers
         layers, _ = find_layers(model, ctx.include, ctx.exclude)
         ctx.stats = collect_input_grams(model, layers, inputs.fit, progress=o.progress)
         if o.sensitivity and (o.spec.ratio is not None or o.output_bound is not None):
@@ -199,7 +209,7 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
     if bound is not None:
         from tensorfold.calibration.budget_search import search_budget
 
-        assert inputs.search_reference is not None      # a bound needs --calibration (options check it)
+        assert inputs.search_reference is not None  # a bound needs --calibration (options check it)
         result, verification, trials = search_budget(chosen, model, ctx, inputs.search_reference, bound)
         splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound) if o.int8 else []
         return Built(result, verification, trials, split_models=splits)
@@ -209,9 +219,20 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
 
         feeds = inputs.feeds
         timing_feeds = next(iter(chunks(model, feeds))) if feeds is not None and o.inputs is not None else None
-        result, latency = optimize_hardware_aware(chosen, model, ctx, inputs.input_shapes, o.provider, o.device,
-                                                  o.threads, o.max_error, o.target_latency, o.speedup, o.seed,
-                                                  feeds=timing_feeds)
+        result, latency = optimize_hardware_aware(
+            chosen,
+            model,
+            ctx,
+            inputs.input_shapes,
+            o.provider,
+            o.device,
+            o.threads,
+            o.max_error,
+            o.target_latency,
+            o.speedup,
+            o.seed,
+            feeds=timing_feeds,
+        )
         warning = None if o.inputs is not None or inputs.held is not None else dynamic_warning(model, o.shape_map)
         if warning:
             result.notes.append(warning)
@@ -223,8 +244,10 @@ def refuse_larger(model: onnx.ModelProto, before: ModelStats, o: OptimizeOptions
     """Known right after the build, so no verification or int8 is spent on it."""
     after = count_params(model)
     if after > before.params and not o.force:
-        raise TensorfoldError(f"the rewritten model would hold {after:,} parameters, more than the "
-                              f"input's {before.params:,}: nothing written (--force writes it anyway)")
+        raise TensorfoldError(
+            f"the rewritten model would hold {after:,} parameters, more than the "
+            f"input's {before.params:,}: nothing written (--force writes it anyway)"
+        )
 
 
 def verify(inputs: Inputs, built: Built, o: OptimizeOptions) -> Verification | None:
@@ -237,20 +260,28 @@ def verify(inputs: Inputs, built: Built, o: OptimizeOptions) -> Verification | N
     return None
 
 
-def deploy(inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None,
-           o: OptimizeOptions) -> Deployed:
+def deploy(
+    inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None, o: OptimizeOptions
+) -> Deployed:
     """--int8 / --objective: the candidates, built and verified on the held-out share, and the one
     the objective picks (calibration/deploy.py)."""
     assert o.deploy_objective is not None and inputs.original is not None
     if inputs.fit is None:
-        raise TensorfoldError("--int8 and --objective need --calibration: every candidate is checked on held-out "
-                              "samples")
+        raise TensorfoldError(
+            "--int8 and --objective need --calibration: every candidate is checked on held-out samples"
+        )
     choice = search_candidates(
-        inputs.original, prepared.model, built.result,
-        verification if inputs.reference is inputs.search_reference else None, built.split_models,
-        inputs.fit.arrays, inputs.held.arrays if inputs.held is not None else None, inputs.search_reference,
-        o.output_bound, DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR,
-                                       o.progress))
+        inputs.original,
+        prepared.model,
+        built.result,
+        verification if inputs.reference is inputs.search_reference else None,
+        built.split_models,
+        inputs.fit.arrays,
+        inputs.held.arrays if inputs.held is not None else None,
+        inputs.search_reference,
+        o.output_bound,
+        DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR, o.progress),
+    )
     picked = choice.chosen
     checked = picked.verification
     if picked.name == "input":
@@ -260,47 +291,72 @@ def deploy(inputs: Inputs, prepared: Prepared, built: Built, verification: Verif
     notes = list(choice.notes)
     if picked.int8 is not None:
         q = picked.int8
-        notes.append(f"int8: {q.format.name} ({q.format.why}); calibration {q.calibration or 'none (dynamic)'}; "
-                     f"{q.quantized_nodes} node(s) quantized, {len(q.float_nodes)} left in float")
+        notes.append(
+            f"int8: {q.format.name} ({q.format.why}); calibration {q.calibration or 'none (dynamic)'}; "
+            f"{q.quantized_nodes} node(s) quantized, {len(q.float_nodes)} left in float"
+        )
         notes.extend(q.notes)
         if q.fusion is not None:
             notes.append(q.fusion.describe())
     return Deployed(picked.model, checked, factorization_of(picked, built.result, built.split_models), choice, notes)
 
 
-def make_report(inputs: Inputs, prepared: Prepared, built: Built, verification: Verification | None,
-                deployed: Deployed | None, stages: list[dict[str, object]], ranks: str,
-                output_path: str | os.PathLike[str] | None, o: OptimizeOptions) -> OptimizeReport:
+def make_report(
+    inputs: Inputs,
+    prepared: Prepared,
+    built: Built,
+    verification: Verification | None,
+    deployed: Deployed | None,
+    stages: list[dict[str, object]],
+    ranks: str,
+    output_path: str | os.PathLike[str] | None,
+    o: OptimizeOptions,
+) -> OptimizeReport:
     result = deployed.result if deployed is not None else built.result
     final = deployed.model if deployed is not None else built.result.model
     checked = deployed.verification if deployed is not None else verification
     report = OptimizeReport(
-        input=str(inputs.path), output=str(output_path) if output_path else None, method=prepared.method,
-        ranks=ranks, input_shapes=inputs.input_shapes, before=prepared.before,
-        after=model_stats(final, inputs.input_shapes), layers=result.rewritten, skipped=result.skipped,
-        verification=checked, normalization=prepared.norm_stats, seconds=0.0,
+        input=str(inputs.path),
+        output=str(output_path) if output_path else None,
+        method=prepared.method,
+        ranks=ranks,
+        input_shapes=inputs.input_shapes,
+        before=prepared.before,
+        after=model_stats(final, inputs.input_shapes),
+        layers=result.rewritten,
+        skipped=result.skipped,
+        verification=checked,
+        normalization=prepared.norm_stats,
+        seconds=0.0,
         notes=_fold_notes(prepared.norm_stats) + result.notes + (deployed.notes if deployed is not None else []),
-        eligible_params=(result.eligible_params, result.eligible_params_after), latency=built.latency,
+        eligible_params=(result.eligible_params, result.eligible_params_after),
+        latency=built.latency,
         stages=stages if (inputs.fit is not None and deployed is None) else [],
         budget_search=[t.as_dict() for t in built.trials] if built.trials is not None else None,
         deploy=deployed.choice.as_dict() if deployed is not None else None,
     )
     if o.default_bound:
-        report.notes.append(f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
-                            f"{DEFAULT_OUTPUT_ERROR:g}: the best model within that held-out error")
+        report.notes.append(
+            f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
+            f"{DEFAULT_OUTPUT_ERROR:g}: the best model within that held-out error"
+        )
     kept_input = deployed is not None and deployed.choice.chosen.name == "input"
     if not result.rewritten and prepared.chosen is not None and (deployed is None or kept_input):
-        report.notes.append("no layer was rewritten; the output equals the "
-                            + ("input" if deployed is not None else "normalized input"))
+        report.notes.append(
+            "no layer was rewritten; the output equals the " + ("input" if deployed is not None else "normalized input")
+        )
     _output_warnings(report, checked, o, o.output_bound)
     if report.after.params > report.before.params:
-        report.notes.append(f"the written model holds more parameters than the input ({report.after.params:,} vs "
-                            f"{report.before.params:,}): --force")
+        report.notes.append(
+            f"the written model holds more parameters than the input ({report.after.params:,} vs "
+            f"{report.before.params:,}): --force"
+        )
     return report
 
 
-def _output_warnings(report: OptimizeReport, check: Verification | None, o: OptimizeOptions,
-                     bound: float | None) -> None:
+def _output_warnings(
+    report: OptimizeReport, check: Verification | None, o: OptimizeOptions, bound: float | None
+) -> None:
     """A `warning:` whenever the written model's error is above OUTPUT_ERROR_WARNING or the bound."""
     if check is None:
         return
@@ -313,15 +369,18 @@ def _output_warnings(report: OptimizeReport, check: Verification | None, o: Opti
         if check.max_channel_error > 2 * check.max_error:
             what += f" (worst output channel {check.max_channel_error:.3f})"
         if worst > OUTPUT_ERROR_WARNING:
-            report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
-                                   "samples (--calibration FILE) and a bound on what the user sees "
-                                   "(--max-output-error E)")
+            report.warnings.append(
+                f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}: rewrite with real "
+                "samples (--calibration FILE) and a bound on what the user sees "
+                "(--max-output-error E)"
+            )
     elif check.max_error > OUTPUT_ERROR_WARNING:
         report.warnings.append(f"{what} on {check.inputs} is above {OUTPUT_ERROR_WARNING:g}")
 
 
-def _calibration_split(original: onnx.ModelProto, o: OptimizeOptions
-                       ) -> tuple[Samples | None, Samples | None, str | None]:
+def _calibration_split(
+    original: onnx.ModelProto, o: OptimizeOptions
+) -> tuple[Samples | None, Samples | None, str | None]:
     """(samples to fit on, samples held out, a label for the latter); all None without calibration."""
     if o.calibration is None:
         return None, None, None
@@ -332,8 +391,7 @@ def _calibration_split(original: onnx.ModelProto, o: OptimizeOptions
 
 
 def _stage(name: str, model: onnx.ModelProto, verification: Verification | None) -> dict[str, object]:
-    row: dict[str, object] = {"stage": name, "params": count_params(model),
-                              "size_bytes": large.serialized_size(model)}
+    row: dict[str, object] = {"stage": name, "params": count_params(model), "size_bytes": large.serialized_size(model)}
     if verification is not None:
         row["max_relative_error"] = verification.max_relative_error
         row["max_disagreement"] = verification.max_disagreement
@@ -352,17 +410,24 @@ def _config_plan(model: onnx.ModelProto, config: str | os.PathLike[str]) -> dict
 
 def _fold_notes(norm_stats: dict[str, int]) -> list[str]:
     """What normalization changed beyond bookkeeping: exact folds the user should know about."""
-    parts = [f"{norm_stats[key]} {label}" for key, label in (
-        ("batchnorms_folded", "BatchNorm(s) folded into convs"),
-        ("affines_folded", "affine op chain(s) folded into convs"),
-        ("hard_swish_rewritten", "hard-swish(es) written as x * HardSigmoid(x)")) if norm_stats.get(key)]
+    parts = [
+        f"{norm_stats[key]} {label}"
+        for key, label in (
+            ("batchnorms_folded", "BatchNorm(s) folded into convs"),
+            ("affines_folded", "affine op chain(s) folded into convs"),
+            ("hard_swish_rewritten", "hard-swish(es) written as x * HardSigmoid(x)"),
+        )
+        if norm_stats.get(key)
+    ]
     return [f"normalize: {'; '.join(parts)} (exact, verified with the rest)"] if parts else []
 
 
 def record_run(model: onnx.ModelProto, method: str, ranks: str, result: PassResult) -> None:
     """Provenance in metadata_props, so the file says what was done to it (Netron shows these)."""
     run_info = {
-        "version": __version__, "method": method, "ranks": ranks,
+        "version": __version__,
+        "method": method,
+        "ranks": ranks,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "layers_rewritten": len(result.rewritten),
         "params_before": sum(r.params_before for r in result.rewritten),
@@ -375,4 +440,3 @@ def record_run(model: onnx.ModelProto, method: str, ranks: str, result: PassResu
         key = f"tensorfold.{n}"
     entry = model.metadata_props.add()
     entry.key, entry.value = key, json.dumps(run_info)
-

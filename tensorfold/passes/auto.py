@@ -32,10 +32,10 @@ AUTO_CP_SECONDS = 10.0
 class AutoPass(FactorizePass):
     name = method = "auto"
     order = 0
-    plannable = False          # it picks a method per layer itself
+    plannable = False  # it picks a method per layer itself
 
     def __init__(self):
-        self.tt = TTPass()        # its TT-SVD memo lives as long as this pass
+        self.tt = TTPass()  # its TT-SVD memo lives as long as this pass
 
     def supports(self, layer: Layer) -> str | None:
         return None
@@ -87,8 +87,14 @@ class AutoPass(FactorizePass):
             if size >= layer.params or relative_error(layer.weight, best.reconstruct()) < 1e-6:
                 return best
             try:
-                cp = cp_build(layer, cp_rank_for_params(layer, size), ctx.seed, flops=AUTO_CP_FLOPS,
-                              seconds=AUTO_CP_SECONDS, restarts=0)
+                cp = cp_build(
+                    layer,
+                    cp_rank_for_params(layer, size),
+                    ctx.seed,
+                    flops=AUTO_CP_FLOPS,
+                    seconds=AUTO_CP_SECONDS,
+                    restarts=0,
+                )
             except DecompositionError:  # an unstable CP just loses the comparison
                 return best
             if relative_error(layer.weight, cp.reconstruct()) < relative_error(layer.weight, best.reconstruct()):

@@ -25,7 +25,7 @@ class RankSpec:
     rank: int | None = None
     energy: float | None = None
     ratio: float | None = None
-    evbmf: bool = False          # ranks from empirical variational Bayes (Nakajima 2013; Kim et al. 2016)
+    evbmf: bool = False  # ranks from empirical variational Bayes (Nakajima 2013; Kim et al. 2016)
 
     DEFAULT_ENERGY: ClassVar[float] = 0.95
 
@@ -78,7 +78,7 @@ class Planner(Protocol):
     """Ranks chosen in place of the rank spec's plan: hardware-aware selection by measured latency
     (planning/hardware_aware.py), one layer alone for a sensitivity probe (calibration/sensitivity.py)."""
 
-    reasons: dict[str, str]      # layer name -> why the plan keeps it whole (the pass reports it)
+    reasons: dict[str, str]  # layer name -> why the plan keeps it whole (the pass reports it)
 
     def __call__(self, pass_, layers: list, ctx: PassContext) -> tuple[Plan, list[str]]:
         """{layer name: Choice, or None to keep it whole} and notes for the report."""
@@ -102,10 +102,10 @@ class PassContext:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: bool = False
-    hooi_iters: int = 5          # HOOI sweeps after HOSVD; stops early once the error stops improving
+    hooi_iters: int = 5  # HOOI sweeps after HOSVD; stops early once the error stops improving
     progress: bool = True
     seed: int = 0
-    planner: Planner | None = None       # replaces the rank spec's plan
+    planner: Planner | None = None  # replaces the rank spec's plan
     # {layer name: InputGram} from calibration data: factors and rank curves fit the layers' outputs
     stats: dict | None = None
     # {layer name: weight} on each layer's squared error in the global budget (measured sensitivity)
@@ -125,8 +125,8 @@ class LayerRecord:
     params_after: int
     weight_error: float
     new_nodes: list[str]
-    output_error: float | None = None    # relative output error of this layer on the calibration data
-    shared_with: list[str] = field(default_factory=list)   # other users of the same factors (shared weight)
+    output_error: float | None = None  # relative output error of this layer on the calibration data
+    shared_with: list[str] = field(default_factory=list)  # other users of the same factors (shared weight)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +139,7 @@ class PassResult:
     rewritten: list[LayerRecord] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    eligible_params: int = 0    # weights of every layer the pass could rewrite (what --ratio divides)
+    eligible_params: int = 0  # weights of every layer the pass could rewrite (what --ratio divides)
 
     @property
     def eligible_params_after(self) -> int:
@@ -177,7 +177,7 @@ class Pass(ABC):
             large.check_model(model, full_check=False)
             input_valid = True
         except onnx.checker.ValidationError:
-            input_valid = False   # not this pass's doing; verification reports it on the output
+            input_valid = False  # not this pass's doing; verification reports it on the output
         result = self.call(model, ctx)
         if paranoid and model.SerializeToString(deterministic=True) != before:
             raise RuntimeError(f"pass '{self.name}' modified its input model in place")

@@ -43,7 +43,7 @@ class ChainBuilder:
             key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
             if key in self.pool:
                 name, size = self.pool[key]
-                if onnx.helper.np_dtype_to_tensor_dtype(array.dtype) in _FLOATS:   # as params counts
+                if onnx.helper.np_dtype_to_tensor_dtype(array.dtype) in _FLOATS:  # as params counts
                     self.reused_params += size
                 return name
         name = self.fresh(f"{self.prefix}/{suffix}")
@@ -54,16 +54,33 @@ class ChainBuilder:
 
     def op(self, op_type: str, inputs: list[str], suffix: str, output: str | None = None, **attrs) -> str:
         out = output or self.fresh(f"{self.prefix}/{suffix}_out")
-        node = helper.make_node(op_type, inputs, [out], name=self.fresh(f"{self.prefix}/{suffix}"),
-                                doc_string=self.doc, **attrs)
+        node = helper.make_node(
+            op_type, inputs, [out], name=self.fresh(f"{self.prefix}/{suffix}"), doc_string=self.doc, **attrs
+        )
         self.nodes.append(node)
         return out
 
-    def conv(self, x: str, weight: np.ndarray, suffix: str, *, bias: str | None = None, group: int = 1,
-             strides=None, pads=None, dilations=None, auto_pad: str = "NOTSET", output: str | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        weight: np.ndarray,
+        suffix: str,
+        *,
+        bias: str | None = None,
+        group: int = 1,
+        strides=None,
+        pads=None,
+        dilations=None,
+        auto_pad: str = "NOTSET",
+        output: str | None = None,
+    ) -> str:
         nd = weight.ndim - 2
-        attrs = {"kernel_shape": list(weight.shape[2:]), "group": group,
-                 "strides": list(strides or [1] * nd), "dilations": list(dilations or [1] * nd)}
+        attrs = {
+            "kernel_shape": list(weight.shape[2:]),
+            "group": group,
+            "strides": list(strides or [1] * nd),
+            "dilations": list(dilations or [1] * nd),
+        }
         if auto_pad not in ("NOTSET", ""):
             attrs["auto_pad"] = auto_pad
         else:

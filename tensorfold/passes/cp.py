@@ -45,7 +45,7 @@ def cp_candidates(layer: Layer) -> list[Candidate]:
     the Tucker-2 (HOSVD) error at the same parameter count. The real error is measured on the
     chosen rank and reported."""
     o, i = layer.weight.shape[:2]
-    if layer.gram is not None:      # the data-fitted Tucker-2 grid, on its r_in ladder
+    if layer.gram is not None:  # the data-fitted Tucker-2 grid, on its r_in ladder
         r_ins = ladder(i, 40)
         grid = tucker_data_grid(layer, r_ins)
         ro, ri = np.meshgrid(np.arange(o + 1), np.asarray(r_ins), indexing="ij")
@@ -78,11 +78,18 @@ def cp_sweeps(shape: tuple[int, ...], rank: int, flops: float) -> int:
     return int(np.clip(flops // per_sweep, 3, 100))
 
 
-def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, seconds: float = CP_SECONDS,
-             restarts: int = 3) -> Factorization:
+def cp_build(
+    layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, seconds: float = CP_SECONDS, restarts: int = 3
+) -> Factorization:
     rank = min(rank, cp_max_rank(layer.weight.shape))
-    cp = cp_als(layer.weight.astype(np.float64), rank, seed=seed, n_iter_max=cp_sweeps(layer.weight.shape, rank, flops),
-                seconds=seconds, n_restarts=restarts)
+    cp = cp_als(
+        layer.weight.astype(np.float64),
+        rank,
+        seed=seed,
+        n_iter_max=cp_sweeps(layer.weight.shape, rank, flops),
+        seconds=seconds,
+        n_restarts=restarts,
+    )
     out_f, in_f, *spatial = cp.factors
     output_error2 = None
     if layer.gram is not None:
@@ -90,21 +97,25 @@ def cp_build(layer: Layer, rank: int, seed: int, flops: float = CP_FLOPS, second
         maps = in_f.T
         for factor in spatial:
             maps = np.einsum("rd,kr->rdk", maps, factor).reshape(maps.shape[0], -1)
-        out_f, output_error2 = refit_output(layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64),
-                                            maps, layer.gram.group(0))
+        out_f, output_error2 = refit_output(
+            layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), maps, layer.gram.group(0)
+        )
     factors = [out_f, in_f, *spatial]
     dtype = layer.weight.dtype
     return Factorization(
-        "cp", [out_f.shape[1]],
-        reconstruct=lambda: cp_reconstruct(type(cp)([f.astype(dtype) for f in factors], cp.rel_error,
-                                                    cp.n_iter, cp.restarts)),
+        "cp",
+        [out_f.shape[1]],
+        reconstruct=lambda: cp_reconstruct(
+            type(cp)([f.astype(dtype) for f in factors], cp.rel_error, cp.n_iter, cp.restarts)
+        ),
         emit=lambda b: emit_cp_conv(b, out_f, in_f, spatial),
         output_error2=output_error2,
     )
 
 
-def emit_cp_conv(b: ChainBuilder, out_factor: np.ndarray, in_factor: np.ndarray,
-                 spatial_factors: list[np.ndarray]) -> None:
+def emit_cp_conv(
+    b: ChainBuilder, out_factor: np.ndarray, in_factor: np.ndarray, spatial_factors: list[np.ndarray]
+) -> None:
     """Lebedev et al. 2015: 1x1 (I->R) -> depthwise kx1 -> depthwise 1xk -> 1x1 (R->O).
 
     Stride, dilation and pads are split between the depthwise convs, one axis each.
@@ -112,9 +123,8 @@ def emit_cp_conv(b: ChainBuilder, out_factor: np.ndarray, in_factor: np.ndarray,
     layer = b.layer
     a, nd, rank = layer.attrs, len(layer.kernel), in_factor.shape[1]
     h = b.conv(layer.node.input[0], pointwise_kernel(in_factor.T, nd), "in")
-    for axis, factor in enumerate(spatial_factors):   # factor: (k_axis, R)
-        h = b.conv(h, axis_kernel(factor.T, axis, nd, 1), f"axis{axis}", group=rank,
-                   **axis_conv_attrs(a, axis, nd))
+    for axis, factor in enumerate(spatial_factors):  # factor: (k_axis, R)
+        h = b.conv(h, axis_kernel(factor.T, axis, nd, 1), f"axis{axis}", group=rank, **axis_conv_attrs(a, axis, nd))
     b.conv(h, pointwise_kernel(out_factor, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
 
 

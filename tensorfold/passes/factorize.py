@@ -36,7 +36,7 @@ class Factorization:
     ranks: list[int]
     reconstruct: Callable[[], np.ndarray]
     emit: Callable[[ChainBuilder], None]
-    output_error2: float | None = None   # relative squared output error on calibration data, when fitted to it
+    output_error2: float | None = None  # relative squared output error on calibration data, when fitted to it
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Candidate:
     method: str
     ranks: tuple[int, ...]
     params: int
-    error2: float          # relative squared weight error (exact, or a stated estimate)
+    error2: float  # relative squared weight error (exact, or a stated estimate)
 
 
 def relative_error(weight: np.ndarray, approx: np.ndarray) -> float:
@@ -66,8 +66,10 @@ def layer_rows(layer: Layer, weight: np.ndarray) -> list[np.ndarray]:
 def layer_output_error2(layer: Layer, approx: np.ndarray) -> float:
     """Relative squared output error of replacing the layer's weight by `approx`, on the data of
     layer.gram (groups pooled)."""
-    pairs = [output_energies(w, a, damped(layer.gram.group(g)))
-             for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx)))]
+    pairs = [
+        output_energies(w, a, damped(layer.gram.group(g)))
+        for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx)))
+    ]
     num, den = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return num / den if den > 0 else num
 
@@ -159,8 +161,9 @@ class FactorizePass(Pass):
 
     # --- the shared loop -------------------------------------------------------------------
 
-    def eligible_layers(self, model: onnx.ModelProto, ctx: PassContext
-                        ) -> tuple[onnx.ModelProto, list[Layer], list[Skip]]:
+    def eligible_layers(
+        self, model: onnx.ModelProto, ctx: PassContext
+    ) -> tuple[onnx.ModelProto, list[Layer], list[Skip]]:
         """A named copy of the model, the layers this method can rewrite (with their calibration
         statistics attached), and the skipped nodes with their reasons."""
         work = onnx.ModelProto()
@@ -181,7 +184,7 @@ class FactorizePass(Pass):
         for layer in eligible:
             if layer.sharers:
                 groups.setdefault(layer.key, []).append(layer)
-        for group in groups.values():      # one factorization fits every use of a shared weight
+        for group in groups.values():  # one factorization fits every use of a shared weight
             gram = merged_gram(group)
             for layer in group:
                 layer.gram = gram
@@ -190,26 +193,30 @@ class FactorizePass(Pass):
     def reachable_ratio(self, model: onnx.ModelProto, ctx: PassContext) -> float:
         """The largest --ratio this method can meet on the model (1.0 when nothing can shrink)."""
         _, layers, _ = self.eligible_layers(model, ctx)
-        layers = [layer for layer in layers if layer.leads]      # a shared weight counts once
+        layers = [layer for layer in layers if layer.leads]  # a shared weight counts once
         total = sum(layer.params for layer in layers)
-        smallest = sum(min([layer.params] + [c.params for c in self.candidates_of(layer, ctx)
-                                             if ctx.force or c.params < layer.params]) for layer in layers)
+        smallest = sum(
+            min(
+                [layer.params]
+                + [c.params for c in self.candidates_of(layer, ctx) if ctx.force or c.params < layer.params]
+            )
+            for layer in layers
+        )
         return total / smallest if smallest else 1.0
 
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         work, eligible, skipped = self.eligible_layers(model, ctx)
         plan, notes = self.plan(eligible, ctx)
         leaders: dict[str, str] = {}
-        for layer in eligible:   # every user of a shared weight takes its first user's ranks
+        for layer in eligible:  # every user of a shared weight takes its first user's ranks
             if layer.sharers:
                 lead = leaders.setdefault(layer.key, layer.name)
                 plan[layer.name] = plan.get(lead)
         fresh = make_name_generator(work)
         replacements: dict[str, ChainBuilder] = {}
         records: list[LayerRecord] = []
-        pool: dict = {}          # factor tensors already in the graph, by content: shared weights' users reuse them
-        bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible,
-                   leave=False)
+        pool: dict = {}  # factor tensors already in the graph, by content: shared weights' users reuse them
+        bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible, leave=False)
         for layer in bar:
             bar.set_postfix_str(layer.name[-30:])
             choice = plan.get(layer.name)
@@ -231,8 +238,13 @@ class FactorizePass(Pass):
                 for other in layer.sharers:
                     if replacements.pop(other, None) is not None:
                         records = [r for r in records if r.node != other]
-                        skipped.append(Skip(other, layer.node.op_type, f"shares its weight with {layer.name}, "
-                                                                       "which is kept whole; kept whole too"))
+                        skipped.append(
+                            Skip(
+                                other,
+                                layer.node.op_type,
+                                f"shares its weight with {layer.name}, which is kept whole; kept whole too",
+                            )
+                        )
         eligible_params = sum(layer.params for layer in eligible if layer.leads)
         if not replacements:
             return PassResult(model, False, [], skipped, notes, eligible_params)
@@ -253,7 +265,8 @@ class FactorizePass(Pass):
     def keep_reason(self, layer: Layer, ctx: PassContext) -> str:
         """Why the plan left this layer whole."""
         return (ctx.planner.reasons.get(layer.name) if ctx.planner is not None else None) or (
-            "kept whole: the budget gains more from other layers")
+            "kept whole: the budget gains more from other layers"
+        )
 
     def _cache_key(self, layer: Layer, *rest) -> tuple:
         return (self.method, layer.key, layer.node.input[1], tuple(layer.weight.shape), layer.gram is not None, *rest)
@@ -294,39 +307,64 @@ class FactorizePass(Pass):
             memo[key] = self.candidates(layer)
         return memo[key]
 
-    def _rewrite(self, layer: Layer, choice: Choice, ctx: PassContext, fresh, pool: dict | None = None
-                 ) -> Skip | tuple[ChainBuilder, LayerRecord]:
+    def _rewrite(
+        self, layer: Layer, choice: Choice, ctx: PassContext, fresh, pool: dict | None = None
+    ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
         predicted = self.params_for(layer, choice)
         if predicted is not None and predicted >= layer.params and not ctx.force:
-            return Skip(layer.name, op, f"{choice} give at least {predicted} params, not fewer "
-                                        f"than the layer's {layer.params} (use --force to rewrite anyway)")
+            return Skip(
+                layer.name,
+                op,
+                f"{choice} give at least {predicted} params, not fewer "
+                f"than the layer's {layer.params} (use --force to rewrite anyway)",
+            )
         try:
             fac, error = self.weight_error(layer, choice, ctx)
         except DecompositionError as exc:
             return Skip(layer.name, op, f"{self.method} failed: {exc}")
         except MemoryError as exc:
-            raise TensorfoldError(f"layer {layer.name} (weight {list(layer.weight.shape)}): {choice} "
-                                  f"do not fit in memory ({str(exc)[:160]}); ask for smaller ranks"
-                                  ) from None
+            raise TensorfoldError(
+                f"layer {layer.name} (weight {list(layer.weight.shape)}): {choice} "
+                f"do not fit in memory ({str(exc)[:160]}); ask for smaller ranks"
+            ) from None
         if not np.isfinite(error):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
         # "output": the value the chain writes in the layer's place, whatever its last node is (feature
         # distillation reads the chains' outputs by it; the TT-matrix chain ends in a Reshape)
-        doc = "[tensorfold] " + json.dumps({"original": layer.name, "op": op, "method": fac.method,
-                                            "ranks": list(fac.ranks), "weight_error": round(error, 6),
-                                            "output": layer.node.output[0]})
+        doc = "[tensorfold] " + json.dumps(
+            {
+                "original": layer.name,
+                "op": op,
+                "method": fac.method,
+                "ranks": list(fac.ranks),
+                "weight_error": round(error, 6),
+                "output": layer.node.output[0],
+            }
+        )
         builder = ChainBuilder(layer, fac.method, fresh, doc, pool if layer.sharers else None)
         fac.emit(builder)
         # a later user of a shared weight adds no parameters of its own: compare the chain in full
         chain_params = builder.params + builder.reused_params
         if chain_params >= layer.params and not ctx.force:
-            return Skip(layer.name, op, f"{fac.method} ranks {list(fac.ranks)} give {chain_params} params, "
-                                        f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)")
-        record = LayerRecord(layer.name, op, fac.method, [int(r) for r in fac.ranks],
-                             layer.params if layer.leads else 0, builder.params, error,
-                             [n.name for n in builder.nodes], self.output_error(layer, choice, ctx),
-                             shared_with=[n for n in layer.sharers if n != layer.name])
+            return Skip(
+                layer.name,
+                op,
+                f"{fac.method} ranks {list(fac.ranks)} give {chain_params} params, "
+                f"not fewer than the layer's {layer.params} (use --force to rewrite anyway)",
+            )
+        record = LayerRecord(
+            layer.name,
+            op,
+            fac.method,
+            [int(r) for r in fac.ranks],
+            layer.params if layer.leads else 0,
+            builder.params,
+            error,
+            [n.name for n in builder.nodes],
+            self.output_error(layer, choice, ctx),
+            shared_with=[n for n in layer.sharers if n != layer.name],
+        )
         return builder, record
 
     def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[Plan, list[str]]:
@@ -338,8 +376,9 @@ class FactorizePass(Pass):
         """Ranks from the rank spec alone: a fixed rank, an energy, EVBMF or the global budget."""
         spec = ctx.spec
         if spec.ratio is None:
-            return {layer.name: self.data_ranks_for_energy(layer, ctx) or self.ranks_for(layer, spec)
-                    for layer in layers}, []
+            return {
+                layer.name: self.data_ranks_for_energy(layer, ctx) or self.ranks_for(layer, spec) for layer in layers
+            }, []
         return self.budget_plan(layers, spec.ratio, ctx)
 
     def data_ranks_for_energy(self, layer: Layer, ctx: PassContext) -> Choice | None:
@@ -362,7 +401,7 @@ class FactorizePass(Pass):
         users: dict[str, list[Layer]] = {}
         for layer in layers:
             users.setdefault(layer.key, []).append(layer)
-        every, layers = layers, [group[0] for group in users.values()]     # a shared weight: one choice
+        every, layers = layers, [group[0] for group in users.values()]  # a shared weight: one choice
         total = sum(layer.params for layer in layers)
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
@@ -379,7 +418,8 @@ class FactorizePass(Pass):
             raise TensorfoldError(
                 f"--ratio {ratio:g} is out of reach for {self.method}: the smallest factorization of the "
                 f"{len(layers)} layers it can rewrite holds {smallest} of their {total} parameters, "
-                f"{total / max(smallest, 1):.1f}x at most")
+                f"{total / max(smallest, 1):.1f}x at most"
+            )
         picked = allocate_budget(options, budget)
         plan = {}
         for layer, idx, cands in zip(layers, picked, choices):
@@ -388,8 +428,7 @@ class FactorizePass(Pass):
                 plan[user.name] = None if chosen is None else self.ranks_of(chosen)
         kept = sum(1 for v in plan.values() if v is None)
         layers = every
-        return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers "
-                      f"({kept} kept whole)"]
+        return plan, [f"budget: {total} -> at most {budget} parameters over {len(layers)} layers ({kept} kept whole)"]
 
     def ranks_of(self, candidate: Candidate) -> Choice:
         """What plan() hands to build() for this candidate."""

@@ -12,8 +12,15 @@ from tensorfold.decompose.data_aware import InputGram
 from tensorfold.graph.model import GraphIndex, attr, subgraph_nodes
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-QUANTIZED_OPS = ("ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
-                 "QGemm", "DynamicQuantizeMatMul")
+QUANTIZED_OPS = (
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+)
 
 
 @dataclass
@@ -21,9 +28,9 @@ class Layer:
     """One factorizable node: its weight as the 2-D or conv-shaped array the math works on."""
 
     node: onnx.NodeProto
-    kind: str                      # "conv" | "gemm" | "matmul"
-    weight: np.ndarray             # conv: (O, I/groups, *k); gemm/matmul: (K, N) as used in y = x @ W
-    bias_name: str | None = None   # conv bias / Gemm C, passed through to the last factor
+    kind: str  # "conv" | "gemm" | "matmul"
+    weight: np.ndarray  # conv: (O, I/groups, *k); gemm/matmul: (K, N) as used in y = x @ W
+    bias_name: str | None = None  # conv bias / Gemm C, passed through to the last factor
     groups: int = 1
     attrs: dict = field(default_factory=dict)
     # second moments of the layer's inputs on calibration data (decompose.data_aware.InputGram);
@@ -94,16 +101,22 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
-def find_layers(model: onnx.ModelProto, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
-                ) -> tuple[list[Layer], list[Skip]]:
+def find_layers(
+    model: onnx.ModelProto, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> tuple[list[Layer], list[Skip]]:
     """Every Conv/Gemm/MatMul of the top-level graph, as a Layer or a Skip with its reason."""
     index = GraphIndex(model)
     layers: list[Layer] = []
     skips: list[Skip] = []
     for parent, node in subgraph_nodes(model):
         if node.op_type in WEIGHT_OPS or node.op_type in QUANTIZED_OPS:
-            skips.append(Skip(node.name, node.op_type,
-                              f"inside the {parent.op_type} subgraph of '{parent.name}': only top-level nodes are rewritten"))
+            skips.append(
+                Skip(
+                    node.name,
+                    node.op_type,
+                    f"inside the {parent.op_type} subgraph of '{parent.name}': only top-level nodes are rewritten",
+                )
+            )
     for node in model.graph.node:
         if node.op_type in QUANTIZED_OPS:
             skips.append(Skip(node.name, node.op_type, "quantized layer: left as it is"))
@@ -165,8 +178,11 @@ def _classify(node: onnx.NodeProto, index: GraphIndex) -> Layer | Skip:
         if attr(node, "transB", 0):
             w = w.T
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        attrs = {"alpha": float(attr(node, "alpha", 1.0)), "beta": float(attr(node, "beta", 1.0)),
-                 "transA": int(attr(node, "transA", 0))}
+        attrs = {
+            "alpha": float(attr(node, "alpha", 1.0)),
+            "beta": float(attr(node, "beta", 1.0)),
+            "transA": int(attr(node, "transA", 0)),
+        }
         return Layer(node, "gemm", w, bias, 1, attrs)
     # MatMul: y = x @ W with W a constant matrix
     a, b = node.input[0], node.input[1]
@@ -213,14 +229,28 @@ def group_shared_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[l
         others = [n.name or n.op_type for n in readers if n.name not in members]
         lead = group[0]
         # Gemm's alpha goes into a factor: users must agree on it (conv attrs only shape the nodes)
-        alike = all(layer.kind == lead.kind and layer.groups == lead.groups and layer.weight.shape == lead.weight.shape
-                    and (layer.kind == "conv" or layer.attrs == lead.attrs)
-                    and np.array_equal(layer.weight, lead.weight) for layer in group[1:])
+        alike = all(
+            layer.kind == lead.kind
+            and layer.groups == lead.groups
+            and layer.weight.shape == lead.weight.shape
+            and (layer.kind == "conv" or layer.attrs == lead.attrs)
+            and np.array_equal(layer.weight, lead.weight)
+            for layer in group[1:]
+        )
         if others or not alike:
-            why = (f"also read by {others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")
-                   if others else "read in different layouts (e.g. Gemm transB) by its users")
-            skips.extend(Skip(layer.name, layer.node.op_type, f"weight '{name}' is shared and {why}: factorizing "
-                              "this use alone would add parameters; kept whole") for layer in group)
+            why = (
+                f"also read by {others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+                if others
+                else "read in different layouts (e.g. Gemm transB) by its users"
+            )
+            skips.extend(
+                Skip(
+                    layer.name,
+                    layer.node.op_type,
+                    f"weight '{name}' is shared and {why}: factorizing this use alone would add parameters; kept whole",
+                )
+                for layer in group
+            )
             continue
         sharers = tuple(layer.name for layer in group)
         for layer in group:

@@ -25,8 +25,10 @@ def check_choice(layer: Layer, choice: Choice | None, source: str) -> None:
         return
     want = rank_count(choice.method, layer)
     if len(choice.ranks) != want:
-        raise TensorfoldError(f"{source}: layer '{layer.name}' takes {want} {choice.method} rank(s), the plan gives "
-                              f"{len(choice.ranks)} ({list(choice.ranks)})")
+        raise TensorfoldError(
+            f"{source}: layer '{layer.name}' takes {want} {choice.method} rank(s), the plan gives "
+            f"{len(choice.ranks)} ({list(choice.ranks)})"
+        )
 
 
 class PlannedPass(FactorizePass):

@@ -51,8 +51,9 @@ def svd_spectra(layer: Layer) -> list[np.ndarray]:
 
 def whitened_fits(layer: Layer) -> list[WhitenedSVD]:
     """The whitened SVD per group, made once per layer's statistics."""
-    return layer.gram.fitted("whitened_svd", lambda: [WhitenedSVD(m, layer.gram.group(g))
-                                                      for g, m in enumerate(layer_matrices(layer))])
+    return layer.gram.fitted(
+        "whitened_svd", lambda: [WhitenedSVD(m, layer.gram.group(g)) for g, m in enumerate(layer_matrices(layer))]
+    )
 
 
 def svd_candidates(layer: Layer) -> list[Candidate]:
@@ -73,16 +74,18 @@ def svd_params(layer: Layer, ranks: tuple[int, ...]) -> int:
 
 
 def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
-    if layer.gram is not None:      # fitted to the layer's output on the calibration data
+    if layer.gram is not None:  # fitted to the layer's output on the calibration data
         pairs = [fit.factors(ranks[0]) for fit in whitened_fits(layer)]
     else:
         pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
     rank = lefts[0].shape[1]
     return Factorization(
-        "svd", [rank],
-        reconstruct=lambda: _matrices_to_weight(layer, [lf.astype(layer.weight.dtype).astype(np.float64)
-                                                        @ r.astype(layer.weight.dtype) for lf, r in pairs]),
+        "svd",
+        [rank],
+        reconstruct=lambda: _matrices_to_weight(
+            layer, [lf.astype(layer.weight.dtype).astype(np.float64) @ r.astype(layer.weight.dtype) for lf, r in pairs]
+        ),
         emit=lambda b: emit_matrix_pair(b, lefts, rights),
     )
 
@@ -98,8 +101,7 @@ def emit_matrix_pair(b: ChainBuilder, left: list[np.ndarray], right: list[np.nda
         a, nd = layer.attrs, len(layer.kernel)
         first = np.concatenate([pointwise_kernel(lf.T, nd) for lf in left], axis=0)
         last = np.concatenate([pointwise_kernel(r.T, nd) for r in right], axis=0)
-        h = b.conv(x, first, "in", group=layer.groups, strides=a["strides"], pads=a["pads"],
-                   auto_pad=a["auto_pad"])
+        h = b.conv(x, first, "in", group=layer.groups, strides=a["strides"], pads=a["pads"], auto_pad=a["auto_pad"])
         b.conv(h, last, "out", bias=layer.bias_name, group=layer.groups, output=out)
     elif layer.kind == "gemm":
         at = layer.attrs

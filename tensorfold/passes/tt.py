@@ -52,8 +52,9 @@ def tt_bond_count(layer: Layer) -> int:
     return len(matrix_dims(*layer.weight.shape)[0]) - 1
 
 
-def _decompose(layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None,
-               info: dict | None = None) -> list[np.ndarray]:
+def _decompose(
+    layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None, info: dict | None = None
+) -> list[np.ndarray]:
     if layer.kind == "conv":
         return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo, info=info)
     rows, cols = matrix_dims(*layer.weight.shape)
@@ -68,11 +69,12 @@ def _reconstruct(layer: Layer, cores: list[np.ndarray]) -> np.ndarray:
 
 def _refit_last_core(layer: Layer, cores: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """TT-conv cores with the last one re-solved to the layer's output on the calibration data."""
-    head = cores[0][0]                                     # (I, r1)
-    for core in cores[1:-1]:                               # contract (I*k.., r) with (r, k, r')
+    head = cores[0][0]  # (I, r1)
+    for core in cores[1:-1]:  # contract (I*k.., r) with (r, k, r')
         head = np.einsum("dr,rks->dks", head, core).reshape(-1, core.shape[2])
-    out, err2 = refit_output(layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T,
-                             layer.gram.group(0))
+    out, err2 = refit_output(
+        layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T, layer.gram.group(0)
+    )
     return cores[:-1] + [out.T[:, :, None]], err2
 
 
@@ -94,7 +96,7 @@ def _tt_params(dims: tuple[int, ...], ranks: tuple[int, ...]) -> int:
 def _evbmf_bond_ranks(layer: Layer) -> list[int]:
     """EVBMF rank of each bond's unfolding of the tensor TT-SVD works on."""
     t = _tt_target(layer)
-    return [evbmf_rank(t.reshape(int(np.prod(t.shape[:k + 1])), -1)) for k in range(t.ndim - 1)]
+    return [evbmf_rank(t.reshape(int(np.prod(t.shape[: k + 1])), -1)) for k in range(t.ndim - 1)]
 
 
 def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
@@ -109,10 +111,9 @@ def emit_tt_conv(b: ChainBuilder, cores: list[np.ndarray]) -> None:
     layer = b.layer
     a, nd = layer.attrs, len(layer.kernel)
     h = b.conv(layer.node.input[0], pointwise_kernel(cores[0][0].T, nd), "in")
-    for axis, core in enumerate(cores[1:-1]):          # (r_prev, k, r_next) -> (r_next, r_prev, k)
+    for axis, core in enumerate(cores[1:-1]):  # (r_prev, k, r_next) -> (r_next, r_prev, k)
         kernel = np.transpose(core, (2, 0, 1))
-        h = b.conv(h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}",
-                   **axis_conv_attrs(a, axis, nd))
+        h = b.conv(h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}", **axis_conv_attrs(a, axis, nd))
     b.conv(h, pointwise_kernel(cores[-1][:, :, 0].T, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
 
 
@@ -132,9 +133,9 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
     cols = [c.shape[2] for c in cores]
     n_total = int(np.prod(cols))
     state = x
-    trailing = 1                                      # N_>k, the output modes contracted so far
+    trailing = 1  # N_>k, the output modes contracted so far
     for k in reversed(range(len(cores))):
-        core = cores[k]                               # (r_prev, m_k, n_k, r_next)
+        core = cores[k]  # (r_prev, m_k, n_k, r_next)
         r_prev, m, n, r_next = core.shape
         shape = b.const(f"core{k}.shape", np.array([-1, m * r_next, trailing]), np.int64)
         state = b.op("Reshape", [state, shape], f"reshape{k}")
@@ -144,8 +145,9 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
     out = layer.node.output[0]
     if layer.kind == "gemm" or input_rank == 2:
         flat_out = None if (layer.kind == "gemm" and layer.bias_name) else out
-        flat = b.op("Reshape", [state, b.const("out.shape", np.array([-1, n_total]), np.int64)], "flatten",
-                    output=flat_out)
+        flat = b.op(
+            "Reshape", [state, b.const("out.shape", np.array([-1, n_total]), np.int64)], "flatten", output=flat_out
+        )
         if layer.kind == "gemm" and layer.bias_name:
             bias = layer.bias_name
             if at["beta"] != 1.0:
@@ -154,8 +156,11 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
         return
     # batched activations (..., K): restore the leading dims from the input's runtime shape
     lead = b.op("Shape", [x], "shape")
-    lead = b.op("Slice", [lead, b.const("lead.start", np.array([0]), np.int64),
-                          b.const("lead.end", np.array([-1]), np.int64)], "lead")
+    lead = b.op(
+        "Slice",
+        [lead, b.const("lead.start", np.array([0]), np.int64), b.const("lead.end", np.array([-1]), np.int64)],
+        "lead",
+    )
     target = b.op("Concat", [lead, b.const("out.cols", np.array([n_total]), np.int64)], "target", axis=0)
     b.op("Reshape", [state, target], "unflatten", output=out)
 
@@ -199,7 +204,7 @@ class TTPass(FactorizePass):
                 if ranks not in out:
                     out[ranks] = Candidate("tt", ranks, _tt_params(tensor.shape, ranks), est)
             return list(out.values())
-        memo: dict = {}      # the ladder shares every bond's eigendecomposition it reaches again
+        memo: dict = {}  # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
             cores = _decompose(layer, None, float(eps), memo)
             ranks = tuple(_bond_ranks(cores))
@@ -221,6 +226,10 @@ class TTPass(FactorizePass):
             emit = lambda b: emit_tt_conv(b, cores)  # noqa: E731
         else:
             emit = lambda b: emit_tt_matrix(b, cores, layer.attrs.get("input_rank"))  # noqa: E731
-        return Factorization("tt", _bond_ranks(cores),
-                             reconstruct=lambda: _reconstruct(layer, [c.astype(dtype) for c in cores]),
-                             emit=emit, output_error2=output_error2)
+        return Factorization(
+            "tt",
+            _bond_ranks(cores),
+            reconstruct=lambda: _reconstruct(layer, [c.astype(dtype) for c in cores]),
+            emit=emit,
+            output_error2=output_error2,
+        )

@@ -36,11 +36,13 @@ def tucker_ranks(layer: Layer, spec: RankSpec) -> tuple[int, int]:
     o, i = groups[0].shape[:2]
     if spec.rank is not None:
         return clip_rank(spec.rank, o), clip_rank(spec.rank, i)
-    if spec.evbmf:   # Kim et al. 2016: EVBMF on the two channel-mode unfoldings
+    if spec.evbmf:  # Kim et al. 2016: EVBMF on the two channel-mode unfoldings
         return (max(evbmf_rank(_unfold(w, 0)) for w in groups), max(evbmf_rank(_unfold(w, 1)) for w in groups))
     e = spec.effective_energy
-    return (max(rank_for_energy(_mode_spectrum(w, 0), e) for w in groups),
-            max(rank_for_energy(_mode_spectrum(w, 1), e) for w in groups))
+    return (
+        max(rank_for_energy(_mode_spectrum(w, 0), e) for w in groups),
+        max(rank_for_energy(_mode_spectrum(w, 1), e) for w in groups),
+    )
 
 
 def tucker_error_grid(layer: Layer) -> np.ndarray:
@@ -53,8 +55,9 @@ def tucker_error_grid(layer: Layer) -> np.ndarray:
 
 def data_fits(layer: Layer) -> list[Tucker2DataFit]:
     """The rank-independent data-fitted Tucker-2 work per group, made once per layer's statistics."""
-    return layer.gram.fitted("tucker2", lambda: [Tucker2DataFit(w, layer.gram.group(g))
-                                                 for g, w in enumerate(layer.group_weights())])
+    return layer.gram.fitted(
+        "tucker2", lambda: [Tucker2DataFit(w, layer.gram.group(g)) for g, w in enumerate(layer.group_weights())]
+    )
 
 
 def tucker_data_grid(layer: Layer, r_in_values: list[int]) -> np.ndarray:
@@ -78,8 +81,9 @@ def tucker_candidates(layer: Layer) -> list[Candidate]:
     out = []
     for ro in ladder(shape[0], 40):
         for col, ri in enumerate(r_ins):
-            out.append(Candidate("tucker", (ro, ri), len(groups) * tucker2_params(shape, (ro, ri)),
-                                 float(error(ro, col, ri))))
+            out.append(
+                Candidate("tucker", (ro, ri), len(groups) * tucker2_params(shape, (ro, ri)), float(error(ro, col, ri)))
+            )
     return out
 
 
@@ -91,8 +95,7 @@ def tucker_params(layer: Layer, ranks: tuple[int, ...]) -> int:
 def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Factorization:
     if layer.gram is not None:
         return _tucker_data_build(layer, ranks)
-    parts = [tucker2(w.astype(np.float64), (ranks[0], ranks[1]), hooi_iters=hooi_iters)
-             for w in layer.group_weights()]
+    parts = [tucker2(w.astype(np.float64), (ranks[0], ranks[1]), hooi_iters=hooi_iters) for w in layer.group_weights()]
     dtype = layer.weight.dtype
 
     def reconstruct():
@@ -100,9 +103,12 @@ def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Facto
         return np.concatenate([tucker2_reconstruct(p) for p in cast], axis=0)
 
     return Factorization(
-        "tucker", list(parts[0].ranks), reconstruct,
-        emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
-                                        [p.in_factor for p in parts]),
+        "tucker",
+        list(parts[0].ranks),
+        reconstruct,
+        emit=lambda b: emit_tucker_conv(
+            b, [p.core for p in parts], [p.out_factor for p in parts], [p.in_factor for p in parts]
+        ),
     )
 
 
@@ -111,16 +117,26 @@ def _tucker_data_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
     parts = [Tucker2(core, out_f, in_f) for core, out_f, in_f, _ in fits]
     dtype = layer.weight.dtype
     return Factorization(
-        "tucker", list(parts[0].ranks),
-        lambda: np.concatenate([tucker2_reconstruct(Tucker2(p.core.astype(dtype), p.out_factor.astype(dtype),
-                                                            p.in_factor.astype(dtype))) for p in parts], axis=0),
-        emit=lambda b: emit_tucker_conv(b, [p.core for p in parts], [p.out_factor for p in parts],
-                                        [p.in_factor for p in parts]),
+        "tucker",
+        list(parts[0].ranks),
+        lambda: np.concatenate(
+            [
+                tucker2_reconstruct(
+                    Tucker2(p.core.astype(dtype), p.out_factor.astype(dtype), p.in_factor.astype(dtype))
+                )
+                for p in parts
+            ],
+            axis=0,
+        ),
+        emit=lambda b: emit_tucker_conv(
+            b, [p.core for p in parts], [p.out_factor for p in parts], [p.in_factor for p in parts]
+        ),
     )
 
 
-def emit_tucker_conv(b: ChainBuilder, cores: list[np.ndarray], out_factors: list[np.ndarray],
-                     in_factors: list[np.ndarray]) -> None:
+def emit_tucker_conv(
+    b: ChainBuilder, cores: list[np.ndarray], out_factors: list[np.ndarray], in_factors: list[np.ndarray]
+) -> None:
     """Conv -> 1x1 (I->r_in) -> kxk core (r_in->r_out, stride/pads/dilation) -> 1x1 (r_out->O, bias).
 
     One entry per group: each group gets its own factors, stacked into grouped convs.
@@ -131,8 +147,9 @@ def emit_tucker_conv(b: ChainBuilder, cores: list[np.ndarray], out_factors: list
     core = np.concatenate(cores, axis=0)
     last = np.concatenate([pointwise_kernel(u, nd) for u in out_factors], axis=0)
     h = b.conv(layer.node.input[0], first, "in", group=g)
-    h = b.conv(h, core, "core", group=g, strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
-               auto_pad=a["auto_pad"])
+    h = b.conv(
+        h, core, "core", group=g, strides=a["strides"], pads=a["pads"], dilations=a["dilations"], auto_pad=a["auto_pad"]
+    )
     b.conv(h, last, "out", bias=layer.bias_name, group=g, output=layer.node.output[0])
 
 
@@ -143,10 +160,10 @@ class TuckerPass(FactorizePass):
     order = 2
 
     def rank_count(self, layer: Layer) -> int:
-        return 1 if layer.is_pointwise else 2          # (r_out, r_in)
+        return 1 if layer.is_pointwise else 2  # (r_out, r_in)
 
     def supports(self, layer: Layer) -> str | None:
-        return None   # any non-depthwise conv, grouped included; matrices via the SVD
+        return None  # any non-depthwise conv, grouped included; matrices via the SVD
 
     def method_ranks(self, layer, spec):
         return tucker_ranks(layer, spec)

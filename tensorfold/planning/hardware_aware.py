@@ -31,9 +31,9 @@ from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
 from tensorfold.planning.latency_table import LatencyTable
 
-FASTER = 0.9         # a chain must take at most 90% of the layer's time: isolated timings miss the
-                     # fusions onnxruntime makes in the whole graph, so small gains do not survive
-SLACK = 0.03         # of the whole model's time: how far from the fastest plan an unreachable target may land
+FASTER = 0.9  # a chain must take at most 90% of the layer's time: isolated timings miss the
+# fusions onnxruntime makes in the whole graph, so small gains do not survive
+SLACK = 0.03  # of the whole model's time: how far from the fastest plan an unreachable target may land
 
 
 @dataclass
@@ -47,27 +47,30 @@ class Timed:
 @dataclass
 class HardwareTarget:
     table: LatencyTable
-    model: onnx.ModelProto                        # the normalized model the pass rewrites
-    shapes: dict                                  # concrete shapes of its values
+    model: onnx.ModelProto  # the normalized model the pass rewrites
+    shapes: dict  # concrete shapes of its values
     multiple: int = 8
     max_error: float | None = None
-    target_ms: float | None = None                # whole-model latency to reach (--target-latency/--speedup)
-    model_ms: float | None = None                 # the input's whole-model latency
-    timings: dict = field(default_factory=dict)   # layer -> (layer ms, [Timed]) for the report
-    exclude: set = field(default_factory=set)     # layers the fallback returned to the input's form
-    reasons: dict = field(default_factory=dict)   # layer -> why it is kept whole (read by the pass)
-    out_of_reach: bool = False                    # the last plan could not meet target_ms by its own estimate
+    target_ms: float | None = None  # whole-model latency to reach (--target-latency/--speedup)
+    model_ms: float | None = None  # the input's whole-model latency
+    timings: dict = field(default_factory=dict)  # layer -> (layer ms, [Timed]) for the report
+    exclude: set = field(default_factory=set)  # layers the fallback returned to the input's form
+    reasons: dict = field(default_factory=dict)  # layer -> why it is kept whole (read by the pass)
+    out_of_reach: bool = False  # the last plan could not meet target_ms by its own estimate
 
     def __post_init__(self):
-        self.initializers = GraphIndex(self.model).initializers   # built once, read for every candidate
+        self.initializers = GraphIndex(self.model).initializers  # built once, read for every candidate
         self.opset = model_opset(self.model)
 
     def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx):
-        self.reasons = {name: "hardware-aware: returned to the input's form, the whole model was not faster"
-                        for name in self.exclude}
+        self.reasons = {
+            name: "hardware-aware: returned to the input's form, the whole model was not faster"
+            for name in self.exclude
+        }
         layers = [layer for layer in layers if layer.name not in self.exclude]
-        base, notes = ({}, []) if (self.max_error is not None or self.target_ms is not None) \
-            else pass_.spec_plan(layers, ctx)
+        base, notes = (
+            ({}, []) if (self.max_error is not None or self.target_ms is not None) else pass_.spec_plan(layers, ctx)
+        )
         options = {}
         from tqdm import tqdm
 
@@ -97,9 +100,11 @@ class HardwareTarget:
             if budget < fastest:
                 # timings repeat to a few percent only: below that, "fastest" is noise, and the least
                 # error within it is the better trade
-                notes.append(f"target {self.target_ms:.3f} ms is out of reach: the fastest chains give about "
-                             f"{self.model_ms - layers_ms + fastest:.3f} ms; taking the least error within "
-                             f"{SLACK:.0%} of that")
+                notes.append(
+                    f"target {self.target_ms:.3f} ms is out of reach: the fastest chains give about "
+                    f"{self.model_ms - layers_ms + fastest:.3f} ms; taking the least error within "
+                    f"{SLACK:.0%} of that"
+                )
                 budget = fastest + SLACK * (self.model_ms - layers_ms + fastest)
             plan.update(self._allocate(layers, options, budget))
         else:
@@ -113,8 +118,10 @@ class HardwareTarget:
             if not timed:
                 self.reasons[name] = "hardware-aware: no chain faster than the layer on the target"
         fresh = "predictions" if self.table.predicted else "measurements"
-        notes = notes + [f"hardware-aware: {len(layers)} layers timed ({self.table.new} new {fresh}, "
-                         f"cache {self.table.path}); {slower} had no chain faster than the layer"]
+        notes = notes + [
+            f"hardware-aware: {len(layers)} layers timed ({self.table.new} new {fresh}, "
+            f"cache {self.table.path}); {slower} had no chain faster than the layer"
+        ]
         return plan, notes
 
     # ------------------------------------------------------------------------------------------
@@ -139,8 +146,14 @@ class HardwareTarget:
         builder = ChainBuilder(layer, fac.method, lambda base: f"{base}_{next(counter)}", "")
         fac.emit(builder)
         extra = [self.initializers[n] for n in [layer.bias_name] if n and n in self.initializers]
-        ms = self.table.ms(layer, builder.nodes, builder.initializers + extra, self.shapes,
-                           f"{fac.method}:{list(fac.ranks)}", self.opset)
+        ms = self.table.ms(
+            layer,
+            builder.nodes,
+            builder.initializers + extra,
+            self.shapes,
+            f"{fac.method}:{list(fac.ranks)}",
+            self.opset,
+        )
         return Timed(choice, builder.params, error, ms)
 
     def _allocate(self, layers: list[Layer], options: dict, budget_ms: float) -> dict:
@@ -150,7 +163,7 @@ class HardwareTarget:
             layer_ms = self.timings[name][0]
             timed = options[name]
             # cost in units of 0.1 us so the integer budget keeps precision
-            opts.append([Option(int(layer_ms * 1e4), 0.0)] + [Option(int(t.ms * 1e4), t.error ** 2) for t in timed])
+            opts.append([Option(int(layer_ms * 1e4), 0.0)] + [Option(int(t.ms * 1e4), t.error**2) for t in timed])
             choices.append([None] + [t.choice for t in timed])
         picked = allocate_budget(opts, int(budget_ms * 1e4))
         return {name: c[i] for name, c, i in zip(names, choices, picked)}
@@ -173,10 +186,21 @@ def model_opset(model: onnx.ModelProto) -> int:
 
 # --- the whole run: plan by latency, then make sure the model got faster --------------------------
 
-def optimize_hardware_aware(chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext,
-                            input_shapes: dict[str, list[int]], provider: str, device: str | None, threads: int,
-                            max_error: float | None, target_latency: float | None, speedup: float | None, seed: int,
-                            feeds: dict[str, np.ndarray] | None = None) -> tuple[PassResult, dict[str, Any]]:
+
+def optimize_hardware_aware(
+    chosen: FactorizePass,
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    input_shapes: dict[str, list[int]],
+    provider: str,
+    device: str | None,
+    threads: int,
+    max_error: float | None,
+    target_latency: float | None,
+    speedup: float | None,
+    seed: int,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> tuple[PassResult, dict[str, Any]]:
     """Plan by measured (or predicted) latency, then make sure the whole model got faster.
     feeds: one call of the user's inputs to time on (else random values of input_shapes)."""
     from tensorfold.graph.shapes import concrete_shapes
@@ -205,10 +229,15 @@ def optimize_hardware_aware(chosen: FactorizePass, model: onnx.ModelProto, ctx: 
 
     base_ms = whole.ms(model, input_shapes, feeds)
     needed = {v for n in model.graph.node for v in list(n.input) + list(n.output) if v}
-    target = HardwareTarget(LatencyTable(latency=timing), model, concrete_shapes(model, input_shapes, needed),
-                            multiple=16 if (timing.predicted or provider not in ("cpu", "CPUExecutionProvider")) else 8,
-                            max_error=max_error, target_ms=target_latency or (base_ms / speedup if speedup else None),
-                            model_ms=base_ms)
+    target = HardwareTarget(
+        LatencyTable(latency=timing),
+        model,
+        concrete_shapes(model, input_shapes, needed),
+        multiple=16 if (timing.predicted or provider not in ("cpu", "CPUExecutionProvider")) else 8,
+        max_error=max_error,
+        target_ms=target_latency or (base_ms / speedup if speedup else None),
+        model_ms=base_ms,
+    )
     ctx.planner = target
     result = chosen(model, ctx)
     ratio = speed_ratio(result.model) if result.modified else 1.0
@@ -225,14 +254,26 @@ def optimize_hardware_aware(chosen: FactorizePass, model: onnx.ModelProto, ctx: 
         ratio = speed_ratio(result.model) if result.modified else 1.0
         result.notes.append(f"whole model not faster: returned {len(target.exclude)} layer(s) to the input's form")
     if ratio < 1.0 and result.modified:
-        skipped = result.skipped + [Skip(r.node, r.op, "hardware-aware: the factorized model was not faster")
-                                    for r in result.rewritten]
-        result = PassResult(model, False, [], skipped, result.notes + [
-            "no faster factorized model found: the output keeps the input's layers"], result.eligible_params)
+        skipped = result.skipped + [
+            Skip(r.node, r.op, "hardware-aware: the factorized model was not faster") for r in result.rewritten
+        ]
+        result = PassResult(
+            model,
+            False,
+            [],
+            skipped,
+            result.notes + ["no faster factorized model found: the output keeps the input's layers"],
+            result.eligible_params,
+        )
         ratio = 1.0
-    latency = {"target": timing.label if timing.predicted else f"provider {provider} (measured)",
-               "input_ms": round(base_ms, 4), "speedup": round(ratio, 4),
-               "max_error": max_error, "target_latency_ms": target_latency, "speedup_asked": speedup}
+    latency = {
+        "target": timing.label if timing.predicted else f"provider {provider} (measured)",
+        "input_ms": round(base_ms, 4),
+        "speedup": round(ratio, 4),
+        "max_error": max_error,
+        "target_latency_ms": target_latency,
+        "speedup_asked": speedup,
+    }
     return result, latency
 
 
@@ -250,8 +291,10 @@ def _close_the_loop(chosen, model, ctx, target, speed_ratio, base_ms, result, ra
         target.target_ms = base_ms / wanted
         again = chosen(model, ctx)
         again_ratio = speed_ratio(again.model) if again.modified else 1.0
-        note = (f"measured {ratio:.2f}x of the {asked:.2f}x asked: re-planned for {wanted:.2f}x, "
-                f"measured {again_ratio:.2f}x")
+        note = (
+            f"measured {ratio:.2f}x of the {asked:.2f}x asked: re-planned for {wanted:.2f}x, "
+            f"measured {again_ratio:.2f}x"
+        )
         if again_ratio > ratio:
             result, ratio = again, again_ratio
         result.notes.append(note)

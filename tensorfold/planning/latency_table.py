@@ -40,8 +40,15 @@ class CachedTable:
 
     prefix = ""
 
-    def __init__(self, provider: str = "cpu", threads: int = 0, device: Device | None = None,
-                 cache_dir: Path | None = None, runs: int = 25, latency: LatencyModel | None = None):
+    def __init__(
+        self,
+        provider: str = "cpu",
+        threads: int = 0,
+        device: Device | None = None,
+        cache_dir: Path | None = None,
+        runs: int = 25,
+        latency: LatencyModel | None = None,
+    ):
         """`latency`: the caller's latency model (else one for provider/threads/device)."""
         from tensorfold.paths import cache_dir as default_cache
 
@@ -52,7 +59,8 @@ class CachedTable:
             try:
                 self.entries = json.loads(self.path.read_text())
                 if not isinstance(self.entries, dict) or not all(
-                        isinstance(v, (int, float)) for v in self.entries.values()):
+                    isinstance(v, (int, float)) for v in self.entries.values()
+                ):
                     raise ValueError("not a table of timings")
             except (OSError, ValueError) as exc:
                 from tensorfold.log import warn
@@ -101,4 +109,5 @@ class LatencyTable(CachedTable):
         def build():
             model = mini_model(nodes, initializers, shapes, opset)
             return model, {v.name: shapes[v.name] for v in model.graph.input}
+
         return self.cost_ms(self.key(layer, shapes, label), build)

@@ -11,8 +11,11 @@ import onnx
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.static import StaticQuantizer
 
-BASELINE = Int8Format("onnxruntime quantize_static, QDQ U8S8 per-channel, MinMax", "uint8",
-                      why="onnxruntime's CPU guidance, every node quantized")
+BASELINE = Int8Format(
+    "onnxruntime quantize_static, QDQ U8S8 per-channel, MinMax",
+    "uint8",
+    why="onnxruntime's CPU guidance, every node quantized",
+)
 
 
 def ort_quantize_static(model: onnx.ModelProto, fit: dict[str, np.ndarray]) -> onnx.ModelProto:

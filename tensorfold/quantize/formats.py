@@ -27,16 +27,22 @@ INT8_PROVIDERS = ("cpu", "dml", "tensorrt", "openvino", "qnn", "nnapi")
 class Int8Format:
     """The settings handed to onnxruntime.quantization."""
 
-    name: str                     # "QDQ U8S8 per-channel"
-    activations: str              # "uint8" | "int8"
+    name: str  # "QDQ U8S8 per-channel"
+    activations: str  # "uint8" | "int8"
     weights: str = "int8"
     per_channel: bool = True
     reduce_range: bool = False
     why: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "activations": self.activations, "weights": self.weights,
-                "per_channel": self.per_channel, "reduce_range": self.reduce_range, "why": self.why}
+        return {
+            "name": self.name,
+            "activations": self.activations,
+            "weights": self.weights,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "why": self.why,
+        }
 
     def ort_types(self) -> tuple[Any, Any]:
         from onnxruntime.quantization import QuantType
@@ -64,14 +70,23 @@ def format_for(provider: str, machine: str | None = None, flags: set[str] | None
     provider = provider.lower()
     machine = (machine or platform.machine()).lower()
     if provider not in INT8_PROVIDERS:
-        raise TensorfoldError(f"provider '{provider}' has no int8 kernels in onnxruntime (a QDQ model runs there "
-                              f"as float plus overhead); int8 is for {', '.join(INT8_PROVIDERS)}")
+        raise TensorfoldError(
+            f"provider '{provider}' has no int8 kernels in onnxruntime (a QDQ model runs there "
+            f"as float plus overhead); int8 is for {', '.join(INT8_PROVIDERS)}"
+        )
     if provider == "tensorrt":
         return Int8Format("QDQ S8S8 per-channel", "int8", why="TensorRT takes symmetric int8 QDQ")
     if provider == "cpu" and machine in ("aarch64", "arm64"):
         return Int8Format("QDQ S8S8 per-channel", "int8", why="ARM kernels prefer symmetric int8 activations")
     if provider == "cpu" and machine in ("x86_64", "amd64", "i686", "x86") and not has_vnni(flags):
-        return Int8Format("QDQ U8S8 per-channel, reduced range", "uint8", reduce_range=True,
-                          why="x86-64 without VNNI: 7-bit weights keep u8*s8 pair sums from saturating")
-    return Int8Format("QDQ U8S8 per-channel", "uint8",
-                      why="uint8 activations with int8 weights are onnxruntime's fast path (fused QLinear kernels)")
+        return Int8Format(
+            "QDQ U8S8 per-channel, reduced range",
+            "uint8",
+            reduce_range=True,
+            why="x86-64 without VNNI: 7-bit weights keep u8*s8 pair sums from saturating",
+        )
+    return Int8Format(
+        "QDQ U8S8 per-channel",
+        "uint8",
+        why="uint8 activations with int8 weights are onnxruntime's fast path (fused QLinear kernels)",
+    )

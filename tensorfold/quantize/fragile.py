@@ -12,8 +12,24 @@ import onnx
 from tensorfold.graph.model import GraphIndex
 
 # ops between a head's last weight layer and the graph output
-_HEAD_PASSTHROUGH = {"Sigmoid", "Relu", "Clip", "Add", "Mul", "Reshape", "Transpose", "Flatten", "Squeeze",
-                     "Unsqueeze", "Resize", "Concat", "Identity", "Div", "LeakyRelu", "Tanh"}
+_HEAD_PASSTHROUGH = {
+    "Sigmoid",
+    "Relu",
+    "Clip",
+    "Add",
+    "Mul",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Concat",
+    "Identity",
+    "Div",
+    "LeakyRelu",
+    "Tanh",
+}
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
@@ -33,8 +49,9 @@ def fragile_nodes(model: onnx.ModelProto, class_outputs: frozenset[str] | set[st
         if op in ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization"):
             mark(node, "LayerNormalization")
             mark(producer.get(node.input[0]), "input of a LayerNormalization")
-        elif op == "ReduceMean" and any(c.op_type == "Sub" and node.output[0] in c.input
-                                        for c in consumers[node.input[0]]):
+        elif op == "ReduceMean" and any(
+            c.op_type == "Sub" and node.output[0] in c.input for c in consumers[node.input[0]]
+        ):
             mark(producer.get(node.input[0]), "input of a LayerNormalization (ReduceMean/Sub/Pow/Sqrt/Div)")
         elif op == "Softmax":
             mark(node, "Softmax")

@@ -18,20 +18,37 @@ import onnx
 from tensorfold.onnxrt.sessions import make_session
 
 # int8 kernels onnxruntime runs a quantized model with (ai.onnx and com.microsoft)
-INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QGemm", "QAttention", "QLinearAdd", "QLinearMul",
-                "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
-                "QLinearLeakyRelu", "QLinearSoftmax", "QLinearWhere", "QLinearReduceMean")
+INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeLSTM",
+    "QGemm",
+    "QAttention",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearConcat",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+    "QLinearWhere",
+    "QLinearReduceMean",
+)
 # float ops that carry the weights: with a dequantized weight after optimization, they ran unfused
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "LSTM", "GRU")
 
 
 @dataclass
 class FusionReport:
-    kernels: dict[str, int] = field(default_factory=dict)        # int8 kernel -> count after optimization
-    slow_spots: list[str] = field(default_factory=list)           # weight ops left in float between Q/DQ
-    float_weight_ops: int = 0                                     # weight ops in float (kept float or unfused)
-    quantize_nodes: int = 0                                       # QuantizeLinear left after optimization
+    kernels: dict[str, int] = field(default_factory=dict)  # int8 kernel -> count after optimization
+    slow_spots: list[str] = field(default_factory=list)  # weight ops left in float between Q/DQ
+    float_weight_ops: int = 0  # weight ops in float (kept float or unfused)
+    quantize_nodes: int = 0  # QuantizeLinear left after optimization
     dequantize_nodes: int = 0
 
     @property
@@ -39,9 +56,14 @@ class FusionReport:
         return sum(self.kernels.values())
 
     def as_dict(self) -> dict[str, object]:
-        return {"kernels": dict(sorted(self.kernels.items())), "fused": self.fused, "slow_spots": self.slow_spots,
-                "float_weight_ops": self.float_weight_ops, "quantize_nodes": self.quantize_nodes,
-                "dequantize_nodes": self.dequantize_nodes}
+        return {
+            "kernels": dict(sorted(self.kernels.items())),
+            "fused": self.fused,
+            "slow_spots": self.slow_spots,
+            "float_weight_ops": self.float_weight_ops,
+            "quantize_nodes": self.quantize_nodes,
+            "dequantize_nodes": self.dequantize_nodes,
+        }
 
     def describe(self) -> str:
         kernels = ", ".join(f"{n} {k}" for k, n in sorted(self.kernels.items(), key=lambda kv: -kv[1]))
@@ -65,8 +87,11 @@ def fusion_of(optimized: onnx.ModelProto) -> FusionReport:
     """Count the kernels and slow spots of a graph onnxruntime has optimized."""
     ops = Counter(n.op_type for n in optimized.graph.node)
     producers = {o: n for n in optimized.graph.node for o in n.output}
-    report = FusionReport(kernels={k: ops[k] for k in INT8_KERNELS if ops[k]},
-                          quantize_nodes=ops["QuantizeLinear"], dequantize_nodes=ops["DequantizeLinear"])
+    report = FusionReport(
+        kernels={k: ops[k] for k in INT8_KERNELS if ops[k]},
+        quantize_nodes=ops["QuantizeLinear"],
+        dequantize_nodes=ops["DequantizeLinear"],
+    )
     for node in optimized.graph.node:
         if node.op_type not in WEIGHT_OPS:
             continue

@@ -31,13 +31,13 @@ from tensorfold.graph.verify import Reference, Verification
 INITIAL_UNITS = 16
 REFINE_BUDGET = 24
 
-Build = Callable[[frozenset[str]], onnx.ModelProto]     # nodes kept in float -> quantized model
+Build = Callable[[frozenset[str]], onnx.ModelProto]  # nodes kept in float -> quantized model
 
 
 @dataclass
 class Unit:
     nodes: tuple[str, ...]
-    error: float                  # held-out output error with only these nodes quantized
+    error: float  # held-out output error with only these nodes quantized
     why: str = ""
 
     def describe(self) -> str:
@@ -48,9 +48,9 @@ class Unit:
 class MixedPrecision:
     """The outcome of a mixed-precision search."""
 
-    model: onnx.ModelProto | None            # None: no set of float nodes met the bound
+    model: onnx.ModelProto | None  # None: no set of float nodes met the bound
     verification: Verification | None
-    float_nodes: dict[str, str] = field(default_factory=dict)     # node -> why it stayed float
+    float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stayed float
     trials: list[dict[str, object]] = field(default_factory=list)  # every set tried: units float, error, within
     scored_units: int = 0
 
@@ -58,8 +58,9 @@ class MixedPrecision:
         return {"float_nodes": self.float_nodes, "trials": self.trials, "scored_units": self.scored_units}
 
 
-def score_units(build: Build, reference: Reference, quantizable: list[str], fragile: dict[str, str],
-                bound: float, bar: Any = None) -> list[Unit]:
+def score_units(
+    build: Build, reference: Reference, quantizable: list[str], fragile: dict[str, str], bound: float, bar: Any = None
+) -> list[Unit]:
     """Units of `quantizable` (in graph order) scored by the output error of quantizing each alone."""
     everything = frozenset(quantizable)
 
@@ -72,7 +73,7 @@ def score_units(build: Build, reference: Reference, quantizable: list[str], frag
     plain = [n for n in quantizable if n not in fragile]
     size = max(1, math.ceil(len(plain) / INITIAL_UNITS))
     units = [score((n,), fragile[n]) for n in quantizable if n in fragile]
-    units += [score(tuple(plain[i:i + size])) for i in range(0, len(plain), size)]
+    units += [score(tuple(plain[i : i + size])) for i in range(0, len(plain), size)]
     # split the worst multi-node unit while it matters (quantized alone it costs a tenth of the bound)
     heap = [(-u.error, i, u) for i, u in enumerate(units) if len(u.nodes) > 1]
     heapq.heapify(heap)
@@ -95,8 +96,14 @@ def score_units(build: Build, reference: Reference, quantizable: list[str], frag
     return sorted(final, key=lambda u: -u.error)
 
 
-def keep_within(build: Build, reference: Reference, bound: float, units: list[Unit], bar: Any = None,
-                full: tuple[onnx.ModelProto, Verification] | None = None) -> MixedPrecision:
+def keep_within(
+    build: Build,
+    reference: Reference,
+    bound: float,
+    units: list[Unit],
+    bar: Any = None,
+    full: tuple[onnx.ModelProto, Verification] | None = None,
+) -> MixedPrecision:
     """The fewest leading `units` (worst first) left in float whose model is within `bound`;
     `full`: the fully quantized model and its check, where the caller has them already."""
     trials: list[dict[str, object]] = []
@@ -150,7 +157,7 @@ def _quadrature_guess(units: list[Unit], bound: float) -> int:
     """The fewest worst units to take out so the rest's errors, added in quadrature, fit the bound."""
     remaining = sum(min(u.error, 10.0) ** 2 for u in units)
     for k, unit in enumerate(units):
-        if remaining <= bound ** 2:
+        if remaining <= bound**2:
             return k
         remaining -= min(unit.error, 10.0) ** 2
     return len(units)

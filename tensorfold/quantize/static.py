@@ -59,15 +59,16 @@ def at_least_opset(model: onnx.ModelProto, version: int = 13) -> onnx.ModelProto
     try:
         return large.transform(model, lambda m: onnx.version_converter.convert_version(m, version))
     except Exception as exc:  # noqa: BLE001 - the converter raises several kinds
-        raise TensorfoldError(f"int8 needs opset >= {version} (per-channel QDQ); converting this opset-{current} "
-                              f"model failed: {str(exc).splitlines()[0][:200]}") from None
+        raise TensorfoldError(
+            f"int8 needs opset >= {version} (per-channel QDQ); converting this opset-{current} "
+            f"model failed: {str(exc).splitlines()[0][:200]}"
+        ) from None
 
 
 class StaticQuantizer:
     """One float model, prepared for onnxruntime's static quantizer; `quantize` any number of times."""
 
-    def __init__(self, model: onnx.ModelProto, fit: dict[str, np.ndarray], fmt: Int8Format,
-                 calls_per_collect: int = 4):
+    def __init__(self, model: onnx.ModelProto, fit: dict[str, np.ndarray], fmt: Int8Format, calls_per_collect: int = 4):
         from tensorfold.passes.layers import ensure_node_names
 
         self.fmt = fmt
@@ -81,7 +82,7 @@ class StaticQuantizer:
         self.preprocessed = True
         model = at_least_opset(model, 13)
         raw = self.dir / "model.onnx"
-        save_model(model, raw)           # a large model keeps its weights in model.onnx.data
+        save_model(model, raw)  # a large model keeps its weights in model.onnx.data
         prepared = self.dir / "prepared.onnx"
         with quiet_onnxruntime_quantization():
             if not self._preprocess(raw, prepared):
@@ -105,6 +106,7 @@ class StaticQuantizer:
         # onnxruntime logs a failed optimization step with its traceback and goes on: caught here
         # instead of printed; a full disk ends the run (the quantization itself needs the space too)
         records: list[logging.LogRecord] = []
+
         class Keep(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 records.append(record)
@@ -119,8 +121,9 @@ class StaticQuantizer:
             for skip_symbolic in (False, True):
                 records.clear()
                 try:
-                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
-                                      save_as_external_data=self.external)
+                    quant_pre_process(
+                        str(src), str(dst), skip_symbolic_shape=skip_symbolic, save_as_external_data=self.external
+                    )
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise
@@ -130,7 +133,7 @@ class StaticQuantizer:
                 logged = " ".join(r.getMessage() for r in records)
                 if "No space left" in logged:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.dir))
-                return True         # (an optimization step it skipped, logged, leaves a usable model)
+                return True  # (an optimization step it skipped, logged, leaves a usable model)
             return False
         finally:
             os.chdir(cwd)
@@ -149,7 +152,9 @@ class StaticQuantizer:
         """The calibration cache (activation ranges) for `method`, computed on first use; None where
         this onnxruntime has no calibration cache (before 1.26): every quantization then calibrates."""
         if method not in CALIBRATION_METHODS:
-            raise TensorfoldError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
+            raise TensorfoldError(
+                f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})"
+            )
         if not _has_calibration_cache():
             return None
         if method not in self._ranges:
@@ -166,15 +171,18 @@ class StaticQuantizer:
         with tempfile.TemporaryDirectory(prefix="calib-", dir=self.dir) as work, quiet_onnxruntime_quantization():
             try:
                 calibrator = create_calibrator(
-                    self.source, op_types_to_calibrate=None,
+                    self.source,
+                    op_types_to_calibrate=None,
                     augmented_model_path=str(Path(work, "augmented.onnx")),
-                    calibrate_method=_ort_method(method), use_external_data_format=self.external,
-                    extra_options=options)
+                    calibrate_method=_ort_method(method),
+                    use_external_data_format=self.external,
+                    extra_options=options,
+                )
                 # histogram calibrators stack the outputs of the calls of one collect: one call each keeps
                 # them working where activation shapes vary between samples (a decoder's length)
                 step = self.calls_per_collect if method == "minmax" else 1
                 for start in range(0, len(self.calls), step):
-                    calibrator.collect_data(_reader(self.calls[start:start + step]))
+                    calibrator.collect_data(_reader(self.calls[start : start + step]))
                 save_tensors_data(calibrator.compute_data(), path)
             except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds
                 raise TensorfoldError(f"int8 calibration ({method}) failed: {str(exc).splitlines()[0][:300]}") from None
@@ -187,21 +195,42 @@ class StaticQuantizer:
         cache = self.ranges(method)
         activations, weights = self.fmt.ort_types()
         cached = {"calibration_cache_path": str(cache)} if cache is not None else {}
-        return self._written("int8 quantization", lambda dst: quantize_static(
-            str(self.source), dst, None if cache is not None else _reader(self.calls),
-            quant_format=QuantFormat.QDQ, per_channel=self.fmt.per_channel, reduce_range=self.fmt.reduce_range,
-            activation_type=activations, weight_type=weights, nodes_to_exclude=sorted(exclude),
-            use_external_data_format=self.external, calibrate_method=_ort_method(method), **cached))
+        return self._written(
+            "int8 quantization",
+            lambda dst: quantize_static(
+                str(self.source),
+                dst,
+                None if cache is not None else _reader(self.calls),
+                quant_format=QuantFormat.QDQ,
+                per_channel=self.fmt.per_channel,
+                reduce_range=self.fmt.reduce_range,
+                activation_type=activations,
+                weight_type=weights,
+                nodes_to_exclude=sorted(exclude),
+                use_external_data_format=self.external,
+                calibrate_method=_ort_method(method),
+                **cached,
+            ),
+        )
 
     def quantize_dynamic(self, exclude: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
         """Weights int8, activations quantized at run time (MatMulInteger, DynamicQuantizeLSTM): no
         calibration; for MatMul/LSTM-heavy models, where it can beat static QDQ on a CPU."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        return self._written("dynamic int8 quantization", lambda dst: quantize_dynamic(
-            str(self.source), dst, weight_type=QuantType.QInt8, per_channel=self.fmt.per_channel,
-            reduce_range=self.fmt.reduce_range, op_types_to_quantize=list(DYNAMIC_OPS),
-            nodes_to_exclude=sorted(exclude), use_external_data_format=self.external))
+        return self._written(
+            "dynamic int8 quantization",
+            lambda dst: quantize_dynamic(
+                str(self.source),
+                dst,
+                weight_type=QuantType.QInt8,
+                per_channel=self.fmt.per_channel,
+                reduce_range=self.fmt.reduce_range,
+                op_types_to_quantize=list(DYNAMIC_OPS),
+                nodes_to_exclude=sorted(exclude),
+                use_external_data_format=self.external,
+            ),
+        )
 
     def _written(self, what: str, write: Callable[[str], object]) -> onnx.ModelProto:
         """Run an onnxruntime quantizer that writes into the work folder; the model it wrote."""
@@ -248,5 +277,8 @@ def _reader(calls: list[dict[str, np.ndarray]]) -> Any:
 def _ort_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[method]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]

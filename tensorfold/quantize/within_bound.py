@@ -32,29 +32,44 @@ DYNAMIC_WEIGHT_SHARE = 0.5
 class Int8Result:
     """One int8 candidate: the model (None when no mixed-precision plan met the bound) and how."""
 
-    kind: str                                  # "static" | "dynamic"
+    kind: str  # "static" | "dynamic"
     format: Int8Format
     model: onnx.ModelProto | None
     verification: Verification | None
-    calibration: str | None = None             # the calibration method chosen (static)
-    calibration_errors: dict[str, float] = field(default_factory=dict)   # method -> fully quantized error
-    float_nodes: dict[str, str] = field(default_factory=dict)            # node -> why it stayed float
+    calibration: str | None = None  # the calibration method chosen (static)
+    calibration_errors: dict[str, float] = field(default_factory=dict)  # method -> fully quantized error
+    float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stayed float
     quantized_nodes: int = 0
     fusion: FusionReport | None = None
     trials: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "format": self.format.as_dict(), "calibration": self.calibration,
-                "calibration_errors": self.calibration_errors, "float_nodes": self.float_nodes,
-                "quantized_nodes": self.quantized_nodes,
-                "fusion": self.fusion.as_dict() if self.fusion else None, "trials": self.trials,
-                "max_error": self.verification.max_error if self.verification else None, "notes": self.notes}
+        return {
+            "kind": self.kind,
+            "format": self.format.as_dict(),
+            "calibration": self.calibration,
+            "calibration_errors": self.calibration_errors,
+            "float_nodes": self.float_nodes,
+            "quantized_nodes": self.quantized_nodes,
+            "fusion": self.fusion.as_dict() if self.fusion else None,
+            "trials": self.trials,
+            "max_error": self.verification.max_error if self.verification else None,
+            "notes": self.notes,
+        }
 
 
-def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], reference: Reference, bound: float,
-                    fmt: Int8Format, provider: str = "cpu", methods: tuple[str, ...] = CALIBRATION_METHODS,
-                    class_outputs: set[str] | None = None, progress: bool = True) -> list[Int8Result]:
+def quantize_within(
+    model: onnx.ModelProto,
+    fit: dict[str, np.ndarray],
+    reference: Reference,
+    bound: float,
+    fmt: Int8Format,
+    provider: str = "cpu",
+    methods: tuple[str, ...] = CALIBRATION_METHODS,
+    class_outputs: set[str] | None = None,
+    progress: bool = True,
+) -> list[Int8Result]:
     """The int8 candidates of `model` within `bound` on `reference` (static, and dynamic where the
     weights sit in matrix products); a candidate no plan could hold has model None and says why."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -84,27 +99,67 @@ def quantize_within(model: onnx.ModelProto, fit: dict[str, np.ndarray], referenc
             if not errors:
                 raise TensorfoldError("; ".join(failed))
             method = min(errors, key=lambda m: errors[m])
-            results.append(_within(lambda ex: quantizer.quantize(method, ex), "static", fmt, reference, bound,
-                                   quantizable, fragile, provider, bar, producers=_input_producers(prepared),
-                                   full=full[method], calibration=method, calibration_errors=errors))
+            results.append(
+                _within(
+                    lambda ex: quantizer.quantize(method, ex),
+                    "static",
+                    fmt,
+                    reference,
+                    bound,
+                    quantizable,
+                    fragile,
+                    provider,
+                    bar,
+                    producers=_input_producers(prepared),
+                    full=full[method],
+                    calibration=method,
+                    calibration_errors=errors,
+                )
+            )
             full.clear()
             results[-1].notes.extend(failed)
             if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
                 dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-                dynamic_fmt = Int8Format("dynamic, int8 per-channel weights", "uint8", per_channel=fmt.per_channel,
-                                         reduce_range=fmt.reduce_range,
-                                         why="activations quantized at run time: no calibration, MatMulInteger "
-                                             "kernels for MatMul/LSTM-heavy models")
-                results.append(_within(quantizer.quantize_dynamic, "dynamic", dynamic_fmt, reference, bound, dynamic,
-                                       fragile, provider, bar))
+                dynamic_fmt = Int8Format(
+                    "dynamic, int8 per-channel weights",
+                    "uint8",
+                    per_channel=fmt.per_channel,
+                    reduce_range=fmt.reduce_range,
+                    why="activations quantized at run time: no calibration, MatMulInteger "
+                    "kernels for MatMul/LSTM-heavy models",
+                )
+                results.append(
+                    _within(
+                        quantizer.quantize_dynamic,
+                        "dynamic",
+                        dynamic_fmt,
+                        reference,
+                        bound,
+                        dynamic,
+                        fragile,
+                        provider,
+                        bar,
+                    )
+                )
         finally:
             bar.close()
     return results
 
 
-def _within(build: Build, kind: str, fmt: Int8Format, reference: Reference, bound: float, quantizable: list[str],
-            fragile: dict[str, str], provider: str, bar: Any, producers: dict[str, onnx.NodeProto] | None = None,
-            full: tuple[onnx.ModelProto, Verification] | None = None, **extra: Any) -> Int8Result:
+def _within(
+    build: Build,
+    kind: str,
+    fmt: Int8Format,
+    reference: Reference,
+    bound: float,
+    quantizable: list[str],
+    fragile: dict[str, str],
+    provider: str,
+    bar: Any,
+    producers: dict[str, onnx.NodeProto] | None = None,
+    full: tuple[onnx.ModelProto, Verification] | None = None,
+    **extra: Any,
+) -> Int8Result:
     """int8 within `bound`: the fully quantized model (`full` where the caller built it already),
     and only where it is over the bound, units scored and returned to float."""
     if full is None:
@@ -116,8 +171,16 @@ def _within(build: Build, kind: str, fmt: Int8Format, reference: Reference, boun
         units = score_units(build, reference, quantizable, fragile, bound, bar)
     bar.set_postfix_str(f"{kind}: nodes to float")
     mixed = keep_within(build, reference, bound, units, bar, full=full)
-    result = Int8Result(kind, fmt, mixed.model, mixed.verification, float_nodes=mixed.float_nodes,
-                        quantized_nodes=len(quantizable) - len(mixed.float_nodes), trials=mixed.trials, **extra)
+    result = Int8Result(
+        kind,
+        fmt,
+        mixed.model,
+        mixed.verification,
+        float_nodes=mixed.float_nodes,
+        quantized_nodes=len(quantizable) - len(mixed.float_nodes),
+        trials=mixed.trials,
+        **extra,
+    )
     if mixed.model is None:
         result.notes.append(f"{kind} int8: no set of float nodes kept the held-out error within {bound:g}")
         return result
@@ -131,8 +194,15 @@ def _within(build: Build, kind: str, fmt: Int8Format, reference: Reference, boun
     return result
 
 
-def _float_slow_spots(result: Int8Result, build: Build, reference: Reference, bound: float, quantizable: list[str],
-                      producers: dict[str, onnx.NodeProto], provider: str) -> None:
+def _float_slow_spots(
+    result: Int8Result,
+    build: Build,
+    reference: Reference,
+    bound: float,
+    quantizable: list[str],
+    producers: dict[str, onnx.NodeProto],
+    provider: str,
+) -> None:
     """A weight op onnxruntime has no int8 kernel for (ConvTranspose on the CPU) runs in float on a
     dequantized weight; onnxruntime quantizes its weight itself when its input arrives quantized.
     Keeping the op and the producer of its input in float drops that Q/DQ work: tried once, kept
@@ -151,8 +221,9 @@ def _float_slow_spots(result: Int8Result, build: Build, reference: Reference, bo
     if len(fusion.slow_spots) >= len(slow):
         return
     result.model, result.verification, result.fusion = model, check, fusion
-    result.float_nodes.update({n: "around a weight op with no int8 kernel on this provider" for n in nodes
-                               if n not in result.float_nodes})
+    result.float_nodes.update(
+        {n: "around a weight op with no int8 kernel on this provider" for n in nodes if n not in result.float_nodes}
+    )
     result.quantized_nodes = len(quantizable) - len(result.float_nodes)
 
 

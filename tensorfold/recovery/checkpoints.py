@@ -28,10 +28,21 @@ def load_checkpoint(path: Path, device):
 
     try:
         return torch.load(path, weights_only=True, map_location=device)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError,
-            TypeError, AttributeError) as exc:   # what torch.load raises on an empty or foreign file
-        raise TensorfoldError(f"{path}: not a tensorfold checkpoint of plain tensors "
-                              f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]})") from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # what torch.load raises on an empty or foreign file
+        raise TensorfoldError(
+            f"{path}: not a tensorfold checkpoint of plain tensors "
+            f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]})"
+        ) from None
 
 
 def model_fingerprint(model) -> str:
@@ -48,7 +59,7 @@ def save_atomic(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)
-        except RuntimeError as exc:   # torch's zip writer reports a failed write as "unexpected pos ..."
+        except RuntimeError as exc:  # torch's zip writer reports a failed write as "unexpected pos ..."
             import errno
             import os
             import shutil
@@ -61,10 +72,21 @@ def save_atomic(obj, path: Path) -> None:
 def save_checkpoint(path: Path, learners: list, step: int, history: History, fingerprint: str) -> None:
     """The student's weights, optimizer and best at the top level; each peer's beside them."""
     main = learners[0]
-    save_atomic({"params": main.module.state_dict(), "optimizer": main.opt.state_dict(), "step": step,
-           "history": history.as_dict(), "best": main.best, "model": fingerprint,
-           "peers": [{"params": ln.module.state_dict(), "optimizer": ln.opt.state_dict(), "best": ln.best}
-                     for ln in learners[1:]]}, path)
+    save_atomic(
+        {
+            "params": main.module.state_dict(),
+            "optimizer": main.opt.state_dict(),
+            "step": step,
+            "history": history.as_dict(),
+            "best": main.best,
+            "model": fingerprint,
+            "peers": [
+                {"params": ln.module.state_dict(), "optimizer": ln.opt.state_dict(), "best": ln.best}
+                for ln in learners[1:]
+            ],
+        },
+        path,
+    )
 
 
 def resume_checkpoint(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: RecoverConfig, fingerprint: str):
@@ -75,12 +97,14 @@ def resume_checkpoint(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: Rec
     if not isinstance(state, dict) or not {"params", "optimizer", "step", "history", "best"} <= set(state):
         raise TensorfoldError(f"{ckpt}: not a tensorfold recovery checkpoint")
     if fingerprint and state.get("model", fingerprint) != fingerprint:
-        raise TensorfoldError(f"{ckpt} was written for another model; remove {checkpoint_dir} or recover "
-                              "into another output")
+        raise TensorfoldError(
+            f"{ckpt} was written for another model; remove {checkpoint_dir} or recover into another output"
+        )
     peers = state.get("peers") or []
     if len(peers) != len(learners) - 1:
-        raise TensorfoldError(f"{ckpt} holds {len(peers)} peer(s), this run has {len(learners) - 1}: resume with "
-                              "the same --peer models")
+        raise TensorfoldError(
+            f"{ckpt} holds {len(peers)} peer(s), this run has {len(learners) - 1}: resume with the same --peer models"
+        )
     parts = [{"params": state["params"], "optimizer": state["optimizer"], "best": state["best"]}, *peers]
     for ln, part in zip(learners, parts):
         load_params(ln.module, part["params"], ckpt)
@@ -100,8 +124,10 @@ def load_params(module, params, path: Path) -> None:
     try:
         module.load_state_dict(params)
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise TensorfoldError(f"{path} holds weights of another model ({str(exc).splitlines()[0][:160]}); "
-                              "remove it or recover into another output") from None
+        raise TensorfoldError(
+            f"{path} holds weights of another model ({str(exc).splitlines()[0][:160]}); "
+            "remove it or recover into another output"
+        ) from None
 
 
 def checkpoint_step(path: Path, device) -> int | None:

@@ -16,22 +16,22 @@ class RecoverConfig:
     max_steps: int | None = None
     lr: float = 2e-3
     batch_size: int = 128
-    optimizer: str = "adamw"            # adamw | sgd
+    optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 1e-4
-    warmup: float = 0.05                # share of the steps
-    schedule: str = "cosine"            # cosine | plateau
+    warmup: float = 0.05  # share of the steps
+    schedule: str = "cosine"  # cosine | plateau
     clip: float = 1.0
-    distill: str = "both"               # hinton | feature | both | none
+    distill: str = "both"  # hinton | feature | both | none
     temperature: float = 4.0
-    alpha: float = 0.5                  # weight of the KD term against the label loss
+    alpha: float = 0.5  # weight of the KD term against the label loss
     feature_weight: float = 1.0
-    patience: int | None = None         # evaluations without improvement before stopping
-    eval_every: int | None = None       # steps; default once per epoch and at the end
+    patience: int | None = None  # evaluations without improvement before stopping
+    eval_every: int | None = None  # steps; default once per epoch and at the end
     seed: int = 0
     threads: int = 0
-    device: str = "cpu"                 # "cuda" trains there (the teacher then runs there too)
-    precision: str = "fp32"             # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
-    workers: int = 2                    # DataLoader processes decoding image files ahead of the step
+    device: str = "cpu"  # "cuda" trains there (the teacher then runs there too)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
+    workers: int = 2  # DataLoader processes decoding image files ahead of the step
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -67,8 +67,10 @@ def check_torch_device(name: str) -> str:
     if torch.backends.mps.is_available():
         have.append("mps")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise TensorfoldError(f"--torch-device {name}: not on this machine (it has {', '.join(have)}; this torch "
-                              f"{'has no CUDA build' if torch.version.cuda is None else 'sees no such GPU'})")
+        raise TensorfoldError(
+            f"--torch-device {name}: not on this machine (it has {', '.join(have)}; this torch "
+            f"{'has no CUDA build' if torch.version.cuda is None else 'sees no such GPU'})"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise TensorfoldError(f"--torch-device mps: not on this machine (it has {', '.join(have)})")
     if device.type not in ("cpu", "cuda", "mps"):

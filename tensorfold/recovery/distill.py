@@ -18,8 +18,13 @@ import torch.nn.functional as F
 def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) on temperature-softened distributions, scaled by T^2 (Hinton et al. 2015)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1),
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean"
+        )
+        * t
+        * t
+    )
 
 
 @dataclass(frozen=True)
@@ -30,17 +35,20 @@ class Outputs:
 
     names: tuple[str, ...]
     axes: dict
-    probabilities: frozenset = frozenset()    # outputs a Softmax produced: KD takes their logs as logits
+    probabilities: frozenset = frozenset()  # outputs a Softmax produced: KD takes their logs as logits
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> Outputs:
         from tensorfold.graph.verify import class_axes
 
-        axes = class_axes(model, by_shape=True)     # training: the labels confirm a class axis
+        axes = class_axes(model, by_shape=True)  # training: the labels confirm a class axis
         names = tuple(o.name for o in model.graph.output)
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
-        return cls(names, {i: axes[n] for i, n in enumerate(names) if n in axes},
-                   frozenset(i for i, n in enumerate(names) if producers.get(n) == "Softmax"))
+        return cls(
+            names,
+            {i: axes[n] for i, n in enumerate(names) if n in axes},
+            frozenset(i for i, n in enumerate(names) if producers.get(n) == "Softmax"),
+        )
 
     @property
     def classifier(self) -> bool:
@@ -50,32 +58,35 @@ class Outputs:
     def describe(self) -> str:
         scores = [self.names[i] for i in self.axes]
         rest = [n for i, n in enumerate(self.names) if i not in self.axes]
-        parts = ([f"class scores {', '.join(scores)} (KD, argmax agreement)"] if scores else []) + \
-                ([f"{', '.join(rest)} matched by relative error"] if rest else [])
+        parts = ([f"class scores {', '.join(scores)} (KD, argmax agreement)"] if scores else []) + (
+            [f"{', '.join(rest)} matched by relative error"] if rest else []
+        )
         return "; ".join(parts)
 
 
 def relative_error2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """||s - t||^2 / ||t||^2 over the batch: an output's error on the scale of the output itself."""
-    return ((student - teacher) ** 2).sum() / (teacher ** 2).sum().clamp_min(1e-12)
+    return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
 
 
-def output_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], spec: Outputs, temperature: float,
-                kd: bool = True) -> torch.Tensor:
+def output_loss(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], spec: Outputs, temperature: float, kd: bool = True
+) -> torch.Tensor:
     """Mean over outputs: Hinton KD on the class axis of score outputs (kd=True), the relative
     squared error on every other output (and on score outputs when kd=False)."""
     losses = []
     for i, (s, t) in enumerate(zip(student, teacher)):
         if not (s.is_floating_point() and t.is_floating_point()):
-            continue            # integer outputs (an ArgMax, token ids) carry no gradient
+            continue  # integer outputs (an ArgMax, token ids) carry no gradient
         s, t = s.float(), t.float()
         if kd and i in spec.axes and s.ndim >= 1 and s.shape[spec.axes[i]] > 1:
             # scores at many positions (an OCR model's (N, T, C)): one distribution per position
             axis, c = spec.axes[i], s.shape[spec.axes[i]]
-            if i in spec.probabilities:    # softmax(p / T) of probabilities is all but uniform: use log p
+            if i in spec.probabilities:  # softmax(p / T) of probabilities is all but uniform: use log p
                 s, t = torch.log(s.clamp_min(1e-12)), torch.log(t.clamp_min(1e-12))
-            losses.append(hinton_kd(s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c),
-                                    temperature))
+            losses.append(
+                hinton_kd(s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c), temperature)
+            )
         else:
             losses.append(relative_error2(s, t))
     return torch.stack(losses).mean() if losses else torch.zeros((), device=student[0].device)
@@ -84,8 +95,11 @@ def output_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], spec: 
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over matched layers of ||s - t||^2 / ||t||^2: each factor chain's output is pulled to
     the original layer's output, every layer on the same scale."""
-    losses = [((student[n] - teacher[n]) ** 2).sum() / (teacher[n] ** 2).sum().clamp_min(1e-12)
-              for n in teacher if n in student]
+    losses = [
+        ((student[n] - teacher[n]) ** 2).sum() / (teacher[n] ** 2).sum().clamp_min(1e-12)
+        for n in teacher
+        if n in student
+    ]
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
@@ -96,7 +110,7 @@ def rewritten_outputs(student: onnx.ModelProto) -> list[str]:
     names = []
     for node in student.graph.node:
         if node.doc_string.startswith("[tensorfold] {"):
-            info = json.loads(node.doc_string[len("[tensorfold] "):])
+            info = json.loads(node.doc_string[len("[tensorfold] ") :])
             if "output" in info:
                 if info["output"] in node.output:
                     names.append(info["output"])
@@ -123,26 +137,30 @@ class OnnxTeacher:
         self.input_names = [i.name for i in self.session.get_inputs()]
         names = [o.name for o in probe.graph.output]
         self.n_outputs = len(existing)
-        self.feature_index = {f: names.index(f) for f in self.features}   # a feature may be a graph output
+        self.feature_index = {f: names.index(f) for f in self.features}  # a feature may be a graph output
         from tensorfold.onnxrt.batching import sample_batch
 
-        self.fixed = sample_batch(model)    # a model exported with a fixed batch runs in slices of it
+        self.fixed = sample_batch(model)  # a model exported with a fixed batch runs in slices of it
 
     def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         arrays = [x.detach().cpu().numpy() for x in xs]
         n = len(arrays[0])
         step = self.fixed or n
 
-        def part(a, i):      # the batched inputs are sliced, anything else goes whole
-            return a[i:i + step] if a.ndim and len(a) == n else a
+        def part(a, i):  # the batched inputs are sliced, anything else goes whole
+            return a[i : i + step] if a.ndim and len(a) == n else a
 
-        runs = [self.session.run(None, {name: part(a, i) for name, a in zip(self.input_names, arrays)})
-                for i in range(0, n, step)]
-        outs = [np.concatenate([np.asarray(r[k]) for r in runs]) if len(runs) > 1 else np.asarray(runs[0][k])
-                for k in range(len(runs[0]))]
+        runs = [
+            self.session.run(None, {name: part(a, i) for name, a in zip(self.input_names, arrays)})
+            for i in range(0, n, step)
+        ]
+        outs = [
+            np.concatenate([np.asarray(r[k]) for r in runs]) if len(runs) > 1 else np.asarray(runs[0][k])
+            for k in range(len(runs[0]))
+        ]
         tensors = [torch.from_numpy(o).to(xs[0].device) for o in outs]
         feats = {n: tensors[i] for n, i in self.feature_index.items()}
-        return tensors[:self.n_outputs], feats
+        return tensors[: self.n_outputs], feats
 
 
 class GraphTeacher:
@@ -217,8 +235,9 @@ class EnsembleTeacher:
         if len(weights) != len(teachers) or min(weights) < 0 or sum(weights) <= 0:
             from tensorfold.errors import TensorfoldError
 
-            raise TensorfoldError(f"--teacher-weights: {len(teachers)} non-negative weights with a positive sum "
-                                  f"needed, got {weights}")
+            raise TensorfoldError(
+                f"--teacher-weights: {len(teachers)} non-negative weights with a positive sum needed, got {weights}"
+            )
         total = float(sum(weights))
         self.teachers, self.weights = teachers, [w / total for w in weights]
         self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
@@ -228,8 +247,11 @@ class EnsembleTeacher:
         for t, w in zip(self.teachers, self.weights):
             outs, f = t(*xs)
             weighted = [o * w if o.is_floating_point() else o for o in outs]
-            outputs = weighted if outputs is None else [a + b if b.is_floating_point() else a
-                                                        for a, b in zip(outputs, weighted)]
+            outputs = (
+                weighted
+                if outputs is None
+                else [a + b if b.is_floating_point() else a for a, b in zip(outputs, weighted)]
+            )
             for name, value in f.items():
                 feats.setdefault(name, value)
         return outputs, feats

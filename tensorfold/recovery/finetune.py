@@ -38,14 +38,14 @@ class _Learner:
     """One model being trained: the student, or a peer of deep mutual learning."""
 
     module: torch.nn.Module
-    net: torch.nn.Module                 # the module, or DDP around it
+    net: torch.nn.Module  # the module, or DDP around it
     opt: torch.optim.Optimizer
     scaler: object
     plateau: object
     best_file: Path
     capture: tuple = ()
     best: dict | None = None
-    best_saved: bool = False             # best_file holds this run's (or the resumed run's) best weights
+    best_saved: bool = False  # best_file holds this run's (or the resumed run's) best weights
 
 
 def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
@@ -55,9 +55,22 @@ def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarray, val_y: np.ndarray | None,
-          cfg: RecoverConfig, checkpoints: OutputFolder | Path, resume: bool = False, progress: bool = True,
-          fingerprint: str = "", spec: Outputs | None = None, w: World | None = None, peers: list | None = None):
+def train(
+    module,
+    teacher,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    val_x: np.ndarray,
+    val_y: np.ndarray | None,
+    cfg: RecoverConfig,
+    checkpoints: OutputFolder | Path,
+    resume: bool = False,
+    progress: bool = True,
+    fingerprint: str = "",
+    spec: Outputs | None = None,
+    w: World | None = None,
+    peers: list | None = None,
+):
     """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
     KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
@@ -75,7 +88,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    shard = -(-len(x) // w.size)                 # each rank's share of an epoch (DistributedSampler pads)
+    shard = -(-len(x) // w.size)  # each rank's share of an epoch (DistributedSampler pads)
     steps_per_epoch = max(1, shard // cfg.batch_size)
     # --max-steps is a number of steps: epochs repeat until it is reached (a small data set is one
     # step per epoch); without it, --epochs passes over the data
@@ -97,12 +110,19 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     for k, m in enumerate([module, *(peers or [])]):
         opt = _optimizer(m, cfg)
         produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()
-        learners.append(_Learner(
-            m, wrap(m, w), opt, grad_scaler(cfg),
-            torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1)
-            if cfg.schedule == "plateau" else None,
-            folder.path / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
-            tuple(f for f in teacher.features if f in produced or k == 0) if use_feat else ()))
+        learners.append(
+            _Learner(
+                m,
+                wrap(m, w),
+                opt,
+                grad_scaler(cfg),
+                torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=1)
+                if cfg.schedule == "plateau"
+                else None,
+                folder.path / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
+                tuple(f for f in teacher.features if f in produced or k == 0) if use_feat else (),
+            )
+        )
     main = learners[0]
     eval_every = cfg.eval_every or min(steps_per_epoch, total)
     if w.main:
@@ -125,6 +145,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     stop_reason, stale = "done", 0
     # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
     interrupted = {"signal": None}
+
     def note(signum, _frame):
         signals.seen()
         interrupted.update(signal=signum)
@@ -135,7 +156,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
     try:
         while step < total:
             pos = (step % steps_per_epoch) * cfg.batch_size
-            if pos == 0 or feed is None:     # an epoch starts (or a resumed run rejoins its epoch)
+            if pos == 0 or feed is None:  # an epoch starts (or a resumed run rejoins its epoch)
                 order = epoch_order(len(x), cfg.seed, step - step % steps_per_epoch, w)
                 feed = _batches(x, order, pos, steps_per_epoch, cfg.batch_size, cfg.workers)
             idx, xb = next(feed)
@@ -151,7 +172,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
             for k, (ln, (outputs, feats)) in enumerate(zip(learners, runs)):
                 with autocast(cfg):
                     loss = torch.zeros((), device=outputs[0].device)
-                    if use_kd:     # KD on class scores, relative error on every other output
+                    if use_kd:  # KD on class scores, relative error on every other output
                         loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
                     if labels is not None:
                         ce = F.cross_entropy(outputs[0].float(), labels)
@@ -160,15 +181,22 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                         loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
                     if ln.capture:
                         loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
-                    if len(learners) > 1:    # toward the other models' mean prediction (detached)
-                        others = [torch.stack([r[0][j].detach().float() for i, r in enumerate(runs) if i != k]).mean(0)
-                                  if outputs[j].is_floating_point() else outputs[j] for j in range(len(outputs))]
+                    if len(learners) > 1:  # toward the other models' mean prediction (detached)
+                        others = [
+                            torch.stack([r[0][j].detach().float() for i, r in enumerate(runs) if i != k]).mean(0)
+                            if outputs[j].is_floating_point()
+                            else outputs[j]
+                            for j in range(len(outputs))
+                        ]
                         loss = loss + output_loss(outputs, others, spec, 1.0)
                 losses.append(loss)
             loss = losses[0]
             if not all(_finite_everywhere(v, w) for v in losses):
-                kept = (f"the last good checkpoint ({ckpt}, step {checkpoint_step(ckpt, cfg.device)}) is kept"
-                        if ckpt.exists() else "no training checkpoint was written before it")
+                kept = (
+                    f"the last good checkpoint ({ckpt}, step {checkpoint_step(ckpt, cfg.device)}) is kept"
+                    if ckpt.exists()
+                    else "no training checkpoint was written before it"
+                )
                 bad = next(v for v in losses if not torch.isfinite(v))
                 who = "" if len(learners) == 1 or bad is losses[0] else " (of a peer)"
                 stop_reason = f"loss became {bad.item()}{who} at step {step}: stopped; {kept}"
@@ -185,7 +213,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                         g["lr"] = lr
                 ln.scaler.step(ln.opt)
                 ln.scaler.update()
-            if hasattr(teacher, "update"):      # a moving-average teacher follows the student
+            if hasattr(teacher, "update"):  # a moving-average teacher follows the student
                 teacher.update(module)
             step += 1
             history.steps.append(step)
@@ -214,7 +242,7 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
                     break
             if interrupted["signal"] is not None:
                 break
-        if interrupted["signal"] is not None:     # also when it came during the evaluation that ended the run
+        if interrupted["signal"] is not None:  # also when it came during the evaluation that ended the run
             if w.main:
                 save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint)
             stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
@@ -223,13 +251,15 @@ def train(module, teacher, x: np.ndarray, y: np.ndarray | None, val_x: np.ndarra
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if w.main:      # only rank 0 writes the output: each model goes back to its best weights
+    if w.main:  # only rank 0 writes the output: each model goes back to its best weights
         for ln in learners:
             if ln.best_saved:
                 load_params(ln.module, load_checkpoint(ln.best_file, cfg.device), ln.best_file)
     if main.best is not None and main.best.get("step") == 0 and step > 0 and start_metric is not None:
-        stop_reason += (f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
-                        "the starting weights are kept")
+        stop_reason += (
+            f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
+            "the starting weights are kept"
+        )
     if peers:
         return history, stop_reason, main.best, [ln.best for ln in learners[1:]]
     return history, stop_reason, main.best
@@ -256,11 +286,10 @@ class _Chunks(torch.utils.data.Dataset):
 def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers: int):
     """(indices, inputs) of the rest of an epoch from `pos`. Arrays in memory are indexed; image
     files are decoded ahead by `workers` DataLoader processes (0: in this process)."""
-    chunks = [order[p:p + batch_size] for p in range(pos, steps_per_epoch * batch_size, batch_size)]
+    chunks = [order[p : p + batch_size] for p in range(pos, steps_per_epoch * batch_size, batch_size)]
     if not isinstance(x, ImageFiles) or workers == 0:
         return ((c, x[c]) for c in chunks)
-    loader = torch.utils.data.DataLoader(_Chunks(x, chunks), batch_size=None, num_workers=workers,
-                                         prefetch_factor=2)
+    loader = torch.utils.data.DataLoader(_Chunks(x, chunks), batch_size=None, num_workers=workers, prefetch_factor=2)
     return zip(chunks, loader)
 
 

@@ -13,7 +13,7 @@ class History:
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)      # the learning rate of each step, beside its loss
+    lr: list[float] = field(default_factory=list)  # the learning rate of each step, beside its loss
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -31,8 +31,9 @@ class NodeFailed(TensorfoldError):
         shapes = [list(a.shape) if hasattr(a, "shape") else None for a in args]
         where = "frozen in onnxruntime" if frozen else "in the torch trainer"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        super().__init__(f"{node.op_type} node '{node.name or node.output[0]}' failed {where} on inputs of "
-                         f"shape {shapes}: {first}")
+        super().__init__(
+            f"{node.op_type} node '{node.name or node.output[0]}' failed {where} on inputs of shape {shapes}: {first}"
+        )
 
 
 def _param_name(name: str) -> str:
@@ -51,8 +52,8 @@ class OnnxModule(nn.Module):
         constants_to_initializers(self.proto)
         graph = self.proto.graph
         self.params = nn.ParameterDict()
-        self.param_of: dict[str, str] = {}           # initializer name -> parameter key
-        self.constant_of: dict[str, str] = {}        # non-float initializer name -> buffer name
+        self.param_of: dict[str, str] = {}  # initializer name -> parameter key
+        self.constant_of: dict[str, str] = {}  # non-float initializer name -> buffer name
         # a scalar is part of the function, not a weight: an exponent (Pow's gradient in the exponent
         # is NaN for negative bases), a Clip bound, an epsilon, hard-swish's 3 and 6 (PaddlePaddle
         # exports name them p2o_helper_constant_*); PRelu's single slope is the one learnable scalar
@@ -71,7 +72,7 @@ class OnnxModule(nn.Module):
                 key = "c_" + _param_name(t.name)
                 while hasattr(self, key):
                     key += "_"
-                self.register_buffer(key, tensor, persistent=False)   # moves with .to(device)
+                self.register_buffer(key, tensor, persistent=False)  # moves with .to(device)
                 self.constant_of[t.name] = key
         inits = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in inits]
@@ -79,10 +80,13 @@ class OnnxModule(nn.Module):
         self.nodes = list(graph.node)
         self.frozen = [n for n in self.nodes if n.op_type not in OPS]
         for n in self.frozen:
-            warnings.warn(f"{n.op_type} node '{n.name}' has no torch equivalent here: it runs frozen through "
-                          f"onnxruntime, no gradient flows through it", stacklevel=2)
+            warnings.warn(
+                f"{n.op_type} node '{n.name}' has no torch equivalent here: it runs frozen through "
+                f"onnxruntime, no gradient flows through it",
+                stacklevel=2,
+            )
         self._ort_cache: dict[str, object] = {}
-        self._unsupported: set[str] = set()    # nodes whose variant fell back to frozen execution
+        self._unsupported: set[str] = set()  # nodes whose variant fell back to frozen execution
         from tensorfold.onnxrt.batching import sample_batch
 
         # a model exported with a fixed batch runs on any batch as slices of that size: training
@@ -98,13 +102,16 @@ class OnnxModule(nn.Module):
         for start in range(0, n, b0):
             # the last slice is filled up with its last sample and trimmed after
             take = torch.arange(start, start + b0, device=inputs[0].device).clamp_max(n - 1)
-            parts.append(self._forward(*(x.index_select(0, take) if x.ndim and x.shape[0] == n else x
-                                         for x in inputs), capture=capture))
+            parts.append(
+                self._forward(
+                    *(x.index_select(0, take) if x.ndim and x.shape[0] == n else x for x in inputs), capture=capture
+                )
+            )
         keep = b0 - ((-n) % b0)
 
         def joined(values: list[torch.Tensor]) -> torch.Tensor:
             if not values[0].ndim or values[0].shape[0] != b0:
-                return values[0]            # not batched (a scalar, a state batched elsewhere)
+                return values[0]  # not batched (a scalar, a state batched elsewhere)
             return torch.cat(values[:-1] + [values[-1][:keep]])
 
         if capture:
@@ -128,8 +135,11 @@ class OnnxModule(nn.Module):
                     out = OPS[node.op_type](node, *args)
                 except Unsupported as why:
                     self._unsupported.add(node.name or node.output[0])
-                    warnings.warn(f"{node.op_type} node '{node.name}': {why}; it runs frozen through onnxruntime, "
-                                  f"no gradient flows through it", stacklevel=2)
+                    warnings.warn(
+                        f"{node.op_type} node '{node.name}': {why}; it runs frozen through onnxruntime, "
+                        f"no gradient flows through it",
+                        stacklevel=2,
+                    )
                 except Exception as exc:  # noqa: BLE001 - named by op and node, not blamed on the data
                     raise NodeFailed(node, args, exc) from exc
             if out is None:
@@ -152,11 +162,17 @@ class OnnxModule(nn.Module):
         key = node.name or node.output[0]
         arrays = [a.detach().cpu().numpy() if a is not None else None for a in args]
         if key not in self._ort_cache:
-            inputs = [onnx.helper.make_tensor_value_info(f"in{i}", onnx.helper.np_dtype_to_tensor_dtype(a.dtype), None)
-                      for i, a in enumerate(arrays)]
+            inputs = [
+                onnx.helper.make_tensor_value_info(f"in{i}", onnx.helper.np_dtype_to_tensor_dtype(a.dtype), None)
+                for i, a in enumerate(arrays)
+            ]
             outs = [onnx.helper.make_empty_tensor_value_info(f"out{i}") for i in range(len(node.output))]
-            single = onnx.helper.make_node(node.op_type, [f"in{i}" for i in range(len(arrays))],
-                                           [f"out{i}" for i in range(len(node.output))], domain=node.domain)
+            single = onnx.helper.make_node(
+                node.op_type,
+                [f"in{i}" for i in range(len(arrays))],
+                [f"out{i}" for i in range(len(node.output))],
+                domain=node.domain,
+            )
             single.attribute.extend(node.attribute)
             g = onnx.helper.make_graph([single], "frozen", inputs, outs)
             m = make_model(g, self.proto.opset_import, self.proto.ir_version or None)

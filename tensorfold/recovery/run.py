@@ -50,10 +50,17 @@ def _io_signature(model: onnx.ModelProto):
 
 def _shape_clash(a: onnx.ModelProto, b: onnx.ModelProto) -> str | None:
     """Inputs whose fixed dims differ (a dynamic dim fits any): both must run on the same samples."""
+
     def dims(m):
         inits = {t.name for t in m.graph.initializer}
-        return {v.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                         for d in v.type.tensor_type.shape.dim] for v in m.graph.input if v.name not in inits}
+        return {
+            v.name: [
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in v.type.tensor_type.shape.dim
+            ]
+            for v in m.graph.input
+            if v.name not in inits
+        }
 
     da, db = dims(a), dims(b)
     for name in da.keys() & db.keys():
@@ -69,10 +76,24 @@ def _peer_output(output_path, i: int) -> Path:
 
 
 @guarded("student_path", "teacher_path", "data", "peers")
-def recover(student_path, output_path, *, teacher_path=None, data: str = "fashion-mnist", cfg: RecoverConfig | None = None,
-            val_size: int = 5000, normalize=None, checkpoint_dir=None, resume: bool = False, progress: bool = True,
-            limit: int | None = None, teacher_weights: list[float] | None = None, teacher_module=None,
-            generations: int = 1, peers: list | None = None) -> dict:
+def recover(
+    student_path,
+    output_path,
+    *,
+    teacher_path=None,
+    data: str = "fashion-mnist",
+    cfg: RecoverConfig | None = None,
+    val_size: int = 5000,
+    normalize=None,
+    checkpoint_dir=None,
+    resume: bool = False,
+    progress: bool = True,
+    limit: int | None = None,
+    teacher_weights: list[float] | None = None,
+    teacher_module=None,
+    generations: int = 1,
+    peers: list | None = None,
+) -> dict:
     """Fine-tune the student (distilled from the teacher when given) and save it to output_path.
 
     teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
@@ -90,27 +111,63 @@ def recover(student_path, output_path, *, teacher_path=None, data: str = "fashio
     try:
         cfg = replace(cfg, device=start_processes(w, cfg.device))
         if w.distributed and w.main:
-            warn(f"recover: {w.size} processes (DistributedDataParallel over "
-                 f"{'nccl' if cfg.device.startswith('cuda') else 'gloo'}); rank 0 writes")
-        return _recover(student_path, output_path, ckdir, peer_outputs, start, teacher_path=teacher_path, data=data,
-                        cfg=cfg, val_size=val_size, normalize=normalize, resume=resume, progress=progress,
-                        limit=limit, teacher_weights=teacher_weights, teacher_module=teacher_module,
-                        generations=generations, peers=peers, w=w)
+            warn(
+                f"recover: {w.size} processes (DistributedDataParallel over "
+                f"{'nccl' if cfg.device.startswith('cuda') else 'gloo'}); rank 0 writes"
+            )
+        return _recover(
+            student_path,
+            output_path,
+            ckdir,
+            peer_outputs,
+            start,
+            teacher_path=teacher_path,
+            data=data,
+            cfg=cfg,
+            val_size=val_size,
+            normalize=normalize,
+            resume=resume,
+            progress=progress,
+            limit=limit,
+            teacher_weights=teacher_weights,
+            teacher_module=teacher_module,
+            generations=generations,
+            peers=peers,
+            w=w,
+        )
     except Exception:
         if w.main:
-            ckdir.failed()      # a failed run leaves the folder as it was (an interrupted one keeps its checkpoint)
+            ckdir.failed()  # a failed run leaves the folder as it was (an interrupted one keeps its checkpoint)
         raise
     except BaseException:
         if w.main and ckdir.made and ckdir.path.is_dir() and {p.name for p in ckdir.path.iterdir()} <= {MANIFEST}:
-            ckdir.failed()      # interrupted before its first checkpoint: nothing to resume from
+            ckdir.failed()  # interrupted before its first checkpoint: nothing to resume from
         raise
     finally:
         stop_processes(w)
 
 
-def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[Path], start: float, *, teacher_path,
-             data, cfg, val_size, normalize, resume, progress, limit, teacher_weights, teacher_module, generations,
-             peers, w: World) -> dict:
+def _recover(
+    student_path,
+    output_path,
+    ckdir: OutputFolder,
+    peer_outputs: list[Path],
+    start: float,
+    *,
+    teacher_path,
+    data,
+    cfg,
+    val_size,
+    normalize,
+    resume,
+    progress,
+    limit,
+    teacher_weights,
+    teacher_module,
+    generations,
+    peers,
+    w: World,
+) -> dict:
 
     from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 
@@ -126,17 +183,20 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
     teacher_models = [load_model(p) for p in paths]
     for p, tm in zip(paths, teacher_models):
         if _io_signature(tm) != _io_signature(student):
-            raise TensorfoldError(f"teacher {p} and the student differ in their inputs or outputs: "
-                                  f"{_io_signature(tm)} vs {_io_signature(student)}")
+            raise TensorfoldError(
+                f"teacher {p} and the student differ in their inputs or outputs: "
+                f"{_io_signature(tm)} vs {_io_signature(student)}"
+            )
         clash = _shape_clash(tm, student)
         if clash:
             raise TensorfoldError(f"teacher {p} takes other input shapes than the student: {clash}")
-    input_shape = [d.dim_value if d.HasField("dim_value") else -1
-                   for d in student.graph.input[0].type.tensor_type.shape.dim]
+    input_shape = [
+        d.dim_value if d.HasField("dim_value") else -1 for d in student.graph.input[0].type.tensor_type.shape.dim
+    ]
     size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
     channels = input_shape[1] if len(input_shape) == 4 and input_shape[1] in (1, 3) else 3
     names = [v.name for v in student.graph.input if v.name not in {t.name for t in student.graph.initializer}]
-    if len(names) > 1:      # token ids and a mask, ...: one array per input
+    if len(names) > 1:  # token ids and a mask, ...: one array per input
         x, y, desc = load_input_arrays(data, names)
     else:
         x, y, desc = load_data(data, "train", size, channels, lazy=True)
@@ -155,15 +215,19 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
     try:
         module = OnnxModule(student)
         probe = module(*tensors(x[:2], "cpu"))[0]
-    except NodeFailed as exc:    # names the op and node: an unsupported op or data of the wrong shape
-        raise TensorfoldError(f"the model does not run in the trainer on the data ({desc}, samples "
-                              f"{sample_shape(x)}; the model takes {input_shape}): {exc}") from None
+    except NodeFailed as exc:  # names the op and node: an unsupported op or data of the wrong shape
+        raise TensorfoldError(
+            f"the model does not run in the trainer on the data ({desc}, samples "
+            f"{sample_shape(x)}; the model takes {input_shape}): {exc}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - building the module failed
         raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
     spec = Outputs.of(student)
     if y is not None and not spec.classifier:
-        warn(f"--data {desc}: labels are ignored, the model's first output ({spec.names[0]}) holds no class "
-             "scores; it is distilled from the teacher")
+        warn(
+            f"--data {desc}: labels are ignored, the model's first output ({spec.names[0]}) holds no class "
+            "scores; it is distilled from the teacher"
+        )
         y = None
     if y is not None and probe.shape[-1] <= int(y.max()):
         raise TensorfoldError(f"labels go up to {int(y.max())} but the model has {probe.shape[-1]} outputs")
@@ -175,7 +239,7 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
     val_n = min(val_size, len(x) // 5)
     val_idx, train_idx = order[:val_n], order[val_n:]
     validation = f"{val_n} samples held out of the training data"
-    if val_n == 0:     # too few to hold any out: validate on the training samples, and say so
+    if val_n == 0:  # too few to hold any out: validate on the training samples, and say so
         val_idx = train_idx
         validation = f"the {len(x)} training samples themselves (too few to hold any out)"
     val_x, val_y = samples_subset(x, val_idx), (y[val_idx] if y is not None else None)
@@ -198,15 +262,18 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
         teacher = members[0]
     elif members:
         teacher = EnsembleTeacher(members, teacher_weights)
-    ema = None      # --teacher self: the student's moving average (born-again generations replace `teacher`)
+    ema = None  # --teacher self: the student's moving average (born-again generations replace `teacher`)
     if self_taught:
         if y is None:
-            raise TensorfoldError("--teacher self needs labelled --data: the student's moving average only steadies "
-                                  "what labels teach (without labels or the original model there is nothing to "
-                                  "recover toward)")
+            raise TensorfoldError(
+                "--teacher self needs labelled --data: the student's moving average only steadies "
+                "what labels teach (without labels or the original model there is nothing to "
+                "recover toward)"
+            )
         teacher = ema = EmaTeacher(module, features)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
+
     def check(m, against=None) -> dict:
         return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
 
@@ -222,42 +289,77 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
         # deep mutual learning: the peers train beside the student with all of its machinery
         # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
         peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
-        history, reason, best, _ = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
-                                         fingerprint=fingerprint, spec=spec, w=w, peers=peer_modules)
+        history, reason, best, _ = train(
+            module,
+            teacher,
+            tx,
+            ty,
+            val_x,
+            val_y,
+            cfg,
+            ckdir,
+            resume,
+            progress,
+            fingerprint=fingerprint,
+            spec=spec,
+            w=w,
+            peers=peer_modules,
+        )
         for i, pmod in enumerate(peer_modules, start=1):
             peer_writes.append((pmod, peer_outputs[i - 1]))
-            peer_reports.append({"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]),
-                                 "val": check(pmod, judge)})
+            peer_reports.append(
+                {"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]), "val": check(pmod, judge)}
+            )
     else:
-        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress,
-                                      fingerprint=fingerprint, spec=spec, w=w)
-        if not w.main:       # rank 0 writes the model, the history and the report
-            return {"rank": w.rank, "world_size": w.size, "output": None, "steps": history.steps[-1]
-                    if history.steps else 0, "stop": reason}
+        history, reason, best = train(
+            module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress, fingerprint=fingerprint, spec=spec, w=w
+        )
+        if not w.main:  # rank 0 writes the model, the history and the report
+            return {
+                "rank": w.rank,
+                "world_size": w.size,
+                "output": None,
+                "steps": history.steps[-1] if history.steps else 0,
+                "stop": reason,
+            }
     if reason.startswith("loss became"):
         if "last good checkpoint" in reason:
-            ckdir.keep()        # the message names it: --resume from it with a lower --lr
+            ckdir.keep()  # the message names it: --resume from it with a lower --lr
         raise TensorfoldError(f"{reason}; nothing written to {output_path}: try a lower --lr")
-    generation_results = [check(module, judge)]         # each model is validated once
+    generation_results = [check(module, judge)]  # each model is validated once
     kept, after, kept_generation = module, generation_results[0], 1
     for gen in range(2, generations + 1):
         # born-again: the trained generation teaches a fresh copy of the factorized student
         previous = module.write_back()
         module = OnnxModule(student).to(cfg.device)
-        teacher = OnnxTeacher(previous, features, cfg.threads) if cfg.device == "cpu" else \
-            GraphTeacher(previous, features, cfg.device)
+        teacher = (
+            OnnxTeacher(previous, features, cfg.threads)
+            if cfg.device == "cpu"
+            else GraphTeacher(previous, features, cfg.device)
+        )
         generation_dir = checkpoint_folder(ckdir.file(f"gen{gen}")).check()
-        history, reason, best = train(module, teacher, tx, ty, val_x, val_y, cfg, generation_dir, False,
-                                      progress, fingerprint=model_fingerprint(student), spec=spec)
+        history, reason, best = train(
+            module,
+            teacher,
+            tx,
+            ty,
+            val_x,
+            val_y,
+            cfg,
+            generation_dir,
+            False,
+            progress,
+            fingerprint=model_fingerprint(student),
+            spec=spec,
+        )
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
         generation_results.append(check(module, judge))
         if signed(generation_results[-1], metric) > signed(after, metric):
             kept, after, kept_generation = module, generation_results[-1], gen
-    if kept_generation != generations:      # a later generation is not better by itself
+    if kept_generation != generations:  # a later generation is not better by itself
         module = kept
-        reason += (f"; generation {kept_generation} scored best (validation {metric} {after[metric]:.4f}) "
-                   "and is written")
+        reason += f"; generation {kept_generation} scored best (validation {metric} {after[metric]:.4f}) and is written"
     if ema is not None:
         averaged = check(ema.module, judge)
         if signed(averaged, metric) > signed(after, metric):
@@ -265,7 +367,7 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
             reason += "; the moving average scored better on validation than the student and is written"
     trained = module.write_back()
     save_model(trained, output_path)
-    for pmod, path in peer_writes:      # only now: an error above leaves nothing written
+    for pmod, path in peer_writes:  # only now: an error above leaves nothing written
         save_model(pmod.write_back(), path)
     write_json_atomic(ckdir.file("history.json"), history.as_dict())
     plot = plot_history(history, ckdir.file("history.png"))
@@ -277,19 +379,44 @@ def _recover(student_path, output_path, ckdir: OutputFolder, peer_outputs: list[
             from tensorfold.runtime.evaluation import evaluate_onnx
 
             # onnxruntime on the saved files: faster than the interpreter, and it checks what was written
-            test = {"student_before": evaluate_onnx(student_path, tx_test, ty_test),
-                    "student_after": evaluate_onnx(output_path, tx_test, ty_test)}
+            test = {
+                "student_before": evaluate_onnx(student_path, tx_test, ty_test),
+                "student_after": evaluate_onnx(output_path, tx_test, ty_test),
+            }
             if paths:
                 test["teacher"] = evaluate_onnx(paths[0], tx_test, ty_test)
         except TensorfoldError:
             test = {}
-    teachers = "self (the student's moving average)" if self_taught else \
-        [str(p) for p in paths] if len(paths) > 1 else (str(paths[0]) if paths else None)
-    return {"peers": peer_reports, "student": str(student_path), "teacher": teachers, "generations": generation_results,
-            "output": str(output_path), "data": desc, "train_size": len(tx), "val_size": len(val_x),
-            "validation": validation, "metric": metric, "outputs": spec.describe(), "world_size": w.size,
-            "config": asdict(cfg), "features_matched": len(teacher.features) if teacher else 0,
-            "val_before": before, "val_after": after, "best": best, "test_accuracy": test,
-            "steps": history.steps[-1] if history.steps else 0, "stop": reason,
-            "checkpoints": str(ckdir.path), "history": str(ckdir.path / "history.json"),
-            "plot": str(plot) if plot else None, "seconds": round(time.perf_counter() - start, 1)}
+    teachers = (
+        "self (the student's moving average)"
+        if self_taught
+        else [str(p) for p in paths]
+        if len(paths) > 1
+        else (str(paths[0]) if paths else None)
+    )
+    return {
+        "peers": peer_reports,
+        "student": str(student_path),
+        "teacher": teachers,
+        "generations": generation_results,
+        "output": str(output_path),
+        "data": desc,
+        "train_size": len(tx),
+        "val_size": len(val_x),
+        "validation": validation,
+        "metric": metric,
+        "outputs": spec.describe(),
+        "world_size": w.size,
+        "config": asdict(cfg),
+        "features_matched": len(teacher.features) if teacher else 0,
+        "val_before": before,
+        "val_after": after,
+        "best": best,
+        "test_accuracy": test,
+        "steps": history.steps[-1] if history.steps else 0,
+        "stop": reason,
+        "checkpoints": str(ckdir.path),
+        "history": str(ckdir.path / "history.json"),
+        "plot": str(plot) if plot else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }

@@ -27,6 +27,7 @@ def op(*names):
         for name in names:
             OPS[name] = fn
         return fn
+
     return register
 
 
@@ -40,6 +41,7 @@ def _ints(t: torch.Tensor) -> list[int]:
 
 
 # --- convolution and dense --------------------------------------------------------------------
+
 
 def _same_pads(x, weight_shape, strides, dilations, mode):
     pads_begin, pads_end = [], []
@@ -91,8 +93,16 @@ def _conv_transpose(node, x, w, b=None):
     if pads[:nd] != pads[nd:]:
         raise Unsupported("asymmetric ConvTranspose pads")
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-    return fn(x, w, b, stride=strides, padding=pads[:nd], output_padding=out_pad, groups=_a(node, "group", 1),
-              dilation=dilations)
+    return fn(
+        x,
+        w,
+        b,
+        stride=strides,
+        padding=pads[:nd],
+        output_padding=out_pad,
+        groups=_a(node, "group", 1),
+        dilation=dilations,
+    )
 
 
 @op("Gemm")
@@ -117,6 +127,7 @@ def _einsum(node, *xs):
 
 # --- normalization ------------------------------------------------------------------------------
 
+
 @op("BatchNormalization")
 def _bn(node, x, scale, bias, mean, var):
     # inference form; the running statistics are constants (written by hand: F.batch_norm refuses
@@ -140,16 +151,42 @@ def _in(node, x, scale, bias):
 
 # --- activations and elementwise ------------------------------------------------------------------
 
-for _name, _fn in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
-                   "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
-                   "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
-                   "Softplus": F.softplus, "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
-                   "Round": torch.round, "Sign": torch.sign}.items():
+for _name, _fn in {
+    "Relu": torch.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Erf": torch.erf,
+    "Reciprocal": torch.reciprocal,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Softplus": F.softplus,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Not": torch.logical_not,
+    "Round": torch.round,
+    "Sign": torch.sign,
+}.items():
     OPS[_name] = (lambda f: lambda node, x: f(x))(_fn)
 
-for _name, _fn in {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
-                   "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "And": torch.logical_and,
-                   "Or": torch.logical_or, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge}.items():
+for _name, _fn in {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Div": torch.div,
+    "Pow": torch.pow,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "Greater": torch.gt,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+    "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge,
+}.items():
     OPS[_name] = (lambda f: lambda node, a, b: f(a, b))(_fn)
 
 
@@ -162,11 +199,13 @@ def _div(node, a, b):
 
 def _fold(fn):
     """Variadic elementwise ops (Max, Min, Sum): a left fold with broadcasting."""
+
     def run(node, *xs):
         out = xs[0]
         for x in xs[1:]:
             out = fn(out, x)
         return out
+
     return run
 
 
@@ -231,6 +270,7 @@ def _where(node, c, a, b):
 
 # --- pooling --------------------------------------------------------------------------------------
 
+
 @op("GlobalAveragePool")
 def _gap(node, x):
     return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
@@ -250,7 +290,7 @@ def _pool(node, x, kind):
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = _same_pads(x, k, strides, [1] * nd, auto_pad)
     ceil = bool(_a(node, "ceil_mode", 0))
-    if kind == "max":   # MaxPool pads were applied with -inf by the caller
+    if kind == "max":  # MaxPool pads were applied with -inf by the caller
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
         return fn(x, k, strides, 0, list(_a(node, "dilations", [1] * nd)), ceil_mode=ceil)
     include_pad = bool(_a(node, "count_include_pad", 0))
@@ -270,10 +310,15 @@ def _maxpool(node, x):
         for i in reversed(range(nd)):
             spec += [pads[i], pads[i + nd]]
         x = F.pad(x, spec, value=float("-inf"))
-        node = onnx.helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=k,
-                                     strides=list(_a(node, "strides", [1] * nd)),
-                                     dilations=list(_a(node, "dilations", [1] * nd)),
-                                     ceil_mode=_a(node, "ceil_mode", 0))
+        node = onnx.helper.make_node(
+            "MaxPool",
+            ["x"],
+            ["y"],
+            kernel_shape=k,
+            strides=list(_a(node, "strides", [1] * nd)),
+            dilations=list(_a(node, "dilations", [1] * nd)),
+            ceil_mode=_a(node, "ceil_mode", 0),
+        )
     return _pool(node, x, "max")
 
 
@@ -283,6 +328,7 @@ def _avgpool(node, x):
 
 
 # --- shape manipulation ---------------------------------------------------------------------------
+
 
 @op("Flatten")
 def _flatten(node, x):
@@ -355,8 +401,9 @@ def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
         if st < 0:
             # ONNX clamps starts to [0, size-1] and ends to [-1, size-1] for negative steps;
             # torch slicing has no negative step, so gather the indices instead
-            backwards.append((a, torch.arange(max(min(s, size - 1), 0), max(min(e, size - 1), -1), st,
-                                              device=x.device)))
+            backwards.append(
+                (a, torch.arange(max(min(s, size - 1), 0), max(min(e, size - 1), -1), st, device=x.device))
+            )
             continue
         index[a] = slice(max(min(s, size), 0), max(min(e, size), 0), st)
     x = x[tuple(index)]
@@ -371,7 +418,7 @@ def _gather(node, x, idx):
     idx = idx.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = torch.index_select(x, axis, idx.reshape(-1))
-    return out.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]])
+    return out.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]])
 
 
 @op("Split")
@@ -424,12 +471,17 @@ def _prod(x, dim, keepdim):
     return x
 
 
-_REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin,
-           "ReduceProd": _prod,
-           "ReduceL1": lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim),
-           "ReduceL2": lambda x, dim, keepdim: torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim)),
-           "ReduceSumSquare": lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim),
-           "ReduceLogSumExp": torch.logsumexp}
+_REDUCE = {
+    "ReduceMean": torch.mean,
+    "ReduceSum": torch.sum,
+    "ReduceMax": torch.amax,
+    "ReduceMin": torch.amin,
+    "ReduceProd": _prod,
+    "ReduceL1": lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim),
+    "ReduceL2": lambda x, dim, keepdim: torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim)),
+    "ReduceSumSquare": lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim),
+    "ReduceLogSumExp": torch.logsumexp,
+}
 
 
 @op(*_REDUCE)
@@ -493,7 +545,7 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
 def _pad(node, x, pads=None, value=None, axes=None):
     pads = _ints(pads) if pads is not None else list(_a(node, "pads"))
     mode = _a(node, "mode", "constant")
-    if axes is not None and axes.numel():          # opset 18: pads for these axes only
+    if axes is not None and axes.numel():  # opset 18: pads for these axes only
         chosen = [a % x.ndim for a in _ints(axes)]
         full = [0] * (2 * x.ndim)
         for j, a in enumerate(chosen):
@@ -534,11 +586,11 @@ def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     direction = _a(node, "direction", "forward")
     ys, hs, cs = [], [], []
     for d in range(dirs):
-        f, g, h_act = (_ACT[a] for a in acts[3 * d:3 * d + 3])
+        f, g, h_act = (_ACT[a] for a in acts[3 * d : 3 * d + 3])
         bias = (b[d, :four_h] + b[d, four_h:]) if b is not None else torch.zeros(four_h, dtype=x.dtype, device=x.device)
         h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
         c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
-        pi, po, pf = (p[d, :hidden], p[d, hidden:2 * hidden], p[d, 2 * hidden:]) if p is not None else (0, 0, 0)
+        pi, po, pf = (p[d, :hidden], p[d, hidden : 2 * hidden], p[d, 2 * hidden :]) if p is not None else (0, 0, 0)
         reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
         steps = range(seq - 1, -1, -1) if reverse else range(seq)
         lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long, device=x.device)
@@ -551,14 +603,14 @@ def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
             c_new = f_ * c + i_ * g(c_)
             o_ = f(o_ + po * c_new)
             h_new = o_ * h_act(c_new)
-            live = (t < lens).to(x.dtype).unsqueeze(-1)       # sequence_lens: padded steps keep state
+            live = (t < lens).to(x.dtype).unsqueeze(-1)  # sequence_lens: padded steps keep state
             c = live * c_new + (1 - live) * c
             h = live * h_new + (1 - live) * h
             out[t] = h_new * live
         ys.append(torch.stack(out))
         hs.append(h)
         cs.append(c)
-    y = torch.stack(ys, dim=1)                                 # (seq, dirs, batch, hidden)
+    y = torch.stack(ys, dim=1)  # (seq, dirs, batch, hidden)
     y_h, y_c = torch.stack(hs), torch.stack(cs)
     if layout == 1:
         y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)

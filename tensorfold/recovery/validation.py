@@ -9,8 +9,9 @@ import torch
 from tensorfold.recovery.distill import Outputs
 
 
-def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Outputs | None = None,
-             batch: int = 512) -> dict:
+def evaluate(
+    module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Outputs | None = None, batch: int = 512
+) -> dict:
     """Validation. With labels: top-1 accuracy of the first output. Against a teacher: each output's
     relative L2 error pooled over the samples ("output_error", the largest over outputs: what
     `tensorfold verify` would report) and, over outputs with a class axis, the share of equal
@@ -23,18 +24,20 @@ def evaluate(module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Ou
     correct, n, pooled = 0, 0, []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = tensors(x[i:i + batch], device)
+            xb = tensors(x[i : i + batch], device)
             outs = module(*xb)
             if y is not None:
                 pred = outs[0].argmax(spec.axes.get(0, -1))
-                correct += int((pred.cpu().numpy() == y[i:i + batch]).sum())
+                correct += int((pred.cpu().numpy() == y[i : i + batch]).sum())
             if teacher is not None:
                 t_outs, _ = teacher(*xb)
                 # the accumulators `tensorfold verify` pools its errors with
                 pooled = pooled or [OutputAccumulator(f"output {k}", spec.axes.get(k)) for k in range(len(outs))]
                 for acc, s_k, t_k in zip(pooled, outs, t_outs):
-                    acc.add(t_k.float().cpu().numpy() if t_k.is_floating_point() else t_k.cpu().numpy(),
-                            s_k.float().cpu().numpy() if s_k.is_floating_point() else s_k.cpu().numpy())
+                    acc.add(
+                        t_k.float().cpu().numpy() if t_k.is_floating_point() else t_k.cpu().numpy(),
+                        s_k.float().cpu().numpy() if s_k.is_floating_point() else s_k.cpu().numpy(),
+                    )
             n += len(xb[0])
     out = {}
     if y is not None:

@@ -10,5 +10,15 @@ from tensorfold.report.recover import RecoverReport
 from tensorfold.report.search import NasReport, RankSearchReport
 from tensorfold.report.verify import VerifyReport
 
-__all__ = ["InspectReport", "NasReport", "OptimizeReport", "PipelineReport", "ProfileReport", "RankSearchReport",
-           "RecoverReport", "Report", "VerifyReport", "make_console"]
+__all__ = [
+    "InspectReport",
+    "NasReport",
+    "OptimizeReport",
+    "PipelineReport",
+    "ProfileReport",
+    "RankSearchReport",
+    "RecoverReport",
+    "Report",
+    "VerifyReport",
+    "make_console",
+]

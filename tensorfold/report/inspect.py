@@ -13,8 +13,10 @@ class InspectReport(Report):
         methods = list(self["layers"][0]["methods"]) if self["layers"] else []
         console.print(f"[bold]{self['input']}[/]  opset {self['opset']}  {self['producer']}")
         console.print(f"inputs {self['inputs']}  outputs {self['outputs']}")
-        console.print(f"{self['params']:,} parameters, {fmt_count(self['flops'])} FLOPs, {self['size_bytes']:,} bytes; "
-                      f"{self['factorizable_params']:,} parameters in {len(self['layers'])} factorizable layers")
+        console.print(
+            f"{self['params']:,} parameters, {fmt_count(self['flops'])} FLOPs, {self['size_bytes']:,} bytes; "
+            f"{self['factorizable_params']:,} parameters in {len(self['layers'])} factorizable layers"
+        )
         console.print("ops: " + ", ".join(f"{k} {v}" for k, v in self["ops"].items()))
         table = Table(title="weight-heavy layers", title_justify="left")
         sens_cols = ("layer err @2x", "model err @2x") if self["calibration"] else ()
@@ -32,8 +34,10 @@ class InspectReport(Report):
             table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", fmt_count(row["flops"]), *marks, *extra)
         console.print(table)
         if sens_cols:
-            console.print(f"sensitivity on {self['calibration']}: each layer alone at half its parameters (data-fitted "
-                          "Tucker-2/SVD); layer err = its relative output error, model err = the model's")
+            console.print(
+                f"sensitivity on {self['calibration']}: each layer alone at half its parameters (data-fitted "
+                "Tucker-2/SVD); layer err = its relative output error, model err = the model's"
+            )
         reasons: dict[str, list[str]] = {}
         for row in self["layers"]:
             for verdict in row["methods"].values():

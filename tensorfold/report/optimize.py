@@ -30,23 +30,30 @@ class OptimizeReport:
     normalization: dict
     seconds: float
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)   # what the user should act on (printed in yellow)
-    eligible_params: tuple[int, int] = (0, 0)     # weights of the layers the method could rewrite, before/after
-    latency: dict | None = None                   # hardware-aware runs: target, input ms, measured speedup
-    stages: list[dict] = field(default_factory=list)   # with calibration/int8: params, size, held-out error per stage
-    budget_search: list[dict] | None = None       # --max-output-error: every ratio tried and its held-out error
-    deploy: dict | None = None                    # --int8/--objective: every candidate, measured, and the one picked
+    warnings: list[str] = field(default_factory=list)  # what the user should act on (printed in yellow)
+    eligible_params: tuple[int, int] = (0, 0)  # weights of the layers the method could rewrite, before/after
+    latency: dict | None = None  # hardware-aware runs: target, input ms, measured speedup
+    stages: list[dict] = field(default_factory=list)  # with calibration/int8: params, size, held-out error per stage
+    budget_search: list[dict] | None = None  # --max-output-error: every ratio tried and its held-out error
+    deploy: dict | None = None  # --int8/--objective: every candidate, measured, and the one picked
 
     def as_dict(self) -> dict:
         return {
-            "input": self.input, "output": self.output, "method": self.method, "ranks": self.ranks,
+            "input": self.input,
+            "output": self.output,
+            "method": self.method,
+            "ranks": self.ranks,
             "input_shapes": self.input_shapes,
-            "params_before": self.before.params, "params_after": self.after.params,
+            "params_before": self.before.params,
+            "params_after": self.after.params,
             "params_ratio": ratio(self.before.params, self.after.params),
-            "flops_before": self.before.flops, "flops_after": self.after.flops,
+            "flops_before": self.before.flops,
+            "flops_after": self.after.flops,
             "flops_ratio": ratio(self.before.flops, self.after.flops),
-            "size_before": self.before.size_bytes, "size_after": self.after.size_bytes,
-            "ops_before": dict(sorted(self.before.ops.items())), "ops_after": dict(sorted(self.after.ops.items())),
+            "size_before": self.before.size_bytes,
+            "size_after": self.after.size_bytes,
+            "ops_before": dict(sorted(self.before.ops.items())),
+            "ops_after": dict(sorted(self.after.ops.items())),
             "factorizable_params_before": self.eligible_params[0],
             "factorizable_params_after": self.eligible_params[1],
             "factorizable_ratio": ratio(*self.eligible_params),
@@ -69,28 +76,47 @@ class OptimizeReport:
         summary.add_column("before", justify="right")
         summary.add_column("after", justify="right")
         summary.add_column("ratio", justify="right")
-        summary.add_row("parameters", f"{self.before.params:,}", f"{self.after.params:,}",
-                        fmt_ratio(self.before.params, self.after.params))
+        summary.add_row(
+            "parameters",
+            f"{self.before.params:,}",
+            f"{self.after.params:,}",
+            fmt_ratio(self.before.params, self.after.params),
+        )
         if self.eligible_params[0]:
-            summary.add_row("  in factorizable layers", f"{self.eligible_params[0]:,}", f"{self.eligible_params[1]:,}",
-                            fmt_ratio(*self.eligible_params))
-        summary.add_row("FLOPs", fmt_count(self.before.flops), fmt_count(self.after.flops),
-                        fmt_ratio(self.before.flops, self.after.flops))
-        summary.add_row("size", fmt_bytes(self.before.size_bytes), fmt_bytes(self.after.size_bytes),
-                        fmt_ratio(self.before.size_bytes, self.after.size_bytes))
+            summary.add_row(
+                "  in factorizable layers",
+                f"{self.eligible_params[0]:,}",
+                f"{self.eligible_params[1]:,}",
+                fmt_ratio(*self.eligible_params),
+            )
+        summary.add_row(
+            "FLOPs",
+            fmt_count(self.before.flops),
+            fmt_count(self.after.flops),
+            fmt_ratio(self.before.flops, self.after.flops),
+        )
+        summary.add_row(
+            "size",
+            fmt_bytes(self.before.size_bytes),
+            fmt_bytes(self.after.size_bytes),
+            fmt_ratio(self.before.size_bytes, self.after.size_bytes),
+        )
         ops = sorted(set(self.before.ops) | set(self.after.ops))
         for op in ops:
             b, a = self.before.ops.get(op, 0), self.after.ops.get(op, 0)
             summary.add_row(f"  {op} nodes", str(b), str(a), "" if a == b else f"{a - b:+d}")
         if self.latency:
             lat = self.latency
-            summary.add_row(f"latency, {lat['target']}", f"{lat['input_ms']:.3f} ms",
-                            f"{lat['input_ms'] / lat['speedup']:.3f} ms", f"{lat['speedup']:.2f}x")
+            summary.add_row(
+                f"latency, {lat['target']}",
+                f"{lat['input_ms']:.3f} ms",
+                f"{lat['input_ms'] / lat['speedup']:.3f} ms",
+                f"{lat['speedup']:.2f}x",
+            )
             summary.add_row("  timed at", "", ", ".join(f"{k} {v}" for k, v in self.input_shapes.items()), "")
         if self.verification:
             for o in self.verification.outputs:
-                value = (f"{o.relative_error:.3e} rel. error" if o.kind == "float"
-                         else f"{o.agreement:.2%} agree")
+                value = f"{o.relative_error:.3e} rel. error" if o.kind == "float" else f"{o.agreement:.2%} agree"
                 if o.argmax_agreement is not None:
                     value += f", argmax {o.argmax_agreement:.2%} agree"
                 if o.worst_channel and o.worst_channel["relative_error"] > 2 * (o.relative_error or 0):
@@ -99,9 +125,11 @@ class OptimizeReport:
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
         if self.verification:
-            console.print(f"verified on: {self.verification.inputs}; worst output error "
-                          f"{self.verification.max_error:.3e} (relative L2 of float outputs, share of changed "
-                          "elements of integer outputs and of argmaxes on class axes)")
+            console.print(
+                f"verified on: {self.verification.inputs}; worst output error "
+                f"{self.verification.max_error:.3e} (relative L2 of float outputs, share of changed "
+                "elements of integer outputs and of argmaxes on class axes)"
+            )
         if self.stages:
             stages = Table(title="stages", title_justify="left")
             for col in ("stage", "params", "size", "max rel. output error", "max argmax disagreement"):
@@ -109,25 +137,41 @@ class OptimizeReport:
             for row in self.stages:
                 err = row.get("max_relative_error")
                 dis = row.get("max_disagreement")
-                stages.add_row(row["stage"], f"{row['params']:,}", fmt_bytes(row["size_bytes"]),
-                               "" if err is None else f"{err:.3e}", "" if dis is None else f"{dis:.2%}")
+                stages.add_row(
+                    row["stage"],
+                    f"{row['params']:,}",
+                    fmt_bytes(row["size_bytes"]),
+                    "" if err is None else f"{err:.3e}",
+                    "" if dis is None else f"{dis:.2%}",
+                )
             console.print(stages)
         if self.deploy:
             _render_deploy(self.deploy, console)
         if self.budget_search:
-            trials = ", ".join(f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
-                               for t in self.budget_search)
+            trials = ", ".join(
+                f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
+                for t in self.budget_search
+            )
             console.print(f"budget search (ratio over factorizable layers, held-out error): {trials}")
         if self.layers:
             layers = Table(title=f"rewritten layers ({len(self.layers)})", title_justify="left")
             data = any(r.output_error is not None for r in self.layers)
-            cols = ("node", "op", "method", "ranks", "params", "weight error") + (("layer output error",) if data else ())
+            cols = ("node", "op", "method", "ranks", "params", "weight error") + (
+                ("layer output error",) if data else ()
+            )
             for col in cols:
-                layers.add_column(col, justify="right" if col in ("params", "weight error", "layer output error")
-                                  else "left")
+                layers.add_column(
+                    col, justify="right" if col in ("params", "weight error", "layer output error") else "left"
+                )
             for r in self.layers:
-                row = [r.node, r.op, r.method, ",".join(map(str, r.ranks)),
-                       f"{r.params_before:,} -> {r.params_after:,}", f"{r.weight_error:.3f}"]
+                row = [
+                    r.node,
+                    r.op,
+                    r.method,
+                    ",".join(map(str, r.ranks)),
+                    f"{r.params_before:,} -> {r.params_after:,}",
+                    f"{r.weight_error:.3f}",
+                ]
                 if data:
                     row.append("" if r.output_error is None else f"{r.output_error:.3f}")
                 layers.add_row(*row)
@@ -158,15 +202,22 @@ def _render_deploy(deploy: dict, console: Console) -> None:
         table.add_column(col, justify="left" if col in ("candidate", "per output") else "right")
     for c in deploy["candidates"]:
         outputs = "; ".join(
-            f"{o['name']}: " + (f"{o['relative_error']:.3g}" if o["relative_error"] is not None
-                                else f"{o['agreement']:.1%} equal")
+            f"{o['name']}: "
+            + (f"{o['relative_error']:.3g}" if o["relative_error"] is not None else f"{o['agreement']:.1%} equal")
             + (f", argmax {o['argmax_agreement']:.1%}" if o["argmax_agreement"] is not None else "")
-            for o in (c["outputs"] or []))
+            for o in (c["outputs"] or [])
+        )
         speed = "" if c["speedup"] is None else f"{c['speedup']:.2f}x"
         mark = "* " if c["name"] == deploy["chosen"] else "  "
-        table.add_row(mark + c["name"], f"{c['params']:,}", fmt_bytes(c["size_bytes"]),
-                      "reference" if c["outputs"] is None else f"{c['max_error']:.3e}", outputs, speed,
-                      "yes" if c["within"] else "no")
+        table.add_row(
+            mark + c["name"],
+            f"{c['params']:,}",
+            fmt_bytes(c["size_bytes"]),
+            "reference" if c["outputs"] is None else f"{c['max_error']:.3e}",
+            outputs,
+            speed,
+            "yes" if c["within"] else "no",
+        )
     console.print(table)
     if deploy["latency"]:
         console.print(f"speed: {deploy['latency']}")
@@ -176,5 +227,8 @@ def _render_deploy(deploy: dict, console: Console) -> None:
             continue
         shown = list(q["float_nodes"].items())[:8]
         more = len(q["float_nodes"]) - len(shown)
-        console.print(f"{c['name']}: {len(q['float_nodes'])} node(s) left in float: "
-                      + "; ".join(f"{n} ({why})" for n, why in shown) + (f"; and {more} more (--json)" if more else ""))
+        console.print(
+            f"{c['name']}: {len(q['float_nodes'])} node(s) left in float: "
+            + "; ".join(f"{n} ({why})" for n, why in shown)
+            + (f"; and {more} more (--json)" if more else "")
+        )

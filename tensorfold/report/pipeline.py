@@ -16,8 +16,9 @@ class PipelineReport(Report):
             table.add_column(col, justify="left" if col in ("stage", "model") else "right")
         for s in self["stages"]:
             acc = f"{100 * s['test_accuracy']:.2f}%" if s.get("test_accuracy") is not None else "-"
-            table.add_row(s["stage"], s["model"], acc, f"{s['params']:,}", fmt_count(s["flops"]),
-                          f"{s['host_ms']:.3f} ms")
+            table.add_row(
+                s["stage"], s["model"], acc, f"{s['params']:,}", fmt_count(s["flops"]), f"{s['host_ms']:.3f} ms"
+            )
         console.print(table)
         for note in self.get("notes", []):
             console.print(f"note: {note}")

@@ -11,31 +11,51 @@ from tensorfold.report.base import Report, fmt_count, warn
 class ProfileReport(Report):
     def render(self, console: Console) -> None:
         where = f"predicted for {self['device']}" if self["device"] else f"measured on {self['provider']}"
-        console.print(f"[bold]{self['model']}[/]: {self['params']:,} params, {fmt_count(self['flops'])} FLOPs "
-                      f"(batch 1), {self['size_bytes']:,} bytes; latency {where}")
-        console.print("timed at input shapes " + ", ".join(f"{k} {v}" for k, v in self["input_shapes"].items())
-                      + f" (batch 1; from {self['shapes_from']})")
+        console.print(
+            f"[bold]{self['model']}[/]: {self['params']:,} params, {fmt_count(self['flops'])} FLOPs "
+            f"(batch 1), {self['size_bytes']:,} bytes; latency {where}"
+        )
+        console.print(
+            "timed at input shapes "
+            + ", ".join(f"{k} {v}" for k, v in self["input_shapes"].items())
+            + f" (batch 1; from {self['shapes_from']})"
+        )
         for warning in self["warnings"]:
             warn(warning)
         if "compare" in self:
             c = self["compare"]
-            console.print(f"vs {c['model']}: {c['params']:,} params, {fmt_count(c['flops'])} FLOPs, "
-                          f"{c['size_bytes']:,} bytes")
+            console.print(
+                f"vs {c['model']}: {c['params']:,} params, {fmt_count(c['flops'])} FLOPs, {c['size_bytes']:,} bytes"
+            )
         table = Table(title="latency (ms)", title_justify="left")
         for col in ("batch", "FLOPs", "min", "median", "p90", "other median", "speedup", "memory (pred.)"):
             table.add_column(col, justify="right")
         for batch, row in self["batches"].items():
             memory = f"{row['predicted_memory']['total_mb']:.1f} MiB" if row.get("predicted_memory") else ""
             if "predicted_ms" in row:
-                table.add_row(batch, fmt_count(row["flops"]), "", f"{row['predicted_ms']:.3f}", "",
-                              f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
-                              f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "", memory)
+                table.add_row(
+                    batch,
+                    fmt_count(row["flops"]),
+                    "",
+                    f"{row['predicted_ms']:.3f}",
+                    "",
+                    f"{row['compare_predicted_ms']:.3f}" if "compare_predicted_ms" in row else "",
+                    f"{row['predicted_speedup']:.2f}x" if "predicted_speedup" in row else "",
+                    memory,
+                )
                 continue
             lat = row["latency"]
             other = row.get("compare_latency")
-            table.add_row(batch, fmt_count(row["flops"]), f"{lat['min_ms']:.3f}", f"{lat['median_ms']:.3f}",
-                          f"{lat['p90_ms']:.3f}", f"{other['median_ms']:.3f}" if other else "",
-                          f"{row['speedup']:.2f}x" if other else "", memory)
+            table.add_row(
+                batch,
+                fmt_count(row["flops"]),
+                f"{lat['min_ms']:.3f}",
+                f"{lat['median_ms']:.3f}",
+                f"{lat['p90_ms']:.3f}",
+                f"{other['median_ms']:.3f}" if other else "",
+                f"{row['speedup']:.2f}x" if other else "",
+                memory,
+            )
         console.print(table)
         if self.get("ops"):
             self._render_profiler(console)
@@ -48,8 +68,9 @@ class ProfileReport(Report):
             console.print(graph)
 
     def _render_profiler(self, console: Console) -> None:
-        ops = Table(title=f"time by op type (onnxruntime profiler, batch {next(iter(self['batches']))})",
-                    title_justify="left")
+        ops = Table(
+            title=f"time by op type (onnxruntime profiler, batch {next(iter(self['batches']))})", title_justify="left"
+        )
         for col in ("op", "nodes", "ms", "share"):
             ops.add_column(col, justify="left" if col == "op" else "right")
         for r in self["ops"]:

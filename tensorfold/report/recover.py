@@ -17,8 +17,11 @@ class RecoverReport(Report):
             if key in self["val_before"] and key in self["val_after"]:
                 fmt = "{:.4f}" if key == "output_error" else "{:.2%}"
                 mark = " (selects)" if key == self.get("metric") else ""
-                table.add_row(f"validation {key.replace('_', ' ')}{mark}", fmt.format(self["val_before"][key]),
-                              fmt.format(self["val_after"][key]))
+                table.add_row(
+                    f"validation {key.replace('_', ' ')}{mark}",
+                    fmt.format(self["val_before"][key]),
+                    fmt.format(self["val_after"][key]),
+                )
         test = self["test_accuracy"]
         if test:
             table.add_row("test accuracy", f"{test['student_before']:.2%}", f"{test['student_after']:.2%}")
@@ -29,8 +32,12 @@ class RecoverReport(Report):
         if self.get("outputs"):
             console.print(f"outputs: {self['outputs']}")
         precision = (self.get("config") or {}).get("precision", "fp32")
-        console.print(f"{self['steps']} steps ({precision}) in {self['seconds']:.0f} s; {self['stop']}; "
-                      f"{self['features_matched']} layer outputs matched to the teacher's")
-        console.print(f"checkpoints {self['checkpoints']}, history {self['history']}"
-                      + (f", plot {self['plot']}" if self["plot"] else ""))
+        console.print(
+            f"{self['steps']} steps ({precision}) in {self['seconds']:.0f} s; {self['stop']}; "
+            f"{self['features_matched']} layer outputs matched to the teacher's"
+        )
+        console.print(
+            f"checkpoints {self['checkpoints']}, history {self['history']}"
+            + (f", plot {self['plot']}" if self["plot"] else "")
+        )
         console.print(f"wrote {self['output']}")

@@ -18,10 +18,13 @@ class VerifyReport(Report):
         for o in self["outputs"]:
             if o["kind"] == "float":
                 argmax = "" if o["argmax_agreement"] is None else f", argmax {o['argmax_agreement']:.2%} agree"
-                console.print(f"{o['name']}: relative error {o['relative_error']:.3e}, "
-                              f"max abs {o['max_abs_error']:.3e}{argmax}")
+                console.print(
+                    f"{o['name']}: relative error {o['relative_error']:.3e}, max abs {o['max_abs_error']:.3e}{argmax}"
+                )
             else:
                 console.print(f"{o['name']}: {o['agreement']:.2%} of elements equal")
             if o.get("shape_changes"):
-                console.print(f"  {o['name']}: its shape changed on {o['shape_changes']} call(s) (a decoder that "
-                              "stopped at another step): those calls count as wholly different")
+                console.print(
+                    f"  {o['name']}: its shape changed on {o['shape_changes']} call(s) (a decoder that "
+                    "stopped at another step): those calls count as wholly different"
+                )

@@ -20,8 +20,18 @@ from tensorfold.runtime.roofline import (
     predict_seconds,
 )
 
-__all__ = ["DEVICES", "Device", "NodeCost", "calibrate_host", "describe", "fit_roofline", "get_device", "learned_host",
-           "node_costs", "predict_seconds"]
+__all__ = [
+    "DEVICES",
+    "Device",
+    "NodeCost",
+    "calibrate_host",
+    "describe",
+    "fit_roofline",
+    "get_device",
+    "learned_host",
+    "node_costs",
+    "predict_seconds",
+]
 
 
 def get_device(name: str, provider: str = "cpu", threads: int = 0, progress: bool = True) -> Device:
@@ -40,6 +50,14 @@ def get_device(name: str, provider: str = "cpu", threads: int = 0, progress: boo
 def learned_host(provider: str = "cpu", threads: int = 0, progress: bool = True) -> Device:
     roofline = calibrate_host(provider, threads)
     kernels = learn_host(provider, threads, fallback=roofline, progress=progress)
-    return Device("host", roofline.peak_flops, roofline.bandwidth, roofline.overhead_s, None,
-                  f"learned from {len(kernels.samples)} sampled kernels through {provider} on {platform.node()}",
-                  kernels.call_s, kernels=kernels, key=f"host-k{VERSION}-{host_key(provider, threads)}")
+    return Device(
+        "host",
+        roofline.peak_flops,
+        roofline.bandwidth,
+        roofline.overhead_s,
+        None,
+        f"learned from {len(kernels.samples)} sampled kernels through {provider} on {platform.node()}",
+        kernels.call_s,
+        kernels=kernels,
+        key=f"host-k{VERSION}-{host_key(provider, threads)}",
+    )

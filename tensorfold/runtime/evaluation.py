@@ -10,9 +10,10 @@ import onnx
 from tensorfold.onnxrt.sessions import make_session
 
 
-def evaluate_onnx(model: str | Path | onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 500,
-                  threads: int = 0) -> float:
+def evaluate_onnx(
+    model: str | Path | onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 500, threads: int = 0
+) -> float:
     session = make_session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
     name = session.get_inputs()[0].name
-    pred = np.concatenate([session.run(None, {name: x[i:i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
+    pred = np.concatenate([session.run(None, {name: x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
     return float(np.mean(pred == y))

@@ -35,8 +35,8 @@ FAMILIES = ("conv", "matmul")
 # Kendall tau on ResNet-18's layers from 0.894 to 0.917 (PP-OCRv4 det: 0.916 to 0.925); from one
 # measurement to the next tau moves by about as much (docs/results/device-model-quality.md)
 SAMPLES = {"conv": 1800, "matmul": 100, "pair": 60}
-MAX_FLOPS = 1.5e9                         # keeps one sample under ~10 ms on a CPU
-VERSION = 5                               # of the sampler: a new sampler invalidates the cache
+MAX_FLOPS = 1.5e9  # keeps one sample under ~10 ms on a CPU
+VERSION = 5  # of the sampler: a new sampler invalidates the cache
 
 
 @dataclass
@@ -50,11 +50,23 @@ def conv_features(c: dict) -> list[float]:
     """What decides a conv's efficiency on a CPU: channels per group, kernel, stride, output area."""
     cin_g = c["cin"] // c["groups"]
     out_area = c["batch"] * c["hout"] * c["wout"]
-    return [math.log(conv_flops(c)), math.log(c["cin"]), math.log(c["cout"]), math.log(cin_g),
-            c["kh"], c["kw"], c["stride"], math.log(out_area), math.log(c["hin"] * c["win"]),
-            float(c["groups"] > 1 and c["groups"] == c["cin"]),
-            # onnxruntime's NCHWc convs block channels by 8 (AVX2) or 16 (AVX-512)
-            float(c["cin"] % 8 == 0), float(c["cout"] % 8 == 0), float(c["cin"] % 16 == 0), float(c["cout"] % 16 == 0)]
+    return [
+        math.log(conv_flops(c)),
+        math.log(c["cin"]),
+        math.log(c["cout"]),
+        math.log(cin_g),
+        c["kh"],
+        c["kw"],
+        c["stride"],
+        math.log(out_area),
+        math.log(c["hin"] * c["win"]),
+        float(c["groups"] > 1 and c["groups"] == c["cin"]),
+        # onnxruntime's NCHWc convs block channels by 8 (AVX2) or 16 (AVX-512)
+        float(c["cin"] % 8 == 0),
+        float(c["cout"] % 8 == 0),
+        float(c["cin"] % 16 == 0),
+        float(c["cout"] % 16 == 0),
+    ]
 
 
 def conv_flops(c: dict) -> float:
@@ -62,8 +74,11 @@ def conv_flops(c: dict) -> float:
 
 
 def conv_bytes(c: dict) -> float:
-    return 4.0 * (c["batch"] * c["cin"] * c["hin"] * c["win"] + c["batch"] * c["cout"] * c["hout"] * c["wout"]
-                  + c["cout"] * (c["cin"] // c["groups"]) * c["kh"] * c["kw"])
+    return 4.0 * (
+        c["batch"] * c["cin"] * c["hin"] * c["win"]
+        + c["batch"] * c["cout"] * c["hout"] * c["wout"]
+        + c["cout"] * (c["cin"] // c["groups"]) * c["kh"] * c["kw"]
+    )
 
 
 def conv_input_bytes(c: dict) -> float:
@@ -89,6 +104,7 @@ _BYTES = {"conv": conv_bytes, "matmul": matmul_bytes}
 
 # --- reading a node of a real graph ----------------------------------------------------------
 
+
 def node_config(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> tuple[str, dict] | None:
     """(family, config) of a node the kernel model covers, None for other nodes."""
     if node.op_type == "Conv":
@@ -96,9 +112,19 @@ def node_config(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> tuple[str
         if not (x and w and y) or len(x) != 4:
             return None
         strides = attr(node, "strides", [1, 1])
-        return "conv", {"batch": x[0], "cin": x[1], "hin": x[2], "win": x[3], "cout": y[1], "hout": y[2],
-                        "wout": y[3], "kh": w[2], "kw": w[3], "stride": max(strides),
-                        "groups": attr(node, "group", 1)}
+        return "conv", {
+            "batch": x[0],
+            "cin": x[1],
+            "hin": x[2],
+            "win": x[3],
+            "cout": y[1],
+            "hout": y[2],
+            "wout": y[3],
+            "kh": w[2],
+            "kw": w[3],
+            "stride": max(strides),
+            "groups": attr(node, "group", 1),
+        }
     if node.op_type in ("Gemm", "MatMul"):
         a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
         y = shapes.get(node.output[0])
@@ -111,19 +137,21 @@ def node_config(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> tuple[str
 
 # --- sampling --------------------------------------------------------------------------------
 
+
 def _log_int(rng, lo: int, hi: int) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
 def _channels(rng) -> int:
     c = _log_int(rng, 3, 1024)
-    return max(8, int(round(c / 8)) * 8) if rng.random() < 0.6 else c   # factor ranks are rounded to 8
+    return max(8, int(round(c / 8)) * 8) if rng.random() < 0.6 else c  # factor ranks are rounded to 8
 
 
 def sample_conv(rng) -> dict:
     while True:
         kh, kw = [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (1, 5), (5, 1)][
-            rng.choice(8, p=[0.4, 0.3, 0.08, 0.04, 0.045, 0.045, 0.045, 0.045])]
+            rng.choice(8, p=[0.4, 0.3, 0.08, 0.04, 0.045, 0.045, 0.045, 0.045])
+        ]
         stride = 2 if rng.random() < 0.25 else 1
         hin = _log_int(rng, 7, 320)
         win = hin if rng.random() < 0.8 else _log_int(rng, 7, 320)
@@ -133,16 +161,31 @@ def sample_conv(rng) -> dict:
             groups = cout = cin
         batch = 1 if rng.random() < 0.85 else int(rng.choice([2, 4, 8]))
         hout, wout = (hin + 2 * (kh // 2) - kh) // stride + 1, (win + 2 * (kw // 2) - kw) // stride + 1
-        c = {"batch": batch, "cin": cin, "hin": hin, "win": win, "cout": cout, "hout": hout, "wout": wout,
-             "kh": kh, "kw": kw, "stride": stride, "groups": groups}
+        c = {
+            "batch": batch,
+            "cin": cin,
+            "hin": hin,
+            "win": win,
+            "cout": cout,
+            "hout": hout,
+            "wout": wout,
+            "kh": kh,
+            "kw": kw,
+            "stride": stride,
+            "groups": groups,
+        }
         if conv_flops(c) <= MAX_FLOPS and conv_bytes(c) <= 96e6:
             return c
 
 
 def sample_matmul(rng) -> dict:
     while True:
-        c = {"m": _log_int(rng, 1, 4096), "k": _log_int(rng, 8, 4096), "n": _log_int(rng, 8, 4096),
-             "gemm": bool(rng.random() < 0.6)}
+        c = {
+            "m": _log_int(rng, 1, 4096),
+            "k": _log_int(rng, 8, 4096),
+            "n": _log_int(rng, 8, 4096),
+            "gemm": bool(rng.random() < 0.6),
+        }
         if matmul_flops(c) <= MAX_FLOPS and matmul_bytes(c) <= 96e6:
             return c
 
@@ -155,9 +198,17 @@ def _conv_nodes(configs: list[dict], rng) -> tuple[list, list]:
         b = rng.standard_normal(c["cout"]).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"W{j}"), numpy_helper.from_array(b, f"B{j}")]
         out = "y" if j == len(configs) - 1 else f"h{j}"
-        nodes.append(helper.make_node("Conv", [cur, f"W{j}", f"B{j}"], [out], kernel_shape=[c["kh"], c["kw"]],
-                                      strides=[c["stride"]] * 2, group=c["groups"],
-                                      pads=[c["kh"] // 2, c["kw"] // 2, c["kh"] // 2, c["kw"] // 2]))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [cur, f"W{j}", f"B{j}"],
+                [out],
+                kernel_shape=[c["kh"], c["kw"]],
+                strides=[c["stride"]] * 2,
+                group=c["groups"],
+                pads=[c["kh"] // 2, c["kw"] // 2, c["kh"] // 2, c["kw"] // 2],
+            )
+        )
         cur = out
     return nodes, inits
 
@@ -179,8 +230,13 @@ def kernel_model(family: str, c, rng) -> tuple[onnx.ModelProto, dict[str, np.nda
         else:
             nodes = [helper.make_node("MatMul", ["x", "W"], ["y"])]
         x_shape, y_shape = [c["m"], c["k"]], [c["m"], c["n"]]
-    graph = helper.make_graph(nodes, "kernel", [helper.make_tensor_value_info("x", f32, x_shape)],
-                              [helper.make_tensor_value_info("y", f32, y_shape)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "kernel",
+        [helper.make_tensor_value_info("x", f32, x_shape)],
+        [helper.make_tensor_value_info("y", f32, y_shape)],
+        inits,
+    )
     return make_model(graph, [helper.make_opsetid("", 17)]), {"x": rng.standard_normal(x_shape).astype(np.float32)}
 
 
@@ -188,8 +244,19 @@ def sample_pair(rng) -> dict:
     """A conv followed by a pointwise conv, the shape of every factor chain's joints."""
     while True:
         a = sample_conv(rng)
-        b = {"batch": a["batch"], "cin": a["cout"], "hin": a["hout"], "win": a["wout"], "cout": _channels(rng),
-             "hout": a["hout"], "wout": a["wout"], "kh": 1, "kw": 1, "stride": 1, "groups": 1}
+        b = {
+            "batch": a["batch"],
+            "cin": a["cout"],
+            "hin": a["hout"],
+            "win": a["wout"],
+            "cout": _channels(rng),
+            "hout": a["hout"],
+            "wout": a["wout"],
+            "kh": 1,
+            "kw": 1,
+            "stride": 1,
+            "groups": 1,
+        }
         if conv_flops(b) <= MAX_FLOPS and conv_bytes(b) <= 96e6:
             return {"a": a, "b": b}
 
@@ -197,14 +264,24 @@ def sample_pair(rng) -> dict:
 def _call_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The cheapest call: one Relu on 8 floats (what every model pays before its first node)."""
     f32 = TensorProto.FLOAT
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "call",
-                              [helper.make_tensor_value_info("x", f32, [1, 8])],
-                              [helper.make_tensor_value_info("y", f32, [1, 8])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "call",
+        [helper.make_tensor_value_info("x", f32, [1, 8])],
+        [helper.make_tensor_value_info("y", f32, [1, 8])],
+    )
     return make_model(graph, [helper.make_opsetid("", 17)]), {"x": np.zeros((1, 8), np.float32)}
 
 
-def collect_samples(provider: str = "cpu", threads: int = 0, counts: dict | None = None, seed: int = 0,
-                    chunk: int = 45, rounds: int = 15, progress: bool = False) -> tuple[list[Sample], float]:
+def collect_samples(
+    provider: str = "cpu",
+    threads: int = 0,
+    counts: dict | None = None,
+    seed: int = 0,
+    chunk: int = 45,
+    rounds: int = 15,
+    progress: bool = False,
+) -> tuple[list[Sample], float]:
     """Time sampled kernels, `chunk` at a time round-robin (with the one-Relu call model in every
     chunk); returns the samples and the call's fixed cost in seconds."""
     from tqdm import tqdm
@@ -219,7 +296,7 @@ def collect_samples(provider: str = "cpu", threads: int = 0, counts: dict | None
     samples, calls = [], []
     bar = tqdm(total=len(configs), desc="calibrating kernels", unit="kernel", disable=not progress, leave=False)
     for start in range(0, len(configs), chunk):
-        part = configs[start:start + chunk]
+        part = configs[start : start + chunk]
         models, slots = [_call_model()], []
         for fam, c in part:
             # a pair is timed as its two convs alone and together: the joint's saving is theirs less it
@@ -242,14 +319,15 @@ def collect_samples(provider: str = "cpu", threads: int = 0, counts: dict | None
 
 # --- the model -------------------------------------------------------------------------------
 
+
 @dataclass
 class KernelModel:
     samples: list[Sample]
-    call_s: float                              # the call's fixed cost
-    fallback: object                           # a Device (roofline) for nodes of other kinds
-    rooflines: dict = field(default_factory=dict)   # family -> (peak FLOP/s, bytes/s, per-node s)
+    call_s: float  # the call's fixed cost
+    fallback: object  # a Device (roofline) for nodes of other kinds
+    rooflines: dict = field(default_factory=dict)  # family -> (peak FLOP/s, bytes/s, per-node s)
     forests: dict = field(default_factory=dict)
-    joint: tuple = (0.0, 0.0)                  # saving per joint between two covered nodes: (s per byte, s)
+    joint: tuple = (0.0, 0.0)  # saving per joint between two covered nodes: (s per byte, s)
 
     def __post_init__(self):
         from scipy.optimize import least_squares, nnls
@@ -316,15 +394,24 @@ class KernelModel:
         nodes_s = sum(self.config_seconds(fam, cs).sum() for fam, cs in by_family.items())
         total = self.call_s + max(nodes_s - joints, 0.5 * nodes_s)
         if others:
-            total += sum(self.fallback.node_seconds(c.flops, c.bytes) for c in node_costs(model, input_shapes, shapes)
-                         if c.node in others)
+            total += sum(
+                self.fallback.node_seconds(c.flops, c.bytes)
+                for c in node_costs(model, input_shapes, shapes)
+                if c.node in others
+            )
         return float(total)
 
     # --- cache ---------------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        return json.dumps({"version": VERSION, "call_s": self.call_s, "created": time.strftime("%Y-%m-%d"),
-                           "samples": [[s.family, s.config, s.seconds] for s in self.samples]})
+        return json.dumps(
+            {
+                "version": VERSION,
+                "call_s": self.call_s,
+                "created": time.strftime("%Y-%m-%d"),
+                "samples": [[s.family, s.config, s.seconds] for s in self.samples],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str, fallback) -> KernelModel | None:
@@ -334,8 +421,9 @@ class KernelModel:
         return cls([Sample(f, c, t) for f, c, t in data["samples"]], data["call_s"], fallback)
 
 
-def learn_host(provider: str = "cpu", threads: int = 0, fallback=None, cache: bool = True,
-               progress: bool = False) -> KernelModel:
+def learn_host(
+    provider: str = "cpu", threads: int = 0, fallback=None, cache: bool = True, progress: bool = False
+) -> KernelModel:
     """The kernel model of this machine on this provider, from the cache or sampled now."""
     from tensorfold.paths import cache_dir
     from tensorfold.runtime.roofline import calibrate_host, host_key

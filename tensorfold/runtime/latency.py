@@ -38,8 +38,12 @@ class LatencyStats:
         return float(np.percentile(self.runs_ms, 90))
 
     def as_dict(self) -> dict:
-        return {"min_ms": round(self.min, 4), "median_ms": round(self.median, 4), "p90_ms": round(self.p90, 4),
-                "runs": len(self.runs_ms)}
+        return {
+            "min_ms": round(self.min, 4),
+            "median_ms": round(self.median, 4),
+            "p90_ms": round(self.p90, 4),
+            "runs": len(self.runs_ms),
+        }
 
 
 def with_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -60,8 +64,15 @@ def _timed(session, feeds) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
-            warmup: int = 5, runs: int = 30, optimization: str = "all") -> LatencyStats:
+def measure(
+    model: onnx.ModelProto | str,
+    feeds: dict[str, np.ndarray],
+    provider: str = "cpu",
+    threads: int = 0,
+    warmup: int = 5,
+    runs: int = 30,
+    optimization: str = "all",
+) -> LatencyStats:
     session = make_session(model, provider, threads, optimization)
     _run_checked(session, feeds)
     for _ in range(warmup):
@@ -69,9 +80,15 @@ def measure(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider
     return LatencyStats([_timed(session, feeds) for _ in range(runs)])
 
 
-def measure_interleaved(models: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]], provider: str = "cpu",
-                        threads: int = 0, warmup: int = 3, rounds: int = 25,
-                        spinning: bool = False, settle: int = 1) -> list[LatencyStats]:
+def measure_interleaved(
+    models: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]],
+    provider: str = "cpu",
+    threads: int = 0,
+    warmup: int = 3,
+    rounds: int = 25,
+    spinning: bool = False,
+    settle: int = 1,
+) -> list[LatencyStats]:
     """Time several models round-robin: each round visits every model, in alternating order, so a
     burst of load from other processes hits all of them alike instead of whichever model was being
     timed then. A visit runs the model `settle` times untimed, then once timed (the first run after
@@ -103,7 +120,7 @@ def measure_interleaved(models: list[tuple[onnx.ModelProto | str, dict[str, np.n
 class Comparison:
     a: LatencyStats
     b: LatencyStats
-    ratios: list[float]              # b / a per interleaved pair
+    ratios: list[float]  # b / a per interleaved pair
 
     @property
     def speedup(self) -> float:
@@ -111,13 +128,24 @@ class Comparison:
         return statistics.median(self.ratios)
 
     def as_dict(self) -> dict:
-        return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup_a_over_b": round(self.speedup, 4),
-                "ratio_p10": round(float(np.percentile(self.ratios, 10)), 4),
-                "ratio_p90": round(float(np.percentile(self.ratios, 90)), 4)}
+        return {
+            "a": self.a.as_dict(),
+            "b": self.b.as_dict(),
+            "speedup_a_over_b": round(self.speedup, 4),
+            "ratio_p10": round(float(np.percentile(self.ratios, 10)), 4),
+            "ratio_p90": round(float(np.percentile(self.ratios, 90)), 4),
+        }
 
 
-def compare(model_a, model_b, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0,
-            warmup: int = 5, runs: int = 30) -> Comparison:
+def compare(
+    model_a,
+    model_b,
+    feeds: dict[str, np.ndarray],
+    provider: str = "cpu",
+    threads: int = 0,
+    warmup: int = 5,
+    runs: int = 30,
+) -> Comparison:
     """Time a and b alternately (a, b, b, a, ...) so drift and noise cancel in the ratios: the
     round-robin of `measure_interleaved` without untimed visits.
 
@@ -135,8 +163,10 @@ def _run_checked(session, feeds) -> None:
     try:
         session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - one line for the user
-        raise TensorfoldError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]} "
-                              f"(fix dynamic dims with --shape NAME:D1,D2,...)") from None
+        raise TensorfoldError(
+            f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]} "
+            f"(fix dynamic dims with --shape NAME:D1,D2,...)"
+        ) from None
 
 
 @dataclass
@@ -147,8 +177,9 @@ class NodeTime:
     share: float
 
 
-def node_profile(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider: str = "cpu",
-                 threads: int = 0, runs: int = 10) -> list[NodeTime]:
+def node_profile(
+    model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], provider: str = "cpu", threads: int = 0, runs: int = 10
+) -> list[NodeTime]:
     """Per-node kernel time from onnxruntime's profiler (enable_profiling), mean over runs.
 
     Node names are onnxruntime's after its graph optimizations (fused nodes keep one name)."""

@@ -19,22 +19,27 @@ from tensorfold.runtime.roofline import Device, host_key, predict_seconds
 
 class LatencyModel(Protocol):
     predicted: ClassVar[bool]
-    key: str        # names its cached values: the provider, threads and host, or the device
-    label: str      # for reports: "cpu (measured)", "device rx580 (predicted)"
+    key: str  # names its cached values: the provider, threads and host, or the device
+    label: str  # for reports: "cpu (measured)", "device rx580 (predicted)"
 
-    def ms(self, model: onnx.ModelProto, shapes: dict[str, list[int]],
-           feeds: dict[str, np.ndarray] | None = None) -> float:
+    def ms(
+        self, model: onnx.ModelProto, shapes: dict[str, list[int]], feeds: dict[str, np.ndarray] | None = None
+    ) -> float:
         """One call at these input shapes (on `feeds` where a measurement should use them)."""
 
-    def speedup(self, candidate: onnx.ModelProto, base: onnx.ModelProto, shapes: dict[str, list[int]],
-                feeds: dict[str, np.ndarray] | None = None) -> float:
+    def speedup(
+        self,
+        candidate: onnx.ModelProto,
+        base: onnx.ModelProto,
+        shapes: dict[str, list[int]],
+        feeds: dict[str, np.ndarray] | None = None,
+    ) -> float:
         """How many times faster `candidate` is than `base`."""
 
     def call_ms(self) -> float:
         """The fixed cost of one inference call, whatever the model."""
 
-    def stats(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-              other: onnx.ModelProto | None = None) -> dict:
+    def stats(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], other: onnx.ModelProto | None = None) -> dict:
         """A profile row for one call on `feeds`: the latency statistics this model can give
         (measured: min/median/p90; predicted: the prediction) and, with `other`, its latency and
         the speedup of `model` over it (measured interleaved, so noise hits both alike)."""
@@ -66,8 +71,15 @@ class Measured:
 
     def ms(self, model, shapes, feeds=None) -> float:
         feeds = feeds if feeds is not None else _random_feeds(shapes)
-        return measure(model, feeds, self.provider, self.threads, warmup=self.warmup, runs=self.runs,
-                       optimization=self.optimization).median
+        return measure(
+            model,
+            feeds,
+            self.provider,
+            self.threads,
+            warmup=self.warmup,
+            runs=self.runs,
+            optimization=self.optimization,
+        ).median
 
     def speedup(self, candidate, base, shapes, feeds=None) -> float:
         """Interleaved runs of both (a busy host slows them alike): the median of per-round ratios."""
@@ -75,18 +87,28 @@ class Measured:
         return compare(candidate, base, feeds, self.provider, self.threads, warmup=5, runs=max(self.runs, 40)).speedup
 
     def call_ms(self) -> float:
-        graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call",
-                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
-                                  [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])])
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["input"], ["output"])],
+            "call",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])],
+        )
         return self.ms(make_model(graph, [helper.make_opsetid("", 17)]), {"input": [1]})
 
     def stats(self, model, feeds, other=None) -> dict:
         if other is None:
-            return {"latency": measure(model, feeds, self.provider, self.threads, self.warmup, self.runs,
-                                       self.optimization).as_dict()}
+            return {
+                "latency": measure(
+                    model, feeds, self.provider, self.threads, self.warmup, self.runs, self.optimization
+                ).as_dict()
+            }
         cmp = compare(model, other, feeds, self.provider, self.threads, self.warmup, self.runs)
-        return {"latency": cmp.a.as_dict(), "compare_latency": cmp.b.as_dict(), "speedup": round(cmp.speedup, 4),
-                "speedup_p10_p90": [round(float(np.percentile(cmp.ratios, q)), 4) for q in (10, 90)]}
+        return {
+            "latency": cmp.a.as_dict(),
+            "compare_latency": cmp.b.as_dict(),
+            "speedup": round(cmp.speedup, 4),
+            "speedup_p10_p90": [round(float(np.percentile(cmp.ratios, q)), 4) for q in (10, 90)],
+        }
 
 
 @dataclass
@@ -122,8 +144,15 @@ class Predicted:
         return row
 
 
-def latency_model(provider: str = "cpu", threads: int = 0, device: str | Device | None = None, runs: int = 25,
-                  progress: bool = True, warmup: int = 3, optimization: str = "all") -> LatencyModel:
+def latency_model(
+    provider: str = "cpu",
+    threads: int = 0,
+    device: str | Device | None = None,
+    runs: int = 25,
+    progress: bool = True,
+    warmup: int = 3,
+    optimization: str = "all",
+) -> LatencyModel:
     """Predicted for `device` (a name or a Device) when given, else measured on `provider`."""
     if device is None or device == "":
         return Measured(provider, threads, runs, warmup, optimization)

@@ -19,9 +19,9 @@ from tensorfold.graph.shapes import concrete_shapes
 @dataclass(frozen=True)
 class MemoryEstimate:
     weights_bytes: int
-    activations_bytes: int       # the largest live set of inputs and intermediate values
-    workspace_bytes: int         # the scratch buffer of the node at that point
-    peak_node: str               # where the peak falls
+    activations_bytes: int  # the largest live set of inputs and intermediate values
+    workspace_bytes: int  # the scratch buffer of the node at that point
+    peak_node: str  # where the peak falls
 
     @property
     def total_bytes(self) -> int:
@@ -29,9 +29,13 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         mb = 1 << 20
-        return {"total_mb": round(self.total_bytes / mb, 2), "weights_mb": round(self.weights_bytes / mb, 2),
-                "activations_mb": round(self.activations_bytes / mb, 2),
-                "workspace_mb": round(self.workspace_bytes / mb, 2), "peak_node": self.peak_node}
+        return {
+            "total_mb": round(self.total_bytes / mb, 2),
+            "weights_mb": round(self.weights_bytes / mb, 2),
+            "activations_mb": round(self.activations_bytes / mb, 2),
+            "workspace_mb": round(self.workspace_bytes / mb, 2),
+            "peak_node": self.peak_node,
+        }
 
 
 def _itemsize(elem_type: int) -> int:
@@ -51,7 +55,7 @@ def _workspace(node: onnx.NodeProto, shapes: dict[str, list[int]], itemsize: int
         return 0
     strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1] * (len(w) - 2))
     if all(k == 1 for k in w[2:]) and all(s == 1 for s in strides):
-        return 0                     # a pointwise conv is a plain matmul on the input
+        return 0  # a pointwise conv is a plain matmul on the input
     return int(w[1] * np.prod(w[2:]) * np.prod(out[2:])) * itemsize
 
 
@@ -59,8 +63,9 @@ def predict_memory(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -
     """The peak of weights + live activations + the current node's workspace over one call."""
     shapes = concrete_shapes(model, input_shapes)
     weights = {t.name for t in model.graph.initializer}
-    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output,
-                                                            *model.graph.value_info]}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    }
     weights_bytes = sum(int(np.prod(t.dims)) * _itemsize(t.data_type) for t in model.graph.initializer)
 
     def size(name: str) -> int:
@@ -117,8 +122,9 @@ def measured_peak_bytes(model_path, feeds: dict[str, np.ndarray]) -> int | None:
 
     with tempfile.NamedTemporaryFile(suffix=".npz") as fh:
         np.savez(fh.name, **feeds)
-        done = subprocess.run([sys.executable, "-c", _MEASURE, str(model_path), fh.name], capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(model_path), fh.name], capture_output=True, text=True
+        )
     try:
         return int(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -28,12 +28,17 @@ def layer_signature(layer: Layer) -> str:
 
 def write_config(path: Path, plan: Plan, layers: dict[str, Layer], *, model: str, values: dict, source: dict) -> Path:
     doc = {
-        "kind": KIND, "tensorfold": __version__,
+        "kind": KIND,
+        "tensorfold": __version__,
         "model": {"file": Path(model).name, "layers": {name: layer_signature(layers[name]) for name in plan}},
-        "objectives": values, "source": source, "layers": encode_plan(plan),
+        "objectives": values,
+        "source": source,
+        "layers": encode_plan(plan),
     }
-    header = (f"# tensorfold rank configuration; replay with:\n"
-              f"#   tensorfold optimize {Path(model).name} -o OUT.onnx --config {Path(path).name}\n")
+    header = (
+        f"# tensorfold rank configuration; replay with:\n"
+        f"#   tensorfold optimize {Path(model).name} -o OUT.onnx --config {Path(path).name}\n"
+    )
     return write_text_atomic(path, header + yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -52,11 +57,15 @@ def read_config(path: str | os.PathLike, layers: dict[str, Layer]) -> Plan:
     recorded = (doc.get("model") or {}).get("layers") or {}
     for name in plan:
         if name not in layers:
-            raise TensorfoldError(f"--config {path} was made for another model ({(doc.get('model') or {}).get('file')}): "
-                                  f"this model has no factorizable layer '{name}'")
+            raise TensorfoldError(
+                f"--config {path} was made for another model ({(doc.get('model') or {}).get('file')}): "
+                f"this model has no factorizable layer '{name}'"
+            )
         here = layer_signature(layers[name])
         if recorded.get(name) not in (None, here):
-            raise TensorfoldError(f"--config {path} was made for another model: layer '{name}' is {here} here, "
-                                  f"{recorded[name]} in the config")
+            raise TensorfoldError(
+                f"--config {path} was made for another model: layer '{name}' is {here} here, "
+                f"{recorded[name]} in the config"
+            )
         check_choice(layers[name], plan[name], f"--config {path}")
     return plan

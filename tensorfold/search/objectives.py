@@ -23,19 +23,27 @@ from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import compare_outputs
 from tensorfold.onnxrt.sessions import make_session
 
-DIRECTIONS = {"params": "minimize", "flops": "minimize", "latency": "minimize", "memory": "minimize",
-              "error": "minimize", "accuracy": "maximize"}
+DIRECTIONS = {
+    "params": "minimize",
+    "flops": "minimize",
+    "latency": "minimize",
+    "memory": "minimize",
+    "error": "minimize",
+    "accuracy": "maximize",
+}
 
 
-def parse_names(text: str | tuple | list, allowed, what: str, context: str = "", unique: bool = True
-                ) -> tuple[str, ...]:
+def parse_names(
+    text: str | tuple | list, allowed, what: str, context: str = "", unique: bool = True
+) -> tuple[str, ...]:
     """'a,b' (or a sequence) -> names, each one of `allowed`: one-line errors for unknown, none, or
     (unique) repeated names; without `unique` a repeat is dropped."""
     names = [o.strip() for o in (text.split(",") if isinstance(text, str) else text) if o.strip()]
     bad = [o for o in names if o not in allowed]
     if bad or not names:
-        raise TensorfoldError(f"unknown {what}(s) {', '.join(bad) or '(none given)'}{context} "
-                              f"(choose from {', '.join(allowed)})")
+        raise TensorfoldError(
+            f"unknown {what}(s) {', '.join(bad) or '(none given)'}{context} (choose from {', '.join(allowed)})"
+        )
     if unique and len(set(names)) != len(names):
         raise TensorfoldError(f"an {what} is named twice in '{','.join(names)}'")
     return tuple(dict.fromkeys(names))
@@ -48,10 +56,22 @@ def parse_objectives(text: str | tuple | list) -> tuple[str, ...]:
 class Evaluator:
     """Measures a candidate model on the objectives asked, against the original it came from."""
 
-    def __init__(self, original: onnx.ModelProto, input_shapes: dict, feeds: dict[str, np.ndarray], *,
-                 provider: str = "cpu", device: str | None = None, threads: int = 0, latency_runs: int = 20,
-                 data: str | None = None, recover_steps: int = 100, val_size: int = 2000, train_size: int = 20000,
-                 seed: int = 0):
+    def __init__(
+        self,
+        original: onnx.ModelProto,
+        input_shapes: dict,
+        feeds: dict[str, np.ndarray],
+        *,
+        provider: str = "cpu",
+        device: str | None = None,
+        threads: int = 0,
+        latency_runs: int = 20,
+        data: str | None = None,
+        recover_steps: int = 100,
+        val_size: int = 2000,
+        train_size: int = 20000,
+        seed: int = 0,
+    ):
         self.original, self.input_shapes, self.feeds = original, input_shapes, feeds
         self.provider, self.threads, self.latency_runs = provider, threads, latency_runs
         self.recover_steps, self.seed = recover_steps, seed
@@ -64,8 +84,7 @@ class Evaluator:
         self._split_sizes = (val_size, train_size)
 
     def describe(self) -> dict:
-        return {"latency": self.latency_model.label,
-                "data": self.data, "recover_steps": self.recover_steps}
+        return {"latency": self.latency_model.label, "data": self.data, "recover_steps": self.recover_steps}
 
     def __call__(self, model: onnx.ModelProto, names) -> dict[str, float]:
         out = {}
@@ -135,7 +154,7 @@ class Evaluator:
             order = np.random.default_rng(self.seed).permutation(len(x))
             val_n, train_n = self._split_sizes
             val_n = min(val_n, len(x) // 5)
-            val, train_idx = order[:val_n], order[val_n:val_n + train_n]
+            val, train_idx = order[:val_n], order[val_n : val_n + train_n]
             self._split = (x[train_idx], y[train_idx], x[val], y[val])
         return self._split
 

@@ -70,7 +70,7 @@ def hypervolume(points: list[list[float]], reference: list[float]) -> float:
     for i, p in enumerate(pts):
         upper = pts[i + 1][0] if i + 1 < len(pts) else reference[0]
         if upper > p[0]:
-            total += (upper - p[0]) * hypervolume([q[1:] for q in pts[:i + 1]], reference[1:])
+            total += (upper - p[0]) * hypervolume([q[1:] for q in pts[: i + 1]], reference[1:])
     return total
 
 
@@ -93,7 +93,7 @@ def plot_front(trials, objectives, path: Path, baseline: dict | None = None, tit
     pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))] or [(0, 0)]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
-        if i == j:   # one objective: value by trial number
+        if i == j:  # one objective: value by trial number
             ax.plot([t.number for t in done], [t.values[0] for t in done], ".", color="0.6")
             ax.set_xlabel("trial")
             ax.set_ylabel(objectives[0])
@@ -102,16 +102,29 @@ def plot_front(trials, objectives, path: Path, baseline: dict | None = None, tit
         bad = [t for t in done if not feasible(t)]
         ax.scatter([t.values[i] for t in ok], [t.values[j] for t in ok], s=12, color="0.65", label="trials")
         if bad:
-            ax.scatter([t.values[i] for t in bad], [t.values[j] for t in bad], s=14, marker="x", color="0.8",
-                       label="infeasible")
+            ax.scatter(
+                [t.values[i] for t in bad],
+                [t.values[j] for t in bad],
+                s=14,
+                marker="x",
+                color="0.8",
+                label="infeasible",
+            )
         fx = [t.values[i] for t in best]
         fy = [t.values[j] for t in best]
         ax.scatter(fx, fy, s=30, color="tab:red", label="Pareto front", zorder=3)
         for k, (x, y) in enumerate(zip(fx, fy), start=1):
             ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         if baseline and objectives[i] in baseline and objectives[j] in baseline:
-            ax.scatter([baseline[objectives[i]]], [baseline[objectives[j]]], marker="*", s=90, color="tab:blue",
-                       label="original", zorder=3)
+            ax.scatter(
+                [baseline[objectives[i]]],
+                [baseline[objectives[j]]],
+                marker="*",
+                s=90,
+                color="tab:blue",
+                label="original",
+                zorder=3,
+            )
         ax.set_xlabel(objectives[i])
         ax.set_ylabel(objectives[j])
         if objectives[i] in ("params", "flops"):

@@ -45,8 +45,9 @@ class TrialFailed(Exception):
     """A trial that could not be measured; Optuna records it as failed and the search goes on."""
 
 
-def make_sampler(name: str, n_objectives: int, seed: int | None, n_trials: int, constraints: bool,
-                 population: int | None = None):
+def make_sampler(
+    name: str, n_objectives: int, seed: int | None, n_trials: int, constraints: bool, population: int | None = None
+):
     if name not in SAMPLERS:
         raise TensorfoldError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
     if name == "auto":
@@ -103,8 +104,11 @@ class RankSearchOptions:
             put(name, tuple(getattr(self, name)))
         if self.n_trials < 1:
             raise TensorfoldError(f"--n-trials must be >= 1 (got {self.n_trials})")
-        for flag, v in (("--max-error", self.max_error), ("--target-latency", self.target_latency),
-                        ("--max-memory-mb", self.max_memory_mb)):
+        for flag, v in (
+            ("--max-error", self.max_error),
+            ("--target-latency", self.target_latency),
+            ("--max-memory-mb", self.max_memory_mb),
+        ):
             if v is not None and not v > 0:
                 raise TensorfoldError(f"{flag} must be > 0 (got {v})")
         if self.sampler not in SAMPLERS:
@@ -124,8 +128,10 @@ def search_ranks(model_path: str | os.PathLike, options: RankSearchOptions | Non
         except Exception:
             # a storage file this run created and then failed on (a full disk) is not left behind
             if new_study_file:
-                for leftover in (study_file, *(study_file.with_name(study_file.name + s) for s in ("-journal", "-wal",
-                                                                                                  "-shm", ".lock"))):
+                for leftover in (
+                    study_file,
+                    *(study_file.with_name(study_file.name + s) for s in ("-journal", "-wal", "-shm", ".lock")),
+                ):
                     with contextlib.suppress(OSError):
                         leftover.unlink()
             raise
@@ -141,23 +147,47 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     feeds, feeds_label, input_shapes = feeds_for(original, shape_map, opts.inputs, opts.seed)
     model, _ = normalize(original)
     rank_space = RankSpace(model, opts.methods, opts.space, tuple(opts.include), tuple(opts.exclude), opts.progress)
-    evaluator = Evaluator(rank_space.model, input_shapes, feeds, provider=opts.provider, device=opts.device, threads=opts.threads,
-                          latency_runs=opts.latency_runs, data=opts.data, recover_steps=opts.recover_steps, seed=opts.seed)
+    evaluator = Evaluator(
+        rank_space.model,
+        input_shapes,
+        feeds,
+        provider=opts.provider,
+        device=opts.device,
+        threads=opts.threads,
+        latency_runs=opts.latency_runs,
+        data=opts.data,
+        recover_steps=opts.recover_steps,
+        seed=opts.seed,
+    )
     # what the trials are measured on: error is needed for --max-error even when not an objective
-    measured = list(opts.objectives) + [o for o, v in (("error", opts.max_error), ("latency", opts.target_latency),
-                                                       ("memory", opts.max_memory_mb))
-                                   if v is not None and o not in opts.objectives]
-    constraints = {"max_error": opts.max_error, "target_latency_ms": opts.target_latency,
-                   "max_memory_mb": opts.max_memory_mb}
-    meta = {"objectives": list(opts.objectives), "model": {"file": Path(model_path).name,
-                                                      "fingerprint": rank_space.fingerprint},
-            "space": rank_space.describe(), "constraints": constraints,
-            "evaluation": {**evaluator.describe(), "inputs": feeds_label}}
+    measured = list(opts.objectives) + [
+        o
+        for o, v in (("error", opts.max_error), ("latency", opts.target_latency), ("memory", opts.max_memory_mb))
+        if v is not None and o not in opts.objectives
+    ]
+    constraints = {
+        "max_error": opts.max_error,
+        "target_latency_ms": opts.target_latency,
+        "max_memory_mb": opts.max_memory_mb,
+    }
+    meta = {
+        "objectives": list(opts.objectives),
+        "model": {"file": Path(model_path).name, "fingerprint": rank_space.fingerprint},
+        "space": rank_space.describe(),
+        "constraints": constraints,
+        "evaluation": {**evaluator.describe(), "inputs": feeds_label},
+    }
     shared = bool(opts.storage) and not str(opts.storage).startswith("sqlite:///:memory:")
     # workers sharing a study must not draw the same proposals: mix the process into the seed
     sampler_seed = opts.seed if not shared else opts.seed * 100003 + os.getpid()
-    opt_sampler = make_sampler(opts.sampler, len(opts.objectives), sampler_seed, opts.n_trials, opts.max_error is not None
-                               or opts.target_latency is not None or opts.max_memory_mb is not None, opts.population)
+    opt_sampler = make_sampler(
+        opts.sampler,
+        len(opts.objectives),
+        sampler_seed,
+        opts.n_trials,
+        opts.max_error is not None or opts.target_latency is not None or opts.max_memory_mb is not None,
+        opts.population,
+    )
     name = opts.study or f"{Path(model_path).stem}-{'-'.join(opts.objectives)}"
     storage = open_storage(opts.storage)
     the_study = open_study(storage, name, [DIRECTIONS[o] for o in opts.objectives], meta, opt_sampler)
@@ -165,14 +195,14 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     baseline = the_study.user_attrs.get("tensorfold.baseline")
     if baseline is None:
         baseline = evaluator.baseline(measured)
-        if "params" in baseline:      # the input as the user gave it, not after folding BatchNorms
+        if "params" in baseline:  # the input as the user gave it, not after folding BatchNorms
             baseline["params"] = float(count_params(original))
         the_study.set_user_attr("tensorfold.baseline", baseline)
     if not the_study.trials and rank_space.mode == "per-layer":
         # the input itself is the first trial: the front always holds a point no worse than the input
         the_study.enqueue_trial(rank_space.keep_all_params())
 
-    own = set()                 # this process's trials: workers sharing the study add theirs meanwhile
+    own = set()  # this process's trials: workers sharing the study add theirs meanwhile
 
     def objective(trial):
         own.add(trial.number)
@@ -203,8 +233,14 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
 
     interrupted = False
     try:
-        the_study.optimize(objective, n_trials=opts.n_trials, timeout=opts.timeout, catch=(TrialFailed,),
-                           show_progress_bar=opts.progress and opts.n_trials > 1, gc_after_trial=False)
+        the_study.optimize(
+            objective,
+            n_trials=opts.n_trials,
+            timeout=opts.timeout,
+            catch=(TrialFailed,),
+            show_progress_bar=opts.progress and opts.n_trials > 1,
+            gc_after_trial=False,
+        )
     except KeyboardInterrupt:
         interrupted = True
     except Exception:
@@ -214,28 +250,68 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
         raise
     trials = the_study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in own]
-    with guard_inputs(storage_file(opts.storage)), (out.writing() if out else contextlib.nullcontext()):
-        report = _report(the_study, name, opts.storage, trials, mine, opts.objectives, baseline, rank_space, evaluator,
-                         original, feeds, feeds_label, out, opts.save_models, model_path, time.perf_counter() - start)
+    with guard_inputs(storage_file(opts.storage)), out.writing() if out else contextlib.nullcontext():
+        report = _report(
+            the_study,
+            name,
+            opts.storage,
+            trials,
+            mine,
+            opts.objectives,
+            baseline,
+            rank_space,
+            evaluator,
+            original,
+            feeds,
+            feeds_label,
+            out,
+            opts.save_models,
+            model_path,
+            time.perf_counter() - start,
+        )
     report["interrupted"] = interrupted
     return report
 
 
-def _report(study, name, storage, trials, mine, objectives, baseline, rank_space, evaluator, original, feeds,
-            feeds_label, out, save_models, model_path, seconds) -> dict:
+def _report(
+    study,
+    name,
+    storage,
+    trials,
+    mine,
+    objectives,
+    baseline,
+    rank_space,
+    evaluator,
+    original,
+    feeds,
+    feeds_label,
+    out,
+    save_models,
+    model_path,
+    seconds,
+) -> dict:
     failed = [t for t in trials if t.state.name == "FAIL"]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine
-                 if t.datetime_complete and t.datetime_start and t.state.name == "COMPLETE"]
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in mine
+        if t.datetime_complete and t.datetime_start and t.state.name == "COMPLETE"
+    ]
     points = []
     layers = {o.name: o.layer for o in rank_space.layers}
     for k, t in enumerate(front(trials, objectives), start=1):
         plan = decode_plan(t.user_attrs["plan"], f"trial {t.number}")
-        point = {"point": k, "trial": t.number, "values": dict(zip(objectives, t.values)),
-                 "layers_rewritten": t.user_attrs.get("layers_rewritten"), "plan": t.user_attrs["plan"]}
+        point = {
+            "point": k,
+            "trial": t.number,
+            "values": dict(zip(objectives, t.values)),
+            "layers_rewritten": t.user_attrs.get("layers_rewritten"),
+            "plan": t.user_attrs["plan"],
+        }
         # re-verify: rebuild from the plan, onnx.checker, run beside the original
         try:
-            result = rank_space.assemble(plan)      # the trial's decompositions, from the space's cache
+            result = rank_space.assemble(plan)  # the trial's decompositions, from the space's cache
             check = verify_models(original, result.model, feeds, feeds_label)
             point["verified"] = True
             point["max_relative_error"] = check.max_relative_error
@@ -248,34 +324,56 @@ def _report(study, name, storage, trials, mine, objectives, baseline, rank_space
             result = None
         if out is not None:
             values = {o: _round(v) for o, v in point["values"].items()}
-            write_config(out.file(f"point-{k}.yaml"), plan, layers, model=str(model_path),
-                                               values=values, source={"study": name, "trial": t.number,
-                                                                      "storage": redact(storage) if storage else
-                                                                      "memory"})
+            write_config(
+                out.file(f"point-{k}.yaml"),
+                plan,
+                layers,
+                model=str(model_path),
+                values=values,
+                source={"study": name, "trial": t.number, "storage": redact(storage) if storage else "memory"},
+            )
             point["config"] = str(out.path / f"point-{k}.yaml")
             if save_models and result is not None:
                 save_model(result.model, out.file(f"point-{k}.onnx"))
                 point["model"] = str(out.path / f"point-{k}.onnx")
         points.append(point)
     report = {
-        "model": str(model_path), "study": name, "storage": redact(storage) if storage else "memory",
-        "objectives": list(objectives), "directions": [DIRECTIONS[o] for o in objectives],
-        "space": rank_space.describe(), "evaluation": evaluator.describe(), "baseline": baseline,
-        "trials": {"total": len(trials), "this_run": len(mine), "complete": len(complete), "failed": len(failed),
-                   "infeasible": sum(1 for t in complete if not feasible(t))},
-        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")}
-                     for t in failed][:20],
-        "seconds_per_trial": {"median": float(np.median(durations)) if durations else None,
-                              "mean": float(np.mean(durations)) if durations else None},
+        "model": str(model_path),
+        "study": name,
+        "storage": redact(storage) if storage else "memory",
+        "objectives": list(objectives),
+        "directions": [DIRECTIONS[o] for o in objectives],
+        "space": rank_space.describe(),
+        "evaluation": evaluator.describe(),
+        "baseline": baseline,
+        "trials": {
+            "total": len(trials),
+            "this_run": len(mine),
+            "complete": len(complete),
+            "failed": len(failed),
+            "infeasible": sum(1 for t in complete if not feasible(t)),
+        },
+        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed][:20],
+        "seconds_per_trial": {
+            "median": float(np.median(durations)) if durations else None,
+            "mean": float(np.mean(durations)) if durations else None,
+        },
         "hypervolume": front_hypervolume(trials, objectives, baseline) if complete else 0.0,
-        "front": points, "inputs": feeds_label, "seconds": round(seconds, 1),
+        "front": points,
+        "inputs": feeds_label,
+        "seconds": round(seconds, 1),
     }
     if out is not None:
-        plot = plot_front(trials, objectives, out.file("front.png"), baseline,
-                          f"{Path(model_path).name}: study {name}, {len(complete)} trials")
+        plot = plot_front(
+            trials,
+            objectives,
+            out.file("front.png"),
+            baseline,
+            f"{Path(model_path).name}: study {name}, {len(complete)} trials",
+        )
         report["plot"] = str(out.path / "front.png") if plot else None
         write_json_atomic(out.file("front.json"), report)
-        out.commit(stale=("point-*",))   # an earlier run's other points would read as this run's front
+        out.commit(stale=("point-*",))  # an earlier run's other points would read as this run's front
     return report
 
 

@@ -36,7 +36,6 @@ OFFSET_LAYERS = 8
 OFFSET_STEPS = 3
 
 
-
 @dataclass
 class LayerOptions:
     layer: Layer
@@ -67,8 +66,15 @@ def fingerprint(layers: list[Layer]) -> str:
 
 
 class RankSpace:
-    def __init__(self, model: onnx.ModelProto, methods: tuple[str, ...] = ("svd", "tucker"), mode: str = "auto",
-                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), progress: bool = True):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        methods: tuple[str, ...] = ("svd", "tucker"),
+        mode: str = "auto",
+        include: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        progress: bool = True,
+    ):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         ensure_node_names(self.model)
@@ -92,8 +98,10 @@ class RankSpace:
             if opts.by_method:
                 self.layers.append(opts)
         if not self.layers:
-            raise TensorfoldError(f"no layer of this model can be factorized by {', '.join(self.methods)} "
-                                  f"into fewer parameters; nothing to search")
+            raise TensorfoldError(
+                f"no layer of this model can be factorized by {', '.join(self.methods)} "
+                f"into fewer parameters; nothing to search"
+            )
         if mode not in ("auto", "per-layer", "global"):
             raise TensorfoldError(f"unknown search space '{mode}' (choose auto, per-layer or global)")
         self.mode = mode if mode != "auto" else ("per-layer" if len(self.layers) <= PER_LAYER_MAX else "global")
@@ -101,8 +109,12 @@ class RankSpace:
         self.fingerprint = fingerprint([o.layer for o in self.layers])
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "methods": list(self.methods), "layers": len(self.layers),
-                "fingerprint": self.fingerprint}
+        return {
+            "mode": self.mode,
+            "methods": list(self.methods),
+            "layers": len(self.layers),
+            "fingerprint": self.fingerprint,
+        }
 
     # --- sampling ------------------------------------------------------------------------------
 
@@ -143,8 +155,10 @@ class RankSpace:
         method = trial.suggest_categorical("method", methods) if len(methods) > 1 else methods[0]
         ratio = trial.suggest_float("ratio", 1.05, max(1.1, self.max_ratio(method)), log=True)
         ladders = [self._ladder(o, method) for o in self.layers]
-        options = [[Option(o.layer.params, 0.0)] + [Option(c.params, c.error2) for c in lad[1:]]
-                   for o, lad in zip(self.layers, ladders)]
+        options = [
+            [Option(o.layer.params, 0.0)] + [Option(c.params, c.error2) for c in lad[1:]]
+            for o, lad in zip(self.layers, ladders)
+        ]
         picked = allocate_budget(options, int(self.total_params / ratio))
         largest = sorted(range(len(self.layers)), key=lambda i: -self.layers[i].layer.params)[:OFFSET_LAYERS]
         for i in largest:
@@ -173,8 +187,7 @@ class RankSpace:
 
 def encode_plan(plan: Plan) -> dict:
     """JSON/YAML form: node -> {method, ranks} or "keep"."""
-    return {name: "keep" if v is None else {"method": v.method, "ranks": list(v.ranks)}
-            for name, v in plan.items()}
+    return {name: "keep" if v is None else {"method": v.method, "ranks": list(v.ranks)} for name, v in plan.items()}
 
 
 def decode_plan(data: dict, source: str = "plan") -> Plan:
@@ -184,10 +197,16 @@ def decode_plan(data: dict, source: str = "plan") -> Plan:
     for name, v in data.items():
         if v == "keep" or v is None:
             plan[name] = None
-        elif isinstance(v, dict) and v.get("method") in PLANNABLE and isinstance(v.get("ranks"), list) \
-                and all(isinstance(r, int) and r >= 1 for r in v["ranks"]):
+        elif (
+            isinstance(v, dict)
+            and v.get("method") in PLANNABLE
+            and isinstance(v.get("ranks"), list)
+            and all(isinstance(r, int) and r >= 1 for r in v["ranks"])
+        ):
             plan[name] = Choice(v["method"], v["ranks"])
         else:
-            raise TensorfoldError(f"{source}: layer '{name}' needs 'keep' or {{method: {'|'.join(PLANNABLE)}, "
-                                  f"ranks: [positive integers]}} (got {v!r})")
+            raise TensorfoldError(
+                f"{source}: layer '{name}' needs 'keep' or {{method: {'|'.join(PLANNABLE)}, "
+                f"ranks: [positive integers]}} (got {v!r})"
+            )
     return plan

@@ -34,9 +34,9 @@ def redact(url: str) -> str:
 def storage_file(url: str | None) -> Path | None:
     """The local file a storage URL writes to (sqlite:///FILE, journal:FILE), if any."""
     if url and url.startswith("journal:"):
-        return Path(url[len("journal:"):]).expanduser()
+        return Path(url[len("journal:") :]).expanduser()
     if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///"):]).expanduser()
+        return Path(url[len("sqlite:///") :]).expanduser()
     return None
 
 
@@ -56,12 +56,16 @@ def check_journal(path: Path, url: str) -> None:
                 if not isinstance(record, dict) or "op_code" not in record:
                     raise ValueError("not a journal record")
             except ValueError:
-                if number == len(lines) and line.startswith(b'{"op_code"'):   # no newline after it: cut short
-                    raise TensorfoldError(f"--storage {url}: line {number} is cut short (a worker stopped while "
-                                          f"writing it); repair with `truncate -s {offset} {path}` (drops that "
-                                          "line only) and run again") from None
-                raise TensorfoldError(f"--storage {url}: line {number} is not an Optuna journal record; a corrupt "
-                                      "or foreign file, give another one") from None
+                if number == len(lines) and line.startswith(b'{"op_code"'):  # no newline after it: cut short
+                    raise TensorfoldError(
+                        f"--storage {url}: line {number} is cut short (a worker stopped while "
+                        f"writing it); repair with `truncate -s {offset} {path}` (drops that "
+                        "line only) and run again"
+                    ) from None
+                raise TensorfoldError(
+                    f"--storage {url}: line {number} is not an Optuna journal record; a corrupt "
+                    "or foreign file, give another one"
+                ) from None
         offset += len(line) + 1
 
 
@@ -109,7 +113,7 @@ class _Journal(JournalFileBackend):
                 with contextlib.suppress(OSError):
                     os.truncate(self._journal_path, size)
                 exc.filename = exc.filename or self._journal_path
-                self.failure = exc      # optuna turns it into "AssertionError: Should not reach."
+                self.failure = exc  # optuna turns it into "AssertionError: Should not reach."
                 raise
         finally:
             self._guard.release()
@@ -137,7 +141,7 @@ def open_storage(url: str | None):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalStorage
 
-        path = Path(url[len("journal:"):]).expanduser()
+        path = Path(url[len("journal:") :]).expanduser()
         if not path.name or not path.parent.is_dir():
             raise TensorfoldError(f"--storage {url}: folder {path.parent} does not exist")
         check_journal(path, url)
@@ -147,18 +151,22 @@ def open_storage(url: str | None):
             storage = JournalStorage(backend)
             storage.tensorfold_backend = backend
             return storage
-        except ValueError as exc:   # JSONDecodeError: a torn or foreign file
-            raise TensorfoldError(f"--storage {url}: not an Optuna journal ({first_line(exc)}); a corrupt or "
-                                  "foreign file, give another one") from None
+        except ValueError as exc:  # JSONDecodeError: a torn or foreign file
+            raise TensorfoldError(
+                f"--storage {url}: not an Optuna journal ({first_line(exc)}); a corrupt or "
+                "foreign file, give another one"
+            ) from None
     if "://" not in url:
-        raise TensorfoldError(f"--storage {redact(url)} is not a storage URL (use sqlite:///FILE, journal:FILE or "
-                              f"a database URL such as postgresql://user@host/db)")
+        raise TensorfoldError(
+            f"--storage {redact(url)} is not a storage URL (use sqlite:///FILE, journal:FILE or "
+            f"a database URL such as postgresql://user@host/db)"
+        )
     if url.startswith("sqlite:///"):
-        folder = Path(url[len("sqlite:///"):]).expanduser().parent
+        folder = Path(url[len("sqlite:///") :]).expanduser().parent
         if not folder.is_dir():
             raise TensorfoldError(f"--storage {url}: folder {folder} does not exist")
         if url != "sqlite:///:memory:":
-            check_writable(Path(url[len("sqlite:///"):]).expanduser(), url)
+            check_writable(Path(url[len("sqlite:///") :]).expanduser(), url)
     import sqlalchemy.exc
 
     last = None
@@ -166,22 +174,22 @@ def open_storage(url: str | None):
     for attempt in range(4):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=None)
-        except ImportError as exc:   # optuna wraps the driver's ModuleNotFoundError
+        except ImportError as exc:  # optuna wraps the driver's ModuleNotFoundError
             missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its driver"
             hint = " (pip install 'tensorfold[postgres]')" if "psycopg" in str(missing) else ""
             raise TensorfoldError(f"--storage {redact(url)}: the database driver is missing: {missing}{hint}") from None
         except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as exc:
-            raise TensorfoldError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows: "
-                                  f"{first_line(exc)}") from None
+            raise TensorfoldError(
+                f"--storage {redact(url)} is not a database URL SQLAlchemy knows: {first_line(exc)}"
+            ) from None
         except sqlalchemy.exc.OperationalError as exc:
             raise TensorfoldError(f"cannot reach --storage {redact(url)}: {first_line(exc)}") from None
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             last = exc
             time.sleep(0.5 * (attempt + 1))
-        except sqlalchemy.exc.DatabaseError as exc:   # e.g. an SQLite file that is not a database
+        except sqlalchemy.exc.DatabaseError as exc:  # e.g. an SQLite file that is not a database
             raise TensorfoldError(f"--storage {redact(url)}: not a usable database ({first_line(exc)})") from None
     raise TensorfoldError(f"--storage {redact(url)}: could not set up the study tables: {first_line(last)}")
-
 
 
 def write_failure(storage) -> OSError | None:
@@ -194,29 +202,38 @@ def open_study(storage, name: str, directions: list[str], meta: dict, sampler):
     """Create the study, or join it if it exists; a study made for other objectives, another model or
     another search space is refused rather than mixed."""
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                    load_if_exists=True)
-    except ValueError as exc:   # a torn or foreign journal file (JSONDecodeError), directions that differ
-        raise TensorfoldError(f"cannot open study '{name}' in its storage: {first_line(exc)} (a corrupt or "
-                              "foreign storage file?)") from None
+        study = optuna.create_study(
+            storage=storage, study_name=name, directions=directions, sampler=sampler, load_if_exists=True
+        )
+    except ValueError as exc:  # a torn or foreign journal file (JSONDecodeError), directions that differ
+        raise TensorfoldError(
+            f"cannot open study '{name}' in its storage: {first_line(exc)} (a corrupt or foreign storage file?)"
+        ) from None
     except Exception as exc:
         import sqlalchemy.exc
 
         if isinstance(exc, sqlalchemy.exc.DatabaseError):
-            raise TensorfoldError(f"cannot open study '{name}': the database is not usable "
-                                  f"({first_line(exc)})") from None
+            raise TensorfoldError(
+                f"cannot open study '{name}': the database is not usable ({first_line(exc)})"
+            ) from None
         raise
     have = study.user_attrs.get("tensorfold")
     if have is None:
         study.set_user_attr("tensorfold", meta)
         return study
     if have.get("objectives") != meta["objectives"]:
-        raise TensorfoldError(f"study '{name}' was created with objectives {','.join(have.get('objectives', []))}; "
-                              f"this run asks for {','.join(meta['objectives'])} (use another --study)")
-    for key, what in (("model", "another model"), ("space", "another search space (--methods/--space)"),
-                      ("constraints", "other constraints (--max-error/--target-latency)"),
-                      ("evaluation", "another evaluation (latency target, data or recovery steps)")):
+        raise TensorfoldError(
+            f"study '{name}' was created with objectives {','.join(have.get('objectives', []))}; "
+            f"this run asks for {','.join(meta['objectives'])} (use another --study)"
+        )
+    for key, what in (
+        ("model", "another model"),
+        ("space", "another search space (--methods/--space)"),
+        ("constraints", "other constraints (--max-error/--target-latency)"),
+        ("evaluation", "another evaluation (latency target, data or recovery steps)"),
+    ):
         if have.get(key) != meta.get(key):
-            raise TensorfoldError(f"study '{name}' was created for {what}: {have.get(key)} vs {meta.get(key)} "
-                                  f"(use another --study)")
+            raise TensorfoldError(
+                f"study '{name}' was created for {what}: {have.get(key)} vs {meta.get(key)} (use another --study)"
+            )
     return study

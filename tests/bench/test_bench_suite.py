@@ -24,11 +24,25 @@ def test_smoke_suite_report_and_resume(tmp_path):
     out = tmp_path / "results"
     rows = run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=lambda m: None)
     keys = {r["key"] for r in rows}
-    assert keys == {"resnet18/w0.125/original", "resnet18/w0.125/original/int8",
-                    "resnet18/w0.125/tucker/x4", "resnet18/w0.125/tucker/x4/int8"}
+    assert keys == {
+        "resnet18/w0.125/original",
+        "resnet18/w0.125/original/int8",
+        "resnet18/w0.125/tucker/x4",
+        "resnet18/w0.125/tucker/x4/int8",
+    }
     row = next(r for r in rows if r["key"] == "resnet18/w0.125/tucker/x4")
-    for field in ("params_ratio", "flops_ratio", "accuracy", "accuracy_loss", "latency_ratio_b1", "size_ratio",
-                  "command", "date", "machine", "onnxruntime"):
+    for field in (
+        "params_ratio",
+        "flops_ratio",
+        "accuracy",
+        "accuracy_loss",
+        "latency_ratio_b1",
+        "size_ratio",
+        "command",
+        "date",
+        "machine",
+        "onnxruntime",
+    ):
         assert field in row
     assert row["params_ratio"] > 2 and row["peak_memory_mb_b32"] > 0
     lines = (out / "rows.jsonl").read_text().splitlines()
@@ -38,22 +52,55 @@ def test_smoke_suite_report_and_resume(tmp_path):
     (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     logged = []
     run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=logged.append)
-    assert len(logged) == 2 and all("tucker/x4" in m for m in logged)   # the pair (float and int8) redone
+    assert len(logged) == 2 and all("tucker/x4" in m for m in logged)  # the pair (float and int8) redone
     info = write_report(out, tmp_path / "report")
     assert Path(info["markdown"]).read_text().count("| tucker |") == 2
     assert json.loads(Path(info["json"]).read_text()) and info["plots"]
 
 
 def test_report_from_stored_rows(tmp_path):
-    base = {"model": "vgg16", "width": 0.25, "label": "x", "date": "2026-01-01T00:00:00", "machine": "m",
-            "onnxruntime": "1", "torch": "2", "baseline_train": {"data": "d", "recipe": {"epochs": 1}, "device": "cpu",
-                                                                  "train_seconds": 1}}
-    rows = [dict(base, key="a", method="original", ratio=1, int8=False, params_ratio=1, flops_ratio=1, size_ratio=1,
-                 accuracy=0.9, accuracy_loss=0, latency_ratio_b1=1, latency_ratio_b32=1),
-            dict(base, key="b", method="tucker", ratio=8, int8=False, params_ratio=8, flops_ratio=5, size_ratio=7.5,
-                 accuracy=0.88, accuracy_loss=0.02, compressed_accuracy=0.5, latency_ratio_b1=1.4,
-                 latency_ratio_b32=2.0),
-            dict(base, key="c", method="cp", ratio=8, int8=False, error="boom")]
+    base = {
+        "model": "vgg16",
+        "width": 0.25,
+        "label": "x",
+        "date": "2026-01-01T00:00:00",
+        "machine": "m",
+        "onnxruntime": "1",
+        "torch": "2",
+        "baseline_train": {"data": "d", "recipe": {"epochs": 1}, "device": "cpu", "train_seconds": 1},
+    }
+    rows = [
+        dict(
+            base,
+            key="a",
+            method="original",
+            ratio=1,
+            int8=False,
+            params_ratio=1,
+            flops_ratio=1,
+            size_ratio=1,
+            accuracy=0.9,
+            accuracy_loss=0,
+            latency_ratio_b1=1,
+            latency_ratio_b32=1,
+        ),
+        dict(
+            base,
+            key="b",
+            method="tucker",
+            ratio=8,
+            int8=False,
+            params_ratio=8,
+            flops_ratio=5,
+            size_ratio=7.5,
+            accuracy=0.88,
+            accuracy_loss=0.02,
+            compressed_accuracy=0.5,
+            latency_ratio_b1=1.4,
+            latency_ratio_b32=2.0,
+        ),
+        dict(base, key="c", method="cp", ratio=8, int8=False, error="boom"),
+    ]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     text = markdown(load_rows(tmp_path))
     assert "### vgg16" in text and "failed: boom" in text and "88.00%" in text
@@ -78,7 +125,7 @@ def test_zoo_models_build_export_and_factorize(tmp_path, name, params):
     from tensorfold.bench.zoo import build
     from tensorfold.export import export_onnx
 
-    assert sum(p.numel() for p in build(name).parameters()) == params      # the known full-width sizes
+    assert sum(p.numel() for p in build(name).parameters()) == params  # the known full-width sizes
     small = build(name, width=0.125).eval()
     path = export_onnx(small, torch.randn(1, 1, 28, 28), tmp_path / f"{name}.onnx")
     report = optimize(path, tmp_path / "o.onnx", method="tucker", ratio=4, progress=False)

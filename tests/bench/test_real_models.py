@@ -20,6 +20,7 @@ def _fake_pip(files: dict[str, bytes], returncode: int = 0):
                 for name, data in files.items():
                     wheel.writestr(f"rapidocr_onnxruntime/models/{name}", data)
         return subprocess.CompletedProcess(command, returncode, "", "ERROR: No matching distribution found")
+
     return run
 
 

@@ -23,12 +23,20 @@ DEMO = demo_model_path()
 
 def chain(width: int, layers: int) -> onnx.ModelProto:
     rng = np.random.default_rng(width)
-    inits = [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}")
-             for i in range(layers)]
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < layers - 1 else "y"])
-             for i in range(layers)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}") for i in range(layers)
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < layers - 1 else "y"])
+        for i in range(layers)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -43,7 +51,7 @@ def test_latency_picks_the_fastest_within_the_bound_and_size_the_smallest_file()
     fast = Candidate("faster", chain(256, 2), check(0.01), 0.05)
     picked = choose([base, fast_but_wrong, fast], "latency", feeds, threads=1, rounds=5)
     assert picked.chosen is fast and fast.speedup > 1.5
-    assert fast_but_wrong.speedup is not None        # timed for the report though outside the bound
+    assert fast_but_wrong.speedup is not None  # timed for the report though outside the bound
     picked = choose([base, fast_but_wrong, fast], "size", feeds, threads=1, rounds=3)
     assert picked.chosen is fast
 
@@ -65,8 +73,20 @@ def samples(tmp_path_factory):
 
 def test_a_bound_nothing_can_meet_keeps_the_input(samples, tmp_path):
     out = tmp_path / "o.onnx"
-    code, text = invoke("optimize", DEMO, "-o", out, "--calibration", samples, "--method", "none", "--int8",
-                        "--max-output-error", "1e-9", "--json")
+    code, text = invoke(
+        "optimize",
+        DEMO,
+        "-o",
+        out,
+        "--calibration",
+        samples,
+        "--method",
+        "none",
+        "--int8",
+        "--max-output-error",
+        "1e-9",
+        "--json",
+    )
     assert code == 0, text
     report = json.loads(text)
     assert report["deploy"]["chosen"] == "input"
@@ -77,25 +97,38 @@ def test_a_bound_nothing_can_meet_keeps_the_input(samples, tmp_path):
 
 
 def test_the_bound_holds_for_the_model_as_written(samples, tmp_path):
-    report = optimize(DEMO, tmp_path / "o.onnx", calibration=str(samples), max_output_error=0.03, int8=True,
-                      objective="size", class_outputs=["logits"], threads=1, progress=False)
+    report = optimize(
+        DEMO,
+        tmp_path / "o.onnx",
+        calibration=str(samples),
+        max_output_error=0.03,
+        int8=True,
+        objective="size",
+        class_outputs=["logits"],
+        threads=1,
+        progress=False,
+    )
     names = [c["name"] for c in report.deploy["candidates"]]
     assert names[0] == "input" and "int8" in names
     assert report.verification is None or report.verification.within(0.03)
     chosen = next(c for c in report.deploy["candidates"] if c["name"] == report.deploy["chosen"])
     assert chosen["within"] and chosen["size_bytes"] <= report.deploy["candidates"][0]["size_bytes"]
-    assert all(c["outputs"] is None or c["outputs"][0]["argmax_agreement"] is not None
-               for c in report.deploy["candidates"])
+    assert all(
+        c["outputs"] is None or c["outputs"][0]["argmax_agreement"] is not None for c in report.deploy["candidates"]
+    )
     assert report.after.size_bytes == chosen["size_bytes"] or report.deploy["chosen"] == "input"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objective", "size"], "--objective size picks among models within an error bound"),
-    (["--int8", "--provider", "cuda"], "provider 'cuda' has no int8 kernels"),
-    (["--int8", "--device", "rx580"], "--int8 is timed on a provider"),
-    (["--method", "none", "--max-output-error", "0.05"], "--max-output-error searches the global budget itself"),
-    (["--int8", "--class-output", "nope"], "--class-output nope: the model has no such output"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objective", "size"], "--objective size picks among models within an error bound"),
+        (["--int8", "--provider", "cuda"], "provider 'cuda' has no int8 kernels"),
+        (["--int8", "--device", "rx580"], "--int8 is timed on a provider"),
+        (["--method", "none", "--max-output-error", "0.05"], "--max-output-error searches the global budget itself"),
+        (["--int8", "--class-output", "nope"], "--class-output nope: the model has no such output"),
+    ],
+)
 def test_mistakes_are_one_line_before_any_work(samples, tmp_path, args, message):
     base = ["optimize", DEMO, "-o", tmp_path / "o.onnx"]
     calibration = [] if args[:2] == ["--objective", "size"] else ["--calibration", samples]

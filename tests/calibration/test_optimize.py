@@ -40,20 +40,32 @@ def test_data_fitted_factors_beat_weight_fitted_on_held_out_data(data):
 
 def test_held_out_share_is_what_the_report_verifies_on(data, tmp_path):
     out = tmp_path / "small.onnx"
-    code, text = invoke("optimize", DEMO, "-o", out, "--calibration", data / "all.npz", "--ratio", "3", "--json",
-                        "--class-output", "logits")
+    code, text = invoke(
+        "optimize",
+        DEMO,
+        "-o",
+        out,
+        "--calibration",
+        data / "all.npz",
+        "--ratio",
+        "3",
+        "--json",
+        "--class-output",
+        "logits",
+    )
     assert code == 0, text
     report = json.loads(text)
     assert report["verification"]["inputs"].startswith("10 held-out of 40 samples")
     assert [s["stage"] for s in report["stages"]] == ["input", "factorized"]
     out_check = report["verification"]["outputs"][0]
-    assert out_check["argmax_agreement"] is not None     # the user named the logits a class output
+    assert out_check["argmax_agreement"] is not None  # the user named the logits a class output
     onnx.checker.check_model(onnx.load(str(out)))
 
 
 def test_max_output_error_keeps_the_bound_and_compresses(data):
-    report = optimize(DEMO, None, method="tucker", calibration=str(data / "all.npz"), max_output_error=0.1,
-                      progress=False)
+    report = optimize(
+        DEMO, None, method="tucker", calibration=str(data / "all.npz"), max_output_error=0.1, progress=False
+    )
     assert report.budget_search, "every ratio tried is reported"
     assert report.verification.within(0.1)
     assert report.after.params < report.before.params
@@ -64,24 +76,39 @@ def test_max_output_error_keeps_the_bound_and_compresses(data):
 def test_int8_after_factorization_and_alone(data, tmp_path):
     """--ratio with --int8: the factorized model and factorized + int8 compete with the input on
     measured latency; int8 alone is held to the default bound. Whatever is written is within it."""
-    both = optimize(DEMO, tmp_path / "a.onnx", method="tucker", ratio=2, calibration=str(data / "all.npz"), int8=True,
-                    threads=1, progress=False)
+    both = optimize(
+        DEMO,
+        tmp_path / "a.onnx",
+        method="tucker",
+        ratio=2,
+        calibration=str(data / "all.npz"),
+        int8=True,
+        threads=1,
+        progress=False,
+    )
     names = [c["name"] for c in both.deploy["candidates"]]
     assert names[:2] == ["input", "factorized"] and "factorized + int8" in names
     fq = next(c for c in both.deploy["candidates"] if c["name"] == "factorized + int8")
     factorized = next(c for c in both.deploy["candidates"] if c["name"] == "factorized")
-    assert fq["max_error"] <= factorized["max_error"] + 0.05 + 1e-9       # int8 may add the default bound
-    assert fq["params"] == factorized["params"]       # int8 weights are parameters too
+    assert fq["max_error"] <= factorized["max_error"] + 0.05 + 1e-9  # int8 may add the default bound
+    assert fq["params"] == factorized["params"]  # int8 weights are parameters too
     assert fq["size_bytes"] < factorized["size_bytes"]
     chosen = next(c for c in both.deploy["candidates"] if c["name"] == both.deploy["chosen"])
     assert chosen["speedup"] == max(c["speedup"] for c in both.deploy["candidates"] if c["within"])
     written = onnx.load(str(tmp_path / "a.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in written.graph.node) == (chosen["int8"] is not None)
 
-    alone = optimize(DEMO, tmp_path / "b.onnx", method="none", calibration=str(data / "all.npz"), int8=True,
-                     objective="size", progress=False)
+    alone = optimize(
+        DEMO,
+        tmp_path / "b.onnx",
+        method="none",
+        calibration=str(data / "all.npz"),
+        int8=True,
+        objective="size",
+        progress=False,
+    )
     assert [c["name"] for c in alone.deploy["candidates"]][:2] == ["input", "int8"]
-    assert alone.deploy["chosen"] == "int8"                  # the smallest file within the default bound
+    assert alone.deploy["chosen"] == "int8"  # the smallest file within the default bound
     assert alone.verification.within(0.05)
     assert alone.after.size_bytes < alone.before.size_bytes / 2
     assert alone.after.params >= 0.99 * alone.before.params  # not the float remainder of a quantized model
@@ -89,10 +116,13 @@ def test_int8_after_factorization_and_alone(data, tmp_path):
 
 def batch1_model() -> onnx.ModelProto:
     w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
-                              [numpy_helper.from_array(w, "W")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(w, "W")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -103,8 +133,19 @@ def test_a_fixed_batch_of_one_takes_many_samples_one_by_one(tmp_path):
     code, text = invoke("verify", path, path, "--inputs", tmp_path / "s.npz", "--json")
     assert code == 0, text
     assert json.loads(text)["max_relative_error"] == 0.0
-    code, text = invoke("optimize", path, "-o", tmp_path / "o.onnx", "--calibration", tmp_path / "s.npz",
-                        "--rank", "2", "--method", "svd", "--json")
+    code, text = invoke(
+        "optimize",
+        path,
+        "-o",
+        tmp_path / "o.onnx",
+        "--calibration",
+        tmp_path / "s.npz",
+        "--rank",
+        "2",
+        "--method",
+        "svd",
+        "--json",
+    )
     assert code == 0, text
     assert json.loads(text)["verification"]["inputs"].startswith("4 held-out of 16")
 
@@ -116,20 +157,24 @@ def test_image_folder_with_normalize(tmp_path):
     folder.mkdir()
     for i, img in enumerate(smooth_images(6, 3)):
         Image.fromarray((img[0] * 255).astype(np.uint8)).resize((40, 30)).save(folder / f"{i}.png")
-    report = optimize(DEMO, None, method="tucker", ratio=2, calibration=str(folder), normalize="0.5,0.5",
-                      progress=False)
+    report = optimize(
+        DEMO, None, method="tucker", ratio=2, calibration=str(folder), normalize="0.5,0.5", progress=False
+    )
     assert "images" in report.verification.inputs and report.verification.max_relative_error < 1.0
 
 
-@pytest.mark.parametrize("arrays,expected", [
-    ({"pixels": np.zeros((4, 1, 28, 28), np.float32)}, "no array for input(s)"),
-    ({"x": np.zeros((4, 1, 28, 27), np.float32)}, "has shape [4, 1, 28, 27]"),
-    ({"x": np.zeros((4, 28, 28), np.float32)}, "the model takes rank-4"),
-    ({"x": np.zeros((4, 1, 28, 28), np.int64)}, "is int64; the model takes float32"),
-    ({"x": np.full((4, 1, 28, 28), np.nan, np.float32)}, "NaN or Inf"),
-    ({"x": np.zeros((0, 1, 28, 28), np.float32)}, "holds no samples"),
-    ({"x": np.zeros((1, 1, 28, 28), np.float32)}, "at least 2 are needed"),
-])
+@pytest.mark.parametrize(
+    "arrays,expected",
+    [
+        ({"pixels": np.zeros((4, 1, 28, 28), np.float32)}, "no array for input(s)"),
+        ({"x": np.zeros((4, 1, 28, 27), np.float32)}, "has shape [4, 1, 28, 27]"),
+        ({"x": np.zeros((4, 28, 28), np.float32)}, "the model takes rank-4"),
+        ({"x": np.zeros((4, 1, 28, 28), np.int64)}, "is int64; the model takes float32"),
+        ({"x": np.full((4, 1, 28, 28), np.nan, np.float32)}, "NaN or Inf"),
+        ({"x": np.zeros((0, 1, 28, 28), np.float32)}, "holds no samples"),
+        ({"x": np.zeros((1, 1, 28, 28), np.float32)}, "at least 2 are needed"),
+    ],
+)
 def test_bad_calibration_data_is_one_line_before_any_work(tmp_path, arrays, expected):
     np.savez(tmp_path / "bad.npz", **arrays)
     out = tmp_path / "o.onnx"
@@ -143,8 +188,18 @@ def test_options_that_need_calibration_and_paths_that_are_inputs(tmp_path, data)
     assert_user_error(code, text, "--int8 needs --calibration")
     code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", "--max-output-error", "0.1")
     assert_user_error(code, text, "--max-output-error needs --calibration")
-    code, text = invoke("optimize", DEMO, "-o", tmp_path / "o.onnx", "--calibration", data / "all.npz",
-                        "--max-output-error", "0.1", "--ratio", "2")
+    code, text = invoke(
+        "optimize",
+        DEMO,
+        "-o",
+        tmp_path / "o.onnx",
+        "--calibration",
+        data / "all.npz",
+        "--max-output-error",
+        "0.1",
+        "--ratio",
+        "2",
+    )
     assert_user_error(code, text, "drop --ratio")
     target = tmp_path / "calib.npz"
     np.savez(target, x=smooth_images(4, 0))
@@ -152,8 +207,9 @@ def test_options_that_need_calibration_and_paths_that_are_inputs(tmp_path, data)
     code, text = invoke("optimize", DEMO, "-o", target, "--calibration", target, "--ratio", "2")
     assert_user_error(code, text, "is an input")
     assert target.read_bytes() == before
-    code, text = invoke("optimize", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx", "--calibration",
-                        tmp_path / "nothing")
+    code, text = invoke(
+        "optimize", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx", "--calibration", tmp_path / "nothing"
+    )
     assert code == 2 and "Traceback" not in text
 
 

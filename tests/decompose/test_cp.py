@@ -12,13 +12,16 @@ def _low_rank(dims, rank, seed):
     return cp_reconstruct(CP(factors)), factors
 
 
-@pytest.mark.parametrize("dims,rank,seed", [
-    ((6, 7, 8), 4, 0),
-    ((12, 10, 9), 6, 1),
-    ((16, 8, 3, 3), 3, 2),
-    ((9, 11), 3, 3),
-    ((5, 4, 3, 2, 3), 2, 4),
-])
+@pytest.mark.parametrize(
+    "dims,rank,seed",
+    [
+        ((6, 7, 8), 4, 0),
+        ((12, 10, 9), 6, 1),
+        ((16, 8, 3, 3), 3, 2),
+        ((9, 11), 3, 3),
+        ((5, 4, 3, 2, 3), 2, 4),
+    ],
+)
 def test_recovers_exactly_low_rank_tensor(dims, rank, seed):
     t, _ = _low_rank(dims, rank, seed)
     cp = cp_als(t, rank, n_iter_max=500, tol=1e-10)
@@ -58,8 +61,9 @@ def test_line_search_beats_tensorly_style_plain_als():
     r = (w.size // 8) // sum(w.shape)
     ours = cp_als(w, r, n_iter_max=40, tol=0.0)
     norm2 = float(np.vdot(w, w))
-    init = cp_module._svd_init([np.eye(24)] + [cp_module._mode_gram(w, n) for n in (1, 2)],
-                               w.shape, r, np.random.default_rng(0))
+    init = cp_module._svd_init(
+        [np.eye(24)] + [cp_module._mode_gram(w, n) for n in (1, 2)], w.shape, r, np.random.default_rng(0)
+    )
     factors = [f.copy() for f in init]
     for _ in range(40):
         for n in range(3):
@@ -133,8 +137,11 @@ def test_saddle_with_a_dead_component_triggers_restarts():
     # components and stalls at a saddle; random restarts must find the much better fits.
     rng = np.random.default_rng(0)
     a, b, c = (np.linalg.qr(rng.standard_normal((5, 2)))[0] for _ in range(3))
-    t = (np.einsum("i,j,k->ijk", a[:, 0], b[:, 0], c[:, 1]) + np.einsum("i,j,k->ijk", a[:, 0], b[:, 1], c[:, 0])
-         + np.einsum("i,j,k->ijk", a[:, 1], b[:, 0], c[:, 0]))
+    t = (
+        np.einsum("i,j,k->ijk", a[:, 0], b[:, 0], c[:, 1])
+        + np.einsum("i,j,k->ijk", a[:, 0], b[:, 1], c[:, 0])
+        + np.einsum("i,j,k->ijk", a[:, 1], b[:, 0], c[:, 0])
+    )
     cp = cp_als(t, 2)
     assert cp.restarts == 3
     assert cp.rel_error < 0.1  # the saddle sits at 0.816

@@ -55,7 +55,7 @@ def test_tucker2_data_matches_its_table_and_beats_hosvd(shape):
             assert direct == pytest.approx(err, abs=1e-7)
             plain = tucker2_reconstruct(tucker2(w, (ro, ri))).reshape(o, -1)
             assert direct <= output_error2(w.reshape(o, -1), plain, g) + 1e-9
-    assert table[o, -1] < 1e-8            # full rank: exact
+    assert table[o, -1] < 1e-8  # full rank: exact
     assert np.all(np.diff(table, axis=0) <= 1e-9)
 
 

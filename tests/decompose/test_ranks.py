@@ -41,15 +41,16 @@ def test_rank_for_energy_is_the_smallest_sufficient(s, e):
     s = np.sort(np.array(s))[::-1]
     r = rank_for_energy(s, e)
     assert 1 <= r <= len(s)
-    total = np.sum(s ** 2)
+    total = np.sum(s**2)
     if total > 0 and e < 1.0:
         assert np.sum(s[:r] ** 2) >= e * total * (1 - 1e-9)
         if r > 1:
             assert np.sum(s[: r - 1] ** 2) < e * total
 
 
-@pytest.mark.parametrize("L,M,rank,seed", [(50, 80, 5, 0), (80, 50, 3, 1), (64, 576, 12, 2),
-                                           (128, 128, 20, 3), (30, 30, 1, 4)])
+@pytest.mark.parametrize(
+    "L,M,rank,seed", [(50, 80, 5, 0), (80, 50, 3, 1), (64, 576, 12, 2), (128, 128, 20, 3), (30, 30, 1, 4)]
+)
 def test_evbmf_recovers_true_rank(L, M, rank, seed):
     rng = np.random.default_rng(seed)
     sigma = 0.1
@@ -71,10 +72,19 @@ def test_evbmf_on_pure_noise_and_scale_invariant():
     assert evbmf_rank(y) == evbmf_rank(y * 1e-6) == evbmf_rank(y * 1e6) == 4
 
 
-@pytest.mark.parametrize("y", [
-    np.zeros((5, 7)), np.zeros((1, 1)), np.ones((1, 9)), np.ones((9, 1)), np.ones((4, 4)),
-    np.eye(3), np.outer(np.arange(6.0), np.arange(8.0)), np.diag([1.0, 1e-20, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.zeros((5, 7)),
+        np.zeros((1, 1)),
+        np.ones((1, 9)),
+        np.ones((9, 1)),
+        np.ones((4, 4)),
+        np.eye(3),
+        np.outer(np.arange(6.0), np.arange(8.0)),
+        np.diag([1.0, 1e-20, 0, 0]),
+    ],
+)
 def test_evbmf_guards(y):
     r = evbmf_rank(y)
     assert 1 <= r <= min(y.shape)
@@ -93,8 +103,10 @@ def _brute_force(options, budget):
 
 
 def _objective(options, pick):
-    return (sum(options[i][k].params for i, k in enumerate(pick)),
-            sum(options[i][k].error2 for i, k in enumerate(pick)))
+    return (
+        sum(options[i][k].params for i, k in enumerate(pick)),
+        sum(options[i][k].error2 for i, k in enumerate(pick)),
+    )
 
 
 def _convex_layer(rng, n_opts, step):
@@ -120,8 +132,9 @@ def test_allocate_budget_optimal_on_convex_layers_by_brute_force(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_allocate_budget_general_case_within_budget_and_one_opt(seed):
     rng = np.random.default_rng(100 + seed)
-    options = [[Option(int(p), float(e)) for p, e in zip(rng.integers(1, 100, 6), rng.uniform(0, 1, 6))]
-               for _ in range(4)]
+    options = [
+        [Option(int(p), float(e)) for p, e in zip(rng.integers(1, 100, 6), rng.uniform(0, 1, 6))] for _ in range(4)
+    ]
     for budget in (60, 120, 200, 300):
         pick = allocate_budget(options, budget)
         p, e = _objective(options, pick)
@@ -144,8 +157,9 @@ def test_allocate_budget_is_usually_optimal_on_random_small_cases():
     rng = np.random.default_rng(11)
     optimal = total = 0
     for _ in range(60):
-        options = [[Option(int(p), float(e)) for p, e in zip(rng.integers(1, 100, 5), rng.uniform(0, 1, 5))]
-                   for _ in range(4)]
+        options = [
+            [Option(int(p), float(e)) for p, e in zip(rng.integers(1, 100, 5), rng.uniform(0, 1, 5))] for _ in range(4)
+        ]
         budget = int(rng.integers(60, 300))
         pick = allocate_budget(options, budget)
         p, e = _objective(options, pick)

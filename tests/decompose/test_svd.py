@@ -39,7 +39,7 @@ def test_error_decreases_with_rank_and_matches_eckart_young(shape, seed):
     for r in range(1, min(shape) + 1):
         left, right = truncated_svd(a, r)
         e2 = np.linalg.norm(a - left @ right) ** 2
-        np.testing.assert_allclose(e2, np.sum(s[r:] ** 2), atol=1e-10 * np.sum(s ** 2))
+        np.testing.assert_allclose(e2, np.sum(s[r:] ** 2), atol=1e-10 * np.sum(s**2))
         errs.append(e2)
     assert all(b <= a_ + 1e-10 for a_, b in zip(errs, errs[1:]))
 

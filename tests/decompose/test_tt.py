@@ -47,8 +47,7 @@ def test_full_rank_is_exact(shape, seed):
 
 
 @FAST
-@given(shape=tensor_shapes.filter(lambda s: len(s) >= 2), seed=st.integers(0, 2**16),
-       eps=st.floats(0.0, 0.9))
+@given(shape=tensor_shapes.filter(lambda s: len(s) >= 2), seed=st.integers(0, 2**16), eps=st.floats(0.0, 0.9))
 def test_rel_eps_guarantee(shape, seed, eps):
     a = _tensor(shape, seed)
     cores = tt_svd(a, rel_eps=eps)
@@ -85,7 +84,7 @@ def test_low_rank_tensor_found_by_eps():
 def test_bad_arguments():
     a = _tensor((3, 4, 5), 0)
     with pytest.raises(ValueError):
-        tt_svd(a, ranks=[2])            # needs N-1 = 2 caps
+        tt_svd(a, ranks=[2])  # needs N-1 = 2 caps
     with pytest.raises(ValueError):
         tt_svd(a, ranks=0)
     with pytest.raises(ValueError):
@@ -128,10 +127,19 @@ def test_tt_matrix_truncation_and_validation():
         tt_matrix(w, [12], [5, 4])
 
 
-@pytest.mark.parametrize("n,d,expected", [
-    (784, 2, [28, 28]), (512, 3, [8, 8, 8]), (12, 2, [4, 3]), (13, 3, [13, 1, 1]),
-    (1, 2, [1, 1]), (4096, 4, [8, 8, 8, 8]), (1000, 3, [10, 10, 10]), (7, 1, [7]),
-])
+@pytest.mark.parametrize(
+    "n,d,expected",
+    [
+        (784, 2, [28, 28]),
+        (512, 3, [8, 8, 8]),
+        (12, 2, [4, 3]),
+        (13, 3, [13, 1, 1]),
+        (1, 2, [1, 1]),
+        (4096, 4, [8, 8, 8, 8]),
+        (1000, 3, [10, 10, 10]),
+        (7, 1, [7]),
+    ],
+)
 def test_factorize_dim_examples(n, d, expected):
     assert factorize_dim(n, d) == expected
 
@@ -140,8 +148,9 @@ def _all_factorizations(n, d, upper=None):
     upper = n if upper is None else upper
     if d == 1:
         return [[n]] if n <= upper else []
-    return [[k] + rest for k in range(min(n, upper), 0, -1) if n % k == 0
-            for rest in _all_factorizations(n // k, d - 1, k)]
+    return [
+        [k] + rest for k in range(min(n, upper), 0, -1) if n % k == 0 for rest in _all_factorizations(n // k, d - 1, k)
+    ]
 
 
 @FAST
@@ -189,8 +198,9 @@ def test_rank_ladder_estimate_within_bounds(shape):
     upper bound (the sum over bonds), with the exact error inside the same bounds."""
     rng = np.random.default_rng(3)
     # a decaying spectrum, as trained weights have: a low-rank part plus small noise
-    a = np.einsum("ir,jr,kr->ijk", *(rng.standard_normal((n, 6)) for n in (shape[0], int(np.prod(shape[1:-1])),
-                                                                           shape[-1])))
+    a = np.einsum(
+        "ir,jr,kr->ijk", *(rng.standard_normal((n, 6)) for n in (shape[0], int(np.prod(shape[1:-1])), shape[-1]))
+    )
     a = a.reshape(shape) + 0.3 * rng.standard_normal(shape)
     norm2 = float(np.vdot(a, a))
     ladder = tt_rank_ladder(a, np.geomspace(1e-4, 1.0, 20))
@@ -202,7 +212,7 @@ def test_rank_ladder_estimate_within_bounds(shape):
         tt_svd(a, ranks=list(ranks), info=info)
         tails = []
         for k, r in enumerate(ranks):
-            s = np.linalg.svd(a.reshape(int(np.prod(shape[:k + 1])), -1), compute_uv=False)
+            s = np.linalg.svd(a.reshape(int(np.prod(shape[: k + 1])), -1), compute_uv=False)
             tails.append(float((s[r:] ** 2).sum()) / norm2)
         lower, upper = max(tails), sum(tails)
         assert lower - 1e-9 <= info["error2"] <= upper + 1e-9

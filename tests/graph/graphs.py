@@ -12,12 +12,17 @@ C = 6
 
 def conv_then(nodes, inits, out="y", opset=17, out_channels=C):
     rng = np.random.default_rng(0)
-    base = [numpy_helper.from_array(rng.standard_normal((C, 3, 3, 3)).astype(np.float32), "W"),
-            numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "B")]
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1])] + nodes,
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, out_channels, 8, 8])],
-                              base + [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    base = [
+        numpy_helper.from_array(rng.standard_normal((C, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "B"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1])] + nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, out_channels, 8, 8])],
+        base + [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -31,8 +36,13 @@ def affine_then_conv(ops, inits, groups=1, pads=(0, 0, 0, 0), kernel=1, second_r
     if second_reader:
         nodes.append(helper.make_node("Relu", ["v"], ["r"]))
         outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])], outputs,
-                              [w, b] + [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+        outputs,
+        [w, b] + [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -14,12 +14,18 @@ from tests.graph.graphs import C, affine_then_conv, check_same_outputs, conv_the
 per_channel = np.linspace(0.5, 2.0, C).reshape(1, C, 1, 1)
 
 AFFINES = {
-    "paddle lab: Mul(const, y), Add": ([helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
-                                       {"s": [0.94], "b": [0.1]}),
-    "per-channel Mul then Sub": ([helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Sub", ["m", "b"], ["y"])],
-                                 {"s": per_channel, "b": per_channel[0]}),
-    "const minus y, then Div": ([helper.make_node("Sub", ["b", "c"], ["m"]), helper.make_node("Div", ["m", "s"], ["y"])],
-                                {"b": 0.3, "s": per_channel}),
+    "paddle lab: Mul(const, y), Add": (
+        [helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        {"s": [0.94], "b": [0.1]},
+    ),
+    "per-channel Mul then Sub": (
+        [helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Sub", ["m", "b"], ["y"])],
+        {"s": per_channel, "b": per_channel[0]},
+    ),
+    "const minus y, then Div": (
+        [helper.make_node("Sub", ["b", "c"], ["m"]), helper.make_node("Div", ["m", "s"], ["y"])],
+        {"b": 0.3, "s": per_channel},
+    ),
     "Add alone, rank-3 constant": ([helper.make_node("Add", ["c", "b"], ["y"])], {"b": per_channel[0]}),
 }
 
@@ -49,7 +55,7 @@ def test_what_is_not_a_per_channel_affine_stays(name):
     nodes, inits = NOT_AFFINE[name]
     out = "y"
     model = conv_then(nodes, inits, out)
-    if name == "constant of higher rank":     # y gets rank 5
+    if name == "constant of higher rank":  # y gets rank 5
         model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, C, 8, 8]))
     norm, stats = normalize(model)
     assert stats["affines_folded"] == 0 and len(norm.graph.node) == 2
@@ -66,7 +72,9 @@ CHANNELS = np.array([0.5, 1.0, 1.5, 2.0]).reshape(1, 4, 1, 1)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("consts", [{"s": [0.9], "t": [0.2]}, {"s": CHANNELS, "t": -CHANNELS}], ids=["scalar", "per-channel"])
+@pytest.mark.parametrize(
+    "consts", [{"s": [0.9], "t": [0.2]}, {"s": CHANNELS, "t": -CHANNELS}], ids=["scalar", "per-channel"]
+)
 def test_an_affine_before_a_pointwise_conv_folds_into_it(groups, consts):
     model = affine_then_conv(LAB, consts, groups=groups)
     norm, stats = normalize(model)
@@ -78,8 +86,13 @@ def test_an_affine_before_a_pointwise_conv_folds_into_it(groups, consts):
 
 @pytest.mark.parametrize("case", ["padded conv", "value read twice"])
 def test_an_affine_before_a_padded_or_shared_input_stays(case):
-    model = affine_then_conv(LAB, {"s": [0.9], "t": [0.2]}, pads=(1, 1, 1, 1) if case == "padded conv" else (0, 0, 0, 0),
-                              kernel=3 if case == "padded conv" else 1, second_reader=case == "value read twice")
+    model = affine_then_conv(
+        LAB,
+        {"s": [0.9], "t": [0.2]},
+        pads=(1, 1, 1, 1) if case == "padded conv" else (0, 0, 0, 0),
+        kernel=3 if case == "padded conv" else 1,
+        second_reader=case == "value read twice",
+    )
     norm, stats = normalize(model)
     assert stats["affines_folded"] == 0
     check_same_outputs(model, norm)

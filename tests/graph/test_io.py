@@ -17,8 +17,9 @@ from tests.passes.single_node import conv_model
 def test_external_data_roundtrip(tmp_path):
     model, _ = conv_model(np.ones((64, 32, 3, 3)), bias=True)
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
-                    size_threshold=16)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=16
+    )
     assert (tmp_path / "ext.data").exists()
     loaded = load_model(path)
     w = onnx.numpy_helper.to_array(loaded.graph.initializer[0])
@@ -73,8 +74,12 @@ def test_models_tensorfold_builds_carry_the_lowest_ir_version_their_opset_needs(
     node = helper.make_node("Relu", ["x"], ["y"])
     model = mini_model([node], [], {"x": [1, 4], "y": [1, 4]}, 17)
     assert model.ir_version == helper.find_min_ir_version_for([helper.make_opsetid("", 17)]) == 8
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     assert make_model(graph, [helper.make_opsetid("", 13)]).ir_version == 7
     assert make_model(graph, [helper.make_opsetid("", 13)], ir_version=9).ir_version == 9
 
@@ -87,7 +92,7 @@ def test_saving_with_external_data_leaves_the_model_in_memory_whole(tmp_path, mo
     model, _ = conv_model(weight, bias=False)
     before = model.SerializeToString()
     save_model(model, tmp_path / "a.onnx")
-    save_model(model, tmp_path / "a.onnx")          # over the first: a unique temp data name each time
+    save_model(model, tmp_path / "a.onnx")  # over the first: a unique temp data name each time
     assert model.SerializeToString() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.data"]
     assert np.array_equal(onnx.numpy_helper.to_array(load_model(tmp_path / "a.onnx").graph.initializer[0]), weight)
@@ -123,8 +128,20 @@ def test_every_command_works_through_external_data(tmp_path, monkeypatch):
     ok("optimize", demo_model_path(), "-o", "small.onnx", "--ratio", "2")
     ok("verify", demo_model_path(), "small.onnx")
     ok("profile", "small.onnx", "--runs", "2", "--warmup", "1")
-    ok("recover", "small.onnx", "--teacher", demo_model_path(), "--data", "d.npz", "-o", "rec.onnx",
-       "--max-steps", "2", "--batch-size", "16")
+    ok(
+        "recover",
+        "small.onnx",
+        "--teacher",
+        demo_model_path(),
+        "--data",
+        "d.npz",
+        "-o",
+        "rec.onnx",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+    )
     ok("search", "ranks", "small.onnx", "--n-trials", "2", "-o", "pareto")
     for name in ("small.onnx.data", "rec.onnx.data", "pareto/point-1.onnx.data"):
         assert Path(name).stat().st_size > 1000, name

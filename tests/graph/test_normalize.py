@@ -17,16 +17,24 @@ def _bn_model(with_constants: bool):
     scale, beta = rng.random(6).astype(np.float32) + 0.5, rng.standard_normal(6).astype(np.float32)
     mean, var = rng.standard_normal(6).astype(np.float32), rng.random(6).astype(np.float32) + 0.1
     tensors = {"W": w, "B": b, "scale": scale, "beta": beta, "mean": mean, "var": var}
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "scale", "beta", "mean", "var"], ["y"], name="bn",
-                              epsilon=1e-3)]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "beta", "mean", "var"], ["y"], name="bn", epsilon=1e-3),
+    ]
     inits = []
     if with_constants:
-        nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v)) for k, v in tensors.items()] + nodes
+        nodes = [
+            helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v)) for k, v in tensors.items()
+        ] + nodes
     else:
         inits = [numpy_helper.from_array(v, k) for k, v in tensors.items()]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -34,7 +42,7 @@ def test_constants_become_initializers_and_bn_folds():
     model = _bn_model(with_constants=True)
     before = model.SerializeToString()
     norm, stats = normalize(model)
-    assert model.SerializeToString() == before            # input untouched
+    assert model.SerializeToString() == before  # input untouched
     assert stats["constants_to_initializers"] == 6
     assert stats["batchnorms_folded"] == 1
     assert [n.op_type for n in norm.graph.node] == ["Conv"]
@@ -54,10 +62,17 @@ def test_bn_with_two_consumers_of_the_conv_is_not_folded():
 
 def test_identity_on_weight_is_bypassed():
     w = numpy_helper.from_array(np.ones((4, 2, 1, 1), np.float32), "W")
-    nodes = [helper.make_node("Identity", ["W"], ["W2"], name="id"),
-             helper.make_node("Conv", ["x", "W2"], ["y"], name="conv")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w])
+    nodes = [
+        helper.make_node("Identity", ["W"], ["W2"], name="id"),
+        helper.make_node("Conv", ["x", "W2"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [w],
+    )
     norm, stats = normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert stats["identities_removed"] == 1
     assert [n.op_type for n in norm.graph.node] == ["Conv"] and norm.graph.node[0].input[1] == "W"

@@ -18,10 +18,15 @@ def _hard_swish(form: str):
         clip = helper.make_node("Clip", ["a"], ["k"], min=0.0, max=6.0)
     else:
         clip = helper.make_node("Clip", ["a", "zero", "six"], ["k"])
-    tail = {"x * clip / 6": [helper.make_node("Mul", ["c", "k"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
-            "clip / 6 * x": [helper.make_node("Div", ["k", "six"], ["m"]), helper.make_node("Mul", ["m", "c"], ["y"])],
-            "x * clip * (1/6)": [helper.make_node("Mul", ["k", "c"], ["m"]), helper.make_node("Mul", ["sixth", "m"], ["y"])],
-            "opset 10 clip": [helper.make_node("Mul", ["c", "k"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]}[form]
+    tail = {
+        "x * clip / 6": [helper.make_node("Mul", ["c", "k"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
+        "clip / 6 * x": [helper.make_node("Div", ["k", "six"], ["m"]), helper.make_node("Mul", ["m", "c"], ["y"])],
+        "x * clip * (1/6)": [
+            helper.make_node("Mul", ["k", "c"], ["m"]),
+            helper.make_node("Mul", ["sixth", "m"], ["y"]),
+        ],
+        "opset 10 clip": [helper.make_node("Mul", ["c", "k"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
+    }[form]
     inits = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1 / 6}
     return conv_then([add, clip] + tail, inits, opset=10 if form == "opset 10 clip" else 17)
 
@@ -47,9 +52,14 @@ def test_a_clip_to_five_is_not_hard_swish():
 
 def test_hard_swish_then_affine_then_pointwise_conv():
     """PP-LCNetV3's block tail: hard-swish, a learnable affine, a pointwise conv."""
-    ops = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["k"]),
-           helper.make_node("Mul", ["x", "k"], ["m0"]), helper.make_node("Div", ["m0", "six"], ["h"]),
-           helper.make_node("Mul", ["s", "h"], ["m"]), helper.make_node("Add", ["m", "t"], ["v"])]
+    ops = [
+        helper.make_node("Add", ["x", "three"], ["a"]),
+        helper.make_node("Clip", ["a", "zero", "six"], ["k"]),
+        helper.make_node("Mul", ["x", "k"], ["m0"]),
+        helper.make_node("Div", ["m0", "six"], ["h"]),
+        helper.make_node("Mul", ["s", "h"], ["m"]),
+        helper.make_node("Add", ["m", "t"], ["v"]),
+    ]
     model = affine_then_conv(ops, {"three": 3.0, "zero": 0.0, "six": 6.0, "s": [0.9], "t": [0.2]})
     norm, stats = normalize(model)
     assert stats["hard_swish_rewritten"] == 1 and stats["affines_folded"] == 1

@@ -16,8 +16,9 @@ def _model(op_nodes, const=None):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
     inits = [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in (const or {}).items()]
-    return helper.make_model(helper.make_graph(op_nodes, "g", [x], [y], inits),
-                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return helper.make_model(
+        helper.make_graph(op_nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    )
 
 
 ORIGINAL = _model([helper.make_node("Add", ["x", "one"], ["y"])], {"one": 1.0})
@@ -33,8 +34,10 @@ def test_a_nonfinite_output_fails_and_reads_null_in_json(tmp_path):
     onnx.save(ORIGINAL, tmp_path / "a.onnx")
     onnx.save(BROKEN, tmp_path / "b.onnx")
     np.savez(tmp_path / "in.npz", x=feeds["x"])
-    result = CliRunner().invoke(main, ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"),
-                                       "--inputs", str(tmp_path / "in.npz"), "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--inputs", str(tmp_path / "in.npz"), "--json"],
+    )
     assert result.exit_code == 1
     assert "NaN" not in result.output.replace("NaN/Inf", "") and '"relative_error": null' in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: verification failed")
@@ -54,7 +57,7 @@ def test_a_channel_group_far_off_shows_although_the_overall_error_is_small():
     scores = rng.uniform(0, 1, (1, 6, 100))
     ref = np.concatenate([boxes, scores], axis=1).astype(np.float32)
     got = ref.copy()
-    got[:, 7] *= 3.0                          # one class channel off by 200%
+    got[:, 7] *= 3.0  # one class channel off by 200%
     from tensorfold.graph.verify import compare_outputs
 
     check = compare_outputs([ref], [got], ["out"])[0]
@@ -95,15 +98,16 @@ def _head(op: str | None, width: int = 384, reader: str | None = None):
     if reader:
         nodes.append(helper.make_node(reader, ["y"], ["label"], name="pick", axis=1, keepdims=0))
         outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, [None]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
-                              outputs, [w])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])], outputs, [w]
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_a_2d_output_is_a_class_axis_only_where_the_graph_or_the_user_says_so():
     from tensorfold.graph.verify import class_axes
 
-    assert class_axes(_head(None)) == {}                       # a sentence embedding (N, 384) is not 384 classes
+    assert class_axes(_head(None)) == {}  # a sentence embedding (N, 384) is not 384 classes
     assert class_axes(_head("Softmax")) == {"y": 1}
     assert class_axes(_head(None, reader="ArgMax")) == {"y": 1}
     assert class_axes(_head(None), {"y": None}) == {"y": -1}
@@ -121,8 +125,11 @@ def test_an_unknown_class_output_is_named():
 def test_class_output_specs_keep_colons_in_names():
     from tensorfold.graph.verify import parse_class_outputs
 
-    assert parse_class_outputs(["logits", "onnx::Shape_422", "seg:1"]) == {"logits": None, "onnx::Shape_422": None,
-                                                                         "seg": 1}
+    assert parse_class_outputs(["logits", "onnx::Shape_422", "seg:1"]) == {
+        "logits": None,
+        "onnx::Shape_422": None,
+        "seg": 1,
+    }
 
 
 def test_a_model_that_fails_strict_shape_inference_as_given_is_held_to_the_basic_check():
@@ -133,9 +140,13 @@ def test_a_model_that_fails_strict_shape_inference_as_given_is_held_to_the_basic
     from tensorfold.graph.verify import passes_full_check
 
     nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-                              value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 3, 1])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        value_info=[helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 3, 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert not passes_full_check(model)
     check = Reference(model, {"x": np.ones((2, 3), np.float32)}, "ones").verify(model)
@@ -147,7 +158,7 @@ def test_an_output_whose_length_changes_counts_as_wholly_different_not_as_a_cras
 
     acc = OutputAccumulator("tokens", axis=-1)
     acc.add(np.ones((2, 5, 4), np.float32), np.ones((2, 5, 4), np.float32))
-    acc.add(np.ones((2, 6, 4), np.float32), np.ones((2, 7, 4), np.float32))     # the decoder stopped later
+    acc.add(np.ones((2, 6, 4), np.float32), np.ones((2, 7, 4), np.float32))  # the decoder stopped later
     out = acc.result()
     assert out.shape_changes == 1 and out.relative_error == float("inf")
     assert out.argmax_agreement == 10 / 22

@@ -9,7 +9,7 @@ from tensorfold.cli import main
 
 def invoke(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output   # click >= 8.2: stdout and stderr interleaved
+    return result.exit_code, result.output  # click >= 8.2: stdout and stderr interleaved
 
 
 def assert_user_error(code, out, expected: str):

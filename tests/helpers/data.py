@@ -9,9 +9,11 @@ import pytest
 
 from tensorfold.datasets import FASHION_MNIST_ROOT
 
-needs_data = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
-                                reason="needs Fashion-MNIST from Debian's dataset-fashion-mnist "
-                                       "(apt-get install dataset-fashion-mnist; .ci/run does)")
+needs_data = pytest.mark.skipif(
+    not Path(FASHION_MNIST_ROOT).is_dir(),
+    reason="needs Fashion-MNIST from Debian's dataset-fashion-mnist "
+    "(apt-get install dataset-fashion-mnist; .ci/run does)",
+)
 
 
 def smooth_images(n: int, seed: int) -> np.ndarray:

@@ -35,6 +35,7 @@ def protobuf_cap(monkeypatch):
             if _bytes_in_proto(self) > CAP:
                 raise EncodeError("Failed to serialize proto (simulated 2 GiB cap)")
             return method(self, *args, **kwargs)
+
         return call
 
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", capped(serialize))
@@ -50,8 +51,13 @@ def _mlp(widths=(64, 128, 96, 10), dtype=np.float32, seed=0):
         nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]))
         nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"]))
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", elem, ["N", widths[0]])],
-                              [helper.make_tensor_value_info(f"h{len(widths) - 1}", elem, ["N", widths[-1]])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", elem, ["N", widths[0]])],
+        [helper.make_tensor_value_info(f"h{len(widths) - 1}", elem, ["N", widths[-1]])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -76,7 +82,7 @@ def test_skeleton_holds_the_weights_apart_and_gives_them_back(protobuf_cap):
     model = _mlp()
     skel, held = large.skeleton(model)
     assert sorted(held) == ["w0", "w1", "w2"]
-    assert skel.graph.initializer[0].raw_data              # the small shape constant stays in
+    assert skel.graph.initializer[0].raw_data  # the small shape constant stays in
     assert len(skel.SerializeToString()) < 2000
     back = large.with_weights(skel, held)
     for a, b in zip(model.graph.initializer, back.graph.initializer):
@@ -105,7 +111,7 @@ def test_a_session_of_a_large_model_computes_what_the_small_path_computes(protob
     model = _mlp(dtype=dtype)
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(dtype)
     big = make_session(model).run(None, {"x": x})[0]
-    monkeypatch.undo()    # the cap and the lowered threshold off: the ordinary path
+    monkeypatch.undo()  # the cap and the lowered threshold off: the ordinary path
     assert not large.is_large(model)
     small = make_session(model).run(None, {"x": x})[0]
     np.testing.assert_array_equal(big, small)
@@ -116,9 +122,11 @@ def test_bfloat16_weights_reach_onnxruntime_by_their_bits(protobuf_cap):
     w = np.arange(8192, dtype=np.float32).reshape(128, 64) / 8192
     graph = helper.make_graph(
         [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "wf"], ["y"])],
-        "bf16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+        "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-        [numpy_helper.from_array(w.astype(ml_dtypes.bfloat16), "w")])
+        [numpy_helper.from_array(w.astype(ml_dtypes.bfloat16), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert large.is_large(model)
     x = np.ones((1, 128), np.float32)
@@ -127,13 +135,16 @@ def test_bfloat16_weights_reach_onnxruntime_by_their_bits(protobuf_cap):
 
 
 def test_save_streams_the_weights_aligned_and_loads_back(protobuf_cap, tmp_path):
-    model = _mlp(widths=(64, 1024, 300, 10))            # w0 is 256 KiB, w1 1.2 MiB: aligned
+    model = _mlp(widths=(64, 1024, 300, 10))  # w0 is 256 KiB, w1 1.2 MiB: aligned
     save_model(model, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert (tmp_path / "m.onnx").stat().st_size < 2000
     header = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
-    offsets = {t.name: int(next(e.value for e in t.external_data if e.key == "offset"))
-               for t in header.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    offsets = {
+        t.name: int(next(e.value for e in t.external_data if e.key == "offset"))
+        for t in header.graph.initializer
+        if t.data_location == TensorProto.EXTERNAL
+    }
     assert offsets["w0"] == 0 and offsets["w1"] % 65536 == 0
     back = load_model(tmp_path / "m.onnx")
     for a, b in zip(model.graph.initializer, back.graph.initializer):
@@ -163,8 +174,20 @@ def test_every_command_works_on_a_model_above_the_cap(tmp_path, monkeypatch, pro
     assert large.is_large(load_model("small.onnx"))
     ok("verify", "cnn.onnx", "small.onnx", "--inputs", "d.npz")
     ok("profile", "small.onnx", "--runs", "2", "--warmup", "1")
-    ok("recover", "small.onnx", "--teacher", "cnn.onnx", "--data", "d.npz", "-o", "rec.onnx",
-       "--max-steps", "2", "--batch-size", "16")
+    ok(
+        "recover",
+        "small.onnx",
+        "--teacher",
+        "cnn.onnx",
+        "--data",
+        "d.npz",
+        "-o",
+        "rec.onnx",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+    )
     ok("search", "ranks", "cnn.onnx", "--n-trials", "2", "-o", "pareto")
     ok("optimize", "cnn.onnx", "-o", "q.onnx", "--int8", "--calibration", "d.npz")
     for name in ("small.onnx.data", "rec.onnx.data", "pareto/point-1.onnx.data", "q.onnx"):

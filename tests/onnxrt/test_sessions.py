@@ -10,8 +10,9 @@ def test_short_and_full_names():
     assert resolve_provider("CPU") == "CPUExecutionProvider"
 
 
-@pytest.mark.parametrize("name,package", [("dml", "onnxruntime-directml"), ("cuda", "onnxruntime-gpu"),
-                                          ("webgpu", "webgpu")])
+@pytest.mark.parametrize(
+    "name,package", [("dml", "onnxruntime-directml"), ("cuda", "onnxruntime-gpu"), ("webgpu", "webgpu")]
+)
 def test_unavailable_provider_names_the_package(name, package):
     with pytest.raises(TensorfoldError) as err:
         resolve_provider(name)
@@ -32,8 +33,12 @@ def test_a_fixed_first_dim_beside_a_dynamic_batch_is_not_a_fixed_batch():
 
     def model(*inputs):
         vis = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs]
-        graph = helper.make_graph([helper.make_node("Identity", [inputs[0][0]], ["y"])], "g", vis,
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        graph = helper.make_graph(
+            [helper.make_node("Identity", [inputs[0][0]], ["y"])],
+            "g",
+            vis,
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
         return helper.make_model(graph)
 
     assert fixed_batch(model(("input", ["batch", 512]), ("state", [2, "batch", 128]), ("sr", []))) is None

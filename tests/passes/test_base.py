@@ -22,5 +22,5 @@ def test_a_pass_that_edits_its_input_is_caught(monkeypatch):
     monkeypatch.setenv("TENSORFOLD_CHECK_PASSES", "1")
     with pytest.raises(RuntimeError, match="modified its input model in place"):
         _Mutating()(model, PassContext(progress=False))
-    monkeypatch.setenv("TENSORFOLD_CHECK_PASSES", "0")     # users do not pay for the proof
+    monkeypatch.setenv("TENSORFOLD_CHECK_PASSES", "0")  # users do not pay for the proof
     _Mutating()(model, PassContext(progress=False))

@@ -26,10 +26,18 @@ def conv_cases(draw, max_groups=3):
     bias = draw(st.booleans())
     auto_pad = draw(st.sampled_from([None, None, None, "SAME_UPPER", "SAME_LOWER", "VALID"]))
     if auto_pad and auto_pad.startswith("SAME"):
-        dilations = [1, 1]   # onnxruntime rejects dilation with SAME padding
+        dilations = [1, 1]  # onnxruntime rejects dilation with SAME padding
     weight = np.random.default_rng(draw(st.integers(0, 1000))).standard_normal((o, i_g, kh, kw))
-    return dict(weight=weight, bias=bias, groups=groups, strides=strides, pads=pads, dilations=dilations,
-                auto_pad=auto_pad, spatial=(9 + draw(st.integers(0, 3)), 9))
+    return dict(
+        weight=weight,
+        bias=bias,
+        groups=groups,
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        auto_pad=auto_pad,
+        spatial=(9 + draw(st.integers(0, 3)), 9),
+    )
 
 
 def _assert_exact(case, method):
@@ -69,7 +77,7 @@ def test_cp_chain_exact_for_exact_factors(case, rank):
 
     o, i, kh, kw = case["weight"].shape
     if kh * kw == 1:
-        kh = 2                # a 1x1 kernel goes to the SVD, tested above
+        kh = 2  # a 1x1 kernel goes to the SVD, tested above
     rng = np.random.default_rng(rank)
     factors = [rng.standard_normal((d, rank)) for d in (o, i, kh, kw)]
     case["weight"] = np.einsum("ar,br,cr,dr->abcd", *factors)
@@ -92,9 +100,16 @@ def test_conv1d_and_conv3d(method):
 
 
 @SETTINGS
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 1), st.integers(0, 1),
-       st.sampled_from([1.0, 0.5]), st.sampled_from([1.0, 2.0]), st.sampled_from([None, "vector", "matrix"]),
-       st.sampled_from(["svd", "tt", "tucker"]))
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(0, 1),
+    st.integers(0, 1),
+    st.sampled_from([1.0, 0.5]),
+    st.sampled_from([1.0, 2.0]),
+    st.sampled_from([None, "vector", "matrix"]),
+    st.sampled_from(["svd", "tt", "tucker"]),
+)
 def test_gemm_full_rank(k, n, trans_a, trans_b, alpha, beta, bias, method):
     model, feeds = gemm_model(k, n, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias)
     result = rewrite(model, method, rank=FULL)

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 RECORD = Path(__file__).with_name("golden_demo.json")
-CASES = [(method, label, kwargs) for method in ("auto", "svd", "tucker", "cp", "tt")
-         for label, kwargs in (("ratio 2", {"ratio": 2.0}), ("energy 0.9", {"energy": 0.9}))]
+CASES = [
+    (method, label, kwargs)
+    for method in ("auto", "svd", "tucker", "cp", "tt")
+    for label, kwargs in (("ratio 2", {"ratio": 2.0}), ("energy 0.9", {"energy": 0.9}))
+]
 
 
 def record(method: str, kwargs: dict) -> dict:
@@ -22,10 +25,13 @@ def record(method: str, kwargs: dict) -> dict:
     from tensorfold.demo import demo_model_path
 
     report = optimize(demo_model_path(), None, method=method, progress=False, **kwargs)
-    return {"layers": {r.node: {"method": r.method, "ranks": r.ranks, "params_after": r.params_after}
-                       for r in report.layers},
-            "params": report.after.params,
-            "max_relative_error": round(report.verification.max_relative_error, 6)}
+    return {
+        "layers": {
+            r.node: {"method": r.method, "ranks": r.ranks, "params_after": r.params_after} for r in report.layers
+        },
+        "params": report.after.params,
+        "max_relative_error": round(report.verification.max_relative_error, 6),
+    }
 
 
 @pytest.mark.parametrize("method, label, kwargs", CASES, ids=[f"{m} {label}" for m, label, _ in CASES])

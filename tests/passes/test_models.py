@@ -53,7 +53,7 @@ def test_methods_compress_and_run(exported, tmp_path, name, method):
     assert report.after.params < report.before.params
     assert sum(r.params_after for r in report.layers) < factorizable
     before, after = report.eligible_params
-    assert before / after >= 2.0        # --ratio holds over the layers the method can rewrite
+    assert before / after >= 2.0  # --ratio holds over the layers the method can rewrite
     assert np.isfinite(report.verification.max_relative_error)
     if name == "mobilenet":
         depthwise = [s for s in report.skipped if "depthwise" in s.reason]
@@ -64,16 +64,16 @@ def test_methods_compress_and_run(exported, tmp_path, name, method):
 def test_resnet_batchnorm_is_folded(exported, tmp_path):
     original = load_model(exported["resnet"])
     assert any(n.op_type == "BatchNormalization" for n in original.graph.node)
-    report = optimize(exported["resnet"], tmp_path / "o.onnx", method="tucker", rank=100_000, force=True,
-                      progress=False)
+    report = optimize(
+        exported["resnet"], tmp_path / "o.onnx", method="tucker", rank=100_000, force=True, progress=False
+    )
     assert report.normalization["batchnorms_folded"] > 0
     assert "BatchNormalization" not in report.after.ops
     assert report.verification.max_relative_error < 1e-4
 
 
 def test_transformer_batched_matmuls(exported, tmp_path):
-    report = optimize(exported["transformer"], tmp_path / "o.onnx", method="tt", ratio=2,
-                      progress=False)
+    report = optimize(exported["transformer"], tmp_path / "o.onnx", method="tt", ratio=2, progress=False)
     assert {r.op for r in report.layers} == {"MatMul"}
 
 
@@ -85,8 +85,9 @@ def test_real_ppocr_models(tmp_path, which, shape):
 
     path = fetch_rapidocr_model(which)
     shapes = (shape,) if shape else ()
-    full = optimize(path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, shapes=shapes,
-                    progress=False)
+    full = optimize(
+        path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, shapes=shapes, progress=False
+    )
     assert full.normalization["constants_to_initializers"] > 0
     assert full.layers
     # the detector's sigmoid map is ~0 on noise inputs, so judge it by absolute error
@@ -97,14 +98,23 @@ def test_real_ppocr_models(tmp_path, which, shape):
     assert report.layers
     assert report.after.params < report.before.params
     model = _check_written(out)
-    feeds = {i.name: np.random.default_rng(0).random(report.input_shapes[i.name]).astype(np.float32)
-             for i in make_session(str(out)).get_inputs()}
+    feeds = {
+        i.name: np.random.default_rng(0).random(report.input_shapes[i.name]).astype(np.float32)
+        for i in make_session(str(out)).get_inputs()
+    }
     assert make_session(model).run(None, feeds)[0].shape == make_session(str(path)).run(None, feeds)[0].shape
 
 
-@pytest.mark.parametrize("args", [{"method": "cp", "rank": 100_000}, {"method": "cp", "energy": 1.0},
-                                  {"method": "auto", "energy": 1.0}, {"method": "tt", "rank": 100_000},
-                                  {"method": "tucker", "rank": 100_000}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"method": "cp", "rank": 100_000},
+        {"method": "cp", "energy": 1.0},
+        {"method": "auto", "energy": 1.0},
+        {"method": "tt", "rank": 100_000},
+        {"method": "tucker", "rank": 100_000},
+    ],
+)
 def test_huge_ranks_finish_in_seconds(tmp_path, args):
     """A chain that cannot be smaller than its layer is refused before any decomposition runs."""
     import time
@@ -133,12 +143,17 @@ def test_real_silero_vad_with_integer_input(tmp_path):
 
     path = fetch_wheel_model(SILERO_VAD, "vad16k")
     t = np.arange(512) / 16000
-    audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(512))
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(512)
     inputs = tmp_path / "call.npz"
-    np.savez(inputs, input=audio.astype(np.float32)[None], state=np.zeros((2, 1, 128), np.float32),
-             sr=np.array(16000, np.int64))
-    full = optimize(path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, inputs=str(inputs),
-                    progress=False)
+    np.savez(
+        inputs,
+        input=audio.astype(np.float32)[None],
+        state=np.zeros((2, 1, 128), np.float32),
+        sr=np.array(16000, np.int64),
+    )
+    full = optimize(
+        path, tmp_path / "full.onnx", method="tucker", rank=100_000, force=True, inputs=str(inputs), progress=False
+    )
     assert full.layers and full.verification.max_error < 1e-3
     report = optimize(path, tmp_path / "small.onnx", method="auto", ratio=2, inputs=str(inputs), progress=False)
     assert report.after.params < report.before.params

@@ -13,7 +13,10 @@ from tests.passes.single_node import conv_model
 def _low_rank_conv(tmp_path, channels=256, rank=16, spatial=16):
     rng = np.random.default_rng(0)
     core = rng.standard_normal((rank, rank, 3, 3))
-    u, v = np.linalg.qr(rng.standard_normal((channels, rank)))[0], np.linalg.qr(rng.standard_normal((channels, rank)))[0]
+    u, v = (
+        np.linalg.qr(rng.standard_normal((channels, rank)))[0],
+        np.linalg.qr(rng.standard_normal((channels, rank)))[0],
+    )
     w = np.einsum("oa,abhw,ib->oihw", u, core, v)
     model, feeds = conv_model(w, bias=True, pads=[1, 1, 1, 1], spatial=(spatial, spatial), batch=1)
     path = tmp_path / "conv.onnx"
@@ -23,8 +26,9 @@ def _low_rank_conv(tmp_path, channels=256, rank=16, spatial=16):
 
 def test_predicted_faster_chain_is_taken(tmp_path):
     path, _ = _low_rank_conv(tmp_path)
-    report = optimize(path, tmp_path / "o.onnx", method="tucker", hardware_aware=True, device="rx580",
-                      max_error=0.05, progress=False)
+    report = optimize(
+        path, tmp_path / "o.onnx", method="tucker", hardware_aware=True, device="rx580", max_error=0.05, progress=False
+    )
     assert report.layers and report.layers[0].ranks == [16, 16]
     assert report.latency["speedup"] > 1.0
     assert report.verification.max_relative_error < 1e-4
@@ -32,8 +36,15 @@ def test_predicted_faster_chain_is_taken(tmp_path):
 
 def test_no_faster_chain_keeps_the_input(tmp_path):
     """On the demo CNN (batch 1) the RX 580 model predicts every chain slower: launches dominate."""
-    report = optimize(demo_model_path(), tmp_path / "o.onnx", method="tucker", ratio=4, hardware_aware=True,
-                      device="rx580", progress=False)
+    report = optimize(
+        demo_model_path(),
+        tmp_path / "o.onnx",
+        method="tucker",
+        ratio=4,
+        hardware_aware=True,
+        device="rx580",
+        progress=False,
+    )
     assert not report.layers
     assert report.latency["speedup"] == 1.0
     assert all("hardware-aware" in s.reason for s in report.skipped if s.op == "Conv" and s.node.endswith("4/Conv"))
@@ -54,7 +65,7 @@ def test_measured_result_is_no_slower(tmp_path):
     out = tmp_path / "o.onnx"
     report = optimize(path, out, method="auto", hardware_aware=True, provider="cpu", progress=False)
     cmp = compare(onnx.load(out), onnx.load(path), feeds, runs=40)
-    assert cmp.speedup >= 0.9          # the output is not slower than the input, 10% noise allowed
+    assert cmp.speedup >= 0.9  # the output is not slower than the input, 10% noise allowed
     assert report.latency["speedup"] >= 1.0
 
 
@@ -76,15 +87,16 @@ class _Target:
 def test_a_missed_target_is_re_planned_and_the_fastest_kept():
     from tensorfold.planning.hardware_aware import _close_the_loop
 
-    target = _Target(target_ms=10.0)                       # base 15 ms: 1.5x asked
+    target = _Target(target_ms=10.0)  # base 15 ms: 1.5x asked
     measured = {"plan1": 1.35, "plan2": 1.45, "plan3": 1.40}
     first = _Result("plan0")
-    result, ratio = _close_the_loop(lambda m, c: target.plan(), None, None, target, lambda m: measured[m],
-                                    15.0, first, 1.2)
-    assert [round(15.0 / t, 3) for t in target.asked] == [1.875, 2.083, 2.155]   # asks for proportionally more
+    result, ratio = _close_the_loop(
+        lambda m, c: target.plan(), None, None, target, lambda m: measured[m], 15.0, first, 1.2
+    )
+    assert [round(15.0 / t, 3) for t in target.asked] == [1.875, 2.083, 2.155]  # asks for proportionally more
     assert result.name == "plan2" and ratio == 1.45
     assert len(result.notes) == 2 and "re-planned" in result.notes[0]
-    assert target.target_ms == 10.0                        # restored for the report
+    assert target.target_ms == 10.0  # restored for the report
 
 
 def test_a_met_or_unreachable_target_is_not_re_planned():

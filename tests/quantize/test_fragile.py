@@ -25,8 +25,13 @@ def encoder_block():
         helper.make_node("MatMul", ["ctx", "head"], ["out"], name="head"),
         helper.make_node("Sigmoid", ["out"], ["y"], name="sigmoid"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -37,7 +42,7 @@ def test_transformer_spots_and_the_regression_head():
     assert "attention-score" in found["scores"] and found["softmax"] == "Softmax"
     assert "attention-score" in found["context"]
     assert "regression output y" in found["sigmoid"] and "regression output y" in found["head"]
-    assert "proj" not in found            # a weight MatMul in the middle of a block is not fragile
+    assert "proj" not in found  # a weight MatMul in the middle of a block is not fragile
 
 
 def test_a_class_output_is_not_a_regression_head():

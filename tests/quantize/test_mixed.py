@@ -26,13 +26,13 @@ class FakeReference:
 
     def verify(self, excluded):
         self.calls += 1
-        err = float(np.sqrt(sum(c ** 2 for n, c in self.costs.items() if n not in excluded)))
+        err = float(np.sqrt(sum(c**2 for n, c in self.costs.items() if n not in excluded)))
         return Verification("passed", "fake", [OutputCheck("y", "float", relative_error=err)])
 
 
 def test_scores_find_the_bad_node_inside_a_block_and_selection_holds_the_bound():
     costs = {f"n{i}": 0.001 for i in range(64)}
-    costs["n37"] = 0.5           # one node quantized alone wrecks the output
+    costs["n37"] = 0.5  # one node quantized alone wrecks the output
     costs["n3"] = 0.04
     ref = FakeReference(costs)
     build = lambda excluded: excluded  # noqa: E731 - the fake reference reads the excluded set itself
@@ -41,7 +41,7 @@ def test_scores_find_the_bad_node_inside_a_block_and_selection_holds_the_bound()
     assert any(u.nodes == ("n3",) and u.why == "fragile" for u in units)
     result = keep_within(build, ref, 0.05, units)
     assert result.verification.within(0.05)
-    assert set(result.float_nodes) == {"n37"}          # n3's 0.04 fits beside the rest
+    assert set(result.float_nodes) == {"n37"}  # n3's 0.04 fits beside the rest
     result = keep_within(build, ref, 0.02, units)
     assert set(result.float_nodes) == {"n37", "n3"}
 
@@ -55,7 +55,7 @@ def test_nothing_goes_back_to_float_when_everything_fits():
 
 def test_an_unreachable_bound_gives_no_model():
     ref = FakeReference({"a": 0.3})
-    ref.costs["<input>"] = 0.2        # error no float node can remove
+    ref.costs["<input>"] = 0.2  # error no float node can remove
     result = keep_within(lambda ex: ex, ref, 0.05, [Unit(("a",), 0.36)])
     assert result.model is None
 
@@ -69,13 +69,15 @@ def demo():
 def test_quantize_within_on_the_demo_cnn(demo):
     fit = {"input": smooth_images(16, 0)}
     reference = Reference(load_model(demo_model_path()), {"input": smooth_images(8, 1)}, "held")
-    loose, = quantize_within(demo, fit, reference, 0.5, format_for("cpu", "x86_64", {"avx512_vnni"}),
-                             methods=("minmax",), progress=False)
+    (loose,) = quantize_within(
+        demo, fit, reference, 0.5, format_for("cpu", "x86_64", {"avx512_vnni"}), methods=("minmax",), progress=False
+    )
     assert loose.model is not None and loose.float_nodes == {}
     assert loose.fusion.kernels.get("QLinearConv", 0) >= 3 and not loose.fusion.slow_spots
-    bound = 0.5 * loose.verification.max_error       # half of what full int8 costs: some nodes must go back
-    tight, = quantize_within(demo, fit, reference, bound, format_for("cpu", "x86_64", {"avx512_vnni"}),
-                             methods=("minmax",), progress=False)
+    bound = 0.5 * loose.verification.max_error  # half of what full int8 costs: some nodes must go back
+    (tight,) = quantize_within(
+        demo, fit, reference, bound, format_for("cpu", "x86_64", {"avx512_vnni"}), methods=("minmax",), progress=False
+    )
     if tight.model is not None:
         assert tight.verification.within(bound) and tight.float_nodes
         assert all("output error" in why for why in tight.float_nodes.values())

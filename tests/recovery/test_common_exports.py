@@ -58,8 +58,16 @@ def _export(module, args, names, path):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["out"], dynamic_axes={n: {0: "batch"} for n in [*names, "out"]})
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["out"],
+            dynamic_axes={n: {0: "batch"} for n in [*names, "out"]},
+        )
     return onnx.load(path)
 
 
@@ -76,7 +84,7 @@ def test_common_exports_train_without_frozen_nodes(tmp_path, case):
         args = (torch.randint(0, 100, (2, 16)), mask)
     model = _export(module, args, names, tmp_path / f"{case}.onnx")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")          # a frozen node warns: here that fails the test
+        warnings.simplefilter("error")  # a frozen node warns: here that fails the test
         trainer = OnnxModule(model)
         out = trainer(*args)[0]
     want = make_session(model).run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
@@ -87,28 +95,39 @@ def test_common_exports_train_without_frozen_nodes(tmp_path, case):
     assert not missing, f"no gradient reaches {missing}"
 
 
-@pytest.mark.parametrize("op, attrs, inputs", [
-    ("Mod", {}, [np.array([-7, 7, 5], np.int64), np.array([3, -3, 5], np.int64)]),
-    ("Mod", {"fmod": 1}, [np.array([-7.5, 7.5], np.float32), np.array([2.0, -2.0], np.float32)]),
-    ("ArgMax", {"axis": 1, "keepdims": 0}, [np.array([[1, 3, 3], [2, 0, 1]], np.float32)]),
-    ("ArgMax", {"axis": 1, "select_last_index": 1}, [np.array([[1, 3, 3], [2, 0, 1]], np.float32)]),
-    ("ArgMin", {"axis": 0}, [np.array([[1, 3], [0, 5]], np.float32)]),
-    ("CumSum", {"exclusive": 1, "reverse": 1}, [np.arange(6, dtype=np.float32).reshape(2, 3),
-                                                  np.array(1, np.int64)]),
-    ("CumSum", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(0, np.int64)]),
-    ("Trilu", {"upper": 0}, [np.arange(16, dtype=np.float32).reshape(4, 4), np.array(1, np.int64)]),
-    ("Trilu", {}, [np.arange(16, dtype=np.float32).reshape(4, 4)]),
-    ("ReduceProd", {"keepdims": 0}, [np.arange(1, 7, dtype=np.float32).reshape(2, 3), np.array([1], np.int64)]),
-    ("ReduceL2", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([0], np.int64)]),
-    ("ReduceLogSumExp", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([-1], np.int64)]),
-])
+@pytest.mark.parametrize(
+    "op, attrs, inputs",
+    [
+        ("Mod", {}, [np.array([-7, 7, 5], np.int64), np.array([3, -3, 5], np.int64)]),
+        ("Mod", {"fmod": 1}, [np.array([-7.5, 7.5], np.float32), np.array([2.0, -2.0], np.float32)]),
+        ("ArgMax", {"axis": 1, "keepdims": 0}, [np.array([[1, 3, 3], [2, 0, 1]], np.float32)]),
+        ("ArgMax", {"axis": 1, "select_last_index": 1}, [np.array([[1, 3, 3], [2, 0, 1]], np.float32)]),
+        ("ArgMin", {"axis": 0}, [np.array([[1, 3], [0, 5]], np.float32)]),
+        (
+            "CumSum",
+            {"exclusive": 1, "reverse": 1},
+            [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(1, np.int64)],
+        ),
+        ("CumSum", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(0, np.int64)]),
+        ("Trilu", {"upper": 0}, [np.arange(16, dtype=np.float32).reshape(4, 4), np.array(1, np.int64)]),
+        ("Trilu", {}, [np.arange(16, dtype=np.float32).reshape(4, 4)]),
+        ("ReduceProd", {"keepdims": 0}, [np.arange(1, 7, dtype=np.float32).reshape(2, 3), np.array([1], np.int64)]),
+        ("ReduceL2", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([0], np.int64)]),
+        ("ReduceLogSumExp", {}, [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([-1], np.int64)]),
+    ],
+)
 def test_added_ops_match_onnxruntime(op, attrs, inputs):
     names = [f"in{i}" for i in range(len(inputs))]
     node = helper.make_node(op, names, ["y"], **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
-                                                                           list(a.shape))
-                                            for n, a in zip(names, inputs)],
-                              [helper.make_empty_tensor_value_info("y")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+            for n, a in zip(names, inputs)
+        ],
+        [helper.make_empty_tensor_value_info("y")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     want = make_session(model).run(None, dict(zip(names, inputs)))[0]
     with warnings.catch_warnings():
@@ -136,11 +155,23 @@ def test_a_two_input_encoder_recovers_from_an_npz_per_input(tmp_path):
     np.savez(data, ids=rng.integers(0, 100, (n, 16)), mask=masks)
     small = tmp_path / "bert.small.onnx"
     optimize(tmp_path / "bert.onnx", small, method="svd", ratio=2, progress=False, inputs=str(data))
-    report = recover(small, tmp_path / "r.onnx", teacher_path=tmp_path / "bert.onnx", data=str(data),
-                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    report = recover(
+        small,
+        tmp_path / "r.onnx",
+        teacher_path=tmp_path / "bert.onnx",
+        data=str(data),
+        cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1),
+        progress=False,
+    )
     assert report["steps"] == 4 and "ids [16] int64, mask [16] int64" in report["data"]
     assert report["metric"] == "teacher_agreement" and model.graph.input[1].name == "mask"
     with pytest.raises(Exception, match="no array for input"):
         np.savez(tmp_path / "ids_only.npz", ids=rng.integers(0, 100, (n, 16)))
-        recover(small, tmp_path / "r2.onnx", teacher_path=tmp_path / "bert.onnx", data=str(tmp_path / "ids_only.npz"),
-                cfg=RecoverConfig(max_steps=1, batch_size=8, threads=1), progress=False)
+        recover(
+            small,
+            tmp_path / "r2.onnx",
+            teacher_path=tmp_path / "bert.onnx",
+            data=str(tmp_path / "ids_only.npz"),
+            cfg=RecoverConfig(max_steps=1, batch_size=8, threads=1),
+            progress=False,
+        )

@@ -15,17 +15,29 @@ from tests.fixtures import torch_models
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("rt")
-    out = {"demo": demo_model_path(), "resnet": torch_models.export_resnet_like(d),
-           "mobilenet": torch_models.export_mobilenet_like(d), "transformer": torch_models.export_transformer_block(d),
-           "odd": torch_models.export_odd_convs(d)}
+    out = {
+        "demo": demo_model_path(),
+        "resnet": torch_models.export_resnet_like(d),
+        "mobilenet": torch_models.export_mobilenet_like(d),
+        "transformer": torch_models.export_transformer_block(d),
+        "odd": torch_models.export_odd_convs(d),
+    }
     for method in ("tucker", "cp", "tt"):
         optimize(demo_model_path(), d / f"{method}.onnx", method=method, ratio=3, progress=False)
         out[method] = d / f"{method}.onnx"
     return out
 
 
-INPUTS = {"demo": (3, 1, 28, 28), "resnet": (2, 3, 32, 32), "mobilenet": (2, 3, 32, 32), "transformer": (2, 5, 64),
-          "odd": (2, 3, 32, 32), "tucker": (3, 1, 28, 28), "cp": (3, 1, 28, 28), "tt": (3, 1, 28, 28)}
+INPUTS = {
+    "demo": (3, 1, 28, 28),
+    "resnet": (2, 3, 32, 32),
+    "mobilenet": (2, 3, 32, 32),
+    "transformer": (2, 5, 64),
+    "odd": (2, 3, 32, 32),
+    "tucker": (3, 1, 28, 28),
+    "cp": (3, 1, 28, 28),
+    "tt": (3, 1, 28, 28),
+}
 
 
 @pytest.mark.parametrize("name", list(INPUTS))
@@ -43,8 +55,9 @@ def test_write_back_changes_weights_only(models):
     model = onnx.load(models["tucker"])
     module = OnnxModule(model)
     untouched = module.write_back()
-    assert [t.raw_data or t.float_data for t in untouched.graph.initializer] == \
-           [t.raw_data or t.float_data for t in model.graph.initializer]
+    assert [t.raw_data or t.float_data for t in untouched.graph.initializer] == [
+        t.raw_data or t.float_data for t in model.graph.initializer
+    ]
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.01)
@@ -52,8 +65,11 @@ def test_write_back_changes_weights_only(models):
     assert [n.SerializeToString() for n in trained.graph.node] == [n.SerializeToString() for n in model.graph.node]
     assert [t.name for t in trained.graph.initializer] == [t.name for t in model.graph.initializer]
     assert trained.graph.input == model.graph.input and trained.graph.output == model.graph.output
-    changed = [a.name for a, b in zip(trained.graph.initializer, model.graph.initializer)
-               if a.SerializeToString() != b.SerializeToString()]
+    changed = [
+        a.name
+        for a, b in zip(trained.graph.initializer, model.graph.initializer)
+        if a.SerializeToString() != b.SerializeToString()
+    ]
     assert changed
     onnx.checker.check_model(trained, full_check=True)
 
@@ -62,14 +78,19 @@ def test_unknown_op_runs_frozen_with_a_warning():
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Mish", ["h"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.warns(UserWarning, match="frozen"):
         module = OnnxModule(model)
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
-    np.testing.assert_allclose(module(torch.from_numpy(x))[0].numpy(), make_session(model).run(None, {"x": x})[0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        module(torch.from_numpy(x))[0].numpy(), make_session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
@@ -78,14 +99,19 @@ def test_lstm_matches_onnxruntime(direction):
 
     rng = np.random.default_rng(0)
     dirs, hidden, inp, seq, batch = (2 if direction == "bidirectional" else 1), 5, 4, 6, 3
-    inits = [numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, inp)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32), "R"),
-             numpy_helper.from_array(rng.standard_normal((dirs, 8 * hidden)).astype(np.float32), "B")]
-    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h", "y_c"], hidden_size=hidden,
-                            direction=direction)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h", "y_c")],
-                              inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, inp)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32), "R"),
+        numpy_helper.from_array(rng.standard_normal((dirs, 8 * hidden)).astype(np.float32), "B"),
+    ]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h", "y_c"], hidden_size=hidden, direction=direction)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h", "y_c")],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     module = OnnxModule(model)
     assert not module.frozen
@@ -105,8 +131,12 @@ def test_unsupported_variant_runs_frozen_with_a_warning():
     from tensorfold.onnxrt.sessions import make_session
 
     nodes = [helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], pads=[0, 0, 1, 1])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     module = OnnxModule(model)
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -115,19 +145,28 @@ def test_unsupported_variant_runs_frozen_with_a_warning():
     np.testing.assert_allclose(got.numpy(), make_session(model).run(None, {"x": x})[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("starts, ends, steps", [([-1], [-100], [-1]), ([3], [0], [-1]), ([4], [-6], [-2]),
-                                                 ([10], [1], [-3]), ([0], [5], [2])])
+@pytest.mark.parametrize(
+    "starts, ends, steps",
+    [([-1], [-100], [-1]), ([3], [0], [-1]), ([4], [-6], [-2]), ([10], [1], [-3]), ([0], [5], [2])],
+)
 def test_slice_with_negative_steps_matches_onnxruntime(starts, ends, steps):
     """torch.onnx exports F.pad with a reversed (step -1) Slice over the pads; it must run natively."""
     from onnx import TensorProto, helper, numpy_helper
 
     from tensorfold.onnxrt.sessions import make_session
 
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-             (("starts", starts), ("ends", ends), ("axes", [1]), ("steps", steps))]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("starts", starts), ("ends", ends), ("axes", [1]), ("steps", steps))
+    ]
     nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="s")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.arange(10, dtype=np.float32).reshape(2, 5)
     import warnings
@@ -147,10 +186,15 @@ def test_a_node_the_trainer_cannot_run_is_named_by_op_and_node():
 
     pads = helper.make_tensor("pads", TensorProto.INT64, [6], [0, 0, 2, 0, 0, 2])
     node = helper.make_node("Pad", ["x", "pads"], ["y"], name="pad3d", mode="reflect")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14])], [pads])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14])],
+        [pads],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     module = OnnxModule(model)
-    x = torch.zeros(1, 4, 2)          # too short to reflect 2: fails in torch and in onnxruntime
+    x = torch.zeros(1, 4, 2)  # too short to reflect 2: fails in torch and in onnxruntime
     with pytest.raises(NodeFailed, match="Pad node 'pad3d' failed"):
         module(x)

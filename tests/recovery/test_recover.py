@@ -56,8 +56,9 @@ def test_resume_continues(student, npz, tmp_path):
     cfg = RecoverConfig(max_steps=4, batch_size=32, threads=1, eval_every=2)
     recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
     cfg = RecoverConfig(max_steps=8, batch_size=32, threads=1, eval_every=2)
-    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
-                     progress=False)
+    report = recover(
+        student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False
+    )
     assert report["steps"] == 8
 
 
@@ -80,14 +81,16 @@ def test_a_planted_checkpoint_runs_no_code(student, npz, tmp_path):
     (ckpt / ".tensorfold.json").write_text('{"written_by": "tensorfold", "files": ["last.pt"]}')
     cfg = RecoverConfig(max_steps=2, batch_size=32, threads=1)
     with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
-        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
-                progress=False)
+        recover(
+            student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False
+        )
     assert not marker.exists() and not (tmp_path / "r.onnx").exists()
 
 
 def test_nan_loss_stops_and_says_so(student, npz, tmp_path):
-    cfg = RecoverConfig(max_steps=6, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton",
-                        warmup=0.0)
+    cfg = RecoverConfig(
+        max_steps=6, batch_size=32, lr=1e30, clip=0, threads=1, eval_every=1, distill="hinton", warmup=0.0
+    )
     with pytest.raises(TensorfoldError, match="loss became") as err:
         recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
     assert "nothing written" in str(err.value) and not (tmp_path / "r.onnx").exists()
@@ -108,8 +111,9 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(student, npz, tmp_path
     recover(other, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
     (tmp_path / "r.onnx").unlink()
     with pytest.raises(TensorfoldError, match="written for another model"):
-        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True,
-                progress=False)
+        recover(
+            student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False
+        )
     assert not (tmp_path / "r.onnx").exists()
     # without --resume the stale checkpoints are replaced, not loaded
     report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, progress=False)
@@ -123,23 +127,36 @@ def test_a_torn_checkpoint_is_one_line(student, npz, tmp_path):
     # a last.pt tensorfold did not write there is refused before any work, --resume or not
     for resume in (True, False):
         with pytest.raises(TensorfoldError, match="last.pt, which tensorfold did not write there"):
-            recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=resume, cfg=cfg,
-                    progress=False)
+            recover(
+                student,
+                tmp_path / "r.onnx",
+                teacher_path=TEACHER,
+                data=str(npz[0]),
+                resume=resume,
+                cfg=cfg,
+                progress=False,
+            )
     # one it did write, torn by a crash: one line too
     (tmp_path / "r.onnx.ckpt" / ".tensorfold.json").write_text('{"written_by": "tensorfold", "files": ["last.pt"]}')
     with pytest.raises(TensorfoldError, match="not a tensorfold checkpoint"):
-        recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=True, cfg=cfg,
-                progress=False)
+        recover(
+            student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(npz[0]), resume=True, cfg=cfg, progress=False
+        )
     assert (tmp_path / "r.onnx.ckpt" / "last.pt").read_bytes() == b"PK\x03\x04 torn"
 
 
 def test_outputs_are_checked_before_any_training(student, npz, tmp_path):
     (tmp_path / "folder.onnx").mkdir()
-    for out, match in ((tmp_path / "folder.onnx", "is a folder"), (npz[0], "is an input"),
-                       (TEACHER, "is an input"), (tmp_path / "missing" / "r.onnx", "does not exist")):
+    for out, match in (
+        (tmp_path / "folder.onnx", "is a folder"),
+        (npz[0], "is an input"),
+        (TEACHER, "is an input"),
+        (tmp_path / "missing" / "r.onnx", "does not exist"),
+    ):
         with pytest.raises(TensorfoldError, match=match):
-            recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=RecoverConfig(max_steps=10**6),
-                    progress=False)
+            recover(
+                student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=RecoverConfig(max_steps=10**6), progress=False
+            )
 
 
 def test_teacher_with_other_outputs_is_refused(student, tmp_path, npz):
@@ -188,12 +205,31 @@ def test_loaders_on_real_formats(tmp_path):
 def test_cli_recover_json_and_errors(student, npz, tmp_path):
     runner = CliRunner()
     out = tmp_path / "r.onnx"
-    result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
-                                  "-o", str(out), "--max-steps", "3", "--batch-size", "32", "--json"])
+    result = runner.invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(out),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["steps"] == 3
-    for args, expected in ((["--data", str(tmp_path / "nope.npz")], "no such file"),
-                           (["--alpha", "2"], "--alpha"), (["--normalize", "x"], "--normalize")):
+    for args, expected in (
+        (["--data", str(tmp_path / "nope.npz")], "no such file"),
+        (["--alpha", "2"], "--alpha"),
+        (["--normalize", "x"], "--normalize"),
+    ):
         result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "-o", str(out), *args])
         assert result.exit_code == 2 and result.output.startswith("error:") and expected in result.output
 
@@ -208,14 +244,29 @@ def test_compress_torch_module_in_one_call(tmp_path, capsys):
     report, rec = compress(module, example, tmp_path / "r.onnx", method="tucker", ratio=2, progress=False)
     assert report.layers and rec is None and (tmp_path / "r.onnx").exists()
     np.savez(tmp_path / "rgb.npz", x=np.random.default_rng(0).random((64, 3, 32, 32)).astype(np.float32))
-    report, rec = compress(module, example, tmp_path / "r2.onnx", method="tucker", ratio=2,
-                           data=str(tmp_path / "rgb.npz"), progress=False,
-                           recover_config=RecoverConfig(max_steps=2, batch_size=16, threads=1))
+    report, rec = compress(
+        module,
+        example,
+        tmp_path / "r2.onnx",
+        method="tucker",
+        ratio=2,
+        data=str(tmp_path / "rgb.npz"),
+        progress=False,
+        recover_config=RecoverConfig(max_steps=2, batch_size=16, threads=1),
+    )
     assert rec["steps"] == 2 and (tmp_path / "r2.onnx").exists()
     assert "do not fit" not in capsys.readouterr().err
     np.savez(tmp_path / "gray.npz", x=np.random.default_rng(0).random((64, 1, 16, 16)).astype(np.float32))
-    compress(module, example, tmp_path / "r3.onnx", method="tucker", ratio=2, data=str(tmp_path / "gray.npz"),
-             progress=False, recover_config=RecoverConfig(max_steps=1, batch_size=16, threads=1))
+    compress(
+        module,
+        example,
+        tmp_path / "r3.onnx",
+        method="tucker",
+        ratio=2,
+        data=str(tmp_path / "gray.npz"),
+        progress=False,
+        recover_config=RecoverConfig(max_steps=1, batch_size=16, threads=1),
+    )
     err = capsys.readouterr().err
     assert "repeated from 1 channel(s) to 3" in err and "resized from 16x16 to 32x32" in err
 
@@ -236,8 +287,14 @@ def test_image_folder_labelled_and_unlabelled(tmp_path, student):
     x, y, desc = load_data(str(tmp_path / "unl"))
     assert x.shape == (4, 20, 20, 3) and y is None and "unlabelled" in desc
     assert prepare_inputs(x, [1, 1, 28, 28]).shape == (4, 1, 28, 28)
-    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(tmp_path / "lab"),
-                     cfg=RecoverConfig(max_steps=2, batch_size=2, threads=1), progress=False)
+    report = recover(
+        student,
+        tmp_path / "r.onnx",
+        teacher_path=TEACHER,
+        data=str(tmp_path / "lab"),
+        cfg=RecoverConfig(max_steps=2, batch_size=2, threads=1),
+        progress=False,
+    )
     assert report["steps"] == 2
 
 
@@ -245,18 +302,39 @@ def test_multi_teacher_torch_teacher_and_born_again(student, npz, tmp_path):
     from tensorfold.recovery.onnx_torch import OnnxModule
 
     cfg = RecoverConfig(max_steps=3, batch_size=32, threads=1)
-    report = recover(student, tmp_path / "m.onnx", teacher_path=[TEACHER, TEACHER], teacher_weights=[0.7, 0.3],
-                     data=str(npz[1]), cfg=cfg, progress=False)
+    report = recover(
+        student,
+        tmp_path / "m.onnx",
+        teacher_path=[TEACHER, TEACHER],
+        teacher_weights=[0.7, 0.3],
+        data=str(npz[1]),
+        cfg=cfg,
+        progress=False,
+    )
     assert report["steps"] == 3 and report["features_matched"] >= 2 and len(report["teacher"]) == 2
-    report = recover(student, tmp_path / "t.onnx", teacher_module=OnnxModule(onnx.load(TEACHER)), data=str(npz[1]),
-                     cfg=cfg, progress=False)
+    report = recover(
+        student,
+        tmp_path / "t.onnx",
+        teacher_module=OnnxModule(onnx.load(TEACHER)),
+        data=str(npz[1]),
+        cfg=cfg,
+        progress=False,
+    )
     assert report["steps"] == 3
-    report = recover(student, tmp_path / "b.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, generations=2,
-                     progress=False)
+    report = recover(
+        student, tmp_path / "b.onnx", teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, generations=2, progress=False
+    )
     assert len(report["generations"]) == 2 and (tmp_path / "b.onnx.ckpt" / "gen2" / "last.pt").exists()
     with pytest.raises(TensorfoldError, match="weights"):
-        recover(student, tmp_path / "x.onnx", teacher_path=[TEACHER], teacher_weights=[1, 2], data=str(npz[0]),
-                cfg=cfg, progress=False)
+        recover(
+            student,
+            tmp_path / "x.onnx",
+            teacher_path=[TEACHER],
+            teacher_weights=[1, 2],
+            data=str(npz[0]),
+            cfg=cfg,
+            progress=False,
+        )
 
 
 def test_deep_mutual_learning_with_a_peer(student, npz, tmp_path):
@@ -264,9 +342,26 @@ def test_deep_mutual_learning_with_a_peer(student, npz, tmp_path):
     optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
     runner = CliRunner()
     out = tmp_path / "r.onnx"
-    result = runner.invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--peer", str(peer),
-                                  "--data", str(npz[0]), "-o", str(out), "--max-steps", "3", "--batch-size", "32",
-                                  "--json"])
+    result = runner.invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--peer",
+            str(peer),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(out),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["steps"] == 3 and report["peers"][0]["output"].endswith("r.peer1.onnx")
@@ -282,7 +377,7 @@ def test_graph_teacher_matches_the_onnxruntime_teacher(student):
     teacher = onnx.load(TEACHER)
     a, b = OnnxTeacher(teacher, features), GraphTeacher(teacher, features, "cpu")
     x = torch.from_numpy(np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32))
-    (la, fa), (lb, fb) = a(x), b(x)     # every output of the model, then the features asked for
+    (la, fa), (lb, fb) = a(x), b(x)  # every output of the model, then the features asked for
     assert len(la) == len(lb) == len(teacher.graph.output)
     for oa, ob in zip(la, lb):
         np.testing.assert_allclose(oa.numpy(), ob.numpy(), rtol=1e-4, atol=1e-4)
@@ -299,20 +394,34 @@ def test_steps_repeat_epochs_and_a_run_never_ends_worse_than_it_started(tmp_path
     model.write_bytes(TEACHER.read_bytes())
     data = tmp_path / "few.npz"
     np.savez(data, x=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
-    report = recover(model, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(data), progress=False,
-                     cfg=RecoverConfig(max_steps=6, batch_size=8, lr=0.05, threads=1, eval_every=2))
+    report = recover(
+        model,
+        tmp_path / "r.onnx",
+        teacher_path=TEACHER,
+        data=str(data),
+        progress=False,
+        cfg=RecoverConfig(max_steps=6, batch_size=8, lr=0.05, threads=1, eval_every=2),
+    )
     assert report["steps"] == 6
     assert "starting weights are kept" in report["stop"]
     a, b = onnx.load(model), onnx.load(tmp_path / "r.onnx")
-    for x, y in zip(sorted(a.graph.initializer, key=lambda t: t.name), sorted(b.graph.initializer, key=lambda t: t.name)):
+    for x, y in zip(
+        sorted(a.graph.initializer, key=lambda t: t.name), sorted(b.graph.initializer, key=lambda t: t.name)
+    ):
         assert np.allclose(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
 
 
 def test_one_sample_trains_and_validates_on_itself(tmp_path, student):
     data = tmp_path / "one.npz"
     np.savez(data, x=np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32))
-    report = recover(student, tmp_path / "r.onnx", teacher_path=TEACHER, data=str(data), progress=False,
-                     cfg=RecoverConfig(max_steps=2, batch_size=1, threads=1))
+    report = recover(
+        student,
+        tmp_path / "r.onnx",
+        teacher_path=TEACHER,
+        data=str(data),
+        progress=False,
+        cfg=RecoverConfig(max_steps=2, batch_size=1, threads=1),
+    )
     assert report["steps"] == 2 and "too few to hold any out" in report["validation"]
 
 
@@ -332,15 +441,47 @@ def test_mutual_learning_and_generations_never_write_a_model_worse_than_given(st
 
 def test_cli_eval_every_threads_and_a_missing_device(student, npz, tmp_path):
     out = tmp_path / "r.onnx"
-    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
-                                       "-o", str(out), "--max-steps", "6", "--batch-size", "32", "--eval-every", "2",
-                                       "--threads", "1", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(out),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "r.onnx.ckpt" / "history.json").read_text())
     assert [e["step"] for e in history["evals"]] == [2, 4, 6]
     assert len(history["lr"]) == len(history["loss"]) == 6 and all(v > 0 for v in history["lr"])
-    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
-                                       "-o", str(tmp_path / "g.onnx"), "--torch-device", "cuda:7"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "g.onnx"),
+            "--torch-device",
+            "cuda:7",
+        ],
+    )
     assert result.exit_code == 2 and result.output.strip().startswith("error: --torch-device cuda:7")
     assert not (tmp_path / "g.onnx").exists()
 
@@ -362,40 +503,120 @@ def test_mixed_precision_trains_and_keeps_fp32_weights(student, npz, tmp_path, p
 def test_mixed_precision_peer_path_and_a_bad_precision(student, npz, tmp_path):
     peer = tmp_path / "peer.onnx"
     optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
-    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--peer", str(peer),
-                                       "--data", str(npz[0]), "-o", str(tmp_path / "r.onnx"), "--max-steps", "3",
-                                       "--batch-size", "32", "--precision", "bf16", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--peer",
+            str(peer),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "r.onnx"),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--precision",
+            "bf16",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["precision"] == "bf16"
     with pytest.raises(TensorfoldError, match="--precision fp8"):
         RecoverConfig(precision="fp8")
-    bad = CliRunner().invoke(main, ["recover", str(student), "--teacher", str(TEACHER), "--data", str(npz[0]),
-                                    "-o", str(tmp_path / "x.onnx"), "--precision", "fp8"])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            str(TEACHER),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "x.onnx"),
+            "--precision",
+            "fp8",
+        ],
+    )
     assert bad.exit_code == 2 and "fp8" in bad.output
 
 
 def test_self_distillation_trains_on_labels_with_a_moving_average_teacher(student, npz, tmp_path):
     """--teacher self: no original model; the student's EMA teaches (outputs and chain features),
     labels say what is right, the validation accuracy selects."""
-    result = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[0]),
-                                       "-o", str(tmp_path / "r.onnx"), "--max-steps", "6", "--batch-size", "32",
-                                       "--eval-every", "3", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            "self",
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "r.onnx"),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["teacher"].startswith("self") and report["metric"] == "accuracy"
     assert report["features_matched"] >= 2 and report["steps"] == 6
     assert (tmp_path / "r.onnx").exists()
     # born-again generations replace the teacher; the moving average is still compared at the end
-    again = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[0]), "-o",
-                                      str(tmp_path / "g.onnx"), "--max-steps", "2", "--batch-size", "32",
-                                      "--generations", "2", "--json"])
+    again = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            "self",
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "g.onnx"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "32",
+            "--generations",
+            "2",
+            "--json",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert len(json.loads(again.output)["generations"]) == 2
-    unlabelled = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--data", str(npz[1]),
-                                           "-o", str(tmp_path / "u.onnx")])
+    unlabelled = CliRunner().invoke(
+        main, ["recover", str(student), "--teacher", "self", "--data", str(npz[1]), "-o", str(tmp_path / "u.onnx")]
+    )
     assert unlabelled.exit_code == 2 and "needs labelled --data" in unlabelled.output
-    mixed = CliRunner().invoke(main, ["recover", str(student), "--teacher", "self", "--teacher", str(TEACHER),
-                                      "--data", str(npz[0]), "-o", str(tmp_path / "m.onnx")])
+    mixed = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(student),
+            "--teacher",
+            "self",
+            "--teacher",
+            str(TEACHER),
+            "--data",
+            str(npz[0]),
+            "-o",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert mixed.exit_code == 2 and "give it alone" in mixed.output
 
 
@@ -419,17 +640,20 @@ def test_a_peer_trains_with_checkpoints_resume_and_its_own_best(student, npz, tm
     peer = tmp_path / "peer.onnx"
     optimize(TEACHER, peer, method="cp", ratio=8, progress=False)
     out = tmp_path / "r.onnx"
-    cfg = RecoverConfig(max_steps=4, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd",
-                        lr=1e-3)
+    cfg = RecoverConfig(
+        max_steps=4, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd", lr=1e-3
+    )
     recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, peers=[peer], progress=False)
     ckdir = tmp_path / "r.onnx.ckpt"
     assert (ckdir / "best.peer1.pt").exists()
     state = torch.load(ckdir / "last.pt", weights_only=True)
     assert len(state["peers"]) == 1 and state["step"] == 4
-    cfg = RecoverConfig(max_steps=6, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd",
-                        lr=1e-3)
-    report = recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, peers=[peer], resume=True,
-                     progress=False)
+    cfg = RecoverConfig(
+        max_steps=6, batch_size=32, threads=1, eval_every=2, schedule="plateau", optimizer="sgd", lr=1e-3
+    )
+    report = recover(
+        student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, peers=[peer], resume=True, progress=False
+    )
     assert report["steps"] == 6 and report["peers"][0]["val"]["teacher_agreement"] >= 0
     with pytest.raises(TensorfoldError, match="written for another model"):
         recover(student, out, teacher_path=TEACHER, data=str(npz[0]), cfg=cfg, resume=True, progress=False)

@@ -21,8 +21,14 @@ class MapNet(nn.Module):
 
     def __init__(self, heads: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 24, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(24, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+        )
         self.map = nn.Conv2d(32, 1, 1)
         self.heads = heads
         self.cls = nn.Linear(32, 5)
@@ -42,8 +48,16 @@ def _export(module, path, outputs=("output",), example=None, names=("input",), d
     axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=list(names),
-                          output_names=list(outputs), dynamic_axes=axes)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=list(names),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+        )
     return path
 
 
@@ -62,8 +76,14 @@ def models(tmp_path_factory):
     x = rng.random((160, 3, 16, 16)).astype(np.float32)
     np.savez(root / "x.npz", x=x)
     np.savez(root / "xy.npz", x=x, y=rng.integers(0, 5, 160))
-    return {"teacher": teacher, "student": student, "two": two, "two_small": two_small,
-            "x": root / "x.npz", "xy": root / "xy.npz"}
+    return {
+        "teacher": teacher,
+        "student": student,
+        "two": two,
+        "two_small": two_small,
+        "x": root / "x.npz",
+        "xy": root / "xy.npz",
+    }
 
 
 def test_outputs_know_their_class_axes(models):
@@ -75,10 +95,16 @@ def test_outputs_know_their_class_axes(models):
 
 def test_a_map_model_recovers_by_output_error(models, tmp_path):
     cfg = RecoverConfig(max_steps=30, batch_size=16, lr=1e-3, threads=1, eval_every=10)
-    report = recover(models["student"], tmp_path / "r.onnx", teacher_path=models["teacher"], data=str(models["x"]),
-                     cfg=cfg, progress=False)
+    report = recover(
+        models["student"],
+        tmp_path / "r.onnx",
+        teacher_path=models["teacher"],
+        data=str(models["x"]),
+        cfg=cfg,
+        progress=False,
+    )
     assert report["metric"] == "output_error"
-    assert "teacher_agreement" not in report["val_after"]      # no class axis: no argmax to agree on
+    assert "teacher_agreement" not in report["val_after"]  # no class axis: no argmax to agree on
     before, after = report["val_before"]["output_error"], report["val_after"]["output_error"]
     assert 0 < after < before
     evals = json.loads((tmp_path / "r.onnx.ckpt" / "history.json").read_text())["evals"]
@@ -87,17 +113,29 @@ def test_a_map_model_recovers_by_output_error(models, tmp_path):
 
 def test_two_outputs_distill_both_and_report_agreement_on_scores(models, tmp_path):
     cfg = RecoverConfig(max_steps=20, batch_size=16, lr=1e-3, threads=1, eval_every=10)
-    report = recover(models["two_small"], tmp_path / "r.onnx", teacher_path=models["two"], data=str(models["x"]),
-                     cfg=cfg, progress=False)
-    assert report["metric"] == "output_error"      # the first output is a map: the error selects
+    report = recover(
+        models["two_small"],
+        tmp_path / "r.onnx",
+        teacher_path=models["two"],
+        data=str(models["x"]),
+        cfg=cfg,
+        progress=False,
+    )
+    assert report["metric"] == "output_error"  # the first output is a map: the error selects
     assert 0 <= report["val_after"]["teacher_agreement"] <= 1
     assert report["val_after"]["output_error"] <= report["val_before"]["output_error"]
 
 
 def test_labels_for_a_model_without_class_scores_are_ignored_with_a_warning(models, tmp_path, capsys):
     cfg = RecoverConfig(max_steps=2, batch_size=16, threads=1)
-    report = recover(models["student"], tmp_path / "r.onnx", teacher_path=models["teacher"], data=str(models["xy"]),
-                     cfg=cfg, progress=False)
+    report = recover(
+        models["student"],
+        tmp_path / "r.onnx",
+        teacher_path=models["teacher"],
+        data=str(models["xy"]),
+        cfg=cfg,
+        progress=False,
+    )
     assert "labels are ignored" in capsys.readouterr().err
     assert report["metric"] == "output_error" and "accuracy" not in report["val_after"]
 
@@ -107,8 +145,14 @@ def _cut_and_recover(model, x: np.ndarray, tmp_path, steps: int) -> dict:
     small = tmp_path / "small.onnx"
     optimize(model, small, method="tucker", ratio=2, progress=False)
     np.savez(tmp_path / "x.npz", x=x)
-    return recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(tmp_path / "x.npz"),
-                   cfg=RecoverConfig(max_steps=steps, batch_size=8, threads=1), progress=False)
+    return recover(
+        small,
+        tmp_path / "r.onnx",
+        teacher_path=model,
+        data=str(tmp_path / "x.npz"),
+        cfg=RecoverConfig(max_steps=steps, batch_size=8, threads=1),
+        progress=False,
+    )
 
 
 class Audio(nn.Module):
@@ -162,8 +206,8 @@ def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
     x = np.random.default_rng(0).random((40, 3, 8, 8)).astype(np.float32)
     module = OnnxModule(onnx.load(model))
     assert module.fixed_batch == 1
-    batched = module(torch.from_numpy(x[:7]))[0]           # 7 calls of batch 1, joined
-    one_by_one = torch.cat([module(torch.from_numpy(x[i:i + 1]))[0] for i in range(7)])
+    batched = module(torch.from_numpy(x[:7]))[0]  # 7 calls of batch 1, joined
+    one_by_one = torch.cat([module(torch.from_numpy(x[i : i + 1]))[0] for i in range(7)])
     assert batched.shape == (7, 6)
     torch.testing.assert_close(batched, one_by_one)
     report = _cut_and_recover(model, x, tmp_path, steps=3)
@@ -186,14 +230,25 @@ class Tokens(nn.Module):
 
 def test_integer_token_inputs_pass_through_and_train(tmp_path):
     torch.manual_seed(0)
-    model = _export(Tokens(), tmp_path / "tokens.onnx", ("scores",), (torch.zeros(1, 12, dtype=torch.int64),),
-                    names=("ids",), dynamic=False)
+    model = _export(
+        Tokens(),
+        tmp_path / "tokens.onnx",
+        ("scores",),
+        (torch.zeros(1, 12, dtype=torch.int64),),
+        names=("ids",),
+        dynamic=False,
+    )
     small = tmp_path / "tokens.small.onnx"
-    optimize(model, small, method="svd", ratio=2, progress=False,
-             inputs=str(_ids(tmp_path / "ids.npz", 1)))
+    optimize(model, small, method="svd", ratio=2, progress=False, inputs=str(_ids(tmp_path / "ids.npz", 1)))
     data = _ids(tmp_path / "train.npz", 64)
-    report = recover(small, tmp_path / "r.onnx", teacher_path=model, data=str(data),
-                     cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1), progress=False)
+    report = recover(
+        small,
+        tmp_path / "r.onnx",
+        teacher_path=model,
+        data=str(data),
+        cfg=RecoverConfig(max_steps=4, batch_size=8, threads=1),
+        progress=False,
+    )
     assert report["steps"] == 4 and report["metric"] == "teacher_agreement"
     assert report["val_after"]["teacher_agreement"] >= 0
 
@@ -224,8 +279,15 @@ def test_an_image_folder_is_read_per_batch_with_workers(tmp_path, monkeypatch, m
     for workers in (0, 2):
         out = tmp_path / f"r{workers}.onnx"
         cfg = RecoverConfig(max_steps=4, batch_size=8, threads=1, workers=workers)
-        report = recover(models["student"], out, teacher_path=models["teacher"], data=str(folder), cfg=cfg,
-                         normalize=([0.5], [0.5]), progress=False)
+        report = recover(
+            models["student"],
+            out,
+            teacher_path=models["teacher"],
+            data=str(folder),
+            cfg=cfg,
+            normalize=([0.5], [0.5]),
+            progress=False,
+        )
         assert "read per batch" in report["data"] and report["train_size"] + report["val_size"] == 48
         losses.append(json.loads((tmp_path / f"r{workers}.onnx.ckpt" / "history.json").read_text())["loss"])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
@@ -240,13 +302,24 @@ def test_scalars_are_part_of_the_function_and_softmax_outputs_are_distilled_as_l
     from tensorfold.recovery.distill import hinton_kd, output_loss
     from tensorfold.recovery.onnx_torch import OnnxModule
 
-    inits = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-             helper.make_tensor("slope", TensorProto.FLOAT, [1], [0.25]),
-             helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32))]
-    nodes = [helper.make_node("Pow", ["x", "two"], ["p"]), helper.make_node("PRelu", ["p", "slope"], ["q"]),
-             helper.make_node("MatMul", ["q", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    inits = [
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+        helper.make_tensor("slope", TensorProto.FLOAT, [1], [0.25]),
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["p"]),
+        helper.make_node("PRelu", ["p", "slope"], ["q"]),
+        helper.make_node("MatMul", ["q", "w"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     module = OnnxModule(model)
     grad = {name: module.params[key].requires_grad for name, key in module.param_of.items()}

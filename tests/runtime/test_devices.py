@@ -10,8 +10,8 @@ from tests.passes.single_node import conv_model, gemm_model
 
 def test_roofline_node():
     dev = Device("toy", peak_flops=1e9, bandwidth=1e9, overhead_s=1e-6)
-    assert dev.node_seconds(2e6, 1e6) == pytest.approx(2e-3 + 1e-6)      # compute-bound
-    assert dev.node_seconds(1e6, 4e6) == pytest.approx(4e-3 + 1e-6)      # memory-bound
+    assert dev.node_seconds(2e6, 1e6) == pytest.approx(2e-3 + 1e-6)  # compute-bound
+    assert dev.node_seconds(1e6, 4e6) == pytest.approx(4e-3 + 1e-6)  # memory-bound
 
 
 def test_conv_cost_by_hand():
@@ -48,8 +48,13 @@ def test_fit_roofline_recovers_a_known_device():
 
     truth = Device("truth", peak_flops=5e10, bandwidth=2e10, overhead_s=3e-6, run_overhead_s=2e-5)
     rng = np.random.default_rng(0)
-    samples = [[NodeCost("n", "Conv", float(rng.uniform(1e5, 1e9)), float(rng.uniform(1e4, 1e8)))
-                for _ in range(rng.integers(1, 5))] for _ in range(60)]
+    samples = [
+        [
+            NodeCost("n", "Conv", float(rng.uniform(1e5, 1e9)), float(rng.uniform(1e4, 1e8)))
+            for _ in range(rng.integers(1, 5))
+        ]
+        for _ in range(60)
+    ]
     measured = [truth.run_overhead_s + sum(truth.node_seconds(c.flops, c.bytes) for c in s) for s in samples]
     fitted = fit_roofline(samples, measured, DEVICES["rx580"])
     pred = [fitted.run_overhead_s + sum(fitted.node_seconds(c.flops, c.bytes) for c in s) for s in samples]

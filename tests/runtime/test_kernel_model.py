@@ -29,13 +29,25 @@ from tests.passes.single_node import conv_model, gemm_model
 
 
 def test_node_config_of_a_strided_grouped_conv():
-    model, _ = conv_model(np.ones((8, 2, 3, 3)), bias=True, groups=2, strides=[2, 2], pads=[1, 1, 1, 1],
-                          spatial=(9, 9), batch=1)
+    model, _ = conv_model(
+        np.ones((8, 2, 3, 3)), bias=True, groups=2, strides=[2, 2], pads=[1, 1, 1, 1], spatial=(9, 9), batch=1
+    )
     shapes = concrete_shapes(model, {"x": [1, 4, 9, 9]})
     fam, c = node_config(model.graph.node[0], shapes)
     assert fam == "conv"
-    assert c == {"batch": 1, "cin": 4, "hin": 9, "win": 9, "cout": 8, "hout": 5, "wout": 5, "kh": 3, "kw": 3,
-                 "stride": 2, "groups": 2}
+    assert c == {
+        "batch": 1,
+        "cin": 4,
+        "hin": 9,
+        "win": 9,
+        "cout": 8,
+        "hout": 5,
+        "wout": 5,
+        "kh": 3,
+        "kw": 3,
+        "stride": 2,
+        "groups": 2,
+    }
     assert conv_flops(c) == node_flops(model.graph.node[0], shapes)
 
 
@@ -50,12 +62,16 @@ def test_node_config_of_a_gemm():
 @pytest.mark.parametrize("seed", range(5))
 def test_sampled_kernels_are_valid_models_of_their_configs(seed):
     rng = np.random.default_rng(seed)
-    for fam, c in (("conv", sample_conv(rng)), ("matmul", sample_matmul(rng)), ("conv", list(sample_pair(rng).values()))):
+    for fam, c in (
+        ("conv", sample_conv(rng)),
+        ("matmul", sample_matmul(rng)),
+        ("conv", list(sample_pair(rng).values())),
+    ):
         model, feeds = kernel_model(fam, c, rng)
         onnx.checker.check_model(model)
         shapes = concrete_shapes(model, {k: list(v.shape) for k, v in feeds.items()})
         read = [node_config(n, shapes)[1] for n in model.graph.node]
-        assert read == (c if isinstance(c, list) else [c])      # the graph is the configuration
+        assert read == (c if isinstance(c, list) else [c])  # the graph is the configuration
 
 
 def _synthetic_seconds(c):
@@ -80,12 +96,15 @@ def test_learns_a_device_no_roofline_describes():
     true = np.array([_synthetic_seconds(c) for c in test])
     assert np.median(np.abs(pred / true - 1)) < 0.15
     from scipy.stats import kendalltau
+
     assert kendalltau(pred, true).statistic > 0.9
     # a two-conv chain: both convs' times, one call, less the joint's saving
     pair = sample_pair(rng)
     model, feeds = kernel_model("conv", [pair["a"], pair["b"]], rng)
     got = km.predict(model, {k: list(v.shape) for k, v in feeds.items()})
-    expected = call + km.config_seconds("conv", [pair["a"], pair["b"]]).sum() - (1e-6 + 1e-9 * conv_input_bytes(pair["b"]))
+    expected = (
+        call + km.config_seconds("conv", [pair["a"], pair["b"]]).sum() - (1e-6 + 1e-9 * conv_input_bytes(pair["b"]))
+    )
     assert got == pytest.approx(expected, rel=1e-6)
 
 
@@ -103,7 +122,7 @@ def test_real_calibration_through_onnxruntime(tmp_path, monkeypatch):
     assert host.kernels is not None and host.key.startswith("host-k")
     assert "per-kernel model" in describe(host)
     assert list((tmp_path / "devices").glob("kernels-*.json"))
-    again = learn_host(progress=False)                       # from the cache: same samples
+    again = learn_host(progress=False)  # from the cache: same samples
     assert [s.config for s in again.samples] == [s.config for s in host.kernels.samples]
     model, feeds = conv_model(np.ones((8, 4, 3, 3)), bias=True, pads=[1, 1, 1, 1], spatial=(16, 16), batch=1)
     assert predict_seconds(model, {"x": [1, 4, 16, 16]}, host) > host.run_overhead_s

@@ -30,7 +30,7 @@ def test_measure_interleaved_times_every_model_every_round(tiny):
     big, big_feeds = conv_model(np.ones((32, 4, 3, 3)), bias=False, pads=[1, 1, 1, 1], spatial=(64, 64), batch=1)
     stats = measure_interleaved([(model, feeds), (big, big_feeds)], rounds=5, warmup=1)
     assert [len(s.runs_ms) for s in stats] == [5, 5]
-    assert stats[1].median > stats[0].median        # 32x more work per pixel, 50x more pixels
+    assert stats[1].median > stats[0].median  # 32x more work per pixel, 50x more pixels
 
 
 def test_node_profile(tiny):
@@ -77,9 +77,14 @@ def test_profile_compare_and_device(tmp_path):
     assert row["predicted_ms"] > 0 and row["predicted_speedup"] > 0
 
 
-@pytest.mark.parametrize("args,expected", [(["--provider", "dml"], "onnxruntime-directml"),
-                                           (["--device", "rx590"], "unknown device"),
-                                           (["--runs", "0"], "--runs")])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--provider", "dml"], "onnxruntime-directml"),
+        (["--device", "rx590"], "unknown device"),
+        (["--runs", "0"], "--runs"),
+    ],
+)
 def test_profile_bad_input(args, expected):
     code, out = _cli("profile", demo_model_path(), *args)
     assert code == 2 and out.startswith("error: ") and expected in out and len(out.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ def test_measured_and_predicted_answer_the_same_questions():
     measured, predicted = Measured("cpu", 1, runs=3), Predicted(DEVICES["rx580"])
     for lm in (measured, predicted):
         assert lm.ms(model, SHAPES) > 0 and lm.call_ms() > 0
-        assert 0.5 < lm.speedup(model, model, SHAPES) < 2.0       # a model against itself
+        assert 0.5 < lm.speedup(model, model, SHAPES) < 2.0  # a model against itself
     assert predicted.ms(model, SHAPES) == predict_seconds(model, SHAPES, DEVICES["rx580"]) * 1e3
     feeds = {"input": np.zeros((1, 1, 28, 28), np.float32)}
     assert measured.ms(model, SHAPES, feeds) > 0

@@ -13,13 +13,22 @@ from tensorfold.runtime.memory import measured_peak_bytes, predict_memory
 
 def _model():
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("w1", (8, 4, 3, 3)), ("b1", (8,)), ("w2", (2, 8, 1, 1)), ("b2", (2,)))]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
-             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 8, 8])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w1", (8, 4, 3, 3)), ("b1", (8,)), ("w2", (2, 8, 1, 1)), ("b2", (2,)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 8, 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -39,14 +48,15 @@ def test_the_measured_peak_is_a_fresh_process_s_own(tmp_path):
     onnx.save(_model(), path)
     small = measured_peak_bytes(path, {"x": np.zeros((1, 4, 8, 8), np.float32)})
     large = measured_peak_bytes(path, {"x": np.zeros((512, 4, 8, 8), np.float32)})
-    assert small is not None and large is not None and 0 <= small < large     # 512 images need more
+    assert small is not None and large is not None and 0 <= small < large  # 512 images need more
 
 
 def test_profile_predicts_memory_and_warns_past_the_device(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_model(), path)
-    result = CliRunner().invoke(main, ["profile", str(path), "--device", "rx580", "--batch", "1", "--batch",
-                                       "4000000", "--json"])
+    result = CliRunner().invoke(
+        main, ["profile", str(path), "--device", "rx580", "--batch", "1", "--batch", "4000000", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     small, huge = report["batches"]["1"]["predicted_memory"], report["batches"]["4000000"]["predicted_memory"]

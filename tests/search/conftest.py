@@ -16,6 +16,7 @@ def postgres_url() -> str:
     """The server .ci/run starts (tools/start_postgres.sh prints its URL)."""
     url = os.environ.get("TENSORFOLD_TEST_POSTGRES")
     if not url:
-        pytest.skip("no PostgreSQL: run `export TENSORFOLD_TEST_POSTGRES=$(tools/start_postgres.sh)` as root "
-                    "(.ci/run does)")
+        pytest.skip(
+            "no PostgreSQL: run `export TENSORFOLD_TEST_POSTGRES=$(tools/start_postgres.sh)` as root (.ci/run does)"
+        )
     return url

@@ -6,8 +6,12 @@ from tensorfold.search.pareto import dominates, front, hypervolume, normalize
 
 
 def _trial(number, values, constraints=(), state="COMPLETE"):
-    return SimpleNamespace(number=number, values=list(values), state=SimpleNamespace(name=state),
-                           user_attrs={"constraints": list(constraints)})
+    return SimpleNamespace(
+        number=number,
+        values=list(values),
+        state=SimpleNamespace(name=state),
+        user_attrs={"constraints": list(constraints)},
+    )
 
 
 def test_hypervolume_hand_cases():
@@ -22,15 +26,20 @@ def test_hypervolume_hand_cases():
 
 
 def test_front_keeps_feasible_non_dominated_points_of_mixed_directions():
-    objectives = ("params", "accuracy")            # minimize, maximize
-    trials = [_trial(0, [100, 0.90]), _trial(1, [50, 0.85]), _trial(2, [60, 0.80]),   # 2 is dominated by 1
-              _trial(3, [10, 0.99], constraints=[0.1]),                                 # infeasible
-              _trial(4, [5, 0.1], state="FAIL")]
+    objectives = ("params", "accuracy")  # minimize, maximize
+    trials = [
+        _trial(0, [100, 0.90]),
+        _trial(1, [50, 0.85]),
+        _trial(2, [60, 0.80]),  # 2 is dominated by 1
+        _trial(3, [10, 0.99], constraints=[0.1]),  # infeasible
+        _trial(4, [5, 0.1], state="FAIL"),
+    ]
     assert [t.number for t in front(trials, objectives)] == [1, 0]
     assert dominates([1, 1], [1, 2]) and not dominates([1, 1], [1, 1])
 
 
 def test_normalize_makes_every_objective_a_share_to_minimize():
     base = {"params": 200, "latency": 4.0, "accuracy": 0.9}
-    assert normalize([50, 2.0, 0.85, 0.1], ("params", "latency", "accuracy", "error"), base) == \
-        pytest.approx([0.25, 0.5, 0.05, 0.1])
+    assert normalize([50, 2.0, 0.85, 0.1], ("params", "latency", "accuracy", "error"), base) == pytest.approx(
+        [0.25, 0.5, 0.05, 0.1]
+    )

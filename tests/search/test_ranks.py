@@ -25,7 +25,7 @@ def test_front_is_verified_written_and_replayable(demo_model, tmp_path):
     assert front and all(p["verified"] for p in front)
     params = [p["values"]["params"] for p in front]
     errors = [p["values"]["error"] for p in front]
-    assert params == sorted(params) and errors == sorted(errors, reverse=True)   # a trade-off, both ways
+    assert params == sorted(params) and errors == sorted(errors, reverse=True)  # a trade-off, both ways
     assert 0 < report["hypervolume"] <= 1
     assert (out / "front.png").stat().st_size > 5000 and json.loads((out / "front.json").read_text())["front"]
     # replay the most compressed point: same parameter count and the same output error
@@ -39,8 +39,20 @@ def test_front_is_verified_written_and_replayable(demo_model, tmp_path):
 
 
 def test_cli_table_and_constraints(demo_model, tmp_path):
-    code, text = invoke("search", "ranks", demo_model, "--n-trials", "12", "--sampler", "random", "--max-error",
-                        "0.5", "-o", tmp_path / "p", "--no-models")
+    code, text = invoke(
+        "search",
+        "ranks",
+        demo_model,
+        "--n-trials",
+        "12",
+        "--sampler",
+        "random",
+        "--max-error",
+        "0.5",
+        "-o",
+        tmp_path / "p",
+        "--no-models",
+    )
     assert code == 0, text
     assert "Pareto front" in text and "infeasible" in text
     report = json.loads((tmp_path / "p" / "front.json").read_text())
@@ -71,8 +83,16 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(demo_model, tmp_path,
 
 @needs_data
 def test_accuracy_objective_cross_validates_on_held_out_training_data(demo_model, tmp_path):
-    report = search_ranks(demo_model, objectives="params,accuracy", n_trials=4, sampler="random",
-                          data="fashion-mnist", recover_steps=10, output_dir=None, progress=False)
+    report = search_ranks(
+        demo_model,
+        objectives="params,accuracy",
+        n_trials=4,
+        sampler="random",
+        data="fashion-mnist",
+        recover_steps=10,
+        output_dir=None,
+        progress=False,
+    )
     assert 0.85 < report["baseline"]["accuracy"] <= 1
     assert all(0 < p["values"]["accuracy"] <= 1 for p in report["front"])
 
@@ -82,56 +102,107 @@ def test_studies_in_sqlite_refuse_other_objectives_and_models(demo_model, tmp_pa
     search_ranks(demo_model, n_trials=3, storage=db, study="s", output_dir=None, progress=False)
     again = search_ranks(demo_model, n_trials=2, storage=db, study="s", output_dir=None, progress=False)
     assert again["trials"]["total"] == 5 and again["trials"]["this_run"] == 2
-    code, text = invoke("search", "ranks", demo_model, "--objectives", "params,flops", "--storage", db, "--study", "s",
-                        "--n-trials", "1", "-o", tmp_path / "x")
+    code, text = invoke(
+        "search",
+        "ranks",
+        demo_model,
+        "--objectives",
+        "params,flops",
+        "--storage",
+        db,
+        "--study",
+        "s",
+        "--n-trials",
+        "1",
+        "-o",
+        tmp_path / "x",
+    )
     assert_user_error(code, text, "was created with objectives params,error")
     other, _ = conv_model(np.random.default_rng(0).standard_normal((16, 8, 3, 3)), bias=True)
     import onnx
 
     onnx.save(other, tmp_path / "other.onnx")
-    code, text = invoke("search", "ranks", tmp_path / "other.onnx", "--storage", db, "--study", "s",
-                        "--shape", "x:1,8,9,9", "--n-trials", "1", "-o", tmp_path / "x")
+    code, text = invoke(
+        "search",
+        "ranks",
+        tmp_path / "other.onnx",
+        "--storage",
+        db,
+        "--study",
+        "s",
+        "--shape",
+        "x:1,8,9,9",
+        "--n-trials",
+        "1",
+        "-o",
+        tmp_path / "x",
+    )
     assert_user_error(code, text, "was created for another model")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objectives", "params,speed"], "unknown objective(s) speed"),
-    (["--objectives", "params,params"], "named twice"),
-    (["--methods", "svd,magic"], "unknown method(s) magic"),
-    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot reach --storage postgresql://nobody@127.0.0.1:1"),
-    (["--storage", "mysql+nodriver://u:secret@h/db"], "--storage mysql+nodriver://u:***@h/db"),
-    (["--storage", "journal:/no/such/dir/j.log"], "does not exist"),
-    (["--storage", "search.db"], "is not a storage URL"),
-    (["--n-trials", "0"], "--n-trials"),
-    (["--objectives", "accuracy"], "needs --data"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objectives", "params,speed"], "unknown objective(s) speed"),
+        (["--objectives", "params,params"], "named twice"),
+        (["--methods", "svd,magic"], "unknown method(s) magic"),
+        (
+            ["--storage", "postgresql://nobody@127.0.0.1:1/none"],
+            "cannot reach --storage postgresql://nobody@127.0.0.1:1",
+        ),
+        (["--storage", "mysql+nodriver://u:secret@h/db"], "--storage mysql+nodriver://u:***@h/db"),
+        (["--storage", "journal:/no/such/dir/j.log"], "does not exist"),
+        (["--storage", "search.db"], "is not a storage URL"),
+        (["--n-trials", "0"], "--n-trials"),
+        (["--objectives", "accuracy"], "needs --data"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(demo_model, tmp_path, args, message):
     code, text = invoke("search", "ranks", demo_model, "-o", tmp_path / "p", *args)
     assert_user_error(code, text, message)
 
 
 def test_config_from_another_model_or_with_rank_options_is_refused(demo_model, tmp_path):
-    report = search_ranks(demo_model, n_trials=4, sampler="random", output_dir=tmp_path / "p", save_models=False,
-                          progress=False)
+    report = search_ranks(
+        demo_model, n_trials=4, sampler="random", output_dir=tmp_path / "p", save_models=False, progress=False
+    )
     config = report["front"][0]["config"]
     other, _ = conv_model(np.random.default_rng(0).standard_normal((16, 8, 3, 3)), bias=True)
     import onnx
 
     onnx.save(other, tmp_path / "other.onnx")
-    code, text = invoke("optimize", tmp_path / "other.onnx", "-o", tmp_path / "o.onnx", "--config", config,
-                        "--shape", "x:1,8,9,9")
+    code, text = invoke(
+        "optimize", tmp_path / "other.onnx", "-o", tmp_path / "o.onnx", "--config", config, "--shape", "x:1,8,9,9"
+    )
     assert_user_error(code, text, "was made for another model")
     code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", config, "--ratio", "4")
     assert_user_error(code, text, "drop --ratio")
-    (tmp_path / "bad.yaml").write_text("kind: tensorfold-ranks\nlayers: {'/classifier/Gemm': {method: svd, ranks: [-1]}}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "kind: tensorfold-ranks\nlayers: {'/classifier/Gemm': {method: svd, ranks: [-1]}}\n"
+    )
     code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", tmp_path / "bad.yaml")
     assert_user_error(code, text, "needs 'keep'")
     assert not (tmp_path / "o.onnx").exists()
 
 
 def test_gp_sampler_and_the_global_space_from_the_cli(demo_model, tmp_path):
-    code, text = invoke("search", "ranks", demo_model, "--objectives", "error", "--sampler", "gp", "--space", "global",
-                        "--n-trials", "6", "-o", tmp_path / "g", "--no-models", "--json")
+    code, text = invoke(
+        "search",
+        "ranks",
+        demo_model,
+        "--objectives",
+        "error",
+        "--sampler",
+        "gp",
+        "--space",
+        "global",
+        "--n-trials",
+        "6",
+        "-o",
+        tmp_path / "g",
+        "--no-models",
+        "--json",
+    )
     assert code == 0, text
     report = json.loads(text)
     assert report["space"]["mode"] == "global" and report["trials"]["complete"] == 6
@@ -144,9 +215,16 @@ def test_memory_is_an_objective_and_a_constraint(tmp_path):
     from tensorfold.api import search_ranks
     from tensorfold.demo import demo_model_path
 
-    report = search_ranks(demo_model_path(), objectives="memory,error", n_trials=6, max_memory_mb=0.6,
-                          output_dir=tmp_path / "p", save_models=False, progress=False)
-    assert report["baseline"]["memory"] > 0.6           # the input needs more than the bound
+    report = search_ranks(
+        demo_model_path(),
+        objectives="memory,error",
+        n_trials=6,
+        max_memory_mb=0.6,
+        output_dir=tmp_path / "p",
+        save_models=False,
+        progress=False,
+    )
+    assert report["baseline"]["memory"] > 0.6  # the input needs more than the bound
     assert report["front"], report["failures"]
     feasible = [p for p in report["front"] if p["values"]["memory"] <= 0.6]
     assert feasible and all(p["values"]["memory"] < report["baseline"]["memory"] for p in feasible)

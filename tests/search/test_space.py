@@ -28,7 +28,7 @@ def test_options_are_efficient_and_smaller_than_the_layer(space):
     kxk = next(o for o in space.layers if o.layer.kind == "conv" and not o.layer.is_pointwise and o.layer.params > 1000)
     assert {"tucker", "cp", "tt"} <= set(kxk.by_method)
     gemm = next(o for o in space.layers if o.layer.kind != "conv")
-    assert "tucker" not in gemm.by_method      # a matrix is an SVD (or a TT matrix), never a Tucker-2
+    assert "tucker" not in gemm.by_method  # a matrix is an SVD (or a TT matrix), never a Tucker-2
 
 
 def test_plans_assemble_into_valid_models_and_larger_ranks_err_less(space):
@@ -72,8 +72,9 @@ def test_per_layer_and_global_sampling(space):
     glob = RankSpace(model, ("svd", "tucker"), mode="global", progress=False)
     sizes = []
     for ratio in (1.5, 4.0):
-        t = optuna.trial.FixedTrial({"method": "tucker", "ratio": ratio,
-                                     **{f"{o.name}.offset": 0 for o in glob.layers}})
+        t = optuna.trial.FixedTrial(
+            {"method": "tucker", "ratio": ratio, **{f"{o.name}.offset": 0 for o in glob.layers}}
+        )
         sizes.append(glob.assemble(glob.suggest(t)).eligible_params_after)
     assert sizes[1] < sizes[0] <= glob.total_params / 1.5 + 1
 

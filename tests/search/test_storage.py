@@ -29,7 +29,7 @@ def test_a_torn_last_line_is_refused_by_line_with_the_repair_and_the_file_untouc
     with pytest.raises(TensorfoldError, match=rf"line {torn_line} is cut short.*truncate -s {len(good)}"):
         open_storage(f"journal:{path}")
     assert path.read_bytes() == good + b'{"op_code":4,"wor'
-    os.truncate(path, len(good))            # the repair the message gives
+    os.truncate(path, len(good))  # the repair the message gives
     open_storage(f"journal:{path}")
 
 

@@ -16,10 +16,36 @@ PER_WORKER = 6
 
 def _run_two_workers(model, storage: str, study: str, tmp_path):
     code = "from tensorfold.cli import main; main()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, "search", "ranks", str(model), "--storage", storage,
-                               "--study", study, "--n-trials", str(PER_WORKER), "--sampler", "nsga2",
-                               "--population", "4", "-o", str(tmp_path / f"w{i}"), "--no-models", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "search",
+                "ranks",
+                str(model),
+                "--storage",
+                storage,
+                "--study",
+                study,
+                "--n-trials",
+                str(PER_WORKER),
+                "--sampler",
+                "nsga2",
+                "--population",
+                "4",
+                "-o",
+                str(tmp_path / f"w{i}"),
+                "--no-models",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]

@@ -9,8 +9,18 @@ from tensorfold.outputs import OutputFolder
 from tensorfold.search.nas.space import NetConfig, Network, to_onnx
 
 # what a NAS run writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
-OUTPUT_NAMES = ("model.onnx", "model.onnx.data", "genotype.json", "candidates.json", "front.png", "front.json",
-                "report.json", "point-*.json", "point-*.onnx", "point-*.onnx.data")
+OUTPUT_NAMES = (
+    "model.onnx",
+    "model.onnx.data",
+    "genotype.json",
+    "candidates.json",
+    "front.png",
+    "front.json",
+    "report.json",
+    "point-*.json",
+    "point-*.onnx",
+    "point-*.onnx.data",
+)
 
 
 def write_dir(folder: OutputFolder, report, candidates, front, final, model, dev, cfg: NetConfig | None = None) -> None:
@@ -23,8 +33,13 @@ def write_dir(folder: OutputFolder, report, candidates, front, final, model, dev
     if cfg is not None:
         points = []
         for k, s in enumerate(front, start=1):
-            point = {"point": k, "candidate": s.number, "genotype": s.genotype.as_dict(),
-                     "values": dict(zip(report["objectives"], s.values)), "metrics": s.metrics}
+            point = {
+                "point": k,
+                "candidate": s.number,
+                "genotype": s.genotype.as_dict(),
+                "values": dict(zip(report["objectives"], s.values)),
+                "metrics": s.metrics,
+            }
             write_text_atomic(folder.file(f"point-{k}.json"), json.dumps(point, indent=2))
             if s.weights is not None:
                 net = Network(s.genotype, cfg)
@@ -32,8 +47,9 @@ def write_dir(folder: OutputFolder, report, candidates, front, final, model, dev
                 save_model(to_onnx(net), folder.file(f"point-{k}.onnx"))
                 point["model"] = str(folder.path / f"point-{k}.onnx")
             points.append(point)
-        write_text_atomic(folder.file("front.json"), json.dumps({"objectives": report["objectives"], "points": points},
-                                                             indent=2))
+        write_text_atomic(
+            folder.file("front.json"), json.dumps({"objectives": report["objectives"], "points": points}, indent=2)
+        )
         report["front_points"] = len(points)
     save_model(model, folder.file("model.onnx"))
     report["model"] = str(folder.path / "model.onnx")
@@ -53,16 +69,28 @@ def plot_nas(candidates, front, path: Path, device: str | None) -> Path | None:
     scored = [c for c in candidates if "accuracy" in c.metrics]
     if not scored:
         return None
-    keys = [("host_ms", "host latency, measured (ms)")] + ([("device_ms", f"{device} latency, predicted (ms)")]
-                                                          if device else [])
+    keys = [("host_ms", "host latency, measured (ms)")] + (
+        [("device_ms", f"{device} latency, predicted (ms)")] if device else []
+    )
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
     on_front = {c.number for c in front}
     for ax, (key, label) in zip(axes[0], keys):
-        ax.scatter([c.metrics[key] for c in scored], [c.metrics["accuracy"] for c in scored], s=12, color="0.6",
-                   label="candidates")
+        ax.scatter(
+            [c.metrics[key] for c in scored],
+            [c.metrics["accuracy"] for c in scored],
+            s=12,
+            color="0.6",
+            label="candidates",
+        )
         f = [c for c in scored if c.number in on_front]
-        ax.scatter([c.metrics[key] for c in f], [c.metrics["accuracy"] for c in f], s=30, color="tab:red",
-                   label="front", zorder=3)
+        ax.scatter(
+            [c.metrics[key] for c in f],
+            [c.metrics["accuracy"] for c in f],
+            s=30,
+            color="tab:red",
+            label="front",
+            zorder=3,
+        )
         ax.set_xlabel(label)
         ax.set_ylabel("proxy accuracy")
         ax.grid(alpha=0.3)

@@ -23,20 +23,20 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.search.nas.space import DISCRETE_OPS, Genotype, NetConfig, Network, uniform_genotype
 from tensorfold.search.nas.train import train_network
 
-PRECHECK_SHARE = 0.1      # the pre-check never spends more than this share of the budget
-FINAL_SHARE = 0.3         # the final training's share of the budget, as a rule
-MAX_FINAL_SHARE = 0.6     # ... and at most, for its fewest steps on a slow host
-FINAL_OVERHEAD_S = 8.0    # export, test on 10,000 images and latency runs after the final training (measured: 3-6 s)
-WIDTHS = (8, 6, 4)        # search widths tried, widest first, when --channels is left unset
-PROXY_STEPS = (100, 30)   # proxy steps: the default and the fewest that still rank candidates
+PRECHECK_SHARE = 0.1  # the pre-check never spends more than this share of the budget
+FINAL_SHARE = 0.3  # the final training's share of the budget, as a rule
+MAX_FINAL_SHARE = 0.6  # ... and at most, for its fewest steps on a slow host
+FINAL_OVERHEAD_S = 8.0  # export, test on 10,000 images and latency runs after the final training (measured: 3-6 s)
+WIDTHS = (8, 6, 4)  # search widths tried, widest first, when --channels is left unset
+PROXY_STEPS = (100, 30)  # proxy steps: the default and the fewest that still rank candidates
 FINAL_STEPS = (600, 100)  # final training steps: the default and the fewest worth a report
-GENERATIONS = 2           # candidates the search should hold: this many populations
+GENERATIONS = 2  # candidates the search should hold: this many populations
 
 
 def typical_genotype(nodes: int) -> Genotype:
     """The space's ops in turn over the cells' edges: what a random genotype costs, about."""
     ops = iter(DISCRETE_OPS * (4 * nodes))
-    cell = lambda: tuple(((next(ops), k), (next(ops), k + 1)) for k in range(nodes))   # noqa: E731
+    cell = lambda: tuple(((next(ops), k), (next(ops), k + 1)) for k in range(nodes))  # noqa: E731
     return Genotype(cell(), cell())
 
 
@@ -51,10 +51,10 @@ class BudgetPlan:
     proxy_steps: int
     final_steps: int
     final_channels: int
-    step_s: float                  # one SGD step of a typical candidate at `channels`, measured
-    final_step_s: float            # one step of the slowest network at `final_channels`
+    step_s: float  # one SGD step of a typical candidate at `channels`, measured
+    final_step_s: float  # one step of the slowest network at `final_channels`
     precheck_s: float
-    final_reserve_s: float         # kept back for the final training, its test and measurement
+    final_reserve_s: float  # kept back for the final training, its test and measurement
     notes: list[str] = field(default_factory=list)
 
     def search_deadline(self, start: float) -> float:
@@ -62,11 +62,18 @@ class BudgetPlan:
         return start + self.budget_s - self.final_reserve_s
 
     def as_dict(self) -> dict:
-        return {"budget_s": round(self.budget_s, 1), "channels": self.channels, "proxy_steps": self.proxy_steps,
-                "final_steps": self.final_steps, "final_channels": self.final_channels,
-                "step_s": round(self.step_s, 4), "final_step_s": round(self.final_step_s, 4),
-                "precheck_s": round(self.precheck_s, 2), "final_reserve_s": round(self.final_reserve_s, 1),
-                "notes": list(self.notes)}
+        return {
+            "budget_s": round(self.budget_s, 1),
+            "channels": self.channels,
+            "proxy_steps": self.proxy_steps,
+            "final_steps": self.final_steps,
+            "final_channels": self.final_channels,
+            "step_s": round(self.step_s, 4),
+            "final_step_s": round(self.final_step_s, 4),
+            "precheck_s": round(self.precheck_s, 2),
+            "final_reserve_s": round(self.final_reserve_s, 1),
+            "notes": list(self.notes),
+        }
 
 
 class _Clock:
@@ -86,7 +93,7 @@ class _Clock:
         genotype = slowest_genotype(self.nodes) if slowest else typical_genotype(self.nodes)
         net = Network(genotype, NetConfig(channels=channels, layers=self.layers))
         times = []
-        for k in range(4):                 # a warm-up step, then up to three timed ones
+        for k in range(4):  # a warm-up step, then up to three timed ones
             if self.spent >= self.limit_s:
                 break
             t = time.perf_counter()
@@ -120,8 +127,10 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
     final_channels = opts.final_channels or channels
     final_step_s = clock.step_s(final_channels, slowest=True)
     if final_step_s is None:
-        raise too_small(f"here: one training step of the slowest network at {final_channels} channels took over "
-                        f"a tenth of it ({limit:.1f} s)")
+        raise too_small(
+            f"here: one training step of the slowest network at {final_channels} channels took over "
+            f"a tenth of it ({limit:.1f} s)"
+        )
 
     # the final training: its steps fit FINAL_SHARE of the budget (the user's --final-steps are kept)
     left = budget_s - elapsed_s - clock.spent
@@ -133,13 +142,17 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
         if final_steps < FINAL_STEPS[1]:
             # the fewest steps worth a report may take more than the share, not more than MAX_FINAL_SHARE
             if FINAL_STEPS[1] * final_step_s > (MAX_FINAL_SHARE if searching else 1.0) * (left - FINAL_OVERHEAD_S):
-                raise too_small(f"for the final training: {FINAL_STEPS[1]} steps take about "
-                                f"{FINAL_STEPS[1] * final_step_s / 60:.1f} min here")
+                raise too_small(
+                    f"for the final training: {FINAL_STEPS[1]} steps take about "
+                    f"{FINAL_STEPS[1] * final_step_s / 60:.1f} min here"
+                )
             final_steps = FINAL_STEPS[1]
         if final_steps < FINAL_STEPS[0]:
-            notes.append(f"final training: {final_steps} steps of the slowest network fit {FINAL_SHARE:.0%} of the "
-                         f"budget ({final_step_s:.3f} s per step); the chosen one trains up to {FINAL_STEPS[0]} "
-                         f"until the budget's end")
+            notes.append(
+                f"final training: {final_steps} steps of the slowest network fit {FINAL_SHARE:.0%} of the "
+                f"budget ({final_step_s:.3f} s per step); the chosen one trains up to {FINAL_STEPS[0]} "
+                f"until the budget's end"
+            )
     final_reserve = final_steps * final_step_s + FINAL_OVERHEAD_S
     # DARTS times its own supernet steps; a given genotype has no candidates
     step_s = clock.step_s(channels) if searching and opts.strategy != "darts" else final_step_s
@@ -161,8 +174,10 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
             narrower = clock.step_s(width)
             if narrower is None:
                 break
-            notes.append(f"candidates at {width} channels (not {channels}): about {count(step_s, proxy_steps)} "
-                         f"of {wanted} wanted candidates fit at {channels}")
+            notes.append(
+                f"candidates at {width} channels (not {channels}): about {count(step_s, proxy_steps)} "
+                f"of {wanted} wanted candidates fit at {channels}"
+            )
             channels, step_s = width, narrower
             search_s = budget_s - elapsed_s - clock.spent - final_reserve
         if opts.proxy_steps is None and count(step_s, proxy_steps) < wanted:
@@ -171,13 +186,32 @@ def plan_budget(opts, split, budget_s: float, elapsed_s: float) -> BudgetPlan:
                 notes.append(f"{fewer} proxy steps per candidate (not {proxy_steps}) so about {wanted} candidates fit")
                 proxy_steps = fewer
         if count(step_s, proxy_steps) < 1:
-            raise too_small(f"to train one candidate (about {proxy_steps * step_s / 60:.1f} min for "
-                            f"{proxy_steps} proxy steps here, with {final_reserve / 60:.1f} min kept for the final "
-                            f"training)", "raise --budget-minutes or lower --proxy-steps")
-    typical = (f"{step_s:.3f} s per step of a typical candidate at {channels} channels, "
-               if searching and opts.strategy != "darts" else "")
-    notes.insert(0, f"pre-check: {clock.spent:.1f} s timing training steps ({typical}{final_step_s:.3f} s of the "
-                    f"slowest network at {final_channels}); {final_reserve:.0f} s kept for the final training and "
-                    f"measurement")
-    return BudgetPlan(budget_s, channels, proxy_steps, final_steps, final_channels, step_s, final_step_s,
-                      clock.spent, final_reserve, notes)
+            raise too_small(
+                f"to train one candidate (about {proxy_steps * step_s / 60:.1f} min for "
+                f"{proxy_steps} proxy steps here, with {final_reserve / 60:.1f} min kept for the final "
+                f"training)",
+                "raise --budget-minutes or lower --proxy-steps",
+            )
+    typical = (
+        f"{step_s:.3f} s per step of a typical candidate at {channels} channels, "
+        if searching and opts.strategy != "darts"
+        else ""
+    )
+    notes.insert(
+        0,
+        f"pre-check: {clock.spent:.1f} s timing training steps ({typical}{final_step_s:.3f} s of the "
+        f"slowest network at {final_channels}); {final_reserve:.0f} s kept for the final training and "
+        f"measurement",
+    )
+    return BudgetPlan(
+        budget_s,
+        channels,
+        proxy_steps,
+        final_steps,
+        final_channels,
+        step_s,
+        final_step_s,
+        clock.spent,
+        final_reserve,
+        notes,
+    )

@@ -32,8 +32,8 @@ from tensorfold.search.nas.space import OPS, Genotype, NetConfig, _build, make_o
 from tensorfold.search.nas.train import accuracy
 
 SKIP_LIMIT = 2
-MIN_EPOCHS = 3       # epochs a budget must hold: the guard compares each epoch's genotype with the last
-MIN_STEPS = 10       # steps an epoch needs to move alpha at all
+MIN_EPOCHS = 3  # epochs a budget must hold: the guard compares each epoch's genotype with the last
+MIN_STEPS = 10  # steps an epoch needs to move alpha at all
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
 
 
@@ -69,15 +69,17 @@ class DartsBudgetError(TensorfoldError):
 
     def __init__(self, budget_s: float, need_s: float):
         self.short = f"{MIN_EPOCHS} epochs of {MIN_STEPS} steps take about {need_s / 60:.1f} min"
-        super().__init__(f"the search's time ({budget_s / 60:.1f} min) is too small for DARTS here: {self.short}; "
-                         f"raise --budget-minutes")
+        super().__init__(
+            f"the search's time ({budget_s / 60:.1f} min) is too small for DARTS here: {self.short}; "
+            f"raise --budget-minutes"
+        )
 
 
 class MixedOp(nn.Module):
     def __init__(self, c: int, stride: int, beta: list):
         super().__init__()
         self.ops = nn.ModuleList(make_op(name, c, stride) for name in OPS)
-        self.stride, self.beta = stride, beta        # beta: shared one-element list (aux-skip weight)
+        self.stride, self.beta = stride, beta  # beta: shared one-element list (aux-skip weight)
 
     def forward(self, x, weights):
         out = sum(w * op(x) for w, op in zip(weights, self.ops))
@@ -91,8 +93,9 @@ class SuperNet(nn.Module):
         super().__init__()
         self.cfg, self.nodes = cfg, nodes
         self.beta = [0.0]
-        self.stem, self.cells, c_out = _build(cfg, nodes, lambda i, red: None,
-                                              lambda c, stride: MixedOp(c, stride, self.beta))
+        self.stem, self.cells, c_out = _build(
+            cfg, nodes, lambda i, red: None, lambda c, stride: MixedOp(c, stride, self.beta)
+        )
         self.classifier = nn.Linear(c_out, cfg.classes)
         edges = sum(i + 2 for i in range(nodes))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
@@ -114,16 +117,18 @@ class SuperNet(nn.Module):
 
     def genotype(self) -> Genotype:
         """Per node the two strongest incoming edges, each with its strongest op other than none."""
+
         def derive(alpha):
             w = F.softmax(alpha, dim=-1).detach().cpu().numpy()
             cell, start = [], 0
             for i in range(self.nodes):
-                rows = w[start:start + i + 2]
+                rows = w[start : start + i + 2]
                 best = [(max(r[1:]), j, OPS[1 + int(np.argmax(r[1:]))]) for j, r in enumerate(rows)]
                 top = sorted(best, reverse=True)[:2]
                 cell.append(tuple((op, j) for _, j, op in sorted(top, key=lambda t: t[1])))
                 start += i + 2
             return tuple(cell)
+
         return Genotype(derive(self.alpha_normal), derive(self.alpha_reduce))
 
 
@@ -133,16 +138,16 @@ class DartsResult:
     epochs: int
     steps: int
     stopped: str
-    history: list[dict] = field(default_factory=list)     # per epoch: genotype, skips, val accuracy
+    history: list[dict] = field(default_factory=list)  # per epoch: genotype, skips, val accuracy
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
-    subset: str = ""                 # how the epochs were shrunk to fit the budget, if they were
+    subset: str = ""  # how the epochs were shrunk to fit the budget, if they were
 
 
 def _batches(n: int, batch: int, rng):
     order = rng.permutation(n)
     for i in range(0, n - batch + 1, batch):
-        yield order[i:i + batch]
+        yield order[i : i + batch]
 
 
 def _unrolled_alpha_grad(net: SuperNet, xt, yt, xv, yv, xi: float, wd: float):
@@ -171,9 +176,23 @@ def _unrolled_alpha_grad(net: SuperNet, xt, yt, xv, yv, xi: float, wd: float):
     return [da - xi * (hp - hm) / (2 * eps) for da, hp, hm in zip(dalpha, hessian[0], hessian[1])]
 
 
-def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3, budget_s: float = 600,
-                 epochs: int = 50, batch: int = 64, order: int = 1, guard: str = "earlystop", seed: int = 0,
-                 progress: bool = True, lr: float = 0.025, arch_lr: float = 3e-4, device: str = "cpu") -> DartsResult:
+def darts_search(
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: NetConfig,
+    *,
+    nodes: int = 3,
+    budget_s: float = 600,
+    epochs: int = 50,
+    batch: int = 64,
+    order: int = 1,
+    guard: str = "earlystop",
+    seed: int = 0,
+    progress: bool = True,
+    lr: float = 0.025,
+    arch_lr: float = 3e-4,
+    device: str = "cpu",
+) -> DartsResult:
     """Search on (x, y): half trains w, half trains alpha (and measures the epoch's accuracy)."""
     from tqdm import tqdm
 
@@ -187,8 +206,10 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     half = len(x) // 2
-    xt, yt, xv, yv = (torch.from_numpy(a).to(device) for a in (x[:half], y[:half].astype(np.int64), x[half:],
-                                                               y[half:].astype(np.int64)))
+    xt, yt, xv, yv = (
+        torch.from_numpy(a).to(device)
+        for a in (x[:half], y[:half].astype(np.int64), x[half:], y[half:].astype(np.int64))
+    )
     net = SuperNet(cfg, nodes).to(device)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -210,8 +231,9 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
                 g["lr"] = lr_now
             a_opt.zero_grad()
             if order == 2:
-                for a, g in zip(net.arch_parameters(), _unrolled_alpha_grad(net, xt[ti], yt[ti], xv[vi], yv[vi],
-                                                                             lr_now, 3e-4)):
+                for a, g in zip(
+                    net.arch_parameters(), _unrolled_alpha_grad(net, xt[ti], yt[ti], xv[vi], yv[vi], lr_now, 3e-4)
+                ):
                     a.grad = g
             else:
                 F.cross_entropy(net(xv[vi]), yv[vi]).backward(inputs=net.arch_parameters())
@@ -235,15 +257,24 @@ def darts_search(x: np.ndarray, y: np.ndarray, cfg: NetConfig, *, nodes: int = 3
                     raise DartsBudgetError(budget_s, MIN_EPOCHS * MIN_STEPS * step_s)
                 if fit < steps_per_epoch:
                     steps_per_epoch = fit
-                    subset = (f"each epoch trains on {fit * batch} of the {half} weight-training images "
-                              f"({step_s:.2f} s per step here) so {MIN_EPOCHS} epochs fit the budget")
+                    subset = (
+                        f"each epoch trains on {fit * batch} of the {half} weight-training images "
+                        f"({step_s:.2f} s per step here) so {MIN_EPOCHS} epochs fit the budget"
+                    )
             if elapsed > budget_s or k + 1 >= steps_per_epoch:
                 break
         genotype = net.genotype()
         acc = accuracy(net, xv[:1000], yv[:1000], batch=250)
-        history.append({"epoch": epoch, "genotype": genotype.as_dict(), "skips_normal": genotype.count("skip_connect"),
-                        "parameter_free_normal": parameter_free(genotype),
-                        "val_accuracy": acc, "seconds": round(time.perf_counter() - start, 1)})
+        history.append(
+            {
+                "epoch": epoch,
+                "genotype": genotype.as_dict(),
+                "skips_normal": genotype.count("skip_connect"),
+                "parameter_free_normal": parameter_free(genotype),
+                "val_accuracy": acc,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         bar.update(1)
         bar.set_postfix(acc=f"{acc:.3f}", skips=genotype.count("skip_connect"))
         why = collapse(genotype, epoch, previous) if guard == "earlystop" else None

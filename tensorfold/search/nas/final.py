@@ -11,8 +11,20 @@ from tensorfold.search.nas.space import Genotype, NetConfig, Network, to_onnx
 from tensorfold.search.nas.train import train_network
 
 
-def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed: int, teacher_model, provider: str,
-                threads: int, dev, progress: bool, torch_device: str = "cpu", deadline: float | None = None) -> dict:
+def train_final(
+    genotype: Genotype,
+    cfg: NetConfig,
+    data: str,
+    steps: int,
+    seed: int,
+    teacher_model,
+    provider: str,
+    threads: int,
+    dev,
+    progress: bool,
+    torch_device: str = "cpu",
+    deadline: float | None = None,
+) -> dict:
     """Train on the whole training split, test on the test split (never seen by the search)."""
     from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.stats import model_stats
@@ -28,16 +40,31 @@ def train_final(genotype: Genotype, cfg: NetConfig, data: str, steps: int, seed:
 
         teacher = OnnxTeacher(teacher_model, [], threads)
     net = Network(genotype, cfg)
-    t = train_network(net, x, y.astype(np.int64), steps=steps, seed=seed, teacher=teacher, progress=progress,
-                      device=torch_device, deadline=deadline)
+    t = train_network(
+        net,
+        x,
+        y.astype(np.int64),
+        steps=steps,
+        seed=seed,
+        teacher=teacher,
+        progress=progress,
+        device=torch_device,
+        deadline=deadline,
+    )
     model = to_onnx(net)
-    out = {"genotype": genotype.as_dict(), "genotype_text": str(genotype), "channels": cfg.channels,
-           "steps": t["steps"], "train_seconds": round(t["seconds"], 1), "distilled_from": bool(teacher)}
+    out = {
+        "genotype": genotype.as_dict(),
+        "genotype_text": str(genotype),
+        "channels": cfg.channels,
+        "steps": t["steps"],
+        "train_seconds": round(t["seconds"], 1),
+        "distilled_from": bool(teacher),
+    }
     try:
         xt, yt, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
         out["test_accuracy"] = evaluate_onnx(model, prepare_inputs(xt, [1, *IMAGE], None), yt, threads=threads)
     except TensorfoldError:
-        out["test_accuracy"] = None       # data with no test split
+        out["test_accuracy"] = None  # data with no test split
     feeds = {"input": np.random.default_rng(0).standard_normal((1, *IMAGE)).astype(np.float32)}
     out["params"] = net_params(net)
     out["flops"] = model_stats(model, {"input": [1, *IMAGE]}).flops
@@ -59,6 +86,7 @@ def load_teacher(teacher):
     ins = model_inputs(model)
     dims = [d.dim_value for d in ins[0].type.tensor_type.shape.dim] if ins else []
     if len(ins) != 1 or dims[1:] not in ([*IMAGE], [0, 0, 0]):
-        raise TensorfoldError(f"--teacher {teacher} takes {dims[1:] or 'no'} inputs; the searched networks take "
-                              f"{list(IMAGE)} images")
+        raise TensorfoldError(
+            f"--teacher {teacher} takes {dims[1:] or 'no'} inputs; the searched networks take {list(IMAGE)} images"
+        )
     return model

@@ -29,8 +29,10 @@ def blocks(net: nn.Module, image: tuple[int, int, int]) -> list[tuple[str, nn.Mo
     for i, cell in enumerate(net.cells):
         leaves += [(f"cell{i}.pre0", cell.pre0), (f"cell{i}.pre1", cell.pre1)]
         leaves += [(f"cell{i}.edge{j}", e) for j, e in enumerate(cell.edges)]
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: found.append((name, mod, tuple(inp[0].shape))))
-             for name, m in leaves]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: found.append((name, mod, tuple(inp[0].shape))))
+        for name, m in leaves
+    ]
     try:
         with torch.no_grad():
             net.eval()(torch.zeros(1, *image))
@@ -49,18 +51,24 @@ class OpLatencyTable(CachedTable):
 
     prefix = "nas2-"
 
-    def __init__(self, provider: str = "cpu", threads: int = 1, device: Device | None = None, runs: int = 30,
-                 cache_dir: Path | None = None):
+    def __init__(
+        self,
+        provider: str = "cpu",
+        threads: int = 1,
+        device: Device | None = None,
+        runs: int = 30,
+        cache_dir: Path | None = None,
+    ):
         super().__init__(provider, threads, device, cache_dir, runs)
 
     def block_ms(self, sig: str, module: nn.Module, shape: tuple) -> float:
         def build():
             buf = io.BytesIO()
-            export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), buf)   # the live block stays put
+            export_onnx(copy.deepcopy(module).eval(), torch.zeros(*shape), buf)  # the live block stays put
             return onnx.load_from_string(buf.getvalue()), {"input": list(shape)}
+
         return self.cost_ms(sig, build)
 
     def network_ms(self, net: nn.Module, image: tuple[int, int, int]) -> float:
         call = self.call_ms()
         return call + sum(max(0.0, self.block_ms(sig, mod, shape) - call) for sig, mod, shape in blocks(net, image))
-

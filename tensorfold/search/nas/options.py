@@ -41,27 +41,27 @@ class NasOptions:
     output: str | os.PathLike | None = None
     output_dir: str | os.PathLike | None = None
     seed: int = 0
-    channels: int | None = None          # None: fit the budget (8, else 6 or 4 for the candidates)
+    channels: int | None = None  # None: fit the budget (8, else 6 or 4 for the candidates)
     layers: int = 5
     nodes: int = 3
     train_size: int = 4000
     val_size: int = 1000
-    proxy_steps: int | None = None       # None: fit the budget (100, down to 30)
-    final_steps: int | None = None       # None: fit the budget (600, down to 100)
+    proxy_steps: int | None = None  # None: fit the budget (100, down to 30)
+    final_steps: int | None = None  # None: fit the budget (600, down to 100)
     final_channels: int | None = None
     order: int = 1
     guard: str = "earlystop"
     population: int = 10
     sample: int = 3
-    max_candidates: int | None = None    # evolution/random: stop after this many, budget or not
-    max_epochs: int = 50                 # DARTS: epochs of its schedule (the budget may stop it sooner)
+    max_candidates: int | None = None  # evolution/random: stop after this many, budget or not
+    max_epochs: int = 50  # DARTS: epochs of its schedule (the budget may stop it sooner)
     genotype: str | os.PathLike | None = None
     max_latency: float | None = None
     max_memory_mb: float | None = None
     torch_device: str = "cpu"
     progress: bool = True
-    started: float | None = None         # time.perf_counter() when the budget began (default: this call);
-                                         # the CLI passes its start, so imports count against the budget
+    started: float | None = None  # time.perf_counter() when the budget began (default: this call);
+    # the CLI passes its start, so imports count against the budget
 
     def __post_init__(self):
         object.__setattr__(self, "order", int(self.order))
@@ -70,16 +70,22 @@ class NasOptions:
         objectives = parse_nas_objectives(self.objectives)
         object.__setattr__(self, "objectives", objectives)
         if self.strategy == "darts" and objectives != ("accuracy",):
-            raise TensorfoldError("DARTS optimizes accuracy alone; use --strategy evolution or random for "
-                                  f"{','.join(objectives)}")
+            raise TensorfoldError(
+                f"DARTS optimizes accuracy alone; use --strategy evolution or random for {','.join(objectives)}"
+            )
         if self.max_latency is not None and not self.max_latency > 0:
             raise TensorfoldError(f"--max-latency must be > 0 ms (got {self.max_latency})")
         if self.max_memory_mb is not None and not self.max_memory_mb > 0:
             raise TensorfoldError(f"--max-memory-mb must be > 0 (got {self.max_memory_mb})")
         if not self.budget_minutes > 0:
             raise TensorfoldError(f"--budget-minutes must be > 0 (got {self.budget_minutes})")
-        for option, value in (("--layers", self.layers), ("--nodes", self.nodes), ("--channels", self.channels),
-                              ("--final-channels", self.final_channels), ("--population", self.population)):
+        for option, value in (
+            ("--layers", self.layers),
+            ("--nodes", self.nodes),
+            ("--channels", self.channels),
+            ("--final-channels", self.final_channels),
+            ("--population", self.population),
+        ):
             if value is not None and not 1 <= value <= MOST[option]:
                 raise TensorfoldError(f"{option} must be between 1 and {MOST[option]} (got {value})")
         check_count(self.threads)

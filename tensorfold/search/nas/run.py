@@ -56,7 +56,7 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     if opts.genotype is not None:
         from tensorfold.search.nas.space import load_genotype
 
-        given = load_genotype(opts.genotype)       # a bad file fails before any data is loaded
+        given = load_genotype(opts.genotype)  # a bad file fails before any data is loaded
     if opts.torch_device != "cpu":
         try:
             torch.empty(1, device=opts.torch_device)
@@ -78,8 +78,18 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     device_table = OpLatencyTable(device=dev) if dev is not None else None
     # a candidate starts only if the costliest one would still end before the final training's share
     deadline = plan.search_deadline(start) - plan.proxy_steps * plan.step_s
-    scorer = Scorer(cfg, split, opts.objectives, plan.proxy_steps, opts.seed, host_table, device_table,
-                    opts.max_latency, opts.torch_device, opts.max_memory_mb)
+    scorer = Scorer(
+        cfg,
+        split,
+        opts.objectives,
+        plan.proxy_steps,
+        opts.seed,
+        host_table,
+        device_table,
+        opts.max_latency,
+        opts.torch_device,
+        opts.max_memory_mb,
+    )
     rng = np.random.default_rng(opts.seed)
     darts_info = None
     if given is not None:
@@ -87,26 +97,46 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
         candidates = [Scored(0, given, [], scorer.metrics(Network(given, cfg)), 0.0)]
     elif strategy == "darts":
         res, cfg = _run_darts(opts, plan, split, start)
-        darts_info = {"epochs": res.epochs, "steps": res.steps, "stopped": res.stopped, "history": res.history,
-                      "subset": res.subset,
-                      "guard": opts.guard, "order": opts.order, "peak_memory_mb": round(res.peak_memory_mb, 1),
-                      "seconds": round(res.seconds, 1)}
+        darts_info = {
+            "epochs": res.epochs,
+            "steps": res.steps,
+            "stopped": res.stopped,
+            "history": res.history,
+            "subset": res.subset,
+            "guard": opts.guard,
+            "order": opts.order,
+            "peak_memory_mb": round(res.peak_memory_mb, 1),
+            "seconds": round(res.seconds, 1),
+        }
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
         from tqdm import tqdm
 
         # the budget's seconds as the bar; each scored candidate moves it and shows the count and accuracy
-        scorer.bar = tqdm(total=round(max(0.0, deadline - time.perf_counter())), desc=f"nas {strategy}", unit="s",
-                          disable=not opts.progress)
+        scorer.bar = tqdm(
+            total=round(max(0.0, deadline - time.perf_counter())),
+            desc=f"nas {strategy}",
+            unit="s",
+            disable=not opts.progress,
+        )
         try:
             if strategy == "random":
                 candidates = random_search(scorer, deadline, rng, opts.nodes, opts.max_candidates)
             elif len(opts.objectives) == 1:
-                candidates = aging_evolution(scorer, deadline, rng, opts.nodes, opts.objectives, opts.population,
-                                             opts.sample, opts.max_candidates)
+                candidates = aging_evolution(
+                    scorer,
+                    deadline,
+                    rng,
+                    opts.nodes,
+                    opts.objectives,
+                    opts.population,
+                    opts.sample,
+                    opts.max_candidates,
+                )
             else:
-                candidates = nsga2_search(scorer, deadline, opts.seed, opts.nodes, opts.objectives, opts.population,
-                                          opts.max_candidates)
+                candidates = nsga2_search(
+                    scorer, deadline, opts.seed, opts.nodes, opts.objectives, opts.population, opts.max_candidates
+                )
         finally:
             scorer.bar.close()
     host_table.save()
@@ -121,27 +151,64 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     # (the plan's steps sized the reserve for the slowest network; the chosen one trains up to the
     # default and stops with the budget)
     steps = opts.final_steps or FINAL_STEPS[0]
-    final = train_final(chosen.genotype, NetConfig(channels=plan.final_channels, layers=opts.layers), opts.data,
-                        steps, opts.seed, teacher_model, opts.provider, opts.threads, dev, opts.progress,
-                        opts.torch_device, final_deadline)
+    final = train_final(
+        chosen.genotype,
+        NetConfig(channels=plan.final_channels, layers=opts.layers),
+        opts.data,
+        steps,
+        opts.seed,
+        teacher_model,
+        opts.provider,
+        opts.threads,
+        dev,
+        opts.progress,
+        opts.torch_device,
+        final_deadline,
+    )
     if final["steps"] < steps:
         plan.notes.append(f"final training: {final['steps']} of {steps} steps fit the time the search left")
     report = {
-        "strategy": strategy + (f" (order {opts.order}, guard {opts.guard})" if strategy == "darts" else
-                                " (aging evolution)" if strategy == "evolution" and len(opts.objectives) == 1 else
-                                " (NSGA-II)" if strategy == "evolution" else ""),
-        "objectives": list(opts.objectives), "data": desc, "budget_minutes": opts.budget_minutes,
-        "search_seconds": round(search_seconds, 1), "candidates": len(candidates),
-        "proxy": (f"accuracy on {len(split[2])} held-out training images after {plan.proxy_steps} SGD steps from scratch "
-                  f"on {len(split[0])} (no weight sharing)") if strategy != "darts" else
-                 f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)"
-                 + (f"; {darts_info['subset']}" if darts_info and darts_info.get("subset") else ""),
-        "threads": threads, "budget": plan.as_dict(),
-        "space": {"channels": plan.channels, "layers": opts.layers, "nodes": opts.nodes, "ops": "DARTS ops + conv 3x3/5x5"},
-        "latency": {"host": f"{opts.provider} measured (op table)", "device": dev.name if dev else None,
-                    "max_latency_ms": opts.max_latency, "max_memory_mb": opts.max_memory_mb},
-        "darts": darts_info, "chosen": chosen.as_dict(), "front": [s.as_dict() for s in front],
-        "final": final, "seconds": None,
+        "strategy": strategy
+        + (
+            f" (order {opts.order}, guard {opts.guard})"
+            if strategy == "darts"
+            else " (aging evolution)"
+            if strategy == "evolution" and len(opts.objectives) == 1
+            else " (NSGA-II)"
+            if strategy == "evolution"
+            else ""
+        ),
+        "objectives": list(opts.objectives),
+        "data": desc,
+        "budget_minutes": opts.budget_minutes,
+        "search_seconds": round(search_seconds, 1),
+        "candidates": len(candidates),
+        "proxy": (
+            f"accuracy on {len(split[2])} held-out training images after {plan.proxy_steps} SGD steps from scratch "
+            f"on {len(split[0])} (no weight sharing)"
+        )
+        if strategy != "darts"
+        else f"DARTS supernet on {len(split[0])} training images (half for w, half for alpha)"
+        + (f"; {darts_info['subset']}" if darts_info and darts_info.get("subset") else ""),
+        "threads": threads,
+        "budget": plan.as_dict(),
+        "space": {
+            "channels": plan.channels,
+            "layers": opts.layers,
+            "nodes": opts.nodes,
+            "ops": "DARTS ops + conv 3x3/5x5",
+        },
+        "latency": {
+            "host": f"{opts.provider} measured (op table)",
+            "device": dev.name if dev else None,
+            "max_latency_ms": opts.max_latency,
+            "max_memory_mb": opts.max_memory_mb,
+        },
+        "darts": darts_info,
+        "chosen": chosen.as_dict(),
+        "front": [s.as_dict() for s in front],
+        "final": final,
+        "seconds": None,
     }
     model = final.pop("_model")
     if opts.output:
@@ -169,22 +236,34 @@ def _run_darts(opts: NasOptions, plan, split, start: float):
     for k, width in enumerate(widths):
         cfg = NetConfig(channels=width, layers=opts.layers)
         try:
-            res = darts_search(tx, ty, cfg, nodes=opts.nodes, budget_s=plan.search_deadline(start) - time.perf_counter(),
-                               epochs=opts.max_epochs, order=opts.order, guard=opts.guard, seed=opts.seed,
-                               progress=opts.progress, device=opts.torch_device)
+            res = darts_search(
+                tx,
+                ty,
+                cfg,
+                nodes=opts.nodes,
+                budget_s=plan.search_deadline(start) - time.perf_counter(),
+                epochs=opts.max_epochs,
+                order=opts.order,
+                guard=opts.guard,
+                seed=opts.seed,
+                progress=opts.progress,
+                device=opts.torch_device,
+            )
             plan.channels = width
             return res, cfg
         except DartsBudgetError as exc:
             if k + 1 == len(widths):
-                raise TensorfoldError(f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "
-                                      f"{plan.final_reserve_s:.0f} s for the final training)") from None
+                raise TensorfoldError(
+                    f"{exc} (the {opts.budget_minutes:g}-minute budget keeps "
+                    f"{plan.final_reserve_s:.0f} s for the final training)"
+                ) from None
             plan.notes.append(f"DARTS supernet at {widths[k + 1]} channels: at {width}, {exc.short}")
 
 
 def _choose(candidates, objectives):
     from tensorfold.search.pareto import front as pareto_front
 
-    if not candidates[0].values:          # DARTS or a given genotype: one network, nothing to choose
+    if not candidates[0].values:  # DARTS or a given genotype: one network, nothing to choose
         return candidates, candidates[0]
     front = pareto_front(candidates, objectives)
     if not front:

@@ -23,25 +23,39 @@ class Scorer:
     """Proxy-trains and measures genotypes; every candidate gets accuracy, params, flops, and host
     (and device) latency from the op table, whatever the objectives, so fronts can be re-plotted."""
 
-    def __init__(self, cfg: NetConfig, data, objectives, proxy_steps: int, seed: int, host_table, device_table,
-                 max_latency: float | None = None, device: str = "cpu", max_memory_mb: float | None = None):
+    def __init__(
+        self,
+        cfg: NetConfig,
+        data,
+        objectives,
+        proxy_steps: int,
+        seed: int,
+        host_table,
+        device_table,
+        max_latency: float | None = None,
+        device: str = "cpu",
+        max_memory_mb: float | None = None,
+    ):
         self.cfg, (self.tx, self.ty, self.vx, self.vy) = cfg, data
         self.objectives, self.proxy_steps, self.seed = objectives, proxy_steps, seed
         self.host_table, self.device_table = host_table, device_table
         self.max_latency, self.max_memory_mb = max_latency, max_memory_mb
         self.device = device
         self.count = 0
-        self.bar = None            # a progress bar the search loop sets; each candidate moves it
+        self.bar = None  # a progress bar the search loop sets; each candidate moves it
 
     def metrics(self, net) -> dict:
         from tensorfold.graph.stats import model_stats
         from tensorfold.runtime.memory import predict_memory
 
         model = to_onnx(net)
-        m = {"params": net_params(net), "flops": model_stats(model, {"input": [1, *IMAGE]}).flops,
-             # predicted peak of one call (weights, live activations, im2col): what the device must hold
-             "memory": predict_memory(model, {"input": [1, *IMAGE]}).total_bytes / 2**20,
-             "host_ms": self.host_table.network_ms(net, IMAGE)}
+        m = {
+            "params": net_params(net),
+            "flops": model_stats(model, {"input": [1, *IMAGE]}).flops,
+            # predicted peak of one call (weights, live activations, im2col): what the device must hold
+            "memory": predict_memory(model, {"input": [1, *IMAGE]}).total_bytes / 2**20,
+            "host_ms": self.host_table.network_ms(net, IMAGE),
+        }
         if self.device_table is not None:
             m["device_ms"] = self.device_table.network_ms(net, IMAGE)
         m["latency"] = m.get("device_ms", m["host_ms"])
@@ -52,8 +66,14 @@ class Scorer:
         net = Network(genotype, self.cfg)
         train_network(net, self.tx, self.ty, steps=self.proxy_steps, seed=self.seed + self.count, device=self.device)
         m = {"accuracy": accuracy(net, self.vx, self.vy), **self.metrics(net)}
-        s = Scored(self.count, genotype, [m[o] for o in self.objectives], m, time.perf_counter() - start,
-                   weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        s = Scored(
+            self.count,
+            genotype,
+            [m[o] for o in self.objectives],
+            m,
+            time.perf_counter() - start,
+            weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        )
         # <= 0 is feasible, as Optuna's constraints
         bounds = [(m["latency"], self.max_latency), (m["memory"], self.max_memory_mb)]
         if any(bound is not None for _, bound in bounds):
@@ -75,6 +95,6 @@ def load_split(data: str, train_size: int, val_size: int, seed: int):
     order = np.random.default_rng(seed).permutation(len(x))
     val_size = min(val_size, len(x) // 5)
     train_size = min(train_size, len(x) - val_size)
-    v, t = order[:val_size], order[val_size:val_size + train_size]
+    v, t = order[:val_size], order[val_size : val_size + train_size]
     x = prepare_inputs(x, [1, *IMAGE], None)
     return (x[t], y[t].astype(np.int64), x[v], y[v].astype(np.int64)), desc

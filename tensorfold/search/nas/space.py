@@ -20,23 +20,39 @@ from torch import nn
 
 from tensorfold.errors import TensorfoldError
 
-OPS = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
-       "dil_conv_5x5", "conv_3x3", "conv_5x5")
+OPS = (
+    "none",
+    "skip_connect",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "conv_3x3",
+    "conv_5x5",
+)
 # what a discrete cell may use: "none" (zero) only exists inside the supernet's mixed ops
 DISCRETE_OPS = OPS[1:]
 
 
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in, c_out, kernel, stride, padding, dilation=1):
-        super().__init__(nn.ReLU(inplace=False), nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation, bias=False),
-                         nn.BatchNorm2d(c_out, affine=True))
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation, bias=False),
+            nn.BatchNorm2d(c_out, affine=True),
+        )
 
 
 class DilConv(nn.Sequential):
     def __init__(self, c_in, c_out, kernel, stride, padding, dilation):
-        super().__init__(nn.ReLU(inplace=False),
-                         nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation, groups=c_in, bias=False),
-                         nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out, affine=True))
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=True),
+        )
 
 
 class SepConv(nn.Sequential):
@@ -52,7 +68,7 @@ class Zero(nn.Module):
         self.stride = stride
 
     def forward(self, x):
-        return x.mul(0.0) if self.stride == 1 else x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        return x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
 class FactorizedReduce(nn.Module):
@@ -77,8 +93,11 @@ def make_op(name: str, c: int, stride: int) -> nn.Module:
     if name == "skip_connect":
         return nn.Identity() if stride == 1 else FactorizedReduce(c, c)
     if name in ("max_pool_3x3", "avg_pool_3x3"):
-        pool = nn.MaxPool2d(3, stride, 1) if name == "max_pool_3x3" else nn.AvgPool2d(3, stride, 1,
-                                                                                       count_include_pad=False)
+        pool = (
+            nn.MaxPool2d(3, stride, 1)
+            if name == "max_pool_3x3"
+            else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+        )
         return nn.Sequential(pool, nn.BatchNorm2d(c, affine=False))
     k = int(name[-1])
     if name.startswith("sep_conv"):
@@ -92,7 +111,7 @@ def make_op(name: str, c: int, stride: int) -> nn.Module:
 
 @dataclass(frozen=True)
 class Genotype:
-    normal: tuple[tuple[tuple[str, int], ...], ...]    # per node: ((op, input), (op, input))
+    normal: tuple[tuple[tuple[str, int], ...], ...]  # per node: ((op, input), (op, input))
     reduce: tuple[tuple[tuple[str, int], ...], ...]
 
     @property
@@ -100,8 +119,10 @@ class Genotype:
         return len(self.normal)
 
     def as_dict(self) -> dict:
-        return {"normal": [[list(e) for e in node] for node in self.normal],
-                "reduce": [[list(e) for e in node] for node in self.reduce]}
+        return {
+            "normal": [[list(e) for e in node] for node in self.normal],
+            "reduce": [[list(e) for e in node] for node in self.reduce],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict())
@@ -112,6 +133,7 @@ class Genotype:
     def __str__(self) -> str:
         def cell(c):
             return " | ".join(" + ".join(f"{o}({i})" for o, i in node) for node in c)
+
         return f"normal: {cell(self.normal)} ; reduce: {cell(self.reduce)}"
 
 
@@ -134,8 +156,9 @@ def genotype_from_dict(data, source: str = "genotype") -> Genotype:
                     raise TensorfoldError(f"{source}: {kind} node {k}: an edge is [op, input], got {edge!r}")
                 op, src = edge
                 if op not in DISCRETE_OPS:
-                    raise TensorfoldError(f"{source}: unknown op '{op}' in {kind} node {k} "
-                                          f"(choose from {', '.join(DISCRETE_OPS)})")
+                    raise TensorfoldError(
+                        f"{source}: unknown op '{op}' in {kind} node {k} (choose from {', '.join(DISCRETE_OPS)})"
+                    )
                 if not isinstance(src, int) or not 0 <= src < k + 2:
                     raise TensorfoldError(f"{source}: {kind} node {k} reads input {src!r}; it may read 0..{k + 1}")
                 pairs.append((op, src))
@@ -161,11 +184,11 @@ def load_genotype(path: str | Path) -> Genotype:
 class NetConfig:
     """Size of the network a genotype is stacked into."""
 
-    channels: int = 8          # C of the first cells; doubled at each reduction
-    layers: int = 5            # cells
+    channels: int = 8  # C of the first cells; doubled at each reduction
+    layers: int = 5  # cells
     in_channels: int = 1
     classes: int = 10
-    stem_stride: int = 2       # 28x28 inputs: cells work at 14, 7, 4 (a quarter of the cost at full size)
+    stem_stride: int = 2  # 28x28 inputs: cells work at 14, 7, 4 (a quarter of the cost at full size)
 
     def reductions(self) -> set[int]:
         return {self.layers // 3, 2 * self.layers // 3} if self.layers >= 3 else {self.layers - 1}
@@ -174,8 +197,9 @@ class NetConfig:
 class Cell(nn.Module):
     """A discrete cell (a genotype's) or, with `mixed`, the supernet's cell of mixed ops."""
 
-    def __init__(self, genotype_cell, nodes: int, c_pp: int, c_p: int, c: int, reduction: bool,
-                 reduction_prev: bool, mixed=None):
+    def __init__(
+        self, genotype_cell, nodes: int, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, mixed=None
+    ):
         super().__init__()
         self.reduction, self.nodes = reduction, nodes
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
@@ -183,12 +207,14 @@ class Cell(nn.Module):
         self.mixed = mixed is not None
         if self.mixed:
             # every earlier state feeds every node through a mixed op
-            self.edges = nn.ModuleList(mixed(c, 2 if reduction and j < 2 else 1)
-                                       for i in range(nodes) for j in range(i + 2))
+            self.edges = nn.ModuleList(
+                mixed(c, 2 if reduction and j < 2 else 1) for i in range(nodes) for j in range(i + 2)
+            )
         else:
             self.inputs = [src for node in genotype_cell for _, src in node]
-            self.edges = nn.ModuleList(make_op(op, c, 2 if reduction and src < 2 else 1)
-                                       for node in genotype_cell for op, src in node)
+            self.edges = nn.ModuleList(
+                make_op(op, c, 2 if reduction and src < 2 else 1) for node in genotype_cell for op, src in node
+            )
 
     def forward(self, s0, s1, weights=None):
         states = [self.pre0(s0), self.pre1(s1)]
@@ -210,8 +236,9 @@ class Network(nn.Module):
     def __init__(self, genotype: Genotype, cfg: NetConfig = NetConfig()):
         super().__init__()
         self.genotype, self.cfg = genotype, cfg
-        self.stem, self.cells, c_out = _build(cfg, genotype.nodes,
-                                              lambda i, red: genotype.reduce if red else genotype.normal, None)
+        self.stem, self.cells, c_out = _build(
+            cfg, genotype.nodes, lambda i, red: genotype.reduce if red else genotype.normal, None
+        )
         self.classifier = nn.Linear(c_out, cfg.classes)
 
     def forward(self, x):
@@ -223,8 +250,9 @@ class Network(nn.Module):
 
 def _build(cfg: NetConfig, nodes: int, genotype_cell, mixed):
     c_stem = 3 * cfg.channels
-    stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c_stem, 3, stride=cfg.stem_stride, padding=1, bias=False),
-                         nn.BatchNorm2d(c_stem))
+    stem = nn.Sequential(
+        nn.Conv2d(cfg.in_channels, c_stem, 3, stride=cfg.stem_stride, padding=1, bias=False), nn.BatchNorm2d(c_stem)
+    )
     c_pp, c_p, c = c_stem, c_stem, cfg.channels
     cells, reduction_prev = nn.ModuleList(), False
     for i in range(cfg.layers):
@@ -269,8 +297,11 @@ def heaviest_genotype(nodes: int = 3) -> Genotype:
 
 def random_genotype(rng, nodes: int = 3) -> Genotype:
     def cell():
-        return tuple(tuple((DISCRETE_OPS[rng.integers(len(DISCRETE_OPS))], int(rng.integers(k + 2)))
-                           for _ in range(2)) for k in range(nodes))
+        return tuple(
+            tuple((DISCRETE_OPS[rng.integers(len(DISCRETE_OPS))], int(rng.integers(k + 2))) for _ in range(2))
+            for k in range(nodes)
+        )
+
     return Genotype(cell(), cell())
 
 
@@ -284,7 +315,7 @@ def mutate(genotype: Genotype, rng) -> Genotype:
     if rng.random() < 0.5:
         choices = [o for o in DISCRETE_OPS if o != op]
         op = choices[rng.integers(len(choices))]
-    else:                                   # node k reads states 0 .. k+1: always another
+    else:  # node k reads states 0 .. k+1: always another
         choices = [s for s in range(k + 2) if s != src]
         src = int(choices[rng.integers(len(choices))])
     cells[kind][k][e] = (op, src)

@@ -34,15 +34,19 @@ class Scored:
     metrics: dict
     seconds: float
     user_attrs: dict = field(default_factory=dict)
-    weights: dict | None = field(default=None, repr=False, compare=False)   # the proxy-trained network's
+    weights: dict | None = field(default=None, repr=False, compare=False)  # the proxy-trained network's
 
     @property
     def state(self) -> SimpleNamespace:
         return _COMPLETE
 
     def as_dict(self) -> dict:
-        return {"number": self.number, "genotype": self.genotype.as_dict(), "metrics": self.metrics,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "number": self.number,
+            "genotype": self.genotype.as_dict(),
+            "metrics": self.metrics,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def _score(s: Scored, objectives) -> tuple:
@@ -59,8 +63,16 @@ def random_search(evaluate, deadline: float, rng, nodes: int, max_candidates: in
     return out
 
 
-def aging_evolution(evaluate, deadline: float, rng, nodes: int, objectives, population: int = 10,
-                    sample: int = 3, max_candidates: int | None = None) -> list[Scored]:
+def aging_evolution(
+    evaluate,
+    deadline: float,
+    rng,
+    nodes: int,
+    objectives,
+    population: int = 10,
+    sample: int = 3,
+    max_candidates: int | None = None,
+) -> list[Scored]:
     history: list[Scored] = []
     alive: collections.deque[Scored] = collections.deque()
 
@@ -77,7 +89,7 @@ def aging_evolution(evaluate, deadline: float, rng, nodes: int, objectives, popu
         child = evaluate(mutate(parent.genotype, rng))
         alive.append(child)
         history.append(child)
-        alive.popleft()             # aging: the oldest dies, not the worst
+        alive.popleft()  # aging: the oldest dies, not the worst
     return history
 
 
@@ -86,17 +98,32 @@ def genotype_from_trial(trial, nodes: int) -> Genotype:
     for kind in ("normal", "reduce"):
         cell = []
         for k in range(nodes):
-            cell.append(tuple((trial.suggest_categorical(f"{kind}{k}.op{e}", DISCRETE_OPS),
-                               trial.suggest_int(f"{kind}{k}.in{e}", 0, k + 1)) for e in range(2)))
+            cell.append(
+                tuple(
+                    (
+                        trial.suggest_categorical(f"{kind}{k}.op{e}", DISCRETE_OPS),
+                        trial.suggest_int(f"{kind}{k}.in{e}", 0, k + 1),
+                    )
+                    for e in range(2)
+                )
+            )
         cells[kind] = tuple(cell)
     return Genotype(cells["normal"], cells["reduce"])
 
 
-def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, population: int = 10,
-                 max_candidates: int | None = None) -> list[Scored]:
-    study = optuna.create_study(directions=[DIRECTIONS[o] for o in objectives],
-                                sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
-                                                                      **sampler_kwargs(True)))
+def nsga2_search(
+    evaluate,
+    deadline: float,
+    seed: int,
+    nodes: int,
+    objectives,
+    population: int = 10,
+    max_candidates: int | None = None,
+) -> list[Scored]:
+    study = optuna.create_study(
+        directions=[DIRECTIONS[o] for o in objectives],
+        sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **sampler_kwargs(True)),
+    )
     out = []
     while time.perf_counter() < deadline and (max_candidates is None or len(out) < max_candidates):
         trial = study.ask()
@@ -106,4 +133,3 @@ def nsga2_search(evaluate, deadline: float, seed: int, nodes: int, objectives, p
         study.tell(trial, s.values)
         out.append(s)
     return out
-

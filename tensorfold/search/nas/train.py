@@ -12,9 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int = 64, lr: float = 0.05,
-                  seed: int = 0, teacher=None, temperature: float = 4.0, alpha: float = 0.7,
-                  progress: bool = False, device: str = "cpu", deadline: float | None = None) -> dict:
+def train_network(
+    net: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int,
+    batch: int = 64,
+    lr: float = 0.05,
+    seed: int = 0,
+    teacher=None,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    progress: bool = False,
+    device: str = "cpu",
+    deadline: float | None = None,
+) -> dict:
     """SGD (Nesterov, cosine) for `steps` steps; with `teacher` (an OnnxTeacher) the loss is
     alpha * Hinton KD + (1 - alpha) * cross-entropy. With `deadline` (a time.perf_counter() value)
     the steps shrink, once the first three are timed, to what ends by then (the cosine schedule
@@ -41,7 +54,7 @@ def train_network(net: nn.Module, x: np.ndarray, y: np.ndarray, *, steps: int, b
                 bar.total = steps
         if pos + batch > len(order):
             order, pos = rng.permutation(len(x)), 0
-        idx = torch.from_numpy(order[pos:pos + batch]).to(device)
+        idx = torch.from_numpy(order[pos : pos + batch]).to(device)
         pos += batch
         for g in opt.param_groups:
             g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
@@ -68,6 +81,6 @@ def accuracy(net: nn.Module, x, y, batch: int = 500) -> float:
     device = next(net.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        pred = net(torch.as_tensor(x[i:i + batch]).to(device)).argmax(1).cpu()
-        correct += int((pred == torch.as_tensor(y[i:i + batch]).cpu()).sum())
+        pred = net(torch.as_tensor(x[i : i + batch]).to(device)).argmax(1).cpu()
+        correct += int((pred == torch.as_tensor(y[i : i + batch]).cpu()).sum())
     return correct / max(1, len(x))

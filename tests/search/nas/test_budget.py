@@ -25,7 +25,7 @@ def step_times(monkeypatch):
     times = {}
 
     def fake(self, channels, slowest=False):
-        if times[channels] > self.limit_s - self.spent:       # the warm-up step alone overran the share
+        if times[channels] > self.limit_s - self.spent:  # the warm-up step alone overran the share
             return None
         self.spent += 4 * times[channels]
         return times[channels]
@@ -46,10 +46,10 @@ def test_a_tight_budget_narrows_candidates_then_cuts_proxy_steps_and_says_so(ste
     # 6 minutes on a slow host: 600 final steps do not fit 30%, 20 candidates at 8 channels do not fit
     step_times.update({8: 0.4, 6: 0.3, 4: 0.2})
     plan = plan_budget(NasOptions(), SPLIT, budget_s=360, elapsed_s=2)
-    assert plan.final_steps == int(0.3 * 360 / 0.4) and plan.final_channels == 8      # the final stays wide
+    assert plan.final_steps == int(0.3 * 360 / 0.4) and plan.final_channels == 8  # the final stays wide
     assert plan.channels == 4 and 30 <= plan.proxy_steps < 100
     search_s = 360 - 2 - plan.precheck_s - plan.final_reserve_s
-    assert search_s / (plan.proxy_steps * plan.step_s) >= 2 * 10 - 1       # about two populations
+    assert search_s / (plan.proxy_steps * plan.step_s) >= 2 * 10 - 1  # about two populations
     text = " ".join(plan.notes)
     assert "final training: 270 steps of the slowest" in text and "4 channels" in text and "proxy steps" in text
     assert plan.precheck_s <= 0.1 * 360
@@ -57,8 +57,9 @@ def test_a_tight_budget_narrows_candidates_then_cuts_proxy_steps_and_says_so(ste
 
 def test_values_the_user_gave_are_kept(step_times):
     step_times.update({5: 0.4, 12: 0.9})
-    plan = plan_budget(NasOptions(channels=5, proxy_steps=80, final_steps=50, final_channels=12), SPLIT,
-                       budget_s=600, elapsed_s=0)
+    plan = plan_budget(
+        NasOptions(channels=5, proxy_steps=80, final_steps=50, final_channels=12), SPLIT, budget_s=600, elapsed_s=0
+    )
     assert (plan.channels, plan.proxy_steps, plan.final_steps, plan.final_channels) == (5, 80, 50, 12)
     assert plan.final_step_s == 0.9
 
@@ -72,11 +73,14 @@ def test_darts_and_a_given_genotype_only_size_the_final_training(step_times, tmp
     assert given.final_steps == int((120 - given.precheck_s - budget.FINAL_OVERHEAD_S) / 0.5)
 
 
-@pytest.mark.parametrize("times, message", [
-    ({8: 100.0}, "one training step of the slowest network at 8 channels took over a tenth"),
-    ({8: 1.0}, "too small for the final training"),        # 100 steps > 60% of the budget
-    ({8: 0.05, 6: 0.05, 4: 0.05}, "too small to train one candidate"),
-])
+@pytest.mark.parametrize(
+    "times, message",
+    [
+        ({8: 100.0}, "one training step of the slowest network at 8 channels took over a tenth"),
+        ({8: 1.0}, "too small for the final training"),  # 100 steps > 60% of the budget
+        ({8: 0.05, 6: 0.05, 4: 0.05}, "too small to train one candidate"),
+    ],
+)
 def test_budgets_that_cannot_hold_the_run_are_refused(step_times, times, message):
     step_times.update(times)
     proxy = 2000 if "candidate" in message else None
@@ -107,11 +111,27 @@ def test_final_training_stops_at_its_deadline():
 def test_a_search_with_defaults_ends_inside_its_budget(tmp_path):
     """No --channels/--proxy-steps/--final-steps: the whole command (search, final training, test
     on 10,000 images, latency) ends inside 1 minute, and the report says how it fit."""
-    code, text = invoke("search", "nas", "--budget-minutes", "1", "--train-size", "400", "--val-size", "200",
-                        "--layers", "3", "--final-channels", "4", "--threads", "1", "--json", "-o",
-                        tmp_path / "net.onnx")
+    code, text = invoke(
+        "search",
+        "nas",
+        "--budget-minutes",
+        "1",
+        "--train-size",
+        "400",
+        "--val-size",
+        "200",
+        "--layers",
+        "3",
+        "--final-channels",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+        "-o",
+        tmp_path / "net.onnx",
+    )
     assert code == 0, text
-    report = json.loads(text[text.index("{"):])
+    report = json.loads(text[text.index("{") :])
     assert report["seconds"] <= 60 * 1.05, report["budget"]
     assert report["budget"]["precheck_s"] <= 6 and report["candidates"] >= 1
     assert report["final"]["test_accuracy"] > 0.3 and report["final"]["host_ms"] > 0
@@ -143,12 +163,31 @@ def test_darts_tries_a_narrower_supernet_before_refusing(tmp_path, monkeypatch):
         return darts.DartsResult(random_genotype(rng), 1, 10, "epochs done")
 
     monkeypatch.setattr(darts, "darts_search", fake)
-    report = search_nas(strategy="darts", data=str(data), budget_minutes=1, layers=3, final_steps=5, threads=1,
-                        train_size=200, val_size=50, progress=False)
+    report = search_nas(
+        strategy="darts",
+        data=str(data),
+        budget_minutes=1,
+        layers=3,
+        final_steps=5,
+        threads=1,
+        train_size=200,
+        val_size=50,
+        progress=False,
+    )
     assert widths == [8, 6, 4] and report["space"]["channels"] == 4
     assert any("DARTS supernet at 4 channels" in n for n in report["budget"]["notes"])
     widths.clear()
     with pytest.raises(TensorfoldError, match="too small for DARTS here"):
-        search_nas(strategy="darts", data=str(data), budget_minutes=1, layers=3, final_steps=5, threads=1,
-                   channels=5, train_size=200, val_size=50, progress=False)
+        search_nas(
+            strategy="darts",
+            data=str(data),
+            budget_minutes=1,
+            layers=3,
+            final_steps=5,
+            threads=1,
+            channels=5,
+            train_size=200,
+            val_size=50,
+            progress=False,
+        )
     assert widths == [5]

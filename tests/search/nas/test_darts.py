@@ -13,7 +13,7 @@ def _data(n=256, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n)
     x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32) * 0.1
-    x[np.arange(n), 0, y, y] += 3.0            # a learnable signal: the label is where the bright pixel is
+    x[np.arange(n), 0, y, y] += 3.0  # a learnable signal: the label is where the bright pixel is
     return x, y
 
 
@@ -48,6 +48,7 @@ def test_aux_skip_guard_decays_beta(monkeypatch):
     def spy(self):
         seen.append(self.beta[0])
         return real(self)
+
     monkeypatch.setattr(darts.SuperNet, "genotype", spy)
     x, y = _data(128)
     darts_search(x, y, CFG, epochs=3, batch=32, guard="aux-skip", budget_s=300, progress=False)
@@ -65,7 +66,7 @@ def test_epochs_shrink_to_fit_the_budget(monkeypatch):
     within the budget (a clock that advances 1 s per reading stands in for slow steps)."""
     clock = iter(np.arange(0, 1e6, 1.0))
     monkeypatch.setattr(darts.time, "perf_counter", lambda: float(next(clock)))
-    x, y = _data(512)                                # 256 weight-training images: 32 steps of 8
+    x, y = _data(512)  # 256 weight-training images: 32 steps of 8
     res = darts_search(x, y, CFG, epochs=50, batch=8, guard="none", budget_s=60.0, progress=False)
     assert "so 3 epochs fit the budget" in res.subset
     per_epoch = int(res.subset.split(" of ")[0].split()[-1]) // 8
@@ -80,14 +81,16 @@ def test_the_collapse_guard_catches_pools_as_well_as_skips():
     reduce = (conv, conv, conv)
     healthy = Genotype((conv, (("skip_connect", 0), ("sep_conv_3x3", 1)), conv), reduce)
     skips = Genotype(((("skip_connect", 0), ("skip_connect", 1)), conv, conv), reduce)
-    pools = Genotype(((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("sep_conv_3x3", 2)), conv),
-                     reduce)
+    pools = Genotype(
+        ((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("sep_conv_3x3", 2)), conv), reduce
+    )
     assert collapse(healthy) is None
     assert "2 skip connections" in collapse(skips)
     assert "3 of the normal cell's 6 edges parameter-free" in collapse(pools)
     assert collapse(pools, epoch=1) is None and "2 skip connections" in collapse(skips, epoch=1)
     # pools that recede (4 of 6 -> 3 of 6) are early noise, not collapse; rising ones are
-    more_pools = Genotype(((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("max_pool_3x3", 2)),
-                           conv), reduce)
+    more_pools = Genotype(
+        ((("max_pool_3x3", 0), ("avg_pool_3x3", 1)), (("max_pool_3x3", 0), ("max_pool_3x3", 2)), conv), reduce
+    )
     assert collapse(pools, 2, before=more_pools) is None
     assert "rising" in collapse(more_pools, 2, before=pools) and collapse(pools, 2, before=healthy)

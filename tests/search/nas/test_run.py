@@ -16,8 +16,22 @@ from tests.helpers.data import needs_data
 
 DEMO = demo_model_path()
 
-TINY = ["--train-size", "400", "--val-size", "200", "--proxy-steps", "5", "--final-steps", "60", "--channels", "4",
-        "--layers", "3", "--threads", "1"]
+TINY = [
+    "--train-size",
+    "400",
+    "--val-size",
+    "200",
+    "--proxy-steps",
+    "5",
+    "--final-steps",
+    "60",
+    "--channels",
+    "4",
+    "--layers",
+    "3",
+    "--threads",
+    "1",
+]
 
 
 def test_op_latency_table_is_cached_on_disk(tmp_path):
@@ -33,11 +47,28 @@ def test_op_latency_table_is_cached_on_disk(tmp_path):
 @needs_data
 def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
     out = tmp_path / "nas"
-    code, text = invoke("search", "nas", "--strategy", "evolution", "--objectives", "accuracy,latency",
-                        "--device", "rx580", "--budget-minutes", "2", "--max-candidates", "4", "--output-dir", out, "-o",
-                        tmp_path / "net.onnx", "--json", *TINY)
+    code, text = invoke(
+        "search",
+        "nas",
+        "--strategy",
+        "evolution",
+        "--objectives",
+        "accuracy,latency",
+        "--device",
+        "rx580",
+        "--budget-minutes",
+        "2",
+        "--max-candidates",
+        "4",
+        "--output-dir",
+        out,
+        "-o",
+        tmp_path / "net.onnx",
+        "--json",
+        *TINY,
+    )
     assert code == 0, text
-    report = json.loads(text[text.index("{"):])
+    report = json.loads(text[text.index("{") :])
     assert report["strategy"] == "evolution (NSGA-II)" and report["candidates"] >= 1
     final = report["final"]
     assert 0.3 < final["test_accuracy"] <= 1 and final["params"] > 0 and final["flops"] > 0
@@ -61,24 +92,52 @@ def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
 
 @needs_data
 def test_darts_from_the_cli_reports_its_guard(tmp_path):
-    code, text = invoke("search", "nas", "--strategy", "darts", "--budget-minutes", "2", "--max-epochs", "2", "--json",
-                        *TINY)
+    code, text = invoke(
+        "search", "nas", "--strategy", "darts", "--budget-minutes", "2", "--max-epochs", "2", "--json", *TINY
+    )
     assert code == 0, text
-    report = json.loads(text[text.index("{"):])
+    report = json.loads(text[text.index("{") :])
     assert report["darts"]["guard"] == "earlystop" and report["darts"]["epochs"] >= 1
     assert report["final"]["test_accuracy"] > 0.3
 
 
 @needs_data
 def test_pipeline_runs_every_stage(tmp_path):
-    code, text = invoke("pipeline", "--teacher", DEMO, "--strategy", "random", "--budget-minutes", "2",
-                        "--max-candidates", "3", "--proxy-steps", "5", "--train-size", "400",
-                        "--final-steps", "20", "--final-channels", "4", "--recover-steps", "5", "--threads", "1",
-                        "--output-dir", tmp_path / "p", "--json")
+    code, text = invoke(
+        "pipeline",
+        "--teacher",
+        DEMO,
+        "--strategy",
+        "random",
+        "--budget-minutes",
+        "2",
+        "--max-candidates",
+        "3",
+        "--proxy-steps",
+        "5",
+        "--train-size",
+        "400",
+        "--final-steps",
+        "20",
+        "--final-channels",
+        "4",
+        "--recover-steps",
+        "5",
+        "--threads",
+        "1",
+        "--output-dir",
+        tmp_path / "p",
+        "--json",
+    )
     assert code == 0, text
-    report = json.loads(text[text.index("{"):])
-    assert [s["stage"].split(" ")[0] for s in report["stages"]] == ["teacher", "NAS,", "decomposed", "recovered",
-                                                                    "recovered"]
+    report = json.loads(text[text.index("{") :])
+    assert [s["stage"].split(" ")[0] for s in report["stages"]] == [
+        "teacher",
+        "NAS,",
+        "decomposed",
+        "recovered",
+        "recovered",
+    ]
     assert report["stages"][-1]["stage"] == "recovered + int8" and (tmp_path / "p" / "recovered.int8.onnx").exists()
     # a hardware-aware decomposition that rewrites nothing says why and falls back to parameters
     fell_back = "by parameters" in report["stages"][2]["stage"]
@@ -90,18 +149,22 @@ def test_pipeline_runs_every_stage(tmp_path):
     assert (tmp_path / "p" / "recovered.onnx").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--genotype", "BAD"], "unknown op 'warp'"),
-    (["--device", "gameboy"], "unknown device 'gameboy'"),
-    (["--objectives", "accuracy,beauty"], "unknown NAS objective(s) beauty"),
-    (["--strategy", "darts", "--objectives", "accuracy,params"], "DARTS optimizes accuracy alone"),
-    (["--budget-minutes", "0"], "--budget-minutes"),
-    (["--teacher", str(DEMO.with_name("nope.onnx"))], "nope.onnx"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--genotype", "BAD"], "unknown op 'warp'"),
+        (["--device", "gameboy"], "unknown device 'gameboy'"),
+        (["--objectives", "accuracy,beauty"], "unknown NAS objective(s) beauty"),
+        (["--strategy", "darts", "--objectives", "accuracy,params"], "DARTS optimizes accuracy alone"),
+        (["--budget-minutes", "0"], "--budget-minutes"),
+        (["--teacher", str(DEMO.with_name("nope.onnx"))], "nope.onnx"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"normal": [[["warp", 0], ["conv_3x3", 1]]], "reduce": [[["conv_3x3", 0],
-                                                                                      ["conv_3x3", 1]]]}))
+    bad.write_text(
+        json.dumps({"normal": [[["warp", 0], ["conv_3x3", 1]]], "reduce": [[["conv_3x3", 0], ["conv_3x3", 1]]]})
+    )
     args = [str(bad) if a == "BAD" else a for a in args]
     code, text = invoke("search", "nas", *args)
     assert_user_error(code, text, message)
@@ -132,8 +195,12 @@ def test_scorer_predicts_memory_and_constrains_it():
     from tensorfold.search.nas.scoring import Scorer
 
     rng = np.random.default_rng(0)
-    data = (rng.random((32, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 32),
-            rng.random((16, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 16))
+    data = (
+        rng.random((32, 1, 28, 28), dtype=np.float32),
+        rng.integers(0, 10, 32),
+        rng.random((16, 1, 28, 28), dtype=np.float32),
+        rng.integers(0, 10, 16),
+    )
     table = OpLatencyTable(threads=1, runs=2)
     cfg = NetConfig(channels=4, layers=3)
     scorer = Scorer(cfg, data, ("accuracy", "memory"), 2, 0, table, None, max_memory_mb=1e-3)

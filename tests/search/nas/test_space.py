@@ -20,10 +20,18 @@ from tensorfold.search.nas.space import (
     random_genotype,
 )
 
-EVERY_OP = {"normal": [[["sep_conv_3x3", 0], ["sep_conv_5x5", 1]], [["dil_conv_3x3", 2], ["dil_conv_5x5", 1]],
-                       [["conv_3x3", 3], ["skip_connect", 0]]],
-            "reduce": [[["max_pool_3x3", 0], ["avg_pool_3x3", 1]], [["conv_5x5", 2], ["skip_connect", 1]],
-                       [["skip_connect", 0], ["conv_3x3", 3]]]}
+EVERY_OP = {
+    "normal": [
+        [["sep_conv_3x3", 0], ["sep_conv_5x5", 1]],
+        [["dil_conv_3x3", 2], ["dil_conv_5x5", 1]],
+        [["conv_3x3", 3], ["skip_connect", 0]],
+    ],
+    "reduce": [
+        [["max_pool_3x3", 0], ["avg_pool_3x3", 1]],
+        [["conv_5x5", 2], ["skip_connect", 1]],
+        [["skip_connect", 0], ["conv_3x3", 3]],
+    ],
+}
 
 
 def test_every_op_exports_to_onnx_and_matches_torch(tmp_path):
@@ -32,7 +40,7 @@ def test_every_op_exports_to_onnx_and_matches_torch(tmp_path):
     torch.manual_seed(0)
     net = Network(g, NetConfig(channels=4, layers=5))
     x = torch.randn(3, 1, 28, 28)
-    net.train()(x)       # move the BN statistics off their initial values
+    net.train()(x)  # move the BN statistics off their initial values
     want = net.eval()(x).detach().numpy()
     path = export_network(net, tmp_path / "net.onnx")
     got = make_session(str(path)).run(None, {"input": x.numpy()})[0]
@@ -44,22 +52,32 @@ def test_genotype_round_trip_and_mutation():
     g = random_genotype(rng)
     assert genotype_from_dict(json.loads(g.to_json())) == g
     child = mutate(g, rng)
-    diffs = sum(a != b for c in ("normal", "reduce") for na, nb in zip(getattr(g, c), getattr(child, c))
-                for a, b in zip(na, nb))
+    diffs = sum(
+        a != b for c in ("normal", "reduce") for na, nb in zip(getattr(g, c), getattr(child, c)) for a, b in zip(na, nb)
+    )
     assert diffs == 1
     assert "normal:" in str(g)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"normal": [[["warp_drive", 0], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
-     "unknown op 'warp_drive'"),
-    ({"normal": [[["none", 0], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
-     "unknown op 'none'"),
-    ({"normal": [[["conv_3x3", 2], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
-     "reads input 2"),
-    ({"normal": []}, "exactly the keys"),
-    ({"normal": [[["conv_3x3", 0]]], "reduce": [[["conv_3x3", 0]]]}, "two [op, input] pairs"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"normal": [[["warp_drive", 0], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
+            "unknown op 'warp_drive'",
+        ),
+        (
+            {"normal": [[["none", 0], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
+            "unknown op 'none'",
+        ),
+        (
+            {"normal": [[["conv_3x3", 2], ["skip_connect", 1]]], "reduce": [[["skip_connect", 0], ["conv_3x3", 1]]]},
+            "reads input 2",
+        ),
+        ({"normal": []}, "exactly the keys"),
+        ({"normal": [[["conv_3x3", 0]]], "reduce": [[["conv_3x3", 0]]]}, "two [op, input] pairs"),
+    ],
+)
 def test_bad_genotypes_are_named_errors(tmp_path, data, message):
     path = tmp_path / "g.json"
     path.write_text(json.dumps({"genotype": data}))
@@ -75,7 +93,7 @@ def test_supernet_runs_and_derives_a_valid_genotype():
     assert net.alpha_normal.grad is not None and net.alpha_reduce.grad is not None
     with torch.no_grad():
         net.alpha_normal.zero_()
-        net.alpha_normal[:, 1] = 5.0           # skip_connect dominates every edge
+        net.alpha_normal[:, 1] = 5.0  # skip_connect dominates every edge
     g = net.genotype()
     assert isinstance(g, Genotype) and g.count("skip_connect") == 6
-    genotype_from_dict(g.as_dict())            # never derives "none" or a bad input
+    genotype_from_dict(g.as_dict())  # never derives "none" or a bad input

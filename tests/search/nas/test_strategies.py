@@ -13,18 +13,29 @@ def _fake(objectives):
 
     def evaluate(g):
         ops = [o for cell in (g.normal, g.reduce) for node in cell for o, _ in node]
-        m = {"accuracy": sum(o.startswith(("conv", "sep")) for o in ops) / len(ops),
-             "params": float(sum(o != "skip_connect" and "pool" not in o for o in ops))}
+        m = {
+            "accuracy": sum(o.startswith(("conv", "sep")) for o in ops) / len(ops),
+            "params": float(sum(o != "skip_connect" and "pool" not in o for o in ops)),
+        }
         s = Scored(count["n"], g, [m[o] for o in objectives], m, 0.0)
         count["n"] += 1
         return s
+
     return evaluate
 
 
 def test_aging_evolution_improves_on_its_random_start():
     far = time.perf_counter() + 60
-    hist = aging_evolution(_fake(("accuracy",)), far, np.random.default_rng(0), 3, ("accuracy",), population=10,
-                           sample=3, max_candidates=200)
+    hist = aging_evolution(
+        _fake(("accuracy",)),
+        far,
+        np.random.default_rng(0),
+        3,
+        ("accuracy",),
+        population=10,
+        sample=3,
+        max_candidates=200,
+    )
     assert len(hist) == 200
     first = max(s.values[0] for s in hist[:10])
     assert max(s.values[0] for s in hist) > first
@@ -47,16 +58,25 @@ def _constrained(objectives, limit):
 
     def evaluate(g):
         s = base(g)
-        s.metrics["latency"] = s.metrics["params"]          # stand-in: more ops, slower
+        s.metrics["latency"] = s.metrics["params"]  # stand-in: more ops, slower
         s.user_attrs["constraints"] = [s.metrics["latency"] - limit]
         return s
+
     return evaluate
 
 
 def test_a_latency_constraint_steers_evolution_and_filters_the_front():
     far = time.perf_counter() + 60
-    hist = aging_evolution(_constrained(("accuracy",), 6.0), far, np.random.default_rng(1), 3, ("accuracy",),
-                           population=10, sample=3, max_candidates=150)
+    hist = aging_evolution(
+        _constrained(("accuracy",), 6.0),
+        far,
+        np.random.default_rng(1),
+        3,
+        ("accuracy",),
+        population=10,
+        sample=3,
+        max_candidates=150,
+    )
     late = hist[-50:]
     assert np.mean([s.user_attrs["constraints"][0] <= 0 for s in late]) > 0.8
     objectives = ("accuracy", "params")
