@@ -306,9 +306,13 @@ class OutputFolder:
                     "writes there; give another folder"
                 )
             if entry.name not in owned:
+                # a folder from a tensorfold before the manifest reads as foreign too: say so
+                older = (
+                    "" if (self.path / MANIFEST).exists() else f" (no {MANIFEST} there: not written by this version)"
+                )
                 raise TensorfoldError(
                     f"{self.option} {self.path} holds {entry.name}, which tensorfold did not "
-                    "write there and would replace; move it or give another folder"
+                    f"write there and would replace{older}; move it or give another folder"
                 )
         return self
 
