@@ -13,6 +13,7 @@ import click
 from tensorfold import __version__
 from tensorfold.demo import DEMO_OUTPUT
 from tensorfold.errors import TensorfoldError, VerificationFailed
+from tensorfold.limits import SEED_MAX
 from tensorfold.outputs import json_text
 
 
@@ -54,17 +55,13 @@ class _PerCore(click.IntRange):
         super().__init__(min=0)
 
     def convert(self, value, param, ctx):
-        from tensorfold import limits
+        from tensorfold.limits import check_count
 
         rv = super().convert(value, param, ctx)
-        if rv > limits.most():
-            self.fail(
-                f"{rv} is more than this machine can use: at most {limits.most()} ({limits.PER_CORE} per "
-                f"core, {limits.cores()} cores here)",
-                param,
-                ctx,
-            )
-        return rv
+        try:
+            return check_count(rv, None)
+        except TensorfoldError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class _OutputFile(click.Path):
@@ -80,7 +77,7 @@ class _OutputFile(click.Path):
 
 
 _POSITIVE = click.IntRange(min=1)
-_SEED = click.IntRange(0, 2**32 - 1)  # numpy and torch seeds are 32-bit
+_SEED = click.IntRange(0, SEED_MAX)
 _PER_CORE = _PerCore()
 _COUNT = click.IntRange(min=0)
 _POSITIVE_FLOAT = _Finite(min=0, min_open=True)

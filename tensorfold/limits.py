@@ -26,13 +26,24 @@ def most() -> int:
     return PER_CORE * cores()
 
 
-def check_count(value: int, option: str = "--threads") -> int:
-    """`value` (0: all cores) when the machine can use it; otherwise one line naming the bound."""
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit
+
+
+def check_seed(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise TensorfoldError(f"--seed must be between 0 and {SEED_MAX} (got {value})")
+    return value
+
+
+def check_count(value: int, option: str | None = "--threads") -> int:
+    """`value` (0: all cores) when the machine can use it; otherwise one line naming the bound
+    (`option` None: the CLI names the option itself)."""
+    name = f"{option} " if option else ""
     if value < 0:
-        raise TensorfoldError(f"{option} must be >= 0 (got {value})")
+        raise TensorfoldError(f"{name}must be >= 0 (got {value})")
     if value > most():
         raise TensorfoldError(
-            f"{option} {value} is more than this machine can use: at most {most()} "
+            f"{name}{value} is more than this machine can use: at most {most()} "
             f"({PER_CORE} per core, {cores()} cores here)"
         )
     return value

@@ -273,6 +273,7 @@ class OutputFolder:
         self._created: list[str] = []  # names new in this run (removed by failed())
         self._stage: Path | None = None
         self._made_manifest = False
+        self._recorded: set[str] = set()  # names this object has put in the manifest
 
     def __repr__(self) -> str:
         return f"OutputFolder({str(self.path)!r})"
@@ -330,11 +331,17 @@ class OutputFolder:
         return self
 
     def _record(self, names) -> None:
+        if set(names) <= self._recorded:  # a checkpoint saved at every evaluation: no manifest read each time
+            return
+        self._recorded |= set(names)
         listed = self.owned()
         new = set(names) - listed
         if new:
             self._made_manifest |= not (self.path / MANIFEST).exists()
-            write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(listed | new)})
+            self._write_manifest(listed | new)
+
+    def _write_manifest(self, names) -> None:
+        write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(names)})
 
     def file(self, name: str) -> Path:
         """The path to write `name` to (recorded in the manifest first: a crash after the write still
@@ -381,9 +388,7 @@ class OutputFolder:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
         if gone:
-            write_json_atomic(
-                self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(self.owned() - set(gone))}
-            )
+            self._write_manifest(self.owned() - set(gone))
 
     def _drop_stage(self) -> None:
         import shutil
@@ -416,10 +421,11 @@ class OutputFolder:
             left = self.owned() - set(self._created)
             with contextlib.suppress(OSError, TensorfoldError):
                 if left or not self._made_manifest:
-                    write_json_atomic(self.path / MANIFEST, {"written_by": "tensorfold", "files": sorted(left)})
+                    self._write_manifest(left)
                 else:
                     (self.path / MANIFEST).unlink()
         self._created = []
+        self._recorded.clear()
         if self.made and self.path.is_dir():
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when nothing else is in it

@@ -22,7 +22,7 @@ GRACE_S = 1.5
 _EXIT = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
 _handled = threading.Condition()
 _count = {"handled": 0}
-_armed: dict = {}
+_armed = {"on": False}
 _active = {"depth": 0}  # the watchdog acts only inside watching(): a command's run
 
 
@@ -47,7 +47,7 @@ def watching(on_exit):
 def arm(on_exit) -> None:
     """Start the watchdog (main thread only; once per process). `on_exit()` runs just before a forced
     exit (it removes what is being written)."""
-    if _armed or threading.current_thread() is not threading.main_thread():
+    if _armed["on"] or threading.current_thread() is not threading.main_thread():
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
@@ -57,7 +57,7 @@ def arm(on_exit) -> None:
         os.close(read_fd)
         os.close(write_fd)
         return
-    _armed.update(read=read_fd, write=write_fd, on_exit=on_exit)
+    _armed["on"] = True
     threading.Thread(target=_watch, args=(read_fd, on_exit), name="tensorfold-signal-watchdog", daemon=True).start()
 
 

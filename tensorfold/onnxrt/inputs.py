@@ -150,7 +150,7 @@ def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array"
             )
         with data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "allow_pickle" in why:
             why = "it holds object arrays, which would have to be unpickled; save plain numeric arrays"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.limits import check_count
+from tensorfold.limits import check_count, check_seed
 
 
 @dataclass
@@ -38,8 +38,7 @@ class RecoverConfig:
             raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
         check_count(self.threads, "--threads")
         check_count(self.workers, "--workers")
-        if not 0 <= self.seed < 2**32:
-            raise TensorfoldError(f"--seed must be between 0 and {2**32 - 1} (got {self.seed})")
+        check_seed(self.seed)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.limits import check_count
+from tensorfold.limits import check_count, check_seed
 from tensorfold.search.objectives import parse_names
 
 STRATEGIES = ("darts", "evolution", "random")
@@ -89,5 +89,4 @@ class NasOptions:
             if value is not None and not 1 <= value <= MOST[option]:
                 raise TensorfoldError(f"{option} must be between 1 and {MOST[option]} (got {value})")
         check_count(self.threads)
-        if not 0 <= self.seed < 2**32:
-            raise TensorfoldError(f"--seed must be between 0 and {2**32 - 1} (got {self.seed})")
+        check_seed(self.seed)
