@@ -15,11 +15,19 @@ import numpy as np
 from tensorfold.decompose.cp import cp_als, cp_params, cp_reconstruct
 from tensorfold.decompose.data_aware import refit_output
 from tensorfold.decompose.tucker2 import tucker2_params
+from tensorfold.errors import DecompositionError
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
 from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
+
+# CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); as auto's challenger it builds only
+# below this size, and then the SVD-initialised try alone on a tenth of CP's work (a YOLOv8n spent
+# minutes per layer in CP-ALS before), with a time backstop
+AUTO_CP_MAX_PARAMS = 300_000
+AUTO_CP_FLOPS = 1e10
+AUTO_CP_SECONDS = 10.0
 
 
 def cp_max_rank(shape) -> int:
@@ -134,6 +142,8 @@ class CPPass(FactorizePass):
     svd_for = "pointwise"
     order = 3
 
+    auto_role = "challenger"
+
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise and layer.groups > 1:
             return "grouped kxk conv: cp rewrites group-1 convs only; use tucker for grouped convs"
@@ -150,3 +160,20 @@ class CPPass(FactorizePass):
 
     def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
         return cp_build(layer, ranks[0], ctx.seed)
+
+    def challenge(self, layer: Layer, params: int, ctx: PassContext) -> Factorization | None:
+        # with calibration statistics CP declines: its inner factors stay weight-fitted (only its
+        # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search
+        if layer.params > AUTO_CP_MAX_PARAMS or layer.gram is not None:
+            return None
+        try:
+            return cp_build(
+                layer,
+                cp_rank_for_params(layer, params),
+                ctx.seed,
+                flops=AUTO_CP_FLOPS,
+                seconds=AUTO_CP_SECONDS,
+                restarts=0,
+            )
+        except DecompositionError:  # an unstable CP just loses the comparison
+            return None

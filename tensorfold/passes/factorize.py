@@ -91,6 +91,11 @@ class FactorizePass(Pass):
     # the layers this method hands to the SVD, exact for a weight that is a matrix: "pointwise"
     # (1x1 convs and matrices), "1x1 conv" (matrices keep the method, as TT-matrices do), or None
     svd_for: ClassVar[str | None] = None
+    # how `auto` uses the method: "exact" (its candidates' errors are known without building, so
+    # auto ranks them against the other exact methods'), "challenger" (its error is only known once
+    # built: auto builds it at the winner's size and keeps it where it measures better, see
+    # `challenge`), or None (auto leaves it out)
+    auto_role: ClassVar[str | None] = None
 
     @abstractmethod
     def supports(self, layer: Layer) -> str | None:
@@ -105,6 +110,16 @@ class FactorizePass(Pass):
         convs or matrices, rounded up to a multiple the vector units like. A method whose ranks
         are something else (a block count) says how they round."""
         return tuple(r if r < multiple else int(math.ceil(r / multiple) * multiple) for r in ranks)
+
+    def challenge(self, layer: Layer, params: int, ctx: PassContext) -> Factorization | None:
+        """A challenger's factorization of `layer` in about `params` parameters, for auto to
+        compare with the exact methods' best; None where it declines (too costly, unstable, or
+        without a way to use the layer's statistics)."""
+        return None
+
+    def handler(self, layer: Layer) -> FactorizePass:
+        """The pass that decomposes `layer` for this method: the SVD for the layers it hands over."""
+        return self.svd if self.by_svd(layer) else self
 
     # --- what a method implements for the layers it decomposes itself (a pass that overrides the
     # dispatchers below, as auto and planned do, needs none of these) -------------------------

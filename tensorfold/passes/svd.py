@@ -116,6 +116,7 @@ def emit_matrix_pair(b: ChainBuilder, left: list[np.ndarray], right: list[np.nda
 @register_pass
 class SVDPass(FactorizePass):
     name = method = "svd"
+    auto_role = "exact"
     order = 1
 
     def supports(self, layer: Layer) -> str | None:

@@ -168,6 +168,7 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
 @register_pass
 class TTPass(FactorizePass):
     name = method = "tt"
+    auto_role = "exact"
     svd_for = "1x1 conv"
     order = 4
 

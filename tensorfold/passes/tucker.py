@@ -156,6 +156,7 @@ def emit_tucker_conv(
 @register_pass
 class TuckerPass(FactorizePass):
     name = method = "tucker"
+    auto_role = "exact"
     svd_for = "pointwise"
     order = 2
 
