@@ -9,7 +9,6 @@ activations plus one (D x D) Gram per layer, whatever the number of samples.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +19,7 @@ from tensorfold.decompose.data_aware import InputGram
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.onnxrt.sessions import make_session
-from tensorfold.passes.layers import Layer
+from tensorfold.passes.layers import ConvAttrs, Layer
 
 # patch rows processed per Gram update: bounds the im2col copy (rows x D floats)
 _ROWS_PER_STEP = 16384
@@ -36,26 +35,42 @@ def collect_input_grams(
     wanted = list(dict.fromkeys(layer.node.input[0] for layer in layers if layer.node.input[0] not in graph_inputs))
     probe = _with_outputs(model, wanted)
     session = make_session(probe, provider)
-    grams: dict[str, InputGram] = {}
+    # layers that multiply the same vectors (a transformer's Q, K and V read one input; two convs of
+    # one shape on one tensor) share one Gram, computed once
+    readers: dict[tuple[object, ...], list[Layer]] = {}
+    for layer in layers:
+        readers.setdefault(_vector_key(layer), []).append(layer)
+    shared: dict[tuple[object, ...], InputGram] = {}
     batches = list(chunks(model, samples.arrays, max_batch=4))
     for feeds in tqdm(batches, desc="calibration statistics", unit="batch", disable=not progress, leave=False):
         values = dict(zip(wanted, session.run(wanted, feeds) if wanted else []))
         values.update(feeds)
-        for layer in layers:
-            x = values[layer.node.input[0]]
-            rows_per_group = _vectors(layer, np.asarray(x))
-            acc = grams.get(layer.name)
+        for key, group in readers.items():
+            layer = group[0]
+            rows_per_group = _vectors(layer, np.asarray(values[layer.node.input[0]]))
+            acc = shared.get(key)
             for g, rows in enumerate(rows_per_group):
                 for start in range(0, len(rows), _ROWS_PER_STEP):
                     block = np.ascontiguousarray(rows[start : start + _ROWS_PER_STEP], dtype=np.float32)
                     if acc is None:
-                        acc = grams[layer.name] = InputGram(
-                            np.zeros((len(rows_per_group), block.shape[1], block.shape[1]))
-                        )
+                        acc = shared[key] = InputGram(np.zeros((len(rows_per_group), block.shape[1], block.shape[1])))
                     acc.grams[g] += (block.T @ block).astype(np.float64)
             if acc is not None:
                 acc.count += len(rows_per_group[0])
-    return grams
+    # one InputGram per layer over the shared sums: its fits depend on the layer's own weight
+    return {
+        layer.name: InputGram(shared[key].grams, shared[key].count)
+        for key, group in readers.items()
+        if key in shared
+        for layer in group
+    }
+
+
+def _vector_key(layer: Layer) -> tuple[object, ...]:
+    """What decides the vectors a layer multiplies: its input and how it cuts it."""
+    if layer.kind == "conv":
+        return (layer.node.input[0], "conv", tuple(layer.weight.shape[1:]), layer.groups, layer.conv)
+    return (layer.node.input[0], "rows", layer.kind == "gemm" and layer.gemm.trans_a)
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -84,19 +99,19 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 def _vectors(layer: Layer, x: np.ndarray) -> list[np.ndarray]:
     """The vectors the layer multiplies, per group: rows of (P, D)."""
     if layer.kind == "conv":
-        return conv_patches(x, layer.weight.shape, layer.groups, layer.attrs)
-    if layer.kind == "gemm" and layer.attrs.get("transA"):
+        return conv_patches(x, layer.weight.shape, layer.groups, layer.conv)
+    if layer.kind == "gemm" and layer.gemm.trans_a:
         x = x.T
     return [x.reshape(-1, x.shape[-1])]
 
 
-def conv_patches(x: np.ndarray, weight_shape: Sequence[int], groups: int, attrs: dict[str, Any]) -> list[np.ndarray]:
+def conv_patches(x: np.ndarray, weight_shape: Sequence[int], groups: int, attrs: ConvAttrs) -> list[np.ndarray]:
     """im2col of a conv's input: per group an array (N * positions, C/g * prod(k)), each row ordered
     (channel, *kernel offsets) like weight[o].ravel()."""
     kernel = tuple(int(k) for k in weight_shape[2:])
     nd = len(kernel)
-    strides, dilations = attrs["strides"], attrs["dilations"]
-    pads = _pads(x.shape[2:], kernel, strides, dilations, attrs["pads"], attrs["auto_pad"])
+    strides, dilations = attrs.strides, attrs.dilations
+    pads = _pads(x.shape[2:], kernel, strides, dilations, attrs.pads, attrs.auto_pad)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + nd]) for a in range(nd)])
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     windows = np.lib.stride_tricks.sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))

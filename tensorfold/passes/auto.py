@@ -11,8 +11,15 @@ file names one.
 
 from __future__ import annotations
 
-from tensorfold.passes.base import PASSES, Choice, PassContext, RankSpec, register_pass
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, relative_error
+from tensorfold.passes.base import Choice, PassContext, RankSpec, register_pass
+from tensorfold.passes.factorize import (
+    Candidate,
+    Factorization,
+    FactorizePass,
+    method_classes,
+    method_pass,
+    relative_error,
+)
 from tensorfold.passes.layers import Layer
 
 
@@ -25,14 +32,14 @@ class AutoPass(FactorizePass):
     def __init__(self) -> None:
         # one instance per member for the pass's life: a member may keep work between its
         # candidates and its build (TT's TT-SVD memo)
-        ranked = sorted((cls for cls in PASSES.values() if issubclass(cls, FactorizePass)), key=lambda c: c.order)
+        ranked = sorted(method_classes().values(), key=lambda c: c.order)
         self.members: dict[str, FactorizePass] = {cls.method: cls() for cls in ranked if cls.auto_role}
 
     def supports(self, layer: Layer) -> str | None:
         return None
 
     def _member(self, method: str) -> FactorizePass:
-        return self.members.get(method) or PASSES[method]()
+        return self.members.get(method) or method_pass(method)
 
     def _exact(self, layer: Layer) -> list[FactorizePass]:
         """The passes that decompose `layer` for the exact members that support it, each once (a

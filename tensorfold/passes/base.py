@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import onnx
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.onnxrt import large
-from tensorfold.passes.layers import Skip
+from tensorfold.passes.layers import Layer, Skip
+
+if TYPE_CHECKING:
+    from tensorfold.decompose.data_aware import InputGram
+    from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class RankSpec:
 
     DEFAULT_ENERGY: ClassVar[float] = 0.95
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         given = [k for k in ("rank", "energy", "ratio") if getattr(self, k) is not None]
         given += ["evbmf"] if self.evbmf else []
         if len(given) > 1:
@@ -64,7 +68,7 @@ class Choice:
     method: str
     ranks: tuple[int, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
 
     def __str__(self) -> str:
@@ -80,7 +84,7 @@ class Planner(Protocol):
 
     reasons: dict[str, str]  # layer name -> why the plan keeps it whole (the pass reports it)
 
-    def __call__(self, pass_, layers: list, ctx: PassContext) -> tuple[Plan, list[str]]:
+    def __call__(self, pass_: FactorizePass, layers: list[Layer], ctx: PassContext) -> tuple[Plan, list[str]]:
         """{layer name: Choice, or None to keep it whole} and notes for the report."""
 
 
@@ -91,9 +95,9 @@ class FactorCache:
     (initializer name and shape) and whether calibration statistics shaped the result; the cache
     lives as long as the PassContext holding it, or longer where a search hands one to every trial."""
 
-    factorizations: dict = field(default_factory=dict)
-    errors: dict = field(default_factory=dict)
-    candidates: dict = field(default_factory=dict)
+    factorizations: dict[tuple[Any, ...], Factorization] = field(default_factory=dict)
+    errors: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    candidates: dict[tuple[Any, ...], list[Candidate]] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,9 +111,9 @@ class PassContext:
     seed: int = 0
     planner: Planner | None = None  # replaces the rank spec's plan
     # {layer name: InputGram} from calibration data: factors and rank curves fit the layers' outputs
-    stats: dict | None = None
+    stats: dict[str, InputGram] | None = None
     # {layer name: weight} on each layer's squared error in the global budget (measured sensitivity)
-    layer_weights: dict | None = None
+    layer_weights: dict[str, float] | None = None
     cache: FactorCache = field(default_factory=FactorCache)
 
 
@@ -128,7 +132,7 @@ class LayerRecord:
     output_error: float | None = None  # relative output error of this layer on the calibration data
     shared_with: list[str] = field(default_factory=list)  # other users of the same factors (shared weight)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -6,18 +6,27 @@ output name, so consumers are untouched.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 from tensorfold.passes.layers import Layer
+
+# factor tensors already in the graph, by content (dtype, shape, sha256) -> (name, size): the users of
+# a shared weight read one set of factors
+FactorPool = dict[tuple[str, tuple[int, ...], str], tuple[str, int]]
 
 
 class ChainBuilder:
     """Collects the nodes and initializers of one replacement chain, with provenance in names."""
 
-    def __init__(self, layer: Layer, method: str, fresh, doc: str, pool: dict | None = None):
+    def __init__(
+        self, layer: Layer, method: str, fresh: Callable[[str], str], doc: str, pool: FactorPool | None = None
+    ):
         self.layer = layer
         self.prefix = f"{layer.name}/{method}"
         self.fresh = fresh
@@ -28,7 +37,7 @@ class ChainBuilder:
         # users of a shared weight: a factor tensor equal to one already in the graph is read from
         # there, not added again (pool: content key -> (name, size); `pooled` adds this chain's)
         self.pool = pool
-        self.pooled: dict = {}
+        self.pooled: FactorPool = {}
         self.reused_params = 0
 
     @property
@@ -36,7 +45,7 @@ class ChainBuilder:
         """Parameters this chain adds to the graph."""
         return sum(int(np.prod(t.dims)) for t in self.initializers if t.data_type in _FLOATS)
 
-    def const(self, suffix: str, array: np.ndarray, dtype=None) -> str:
+    def const(self, suffix: str, array: np.ndarray, dtype: DTypeLike | None = None) -> str:
         array = np.ascontiguousarray(array, dtype=dtype or self.dtype)
         key = None
         if self.pool is not None:
@@ -52,7 +61,7 @@ class ChainBuilder:
             self.pooled[key] = (name, int(array.size))
         return name
 
-    def op(self, op_type: str, inputs: list[str], suffix: str, output: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str], suffix: str, output: str | None = None, **attrs: Any) -> str:
         out = output or self.fresh(f"{self.prefix}/{suffix}_out")
         node = helper.make_node(
             op_type, inputs, [out], name=self.fresh(f"{self.prefix}/{suffix}"), doc_string=self.doc, **attrs
@@ -68,9 +77,9 @@ class ChainBuilder:
         *,
         bias: str | None = None,
         group: int = 1,
-        strides=None,
-        pads=None,
-        dilations=None,
+        strides: Sequence[int] | None = None,
+        pads: Sequence[int] | None = None,
+        dilations: Sequence[int] | None = None,
         auto_pad: str = "NOTSET",
         output: str | None = None,
     ) -> str:
@@ -95,16 +104,6 @@ _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
 def pointwise_kernel(matrix: np.ndarray, nd: int) -> np.ndarray:
     """(out, in) matrix -> (out, in, 1, ..., 1) conv kernel."""
     return matrix.reshape(*matrix.shape, *([1] * nd))
-
-
-def axis_conv_attrs(a: dict, axis: int, nd: int) -> dict:
-    """Stride, dilation and pads of one spatial axis only (the others become 1 / 0)."""
-    strides, dilations, pads = [1] * nd, [1] * nd, [0] * (2 * nd)
-    strides[axis] = a["strides"][axis]
-    dilations[axis] = a["dilations"][axis]
-    pads[axis], pads[axis + nd] = a["pads"][axis], a["pads"][axis + nd]
-    # SAME padding is computed per axis, so each one-axis conv can keep the original auto_pad
-    return {"strides": strides, "dilations": dilations, "pads": pads, "auto_pad": a["auto_pad"]}
 
 
 def axis_kernel(vectors: np.ndarray, axis: int, nd: int, channels_in: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from tensorfold.decompose.data_aware import refit_output
 from tensorfold.decompose.tucker2 import tucker2_params
 from tensorfold.errors import DecompositionError
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
+from tensorfold.passes.chains import ChainBuilder, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
@@ -30,7 +30,7 @@ AUTO_CP_FLOPS = 1e10
 AUTO_CP_SECONDS = 10.0
 
 
-def cp_max_rank(shape) -> int:
+def cp_max_rank(shape: tuple[int, ...]) -> int:
     """Every tensor has an exact CP of rank prod(shape) / max(shape) (one mode's fibers): a larger
     rank only costs time, so --rank is clipped to it (as every other method clips to its modes)."""
     return max(1, int(np.prod(shape)) // max(shape))
@@ -106,7 +106,7 @@ def cp_build(
         for factor in spatial:
             maps = np.einsum("rd,kr->rdk", maps, factor).reshape(maps.shape[0], -1)
         out_f, output_error2 = refit_output(
-            layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), maps, layer.gram.group(0)
+            layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), maps, layer.statistics.group(0)
         )
     factors = [out_f, in_f, *spatial]
     dtype = layer.weight.dtype
@@ -129,10 +129,12 @@ def emit_cp_conv(
     Stride, dilation and pads are split between the depthwise convs, one axis each.
     """
     layer = b.layer
-    a, nd, rank = layer.attrs, len(layer.kernel), in_factor.shape[1]
+    nd, rank = len(layer.kernel), in_factor.shape[1]
     h = b.conv(layer.node.input[0], pointwise_kernel(in_factor.T, nd), "in")
     for axis, factor in enumerate(spatial_factors):  # factor: (k_axis, R)
-        h = b.conv(h, axis_kernel(factor.T, axis, nd, 1), f"axis{axis}", group=rank, **axis_conv_attrs(a, axis, nd))
+        h = b.conv(
+            h, axis_kernel(factor.T, axis, nd, 1), f"axis{axis}", group=rank, **layer.conv.one_axis(axis).conv_kwargs()
+        )
     b.conv(h, pointwise_kernel(out_factor, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
 
 
@@ -149,16 +151,16 @@ class CPPass(FactorizePass):
             return "grouped kxk conv: cp rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
-    def method_ranks(self, layer, spec):
+    def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         return cp_ranks(layer, spec)
 
-    def method_candidates(self, layer):
+    def method_candidates(self, layer: Layer) -> list[Candidate]:
         return cp_candidates(layer)
 
-    def method_params(self, layer, ranks):
+    def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         return cp_params(layer.weight.shape, min(ranks[0], cp_max_rank(layer.weight.shape)))
 
-    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         return cp_build(layer, ranks[0], ctx.seed)
 
     def challenge(self, layer: Layer, params: int, ctx: PassContext) -> Factorization | None:

@@ -24,7 +24,7 @@ from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
 from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, PassResult, Plan, RankSpec
-from tensorfold.passes.chains import ChainBuilder
+from tensorfold.passes.chains import ChainBuilder, FactorPool
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 
 
@@ -49,6 +49,19 @@ class Candidate:
     error2: float  # relative squared weight error (exact, or a stated estimate)
 
 
+def method_classes() -> dict[str, type[FactorizePass]]:
+    """The registered passes that factorize layers (every method), by name."""
+    return {name: cls for name, cls in PASSES.items() if issubclass(cls, FactorizePass)}
+
+
+def method_pass(name: str) -> FactorizePass:
+    """A new instance of the registered method `name`."""
+    cls = PASSES[name]
+    if not issubclass(cls, FactorizePass):
+        raise TypeError(f"pass '{name}' is not a factorization method")
+    return cls()
+
+
 def relative_error(weight: np.ndarray, approx: np.ndarray) -> float:
     norm = float(np.linalg.norm(weight.astype(np.float64)))
     diff = float(np.linalg.norm(weight.astype(np.float64) - approx.astype(np.float64)))
@@ -67,7 +80,7 @@ def layer_output_error2(layer: Layer, approx: np.ndarray) -> float:
     """Relative squared output error of replacing the layer's weight by `approx`, on the data of
     layer.gram (groups pooled)."""
     pairs = [
-        output_energies(w, a, damped(layer.gram.group(g)))
+        output_energies(w, a, damped(layer.statistics.group(g)))
         for g, (w, a) in enumerate(zip(layer_rows(layer, layer.weight), layer_rows(layer, approx)))
     ]
     num, den = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
@@ -124,7 +137,7 @@ class FactorizePass(Pass):
     # --- what a method implements for the layers it decomposes itself (a pass that overrides the
     # dispatchers below, as auto and planned do, needs none of these) -------------------------
 
-    def _missing(self, hook: str):
+    def _missing(self, hook: str) -> TypeError:
         return TypeError(f"{type(self).__name__} implements neither {hook} nor the dispatcher that calls it")
 
     def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
@@ -139,7 +152,7 @@ class FactorizePass(Pass):
         """Decompose the layer at these ranks."""
         raise self._missing("method_build")
 
-    def method_params(self, layer: Layer, ranks: tuple) -> int | None:
+    def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         """The factors' parameter count at these ranks when known without decomposing (None:
         only the build can tell). Lets the loop refuse a chain that cannot be smaller for free:
         `--energy 1` or a huge `--rank` must not run a decomposition only to throw it away."""
@@ -154,7 +167,7 @@ class FactorizePass(Pass):
 
     @cached_property
     def svd(self) -> FactorizePass:
-        return PASSES["svd"]()
+        return method_pass("svd")
 
     def ranks_for(self, layer: Layer, spec: RankSpec) -> Choice:
         if self.by_svd(layer):
@@ -230,7 +243,7 @@ class FactorizePass(Pass):
         fresh = make_name_generator(work)
         replacements: dict[str, ChainBuilder] = {}
         records: list[LayerRecord] = []
-        pool: dict = {}  # factor tensors already in the graph, by content: shared weights' users reuse them
+        pool: FactorPool = {}  # factor tensors already in the graph, by content: shared weights' users reuse them
         bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible, leave=False)
         for layer in bar:
             bar.set_postfix_str(layer.name[-30:])
@@ -265,12 +278,12 @@ class FactorizePass(Pass):
             return PassResult(model, False, [], skipped, notes, eligible_params)
         new_nodes = []
         for node in work.graph.node:
-            builder = replacements.get(node.name)
-            if builder is None:
+            chain = replacements.get(node.name)
+            if chain is None:
                 new_nodes.append(node)
             else:
-                new_nodes.extend(builder.nodes)
-                work.graph.initializer.extend(builder.initializers)
+                new_nodes.extend(chain.nodes)
+                work.graph.initializer.extend(chain.initializers)
         del work.graph.node[:]
         work.graph.node.extend(new_nodes)
         # the chains' intermediate values have no recorded shapes yet; stale entries would mislead
@@ -283,7 +296,7 @@ class FactorizePass(Pass):
             "kept whole: the budget gains more from other layers"
         )
 
-    def _cache_key(self, layer: Layer, *rest) -> tuple:
+    def _cache_key(self, layer: Layer, *rest: object) -> tuple[object, ...]:
         return (self.method, layer.key, layer.node.input[1], tuple(layer.weight.shape), layer.gram is not None, *rest)
 
     def factorization(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
@@ -323,7 +336,12 @@ class FactorizePass(Pass):
         return memo[key]
 
     def _rewrite(
-        self, layer: Layer, choice: Choice, ctx: PassContext, fresh, pool: dict | None = None
+        self,
+        layer: Layer,
+        choice: Choice,
+        ctx: PassContext,
+        fresh: Callable[[str], str],
+        pool: FactorPool | None = None,
     ) -> Skip | tuple[ChainBuilder, LayerRecord]:
         op = layer.node.op_type
         predicted = self.params_for(layer, choice)
@@ -387,7 +405,7 @@ class FactorizePass(Pass):
             return ctx.planner(self, layers, ctx)
         return self.spec_plan(layers, ctx)
 
-    def spec_plan(self, layers: list[Layer], ctx: PassContext):
+    def spec_plan(self, layers: list[Layer], ctx: PassContext) -> tuple[Plan, list[str]]:
         """Ranks from the rank spec alone: a fixed rank, an energy, EVBMF or the global budget."""
         spec = ctx.spec
         if spec.ratio is None:
@@ -407,7 +425,7 @@ class FactorizePass(Pass):
             return None
         return self.ranks_of(min(fits, key=lambda c: (c.params, c.error2)))
 
-    def budget_plan(self, layers: list[Layer], ratio: float, ctx: PassContext):
+    def budget_plan(self, layers: list[Layer], ratio: float, ctx: PassContext) -> tuple[Plan, list[str]]:
         """Meet `ratio` over these layers together, giving rank where it costs least error (each
         layer's squared error scaled by ctx.layer_weights[name] when given)."""
         force, progress, weights = ctx.force, ctx.progress, ctx.layer_weights
@@ -436,9 +454,9 @@ class FactorizePass(Pass):
                 f"{total / max(smallest, 1):.1f}x at most"
             )
         picked = allocate_budget(options, budget)
-        plan = {}
-        for layer, idx, cands in zip(layers, picked, choices):
-            chosen = cands[idx]
+        plan: Plan = {}
+        for layer, idx, row in zip(layers, picked, choices):
+            chosen = row[idx]
             for user in users[layer.key]:
                 plan[user.name] = None if chosen is None else self.ranks_of(chosen)
         kept = sum(1 for v in plan.values() if v is None)

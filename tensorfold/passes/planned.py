@@ -8,15 +8,15 @@ planned pass: a search that revisits a (layer, method, ranks) pays for its decom
 from __future__ import annotations
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.passes import PASSES, PLANNABLE
+from tensorfold.passes import PLANNABLE
 from tensorfold.passes.base import Choice, PassContext, Plan, RankSpec
-from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass
+from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, method_pass
 from tensorfold.passes.layers import Layer
 
 
 def rank_count(method: str, layer: Layer) -> int:
     """How many ranks `method` takes for this layer: the method's own pass says."""
-    return PASSES[method]().rank_count(layer)
+    return method_pass(method).rank_count(layer)
 
 
 def check_choice(layer: Layer, choice: Choice | None, source: str) -> None:
@@ -37,7 +37,7 @@ class PlannedPass(FactorizePass):
 
     def __init__(self) -> None:
         # the plannable methods (a pointwise layer is an SVD whatever method is asked)
-        self.methods: dict[str, FactorizePass] = {name: PASSES[name]() for name in PLANNABLE}
+        self.methods: dict[str, FactorizePass] = {name: method_pass(name) for name in PLANNABLE}
         # node name -> its Choice, or None to keep the layer; set before each call
         self.choices: Plan = {}
 
@@ -47,10 +47,10 @@ class PlannedPass(FactorizePass):
     def candidates(self, layer: Layer) -> list[Candidate]:
         raise TensorfoldError("a planned factorization has no candidates of its own: its plan names them")
 
-    def ranks_for(self, layer: Layer, spec: RankSpec):
+    def ranks_for(self, layer: Layer, spec: RankSpec) -> Choice:
         raise TensorfoldError("a planned factorization takes its ranks from its plan, not from a rank spec")
 
-    def plan(self, layers: list[Layer], ctx: PassContext):
+    def plan(self, layers: list[Layer], ctx: PassContext) -> tuple[Plan, list[str]]:
         return {layer.name: self.choices.get(layer.name) for layer in layers}, []
 
     def keep_reason(self, layer: Layer, ctx: PassContext) -> str:

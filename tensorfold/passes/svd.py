@@ -51,8 +51,8 @@ def svd_spectra(layer: Layer) -> list[np.ndarray]:
 
 def whitened_fits(layer: Layer) -> list[WhitenedSVD]:
     """The whitened SVD per group, made once per layer's statistics."""
-    return layer.gram.fitted(
-        "whitened_svd", lambda: [WhitenedSVD(m, layer.gram.group(g)) for g, m in enumerate(layer_matrices(layer))]
+    return layer.statistics.fitted(
+        "whitened_svd", lambda: [WhitenedSVD(m, layer.statistics.group(g)) for g, m in enumerate(layer_matrices(layer))]
     )
 
 
@@ -98,16 +98,16 @@ def emit_matrix_pair(b: ChainBuilder, left: list[np.ndarray], right: list[np.nda
     """
     layer, x, out = b.layer, b.layer.node.input[0], b.layer.node.output[0]
     if layer.kind == "conv":
-        a, nd = layer.attrs, len(layer.kernel)
+        a, nd = layer.conv, len(layer.kernel)
         first = np.concatenate([pointwise_kernel(lf.T, nd) for lf in left], axis=0)
         last = np.concatenate([pointwise_kernel(r.T, nd) for r in right], axis=0)
-        h = b.conv(x, first, "in", group=layer.groups, strides=a["strides"], pads=a["pads"], auto_pad=a["auto_pad"])
+        h = b.conv(x, first, "in", group=layer.groups, strides=a.strides, pads=a.pads, auto_pad=a.auto_pad)
         b.conv(h, last, "out", bias=layer.bias_name, group=layer.groups, output=out)
     elif layer.kind == "gemm":
-        at = layer.attrs
-        h = b.op("Gemm", [x, b.const("in.weight", left[0] * at["alpha"])], "in", transA=at["transA"])
+        at = layer.gemm
+        h = b.op("Gemm", [x, b.const("in.weight", left[0] * at.alpha)], "in", transA=int(at.trans_a))
         inputs = [h, b.const("out.weight", right[0])] + ([layer.bias_name] if layer.bias_name else [])
-        b.op("Gemm", inputs, "out", output=out, beta=at["beta"])
+        b.op("Gemm", inputs, "out", output=out, beta=at.beta)
     else:
         h = b.op("MatMul", [x, b.const("in.weight", left[0])], "in")
         b.op("MatMul", [h, b.const("out.weight", right[0])], "out", output=out)
@@ -124,14 +124,14 @@ class SVDPass(FactorizePass):
             return "kxk conv: svd rewrites 1x1 convs and matrices; use tucker, cp or tt for kxk kernels"
         return None
 
-    def method_ranks(self, layer, spec):
+    def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         return svd_ranks(layer, spec)
 
-    def method_candidates(self, layer):
+    def method_candidates(self, layer: Layer) -> list[Candidate]:
         return svd_candidates(layer)
 
-    def method_params(self, layer, ranks):
+    def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         return svd_params(layer, ranks)
 
-    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         return svd_build(layer, ranks)

@@ -12,6 +12,9 @@ K x K factor in front of them), and its candidates are ranked by their measured 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from tensorfold.decompose.data_aware import refit_output
@@ -25,9 +28,9 @@ from tensorfold.decompose.tt import (
     tt_svd,
 )
 from tensorfold.passes.base import PassContext, RankSpec, register_pass
-from tensorfold.passes.chains import ChainBuilder, axis_conv_attrs, axis_kernel, pointwise_kernel
+from tensorfold.passes.chains import ChainBuilder, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, layer_output_error2
-from tensorfold.passes.layers import Layer
+from tensorfold.passes.layers import Layer, MatMulAttrs
 
 
 def _tt_tensor(layer: Layer) -> np.ndarray:
@@ -53,7 +56,11 @@ def tt_bond_count(layer: Layer) -> int:
 
 
 def _decompose(
-    layer: Layer, cap: int | None, rel_eps: float | None, memo: dict | None = None, info: dict | None = None
+    layer: Layer,
+    cap: int | Sequence[int] | None,
+    rel_eps: float | None,
+    memo: dict[Any, Any] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     if layer.kind == "conv":
         return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo, info=info)
@@ -73,7 +80,7 @@ def _refit_last_core(layer: Layer, cores: list[np.ndarray]) -> tuple[list[np.nda
     for core in cores[1:-1]:  # contract (I*k.., r) with (r, k, r')
         head = np.einsum("dr,rks->dks", head, core).reshape(-1, core.shape[2])
     out, err2 = refit_output(
-        layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T, layer.gram.group(0)
+        layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T, layer.statistics.group(0)
     )
     return cores[:-1] + [out.T[:, :, None]], err2
 
@@ -109,11 +116,13 @@ def emit_tt_conv(b: ChainBuilder, cores: list[np.ndarray]) -> None:
     cores[0] is (1, I, r1), cores[1+j] is (r_j, k_j, r_{j+1}), cores[-1] is (r_n, O, 1).
     """
     layer = b.layer
-    a, nd = layer.attrs, len(layer.kernel)
+    nd = len(layer.kernel)
     h = b.conv(layer.node.input[0], pointwise_kernel(cores[0][0].T, nd), "in")
     for axis, core in enumerate(cores[1:-1]):  # (r_prev, k, r_next) -> (r_next, r_prev, k)
         kernel = np.transpose(core, (2, 0, 1))
-        h = b.conv(h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}", **axis_conv_attrs(a, axis, nd))
+        h = b.conv(
+            h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}", **layer.conv.one_axis(axis).conv_kwargs()
+        )
     b.conv(h, pointwise_kernel(cores[-1][:, :, 0].T, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
 
 
@@ -126,10 +135,10 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
     layer = b.layer
     x = layer.node.input[0]
     if layer.kind == "gemm":
-        at = layer.attrs
-        if at["transA"]:
+        at = layer.gemm
+        if at.trans_a:
             x = b.op("Transpose", [x], "transA", perm=[1, 0])
-        cores = [c * at["alpha"] if i == 0 else c for i, c in enumerate(cores)]
+        cores = [c * at.alpha if i == 0 else c for i, c in enumerate(cores)]
     cols = [c.shape[2] for c in cores]
     n_total = int(np.prod(cols))
     state = x
@@ -150,8 +159,8 @@ def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | N
         )
         if layer.kind == "gemm" and layer.bias_name:
             bias = layer.bias_name
-            if at["beta"] != 1.0:
-                bias = b.op("Mul", [bias, b.const("beta", np.array(at["beta"]))], "beta")
+            if at.beta != 1.0:
+                bias = b.op("Mul", [bias, b.const("beta", np.array(at.beta))], "beta")
             b.op("Add", [flat, bias], "bias", output=out)
         return
     # batched activations (..., K): restore the leading dims from the input's runtime shape
@@ -180,7 +189,7 @@ class TTPass(FactorizePass):
             return "grouped kxk conv: tt rewrites group-1 convs only; use tucker for grouped convs"
         return None
 
-    def method_ranks(self, layer: Layer, spec: RankSpec):
+    def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         if spec.rank is not None:
             cores = _decompose(layer, spec.rank, None)
         elif spec.evbmf:
@@ -201,11 +210,11 @@ class TTPass(FactorizePass):
         out = {}
         if layer.gram is None:
             tensor = _tt_target(layer)
-            for ranks, est in tt_rank_ladder(tensor, np.geomspace(1e-4, 1.0, 40)):
+            for ranks, est in tt_rank_ladder(tensor, np.geomspace(1e-4, 1.0, 40).tolist()):
                 if ranks not in out:
                     out[ranks] = Candidate("tt", ranks, _tt_params(tensor.shape, ranks), est)
             return list(out.values())
-        memo: dict = {}  # the ladder shares every bond's eigendecomposition it reaches again
+        memo: dict[Any, Any] = {}  # the ladder shares every bond's eigendecomposition it reaches again
         for eps in np.geomspace(0.02, 0.95, 18):
             cores = _decompose(layer, None, float(eps), memo)
             ranks = tuple(_bond_ranks(cores))
@@ -217,16 +226,20 @@ class TTPass(FactorizePass):
                 out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err2)
         return list(out.values())
 
-    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         cores = _decompose(layer, list(ranks), None)
         output_error2 = None
         if layer.gram is not None and layer.kind == "conv":
             cores, output_error2 = _refit_last_core(layer, cores)
         dtype = layer.weight.dtype
-        if layer.kind == "conv":
-            emit = lambda b: emit_tt_conv(b, cores)  # noqa: E731
-        else:
-            emit = lambda b: emit_tt_matrix(b, cores, layer.attrs.get("input_rank"))  # noqa: E731
+        input_rank = layer.attrs.input_rank if isinstance(layer.attrs, MatMulAttrs) else None
+
+        def emit(b: ChainBuilder) -> None:
+            if layer.kind == "conv":
+                emit_tt_conv(b, cores)
+            else:
+                emit_tt_matrix(b, cores, input_rank)
+
         return Factorization(
             "tt",
             _bond_ranks(cores),

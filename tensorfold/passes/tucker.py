@@ -50,13 +50,14 @@ def tucker_error_grid(layer: Layer) -> np.ndarray:
     groups = layer.group_weights()
     norms = [float(np.sum(w.astype(np.float64) ** 2)) for w in groups]
     total = sum(norms) or 1.0
-    return sum(tucker2_error_table(w) * n for w, n in zip(groups, norms)) / total
+    grid: np.ndarray = np.sum([tucker2_error_table(w) * n for w, n in zip(groups, norms)], axis=0) / total
+    return grid
 
 
 def data_fits(layer: Layer) -> list[Tucker2DataFit]:
     """The rank-independent data-fitted Tucker-2 work per group, made once per layer's statistics."""
-    return layer.gram.fitted(
-        "tucker2", lambda: [Tucker2DataFit(w, layer.gram.group(g)) for g, w in enumerate(layer.group_weights())]
+    return layer.statistics.fitted(
+        "tucker2", lambda: [Tucker2DataFit(w, layer.statistics.group(g)) for g, w in enumerate(layer.group_weights())]
     )
 
 
@@ -65,19 +66,22 @@ def tucker_data_grid(layer: Layer, r_in_values: list[int]) -> np.ndarray:
     of `r_in_values` (columns), groups pooled by their output energy."""
     fits = data_fits(layer)
     total = sum(f.total for f in fits) or 1.0
-    return sum(f.table(r_in_values) * f.total for f in fits) / total
+    grid: np.ndarray = np.sum([f.table(r_in_values) * f.total for f in fits], axis=0) / total
+    return grid
 
 
 def tucker_candidates(layer: Layer) -> list[Candidate]:
     groups = layer.group_weights()
     shape = groups[0].shape
     r_ins = ladder(shape[1], 40)
-    if layer.gram is not None:
-        data = tucker_data_grid(layer, r_ins)
-        error = lambda ro, col, ri: data[ro, col]  # noqa: E731
-    else:
-        grid = tucker_error_grid(layer)
-        error = lambda ro, col, ri: grid[ro, ri]  # noqa: E731
+    # with data the grid's columns follow r_ins; without, they are every r_in
+    grid, by_column = (
+        (tucker_data_grid(layer, r_ins), True) if layer.gram is not None else (tucker_error_grid(layer), False)
+    )
+
+    def error(ro: int, col: int, ri: int) -> float:
+        return float(grid[ro, col if by_column else ri])
+
     out = []
     for ro in ladder(shape[0], 40):
         for col, ri in enumerate(r_ins):
@@ -98,7 +102,7 @@ def tucker_build(layer: Layer, ranks: tuple[int, ...], hooi_iters: int) -> Facto
     parts = [tucker2(w.astype(np.float64), (ranks[0], ranks[1]), hooi_iters=hooi_iters) for w in layer.group_weights()]
     dtype = layer.weight.dtype
 
-    def reconstruct():
+    def reconstruct() -> np.ndarray:
         cast = [type(p)(p.core.astype(dtype), p.out_factor.astype(dtype), p.in_factor.astype(dtype)) for p in parts]
         return np.concatenate([tucker2_reconstruct(p) for p in cast], axis=0)
 
@@ -142,14 +146,12 @@ def emit_tucker_conv(
     One entry per group: each group gets its own factors, stacked into grouped convs.
     """
     layer = b.layer
-    a, nd, g = layer.attrs, len(layer.kernel), layer.groups
+    nd, g = len(layer.kernel), layer.groups
     first = np.concatenate([pointwise_kernel(u.T, nd) for u in in_factors], axis=0)
     core = np.concatenate(cores, axis=0)
     last = np.concatenate([pointwise_kernel(u, nd) for u in out_factors], axis=0)
     h = b.conv(layer.node.input[0], first, "in", group=g)
-    h = b.conv(
-        h, core, "core", group=g, strides=a["strides"], pads=a["pads"], dilations=a["dilations"], auto_pad=a["auto_pad"]
-    )
+    h = b.conv(h, core, "core", group=g, **layer.conv.conv_kwargs())
     b.conv(h, last, "out", bias=layer.bias_name, group=g, output=layer.node.output[0])
 
 
@@ -166,14 +168,14 @@ class TuckerPass(FactorizePass):
     def supports(self, layer: Layer) -> str | None:
         return None  # any non-depthwise conv, grouped included; matrices via the SVD
 
-    def method_ranks(self, layer, spec):
+    def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         return tucker_ranks(layer, spec)
 
-    def method_candidates(self, layer):
+    def method_candidates(self, layer: Layer) -> list[Candidate]:
         return tucker_candidates(layer)
 
-    def method_params(self, layer, ranks):
+    def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         return tucker_params(layer, ranks)
 
-    def method_build(self, layer: Layer, ranks, ctx: PassContext) -> Factorization:
+    def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         return tucker_build(layer, ranks, ctx.hooi_iters)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -119,6 +120,15 @@ def rewritten_outputs(student: onnx.ModelProto) -> list[str]:
     return names
 
 
+class Teacher(Protocol):
+    """What recovery asks of a teacher: its outputs on a batch (in the ONNX model's output order)
+    and the intermediate values it can give, by name (`features`: the ones it has of those asked)."""
+
+    features: list[str]
+
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]: ...
+
+
 class OnnxTeacher:
     """An ONNX teacher run by onnxruntime; also returns the named intermediate values asked for."""
 
@@ -174,7 +184,7 @@ class GraphTeacher:
         self.features = [f for f in features if f in produced]
 
     @torch.no_grad()
-    def __call__(self, *xs: torch.Tensor):
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outputs, feats = self.module(*xs, capture=tuple(self.features))
         return list(outputs), feats
 
@@ -196,7 +206,7 @@ class EmaTeacher:
         self.decay = decay
 
     @torch.no_grad()
-    def __call__(self, *xs: torch.Tensor):
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outputs, feats = self.module(*xs, capture=tuple(self.features))
         return list(outputs), feats
 
@@ -215,7 +225,7 @@ class TorchTeacher:
         self.features: list[str] = []
 
     @torch.no_grad()
-    def __call__(self, *xs: torch.Tensor):
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         out = self.module(*xs)
         return (list(out) if isinstance(out, (list, tuple)) else [out]), {}
 
@@ -228,7 +238,7 @@ class EnsembleTeacher:
     """Several teachers as one: each output is the weighted mean of theirs (multi-teacher KD);
     each intermediate feature comes from the first teacher that has it."""
 
-    def __init__(self, teachers: list, weights: list[float] | None = None):
+    def __init__(self, teachers: list[Teacher], weights: list[float] | None = None):
         if not teachers:
             raise ValueError("an ensemble needs at least one teacher")
         weights = weights or [1.0] * len(teachers)
@@ -242,7 +252,7 @@ class EnsembleTeacher:
         self.teachers, self.weights = teachers, [w / total for w in weights]
         self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
 
-    def __call__(self, *xs: torch.Tensor):
+    def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outputs, feats = None, {}
         for t, w in zip(self.teachers, self.weights):
             outs, f = t(*xs)

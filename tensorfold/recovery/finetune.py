@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from tensorfold.recovery.checkpoints import (
     save_checkpoint,
 )
 from tensorfold.recovery.config import RecoverConfig, autocast, grad_scaler
-from tensorfold.recovery.distill import Outputs, feature_loss, output_loss
+from tensorfold.recovery.distill import Outputs, Teacher, feature_loss, output_loss
 from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 from tensorfold.recovery.history import History
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
@@ -55,9 +56,19 @@ def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+@dataclass
+class TrainResult:
+    """What a training run ends with (the module itself is trained in place)."""
+
+    history: History
+    stop: str  # why it stopped, in words (a NaN stop starts "loss became")
+    best: dict[str, Any] | None  # the best evaluation: its step and metrics (None: never evaluated)
+    peers_best: list[dict[str, Any] | None] = field(default_factory=list)  # each peer's, by --peers order
+
+
 def train(
-    module,
-    teacher,
+    module: torch.nn.Module,
+    teacher: Teacher | None,
     x: np.ndarray,
     y: np.ndarray | None,
     val_x: np.ndarray,
@@ -69,9 +80,9 @@ def train(
     fingerprint: str = "",
     spec: Outputs | None = None,
     w: World | None = None,
-    peers: list | None = None,
-):
-    """Train `module` in place. Returns (history, stop reason, best evaluation). The best weights by
+    peers: list[torch.nn.Module] | None = None,
+) -> TrainResult:
+    """Train `module` in place. The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
     KeyboardInterrupt (the CLI exits 130; nothing else is written). `fingerprint` (model_fingerprint)
     is stored in the checkpoint; --resume refuses a checkpoint of another model. Under torchrun
@@ -260,9 +271,7 @@ def train(
             f"; no evaluation beat the starting model's validation {metric} ({start_metric:.4f}): "
             "the starting weights are kept"
         )
-    if peers:
-        return history, stop_reason, main.best, [ln.best for ln in learners[1:]]
-    return history, stop_reason, main.best
+    return TrainResult(history, stop_reason, main.best, [ln.best for ln in learners[1:]])
 
 
 def _save_best(folder: OutputFolder, ln: _Learner) -> None:

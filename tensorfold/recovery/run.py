@@ -289,7 +289,7 @@ def _recover(
         # deep mutual learning: the peers train beside the student with all of its machinery
         # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
         peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
-        history, reason, best, _ = train(
+        outcome = train(
             module,
             teacher,
             tx,
@@ -305,15 +305,17 @@ def _recover(
             w=w,
             peers=peer_modules,
         )
+        history, reason, best = outcome.history, outcome.stop, outcome.best
         for i, pmod in enumerate(peer_modules, start=1):
             peer_writes.append((pmod, peer_outputs[i - 1]))
             peer_reports.append(
                 {"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]), "val": check(pmod, judge)}
             )
     else:
-        history, reason, best = train(
+        outcome = train(
             module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress, fingerprint=fingerprint, spec=spec, w=w
         )
+        history, reason, best = outcome.history, outcome.stop, outcome.best
         if not w.main:  # rank 0 writes the model, the history and the report
             return {
                 "rank": w.rank,
@@ -338,7 +340,7 @@ def _recover(
             else GraphTeacher(previous, features, cfg.device)
         )
         generation_dir = checkpoint_folder(ckdir.file(f"gen{gen}")).check()
-        history, reason, best = train(
+        outcome = train(
             module,
             teacher,
             tx,
@@ -352,6 +354,7 @@ def _recover(
             fingerprint=model_fingerprint(student),
             spec=spec,
         )
+        history, reason, best = outcome.history, outcome.stop, outcome.best
         if reason.startswith("loss became"):
             raise TensorfoldError(f"generation {gen}: {reason}; nothing written to {output_path}: try a lower --lr")
         generation_results.append(check(module, judge))

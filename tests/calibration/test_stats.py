@@ -55,3 +55,30 @@ def test_gemm_with_trans_a_uses_the_features():
     grams = collect_input_grams(model, layers, Samples({"x": feeds["x"]}, "test"))
     rows = feeds["x"].T.astype(np.float64)
     np.testing.assert_allclose(grams["gemm"].grams[0], rows.T @ rows, rtol=1e-5)
+
+
+def test_layers_reading_one_input_share_its_gram_not_their_fits():
+    """Q/K/V-style MatMuls on one tensor (and a conv of another shape beside them) get the Gram
+    each would get alone, summed once; each layer keeps its own InputGram (fits are per weight)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, n)).astype(np.float32), f"W{n}") for n in (4, 5, 6)]
+    nodes = [helper.make_node("MatMul", ["x", f"W{n}"], [f"y{n}"], name=f"mm{n}") for n in (4, 5, 6)]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info(f"y{n}", TensorProto.FLOAT, ["N", n]) for n in (4, 5, 6)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((7, 8)).astype(np.float32)
+    layers, _ = find_layers(model)
+    grams = collect_input_grams(model, layers, Samples({"x": x}, "test"))
+    expect = x.astype(np.float64).T @ x.astype(np.float64)
+    for name in ("mm4", "mm5", "mm6"):
+        np.testing.assert_allclose(grams[name].grams[0], expect, rtol=1e-5)
+        assert grams[name].count == 7
+    assert grams["mm4"].grams is grams["mm6"].grams  # summed once
+    assert grams["mm4"] is not grams["mm6"] and grams["mm4"].fits is not grams["mm6"].fits
