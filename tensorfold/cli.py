@@ -402,15 +402,9 @@ def recover_cmd(
 ):
     """Fine-tune MODEL (distilled from --teacher) and write the same graph with trained weights."""
     from tensorfold.api import recover
-    from tensorfold.recovery.config import RecoverConfig, check_torch_device
-
-    if epochs < 0 or (max_steps is not None and max_steps < 1) or batch_size < 1 or lr <= 0:
-        raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
-    if not 0 <= alpha <= 1 or temperature <= 0:
-        raise TensorfoldError("--alpha must be in [0, 1] and --temperature > 0")
     from tensorfold.calibration.data import parse_normalize
+    from tensorfold.recovery.config import RecoverConfig, check_torch_device, parse_teacher_weights
 
-    norm = parse_normalize(normalize)  # the rule optimize and inspect follow: stds > 0
     cfg = RecoverConfig(
         epochs=epochs,
         max_steps=max_steps,
@@ -429,22 +423,16 @@ def recover_cmd(
         precision=precision,
         workers=workers,
     )
-    weights = None
-    if teacher_weights:
-        try:
-            weights = [float(w) for w in teacher_weights.split(",")]
-        except ValueError:
-            raise TensorfoldError(f"--teacher-weights '{teacher_weights}': expected numbers like 0.7,0.3") from None
     report = recover(
         model,
         output,
         teacher_path=list(teacher),
         data=data,
         cfg=cfg,
-        normalize=norm,
+        normalize=parse_normalize(normalize),  # the rule optimize and inspect follow: stds > 0
         resume=resume,
         progress=not as_json and sys.stderr.isatty(),
-        teacher_weights=weights,
+        teacher_weights=parse_teacher_weights(teacher_weights),
         generations=generations,
         peers=list(peers),
     )
@@ -480,41 +468,11 @@ def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, o
     """Benchmark suite: compress, recover and measure zoo models beside int8 quantization."""
     if ctx.invoked_subcommand is not None:
         return
-    from dataclasses import replace
-
-    from tensorfold.bench.runner import SUITES, Suite, run_suite
-    from tensorfold.bench.zoo import ZOO
+    from tensorfold.bench.runner import run_suite, suite_from_options
     from tensorfold.paths import cache_dir
 
-    cfg = dict(SUITES[suite])
-    if models:
-        cfg["models"] = tuple(m.strip() for m in models.split(","))
-        unknown = [m for m in cfg["models"] if m not in ZOO]
-        if unknown:
-            raise TensorfoldError(f"unknown model(s) {unknown} (zoo: {', '.join(ZOO)})")
-    if methods:
-        cfg["methods"] = tuple(m.strip() for m in methods.split(","))
-        from tensorfold.passes import METHODS
-
-        unknown = [m for m in cfg["methods"] if m not in METHODS]
-        if unknown:
-            raise TensorfoldError(f"unknown method(s) {unknown}")
-    if ratios:
-        try:
-            cfg["ratios"] = tuple(float(r) for r in ratios.split(","))
-        except ValueError:
-            raise TensorfoldError(f"--ratios '{ratios}': expected numbers like 4,8") from None
-    if width:
-        cfg["width"] = width
-    if epochs:
-        cfg["recipe"] = replace(cfg["recipe"], epochs=epochs)
-    if steps:
-        cfg["steps"] = steps
-    import torch
-
-    label = f"{suite} suite, baseline trained on {'cuda' if torch.cuda.is_available() else 'cpu'}"
     rows = run_suite(
-        Suite(**cfg, data=data, label=label),
+        suite_from_options(suite, models, methods, ratios, width, epochs, steps, data),
         output,
         cache_dir() / "baselines",
         progress=sys.stderr.isatty(),

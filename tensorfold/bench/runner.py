@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import onnx
 
 from tensorfold.bench.train import Recipe, baseline
 from tensorfold.datasets import load_data, prepare_inputs
+from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import count_params
 from tensorfold.outputs import OutputFolder, write_text_atomic
 from tensorfold.runtime.evaluation import evaluate_onnx
@@ -72,6 +73,48 @@ class Suite:
     data: str = "fashion-mnist"
     label: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def suite_from_options(
+    suite: str,
+    models: str | None = None,
+    methods: str | None = None,
+    ratios: str | None = None,
+    width: float | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    data: str = "fashion-mnist",
+) -> Suite:
+    """A named suite with the command line's overrides (comma-separated lists), each checked."""
+    import torch
+
+    from tensorfold.bench.zoo import ZOO
+    from tensorfold.passes import METHODS
+
+    cfg = dict(SUITES[suite])
+    if models:
+        cfg["models"] = tuple(m.strip() for m in models.split(","))
+        unknown = [m for m in cfg["models"] if m not in ZOO]
+        if unknown:
+            raise TensorfoldError(f"unknown model(s) {unknown} (zoo: {', '.join(ZOO)})")
+    if methods:
+        cfg["methods"] = tuple(m.strip() for m in methods.split(","))
+        unknown = [m for m in cfg["methods"] if m not in METHODS]
+        if unknown:
+            raise TensorfoldError(f"unknown method(s) {unknown}")
+    if ratios:
+        try:
+            cfg["ratios"] = tuple(float(r) for r in ratios.split(","))
+        except ValueError:
+            raise TensorfoldError(f"--ratios '{ratios}': expected numbers like 4,8") from None
+    if width:
+        cfg["width"] = width
+    if epochs:
+        cfg["recipe"] = replace(cfg["recipe"], epochs=epochs)
+    if steps:
+        cfg["steps"] = steps
+    label = f"{suite} suite, baseline trained on {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    return Suite(**cfg, data=data, label=label)
 
 
 def _environment() -> dict:

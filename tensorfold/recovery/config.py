@@ -33,12 +33,31 @@ class RecoverConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
     workers: int = 2  # DataLoader processes decoding image files ahead of the step
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        if (
+            self.epochs < 0
+            or (self.max_steps is not None and self.max_steps < 1)
+            or self.batch_size < 1
+            or self.lr <= 0
+        ):
+            raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise TensorfoldError("--alpha must be in [0, 1] and --temperature > 0")
         if self.precision not in PRECISIONS:
             raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
         check_count(self.threads, "--threads")
         check_count(self.workers, "--workers")
         check_seed(self.seed)
+
+
+def parse_teacher_weights(text: str | None) -> list[float] | None:
+    """--teacher-weights "0.7,0.3" (None: equal weights)."""
+    if not text:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise TensorfoldError(f"--teacher-weights '{text}': expected numbers like 0.7,0.3") from None
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
