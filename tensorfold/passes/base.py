@@ -106,7 +106,6 @@ class PassContext:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: bool = False
-    hooi_iters: int = 5  # HOOI sweeps after HOSVD; stops early once the error stops improving
     progress: bool = True
     seed: int = 0
     planner: Planner | None = None  # replaces the rank spec's plan

@@ -10,6 +10,8 @@ to the layer's output on that data (decompose.data_aware.refit_output).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from tensorfold.decompose.cp import cp_als, cp_params, cp_reconstruct
@@ -21,13 +23,6 @@ from tensorfold.passes.chains import ChainBuilder, axis_kernel, pointwise_kernel
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, ladder
 from tensorfold.passes.layers import Layer
 from tensorfold.passes.tucker import tucker_data_grid, tucker_error_grid, tucker_ranks
-
-# CP-ALS costs seconds on large kernels (a 512x512x3x3 conv); as auto's challenger it builds only
-# below this size, and then the SVD-initialised try alone on a tenth of CP's work (a YOLOv8n spent
-# minutes per layer in CP-ALS before), with a time backstop
-AUTO_CP_MAX_PARAMS = 300_000
-AUTO_CP_FLOPS = 1e10
-AUTO_CP_SECONDS = 10.0
 
 
 def cp_max_rank(shape: tuple[int, ...]) -> int:
@@ -145,6 +140,16 @@ class CPPass(FactorizePass):
     order = 3
 
     auto_role = "challenger"
+    # CP-ALS work per decomposition (see CP_FLOPS, CP_SECONDS) and its random restarts
+    flops: ClassVar[float] = CP_FLOPS
+    seconds: ClassVar[float] = CP_SECONDS
+    restarts: ClassVar[int] = 3
+    # as auto's challenger CP builds only below this size (CP-ALS costs seconds on a 512x512x3x3
+    # conv), and then the SVD-initialised try alone on a tenth of the work (a YOLOv8n spent minutes
+    # per layer in CP-ALS before), with a time backstop
+    challenge_max_params: ClassVar[int] = 300_000
+    challenge_flops: ClassVar[float] = 1e10
+    challenge_seconds: ClassVar[float] = 10.0
 
     def supports(self, layer: Layer) -> str | None:
         if not layer.is_pointwise and layer.groups > 1:
@@ -161,20 +166,20 @@ class CPPass(FactorizePass):
         return cp_params(layer.weight.shape, min(ranks[0], cp_max_rank(layer.weight.shape)))
 
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
-        return cp_build(layer, ranks[0], ctx.seed)
+        return cp_build(layer, ranks[0], ctx.seed, flops=self.flops, seconds=self.seconds, restarts=self.restarts)
 
     def challenge(self, layer: Layer, params: int, ctx: PassContext) -> Factorization | None:
         # with calibration statistics CP declines: its inner factors stay weight-fitted (only its
         # last factor is re-solved on the data) and CP-ALS per candidate would dominate a budget search
-        if layer.params > AUTO_CP_MAX_PARAMS or layer.gram is not None:
+        if layer.params > self.challenge_max_params or layer.gram is not None:
             return None
         try:
             return cp_build(
                 layer,
                 cp_rank_for_params(layer, params),
                 ctx.seed,
-                flops=AUTO_CP_FLOPS,
-                seconds=AUTO_CP_SECONDS,
+                flops=self.challenge_flops,
+                seconds=self.challenge_seconds,
                 restarts=0,
             )
         except DecompositionError:  # an unstable CP just loses the comparison

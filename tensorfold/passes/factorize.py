@@ -1,7 +1,10 @@
 """The loop every low-rank pass shares: pick ranks, decompose, emit a chain, keep it only if it pays.
 
 A method plugs in four things: which layers it supports, ranks for a fixed rank or an energy,
-candidate (ranks, params, error) points for the global budget, and how to build a Factorization.
+candidate (ranks, params, error) points for the global budget, and how to build a Factorization;
+it declares how plans name its ranks (`rank_count`, `rounded`), how `auto` uses it (`auto_role`,
+`challenge`) and its own parameters, as class attributes of its pass (Tucker-2's HOOI sweeps, CP's
+ALS work), not on the shared PassContext.
 """
 
 from __future__ import annotations

@@ -74,8 +74,14 @@ def svd_params(layer: Layer, ranks: tuple[int, ...]) -> int:
 
 
 def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
+    output_error2 = None
     if layer.gram is not None:  # fitted to the layer's output on the calibration data
-        pairs = [fit.factors(ranks[0]) for fit in whitened_fits(layer)]
+        fits = whitened_fits(layer)
+        pairs = [fit.factors(ranks[0]) for fit in fits]
+        # its output error is the spectrum's tail (groups pooled), known without multiplying it out
+        r = pairs[0][0].shape[1]
+        total = sum(float(f.spectrum.sum()) for f in fits)
+        output_error2 = sum(float(f.spectrum[r:].sum()) for f in fits) / total if total > 0 else 0.0
     else:
         pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -87,6 +93,7 @@ def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
             layer, [lf.astype(layer.weight.dtype).astype(np.float64) @ r.astype(layer.weight.dtype) for lf, r in pairs]
         ),
         emit=lambda b: emit_matrix_pair(b, lefts, rights),
+        output_error2=output_error2,
     )
 
 

@@ -9,6 +9,8 @@ statistics (layer.gram) the factors and the error grid fit the layer's output on
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from tensorfold.decompose.data_aware import Tucker2DataFit
@@ -161,6 +163,8 @@ class TuckerPass(FactorizePass):
     auto_role = "exact"
     svd_for = "pointwise"
     order = 2
+    # HOOI sweeps after the HOSVD (each stops early once the error stops improving)
+    hooi_iters: ClassVar[int] = 5
 
     def rank_count(self, layer: Layer) -> int:
         return 1 if layer.is_pointwise else 2  # (r_out, r_in)
@@ -178,4 +182,4 @@ class TuckerPass(FactorizePass):
         return tucker_params(layer, ranks)
 
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
-        return tucker_build(layer, ranks, ctx.hooi_iters)
+        return tucker_build(layer, ranks, self.hooi_iters)

@@ -28,6 +28,21 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     )
 
 
+_INTEGER_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Outputs:
     """The model's outputs as losses and validation see them: output index -> the axis holding
@@ -37,6 +52,7 @@ class Outputs:
     names: tuple[str, ...]
     axes: dict
     probabilities: frozenset = frozenset()  # outputs a Softmax produced: KD takes their logs as logits
+    integers: frozenset = frozenset()  # outputs of an integer type (predicted classes, ids): judged by equality
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> Outputs:
@@ -49,6 +65,7 @@ class Outputs:
             names,
             {i: axes[n] for i, n in enumerate(names) if n in axes},
             frozenset(i for i, n in enumerate(names) if producers.get(n) == "Softmax"),
+            frozenset(i for i, o in enumerate(model.graph.output) if o.type.tensor_type.elem_type in _INTEGER_TYPES),
         )
 
     @property
@@ -56,11 +73,19 @@ class Outputs:
         """The first output holds class scores: labels and accuracy apply to it."""
         return 0 in self.axes
 
+    @property
+    def only_integers(self) -> bool:
+        """Every output is an integer (a tagger ending in ArgMax): no output error, only agreement."""
+        return bool(self.names) and len(self.integers) == len(self.names)
+
     def describe(self) -> str:
-        scores = [self.names[i] for i in self.axes]
-        rest = [n for i, n in enumerate(self.names) if i not in self.axes]
-        parts = ([f"class scores {', '.join(scores)} (KD, argmax agreement)"] if scores else []) + (
-            [f"{', '.join(rest)} matched by relative error"] if rest else []
+        scores = [self.names[i] for i in self.axes if i not in self.integers]
+        labels = [self.names[i] for i in sorted(self.integers)]
+        rest = [n for i, n in enumerate(self.names) if i not in self.axes and i not in self.integers]
+        parts = (
+            ([f"class scores {', '.join(scores)} (KD, argmax agreement)"] if scores else [])
+            + ([f"integer outputs {', '.join(labels)} (agreement; no gradient of their own)"] if labels else [])
+            + ([f"{', '.join(rest)} matched by relative error"] if rest else [])
         )
         return "; ".join(parts)
 

@@ -47,16 +47,19 @@ def evaluate(
     errors = [float(c.relative_error) for c in checks if c.relative_error is not None]
     if errors:
         out["output_error"] = max(errors)
-    counts = sum(acc.argmax_count for acc in pooled)
+    # agreement: equal argmaxes of score outputs, and equal values of integer outputs (a model that
+    # ends in an ArgMax, as a token tagger does, outputs its predictions themselves)
+    counts = sum(acc.argmax_count for acc in pooled) + sum(acc.count for acc in pooled if acc.kind == "integer")
     if counts:
-        out["teacher_agreement"] = sum(acc.argmax_equal for acc in pooled) / counts
+        agree = sum(acc.argmax_equal for acc in pooled) + sum(acc.equal for acc in pooled if acc.kind == "integer")
+        out["teacher_agreement"] = agree / counts
     return out
 
 
 def metric_for(labels: bool, spec: Outputs) -> str:
     """What validation selects on: accuracy with labels; without, argmax agreement with the teacher
     for a classifier, the teacher-relative output error for any other model (lower is better)."""
-    return "accuracy" if labels else "teacher_agreement" if spec.classifier else "output_error"
+    return "accuracy" if labels else "teacher_agreement" if spec.classifier or spec.only_integers else "output_error"
 
 
 def signed(result: dict, metric: str) -> float:

@@ -34,6 +34,23 @@ def test_whitened_svd_error_is_its_spectrum_tail_and_beats_plain(k, n, rank):
         np.testing.assert_allclose(left @ right, m, atol=1e-8)
 
 
+@pytest.mark.parametrize("gram_kind", ["correlated", "zero"])
+def test_whitening_does_not_depend_on_which_root(gram_kind):
+    """The Cholesky root gives the symmetric (eigendecomposition) root's spectrum and factors."""
+    rng = np.random.default_rng(2)
+    m = rng.standard_normal((24, 10))
+    gram = correlated_gram(24) if gram_kind == "correlated" else np.zeros((24, 24))
+    lam, q = np.linalg.eigh(damped(gram))
+    sym = WhitenedSVD.__new__(WhitenedSVD)
+    sym.unwhiten = lambda x: (q / np.sqrt(lam)[None, :]) @ x
+    sym.u, sym.s, sym.vt = np.linalg.svd((np.sqrt(lam)[:, None] * q.T) @ m, full_matrices=False)
+    fit = WhitenedSVD(m, gram)
+    np.testing.assert_allclose(fit.spectrum, sym.spectrum, rtol=1e-9, atol=1e-12)
+    for rank in (1, 4, 10):
+        a, b = fit.factors(rank), sym.factors(rank)
+        np.testing.assert_allclose(a[0] @ a[1], b[0] @ b[1], rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(12, 8, 3, 3), (6, 10, 3, 1), (8, 5, 5)])
 def test_tucker2_data_matches_its_table_and_beats_hosvd(shape):
     rng = np.random.default_rng(2)
