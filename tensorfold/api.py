@@ -73,7 +73,7 @@ def compare(
     """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
     a, b = load_model(path_a), load_model(path_b)
     feeds, label, _ = feeds_for(a, parse_shapes(tuple(shapes)), inputs, seed)
-    return VerifyReport(verify_models(a, b, feeds, label).as_dict())
+    return VerifyReport.of(verify_models(a, b, feeds, label))
 
 
 def inspect(
@@ -124,25 +124,23 @@ def inspect(
         if layer.name in sens:
             rows[-1]["sensitivity"] = sens[layer.name].as_dict()
     return InspectReport(
-        {
-            "input": str(input_path),
-            "opset": max((i.version for i in original.opset_import if i.domain in ("", "ai.onnx")), default=None),
-            "producer": f"{original.producer_name} {original.producer_version}".strip(),
-            "inputs": input_shapes,
-            "outputs": [o.name for o in original.graph.output],
-            "params": stats.params,
-            "flops": stats.flops,
-            "size_bytes": stats.size_bytes,
-            "ops": dict(sorted(stats.ops.items())),
-            "normalization": norm_stats,
-            "layers": rows,
-            "skipped": [s.as_dict() for s in skipped],
-            # a weight read by several layers counts once
-            "factorizable_params": sum({r["weight"]: r["params"] for r in rows}.values()),
-            "calibration": str(calibration) if calibration else None,
-            # FLOPs at a defaulted dynamic dim say little: a 488x488 table model read at 64x64 shows 61M, not 3.6G
-            "warnings": [w for w in [dynamic_warning(original, shape_map, "FLOPs counted", inputs_option=False)] if w],
-        }
+        input=str(input_path),
+        opset=max((i.version for i in original.opset_import if i.domain in ("", "ai.onnx")), default=None),
+        producer=f"{original.producer_name} {original.producer_version}".strip(),
+        inputs=input_shapes,
+        outputs=[o.name for o in original.graph.output],
+        params=stats.params,
+        flops=stats.flops,
+        size_bytes=stats.size_bytes,
+        ops=dict(sorted(stats.ops.items())),
+        normalization=norm_stats,
+        layers=rows,
+        skipped=skipped,
+        # a weight read by several layers counts once
+        factorizable_params=sum({r["weight"]: r["params"] for r in rows}.values()),
+        calibration=str(calibration) if calibration else None,
+        # FLOPs at a defaulted dynamic dim say little: a 488x488 table model read at 64x64 shows 61M, not 3.6G
+        warnings=[w for w in [dynamic_warning(original, shape_map, "FLOPs counted", inputs_option=False)] if w],
     )
 
 
@@ -220,27 +218,11 @@ def profile(
         return with_batch(feeds, batch)
 
     stats = model_stats(model, base_shapes)
-    report = ProfileReport(
-        {
-            "model": str(path),
-            "params": stats.params,
-            "flops": stats.flops,
-            "size_bytes": stats.size_bytes,
-            "provider": None,
-            "device": None,
-            "batches": {},
-            "input_shapes": base_shapes,
-            "shapes_from": shapes_from,
-            "warnings": warnings,
-        }
-    )
     latency = latency_model(provider, threads, device, runs=runs, warmup=warmup, optimization=optimization)
-    if latency.predicted:
-        report["device"] = describe(latency.device)
-    else:
+    if not latency.predicted:
         _check_memory(model, base_shapes, max(batches), available_memory_bytes())
-        report["provider"] = provider
     capacity = latency.device.memory_bytes if latency.predicted else None
+    rows = {}
     for batch in batches:
         bfeeds = batched(batch)
         bshapes = {k: list(v.shape) for k, v in bfeeds.items()}
@@ -254,7 +236,7 @@ def profile(
                 f"batch {batch} needs about {memory.total_bytes / 2**30:.1f} GiB, more than the "
                 f"{capacity / 2**30:.0f} GiB of {latency.device.name}"
             )
-        report["batches"][str(batch)] = row
+        rows[str(batch)] = row
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     per_node = [
         {
@@ -266,10 +248,22 @@ def profile(
         for n in model.graph.node
         if (n.name or n.output[0]) in stats.node_flops
     ]
-    report["graph_nodes"] = sorted(per_node, key=lambda r: -(r["flops"] or 0))[:top]
+    report = ProfileReport(
+        model=str(path),
+        params=stats.params,
+        flops=stats.flops,
+        size_bytes=stats.size_bytes,
+        provider=None if latency.predicted else provider,
+        device=describe(latency.device) if latency.predicted else None,
+        batches=rows,
+        input_shapes=base_shapes,
+        shapes_from=shapes_from,
+        warnings=warnings,
+        graph_nodes=sorted(per_node, key=lambda r: -(r["flops"] or 0))[:top],
+    )
     if other is not None:
         ostats = model_stats(other, base_shapes)
-        report["compare"] = {
+        report.compare = {
             "model": str(compare_with),
             "params": ostats.params,
             "flops": ostats.flops,
@@ -277,14 +271,14 @@ def profile(
         }
     if not latency.predicted:
         times = node_profile(model, batched(batches[0]), provider, threads, runs=min(runs, 10))
-        report["ops"] = [
+        report.ops = [
             {"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
             for op, ms, share, n in by_op_type(times)
         ][:top]
-        report["nodes"] = [
+        report.nodes = [
             {"node": t.node, "op": t.op, "ms": round(t.mean_ms, 4), "share": round(t.share, 4)} for t in times[:top]
         ]
-        report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        report.peak_rss_mb = round(peak_rss_mb(), 1)
     return report
 
 
@@ -312,21 +306,21 @@ def recover(student_path, output_path, **kwargs) -> RecoverReport:
     """Fine-tune a factorized model with distillation; see tensorfold.recovery.run.recover."""
     from tensorfold.recovery.run import recover as _recover
 
-    return RecoverReport(_recover(student_path, output_path, **kwargs))
+    return RecoverReport.from_dict(_recover(student_path, output_path, **kwargs))
 
 
 def search_ranks(model_path, **kwargs) -> RankSearchReport:
     """The Pareto front of per-layer methods and ranks; see tensorfold.search.ranks.RankSearchOptions."""
     from tensorfold.search.ranks import search_ranks as _search_ranks
 
-    return RankSearchReport(_search_ranks(model_path, **kwargs))
+    return RankSearchReport.from_dict(_search_ranks(model_path, **kwargs))
 
 
 def search_nas(**kwargs) -> NasReport:
     """A cell architecture searched, trained, exported and measured; see tensorfold.search.nas.options.NasOptions."""
     from tensorfold.search.nas.run import search_nas as _search_nas
 
-    return NasReport(_search_nas(**kwargs))
+    return NasReport.from_dict(_search_nas(**kwargs))
 
 
 def compress(

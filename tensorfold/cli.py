@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from tensorfold.demo import DEMO_OUTPUT
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.limits import SEED_MAX
 from tensorfold.outputs import json_text
+
+if TYPE_CHECKING:  # the reports import onnx and rich, which `--help` must not wait for
+    from tensorfold.report import Report
 
 
 class _Finite(click.FloatRange):
@@ -332,14 +336,22 @@ def profile_cmd(model, batches, as_json, **options):
 )
 @click.option(
     "--data",
-    default="fashion-mnist",
-    show_default=True,
-    help="fashion-mnist, a folder (images: class subfolders = labels, flat = unlabelled, read per batch; "
-    "Fashion-MNIST IDX; CIFAR-10 batches) or an .npz (x, optional y)",
+    required=True,
+    help="your inputs: a folder (images: class subfolders = labels, flat = unlabelled, read per batch; "
+    "Fashion-MNIST IDX; CIFAR-10 batches), an .npz (x, optional y), or fashion-mnist",
+)
+@click.option(
+    "--classes",
+    help="an image folder's class subfolders in the order of the model's outputs, e.g. cat,dog,bird "
+    "(default: a classes.txt in the folder, else name order)",
 )
 @click.option("--epochs", type=_COUNT, default=1, show_default=True)
 @click.option("--max-steps", type=_POSITIVE, help="stop after this many steps")
-@click.option("--lr", type=_POSITIVE_FLOAT, default=2e-3, show_default=True)
+@click.option(
+    "--lr",
+    type=_POSITIVE_FLOAT,
+    help="learning rate (default: a range test on your data picks it; 1e-4 for runs under 40 steps)",
+)
 @click.option("--batch-size", type=_POSITIVE, default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
@@ -366,7 +378,7 @@ def profile_cmd(model, batches, as_json, **options):
     type=_PER_CORE,
     default=2,
     show_default=True,
-    help="image folders: DataLoader processes decoding the next batches (0: decode in the training process)",
+    help="image folders: threads decoding the next batches (0: decode between steps)",
 )
 @click.option("--normalize", help="MEAN,STD (or three means, three stds) after [0,1] scaling, e.g. 0.5,0.5")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
@@ -380,6 +392,7 @@ def recover_cmd(
     peers,
     generations,
     data,
+    classes,
     epochs,
     max_steps,
     lr,
@@ -435,8 +448,9 @@ def recover_cmd(
         teacher_weights=parse_teacher_weights(teacher_weights),
         generations=generations,
         peers=list(peers),
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
     )
-    if report.get("rank", 0) == 0:  # under torchrun, rank 0 reports for every process
+    if report.rank == 0:  # under torchrun, rank 0 reports for every process
         _show(report, as_json)
 
 
@@ -571,7 +585,7 @@ def search_ranks_cmd(model, as_json, **options):
 
     report = search_ranks(model, **options, progress=_progress(as_json))
     _show(report, as_json)
-    if report.get("interrupted"):
+    if report.interrupted:
         raise KeyboardInterrupt("the front covers the trials finished before it")
 
 
@@ -747,7 +761,7 @@ def demo_cmd(output, ratio, recover_steps):
     run_demo(_console(), output, ratio, recover_steps)
 
 
-def _show(report, as_json: bool) -> None:
+def _show(report: Report, as_json: bool) -> None:
     """A command's report: one JSON object on stdout, or its tables."""
     if as_json:
         _echo_json(report.as_dict())

@@ -307,11 +307,17 @@ def sample_shape(x) -> str:
 
 
 def load_data(
-    spec: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 3, lazy: bool = False
+    spec: str,
+    split: str = "train",
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+    lazy: bool = False,
+    classes: list[str] | None = None,
 ) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
     """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
     subfolder or not), or an .npz file. `size`/`channels` apply to image folders; `lazy`: an image
-    folder comes back as ImageFiles (decoded per batch) instead of one array.
+    folder comes back as ImageFiles (decoded per batch) instead of one array; `classes`: an image
+    folder's class subfolders in label order (see calibration.data.class_order).
 
     Returns (inputs, labels or None, a description)."""
     if spec in ("fashion-mnist", "fmnist"):
@@ -335,11 +341,11 @@ def load_data(
         if split != "train":
             raise TensorfoldError(f"{path}: an image folder has no separate {split} split")
         if lazy:
-            files, y, classes = image_files(path)
+            files, y, names = image_files(path, classes)
             x = ImageFiles(files, y, size, channels)
         else:
-            x, y, classes = load_image_folder(path, size, channels)
-        kind = f"{len(classes)} classes" if y is not None else "unlabelled"
+            x, y, names = load_image_folder(path, size, channels, classes)
+        kind = f"{len(names)} classes" if y is not None else "unlabelled"
         return x, y, f"image folder {path} ({len(x)} images, {kind}{', read per batch' if lazy else ''})"
     raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 

@@ -91,7 +91,14 @@ def run_demo(console: Console, output: Path, ratio: float, recover_steps: int) -
         f"recover: {recover_steps} steps of distillation from the original (Hinton KD + each chain's "
         f"output matched to its layer's) ..."
     )
-    r = recover(output, recovered, teacher_path=src, cfg=RecoverConfig(max_steps=recover_steps), progress=progress)
+    r = recover(
+        output,
+        recovered,
+        teacher_path=src,
+        data="fashion-mnist",
+        cfg=RecoverConfig(max_steps=recover_steps),
+        progress=progress,
+    )
     test = r["test_accuracy"]
     console.print(
         f"Fashion-MNIST test accuracy, recovered: {test['student_after']:.2%} after {r['steps']} steps "

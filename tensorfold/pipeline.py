@@ -139,14 +139,12 @@ def _run(
     progress,
     **nas_options,
 ) -> PipelineReport:
-    from tensorfold.api import optimize
+    from tensorfold.api import optimize, recover, search_nas
     from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.graph.io import load_model
     from tensorfold.outputs import atomic_path
     from tensorfold.recovery.config import RecoverConfig
-    from tensorfold.recovery.run import recover
     from tensorfold.search.nas.options import IMAGE
-    from tensorfold.search.nas.run import search_nas
 
     out = folder.path
     nas = search_nas(
@@ -219,19 +217,22 @@ def _run(
         test,
         threads,
     )
-    nas_summary = {k: nas[k] for k in ("strategy", "candidates", "proxy", "search_seconds", "chosen")}
     return PipelineReport(
-        {
-            "output_dir": str(out),
-            "stages": stages,
-            "nas": nas_summary,
-            "notes": notes,
-            "optimize": {
-                "layers_rewritten": len(opt.layers),
-                "notes": opt.notes,
-                "latency": opt.latency,
-                "verification": opt.verification.as_dict() if opt.verification else None,
-            },
-            "recover": {k: rec[k] for k in ("steps", "stop", "seconds")},
-        }
+        output_dir=str(out),
+        stages=stages,
+        nas={
+            "strategy": nas.strategy,
+            "candidates": nas.candidates,
+            "proxy": nas.proxy,
+            "search_seconds": nas.search_seconds,
+            "chosen": nas.chosen,
+        },
+        notes=notes,
+        optimize={
+            "layers_rewritten": len(opt.layers),
+            "notes": opt.notes,
+            "latency": opt.latency,
+            "verification": opt.verification.as_dict() if opt.verification else None,
+        },
+        recover={"steps": rec.steps, "stop": rec.stop, "seconds": rec.seconds},
     )

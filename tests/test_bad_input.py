@@ -880,6 +880,8 @@ RECOVER = [
         says="outdir",
     ),
     case("o-in-missing-folder", *REC, "-o", "nowhere/out.onnx", *SMALL, max_seconds=30, says="nowhere"),
+    # the user's data is required: no data set is taken for them
+    case("no-data", *REC, "-o", "out.onnx", "--max-steps", "2", says="--data"),
     case("lr-nan", *REC, "-o", "out.onnx", "--lr", "nan", *SMALL, says="--lr"),
     case("lr-inf", *REC, "-o", "out.onnx", "--lr", "inf", *SMALL, says="--lr"),
     case("alpha-above-1", *REC, "-o", "out.onnx", "--alpha", "2", *SMALL, says="--alpha"),

@@ -37,7 +37,7 @@ RUN = textwrap.dedent("""
     errors = [r.weight_error for r in report.layers]
     print(json.dumps({"seconds": seconds, "params": report.after.params,
                       "weight_error": sum(errors) / len(errors) if errors else 0.0,
-                      "output_error": compare(path, out)["max_relative_error"]}))
+                      "output_error": compare(path, out).max_relative_error}))
 """)
 
 

@@ -126,11 +126,41 @@ def _dims(dims: Any) -> str:
 # --- images -----------------------------------------------------------------------------------
 
 
-def image_files(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray | None, list[str]]:
-    """The images of a folder: `root/<class>/*.png` (labelled by subfolder, classes sorted by name)
-    or directly in `root/` (unlabelled). (files, labels or None, class names); nothing decoded."""
+CLASSES_FILE = "classes.txt"
+
+
+def class_order(root: Path, classes: list[str] | None = None) -> list[str]:
+    """The class subfolders of `root` in label order: `classes` when given, else the names listed in
+    root/classes.txt (one per line), else sorted by name (torchvision's ImageFolder rule, which is
+    often not the order of a pretrained model's outputs)."""
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    source = "--classes"
+    if classes is None and (root / CLASSES_FILE).is_file():
+        classes = [line.strip() for line in (root / CLASSES_FILE).read_text().splitlines() if line.strip()]
+        source = str(root / CLASSES_FILE)
+    if classes is None:
+        return found
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise TensorfoldError(f"{source} names {', '.join(twice)} more than once")
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise TensorfoldError(f"{source} names {', '.join(missing[:5])}, not a subfolder of {root}")
+    unlisted = [
+        d for d in found if d not in classes and any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / d).iterdir())
+    ]
+    if unlisted:
+        raise TensorfoldError(f"{root}/{unlisted[0]} holds images but {source} does not name it")
+    return list(classes)
+
+
+def image_files(
+    root: str | os.PathLike[str], classes: list[str] | None = None
+) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The images of a folder: `root/<class>/*.png` (labelled by subfolder, in class_order) or
+    directly in `root/` (unlabelled). (files, labels or None, class names); nothing decoded."""
     root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = class_order(root, classes)
     labelled = [
         (p, i)
         for i, c in enumerate(classes)
@@ -172,11 +202,14 @@ def decode_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.
 
 
 def load_image_folder(
-    root: str | os.PathLike[str], size: tuple[int, int] | None = None, channels: int = 3
+    root: str | os.PathLike[str],
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+    classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Every image of a folder (see image_files) decoded: converted to `channels`, resized to
     `size` (H, W) when given, else all to the first image's size. uint8 (N, H, W, C)."""
-    files, labels, classes = image_files(root)
+    files, labels, classes = image_files(root, classes)
     if size is None:
         first = decode_image(files[0], None, channels)
         size = first.shape[:2]

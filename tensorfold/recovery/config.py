@@ -14,7 +14,7 @@ from tensorfold.limits import check_count, check_seed
 class RecoverConfig:
     epochs: int = 1
     max_steps: int | None = None
-    lr: float = 2e-3
+    lr: float | None = None  # None: the LR range test picks it (lr_finder), SHORT_RUN_LR for a short run
     batch_size: int = 128
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 1e-4
@@ -31,14 +31,14 @@ class RecoverConfig:
     threads: int = 0
     device: str = "cpu"  # "cuda" trains there (the teacher then runs there too)
     precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
-    workers: int = 2  # DataLoader processes decoding image files ahead of the step
+    workers: int = 2  # threads decoding image files ahead of the step (finetune._batches)
 
     def __post_init__(self) -> None:
         if (
             self.epochs < 0
             or (self.max_steps is not None and self.max_steps < 1)
             or self.batch_size < 1
-            or self.lr <= 0
+            or (self.lr is not None and not self.lr > 0)
         ):
             raise TensorfoldError("--epochs >= 0, --max-steps >= 1, --batch-size >= 1 and --lr > 0 are required")
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:

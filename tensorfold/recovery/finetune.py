@@ -3,8 +3,11 @@ checkpoints and history are in config.py, validation.py, checkpoints.py and hist
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +52,40 @@ class _Learner:
     best_saved: bool = False  # best_file holds this run's (or the resumed run's) best weights
 
 
-def _optimizer(module, cfg: RecoverConfig) -> torch.optim.Optimizer:
+def student_loss(
+    outputs: list[torch.Tensor],
+    feats: dict[str, torch.Tensor],
+    t_outs: list[torch.Tensor] | None,
+    t_feats: dict[str, torch.Tensor],
+    labels: torch.Tensor | None,
+    cfg: RecoverConfig,
+    spec: Outputs,
+    use_kd: bool,
+    use_features: bool,
+) -> torch.Tensor:
+    """One model's loss on a batch: KD on class scores and the relative error on every other output
+    (weighted by alpha against the labels' cross-entropy), plus the factor chains' feature loss."""
+    loss = torch.zeros((), device=outputs[0].device)
+    if use_kd and t_outs is not None:  # KD on class scores, relative error on every other output
+        loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
+    if labels is not None:
+        ce = F.cross_entropy(outputs[0].float(), labels)
+        loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
+    elif not use_kd and t_outs is not None:
+        loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
+    if use_features:
+        loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
+    return loss
+
+
+def make_optimizer(module: torch.nn.Module, cfg: RecoverConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over the module's trainable weights, at `lr` (default: cfg.lr)."""
     params = [p for p in module.parameters() if p.requires_grad]
+    rate = lr if lr is not None else cfg.lr
+    assert rate is not None, "the learning rate is chosen (lr_finder) before training"
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=rate, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=rate, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -94,6 +126,8 @@ def train(
     each learns as the student does (teacher, labels, features, optimizer, schedule) and also
     toward the others' mean prediction; each keeps its own best checkpoint (best.peerK.pt), the
     checkpoint holds them all (--resume continues them), the student's metric drives --patience."""
+    if cfg.lr is None:
+        raise ValueError("cfg.lr is chosen before training (recovery.run picks it by the range test)")
     w = w or world()
     folder = checkpoints if isinstance(checkpoints, OutputFolder) else checkpoint_folder(checkpoints)
     torch.manual_seed(cfg.seed)
@@ -119,7 +153,7 @@ def train(
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
     learners = []
     for k, m in enumerate([module, *(peers or [])]):
-        opt = _optimizer(m, cfg)
+        opt = make_optimizer(m, cfg)
         produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()
         learners.append(
             _Learner(
@@ -182,16 +216,7 @@ def train(
             losses = []
             for k, (ln, (outputs, feats)) in enumerate(zip(learners, runs)):
                 with autocast(cfg):
-                    loss = torch.zeros((), device=outputs[0].device)
-                    if use_kd:  # KD on class scores, relative error on every other output
-                        loss = loss + cfg.alpha * output_loss(outputs, t_outs, spec, cfg.temperature)
-                    if labels is not None:
-                        ce = F.cross_entropy(outputs[0].float(), labels)
-                        loss = loss + ((1 - cfg.alpha) if use_kd else 1.0) * ce
-                    elif not use_kd and teacher is not None:
-                        loss = loss + output_loss(outputs, t_outs, spec, cfg.temperature, kd=False)
-                    if ln.capture:
-                        loss = loss + cfg.feature_weight * feature_loss(feats, t_feats)
+                    loss = student_loss(outputs, feats, t_outs, t_feats, labels, cfg, spec, use_kd, bool(ln.capture))
                     if len(learners) > 1:  # toward the other models' mean prediction (detached)
                         others = [
                             torch.stack([r[0][j].detach().float() for i, r in enumerate(runs) if i != k]).mean(0)
@@ -279,27 +304,33 @@ def _save_best(folder: OutputFolder, ln: _Learner) -> None:
     ln.best_saved = True
 
 
-class _Chunks(torch.utils.data.Dataset):
-    """Batch k of an epoch, decoded by whichever DataLoader worker takes it."""
-
-    def __init__(self, x, chunks):
-        self.x, self.chunks = x, chunks
-
-    def __len__(self):
-        return len(self.chunks)
-
-    def __getitem__(self, k):
-        return self.x[self.chunks[k]]
-
-
 def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers: int):
     """(indices, inputs) of the rest of an epoch from `pos`. Arrays in memory are indexed; image
-    files are decoded ahead by `workers` DataLoader processes (0: in this process)."""
+    files are decoded ahead by `workers` threads (0: when asked for).
+
+    Threads, not DataLoader processes: a forked worker starts as a copy of this process, model,
+    teacher session and all, and its pages are copied as Python touches them; recovering PP-OCR rec
+    from text-line PNGs, one reached 3.7 GB and was killed. Pillow decodes and resizes without the
+    GIL, and on text lines and 640x640 pages two threads kept pace with two processes."""
     chunks = [order[p : p + batch_size] for p in range(pos, steps_per_epoch * batch_size, batch_size)]
     if not isinstance(x, ImageFiles) or workers == 0:
         return ((c, x[c]) for c in chunks)
-    loader = torch.utils.data.DataLoader(_Chunks(x, chunks), batch_size=None, num_workers=workers, prefetch_factor=2)
-    return zip(chunks, loader)
+    return _prefetched(x, chunks, workers)
+
+
+def _prefetched(x: ImageFiles, chunks: list, workers: int):
+    """Each chunk decoded by a pool of threads, at most 2 * workers batches ahead of the consumer."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="tensorfold-decode") as pool:
+        ahead: deque = deque()
+        upcoming = iter(chunks)
+        for chunk in itertools.islice(upcoming, 2 * workers):
+            ahead.append((chunk, pool.submit(x.__getitem__, chunk)))
+        while ahead:
+            chunk, decoded = ahead.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                ahead.append((following, pool.submit(x.__getitem__, following)))
+            yield chunk, decoded.result()
 
 
 def _finite_everywhere(loss: torch.Tensor, w: World) -> bool:

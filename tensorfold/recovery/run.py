@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from tensorfold.calibration.data import class_order
 from tensorfold.datasets import (
     ImageFiles,
     adaptation,
@@ -38,6 +39,7 @@ from tensorfold.recovery.distributed import start as start_processes
 from tensorfold.recovery.distributed import stop as stop_processes
 from tensorfold.recovery.finetune import train
 from tensorfold.recovery.history import plot_history
+from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 
@@ -81,7 +83,7 @@ def recover(
     output_path,
     *,
     teacher_path=None,
-    data: str = "fashion-mnist",
+    data: str | None = None,
     cfg: RecoverConfig | None = None,
     val_size: int = 5000,
     normalize=None,
@@ -93,12 +95,15 @@ def recover(
     teacher_module=None,
     generations: int = 1,
     peers: list | None = None,
+    classes: list[str] | None = None,
 ) -> dict:
     """Fine-tune the student (distilled from the teacher when given) and save it to output_path.
 
     teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
     a torch module as (an extra) teacher. generations > 1: born-again distillation — each further
     generation starts again from the factorized student and learns from the previous generation."""
+    if not data:  # the user's own inputs: a default data set would train their model on clothes
+        raise TensorfoldError("--data is required: a folder of your inputs, an .npz, or fashion-mnist")
     cfg = cfg or RecoverConfig()
     start = time.perf_counter()
     w = world()
@@ -133,6 +138,7 @@ def recover(
             teacher_module=teacher_module,
             generations=generations,
             peers=peers,
+            classes=classes,
             w=w,
         )
     except Exception:
@@ -167,6 +173,7 @@ def _recover(
     generations,
     peers,
     w: World,
+    classes: list[str] | None = None,
 ) -> dict:
 
     from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
@@ -199,7 +206,7 @@ def _recover(
     if len(names) > 1:  # token ids and a mask, ...: one array per input
         x, y, desc = load_input_arrays(data, names)
     else:
-        x, y, desc = load_data(data, "train", size, channels, lazy=True)
+        x, y, desc = load_data(data, "train", size, channels, lazy=True, classes=classes)
     if limit:
         x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)
     if isinstance(x, ImageFiles):
@@ -273,10 +280,18 @@ def _recover(
         teacher = ema = EmaTeacher(module, features)
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
+    if y is not None and teacher is not None and not self_taught and w.main:
+        names = class_order(Path(data), classes) if Path(str(data)).is_dir() and not _is_dataset(data) else []
+        mismatch = label_order_warning(teacher, tx, ty, spec, names, cfg.device, cfg.batch_size, cfg.seed)
+        if mismatch:
+            warn(f"--data {desc}: {mismatch}")
 
     def check(m, against=None) -> dict:
         return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
 
+    lr_from = "--lr"
+    if cfg.lr is None:  # no --lr: a rate for this model, found on its own data
+        cfg, lr_from = _choose_lr(module, teacher, tx, ty, cfg, spec, w)
     before = check(module, teacher)
     # what every candidate model is scored against, whatever teaches it later (a moving average
     # is no judge: self-taught runs are scored on their labels)
@@ -410,7 +425,7 @@ def _recover(
         "metric": metric,
         "outputs": spec.describe(),
         "world_size": w.size,
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "lr_from": lr_from},
         "features_matched": len(teacher.features) if teacher else 0,
         "val_before": before,
         "val_after": after,
@@ -423,3 +438,30 @@ def _recover(
         "plot": str(plot) if plot else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _is_dataset(data: object) -> bool:
+    """A folder of Fashion-MNIST IDX files or CIFAR-10 batches: numbered classes, no names."""
+    path = Path(str(data))
+    return any(path.glob("*idx3-ubyte*")) or (path / "data_batch_1").exists() or (path / "test_batch").exists()
+
+
+def _choose_lr(module, teacher, x, y, cfg: RecoverConfig, spec: Outputs, w: World) -> tuple[RecoverConfig, str]:
+    """cfg with the learning rate of the range test (lr_finder), and how it was found. A run shorter
+    than the test takes SHORT_RUN_LR instead. Under torchrun every rank takes rank 0's."""
+    from tensorfold.recovery.lr_finder import RANGE_STEPS, SHORT_RUN_LR, find_lr
+
+    shard = -(-len(x) // w.size)
+    total = cfg.max_steps or max(1, shard // cfg.batch_size) * cfg.epochs
+    if total < RANGE_STEPS:
+        return replace(cfg, lr=SHORT_RUN_LR), f"{total} steps: too few for a range test, {SHORT_RUN_LR:g}"
+    features = tuple(teacher.features) if teacher is not None and cfg.distill in ("feature", "both") else ()
+    choice = find_lr(module, teacher, x, y, cfg, spec, features)
+    lr = choice.lr
+    if w.distributed:
+        import torch.distributed as dist
+
+        shared = [lr]
+        dist.broadcast_object_list(shared, src=0)
+        lr = float(shared[0])
+    return replace(cfg, lr=lr), choice.how

@@ -1,5 +1,6 @@
-"""A report per command, data apart from rendering: each is the command's JSON object (a dict, or
-`as_dict()`) with `render(console)` for a terminal, so the CLI only chooses between the two."""
+"""A report per command, data apart from rendering: each is a dataclass of typed fields, with
+`as_dict()` (its JSON object) and `render(console)` (for a terminal), so the CLI only chooses
+between the two."""
 
 from tensorfold.report.base import Report, make_console
 from tensorfold.report.inspect import InspectReport

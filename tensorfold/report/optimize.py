@@ -12,11 +12,11 @@ from tensorfold.graph.stats import ModelStats
 from tensorfold.graph.verify import Verification
 from tensorfold.passes.base import LayerRecord
 from tensorfold.passes.layers import Skip
-from tensorfold.report.base import fmt_bytes, fmt_count, fmt_ratio, ratio
+from tensorfold.report.base import Report, fmt_bytes, fmt_count, fmt_ratio, ratio
 
 
 @dataclass
-class OptimizeReport:
+class OptimizeReport(Report):
     input: str
     output: str | None
     method: str
@@ -38,6 +38,7 @@ class OptimizeReport:
     deploy: dict | None = None  # --int8/--objective: every candidate, measured, and the one picked
 
     def as_dict(self) -> dict:
+        # the stats flattened into keys, with their ratios: not the fields as they stand
         return {
             "input": self.input,
             "output": self.output,

@@ -129,7 +129,9 @@ class Evaluator:
         torch.manual_seed(self.seed)
         module = OnnxModule(model)
         teacher = OnnxTeacher(self.original, rewritten_outputs(model), self.threads)
-        cfg = RecoverConfig(epochs=1, max_steps=self.recover_steps, seed=self.seed, threads=self.threads)
+        # the zoo-tuned rate, fixed: trials are ranked against each other, and a range test per
+        # trial would cost more than the trial's own steps
+        cfg = RecoverConfig(epochs=1, max_steps=self.recover_steps, seed=self.seed, threads=self.threads, lr=2e-3)
         with tempfile.TemporaryDirectory(prefix="tensorfold-trial-") as tmp:
             train(module, teacher, tx, ty, vx, vy, cfg, Path(tmp), progress=False, spec=Outputs.of(model))
         acc = evaluate(module, vx, vy, spec=Outputs.of(model))["accuracy"]

@@ -159,4 +159,4 @@ def test_real_silero_vad_with_integer_input(tmp_path):
     assert report.after.params < report.before.params
     _check_written(tmp_path / "small.onnx")
     info = profile(tmp_path / "small.onnx", inputs=str(inputs), runs=3, warmup=1)
-    assert info["input_shapes"]["sr"] == [] and info["input_shapes"]["input"] == [1, 512]
+    assert info.input_shapes["sr"] == [] and info.input_shapes["input"] == [1, 512]

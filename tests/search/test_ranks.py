@@ -224,7 +224,7 @@ def test_memory_is_an_objective_and_a_constraint(tmp_path):
         save_models=False,
         progress=False,
     )
-    assert report["baseline"]["memory"] > 0.6  # the input needs more than the bound
-    assert report["front"], report["failures"]
-    feasible = [p for p in report["front"] if p["values"]["memory"] <= 0.6]
-    assert feasible and all(p["values"]["memory"] < report["baseline"]["memory"] for p in feasible)
+    assert report.baseline["memory"] > 0.6  # the input needs more than the bound
+    assert report.front, report.failures
+    feasible = [p for p in report.front if p["values"]["memory"] <= 0.6]
+    assert feasible and all(p["values"]["memory"] < report.baseline["memory"] for p in feasible)

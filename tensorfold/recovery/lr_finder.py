@@ -1,0 +1,100 @@
+"""A learning rate for the model at hand, found on its own data: the LR range test (Smith 2017,
+"Cyclical learning rates"; fastai's lr_find) run on the recovery loss itself.
+
+A fixed default cannot serve every model: 2e-3 recovers the zoo's small CNNs, and sent PP-OCRv4 det's
+loss from 0.5 to 8000. The test trains a copy of the start for up to RANGE_STEPS steps with the
+learning rate rising geometrically from LOW to HIGH, smooths the loss, stops once it has clearly
+diverged, and takes a tenth of the rate at the smoothed minimum (the steepest safe region lies about
+an order of magnitude below the point where the loss turns up). The weights go back to where they
+started; only the rate is kept. `--lr` skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tensorfold.datasets import samples_subset
+from tensorfold.recovery.config import RecoverConfig, autocast
+from tensorfold.recovery.distill import Outputs, Teacher
+from tensorfold.recovery.finetune import make_optimizer, student_loss
+from tensorfold.recovery.validation import tensors
+
+RANGE_STEPS = 40
+# a run shorter than the test itself: a rate low enough for the pretrained models measured
+# (docs/results/recovery-lr.md), where a few steps can only do harm at a high one
+SHORT_RUN_LR = 1e-4
+LOW, HIGH = 1e-6, 1.0
+# the chosen rate stays inside these bounds whatever the curve says (a flat curve has its minimum
+# anywhere)
+FLOOR, CEILING = 1e-5, 1e-2
+SMOOTHING = 0.8  # exponential moving average of the loss, bias-corrected
+DIVERGED = 4.0  # the smoothed loss this many times its minimum: the test stops
+
+
+@dataclass
+class LrChoice:
+    lr: float
+    how: str  # in words, for the report
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (lr, loss) of every step taken
+
+
+def find_lr(
+    module: torch.nn.Module,
+    teacher: Teacher | None,
+    x: Any,
+    y: np.ndarray | None,
+    cfg: RecoverConfig,
+    spec: Outputs,
+    features: tuple[str, ...] = (),
+) -> LrChoice:
+    """The learning rate for `module` by the range test on (x, y) distilled from `teacher`; the
+    module's weights are the same afterwards."""
+    start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    use_kd = cfg.distill in ("hinton", "both") and teacher is not None
+    rates = np.geomspace(LOW, HIGH, RANGE_STEPS)
+    opt = make_optimizer(module, cfg, lr=LOW)
+    rng = np.random.default_rng(cfg.seed)
+    curve: list[tuple[float, float]] = []
+    average, best, best_at = 0.0, math.inf, None
+    module.train()
+    try:
+        for i, lr in enumerate(rates):
+            idx = np.sort(rng.choice(len(x), min(cfg.batch_size, len(x)), replace=False))
+            xb = tensors(samples_subset(x, idx)[:], cfg.device)
+            labels = torch.from_numpy(y[idx]).to(cfg.device) if y is not None else None
+            with autocast(cfg):
+                t_outs, t_feats = teacher(*xb) if teacher is not None else (None, {})
+                outputs, feats = module(*xb, capture=features) if features else (module(*xb), {})
+                loss = student_loss(outputs, feats, t_outs, t_feats, labels, cfg, spec, use_kd, bool(features))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            curve.append((float(lr), value))
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            smoothed = average / (1 - SMOOTHING ** (i + 1))
+            if smoothed < best:
+                best, best_at = smoothed, float(lr)
+            if i > 4 and smoothed > DIVERGED * best:
+                break
+            opt.zero_grad()
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], cfg.clip)
+            for group in opt.param_groups:
+                group["lr"] = float(lr)
+            opt.step()
+    finally:
+        module.load_state_dict(start)
+    if best_at is None:
+        return LrChoice(FLOOR, f"range test found no finite loss: {FLOOR:g}", curve)
+    lr = float(np.clip(best_at / 10, FLOOR, CEILING))
+    return LrChoice(
+        lr,
+        f"range test: {len(curve)} steps from {LOW:g}, smoothed loss lowest at {best_at:.2g}; a tenth of it: {lr:.2g}",
+        curve,
+    )

@@ -1,0 +1,61 @@
+"""The learning rate recover picks without --lr: the range test leaves the weights as they were and
+lands inside its bounds; a run too short for it takes the short-run rate; --lr wins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tensorfold.demo import demo_model_path
+from tensorfold.graph.io import load_model
+from tensorfold.recovery.config import RecoverConfig
+from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
+from tensorfold.recovery.lr_finder import CEILING, FLOOR, SHORT_RUN_LR, find_lr
+from tensorfold.recovery.onnx_torch import OnnxModule
+from tensorfold.recovery.run import recover
+from tests.helpers.data import smooth_images
+
+TEACHER = demo_model_path()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "x.npz"
+    np.savez(path, x=smooth_images(160, 0))
+    return path
+
+
+def test_the_range_test_keeps_the_weights_and_its_bounds(student):
+    model = load_model(student)
+    module = OnnxModule(model)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    teacher = OnnxTeacher(load_model(TEACHER), rewritten_outputs(model))
+    x = np.asarray(smooth_images(64, 1), dtype=np.float32).reshape(64, 1, 28, 28)
+    choice = find_lr(module, teacher, x, None, RecoverConfig(batch_size=16), Outputs.of(model), tuple(teacher.features))
+    assert FLOOR <= choice.lr <= CEILING
+    assert len(choice.curve) >= 5 and "range test" in choice.how
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "steps, lr, expect",
+    [(5, None, "too few for a range test"), (45, None, "range test"), (45, 3e-4, "--lr")],
+)
+def test_recover_says_where_its_rate_came_from(student, data, tmp_path, steps, lr, expect):
+    report = recover(
+        student,
+        tmp_path / "r.onnx",
+        teacher_path=TEACHER,
+        data=str(data),
+        cfg=RecoverConfig(max_steps=steps, batch_size=16, lr=lr),
+        progress=False,
+    )
+    config = report["config"]
+    assert expect in config["lr_from"]
+    if lr is not None:
+        assert config["lr"] == lr
+    elif steps < 40:
+        assert config["lr"] == SHORT_RUN_LR
+    else:
+        assert FLOOR <= config["lr"] <= CEILING
