@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,23 +22,25 @@ class OptimizeReport(Report):
     output: str | None
     method: str
     ranks: str
-    input_shapes: dict
+    input_shapes: dict[str, Any]
     before: ModelStats
     after: ModelStats
     layers: list[LayerRecord]
     skipped: list[Skip]
     verification: Verification | None
-    normalization: dict
+    normalization: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the user should act on (printed in yellow)
     eligible_params: tuple[int, int] = (0, 0)  # weights of the layers the method could rewrite, before/after
-    latency: dict | None = None  # hardware-aware runs: target, input ms, measured speedup
-    stages: list[dict] = field(default_factory=list)  # with calibration/int8: params, size, held-out error per stage
-    budget_search: list[dict] | None = None  # --max-output-error: every ratio tried and its held-out error
-    deploy: dict | None = None  # --int8/--objective: every candidate, measured, and the one picked
+    latency: dict[str, Any] | None = None  # hardware-aware runs: target, input ms, measured speedup
+    stages: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # with calibration/int8: params, size, held-out error per stage
+    budget_search: list[dict[str, Any]] | None = None  # --max-output-error: every ratio tried and its held-out error
+    deploy: dict[str, Any] | None = None  # --int8/--objective: every candidate, measured, and the one picked
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         # the stats flattened into keys, with their ratios: not the fields as they stand
         return {
             "input": self.input,
@@ -165,7 +168,7 @@ class OptimizeReport(Report):
                     col, justify="right" if col in ("params", "weight error", "layer output error") else "left"
                 )
             for r in self.layers:
-                row = [
+                cells = [
                     r.node,
                     r.op,
                     r.method,
@@ -174,8 +177,8 @@ class OptimizeReport(Report):
                     f"{r.weight_error:.3f}",
                 ]
                 if data:
-                    row.append("" if r.output_error is None else f"{r.output_error:.3f}")
-                layers.add_row(*row)
+                    cells.append("" if r.output_error is None else f"{r.output_error:.3f}")
+                layers.add_row(*cells)
             console.print(layers)
         if self.skipped:
             reasons = Counter(s.reason for s in self.skipped)
@@ -195,7 +198,7 @@ class OptimizeReport(Report):
             console.print(f"wrote {self.output} in {self.seconds:.1f} s")
 
 
-def _render_deploy(deploy: dict, console: Console) -> None:
+def _render_deploy(deploy: dict[str, Any], console: Console) -> None:
     """The candidates side by side (same held-out samples, timed together) and the int8 details."""
     title = f"candidates (objective: {deploy['objective']}; chosen: {deploy['chosen']})"
     table = Table(title=title, title_justify="left")
