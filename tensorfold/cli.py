@@ -235,6 +235,22 @@ def inspect_cmd(model, as_json, **options):
     help="with --calibration and a budget: skip the per-layer sensitivity probe (faster; "
     "less or more output error by model: docs/results/calibration.md)",
 )
+@click.option(
+    "--recover",
+    type=_POSITIVE,
+    help="fine-tune each candidate for this many steps (label-free distillation from MODEL on the "
+    "calibration fit share) before it is judged on the held-out share",
+)
+@click.option(
+    "--recover-data",
+    type=click.Path(),
+    help="more unlabelled inputs for --recover (.npz or image folder, read like --calibration)",
+)
+@click.option("--lr", type=_POSITIVE_FLOAT, help="--recover's learning rate (default: an LR range test picks it)")
+@click.option("--batch-size", type=_POSITIVE, default=16, show_default=True, help="--recover's batch size")
+@click.option(
+    "--torch-device", default="cpu", show_default=True, help="where --recover trains (cpu, cuda, cuda:N, mps)"
+)
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, as_json, **options):
     """Make MODEL smaller and faster and write a verified model to OUTPUT.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -292,7 +293,7 @@ def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputA
     return x, y, f"{path.name} ({len(x)} samples of {x.describe()}{'' if y is not None else ', unlabelled'})"
 
 
-def samples_subset(x, idx):
+def samples_subset(x: Any, idx: Any) -> Any:
     """Samples `idx` of an array (copied), of ImageFiles (still lazy) or of InputArrays."""
     return x.subset(idx) if isinstance(x, (ImageFiles, InputArrays)) else x[idx]
 

@@ -3,12 +3,16 @@
 The global budget (--ratio over the method's output-error curves) is searched by bisection on
 log(ratio), every candidate model built and verified on the held-out samples against the same
 reference outputs. Error is not strictly monotone in the ratio, so the answer is the largest
-ratio that was verified within the bound, not an interpolation.
+ratio that was verified within the bound, not an interpolation. With `refine` (optimize --recover)
+each candidate is refined (fine-tuned) before it is verified, and the bound holds for the refined
+model; the trial keeps the error before refining and the time it took.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import onnx
@@ -26,19 +30,35 @@ class Trial:
     max_relative_error: float
     max_disagreement: float
     within: bool
+    unrefined_error: float | None = None  # with refine: the held-out error before it
+    refine_seconds: float | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "ratio": round(self.ratio, 4),
             "factorizable_params_after": self.params_after,
             "max_relative_error": self.max_relative_error,
             "max_disagreement": self.max_disagreement,
             "within": self.within,
         }
+        if self.unrefined_error is not None:
+            out["before_recovery"] = self.unrefined_error
+            out["recovery_seconds"] = round(self.refine_seconds or 0.0, 2)
+        return out
+
+
+# a candidate's refinement: the refined model (or the candidate itself)
+Refine = Callable[[onnx.ModelProto], onnx.ModelProto]
 
 
 def search_budget(
-    pass_: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference, bound: float, steps: int = 8
+    pass_: FactorizePass,
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    reference: Reference,
+    bound: float,
+    steps: int = 8,
+    refine: Refine | None = None,
 ) -> tuple[PassResult, Verification | None, list[Trial]]:
     """(the result at the largest verified ratio, its verification, every trial). With no ratio
     within the bound the result is the unchanged model."""
@@ -53,10 +73,22 @@ def search_budget(
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
+        unrefined, seconds = None, None
+        if refine is not None:
+            unrefined, start = float(check.max_relative_error), time.perf_counter()
+            result = replace(result, model=refine(result.model))
+            seconds = time.perf_counter() - start
+            check = reference.verify(result.model)
         ok = check.within(bound)
         trials.append(
             Trial(
-                ratio, result.eligible_params_after, float(check.max_relative_error), float(check.max_disagreement), ok
+                ratio,
+                result.eligible_params_after,
+                float(check.max_relative_error),
+                float(check.max_disagreement),
+                ok,
+                unrefined,
+                seconds,
             )
         )
         bar.update()

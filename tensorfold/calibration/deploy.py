@@ -11,6 +11,7 @@ says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -159,7 +160,12 @@ class DeploySettings:
 
 
 def split_models_for_int8(
-    chosen: FactorizePass, model: onnx.ModelProto, ctx: PassContext, reference: Reference, bound: float
+    chosen: FactorizePass,
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    reference: Reference,
+    bound: float,
+    refine: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
 ) -> list[tuple[float, PassResult]]:
     """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
     model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
@@ -168,7 +174,7 @@ def split_models_for_int8(
     out: list[tuple[float, PassResult]] = []
     for share in INT8_SPLITS:
         result, _, trials = search_budget(
-            chosen, model, replace(ctx, progress=False), reference, share * bound, steps=SPLIT_STEPS
+            chosen, model, replace(ctx, progress=False), reference, share * bound, steps=SPLIT_STEPS, refine=refine
         )
         ratios = [t.ratio for t in trials if t.within]
         if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,14 @@ class OptimizeOptions:
     sensitivity: bool = True
     objective: str | None = None
     class_outputs: tuple[str, ...] | dict[str, int | None] = ()
+    # recovery inside optimize: each candidate factorization is fine-tuned for `recover` steps by
+    # label-free distillation from the input model on the calibration fit share (and recover_data),
+    # and judged on the held-out share once recovered
+    recover: int | None = None
+    recover_data: str | os.PathLike[str] | None = None
+    lr: float | None = None  # None: the LR range test picks it once, on the first candidate
+    batch_size: int = 16
+    torch_device: str = "cpu"
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
@@ -142,6 +151,7 @@ class OptimizeOptions:
                 f"--objective {self.objective} picks among models within an error bound: add --int8 "
                 "or --max-output-error (both need --calibration)"
             )
+        self._check_recovery()
         if self.int8 and self.deploy_objective == "latency":
             if self.device is not None:
                 raise TensorfoldError(
@@ -149,6 +159,32 @@ class OptimizeOptions:
                     "kernels only; drop --device, or use --objective size"
                 )
             format_for(self.provider)  # a provider without int8 kernels is refused here, before any work
+
+    def _check_recovery(self) -> None:
+        if self.recover is None:
+            for flag, on in (("--recover-data", self.recover_data is not None), ("--lr", self.lr is not None)):
+                if on:
+                    raise TensorfoldError(f"{flag} sets up --recover STEPS: add it, or drop {flag}")
+            return
+        if self.recover < 1:
+            raise TensorfoldError(f"--recover is a number of training steps >= 1 (got {self.recover})")
+        if self.calibration is None:
+            raise TensorfoldError(
+                "--recover fine-tunes on real samples and judges on a held-out share of them: add --calibration"
+            )
+        if self.method == "none":
+            raise TensorfoldError("--recover fine-tunes a factorized model: --method none factorizes nothing")
+        if self.hardware_aware or self.config is not None:
+            raise TensorfoldError("--recover works with --ratio/--rank/--energy or --max-output-error")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TensorfoldError(f"--lr must be a finite number > 0 (got {self.lr})")
+        if self.batch_size < 1:
+            raise TensorfoldError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.recover_data is not None and not os.path.exists(self.recover_data):
+            raise TensorfoldError(f"--recover-data {self.recover_data}: no such file or folder")
+        from tensorfold.recovery.config import check_torch_device
+
+        check_torch_device(self.torch_device)
 
     @property
     def shape_map(self) -> dict[str, list[int]]:

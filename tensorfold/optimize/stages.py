@@ -16,8 +16,8 @@ import datetime as _dt
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import onnx
@@ -49,6 +49,9 @@ from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import ensure_node_names, find_layers
 from tensorfold.report import OptimizeReport
 
+if TYPE_CHECKING:
+    from tensorfold.optimize.recovery import Recoverer
+
 
 @dataclass
 class Inputs:
@@ -75,6 +78,7 @@ class Prepared:
     ctx: PassContext | None  # released after `build`: its cached factors are as large as the weights
     before: ModelStats
     input_stage: dict[str, object]
+    recoverer: Recoverer | None = None  # --recover: fine-tunes each candidate before it is judged
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Built:
     trials: list[Trial] | None = None  # --max-output-error: every ratio tried
     latency: dict[str, object] | None = None  # --hardware-aware: target, input ms, speedup
     split_models: list[tuple[float, PassResult]] = field(default_factory=list)  # for factorized + int8
+    recovery: dict[str, Any] | None = None  # --recover: how, and (without a bound) before/after
 
 
 @dataclass
@@ -109,7 +114,7 @@ def run(
     inputs = load(input_path, o)
     prepared = prepare(inputs, o)
     deploying = o.deploy_objective is not None
-    if not deploying:
+    if not deploying and o.recover is None:  # recovery distills from it
         inputs.original = None  # the normalized model stands for it: a 2 GB model is held twice, not three times
     built = build(inputs, prepared, o)
     prepared.ctx = None
@@ -121,7 +126,7 @@ def run(
     verification = verify(inputs, built, o)
     stages = [prepared.input_stage]
     if prepared.chosen is not None:
-        stages.append(_stage("factorized", built.result.model, verification))
+        stages.append(_stage("recovered" if built.recovery else "factorized", built.result.model, verification))
     deployed = deploy(inputs, prepared, built, verification, o) if deploying else None
     report = make_report(inputs, prepared, built, verification, deployed, stages, ranks, output_path, o)
     for checked in (verification, report.verification):
@@ -179,6 +184,24 @@ def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
         chosen = None if o.method == "none" else cast(FactorizePass, get_pass(o.method))
         method = o.method
     assert inputs.original is not None
+    recoverer = None
+    if o.recover is not None and inputs.fit is not None:  # checked before any work: can torch train it?
+        from tensorfold.optimize.recovery import Recoverer
+
+        recoverer = Recoverer(
+            inputs.original,
+            inputs.fit,
+            o.recover,
+            extra=None if o.recover_data is None else str(o.recover_data),
+            normalize=parse_normalize(o.normalize) if isinstance(o.normalize, str) else o.normalize,
+            shapes=o.shape_map,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            seed=o.seed,
+            threads=o.threads,
+            device=o.torch_device,
+            progress=o.progress,
+        )
     model, norm_stats = normalize_model(inputs.original)
     if o.config is not None:
         planned.choices = _config_plan(model, o.config)
@@ -196,7 +219,7 @@ def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
             probe = Reference(inputs.original, fit.take(np.arange(min(fit.n, PROBE_SAMPLES))).arrays, "probe")
             ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
     before = model_stats(inputs.original, inputs.input_shapes)
-    return Prepared(model, norm_stats, chosen, method, ctx, before, _stage("input", inputs.original, None))
+    return Prepared(model, norm_stats, chosen, method, ctx, before, _stage("input", inputs.original, None), recoverer)
 
 
 def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
@@ -210,9 +233,11 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         from tensorfold.calibration.budget_search import search_budget
 
         assert inputs.search_reference is not None  # a bound needs --calibration (options check it)
-        result, verification, trials = search_budget(chosen, model, ctx, inputs.search_reference, bound)
-        splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound) if o.int8 else []
-        return Built(result, verification, trials, split_models=splits)
+        refine = (lambda m: recoverer(m).model) if (recoverer := prepared.recoverer) is not None else None
+        result, verification, trials = search_budget(chosen, model, ctx, inputs.search_reference, bound, refine=refine)
+        splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound, refine) if o.int8 else []
+        recovery = recoverer.describe if recoverer is not None else None
+        return Built(result, verification, trials, split_models=splits, recovery=recovery)
     if o.hardware_aware:
         from tensorfold.onnxrt.batching import chunks
         from tensorfold.planning.hardware_aware import optimize_hardware_aware
@@ -237,7 +262,24 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         if warning:
             result.notes.append(warning)
         return Built(result, latency=latency)
-    return Built(chosen(model, ctx))
+    result = chosen(model, ctx)
+    if prepared.recoverer is None or not result.rewritten:
+        return Built(result)
+    return _recovered(inputs, prepared.recoverer, result)
+
+
+def _recovered(inputs: Inputs, recoverer: Recoverer, result: PassResult) -> Built:
+    """The factorized model fine-tuned (the ranks as asked, no bound), with its held-out error
+    before and after."""
+    judge = inputs.search_reference or inputs.reference
+    before = judge.verify(result.model).max_relative_error if judge is not None else None
+    recovered = recoverer(result.model)
+    result = replace(result, model=recovered.model)
+    verification = judge.verify(result.model) if judge is not None else None
+    info = {**recoverer.describe, **recovered.as_dict(), "before": before}
+    if verification is not None:
+        info["after"] = verification.max_relative_error
+    return Built(result, verification if judge is inputs.reference else None, recovery=info)
 
 
 def refuse_larger(model: onnx.ModelProto, before: ModelStats, o: OptimizeOptions) -> None:
@@ -334,6 +376,7 @@ def make_report(
         stages=stages if (inputs.fit is not None and deployed is None) else [],
         budget_search=[t.as_dict() for t in built.trials] if built.trials is not None else None,
         deploy=deployed.choice.as_dict() if deployed is not None else None,
+        recovery=built.recovery,
     )
     if o.default_bound:
         report.notes.append(

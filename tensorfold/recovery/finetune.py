@@ -113,6 +113,7 @@ def train(
     spec: Outputs | None = None,
     w: World | None = None,
     peers: list[torch.nn.Module] | None = None,
+    metric: str | None = None,
 ) -> TrainResult:
     """Train `module` in place. The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
@@ -148,7 +149,7 @@ def train(
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     spec = spec if spec is not None else Outputs((), {0: -1})
-    metric = metric_for(val_y is not None, spec)
+    metric = metric or metric_for(val_y is not None, spec)  # optimize --recover selects on output error
     use_feat = cfg.distill in ("feature", "both") and teacher is not None and teacher.features
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
     learners = []

@@ -291,7 +291,7 @@ def _recover(
 
     lr_from = "--lr"
     if cfg.lr is None:  # no --lr: a rate for this model, found on its own data
-        cfg, lr_from = _choose_lr(module, teacher, tx, ty, cfg, spec, w)
+        cfg, lr_from = choose_lr(module, teacher, tx, ty, cfg, spec, w)
     before = check(module, teacher)
     # what every candidate model is scored against, whatever teaches it later (a moving average
     # is no judge: self-taught runs are scored on their labels)
@@ -446,7 +446,7 @@ def _is_dataset(data: object) -> bool:
     return any(path.glob("*idx3-ubyte*")) or (path / "data_batch_1").exists() or (path / "test_batch").exists()
 
 
-def _choose_lr(module, teacher, x, y, cfg: RecoverConfig, spec: Outputs, w: World) -> tuple[RecoverConfig, str]:
+def choose_lr(module, teacher, x, y, cfg: RecoverConfig, spec: Outputs, w: World) -> tuple[RecoverConfig, str]:
     """cfg with the learning rate of the range test (lr_finder), and how it was found. A run shorter
     than the test takes SHORT_RUN_LR instead. Under torchrun every rank takes rank 0's."""
     from tensorfold.recovery.lr_finder import RANGE_STEPS, SHORT_RUN_LR, find_lr

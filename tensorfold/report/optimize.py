@@ -38,6 +38,7 @@ class OptimizeReport(Report):
         default_factory=list
     )  # with calibration/int8: params, size, held-out error per stage
     budget_search: list[dict[str, Any]] | None = None  # --max-output-error: every ratio tried and its held-out error
+    recovery: dict[str, Any] | None = None  # --recover: steps, rate, data; without a bound, before/after
     deploy: dict[str, Any] | None = None  # --int8/--objective: every candidate, measured, and the one picked
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class OptimizeReport(Report):
             "stages": self.stages,
             "budget_search": self.budget_search,
             "deploy": self.deploy,
+            **({"recovery": self.recovery} if self.recovery is not None else {}),
             "seconds": round(self.seconds, 3),
         }
 
@@ -153,10 +155,19 @@ class OptimizeReport(Report):
             _render_deploy(self.deploy, console)
         if self.budget_search:
             trials = ", ".join(
-                f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
+                f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ("
+                + (f"{t['before_recovery']:.3f} -> " if "before_recovery" in t else "")
+                + f"{t['max_relative_error']:.3f})"
                 for t in self.budget_search
             )
-            console.print(f"budget search (ratio over factorizable layers, held-out error): {trials}")
+            recovered = " before -> after recovery" if self.recovery else ""
+            console.print(f"budget search (ratio over factorizable layers, held-out error{recovered}): {trials}")
+        if self.recovery:
+            how = self.recovery
+            line = f"recovery: {how['steps']} steps per candidate at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
+            if how.get("before") is not None and how.get("after") is not None:
+                line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
+            console.print(line)
         if self.layers:
             layers = Table(title=f"rewritten layers ({len(self.layers)})", title_justify="left")
             data = any(r.output_error is not None for r in self.layers)
