@@ -76,9 +76,14 @@ def search_budget(
         unrefined, seconds = None, None
         if refine is not None:
             unrefined, start = float(check.max_relative_error), time.perf_counter()
-            result = replace(result, model=refine(result.model))
+            refined = refine(result.model)
             seconds = time.perf_counter() - start
-            check = reference.verify(result.model)
+            again = reference.verify(refined)
+            # training on few samples can overfit them: a refined model worse on the held-out share
+            # than the candidate it came from is dropped for that candidate (the bound search
+            # selects on this share already; it never reads a model that trained on it)
+            if again.max_error <= check.max_error:
+                result, check = replace(result, model=refined), again
         ok = check.within(bound)
         trials.append(
             Trial(

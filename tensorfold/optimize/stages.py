@@ -274,8 +274,8 @@ def _recovered(inputs: Inputs, recoverer: Recoverer, result: PassResult) -> Buil
     judge = inputs.search_reference or inputs.reference
     before = judge.verify(result.model).max_relative_error if judge is not None else None
     recovered = recoverer(result.model)
+    verification = judge.verify(recovered.model) if judge is not None else None
     result = replace(result, model=recovered.model)
-    verification = judge.verify(result.model) if judge is not None else None
     info = {**recoverer.describe, **recovered.as_dict(), "before": before}
     if verification is not None:
         info["after"] = verification.max_relative_error
