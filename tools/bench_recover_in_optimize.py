@@ -4,7 +4,7 @@
     .venv/bin/python tools/bench_recover_in_optimize.py [--models cls,det,rec] [--bounds 0.02,0.05]
         [--steps 100] [--out FILE]
 
-The PP-OCR models (RapidOCR 1.4.4) on synthetic printed text (bench/text_images.py): 64
+The PP-OCR models (RapidOCR 1.4.4) on synthetic printed text (bench/text_images.py): --samples
 calibration samples each (pages at 256x256 for det, lines for cls and rec), the default held-out
 share (a quarter) judging every candidate. For each bound: `optimize MODEL --calibration
 samples.npz --max-output-error B` and the same with `--recover STEPS --recover-data more.npz`
@@ -47,13 +47,14 @@ def main(argv=None) -> int:
     parser.add_argument("--bounds", default="0.02,0.05")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--extra", type=int, default=512, help="unlabelled samples for --recover-data")
+    parser.add_argument("--samples", type=int, default=64, help="calibration samples (a quarter held out)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
         "# Recovery inside optimize: what a held-out bound reaches with and without it",
         "",
         f"Command: `.venv/bin/python tools/bench_recover_in_optimize.py --models {args.models} "
-        f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra}`  ",
+        f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra} --samples {args.samples}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             model = fetch_rapidocr_model(name)
             calib = Path(tmp) / f"{name}.npz"
-            np.savez(calib, x=samples(name, 64, 0))
+            np.savez(calib, x=samples(name, args.samples, 0))
             more = Path(tmp) / f"{name}_more.npz"
             np.savez(more, x=samples(name, args.extra, 1))
             for bound in (float(b) for b in args.bounds.split(",")):

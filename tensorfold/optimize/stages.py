@@ -276,9 +276,9 @@ def _recovered(inputs: Inputs, recoverer: Recoverer, result: PassResult) -> Buil
     recovered = recoverer(result.model)
     verification = judge.verify(recovered.model) if judge is not None else None
     result = replace(result, model=recovered.model)
-    info = {**recoverer.describe, **recovered.as_dict(), "before": before}
+    info = {**recoverer.describe, **recovered.as_dict(), "before": None if before is None else float(before)}
     if verification is not None:
-        info["after"] = verification.max_relative_error
+        info["after"] = float(verification.max_relative_error)
     return Built(result, verification if judge is inputs.reference else None, recovery=info)
 
 
