@@ -307,6 +307,21 @@ def sample_shape(x) -> str:
     return str(list(np.shape(x)[1:]))
 
 
+def folder_kind(spec: object) -> str | None:
+    """What a --data folder holds: "cifar" (CIFAR-10 batches), "idx" (Fashion-MNIST IDX files),
+    "images" (image files, labelled by subfolder or not); None for anything else."""
+    path = Path(str(spec))
+    if not path.is_dir():
+        return None
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        return "cifar"
+    if any(path.glob("*idx3-ubyte*")):
+        return "idx"
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        return "images"
+    return None
+
+
 def load_data(
     spec: str,
     split: str = "train",
@@ -332,13 +347,14 @@ def load_data(
         return x, y, f"{path.name} ({len(x)} inputs{'' if y is not None else ', unlabelled'})"
     if not path.is_dir():
         raise TensorfoldError(f"--data {spec}: not fashion-mnist, an .npz file or a folder")
-    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+    kind = folder_kind(path)
+    if kind == "cifar":
         x, y = load_cifar10(path, split)
         return x, y, f"CIFAR-10 {split} ({path})"
-    if any(path.glob("*idx3-ubyte*")):
+    if kind == "idx":
         x, y = load_fashion_mnist(path, split)
         return x, y, f"Fashion-MNIST {split} ({path})"
-    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+    if kind == "images":
         if split != "train":
             raise TensorfoldError(f"{path}: an image folder has no separate {split} split")
         if lazy:
@@ -346,8 +362,8 @@ def load_data(
             x = ImageFiles(files, y, size, channels)
         else:
             x, y, names = load_image_folder(path, size, channels, classes)
-        kind = f"{len(names)} classes" if y is not None else "unlabelled"
-        return x, y, f"image folder {path} ({len(x)} images, {kind}{', read per batch' if lazy else ''})"
+        labels = f"{len(names)} classes" if y is not None else "unlabelled"
+        return x, y, f"image folder {path} ({len(x)} images, {labels}{', read per batch' if lazy else ''})"
     raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 
 

@@ -29,16 +29,11 @@ import numpy as np
 from tensorfold.api import optimize
 from tensorfold.bench.real_models import fetch_rapidocr_model
 from tensorfold.bench.report import publish
-from tensorfold.bench.text_images import line_images, page_images, to_nchw
-
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+from tensorfold.bench.text_images import ocr_inputs
 
 
 def samples(name: str, n: int, seed: int) -> np.ndarray:
-    if name == "det":
-        return to_nchw(page_images(n, (256, 256), seed), *IMAGENET)
-    images, _ = line_images(n, (48, 192) if name == "cls" else (48, 320), seed)
-    return to_nchw(images, 0.5, 0.5)
+    return ocr_inputs(name, n, seed, page=256)
 
 
 def main(argv=None) -> int:

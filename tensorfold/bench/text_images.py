@@ -101,3 +101,16 @@ def to_nchw(images: np.ndarray, mean, std) -> np.ndarray:
     x = images.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def ocr_inputs(name: str, n: int, seed: int = 0, page: int = 320) -> np.ndarray:
+    """Model-ready inputs for a PP-OCR model (RapidOCR's preprocessing): `page`-square pages
+    normalized as ImageNet for the detector ("det"), upright text lines at 0.5/0.5 for the direction
+    classifier ("cls", 48x192) and the recognizer ("rec", 48x320)."""
+    if name == "det":
+        return to_nchw(page_images(n, (page, page), seed), *IMAGENET_MEAN_STD)
+    images, _ = line_images(n, (48, 192) if name == "cls" else (48, 320), seed)
+    return to_nchw(images, 0.5, 0.5)

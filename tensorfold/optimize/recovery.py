@@ -26,6 +26,7 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.distributed import world
 from tensorfold.recovery.finetune import train
+from tensorfold.recovery.lr_finder import choose_lr
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import tensors
 
@@ -104,8 +105,6 @@ class Recoverer:
         val_idx, train_idx = (order[:val_n], order[val_n:]) if val_n else (order, order)
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
         if self.cfg.lr is None:  # once, on the first candidate: later ones reuse the rate
-            from tensorfold.recovery.run import choose_lr
-
             self.cfg, self.lr_from = choose_lr(module, teacher, tx, None, self.cfg, spec, world())
         with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
             result = train(

@@ -12,7 +12,7 @@ started; only the rate is kept. `--lr` skips it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from tensorfold.datasets import samples_subset
 from tensorfold.recovery.config import RecoverConfig, autocast
 from tensorfold.recovery.distill import Outputs, Teacher
+from tensorfold.recovery.distributed import World
 from tensorfold.recovery.finetune import make_optimizer, student_loss
 from tensorfold.recovery.validation import tensors
 
@@ -98,3 +99,30 @@ def find_lr(
         f"range test: {len(curve)} steps from {LOW:g}, smoothed loss lowest at {best_at:.2g}; a tenth of it: {lr:.2g}",
         curve,
     )
+
+
+def choose_lr(
+    module: torch.nn.Module,
+    teacher: Teacher | None,
+    x: Any,
+    y: np.ndarray | None,
+    cfg: RecoverConfig,
+    spec: Outputs,
+    w: World,
+) -> tuple[RecoverConfig, str]:
+    """cfg with the range test's learning rate, and how it was found. A run shorter than the test
+    takes SHORT_RUN_LR instead. Under torchrun every rank takes rank 0's."""
+    shard = -(-len(x) // w.size)
+    total = cfg.max_steps or max(1, shard // cfg.batch_size) * cfg.epochs
+    if total < RANGE_STEPS:
+        return replace(cfg, lr=SHORT_RUN_LR), f"{total} steps: too few for a range test, {SHORT_RUN_LR:g}"
+    features = tuple(teacher.features) if teacher is not None and cfg.distill in ("feature", "both") else ()
+    choice = find_lr(module, teacher, x, y, cfg, spec, features)
+    lr = choice.lr
+    if w.distributed:
+        import torch.distributed as dist
+
+        shared = [lr]
+        dist.broadcast_object_list(shared, src=0)
+        lr = float(shared[0])
+    return replace(cfg, lr=lr), choice.how

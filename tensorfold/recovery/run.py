@@ -13,6 +13,7 @@ from tensorfold.calibration.data import class_order
 from tensorfold.datasets import (
     ImageFiles,
     adaptation,
+    folder_kind,
     load_data,
     load_input_arrays,
     prepare_inputs,
@@ -40,6 +41,7 @@ from tensorfold.recovery.distributed import stop as stop_processes
 from tensorfold.recovery.finetune import train
 from tensorfold.recovery.history import plot_history
 from tensorfold.recovery.labels import label_order_warning
+from tensorfold.recovery.lr_finder import choose_lr
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 
@@ -281,7 +283,7 @@ def _recover(
     if teacher is None and y is None:
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     if y is not None and teacher is not None and not self_taught and w.main:
-        names = class_order(Path(data), classes) if Path(str(data)).is_dir() and not _is_dataset(data) else []
+        names = class_order(Path(data), classes) if folder_kind(data) == "images" else []
         mismatch = label_order_warning(teacher, tx, ty, spec, names, cfg.device, cfg.batch_size, cfg.seed)
         if mismatch:
             warn(f"--data {desc}: {mismatch}")
@@ -438,30 +440,3 @@ def _recover(
         "plot": str(plot) if plot else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def _is_dataset(data: object) -> bool:
-    """A folder of Fashion-MNIST IDX files or CIFAR-10 batches: numbered classes, no names."""
-    path = Path(str(data))
-    return any(path.glob("*idx3-ubyte*")) or (path / "data_batch_1").exists() or (path / "test_batch").exists()
-
-
-def choose_lr(module, teacher, x, y, cfg: RecoverConfig, spec: Outputs, w: World) -> tuple[RecoverConfig, str]:
-    """cfg with the learning rate of the range test (lr_finder), and how it was found. A run shorter
-    than the test takes SHORT_RUN_LR instead. Under torchrun every rank takes rank 0's."""
-    from tensorfold.recovery.lr_finder import RANGE_STEPS, SHORT_RUN_LR, find_lr
-
-    shard = -(-len(x) // w.size)
-    total = cfg.max_steps or max(1, shard // cfg.batch_size) * cfg.epochs
-    if total < RANGE_STEPS:
-        return replace(cfg, lr=SHORT_RUN_LR), f"{total} steps: too few for a range test, {SHORT_RUN_LR:g}"
-    features = tuple(teacher.features) if teacher is not None and cfg.distill in ("feature", "both") else ()
-    choice = find_lr(module, teacher, x, y, cfg, spec, features)
-    lr = choice.lr
-    if w.distributed:
-        import torch.distributed as dist
-
-        shared = [lr]
-        dist.broadcast_object_list(shared, src=0)
-        lr = float(shared[0])
-    return replace(cfg, lr=lr), choice.how

@@ -4,6 +4,7 @@ rendering beside it, and the number formats the tables use."""
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import field, fields
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ def sometimes() -> Any:
     return field(default=None, metadata={"sometimes": True})
 
 
-class Report:
+class Report(ABC):
     """A command's result. A report is a dataclass: its fields are the data (what Python callers
     read); `as_dict` is the JSON object `--json` prints, `render` the terminal view of the same data."""
 
@@ -40,8 +41,9 @@ class Report:
         no report types); a key without a field is an error, not dropped."""
         return cls(**d)
 
+    @abstractmethod
     def render(self, console: Console) -> None:
-        raise NotImplementedError
+        """The terminal view: every command's report draws its own tables."""
 
 
 def make_console() -> Console:

@@ -34,8 +34,9 @@ def test_a_stated_output_error_is_the_measured_one(method, kind):
     layer = _with_statistics(model)
     pass_ = get_pass(method)
     assert isinstance(pass_, FactorizePass)
-    if pass_.supports(layer) is not None:
-        pytest.skip(pass_.supports(layer))
+    if pass_.supports(layer) is not None:  # e.g. svd on a kxk conv: nothing to state, and it says why
+        assert pass_.supports(layer)
+        return
     stated = 0
     for cand in pass_.candidates(layer)[::7]:
         built = pass_.build(layer, Choice(cand.method, cand.ranks), PassContext(progress=False))
