@@ -58,7 +58,9 @@ def optimize(
     if options is not None and kwargs:
         raise TypeError("give either an OptimizeOptions or keyword options, not both")
     opts = options if options is not None else OptimizeOptions(**kwargs)
-    with guard_inputs(*(p for p in (input_path, opts.inputs, opts.config, opts.calibration) if p is not None)):
+    with guard_inputs(
+        *(p for p in (input_path, opts.inputs, opts.config, opts.calibration, opts.recover_data) if p is not None)
+    ):
         return run_optimize(input_path, output_path, opts)
 
 
