@@ -251,6 +251,12 @@ def inspect_cmd(model, as_json, **options):
 @click.option(
     "--torch-device", default="cpu", show_default=True, help="where --recover trains (cpu, cuda, cuda:N, mps)"
 )
+@click.option(
+    "--checkpoints",
+    type=click.Path(),
+    help="--recover's folder of recovered candidates (default: OUTPUT.ckpt; removed when the run succeeds)",
+)
+@click.option("--resume", is_flag=True, help="continue the interrupted --recover search in its checkpoint folder")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, as_json, **options):
     """Make MODEL smaller and faster and write a verified model to OUTPUT.

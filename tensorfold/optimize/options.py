@@ -92,6 +92,8 @@ class OptimizeOptions:
     lr: float | None = None  # None: the LR range test picks it once, on the first candidate
     batch_size: int = 16
     torch_device: str = "cpu"
+    checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
+    resume: bool = False  # continue the interrupted search in `checkpoints`
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
@@ -162,7 +164,12 @@ class OptimizeOptions:
 
     def _check_recovery(self) -> None:
         if self.recover is None:
-            for flag, on in (("--recover-data", self.recover_data is not None), ("--lr", self.lr is not None)):
+            for flag, on in (
+                ("--recover-data", self.recover_data is not None),
+                ("--lr", self.lr is not None),
+                ("--checkpoints", self.checkpoints is not None),
+                ("--resume", self.resume),
+            ):
                 if on:
                     raise TensorfoldError(f"{flag} sets up --recover STEPS: add it, or drop {flag}")
             return

@@ -21,6 +21,7 @@ import onnx
 from tensorfold.calibration.data import Samples, load_samples
 from tensorfold.datasets import InputArrays, samples_subset
 from tensorfold.errors import TensorfoldError
+from tensorfold.optimize.checkpoints import SearchCheckpoints, candidate_key
 from tensorfold.recovery.checkpoints import model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
@@ -39,9 +40,13 @@ class Recovered:
     steps: int
     seconds: float
     stop: str
+    resumed: bool = False  # recovered by the interrupted search this one resumes (its checkpoints)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "seconds": round(self.seconds, 2), "stop": self.stop}
+        info: dict[str, Any] = {"steps": self.steps, "seconds": round(self.seconds, 2), "stop": self.stop}
+        if self.resumed:
+            info["resumed"] = True
+        return info
 
 
 class Recoverer:
@@ -62,6 +67,8 @@ class Recoverer:
         threads: int = 0,
         device: str = "cpu",
         progress: bool = True,
+        checkpoints: Path | None = None,
+        resume: bool = False,
     ):
         self.teacher = teacher
         arrays = dict(fit.arrays)
@@ -77,6 +84,21 @@ class Recoverer:
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
         check_trainable(teacher, self.x)
+        self.checkpoints: SearchCheckpoints | None = None
+        if checkpoints is not None:
+            settings = {
+                "model": candidate_key(teacher),
+                "data": f"{len(self.x)} inputs ({self.source})",
+                "steps": steps,
+                "batch_size": batch_size,
+                "seed": seed,
+                "lr": lr,
+            }
+            self.checkpoints = SearchCheckpoints(checkpoints, resume, settings)
+            state = self.checkpoints.start()
+            if lr is None and isinstance(state.get("lr"), float):  # the interrupted run's range test
+                self.cfg.lr, self.lr_from = state["lr"], f"{state.get('lr_from', 'range test')} (resumed)"
+            self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
 
     @property
     def describe(self) -> dict[str, Any]:
@@ -89,7 +111,17 @@ class Recoverer:
             "device": self.cfg.device,
         }
 
-    def __call__(self, student: onnx.ModelProto) -> Recovered:
+    def __call__(self, student: onnx.ModelProto, label: str = "recover") -> Recovered:
+        key = candidate_key(student) if self.checkpoints is not None else ""
+        if self.checkpoints is not None and (done := self.checkpoints.done(key)) is not None:
+            info = done.info
+            return Recovered(done.model, int(info["steps"]), float(info["seconds"]), str(info["stop"]), resumed=True)
+        recovered = self._train(student, key, label)
+        if self.checkpoints is not None:
+            self.checkpoints.save(key, recovered.model, recovered.as_dict())
+        return recovered
+
+    def _train(self, student: onnx.ModelProto, key: str, label: str) -> Recovered:
         start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
         features = rewritten_outputs(student)
@@ -106,7 +138,12 @@ class Recoverer:
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
         if self.cfg.lr is None:  # once, on the first candidate: later ones reuse the rate
             self.cfg, self.lr_from = choose_lr(module, teacher, tx, None, self.cfg, spec, world())
+            if self.checkpoints is not None:
+                self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
         with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
+            folder, resume = (
+                self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
+            )
             result = train(
                 module,
                 teacher,
@@ -115,11 +152,13 @@ class Recoverer:
                 vx,
                 None,
                 self.cfg,
-                Path(tmp) / "ckpt",
+                folder,
+                resume=resume,
                 progress=self.progress,
                 fingerprint=model_fingerprint(student),
                 spec=spec,
                 metric="output_error",  # what the bound judges, not argmax agreement
+                desc=label,
             )
         steps = result.history.steps[-1] if result.history.steps else 0
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:

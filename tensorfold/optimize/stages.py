@@ -17,6 +17,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -111,8 +112,38 @@ def run(
     start = time.perf_counter()
     if output_path is not None:
         check_output(output_path)
+    checkpoints = _checkpoint_path(output_path, o)
     inputs = load(input_path, o)
-    prepared = prepare(inputs, o)
+    prepared = prepare(inputs, o, checkpoints)
+    try:
+        report = _run_prepared(inputs, prepared, output_path, o)
+    except BaseException:
+        if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
+            prepared.recoverer.checkpoints.abandoned()  # kept for --resume once a candidate is in it
+        raise
+    if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
+        prepared.recoverer.checkpoints.finished()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _checkpoint_path(output_path: str | os.PathLike[str] | None, o: OptimizeOptions) -> Path | None:
+    """Where --recover keeps its recovered candidates: --checkpoints, else OUTPUT.ckpt; without either
+    (the API with no output) a temporary folder per candidate, and nothing to resume."""
+    if o.recover is None:
+        return None
+    if o.checkpoints is not None:
+        return Path(o.checkpoints)
+    if output_path is not None:
+        return Path(str(output_path) + ".ckpt")
+    if o.resume:
+        raise TensorfoldError("--resume needs the search's folder: give OUTPUT or --checkpoints")
+    return None
+
+
+def _run_prepared(
+    inputs: Inputs, prepared: Prepared, output_path: str | os.PathLike[str] | None, o: OptimizeOptions
+) -> OptimizeReport:
     deploying = o.deploy_objective is not None
     if not deploying and o.recover is None:  # recovery distills from it
         inputs.original = None  # the normalized model stands for it: a 2 GB model is held twice, not three times
@@ -137,7 +168,6 @@ def run(
             )
     if output_path is not None:
         save_model(deployed.model if deployed is not None else built.result.model, output_path)
-    report.seconds = time.perf_counter() - start
     return report
 
 
@@ -171,7 +201,7 @@ def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     return Inputs(input_path, original, fit, held, search_reference, reference, feeds, input_shapes)
 
 
-def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
+def prepare(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None = None) -> Prepared:
     """Normalize (exact folds), pick the pass, and fit what it needs to the calibration samples:
     each layer's input statistics and, for a global budget, each layer's sensitivity."""
     if o.config is not None:
@@ -201,6 +231,8 @@ def prepare(inputs: Inputs, o: OptimizeOptions) -> Prepared:
             threads=o.threads,
             device=o.torch_device,
             progress=o.progress,
+            checkpoints=checkpoints,
+            resume=o.resume,
         )
     model, norm_stats = normalize_model(inputs.original)
     if o.config is not None:

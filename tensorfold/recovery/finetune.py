@@ -114,6 +114,7 @@ def train(
     w: World | None = None,
     peers: list[torch.nn.Module] | None = None,
     metric: str | None = None,
+    desc: str = "recover",
 ) -> TrainResult:
     """Train `module` in place. The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
@@ -197,7 +198,7 @@ def train(
         interrupted.update(signal=signum)
 
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=total, initial=step, desc="recover", unit="step", disable=not (progress and w.main))
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not (progress and w.main))
     feed = None
     try:
         while step < total:

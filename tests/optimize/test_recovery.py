@@ -92,3 +92,96 @@ def test_bad_recovery_options_are_one_line_before_any_work(samples, tmp_path, ar
     args = [str(samples) if a == "CAL" else str(out) if a == "OUT" else a for a in args]
     assert_user_error(*invoke("optimize", DEMO, "-o", out, *args), says)
     assert (out.read_bytes() if out.exists() else None) == before  # nothing written, nothing overwritten
+
+
+def _interrupt_after(monkeypatch, candidates: int):
+    """Recoverer._train raises KeyboardInterrupt (Ctrl-C) once `candidates` candidates trained."""
+    from tensorfold.optimize.recovery import Recoverer
+
+    real, calls = Recoverer._train, []
+
+    def train(self, student, key, label):
+        if len(calls) == candidates:
+            raise KeyboardInterrupt("stopped by the test")
+        calls.append(key)
+        return real(self, student, key, label)
+
+    monkeypatch.setattr(Recoverer, "_train", train)
+    return calls
+
+
+def test_an_interrupted_search_keeps_its_candidates_and_resumes(samples, tmp_path, monkeypatch):
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, recover=8, lr=1e-4, progress=False)
+    whole = optimize(DEMO, tmp_path / "whole.onnx", **kwargs)
+    assert not (tmp_path / "whole.onnx.ckpt").exists()  # a finished search leaves no checkpoints
+    out = tmp_path / "small.onnx"
+    calls = _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(DEMO, out, **kwargs)
+    folder = tmp_path / "small.onnx.ckpt"
+    assert not out.exists() and len(list(folder.glob("cand-*.onnx"))) == 2 and (folder / "search.json").is_file()
+    with pytest.raises(Exception, match="add --resume"):  # not overwritten without --resume
+        optimize(DEMO, out, **kwargs)
+    monkeypatch.undo()
+    calls = _interrupt_after(monkeypatch, 99)
+    resumed = optimize(DEMO, out, resume=True, **kwargs)
+    assert len(calls) == len(whole.budget_search) - 2  # the first two came from the checkpoints
+    assert [t["ratio"] for t in resumed.budget_search] == [t["ratio"] for t in whole.budget_search]
+    assert resumed.after.params == whole.after.params
+    assert resumed.verification.max_relative_error == pytest.approx(whole.verification.max_relative_error)
+    assert out.is_file() and not folder.exists()
+
+
+def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samples, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import tensorfold.recovery.finetune as finetune
+
+    kwargs = dict(method="tucker", ratio=8, calibration=str(samples), recover=24, lr=1e-4, progress=False)
+    real_eval, seen = finetune.evaluate, []
+
+    def evaluate(*args, **kw):  # Ctrl-C during the second evaluation (the first is the start's)
+        seen.append(1)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_eval(*args, **kw)
+
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
+    out = tmp_path / "r.onnx"
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        optimize(DEMO, out, **kwargs)
+    assert list((tmp_path / "r.onnx.ckpt").glob("cand-*/last.pt"))
+    monkeypatch.setattr(finetune, "evaluate", real_eval)
+    starts = []
+    real_resume = finetune.resume_checkpoint
+    monkeypatch.setattr(finetune, "resume_checkpoint", lambda *a: starts.append(step := real_resume(*a)) or step)
+    report = optimize(DEMO, out, resume=True, **kwargs)
+    assert starts and 0 < starts[0][0] < 24 and report.recovery["steps"] == 24
+    assert report.recovery["lr_from"] == "--lr" and out.is_file()
+
+
+def test_resume_with_other_settings_is_refused(samples, tmp_path, monkeypatch):
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, lr=1e-4, progress=False)
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(DEMO, tmp_path / "s.onnx", recover=8, **kwargs)
+    code, out = invoke(
+        "optimize", DEMO, "-o", tmp_path / "s.onnx", "--calibration", samples, "--max-output-error", "0.2",
+        "--recover", "9", "--lr", "1e-4", "--resume",
+    )  # fmt: skip
+    assert_user_error(code, out, "steps 8, this one has 9")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--ratio", "4", "--resume"], "--resume sets up --recover"),
+        (["--ratio", "4", "--checkpoints", "ck"], "--checkpoints sets up --recover"),
+        (["--ratio", "4", "--recover", "5", "--calibration", "CAL", "--resume"], "no search checkpoints"),
+    ],
+)
+def test_bad_resume_options_are_one_line(samples, tmp_path, args, says):
+    args = [str(samples) if a == "CAL" else a for a in args]
+    assert_user_error(*invoke("optimize", DEMO, "-o", tmp_path / "x.onnx", *args), says)
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.onnx.ckpt").exists()
