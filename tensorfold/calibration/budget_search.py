@@ -61,13 +61,46 @@ def search_budget(
     refine: Refine | None = None,
 ) -> tuple[PassResult, Verification | None, list[Trial]]:
     """(the result at the largest verified ratio, its verification, every trial). With no ratio
-    within the bound the result is the unchanged model."""
+    within the bound the result is the unchanged model.
+
+    With `refine` the unrefined search runs first (each of its candidates costs a factorization and
+    a check, seconds, against a refinement's minutes): its answer is within the bound as it is, so
+    the refined search starts above it and spends every refinement where refining can add."""
     reachable = pass_.reachable_ratio(model, ctx)
     best: tuple[PassResult, Verification] | None = None
     trials: list[Trial] = []
     lo, hi = 1.0, reachable * 0.999
-    bar = tqdm(total=steps, desc=f"max output error {bound:g}", unit="model", disable=not ctx.progress, leave=False)
+    for stage in (None, refine) if refine is not None else (None,):
+        if stage is not None:
+            hi = reachable * 0.999  # above the unrefined answer, up to what the method reaches
+        lo, best = _bisect(pass_, model, ctx, reference, bound, steps, stage, lo, hi, best, trials)
+    if best is None:
+        _, eligible, _ = pass_.eligible_layers(model, ctx)
+        note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
+        return PassResult(model, False, [], [], [note], sum(layer.params for layer in eligible)), None, trials
+    return best[0], best[1], trials
+
+
+def _bisect(
+    pass_: FactorizePass,
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    reference: Reference,
+    bound: float,
+    steps: int,
+    refine: Refine | None,
+    lo: float,
+    hi: float,
+    best: tuple[PassResult, Verification] | None,
+    trials: list[Trial],
+) -> tuple[float, tuple[PassResult, Verification] | None]:
+    """Bisection on log(ratio) in (lo, hi): the largest ratio verified within the bound and its
+    (result, check), `best` where none beat it; each trial appended to `trials`."""
+    desc = f"max output error {bound:g}" + (" (recovered)" if refine is not None else "")
+    bar = tqdm(total=steps, desc=desc, unit="model", disable=not ctx.progress, leave=False)
     for _ in range(steps):
+        if hi / lo < 1.02:
+            break
         ratio = math.sqrt(lo * hi)
         if ratio <= 1.0 + 1e-6:
             break
@@ -102,11 +135,5 @@ def search_budget(
             lo, best = ratio, (result, check)
         else:
             hi = ratio
-        if hi / lo < 1.02:
-            break
     bar.close()
-    if best is None:
-        _, eligible, _ = pass_.eligible_layers(model, ctx)
-        note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
-        return PassResult(model, False, [], [], [note], sum(layer.params for layer in eligible)), None, trials
-    return best[0], best[1], trials
+    return lo, best
