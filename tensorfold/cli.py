@@ -246,7 +246,11 @@ def inspect_cmd(model, as_json, **options):
     type=click.Path(),
     help="more unlabelled inputs for --recover (.npz or image folder, read like --calibration)",
 )
-@click.option("--lr", type=_POSITIVE_FLOAT, help="--recover's learning rate (default: an LR range test picks it)")
+@click.option(
+    "--lr",
+    type=_POSITIVE_FLOAT,
+    help="--recover's learning rate (default: short trial runs on the first candidate pick it)",
+)
 @click.option("--batch-size", type=_POSITIVE, default=16, show_default=True, help="--recover's batch size")
 @click.option(
     "--torch-device", default="cpu", show_default=True, help="where --recover trains (cpu, cuda, cuda:N, mps)"

@@ -1,7 +1,7 @@
 """`optimize --recover`'s checkpoints (OUTPUT.ckpt/ or --checkpoints DIR): an interrupted search
 resumes where it stopped (`--resume`).
 
-- search.json: the settings recovery trains with and the learning rate the range test chose; a
+- search.json: the settings recovery trains with and the learning rate its trial runs chose; a
   resume with other settings is refused (its candidates would not be the ones trained here).
 - cand-KEY.onnx and cand-KEY.json: one candidate once recovered, and how (steps, seconds, stop).
   KEY hashes the candidate before recovery: a resumed search builds the same candidates in the same

@@ -89,7 +89,7 @@ class OptimizeOptions:
     # and judged on the held-out share once recovered
     recover: int | None = None
     recover_data: str | os.PathLike[str] | None = None
-    lr: float | None = None  # None: the LR range test picks it once, on the first candidate
+    lr: float | None = None  # None: short trial runs pick it once, on the first candidate
     batch_size: int = 16
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)

@@ -3,7 +3,7 @@
 Label-free distillation from the input model (its outputs, and each factor chain's output toward
 the original layer's) on the calibration fit share, plus --recover-data when given; the held-out
 share is never trained on, nor used to pick the best step (a fifth of the training inputs is).
-The learning rate comes from one LR range test on the first candidate (recovery/lr_finder.py)
+The learning rate comes from short trial runs on the first candidate (recovery/lr_finder.trial_lr)
 unless --lr is given, and every later candidate reuses it.
 """
 
@@ -25,9 +25,8 @@ from tensorfold.optimize.checkpoints import SearchCheckpoints, candidate_key
 from tensorfold.recovery.checkpoints import model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
-from tensorfold.recovery.distributed import world
 from tensorfold.recovery.finetune import train
-from tensorfold.recovery.lr_finder import choose_lr
+from tensorfold.recovery.lr_finder import SHORT_RUN_LR, TRIAL_STEPS, trial_lr
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import tensors
 
@@ -96,8 +95,8 @@ class Recoverer:
             }
             self.checkpoints = SearchCheckpoints(checkpoints, resume, settings)
             state = self.checkpoints.start()
-            if lr is None and isinstance(state.get("lr"), float):  # the interrupted run's range test
-                self.cfg.lr, self.lr_from = state["lr"], f"{state.get('lr_from', 'range test')} (resumed)"
+            if lr is None and isinstance(state.get("lr"), float):  # the interrupted run's choice
+                self.cfg.lr, self.lr_from = state["lr"], f"{state.get('lr_from', 'chosen')} (resumed)"
             self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
 
     @property
@@ -137,7 +136,11 @@ class Recoverer:
         val_idx, train_idx = (order[:val_n], order[val_n:]) if val_n else (order, order)
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
         if self.cfg.lr is None:  # once, on the first candidate: later ones reuse the rate
-            self.cfg, self.lr_from = choose_lr(module, teacher, tx, None, self.cfg, spec, world())
+            if self.cfg.max_steps is not None and self.cfg.max_steps < TRIAL_STEPS:
+                self.cfg.lr, self.lr_from = SHORT_RUN_LR, f"{self.cfg.max_steps} steps: too few for trial runs"
+            else:
+                choice = trial_lr(module, teacher, tx, vx, self.cfg, spec)
+                self.cfg.lr, self.lr_from = choice.lr, choice.how
             if self.checkpoints is not None:
                 self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
         with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:

@@ -30,7 +30,7 @@ def test_recovery_lowers_the_held_out_error_at_the_ratio_asked(samples, tmp_path
     plain = optimize(DEMO, None, **kwargs)
     recovered = optimize(DEMO, tmp_path / "r.onnx", recover=45, **kwargs)
     info = recovered.recovery
-    assert info is not None and info["steps"] == 45 and "range test" in info["lr_from"]
+    assert info is not None and info["steps"] == 45 and "trial runs" in info["lr_from"]
     assert info["before"] == pytest.approx(plain.verification.max_relative_error, rel=1e-6)
     assert info["after"] < 0.9 * info["before"]
     assert recovered.verification.max_relative_error == pytest.approx(info["after"])
@@ -71,7 +71,7 @@ def test_cli_reports_recovery(samples, tmp_path):
     )
     assert code == 0, out
     report = json.loads(out[out.index("{") :])
-    assert report["recovery"]["steps"] == 5 and "too few for a range test" in report["recovery"]["lr_from"]
+    assert report["recovery"]["steps"] == 5 and "too few for trial runs" in report["recovery"]["lr_from"]
 
 
 @pytest.mark.parametrize(

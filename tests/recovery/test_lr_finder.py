@@ -11,7 +11,7 @@ from tensorfold.demo import demo_model_path
 from tensorfold.graph.io import load_model
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
-from tensorfold.recovery.lr_finder import CEILING, FLOOR, SHORT_RUN_LR, find_lr
+from tensorfold.recovery.lr_finder import CEILING, FLOOR, SHORT_RUN_LR, TRIAL_RATES, find_lr, trial_lr
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.recovery.run import recover
 from tests.helpers.data import smooth_images
@@ -35,6 +35,20 @@ def test_the_range_test_keeps_the_weights_and_its_bounds(student):
     choice = find_lr(module, teacher, x, None, RecoverConfig(batch_size=16), Outputs.of(model), tuple(teacher.features))
     assert FLOOR <= choice.lr <= CEILING
     assert len(choice.curve) >= 5 and "range test" in choice.how
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_trial_runs_pick_the_rate_that_recovers_best_and_keep_the_weights(student):
+    model = load_model(student)
+    module = OnnxModule(model)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    teacher = OnnxTeacher(load_model(TEACHER), rewritten_outputs(model))
+    x = np.asarray(smooth_images(96, 1), dtype=np.float32).reshape(96, 1, 28, 28)
+    choice = trial_lr(module, teacher, x[:80], x[80:], RecoverConfig(batch_size=16), Outputs.of(model))
+    assert choice.lr in TRIAL_RATES
+    # every rate ran and is listed with its validation error; the chosen one has the lowest
+    listed = dict(part.split(": ") for part in choice.how.split("(")[1].split(")")[0].split(", "))
+    assert len(listed) == len(TRIAL_RATES) and float(listed[f"{choice.lr:g}"]) == min(map(float, listed.values()))
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
