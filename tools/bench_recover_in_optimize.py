@@ -53,8 +53,8 @@ def main(argv=None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
-        "| model | bound | run | factorizable compression | params | held-out error | seconds |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| model | bound | run | factorizable compression | params | held-out error | seconds | recovered candidates | rate |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -79,9 +79,11 @@ def main(argv=None) -> int:
                     ratio = report.eligible_params[0] / max(report.eligible_params[1], 1)
                     error = report.verification.max_error if report.verification else float("nan")
                     run = f"--recover {recover} + {args.extra}" if recover else "plain"
+                    refined = [t for t in report.budget_search or [] if "before_recovery" in t]
+                    lr = f"{report.recovery['lr']:g}" if report.recovery else "-"
                     lines.append(
                         f"| {name} | {bound:g} | {run} | {ratio:.2f}x | {report.after.params:,} | {error:.4f} "
-                        f"| {seconds:.0f} |"
+                        f"| {seconds:.0f} | {len(refined) if recover else '-'} | {lr} |"
                     )
                     print(lines[-1], file=sys.stderr, flush=True)
     publish(lines, args.out)

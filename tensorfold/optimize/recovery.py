@@ -84,6 +84,7 @@ class Recoverer:
         self.source = fit.source + (f" + {extra}" if extra else "")
         check_trainable(teacher, self.x)
         self.checkpoints: SearchCheckpoints | None = None
+        self.resumed = 0  # candidates taken from an interrupted run's checkpoints
         if checkpoints is not None:
             settings = {
                 "model": candidate_key(teacher),
@@ -108,12 +109,14 @@ class Recoverer:
             "lr_from": self.lr_from,
             "data": f"{len(self.x)} inputs ({self.source})",
             "device": self.cfg.device,
+            **({"resumed_candidates": self.resumed} if self.resumed else {}),
         }
 
     def __call__(self, student: onnx.ModelProto, label: str = "recover") -> Recovered:
         key = candidate_key(student) if self.checkpoints is not None else ""
         if self.checkpoints is not None and (done := self.checkpoints.done(key)) is not None:
             info = done.info
+            self.resumed += 1
             return Recovered(done.model, int(info["steps"]), float(info["seconds"]), str(info["stop"]), resumed=True)
         recovered = self._train(student, key, label)
         if self.checkpoints is not None:

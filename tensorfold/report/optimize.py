@@ -153,20 +153,21 @@ class OptimizeReport(Report):
             console.print(stages)
         if self.deploy:
             _render_deploy(self.deploy, console)
-        if self.budget_search:
+        if self.budget_search and any("before_recovery" in t for t in self.budget_search):
+            _render_recovered_search(self.budget_search, console)
+        elif self.budget_search:
             trials = ", ".join(
-                f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ("
-                + (f"{t['before_recovery']:.3f} -> " if "before_recovery" in t else "")
-                + f"{t['max_relative_error']:.3f})"
+                f"{t['ratio']:.2f}x {'ok' if t['within'] else 'over'} ({t['max_relative_error']:.3f})"
                 for t in self.budget_search
             )
-            recovered = " before -> after recovery" if self.recovery else ""
-            console.print(f"budget search (ratio over factorizable layers, held-out error{recovered}): {trials}")
+            console.print(f"budget search (ratio over factorizable layers, held-out error): {trials}")
         if self.recovery:
             how = self.recovery
             line = f"recovery: {how['steps']} steps per candidate at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
+            if how.get("resumed_candidates"):
+                line += f"; {how['resumed_candidates']} candidate(s) taken from the interrupted run's checkpoints"
             console.print(line)
         if self.layers:
             layers = Table(title=f"rewritten layers ({len(self.layers)})", title_justify="left")
@@ -207,6 +208,25 @@ class OptimizeReport(Report):
             console.print(f"note: {note}")
         if self.output:
             console.print(f"wrote {self.output} in {self.seconds:.1f} s")
+
+
+def _render_recovered_search(trials: list[dict[str, Any]], console: Console) -> None:
+    """Each candidate of a search with --recover: the unrefined search's, then the recovered ones
+    above its answer, with the held-out error before and after recovery and its time."""
+    table = Table(title="budget search (held-out error; recovery above the unrecovered answer)", title_justify="left")
+    for col in ("ratio", "factorizable params", "before recovery", "after", "recovery", "within"):
+        table.add_column(col, justify="right")
+    for t in trials:
+        recovered = "before_recovery" in t
+        table.add_row(
+            f"{t['ratio']:.2f}x",
+            f"{t['factorizable_params_after']:,}",
+            f"{t['before_recovery']:.4f}" if recovered else f"{t['max_relative_error']:.4f}",
+            f"{t['max_relative_error']:.4f}" if recovered else "-",
+            f"{t['recovery_seconds']:.0f} s" if recovered else "-",
+            "yes" if t["within"] else "no",
+        )
+    console.print(table)
 
 
 def _render_deploy(deploy: dict[str, Any], console: Console) -> None:

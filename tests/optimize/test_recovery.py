@@ -53,6 +53,12 @@ def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     assert recovered.verification.max_relative_error <= 0.2
     assert recovered.eligible_params[1] <= plain.eligible_params[1]  # at least as far, within the bound
     assert recovered.recovery["lr_from"] == "--lr"
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    recovered.render(console)
+    text = console.export_text()
+    assert "before recovery" in text and f"{trials[0]['before_recovery']:.4f}" in text
 
 
 def test_cli_reports_recovery(samples, tmp_path):
@@ -135,7 +141,7 @@ def test_an_interrupted_search_keeps_its_candidates_and_resumes(samples, tmp_pat
     assert [t["ratio"] for t in resumed.budget_search] == [t["ratio"] for t in whole.budget_search]
     assert resumed.after.params == whole.after.params
     assert resumed.verification.max_relative_error == pytest.approx(whole.verification.max_relative_error)
-    assert out.is_file() and not folder.exists()
+    assert out.is_file() and not folder.exists() and resumed.recovery["resumed_candidates"] == 2
 
 
 def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samples, tmp_path, monkeypatch):
