@@ -62,6 +62,8 @@ from tensorfold.quantize.baseline import ort_quantize_static  # noqa: E402
 from tensorfold.runtime.latency import measure_interleaved  # noqa: E402
 
 MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3", "lstm-ocr", "slanet")
+
+
 def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
     """(model path, calibration samples, held-out samples, class outputs) of one benchmark model."""
     if name in ("det", "cls", "rec"):

@@ -19,7 +19,7 @@ import onnx
 from tqdm import tqdm
 
 from tensorfold.graph.verify import Reference, Verification
-from tensorfold.passes.base import PassContext, PassResult, RankSpec
+from tensorfold.passes.base import FactorCache, PassContext, PassResult, RankSpec
 from tensorfold.passes.factorize import FactorizePass
 
 
@@ -32,6 +32,7 @@ class Trial:
     within: bool
     unrefined_error: float | None = None  # with refine: the held-out error before it
     refine_seconds: float | None = None
+    start: str | None = None  # with warm: "warm" (from the best recovered candidate) or "cold"
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -44,11 +45,15 @@ class Trial:
         if self.unrefined_error is not None:
             out["before_recovery"] = self.unrefined_error
             out["recovery_seconds"] = round(self.refine_seconds or 0.0, 2)
+        if self.start is not None:
+            out["start"] = self.start
         return out
 
 
 # a candidate's refinement: the refined model (or the candidate itself)
 Refine = Callable[[onnx.ModelProto], onnx.ModelProto]
+# a refined candidate -> the model to factorize the next candidates from (optimize/warm_start.py)
+Warm = Callable[[onnx.ModelProto], onnx.ModelProto]
 
 
 def search_budget(
@@ -59,13 +64,18 @@ def search_budget(
     bound: float,
     steps: int = 8,
     refine: Refine | None = None,
+    warm: Warm | None = None,
 ) -> tuple[PassResult, Verification | None, list[Trial]]:
     """(the result at the largest verified ratio, its verification, every trial). With no ratio
     within the bound the result is the unchanged model.
 
     With `refine` the unrefined search runs first (each of its candidates costs a factorization and
     a check, seconds, against a refinement's minutes): its answer is within the bound as it is, so
-    the refined search starts above it and spends every refinement where refining can add."""
+    the refined search starts above it and spends every refinement where refining can add.
+
+    With `warm` too, once a refined candidate is within the bound each later candidate is also
+    factorized from `warm(that candidate)`, and refining starts from whichever of the two starts has
+    the lower held-out error (both cost a factorization and a check; the refinement is paid once)."""
     reachable = pass_.reachable_ratio(model, ctx)
     best: tuple[PassResult, Verification] | None = None
     trials: list[Trial] = []
@@ -73,7 +83,7 @@ def search_budget(
     for stage in (None, refine) if refine is not None else (None,):
         if stage is not None:
             hi = reachable * 0.999  # above the unrefined answer, up to what the method reaches
-        lo, best = _bisect(pass_, model, ctx, reference, bound, steps, stage, lo, hi, best, trials)
+        lo, best = _bisect(pass_, model, ctx, reference, bound, steps, stage, lo, hi, best, trials, warm)
     if best is None:
         _, eligible, _ = pass_.eligible_layers(model, ctx)
         note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
@@ -93,9 +103,11 @@ def _bisect(
     hi: float,
     best: tuple[PassResult, Verification] | None,
     trials: list[Trial],
+    warm: Warm | None = None,
 ) -> tuple[float, tuple[PassResult, Verification] | None]:
     """Bisection on log(ratio) in (lo, hi): the largest ratio verified within the bound and its
     (result, check), `best` where none beat it; each trial appended to `trials`."""
+    source: tuple[onnx.ModelProto, PassContext] | None = None  # the warm start's model, its own cache
     desc = f"max output error {bound:g}" + (" (recovered)" if refine is not None else "")
     bar = tqdm(total=steps, desc=desc, unit="model", disable=not ctx.progress, leave=False)
     for _ in range(steps):
@@ -106,7 +118,14 @@ def _bisect(
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
-        unrefined, seconds = None, None
+        unrefined, seconds, start_from = None, None, None
+        if refine is not None and warm is not None:
+            start_from = "cold"
+            if source is not None:
+                warmed = pass_(source[0], replace(source[1], spec=RankSpec(ratio=ratio)))
+                warm_check = reference.verify(warmed.model)
+                if warm_check.max_error < check.max_error:
+                    result, check, start_from = warmed, warm_check, "warm"
         if refine is not None:
             unrefined, start = float(check.max_relative_error), time.perf_counter()
             refined = refine(result.model)
@@ -127,12 +146,15 @@ def _bisect(
                 ok,
                 unrefined,
                 seconds,
+                start_from,
             )
         )
         bar.update()
         bar.set_postfix_str(f"{ratio:.2f}x {'ok' if ok else 'over'}")
         if ok:  # lo only grows, so the latest model within the bound is the most compressed
             lo, best = ratio, (result, check)
+            if refine is not None and warm is not None:  # the weights factor caches knew are gone
+                source = (warm(result.model), replace(ctx, cache=FactorCache()))
         else:
             hi = ratio
     bar.close()

@@ -94,6 +94,8 @@ class OptimizeOptions:
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
     resume: bool = False  # continue the interrupted search in `checkpoints`
+    # later candidates may start from the most compressed recovered one (optimize/warm_start.py)
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)

@@ -266,7 +266,14 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
 
         assert inputs.search_reference is not None  # a bound needs --calibration (options check it)
         refine = (lambda m: recoverer(m).model) if (recoverer := prepared.recoverer) is not None else None
-        result, verification, trials = search_budget(chosen, model, ctx, inputs.search_reference, bound, refine=refine)
+        warm = None
+        if refine is not None and o.warm_start:
+            from tensorfold.optimize.warm_start import dense_equivalent
+
+            warm = lambda recovered: dense_equivalent(recovered, model)  # noqa: E731
+        result, verification, trials = search_budget(
+            chosen, model, ctx, inputs.search_reference, bound, refine=refine, warm=warm
+        )
         splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound, refine) if o.int8 else []
         recovery = recoverer.describe if recoverer is not None else None
         return Built(result, verification, trials, split_models=splits, recovery=recovery)

@@ -197,3 +197,13 @@ def test_bad_resume_options_are_one_line(samples, tmp_path, args, says):
     args = [str(samples) if a == "CAL" else a for a in args]
     assert_user_error(*invoke("optimize", DEMO, "-o", tmp_path / "x.onnx", *args), says)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.onnx.ckpt").exists()
+
+
+def test_warm_starts_are_offered_once_a_recovered_candidate_is_within_the_bound(samples):
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, progress=False)
+    report = optimize(DEMO, None, recover=8, lr=1e-4, warm_start=True, **kwargs)
+    refined = [t for t in report.budget_search if "before_recovery" in t]
+    assert refined and all(t["start"] in ("warm", "cold") for t in refined)
+    first_ok = next((i for i, t in enumerate(refined) if t["within"]), len(refined))
+    assert all(t["start"] == "cold" for t in refined[: first_ok + 1])  # nothing to start from before
+    assert report.verification.max_relative_error <= 0.2
