@@ -115,11 +115,13 @@ class SearchCheckpoints:
         write_json_atomic(self.folder.file(f"cand-{key}.json"), info)
         shutil.rmtree(self.path / f"cand-{key}", ignore_errors=True)  # its model is kept: the steps are not needed
 
-    def abandoned(self) -> None:
+    def abandoned(self) -> bool:
         """The run failed or was stopped: its checkpoints stay for --resume once a candidate has
-        any; a folder holding only the settings goes (nothing to resume)."""
-        if not any(name.startswith("cand-") for name in self.folder.owned()):
-            self.finished()
+        any (True); a folder holding only the settings goes (nothing to resume)."""
+        if any(name.startswith("cand-") for name in self.folder.owned()):
+            return True
+        self.finished()
+        return False
 
     def finished(self) -> None:
         """The run succeeded: the folder's checkpoints go (the output holds the result)."""

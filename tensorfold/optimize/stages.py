@@ -34,7 +34,7 @@ from tensorfold.calibration.deploy import (
     split_models_for_int8,
 )
 from tensorfold.calibration.stats import collect_input_grams
-from tensorfold.errors import TensorfoldError, VerificationFailed
+from tensorfold.errors import TensorfoldError, Terminated, VerificationFailed
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.model import count_params
 from tensorfold.graph.normalize import normalize as normalize_model
@@ -117,9 +117,15 @@ def run(
     prepared = prepare(inputs, o, checkpoints)
     try:
         report = _run_prepared(inputs, prepared, output_path, o)
+    except (KeyboardInterrupt, Terminated) as exc:
+        if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
+            if prepared.recoverer.checkpoints.abandoned():  # kept for --resume once a candidate is in it
+                where = prepared.recoverer.checkpoints.path
+                raise type(exc)(f"{where} keeps the recovered candidates: the same command with --resume continues")
+        raise
     except BaseException:
         if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
-            prepared.recoverer.checkpoints.abandoned()  # kept for --resume once a candidate is in it
+            prepared.recoverer.checkpoints.abandoned()
         raise
     if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
         prepared.recoverer.checkpoints.finished()

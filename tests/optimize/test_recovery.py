@@ -161,7 +161,9 @@ def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samp
 
     monkeypatch.setattr(finetune, "evaluate", evaluate)
     out = tmp_path / "r.onnx"
-    with pytest.raises(KeyboardInterrupt, match="--resume"):
+    with pytest.raises(
+        KeyboardInterrupt, match="r.onnx.ckpt keeps the recovered candidates: the same command with --resume"
+    ):
         optimize(DEMO, out, **kwargs)
     assert list((tmp_path / "r.onnx.ckpt").glob("cand-*/last.pt"))
     monkeypatch.setattr(finetune, "evaluate", real_eval)
