@@ -121,7 +121,9 @@ def run(
         if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
             if prepared.recoverer.checkpoints.abandoned():  # kept for --resume once a candidate is in it
                 where = prepared.recoverer.checkpoints.path
-                raise type(exc)(f"{where} keeps the recovered candidates: the same command with --resume continues")
+                raise type(exc)(
+                    f"{where} keeps the recovered candidates: the same command with --resume continues"
+                ) from None
         raise
     except BaseException:
         if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
