@@ -54,13 +54,16 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--extra", type=int, default=512, help="unlabelled samples for --recover-data")
     parser.add_argument("--samples", type=int, default=64, help="calibration samples (a quarter held out)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warm-start", action="store_true", help="later candidates may start from a recovered one")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
         "# Recovery inside optimize: what a held-out bound reaches with and without it",
         "",
         f"Command: `.venv/bin/python tools/bench_recover_in_optimize.py --models {args.models} "
-        f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra} --samples {args.samples}`  ",
+        f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra} --samples {args.samples} "
+        f"--batch-size {args.batch_size}{' --warm-start' if args.warm_start else ''}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
                         max_output_error=bound,
                         recover=recover,
                         recover_data=str(more) if recover else None,
+                        batch_size=args.batch_size,
+                        warm_start=args.warm_start,
                         progress=False,
                     )
                     seconds = time.perf_counter() - start
