@@ -272,7 +272,9 @@ def optimize_cmd(model, output, as_json, **options):
     """
     from tensorfold.api import OptimizeOptions, optimize
 
-    _show(optimize(model, output, OptimizeOptions(**options, progress=_progress(as_json))), as_json)
+    report = optimize(model, output, OptimizeOptions(**options, progress=_progress(as_json)))
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 reports for every process
+        _show(report, as_json)
 
 
 @main.command("verify")

@@ -22,9 +22,11 @@ from tensorfold.calibration.data import Samples, load_samples
 from tensorfold.datasets import InputArrays, samples_subset
 from tensorfold.errors import TensorfoldError
 from tensorfold.optimize.checkpoints import SearchCheckpoints, candidate_key
+from tensorfold.outputs import OutputFolder
 from tensorfold.recovery.checkpoints import model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
+from tensorfold.recovery.distributed import world
 from tensorfold.recovery.finetune import train
 from tensorfold.recovery.lr_finder import SHORT_RUN_LR, TRIAL_STEPS, trial_lr
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
@@ -83,6 +85,7 @@ class Recoverer:
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
         check_trainable(teacher, self.x)
+        self.w = world()
         self.checkpoints: SearchCheckpoints | None = None
         self.resumed = 0  # candidates taken from an interrupted run's checkpoints
         if checkpoints is not None:
@@ -118,12 +121,43 @@ class Recoverer:
             info = done.info
             self.resumed += 1
             return Recovered(done.model, int(info["steps"]), float(info["seconds"]), str(info["stop"]), resumed=True)
-        recovered = self._train(student, key, label)
+        with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
+            folder, resume = (
+                self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
+            )
+            if self.w.distributed:  # the workers train it with this process (serve)
+                _broadcast(
+                    (
+                        "train",
+                        student.SerializeToString(),
+                        str(folder.path if isinstance(folder, OutputFolder) else folder),
+                        resume,
+                        self.cfg.lr,
+                    )
+                )
+            recovered = self._train(student, folder, resume, label)
         if self.checkpoints is not None:
             self.checkpoints.save(key, recovered.model, recovered.as_dict())
         return recovered
 
-    def _train(self, student: onnx.ModelProto, key: str, label: str) -> Recovered:
+    def serve(self) -> None:
+        """A torchrun worker (rank > 0): trains each candidate rank 0 sends, in step with it, until
+        rank 0's search ends (`release`). It builds, checks and writes nothing itself."""
+        while True:
+            message = _broadcast(None)
+            if message[0] != "train":
+                return
+            _, data, folder, resume, lr = message
+            if lr is not None:  # chosen on rank 0 (or read from its checkpoints)
+                self.cfg.lr = lr
+            self._train(onnx.load_from_string(data), Path(folder), resume, "recover")
+
+    def release(self) -> None:
+        """Rank 0, when its search ends (done or failed): the workers stop serving."""
+        if self.w.distributed and self.w.main:
+            _broadcast(("stop",))
+
+    def _train(self, student: onnx.ModelProto, folder: OutputFolder | Path, resume: bool, label: str) -> Recovered:
         start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
         features = rewritten_outputs(student)
@@ -144,32 +178,41 @@ class Recoverer:
             else:
                 choice = trial_lr(module, teacher, tx, vx, self.cfg, spec)
                 self.cfg.lr, self.lr_from = choice.lr, choice.how
+                if self.w.distributed:  # every rank trains at rank 0's choice
+                    self.cfg.lr, self.lr_from = _broadcast((self.cfg.lr, self.lr_from))
             if self.checkpoints is not None:
                 self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
-        with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
-            folder, resume = (
-                self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
-            )
-            result = train(
-                module,
-                teacher,
-                tx,
-                None,
-                vx,
-                None,
-                self.cfg,
-                folder,
-                resume=resume,
-                progress=self.progress,
-                fingerprint=model_fingerprint(student),
-                spec=spec,
-                metric="output_error",  # what the bound judges, not argmax agreement
-                desc=label,
-            )
+        result = train(
+            module,
+            teacher,
+            tx,
+            None,
+            vx,
+            None,
+            self.cfg,
+            folder,
+            resume=resume,
+            progress=self.progress and self.w.main,
+            fingerprint=model_fingerprint(student),
+            spec=spec,
+            metric="output_error",  # what the bound judges, not argmax agreement
+            desc=label,
+            w=self.w,
+        )
         steps = result.history.steps[-1] if result.history.steps else 0
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
             return Recovered(student, steps, time.perf_counter() - start, result.stop)
         return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
+
+
+def _broadcast(message: Any) -> Any:
+    """Rank 0's message, on every rank of a torchrun launch (internal objects only: candidates as
+    ONNX bytes, paths, numbers; nothing a user handed in is unpickled)."""
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def check_trainable(model: onnx.ModelProto, x: Any) -> None:

@@ -113,6 +113,53 @@ def run(
     if output_path is not None:
         check_output(output_path)
     checkpoints = _checkpoint_path(output_path, o)
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):  # one process (torch need not be installed)
+        return _search(input_path, output_path, o, checkpoints, start)
+    from tensorfold.log import warn
+    from tensorfold.recovery.distributed import start as start_processes
+    from tensorfold.recovery.distributed import stop as stop_processes
+    from tensorfold.recovery.distributed import world
+
+    # torchrun: rank 0 searches, checks and writes; every rank trains each candidate with it
+    w = world()
+    if o.recover is None:
+        raise TensorfoldError(
+            "under torchrun, optimize trains its candidates with --recover: add it, or run without torchrun"
+        )
+    o = replace(o, torch_device=start_processes(w, o.torch_device), progress=o.progress and w.main)
+    try:
+        if not w.main:
+            return _serve(input_path, o, start)
+        warn(
+            f"optimize --recover: {w.size} processes train each candidate (DistributedDataParallel over "
+            f"{'nccl' if o.torch_device.startswith('cuda') else 'gloo'}); rank 0 searches and writes"
+        )
+        return _search(input_path, output_path, o, checkpoints, start)
+    finally:
+        stop_processes(w)
+
+
+def _serve(input_path: str | os.PathLike[str], o: OptimizeOptions, start: float) -> OptimizeReport:
+    """A torchrun worker: the same inputs as rank 0, then each candidate it sends, trained with it."""
+    inputs = load(input_path, o)
+    recoverer = _recoverer(inputs, o, None)
+    assert recoverer is not None and inputs.original is not None
+    recoverer.serve()
+    stats = model_stats(inputs.original, inputs.input_shapes)
+    note = f"rank {recoverer.w.rank} of {recoverer.w.size}: trained rank 0's candidates; rank 0 searched, wrote and reports"
+    return OptimizeReport(
+        str(input_path), None, o.method, "", inputs.input_shapes, stats, stats, [], [], None, {},
+        time.perf_counter() - start, notes=[note],
+    )  # fmt: skip
+
+
+def _search(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str] | None,
+    o: OptimizeOptions,
+    checkpoints: Path | None,
+    start: float,
+) -> OptimizeReport:
     inputs = load(input_path, o)
     prepared = prepare(inputs, o, checkpoints)
     try:
@@ -129,6 +176,9 @@ def run(
         if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
             prepared.recoverer.checkpoints.abandoned()
         raise
+    finally:
+        if prepared.recoverer is not None:
+            prepared.recoverer.release()
     if prepared.recoverer is not None and prepared.recoverer.checkpoints is not None:
         prepared.recoverer.checkpoints.finished()
     report.seconds = time.perf_counter() - start
@@ -209,6 +259,32 @@ def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     return Inputs(input_path, original, fit, held, search_reference, reference, feeds, input_shapes)
 
 
+def _recoverer(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None) -> Recoverer | None:
+    """--recover's trainer, built before any work (it checks torch can run the model)."""
+    if o.recover is None or inputs.fit is None:
+        return None
+    from tensorfold.optimize.recovery import Recoverer
+
+    assert inputs.original is not None  # released only after the build
+
+    return Recoverer(
+        inputs.original,
+        inputs.fit,
+        o.recover,
+        extra=None if o.recover_data is None else str(o.recover_data),
+        normalize=parse_normalize(o.normalize) if isinstance(o.normalize, str) else o.normalize,
+        shapes=o.shape_map,
+        lr=o.lr,
+        batch_size=o.batch_size,
+        seed=o.seed,
+        threads=o.threads,
+        device=o.torch_device,
+        progress=o.progress,
+        checkpoints=checkpoints,
+        resume=o.resume,
+    )
+
+
 def prepare(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None = None) -> Prepared:
     """Normalize (exact folds), pick the pass, and fit what it needs to the calibration samples:
     each layer's input statistics and, for a global budget, each layer's sensitivity."""
@@ -222,26 +298,7 @@ def prepare(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None = None)
         chosen = None if o.method == "none" else cast(FactorizePass, get_pass(o.method))
         method = o.method
     assert inputs.original is not None
-    recoverer = None
-    if o.recover is not None and inputs.fit is not None:  # checked before any work: can torch train it?
-        from tensorfold.optimize.recovery import Recoverer
-
-        recoverer = Recoverer(
-            inputs.original,
-            inputs.fit,
-            o.recover,
-            extra=None if o.recover_data is None else str(o.recover_data),
-            normalize=parse_normalize(o.normalize) if isinstance(o.normalize, str) else o.normalize,
-            shapes=o.shape_map,
-            lr=o.lr,
-            batch_size=o.batch_size,
-            seed=o.seed,
-            threads=o.threads,
-            device=o.torch_device,
-            progress=o.progress,
-            checkpoints=checkpoints,
-            resume=o.resume,
-        )
+    recoverer = _recoverer(inputs, o, checkpoints)
     model, norm_stats = normalize_model(inputs.original)
     if o.config is not None:
         planned.choices = _config_plan(model, o.config)

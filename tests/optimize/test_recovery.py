@@ -111,11 +111,11 @@ def _interrupt_after(monkeypatch, candidates: int):
 
     real, calls = Recoverer._train, []
 
-    def train(self, student, key, label):
+    def train(self, student, folder, resume, label):
         if len(calls) == candidates:
             raise KeyboardInterrupt("stopped by the test")
-        calls.append(key)
-        return real(self, student, key, label)
+        calls.append(folder)
+        return real(self, student, folder, resume, label)
 
     monkeypatch.setattr(Recoverer, "_train", train)
     return calls
@@ -209,3 +209,31 @@ def test_warm_starts_are_offered_once_a_recovered_candidate_is_within_the_bound(
     first_ok = next((i for i, t in enumerate(refined) if t["within"]), len(refined))
     assert all(t["start"] == "cold" for t in refined[: first_ok + 1])  # nothing to start from before
     assert report.verification.max_relative_error <= 0.2
+
+
+def test_under_torchrun_every_process_trains_and_rank_0_alone_searches_and_writes(samples, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "small.onnx"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "tensorfold", "optimize", str(DEMO), "-o", str(out), "--method", "tucker",
+            "--calibration", str(samples), "--max-output-error", "0.2", "--recover", "6", "--lr", "1e-4", "--json",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one report: rank 0's
+    assert "2 processes train each candidate" in done.stderr
+    assert any("before_recovery" in t for t in report["budget_search"])
+    assert report["verification"]["max_relative_error"] <= 0.2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]  # no checkpoints left, nothing else
+
+
+def test_torchrun_without_recover_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exception, match="under torchrun, optimize trains its candidates with --recover"):
+        optimize(DEMO, tmp_path / "x.onnx", method="tucker", ratio=2, progress=False)
