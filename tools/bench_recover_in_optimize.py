@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
                         f"| {seconds:.0f} | {len(refined) if recover else '-'} | {lr} |"
                     )
                     print(lines[-1], file=sys.stderr, flush=True)
+                    for trial in report.budget_search or []:  # every candidate, for the reading
+                        print("  trial", json.dumps(trial), file=sys.stderr, flush=True)
     publish(lines, args.out)
     return 0
 
