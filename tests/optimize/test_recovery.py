@@ -237,3 +237,15 @@ def test_torchrun_without_recover_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(Exception, match="under torchrun, optimize trains its candidates with --recover"):
         optimize(DEMO, tmp_path / "x.onnx", method="tucker", ratio=2, progress=False)
+
+
+def test_candidates_too_far_over_the_bound_are_not_recovered(samples):
+    from tensorfold.calibration.budget_search import HOPELESS
+
+    bound = 0.1
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=bound, progress=False)
+    report = optimize(DEMO, None, recover=4, lr=1e-4, **kwargs)
+    unrefined = [t for t in report.budget_search if "before_recovery" not in t]
+    hopeless = [t["ratio"] for t in unrefined if t["max_relative_error"] > HOPELESS * bound]
+    refined = [t for t in report.budget_search if "before_recovery" in t]
+    assert hopeless and refined and all(t["ratio"] < min(hopeless) for t in refined)
