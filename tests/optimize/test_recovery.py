@@ -249,3 +249,13 @@ def test_candidates_too_far_over_the_bound_are_not_recovered(samples):
     hopeless = [t["ratio"] for t in unrefined if t["max_relative_error"] > HOPELESS * bound]
     refined = [t for t in report.budget_search if "before_recovery" in t]
     assert hopeless and refined and all(t["ratio"] < min(hopeless) for t in refined)
+
+
+def test_int8_comes_last_inside_the_same_bound(samples, tmp_path):
+    out = tmp_path / "fast.onnx"
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, progress=False)
+    report = optimize(DEMO, out, recover=4, lr=1e-4, int8=True, **kwargs)
+    names = [c["name"] for c in report.deploy["candidates"]]
+    assert any("int8" in n for n in names) and any("factorized" in n for n in names)
+    assert report.verification.max_error <= 0.2 and out.is_file()
+    assert report.recovery is not None and any("before_recovery" in t for t in report.budget_search)
