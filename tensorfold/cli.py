@@ -261,6 +261,15 @@ def inspect_cmd(model, as_json, **options):
     help="--recover's folder of recovered candidates (default: OUTPUT.ckpt; removed when the run succeeds)",
 )
 @click.option("--resume", is_flag=True, help="continue the interrupted --recover search in its checkpoint folder")
+@click.option(
+    "--no-warm-start",
+    "warm_start",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="--recover: factorize every candidate from the input model (default: later ones may start "
+    "from the best recovered candidate, where that start is closer)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 def optimize_cmd(model, output, as_json, **options):
     """Make MODEL smaller and faster and write a verified model to OUTPUT.

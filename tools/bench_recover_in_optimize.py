@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", type=int, default=512, help="unlabelled samples for --recover-data")
     parser.add_argument("--samples", type=int, default=64, help="calibration samples (a quarter held out)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--warm-start", action="store_true", help="later candidates may start from a recovered one")
+    parser.add_argument("--no-warm-start", action="store_true", help="every candidate factorized from the input model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         "",
         f"Command: `.venv/bin/python tools/bench_recover_in_optimize.py --models {args.models} "
         f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra} --samples {args.samples} "
-        f"--batch-size {args.batch_size}{' --warm-start' if args.warm_start else ''}`  ",
+        f"--batch-size {args.batch_size}{' --no-warm-start' if args.no_warm_start else ''}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                         recover=recover,
                         recover_data=str(more) if recover else None,
                         batch_size=args.batch_size,
-                        warm_start=args.warm_start,
+                        warm_start=not args.no_warm_start,
                         progress=False,
                     )
                     seconds = time.perf_counter() - start

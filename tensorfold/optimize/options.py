@@ -94,8 +94,9 @@ class OptimizeOptions:
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
     resume: bool = False  # continue the interrupted search in `checkpoints`
-    # later candidates may start from the most compressed recovered one (optimize/warm_start.py)
-    warm_start: bool = False
+    # later candidates may start from the most compressed recovered one (optimize/warm_start.py),
+    # where that start is closer to the input model than the cold one
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
@@ -171,6 +172,7 @@ class OptimizeOptions:
                 ("--lr", self.lr is not None),
                 ("--checkpoints", self.checkpoints is not None),
                 ("--resume", self.resume),
+                ("--no-warm-start", not self.warm_start),
             ):
                 if on:
                     raise TensorfoldError(f"{flag} sets up --recover STEPS: add it, or drop {flag}")

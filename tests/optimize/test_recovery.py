@@ -192,6 +192,7 @@ def test_resume_with_other_settings_is_refused(samples, tmp_path, monkeypatch):
     [
         (["--ratio", "4", "--resume"], "--resume sets up --recover"),
         (["--ratio", "4", "--checkpoints", "ck"], "--checkpoints sets up --recover"),
+        (["--ratio", "4", "--no-warm-start"], "--no-warm-start sets up --recover"),
         (["--ratio", "4", "--recover", "5", "--calibration", "CAL", "--resume"], "no search checkpoints"),
     ],
 )
