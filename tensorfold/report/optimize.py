@@ -214,13 +214,14 @@ def _render_recovered_search(trials: list[dict[str, Any]], console: Console) -> 
     """Each candidate of a search with --recover: the unrefined search's, then the recovered ones
     above its answer, with the held-out error before and after recovery and its time."""
     table = Table(title="budget search (held-out error; recovery above the unrecovered answer)", title_justify="left")
-    for col in ("ratio", "factorizable params", "before recovery", "after", "recovery", "within"):
+    for col in ("ratio", "factorizable params", "start", "before recovery", "after", "recovery", "within"):
         table.add_column(col, justify="right")
     for t in trials:
         recovered = "before_recovery" in t
         table.add_row(
             f"{t['ratio']:.2f}x",
             f"{t['factorizable_params_after']:,}",
+            t.get("start", "cold") if recovered else "-",
             f"{t['before_recovery']:.4f}" if recovered else f"{t['max_relative_error']:.4f}",
             f"{t['max_relative_error']:.4f}" if recovered else "-",
             f"{t['recovery_seconds']:.0f} s" if recovered else "-",
