@@ -3,7 +3,9 @@ refused when written for another model."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,6 +13,11 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.outputs import OutputFolder, atomic_path
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.history import History
+
+if TYPE_CHECKING:
+    import onnx
+
+    from tensorfold.recovery.finetune import _Learner  # finetune imports this module
 
 # what recovery writes in OUTPUT.ckpt/ (outputs.OutputFolder: nothing else there is touched, and a
 # last.pt tensorfold did not write there is refused before any work, --resume or not)
@@ -21,7 +28,7 @@ def checkpoint_folder(path: Path) -> OutputFolder:
     return OutputFolder(path, "checkpoint folder", CHECKPOINT_NAMES)
 
 
-def load_checkpoint(path: Path, device):
+def load_checkpoint(path: Path, device: str | torch.device) -> Any:
     """A checkpoint's tensors, numbers and strings only (weights_only=True): a planted file cannot
     run code when it is unpickled; anything else is refused with one line."""
     import pickle
@@ -45,7 +52,7 @@ def load_checkpoint(path: Path, device):
         ) from None
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model: onnx.ModelProto) -> str:
     """What a checkpoint must match to be loaded into this model: its trainable tensors' names and
     shapes (a checkpoint from another model is refused by name, not by a size-mismatch traceback)."""
     import hashlib
@@ -54,7 +61,7 @@ def model_fingerprint(model) -> str:
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:16]
 
 
-def save_atomic(obj, path: Path) -> None:
+def save_atomic(obj: Any, path: Path) -> None:
     """torch.save through a temp file and a rename: a full disk or a kill never leaves a torn file."""
     with atomic_path(path) as tmp:
         try:
@@ -69,7 +76,7 @@ def save_atomic(obj, path: Path) -> None:
             raise TensorfoldError(f"cannot write {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def save_checkpoint(path: Path, learners: list, step: int, history: History, fingerprint: str) -> None:
+def save_checkpoint(path: Path, learners: list[_Learner], step: int, history: History, fingerprint: str) -> None:
     """The student's weights, optimizer and best at the top level; each peer's beside them."""
     main = learners[0]
     save_atomic(
@@ -89,7 +96,9 @@ def save_checkpoint(path: Path, learners: list, step: int, history: History, fin
     )
 
 
-def resume_checkpoint(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: RecoverConfig, fingerprint: str):
+def resume_checkpoint(
+    ckpt: Path, checkpoint_dir: Path, learners: list[_Learner], cfg: RecoverConfig, fingerprint: str
+) -> tuple[int, History]:
     """(step, history) of the checkpoint, every model's weights, optimizer and best loaded from it."""
     if not ckpt.exists():
         raise TensorfoldError(f"--resume: no checkpoint at {ckpt}")
@@ -120,7 +129,7 @@ def resume_checkpoint(ckpt: Path, checkpoint_dir: Path, learners: list, cfg: Rec
     return int(state["step"]), history
 
 
-def load_params(module, params, path: Path) -> None:
+def load_params(module: torch.nn.Module, params: Mapping[str, Any], path: Path) -> None:
     try:
         module.load_state_dict(params)
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -130,6 +139,6 @@ def load_params(module, params, path: Path) -> None:
         ) from None
 
 
-def checkpoint_step(path: Path, device) -> int | None:
+def checkpoint_step(path: Path, device: str | torch.device) -> int | None:
     state = load_checkpoint(path, device)
     return state.get("step") if isinstance(state, dict) else None

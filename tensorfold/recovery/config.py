@@ -63,14 +63,14 @@ def parse_teacher_weights(text: str | None) -> list[float] | None:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(cfg: RecoverConfig):
+def autocast(cfg: RecoverConfig) -> torch.autocast:
     """The forward passes (student and teacher) and the losses under torch.autocast at the chosen
     precision; fp32: off. Weights, optimizer state and validation stay fp32."""
     dtype = PRECISIONS[cfg.precision]
     return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype, enabled=dtype is not None)
 
 
-def grad_scaler(cfg: RecoverConfig):
+def grad_scaler(cfg: RecoverConfig) -> torch.amp.GradScaler:
     """Loss scaling for fp16, whose gradients underflow without it; bf16 has fp32's exponent range."""
     return torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.precision == "fp16")
 

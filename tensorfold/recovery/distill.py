@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from tensorfold.recovery.onnx_torch import OnnxModule
 
 
 def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -50,9 +53,9 @@ class Outputs:
     last axis); outputs without one are maps or values, matched by relative squared error."""
 
     names: tuple[str, ...]
-    axes: dict
-    probabilities: frozenset = frozenset()  # outputs a Softmax produced: KD takes their logs as logits
-    integers: frozenset = frozenset()  # outputs of an integer type (predicted classes, ids): judged by equality
+    axes: dict[int, int]
+    probabilities: frozenset[int] = frozenset()  # outputs a Softmax produced: KD takes their logs as logits
+    integers: frozenset[int] = frozenset()  # outputs of an integer type (predicted classes, ids): judged by equality
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> Outputs:
@@ -182,7 +185,7 @@ class OnnxTeacher:
         n = len(arrays[0])
         step = self.fixed or n
 
-        def part(a, i):  # the batched inputs are sliced, anything else goes whole
+        def part(a: np.ndarray, i: int) -> np.ndarray:  # the batched inputs are sliced, anything else goes whole
             return a[i : i + step] if a.ndim and len(a) == n else a
 
         runs = [
@@ -220,7 +223,7 @@ class EmaTeacher:
     (mean teacher, Tarvainen & Valpola 2017). It needs labels: the average only steadies what the
     labels teach."""
 
-    def __init__(self, student: torch.nn.Module, features: list[str], decay: float = 0.99):
+    def __init__(self, student: OnnxModule, features: list[str], decay: float = 0.99):
         import copy
 
         self.module = copy.deepcopy(student).eval()
@@ -254,7 +257,7 @@ class TorchTeacher:
         out = self.module(*xs)
         return (list(out) if isinstance(out, (list, tuple)) else [out]), {}
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> TorchTeacher:
         self.module.to(device)
         return self
 
@@ -278,7 +281,8 @@ class EnsembleTeacher:
         self.features = list(dict.fromkeys(f for t in teachers for f in t.features))
 
     def __call__(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        outputs, feats = None, {}
+        outputs: list[torch.Tensor] | None = None
+        feats: dict[str, torch.Tensor] = {}
         for t, w in zip(self.teachers, self.weights):
             outs, f = t(*xs)
             weighted = [o * w if o.is_floating_point() else o for o in outs]
@@ -289,4 +293,4 @@ class EnsembleTeacher:
             )
             for name, value in f.items():
                 feats.setdefault(name, value)
-        return outputs, feats
+        return outputs, feats  # type: ignore[return-value]  # not None: __init__ refuses an empty ensemble

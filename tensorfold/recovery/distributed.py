@@ -83,6 +83,13 @@ def epoch_order(n: int, seed: int, epoch_key: int, w: World) -> np.ndarray:
         return np.random.default_rng(seed + epoch_key).permutation(n)
     from torch.utils.data import DistributedSampler
 
-    sampler = DistributedSampler(range(n), num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+    # a range is a map-style data set as the sampler uses one (it only takes its len), but not a Dataset subclass
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(n),  # type: ignore[arg-type]
+        num_replicas=w.size,
+        rank=w.rank,
+        shuffle=True,
+        seed=seed,
+    )
     sampler.set_epoch(epoch_key)
     return np.fromiter(iter(sampler), dtype=np.int64)

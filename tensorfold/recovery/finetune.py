@@ -7,10 +7,11 @@ import itertools
 import math
 import signal
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 from tensorfold.recovery.history import History
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
+if TYPE_CHECKING:
+    from types import FrameType
+
 
 @dataclass
 class _Learner:
@@ -44,11 +48,11 @@ class _Learner:
     module: torch.nn.Module
     net: torch.nn.Module  # the module, or DDP around it
     opt: torch.optim.Optimizer
-    scaler: object
-    plateau: object
+    scaler: torch.amp.GradScaler
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     best_file: Path
-    capture: tuple = ()
-    best: dict | None = None
+    capture: tuple[str, ...] = ()
+    best: dict[str, Any] | None = None
     best_saved: bool = False  # best_file holds this run's (or the resumed run's) best weights
 
 
@@ -112,7 +116,7 @@ def train(
     fingerprint: str = "",
     spec: Outputs | None = None,
     w: World | None = None,
-    peers: list[torch.nn.Module] | None = None,
+    peers: Sequence[torch.nn.Module] | None = None,
     metric: str | None = None,
     desc: str = "recover",
 ) -> TrainResult:
@@ -142,12 +146,12 @@ def train(
     total = cfg.max_steps if cfg.max_steps else steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup * total))
 
-    def lr_at(step):
+    def lr_at(step: int) -> float | None:
         if step < warm:
-            return cfg.lr * (step + 1) / warm
+            return cfg.lr * (step + 1) / warm  # type: ignore[operator]  # cfg.lr is not None: checked on entry to train
         if cfg.schedule == "plateau":
             return None
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))  # type: ignore[operator]  # cfg.lr is not None: checked on entry to train
 
     spec = spec if spec is not None else Outputs((), {0: -1})
     metric = metric or metric_for(val_y is not None, spec)  # optimize --recover selects on output error
@@ -156,7 +160,8 @@ def train(
     learners = []
     for k, m in enumerate([module, *(peers or [])]):
         opt = make_optimizer(m, cfg)
-        produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()
+        # m.proto: an OnnxModule's graph (mypy types a Module's other attributes as Tensor | Module)
+        produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()  # type: ignore[union-attr]
         learners.append(
             _Learner(
                 m,
@@ -167,7 +172,9 @@ def train(
                 if cfg.schedule == "plateau"
                 else None,
                 folder.path / ("best.pt" if k == 0 else f"best.peer{k}.pt"),
-                tuple(f for f in teacher.features if f in produced or k == 0) if use_feat else (),
+                tuple(f for f in teacher.features if f in produced or k == 0)  # type: ignore[union-attr]  # use_feat: a teacher
+                if use_feat
+                else (),
             )
         )
     main = learners[0]
@@ -191,15 +198,15 @@ def train(
     start_metric = main.best[metric] if main.best is not None and main.best.get("step") == 0 else None
     stop_reason, stale = "done", 0
     # Ctrl-C or SIGTERM (a CI job cancelled) finish the step, save a checkpoint, then stop the run
-    interrupted = {"signal": None}
+    interrupted: dict[str, int | None] = {"signal": None}
 
-    def note(signum, _frame):
+    def note(signum: int, _frame: FrameType | None) -> None:
         signals.seen()
         interrupted.update(signal=signum)
 
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not (progress and w.main))
-    feed = None
+    feed: Iterator[tuple[np.ndarray, Any]] | None = None
     try:
         while step < total:
             pos = (step % steps_per_epoch) * cfg.batch_size
@@ -242,7 +249,7 @@ def train(
             lr = lr_at(step)
             for ln, value in zip(learners, losses):
                 ln.opt.zero_grad()
-                ln.scaler.scale(value).backward()
+                ln.scaler.scale(value).backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 if cfg.clip:
                     ln.scaler.unscale_(ln.opt)
                     torch.nn.utils.clip_grad_norm_([p for p in ln.module.parameters() if p.requires_grad], cfg.clip)
@@ -252,7 +259,7 @@ def train(
                 ln.scaler.step(ln.opt)
                 ln.scaler.update()
             if hasattr(teacher, "update"):  # a moving-average teacher follows the student
-                teacher.update(module)
+                teacher.update(module)  # type: ignore[union-attr]  # hasattr: not None
             step += 1
             history.steps.append(step)
             history.loss.append(float(loss.detach()))
@@ -306,7 +313,9 @@ def _save_best(folder: OutputFolder, ln: _Learner) -> None:
     ln.best_saved = True
 
 
-def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers: int):
+def _batches(
+    x: Any, order: np.ndarray, pos: int, steps_per_epoch: int, batch_size: int, workers: int
+) -> Iterator[tuple[np.ndarray, Any]]:
     """(indices, inputs) of the rest of an epoch from `pos`. Arrays in memory are indexed; image
     files are decoded ahead by `workers` threads (0: when asked for).
 
@@ -320,10 +329,10 @@ def _batches(x, order, pos: int, steps_per_epoch: int, batch_size: int, workers:
     return _prefetched(x, chunks, workers)
 
 
-def _prefetched(x: ImageFiles, chunks: list, workers: int):
+def _prefetched(x: ImageFiles, chunks: list[np.ndarray], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Each chunk decoded by a pool of threads, at most 2 * workers batches ahead of the consumer."""
     with ThreadPoolExecutor(workers, thread_name_prefix="tensorfold-decode") as pool:
-        ahead: deque = deque()
+        ahead: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
         upcoming = iter(chunks)
         for chunk in itertools.islice(upcoming, 2 * workers):
             ahead.append((chunk, pool.submit(x.__getitem__, chunk)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorfold.outputs import atomic_path
 
@@ -12,10 +13,10 @@ from tensorfold.outputs import atomic_path
 class History:
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)  # the learning rate of each step, beside its loss
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -85,7 +85,7 @@ def find_lr(
             if i > 4 and smoothed > DIVERGED * best:
                 break
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], cfg.clip)
             for group in opt.param_groups:

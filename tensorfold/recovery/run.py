@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -12,6 +14,7 @@ import onnx
 from tensorfold.calibration.data import class_order
 from tensorfold.datasets import (
     ImageFiles,
+    InputArrays,
     adaptation,
     folder_kind,
     load_data,
@@ -32,6 +35,7 @@ from tensorfold.recovery.distill import (
     GraphTeacher,
     OnnxTeacher,
     Outputs,
+    Teacher,
     TorchTeacher,
     rewritten_outputs,
 )
@@ -44,8 +48,13 @@ from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.lr_finder import choose_lr
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def _io_signature(model: onnx.ModelProto):
+    import torch
+
+
+def _io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     inits = {t.name for t in model.graph.initializer}
     ins = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in inits]
     outs = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.output]
@@ -55,7 +64,7 @@ def _io_signature(model: onnx.ModelProto):
 def _shape_clash(a: onnx.ModelProto, b: onnx.ModelProto) -> str | None:
     """Inputs whose fixed dims differ (a dynamic dim fits any): both must run on the same samples."""
 
-    def dims(m):
+    def dims(m: onnx.ModelProto) -> dict[str, list[int | None]]:
         inits = {t.name for t in m.graph.initializer}
         return {
             v.name: [
@@ -70,35 +79,36 @@ def _shape_clash(a: onnx.ModelProto, b: onnx.ModelProto) -> str | None:
     for name in da.keys() & db.keys():
         x, y = da[name], db[name]
         if x and y and (len(x) != len(y) or any(p is not None and q is not None and p != q for p, q in zip(x, y))):
+            show: Callable[[list[int | None]], str]
             show = lambda ds: "[" + ", ".join("?" if d is None else str(d) for d in ds) + "]"  # noqa: E731
             return f"'{name}' is {show(x)} vs {show(y)}"
     return None
 
 
-def _peer_output(output_path, i: int) -> Path:
+def _peer_output(output_path: str | Path, i: int) -> Path:
     return Path(str(output_path).removesuffix(".onnx") + f".peer{i}.onnx")
 
 
-@guarded("student_path", "teacher_path", "data", "peers")
+@guarded("student_path", "teacher_path", "data", "peers")  # type: ignore[untyped-decorator]  # outputs.py is not typed yet
 def recover(
-    student_path,
-    output_path,
+    student_path: str | Path,
+    output_path: str | Path,
     *,
-    teacher_path=None,
+    teacher_path: str | Path | Sequence[str | Path] | None = None,
     data: str | None = None,
     cfg: RecoverConfig | None = None,
     val_size: int = 5000,
-    normalize=None,
-    checkpoint_dir=None,
+    normalize: tuple[list[float], list[float]] | None = None,
+    checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
     limit: int | None = None,
     teacher_weights: list[float] | None = None,
-    teacher_module=None,
+    teacher_module: torch.nn.Module | None = None,
     generations: int = 1,
-    peers: list | None = None,
+    peers: Sequence[str | Path] | None = None,
     classes: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Fine-tune the student (distilled from the teacher when given) and save it to output_path.
 
     teacher_path: one ONNX path or several (a weighted ensemble, `teacher_weights`); teacher_module:
@@ -156,27 +166,27 @@ def recover(
 
 
 def _recover(
-    student_path,
-    output_path,
+    student_path: str | Path,
+    output_path: str | Path,
     ckdir: OutputFolder,
     peer_outputs: list[Path],
     start: float,
     *,
-    teacher_path,
-    data,
-    cfg,
-    val_size,
-    normalize,
-    resume,
-    progress,
-    limit,
-    teacher_weights,
-    teacher_module,
-    generations,
-    peers,
+    teacher_path: str | Path | Sequence[str | Path] | None,
+    data: str,
+    cfg: RecoverConfig,
+    val_size: int,
+    normalize: tuple[list[float], list[float]] | None,
+    resume: bool,
+    progress: bool,
+    limit: int | None,
+    teacher_weights: list[float] | None,
+    teacher_module: torch.nn.Module | None,
+    generations: int,
+    peers: Sequence[str | Path] | None,
     w: World,
     classes: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
 
     from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 
@@ -202,9 +212,11 @@ def _recover(
     input_shape = [
         d.dim_value if d.HasField("dim_value") else -1 for d in student.graph.input[0].type.tensor_type.shape.dim
     ]
-    size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None
+    size: tuple[int, int] | None
+    size = tuple(input_shape[2:4]) if len(input_shape) == 4 and min(input_shape[2:4]) > 0 else None  # type: ignore[assignment]  # 4 dims: [2:4] is two
     channels = input_shape[1] if len(input_shape) == 4 and input_shape[1] in (1, 3) else 3
     names = [v.name for v in student.graph.input if v.name not in {t.name for t in student.graph.initializer}]
+    x: InputArrays | np.ndarray | ImageFiles
     if len(names) > 1:  # token ids and a mask, ...: one array per input
         x, y, desc = load_input_arrays(data, names)
     else:
@@ -260,18 +272,20 @@ def _recover(
     # every factor chain's output, the student's and the peers' (named as the original layers' outputs)
     features = list(dict.fromkeys(f for m in [student, *peer_models] for f in rewritten_outputs(m)))
     module.to(cfg.device)
+    members: list[Teacher]
     if cfg.device == "cpu":
         members = [OnnxTeacher(tm, features, cfg.threads) for tm in teacher_models]
     else:
         members = [GraphTeacher(tm, features, cfg.device) for tm in teacher_models]
     if teacher_module is not None:
         members.append(TorchTeacher(teacher_module).to(cfg.device))
-    teacher = None
+    teacher: Teacher | None = None
     if len(members) == 1 and not teacher_weights:
         teacher = members[0]
     elif members:
         teacher = EnsembleTeacher(members, teacher_weights)
-    ema = None  # --teacher self: the student's moving average (born-again generations replace `teacher`)
+    # --teacher self: the student's moving average (born-again generations replace `teacher`)
+    ema: EmaTeacher | None = None
     if self_taught:
         if y is None:
             raise TensorfoldError(
@@ -284,11 +298,11 @@ def _recover(
         raise TensorfoldError("unlabelled data needs a --teacher to learn from")
     if y is not None and teacher is not None and not self_taught and w.main:
         names = class_order(Path(data), classes) if folder_kind(data) == "images" else []
-        mismatch = label_order_warning(teacher, tx, ty, spec, names, cfg.device, cfg.batch_size, cfg.seed)
+        mismatch = label_order_warning(teacher, tx, ty, spec, names, cfg.device, cfg.batch_size, cfg.seed)  # type: ignore[arg-type]  # ty: y's samples, y is not None
         if mismatch:
             warn(f"--data {desc}: {mismatch}")
 
-    def check(m, against=None) -> dict:
+    def check(m: torch.nn.Module, against: Teacher | None = None) -> dict[str, float]:
         return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
 
     lr_from = "--lr"
@@ -300,7 +314,8 @@ def _recover(
     judge = None if self_taught else teacher
     metric = metric_for(val_y is not None, spec)
 
-    peer_reports, peer_writes = [], []
+    peer_reports: list[dict[str, Any]] = []
+    peer_writes: list[tuple[OnnxModule, Path]] = []
     fingerprint = "+".join(model_fingerprint(m) for m in [student, *peer_models])
     if peers:
         # deep mutual learning: the peers train beside the student with all of its machinery
@@ -391,20 +406,20 @@ def _recover(
         save_model(pmod.write_back(), path)
     write_json_atomic(ckdir.file("history.json"), history.as_dict())
     plot = plot_history(history, ckdir.file("history.png"))
-    test = {}
+    test: dict[str, float] = {}
     if data in ("fashion-mnist", "fmnist") or Path(data).is_dir():
         try:
             tx_test, ty_test, _ = load_data(data, "test", size, channels)
-            tx_test = prepare_inputs(tx_test, input_shape, normalize)
+            tx_test = prepare_inputs(tx_test, input_shape, normalize)  # type: ignore[arg-type]  # not lazy: an array
             from tensorfold.runtime.evaluation import evaluate_onnx
 
             # onnxruntime on the saved files: faster than the interpreter, and it checks what was written
             test = {
-                "student_before": evaluate_onnx(student_path, tx_test, ty_test),
-                "student_after": evaluate_onnx(output_path, tx_test, ty_test),
+                "student_before": evaluate_onnx(student_path, tx_test, ty_test),  # type: ignore[arg-type]  # test splits are labelled
+                "student_after": evaluate_onnx(output_path, tx_test, ty_test),  # type: ignore[arg-type]  # test splits are labelled
             }
             if paths:
-                test["teacher"] = evaluate_onnx(paths[0], tx_test, ty_test)
+                test["teacher"] = evaluate_onnx(paths[0], tx_test, ty_test)  # type: ignore[arg-type]  # test splits are labelled
         except TensorfoldError:
             test = {}
     teachers = (

@@ -3,15 +3,23 @@ the teacher without, and the metric a run selects on."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
-from tensorfold.recovery.distill import Outputs
+from tensorfold.recovery.distill import Outputs, Teacher
 
 
 def evaluate(
-    module, x: np.ndarray, y: np.ndarray | None, teacher=None, spec: Outputs | None = None, batch: int = 512
-) -> dict:
+    module: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    teacher: Teacher | None = None,
+    spec: Outputs | None = None,
+    batch: int = 512,
+) -> dict[str, float]:
     """Validation. With labels: top-1 accuracy of the first output. Against a teacher: each output's
     relative L2 error pooled over the samples ("output_error", the largest over outputs: what
     `tensorfold verify` would report) and, over outputs with a class axis, the share of equal
@@ -21,7 +29,8 @@ def evaluate(
     spec = spec if spec is not None else Outputs((), {0: -1})
     module.eval()
     device = next(module.parameters()).device
-    correct, n, pooled = 0, 0, []
+    correct, n = 0, 0
+    pooled: list[OutputAccumulator] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = tensors(x[i : i + batch], device)
@@ -39,7 +48,7 @@ def evaluate(
                         s_k.float().cpu().numpy() if s_k.is_floating_point() else s_k.cpu().numpy(),
                     )
             n += len(xb[0])
-    out = {}
+    out: dict[str, float] = {}
     if y is not None:
         out["accuracy"] = correct / n
     checks = [acc.result() for acc in pooled]
@@ -62,12 +71,12 @@ def metric_for(labels: bool, spec: Outputs) -> str:
     return "accuracy" if labels else "teacher_agreement" if spec.classifier or spec.only_integers else "output_error"
 
 
-def signed(result: dict, metric: str) -> float:
+def signed(result: Mapping[str, Any], metric: str) -> float:
     """The metric as a score where higher is better."""
     return -result[metric] if metric == "output_error" else result[metric]
 
 
-def tensors(batch, device) -> tuple[torch.Tensor, ...]:
+def tensors(batch: Any, device: str | torch.device) -> tuple[torch.Tensor, ...]:
     """A batch (one array or tensor, or one per model input) as a tuple of tensors on `device`."""
     parts = batch if isinstance(batch, (tuple, list)) else (batch,)
     return tuple((p if torch.is_tensor(p) else torch.from_numpy(np.asarray(p))).to(device) for p in parts)
