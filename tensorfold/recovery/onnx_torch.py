@@ -170,16 +170,16 @@ class OnnxModule(nn.Module):
 
         key = node.name or node.output[0]
         arrays = [a.detach().cpu().numpy() if a is not None else None for a in args]
+        given = {f"in{i}": a for i, a in enumerate(arrays) if a is not None}  # an omitted optional input stays empty
         if key not in self._ort_cache:
             inputs = [
-                # BUG (reported, not fixed here): an omitted optional input before a given one is None
-                onnx.helper.make_tensor_value_info(f"in{i}", onnx.helper.np_dtype_to_tensor_dtype(a.dtype), None)  # type: ignore[union-attr]
-                for i, a in enumerate(arrays)
+                onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), None)
+                for name, a in given.items()
             ]
             outs = [onnx.helper.make_empty_tensor_value_info(f"out{i}") for i in range(len(node.output))]
             single = onnx.helper.make_node(
                 node.op_type,
-                [f"in{i}" for i in range(len(arrays))],
+                [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)],
                 [f"out{i}" for i in range(len(node.output))],
                 domain=node.domain,
             )
@@ -187,7 +187,7 @@ class OnnxModule(nn.Module):
             g = onnx.helper.make_graph([single], "frozen", inputs, outs)
             m = make_model(g, self.proto.opset_import, self.proto.ir_version or None)
             self._ort_cache[key] = make_session(m)
-        results = self._ort_cache[key].run(None, {f"in{i}": a for i, a in enumerate(arrays)})
+        results = self._ort_cache[key].run(None, given)
         device = next((a.device for a in args if a is not None), torch.device("cpu"))
         return [torch.from_numpy(np.asarray(r)).to(device) for r in results]
 

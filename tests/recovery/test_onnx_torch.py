@@ -124,6 +124,34 @@ def test_lstm_matches_onnxruntime(direction):
     assert module.params["W"].grad is not None
 
 
+def test_a_frozen_node_keeps_an_omitted_optional_input_empty():
+    """An LSTM with `clip` runs frozen; its sequence_lens is omitted and initial_h given after it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    hidden, inp, seq, batch = 5, 4, 6, 3
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, inp)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+        numpy_helper.from_array(rng.standard_normal((1, 8 * hidden)).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal((1, batch, hidden)).astype(np.float32), "h0"),
+    ]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0"], ["y"], hidden_size=hidden, clip=0.5)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    module = OnnxModule(model)
+    x = rng.standard_normal((seq, batch, inp)).astype(np.float32)
+    with pytest.warns(UserWarning, match="runs frozen"):
+        got = module(torch.from_numpy(x))[0]
+    np.testing.assert_allclose(got.numpy(), make_session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_variant_runs_frozen_with_a_warning():
     """An AveragePool with asymmetric pads has no kernel here: that node alone falls back to onnxruntime."""
     from onnx import TensorProto, helper
