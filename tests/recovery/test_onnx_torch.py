@@ -226,3 +226,26 @@ def test_a_node_the_trainer_cannot_run_is_named_by_op_and_node():
     x = torch.zeros(1, 4, 2)  # too short to reflect 2: fails in torch and in onnxruntime
     with pytest.raises(NodeFailed, match="Pad node 'pad3d' failed"):
         module(x)
+
+
+def test_intermediates_are_dropped_after_their_last_reader_subgraphs_included():
+    from onnx import TensorProto, helper
+
+    from tensorfold.recovery.onnx_torch import _last_uses
+
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["h"], ["b"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("Relu", ["x"], ["h"]),
+        helper.make_node("Relu", ["x"], ["dead"]),
+        helper.make_node("Greater", ["x", "x"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    drops = _last_uses(nodes, ["y"])
+    assert drops[1] == ("dead",)  # read by nobody: dropped at once
+    assert "x" in drops[2] and "h" in drops[3] and "c" in drops[3]  # h is read inside the If's branches
+    assert all("y" not in d for d in drops)  # outputs stay
