@@ -26,7 +26,7 @@ from tensorfold.outputs import OutputFolder
 from tensorfold.recovery.checkpoints import model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
-from tensorfold.recovery.distributed import world
+from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import train
 from tensorfold.recovery.lr_finder import SHORT_RUN_LR, TRIAL_STEPS, trial_lr
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
@@ -126,7 +126,7 @@ class Recoverer:
                 self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
             )
             if self.w.distributed:  # the workers train it with this process (serve)
-                _broadcast(
+                from_rank0(
                     (
                         "train",
                         student.SerializeToString(),
@@ -144,7 +144,7 @@ class Recoverer:
         """A torchrun worker (rank > 0): trains each candidate rank 0 sends, in step with it, until
         rank 0's search ends (`release`). It builds, checks and writes nothing itself."""
         while True:
-            message = _broadcast(None)
+            message = from_rank0(None)
             if message[0] != "train":
                 return
             _, data, folder, resume, lr = message
@@ -155,7 +155,7 @@ class Recoverer:
     def release(self) -> None:
         """Rank 0, when its search ends (done or failed): the workers stop serving."""
         if self.w.distributed and self.w.main:
-            _broadcast(("stop",))
+            from_rank0(("stop",))
 
     def _train(self, student: onnx.ModelProto, folder: OutputFolder | Path, resume: bool, label: str) -> Recovered:
         start = time.perf_counter()
@@ -179,7 +179,7 @@ class Recoverer:
                 choice = trial_lr(module, teacher, tx, vx, self.cfg, spec)
                 self.cfg.lr, self.lr_from = choice.lr, choice.how
                 if self.w.distributed:  # every rank trains at rank 0's choice
-                    self.cfg.lr, self.lr_from = _broadcast((self.cfg.lr, self.lr_from))
+                    self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))
             if self.checkpoints is not None:
                 self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
         result = train(
@@ -203,16 +203,6 @@ class Recoverer:
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
             return Recovered(student, steps, time.perf_counter() - start, result.stop)
         return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
-
-
-def _broadcast(message: Any) -> Any:
-    """Rank 0's message, on every rank of a torchrun launch (internal objects only: candidates as
-    ONNX bytes, paths, numbers; nothing a user handed in is unpickled)."""
-    import torch.distributed as dist
-
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def check_trainable(model: onnx.ModelProto, x: Any) -> None:

@@ -16,7 +16,6 @@ does this from its most compressed recovered candidate within the bound: `search
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -25,19 +24,17 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from tensorfold.onnxrt.sessions import make_session
+from tensorfold.passes.chains import provenance
 from tensorfold.passes.layers import Layer, MatMulAttrs, find_layers
-
-PROVENANCE = "[tensorfold] "
 
 
 def chains(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """{original layer name: its chain's nodes in graph order}, from each node's provenance."""
     found: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in model.graph.node:
-        if node.doc_string.startswith(PROVENANCE + "{"):
-            info = json.loads(node.doc_string[len(PROVENANCE) :])
-            if "output" in info:
-                found[info["original"]].append(node)
+        info = provenance(node)
+        if info is not None and "output" in info:
+            found[info["original"]].append(node)
     return dict(found)
 
 

@@ -6,6 +6,7 @@ output name, so consumers are untouched.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,3 +112,15 @@ def axis_kernel(vectors: np.ndarray, axis: int, nd: int, channels_in: int) -> np
     shape = [1] * nd
     shape[axis] = vectors.shape[-1]
     return vectors.reshape(vectors.shape[0], channels_in, *shape)
+
+
+PROVENANCE = "[tensorfold] "  # factorize.py writes it on every chain node: JSON after this prefix
+
+
+def provenance(node: onnx.NodeProto) -> dict[str, Any] | None:
+    """What a chain node's doc_string records (original layer, method, ranks, output), or None for
+    a node no factorization wrote."""
+    if not node.doc_string.startswith(PROVENANCE + "{"):
+        return None
+    info = json.loads(node.doc_string[len(PROVENANCE) :])
+    return info if isinstance(info, dict) else None

@@ -27,7 +27,7 @@ from tensorfold.errors import DecompositionError, TensorfoldError
 from tensorfold.graph.model import prune_initializers
 from tensorfold.graph.normalize import make_name_generator
 from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, PassResult, Plan, RankSpec
-from tensorfold.passes.chains import ChainBuilder, FactorPool
+from tensorfold.passes.chains import PROVENANCE, ChainBuilder, FactorPool
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
 
 
@@ -368,7 +368,7 @@ class FactorizePass(Pass):
             return Skip(layer.name, op, f"{fac.method} gave a non-finite result")
         # "output": the value the chain writes in the layer's place, whatever its last node is (feature
         # distillation reads the chains' outputs by it; the TT-matrix chain ends in a Reshape)
-        doc = "[tensorfold] " + json.dumps(
+        doc = PROVENANCE + json.dumps(
             {
                 "original": layer.name,
                 "op": op,

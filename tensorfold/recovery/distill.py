@@ -6,7 +6,6 @@ relative squared error against the teacher's. A teacher returns all of its outpu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -14,6 +13,8 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+
+from tensorfold.passes.chains import provenance
 
 if TYPE_CHECKING:
     from tensorfold.recovery.onnx_torch import OnnxModule
@@ -138,8 +139,8 @@ def rewritten_outputs(student: onnx.ModelProto) -> list[str]:
     the chain node whose name ends in /out)."""
     names = []
     for node in student.graph.node:
-        if node.doc_string.startswith("[tensorfold] {"):
-            info = json.loads(node.doc_string[len("[tensorfold] ") :])
+        info = provenance(node)
+        if info is not None:
             if "output" in info:
                 if info["output"] in node.output:
                     names.append(info["output"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,3 +94,13 @@ def epoch_order(n: int, seed: int, epoch_key: int, w: World) -> np.ndarray:
     )
     sampler.set_epoch(epoch_key)
     return np.fromiter(iter(sampler), dtype=np.int64)
+
+
+def from_rank0(message: Any) -> Any:
+    """Rank 0's `message` on every rank of a torchrun launch (internal objects only: rates, paths,
+    candidates as ONNX bytes; nothing a user handed in is unpickled)."""
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -23,7 +23,7 @@ import torch
 from tensorfold.datasets import samples_subset
 from tensorfold.recovery.config import RecoverConfig, autocast
 from tensorfold.recovery.distill import Outputs, Teacher
-from tensorfold.recovery.distributed import World
+from tensorfold.recovery.distributed import World, from_rank0
 from tensorfold.recovery.finetune import make_optimizer, student_loss, train
 from tensorfold.recovery.validation import signed, tensors
 
@@ -122,11 +122,7 @@ def choose_lr(
     choice = find_lr(module, teacher, x, y, cfg, spec, features)
     lr = choice.lr
     if w.distributed:
-        import torch.distributed as dist
-
-        shared = [lr]
-        dist.broadcast_object_list(shared, src=0)
-        lr = float(shared[0])
+        lr = float(from_rank0(lr))
     return replace(cfg, lr=lr), choice.how
 
 
