@@ -1,7 +1,9 @@
 """Tensor-Train: TT-conv for Conv kernels and the TT-matrix format for Gemm/MatMul.
 
 Conv: full TT-SVD (Oseledets 2011) of the kernel ordered (I, k_1, ..., k_n, O), emitted as a
-1x1 conv, one conv per spatial axis (stride/pads/dilation of that axis), and a 1x1 conv.
+1x1 conv, one conv per spatial axis (stride/pads/dilation of that axis), and a 1x1 conv. A grouped
+conv is decomposed per group at shared bond ranks (each bond the largest any group needs), so every
+conv of the chain keeps the layer's group count: block-diagonal cores, exact at full rank.
 Gemm/MatMul: TT-matrix (Novikov et al. 2015) with K and N split into d balanced factors, emitted
 as Reshape + MatMul. Both are exact at full rank. 1x1 convs use the SVD (a two-core TT).
 With calibration statistics (layer.gram): a TT-conv's cores come from TT-SVD of the weight and
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorfold.decompose.data_aware import refit_output
+from tensorfold.decompose.data_aware import damped, output_energies, refit_output
 from tensorfold.decompose.ranks import evbmf_rank
 from tensorfold.decompose.tt import (
     factorize_dim,
@@ -33,10 +35,10 @@ from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass,
 from tensorfold.passes.layers import Layer, MatMulAttrs
 
 
-def _tt_tensor(layer: Layer) -> np.ndarray:
-    """Conv kernel (O, I, *k) reordered to (I, *k, O), the order the emitted chain runs in."""
-    w = layer.weight.astype(np.float64)
-    return np.moveaxis(w, 0, -1)
+def _tt_tensors(layer: Layer) -> list[np.ndarray]:
+    """Each group's conv kernel (O/g, I/g, *k) reordered to (I/g, *k, O/g), the order the emitted
+    chain runs in."""
+    return [np.moveaxis(w.astype(np.float64), 0, -1) for w in layer.group_weights()]
 
 
 def matrix_dims(k: int, n: int) -> tuple[list[int], list[int]]:
@@ -55,44 +57,62 @@ def tt_bond_count(layer: Layer) -> int:
     return len(matrix_dims(*layer.weight.shape)[0]) - 1
 
 
+# cores of a TT: one list for a matrix, one list per group for a conv (shared bond ranks)
+Cores = list[np.ndarray]
+
+
 def _decompose(
     layer: Layer,
     cap: int | Sequence[int] | None,
     rel_eps: float | None,
-    memo: dict[Any, Any] | None = None,
-    info: dict[str, Any] | None = None,
-) -> list[np.ndarray]:
+    memos: list[dict[Any, Any]] | None = None,
+) -> list[Cores]:
+    """The TT of the layer: one core list per group (a matrix is one group). A grouped conv's groups
+    are truncated on their own first, then all decomposed again at each bond's largest rank, so the
+    chain's convs can stay grouped (the second pass reuses the first's unfoldings through `memos`)."""
+    if layer.kind != "conv":
+        rows, cols = matrix_dims(*layer.weight.shape)
+        return [tt_matrix(layer.weight.astype(np.float64), rows, cols, ranks=cap, rel_eps=rel_eps)]
+    tensors = _tt_tensors(layer)
+    memos = memos if memos is not None else [{} for _ in tensors]
+    groups = [tt_svd(t, ranks=cap, rel_eps=rel_eps, memo=m) for t, m in zip(tensors, memos)]
+    shared = [max(r) for r in zip(*(_bond_ranks(c) for c in groups))]
+    if all(_bond_ranks(c) == shared for c in groups):
+        return groups
+    return [tt_svd(t, ranks=shared, memo=m) for t, m in zip(tensors, memos)]
+
+
+def _reconstruct(layer: Layer, groups: list[Cores]) -> np.ndarray:
     if layer.kind == "conv":
-        return tt_svd(_tt_tensor(layer), ranks=cap, rel_eps=rel_eps, memo=memo, info=info)
-    rows, cols = matrix_dims(*layer.weight.shape)
-    return tt_matrix(layer.weight.astype(np.float64), rows, cols, ranks=cap, rel_eps=rel_eps)
+        return np.concatenate([np.moveaxis(tt_contraction(cores), -1, 0) for cores in groups], axis=0)
+    return tt_matrix_contraction(groups[0])
 
 
-def _reconstruct(layer: Layer, cores: list[np.ndarray]) -> np.ndarray:
+def _refit_last_core(layer: Layer, groups: list[Cores]) -> tuple[list[Cores], float]:
+    """TT-conv cores with each group's last core re-solved to that group's output on the
+    calibration data, and the relative squared output error (groups pooled by output energy)."""
+    refitted, lost, total = [], 0.0, 0.0
+    for g, (cores, w) in enumerate(zip(groups, layer.group_weights())):
+        head = cores[0][0]  # (I/g, r1)
+        for core in cores[1:-1]:  # contract (I*k.., r) with (r, k, r')
+            head = np.einsum("dr,rks->dks", head, core).reshape(-1, core.shape[2])
+        w2d, gram = w.reshape(w.shape[0], -1).astype(np.float64), layer.statistics.group(g)
+        out, err2 = refit_output(w2d, head.T, gram)
+        energy = output_energies(w2d, w2d, damped(gram))[1]
+        refitted.append(cores[:-1] + [out.T[:, :, None]])
+        lost, total = lost + err2 * energy, total + energy
+    return refitted, (lost / total if total > 0 else 0.0)
+
+
+def _tt_targets(layer: Layer) -> list[np.ndarray]:
+    """The tensors TT-SVD works on: each group's reordered kernel, or the matrix with merged
+    (m_k n_k) modes."""
     if layer.kind == "conv":
-        return np.moveaxis(tt_contraction(cores), -1, 0)
-    return tt_matrix_contraction(cores)
-
-
-def _refit_last_core(layer: Layer, cores: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-    """TT-conv cores with the last one re-solved to the layer's output on the calibration data."""
-    head = cores[0][0]  # (I, r1)
-    for core in cores[1:-1]:  # contract (I*k.., r) with (r, k, r')
-        head = np.einsum("dr,rks->dks", head, core).reshape(-1, core.shape[2])
-    out, err2 = refit_output(
-        layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64), head.T, layer.statistics.group(0)
-    )
-    return cores[:-1] + [out.T[:, :, None]], err2
-
-
-def _tt_target(layer: Layer) -> np.ndarray:
-    """The tensor TT-SVD works on: the reordered kernel, or the matrix with merged (m_k n_k) modes."""
-    if layer.kind == "conv":
-        return _tt_tensor(layer)
+        return _tt_tensors(layer)
     rows, cols = matrix_dims(*layer.weight.shape)
     d = len(rows)
     t = layer.weight.astype(np.float64).reshape(*rows, *cols)
-    return t.transpose([a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(rows, cols)])
+    return [t.transpose([a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(rows, cols)])]
 
 
 def _tt_params(dims: tuple[int, ...], ranks: tuple[int, ...]) -> int:
@@ -101,29 +121,37 @@ def _tt_params(dims: tuple[int, ...], ranks: tuple[int, ...]) -> int:
 
 
 def _evbmf_bond_ranks(layer: Layer) -> list[int]:
-    """EVBMF rank of each bond's unfolding of the tensor TT-SVD works on."""
-    t = _tt_target(layer)
-    return [evbmf_rank(t.reshape(int(np.prod(t.shape[: k + 1])), -1)) for k in range(t.ndim - 1)]
+    """EVBMF rank of each bond's unfolding of the tensors TT-SVD works on (the largest over groups)."""
+    return [
+        max(evbmf_rank(t.reshape(int(np.prod(t.shape[: k + 1])), -1)) for t in _tt_targets(layer))
+        for k in range(_tt_targets(layer)[0].ndim - 1)
+    ]
 
 
 def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
     return [c.shape[-1] for c in cores[:-1]]
 
 
-def emit_tt_conv(b: ChainBuilder, cores: list[np.ndarray]) -> None:
+def emit_tt_conv(b: ChainBuilder, groups: list[Cores]) -> None:
     """TT cores of the kernel ordered (I, k_1, ..., k_n, O): 1x1 -> one conv per spatial axis -> 1x1.
 
-    cores[0] is (1, I, r1), cores[1+j] is (r_j, k_j, r_{j+1}), cores[-1] is (r_n, O, 1).
+    Per group: cores[0] is (1, I/g, r1), cores[1+j] is (r_j, k_j, r_{j+1}), cores[-1] is
+    (r_n, O/g, 1); the groups' kernels are stacked into convs of the layer's group count.
     """
     layer = b.layer
-    nd = len(layer.kernel)
-    h = b.conv(layer.node.input[0], pointwise_kernel(cores[0][0].T, nd), "in")
-    for axis, core in enumerate(cores[1:-1]):  # (r_prev, k, r_next) -> (r_next, r_prev, k)
-        kernel = np.transpose(core, (2, 0, 1))
-        h = b.conv(
-            h, axis_kernel(kernel, axis, nd, core.shape[0]), f"axis{axis}", **layer.conv.one_axis(axis).conv_kwargs()
+    nd, g = len(layer.kernel), layer.groups
+
+    def stacked(kernels: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(kernels, axis=0)
+
+    h = b.conv(layer.node.input[0], stacked([pointwise_kernel(c[0][0].T, nd) for c in groups]), "in", group=g)
+    for axis in range(len(groups[0]) - 2):  # (r_prev, k, r_next) -> (r_next, r_prev, k)
+        kernel = stacked(
+            [axis_kernel(np.transpose(c[1 + axis], (2, 0, 1)), axis, nd, c[1 + axis].shape[0]) for c in groups]
         )
-    b.conv(h, pointwise_kernel(cores[-1][:, :, 0].T, nd), "out", bias=layer.bias_name, output=layer.node.output[0])
+        h = b.conv(h, kernel, f"axis{axis}", group=g, **layer.conv.one_axis(axis).conv_kwargs())
+    last = stacked([pointwise_kernel(c[-1][:, :, 0].T, nd) for c in groups])
+    b.conv(h, last, "out", bias=layer.bias_name, group=g, output=layer.node.output[0])
 
 
 def emit_tt_matrix(b: ChainBuilder, cores: list[np.ndarray], input_rank: int | None) -> None:
@@ -185,9 +213,7 @@ class TTPass(FactorizePass):
         return 1 if layer.is_pointwise else tt_bond_count(layer)
 
     def supports(self, layer: Layer) -> str | None:
-        if layer.kind == "conv" and not layer.is_pointwise and layer.groups > 1:
-            return "grouped kxk conv: tt rewrites group-1 convs only; use tucker for grouped convs"
-        return None
+        return None  # any non-depthwise conv, grouped included (per group); matrices as TT-matrices
 
     def method_ranks(self, layer: Layer, spec: RankSpec) -> tuple[int, ...]:
         if spec.rank is not None:
@@ -197,7 +223,7 @@ class TTPass(FactorizePass):
         else:
             # delta-truncation: the whole TT keeps the asked share of the kernel's energy
             cores = _decompose(layer, None, float(np.sqrt(max(1.0 - spec.effective_energy, 0.0))))
-        return tuple(_bond_ranks(cores))
+        return tuple(_bond_ranks(cores[0]))
 
     def method_candidates(self, layer: Layer) -> list[Candidate]:
         """TT-SVD at a ladder of error targets: delta-truncation sets each bond's rank on its
@@ -209,41 +235,47 @@ class TTPass(FactorizePass):
         chain's, measured. With data each candidate's output error is measured on its cores."""
         out = {}
         if layer.gram is None:
-            tensor = _tt_target(layer)
-            for ranks, est in tt_rank_ladder(tensor, np.geomspace(1e-4, 1.0, 40).tolist()):
+            tensors = _tt_targets(layer)
+            norms = [float(np.vdot(t, t)) for t in tensors]
+            shares = np.geomspace(1e-4, 1.0, 40).tolist()
+            ladders = [tt_rank_ladder(t, shares) for t in tensors]
+            for steps in zip(*ladders):  # a grouped conv: each bond at the largest group's rank,
+                ranks = tuple(max(r) for r in zip(*(r for r, _ in steps)))  # each group's estimate
+                est = sum(e * n for (_, e), n in zip(steps, norms)) / (sum(norms) or 1.0)  # at its own
                 if ranks not in out:
-                    out[ranks] = Candidate("tt", ranks, _tt_params(tensor.shape, ranks), est)
+                    out[ranks] = Candidate("tt", ranks, len(tensors) * _tt_params(tensors[0].shape, ranks), est)
             return list(out.values())
-        memo: dict[Any, Any] = {}  # the ladder shares every bond's eigendecomposition it reaches again
+        # the ladder shares every bond's eigendecomposition it reaches again (per group)
+        memos: list[dict[Any, Any]] = [{} for _ in range(layer.groups if layer.kind == "conv" else 1)]
         for eps in np.geomspace(0.02, 0.95, 18):
-            cores = _decompose(layer, None, float(eps), memo)
-            ranks = tuple(_bond_ranks(cores))
+            groups = _decompose(layer, None, float(eps), memos)
+            ranks = tuple(_bond_ranks(groups[0]))
             if ranks not in out:
                 if layer.kind == "conv":
-                    err2 = _refit_last_core(layer, cores)[1]
+                    err2 = _refit_last_core(layer, groups)[1]
                 else:
-                    err2 = layer_output_error2(layer, _reconstruct(layer, cores))
-                out[ranks] = Candidate("tt", ranks, sum(c.size for c in cores), err2)
+                    err2 = layer_output_error2(layer, _reconstruct(layer, groups))
+                out[ranks] = Candidate("tt", ranks, sum(c.size for cores in groups for c in cores), err2)
         return list(out.values())
 
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
-        cores = _decompose(layer, list(ranks), None)
+        groups = _decompose(layer, list(ranks), None)
         output_error2 = None
         if layer.gram is not None and layer.kind == "conv":
-            cores, output_error2 = _refit_last_core(layer, cores)
+            groups, output_error2 = _refit_last_core(layer, groups)
         dtype = layer.weight.dtype
         input_rank = layer.attrs.input_rank if isinstance(layer.attrs, MatMulAttrs) else None
 
         def emit(b: ChainBuilder) -> None:
             if layer.kind == "conv":
-                emit_tt_conv(b, cores)
+                emit_tt_conv(b, groups)
             else:
-                emit_tt_matrix(b, cores, input_rank)
+                emit_tt_matrix(b, groups[0], input_rank)
 
         return Factorization(
             "tt",
-            _bond_ranks(cores),
-            reconstruct=lambda: _reconstruct(layer, [c.astype(dtype) for c in cores]),
+            _bond_ranks(groups[0]),
+            reconstruct=lambda: _reconstruct(layer, [[c.astype(dtype) for c in cores] for cores in groups]),
             emit=emit,
             output_error2=output_error2,
         )

@@ -54,8 +54,9 @@ def test_tucker_full_rank_any_conv(case):
 
 
 @SETTINGS
-@given(conv_cases(max_groups=1))
+@given(conv_cases())
 def test_tt_full_rank_conv(case):
+    """Grouped convs too: one TT per group at shared bond ranks, every conv of the chain grouped."""
     _assert_exact(case, "tt")
 
 
