@@ -1,13 +1,20 @@
-"""MobileNetV2 against the seed's target (>= 14x fewer parameters at <= 2 points of accuracy):
-how far sensitivity-aware ranks and epoch-scale recovery take it (docs/results/mobilenet-target.md).
+"""MobileNet (V2, or the seed's V1) against the seed's target (>= 14x fewer parameters at <= 2
+points of accuracy): how far sensitivity-aware ranks and epoch-scale recovery take it
+(docs/results/mobilenet-target.md for V2, docs/results/mobilenetv1-target.md for V1).
 
     .venv/bin/python tools/bench_mobilenet.py --out docs/results/mobilenet-target.md
+    .venv/bin/python tools/bench_mobilenet.py --model mobilenetv1 --width 0.5 --ratios auto \
+        --runs calibrated --epochs 2 --out docs/results/mobilenetv1-target.md
+    # the full-width run, for a GPU machine (baseline and recovery train on CUDA when it is there):
+    python3 tools/bench_mobilenet.py --model mobilenetv1 --width 1 --baseline-epochs 15 --ratios auto \
+        --runs calibrated --epochs 5 --out mobilenetv1-w1.md
 
-1. The ceiling: how the zoo MobileNetV2's parameters split between layers a factorization can
+1. The ceiling: how the zoo network's parameters split between layers a factorization can
    shrink (convs with groups=1, the classifier) and layers it cannot (depthwise convs, batch
-   norms), at width 0.25 and 1: the most a low-rank rewrite of this network can cut, and the
-   ratio over the factorizable layers that 14x of the whole network needs.
-2. Runs at width 0.25 on this machine's CPU (the 3-epoch baseline of the CPU suite): Tucker at
+   norms), at --width and 1 (and for V1 with the 1000-class head of the paper's 4.2M count): the
+   most a low-rank rewrite of this network can cut, and the ratio over the factorizable layers
+   that 14x of the whole network needs (--ratios auto takes that ratio).
+2. Runs at --width on this machine (a --baseline-epochs baseline, 3 as in the CPU suite): Tucker at
    --ratio R, plain (weights only), calibrated on 256 training images with the sensitivity-
    weighted budget (calibration/sensitivity.py: layers whose compression moves the output most
    keep more rank), and calibrated without the weighting; each recovered by distillation from
@@ -32,8 +39,8 @@ import numpy as np
 from tensorfold.bench.report import publish
 from tensorfold.paths import cache_dir
 
-WIDTH = 0.25
 TARGET = 14.0
+DEFAULT_WIDTH = {"mobilenetv2": 0.25, "mobilenetv1": 0.5}
 RUNS = {  # name: (calibrated, sensitivity)
     "plain": (False, False),
     "calibrated": (True, True),
@@ -41,13 +48,13 @@ RUNS = {  # name: (calibrated, sensitivity)
 }
 
 
-def ceiling(width: float) -> dict:
+def ceiling(model: str, width: float, classes: int = 10) -> dict:
     """Parameters a factorization can shrink (groups=1 convs, Linear) and those it cannot."""
     import torch
 
     from tensorfold.bench.zoo import build
 
-    net = build("mobilenetv2", width=width)
+    net = build(model, num_classes=classes, in_channels=1 if classes == 10 else 3, width=width)
     total = sum(p.numel() for p in net.parameters())
     factorizable = sum(
         m.weight.numel()
@@ -58,6 +65,7 @@ def ceiling(width: float) -> dict:
     target = total / TARGET
     return {
         "width": width,
+        "classes": classes,
         "params": total,
         "factorizable": factorizable,
         "fixed": fixed,
@@ -68,12 +76,29 @@ def ceiling(width: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ratios", default="8", help="Tucker ratios over the factorizable layers")
+    ap.add_argument("--model", default="mobilenetv2", choices=sorted(DEFAULT_WIDTH))
+    ap.add_argument("--width", type=float, help="width multiplier (default: 0.25 for V2, 0.5 for V1)")
+    ap.add_argument("--baseline-epochs", type=int, default=3)
+    ap.add_argument(
+        "--ratios", default="8", help="Tucker ratios over the factorizable layers; auto: what 14x of the whole needs"
+    )
     ap.add_argument("--runs", default=",".join(RUNS), help="which of: " + ", ".join(RUNS))
     ap.add_argument("--epochs", default="1", help="recovery epochs (comma-separated: one row each)")
-    ap.add_argument("--rows", type=Path, default=Path("docs/results/mobilenet/rows.jsonl"))
+    ap.add_argument("--rows", type=Path, help="default: docs/results/mobilenet/rows.jsonl (V2), <model>-w<width>.jsonl")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    width = args.width or DEFAULT_WIDTH[args.model]
+    if args.rows is None:
+        v2_default = args.model == "mobilenetv2" and width == DEFAULT_WIDTH["mobilenetv2"]
+        args.rows = Path("docs/results/mobilenet") / ("rows.jsonl" if v2_default else f"{args.model}-w{width:g}.jsonl")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    need = ceiling(args.model, width)["needed_ratio"]
+    if args.ratios == "auto":
+        if need is None:
+            ap.error(f"{args.model} at width {width:g}: no factorization reaches {TARGET:g}x (see the ceiling)")
+        args.ratios = f"{need * 1.02:.1f}"  # a little past it: the budget lands at or under the ratio
 
     from tensorfold.api import optimize
     from tensorfold.bench.runner import quantize_int8
@@ -85,7 +110,9 @@ def main(argv=None) -> int:
     from tensorfold.recovery.run import recover
     from tensorfold.runtime.evaluation import evaluate_onnx
 
-    original, meta = baseline("mobilenetv2", WIDTH, "fashion-mnist", Recipe(epochs=3), cache_dir() / "baselines")
+    original, meta = baseline(
+        args.model, width, "fashion-mnist", Recipe(epochs=args.baseline_epochs), cache_dir() / "baselines"
+    )
     x, _, _ = load_data("fashion-mnist", "train")
     tx, ty, _ = load_data("fashion-mnist", "test")
     tx = prepare_inputs(tx, [1, 1, -1, -1])
@@ -125,7 +152,7 @@ def main(argv=None) -> int:
                     rec,
                     teacher_path=original,
                     data="fashion-mnist",
-                    cfg=RecoverConfig(epochs=epochs, batch_size=128),
+                    cfg=RecoverConfig(epochs=epochs, batch_size=128, device=device),
                     progress=True,
                 )
                 q = quantize_int8(rec, work / f"{rec.stem}.int8.onnx", prepare_inputs(x[:256], [1, 1, -1, -1]))
@@ -142,6 +169,7 @@ def main(argv=None) -> int:
                     "accuracy": evaluate_onnx(rec, tx, ty),
                     "int8_accuracy": evaluate_onnx(q, tx, ty),
                     "int8_size_cut": original.stat().st_size / q.stat().st_size,
+                    "recover_device": device,
                     "date": datetime.date.today().isoformat(),
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 }
@@ -154,30 +182,37 @@ def main(argv=None) -> int:
                     flush=True,
                 )
 
+    title = {"mobilenetv2": "MobileNetV2", "mobilenetv1": "MobileNetV1"}[args.model]
     lines = [
-        "# MobileNetV2 against the 14x target",
+        f"# {title} against the 14x target",
         "",
-        f"Command: `.venv/bin/python tools/bench_mobilenet.py --ratios {args.ratios} --runs '{args.runs}' "
+        f"Command: `.venv/bin/python tools/bench_mobilenet.py --model {args.model} --width {width:g} "
+        f"--baseline-epochs {args.baseline_epochs} --ratios {args.ratios} --runs '{args.runs}' "
         f"--epochs {args.epochs}`; {datetime.date.today().isoformat()}, {platform.machine()}, "
-        f"{os.cpu_count()} cores, CPU only. Rows: `{args.rows}`.",
+        f"{os.cpu_count()} cores, {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU only'}. "
+        f"Rows: `{args.rows}`.",
         "",
         "Target (the user's plan): MobileNet >= 14x fewer parameters at <= 2 points of accuracy.",
         "",
         "## The ceiling of a low-rank rewrite",
         "",
-        "| width | params | factorizable (groups=1 convs, classifier) | not factorizable (depthwise, BN) "
+        "| width | classes | params | factorizable (groups=1 convs, classifier) | not factorizable (depthwise, BN) "
         "| most a factorization can cut | ratio over factorizable layers for 14x |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for width in (WIDTH, 1.0):
-        c = ceiling(width)
-        need = f"{c['needed_ratio']:.1f}x" if c["needed_ratio"] else "unreachable"
+    shown = [(w, 10) for w in dict.fromkeys((width, 1.0))]
+    if args.model == "mobilenetv1":
+        shown.append((1.0, 1000))  # the paper's 4.2M
+    for w, classes in shown:
+        c = ceiling(args.model, w, classes)
+        needed = f"{c['needed_ratio']:.1f}x" if c["needed_ratio"] else "unreachable"
         lines.append(
-            f"| {width:g} | {c['params']:,} | {c['factorizable']:,} | {c['fixed']:,} | {c['max_cut']:.1f}x | {need} |"
+            f"| {w:g} | {classes} | {c['params']:,} | {c['factorizable']:,} | {c['fixed']:,} | {c['max_cut']:.1f}x "
+            f"| {needed} |"
         )
     lines += [
         "",
-        f"## Width {WIDTH:g}, recovered on the CPU",
+        f"## Width {width:g}, recovered on {device}",
         "",
         f"Baseline: {meta['recipe']['epochs']} epochs on {meta['device']}, test accuracy {base_acc:.2%}, "
         f"{base_params:,} parameters.",
