@@ -15,34 +15,70 @@ import numpy as np
 from tensorfold.errors import TensorfoldError
 from tensorfold.report import PipelineReport
 
+# the device the user's plan targets (shared/DESIGN.md): its latency is predicted, never measured here
+TARGET_DEVICE = "rx580"
+
 
 def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[dict]:
-    """Test accuracy, params and FLOPs of every stage's model, and their batch-1 latencies timed
-    round-robin in one loop (a burst of load on a shared host hits every stage alike)."""
+    """For every stage's model: test accuracy, params, file bytes, FLOPs, batch-1 latency measured on
+    the CPU provider (all stages timed round-robin in one loop, so a burst of load on a shared host
+    hits them alike) and predicted for the RX 580, and the peak memory one batch-1 call adds to a
+    fresh onnxruntime process (runtime.memory.measured_peak_bytes)."""
     from tensorfold.graph.io import load_model
     from tensorfold.graph.model import count_params
     from tensorfold.graph.stats import model_stats
+    from tensorfold.runtime.devices import get_device
     from tensorfold.runtime.evaluation import evaluate_onnx
     from tensorfold.runtime.latency import measure_interleaved
+    from tensorfold.runtime.latency_model import Predicted
+    from tensorfold.runtime.memory import measured_peak_bytes
 
+    target = Predicted(get_device(TARGET_DEVICE))
     rows, timed = [], []
     for stage, path in stages:
         model = load_model(path)
         name = model.graph.input[0].name
-        stats = model_stats(model, {name: [1, *test[0].shape[1:]]})
+        shapes = {name: [1, *test[0].shape[1:]]}
+        stats = model_stats(model, shapes)
+        data = Path(str(path) + ".data")
         rows.append(
             {
                 "stage": stage,
                 "model": str(path),
                 "test_accuracy": evaluate_onnx(model, test[0], test[1], threads=threads),
                 "params": count_params(model),  # int8 weights count too
+                "size_bytes": Path(path).stat().st_size + (data.stat().st_size if data.exists() else 0),
                 "flops": stats.flops,
+                f"{TARGET_DEVICE}_ms": round(target.ms(model, shapes), 4),
+                "peak_bytes": measured_peak_bytes(path, {name: test[0][:1]}),
             }
         )
         timed.append((model, {name: test[0][:1]}))
     for row, stats in zip(rows, measure_interleaved(timed, "cpu", threads, warmup=5, rounds=50)):
         row["host_ms"] = stats.median
     return rows
+
+
+def against_teacher(stages: list[dict]) -> list[dict]:
+    """Each later stage against the first (the teacher): the plan's four numbers. Compression in
+    parameters and in file bytes (int8 weights are a quarter of the bytes), accuracy lost in points,
+    speedup measured on the CPU provider and predicted for the RX 580, peak memory saved."""
+    base = stages[0]
+    out = []
+    for s in stages[1:]:
+        peak = s.get("peak_bytes")
+        out.append(
+            {
+                "stage": s["stage"],
+                "params_x": base["params"] / max(s["params"], 1),
+                "bytes_x": base["size_bytes"] / max(s["size_bytes"], 1),
+                "accuracy_loss_pt": 100 * (base["test_accuracy"] - s["test_accuracy"]),
+                "cpu_speedup": base["host_ms"] / s["host_ms"],
+                f"{TARGET_DEVICE}_speedup": base[f"{TARGET_DEVICE}_ms"] / s[f"{TARGET_DEVICE}_ms"],
+                "memory_saved": (1 - peak / base["peak_bytes"]) if peak and base.get("peak_bytes") else None,
+            }
+        )
+    return out
 
 
 # what a pipeline writes in its --output-dir (outputs.OutputFolder: nothing else there is touched)
@@ -220,6 +256,7 @@ def _run(
     return PipelineReport(
         output_dir=str(out),
         stages=stages,
+        against_teacher=against_teacher(stages),
         nas={
             "strategy": nas.strategy,
             "candidates": nas.candidates,

@@ -147,6 +147,26 @@ def test_pipeline_runs_every_stage(tmp_path):
     assert all(0 <= s["test_accuracy"] <= 1 and s["host_ms"] > 0 for s in report["stages"])
     assert report["stages"][0]["test_accuracy"] > 0.85
     assert (tmp_path / "p" / "recovered.onnx").exists()
+    # the plan's four numbers, every stage against the teacher: compression (params and bytes),
+    # accuracy lost, speedup (CPU measured, RX 580 predicted), peak memory (measured)
+    for s in report["stages"]:
+        assert s["size_bytes"] > 0 and s["rx580_ms"] > 0 and s["peak_bytes"] > 0, s
+    vs = report["against_teacher"]
+    assert [r["stage"] for r in vs] == [s["stage"] for s in report["stages"][1:]]
+    teacher, int8 = report["stages"][0], report["stages"][-1]
+    assert vs[-1]["bytes_x"] == pytest.approx(teacher["size_bytes"] / int8["size_bytes"])
+    assert vs[-1]["accuracy_loss_pt"] == pytest.approx(100 * (teacher["test_accuracy"] - int8["test_accuracy"]))
+    assert vs[-1]["memory_saved"] == pytest.approx(1 - int8["peak_bytes"] / teacher["peak_bytes"])
+    from dataclasses import fields
+
+    from rich.console import Console
+
+    from tensorfold.report import PipelineReport
+
+    console = Console(record=True, width=200)
+    PipelineReport(**{f.name: report[f.name] for f in fields(PipelineReport) if f.name in report}).render(console)
+    shown = console.export_text()
+    assert "against the teacher" in shown and "RX 580 speedup" in shown and "peak mem" in shown
 
 
 @pytest.mark.parametrize(
