@@ -91,6 +91,7 @@ class OptimizeOptions:
     recover_data: str | os.PathLike[str] | None = None
     lr: float | None = None  # None: short trial runs pick it once, on the first candidate
     batch_size: int = 16
+    recompute_segments: int = 0  # --recover: activation checkpointing over this many graph segments
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
     resume: bool = False  # continue the interrupted search in `checkpoints`

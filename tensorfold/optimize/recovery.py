@@ -64,6 +64,7 @@ class Recoverer:
         shapes: dict[str, list[int]] | None = None,
         lr: float | None = None,
         batch_size: int = 16,
+        recompute_segments: int = 0,
         seed: int = 0,
         threads: int = 0,
         device: str = "cpu",
@@ -79,7 +80,14 @@ class Recoverer:
         names = list(arrays)
         self.x: Any = arrays[names[0]] if len(names) == 1 else InputArrays(names, [arrays[n] for n in names])
         self.cfg = RecoverConfig(
-            max_steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, device=device, workers=0
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            threads=threads,
+            device=device,
+            workers=0,
+            recompute_segments=recompute_segments,
         )
         self.lr_from = "--lr" if lr is not None else ""
         self.progress = progress
@@ -112,6 +120,7 @@ class Recoverer:
             "lr_from": self.lr_from,
             "data": f"{len(self.x)} inputs ({self.source})",
             "device": self.cfg.device,
+            **({"recompute_segments": self.cfg.recompute_segments} if self.cfg.recompute_segments else {}),
             **({"resumed_candidates": self.resumed} if self.resumed else {}),
         }
 

@@ -276,6 +276,7 @@ def _recoverer(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None) -> 
         shapes=o.shape_map,
         lr=o.lr,
         batch_size=o.batch_size,
+        recompute_segments=o.recompute_segments,
         seed=o.seed,
         threads=o.threads,
         device=o.torch_device,

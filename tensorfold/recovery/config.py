@@ -32,6 +32,9 @@ class RecoverConfig:
     device: str = "cpu"  # "cuda" trains there (the teacher then runs there too)
     precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (torch.autocast) for the forward passes
     workers: int = 2  # threads decoding image files ahead of the step (finetune._batches)
+    # > 1: activation checkpointing over this many segments of the graph (OnnxModule): about one
+    # more forward per step for a fraction of the training step's memory
+    recompute_segments: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -47,6 +50,8 @@ class RecoverConfig:
             raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
         check_count(self.threads, "--threads")
         check_count(self.workers, "--workers")
+        if self.recompute_segments < 0:
+            raise TensorfoldError(f"--recompute-segments must be >= 0 (got {self.recompute_segments})")
         check_seed(self.seed)
 
 

@@ -35,6 +35,7 @@ from tensorfold.recovery.config import RecoverConfig, autocast, grad_scaler
 from tensorfold.recovery.distill import Outputs, Teacher, feature_loss, output_loss
 from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 from tensorfold.recovery.history import History
+from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 if TYPE_CHECKING:
@@ -159,6 +160,8 @@ def train(
     use_kd = cfg.distill in ("hinton", "both") and teacher is not None
     learners = []
     for k, m in enumerate([module, *(peers or [])]):
+        if isinstance(m, OnnxModule):  # --recompute-segments: activation checkpointing over its graph
+            m.checkpoint_segments = cfg.recompute_segments
         opt = make_optimizer(m, cfg)
         # m.proto: an OnnxModule's graph (mypy types a Module's other attributes as Tensor | Module)
         produced = {o for n in m.proto.graph.node for o in n.output} if hasattr(m, "proto") else set()  # type: ignore[union-attr]

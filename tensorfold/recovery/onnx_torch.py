@@ -98,6 +98,10 @@ class OnnxModule(nn.Module):
         # a model exported with a fixed batch runs on any batch as slices of that size: training
         # batches are not the export's
         self.fixed_batch = sample_batch(self.proto)
+        # > 1: a training forward runs the graph in this many segments under activation
+        # checkpointing (only the values crossing a segment boundary are kept for the backward
+        # pass; each segment's own are recomputed), trading about one more forward for memory
+        self.checkpoint_segments = 0
 
     def forward(
         self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()
@@ -135,7 +139,31 @@ class OnnxModule(nn.Module):
             values[name] = self.params[key]
         for name, x in zip(self.input_names, inputs):
             values[name] = x
-        for index, node in enumerate(self.nodes):
+        segments = self.checkpoint_segments
+        if segments > 1 and torch.is_grad_enabled() and len(self.nodes) > segments:
+            from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+            bounds = np.linspace(0, len(self.nodes), segments + 1).round().astype(int)
+            # early stop ends a recomputation by raising inside it, which the node errors below
+            # would report as the node's failure: each segment is recomputed whole
+            with set_checkpoint_early_stop(False):
+                for start, end in zip(bounds[:-1], bounds[1:]):
+                    values = checkpoint(self._segment, values, int(start), int(end), capture, use_reentrant=False)
+        else:
+            values = self._segment(values, 0, len(self.nodes), capture)
+        outputs = [values[n] for n in self.output_names]
+        if capture:
+            return outputs, {n: values[n] for n in capture if n in values}
+        return outputs
+
+    def _segment(
+        self, values: dict[str, torch.Tensor], start: int, end: int, capture: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Nodes [start, end) on `values` (not changed: checkpointing runs a segment twice on the
+        same input); the values live after them."""
+        values = dict(values)
+        for index in range(start, end):
+            node = self.nodes[index]
             args = [values[i] if i else None for i in node.input]
             while args and args[-1] is None:
                 args.pop()
@@ -164,10 +192,7 @@ class OnnxModule(nn.Module):
             for name in self._last_use[index]:
                 if name not in capture:
                     values.pop(name, None)
-        outputs = [values[n] for n in self.output_names]
-        if capture:
-            return outputs, {n: values[n] for n in capture if n in values}
-        return outputs
+        return values
 
     def _frozen(self, node: onnx.NodeProto, args: list[torch.Tensor | None]) -> list[torch.Tensor]:
         from tensorfold.onnxrt.sessions import make_session

@@ -41,7 +41,7 @@ def test_recovery_lowers_the_held_out_error_at_the_ratio_asked(samples, tmp_path
 def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, progress=False)
     plain = optimize(DEMO, None, **kwargs)
-    recovered = optimize(DEMO, None, recover=20, lr=1e-4, **kwargs)
+    recovered = optimize(DEMO, None, recover=20, lr=1e-4, recompute_segments=3, **kwargs)
     trials = recovered.budget_search
     # the unrefined search first (seconds), then recovery only above its answer (minutes each)
     unrefined = [t for t in trials if "before_recovery" not in t]
@@ -53,6 +53,7 @@ def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     assert recovered.verification.max_relative_error <= 0.2
     assert recovered.eligible_params[1] <= plain.eligible_params[1]  # at least as far, within the bound
     assert recovered.recovery["lr_from"] == "--lr"
+    assert recovered.recovery["recompute_segments"] == 3  # activation checkpointing reached the trainer
     from rich.console import Console
 
     console = Console(record=True, width=160)

@@ -249,3 +249,30 @@ def test_intermediates_are_dropped_after_their_last_reader_subgraphs_included():
     assert drops[1] == ("dead",)  # read by nobody: dropped at once
     assert "x" in drops[2] and "h" in drops[3] and "c" in drops[3]  # h is read inside the If's branches
     assert all("y" not in d for d in drops)  # outputs stay
+
+
+@pytest.mark.parametrize("name", ["tucker", "transformer", "resnet"])
+@pytest.mark.parametrize("segments", [2, 5])
+def test_recompute_segments_give_the_same_outputs_and_gradients(models, name, segments):
+    """Activation checkpointing (--recompute-segments) changes memory, not what is computed: the
+    same outputs, captured features and gradients as one uninterrupted forward."""
+    model = onnx.load(models[name])
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(INPUTS[name]).astype(np.float32))
+    results = []
+    for k in (0, segments):
+        module = OnnxModule(model)
+        module.checkpoint_segments = k
+        capture = tuple(module.nodes[len(module.nodes) // 2].output[:1])  # a value in the middle
+        outputs, feats = module(x, capture=capture)
+        loss = sum((o.float() ** 2).mean() for o in outputs) + sum(f.float().abs().mean() for f in feats.values())
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in module.params.items() if p.grad is not None}
+        results.append(([o.detach() for o in outputs], {k: v.detach() for k, v in feats.items()}, grads))
+    (o0, f0, g0), (o1, f1, g1) = results
+    assert g0 and g0.keys() == g1.keys() and f0.keys() == f1.keys() and f0
+    for a, b in zip(o0, o1):
+        torch.testing.assert_close(a, b)
+    for k in f0:
+        torch.testing.assert_close(f0[k], f1[k])
+    for k in g0:
+        torch.testing.assert_close(g0[k], g1[k], rtol=1e-4, atol=1e-6)

@@ -665,3 +665,41 @@ def test_every_method_names_its_chain_output_for_feature_distillation(method):
     result = get_pass(method)(model, PassContext(spec=RankSpec(ratio=2), force=True, progress=False))
     assert result.rewritten, result.skipped
     assert rewritten_outputs(result.model) == ["y"]
+
+
+def test_recompute_segments_from_the_command_line(student, npz, tmp_path):
+    """recover --recompute-segments reaches the trainer's graph (the same losses as without it: the
+    same steps computed), and a negative count is one error line."""
+    losses = []
+    for segments in ("0", "4"):
+        out = tmp_path / f"r{segments}.onnx"
+        result = CliRunner().invoke(
+            main,
+            [
+                "recover",
+                str(student),
+                "--teacher",
+                str(TEACHER),
+                "--data",
+                str(npz[0]),
+                "-o",
+                str(out),
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "32",
+                "--lr",
+                "1e-3",
+                "--threads",
+                "1",
+                "--recompute-segments",
+                segments,
+                "--json",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["config"]["recompute_segments"] == int(segments)
+        losses.append(json.loads((tmp_path / f"r{segments}.onnx.ckpt" / "history.json").read_text())["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    with pytest.raises(TensorfoldError, match="--recompute-segments"):
+        RecoverConfig(recompute_segments=-1)
