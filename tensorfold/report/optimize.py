@@ -163,7 +163,8 @@ class OptimizeReport(Report):
             console.print(f"budget search (ratio over factorizable layers, held-out error): {trials}")
         if self.recovery:
             how = self.recovery
-            line = f"recovery: {how['steps']} steps per candidate at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
+            each = " per candidate" if self.budget_search else ""  # --ratio: one candidate
+            line = f"recovery: {how['steps']} steps{each} at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
             if how.get("resumed_candidates"):

@@ -36,6 +36,11 @@ def test_recovery_lowers_the_held_out_error_at_the_ratio_asked(samples, tmp_path
     assert recovered.verification.max_relative_error == pytest.approx(info["after"])
     assert recovered.after.params == plain.after.params  # same factors' shapes, trained values
     assert [s["stage"] for s in recovered.stages] == ["input", "recovered"]
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    recovered.render(console)
+    assert "recovery: 45 steps at lr" in console.export_text()  # one candidate: not "per candidate"
 
 
 def test_the_bound_search_judges_each_candidate_once_recovered(samples):
