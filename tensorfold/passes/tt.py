@@ -122,9 +122,10 @@ def _tt_params(dims: tuple[int, ...], ranks: tuple[int, ...]) -> int:
 
 def _evbmf_bond_ranks(layer: Layer) -> list[int]:
     """EVBMF rank of each bond's unfolding of the tensors TT-SVD works on (the largest over groups)."""
+    targets = _tt_targets(layer)
     return [
-        max(evbmf_rank(t.reshape(int(np.prod(t.shape[: k + 1])), -1)) for t in _tt_targets(layer))
-        for k in range(_tt_targets(layer)[0].ndim - 1)
+        max(evbmf_rank(t.reshape(int(np.prod(t.shape[: k + 1])), -1)) for t in targets)
+        for k in range(targets[0].ndim - 1)
     ]
 
 
