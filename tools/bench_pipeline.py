@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-minutes", type=float, default=8.0)
     ap.add_argument("--strategy", default="evolution")
     ap.add_argument("--recover-steps", type=int, default=300)
+    ap.add_argument("--final-channels", type=int, default=16, help="the NAS network's width when trained")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             strategy=args.strategy,
             budget_minutes=args.budget_minutes,
             recover_steps=args.recover_steps,
+            final_channels=args.final_channels,
             seed=args.seed,
             progress=False,
         )
@@ -68,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     stages, vs = report.stages, report.against_teacher
     final = vs[-1]
     lines = [
-        "# The pipeline (TD + NAS + KD) against the plan's promise",
+        f"## Teacher {args.teacher} at width {args.width:g}, NAS network at {args.final_channels} channels",
         "",
         f"Command: `.venv/bin/python tools/bench_pipeline.py --teacher {args.teacher} --width {args.width:g} "
         f"--budget-minutes {args.budget_minutes:g} --strategy {args.strategy} --recover-steps {args.recover_steps} "
-        f"--seed {args.seed}`  ",
+        f"--final-channels {args.final_channels} --seed {args.seed}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; {minutes:.0f} minutes in all  ",
         f"Date: {datetime.date.today()}",
         "",
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.budget_minutes:g} minutes ({report.nas['candidates']} candidates), distilled from the teacher; "
         f"decomposition: {stages[2]['stage']}; recovery {report.recover['steps']} steps; int8 static QDQ.",
         "",
-        "## The four numbers: the final model (recovered + int8) against the teacher",
+        "### The four numbers: the final model (recovered + int8) against the teacher",
         "",
         "| number | the plan's promise | measured | |",
         "|---|---|---|---|",
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines += [
         "",
-        "## Every stage (so the table says which stage costs what)",
+        "### Every stage (so the table says which stage costs what)",
         "",
         "| stage | accuracy | params | file bytes | CPU ms (b1) | RX 580 ms (pred.) | peak memory |",
         "|---|---:|---:|---:|---:|---:|---:|",
