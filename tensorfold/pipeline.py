@@ -59,6 +59,23 @@ def _measure_stages(stages: list[tuple[str, Path]], test, threads: int) -> list[
     return rows
 
 
+def int8_outcome(deploy: dict | None) -> tuple[str, str | None]:
+    """The int8 stage's name, and why int8 was not kept where the deploy search (calibration/deploy.py)
+    chose the float model: int8 over the bound, or slower on the CPU provider."""
+    chosen = (deploy or {}).get("chosen", "")
+    if "int8" in chosen:
+        return "recovered + int8", None
+    tried = [c for c in (deploy or {}).get("candidates", []) if "int8" in c["name"]]
+    detail = "; ".join(
+        f"{c['name']}: held-out error {c['max_error']:.3g} ({'within' if c['within'] else 'over'} the bound)"
+        + (f", {c['speedup']:.2f}x the speed" if c.get("speedup") is not None else "")
+        for c in tried
+    )
+    return "recovered (int8 not kept)", f"int8 was not kept: the search chose '{chosen}'" + (
+        f" ({detail})" if detail else ""
+    )
+
+
 def against_teacher(stages: list[dict]) -> list[dict]:
     """Each later stage against the first (the teacher): the plan's four numbers. Compression in
     parameters and in file bytes (int8 weights are a quarter of the bytes), accuracy lost in points,
@@ -239,7 +256,12 @@ def _run(
     with atomic_path(calibration, suffix=".npz") as tmp:
         np.savez(tmp, **{load_model(recovered).graph.input[0].name: prepare_inputs(train_x[:256], [1, *IMAGE], None)})
     int8 = folder.file("recovered.int8.onnx")
-    optimize(recovered, int8, method="none", int8=True, calibration=calibration, progress=progress, seed=seed)
+    quantized = optimize(
+        recovered, int8, method="none", int8=True, calibration=calibration, progress=progress, seed=seed
+    )
+    int8_stage, why = int8_outcome(quantized.deploy)
+    if why:
+        notes.append(why)
     x, y, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
     test = (prepare_inputs(x, [1, *IMAGE], None), np.asarray(y))
     stages = _measure_stages(
@@ -248,7 +270,7 @@ def _run(
             ("NAS, distilled", out / "nas.onnx"),
             (f"decomposed ({decomposition})", factorized),
             ("recovered", recovered),
-            ("recovered + int8", int8),
+            (int8_stage, int8),
         ],
         test,
         threads,

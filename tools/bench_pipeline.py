@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.budget_minutes:g} minutes ({report.nas['candidates']} candidates), distilled from the teacher; "
         f"decomposition: {stages[2]['stage']}; recovery {report.recover['steps']} steps; int8 static QDQ.",
         "",
-        "### The four numbers: the final model (recovered + int8) against the teacher",
+        f"### The four numbers: the final model ({stages[-1]['stage']}) against the teacher",
         "",
         "| number | the plan's promise | measured | |",
         "|---|---|---|---|",

@@ -138,7 +138,12 @@ def test_pipeline_runs_every_stage(tmp_path):
         "recovered",
         "recovered",
     ]
-    assert report["stages"][-1]["stage"] == "recovered + int8" and (tmp_path / "p" / "recovered.int8.onnx").exists()
+    # int8 is kept where the deploy search picks it; where it does not the stage and a note say why
+    last = report["stages"][-1]["stage"]
+    assert last == "recovered + int8" or (
+        last == "recovered (int8 not kept)" and any(n.startswith("int8 was not kept") for n in report["notes"])
+    )
+    assert (tmp_path / "p" / "recovered.int8.onnx").exists()
     # a hardware-aware decomposition that rewrites nothing says why and falls back to parameters
     fell_back = "by parameters" in report["stages"][2]["stage"]
     assert fell_back == any("rewrote no layer" in n for n in report["notes"])
@@ -227,3 +232,23 @@ def test_scorer_predicts_memory_and_constrains_it():
     scored = scorer(random_genotype(rng))
     assert scored.metrics["memory"] > 1e-3 and scored.values[1] == scored.metrics["memory"]
     assert scored.user_attrs["constraints"] == [pytest.approx(scored.metrics["memory"] - 1e-3)]
+
+
+def test_the_int8_stage_says_when_int8_was_not_kept():
+    from tensorfold.pipeline import int8_outcome
+
+    kept = {"chosen": "input + int8 (qdq)", "candidates": []}
+    assert int8_outcome(kept) == ("recovered + int8", None)
+    slower = {
+        "chosen": "input",
+        "candidates": [
+            {"name": "input", "max_error": 0.0, "within": True, "speedup": 1.0},
+            {"name": "input + int8 (qdq)", "max_error": 0.012, "within": True, "speedup": 0.8},
+        ],
+    }
+    stage, why = int8_outcome(slower)
+    assert stage == "recovered (int8 not kept)"
+    assert (
+        why
+        == "int8 was not kept: the search chose 'input' (input + int8 (qdq): held-out error 0.012 (within the bound), 0.80x the speed)"
+    )
