@@ -138,7 +138,7 @@ def inspect_cmd(model, as_json, **options):
 _RECOMPUTE_HELP = (
     "save memory in training: keep activations only where the graph is cut into N segments and "
     "recompute the rest in the backward pass (about one more forward per step; N=8 took PP-OCR rec's "
-    "training step from +1.7 to +0.9 GB at batch 16)"
+    "training step from +1.7 to +1.0 GB at batch 16, tools/bench_recompute_memory.py)"
 )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -56,29 +57,37 @@ def nas_networks(path: Path) -> list[dict]:
     return out
 
 
+@functools.cache
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images as the networks take them, and labels (read once per run)."""
+    from tensorfold.datasets import load_data, prepare_inputs
+    from tensorfold.search.nas.options import IMAGE
+
+    x, y, _ = load_data("fashion-mnist", split, IMAGE[1:], IMAGE[0])
+    return prepare_inputs(x, [1, *IMAGE], None), np.asarray(y).astype(np.int64)
+
+
 def train_hand(name: str, width: float, seed: int, steps: int) -> tuple[dict, object]:
     """A zoo network trained with the NAS final training; its row and ONNX model."""
     import torch
 
     from tensorfold.bench.zoo import build
-    from tensorfold.datasets import load_data, prepare_inputs
     from tensorfold.runtime.evaluation import evaluate_onnx
-    from tensorfold.search.nas.options import IMAGE
     from tensorfold.search.nas.space import to_onnx
     from tensorfold.search.nas.train import train_network
 
-    x, y, _ = load_data("fashion-mnist", "train", IMAGE[1:], IMAGE[0])
-    tx, ty, _ = load_data("fashion-mnist", "test", IMAGE[1:], IMAGE[0])
+    x, y = fashion_mnist("train")
+    tx, ty = fashion_mnist("test")
     torch.manual_seed(seed)
     net = build(name, width=width)
     start = time.perf_counter()
-    t = train_network(net, prepare_inputs(x, [1, *IMAGE], None), y.astype(np.int64), steps=steps, seed=seed)
+    t = train_network(net, x, y, steps=steps, seed=seed)
     model = to_onnx(net)
     row = {
         "design": f"{name} width {width:g}",
         "kind": "hand",
         "seed": seed,
-        "accuracy": evaluate_onnx(model, prepare_inputs(tx, [1, *IMAGE], None), ty),
+        "accuracy": evaluate_onnx(model, tx, ty),
         "params": sum(p.numel() for p in net.parameters()),
         "steps": t["steps"],
         "train_seconds": round(time.perf_counter() - start, 1),
@@ -121,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
             hand.append(row)
+    from tensorfold.bench.zoo import build
+
     for row in hand:  # latency needs only the architecture: an untrained copy where this run trained none
         if row["design"] not in hand_models:
-            from tensorfold.bench.zoo import build
-
             name, _, width = row["design"].split(" ")
             hand_models[row["design"]] = to_onnx(build(name, width=float(width)))
 
