@@ -1,14 +1,16 @@
 """`optimize --recover`'s checkpoints (OUTPUT.ckpt/ or --checkpoints DIR): an interrupted search
 resumes where it stopped (`--resume`).
 
-- search.json: the settings recovery trains with and the learning rate its trial runs chose; a
-  resume with other settings is refused (its candidates would not be the ones trained here).
+- search.json: the settings recovery trains with and the learning rate the first candidate's runs
+  chose; a resume with other settings is refused (its candidates would not be the ones trained
+  here).
 - cand-KEY.onnx and cand-KEY.json: one candidate once recovered, and how (steps, seconds, stop).
   KEY hashes the candidate before recovery: a resumed search builds the same candidates in the same
   order (the factorization is deterministic) and finds each trained one by its content, whatever the
   bound; a changed factorization is simply a new candidate.
 - cand-KEY/: that candidate's training checkpoints while it trains (recovery/checkpoints.py): a
-  search interrupted mid-candidate continues that candidate from its last evaluation.
+  search interrupted mid-candidate continues that candidate from its last evaluation. The first
+  candidate trains once per rate tried, in cand-KEY-lrRATE/: finished runs are replayed from there.
 
 Everything read back is ONNX, JSON or a weights_only checkpoint: nothing here unpickles code. The
 folder goes when the optimize run succeeds (its output holds the result).
@@ -113,7 +115,10 @@ class SearchCheckpoints:
             self.folder.file(f"cand-{key}.onnx.data")
         save_model(model, self.folder.file(f"cand-{key}.onnx"))
         write_json_atomic(self.folder.file(f"cand-{key}.json"), info)
-        shutil.rmtree(self.path / f"cand-{key}", ignore_errors=True)  # its model is kept: the steps are not needed
+        # its model is kept: the steps are not needed (nor those of the first candidate's runs by rate)
+        for path in [self.path / f"cand-{key}", *self.path.glob(f"cand-{key}-lr*")]:
+            if path.is_dir() and path.name in self.folder.owned():
+                shutil.rmtree(path, ignore_errors=True)
 
     def abandoned(self) -> bool:
         """The run failed or was stopped: its checkpoints stay for --resume once a candidate has

@@ -89,7 +89,7 @@ class OptimizeOptions:
     # and judged on the held-out share once recovered
     recover: int | None = None
     recover_data: str | os.PathLike[str] | None = None
-    lr: float | None = None  # None: short trial runs pick it once, on the first candidate
+    lr: float | None = None  # None: whole runs at several rates on the first candidate pick it (lr_finder.rate_by_runs)
     batch_size: int = 16
     recompute_segments: int = 0  # --recover: activation checkpointing over this many graph segments
     torch_device: str = "cpu"

@@ -3,15 +3,15 @@
 Label-free distillation from the input model (its outputs, and each factor chain's output toward
 the original layer's) on the calibration fit share, plus --recover-data when given; the held-out
 share is never trained on, nor used to pick the best step (a fifth of the training inputs is).
-The learning rate comes from short trial runs on the first candidate (recovery/lr_finder.trial_lr)
-unless --lr is given, and every later candidate reuses it.
+Without --lr the first candidate trains at two rates or more, each for the whole run, and keeps
+the best (recovery/lr_finder.rate_by_runs); every later candidate trains at that rate.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from tensorfold.recovery.checkpoints import model_fingerprint
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.distributed import from_rank0, world
-from tensorfold.recovery.finetune import train
-from tensorfold.recovery.lr_finder import SHORT_RUN_LR, TRIAL_STEPS, trial_lr
+from tensorfold.recovery.finetune import TrainResult, train
+from tensorfold.recovery.lr_finder import rate_by_runs
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import tensors
 
@@ -144,7 +144,7 @@ class Recoverer:
                         self.cfg.lr,
                     )
                 )
-            recovered = self._train(student, folder, resume, label)
+            recovered = self._train(student, folder, resume, label, key)
         if self.checkpoints is not None:
             self.checkpoints.save(key, recovered.model, recovered.as_dict())
         return recovered
@@ -166,7 +166,20 @@ class Recoverer:
         if self.w.distributed and self.w.main:
             from_rank0(("stop",))
 
-    def _train(self, student: onnx.ModelProto, folder: OutputFolder | Path, resume: bool, label: str) -> Recovered:
+    def _rate_folder(self, folder: OutputFolder | Path, key: str, rate: float) -> tuple[OutputFolder | Path, bool]:
+        """The checkpoint folder of the first candidate's run at `rate` (beside the candidate's own:
+        an interrupted search replays the finished runs from theirs and continues the one it
+        stopped in), and whether it holds a checkpoint to resume."""
+        if isinstance(folder, OutputFolder):  # rank 0 with the search's checkpoints
+            assert self.checkpoints is not None
+            return self.checkpoints.training(f"{key}-lr{rate:g}")
+        # a worker (rank 0's path: its last.pt is there only when rank 0 resumes it) or a temporary folder
+        path = folder.with_name(f"{folder.name}-lr{rate:g}")
+        return path, (path / "last.pt").is_file()
+
+    def _train(
+        self, student: onnx.ModelProto, folder: OutputFolder | Path, resume: bool, label: str, key: str = ""
+    ) -> Recovered:
         start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
         features = rewritten_outputs(student)
@@ -181,33 +194,36 @@ class Recoverer:
         val_n = max(1, len(self.x) // 5) if len(self.x) > 1 else 0
         val_idx, train_idx = (order[:val_n], order[val_n:]) if val_n else (order, order)
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
-        if self.cfg.lr is None:  # once, on the first candidate: later ones reuse the rate
-            if self.cfg.max_steps is not None and self.cfg.max_steps < TRIAL_STEPS:
-                self.cfg.lr, self.lr_from = SHORT_RUN_LR, f"{self.cfg.max_steps} steps: too few for trial runs"
-            else:
-                choice = trial_lr(module, teacher, tx, vx, self.cfg, spec)
-                self.cfg.lr, self.lr_from = choice.lr, choice.how
-                if self.w.distributed:  # every rank trains at rank 0's choice
-                    self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))
+
+        def run(rate: float, where: OutputFolder | Path, again: bool) -> TrainResult:
+            return train(
+                module,
+                teacher,
+                tx,
+                None,
+                vx,
+                None,
+                replace(self.cfg, lr=rate),
+                where,
+                resume=again,
+                progress=self.progress and self.w.main,
+                fingerprint=model_fingerprint(student),
+                spec=spec,
+                metric="output_error",  # what the bound judges, not argmax agreement
+                desc=label if self.lr_from else f"{label} at lr {rate:g}",
+                w=self.w,
+            )
+
+        if self.cfg.lr is None:  # once, on the first candidate: its best run is its recovery, and
+            # every later candidate trains at that run's rate
+            choice, result = rate_by_runs(module, lambda rate: run(rate, *self._rate_folder(folder, key, rate)))
+            self.cfg.lr, self.lr_from = choice.lr, choice.how
+            if self.w.distributed:  # the same scores on every rank; rank 0's record is the one kept
+                self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))
             if self.checkpoints is not None:
                 self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
-        result = train(
-            module,
-            teacher,
-            tx,
-            None,
-            vx,
-            None,
-            self.cfg,
-            folder,
-            resume=resume,
-            progress=self.progress and self.w.main,
-            fingerprint=model_fingerprint(student),
-            spec=spec,
-            metric="output_error",  # what the bound judges, not argmax agreement
-            desc=label,
-            w=self.w,
-        )
+        else:
+            result = run(self.cfg.lr, folder, resume)
         steps = result.history.steps[-1] if result.history.steps else 0
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
             return Recovered(student, steps, time.perf_counter() - start, result.stop)

@@ -12,9 +12,8 @@ started; only the rate is kept. `--lr` skips it.
 from __future__ import annotations
 
 import math
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from tensorfold.datasets import samples_subset
 from tensorfold.recovery.config import RecoverConfig, autocast
 from tensorfold.recovery.distill import Outputs, Teacher
 from tensorfold.recovery.distributed import World, from_rank0
-from tensorfold.recovery.finetune import make_optimizer, student_loss, train
+from tensorfold.recovery.finetune import TrainResult, make_optimizer, student_loss
 from tensorfold.recovery.validation import signed, tensors
 
 RANGE_STEPS = 40
@@ -126,65 +125,61 @@ def choose_lr(
     return replace(cfg, lr=lr), choice.how
 
 
-# optimize --recover's rates: short trial runs judged on validation (trial_lr)
-TRIAL_RATES = (1e-5, 1e-4, 3e-4, 1e-3)
-TRIAL_STEPS = 25
-# a winner at an end of the grid is followed past it, a factor EDGE_FACTOR a run, while it keeps
-# winning, for at most EDGE_RUNS more runs: MiniLM-L3 and PP-OCR rec chose the grid's 1e-5, whose
-# neighbours below had never been tried (docs/results/compress.md)
+# optimize --recover's rates: whole runs on the first candidate (rate_by_runs)
+RUN_RATES = (1e-4, 1e-3)
+# a winner at an end of what was tried is followed past it, a factor EDGE_FACTOR a run, while it
+# keeps winning, for at most EDGE_RUNS more runs
 EDGE_RUNS, EDGE_FACTOR = 2, 10**0.5
 
 
-def trial_lr(
-    module: torch.nn.Module,
-    teacher: Teacher,
-    x: Any,
-    val_x: Any,
-    cfg: RecoverConfig,
-    spec: Outputs,
-    metric: str = "output_error",
-) -> LrChoice:
-    """The rate whose short run recovers best: each of TRIAL_RATES trains a copy of the start for
-    TRIAL_STEPS steps (the run's own loss, warm-up and cosine schedule, compressed) and the one that
-    ends with the best validation `metric` wins; the weights go back to the start after each.
+def rate_by_runs(
+    module: torch.nn.Module, run: Callable[[float], TrainResult], metric: str = "output_error"
+) -> tuple[LrChoice, TrainResult]:
+    """The rate whose whole run recovers best, and that run: `run(rate)` trains `module` from where
+    it is now for the run's own length and schedule (it ends on that run's best weights); each of
+    RUN_RATES runs from the same start, then past the winner while it sits at an end of the rates
+    tried. The module ends on the winning run's weights: the winner is the candidate's recovery,
+    not a trial to repeat.
 
-    Why not the range test here: optimize's candidates start close to the teacher (each factor
-    fitted to the calibration data), where the range test's loss is lowest at its first steps and
-    it answers its floor. On PP-OCR cls at 1.5x its 1e-5 reached 0.079 in 200 steps, 3e-4 0.073,
-    1e-3 nothing (docs/results/compress.md): a short run's validation error ranks rates as the long
-    run does, which the loss curve of one rising-rate run cannot see."""
+    Why whole runs: shorter ones rank rates otherwise than the run does. Short runs reward the
+    smallest rate, which barely moves the weights, and a larger rate pays off only over the whole
+    schedule. Trial runs of 25 steps (the run's schedule compressed) chose 1e-4 on PP-OCR cls at
+    1.5x, which reached 0.062 in 300 steps where 1e-3 reached 0.047 (75-step trials chose 1e-4 too);
+    they chose 1e-5 on MiniLM-L3 at 1.38x, 0.129 in 300 steps where 1e-4 reached 0.112
+    (docs/results/compress.md). A failing rate costs nothing but its run: it is not chosen."""
     start = {k: v.detach().clone() for k, v in module.state_dict().items()}
     scores: list[tuple[float, float]] = []
+    best: tuple[float, float, TrainResult, dict[str, torch.Tensor]] | None = None
 
-    def run(rate: float) -> None:
-        short = replace(cfg, lr=rate, max_steps=TRIAL_STEPS, eval_every=TRIAL_STEPS, patience=None)
-        with tempfile.TemporaryDirectory(prefix="tensorfold-lr-") as tmp:
-            result = train(
-                module, teacher, x, None, val_x, None, short, Path(tmp), progress=False, spec=spec, metric=metric
-            )
-        final = result.history.evals[-1] if result.history.evals else None
-        if final is not None and metric in final and not result.stop.startswith("loss became"):
-            scores.append((rate, signed(final, metric)))
+    def attempt(rate: float) -> None:
+        nonlocal best
         module.load_state_dict(start)
+        result = run(rate)
+        finished = result.best is not None and metric in result.best and not result.stop.startswith("loss became")
+        score = signed(result.best, metric) if finished else -math.inf  # type: ignore[arg-type]  # finished: not None
+        scores.append((rate, score))
+        if best is None or score > best[0]:  # a tie keeps the earlier rate
+            best = (score, rate, result, {k: v.detach().clone() for k, v in module.state_dict().items()})
 
-    tried = list(TRIAL_RATES)
+    tried = list(RUN_RATES)
     try:
-        for rate in TRIAL_RATES:
-            run(rate)
-        for _ in range(EDGE_RUNS):  # past the end of the grid the winner sits at, while it keeps winning
-            best = max(scores, key=lambda s: s[1])[0] if scores else None
-            if best == min(tried):
-                rate = float(f"{best / EDGE_FACTOR:.2g}")
-            elif best == max(tried):
-                rate = float(f"{best * EDGE_FACTOR:.2g}")
+        for rate in RUN_RATES:
+            attempt(rate)
+        for _ in range(EDGE_RUNS):  # past the end of the rates the winner sits at, while it keeps winning
+            assert best is not None
+            if best[1] == min(tried):
+                rate = float(f"{best[1] / EDGE_FACTOR:.2g}")
+            elif best[1] == max(tried):
+                rate = float(f"{best[1] * EDGE_FACTOR:.2g}")
             else:
-                break  # none finished, or the best is inside what was tried
+                break
             tried.append(rate)
-            run(rate)
-    finally:
+            attempt(rate)
+    except BaseException:
         module.load_state_dict(start)
-    if not scores:
-        return LrChoice(FLOOR, f"trial runs: none finished, {FLOOR:g}")
-    rate, _ = max(scores, key=lambda s: s[1])
-    table = ", ".join(f"{r:g}: {abs(v):.4g}" for r, v in scores)
-    return LrChoice(rate, f"trial runs of {TRIAL_STEPS} steps, validation {metric} ({table}): {rate:g}")
+        raise
+    assert best is not None
+    score, rate, result, state = best
+    module.load_state_dict(state)
+    table = ", ".join(f"{r:g}: {abs(v):.4g}" if math.isfinite(v) else f"{r:g}: failed" for r, v in scores)
+    return LrChoice(rate, f"whole runs, best validation {metric} ({table}): {rate:g}"), result

@@ -30,7 +30,7 @@ def test_recovery_lowers_the_held_out_error_at_the_ratio_asked(samples, tmp_path
     plain = optimize(DEMO, None, **kwargs)
     recovered = optimize(DEMO, tmp_path / "r.onnx", recover=45, **kwargs)
     info = recovered.recovery
-    assert info is not None and info["steps"] == 45 and "trial runs" in info["lr_from"]
+    assert info is not None and info["steps"] == 45 and "whole runs" in info["lr_from"]
     assert info["before"] == pytest.approx(plain.verification.max_relative_error, rel=1e-6)
     assert info["after"] < 0.9 * info["before"]
     assert recovered.verification.max_relative_error == pytest.approx(info["after"])
@@ -83,7 +83,7 @@ def test_cli_reports_recovery(samples, tmp_path):
     )
     assert code == 0, out
     report = json.loads(out[out.index("{") :])
-    assert report["recovery"]["steps"] == 5 and "too few for trial runs" in report["recovery"]["lr_from"]
+    assert report["recovery"]["steps"] == 5 and "whole runs" in report["recovery"]["lr_from"]
 
 
 @pytest.mark.parametrize(
@@ -117,11 +117,11 @@ def _interrupt_after(monkeypatch, candidates: int):
 
     real, calls = Recoverer._train, []
 
-    def train(self, student, folder, resume, label):
+    def train(self, student, folder, resume, label, key=""):
         if len(calls) == candidates:
             raise KeyboardInterrupt("stopped by the test")
         calls.append(folder)
-        return real(self, student, folder, resume, label)
+        return real(self, student, folder, resume, label, key)
 
     monkeypatch.setattr(Recoverer, "_train", train)
     return calls
@@ -179,6 +179,40 @@ def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samp
     report = optimize(DEMO, out, resume=True, **kwargs)
     assert starts and 0 < starts[0][0] < 24 and report.recovery["steps"] == 24
     assert report.recovery["lr_from"] == "--lr" and out.is_file()
+
+
+def test_the_first_candidates_runs_by_rate_resume(samples, tmp_path, monkeypatch):
+    """Without --lr the first candidate trains once per rate: a search stopped in its second run
+    replays the finished one from its checkpoints and continues the stopped one from its last
+    evaluation."""
+    import os
+    import signal
+
+    import tensorfold.recovery.finetune as finetune
+
+    kwargs = dict(method="tucker", ratio=8, calibration=str(samples), recover=24, progress=False)
+    real_eval, seen = finetune.evaluate, []
+
+    def evaluate(*args, **kw):  # 5 evaluations a run (the start's, then every 6 steps): stop in the second
+        seen.append(1)
+        if len(seen) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_eval(*args, **kw)
+
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
+    out = tmp_path / "r.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        optimize(DEMO, out, **kwargs)
+    runs = sorted(p.parent.name for p in (tmp_path / "r.onnx.ckpt").glob("cand-*-lr*/last.pt"))
+    assert [name.rsplit("-lr", 1)[1] for name in runs] == ["0.0001", "0.001"]
+    monkeypatch.setattr(finetune, "evaluate", real_eval)
+    starts = []
+    real_resume = finetune.resume_checkpoint
+    monkeypatch.setattr(finetune, "resume_checkpoint", lambda *a: starts.append(step := real_resume(*a)) or step)
+    report = optimize(DEMO, out, resume=True, **kwargs)
+    assert starts[0][0] == 24 and 0 < starts[1][0] < 24  # the finished run replayed, the stopped one continued
+    assert report.recovery["steps"] == 24 and "whole runs" in report.recovery["lr_from"]
+    assert out.is_file() and not (tmp_path / "r.onnx.ckpt").exists()
 
 
 def test_resume_with_other_settings_is_refused(samples, tmp_path, monkeypatch):

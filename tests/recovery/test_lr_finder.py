@@ -1,5 +1,6 @@
 """The learning rate recover picks without --lr: the range test leaves the weights as they were and
-lands inside its bounds; a run too short for it takes the short-run rate; --lr wins."""
+lands inside its bounds; a run too short for it takes the short-run rate; --lr wins. optimize
+--recover's rate: whole runs from the same start, the best kept."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from tensorfold.recovery.lr_finder import (
     CEILING,
     EDGE_RUNS,
     FLOOR,
+    RUN_RATES,
     SHORT_RUN_LR,
-    TRIAL_RATES,
     find_lr,
-    trial_lr,
+    rate_by_runs,
 )
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.recovery.run import recover
@@ -46,19 +47,49 @@ def test_the_range_test_keeps_the_weights_and_its_bounds(student):
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def test_trial_runs_pick_the_rate_that_recovers_best_and_keep_the_weights(student):
+def test_the_best_whole_run_is_kept_and_its_rate_chosen(student, tmp_path):
+    """Each rate trains the candidate for the whole run from the same start; the module ends on the
+    winning run's weights, which are that run's best."""
+    from dataclasses import replace
+
+    from tensorfold.recovery.finetune import train
+    from tensorfold.recovery.validation import evaluate
+
     model = load_model(student)
     module = OnnxModule(model)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     teacher = OnnxTeacher(load_model(TEACHER), rewritten_outputs(model))
+    spec = Outputs.of(model)
     x = np.asarray(smooth_images(96, 1), dtype=np.float32).reshape(96, 1, 28, 28)
-    choice = trial_lr(module, teacher, x[:80], x[80:], RecoverConfig(batch_size=16), Outputs.of(model))
-    # every rate ran and is listed with its validation error (the grid, and past its end where the
-    # winner sat there); the chosen one has the lowest
+    cfg = RecoverConfig(batch_size=16, max_steps=12, eval_every=6, workers=0)
+    starts = []
+
+    def run(rate):
+        starts.append({k: v.clone() for k, v in module.state_dict().items()})
+        return train(
+            module,
+            teacher,
+            x[:80],
+            None,
+            x[80:],
+            None,
+            replace(cfg, lr=rate),
+            tmp_path / f"r{rate:g}",
+            progress=False,
+            spec=spec,
+            metric="output_error",
+        )
+
+    choice, result = rate_by_runs(module, run)
+    assert all(all(torch.equal(before[k], v) for k, v in s.items()) for s in starts)  # every run from the start
     listed = dict(part.split(": ") for part in choice.how.split("(")[1].split(")")[0].split(", "))
-    assert set(map(float, listed)) >= set(TRIAL_RATES) and len(listed) <= len(TRIAL_RATES) + EDGE_RUNS
+    assert set(map(float, listed)) >= set(RUN_RATES) and len(listed) <= len(RUN_RATES) + EDGE_RUNS
     assert float(listed[f"{choice.lr:g}"]) == min(map(float, listed.values()))
-    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert result.best is not None and float(listed[f"{choice.lr:g}"]) == pytest.approx(
+        result.best["output_error"], rel=1e-3
+    )
+    again = evaluate(module, x[80:], None, teacher, spec, 16)  # the module holds the winner's best weights
+    assert again["output_error"] == pytest.approx(result.best["output_error"], rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -87,29 +118,39 @@ def test_recover_says_where_its_rate_came_from(student, data, tmp_path, steps, l
 @pytest.mark.parametrize(
     "best, extra",
     [
-        (1e-9, [3.2e-6, 1e-6]),  # the smallest rate keeps winning: two runs below the grid
-        (3.2e-6, [3.2e-6, 1e-6]),  # the first step below wins; the second is tried and loses
-        (1e-5, [3.2e-6]),  # the grid's end wins again: one run below, which loses
-        (3e-4, []),  # a winner inside the grid: nothing more
+        (1e-9, [3.2e-5, 1e-5]),  # the smallest rate keeps winning: two runs below
+        (3.2e-5, [3.2e-5, 1e-5]),  # the first step below wins; the second is tried and loses
+        (1e-4, [3.2e-5]),  # the smallest wins again: one run below, which loses
+        (3e-4, [3.2e-5]),  # nearer 1e-4 than 1e-3 (in decades): one run below, which loses
         (1.0, [3.2e-3, 1e-2]),  # the largest keeps winning: two runs above
     ],
 )
-def test_a_winner_at_the_grid_end_is_followed_past_it(monkeypatch, best, extra):
-    """Trial runs scored by distance (in decades) from `best`: the runs past the grid's ends."""
+def test_a_winner_at_an_end_is_followed_past_it(best, extra):
+    """Runs scored by distance (in decades) from `best`: which rates run, and which is chosen."""
     import math
     from types import SimpleNamespace
 
-    from tensorfold.recovery import lr_finder
-
     ran = []
 
-    def fake_train(module, teacher, x, y, vx, vy, cfg, folder, **kwargs):
-        ran.append(cfg.lr)
-        error = abs(math.log10(cfg.lr) - math.log10(best))
-        return SimpleNamespace(history=SimpleNamespace(evals=[{"output_error": error}]), stop="max steps")
+    def fake_run(rate):
+        ran.append(rate)
+        error = abs(math.log10(rate) - math.log10(best))
+        return SimpleNamespace(best={"output_error": error, "step": 1}, stop="done")
 
-    monkeypatch.setattr(lr_finder, "train", fake_train)
-    module = torch.nn.Linear(2, 2)
-    choice = trial_lr(module, None, np.zeros((4, 2)), np.zeros((2, 2)), RecoverConfig(), Outputs((), {}))
-    assert ran == [*TRIAL_RATES, *extra]
+    choice, result = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
+    assert ran == [*RUN_RATES, *extra]
     assert choice.lr == min(ran, key=lambda r: abs(math.log10(r) - math.log10(best)))
+    assert result.best["output_error"] == min(abs(math.log10(r) - math.log10(best)) for r in ran)
+
+
+def test_a_failed_run_is_never_chosen():
+    """A rate whose loss became NaN loses to any finished run, whatever its last evaluation said."""
+    from types import SimpleNamespace
+
+    def fake_run(rate):
+        if rate >= 1e-3:
+            return SimpleNamespace(best={"output_error": 0.0, "step": 3}, stop="loss became nan at step 4")
+        return SimpleNamespace(best={"output_error": 0.5, "step": 5}, stop="done")
+
+    choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
+    assert choice.lr == RUN_RATES[0] and "failed" in choice.how
