@@ -785,6 +785,13 @@ def search_nas_cmd(as_json, **options):
     show_default=True,
     help="keep a factor chain only where it is faster on the CPU provider",
 )
+@click.option(
+    "--target",
+    default="rx580",
+    show_default=True,
+    help="the device the answer is for: a device profile (predicted; rx580 is the plan's) or cpu (the CPU "
+    "provider, measured). The int8 stage is the answer only where it is not slower there",
+)
 @click.option("--threads", type=_PER_CORE, default=0, show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True)

@@ -23,6 +23,8 @@ class PipelineReport(Report):
     recover: dict[str, Any]  # steps, stop, seconds
     # each later stage against the teacher (pipeline.against_teacher): the plan's four numbers
     against_teacher: list[dict[str, Any]] = field(default_factory=list)
+    # the answer for the target device: target, stage, model (pipeline.final_stage)
+    final: dict[str, Any] = field(default_factory=dict)
 
     def render(self, console: Console) -> None:
         table = Table(title=f"pipeline ({self.output_dir})", title_justify="left")
@@ -69,6 +71,8 @@ class PipelineReport(Report):
                     f"{100 * saved:.0f}%" if saved is not None else "-",
                 )
             console.print(vs)
+        if self.final:
+            console.print(f"answer for {self.final['target']}: {self.final['model']} ({self.final['stage']})")
         for note in self.notes:
             console.print(f"note: {note}")
         for note in self.optimize["notes"]:

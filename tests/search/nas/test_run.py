@@ -172,6 +172,12 @@ def test_pipeline_runs_every_stage(tmp_path):
     PipelineReport(**{f.name: report[f.name] for f in fields(PipelineReport) if f.name in report}).render(console)
     shown = console.export_text()
     assert "against the teacher" in shown and "RX 580 speedup" in shown and "peak mem" in shown
+    # the answer for the plan's RX 580: int8 only where it is not predicted slower there than recovered
+    final, recovered = report["final"], report["stages"][-2]
+    assert final["target"] == "rx580" and f"answer for rx580: {final['model']}" in shown
+    slower = int8["rx580_ms"] > recovered["rx580_ms"]
+    assert final["model"] == (recovered["model"] if slower else int8["model"])
+    assert slower == any(n.startswith("the answer for rx580") for n in report["notes"])
 
 
 @pytest.mark.parametrize(
@@ -232,6 +238,36 @@ def test_scorer_predicts_memory_and_constrains_it():
     scored = scorer(random_genotype(rng))
     assert scored.metrics["memory"] > 1e-3 and scored.values[1] == scored.metrics["memory"]
     assert scored.user_attrs["constraints"] == [pytest.approx(scored.metrics["memory"] - 1e-3)]
+
+
+def test_pipeline_refuses_an_unknown_target_before_any_work(tmp_path):
+    code, text = invoke("pipeline", "--teacher", DEMO, "--target", "gameboy", "--output-dir", tmp_path / "p")
+    assert_user_error(code, text, "--target gameboy: choose cpu (measured) or a device profile")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "target, int8_ms, answer",
+    [
+        ("rx580", 3.0, "recovered.onnx"),  # predicted slower on the target: the float model is the answer
+        ("rx580", 0.9, "recovered.int8.onnx"),
+        ("cpu", 1.04, "recovered.int8.onnx"),  # measured: within 5% is noise, int8 stays
+        ("cpu", 1.2, "recovered.onnx"),
+    ],
+)
+def test_the_answer_follows_the_target(target, int8_ms, answer):
+    from tensorfold.pipeline import final_stage
+
+    key = "host_ms" if target == "cpu" else f"{target}_ms"
+    stages = [
+        {"stage": "recovered", "model": "recovered.onnx", key: 1.0},
+        {"stage": "recovered + int8", "model": "recovered.int8.onnx", key: int8_ms},
+    ]
+    final, why = final_stage(stages, target)
+    assert final["model"] == answer
+    assert (why is None) == (answer == "recovered.int8.onnx")
+    if why:
+        assert why.startswith(f"the answer for {target} is recovered.onnx") and f"{int8_ms:.2f}x" in why
 
 
 def test_the_int8_stage_says_when_int8_was_not_kept():
