@@ -105,6 +105,8 @@ def main(argv=None) -> int:
                     print(lines[-1], file=sys.stderr, flush=True)
                     for trial in report.budget_search or []:  # every candidate, for the reading
                         print("  trial", json.dumps(trial), file=sys.stderr, flush=True)
+                    if report.recovery:  # how the rate was found (each rate's validation error)
+                        print("  rate:", report.recovery["lr_from"], file=sys.stderr, flush=True)
     publish(lines, args.out)
     return 0
 

@@ -1,0 +1,112 @@
+"""One `optimize --recover` candidate at a fixed ratio, recovered by several learning rates and
+losses: the held-out error each reaches (docs/results/compress.md, "The rate").
+
+    .venv/bin/python tools/bench_recovery_at_ratio.py --model cls --ratio 1.5 --steps 300 \
+        --variants both:1e-4,both:1e-3,both:auto [--samples 256] [--extra 2048] [--out FILE]
+
+The model's calibration samples and further unlabelled ones as in bench_recover_in_optimize.py
+(PP-OCR on synthetic printed text, MiniLM-L3 on licence sentences). First `optimize MODEL
+--calibration samples.npz --ratio R` (the candidate unrecovered), then for each variant
+LOSS:RATE[:FEATURE_WEIGHT] the same with `--recover STEPS --recover-data more.npz --lr RATE` (RATE
+`auto`: no --lr, the first candidate's whole runs choose it). LOSS is RecoverConfig.distill: both
+(the default: KD on class scores and the relative error on other outputs, plus each factor chain's
+output toward the original layer's), hinton (no chain term), feature (chain term and the outputs'
+relative error), none (the outputs' relative error alone). The loss is not an optimize option: this
+tool sets it on the recoverer each candidate trains with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tensorfold.optimize.recovery as optimize_recovery
+from tensorfold.api import optimize
+from tensorfold.bench.report import publish
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_recover_in_optimize import model_path, samples  # noqa: E402  # the same inputs as that benchmark
+
+
+def with_loss(distill: str, feature_weight: float | None) -> None:
+    """Every Recoverer made from now on trains with this loss."""
+    cls = optimize_recovery.Recoverer
+    init = getattr(cls, "_bench_init", cls.__init__)
+    cls._bench_init = init  # type: ignore[attr-defined]  # the original, once
+
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.cfg.distill = distill
+        if feature_weight is not None:
+            self.cfg.feature_weight = feature_weight
+
+    cls.__init__ = patched  # type: ignore[method-assign]  # a benchmark's knob, not an option
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cls", help="cls, rec, det or minilm-l3")
+    parser.add_argument("--ratio", type=float, default=1.5)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--variants", default="both:1e-4,both:1e-3,both:auto")
+    parser.add_argument("--samples", type=int, default=256, help="calibration samples (a quarter held out)")
+    parser.add_argument("--extra", type=int, default=2048, help="unlabelled samples for --recover-data")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    lines = [
+        f"Command: `.venv/bin/python tools/bench_recovery_at_ratio.py --model {args.model} --ratio {args.ratio:g} "
+        f"--steps {args.steps} --variants {args.variants} --samples {args.samples} --extra {args.extra} "
+        f"--batch-size {args.batch_size}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
+        f"Date: {datetime.date.today()}",
+        "",
+        "| model | ratio | loss | rate | held-out error | factorizable params | seconds | rate chosen by |",
+        "|---|---:|---|---|---:|---:|---:|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_path(args.model)
+        calib, more = Path(tmp) / "calib.npz", Path(tmp) / "more.npz"
+        np.savez(calib, **samples(args.model, args.samples, 0))
+        np.savez(more, **samples(args.model, args.extra, 1, skip=args.samples))
+        common = dict(calibration=str(calib), ratio=args.ratio, batch_size=args.batch_size, progress=False)
+        start = time.perf_counter()
+        plain = optimize(model, None, **common)
+        lines.append(
+            f"| {args.model} | {args.ratio:g} | unrecovered | - | {plain.verification.max_error:.4f} "
+            f"| {plain.eligible_params[1]:,} | {time.perf_counter() - start:.0f} | - |"
+        )
+        print(lines[-1], file=sys.stderr, flush=True)
+        for variant in args.variants.split(","):
+            loss, rate, *weight = variant.split(":")
+            with_loss(loss, float(weight[0]) if weight else None)
+            start = time.perf_counter()
+            report = optimize(
+                model,
+                None,
+                recover=args.steps,
+                recover_data=str(more),
+                lr=None if rate == "auto" else float(rate),
+                **common,
+            )
+            how = report.recovery or {}
+            lines.append(
+                f"| {args.model} | {args.ratio:g} | {loss}{' x' + weight[0] if weight else ''} | {how.get('lr', 0):g} "
+                f"| {report.verification.max_error:.4f} | {report.eligible_params[1]:,} "
+                f"| {time.perf_counter() - start:.0f} | {how.get('lr_from', '-')} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    publish(lines, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
