@@ -150,32 +150,45 @@ def test_an_interrupted_search_keeps_its_candidates_and_resumes(samples, tmp_pat
     assert out.is_file() and not folder.exists() and resumed.recovery["resumed_candidates"] == 2
 
 
-def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samples, tmp_path, monkeypatch):
+def _sigint_at_evaluation(monkeypatch, n: int) -> None:
+    """Ctrl-C arrives during the n-th validation of the recovery runs (counted across runs)."""
     import os
     import signal
 
     import tensorfold.recovery.finetune as finetune
 
-    kwargs = dict(method="tucker", ratio=8, calibration=str(samples), recover=24, lr=1e-4, progress=False)
-    real_eval, seen = finetune.evaluate, []
+    real, seen = finetune.evaluate, []
 
-    def evaluate(*args, **kw):  # Ctrl-C during the second evaluation (the first is the start's)
+    def evaluate(*args, **kw):
         seen.append(1)
-        if len(seen) == 2:
+        if len(seen) == n:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_eval(*args, **kw)
+        return real(*args, **kw)
 
     monkeypatch.setattr(finetune, "evaluate", evaluate)
+
+
+def _record_resumes(monkeypatch) -> list:
+    """The (step, history) of every training checkpoint a run resumes from, in order."""
+    import tensorfold.recovery.finetune as finetune
+
+    starts: list = []
+    real = finetune.resume_checkpoint
+    monkeypatch.setattr(finetune, "resume_checkpoint", lambda *a: starts.append(step := real(*a)) or step)
+    return starts
+
+
+def test_a_candidate_interrupted_mid_training_continues_from_its_checkpoint(samples, tmp_path, monkeypatch):
+    kwargs = dict(method="tucker", ratio=8, calibration=str(samples), recover=24, lr=1e-4, progress=False)
     out = tmp_path / "r.onnx"
+    _sigint_at_evaluation(monkeypatch, 2)  # the first evaluation is the start's
     with pytest.raises(
         KeyboardInterrupt, match="r.onnx.ckpt keeps the recovered candidates: the same command with --resume"
     ):
         optimize(DEMO, out, **kwargs)
     assert list((tmp_path / "r.onnx.ckpt").glob("cand-*/last.pt"))
-    monkeypatch.setattr(finetune, "evaluate", real_eval)
-    starts = []
-    real_resume = finetune.resume_checkpoint
-    monkeypatch.setattr(finetune, "resume_checkpoint", lambda *a: starts.append(step := real_resume(*a)) or step)
+    monkeypatch.undo()
+    starts = _record_resumes(monkeypatch)
     report = optimize(DEMO, out, resume=True, **kwargs)
     assert starts and 0 < starts[0][0] < 24 and report.recovery["steps"] == 24
     assert report.recovery["lr_from"] == "--lr" and out.is_file()
@@ -185,30 +198,15 @@ def test_the_first_candidates_runs_by_rate_resume(samples, tmp_path, monkeypatch
     """Without --lr the first candidate trains once per rate: a search stopped in its second run
     replays the finished one from its checkpoints and continues the stopped one from its last
     evaluation."""
-    import os
-    import signal
-
-    import tensorfold.recovery.finetune as finetune
-
     kwargs = dict(method="tucker", ratio=8, calibration=str(samples), recover=24, progress=False)
-    real_eval, seen = finetune.evaluate, []
-
-    def evaluate(*args, **kw):  # 5 evaluations a run (the start's, then every 6 steps): stop in the second
-        seen.append(1)
-        if len(seen) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_eval(*args, **kw)
-
-    monkeypatch.setattr(finetune, "evaluate", evaluate)
     out = tmp_path / "r.onnx"
+    _sigint_at_evaluation(monkeypatch, 7)  # 5 evaluations a run (the start's, then every 6 steps): in the second
     with pytest.raises(KeyboardInterrupt):
         optimize(DEMO, out, **kwargs)
     runs = sorted(p.parent.name for p in (tmp_path / "r.onnx.ckpt").glob("cand-*-lr*/last.pt"))
     assert [name.rsplit("-lr", 1)[1] for name in runs] == ["0.0001", "0.001"]
-    monkeypatch.setattr(finetune, "evaluate", real_eval)
-    starts = []
-    real_resume = finetune.resume_checkpoint
-    monkeypatch.setattr(finetune, "resume_checkpoint", lambda *a: starts.append(step := real_resume(*a)) or step)
+    monkeypatch.undo()
+    starts = _record_resumes(monkeypatch)
     report = optimize(DEMO, out, resume=True, **kwargs)
     assert starts[0][0] == 24 and 0 < starts[1][0] < 24  # the finished run replayed, the stopped one continued
     assert report.recovery["steps"] == 24 and "whole runs" in report.recovery["lr_from"]
