@@ -83,3 +83,49 @@ def _watch(read_fd: int, on_exit) -> None:
             with contextlib.suppress(OSError):
                 os.write(2, f"\nerror: {what} (inside a native call; what was being written is removed)\n".encode())
             os._exit(code)
+
+
+_frames: list[tuple[bool, dict]] = []  # held() blocks: (deferring inside, the handlers it replaced)
+_pending: list[int] = []  # signals that came in while deferred
+
+
+@contextlib.contextmanager
+def held(hold: bool = True):
+    """Ctrl-C and SIGTERM wait until the block ends (`hold`), then are raised as they came; inside a
+    block that holds them, hold=False lets them through again (the waiting ones first). For code
+    that must not be cut in the middle: a journal append under its lock, Optuna's bookkeeping between
+    trials (whose `finally` reads a variable that a signal there leaves unset).
+
+    Python-level handlers, not a signal mask: a process-directed signal reaches whichever thread
+    does not block it, and its Python handler then runs in the main thread all the same."""
+    deferring = bool(_frames) and _frames[-1][0]
+    if threading.current_thread() is not threading.main_thread() or hold == deferring:
+        yield
+        return
+    if hold:
+        replaced = {sig: signal.signal(sig, _defer) for sig in _EXIT}
+    else:  # the handlers the innermost holding block replaced
+        own = next(handlers for holds, handlers in reversed(_frames) if holds)
+        replaced = {sig: signal.signal(sig, own[sig]) for sig in _EXIT}
+    _frames.append((hold, replaced))
+    try:
+        if not hold:
+            _deliver()
+        yield
+    finally:
+        _frames.pop()
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+        if hold:
+            _deliver()
+
+
+def _defer(signum, _frame) -> None:
+    seen()  # the main thread has it: the watchdog stands down
+    _pending.append(signum)
+
+
+def _deliver() -> None:
+    """The signals that waited, raised again now that their own handlers are in place."""
+    while _pending:
+        signal.raise_signal(_pending.pop(0))

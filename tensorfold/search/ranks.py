@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from tensorfold import signals
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.model import count_params
@@ -205,6 +206,10 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
     own = set()  # this process's trials: workers sharing the study add theirs meanwhile
 
     def objective(trial):
+        with signals.held(False):  # Ctrl-C and SIGTERM come through while a trial works
+            return measure(trial)
+
+    def measure(trial):
         own.add(trial.number)
         try:
             plan = rank_space.suggest(trial)
@@ -233,14 +238,17 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
 
     interrupted = False
     try:
-        the_study.optimize(
-            objective,
-            n_trials=opts.n_trials,
-            timeout=opts.timeout,
-            catch=(TrialFailed,),
-            show_progress_bar=opts.progress and opts.n_trials > 1,
-            gc_after_trial=False,
-        )
+        # between trials they wait: a signal inside Optuna's bookkeeping (its tell) ends in its
+        # `finally` as UnboundLocalError ('updated_state'), an internal error instead of exit 130/143
+        with signals.held():
+            the_study.optimize(
+                objective,
+                n_trials=opts.n_trials,
+                timeout=opts.timeout,
+                catch=(TrialFailed,),
+                show_progress_bar=opts.progress and opts.n_trials > 1,
+                gc_after_trial=False,
+            )
     except KeyboardInterrupt:
         interrupted = True
     except Exception:

@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from tensorfold import signals
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import first_line
 
@@ -97,7 +98,7 @@ class _Journal(JournalFileBackend):
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         # Ctrl-C or SIGTERM wait until the lock is released: raised between taking the lock and the
         # `try`, they would leave the lock file behind and the write of the failed trial would wait on it
-        with _signals_held():
+        with signals.held():
             self._append(text)
 
     def _append(self, text: str) -> None:
@@ -117,22 +118,6 @@ class _Journal(JournalFileBackend):
                 raise
         finally:
             self._guard.release()
-
-
-@contextlib.contextmanager
-def _signals_held():
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def open_storage(url: str | None):

@@ -81,6 +81,27 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(demo_model, tmp_path,
     assert any("onnxruntime lost its way" in r for r in reasons)
 
 
+def test_a_signal_during_optunas_bookkeeping_ends_the_search_as_interrupted(demo_model, monkeypatch):
+    """Ctrl-C while Optuna records a trial (its tell) waits for the record, then ends the search as
+    an interrupted one. Before, Optuna's `finally` turned it into UnboundLocalError ('updated_state'):
+    an internal error, seen as a flaky SIGTERM test."""
+    import signal
+
+    import optuna.study._optimize as optuna_optimize
+
+    real, told = optuna_optimize._tell_with_warning, []
+
+    def tell(*args, **kwargs):
+        told.append(1)
+        if len(told) == 2:
+            signal.raise_signal(signal.SIGINT)  # inside Optuna, between trials
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna_optimize, "_tell_with_warning", tell)
+    report = search_ranks(demo_model, n_trials=6, output_dir=None, progress=False)
+    assert report["interrupted"] and report["trials"]["complete"] == 2  # the second trial's record is whole
+
+
 @needs_data
 def test_accuracy_objective_cross_validates_on_held_out_training_data(demo_model, tmp_path):
     report = search_ranks(
