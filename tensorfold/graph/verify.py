@@ -41,6 +41,10 @@ class Verification:
     checker: str
     inputs: str  # "random (seed 0)" or the .npz path
     outputs: list[OutputCheck] = field(default_factory=list)
+    # max_error's 90% bootstrap interval over the samples (resampled together for every output);
+    # None when the outputs have no per-sample axis in common or an error is infinite
+    interval: tuple[float, float] | None = None
+    interval_samples: int = 0
 
     @property
     def max_relative_error(self) -> float:
@@ -72,6 +76,18 @@ class Verification:
 
     def within(self, bound: float) -> bool:
         return bool(self.max_relative_error <= bound and self.max_disagreement <= bound)
+
+    def noise_note(self, bound: float) -> str | None:
+        """A sentence when the bound lies inside max_error's bootstrap interval: on these samples,
+        within or over the bound is a matter of which samples were drawn."""
+        if self.interval is None or not (self.interval[0] <= bound <= self.interval[1]):
+            return None
+        lo, hi = self.interval
+        return (
+            f"the bound {bound:g} lies inside the held-out error's 90% bootstrap interval "
+            f"({lo:.3g}-{hi:.3g} over {self.interval_samples} samples): whether a model is within it "
+            "depends on which samples were drawn; more --calibration samples narrow it"
+        )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -169,10 +185,36 @@ class OutputAccumulator:
         self.shape_changes = 0
         self.channel_axis = None
         self.channel_diff2 = self.channel_ref2 = None
+        # per sample (axis 0 of a call that fed that many samples), for the bootstrap interval:
+        # "error" the squared difference and squared reference, "changed" the changed elements or
+        # argmaxes and their count; None once a call had no such axis
+        self.per_sample: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = {"error": [], "changed": []}
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def _tally(self, measure: str, samples: int | None, num: np.ndarray, den: np.ndarray) -> None:
+        """Numerator and denominator of each sample (summed over all but axis 0)."""
+        if self.per_sample is None:
+            return
+        if samples is None or num.ndim == 0 or num.shape[0] != samples:
+            self.per_sample = None
+            return
+        rows = (samples, -1)
+        self.per_sample[measure].append((np.reshape(num, rows).sum(1), np.reshape(den, rows).sum(1)))
+
+    def sample_tallies(self) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """measure -> (numerator, denominator) per sample, over every call; None when not per sample."""
+        if self.per_sample is None or self.nonfinite or self.shape_changes:
+            return None
+        return {
+            k: (np.concatenate([n for n, _ in v]), np.concatenate([d for _, d in v]))
+            for k, v in self.per_sample.items()
+            if v
+        }
+
+    def add(self, ref: np.ndarray, got: np.ndarray, samples: int | None = None) -> None:
+        """One call's output; `samples`: how many samples the call fed (per-sample tallies on axis 0)."""
         ref, got = np.asarray(ref), np.asarray(got)
         if ref.shape != got.shape:
+            self.per_sample = None
             # a sequence decoder that stops at another step: the call's output is wholly different
             # (its error unbounded, none of its elements or argmaxes equal), not a failure of the check
             self.shape_changes += 1
@@ -191,8 +233,10 @@ class OutputAccumulator:
                 # only what the candidate broke fails the check: NaN/Inf where the original is finite
                 self.nonfinite += int((np.isfinite(r64) & ~np.isfinite(g64)).sum())
                 r64, g64 = np.where(odd, 0.0, r64), np.where(odd, 0.0, g64)
-            self.diff2 += float(np.sum((r64 - g64) ** 2))
-            self.ref2 += float(np.sum(r64**2))
+            d2, q2 = (r64 - g64) ** 2, r64**2
+            self.diff2 += float(np.sum(d2))
+            self.ref2 += float(np.sum(q2))
+            self._tally("error", samples, d2, q2)
             # (N, C) scores have argmax agreement; channels (axis 1) are for maps and detection heads
             # (axis 1 may be a batch or time axis that changes from call to call: then no channels)
             if ref.ndim >= 3 and ref.shape[1] > 1 and self.channel_axis is not False:
@@ -212,10 +256,13 @@ class OutputAccumulator:
                 same = np.argmax(ref, axis=self.axis) == np.argmax(got, axis=self.axis)
                 self.argmax_equal += int(same.sum())
                 self.argmax_count += int(same.size)
+                self._tally("changed", samples, ~same, np.ones_like(same))
         else:
             self.kind = "integer"
-            self.equal += int(np.sum(ref == got))
+            same = ref == got
+            self.equal += int(np.sum(same))
             self.count += int(ref.size)
+            self._tally("changed", samples, ~same, np.ones_like(same))
 
     def result(self) -> OutputCheck:
         if self.kind == "float":
@@ -295,9 +342,45 @@ class Reference:
         probe overrides one weight per run), every output compared."""
         accs = [OutputAccumulator(name, self.axes.get(name)) for name in self.names]
         for call, reference in zip(self.calls, self.outputs):
+            samples = _call_samples(call)
             for acc, ref, got in zip(accs, reference, _run(session, {**call, **(extra or {})}, label)):
-                acc.add(ref, got)
-        return Verification("passed", self.label, [acc.result() for acc in accs])
+                acc.add(ref, got, samples)
+        interval, n = bootstrap_interval(accs)
+        return Verification("passed", self.label, [acc.result() for acc in accs], interval, n)
+
+
+def _call_samples(call: dict[str, np.ndarray]) -> int | None:
+    """How many samples one call feeds: the first dimension its inputs share (None: no such dim)."""
+    firsts = {np.shape(v)[0] for v in call.values() if np.ndim(v)}
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+BOOTSTRAP_DRAWS = 1000
+
+
+def bootstrap_interval(
+    accs: list[OutputAccumulator], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[tuple[float, float] | None, int]:
+    """The 90% interval (5th, 95th percentile) of the worst output error over `draws` resamplings
+    of the samples with replacement, every output resampled by the same draw; and the sample count.
+    The held-out share a bound is judged on is often small (64 text lines of a two-class model: a
+    few lines near the decision boundary move it), and the interval says how far it could move."""
+    tallies = [acc.sample_tallies() for acc in accs]
+    if not tallies or any(t is None for t in tallies):
+        return None, 0
+    sizes = {len(num) for t in tallies for num, _ in t.values()}  # type: ignore[union-attr]  # None excluded above
+    if len(sizes) != 1 or (n := sizes.pop()) < 2:
+        return None, 0
+    # how many times each sample is drawn, per resampling (multinomial == indices with replacement)
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+    worst = np.zeros(draws)
+    for tally in tallies:
+        for measure, (num, den) in tally.items():  # type: ignore[union-attr]  # None excluded above
+            top, bottom = weights @ num.astype(np.float64), weights @ den.astype(np.float64)
+            share = np.divide(top, bottom, out=top.copy(), where=bottom > 0)  # as result(): no reference, no division
+            worst = np.maximum(worst, np.sqrt(share) if measure == "error" else share)
+    lo, hi = np.percentile(worst, [5, 95])
+    return (float(lo), float(hi)), n
 
 
 def verify_models(

@@ -340,6 +340,8 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         result, verification, trials = search_budget(
             chosen, model, ctx, inputs.search_reference, bound, refine=refine, warm=warm
         )
+        if verification is not None and (noise := verification.noise_note(bound)) is not None:
+            result.notes.append(noise)
         splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound, refine) if o.int8 else []
         recovery = recoverer.describe if recoverer is not None else None
         return Built(result, verification, trials, split_models=splits, recovery=recovery)

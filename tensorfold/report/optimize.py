@@ -131,10 +131,16 @@ class OptimizeReport(Report):
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
         if self.verification:
+            spread = self.verification.interval
             console.print(
                 f"verified on: {self.verification.inputs}; worst output error "
                 f"{self.verification.max_error:.3e} (relative L2 of float outputs, share of changed "
                 "elements of integer outputs and of argmaxes on class axes)"
+                + (
+                    f"; 90% bootstrap interval {spread[0]:.3e}-{spread[1]:.3e} over its {self.verification.interval_samples} samples"
+                    if spread is not None
+                    else ""
+                )
             )
         if self.stages:
             stages = Table(title="stages", title_justify="left")

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from tensorfold.cli import main
-from tensorfold.graph.verify import Reference
+from tensorfold.graph.verify import OutputAccumulator, Reference, bootstrap_interval
 
 
 def _model(op_nodes, const=None):
@@ -166,3 +166,69 @@ def test_an_output_whose_length_changes_counts_as_wholly_different_not_as_a_cras
     ints.add(np.arange(4), np.arange(4))
     ints.add(np.arange(4), np.arange(5))
     assert ints.result().agreement == 0.5
+
+
+def _rows_off(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, candidate): an eighth of the samples off by 0.5, the rest exact."""
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(rows, 3)) + 3
+    got = ref.copy()
+    got[rng.choice(rows, rows // 8, replace=False)] += 0.5
+    return ref, got
+
+
+def test_the_bootstrap_interval_brackets_the_error_and_narrows_with_more_samples():
+    """The worst error resampled over the held-out samples: its 90% interval holds the measured
+    error, and 16x the samples (the same share of them off) give a narrower one."""
+    widths = []
+    for rows in (64, 1024):
+        ref, got = _rows_off(rows)
+        acc = OutputAccumulator("y", None)
+        for part in (slice(0, rows // 2), slice(rows // 2, rows)):  # pooled over two calls
+            acc.add(ref[part], got[part], rows // 2)
+        (lo, hi), n = bootstrap_interval([acc])
+        error = acc.result().relative_error
+        assert n == rows and lo < error < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_every_verification_carries_the_interval_and_a_bound_inside_it_is_named():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+
+    def adds(c):
+        init = onnx.numpy_helper.from_array(np.asarray(c, np.float32), "c")
+        graph = helper.make_graph([helper.make_node("Mul", ["x", "c"], ["y"])], "g", [x], [y], [init])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    feeds = {"x": np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)}
+    check = Reference(adds([1, 1, 1]), feeds, "held").verify(adds([1, 1, 1.2]))
+    assert check.interval is not None and check.interval_samples == 64
+    lo, hi = check.interval
+    assert lo < check.max_error < hi
+    note = check.noise_note(check.max_error)
+    assert note is not None and "64 samples" in note
+    assert check.noise_note(hi * 2) is None and check.noise_note(lo / 2) is None
+    assert check.as_dict()["interval"] == (lo, hi)
+
+
+def test_no_interval_without_a_per_sample_axis():
+    acc = OutputAccumulator("y", None)
+    acc.add(np.ones((2, 3)), np.ones((2, 3)), samples=5)  # axis 0 is not the samples
+    assert bootstrap_interval([acc]) == (None, 0)
+    whole = OutputAccumulator("y", None)
+    whole.add(np.ones((2, 3)), np.ones((2, 3)), samples=None)
+    assert bootstrap_interval([whole]) == (None, 0)
+
+
+def test_class_scores_resample_the_argmax_disagreement_too():
+    ref = np.tile([[0.51, 0.49]], (40, 1))
+    got = ref.copy()
+    got[:4] = [0.49, 0.51]  # 10% of the argmaxes change, the scores by little
+    acc = OutputAccumulator("p", 1)
+    acc.add(ref, got, 40)
+    (lo, hi), _ = bootstrap_interval([acc])
+    disagreement = 1 - acc.result().argmax_agreement
+    assert disagreement == pytest.approx(0.1) and lo <= disagreement <= hi
+    assert hi > acc.result().relative_error  # the argmaxes are what the bound reads here
