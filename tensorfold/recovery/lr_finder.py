@@ -23,7 +23,7 @@ from tensorfold.datasets import samples_subset
 from tensorfold.recovery.config import RecoverConfig, autocast
 from tensorfold.recovery.distill import Outputs, Teacher
 from tensorfold.recovery.distributed import World, from_rank0
-from tensorfold.recovery.finetune import TrainResult, make_optimizer, student_loss
+from tensorfold.recovery.finetune import TrainResult, make_optimizer, set_lr, student_loss
 from tensorfold.recovery.validation import signed, tensors
 
 RANGE_STEPS = 40
@@ -87,8 +87,7 @@ def find_lr(
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], cfg.clip)
-            for group in opt.param_groups:
-                group["lr"] = float(lr)
+            set_lr(opt, float(lr))
             opt.step()
     finally:
         module.load_state_dict(start)
