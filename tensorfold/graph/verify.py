@@ -371,15 +371,21 @@ def bootstrap_interval(
     sizes = {len(num) for t in tallies for num, _ in t.values()}  # type: ignore[union-attr]  # None excluded above
     if len(sizes) != 1 or (n := sizes.pop()) < 2:
         return None, 0
-    # how many times each sample is drawn, per resampling (multinomial == indices with replacement)
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
-    worst = np.zeros(draws)
-    for tally in tallies:
-        for measure, (num, den) in tally.items():  # type: ignore[union-attr]  # None excluded above
-            top, bottom = weights @ num.astype(np.float64), weights @ den.astype(np.float64)
-            share = np.divide(top, bottom, out=top.copy(), where=bottom > 0)  # as result(): no reference, no division
-            worst = np.maximum(worst, np.sqrt(share) if measure == "error" else share)
-    lo, hi = np.percentile(worst, [5, 95])
+    rng = np.random.default_rng(seed)
+    worst = []
+    for block in range(0, draws, 100):  # 100 draws at a time: memory 100 x samples, whatever the count
+        # how many times each sample is drawn, per resampling (multinomial == indices with replacement)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, draws - block)).astype(np.float64)
+        top_of_block = np.zeros(len(weights))
+        for tally in tallies:
+            for measure, (num, den) in tally.items():  # type: ignore[union-attr]  # None excluded above
+                top, bottom = weights @ num.astype(np.float64), weights @ den.astype(np.float64)
+                share = np.divide(
+                    top, bottom, out=top.copy(), where=bottom > 0
+                )  # as result(): no reference, no division
+                top_of_block = np.maximum(top_of_block, np.sqrt(share) if measure == "error" else share)
+        worst.append(top_of_block)
+    lo, hi = np.percentile(np.concatenate(worst), [5, 95])
     return (float(lo), float(hi)), n
 
 
