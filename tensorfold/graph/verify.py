@@ -7,7 +7,8 @@ class scores (a Softmax's axis, an ArgMax's input, --class-output) also report a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,11 @@ import onnx
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import attr
 from tensorfold.onnxrt import large
-from tensorfold.onnxrt.batching import chunks
+from tensorfold.onnxrt.batching import chunks, sample_count
 from tensorfold.onnxrt.sessions import make_session
+
+# one output's per-sample tallies: measure ("error", "changed") -> (numerator, denominator) per sample
+Tallies = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -41,10 +45,23 @@ class Verification:
     checker: str
     inputs: str  # "random (seed 0)" or the .npz path
     outputs: list[OutputCheck] = field(default_factory=list)
-    # max_error's 90% bootstrap interval over the samples (resampled together for every output);
-    # None when the outputs have no per-sample axis in common or an error is infinite
-    interval: tuple[float, float] | None = None
-    interval_samples: int = 0
+    # each output's per-sample tallies (OutputAccumulator.sample_tallies), for the interval; the
+    # bootstrap runs only when the interval is read (a sensitivity probe verifies once per layer)
+    tallies: list[Tallies | None] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def _spread(self) -> tuple[tuple[float, float] | None, int]:
+        return spread_of(self.tallies) if self.tallies is not None else (None, 0)
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """max_error's 90% bootstrap interval over the samples (resampled together for every output);
+        None when the outputs have no per-sample axis in common or an error is infinite."""
+        return self._spread[0]
+
+    @property
+    def interval_samples(self) -> int:
+        return self._spread[1]
 
     @property
     def max_relative_error(self) -> float:
@@ -90,7 +107,9 @@ class Verification:
         )
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, tallies=None))
+        del d["tallies"]
+        d["interval"], d["interval_samples"] = self.interval, self.interval_samples
         d["max_relative_error"] = self.max_relative_error
         d["max_disagreement"] = self.max_disagreement
         d["max_error"] = self.max_error
@@ -200,7 +219,7 @@ class OutputAccumulator:
         rows = (samples, -1)
         self.per_sample[measure].append((np.reshape(num, rows).sum(1), np.reshape(den, rows).sum(1)))
 
-    def sample_tallies(self) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    def sample_tallies(self) -> Tallies | None:
         """measure -> (numerator, denominator) per sample, over every call; None when not per sample."""
         if self.per_sample is None or self.nonfinite or self.shape_changes:
             return None
@@ -324,6 +343,7 @@ class Reference:
         self.full_check = passes_full_check(original)
         self.label, self.provider = label, provider
         self.calls = list(chunks(original, feeds))
+        self.call_samples = [sample_count(original, call) for call in self.calls]  # per-sample tallies
         session = _session(original, provider, "the original model")
         self.outputs = [_run(session, call, "the original model") for call in self.calls]
 
@@ -341,18 +361,10 @@ class Reference:
         """The reference's inputs run through an open session (fed `extra` besides: the sensitivity
         probe overrides one weight per run), every output compared."""
         accs = [OutputAccumulator(name, self.axes.get(name)) for name in self.names]
-        for call, reference in zip(self.calls, self.outputs):
-            samples = _call_samples(call)
+        for call, samples, reference in zip(self.calls, self.call_samples, self.outputs):
             for acc, ref, got in zip(accs, reference, _run(session, {**call, **(extra or {})}, label)):
                 acc.add(ref, got, samples)
-        interval, n = bootstrap_interval(accs)
-        return Verification("passed", self.label, [acc.result() for acc in accs], interval, n)
-
-
-def _call_samples(call: dict[str, np.ndarray]) -> int | None:
-    """How many samples one call feeds: the first dimension its inputs share (None: no such dim)."""
-    firsts = {np.shape(v)[0] for v in call.values() if np.ndim(v)}
-    return firsts.pop() if len(firsts) == 1 else None
+        return Verification("passed", self.label, [acc.result() for acc in accs], [a.sample_tallies() for a in accs])
 
 
 BOOTSTRAP_DRAWS = 1000
@@ -361,11 +373,17 @@ BOOTSTRAP_DRAWS = 1000
 def bootstrap_interval(
     accs: list[OutputAccumulator], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
 ) -> tuple[tuple[float, float] | None, int]:
+    """spread_of the accumulators' per-sample tallies."""
+    return spread_of([acc.sample_tallies() for acc in accs], draws, seed)
+
+
+def spread_of(
+    tallies: list[Tallies | None], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[tuple[float, float] | None, int]:
     """The 90% interval (5th, 95th percentile) of the worst output error over `draws` resamplings
     of the samples with replacement, every output resampled by the same draw; and the sample count.
     The held-out share a bound is judged on is often small (64 text lines of a two-class model: a
     few lines near the decision boundary move it), and the interval says how far it could move."""
-    tallies = [acc.sample_tallies() for acc in accs]
     if not tallies or any(t is None for t in tallies):
         return None, 0
     sizes = {len(num) for t in tallies for num, _ in t.values()}  # type: ignore[union-attr]  # None excluded above
@@ -380,9 +398,8 @@ def bootstrap_interval(
         for tally in tallies:
             for measure, (num, den) in tally.items():  # type: ignore[union-attr]  # None excluded above
                 top, bottom = weights @ num.astype(np.float64), weights @ den.astype(np.float64)
-                share = np.divide(
-                    top, bottom, out=top.copy(), where=bottom > 0
-                )  # as result(): no reference, no division
+                # as result(): where the reference is all zero the error is not divided
+                share = np.divide(top, bottom, out=top.copy(), where=bottom > 0)
                 top_of_block = np.maximum(top_of_block, np.sqrt(share) if measure == "error" else share)
         worst.append(top_of_block)
     lo, hi = np.percentile(np.concatenate(worst), [5, 95])

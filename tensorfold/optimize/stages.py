@@ -340,8 +340,6 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         result, verification, trials = search_budget(
             chosen, model, ctx, inputs.search_reference, bound, refine=refine, warm=warm
         )
-        if verification is not None and (noise := verification.noise_note(bound)) is not None:
-            result.notes.append(noise)
         splits = split_models_for_int8(chosen, model, ctx, inputs.search_reference, bound, refine) if o.int8 else []
         recovery = recoverer.describe if recoverer is not None else None
         return Built(result, verification, trials, split_models=splits, recovery=recovery)
@@ -507,9 +505,13 @@ def make_report(
 def _output_warnings(
     report: OptimizeReport, check: Verification | None, o: OptimizeOptions, bound: float | None
 ) -> None:
-    """A `warning:` whenever the written model's error is above OUTPUT_ERROR_WARNING or the bound."""
+    """A `warning:` whenever the written model's error is above OUTPUT_ERROR_WARNING or the bound,
+    and a note when the bound lies inside that error's bootstrap interval (within or over it is then
+    a matter of which samples were held out)."""
     if check is None:
         return
+    if bound is not None and (noise := check.noise_note(bound)) is not None:
+        report.notes.append(noise)
     what = f"output error {check.max_error:.3f}"
     if bound is not None and check.max_error > bound:
         report.warnings.append(f"{what} on {check.inputs} is above the bound {bound:g}")

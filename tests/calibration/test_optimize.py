@@ -71,6 +71,11 @@ def test_max_output_error_keeps_the_bound_and_compresses(data):
     assert report.after.params < report.before.params
     within = [t for t in report.budget_search if t["within"]]
     assert within and max(t["ratio"] for t in within) > 1.0
+    # the bound's noise: the answer's error resampled over the 10 held-out samples
+    lo, hi = report.verification.interval
+    assert report.verification.interval_samples == 10 and lo <= report.verification.max_error <= hi
+    noted = [n for n in report.notes if "bootstrap interval" in n]
+    assert noted == ([report.verification.noise_note(0.1)] if lo <= 0.1 <= hi else [])
 
 
 def test_int8_after_factorization_and_alone(data, tmp_path):
