@@ -103,6 +103,11 @@ def main(argv=None) -> int:
                         f"| {seconds:.0f} | {len(refined) if recover else '-'} | {lr} |"
                     )
                     print(lines[-1], file=sys.stderr, flush=True)
+                    if report.verification and report.verification.interval:  # how far the held-out share could move it
+                        lo, hi = report.verification.interval
+                        print(
+                            f"  held-out error's 90% bootstrap interval: {lo:.4f}-{hi:.4f}", file=sys.stderr, flush=True
+                        )
                     for trial in report.budget_search or []:  # every candidate, for the reading
                         print("  trial", json.dumps(trial), file=sys.stderr, flush=True)
                     if report.recovery:  # how the rate was found (each rate's validation error)

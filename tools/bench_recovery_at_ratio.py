@@ -12,7 +12,8 @@ LOSS:RATE[:FEATURE_WEIGHT] the same with `--recover STEPS --recover-data more.np
 (the default: KD on class scores and the relative error on other outputs, plus each factor chain's
 output toward the original layer's), hinton (no chain term), feature (chain term and the outputs'
 relative error), none (the outputs' relative error alone). The loss is not an optimize option: this
-tool sets it on the recoverer each candidate trains with.
+tool sets it on the recoverer each candidate trains with. --flat-rates trains every tensor at the
+rate (no per-tensor scale, recovery/finetune.scaled_groups): the A/B of docs/results/compress.md.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import tensorfold.optimize.recovery as optimize_recovery
+import tensorfold.recovery.finetune as finetune
 from tensorfold.api import optimize
 from tensorfold.bench.report import publish
 
@@ -49,6 +51,11 @@ def _init_with_loss(self, *args, **kwargs):
 optimize_recovery.Recoverer.__init__ = _init_with_loss  # type: ignore[method-assign]  # a benchmark's knob, not an option
 
 
+def _one_group(params):
+    """--flat-rates: every tensor at the rate (AdamW as it was before finetune.scaled_groups)."""
+    return [{"params": list(params), "scale": 1.0}]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cls", help="cls, rec, det or minilm-l3")
@@ -58,12 +65,17 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=256, help="calibration samples (a quarter held out)")
     parser.add_argument("--extra", type=int, default=2048, help="unlabelled samples for --recover-data")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--flat-rates", action="store_true", help="no per-tensor rate scale (finetune.scaled_groups): the A/B of it"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.flat_rates:
+        finetune.scaled_groups = _one_group  # a benchmark's knob, not an option
     lines = [
         f"Command: `.venv/bin/python tools/bench_recovery_at_ratio.py --model {args.model} --ratio {args.ratio:g} "
         f"--steps {args.steps} --variants {args.variants} --samples {args.samples} --extra {args.extra} "
-        f"--batch-size {args.batch_size}`  ",
+        f"--batch-size {args.batch_size}{' --flat-rates' if args.flat_rates else ''}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
