@@ -14,12 +14,12 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.lr_finder import (
     CEILING,
+    SMALL_GAIN,
+    SMALLER,
     EDGE_RUNS,
     FLOOR,
     RUN_RATES,
     SHORT_RUN_LR,
-    SMALL_GAIN,
-    SMALLER,
     find_lr,
     rate_by_runs,
     smaller_if_little_gain,
