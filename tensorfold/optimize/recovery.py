@@ -5,12 +5,11 @@ the original layer's) on the calibration fit share, plus --recover-data when giv
 share is never trained on, nor used to pick the best step (a fifth of the training inputs is).
 Without --lr the first candidate trains at two rates or more, each for the whole run, and keeps
 the best (recovery/lr_finder.rate_by_runs); every later candidate trains at that rate, and one that
-gains little at it also at a tenth of it (lr_finder.smaller_if_little_gain).
+starts much closer to the teacher than the first did also at a smaller one (lr_finder.close_rates).
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
-from tensorfold.recovery.lr_finder import rate_by_runs, smaller_if_little_gain
+from tensorfold.recovery.lr_finder import close_rates, rate_by_runs
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import evaluate, tensors
 
@@ -96,6 +95,9 @@ class Recoverer:
         )
         self.lr_from = "--lr" if lr is not None else ""
         self.user_lr = lr is not None
+        # the first candidate's validation error before training: later ones that start far below
+        # it also train at a smaller rate (lr_finder.close_rates)
+        self.first_start: float | None = None
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
         check_trainable(teacher, self.x)
@@ -115,7 +117,9 @@ class Recoverer:
             state = self.checkpoints.start()
             if lr is None and isinstance(state.get("lr"), float):  # the interrupted run's choice
                 self.cfg.lr, self.lr_from = state["lr"], f"{state.get('lr_from', 'chosen')} (resumed)"
-            self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
+                if isinstance(state.get("first_start"), float):
+                    self.first_start = state["first_start"]
+            self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from, first_start=self.first_start)
 
     @property
     def describe(self) -> dict[str, Any]:
@@ -209,7 +213,7 @@ class Recoverer:
         val_idx, train_idx = (order[:val_n], order[val_n:]) if val_n else (order, order)
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
 
-        # its validation before training: every run's step 0, and what a run's gain is measured from
+        # its validation before training: every run's step 0, and how close to the teacher it starts
         start = evaluate(module, vx, None, teacher, spec, self.cfg.batch_size)
 
         def run(rate: float, where: OutputFolder | Path, again: bool) -> TrainResult:
@@ -235,22 +239,30 @@ class Recoverer:
         def by_rate(rate: float) -> TrainResult:
             return run(rate, *self._rate_folder(folder, key, rate))
 
-        several = self.cfg.lr is None or not self.user_lr
+        start_error = float(start.get("output_error", float("nan")))
+        several = self.cfg.lr is None
         if self.cfg.lr is None:  # once, on the first candidate: its best run is its recovery, and
             # every later candidate trains at that run's rate
             choice, result = rate_by_runs(module, by_rate)
-            self.cfg.lr, self.lr_from = choice.lr, choice.how
+            self.cfg.lr, self.lr_from, self.first_start = choice.lr, choice.how, start_error
             if self.w.distributed:  # the same scores on every rank; rank 0's record is the one kept
                 self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))
             if self.checkpoints is not None:
-                self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
+                self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from, first_start=self.first_start)
             rate = choice.lr
-        elif several:  # the search's rate, and a tenth of it where that gains little
-            then = smaller_if_little_gain(float(start.get("output_error", math.nan)))
-            choice, result = rate_by_runs(module, by_rate, rates=(self.cfg.lr,), then=then)
-            rate = choice.lr
-        else:  # --lr
-            rate, result = self.cfg.lr, run(self.cfg.lr, folder, resume)
+        else:
+            rates: tuple[float, ...] = (self.cfg.lr,)
+            if not self.user_lr:  # a candidate close to the teacher also at a smaller rate
+                if self.first_start is not None:
+                    rates = close_rates(self.cfg.lr, self.first_start, start_error)
+                if self.w.distributed:  # rank 0 decides (a worker resumed from no state knows no first start)
+                    rates = from_rank0(rates)
+            several = len(rates) > 1
+            if several:
+                choice, result = rate_by_runs(module, by_rate, rates=rates, edge_runs=0)
+                rate = choice.lr
+            else:
+                rate, result = rates[0], run(rates[0], folder, resume)
         steps = result.history.steps[-1] if result.history.steps else 0
         seconds = time.perf_counter() - begun
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:

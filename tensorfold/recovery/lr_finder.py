@@ -131,28 +131,25 @@ RUN_RATES = (1e-4, 1e-3)
 EDGE_RUNS, EDGE_FACTOR = 2, 10**0.5
 
 
-# optimize --recover: a later candidate whose run at the search's rate cut its validation error by
-# less than SMALL_GAIN also trains at SMALLER times that rate, from the same start, and keeps the
-# better run. Why: the closer a candidate starts to the teacher, the smaller the rate that recovers
-# it best, and the search's rate was chosen on its first, farthest candidate. PP-OCR cls, 300 steps,
-# held-out error (docs/results/compress.md): from 0.067 1e-4 did best (0.046; 1e-5: 0.052); from
-# 0.0265 1e-4 cut 6% (0.0250), 1e-5 28% (0.0190); in a search at 0.02 every close candidate cut 0-8%
-# at 1e-4. A rule on the start alone (below half the first's error) missed them there: validation
-# errors are not held-out ones. The gain decides, after the fact, at the price of a second run.
-SMALL_GAIN, SMALLER = 0.2, 0.1
+# a later candidate of the same search that starts (validation error before training) below CLOSE
+# times the first candidate's start also trains at the first's rate times (its start / the first's) **
+# CLOSE_POWER, no lower than CLOSE_FLOOR times it, and keeps the better run. Why: the closer a
+# candidate starts to the teacher, the smaller the rate that recovers it best. PP-OCR cls, 300 steps,
+# held-out error (docs/results/compress.md): from 0.15 1e-3 beat 1e-4; from 0.067 1e-4 and 3.2e-5 did
+# best (0.046, 0.047; 3.2e-4 and 1e-5 0.052); from 0.0265 1e-5 and 3.2e-5 (0.019, 0.020; 1e-4 0.025).
+# The power 2 lies between those steps (about 1.5 and over 3). The first rate stays in the race:
+# it was chosen on one candidate's validation share, which is noisy, so a rule alone could follow
+# it into the wrong decade.
+CLOSE, CLOSE_POWER, CLOSE_FLOOR = 0.5, 2.0, 0.01
 
 
-def smaller_if_little_gain(start: float, metric: str = "output_error") -> Callable[[float, TrainResult], float | None]:
-    """For rate_by_runs(then=): SMALLER times the winning rate where its run, from `start` (the
-    validation `metric` before training), cut it by less than SMALL_GAIN; else no further run."""
-
-    def then(rate: float, result: TrainResult) -> float | None:
-        reached = (result.best or {}).get(metric)
-        if not (math.isfinite(start) and start > 0) or reached is None:
-            return None
-        return float(f"{rate * SMALLER:.2g}") if reached > (1 - SMALL_GAIN) * start else None
-
-    return then
+def close_rates(rate: float, first_start: float, start: float) -> tuple[float, ...]:
+    """The rates a later candidate trains at: the first candidate's `rate` and, where it starts close
+    to the teacher (`start` below CLOSE times `first_start`), a smaller one by CLOSE_POWER."""
+    if not (math.isfinite(first_start) and first_start > 0 and math.isfinite(start)) or start >= CLOSE * first_start:
+        return (rate,)
+    scale = max(CLOSE_FLOOR, (start / first_start) ** CLOSE_POWER)
+    return (rate, float(f"{rate * scale:.2g}"))
 
 
 def rate_by_runs(
@@ -161,13 +158,11 @@ def rate_by_runs(
     metric: str = "output_error",
     rates: tuple[float, ...] = RUN_RATES,
     edge_runs: int = EDGE_RUNS,
-    then: Callable[[float, TrainResult], float | None] | None = None,
 ) -> tuple[LrChoice, TrainResult]:
     """The rate whose whole run recovers best, and that run: `run(rate)` trains `module` from where
     it is now for the run's own length and schedule (it ends on that run's best weights); each of
     `rates` runs from the same start, then past the winner while it sits at an end of the rates
-    tried (at most `edge_runs` more); then, where `then(winning rate, its run)` names a rate, one run
-    more at it. The module ends on the winning run's weights: the winner is the candidate's recovery,
+    tried (at most `edge_runs` more). The module ends on the winning run's weights: the winner is the candidate's recovery,
     not a trial to repeat.
 
     Why whole runs: shorter ones rank rates otherwise than the run does (a larger rate pays off
@@ -205,11 +200,6 @@ def rate_by_runs(
                 break
             tried.append(rate)
             attempt(rate)
-        assert best is not None
-        further = then(best[1], best[2]) if then is not None else None
-        if further is not None and further not in tried:
-            tried.append(further)
-            attempt(further)
     except BaseException:
         module.load_state_dict(start)
         raise

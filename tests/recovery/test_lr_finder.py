@@ -14,15 +14,15 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.lr_finder import (
     CEILING,
-    SMALL_GAIN,
-    SMALLER,
+    CLOSE,
+    CLOSE_FLOOR,
     EDGE_RUNS,
     FLOOR,
     RUN_RATES,
     SHORT_RUN_LR,
+    close_rates,
     find_lr,
     rate_by_runs,
-    smaller_if_little_gain,
 )
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.recovery.run import recover
@@ -160,27 +160,18 @@ def test_a_failed_run_is_never_chosen():
 
 
 @pytest.mark.parametrize(
-    "reached, step, further",
+    "start, expected",
     [
-        (0.05, 3, None),  # cut by half: no further run
-        (0.1 * (1 - SMALL_GAIN) * 0.99, 3, None),  # just over SMALL_GAIN
-        (0.1 * (1 - SMALL_GAIN) * 1.01, 3, 1e-4 * SMALLER),  # just under it: a tenth of the rate
-        (0.1, 0, 1e-4 * SMALLER),  # no gain at all (the start kept)
+        (0.2, (1e-4,)),  # farther than the first: its rate only
+        (0.1 * CLOSE * 1.01, (1e-4,)),  # just above CLOSE times the first: its rate only
+        (0.04, (1e-4, 1.6e-5)),  # 0.4 of the first: also 1e-4 * 0.4 ** 2
+        (0.001, (1e-4, 1e-4 * CLOSE_FLOOR)),  # no lower than the floor
+        (float("nan"), (1e-4,)),  # no start known: its rate only
     ],
 )
-def test_a_run_that_gains_little_is_followed_by_a_smaller_rate(reached, step, further):
-    from types import SimpleNamespace
-
-    ran = []
-
-    def fake_run(rate):
-        ran.append(rate)
-        return SimpleNamespace(best={"output_error": reached, "step": step}, stop="done")
-
-    choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run, rates=(1e-4,), then=smaller_if_little_gain(0.1))
-    assert ran == pytest.approx([1e-4] if further is None else [1e-4, further])
-    assert choice.lr == 1e-4  # a tie keeps the earlier rate
-    assert smaller_if_little_gain(float("nan"))(1e-4, fake_run(1e-4)) is None  # no start known: no further run
+def test_close_candidates_also_train_at_a_smaller_rate(start, expected):
+    assert close_rates(1e-4, 0.1, start) == pytest.approx(expected)
+    assert close_rates(1e-4, float("nan"), 0.01) == (1e-4,)  # nor without the first's start
 
 
 def test_a_run_list_of_one_rate_is_not_followed_past_it():
