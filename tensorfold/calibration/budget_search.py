@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import onnx
 from tqdm import tqdm
@@ -39,7 +38,6 @@ class Trial:
     unrefined_error: float | None = None  # with refine: the held-out error before it
     refine_seconds: float | None = None
     start: str | None = None  # with warm: "warm" (from the best recovered candidate) or "cold"
-    refined: dict[str, Any] | None = None  # with refine: what the refinement reports of itself
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -54,14 +52,11 @@ class Trial:
             out["recovery_seconds"] = round(self.refine_seconds or 0.0, 2)
         if self.start is not None:
             out["start"] = self.start
-        if self.refined:
-            out.update(self.refined)
         return out
 
 
-# a candidate's refinement: the refined model (or the candidate itself) and what to record of it in
-# the candidate's trial (e.g. optimize --recover's rate)
-Refine = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, dict[str, Any]]]
+# a candidate's refinement: the refined model (or the candidate itself)
+Refine = Callable[[onnx.ModelProto], onnx.ModelProto]
 # a refined candidate -> the model to factorize the next candidates from (optimize/warm_start.py)
 Warm = Callable[[onnx.ModelProto], onnx.ModelProto]
 
@@ -129,7 +124,7 @@ def _bisect(
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
-        unrefined, seconds, start_from, refined_info = None, None, None, None
+        unrefined, seconds, start_from = None, None, None
         if refine is not None and warm is not None:
             start_from = "cold"
             if source is not None:
@@ -139,7 +134,7 @@ def _bisect(
                     result, check, start_from = warmed, warm_check, "warm"
         if refine is not None:
             unrefined, start = float(check.max_relative_error), time.perf_counter()
-            refined, refined_info = refine(result.model)
+            refined = refine(result.model)
             seconds = time.perf_counter() - start
             again = reference.verify(refined)
             # training on few samples can overfit them: a refined model worse on the held-out share
@@ -158,7 +153,6 @@ def _bisect(
                 unrefined,
                 seconds,
                 start_from,
-                refined_info,
             )
         )
         bar.update()

@@ -4,8 +4,7 @@ Label-free distillation from the input model (its outputs, and each factor chain
 the original layer's) on the calibration fit share, plus --recover-data when given; the held-out
 share is never trained on, nor used to pick the best step (a fifth of the training inputs is).
 Without --lr the first candidate trains at two rates or more, each for the whole run, and keeps
-the best (recovery/lr_finder.rate_by_runs); every later candidate trains at that rate, and one that
-starts much closer to the teacher than the first did also at a smaller one (lr_finder.close_rates).
+the best (recovery/lr_finder.rate_by_runs); every later candidate trains at that rate.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
-from tensorfold.recovery.lr_finder import close_rates, rate_by_runs
+from tensorfold.recovery.lr_finder import rate_by_runs
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
-from tensorfold.recovery.validation import evaluate, tensors
+from tensorfold.recovery.validation import tensors
 
 
 @dataclass
@@ -42,13 +41,10 @@ class Recovered:
     steps: int
     seconds: float
     stop: str
-    lr: float | None = None  # the rate of the run kept (None: a resumed candidate of an older search)
     resumed: bool = False  # recovered by the interrupted search this one resumes (its checkpoints)
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"steps": self.steps, "seconds": round(self.seconds, 2), "stop": self.stop}
-        if self.lr is not None:
-            info["lr"] = self.lr
         if self.resumed:
             info["resumed"] = True
         return info
@@ -94,10 +90,6 @@ class Recoverer:
             recompute_segments=recompute_segments,
         )
         self.lr_from = "--lr" if lr is not None else ""
-        self.user_lr = lr is not None
-        # the first candidate's validation error before training: later ones that start far below
-        # it also train at a smaller rate (lr_finder.close_rates)
-        self.first_start: float | None = None
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
         check_trainable(teacher, self.x)
@@ -117,9 +109,7 @@ class Recoverer:
             state = self.checkpoints.start()
             if lr is None and isinstance(state.get("lr"), float):  # the interrupted run's choice
                 self.cfg.lr, self.lr_from = state["lr"], f"{state.get('lr_from', 'chosen')} (resumed)"
-                if isinstance(state.get("first_start"), float):
-                    self.first_start = state["first_start"]
-            self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from, first_start=self.first_start)
+            self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
 
     @property
     def describe(self) -> dict[str, Any]:
@@ -139,15 +129,7 @@ class Recoverer:
         if self.checkpoints is not None and (done := self.checkpoints.done(key)) is not None:
             info = done.info
             self.resumed += 1
-            lr = info.get("lr")
-            return Recovered(
-                done.model,
-                int(info["steps"]),
-                float(info["seconds"]),
-                str(info["stop"]),
-                lr=float(lr) if isinstance(lr, (int, float)) else None,
-                resumed=True,
-            )
+            return Recovered(done.model, int(info["steps"]), float(info["seconds"]), str(info["stop"]), resumed=True)
         with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
             folder, resume = (
                 self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
@@ -185,7 +167,7 @@ class Recoverer:
             from_rank0(("stop",))
 
     def _rate_folder(self, folder: OutputFolder | Path, key: str, rate: float) -> tuple[OutputFolder | Path, bool]:
-        """The checkpoint folder of a candidate's run at `rate`, where it trains at several (beside its own:
+        """The checkpoint folder of the first candidate's run at `rate` (beside the candidate's own:
         an interrupted search replays the finished runs from theirs and continues the one it
         stopped in), and whether it holds a checkpoint to resume."""
         if isinstance(folder, OutputFolder):  # rank 0 with the search's checkpoints
@@ -198,7 +180,7 @@ class Recoverer:
     def _train(
         self, student: onnx.ModelProto, folder: OutputFolder | Path, resume: bool, label: str, key: str = ""
     ) -> Recovered:
-        begun = time.perf_counter()
+        start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
         features = rewritten_outputs(student)
         teacher = (
@@ -212,9 +194,6 @@ class Recoverer:
         val_n = max(1, len(self.x) // 5) if len(self.x) > 1 else 0
         val_idx, train_idx = (order[:val_n], order[val_n:]) if val_n else (order, order)
         tx, vx = samples_subset(self.x, train_idx), samples_subset(self.x, val_idx)
-
-        # its validation before training: every run's step 0, and how close to the teacher it starts
-        start = evaluate(module, vx, None, teacher, spec, self.cfg.batch_size)
 
         def run(rate: float, where: OutputFolder | Path, again: bool) -> TrainResult:
             return train(
@@ -231,43 +210,24 @@ class Recoverer:
                 fingerprint=model_fingerprint(student),
                 spec=spec,
                 metric="output_error",  # what the bound judges, not argmax agreement
-                desc=f"{label} at lr {rate:g}" if several or not self.lr_from else label,
+                desc=label if self.lr_from else f"{label} at lr {rate:g}",
                 w=self.w,
-                start=start,
             )
 
-        def by_rate(rate: float) -> TrainResult:
-            return run(rate, *self._rate_folder(folder, key, rate))
-
-        start_error = float(start.get("output_error", float("nan")))
-        several = self.cfg.lr is None
         if self.cfg.lr is None:  # once, on the first candidate: its best run is its recovery, and
             # every later candidate trains at that run's rate
-            choice, result = rate_by_runs(module, by_rate)
-            self.cfg.lr, self.lr_from, self.first_start = choice.lr, choice.how, start_error
+            choice, result = rate_by_runs(module, lambda rate: run(rate, *self._rate_folder(folder, key, rate)))
+            self.cfg.lr, self.lr_from = choice.lr, choice.how
             if self.w.distributed:  # the same scores on every rank; rank 0's record is the one kept
                 self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))
             if self.checkpoints is not None:
-                self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from, first_start=self.first_start)
-            rate = choice.lr
+                self.checkpoints.record(lr=self.cfg.lr, lr_from=self.lr_from)
         else:
-            rates: tuple[float, ...] = (self.cfg.lr,)
-            if not self.user_lr:  # a candidate close to the teacher also at a smaller rate
-                if self.first_start is not None:
-                    rates = close_rates(self.cfg.lr, self.first_start, start_error)
-                if self.w.distributed:  # rank 0 decides (a worker resumed from no state knows no first start)
-                    rates = from_rank0(rates)
-            several = len(rates) > 1
-            if several:
-                choice, result = rate_by_runs(module, by_rate, rates=rates, edge_runs=0)
-                rate = choice.lr
-            else:
-                rate, result = rates[0], run(rates[0], folder, resume)
+            result = run(self.cfg.lr, folder, resume)
         steps = result.history.steps[-1] if result.history.steps else 0
-        seconds = time.perf_counter() - begun
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
-            return Recovered(student, steps, seconds, result.stop, lr=rate)
-        return Recovered(module.write_back(), steps, seconds, result.stop, lr=rate)
+            return Recovered(student, steps, time.perf_counter() - start, result.stop)
+        return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
 
 
 def check_trainable(model: onnx.ModelProto, x: Any) -> None:

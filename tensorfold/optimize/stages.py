@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from tensorfold import __version__
-from tensorfold.calibration.budget_search import Refine, Trial
+from tensorfold.calibration.budget_search import Trial
 from tensorfold.calibration.data import Samples, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.deploy import (
     DeployChoice,
@@ -331,7 +331,7 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
         from tensorfold.calibration.budget_search import search_budget
 
         assert inputs.search_reference is not None  # a bound needs --calibration (options check it)
-        refine = _refine(recoverer) if (recoverer := prepared.recoverer) is not None else None
+        refine = (lambda m: recoverer(m).model) if (recoverer := prepared.recoverer) is not None else None
         warm = None
         if refine is not None and o.warm_start:
             from tensorfold.optimize.warm_start import dense_equivalent
@@ -371,16 +371,6 @@ def build(inputs: Inputs, prepared: Prepared, o: OptimizeOptions) -> Built:
     if prepared.recoverer is None or not result.rewritten:
         return Built(result)
     return _recovered(inputs, prepared.recoverer, result)
-
-
-def _refine(recoverer: Recoverer) -> Refine:
-    """The bound search's refinement: the candidate recovered, and the rate it kept for its trial."""
-
-    def refine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-        recovered = recoverer(model)
-        return recovered.model, {} if recovered.lr is None else {"recovery_lr": recovered.lr}
-
-    return refine
 
 
 def _recovered(inputs: Inputs, recoverer: Recoverer, result: PassResult) -> Built:

@@ -155,7 +155,6 @@ def train(
     peers: Sequence[torch.nn.Module] | None = None,
     metric: str | None = None,
     desc: str = "recover",
-    start: dict[str, float] | None = None,
 ) -> TrainResult:
     """Train `module` in place. The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
@@ -168,10 +167,7 @@ def train(
     peers: other factorized models trained alongside by deep mutual learning (Zhang et al. 2018):
     each learns as the student does (teacher, labels, features, optimizer, schedule) and also
     toward the others' mean prediction; each keeps its own best checkpoint (best.peerK.pt), the
-    checkpoint holds them all (--resume continues them), the student's metric drives --patience.
-
-    start: the student's validation as it is now (`evaluate` on val_x), where the caller measured it
-    already: step 0's evaluation, not repeated."""
+    checkpoint holds them all (--resume continues them), the student's metric drives --patience."""
     if cfg.lr is None:
         raise ValueError("cfg.lr is chosen before training (recovery.run picks it by the range test)")
     w = w or world()
@@ -234,8 +230,7 @@ def train(
     for ln in learners:
         if ln.best is None and len(val_x):
             # step 0 is a candidate too: a run that only makes a model worse keeps the model it started from
-            measured = start if start is not None and ln is main else None
-            ln.best = dict(measured or evaluate(ln.module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
+            ln.best = dict(evaluate(ln.module, val_x, val_y, teacher, spec, cfg.batch_size), step=0)
             if w.main:
                 _save_best(folder, ln)
     start_metric = main.best[metric] if main.best is not None and main.best.get("step") == 0 else None

@@ -131,38 +131,13 @@ RUN_RATES = (1e-4, 1e-3)
 EDGE_RUNS, EDGE_FACTOR = 2, 10**0.5
 
 
-# a later candidate of the same search that starts (validation error before training) below CLOSE
-# times the first candidate's start also trains at the first's rate times (its start / the first's) **
-# CLOSE_POWER, no lower than CLOSE_FLOOR times it, and keeps the better run. Why: the closer a
-# candidate starts to the teacher, the smaller the rate that recovers it best. PP-OCR cls, 300 steps,
-# held-out error (docs/results/compress.md): from 0.15 1e-3 beat 1e-4; from 0.067 1e-4 and 3.2e-5 did
-# best (0.046, 0.047; 3.2e-4 and 1e-5 0.052); from 0.0265 1e-5 and 3.2e-5 (0.019, 0.020; 1e-4 0.025).
-# The power 2 lies between those steps (about 1.5 and over 3). The first rate stays in the race:
-# it was chosen on one candidate's validation share, which is noisy, so a rule alone could follow
-# it into the wrong decade.
-CLOSE, CLOSE_POWER, CLOSE_FLOOR = 0.5, 2.0, 0.01
-
-
-def close_rates(rate: float, first_start: float, start: float) -> tuple[float, ...]:
-    """The rates a later candidate trains at: the first candidate's `rate` and, where it starts close
-    to the teacher (`start` below CLOSE times `first_start`), a smaller one by CLOSE_POWER."""
-    if not (math.isfinite(first_start) and first_start > 0 and math.isfinite(start)) or start >= CLOSE * first_start:
-        return (rate,)
-    scale = max(CLOSE_FLOOR, (start / first_start) ** CLOSE_POWER)
-    return (rate, float(f"{rate * scale:.2g}"))
-
-
 def rate_by_runs(
-    module: torch.nn.Module,
-    run: Callable[[float], TrainResult],
-    metric: str = "output_error",
-    rates: tuple[float, ...] = RUN_RATES,
-    edge_runs: int = EDGE_RUNS,
+    module: torch.nn.Module, run: Callable[[float], TrainResult], metric: str = "output_error"
 ) -> tuple[LrChoice, TrainResult]:
     """The rate whose whole run recovers best, and that run: `run(rate)` trains `module` from where
     it is now for the run's own length and schedule (it ends on that run's best weights); each of
-    `rates` runs from the same start, then past the winner while it sits at an end of the rates
-    tried (at most `edge_runs` more). The module ends on the winning run's weights: the winner is the candidate's recovery,
+    RUN_RATES runs from the same start, then past the winner while it sits at an end of the rates
+    tried. The module ends on the winning run's weights: the winner is the candidate's recovery,
     not a trial to repeat.
 
     Why whole runs: shorter ones rank rates otherwise than the run does (a larger rate pays off
@@ -184,13 +159,11 @@ def rate_by_runs(
         if best is None or score > best[0]:  # a tie keeps the earlier rate
             best = (score, rate, result, {k: v.detach().clone() for k, v in module.state_dict().items()})
 
-    tried = list(rates)
+    tried = list(RUN_RATES)
     try:
-        for rate in rates:
+        for rate in RUN_RATES:
             attempt(rate)
-        for _ in range(
-            edge_runs if len(rates) > 1 else 0
-        ):  # past the end of the rates the winner sits at, while it keeps winning
+        for _ in range(EDGE_RUNS):  # past the end of the rates the winner sits at, while it keeps winning
             assert best is not None
             if best[1] == min(tried):
                 rate = float(f"{best[1] / EDGE_FACTOR:.2g}")

@@ -173,8 +173,6 @@ class OptimizeReport(Report):
             line = f"recovery: {how['steps']} steps{each} at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
-            if any(t.get("recovery_lr", how["lr"]) != how["lr"] for t in self.budget_search or []):
-                line += "; candidates that started much closer to the input model also at a smaller rate (rate column)"
             if how.get("resumed_candidates"):
                 line += f"; {how['resumed_candidates']} candidate(s) taken from the interrupted run's checkpoints"
             console.print(line)
@@ -223,7 +221,7 @@ def _render_recovered_search(trials: list[dict[str, Any]], console: Console) -> 
     """Each candidate of a search with --recover: the unrefined search's, then the recovered ones
     above its answer, with the held-out error before and after recovery and its time."""
     table = Table(title="budget search (held-out error; recovery above the unrecovered answer)", title_justify="left")
-    for col in ("ratio", "factorizable params", "start", "before recovery", "after", "rate", "recovery", "within"):
+    for col in ("ratio", "factorizable params", "start", "before recovery", "after", "recovery", "within"):
         table.add_column(col, justify="right")
     for t in trials:
         recovered = "before_recovery" in t
@@ -233,7 +231,6 @@ def _render_recovered_search(trials: list[dict[str, Any]], console: Console) -> 
             t.get("start", "cold") if recovered else "-",
             f"{t['before_recovery']:.4f}" if recovered else f"{t['max_relative_error']:.4f}",
             f"{t['max_relative_error']:.4f}" if recovered else "-",
-            f"{t['recovery_lr']:.2g}" if recovered and "recovery_lr" in t else "-",
             f"{t['recovery_seconds']:.0f} s" if recovered else "-",
             "yes" if t["within"] else "no",
         )

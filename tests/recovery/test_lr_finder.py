@@ -14,13 +14,10 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.lr_finder import (
     CEILING,
-    CLOSE,
-    CLOSE_FLOOR,
     EDGE_RUNS,
     FLOOR,
     RUN_RATES,
     SHORT_RUN_LR,
-    close_rates,
     find_lr,
     rate_by_runs,
 )
@@ -157,32 +154,3 @@ def test_a_failed_run_is_never_chosen():
 
     choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
     assert choice.lr == RUN_RATES[0] and "failed" in choice.how
-
-
-@pytest.mark.parametrize(
-    "start, expected",
-    [
-        (0.2, (1e-4,)),  # farther than the first: its rate only
-        (0.1 * CLOSE * 1.01, (1e-4,)),  # just above CLOSE times the first: its rate only
-        (0.04, (1e-4, 1.6e-5)),  # 0.4 of the first: also 1e-4 * 0.4 ** 2
-        (0.001, (1e-4, 1e-4 * CLOSE_FLOOR)),  # no lower than the floor
-        (float("nan"), (1e-4,)),  # no start known: its rate only
-    ],
-)
-def test_close_candidates_also_train_at_a_smaller_rate(start, expected):
-    assert close_rates(1e-4, 0.1, start) == pytest.approx(expected)
-    assert close_rates(1e-4, float("nan"), 0.01) == (1e-4,)  # nor without the first's start
-
-
-def test_a_run_list_of_one_rate_is_not_followed_past_it():
-    from types import SimpleNamespace
-
-    ran = []
-
-    def fake_run(rate):
-        ran.append(rate)
-        return SimpleNamespace(best={"output_error": rate, "step": 1}, stop="done")
-
-    rate_by_runs(torch.nn.Linear(2, 2), fake_run, rates=(3e-5,))
-    rate_by_runs(torch.nn.Linear(2, 2), fake_run, rates=(1e-4, 1e-5), edge_runs=0)
-    assert ran == [3e-5, 1e-4, 1e-5]
