@@ -38,6 +38,8 @@ class Trial:
     unrefined_error: float | None = None  # with refine: the held-out error before it
     refine_seconds: float | None = None
     start: str | None = None  # with warm: "warm" (from the best recovered candidate) or "cold"
+    # with refine, where the refined model was not kept (no better on the held-out share): its error
+    refused_error: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -52,6 +54,8 @@ class Trial:
             out["recovery_seconds"] = round(self.refine_seconds or 0.0, 2)
         if self.start is not None:
             out["start"] = self.start
+        if self.refused_error is not None:
+            out["recovered_not_kept"] = self.refused_error
         return out
 
 
@@ -124,7 +128,7 @@ def _bisect(
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
         check = reference.verify(result.model)
-        unrefined, seconds, start_from = None, None, None
+        unrefined, seconds, start_from, refused = None, None, None, None
         if refine is not None and warm is not None:
             start_from = "cold"
             if source is not None:
@@ -142,6 +146,8 @@ def _bisect(
             # selects on this share already; it never reads a model that trained on it)
             if again.max_error <= check.max_error:
                 result, check = replace(result, model=refined), again
+            elif refined is not result.model:  # trained, and worse here: the report says so
+                refused = float(again.max_relative_error)
         ok = check.within(bound)
         trials.append(
             Trial(
@@ -153,6 +159,7 @@ def _bisect(
                 unrefined,
                 seconds,
                 start_from,
+                refused,
             )
         )
         bar.update()

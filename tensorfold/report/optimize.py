@@ -230,11 +230,19 @@ def _render_recovered_search(trials: list[dict[str, Any]], console: Console) -> 
             f"{t['factorizable_params_after']:,}",
             t.get("start", "cold") if recovered else "-",
             f"{t['before_recovery']:.4f}" if recovered else f"{t['max_relative_error']:.4f}",
-            f"{t['max_relative_error']:.4f}" if recovered else "-",
+            _after(t) if recovered else "-",
             f"{t['recovery_seconds']:.0f} s" if recovered else "-",
             "yes" if t["within"] else "no",
         )
     console.print(table)
+
+
+def _after(trial: dict[str, Any]) -> str:
+    """A recovered candidate's held-out error: the recovered model's, or the candidate's own where
+    recovery made it worse on the held-out share (and what recovery had reached)."""
+    if "recovered_not_kept" in trial:
+        return f"{trial['max_relative_error']:.4f} (recovered {trial['recovered_not_kept']:.4f}: not kept)"
+    return f"{trial['max_relative_error']:.4f}"
 
 
 def _render_deploy(deploy: dict[str, Any], console: Console) -> None:

@@ -298,3 +298,31 @@ def test_int8_comes_last_inside_the_same_bound(samples, tmp_path):
     assert any("int8" in n for n in names) and any("factorized" in n for n in names)
     assert report.verification.max_error <= 0.2 and out.is_file()
     assert report.recovery is not None and any("before_recovery" in t for t in report.budget_search)
+
+
+def test_a_recovery_worse_on_the_held_out_share_is_not_kept_and_the_report_says_so(samples, monkeypatch):
+    """The search keeps the candidate as it was, and its trial records what recovery had reached."""
+    import onnx
+    from rich.console import Console
+
+    from tensorfold.optimize.recovery import Recovered, Recoverer
+
+    def worse(self, student, label="recover"):
+        model = onnx.ModelProto()
+        model.CopyFrom(student)
+        for tensor in model.graph.initializer:  # every weight doubled: a recovery that made things worse
+            if tensor.data_type == onnx.TensorProto.FLOAT:
+                array = onnx.numpy_helper.to_array(tensor) * 2.0
+                tensor.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float32), tensor.name))
+        return Recovered(model, 8, 0.0, "done")
+
+    monkeypatch.setattr(Recoverer, "__call__", worse)
+    report = optimize(
+        DEMO, None, method="tucker", calibration=str(samples), max_output_error=0.2, recover=8, lr=1e-4, progress=False
+    )
+    refined = [t for t in report.budget_search if "before_recovery" in t]
+    assert refined and all(t["max_relative_error"] == t["before_recovery"] for t in refined)
+    assert all(t["recovered_not_kept"] > t["before_recovery"] for t in refined)
+    console = Console(record=True, width=200)
+    report.render(console)
+    assert f"(recovered {refined[0]['recovered_not_kept']:.4f}: not kept)" in console.export_text()
