@@ -370,13 +370,6 @@ class Reference:
 BOOTSTRAP_DRAWS = 1000
 
 
-def bootstrap_interval(
-    accs: list[OutputAccumulator], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
-) -> tuple[tuple[float, float] | None, int]:
-    """spread_of the accumulators' per-sample tallies."""
-    return spread_of([acc.sample_tallies() for acc in accs], draws, seed)
-
-
 def spread_of(
     tallies: list[Tallies | None], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
 ) -> tuple[tuple[float, float] | None, int]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from tensorfold.cli import main
-from tensorfold.graph.verify import OutputAccumulator, Reference, bootstrap_interval
+from tensorfold.graph.verify import OutputAccumulator, Reference, spread_of
 
 
 def _model(op_nodes, const=None):
@@ -186,7 +186,7 @@ def test_the_bootstrap_interval_brackets_the_error_and_narrows_with_more_samples
         acc = OutputAccumulator("y", None)
         for part in (slice(0, rows // 2), slice(rows // 2, rows)):  # pooled over two calls
             acc.add(ref[part], got[part], rows // 2)
-        (lo, hi), n = bootstrap_interval([acc])
+        (lo, hi), n = spread_of([acc.sample_tallies()])
         error = acc.result().relative_error
         assert n == rows and lo < error < hi
         widths.append(hi - lo)
@@ -216,10 +216,10 @@ def test_every_verification_carries_the_interval_and_a_bound_inside_it_is_named(
 def test_no_interval_without_a_per_sample_axis():
     acc = OutputAccumulator("y", None)
     acc.add(np.ones((2, 3)), np.ones((2, 3)), samples=5)  # axis 0 is not the samples
-    assert bootstrap_interval([acc]) == (None, 0)
+    assert spread_of([acc.sample_tallies()]) == (None, 0)
     whole = OutputAccumulator("y", None)
     whole.add(np.ones((2, 3)), np.ones((2, 3)), samples=None)
-    assert bootstrap_interval([whole]) == (None, 0)
+    assert spread_of([whole.sample_tallies()]) == (None, 0)
 
 
 def test_class_scores_resample_the_argmax_disagreement_too():
@@ -228,7 +228,7 @@ def test_class_scores_resample_the_argmax_disagreement_too():
     got[:4] = [0.49, 0.51]  # 10% of the argmaxes change, the scores by little
     acc = OutputAccumulator("p", 1)
     acc.add(ref, got, 40)
-    (lo, hi), _ = bootstrap_interval([acc])
+    (lo, hi), _ = spread_of([acc.sample_tallies()])
     disagreement = 1 - acc.result().argmax_agreement
     assert disagreement == pytest.approx(0.1) and lo <= disagreement <= hi
     assert hi > acc.result().relative_error  # the argmaxes are what the bound reads here
