@@ -8,7 +8,7 @@ The PP-OCR models (RapidOCR 1.4.4) on synthetic printed text (bench/text_images.
 calibration samples each (pages at 256x256 for det, lines for cls and rec), the default held-out
 share (a quarter) judging every candidate. minilm-l3 (paraphrase-MiniLM-L3-v2, a 3-layer BERT
 sentence encoder from a pinned wheel) on English sentences of Debian's licence texts
-(bench/text_tokens.py, 64 tokens; 932 distinct sentences, so --samples + --extra <= 932). For each bound: `optimize MODEL --calibration
+(bench/text_tokens.py, 64 tokens; 932 distinct sentences, then ~19k of the Python documentation). For each bound: `optimize MODEL --calibration
 samples.npz --max-output-error B` and the same with `--recover STEPS --recover-data more.npz`
 (--extra further unlabelled samples, drawn apart from the calibration ones: 64 samples alone
 overfit in a few epochs); the factorizable layers' compression reached, the held-out error, the

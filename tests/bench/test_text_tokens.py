@@ -20,3 +20,12 @@ def test_draws_with_one_seed_and_different_skips_share_no_sentence():
     rows = {tuple(r) for r in first["input_ids"]}
     assert not rows & {tuple(r) for r in rest["input_ids"]}
     assert np.all(first["input_ids"][:, 0] == 101)  # [CLS] opens every sentence
+
+
+def test_a_draw_past_the_licences_goes_on_into_python_docs_and_leaves_earlier_draws_alone():
+    pool = len(sentences())
+    inside = token_samples(30, 0, length=16, skip=pool - 30)
+    past = token_samples(60, 0, length=16, skip=pool - 30)  # the same 30, then 30 doc sentences
+    assert np.array_equal(past["input_ids"][:30], inside["input_ids"])
+    rows = {tuple(r) for r in past["input_ids"][30:]}
+    assert len(rows) == 30 and not rows & {tuple(r) for r in inside["input_ids"]}
