@@ -193,8 +193,12 @@ class OnnxTeacher:
             self.session.run(None, {name: part(a, i) for name, a in zip(self.input_names, arrays)})
             for i in range(0, n, step)
         ]
+        # each call's outputs stacked along their first axis, whichever axis holds the batch (a
+        # CRNN's time-major (T, 1, classes) stacks as (calls x T, 1, classes)); OnnxModule does the same
         outs = [
-            np.concatenate([np.asarray(r[k]) for r in runs]) if len(runs) > 1 else np.asarray(runs[0][k])
+            np.concatenate([np.asarray(r[k]) for r in runs])
+            if len(runs) > 1 and np.ndim(runs[0][k])
+            else np.asarray(runs[0][k])
             for k in range(len(runs[0]))
         ]
         tensors = [torch.from_numpy(o).to(xs[0].device) for o in outs]

@@ -122,9 +122,19 @@ class OnnxModule(nn.Module):
         keep = b0 - ((-n) % b0)
 
         def joined(values: list[torch.Tensor]) -> torch.Tensor:
-            if not values[0].ndim or values[0].shape[0] != b0:
-                return values[0]  # not batched (a scalar, a state batched elsewhere)
-            return torch.cat(values[:-1] + [values[-1][:keep]])
+            if not values[0].ndim:
+                return values[0]  # a scalar: one per call, not per sample
+            if values[0].shape[0] == b0:
+                return torch.cat(values[:-1] + [values[-1][:keep]])
+            # batched on another axis (a CRNN's time-major (T, batch, classes)): the calls stacked
+            # along the first axis, as the onnxruntime side stacks them (OnnxTeacher, verification);
+            # the filled-up tail of a last slice cannot be told apart there, so it must not exist
+            if keep != b0:
+                raise TensorfoldError(
+                    f"an output of shape {tuple(values[0].shape)} is not batched on its first axis: "
+                    f"feed a multiple of the model's fixed batch ({b0}) samples"
+                )
+            return torch.cat(values)
 
         if capture:
             outputs = [joined([p[0][k] for p in parts]) for k in range(len(parts[0][0]))]

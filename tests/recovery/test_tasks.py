@@ -215,6 +215,43 @@ def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
     assert onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
 
+class TimeMajor(nn.Module):
+    """A CRNN's head, exported with batch 1: conv features become a sequence and the class scores
+    come out time-major (T, batch, classes), as ddddocr's recognizer's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4, 64)
+        self.out = nn.Linear(64, 7)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))  # (1, 16, 4, T)
+        seq = f.permute(3, 0, 1, 2).reshape(f.shape[3], 1, -1)  # (T, 1, 64)
+        return self.out(torch.relu(self.fc(seq)))
+
+
+def test_time_major_outputs_of_a_fixed_batch_model_stack_as_onnxruntime_stacks_them(tmp_path):
+    from tensorfold.recovery.distill import OnnxTeacher
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+    torch.manual_seed(0)
+    model = _export(TimeMajor(), tmp_path / "crnn.onnx", ("scores",), (torch.zeros(1, 1, 4, 10),), dynamic=False)
+    x = torch.from_numpy(np.random.default_rng(0).random((5, 1, 4, 10)).astype(np.float32))
+    got = OnnxModule(onnx.load(model))(x)[0]
+    want = OnnxTeacher(onnx.load(model), [])(x)[0][0]
+    assert got.shape == want.shape == (5 * 10, 1, 7)  # five calls of (T=10, 1, 7), stacked
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    samples = tmp_path / "lines.npz"
+    np.savez(samples, input=np.random.default_rng(1).random((48, 1, 4, 10)).astype(np.float32))
+    report = optimize(
+        model, tmp_path / "small.onnx", method="svd", ratio=2, calibration=str(samples), recover=4, lr=1e-4,
+        progress=False,
+    )  # fmt: skip
+    assert report.recovery["steps"] == 4 and report.verification.max_error < 1
+    assert (tmp_path / "small.onnx").exists()
+
+
 class Tokens(nn.Module):
     """Token ids in, class scores out, exported with a fixed batch of 1 (as BERT-style exports often are)."""
 
