@@ -91,7 +91,7 @@ def reporting(ctx: click.Context, debug: bool = False):
         _fail(
             1,
             f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
-            "rerun with --debug for the traceback and report it",
+            "rerun with --debug right after `tensorfold` (or TENSORFOLD_DEBUG=1) for the traceback and report it",
         )
     finally:
         if previous is not None:
