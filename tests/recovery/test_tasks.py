@@ -41,11 +41,12 @@ class MapNet(nn.Module):
         return prob, self.cls(f.mean((2, 3)))
 
 
-def _export(module, path, outputs=("output",), example=None, names=("input",), dynamic=True):
-    """ONNX export, the batch dynamic unless `dynamic=False` (a fixed-batch export)."""
+def _export(module, path, outputs=("output",), example=None, names=("input",), dynamic=True, axes=None):
+    """ONNX export, the batch dynamic unless `dynamic=False` (a fixed-batch export); `axes` names
+    the dynamic axes instead."""
     module.eval()
     example = example if example is not None else (torch.zeros(1, 3, 16, 16),)
-    axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic else None
+    axes = axes or ({n: {0: "batch"} for n in [*names, *outputs]} if dynamic else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -210,14 +211,16 @@ def test_a_fixed_batch_model_trains_on_any_batch(tmp_path):
     one_by_one = torch.cat([module(torch.from_numpy(x[i : i + 1]))[0] for i in range(7)])
     assert batched.shape == (7, 6)
     torch.testing.assert_close(batched, one_by_one)
+    assert module._batch_layouts[()] is None  # its Reshape holds the batch: it runs in slices
     report = _cut_and_recover(model, x, tmp_path, steps=3)
     assert report["steps"] == 3 and report["metric"] == "teacher_agreement"
     assert onnx.load(tmp_path / "r.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
 
 class TimeMajor(nn.Module):
-    """A CRNN's head, exported with batch 1: conv features become a sequence and the class scores
-    come out time-major (T, batch, classes), as ddddocr's recognizer's do."""
+    """A CRNN's head as ddddocr's recognizer has it: exported with batch 1 and a dynamic width,
+    conv features become a time-major sequence, folded to (T x batch, features) for a Linear, and
+    the class scores come out (T, batch, classes). Its Reshapes take the batch from Shape."""
 
     def __init__(self):
         super().__init__()
@@ -226,9 +229,10 @@ class TimeMajor(nn.Module):
         self.out = nn.Linear(64, 7)
 
     def forward(self, x):
-        f = torch.relu(self.conv(x))  # (1, 16, 4, T)
-        seq = f.permute(3, 0, 1, 2).reshape(f.shape[3], 1, -1)  # (T, 1, 64)
-        return self.out(torch.relu(self.fc(seq)))
+        f = torch.relu(self.conv(x))  # (batch, 16, 4, T)
+        t, b = f.shape[3], f.shape[0]
+        seq = f.permute(3, 0, 1, 2).reshape(t * b, -1)  # (T x batch, 64), the batch innermost
+        return self.out(torch.relu(self.fc(seq))).reshape(t, b, -1)
 
 
 def test_time_major_outputs_of_a_fixed_batch_model_stack_as_onnxruntime_stacks_them(tmp_path):
@@ -236,12 +240,21 @@ def test_time_major_outputs_of_a_fixed_batch_model_stack_as_onnxruntime_stacks_t
     from tensorfold.recovery.onnx_torch import OnnxModule
 
     torch.manual_seed(0)
-    model = _export(TimeMajor(), tmp_path / "crnn.onnx", ("scores",), (torch.zeros(1, 1, 4, 10),), dynamic=False)
-    x = torch.from_numpy(np.random.default_rng(0).random((5, 1, 4, 10)).astype(np.float32))
-    got = OnnxModule(onnx.load(model))(x)[0]
-    want = OnnxTeacher(onnx.load(model), [])(x)[0][0]
-    assert got.shape == want.shape == (5 * 10, 1, 7)  # five calls of (T=10, 1, 7), stacked
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    axes = {"input": {3: "width"}, "scores": {0: "steps"}}  # the batch fixed, the width not
+    model = _export(TimeMajor(), tmp_path / "crnn.onnx", ("scores",), (torch.zeros(1, 1, 4, 10),), axes=axes)
+    x = torch.from_numpy(np.random.default_rng(0).random((6, 1, 4, 10)).astype(np.float32))
+    proto = onnx.load(model)
+    fold = next(n.output[0] for n in proto.graph.node if n.op_type == "Gemm")  # (T x batch, 64)
+    module = OnnxModule(proto)
+    got, feats = module(x, capture=(fold,))
+    want, want_feats = OnnxTeacher(proto, [fold])(x)
+    assert got[0].shape == want[0].shape == (6 * 10, 1, 7)  # six calls of (T=10, 1, 7), stacked
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feats[fold], want_feats[fold], rtol=1e-4, atol=1e-5)
+    # the export runs on the whole batch at once, its batch on axis 1 and innermost in the fold
+    assert module._batch_layouts[(fold,)] == {"output:0": (1, False), fold: (0, True)}
+    sliced = module._sliced((x,), (fold,))
+    torch.testing.assert_close(sliced[1][fold], feats[fold], rtol=1e-4, atol=1e-5)
     samples = tmp_path / "lines.npz"
     np.savez(samples, input=np.random.default_rng(1).random((48, 1, 4, 10)).astype(np.float32))
     report = optimize(
