@@ -118,6 +118,10 @@ def _bisect(
     """Bisection on log(ratio) in (lo, hi): the largest ratio verified within the bound and its
     (result, check), `best` where none beat it; each trial appended to `trials`."""
     source: tuple[onnx.ModelProto, PassContext] | None = None  # the warm start's model, its own cache
+    # the ranks of each candidate tried (as factorized from the input model) -> within the bound: a
+    # layer's ranks are integers, so nearby ratios can round to one model (a model whose budget is
+    # one big layer); its answer is known, and it is neither checked nor refined again
+    tried: dict[tuple[tuple[str, str, tuple[int, ...]], ...], bool] = {}
     desc = f"max output error {bound:g}" + (" (recovered)" if refine is not None else "")
     bar = tqdm(total=steps, desc=desc, unit="model", disable=not ctx.progress, leave=False)
     for _ in range(steps):
@@ -127,6 +131,10 @@ def _bisect(
         if ratio <= 1.0 + 1e-6:
             break
         result = pass_(model, replace(ctx, spec=RankSpec(ratio=ratio)))
+        ranks = tuple((r.node, r.method, tuple(r.ranks)) for r in result.rewritten)
+        if ranks in tried:
+            lo, hi = (ratio, hi) if tried[ranks] else (lo, ratio)
+            continue
         check = reference.verify(result.model)
         unrefined, seconds, start_from, refused = None, None, None, None
         if refine is not None and warm is not None:
@@ -150,7 +158,7 @@ def _bisect(
                     result, check = replace(result, model=refined), again
                 else:  # trained, and worse here: the report says so
                     refused = float(again.max_relative_error)
-        ok = check.within(bound)
+        ok = tried[ranks] = check.within(bound)
         trials.append(
             Trial(
                 ratio,

@@ -225,3 +225,26 @@ def test_inspect_shows_sensitivity(data):
     sens = [row["sensitivity"] for row in info["layers"] if "sensitivity" in row]
     assert len(sens) >= 3
     assert all(s["model_error"] >= 0 and s["layer_error"] > 0 for s in sens)
+
+
+def test_ratios_that_round_to_one_model_are_tried_once(tmp_path):
+    """One layer holds the whole budget (ddddocr's 8210-class Gemm): its rank is an integer, so the
+    bisection's last ratios round to a model already tried; it is neither checked nor reported twice."""
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    v, _ = np.linalg.qr(rng.standard_normal((96, 64)))
+    weight = (v * 0.9 ** np.arange(64)) @ u.T  # (96, 64), a decaying spectrum: the error grows with the cut
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="head")],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")],
+    )
+    model = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((64, 96)).astype(np.float32))
+    report = optimize(model, None, calibration=str(tmp_path / "x.npz"), max_output_error=0.3, progress=False)
+    params = [t["factorizable_params_after"] for t in report.budget_search]
+    assert len(params) == len(set(params)) >= 4, report.budget_search
+    assert report.verification.within(0.3)

@@ -131,6 +131,7 @@ def test_an_interrupted_search_keeps_its_candidates_and_resumes(samples, tmp_pat
     kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, recover=8, lr=1e-4, progress=False)
     whole = optimize(DEMO, tmp_path / "whole.onnx", **kwargs)
     assert not (tmp_path / "whole.onnx.ckpt").exists()  # a finished search leaves no checkpoints
+    assert "resumed_candidates" not in whole.recovery  # a fresh run resumed nothing
     out = tmp_path / "small.onnx"
     calls = _interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
