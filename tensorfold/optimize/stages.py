@@ -93,6 +93,14 @@ class Built:
     split_models: list[tuple[float, PassResult]] = field(default_factory=list)  # for factorized + int8
     recovery: dict[str, Any] | None = None  # --recover: how, and (without a bound) before/after
 
+    @property
+    def recovered(self) -> bool:
+        """Whether the factorization written is a recovered one: with --recover at a ratio always;
+        with a bound where a recovered candidate beat the unrecovered search's answer."""
+        if self.recovery is None:
+            return False
+        return self.trials is None or any(t.within and t.unrefined_error is not None for t in self.trials)
+
 
 @dataclass
 class Deployed:
@@ -215,7 +223,7 @@ def _run_prepared(
     verification = verify(inputs, built, o)
     stages = [prepared.input_stage]
     if prepared.chosen is not None:
-        stages.append(_stage("recovered" if built.recovery else "factorized", built.result.model, verification))
+        stages.append(_stage("recovered" if built.recovered else "factorized", built.result.model, verification))
     deployed = deploy(inputs, prepared, built, verification, o) if deploying else None
     report = make_report(inputs, prepared, built, verification, deployed, stages, ranks, output_path, o)
     for checked in (verification, report.verification):

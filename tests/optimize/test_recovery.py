@@ -58,6 +58,8 @@ def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     assert recovered.verification.max_relative_error <= 0.2
     assert recovered.eligible_params[1] <= plain.eligible_params[1]  # at least as far, within the bound
     assert recovered.recovery["lr_from"] == "--lr"
+    beat = any(t["within"] for t in trials)  # a recovered candidate past the unrecovered answer
+    assert [s["stage"] for s in recovered.stages] == ["input", "recovered" if beat else "factorized"]
     assert recovered.recovery["recompute_segments"] == 3  # activation checkpointing reached the trainer
     from rich.console import Console
 
@@ -65,6 +67,23 @@ def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     recovered.render(console)
     text = console.export_text()
     assert "before recovery" in text and f"{trials[0]['before_recovery']:.4f}" in text
+
+
+def test_where_no_recovered_candidate_meets_the_bound_the_report_says_the_answer_is_unrecovered(samples, monkeypatch):
+    from rich.console import Console
+
+    from tensorfold.optimize.recovery import Recovered, Recoverer
+
+    # a recovery that changes nothing: no candidate above the unrecovered answer comes within
+    monkeypatch.setattr(Recoverer, "__call__", lambda self, student, label="": Recovered(student, 0, 0.0, "test"))
+    kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, progress=False)
+    plain = optimize(DEMO, None, **kwargs)
+    report = optimize(DEMO, None, recover=20, lr=1e-4, **kwargs)
+    assert report.eligible_params == plain.eligible_params
+    assert [s["stage"] for s in report.stages] == ["input", "factorized"]
+    console = Console(record=True, width=300)
+    report.render(console)
+    assert "no recovered candidate met the bound, so the unrecovered answer is written" in console.export_text()
 
 
 def test_cli_reports_recovery(samples, tmp_path):
