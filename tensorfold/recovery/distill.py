@@ -94,6 +94,17 @@ class Outputs:
         return "; ".join(parts)
 
 
+def common_part(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both cut to the shape they share. A sequence decoder's output (SLANet's table tokens) ends
+    where the model emits its end token, so a student may stop a few steps before or after its
+    teacher: the steps both took are compared, the rest carry no gradient (verification counts
+    such a change as a wholly different output)."""
+    if student.shape == teacher.shape or student.ndim != teacher.ndim:
+        return student, teacher
+    common = tuple(slice(0, min(a, b)) for a, b in zip(student.shape, teacher.shape))
+    return student[common], teacher[common]
+
+
 def relative_error2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """||s - t||^2 / ||t||^2 over the batch: an output's error on the scale of the output itself."""
     return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
@@ -108,7 +119,7 @@ def output_loss(
     for i, (s, t) in enumerate(zip(student, teacher)):
         if not (s.is_floating_point() and t.is_floating_point()):
             continue  # integer outputs (an ArgMax, token ids) carry no gradient
-        s, t = s.float(), t.float()
+        s, t = common_part(s.float(), t.float())
         if kd and i in spec.axes and s.ndim >= 1 and s.shape[spec.axes[i]] > 1:
             # scores at many positions (an OCR model's (N, T, C)): one distribution per position
             axis, c = spec.axes[i], s.shape[spec.axes[i]]
@@ -125,11 +136,7 @@ def output_loss(
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over matched layers of ||s - t||^2 / ||t||^2: each factor chain's output is pulled to
     the original layer's output, every layer on the same scale."""
-    losses = [
-        ((student[n] - teacher[n]) ** 2).sum() / (teacher[n] ** 2).sum().clamp_min(1e-12)
-        for n in teacher
-        if n in student
-    ]
+    losses = [relative_error2(*common_part(student[n], teacher[n])) for n in teacher if n in student]
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 

@@ -379,3 +379,18 @@ def test_scalars_are_part_of_the_function_and_softmax_outputs_are_distilled_as_l
     s = torch.softmax(torch.randn(5, 3), -1)
     t = torch.softmax(torch.randn(5, 3), -1)
     torch.testing.assert_close(output_loss([s], [t], spec, 4.0), hinton_kd(s.log(), t.log(), 4.0))
+
+
+def test_a_decoder_that_stops_at_another_step_is_distilled_on_the_steps_both_took():
+    """SLANet's table decoder ends at its end token: a student may emit 50 steps where its teacher
+    emitted 52. The loss compares the 50 both took (it raised a shape error before)."""
+    from tensorfold.recovery.distill import feature_loss, output_loss, relative_error2
+
+    t = torch.randn(2, 52, 30)
+    s = (t[:, :50] + 0.1 * torch.randn(2, 50, 30)).requires_grad_()
+    spec = Outputs(names=("tokens",), axes={})
+    loss = output_loss([s], [t], spec, 4.0, kd=False)
+    torch.testing.assert_close(loss, relative_error2(s, t[:, :50]))
+    loss.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    torch.testing.assert_close(feature_loss({"f": t[:, :50]}, {"f": t}), torch.tensor(0.0))
