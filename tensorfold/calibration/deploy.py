@@ -11,8 +11,8 @@ says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -25,6 +25,9 @@ from tensorfold.onnxrt.batching import chunks
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.quantize.within_bound import Int8Result
+
+if TYPE_CHECKING:
+    from tensorfold.calibration.budget_search import Refine
 
 OBJECTIVES = ("latency", "size")
 # shares of the bound the factorization may use before int8 takes the rest; measured on PP-OCRv4 det
@@ -165,7 +168,7 @@ def split_models_for_int8(
     ctx: PassContext,
     reference: Reference,
     bound: float,
-    refine: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    refine: Refine | None = None,
 ) -> list[tuple[float, PassResult]]:
     """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
     model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""

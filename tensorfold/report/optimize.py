@@ -173,7 +173,7 @@ class OptimizeReport(Report):
             line = f"recovery: {how['steps']} steps{each} at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
-            if self.budget_search and not any(t["within"] for t in self.budget_search if "before_recovery" in t):
+            if self.budget_search and not any(s["stage"] == "recovered" for s in self.stages):
                 line += "; no recovered candidate met the bound, so the unrecovered answer is written"
             if how.get("resumed_candidates"):
                 line += f"; {how['resumed_candidates']} candidate(s) taken from the interrupted run's checkpoints"
