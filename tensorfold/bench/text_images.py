@@ -71,6 +71,13 @@ def line_images(
     return np.stack(out), np.array(flipped)
 
 
+def gray_line_inputs(n: int, seed: int = 0, size: tuple[int, int] = (64, 256)) -> np.ndarray:
+    """Model-ready inputs for ddddocr's CRNN recognizer (its preprocessing): grayscale text lines
+    64 high, scaled to [0, 1], float32 (N, 1, H, W)."""
+    lines, _ = line_images(n, size, seed)
+    return (lines.astype(np.float32).mean(axis=3) / 255.0)[:, None]
+
+
 def table_images(n: int, size: tuple[int, int] = (488, 488), seed: int = 0) -> np.ndarray:
     """n uint8 (H, W, 3) ruled tables of 4-8 rows and 2-4 columns, a word or number in each cell
     (table-structure model inputs)."""
