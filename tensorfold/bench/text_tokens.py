@@ -3,7 +3,7 @@ ships (/usr/share/common-licenses), split into sentences and encoded with the Mi
 WordPiece tokenizer (bench/real_models.MINILM_TOKENIZER). Prose a sentence encoder meets, not
 random token ids. The licences hold under a thousand distinct sentences; a draw past them goes on
 into the Python documentation this interpreter ships (its reference topics and the standard
-library's docstrings, ~19k more), so runs that want more unlabelled data than that get it."""
+library's docstrings, 19.5k more), so runs that want more unlabelled data than that get it."""
 
 from __future__ import annotations
 

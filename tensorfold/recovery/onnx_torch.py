@@ -191,7 +191,7 @@ class OnnxModule(nn.Module):
         which axis of each output and captured value it then holds the batch (Layout): measured once per
         capture set, two fixed batches run in slices and at once. Many exports compute their
         Reshapes from Shape and run on any batch; at once, ddddocr's CRNN runs the forward and
-        backward of a batch of 16 in 0.85 s against 6.4 s in slices. An export whose Reshape
+        backward of a batch of 16 in 1.0 s against 5.4 s in slices (tools/bench_fixed_batch_step.py). An export whose Reshape
         holds the batch as a constant fails or differs, and keeps running in slices."""
         if capture in self._batch_layouts:
             return self._batch_layouts[capture]
