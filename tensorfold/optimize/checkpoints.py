@@ -53,6 +53,7 @@ class Done:
 
     model: onnx.ModelProto
     info: dict[str, Any]  # Recovered.as_dict() of the run that trained it
+    resumed: bool = True  # recovered by the interrupted search (False: by this one, met again)
 
 
 class SearchCheckpoints:
@@ -61,6 +62,7 @@ class SearchCheckpoints:
     def __init__(self, path: Path, resume: bool, settings: dict[str, Any]):
         self.path, self.resume, self.settings = Path(path), resume, settings
         self.folder = OutputFolder(self.path, "--checkpoints", SEARCH_NAMES)
+        self.saved: set[str] = set()  # the candidates this run recovered itself
 
     def start(self) -> dict[str, Any]:
         """Checked before any work: what the interrupted run recorded (its rate), or {} for a new
@@ -100,7 +102,7 @@ class SearchCheckpoints:
         if not {model_file.name, info_file.name} <= owned or not (model_file.is_file() and info_file.is_file()):
             return None
         try:
-            return Done(onnx.load(str(model_file)), json.loads(info_file.read_text()))
+            return Done(onnx.load(str(model_file)), json.loads(info_file.read_text()), key not in self.saved)
         except (OSError, ValueError, DecodeError):  # unreadable: train the candidate again
             return None
 
@@ -115,6 +117,7 @@ class SearchCheckpoints:
             self.folder.file(f"cand-{key}.onnx.data")
         save_model(model, self.folder.file(f"cand-{key}.onnx"))
         write_json_atomic(self.folder.file(f"cand-{key}.json"), info)
+        self.saved.add(key)
         # its model is kept: the steps are not needed (nor those of the first candidate's runs by rate)
         for path in [self.path / f"cand-{key}", *self.path.glob(f"cand-{key}-lr*")]:
             if path.is_dir() and path.name in self.folder.owned():

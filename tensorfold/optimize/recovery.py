@@ -96,7 +96,6 @@ class Recoverer:
         self.w = world()
         self.checkpoints: SearchCheckpoints | None = None
         self.resumed = 0  # candidates taken from an interrupted run's checkpoints
-        self.trained: set[str] = set()  # keys of the candidates this run trained itself
         if checkpoints is not None:
             settings = {
                 "model": candidate_key(teacher),
@@ -129,10 +128,9 @@ class Recoverer:
         key = candidate_key(student) if self.checkpoints is not None else ""
         if self.checkpoints is not None and (done := self.checkpoints.done(key)) is not None:
             info = done.info
-            ours = key in self.trained  # the same candidate again (another ratio rounding to it)
-            self.resumed += not ours
+            self.resumed += done.resumed  # not a candidate this run met before (another search's ratio)
             steps, seconds, stop = int(info["steps"]), float(info["seconds"]), str(info["stop"])
-            return Recovered(done.model, steps, seconds, stop, resumed=not ours)
+            return Recovered(done.model, steps, seconds, stop, resumed=done.resumed)
         with tempfile.TemporaryDirectory(prefix="tensorfold-recover-") as tmp:
             folder, resume = (
                 self.checkpoints.training(key) if self.checkpoints is not None else (Path(tmp) / "ckpt", False)
@@ -150,7 +148,6 @@ class Recoverer:
             recovered = self._train(student, folder, resume, label, key)
         if self.checkpoints is not None:
             self.checkpoints.save(key, recovered.model, recovered.as_dict())
-            self.trained.add(key)
         return recovered
 
     def serve(self) -> None:
