@@ -646,6 +646,17 @@ OPTIMIZE = [
         prep=_write("garbage.npz", GARBAGE),
         says="garbage.npz",
     ),
+    case(
+        "inputs-not-numpy",  # numpy reads such a file as a pickle: the error said "object arrays"
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--inputs",
+        "model-copy.onnx",
+        *FAST,
+        prep=_write("model-copy.onnx", GARBAGE),
+        says="not a NumPy file",
+    ),
     case("inputs-is-folder", *OPT, "-o", "out.onnx", "--inputs", "adir", *FAST, prep=_mkdir("adir"), says="adir"),
     case("calibration-nan", *OPT, "-o", "out.onnx", "--calibration", "nan.npz", *FAST, says="nan.npz"),
     case("calibration-zero-samples", *OPT, "-o", "out.onnx", "--calibration", "empty.npz", *FAST, says="empty.npz"),

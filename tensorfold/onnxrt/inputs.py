@@ -134,6 +134,16 @@ def random_inputs(
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _numpy_file(path: Path) -> bool:
+    """Whether the file starts as an .npz (a zip) or an .npy does."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head.startswith(b"PK") or head == b"\x93NUMPY"
+
+
 def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array") -> dict[str, np.ndarray]:
     """Every array of an .npz, read whole and checked: never unpickled (object arrays refused), a
     truncated or foreign archive is one line, and floats beyond float32's range (what the models
@@ -152,8 +162,12 @@ def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array"
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "allow_pickle" in why:
-            why = "it holds object arrays, which would have to be unpickled; save plain numeric arrays"
+        if "allow_pickle" in why:  # numpy reads what is neither .npz nor .npy as a pickle
+            why = (
+                "it holds object arrays, which would have to be unpickled; save plain numeric arrays"
+                if _numpy_file(path)
+                else "it is not a NumPy file; save the samples with np.savez"
+            )
         raise TensorfoldError(f"{option} {path}: cannot read as .npz ({why})") from None
     for name, arr in arrays.items():
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
