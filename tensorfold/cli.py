@@ -252,7 +252,7 @@ _RECOMPUTE_HELP = (
 @click.option(
     "--recover-data",
     type=click.Path(),
-    help="more unlabelled inputs for --recover (.npz or image folder, read like --calibration)",
+    help="more unlabelled inputs for --recover (.npz or image folder, read like --calibration); draw them like the calibration samples: inputs of another kind can make recovery worse",
 )
 @click.option(
     "--lr",
