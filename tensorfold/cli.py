@@ -259,7 +259,11 @@ _RECOMPUTE_HELP = (
     type=_POSITIVE_FLOAT,
     help="--recover's learning rate (default: the first candidate trains at 1e-4, 1e-3 and past the better one while it keeps winning, each for the whole run; the best run is kept and its rate reused)",
 )
-@click.option("--batch-size", type=_POSITIVE, default=16, show_default=True, help="--recover's batch size")
+@click.option(
+    "--batch-size",
+    type=_POSITIVE,
+    help="--recover's batch size (default: 16, lower where the activations one training step keeps would pass 1.5 GiB, measured on two samples)",
+)
 @click.option(
     "--recompute-segments",
     type=click.IntRange(0, None),
@@ -404,7 +408,11 @@ def profile_cmd(model, batches, as_json, **options):
     type=_POSITIVE_FLOAT,
     help="learning rate (default: a range test on your data picks it; 1e-4 for runs under 40 steps)",
 )
-@click.option("--batch-size", type=_POSITIVE, default=128, show_default=True)
+@click.option(
+    "--batch-size",
+    type=_POSITIVE,
+    help="default: 128, lower where the activations one training step keeps would pass 1.5 GiB (measured on two samples)",
+)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
 @click.option("--distill", type=click.Choice(["hinton", "feature", "both", "none"]), default="both", show_default=True)
@@ -482,7 +490,8 @@ def recover_cmd(
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
-        batch_size=batch_size,
+        # given: trained at as given; else RecoverConfig's, lowered to fit memory (recovery/memory.py)
+        **({"batch_size": batch_size, "batch_fits_memory": False} if batch_size else {}),
         optimizer=optimizer,
         schedule=schedule,
         distill=distill,

@@ -90,7 +90,7 @@ class OptimizeOptions:
     recover: int | None = None
     recover_data: str | os.PathLike[str] | None = None
     lr: float | None = None  # None: whole runs at several rates on the first candidate pick it (lr_finder.rate_by_runs)
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16, lowered where a step's activations would pass recovery/memory's budget
     recompute_segments: int = 0  # --recover: activation checkpointing over this many graph segments
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
@@ -171,6 +171,7 @@ class OptimizeOptions:
             for flag, on in (
                 ("--recover-data", self.recover_data is not None),
                 ("--lr", self.lr is not None),
+                ("--batch-size", self.batch_size is not None),
                 ("--checkpoints", self.checkpoints is not None),
                 ("--resume", self.resume),
                 ("--no-warm-start", not self.warm_start),
@@ -190,7 +191,7 @@ class OptimizeOptions:
             raise TensorfoldError("--recover works with --ratio/--rank/--energy or --max-output-error")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise TensorfoldError(f"--lr must be a finite number > 0 (got {self.lr})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise TensorfoldError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.recover_data is not None and not os.path.exists(self.recover_data):
             raise TensorfoldError(f"--recover-data {self.recover_data}: no such file or folder")

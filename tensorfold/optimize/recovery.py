@@ -29,6 +29,7 @@ from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewr
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rate_by_runs
+from tensorfold.recovery.memory import BatchChoice, choose_batch, parameter_pointers, saved_bytes_per_sample
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import tensors
 
@@ -50,6 +51,9 @@ class Recovered:
         return info
 
 
+DEFAULT_BATCH = 16  # --recover's batch, where one step's activations fit (recovery/memory.py)
+
+
 class Recoverer:
     """Fine-tunes candidates of one optimize run: same teacher, same training inputs, one rate."""
 
@@ -63,7 +67,7 @@ class Recoverer:
         normalize: Any = None,
         shapes: dict[str, list[int]] | None = None,
         lr: float | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         recompute_segments: int = 0,
         seed: int = 0,
         threads: int = 0,
@@ -79,9 +83,11 @@ class Recoverer:
             arrays = {k: np.concatenate([v, more.arrays[k]]) for k, v in arrays.items()}
         names = list(arrays)
         self.x: Any = arrays[names[0]] if len(names) == 1 else InputArrays(names, [arrays[n] for n in names])
+        # measured on the input model: its candidates run the same layers, with smaller chains
+        self.batch: BatchChoice = choose_batch(batch_size, DEFAULT_BATCH, check_trainable(teacher, self.x))
         self.cfg = RecoverConfig(
             max_steps=steps,
-            batch_size=batch_size,
+            batch_size=self.batch.size,
             lr=lr,
             seed=seed,
             threads=threads,
@@ -92,7 +98,6 @@ class Recoverer:
         self.lr_from = "--lr" if lr is not None else ""
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
-        check_trainable(teacher, self.x)
         self.w = world()
         self.checkpoints: SearchCheckpoints | None = None
         self.resumed = 0  # candidates taken from an interrupted run's checkpoints
@@ -101,7 +106,7 @@ class Recoverer:
                 "model": candidate_key(teacher),
                 "data": f"{len(self.x)} inputs ({self.source})",
                 "steps": steps,
-                "batch_size": batch_size,
+                "batch_size": self.batch.size,
                 "seed": seed,
                 "lr": lr,
             }
@@ -116,6 +121,7 @@ class Recoverer:
         return {
             "steps": self.cfg.max_steps,
             "batch_size": self.cfg.batch_size,
+            "batch": self.batch.describe(),
             "lr": self.cfg.lr,
             "lr_from": self.lr_from,
             "data": f"{len(self.x)} inputs ({self.source})",
@@ -231,11 +237,16 @@ class Recoverer:
         return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
 
 
-def check_trainable(model: onnx.ModelProto, x: Any) -> None:
+def check_trainable(model: onnx.ModelProto, x: Any) -> int:
     """The trainer runs the model on two samples, or one error line names the node it cannot run;
-    before any factorization (the candidates run the same ops, and more of the same convs)."""
+    before any factorization (the candidates run the same ops, and more of the same convs). Returns
+    the bytes autograd saved for backward per sample (what the batch is chosen by)."""
+    n = min(2, len(x))
     try:
-        OnnxModule(model)(*tensors(samples_subset(x, np.arange(min(2, len(x))))[:], "cpu"))
+        module = OnnxModule(model)
+        return saved_bytes_per_sample(
+            lambda: module(*tensors(samples_subset(x, np.arange(n))[:], "cpu")), n, parameter_pointers(module)
+        )
     except NodeFailed as exc:
         raise TensorfoldError(f"--recover: the model cannot be trained here: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - building the module failed

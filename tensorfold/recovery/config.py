@@ -16,6 +16,9 @@ class RecoverConfig:
     max_steps: int | None = None
     lr: float | None = None  # None: the LR range test picks it (lr_finder), SHORT_RUN_LR for a short run
     batch_size: int = 128
+    # recover(): batch_size is the most, lowered where the activations one step keeps would pass
+    # recovery/memory's budget; False (the CLI's --batch-size) trains at batch_size as given
+    batch_fits_memory: bool = True
     optimizer: str = "adamw"  # adamw | sgd
     weight_decay: float = 1e-4
     warmup: float = 0.05  # share of the steps

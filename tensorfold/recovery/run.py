@@ -46,6 +46,7 @@ from tensorfold.recovery.finetune import train
 from tensorfold.recovery.history import plot_history
 from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.lr_finder import choose_lr
+from tensorfold.recovery.memory import choose_batch, parameter_pointers, saved_bytes_per_sample
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 if TYPE_CHECKING:
@@ -235,7 +236,11 @@ def _recover(
         warn(f"--data {desc}: {converted}")
     try:
         module = OnnxModule(student)
-        probe = module(*tensors(x[:2], "cpu"))[0]
+        first, outputs = tensors(x[:2], "cpu"), []
+        per_sample = saved_bytes_per_sample(
+            lambda: outputs.append(module(*first)), len(first[0]), parameter_pointers(module)
+        )
+        probe = outputs[0][0]
     except NodeFailed as exc:  # names the op and node: an unsupported op or data of the wrong shape
         raise TensorfoldError(
             f"the model does not run in the trainer on the data ({desc}, samples "
@@ -243,6 +248,10 @@ def _recover(
         ) from None
     except Exception as exc:  # noqa: BLE001 - building the module failed
         raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
+    batch = choose_batch(None if cfg.batch_fits_memory else cfg.batch_size, cfg.batch_size, per_sample)
+    if batch.lowered:
+        warn(f"recover: {batch.describe()}")
+    cfg = replace(cfg, batch_size=batch.size)
     spec = Outputs.of(student)
     if y is not None and not spec.classifier:
         warn(
@@ -442,7 +451,7 @@ def _recover(
         "metric": metric,
         "outputs": spec.describe(),
         "world_size": w.size,
-        "config": {**asdict(cfg), "lr_from": lr_from},
+        "config": {**asdict(cfg), "lr_from": lr_from, "batch": batch.describe()},
         "features_matched": len(teacher.features) if teacher else 0,
         "val_before": before,
         "val_after": after,

@@ -171,6 +171,8 @@ class OptimizeReport(Report):
             how = self.recovery
             each = " per candidate" if self.budget_search else ""  # --ratio: one candidate
             line = f"recovery: {how['steps']} steps{each} at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
+            if how.get("batch"):
+                line += f", {how['batch']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
             if self.budget_search and not any(s["stage"] == "recovered" for s in self.stages):

@@ -77,7 +77,9 @@ class RecoverReport(Report):
             console.print(f"outputs: {self.outputs}")
         precision = self.config.get("precision", "fp32")
         console.print(
-            f"{self.steps} steps ({precision}) in {self.seconds:.0f} s; {self.stop}; "
+            f"{self.steps} steps ({precision}"
+            + (f", {self.config['batch']}" if self.config.get("batch") else "")
+            + f") in {self.seconds:.0f} s; {self.stop}; "
             f"{self.features_matched} layer outputs matched to the teacher's"
         )
         console.print(

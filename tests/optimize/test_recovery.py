@@ -111,6 +111,7 @@ def test_cli_reports_recovery(samples, tmp_path):
         (["--ratio", "4", "--recover", "10"], "add --calibration"),
         (["--ratio", "4", "--recover-data", "x.npz"], "--recover-data sets up --recover"),
         (["--ratio", "4", "--lr", "0.001"], "--lr sets up --recover"),
+        (["--ratio", "4", "--batch-size", "4"], "--batch-size sets up --recover"),
         (["--ratio", "4", "--recover", "0"], "--recover"),
         (["--method", "none", "--int8", "--recover", "5", "--calibration", "CAL"], "--method none"),
         (["--ratio", "4", "--recover", "5", "--calibration", "CAL", "--recover-data", "nowhere.npz"], "nowhere.npz"),

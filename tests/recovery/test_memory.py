@@ -1,0 +1,83 @@
+"""The recovery batch is chosen by the activations a training step keeps: measured, not guessed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tensorfold.demo import demo_model_path
+from tensorfold.recovery import memory
+from tensorfold.recovery.memory import choose_batch, parameter_pointers, saved_bytes_per_sample
+from tensorfold.recovery.onnx_torch import OnnxModule
+from tests.helpers.cli import invoke
+
+DEMO = demo_model_path()
+
+
+def _per_sample(module: OnnxModule, n: int) -> int:
+    x = torch.from_numpy(np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32))
+    return saved_bytes_per_sample(lambda: module(x), n, parameter_pointers(module))
+
+
+def test_saved_bytes_grow_with_the_batch_and_leave_the_parameters_out():
+    module = OnnxModule(onnx.load(DEMO))
+    one, two, eight = (_per_sample(module, n) for n in (1, 2, 8))
+    assert one > 28 * 28 * 4  # more than the input: the convs' activations
+    # per sample the same at any batch: the parameters (saved by each conv too) are not counted
+    assert two == pytest.approx(one, rel=0.02) and eight == pytest.approx(one, rel=0.02)
+    with torch.no_grad():  # nothing is saved where nothing trains
+        assert _per_sample(module, 2) == 0
+
+
+def test_the_default_batch_is_lowered_to_the_budget_and_a_given_one_never():
+    mib = 2**20
+    assert choose_batch(None, 16, 100 * mib, budget=1024 * mib).size == 10
+    assert choose_batch(None, 16, 10 * mib, budget=1024 * mib).size == 16  # fits: the default
+    assert choose_batch(None, 16, 4096 * mib, budget=1024 * mib).size == 1  # never below one sample
+    assert choose_batch(None, 16, 0).size == 16  # nothing measured (no trainable layer): the default
+    given = choose_batch(32, 16, 100 * mib, budget=1024 * mib)
+    assert given.size == 32 and not given.lowered and "--batch-size" in given.describe()
+    lowered = choose_batch(None, 16, 300 * mib)
+    assert lowered.lowered and lowered.size == 5
+    assert "batch 5, not 16: 300 MiB" in lowered.describe() and "--batch-size" in lowered.describe()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("m") / "x.npz"
+    np.savez(path, x=rng.random((48, 1, 28, 28), dtype=np.float32))
+    return path
+
+
+def test_optimize_recover_lowers_its_batch_to_the_budget_unless_given(samples, tmp_path, monkeypatch):
+    per_sample = _per_sample(OnnxModule(onnx.load(DEMO)), 2)
+    monkeypatch.setattr(memory, "ACTIVATION_BUDGET", 3.5 * per_sample)  # room for 3 samples
+    args = ("optimize", DEMO, "--calibration", samples, "--ratio", "4", "--recover", "2", "--lr", "1e-4", "--json")
+    code, out = invoke(*args, "-o", tmp_path / "a.onnx")
+    assert code == 0, out
+    recovery = json.loads(out[out.index("{") :])["recovery"]
+    assert recovery["batch_size"] == 3 and "batch 3, not 16" in recovery["batch"]
+    code, out = invoke(*args, "-o", tmp_path / "b.onnx", "--batch-size", "8")
+    assert code == 0, out
+    recovery = json.loads(out[out.index("{") :])["recovery"]
+    assert recovery["batch_size"] == 8 and recovery["batch"] == "batch 8 (--batch-size)"
+
+
+def test_recover_lowers_its_batch_to_the_budget_unless_given(samples, tmp_path, monkeypatch):
+    per_sample = _per_sample(OnnxModule(onnx.load(DEMO)), 2)
+    monkeypatch.setattr(memory, "ACTIVATION_BUDGET", 5.5 * per_sample)
+    args = ("recover", DEMO, "--teacher", DEMO, "--data", samples, "--max-steps", "2", "--json")
+    code, out = invoke(*args, "-o", tmp_path / "a.onnx")
+    assert code == 0, out
+    assert "recover: batch 5, not 128" in out  # said as it starts, not only in the report
+    config = json.loads(out[out.index("{") :])["config"]
+    assert config["batch_size"] == 5 and config["batch_fits_memory"]
+    code, out = invoke(*args, "-o", tmp_path / "b.onnx", "--batch-size", "64")
+    assert code == 0, out
+    config = json.loads(out[out.index("{") :])["config"]
+    assert config["batch_size"] == 64 and config["batch"] == "batch 64 (--batch-size)"
