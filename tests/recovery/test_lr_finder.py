@@ -16,6 +16,7 @@ from tensorfold.recovery.lr_finder import (
     CEILING,
     EDGE_RUNS,
     FLOOR,
+    RATE_MARGIN,
     RUN_RATES,
     SHORT_RUN_LR,
     find_lr,
@@ -84,7 +85,8 @@ def test_the_best_whole_run_is_kept_and_its_rate_chosen(student, tmp_path):
     assert all(all(torch.equal(before[k], v) for k, v in s.items()) for s in starts)  # every run from the start
     listed = dict(part.split(": ") for part in choice.how.split("(")[1].split(")")[0].split(", "))
     assert set(map(float, listed)) >= set(RUN_RATES) and len(listed) <= len(RUN_RATES) + EDGE_RUNS
-    assert float(listed[f"{choice.lr:g}"]) == min(map(float, listed.values()))
+    chosen, least = float(listed[f"{choice.lr:g}"]), min(map(float, listed.values()))
+    assert chosen == least or (chosen * (1 - RATE_MARGIN) <= least and "must win by" in choice.how)
     assert result.best is not None and float(listed[f"{choice.lr:g}"]) == pytest.approx(
         result.best["output_error"], rel=1e-3
     )
@@ -141,6 +143,41 @@ def test_a_winner_at_an_end_is_followed_past_it(best, extra):
     assert ran == [*RUN_RATES, *extra]
     assert choice.lr == min(ran, key=lambda r: abs(math.log10(r) - math.log10(best)))
     assert result.best["output_error"] == min(abs(math.log10(r) - math.log10(best)) for r in ran)
+
+
+@pytest.mark.parametrize(
+    "errors, chosen",
+    [
+        ({1e-4: 0.0617, 1e-3: 0.0604}, 1e-4),  # 2% better: the smaller rate is kept
+        ({1e-4: 0.0700, 1e-3: 0.0604}, 1e-3),  # 14% better: the larger wins
+        ({1e-4: 0.0500, 1e-3: 0.0600, 3.2e-5: 0.0490}, 3.2e-5),  # a smaller rate wins on any gain
+    ],
+)
+def test_a_larger_rate_must_win_by_a_margin(errors, chosen):
+    """The chosen rate trains the later, closer candidates too: a near tie goes to the smaller rate."""
+    from types import SimpleNamespace
+
+    def fake_run(rate):
+        return SimpleNamespace(best={"output_error": errors.get(rate, 1.0), "step": 1}, stop="done")
+
+    choice, result = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
+    assert choice.lr == chosen and result.best["output_error"] == errors[chosen]
+    assert ("must win by 5%" in choice.how) == (min(errors, key=errors.get) != chosen)
+
+
+def test_a_larger_rate_must_win_by_a_margin_in_agreement_too():
+    """A classifier's runs are scored by agreement: the margin is on the share not agreeing."""
+    from types import SimpleNamespace
+
+    agreement = {1e-4: 0.900, 1e-3: 0.902}  # 2% fewer disagreements: not enough
+
+    def fake_run(rate):
+        return SimpleNamespace(best={"teacher_agreement": agreement.get(rate, 0.5), "step": 1}, stop="done")
+
+    choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run, metric="teacher_agreement")
+    assert choice.lr == 1e-4
+    agreement[1e-3] = 0.92  # 20% fewer
+    assert rate_by_runs(torch.nn.Linear(2, 2), fake_run, metric="teacher_agreement")[0].lr == 1e-3
 
 
 def test_a_failed_run_is_never_chosen():
