@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-# bytes autograd may save in one training step's forward pass. PP-OCR rec (91 MB a 48x320 line)
-# keeps its batch of 16 within it; the whole step held about 1.4x the saved bytes on SLANet-plus
-# (0.41 GB a table against 0.29 saved) for the teacher's outputs, the gradients and the loss.
+# bytes autograd may save in one training step's forward pass. PP-OCR rec (91 MiB a 48x320 line)
+# keeps optimize --recover's batch of 16 within it. The whole step held 1.7x (SLANet-plus,
+# optimize --recover) to 2.2x (PP-OCR rec, recover: 1.6 GB peak at batch 4, 4.1 at 16, 6.7 at 32)
+# the saved bytes, for the teacher's outputs, the gradients and the loss: so about 3.3 GB of
+# step, where recover's former batch of 128 needed some 27 GB for rec.
 ACTIVATION_BUDGET = 1.5 * 2**30
 
 
