@@ -160,3 +160,17 @@ def test_verify_report_is_the_verification():
     report = VerifyReport.of(v)
     assert report.as_dict() == v.as_dict() and report.broken == ["y (3 NaN/Inf values)"]
     assert "relative error 1.000e-01" in _render(report)
+
+
+def test_a_recovery_not_kept_for_its_argmax_disagreement_says_so():
+    """The larger of error and disagreement decides, as the bound does: where the recovered model's
+    relative error is lower but more argmaxes changed, the table must not read as a better model
+    thrown away."""
+    from tensorfold.report.optimize import _after
+
+    by_error = {"max_relative_error": 0.05, "max_disagreement": 0.0, "recovered_not_kept": 0.07}
+    by_error["recovered_not_kept_disagreement"] = 0.0
+    assert _after(by_error) == "0.0500 (recovered 0.0700: not kept)"
+    by_agreement = {**by_error, "recovered_not_kept": 0.04, "recovered_not_kept_disagreement": 0.0625}
+    text = _after(by_agreement)
+    assert text == "0.0500 (recovered 0.0400, argmax disagreement 6.2% against 0.0%: not kept)"

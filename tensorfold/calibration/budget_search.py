@@ -38,8 +38,10 @@ class Trial:
     unrefined_error: float | None = None  # with refine: the held-out error before it
     refine_seconds: float | None = None
     start: str | None = None  # with warm: "warm" (from the best recovered candidate) or "cold"
-    # with refine, where the refined model was not kept (no better on the held-out share): its error
+    # with refine, where the refined model was not kept (no better on the held-out share): its
+    # relative error and argmax disagreement (the larger of the two decides, as the bound does)
     refused_error: float | None = None
+    refused_disagreement: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -56,6 +58,7 @@ class Trial:
             out["start"] = self.start
         if self.refused_error is not None:
             out["recovered_not_kept"] = self.refused_error
+            out["recovered_not_kept_disagreement"] = self.refused_disagreement
         return out
 
 
@@ -136,7 +139,7 @@ def _bisect(
             lo, hi = (ratio, hi) if tried[ranks] else (lo, ratio)
             continue
         check = reference.verify(result.model)
-        unrefined, seconds, start_from, refused = None, None, None, None
+        unrefined, seconds, start_from, refused = None, None, None, (None, None)
         if refine is not None and warm is not None:
             start_from = "cold"
             if source is not None:
@@ -157,7 +160,7 @@ def _bisect(
                 if again.max_error <= check.max_error:
                     result, check = replace(result, model=refined), again
                 else:  # trained, and worse here: the report says so
-                    refused = float(again.max_relative_error)
+                    refused = (float(again.max_relative_error), float(again.max_disagreement))
         ok = tried[ranks] = check.within(bound)
         trials.append(
             Trial(
@@ -169,7 +172,7 @@ def _bisect(
                 unrefined,
                 seconds,
                 start_from,
-                refused,
+                *refused,
             )
         )
         bar.update()

@@ -245,7 +245,12 @@ def _after(trial: dict[str, Any]) -> str:
     """A recovered candidate's held-out error: the recovered model's, or the candidate's own where
     recovery made it worse on the held-out share (and what recovery had reached)."""
     if "recovered_not_kept" in trial:
-        return f"{trial['max_relative_error']:.4f} (recovered {trial['recovered_not_kept']:.4f}: not kept)"
+        worse = f"recovered {trial['recovered_not_kept']:.4f}"
+        disagreement = trial.get("recovered_not_kept_disagreement")
+        if disagreement is not None and disagreement > max(trial["recovered_not_kept"], trial["max_disagreement"]):
+            # the argmax disagreement decided (the larger of the two, as the bound judges)
+            worse += f", argmax disagreement {disagreement:.1%} against {trial['max_disagreement']:.1%}"
+        return f"{trial['max_relative_error']:.4f} ({worse}: not kept)"
     return f"{trial['max_relative_error']:.4f}"
 
 
