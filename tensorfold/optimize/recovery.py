@@ -21,6 +21,7 @@ import onnx
 from tensorfold.calibration.data import Samples, load_samples
 from tensorfold.datasets import InputArrays, samples_subset
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 from tensorfold.optimize.checkpoints import SearchCheckpoints, candidate_key
 from tensorfold.outputs import OutputFolder
 from tensorfold.recovery.checkpoints import model_fingerprint
@@ -29,7 +30,7 @@ from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewr
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rate_by_runs
-from tensorfold.recovery.memory import BatchChoice, choose_batch, parameter_pointers, saved_bytes_per_sample
+from tensorfold.recovery.memory import BatchChoice, choose_batch, saved_bytes_per_sample
 from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
 from tensorfold.recovery.validation import tensors
 
@@ -99,6 +100,8 @@ class Recoverer:
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
         self.w = world()
+        if self.batch.lowered and self.w.main:  # before minutes of training, not only in the report
+            warn(f"--recover: {self.batch.describe()}")
         self.checkpoints: SearchCheckpoints | None = None
         self.resumed = 0  # candidates taken from an interrupted run's checkpoints
         if checkpoints is not None:
@@ -241,12 +244,10 @@ def check_trainable(model: onnx.ModelProto, x: Any) -> int:
     """The trainer runs the model on two samples, or one error line names the node it cannot run;
     before any factorization (the candidates run the same ops, and more of the same convs). Returns
     the bytes autograd saved for backward per sample (what the batch is chosen by)."""
-    n = min(2, len(x))
     try:
-        module = OnnxModule(model)
         return saved_bytes_per_sample(
-            lambda: module(*tensors(samples_subset(x, np.arange(n))[:], "cpu")), n, parameter_pointers(module)
-        )
+            OnnxModule(model), tensors(samples_subset(x, np.arange(min(2, len(x))))[:], "cpu")
+        )[1]
     except NodeFailed as exc:
         raise TensorfoldError(f"--recover: the model cannot be trained here: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - building the module failed

@@ -9,8 +9,8 @@ that a resumed run (whose checkpoints record the batch) chooses the same batch a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,25 +22,22 @@ import torch
 ACTIVATION_BUDGET = 1.5 * 2**30
 
 
-def saved_bytes_per_sample(run: Callable[[], object], samples: int, exclude: set[int]) -> int:
-    """The bytes autograd saves for backward while `run()` does a forward pass over `samples`
-    samples, per sample: each storage counted once, leaving out those in `exclude` (the parameters'
-    data pointers, which do not grow with the batch)."""
+def saved_bytes_per_sample(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, int]:
+    """module(*inputs)'s outputs, and the bytes autograd saved for backward in that forward pass per
+    sample (the first input's first axis): each storage counted once, the module's parameters
+    left out (they do not grow with the batch)."""
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude:
+        if storage.data_ptr() not in parameters:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(saved.values()) // max(1, samples)
-
-
-def parameter_pointers(module: torch.nn.Module) -> set[int]:
-    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+        outputs = module(*inputs)
+    return outputs, sum(saved.values()) // max(1, len(inputs[0]))
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from tensorfold.recovery.finetune import train
 from tensorfold.recovery.history import plot_history
 from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.lr_finder import choose_lr
-from tensorfold.recovery.memory import choose_batch, parameter_pointers, saved_bytes_per_sample
+from tensorfold.recovery.memory import choose_batch, saved_bytes_per_sample
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 if TYPE_CHECKING:
@@ -236,11 +236,8 @@ def _recover(
         warn(f"--data {desc}: {converted}")
     try:
         module = OnnxModule(student)
-        first, outputs = tensors(x[:2], "cpu"), []
-        per_sample = saved_bytes_per_sample(
-            lambda: outputs.append(module(*first)), len(first[0]), parameter_pointers(module)
-        )
-        probe = outputs[0][0]
+        outputs, per_sample = saved_bytes_per_sample(module, tensors(x[:2], "cpu"))
+        probe = outputs[0]
     except NodeFailed as exc:  # names the op and node: an unsupported op or data of the wrong shape
         raise TensorfoldError(
             f"the model does not run in the trainer on the data ({desc}, samples "

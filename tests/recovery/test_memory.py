@@ -11,7 +11,7 @@ import torch
 
 from tensorfold.demo import demo_model_path
 from tensorfold.recovery import memory
-from tensorfold.recovery.memory import choose_batch, parameter_pointers, saved_bytes_per_sample
+from tensorfold.recovery.memory import choose_batch, saved_bytes_per_sample
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tests.helpers.cli import invoke
 
@@ -20,7 +20,7 @@ DEMO = demo_model_path()
 
 def _per_sample(module: OnnxModule, n: int) -> int:
     x = torch.from_numpy(np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32))
-    return saved_bytes_per_sample(lambda: module(x), n, parameter_pointers(module))
+    return saved_bytes_per_sample(module, (x,))[1]
 
 
 def test_saved_bytes_grow_with_the_batch_and_leave_the_parameters_out():
@@ -62,6 +62,7 @@ def test_optimize_recover_lowers_its_batch_to_the_budget_unless_given(samples, t
     assert code == 0, out
     recovery = json.loads(out[out.index("{") :])["recovery"]
     assert recovery["batch_size"] == 3 and "batch 3, not 16" in recovery["batch"]
+    assert "--recover: batch 3, not 16" in out  # said before training, not only in the report
     code, out = invoke(*args, "-o", tmp_path / "b.onnx", "--batch-size", "8")
     assert code == 0, out
     recovery = json.loads(out[out.index("{") :])["recovery"]
