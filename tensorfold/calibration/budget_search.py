@@ -139,7 +139,8 @@ def _bisect(
             lo, hi = (ratio, hi) if tried[ranks] else (lo, ratio)
             continue
         check = reference.verify(result.model)
-        unrefined, seconds, start_from, refused = None, None, None, (None, None)
+        unrefined, seconds, start_from = None, None, None
+        refused: tuple[float | None, float | None] = (None, None)
         if refine is not None and warm is not None:
             start_from = "cold"
             if source is not None:
