@@ -175,7 +175,8 @@ class OptimizeReport(Report):
                 line += f", {how['batch']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
-            if self.budget_search and not any(s["stage"] == "recovered" for s in self.stages):
+            # the stages say what was written; with --int8/--objective the candidates table does
+            if self.budget_search and self.stages and not any(s["stage"] == "recovered" for s in self.stages):
                 line += "; no recovered candidate met the bound, so the unrecovered answer is written"
             if how.get("resumed_candidates"):
                 line += f"; {how['resumed_candidates']} candidate(s) taken from the interrupted run's checkpoints"

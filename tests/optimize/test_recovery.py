@@ -319,6 +319,12 @@ def test_int8_comes_last_inside_the_same_bound(samples, tmp_path):
     assert any("int8" in n for n in names) and any("factorized" in n for n in names)
     assert report.verification.max_error <= 0.2 and out.is_file()
     assert report.recovery is not None and any("before_recovery" in t for t in report.budget_search)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    report.render(console)
+    # the candidates table says what was written: no claim from the stages, which deploy replaces
+    assert "unrecovered answer is written" not in console.export_text()
 
 
 def test_a_recovery_worse_on_the_held_out_share_is_not_kept_and_the_report_says_so(samples, monkeypatch):
