@@ -44,6 +44,7 @@ class Candidate:
     bound: float | None
     int8: Int8Result | None = None
     factorized_ratio: float | None = None  # over the factorizable layers
+    recovered: bool = False  # its factorization was fine-tuned (optimize --recover)
     speedup: float | None = None  # the input's median latency over this one's
     latency_ms: float | None = None
     params: int = field(init=False)
@@ -76,6 +77,7 @@ class Candidate:
             "speedup": self.speedup,
             "latency_ms": self.latency_ms,
             "factorized_ratio": self.factorized_ratio,
+            "recovered": self.recovered,
             "outputs": [
                 {
                     "name": o.name,
@@ -162,6 +164,15 @@ class DeploySettings:
     progress: bool = True
 
 
+@dataclass
+class Split:
+    """A factorized model for factorized + int8: at a share of the bound, int8 taking the rest."""
+
+    ratio: float  # over the factorizable layers
+    result: PassResult
+    recovered: bool  # the search's answer was a recovered candidate (optimize --recover)
+
+
 def split_models_for_int8(
     chosen: FactorizePass,
     model: onnx.ModelProto,
@@ -169,19 +180,22 @@ def split_models_for_int8(
     reference: Reference,
     bound: float,
     refine: Refine | None = None,
-) -> list[tuple[float, PassResult]]:
+) -> list[Split]:
     """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
     model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
     from tensorfold.calibration.budget_search import search_budget
 
-    out: list[tuple[float, PassResult]] = []
+    out: list[Split] = []
     for share in INT8_SPLITS:
         result, _, trials = search_budget(
             chosen, model, replace(ctx, progress=False), reference, share * bound, steps=SPLIT_STEPS, refine=refine
         )
-        ratios = [t.ratio for t in trials if t.within]
-        if result.rewritten and ratios and max(ratios) not in [r for r, _ in out]:
-            out.append((max(ratios), result))
+        within = [t for t in trials if t.within]
+        if result.rewritten and within:
+            best = max(within, key=lambda t: t.ratio)  # the search's answer, `result`
+            if best.ratio not in [s.ratio for s in out]:
+                kept = best.unrefined_error is not None and best.refused_error is None
+                out.append(Split(best.ratio, result, kept))
     return out
 
 
@@ -190,12 +204,13 @@ def search_candidates(
     normalized: onnx.ModelProto | None,
     result: PassResult,
     verification: Verification | None,
-    split_models: list[tuple[float, PassResult]],
+    split_models: list[Split],
     fit: dict[str, np.ndarray],
     held: dict[str, np.ndarray] | None,
     reference: Reference | None,
     bound: float | None,
     settings: DeploySettings,
+    recovered: bool = False,
 ) -> DeployChoice:
     """The candidates of one run, built and verified on the held-out share, and the one the objective
     picks. With a bound: input, factorized at the bound, int8 alone, factorized at a share of the
@@ -219,24 +234,27 @@ def search_candidates(
                 verification or reference.verify(factorized),
                 bound,
                 factorized_ratio=_ratio(result),
+                recovered=recovered,
             )
         )
     if settings.int8:
         assert normalized is not None, "int8 alone quantizes the normalized input"
         fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
         if bound is not None:
-            bases: list[tuple[str, onnx.ModelProto, float | None]] = [("int8", normalized, None)]
-            bases += [("factorized + int8", r.model, ratio) for ratio, r in split_models if r.rewritten]
+            bases: list[tuple[str, onnx.ModelProto, float | None, bool]] = [("int8", normalized, None, False)]
+            bases += [
+                ("factorized + int8", s.result.model, s.ratio, s.recovered) for s in split_models if s.result.rewritten
+            ]
             int8_bound = bound
         else:
             int8_bound = (candidates[-1].max_error if factorized is not None else 0.0) + settings.rank_option_int8_error
             bases = [
-                ("factorized + int8", factorized, _ratio(result))
+                ("factorized + int8", factorized, _ratio(result), recovered)
                 if factorized is not None
-                else ("int8", normalized, None)
+                else ("int8", normalized, None, False)
             ]
         method: str | None = None  # the calibration method int8 alone chose is reused after it
-        for name, base, ratio in bases:
+        for name, base, ratio, base_recovered in bases:
             options = {"methods": (method,)} if method else {}
             for r in quantize_within(
                 base,
@@ -254,7 +272,17 @@ def search_candidates(
                 if r.model is None:
                     unmet.extend(f"{label}: {note}" for note in r.notes)
                     continue
-                candidates.append(Candidate(label, r.model, r.verification, int8_bound, int8=r, factorized_ratio=ratio))
+                candidates.append(
+                    Candidate(
+                        label,
+                        r.model,
+                        r.verification,
+                        int8_bound,
+                        int8=r,
+                        factorized_ratio=ratio,
+                        recovered=base_recovered,
+                    )
+                )
     if held is None:
         raise TensorfoldError("--int8 and --objective time the candidates on held-out samples (--calibration)")
     picked = choose(candidates, settings.objective, held, settings.provider, settings.threads)
@@ -266,7 +294,7 @@ def _ratio(result: PassResult) -> float | None:
     return result.eligible_params / result.eligible_params_after if result.eligible_params_after else None
 
 
-def factorization_of(picked: Candidate, result: PassResult, split_models: list[tuple[float, PassResult]]) -> PassResult:
+def factorization_of(picked: Candidate, result: PassResult, split_models: list[Split]) -> PassResult:
     """The factorization behind the picked candidate (for the report's layer table): none for the
     input and int8 alone, the bound search's for "factorized", the split's for factorized + int8."""
     if picked.name == "factorized":
@@ -275,7 +303,8 @@ def factorization_of(picked: Candidate, result: PassResult, split_models: list[t
         return PassResult(
             picked.model, picked.name != "input", [], result.skipped, result.notes, result.eligible_params
         )
-    for ratio, r in split_models:
-        if picked.factorized_ratio == ratio:
+    for split in split_models:
+        r = split.result
+        if picked.factorized_ratio == split.ratio:
             return PassResult(picked.model, True, r.rewritten, r.skipped, result.notes, r.eligible_params)
     return PassResult(picked.model, True, result.rewritten, result.skipped, result.notes, result.eligible_params)

@@ -29,6 +29,7 @@ from tensorfold.calibration.data import Samples, load_samples, parse_normalize, 
 from tensorfold.calibration.deploy import (
     DeployChoice,
     DeploySettings,
+    Split,
     factorization_of,
     search_candidates,
     split_models_for_int8,
@@ -90,7 +91,7 @@ class Built:
     verification: Verification | None = None  # on the search reference, where a bound search made one
     trials: list[Trial] | None = None  # --max-output-error: every ratio tried
     latency: dict[str, object] | None = None  # --hardware-aware: target, input ms, speedup
-    split_models: list[tuple[float, PassResult]] = field(default_factory=list)  # for factorized + int8
+    split_models: list[Split] = field(default_factory=list)  # for factorized + int8
     recovery: dict[str, Any] | None = None  # --recover: how, and (without a bound) before/after
 
     @property
@@ -436,6 +437,7 @@ def deploy(
         inputs.search_reference,
         o.output_bound,
         DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR, o.progress),
+        recovered=built.recovered,
     )
     picked = choice.chosen
     checked = picked.verification

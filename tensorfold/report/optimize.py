@@ -271,7 +271,7 @@ def _render_deploy(deploy: dict[str, Any], console: Console) -> None:
         speed = "" if c["speedup"] is None else f"{c['speedup']:.2f}x"
         mark = "* " if c["name"] == deploy["chosen"] else "  "
         table.add_row(
-            mark + c["name"],
+            mark + c["name"] + (" (recovered)" if c.get("recovered") else ""),
             f"{c['params']:,}",
             fmt_bytes(c["size_bytes"]),
             "reference" if c["outputs"] is None else f"{c['max_error']:.3e}",

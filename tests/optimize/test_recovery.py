@@ -324,7 +324,14 @@ def test_int8_comes_last_inside_the_same_bound(samples, tmp_path):
     console = Console(record=True, width=200)
     report.render(console)
     # the candidates table says what was written: no claim from the stages, which deploy replaces
-    assert "unrecovered answer is written" not in console.export_text()
+    text = console.export_text()
+    assert "unrecovered answer is written" not in text
+    # ... and which factorizations were recovered: the bound search's answer is, where a recovered
+    # candidate met the bound
+    factorized = next(c for c in report.deploy["candidates"] if c["name"] == "factorized")
+    met = any(t["within"] and "before_recovery" in t for t in report.budget_search)
+    assert factorized["recovered"] == met and ("factorized (recovered)" in text) == met
+    assert not any(c["recovered"] for c in report.deploy["candidates"] if c["name"] in ("input", "int8"))
 
 
 def test_a_recovery_worse_on_the_held_out_share_is_not_kept_and_the_report_says_so(samples, monkeypatch):
