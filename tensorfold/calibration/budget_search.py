@@ -43,6 +43,11 @@ class Trial:
     refused_error: float | None = None
     refused_disagreement: float | None = None
 
+    @property
+    def recovered(self) -> bool:
+        """Whether this candidate's model is a refined one (refined, and the refinement kept)."""
+        return self.unrefined_error is not None and self.refused_error is None
+
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "ratio": round(self.ratio, 4),
@@ -60,6 +65,12 @@ class Trial:
             out["recovered_not_kept"] = self.refused_error
             out["recovered_not_kept_disagreement"] = self.refused_disagreement
         return out
+
+
+def answer_recovered(trials: list[Trial]) -> bool:
+    """Whether a search's answer (its most compressed candidate within the bound) is a refined model."""
+    within = [t for t in trials if t.within]
+    return bool(within) and max(within, key=lambda t: t.ratio).recovered
 
 
 # a candidate's refinement: the refined model (or the candidate itself)

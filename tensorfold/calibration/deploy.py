@@ -183,19 +183,16 @@ def split_models_for_int8(
 ) -> list[Split]:
     """For factorized + int8: per share s of the bound in INT8_SPLITS, the most compressed factorized
     model within s * bound (a bound search of its own, SPLIT_STEPS models), int8 taking the rest."""
-    from tensorfold.calibration.budget_search import search_budget
+    from tensorfold.calibration.budget_search import answer_recovered, search_budget
 
     out: list[Split] = []
     for share in INT8_SPLITS:
         result, _, trials = search_budget(
             chosen, model, replace(ctx, progress=False), reference, share * bound, steps=SPLIT_STEPS, refine=refine
         )
-        within = [t for t in trials if t.within]
-        if result.rewritten and within:
-            best = max(within, key=lambda t: t.ratio)  # the search's answer, `result`
-            if best.ratio not in [s.ratio for s in out]:
-                kept = best.unrefined_error is not None and best.refused_error is None
-                out.append(Split(best.ratio, result, kept))
+        ratios = [t.ratio for t in trials if t.within]
+        if result.rewritten and ratios and max(ratios) not in [s.ratio for s in out]:
+            out.append(Split(max(ratios), result, answer_recovered(trials)))
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from tensorfold import __version__
-from tensorfold.calibration.budget_search import Trial
+from tensorfold.calibration.budget_search import Trial, answer_recovered
 from tensorfold.calibration.data import Samples, load_samples, parse_normalize, split_holdout
 from tensorfold.calibration.deploy import (
     DeployChoice,
@@ -97,10 +97,11 @@ class Built:
     @property
     def recovered(self) -> bool:
         """Whether the factorization written is a recovered one: with --recover at a ratio always;
-        with a bound where a recovered candidate beat the unrecovered search's answer."""
+        with a bound where the search's answer is a recovered candidate (which beat the unrecovered
+        search's answer: recovered candidates are tried only above it)."""
         if self.recovery is None:
             return False
-        return self.trials is None or any(t.within and t.unrefined_error is not None for t in self.trials)
+        return self.trials is None or answer_recovered(self.trials)
 
 
 @dataclass
