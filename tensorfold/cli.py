@@ -16,6 +16,7 @@ from tensorfold.demo import DEMO_OUTPUT
 from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.limits import SEED_MAX
 from tensorfold.outputs import json_text
+from tensorfold.recovery.memory import budget_text
 
 if TYPE_CHECKING:  # the reports import onnx and rich, which `--help` must not wait for
     from tensorfold.report import Report
@@ -135,6 +136,9 @@ def inspect_cmd(model, as_json, **options):
     _show(inspect(model, **options, progress=_progress(as_json)), as_json)
 
 
+_BATCH_BY_MEMORY = (
+    f"lower where the activations one training step keeps would pass {budget_text()}, measured on two samples"
+)
 _RECOMPUTE_HELP = (
     "save memory in training: keep activations only where the graph is cut into N segments and "
     "recompute the rest in the backward pass (about one more forward per step; N=8 took PP-OCR rec's "
@@ -262,7 +266,7 @@ _RECOMPUTE_HELP = (
 @click.option(
     "--batch-size",
     type=_POSITIVE,
-    help="--recover's batch size (default: 16, lower where the activations one training step keeps would pass 1.5 GiB, measured on two samples)",
+    help=f"--recover's batch size (default: 16, {_BATCH_BY_MEMORY})",
 )
 @click.option(
     "--recompute-segments",
@@ -411,7 +415,7 @@ def profile_cmd(model, batches, as_json, **options):
 @click.option(
     "--batch-size",
     type=_POSITIVE,
-    help="default: 128, lower where the activations one training step keeps would pass 1.5 GiB (measured on two samples)",
+    help=f"default: 128, {_BATCH_BY_MEMORY}",
 )
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)

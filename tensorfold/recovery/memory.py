@@ -10,9 +10,10 @@ that a resumed run (whose checkpoints record the batch) chooses the same batch a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it runs: the CLI reads the budget for its help
+    import torch
 
 # bytes autograd may save in one training step's forward pass. PP-OCR rec (91 MiB a 48x320 line)
 # keeps optimize --recover's batch of 16 within it. The whole step held 1.7x (SLANet-plus,
@@ -26,6 +27,8 @@ def saved_bytes_per_sample(module: torch.nn.Module, inputs: tuple[torch.Tensor, 
     """module(*inputs)'s outputs, and the bytes autograd saved for backward in that forward pass per
     sample (the first input's first axis): each storage counted once, the module's parameters
     left out (they do not grow with the batch)."""
+    import torch
+
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[int, int] = {}
 
@@ -59,7 +62,7 @@ class BatchChoice:
         if self.lowered:
             return (
                 f"batch {self.size}, not {self.default}: {_size(self.per_sample)} of activations a sample "
-                f"would pass the {_size(ACTIVATION_BUDGET)} budget at {self.default} (--batch-size sets it)"
+                f"would pass the {budget_text()} budget at {self.default} (--batch-size sets it)"
             )
         return f"batch {self.size}"
 
@@ -72,6 +75,10 @@ def choose_batch(given: int | None, default: int, per_sample: int, budget: float
         return BatchChoice(given, True, per_sample, default)
     fits = int(budget // per_sample) if per_sample > 0 else default
     return BatchChoice(max(1, min(default, fits)), False, per_sample, default)
+
+
+def budget_text() -> str:
+    return _size(ACTIVATION_BUDGET)
 
 
 def _size(n: float) -> str:
