@@ -42,6 +42,8 @@ from tensorfold.bench.real_models import DDDDOCR, MINILM_L3, fetch_rapidocr_mode
 from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.text_images import gray_line_inputs, ocr_inputs  # noqa: E402
 from tensorfold.bench.text_tokens import ALL_LICENCES, token_samples  # noqa: E402
+from tensorfold.graph.io import load_model  # noqa: E402
+from tensorfold.graph.model import count_params  # noqa: E402
 
 ZOO = ("resnet18", "mobilenetv2")
 
@@ -101,7 +103,8 @@ def main(argv=None) -> int:
             if name in ZOO:  # the test images not calibrated on
                 tx, ty = (part[args.samples :] for part in fmnist("test"))
                 lines.append(
-                    f"| {name} | - | the input model | 1.00x | - | - | - | - | - | {accuracy(model, tx, ty):.2%} |"
+                    f"| {name} | - | the input model | 1.00x | {count_params(load_model(model)):,} | - | - | - | - "
+                    f"| {accuracy(model, tx, ty):.2%} |"
                 )
             for bound in (float(b) for b in args.bounds.split(",")):
                 for recover in (None, args.steps):

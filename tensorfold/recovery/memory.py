@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported where it runs: the CLI reads the budget f
 # keeps optimize --recover's batch of 16 within it. The whole step held 1.7x (SLANet-plus,
 # optimize --recover) to 2.2x (PP-OCR rec, recover: 1.6 GB peak at batch 4, 4.1 at 16, 6.7 at 32)
 # the saved bytes, for the teacher's outputs, the gradients and the loss: so about 3.3 GB of
-# step, where recover's former batch of 128 needed some 27 GB for rec.
+# step, where recover's former batch of 128 needed some 22 GB for rec (extrapolated).
 ACTIVATION_BUDGET = 1.5 * 2**30
 
 
