@@ -30,8 +30,8 @@ from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewr
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rate_by_runs
-from tensorfold.recovery.memory import BatchChoice, choose_batch, saved_bytes_per_sample
-from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
+from tensorfold.recovery.memory import BatchChoice, choose_batch
+from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
 from tensorfold.recovery.validation import tensors
 
 
@@ -245,12 +245,6 @@ def check_trainable(model: onnx.ModelProto, x: Any) -> int:
     before any factorization (the candidates run the same ops, and more of the same convs). Returns
     the bytes autograd saved for backward per sample (what the batch is chosen by)."""
     try:
-        return saved_bytes_per_sample(
-            OnnxModule(model), tensors(samples_subset(x, np.arange(min(2, len(x))))[:], "cpu")
-        )[1]
-    except NodeFailed as exc:
+        return trial_run(model, tensors(samples_subset(x, np.arange(min(2, len(x))))[:], "cpu"))[2]
+    except NotTrainable as exc:
         raise TensorfoldError(f"--recover: the model cannot be trained here: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - building the module failed
-        raise TensorfoldError(
-            f"--recover: the model cannot be trained here: {str(exc).splitlines()[0][:200]}"
-        ) from None

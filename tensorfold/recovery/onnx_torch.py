@@ -353,6 +353,32 @@ class OnnxModule(nn.Module):
         return out
 
 
+class NotTrainable(TensorfoldError):
+    """The trainer cannot run the model: a node failed on the data (`on_data`: the message names the
+    op, the node and the shapes) or the module could not be built (an unsupported op, ...)."""
+
+    def __init__(self, message: str, on_data: bool) -> None:
+        super().__init__(message)
+        self.on_data = on_data
+
+
+def trial_run(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...]) -> tuple[OnnxModule, Any, int]:
+    """The model as a trainable module, run once on `inputs` (a sample or two) before any training:
+    the module, its outputs and the bytes autograd saved per sample (recovery.memory chooses the
+    batch by them). Every failure is one NotTrainable line, for `recover` and `optimize --recover`
+    alike to word for their options."""
+    from tensorfold.recovery.memory import saved_bytes_per_sample
+
+    try:
+        module = OnnxModule(model)
+        outputs, per_sample = saved_bytes_per_sample(module, inputs)
+    except NodeFailed as exc:
+        raise NotTrainable(str(exc), on_data=True) from None
+    except Exception as exc:  # noqa: BLE001 - building the module failed
+        raise NotTrainable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, on_data=False) from None
+    return module, outputs, per_sample
+
+
 def _last_uses(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[tuple[str, ...]]:
     """Per node, the values no later node reads (its inputs read for the last time, its outputs read
     by nobody): the interpreter drops them as it goes, as eager torch code does. Keeping every

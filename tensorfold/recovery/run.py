@@ -46,7 +46,7 @@ from tensorfold.recovery.finetune import train
 from tensorfold.recovery.history import plot_history
 from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.lr_finder import choose_lr
-from tensorfold.recovery.memory import choose_batch, saved_bytes_per_sample
+from tensorfold.recovery.memory import choose_batch
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def _recover(
     classes: list[str] | None = None,
 ) -> dict[str, Any]:
 
-    from tensorfold.recovery.onnx_torch import NodeFailed, OnnxModule
+    from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
 
     student = load_model(student_path)
     if generations < 1:
@@ -235,16 +235,15 @@ def _recover(
     if converted:
         warn(f"--data {desc}: {converted}")
     try:
-        module = OnnxModule(student)
-        outputs, per_sample = saved_bytes_per_sample(module, tensors(x[:2], "cpu"))
-        probe = outputs[0]
-    except NodeFailed as exc:  # names the op and node: an unsupported op or data of the wrong shape
+        module, outputs, per_sample = trial_run(student, tensors(x[:2], "cpu"))
+    except NotTrainable as exc:  # a node failed: an unsupported op or data of the wrong shape
         raise TensorfoldError(
             f"the model does not run in the trainer on the data ({desc}, samples "
             f"{sample_shape(x)}; the model takes {input_shape}): {exc}"
+            if exc.on_data
+            else f"the model cannot be trained: {exc}"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - building the module failed
-        raise TensorfoldError(f"the model cannot be trained: {str(exc).splitlines()[0][:200]}") from None
+    probe = outputs[0]
     batch = choose_batch(None if cfg.batch_fits_memory else cfg.batch_size, cfg.batch_size, per_sample)
     if batch.lowered:
         warn(f"recover: {batch.describe()}")

@@ -360,3 +360,18 @@ def test_a_recovery_worse_on_the_held_out_share_is_not_kept_and_the_report_says_
     console = Console(record=True, width=200)
     report.render(console)
     assert f"(recovered {refined[0]['recovered_not_kept']:.4f}: not kept)" in console.export_text()
+
+
+def test_a_model_the_trainer_cannot_run_is_one_line_naming_the_node(samples, tmp_path, monkeypatch):
+    """A node torch fails on (here every Relu, as a op the trainer lacks a kernel for would):
+    `optimize --recover` says which node, before any factorization; exit 2, nothing written."""
+    from tensorfold.recovery.torch_ops import OPS
+
+    def fails(node, *args):
+        raise RuntimeError("no kernel for this")
+
+    monkeypatch.setitem(OPS, "Relu", fails)
+    out = tmp_path / "x.onnx"
+    code, text = invoke("optimize", DEMO, "-o", out, "--ratio", "4", "--recover", "5", "--calibration", samples)
+    assert_user_error(code, text, "--recover: the model cannot be trained here: Relu node '")
+    assert "no kernel for this" in text and not out.exists()

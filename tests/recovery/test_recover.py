@@ -16,6 +16,7 @@ from tensorfold.demo import demo_model_path
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.run import recover
+from tests.helpers.cli import assert_user_error, invoke
 
 TEACHER = demo_model_path()
 
@@ -703,3 +704,16 @@ def test_recompute_segments_from_the_command_line(student, npz, tmp_path):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
     with pytest.raises(TensorfoldError, match="--recompute-segments"):
         RecoverConfig(recompute_segments=-1)
+
+
+def test_a_node_the_trainer_cannot_run_is_named_with_the_data(student, npz, tmp_path, monkeypatch):
+    from tensorfold.recovery.torch_ops import OPS
+
+    def fails(node, *args):
+        raise RuntimeError("no kernel for this")
+
+    monkeypatch.setitem(OPS, "Relu", fails)
+    out = tmp_path / "r.onnx"
+    code, text = invoke("recover", student, "--teacher", TEACHER, "--data", npz[1], "--max-steps", "2", "-o", out)
+    assert_user_error(code, text, "the model does not run in the trainer on the data")
+    assert "Relu node '" in text and "no kernel for this" in text and not out.exists()
