@@ -217,7 +217,7 @@ def _run_prepared(
         inputs.original = None  # the normalized model stands for it: a 2 GB model is held twice, not three times
     built = build(inputs, prepared, o)
     prepared.ctx = None
-    if not (deploying and o.int8):
+    if not deploying:  # deploying: int8 quantizes it, and the exact rewrite is a candidate
         prepared.model = None
     refuse_larger(built.result.model, prepared.before, o)
     ranks = o.describe_ranks()
@@ -439,6 +439,7 @@ def deploy(
         o.output_bound,
         DeploySettings(o.deploy_objective, o.int8, o.provider, o.threads, DEFAULT_OUTPUT_ERROR, o.progress),
         recovered=built.recovered,
+        lossless=any(prepared.norm_stats.values()),
     )
     picked = choice.chosen
     checked = picked.verification

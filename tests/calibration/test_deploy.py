@@ -5,6 +5,7 @@ one line before any work."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.api import optimize
-from tensorfold.calibration.deploy import Candidate, choose
+from tensorfold.calibration.deploy import LOSSLESS, Candidate, choose
 from tensorfold.demo import demo_model_path
 from tensorfold.graph.verify import OutputCheck, Verification
 from tests.helpers.cli import assert_user_error, invoke
@@ -62,6 +63,25 @@ def test_the_input_is_kept_when_no_candidate_is_faster():
     slower = Candidate("slower", chain(256, 6), check(0.0), 0.05)
     picked = choose([base, slower], "latency", feeds, threads=1, rounds=5)
     assert picked.chosen is base and "the input is kept" in picked.notes[0]
+
+
+@pytest.mark.parametrize("lossy_ms, picked_name", [(9.8, LOSSLESS), (9.0, "factorized")])
+def test_within_the_timing_noise_the_candidate_with_less_error_is_picked(monkeypatch, lossy_ms, picked_name):
+    """A lossy candidate 2% faster than the exact rewrite is inside the timing noise: the exact one
+    is written and the note says why; 10% faster, the lossy one wins."""
+    import tensorfold.runtime.latency as latency
+
+    def timed(jobs, *args, **kwargs):  # input 20 ms, the exact rewrite 10 ms, the lossy one lossy_ms
+        return [SimpleNamespace(median=ms) for ms in (20.0, 10.0, lossy_ms)]
+
+    monkeypatch.setattr(latency, "measure_interleaved", timed)
+    feeds = {"x": np.ones((4, 256), np.float32)}
+    base = Candidate("input", chain(256, 2), None, 0.05)
+    exact = Candidate(LOSSLESS, chain(256, 2), check(1e-7), 0.05)
+    lossy = Candidate("factorized", chain(256, 2), check(0.04), 0.05)
+    picked = choose([base, exact, lossy], "latency", feeds, threads=1)
+    assert picked.chosen.name == picked_name
+    assert ("the exact rewrite is written" in " ".join(picked.notes)) == (picked_name == LOSSLESS)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorfold.api import optimize
+from tensorfold.calibration.deploy import SPEED_MARGIN
 from tensorfold.demo import demo_model_path
 from tests.helpers.cli import assert_user_error, invoke
 from tests.helpers.data import smooth_images
@@ -92,14 +93,21 @@ def test_int8_after_factorization_and_alone(data, tmp_path):
         progress=False,
     )
     names = [c["name"] for c in both.deploy["candidates"]]
-    assert names[:2] == ["input", "factorized"] and "factorized + int8" in names
+    # the demo's BatchNorms fold: that exact rewrite is a candidate of its own, so its speed is
+    # credited to no lossy stage
+    assert names[:3] == ["input", "exact rewrite", "factorized"] and "factorized + int8" in names
+    exact = both.deploy["candidates"][1]
+    assert exact["max_error"] < 1e-5 and exact["int8"] is None and exact["within"]
     fq = next(c for c in both.deploy["candidates"] if c["name"] == "factorized + int8")
     factorized = next(c for c in both.deploy["candidates"] if c["name"] == "factorized")
     assert fq["max_error"] <= factorized["max_error"] + 0.05 + 1e-9  # int8 may add the default bound
     assert fq["params"] == factorized["params"]  # int8 weights are parameters too
     assert fq["size_bytes"] < factorized["size_bytes"]
     chosen = next(c for c in both.deploy["candidates"] if c["name"] == both.deploy["chosen"])
-    assert chosen["speedup"] == max(c["speedup"] for c in both.deploy["candidates"] if c["within"])
+    # the fastest within the bound, or one with less error within the timing noise of it
+    ok = [c for c in both.deploy["candidates"] if c["within"]]
+    rivals = [c for c in ok if c["speedup"] * (1 + SPEED_MARGIN) >= max(c["speedup"] for c in ok)]
+    assert chosen in rivals and chosen["max_error"] == min(c["max_error"] for c in rivals)
     written = onnx.load(str(tmp_path / "a.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in written.graph.node) == (chosen["int8"] is not None)
 
@@ -112,7 +120,7 @@ def test_int8_after_factorization_and_alone(data, tmp_path):
         objective="size",
         progress=False,
     )
-    assert [c["name"] for c in alone.deploy["candidates"]][:2] == ["input", "int8"]
+    assert [c["name"] for c in alone.deploy["candidates"]][:3] == ["input", "exact rewrite", "int8"]
     assert alone.deploy["chosen"] == "int8"  # the smallest file within the default bound
     assert alone.verification.within(0.05)
     assert alone.after.size_bytes < alone.before.size_bytes / 2
