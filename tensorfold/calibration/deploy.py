@@ -143,9 +143,7 @@ def choose(
     if objective == "latency":
         fastest = max(c.speedup or 0.0 for c in ok)
         # of those as fast as the fastest within the timing noise, the one with the least error
-        chosen = min(
-            (c for c in ok if (c.speedup or 0.0) * (1 + SPEED_MARGIN) >= fastest), key=lambda c: c.max_error
-        )
+        chosen = min((c for c in ok if (c.speedup or 0.0) * (1 + SPEED_MARGIN) >= fastest), key=lambda c: c.max_error)
         better = f"ran faster than the input on {provider}"
     else:
         chosen = min(ok, key=lambda c: c.size_bytes)
