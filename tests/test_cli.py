@@ -27,6 +27,7 @@ def test_optimize_json_report(tmp_path):
     assert report["factorizable_ratio"] >= 4.0
     assert report["flops_after"] < report["flops_before"]
     assert report["verification"]["checker"] == "passed"
+    assert any("random normal" in w for w in report["warnings"])  # 0.65 on random inputs
     layer = report["layers"][0]
     assert {"node", "method", "ranks", "weight_error"} <= set(layer)
     model = onnx.load(out)
@@ -34,6 +35,23 @@ def test_optimize_json_report(tmp_path):
     assert any(p.key == "tensorfold" for p in model.metadata_props)
     docs = [n.doc_string for n in model.graph.node if '[tensorfold] {"original"' in n.doc_string]
     assert len(docs) >= 3 * len(report["layers"]) - 1  # every node of every chain says where it came from
+
+
+def test_a_check_on_random_inputs_alone_is_always_a_warning(tmp_path):
+    """Random inputs say little about real ones (PP-OCR cls at --ratio 2: 0.028 on them, 0.76 on
+    text lines): a lossy rewrite checked on them only is a warning even when the error looks small."""
+    code, text = invoke("optimize", DEMO, "-o", tmp_path / "a.onnx", "--method", "tucker", "--ratio", "1.1", "--json")
+    assert code == 0, text
+    report = json.loads(text)
+    assert report["verification"]["outputs"][0]["relative_error"] < 0.05
+    assert any("only, which says little about real inputs" in w for w in report["warnings"])
+    inputs = tmp_path / "real.npz"
+    np.savez(inputs, input=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
+    code, text = invoke(
+        "optimize", DEMO, "-o", tmp_path / "b.onnx", "--method", "tucker", "--ratio", "1.1", "--inputs", inputs, "--json"
+    )
+    assert code == 0, text
+    assert not any("says little about real inputs" in w for w in json.loads(text)["warnings"])
 
 
 def test_optimize_table_and_input_untouched(tmp_path):

@@ -346,6 +346,13 @@ class Reference:
         self.call_samples = [sample_count(original, call) for call in self.calls]  # per-sample tallies
         session = _session(original, provider, "the original model")
         self.outputs = [_run(session, call, "the original model") for call in self.calls]
+        for index, name in enumerate(self.names):
+            ndim = np.ndim(self.outputs[0][index]) if self.outputs else 0
+            if name in self.axes and not -ndim <= self.axes[name] < ndim:
+                raise TensorfoldError(
+                    f"--class-output {name}:{self.axes[name]}: that output has {ndim} axes "
+                    f"(0 to {ndim - 1}, or -1 for the last)"
+                )
 
     def verify(self, rewritten: onnx.ModelProto) -> Verification:
         check(rewritten, "the rewritten model", full=self.full_check)

@@ -147,6 +147,9 @@ def test_the_bound_holds_for_the_model_as_written(samples, tmp_path):
         (["--int8", "--device", "rx580"], "--int8 is timed on a provider"),
         (["--method", "none", "--max-output-error", "0.05"], "--max-output-error searches the global budget itself"),
         (["--int8", "--class-output", "nope"], "--class-output nope: the model has no such output"),
+        # an axis the output does not have: one line, not an IndexError deep in verification
+        (["--int8", "--class-output", "logits:5"], "--class-output logits:5: that output has 2 axes"),
+        (["--ratio", "2", "--class-output", "logits:-3"], "--class-output logits:-3: that output has 2 axes"),
     ],
 )
 def test_mistakes_are_one_line_before_any_work(samples, tmp_path, args, message):
