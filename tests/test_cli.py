@@ -48,7 +48,17 @@ def test_a_check_on_random_inputs_alone_is_always_a_warning(tmp_path):
     inputs = tmp_path / "real.npz"
     np.savez(inputs, input=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
     code, text = invoke(
-        "optimize", DEMO, "-o", tmp_path / "b.onnx", "--method", "tucker", "--ratio", "1.1", "--inputs", inputs, "--json"
+        "optimize",
+        DEMO,
+        "-o",
+        tmp_path / "b.onnx",
+        "--method",
+        "tucker",
+        "--ratio",
+        "1.1",
+        "--inputs",
+        inputs,
+        "--json",
     )
     assert code == 0, text
     assert not any("says little about real inputs" in w for w in json.loads(text)["warnings"])
