@@ -45,8 +45,10 @@ class Trial:
 
     @property
     def recovered(self) -> bool:
-        """Whether this candidate's model is a refined one (refined, and the refinement kept)."""
-        return self.unrefined_error is not None and self.refused_error is None
+        """Whether this candidate's weights were trained: its refinement kept, or (a warm start)
+        factorized from a refined candidate, whose training it carries even where its own
+        refinement was not kept."""
+        return self.unrefined_error is not None and (self.refused_error is None or self.start == "warm")
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
