@@ -25,6 +25,7 @@ from tensorfold.onnxrt.inputs import (
     DEFAULT_DYNAMIC_DIM,
     dynamic_warning,
     load_inputs,
+    model_inputs,
     parse_shapes,
     random_inputs,
     resolve_shapes,
@@ -188,6 +189,13 @@ def profile(
 
     model = load_model(path)
     other = load_model(compare_with) if compare_with else None
+    if other is not None:
+        ours, theirs = ([v.name for v in model_inputs(m)] for m in (model, other))
+        if sorted(ours) != sorted(theirs):
+            raise TensorfoldError(
+                f"--compare {compare_with} takes the inputs {theirs}, {path} takes {ours}: "
+                "the two models are timed on the same inputs, so they must take the same ones"
+            )
     shape_map = parse_shapes(tuple(shapes))
     warnings = []
     if inputs is not None:

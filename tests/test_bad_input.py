@@ -111,6 +111,22 @@ def _mkdir(name: str) -> Callable[[Path], None]:
     return lambda folder: (folder / name).mkdir(parents=True)
 
 
+def _renamed_input(name: str, new: str) -> Callable[[Path], None]:
+    """The demo model with its input renamed: a model that takes other inputs."""
+
+    def prep(folder: Path) -> None:
+        import onnx
+
+        model = onnx.load(str(DEMO))
+        old = model.graph.input[0].name
+        model.graph.input[0].name = new
+        for node in model.graph.node:
+            node.input[:] = [new if i == old else i for i in node.input]
+        onnx.save(model, str(folder / name))
+
+    return prep
+
+
 def _npz(name: str, **arrays) -> Callable[[Path], None]:
     return lambda folder: np.savez(folder / name, **arrays)
 
@@ -634,7 +650,20 @@ OPTIMIZE = [
         "wrong.npz",
         *FAST,
         prep=_npz("wrong.npz", x=np.zeros((2, 3, 32, 32), np.float32)),
+        says="has shape [2, 3, 32, 32]; the model takes [batch, 1, 28, 28]",
     ),
+    case(
+        "inputs-integers",
+        *OPT,
+        "-o",
+        "out.onnx",
+        "--inputs",
+        "int.npz",
+        *FAST,
+        prep=_npz("int.npz", x=np.zeros((2, 1, 28, 28), np.int64)),
+        says="int.npz: input 'input' is int64; the model takes float32",
+    ),
+    case("shape-fixed-dim", *OPT, "-o", "out.onnx", "--shape", "input:1,3,28,28", *FAST, says="dim 1 is fixed at 1"),
     case(
         "inputs-garbage",
         *OPT,
@@ -808,6 +837,14 @@ VERIFY = [
     case("inputs-zero-samples", *VER, "--inputs", "empty.npz", says="empty.npz"),
     case("inputs-npy", *VER, "--inputs", "inputs.npy", says="inputs.npy"),
     case("inputs-missing", *VER, "--inputs", "missing.npz", says="missing.npz"),
+    case(
+        "inputs-wrong-channels",
+        *VER,
+        "--inputs",
+        "rgb.npz",
+        prep=_npz("rgb.npz", x=np.zeros((2, 3, 28, 28), np.float32)),
+        says="rgb.npz: input 'input' has shape [2, 3, 28, 28]; the model takes [batch, 1, 28, 28]",
+    ),
 ]
 
 
@@ -858,6 +895,14 @@ PROFILE = [
     case("model-missing", "profile", "missing.onnx", says="missing.onnx"),
     case("compare-missing", *PROF, "--compare", "missing.onnx", says="missing.onnx"),
     case("device-unknown", *PROF, "--device", "rx590", says="rx590"),
+    case(
+        "compare-other-inputs",
+        *PROF,
+        "--compare",
+        "other.onnx",
+        prep=_renamed_input("other.onnx", "pixels"),
+        says="--compare other.onnx takes the inputs ['pixels']",
+    ),
     case("threads-million", *PROF, "--threads", MANY, max_seconds=30, says="--threads"),
 ]
 

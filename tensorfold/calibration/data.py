@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.onnxrt.inputs import _NP_TYPES, load_inputs, model_inputs
+from tensorfold.onnxrt.inputs import _NP_TYPES, input_problem, load_inputs, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_HOLDOUT = 0.25
@@ -72,24 +72,15 @@ def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--cal
     counts = set()
     for v in model_inputs(model):
         arr = samples.arrays[v.name]
-        dims = v.type.tensor_type.shape.dim
         want = _NP_TYPES.get(v.type.tensor_type.elem_type)
         where = f"{option} {samples.source}: input '{v.name}'"
-        if arr.ndim != len(dims) or arr.ndim == 0:
-            raise TensorfoldError(
-                f"{where} has shape {list(arr.shape)}; the model takes rank-{len(dims)} arrays "
-                f"{_dims(dims)} with the samples along the first axis"
-            )
-        for i, d in enumerate(dims[1:], start=1):
-            if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
-                raise TensorfoldError(f"{where} has shape {list(arr.shape)}; the model takes {_dims(dims)}")
-        if want is not None:
-            if np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating) or (arr.dtype == np.bool_) != (
-                want == np.bool_
-            ):
-                raise TensorfoldError(f"{where} is {arr.dtype}; the model takes {np.dtype(want).name}")
-            if arr.dtype != want:
-                samples.arrays[v.name] = arr = arr.astype(want)
+        problem = input_problem(v, arr) or (
+            "is a single value; samples go along the first axis of an array" if arr.ndim == 0 else None
+        )
+        if problem:
+            raise TensorfoldError(f"{where} {problem}")
+        if want is not None and arr.dtype != want:
+            samples.arrays[v.name] = arr = arr.astype(want)
         if arr.shape[0] == 0:
             raise TensorfoldError(f"{where} holds no samples")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
@@ -111,16 +102,6 @@ def split_holdout(
     held = min(max(1, int(round(n * share))), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     return samples.take(np.sort(order[held:])), samples.take(np.sort(order[:held]))
-
-
-def _dims(dims: Any) -> str:
-    return (
-        "["
-        + ", ".join(
-            str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims
-        )
-        + "]"
-    )
 
 
 # --- images -----------------------------------------------------------------------------------

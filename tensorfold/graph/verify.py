@@ -18,7 +18,7 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import attr
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks, sample_count
-from tensorfold.onnxrt.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session, ort_message
 
 # one output's per-sample tallies: measure ("error", "changed") -> (numerator, denominator) per sample
 Tallies = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -430,6 +430,6 @@ def _run(session, feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - surfaced as one line
         raise TensorfoldError(
-            f"onnxruntime failed to run {label}: {str(exc).splitlines()[0][:300]} "
-            f"(fix dynamic dims with --shape NAME:D1,D2,... or pass --inputs file.npz)"
+            f"onnxruntime failed to run {label}: {ort_message(exc)} "
+            f"(where a dynamic dim is the cause: --shape NAME:D1,D2,... or --inputs file.npz)"
         ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,6 +23,41 @@ _NP_TYPES: dict[int, type] = {
     onnx.TensorProto.UINT8: np.uint8,
     onnx.TensorProto.BOOL: np.bool_,
 }
+
+
+def dims_text(dims: Any) -> str:
+    """An input's dims as the user reads them: [?, 3, 48, ?] (a dynamic dim by its name or ?)."""
+    return (
+        "["
+        + ", ".join(
+            str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims
+        )
+        + "]"
+    )
+
+
+def input_problem(v: onnx.ValueInfoProto, arr: np.ndarray) -> str | None:
+    """Why `arr` (samples along its first axis) cannot feed input `v`: its rank, a static dim after
+    the first, or its kind of number (integers for a float input, ...); None when it fits. Said
+    before onnxruntime runs, whose own message is cut and points elsewhere."""
+    tensor = v.type.tensor_type
+    if tensor.HasField("shape"):
+        dims = tensor.shape.dim
+        if arr.ndim != len(dims):
+            return (
+                f"has shape {list(arr.shape)}; the model takes rank-{len(dims)} arrays {dims_text(dims)} "
+                "with the samples along the first axis"
+            )
+        for i, d in enumerate(dims[1:], start=1):
+            if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
+                return f"has shape {list(arr.shape)}; the model takes {dims_text(dims)}"
+    want = _NP_TYPES.get(tensor.elem_type)
+    if want is not None and (
+        np.issubdtype(want, np.floating) != np.issubdtype(arr.dtype, np.floating)
+        or (arr.dtype == np.bool_) != (want == np.bool_)
+    ):
+        return f"is {arr.dtype}; the model takes {np.dtype(want).name}"
+    return None
 
 
 def parse_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
@@ -60,6 +96,16 @@ def resolve_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None =
         if v.name in shapes:
             if len(shapes[v.name]) != len(dims):
                 raise TensorfoldError(f"--shape {v.name}: {len(shapes[v.name])} dims given, the input has {len(dims)}")
+            fixed = [
+                i
+                for i, d in enumerate(dims)
+                if i > 0 and d.HasField("dim_value") and d.dim_value > 0 and shapes[v.name][i] != d.dim_value
+            ]
+            if fixed:
+                raise TensorfoldError(
+                    f"--shape {v.name}:{','.join(map(str, shapes[v.name]))}: dim {fixed[0]} is fixed at "
+                    f"{dims[fixed[0]].dim_value} in the model ({dims_text(dims)}); only its dynamic dims can be set"
+                )
             out[v.name] = shapes[v.name]
             continue
         out[v.name] = [
@@ -193,10 +239,16 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
             f"{option} {path}: no array for input(s) {missing} (it has {sorted(arrays)}; "
             f"name the arrays after the model's inputs{', or x' if len(names) == 1 else ''})"
         )
-    for n in names:
-        arr = arrays[n]
+    for v in model_inputs(model):
+        n, arr = v.name, arrays[v.name]
         if arr.size == 0:  # a scalar input (a sample rate) is one value, not zero samples
             raise TensorfoldError(f"{option} {path}: input '{n}' holds no samples (shape {list(arr.shape)})")
+        problem = input_problem(v, arr)
+        if problem:
+            raise TensorfoldError(f"{option} {path}: input '{n}' {problem}")
+        want = _NP_TYPES.get(v.type.tensor_type.elem_type)
+        if want is not None and arr.dtype != want:  # float64 samples for a float32 input, ...
+            arrays[n] = arr = arr.astype(want)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise TensorfoldError(
                 f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified on them"

@@ -78,3 +78,14 @@ def make_session(
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types for a model it cannot load
         raise TensorfoldError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def ort_message(exc: BaseException, limit: int = 300) -> str:
+    """onnxruntime's error as one line: its lines joined (the first alone says "for the following
+    indices" and stops before them) and the "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :" prefix
+    dropped."""
+    import re
+
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    return text[:limit]

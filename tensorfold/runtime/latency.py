@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.onnxrt.sessions import make_session
+from tensorfold.onnxrt.sessions import make_session, ort_message
 
 
 @dataclass
@@ -164,8 +164,8 @@ def _run_checked(session, feeds) -> None:
         session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - one line for the user
         raise TensorfoldError(
-            f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]} "
-            f"(fix dynamic dims with --shape NAME:D1,D2,...)"
+            f"onnxruntime failed to run the model: {ort_message(exc)} "
+            f"(where a dynamic dim is the cause: --shape NAME:D1,D2,...)"
         ) from None
 
 
