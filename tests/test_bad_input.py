@@ -921,6 +921,20 @@ X64 = np.zeros((64, 1, 28, 28), np.float32)
 RECOVER = [
     case("o-is-teacher", *REC, "-o", "teacher.onnx", "--teacher", "teacher.onnx", *SMALL, says="teacher.onnx"),
     case("o-is-data", *REC, "-o", "train.npz", *SMALL, says="train.npz"),
+    case(
+        "data-integers",  # pixels as int64: the trainer's Conv failed on a long tensor
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--data",
+        "int.npz",
+        "--max-steps",
+        "2",
+        prep=_npz("int.npz", x=np.zeros((8, 1, 28, 28), np.int64)),
+        says="the samples are int64; the model takes float32",
+    ),
     # refused before training: training makes OUT.ckpt/ first, so no new folder may appear
     case(
         "o-is-folder",

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     import torch
 
 
+# a model input of these types takes images or features, never integer arrays (token ids)
+_FLOAT_INPUTS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+
 def _io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     inits = {t.name for t in model.graph.initializer}
     ins = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in inits]
@@ -228,6 +231,13 @@ def _recover(
         converted = adaptation(x.raw([0]), input_shape)
         x = x.prepared(input_shape, normalize)
     elif isinstance(x, np.ndarray):
+        takes = student.graph.input[0].type.tensor_type.elem_type
+        if x.dtype.kind in "iu" and x.dtype != np.uint8 and takes in _FLOAT_INPUTS:
+            raise TensorfoldError(
+                f"--data {desc}: the samples are {x.dtype}; the model takes "
+                f"{onnx.helper.tensor_dtype_to_np_dtype(takes).name} (uint8 images are scaled to [0, 1]; "
+                "other integers would be token ids)"
+            )
         converted = adaptation(x, input_shape)
         x = prepare_inputs(x, input_shape, normalize)
     else:
