@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 # a model input of these types takes images or features, never integer arrays (token ids)
 _FLOAT_INPUTS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
+
 def _io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     inits = {t.name for t in model.graph.initializer}
     ins = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in inits]
