@@ -36,7 +36,7 @@ from tensorfold.recovery.distill import Outputs, Teacher, feature_loss, output_l
 from tensorfold.recovery.distributed import World, epoch_order, world, wrap
 from tensorfold.recovery.history import History
 from tensorfold.recovery.onnx_torch import OnnxModule
-from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
+from tensorfold.recovery.validation import evaluate, metric_for, ranked, signed, tensors
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -311,7 +311,7 @@ def train(
                         history.evals.append(result)
                     if ln.plateau is not None and step >= warm:
                         ln.plateau.step(signed(result, metric))
-                    if ln.best is None or signed(result, metric) > signed(ln.best, metric):
+                    if ln.best is None or ranked(result, metric) > ranked(ln.best, metric):
                         ln.best = result
                         improved |= k == 0
                         if w.main:

@@ -153,6 +153,7 @@ def rate_by_runs(
     a larger rate only where it wins by RATE_MARGIN."""
     start = {k: v.detach().clone() for k, v in module.state_dict().items()}
     scores: list[tuple[float, float]] = []
+    unmoved: set[float] = set()  # rates whose run never beat its starting weights
     best: tuple[float, float, TrainResult, dict[str, torch.Tensor]] | None = None
 
     def attempt(rate: float) -> None:
@@ -162,6 +163,8 @@ def rate_by_runs(
         finished = result.best is not None and metric in result.best and not result.stop.startswith("loss became")
         score = signed(result.best, metric) if finished else -math.inf  # type: ignore[arg-type]  # finished: not None
         scores.append((rate, score))
+        if finished and result.best is not None and result.best.get("step") == 0:
+            unmoved.add(rate)
         if best is None or _beats(score, rate, best[0], best[1], metric):
             best = (score, rate, result, {k: v.detach().clone() for k, v in module.state_dict().items()})
 
@@ -185,7 +188,12 @@ def rate_by_runs(
     assert best is not None
     score, rate, result, state = best
     module.load_state_dict(state)
-    table = ", ".join(f"{r:g}: {abs(v):.4g}" if math.isfinite(v) else f"{r:g}: failed" for r, v in scores)
+    table = ", ".join(
+        f"{r:g}: {abs(v):.4g}" + (" (no step beat the start)" if r in unmoved else "")
+        if math.isfinite(v)
+        else f"{r:g}: failed"
+        for r, v in scores
+    )
     top = max(scores, key=lambda rs: rs[1])[0]
     kept = "" if top == rate else f", not {top:g}: a larger rate must win by {RATE_MARGIN:.0%}"
     return LrChoice(rate, f"whole runs, best validation {metric} ({table}): {rate:g}{kept}"), result

@@ -279,6 +279,10 @@ def _recover(
     if val_n == 0:  # too few to hold any out: validate on the training samples, and say so
         val_idx = train_idx
         validation = f"the {len(x)} training samples themselves (too few to hold any out)"
+    batch_text = batch.describe()
+    if cfg.batch_size > len(train_idx):  # the batch the report states is the batch trained at
+        cfg = replace(cfg, batch_size=len(train_idx))
+        batch_text = f"batch {cfg.batch_size}, every training sample"
     val_x, val_y = samples_subset(x, val_idx), (y[val_idx] if y is not None else None)
     tx, ty = samples_subset(x, train_idx), (y[train_idx] if y is not None else None)
     peer_models = [load_model(p) for p in peers or []]
@@ -458,7 +462,7 @@ def _recover(
         "metric": metric,
         "outputs": spec.describe(),
         "world_size": w.size,
-        "config": {**asdict(cfg), "lr_from": lr_from, "batch": batch.describe()},
+        "config": {**asdict(cfg), "lr_from": lr_from, "batch": batch_text},
         "features_matched": len(teacher.features) if teacher else 0,
         "val_before": before,
         "val_after": after,

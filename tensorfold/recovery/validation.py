@@ -76,6 +76,14 @@ def signed(result: Mapping[str, Any], metric: str) -> float:
     return -result[metric] if metric == "output_error" else result[metric]
 
 
+def ranked(result: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """What the best evaluation is chosen by: the metric, then (on a tie) the output error against
+    the teacher. Agreement on a few validation samples moves in steps of 1/n and often not at all:
+    PP-OCR cls on 9 held-out lines kept 88.89% for a whole run while its output error could fall."""
+    tie = -result["output_error"] if metric != "output_error" and result.get("output_error") is not None else 0.0
+    return signed(result, metric), tie
+
+
 def tensors(batch: Any, device: str | torch.device) -> tuple[torch.Tensor, ...]:
     """A batch (one array or tensor, or one per model input) as a tuple of tensors on `device`."""
     parts = batch if isinstance(batch, (tuple, list)) else (batch,)

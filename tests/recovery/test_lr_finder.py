@@ -191,3 +191,16 @@ def test_a_failed_run_is_never_chosen():
 
     choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
     assert choice.lr == RUN_RATES[0] and "failed" in choice.how
+
+
+def test_a_rate_whose_run_never_beat_the_start_is_marked_so():
+    """Two rates reading the same error were the starting weights twice, not two measurements."""
+    from types import SimpleNamespace
+
+    def fake_run(rate):
+        step = 5 if rate == 1e-4 else 0  # only 1e-4 improved on the start (0.0822)
+        return SimpleNamespace(best={"output_error": 0.0796 if step else 0.0822, "step": step}, stop="done")
+
+    choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run)
+    assert choice.lr == 1e-4
+    assert "0.0001: 0.0796, 0.001: 0.0822 (no step beat the start)" in choice.how

@@ -78,7 +78,12 @@ def test_recover_lowers_its_batch_to_the_budget_unless_given(samples, tmp_path, 
     assert "recover: batch 5, not 128" in out  # said as it starts, not only in the report
     config = json.loads(out[out.index("{") :])["config"]
     assert config["batch_size"] == 5 and config["batch_fits_memory"]
-    code, out = invoke(*args, "-o", tmp_path / "b.onnx", "--batch-size", "64")
+    code, out = invoke(*args, "-o", tmp_path / "b.onnx", "--batch-size", "16")
     assert code == 0, out
     config = json.loads(out[out.index("{") :])["config"]
-    assert config["batch_size"] == 64 and config["batch"] == "batch 64 (--batch-size)"
+    assert config["batch_size"] == 16 and config["batch"] == "batch 16 (--batch-size)"
+    # a batch larger than the training samples is the samples: the report says what was trained at
+    code, out = invoke(*args, "-o", tmp_path / "c.onnx", "--batch-size", "1000")
+    assert code == 0, out
+    config = json.loads(out[out.index("{") :])["config"]
+    assert config["batch_size"] < 1000 and config["batch"] == f"batch {config['batch_size']}, every training sample"

@@ -43,3 +43,16 @@ def test_a_tagger_with_an_int64_argmax_output_recovers_on_agreement(tmp_path):
     assert 0.0 <= got["val_after"]["teacher_agreement"] <= 1.0
     assert "integer outputs" in got["outputs"]
     assert (tmp_path / "out.onnx").exists()
+
+
+def test_a_tie_in_agreement_goes_to_the_lower_output_error():
+    """Agreement on a few validation samples moves in steps of 1/n: between equal agreements the
+    evaluation nearer the teacher's outputs is the better one."""
+    from tensorfold.recovery.validation import ranked
+
+    start = {"teacher_agreement": 0.8889, "output_error": 0.3241}
+    later = {"teacher_agreement": 0.8889, "output_error": 0.3233}
+    worse = {"teacher_agreement": 0.7778, "output_error": 0.1}
+    assert ranked(later, "teacher_agreement") > ranked(start, "teacher_agreement")
+    assert ranked(start, "teacher_agreement") > ranked(worse, "teacher_agreement")  # agreement first
+    assert ranked(later, "output_error") > ranked(start, "output_error")
