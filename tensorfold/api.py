@@ -15,7 +15,7 @@ import onnx
 from tensorfold.calibration.data import load_samples, parse_normalize
 from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.io import load_model, save_model
+from tensorfold.graph.io import check_model_path, load_model, save_model
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import Reference, verify_models
@@ -59,6 +59,7 @@ def optimize(
     if options is not None and kwargs:
         raise TypeError("give either an OptimizeOptions or keyword options, not both")
     opts = options if options is not None else OptimizeOptions(**kwargs)
+    check_model_path(input_path)
     with guard_inputs(
         *(p for p in (input_path, opts.inputs, opts.config, opts.calibration, opts.recover_data) if p is not None)
     ):

@@ -86,6 +86,7 @@ _SEED = click.IntRange(0, SEED_MAX)
 _PER_CORE = _PerCore()
 _COUNT = click.IntRange(min=0)
 _POSITIVE_FLOAT = _Finite(min=0, min_open=True)
+_RATIO = _Finite(min=1, min_open=True)  # a compression ratio: 1 would be no compression at all
 _SHAPE_HELP = "fix a dynamic input shape, NAME:D1,D2,... (repeatable)"
 
 
@@ -162,7 +163,7 @@ _RECOMPUTE_HELP = (
     "--energy", type=_Finite(0, 1, min_open=True), help="keep this share of each layer's spectral energy (0-1]"
 )
 @click.option(
-    "--ratio", type=_POSITIVE_FLOAT, help="the factorizable layers together hold RATIO times fewer parameters"
+    "--ratio", type=_RATIO, help="the factorizable layers together hold RATIO times fewer parameters"
 )
 @click.option("--evbmf", is_flag=True, help="ranks by empirical variational Bayes (EVBMF, as Kim et al. 2016)")
 @click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
@@ -208,7 +209,7 @@ _RECOMPUTE_HELP = (
 @click.option("--normalize", help="image folders: MEAN,STD (or three means, three stds) after [0,1] scaling")
 @click.option(
     "--holdout",
-    type=_Finite(0, 1, max_open=True),
+    type=_Finite(0, 1, min_open=True, max_open=True),
     default=0.25,
     show_default=True,
     help="share of the calibration samples held out for verification",
@@ -787,7 +788,7 @@ def search_nas_cmd(as_json, **options):
 @click.option("--method", default="auto", show_default=True, help="factorization for the decomposition stage")
 @click.option(
     "--ratio",
-    type=_POSITIVE_FLOAT,
+    type=_RATIO,
     default=2.0,
     show_default=True,
     help="the factorizable layers together hold RATIO times fewer parameters",
@@ -826,7 +827,7 @@ def pipeline_cmd(as_json, **options):
     show_default=True,
     help="the tucker model of step 2; step 1's model is written beside it as fmnist_cnn.deploy.onnx",
 )
-@click.option("--ratio", type=_POSITIVE_FLOAT, default=4.0, show_default=True)
+@click.option("--ratio", type=_RATIO, default=4.0, show_default=True)
 @click.option(
     "--recover-steps",
     type=_COUNT,

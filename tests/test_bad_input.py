@@ -637,7 +637,17 @@ OPTIMIZE = [
     ),
     case("model-empty", "optimize", "empty.onnx", "-o", "out.onnx", prep=_write("empty.onnx", b""), says="empty.onnx"),
     case("model-missing", "optimize", "missing.onnx", "-o", "out.onnx", says="missing.onnx"),
-    case("model-is-folder", "optimize", "adir", "-o", "out.onnx", prep=_mkdir("adir"), says="adir"),
+    case("model-is-folder", "optimize", "adir", "-o", "out.onnx", prep=_mkdir("adir"), says="adir: not a file"),
+    # the output inside that folder: still the folder named as what it is, not as an input folder
+    case(
+        "model-is-folder-holding-o",
+        "optimize",
+        "adir",
+        "-o",
+        "adir/out.onnx",
+        prep=_mkdir("adir"),
+        says="adir: not a file",
+    ),
     case("inputs-npy", *OPT, "-o", "out.onnx", "--inputs", "inputs.npy", *FAST, says="inputs.npy"),
     case("inputs-nan", *OPT, "-o", "out.onnx", "--inputs", "nan.npz", *FAST, says="nan.npz"),
     case("inputs-zero-samples", *OPT, "-o", "out.onnx", "--inputs", "empty.npz", *FAST, says="empty.npz"),

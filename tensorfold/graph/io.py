@@ -13,13 +13,20 @@ from tensorfold.onnxrt import large
 from tensorfold.outputs import atomic_path, new_file_mode, refuse_target, temp_beside
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file, external data included, or raise a one-line TensorfoldError."""
+def check_model_path(path: str | os.PathLike) -> Path:
+    """The model's path, or the one-line error for a missing file or a folder: said before anything
+    else is checked (a folder given as the model is not "an input folder" the output lies in)."""
     path = Path(path)
     if not path.exists():
         raise TensorfoldError(f"{path}: no such file")
     if not path.is_file():
         raise TensorfoldError(f"{path}: not a file")
+    return path
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file, external data included, or raise a one-line TensorfoldError."""
+    path = check_model_path(path)
     if path.stat().st_size == 0:
         raise TensorfoldError(f"{path}: empty file, not an ONNX model")
     try:
