@@ -162,9 +162,7 @@ _RECOMPUTE_HELP = (
 @click.option(
     "--energy", type=_Finite(0, 1, min_open=True), help="keep this share of each layer's spectral energy (0-1]"
 )
-@click.option(
-    "--ratio", type=_RATIO, help="the factorizable layers together hold RATIO times fewer parameters"
-)
+@click.option("--ratio", type=_RATIO, help="the factorizable layers together hold RATIO times fewer parameters")
 @click.option("--evbmf", is_flag=True, help="ranks by empirical variational Bayes (EVBMF, as Kim et al. 2016)")
 @click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
