@@ -314,8 +314,13 @@ def optimize_cmd(model, output, as_json, **options):
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
+@click.option(
+    "--max-error",
+    type=_POSITIVE_FLOAT,
+    help="exit 1 when an output's relative error (or argmax disagreement on class scores) is above it: a CI gate",
+)
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(reference, candidate, as_json, **options):
+def verify_cmd(reference, candidate, as_json, max_error, **options):
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""
     from tensorfold.api import compare
 
@@ -323,6 +328,10 @@ def verify_cmd(reference, candidate, as_json, **options):
     _show(result, as_json)
     if result.broken:
         raise VerificationFailed(f"{candidate} outputs NaN/Inf where {reference} does not: {', '.join(result.broken)}")
+    if max_error is not None and not result.within(max_error):
+        raise VerificationFailed(
+            f"{candidate}: output error {result.max_error:.4g} on {result.inputs} is above --max-error {max_error:g}"
+        )
 
 
 @main.command("profile")

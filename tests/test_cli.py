@@ -72,6 +72,18 @@ def test_optimize_table_and_input_untouched(tmp_path):
     assert DEMO.read_bytes() == before
 
 
+def test_verify_max_error_gates_a_ci_job(tmp_path):
+    """`verify --max-error E` exits 1 with one line when the error is above E, 0 when within."""
+    small = tmp_path / "small.onnx"
+    assert invoke("optimize", DEMO, "-o", small, "--method", "tucker", "--ratio", "4")[0] == 0
+    code, text = invoke("verify", DEMO, small, "--json")
+    error = json.loads(text)["max_relative_error"]
+    code, text = invoke("verify", DEMO, small, "--max-error", f"{error / 2:g}")
+    assert code == 1 and text.strip().splitlines()[-1].startswith("error: verification failed:"), text
+    assert f"is above --max-error {error / 2:g}" in text
+    assert invoke("verify", DEMO, small, "--max-error", f"{error * 2:g}")[0] == 0
+
+
 def test_inspect_lists_methods():
     code, text = invoke("inspect", DEMO, "--json")
     assert code == 0, text
