@@ -260,6 +260,12 @@ def search_candidates(
             bases += [
                 ("factorized + int8", s.result.model, s.ratio, s.recovered) for s in split_models if s.result.rewritten
             ]
+            if factorized is not None and not any(s.result.rewritten for s in split_models):
+                shares = " or ".join(f"{share * bound:g}" for share in INT8_SPLITS)
+                unmet.append(
+                    f"factorized + int8: no factorization stayed within {shares}, the share of the bound it "
+                    "may use before int8 takes the rest: no such candidate"
+                )
             int8_bound = bound
         else:
             int8_bound = (candidates[-1].max_error if factorized is not None else 0.0) + settings.rank_option_int8_error

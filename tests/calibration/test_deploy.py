@@ -116,6 +116,15 @@ def test_a_bound_nothing_can_meet_keeps_the_input(samples, tmp_path):
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(DEMO)).graph.node]
 
 
+def test_a_missing_factorized_int8_candidate_is_explained(samples):
+    """At 0.02 the demo factorizes within the bound but not within half of it: the candidate the
+    README lists is absent, and a note says why (it vanished silently)."""
+    report = optimize(DEMO, None, calibration=str(samples), max_output_error=0.02, int8=True, threads=1, progress=False)
+    names = [c["name"] for c in report.deploy["candidates"]]
+    assert "factorized" in names and "factorized + int8" not in names
+    assert any(n.startswith("factorized + int8: no factorization stayed within 0.01") for n in report.notes)
+
+
 def test_the_bound_holds_for_the_model_as_written(samples, tmp_path):
     report = optimize(
         DEMO,
