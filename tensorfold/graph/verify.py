@@ -75,6 +75,12 @@ class Verification:
         return max(shares) if shares else 0.0
 
     @property
+    def counts_disagreement(self) -> bool:
+        """Whether any output has argmaxes (a class axis) or elements (an integer output) to agree on:
+        a detector's map or an embedding has none, and its 0% disagreement would say nothing."""
+        return any(a is not None for o in self.outputs for a in (o.agreement, o.argmax_agreement))
+
+    @property
     def max_channel_error(self) -> float:
         errs = [o.worst_channel["relative_error"] for o in self.outputs if o.worst_channel]
         return max(errs) if errs else 0.0
@@ -213,7 +219,9 @@ class OutputAccumulator:
         """Numerator and denominator of each sample (summed over all but axis 0)."""
         if self.per_sample is None:
             return
-        if samples is None or num.ndim == 0 or num.shape[0] != samples:
+        # a call of one sample is that sample's, whatever axis its output keeps the batch on (a
+        # CRNN's time-major (T, 1, classes): ddddocr's recognizer runs a line per call)
+        if samples is None or (samples != 1 and (num.ndim == 0 or num.shape[0] != samples)):
             self.per_sample = None
             return
         rows = (samples, -1)

@@ -565,7 +565,7 @@ def _stage(name: str, model: onnx.ModelProto, verification: Verification | None)
     row: dict[str, object] = {"stage": name, "params": count_params(model), "size_bytes": large.serialized_size(model)}
     if verification is not None:
         row["max_relative_error"] = verification.max_relative_error
-        row["max_disagreement"] = verification.max_disagreement
+        row["max_disagreement"] = verification.max_disagreement if verification.counts_disagreement else None
     return row
 
 

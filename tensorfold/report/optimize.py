@@ -154,7 +154,7 @@ class OptimizeReport(Report):
                     f"{row['params']:,}",
                     fmt_bytes(row["size_bytes"]),
                     "" if err is None else f"{err:.3e}",
-                    "" if dis is None else f"{dis:.2%}",
+                    "" if err is None else "-" if dis is None else f"{dis:.2%}",  # -: no class axis
                 )
             console.print(stages)
         if self.deploy:

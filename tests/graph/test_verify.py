@@ -232,3 +232,27 @@ def test_class_scores_resample_the_argmax_disagreement_too():
     disagreement = 1 - acc.result().argmax_agreement
     assert disagreement == pytest.approx(0.1) and lo <= disagreement <= hi
     assert hi > acc.result().relative_error  # the argmaxes are what the bound reads here
+
+
+def test_one_sample_per_call_has_an_interval_whatever_axis_holds_the_batch():
+    """A CRNN's (T, 1, classes) output, one line per call (ddddocr's recognizer): each call is its
+    sample's, so the bootstrap interval exists (it was silently missing)."""
+    rng = np.random.default_rng(1)
+    acc = OutputAccumulator("y", None)
+    for _ in range(16):
+        ref = rng.normal(size=(20, 1, 5))
+        acc.add(ref, ref + rng.normal(scale=0.1, size=ref.shape), 1)
+    (lo, hi), n = spread_of([acc.sample_tallies()])
+    assert n == 16 and lo < acc.result().relative_error < hi
+    two = OutputAccumulator("y", None)
+    two.add(rng.normal(size=(20, 2, 5)), rng.normal(size=(20, 2, 5)), 2)  # two samples, batch on axis 1
+    assert two.sample_tallies() is None  # which rows are whose is unknown: no interval rather than a wrong one
+
+
+def test_disagreement_is_counted_only_where_there_is_something_to_agree_on():
+    """A map or an embedding has no argmax: its stage row reads '-' (was '0.00%', as if measured)."""
+    from tensorfold.graph.verify import OutputCheck, Verification
+
+    embedding = Verification("passed", "held", [OutputCheck("y", "float", relative_error=0.03)])
+    scores = Verification("passed", "held", [OutputCheck("y", "float", relative_error=0.03, argmax_agreement=1.0)])
+    assert not embedding.counts_disagreement and scores.counts_disagreement
