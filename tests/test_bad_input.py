@@ -637,6 +637,9 @@ OPTIMIZE = [
     ),
     case("model-empty", "optimize", "empty.onnx", "-o", "out.onnx", prep=_write("empty.onnx", b""), says="empty.onnx"),
     case("model-missing", "optimize", "missing.onnx", "-o", "out.onnx", says="missing.onnx"),
+    case(
+        "include-matches-nothing", *OPT, "-o", "out.onnx", "--include", "nomatch*", says="matches none of the model's"
+    ),
     case("model-is-folder", "optimize", "adir", "-o", "out.onnx", prep=_mkdir("adir"), says="adir: not a file"),
     # the output inside that folder: still the folder named as what it is, not as an input folder
     case(

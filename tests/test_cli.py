@@ -84,6 +84,15 @@ def test_verify_max_error_gates_a_ci_job(tmp_path):
     assert invoke("verify", DEMO, small, "--max-error", f"{error * 2:g}")[0] == 0
 
 
+def test_an_array_that_is_no_input_is_named_not_silently_dropped(tmp_path):
+    inputs = tmp_path / "xy.npz"
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    np.savez(inputs, input=x, y=np.zeros(4, np.int64))
+    code, text = invoke("verify", DEMO, DEMO, "--inputs", inputs)
+    assert code == 0, text
+    assert "array(s) y are not inputs of the model (input); ignored" in text
+
+
 def test_inspect_lists_methods():
     code, text = invoke("inspect", DEMO, "--json")
     assert code == 0, text

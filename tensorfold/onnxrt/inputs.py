@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 
 # A dynamic dim the user did not fix: batch (the first dim) gets 1, others this size.
 DEFAULT_DYNAMIC_DIM = 64
@@ -232,7 +233,10 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
     arrays = read_npz(path, option)
     names = [v.name for v in model_inputs(model)]
     if len(names) == 1 and names[0] not in arrays and "x" in arrays:
-        arrays[names[0]] = arrays["x"]
+        arrays[names[0]] = arrays.pop("x")
+    unused = sorted(set(arrays) - set(names))
+    if unused and not set(names) - set(arrays):  # all inputs there: the rest is a label or a typo
+        warn(f"{option} {path}: array(s) {', '.join(unused)} are not inputs of the model ({', '.join(names)}); ignored")
     missing = [n for n in names if n not in arrays]
     if missing:
         raise TensorfoldError(

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from tensorfold.decompose.data_aware import InputGram
+from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import GraphIndex, attr, subgraph_nodes
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -200,6 +201,13 @@ def find_layers(
             layers.append(result)
         else:
             skips.append(result)
+    weight_nodes = [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS]
+    if include and weight_nodes and not any(fnmatch.fnmatchcase(n, p) for n in weight_nodes for p in include):
+        named = weight_nodes[:3]
+        raise TensorfoldError(
+            f"--include {' '.join(include)}: matches none of the model's Conv/Gemm/MatMul nodes"
+            + (f" (named like {', '.join(named)}: `tensorfold inspect` lists them)" if named else "")
+        )
     return layers, skips
 
 
