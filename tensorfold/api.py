@@ -249,6 +249,13 @@ def profile(
             )
         rows[str(batch)] = row
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    sizes.update(  # weights held by Constant nodes (PaddlePaddle exports), as count_params counts them
+        (n.output[0], int(np.prod(a.t.dims)))
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+    )
     per_node = [
         {
             "node": n.name or n.output[0],

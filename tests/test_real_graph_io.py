@@ -70,7 +70,7 @@ def test_a_dynamic_model_is_timed_at_the_shape_given_and_warned_about_otherwise(
     np.savez(tmp_path / "in.npz", x=np.zeros((4, 3, 40, 50), np.float32))
     code, text = invoke("profile", model, "--runs", "3", "--warmup", "1", "--inputs", tmp_path / "in.npz")
     assert code == 0, text
-    assert "timed at input shapes x [1, 3, 40, 50]" in text
+    assert "input shapes x [1, 3, 40, 50]" in text and "timed as they are" in text
 
 
 def test_integer_inputs_and_outputs(tmp_path):
@@ -94,3 +94,26 @@ def test_integer_inputs_and_outputs(tmp_path):
     tags = next(o for o in verification["outputs"] if o["name"] == "tags")
     assert tags["kind"] == "integer" and tags["agreement"] < 1
     assert verification["max_error"] == 1 - tags["agreement"] > 0
+
+
+def test_profile_counts_weights_held_by_constant_nodes_and_names_the_batches_it_times(tmp_path):
+    """PaddlePaddle exports keep weights in Constant nodes: the per-node table counted 0 params for
+    them (the header did count them); with --batch the header said batch 1 only."""
+    w = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w")),
+            helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 16, 16])],
+    )
+    path = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, text = invoke("profile", path, "--runs", "2", "--warmup", "0", "--batch", "2", "--batch", "4", "--json")
+    assert code == 0, text
+    info = json.loads(text[text.index("{") :])
+    assert info["params"] == w.size and info["graph_nodes"][0]["params"] == w.size
+    code, text = invoke("profile", path, "--runs", "2", "--warmup", "0", "--batch", "2", "--batch", "4")
+    assert "the table times batch 2, 4" in text

@@ -37,10 +37,16 @@ class ProfileReport(Report):
             f"[bold]{self.model}[/]: {self.params:,} params, {fmt_count(self.flops)} FLOPs "
             f"(batch 1), {self.size_bytes:,} bytes; latency {where}"
         )
+        others = [b for b in self.batches if b != "1"]
         console.print(
-            "timed at input shapes "
+            "input shapes "
             + ", ".join(f"{k} {v}" for k, v in self.input_shapes.items())
             + f" (batch 1; from {self.shapes_from})"
+            + (
+                f"; the table times batch {', '.join(self.batches)} (the first axis repeated)"
+                if others
+                else ", timed as they are"
+            )
         )
         for warning in self.warnings:
             warn(warning)
