@@ -96,13 +96,19 @@ def inspect(
 
     original = load_model(input_path)
     shape_map = parse_shapes(tuple(shapes))
+    samples = None
+    if calibration:
+        norm = parse_normalize(normalize) if isinstance(normalize, str) or normalize is None else normalize
+        samples = load_samples(calibration, original, shapes=shape_map, normalize=norm)
+        if not shape_map:  # FLOPs at the size the samples have, as optimize counts them (one sample)
+            shape_map = {name: [1, *array.shape[1:]] for name, array in samples.arrays.items()}
     input_shapes = resolve_shapes(original, shape_map)
     model, norm_stats = normalize_model(original)
     ensure_node_names(model)
     stats = model_stats(original, input_shapes)
     node_flops = model_stats(model, input_shapes).node_flops
     layers, skipped = find_layers(model)
-    sens = _sensitivity(original, model, calibration, normalize, shape_map, progress) if calibration else {}
+    sens = _sensitivity(original, model, samples, progress) if samples is not None else {}
     readers: dict[str, list[str]] = {}
     for layer in layers:
         readers.setdefault(layer.node.input[1], []).append(layer.name)
@@ -148,11 +154,9 @@ def inspect(
     )
 
 
-def _sensitivity(original, model, calibration, normalize, shape_map, progress) -> dict:
+def _sensitivity(original, model, samples, progress) -> dict:
     from tensorfold.calibration.sensitivity import PROBE_SAMPLES, measure_sensitivity
 
-    norm = parse_normalize(normalize) if isinstance(normalize, str) or normalize is None else normalize
-    samples = load_samples(calibration, original, shapes=shape_map, normalize=norm)
     chosen = get_pass("tucker")
     layers, _ = find_layers(model)
     ctx = PassContext(progress=progress, stats=collect_input_grams(model, layers, samples, progress=progress))

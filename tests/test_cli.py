@@ -329,6 +329,13 @@ def test_inspect_warns_when_a_dynamic_dim_was_taken_as_64(tmp_path):
     assert "FLOPs counted at 64" in json.loads(text)["warnings"][0]
     code, text = invoke("inspect", path, "--shape", "x:1,3,488,488", "--json")
     assert json.loads(text)["warnings"] == []
+    # calibration samples give the size: FLOPs counted there, as optimize counts them
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).random((4, 3, 48, 192), dtype=np.float32))
+    code, text = invoke("inspect", path, "--calibration", tmp_path / "cal.npz", "--json")
+    assert code == 0, text
+    info = json.loads(text[text.index("{") :])
+    assert info["warnings"] == [] and info["inputs"] == {"x": [1, 3, 48, 192]}
+    assert info["flops"] == 2 * 4 * 27 * 46 * 190
 
 
 def test_the_demo_ships_real_calibration_images():
