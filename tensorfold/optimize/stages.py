@@ -473,6 +473,7 @@ def make_report(
 ) -> OptimizeReport:
     result = deployed.result if deployed is not None else built.result
     final = deployed.model if deployed is not None else built.result.model
+    kept_input = deployed is not None and deployed.choice.chosen.name == "input"
     checked = deployed.verification if deployed is not None else verification
     report = OptimizeReport(
         input=str(inputs.path),
@@ -487,7 +488,10 @@ def make_report(
         verification=checked,
         normalization=prepared.norm_stats,
         seconds=0.0,
-        notes=_fold_notes(prepared.norm_stats) + result.notes + (deployed.notes if deployed is not None else []),
+        # the input written back holds none of normalization's folds: no note says it does
+        notes=(_fold_notes(prepared.norm_stats) if not kept_input else [])
+        + result.notes
+        + (deployed.notes if deployed is not None else []),
         eligible_params=(result.eligible_params, result.eligible_params_after),
         latency=built.latency,
         stages=stages if (inputs.fit is not None and deployed is None) else [],
@@ -500,7 +504,6 @@ def make_report(
             f"with --calibration and no --ratio/--energy/--rank the default is --max-output-error "
             f"{DEFAULT_OUTPUT_ERROR:g}: the best model within that held-out error"
         )
-    kept_input = deployed is not None and deployed.choice.chosen.name == "input"
     if not result.rewritten and prepared.chosen is not None and (deployed is None or kept_input):
         report.notes.append(
             "no layer was rewritten; the output equals the " + ("input" if deployed is not None else "normalized input")

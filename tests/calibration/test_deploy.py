@@ -111,6 +111,7 @@ def test_a_bound_nothing_can_meet_keeps_the_input(samples, tmp_path):
     report = json.loads(text)
     assert report["deploy"]["chosen"] == "input"
     assert any("kept" in n for n in report["notes"])
+    assert not any(n.startswith("normalize:") for n in report["notes"])  # the input holds no fold
     written = onnx.load(str(out))
     assert not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in onnx.load(str(DEMO)).graph.node]
