@@ -56,8 +56,8 @@ from tensorfold.bench.report import publish  # noqa: E402
 from tensorfold.bench.text_images import IMAGENET_MEAN_STD, gray_line_inputs, table_images, to_nchw  # noqa: E402
 from tensorfold.bench.text_tokens import token_samples  # noqa: E402
 from tensorfold.graph.io import load_model, save_model  # noqa: E402
-from tensorfold.graph.normalize import normalize as normalize_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
+from tensorfold.graph.normalize import normalize as normalize_model  # noqa: E402
 from tensorfold.graph.verify import Reference  # noqa: E402
 from tensorfold.quantize.baseline import ort_quantize_static  # noqa: E402
 from tensorfold.runtime.latency import measure_interleaved  # noqa: E402
