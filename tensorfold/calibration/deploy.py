@@ -40,8 +40,9 @@ SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
 # latency: a candidate with more error must be this much faster than one with less to be picked. Two
 # timings of one model in one interleaved run differed by 1.2% on PP-OCR det (20 ms: int8 1.75x and
 # the identical factorized + int8 1.73x) and by 0.6% on rec (24 ms), so a gain under 3% is not worth
-# any error. A 1 ms model is noisier: PP-OCR cls's exact rewrite read 1.53x and 1.66x in one run
-# (docs/results/deploy.md), and there the margin does not separate noise from gain.
+# any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md)
+# and two rows of one cls model 1.53x and 1.66x in a development run; there the margin does not
+# separate noise from gain.
 SPEED_MARGIN = 0.03
 
 
