@@ -76,11 +76,20 @@ def save_atomic(obj: Any, path: Path) -> None:
             raise TensorfoldError(f"cannot write {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def save_checkpoint(path: Path, learners: list[_Learner], step: int, history: History, fingerprint: str) -> None:
-    """The student's weights, optimizer and best at the top level; each peer's beside them."""
+def save_checkpoint(
+    path: Path,
+    learners: list[_Learner],
+    step: int,
+    history: History,
+    fingerprint: str,
+    settings: Mapping[str, Any] | None = None,
+) -> None:
+    """The student's weights, optimizer and best at the top level; each peer's beside them; the
+    run's settings (what a resume must repeat)."""
     main = learners[0]
     save_atomic(
         {
+            "settings": dict(settings or {}),
             "params": main.module.state_dict(),
             "optimizer": main.opt.state_dict(),
             "step": step,
@@ -97,7 +106,12 @@ def save_checkpoint(path: Path, learners: list[_Learner], step: int, history: Hi
 
 
 def resume_checkpoint(
-    ckpt: Path, checkpoint_dir: Path, learners: list[_Learner], cfg: RecoverConfig, fingerprint: str
+    ckpt: Path,
+    checkpoint_dir: Path,
+    learners: list[_Learner],
+    cfg: RecoverConfig,
+    fingerprint: str,
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[int, History]:
     """(step, history) of the checkpoint, every model's weights, optimizer and best loaded from it."""
     if not ckpt.exists():
@@ -109,6 +123,13 @@ def resume_checkpoint(
         raise TensorfoldError(
             f"{ckpt} was written for another model; remove {checkpoint_dir} or recover into another output"
         )
+    stored = state.get("settings") or {}
+    for key, value in (settings or {}).items():
+        if key in stored and stored[key] != value:
+            raise TensorfoldError(
+                f"--resume: {ckpt} was trained with {key.replace('_', ' ')} {_shown(stored[key])}, this run "
+                f"has {_shown(value)}; resume with the same settings, or remove {checkpoint_dir}"
+            )
     peers = state.get("peers") or []
     if len(peers) != len(learners) - 1:
         raise TensorfoldError(
@@ -137,6 +158,19 @@ def load_params(module: torch.nn.Module, params: Mapping[str, Any], path: Path) 
             f"{path} holds weights of another model ({str(exc).splitlines()[0][:160]}); "
             "remove it or recover into another output"
         ) from None
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else repr(value)
+
+
+def stored_settings(path: Path) -> dict[str, Any]:
+    """The settings a checkpoint was trained with ({} where there is none, or none recorded)."""
+    if not path.exists():
+        return {}
+    state = load_checkpoint(path, "cpu")
+    stored = state.get("settings") if isinstance(state, dict) else None
+    return dict(stored) if isinstance(stored, dict) else {}
 
 
 def checkpoint_step(path: Path, device: str | torch.device) -> int | None:

@@ -7,7 +7,7 @@ import itertools
 import math
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +155,7 @@ def train(
     peers: Sequence[torch.nn.Module] | None = None,
     metric: str | None = None,
     desc: str = "recover",
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train `module` in place. The best weights by
     the validation metric are restored at the end. Ctrl-C saves a checkpoint, then raises
@@ -224,7 +225,7 @@ def train(
     # an earlier run's files are replaced as this run writes its own, not deleted up front: a run that
     # fails leaves them as they were (and only this run's best weights are loaded at the end)
     if resume:
-        step, history = resume_checkpoint(ckpt, folder.path, learners, cfg, fingerprint)
+        step, history = resume_checkpoint(ckpt, folder.path, learners, cfg, fingerprint, settings)
         for ln in learners:
             ln.best_saved = ln.best_file.exists()
     for ln in learners:
@@ -318,7 +319,7 @@ def train(
                             _save_best(folder, ln)
                 stale = 0 if improved else stale + 1
                 if w.main:
-                    save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint)
+                    save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint, settings)
                 if cfg.patience is not None and stale >= cfg.patience:
                     stop_reason = f"early stop: no better {metric} in {stale} evaluations"
                     break
@@ -326,7 +327,7 @@ def train(
                 break
         if interrupted["signal"] is not None:  # also when it came during the evaluation that ended the run
             if w.main:
-                save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint)
+                save_checkpoint(folder.file(ckpt.name), learners, step, history, fingerprint, settings)
             stop = KeyboardInterrupt if interrupted["signal"] == signal.SIGINT else Terminated
             raise stop(f"at step {step}; checkpoint saved to {ckpt}, continue with --resume")
     finally:

@@ -27,7 +27,7 @@ from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.log import warn
 from tensorfold.outputs import MANIFEST, OutputFolder, check_output, guarded, write_json_atomic
-from tensorfold.recovery.checkpoints import checkpoint_folder, model_fingerprint
+from tensorfold.recovery.checkpoints import checkpoint_folder, model_fingerprint, stored_settings
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import (
     EmaTeacher,
@@ -326,8 +326,22 @@ def _recover(
         return evaluate(m, val_x, val_y, against, spec, cfg.batch_size)
 
     lr_from = "--lr"
+    # what a --resume must repeat: a resumed run on other data or at another rate would continue
+    # the schedule and the best-so-far of a different run (the rate is the one trained at); more
+    # --max-steps may extend a run
+    settings: dict[str, Any] = {
+        "data": desc,
+        "labels": y is not None,
+        "batch_size": cfg.batch_size,
+        "optimizer": cfg.optimizer,
+        "seed": cfg.seed,
+    }
+    earlier = stored_settings(ckdir.path / "last.pt") if resume else {}
+    if cfg.lr is None and isinstance(earlier.get("lr"), float):  # the interrupted run's rate, not a new search
+        cfg, lr_from = replace(cfg, lr=earlier["lr"]), "the interrupted run's (resumed)"
     if cfg.lr is None:  # no --lr: a rate for this model, found on its own data
         cfg, lr_from = choose_lr(module, teacher, tx, ty, cfg, spec, w)
+    settings["lr"] = cfg.lr
     before = check(module, teacher)
     # what every candidate model is scored against, whatever teaches it later (a moving average
     # is no judge: self-taught runs are scored on their labels)
@@ -353,6 +367,7 @@ def _recover(
             resume,
             progress,
             fingerprint=fingerprint,
+            settings=settings,
             spec=spec,
             w=w,
             peers=peer_modules,
@@ -365,7 +380,20 @@ def _recover(
             )
     else:
         outcome = train(
-            module, teacher, tx, ty, val_x, val_y, cfg, ckdir, resume, progress, fingerprint=fingerprint, spec=spec, w=w
+            module,
+            teacher,
+            tx,
+            ty,
+            val_x,
+            val_y,
+            cfg,
+            ckdir,
+            resume,
+            progress,
+            fingerprint=fingerprint,
+            spec=spec,
+            w=w,
+            settings=settings,
         )
         history, reason, best = outcome.history, outcome.stop, outcome.best
         if not w.main:  # rank 0 writes the model, the history and the report

@@ -717,3 +717,24 @@ def test_a_node_the_trainer_cannot_run_is_named_with_the_data(student, npz, tmp_
     code, text = invoke("recover", student, "--teacher", TEACHER, "--data", npz[1], "--max-steps", "2", "-o", out)
     assert_user_error(code, text, "the model does not run in the trainer on the data")
     assert "Relu node '" in text and "no kernel for this" in text and not out.exists()
+
+
+def test_a_resume_with_other_data_rate_or_optimizer_is_refused(student, npz, tmp_path):
+    """A resumed run on other data or at another rate would continue another run's schedule and
+    best-so-far (it wrote a model worse than its start); without --lr it trains at the stored rate.
+    More --max-steps may extend a run (test_resume_continues)."""
+    out = tmp_path / "r.onnx"
+    base = ("recover", student, "--teacher", TEACHER, "--max-steps", "4", "--batch-size", "8", "-o", out)
+    code, text = invoke(*base, "--data", npz[1], "--lr", "1e-4")
+    assert code == 0, text
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.load(npz[1])["x"][:300])
+    for extra, says in (
+        (("--data", other, "--lr", "1e-4"), "was trained with data"),
+        (("--data", npz[1], "--lr", "0.05"), "was trained with lr 0.0001, this run has 0.05"),
+        (("--data", npz[1], "--lr", "1e-4", "--optimizer", "sgd"), "was trained with optimizer 'adamw'"),
+    ):
+        assert_user_error(*invoke(*base, *extra, "--resume"), says)
+    code, text = invoke(*base, "--data", npz[1], "--resume", "--json")
+    assert code == 0, text
+    assert "resumed" in json.loads(text[text.index("{") :])["config"]["lr_from"]
