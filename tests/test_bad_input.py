@@ -935,6 +935,21 @@ RECOVER = [
     case("o-is-teacher", *REC, "-o", "teacher.onnx", "--teacher", "teacher.onnx", *SMALL, says="teacher.onnx"),
     case("o-is-data", *REC, "-o", "train.npz", *SMALL, says="train.npz"),
     case(
+        "classes-without-image-folder",  # was ignored silently
+        *REC,
+        "-o",
+        "out.onnx",
+        "--teacher",
+        "teacher.onnx",
+        "--data",
+        "train.npz",
+        "--classes",
+        "a,b",
+        "--max-steps",
+        "2",
+        says="--classes names the class subfolders of an image folder",
+    ),
+    case(
         "data-integers",  # pixels as int64: the trainer's Conv failed on a long tensor
         *REC,
         "-o",

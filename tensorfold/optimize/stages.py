@@ -530,7 +530,7 @@ def _output_warnings(
     what = f"output error {check.max_error:.3f}"
     if bound is not None and check.max_error > bound:
         report.warnings.append(f"{what} on {check.inputs} is above the bound {bound:g}")
-    elif o.calibration is None and o.config is None:
+    elif o.calibration is None:  # a --config replay too: the search's own error was on its inputs
         # without real samples the worst channel of a map counts too: one L2 can hide a class-score channel
         worst = max(check.max_error, check.max_channel_error)
         if check.max_channel_error > 2 * check.max_error:

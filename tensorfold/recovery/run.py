@@ -66,6 +66,16 @@ def _io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[t
     return ins, outs
 
 
+def _signature_text(model: onnx.ModelProto) -> str:
+    """Inputs -> outputs with their types, as a user reads them: x (float) -> logits (float)."""
+    ins, outs = _io_signature(model)
+
+    def named(pairs: list[tuple[str, int]]) -> str:
+        return ", ".join(f"{name} ({onnx.helper.tensor_dtype_to_np_dtype(t).name if t else '?'})" for name, t in pairs)
+
+    return f"{named(ins)} -> {named(outs)}"
+
+
 def _shape_clash(a: onnx.ModelProto, b: onnx.ModelProto) -> str | None:
     """Inputs whose fixed dims differ (a dynamic dim fits any): both must run on the same samples."""
 
@@ -208,8 +218,8 @@ def _recover(
     for p, tm in zip(paths, teacher_models):
         if _io_signature(tm) != _io_signature(student):
             raise TensorfoldError(
-                f"teacher {p} and the student differ in their inputs or outputs: "
-                f"{_io_signature(tm)} vs {_io_signature(student)}"
+                f"teacher {p} and the student differ in their inputs or outputs: the teacher takes "
+                f"{_signature_text(tm)}, the student {_signature_text(student)}"
             )
         clash = _shape_clash(tm, student)
         if clash:
@@ -225,6 +235,11 @@ def _recover(
     if len(names) > 1:  # token ids and a mask, ...: one array per input
         x, y, desc = load_input_arrays(data, names)
     else:
+        if classes and folder_kind(data) != "images":
+            raise TensorfoldError(
+                f"--classes names the class subfolders of an image folder; --data {data} is not one "
+                "(its labels are class numbers already)"
+            )
         x, y, desc = load_data(data, "train", size, channels, lazy=True, classes=classes)
     if limit:
         x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)

@@ -36,6 +36,8 @@ def test_front_is_verified_written_and_replayable(demo_model, tmp_path):
     assert count_params(replay) == point["values"]["params"]
     assert json.loads(text)["verification"]["max_relative_error"] == pytest.approx(point["values"]["error"], rel=1e-4)
     assert count_params(load_model(point["model"])) == point["values"]["params"]
+    # checked on random inputs only, a replay says so and names real samples (it said the error alone)
+    assert any("real samples" in w or "says little about real inputs" in w for w in json.loads(text)["warnings"])
 
 
 def test_cli_table_and_constraints(demo_model, tmp_path):
