@@ -288,3 +288,17 @@ def test_the_int8_stage_says_when_int8_was_not_kept():
         why
         == "int8 was not kept: the search chose 'input' (input + int8 (qdq): held-out error 0.012 (within the bound), 0.80x the speed)"
     )
+
+
+@pytest.mark.parametrize("target", ["cpu", "rx580"])
+def test_a_float_model_the_int8_step_kept_is_never_the_answer(target):
+    """Where the int8 step kept a float model, its file is no int8 model: the answer is the
+    recovered one, whatever the timings say (a pipeline answered 'recovered.int8.onnx (int8 not kept)')."""
+    from tensorfold.pipeline import INT8_NOT_KEPT, final_stage
+
+    key = "host_ms" if target == "cpu" else f"{target}_ms"
+    stages = [
+        {"stage": "recovered", "model": "recovered.onnx", key: 1.0},
+        {"stage": INT8_NOT_KEPT, "model": "recovered.int8.onnx", key: 0.97},
+    ]
+    assert final_stage(stages, target) == (stages[0], None)
