@@ -325,10 +325,37 @@ def _check_memory(model: onnx.ModelProto, input_shapes: dict, batch: int, availa
 
 
 def recover(student_path, output_path, **kwargs) -> RecoverReport:
-    """Fine-tune a factorized model with distillation; see tensorfold.recovery.run.recover."""
+    """Fine-tune a factorized model with distillation; see tensorfold.recovery.run.recover. The
+    CLI's names work too: `teacher=` for teacher_path, RecoverConfig's fields (max_steps=, lr=,
+    batch_size=, ...) as keywords or `cfg=` as a RecoverConfig or a dict, `classes=` as a list or
+    the CLI's comma-separated string."""
+    import inspect
+    from dataclasses import fields, replace
+
+    from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover as _recover
 
-    return RecoverReport.from_dict(_recover(student_path, output_path, **kwargs))
+    if "teacher" in kwargs:
+        kwargs["teacher_path"] = kwargs.pop("teacher")
+    cfg = kwargs.pop("cfg", None)
+    if isinstance(cfg, dict):
+        cfg = RecoverConfig(**cfg)
+    elif cfg is not None and not isinstance(cfg, RecoverConfig):
+        raise TypeError(f"recover(cfg=...) takes a RecoverConfig or a dict of its fields, not {type(cfg).__name__}")
+    config_fields = {f.name for f in fields(RecoverConfig)}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+    if given:
+        cfg = replace(cfg or RecoverConfig(), **given)
+    if isinstance(kwargs.get("classes"), str):
+        kwargs["classes"] = [c.strip() for c in kwargs["classes"].split(",") if c.strip()]
+    allowed = set(inspect.signature(_recover).parameters) - {"student_path", "output_path"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"recover() got unknown option(s) {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(allowed | config_fields | {'teacher', 'cfg'}))}"
+        )
+    return RecoverReport.from_dict(_recover(student_path, output_path, cfg=cfg, **kwargs))
 
 
 def search_ranks(model_path, **kwargs) -> RankSearchReport:

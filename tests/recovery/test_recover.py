@@ -738,3 +738,21 @@ def test_a_resume_with_other_data_rate_or_optimizer_is_refused(student, npz, tmp
     code, text = invoke(*base, "--data", npz[1], "--resume", "--json")
     assert code == 0, text
     assert "resumed" in json.loads(text[text.index("{") :])["config"]["lr_from"]
+
+
+def test_the_python_api_takes_the_cli_names(student, npz, tmp_path):
+    """tensorfold.api.recover with teacher=, max_steps=, cfg as a dict and classes as the CLI's
+    string (was: TypeError on teacher=, AttributeError on a dict, classes read letter by letter)."""
+    from tensorfold.api import recover as api_recover
+
+    report = api_recover(student, tmp_path / "a.onnx", teacher=TEACHER, data=str(npz[1]), max_steps=2, progress=False)
+    assert report.steps == 2
+    report = api_recover(student, tmp_path / "b.onnx", teacher=TEACHER, data=str(npz[1]), cfg={"max_steps": 1})
+    assert report.steps == 1
+    with pytest.raises(TypeError, match="unknown option"):
+        api_recover(student, tmp_path / "c.onnx", teacher=TEACHER, data=str(npz[1]), maxsteps=2)
+    folder = tmp_path / "imgs"
+    for name in ("b", "a"):
+        (folder / name).mkdir(parents=True)
+    with pytest.raises(TensorfoldError, match="--classes"):  # a string is split on commas, not into letters
+        api_recover(student, tmp_path / "d.onnx", teacher=TEACHER, data=str(folder), classes="a,b,c", max_steps=1)
