@@ -78,3 +78,20 @@ def test_any_option_combination_is_a_model_or_one_line(opts):
             assert not out.exists()
         assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
         assert sorted(p.name for p in Path(tmp).iterdir()) == sorted(["m.onnx"] + (["o.onnx"] if out.exists() else []))
+
+
+def test_the_python_api_names_a_wrong_type():
+    """From Python, ratio='2' failed as a comparison of str and int; a model path of another type
+    as Path() of it."""
+    import pytest
+
+    from tensorfold.api import compare, optimize
+    from tensorfold.demo import demo_model_path
+    from tensorfold.errors import TensorfoldError
+
+    with pytest.raises(TensorfoldError, match="ratio='2': a number is needed"):
+        optimize(demo_model_path(), None, ratio="2", progress=False)
+    with pytest.raises(TypeError, match="a model path is a str or an os.PathLike, not int"):
+        optimize(123, None)
+    with pytest.raises(TypeError, match="not list"):
+        compare([demo_model_path()], demo_model_path())

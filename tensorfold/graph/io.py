@@ -16,6 +16,8 @@ from tensorfold.outputs import atomic_path, new_file_mode, refuse_target, temp_b
 def check_model_path(path: str | os.PathLike) -> Path:
     """The model's path, or the one-line error for a missing file or a folder: said before anything
     else is checked (a folder given as the model is not "an input folder" the output lies in)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a model path is a str or an os.PathLike, not {type(path).__name__} ({path!r:.60})")
     path = Path(path)
     if not path.exists():
         raise TensorfoldError(f"{path}: no such file")

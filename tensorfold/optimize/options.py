@@ -22,6 +22,25 @@ DEFAULT_OUTPUT_ERROR = 0.05
 OUTPUT_ERROR_WARNING = 0.05
 
 
+# the options that take numbers: checked by type, for callers of the Python API
+_NUMBERS = (
+    "energy",
+    "ratio",
+    "rank",
+    "seed",
+    "threads",
+    "max_error",
+    "target_latency",
+    "speedup",
+    "holdout",
+    "max_output_error",
+    "recover",
+    "lr",
+    "batch_size",
+    "recompute_segments",
+)
+
+
 @dataclass(frozen=True)
 class OptimizeOptions:
     """Every option of `optimize`, checked once here (the CLI and Python callers build the same thing).
@@ -100,6 +119,12 @@ class OptimizeOptions:
     warm_start: bool = True
 
     def __post_init__(self) -> None:
+        for name in _NUMBERS:  # from Python a '2' would fail deep in the search, as a comparison of str and int
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TensorfoldError(
+                    f"{name}={value!r}: a number is needed (--{name.replace('_', '-')} on the command line)"
+                )
         put = functools.partial(object.__setattr__, self)
         put("include", tuple(self.include))
         put("exclude", tuple(self.exclude))
