@@ -366,59 +366,38 @@ def _recover(
     peer_reports: list[dict[str, Any]] = []
     peer_writes: list[tuple[OnnxModule, Path]] = []
     fingerprint = "+".join(model_fingerprint(m) for m in [student, *peer_models])
-    if peers:
-        # deep mutual learning: the peers train beside the student with all of its machinery
-        # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
-        peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
-        outcome = train(
-            module,
-            teacher,
-            tx,
-            ty,
-            val_x,
-            val_y,
-            cfg,
-            ckdir,
-            resume,
-            progress,
-            fingerprint=fingerprint,
-            settings=settings,
-            spec=spec,
-            w=w,
-            peers=peer_modules,
-        )
-        history, reason, best = outcome.history, outcome.stop, outcome.best
-        for i, pmod in enumerate(peer_modules, start=1):
-            peer_writes.append((pmod, peer_outputs[i - 1]))
-            peer_reports.append(
-                {"peer": str(peers[i - 1]), "output": str(peer_outputs[i - 1]), "val": check(pmod, judge)}
-            )
-    else:
-        outcome = train(
-            module,
-            teacher,
-            tx,
-            ty,
-            val_x,
-            val_y,
-            cfg,
-            ckdir,
-            resume,
-            progress,
-            fingerprint=fingerprint,
-            spec=spec,
-            w=w,
-            settings=settings,
-        )
-        history, reason, best = outcome.history, outcome.stop, outcome.best
-        if not w.main:  # rank 0 writes the model, the history and the report
-            return {
-                "rank": w.rank,
-                "world_size": w.size,
-                "output": None,
-                "steps": history.steps[-1] if history.steps else 0,
-                "stop": reason,
-            }
+    # deep mutual learning (--peer): the peers train beside the student with all of its machinery
+    # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
+    peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
+    outcome = train(
+        module,
+        teacher,
+        tx,
+        ty,
+        val_x,
+        val_y,
+        cfg,
+        ckdir,
+        resume,
+        progress,
+        fingerprint=fingerprint,
+        settings=settings,
+        spec=spec,
+        w=w,
+        peers=peer_modules or None,
+    )
+    history, reason, best = outcome.history, outcome.stop, outcome.best
+    if not w.main:  # rank 0 writes the model, the history and the report (peers never run distributed)
+        return {
+            "rank": w.rank,
+            "world_size": w.size,
+            "output": None,
+            "steps": history.steps[-1] if history.steps else 0,
+            "stop": reason,
+        }
+    for peer, pmod, path in zip(peers or [], peer_modules, peer_outputs):
+        peer_writes.append((pmod, path))
+        peer_reports.append({"peer": str(peer), "output": str(path), "val": check(pmod, judge)})
     if reason.startswith("loss became"):
         if "last good checkpoint" in reason:
             ckdir.keep()  # the message names it: --resume from it with a lower --lr
