@@ -16,6 +16,7 @@ from tensorfold.calibration.data import load_samples, parse_normalize
 from tensorfold.calibration.stats import collect_input_grams
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import check_model_path, load_model, save_model
+from tensorfold.graph.model import constant_tensors
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
 from tensorfold.graph.verify import Reference, verify_models
@@ -252,14 +253,7 @@ def profile(
                 f"{capacity / 2**30:.0f} GiB of {latency.device.name}"
             )
         rows[str(batch)] = row
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    sizes.update(  # weights held by Constant nodes (PaddlePaddle exports), as count_params counts them
-        (n.output[0], int(np.prod(a.t.dims)))
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
-    )
+    sizes = {name: int(np.prod(t.dims)) for name, t in constant_tensors(model).items()}  # Constant nodes' too
     per_node = [
         {
             "node": n.name or n.output[0],

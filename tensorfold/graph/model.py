@@ -94,16 +94,26 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every constant tensor of the top-level graph by the name nodes read it under: initializers,
+    and the value of each Constant node (PaddlePaddle exports keep their weights there)."""
+    out = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            out.update(
+                (node.output[0], a.t)
+                for a in node.attribute
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR
+            )
+    return out
+
+
 def count_params(model: onnx.ModelProto) -> int:
     """Parameters = elements of the constant tensors that hold weights, of any dtype, whether stored
     as initializers or as top-level Constant nodes (as in PaddlePaddle exports): floating-point
     constants, int8/uint8/int4/int16 weights of a quantized model, and int32 biases read by a
     DequantizeLinear. Quantization metadata (scales and zero points) and integer shapes or indices
     are not parameters: a 17M-parameter model quantized to int8 still holds 17M parameters."""
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            tensors.extend(a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR)
     metadata, biases = set(), set()
     for node in model.graph.node:
         positions = _QUANT_METADATA.get(node.op_type, ())
@@ -111,12 +121,12 @@ def count_params(model: onnx.ModelProto) -> int:
         if node.op_type == "DequantizeLinear" or node.op_type in ("QLinearConv", "QGemm"):
             biases.update(node.input)
     total = 0
-    for t in tensors:
+    for name, t in constant_tensors(model).items():
         # onnxruntime's quantizers name the scales and zero points they add (the per-channel scale a
         # dynamically quantized MatMul multiplies by is read by a plain Mul)
-        if t.name in metadata or (len(t.dims) <= 1 and t.name.endswith(("_scale", "_zero_point"))):
+        if name in metadata or (len(t.dims) <= 1 and name.endswith(("_scale", "_zero_point"))):
             continue
-        if t.data_type in _WEIGHT_TYPES or (t.data_type == onnx.TensorProto.INT32 and t.name in biases):
+        if t.data_type in _WEIGHT_TYPES or (t.data_type == onnx.TensorProto.INT32 and name in biases):
             total += int(np.prod(t.dims)) if t.dims else 1
     return total
 
