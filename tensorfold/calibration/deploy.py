@@ -158,20 +158,20 @@ def choose(
         fastest = max(c.speedup or 0.0 for c in ok)
         # of those as fast as the fastest within the timing noise, the one with the least error
         chosen = min((c for c in ok if (c.speedup or 0.0) * (1 + SPEED_MARGIN) >= fastest), key=lambda c: c.max_error)
-        better = f"ran faster than the input on {provider}"
+        better = f"ran faster than the {{}} on {provider}"
     else:
         chosen = min(ok, key=lambda c: c.size_bytes)
-        better = "is a smaller file than the input"
+        better = "is a smaller file than the {}"
     notes = []
     if chosen is base and len(candidates) > 1:
         notes.append(
             "no candidate stayed within the bound on the held-out samples: the input is kept"
             if len(ok) == 1
-            else f"no candidate within the bound {better}: the input is kept"
+            else f"no candidate within the bound {better.format('input')}: the input is kept"
         )
     elif chosen.name == LOSSLESS and len(ok) > 2:
         notes.append(
-            f"no factorized or int8 candidate within the bound {better.replace('the input', 'the exact rewrite')}"
+            f"no factorized or int8 candidate within the bound {better.format('exact rewrite')}"
             f" (by {SPEED_MARGIN:.0%}): the exact rewrite is written, its outputs the input's"
         )
     return DeployChoice(chosen, candidates, objective, label, notes)
