@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.onnxrt.inputs import _NP_TYPES, input_problem, load_inputs, model_inputs
+from tensorfold.onnxrt.inputs import as_input, load_inputs, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_HOLDOUT = 0.25
@@ -72,15 +72,10 @@ def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--cal
     counts = set()
     for v in model_inputs(model):
         arr = samples.arrays[v.name]
-        want = _NP_TYPES.get(v.type.tensor_type.elem_type)
         where = f"{option} {samples.source}: input '{v.name}'"
-        problem = input_problem(v, arr) or (
-            "is a single value; samples go along the first axis of an array" if arr.ndim == 0 else None
-        )
-        if problem:
-            raise TensorfoldError(f"{where} {problem}")
-        if want is not None and arr.dtype != want:
-            samples.arrays[v.name] = arr = arr.astype(want)
+        samples.arrays[v.name] = arr = as_input(v, arr, where)
+        if arr.ndim == 0:  # a rank-0 input: calibration needs samples along a first axis
+            raise TensorfoldError(f"{where} is a single value; samples go along the first axis of an array")
         if arr.shape[0] == 0:
             raise TensorfoldError(f"{where} holds no samples")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):

@@ -61,6 +61,16 @@ def input_problem(v: onnx.ValueInfoProto, arr: np.ndarray) -> str | None:
     return None
 
 
+def as_input(v: onnx.ValueInfoProto, arr: np.ndarray, where: str) -> np.ndarray:
+    """`arr` cast to input `v`'s number type (float64 samples for a float32 input, ...), or one
+    line, prefixed by `where`, saying why it cannot feed `v` (input_problem)."""
+    problem = input_problem(v, arr)
+    if problem:
+        raise TensorfoldError(f"{where} {problem}")
+    want = _NP_TYPES.get(v.type.tensor_type.elem_type)
+    return arr.astype(want) if want is not None and arr.dtype != want else arr
+
+
 def parse_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
     """`name:1,3,224,224` (repeatable) -> {name: [1, 3, 224, 224]}."""
     shapes = {}
@@ -247,12 +257,7 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
         n, arr = v.name, arrays[v.name]
         if arr.size == 0:  # a scalar input (a sample rate) is one value, not zero samples
             raise TensorfoldError(f"{option} {path}: input '{n}' holds no samples (shape {list(arr.shape)})")
-        problem = input_problem(v, arr)
-        if problem:
-            raise TensorfoldError(f"{option} {path}: input '{n}' {problem}")
-        want = _NP_TYPES.get(v.type.tensor_type.elem_type)
-        if want is not None and arr.dtype != want:  # float64 samples for a float32 input, ...
-            arrays[n] = arr = arr.astype(want)
+        arrays[n] = arr = as_input(v, arr, f"{option} {path}: input '{n}'")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise TensorfoldError(
                 f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified on them"
