@@ -40,9 +40,8 @@ SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
 # latency: a candidate with more error must be this much faster than one with less to be picked. Two
 # timings of one model in one interleaved run differed by 1.2% on PP-OCR det (20 ms: int8 1.75x and
 # the identical factorized + int8 1.73x) and by 0.6% on rec (24 ms), so a gain under 3% is not worth
-# any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md)
-# and two rows of one cls model 1.53x and 1.66x in a development run; there the margin does not
-# separate noise from gain.
+# any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md),
+# and there the margin does not separate noise from gain.
 SPEED_MARGIN = 0.03
 # the candidates are timed for at least `rounds` rounds and, where the models are small, for as many
 # more as fit this many seconds of timed runs (each round also runs every model once untimed)
@@ -141,8 +140,8 @@ def choose(
     call = next(iter(chunks(base.model, feeds, max_batch=1)))
     jobs: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]] = [(c.model, call) for c in candidates]
     stats = measure_interleaved(jobs, provider, threads, rounds=rounds)
-    # a small model gets more rounds, up to TIMING_BUDGET_S: on the 0.1 ms demo CNN two copies of one
-    # model read 0.91-1.16x of each other over 15 rounds and within 4% over 300
+    # a small model gets more rounds, up to TIMING_BUDGET_S: on the 0.1 ms demo CNN copies of one model
+    # read 0.90-1.31x of each other over 15 rounds, 0.94-1.02x over 300 (tools/bench_timing_noise.py)
     per_round = sum(s.median for s in stats) / 1e3
     more = min(MAX_ROUNDS, int(TIMING_BUDGET_S / per_round)) if per_round > 0 else rounds
     if more > rounds:
