@@ -543,7 +543,7 @@ def _output_warnings(
             )
         elif o.inputs is None and report.layers:
             # random inputs excite directions real ones do not: PP-OCR cls at --ratio 2 measured
-            # 0.028 on them and 0.76 (48% argmax agreement) on 48 real text lines
+            # 0.028 on them and 0.76 (48% argmax agreement) on 48 real text lines (tools/bench_random_inputs.py)
             report.warnings.append(
                 f"{what} was measured on {check.inputs} only, which says little about real inputs: "
                 "check with real samples (--inputs FILE, or --calibration FILE to fit and bound on them)"
