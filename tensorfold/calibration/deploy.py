@@ -37,10 +37,9 @@ LOSSLESS = "exact rewrite"
 # at 0.05: factorizing at half the bound leaves int8 room to quantize most nodes
 INT8_SPLITS = (0.5,)
 SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
-# latency: a candidate with more error must be this much faster than one with less to be picked. Two
-# timings of one model in one interleaved run differed by 1.2% on PP-OCR det (20 ms: int8 1.75x and
-# the identical factorized + int8 1.73x) and by 0.6% on rec (24 ms), so a gain under 3% is not worth
-# any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md),
+# latency: a candidate with more error must be this much faster than one with less to be picked.
+# Identical models in one interleaved run of docs/results/deploy.md differ by 1.3% (PP-OCR rec, 23 ms:
+# 1.59x and 1.61x; cls: 1.51-1.53x), so a gain under 3% is not worth any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md),
 # and there the margin does not separate noise from gain.
 SPEED_MARGIN = 0.03
 # the candidates are timed for at least `rounds` rounds and, where the models are small, for as many
