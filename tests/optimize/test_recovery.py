@@ -317,7 +317,9 @@ def test_int8_comes_last_inside_the_same_bound(samples, tmp_path):
     report = optimize(DEMO, out, recover=4, lr=1e-4, int8=True, **kwargs)
     names = [c["name"] for c in report.deploy["candidates"]]
     assert any("int8" in n for n in names) and any("factorized" in n for n in names)
-    assert report.verification.max_error <= 0.2 and out.is_file()
+    # the input is written back where no candidate is faster beyond the timing noise (a 0.1 ms model):
+    # then there is nothing to verify; otherwise the written model is within the bound
+    assert (report.deploy["chosen"] == "input" or report.verification.max_error <= 0.2) and out.is_file()
     assert report.recovery is not None and any("before_recovery" in t for t in report.budget_search)
     from rich.console import Console
 
