@@ -548,8 +548,8 @@ def recover_cmd(
 @click.option("--methods", help="comma-separated methods (tucker,cp,tt,svd,auto)")
 @click.option("--ratios", help="comma-separated compression ratios over the factorizable layers")
 @click.option("--width", type=_POSITIVE_FLOAT, help="width multiplier of the zoo models")
-@click.option("--epochs", type=_COUNT, help="baseline training epochs")
-@click.option("--steps", type=_COUNT, help="recovery steps per row")
+@click.option("--epochs", type=_POSITIVE, help="baseline training epochs")
+@click.option("--steps", type=_COUNT, help="recovery steps per row (0: the compressed model unrecovered)")
 @click.option("--data", default="fashion-mnist", show_default=True)
 @click.option(
     "-o",

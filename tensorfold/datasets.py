@@ -389,6 +389,11 @@ def adaptation(x: np.ndarray, input_shape: list) -> str | None:
     return "the samples do not fit the model's input as they are: " + " and ".join(changes)
 
 
+def image_channels(x: np.ndarray) -> int:
+    """How many channels images of `x` have ((N, H, W): 1; NCHW or NHWC: their C), as prepare_inputs reads them."""
+    return int(prepare_inputs(np.asarray(x)[:1], [1, -1, -1, -1]).shape[1])
+
+
 def prepare_inputs(
     x: np.ndarray,
     input_shape: list,

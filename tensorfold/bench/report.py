@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 from tensorfold.outputs import atomic_path, check_output_dir, write_text_atomic
 
 
@@ -17,14 +18,24 @@ def load_rows(results: Path) -> list[dict]:
         raise TensorfoldError(f"{path}: no benchmark rows (run `tensorfold bench` first)")
     rows = {}
     try:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["key"]] = row  # a re-run row replaces the older one
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise TensorfoldError(
-            f"{path}: not benchmark rows (one JSON object per line): {str(exc).splitlines()[0][:160]}"
-        ) from None
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise TensorfoldError(f"{path}: not benchmark rows (one JSON object per line)") from None
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["key"]] = row  # a re-run row replaces the older one
+        except (ValueError, KeyError, TypeError) as exc:
+            if number == len(lines) and not text.endswith("\n"):  # a run killed while writing its last row
+                warn(f"{path}: line {number} was cut short (an interrupted run) and is left out")
+                break
+            raise TensorfoldError(
+                f"{path}: line {number} is not a benchmark row (one JSON object per line): "
+                f"{str(exc).splitlines()[0][:160]}"
+            ) from None
     return list(rows.values())
 
 

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.bench.train import Recipe, baseline
-from tensorfold.datasets import load_data, prepare_inputs
-from tensorfold.errors import TensorfoldError
+from tensorfold.bench.train import Recipe, baseline, cache_path, check_fits, is_cached
+from tensorfold.datasets import image_channels, load_data, prepare_inputs
+from tensorfold.errors import TensorfoldError, Terminated
 from tensorfold.graph.model import count_params
 from tensorfold.outputs import OutputFolder, write_text_atomic
 from tensorfold.runtime.evaluation import evaluate_onnx
@@ -107,11 +108,14 @@ def suite_from_options(
             cfg["ratios"] = tuple(float(r) for r in ratios.split(","))
         except ValueError:
             raise TensorfoldError(f"--ratios '{ratios}': expected numbers like 4,8") from None
-    if width:
+        small = [f"{r:g}" for r in cfg["ratios"] if not r > 1]
+        if small:
+            raise TensorfoldError(f"--ratios: each ratio must be > 1 (got {', '.join(small)})")
+    if width is not None:
         cfg["width"] = width
-    if epochs:
+    if epochs is not None:
         cfg["recipe"] = replace(cfg["recipe"], epochs=epochs)
-    if steps:
+    if steps is not None:
         cfg["steps"] = steps
     label = f"{suite} suite, baseline trained on {'cuda' if torch.cuda.is_available() else 'cpu'}"
     return Suite(**cfg, data=data, label=label)
@@ -161,6 +165,8 @@ def _latency(model_path: Path, original: Path, x: np.ndarray) -> dict:
     for batch in (1, 32):
         cmp = compare(str(model_path), str(original), {name: with_batch({"x": x}, batch)["x"]}, runs=20, warmup=3)
         out[f"latency_ms_b{batch}"] = round(cmp.a.median, 4)
+        # the ratio is of this comparison's own timings: another row's time of the original differs by the noise
+        out[f"original_latency_ms_b{batch}"] = round(cmp.b.median, 4)
         out[f"latency_ratio_b{batch}"] = round(cmp.speedup, 4)  # original time / this time
     out["latency_ratio"] = out["latency_ratio_b1"]
     out["peak_memory_mb_b32"] = peak_memory_mb(model_path, with_batch({"x": x}, 32)["x"])
@@ -178,6 +184,7 @@ def _measure(path: Path, original: Path, base: dict, tx, ty, x_lat) -> dict:
         "flops": stats.flops,
         "size_bytes": path.stat().st_size,
         "accuracy": evaluate_onnx(path, tx, ty),
+        "test_samples": len(ty),  # the suite's test images (the baseline's own accuracy is on all of them)
     }
     row.update(
         {
@@ -220,6 +227,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, log=print) -> list[dict]:
+    import torch
+
     from tensorfold.api import optimize
     from tensorfold.recovery.config import RecoverConfig
     from tensorfold.recovery.run import recover
@@ -232,12 +241,17 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
     env = _environment()
     x, y, _ = load_data(suite.data, "train")
     tx, ty, _ = load_data(suite.data, "test")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    in_ch = image_channels(x)
+    size = tuple(prepare_inputs(x[:1], [1, in_ch, -1, -1]).shape[-2:])
+    for model in suite.models:  # a baseline that cannot be trained here is refused before any is
+        if not is_cached(cache_path(model, suite.width, suite.data, suite.recipe, cache)):
+            check_fits(model, suite.width, in_ch, size, suite.recipe.batch_size, device)
     folder.open()
     folder.file("rows.jsonl")
     folder.file("models")
     if suite.test_limit:
         tx, ty = tx[: suite.test_limit], ty[: suite.test_limit]
-    in_ch = 1 if x.ndim == 3 else 3
     calib = prepare_inputs(x[: suite.calibration], [1, in_ch, -1, -1])
     tx = prepare_inputs(tx, [1, in_ch, -1, -1])
     x_lat = tx[:32]
@@ -246,9 +260,13 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
     def emit(row):
         row.update(env)
         row["label"] = suite.label
+        again = row["key"] in done  # a row measured again (its pair was cut short) replaces the old one
         done[row["key"]] = row
-        with open(rows_path, "a") as fh:  # one line per row: an interrupted run loses at most the row in flight
-            fh.write(json.dumps(row) + "\n")
+        if again:
+            write_text_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        else:
+            with open(rows_path, "a") as fh:  # one line per row: an interrupted run loses at most the row in flight
+                fh.write(json.dumps(row) + "\n")
         if "error" in row:
             log(f"{row['key']}: failed: {row['error']}")
         else:
@@ -313,18 +331,25 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
                     )
                     continue
                 compressed_accuracy = evaluate_onnx(small, tx, ty)
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-                r = recover(
-                    small,
-                    rec,
-                    teacher_path=original,
-                    data=suite.data,
-                    cfg=RecoverConfig(max_steps=suite.steps, batch_size=128, device=device),
-                    progress=progress,
-                    limit=suite.recipe.train_limit,
-                )
+                if suite.steps:
+                    try:
+                        r = recover(
+                            small,
+                            rec,
+                            teacher_path=original,
+                            data=suite.data,
+                            cfg=RecoverConfig(max_steps=suite.steps, batch_size=128, device=device),
+                            progress=progress,
+                            limit=suite.recipe.train_limit,
+                        )
+                    except (KeyboardInterrupt, Terminated) as exc:  # recover's own hint names its --resume
+                        raise type(exc)(
+                            f"during {key}; the rows so far are in {rows_path}: the same command continues "
+                            f"from this row"
+                        ) from None
+                else:  # --steps 0: the compressed model as it is
+                    shutil.copyfile(small, rec)
+                    r = {"steps": 0, "seconds": 0.0}
                 row = dict(
                     common,
                     key=key,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorfold.datasets import load_data, prepare_inputs
+from tensorfold.datasets import image_channels, load_data, prepare_inputs
+from tensorfold.errors import TensorfoldError
 from tensorfold.runtime.evaluation import evaluate_onnx
 
 
@@ -38,6 +39,68 @@ def _augment(xb, rng):
     return out
 
 
+def cache_path(model: str, width: float, data: str, recipe: Recipe, cache: Path) -> Path:
+    """Where the baseline of (model, width, data, recipe) is kept."""
+    parts: list[object] = [model, width, data, asdict(recipe)]
+    if Path(data).is_file():  # a user's file: another file at that path (or the same one changed) is other data
+        stat = Path(data).stat()
+        parts.append([str(Path(data).resolve()), stat.st_size, stat.st_mtime_ns])
+    key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"{model}-w{width:g}-{key}.onnx"
+
+
+def is_cached(path: Path) -> bool:
+    return path.exists() and path.with_suffix(".json").exists()
+
+
+def training_bytes(model: str, width: float, in_channels: int, size: tuple[int, int], batch: int) -> int:
+    """What training `model` at `width` holds at its peak, estimated without allocating: the network
+    is built on torch's meta device. Parameters, their gradients and SGD's momentum (plus an export
+    copy: 16 bytes a parameter), and twice the activations autograd saves for one batch (the saved
+    tensors and, in the backward pass, their gradients)."""
+    import torch
+
+    from tensorfold.bench.zoo import build
+
+    with torch.device("meta"):
+        net = build(model, 10, in_channels, width)
+        x = torch.zeros(batch, in_channels, *size)
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        if not (t.is_leaf and t.requires_grad):  # a parameter does not grow with the batch
+            saved += t.untyped_storage().nbytes()
+        return t
+
+    net.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    return 16 * sum(p.numel() for p in net.parameters()) + 2 * saved
+
+
+def check_fits(model: str, width: float, in_channels: int, size: tuple[int, int], batch: int, device: str) -> None:
+    """One line, before any work, when training the baseline cannot fit the device's free memory
+    (--width 100 made ResNet-18 1.7 TB of parameters, and the kernel killed the run at 23 GB)."""
+    import torch
+
+    from tensorfold.runtime.latency import available_memory_bytes
+
+    if device.startswith("cuda"):
+        free = int(torch.cuda.mem_get_info(torch.device(device))[0])
+    else:
+        free = available_memory_bytes() or 0
+    if not free:
+        return
+    need = training_bytes(model, width, in_channels, size, batch)
+    if need > free:
+        raise TensorfoldError(
+            f"training {model} at width {width:g} needs about {need / 2**30:.1f} GiB "
+            f"(batch {batch}), more than the {free / 2**30:.1f} GiB free on {device.split(':')[0]}: "
+            f"ask for a smaller --width"
+        )
+
+
 def baseline(
     model: str, width: float, data: str, recipe: Recipe, cache: Path, device: str | None = None, progress: bool = True
 ) -> tuple[Path, dict]:
@@ -48,10 +111,9 @@ def baseline(
     from tensorfold.bench.zoo import build
     from tensorfold.export import export_onnx
 
-    key = hashlib.sha1(json.dumps([model, width, data, asdict(recipe)], sort_keys=True).encode()).hexdigest()[:12]
-    path = cache / f"{model}-w{width:g}-{key}.onnx"
+    path = cache_path(model, width, data, recipe, cache)
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
+    if is_cached(path):
         return path, json.loads(meta_path.read_text())
     cache.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,13 +121,14 @@ def baseline(
     if recipe.train_limit:
         x, y = x[: recipe.train_limit], y[: recipe.train_limit]
     tx, ty, _ = load_data(data, "test")
-    in_ch = 1 if x.ndim == 3 else 3
+    in_ch = image_channels(x)
     x = prepare_inputs(x, [1, in_ch, -1, -1])
     tx = prepare_inputs(tx, [1, in_ch, -1, -1])
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     net = build(model, 10, in_ch, width).to(device)
-    steps = recipe.epochs * (len(x) // recipe.batch_size)
+    batch = min(recipe.batch_size, len(x))  # a user's set smaller than one batch trains on all of it
+    steps = recipe.epochs * (len(x) // batch)
     opt = torch.optim.SGD(
         net.parameters(), lr=recipe.max_lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
     )
@@ -76,8 +139,8 @@ def baseline(
     for _ in range(recipe.epochs):
         net.train()
         order = torch.from_numpy(rng.permutation(len(x)))
-        for i in range(len(x) // recipe.batch_size):
-            idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+        for i in range(len(x) // batch):
+            idx = order[i * batch : (i + 1) * batch]
             xb = xt[idx]
             if recipe.augment:
                 xb = _augment(xb, rng)

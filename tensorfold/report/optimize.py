@@ -125,9 +125,8 @@ class OptimizeReport(Report):
                 value = f"{o.relative_error:.3e} rel. error" if o.kind == "float" else f"{o.agreement:.2%} agree"
                 if o.argmax_agreement is not None:
                     value += f", argmax {o.argmax_agreement:.2%} agree"
-                if o.worst_channel and o.worst_channel["relative_error"] > 2 * (o.relative_error or 0):
-                    w = o.worst_channel
-                    value += f"; channel {w['index']} (axis {w['axis']}): {w['relative_error']:.3e}"
+                if notes := o.channel_notes():
+                    value += f"; {notes}"
                 summary.add_row(f"output {o.name}", "", value, "")
         console.print(summary)
         if self.verification:

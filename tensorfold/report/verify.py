@@ -25,6 +25,8 @@ class VerifyReport(Verification, Report):
             if o.kind == "float":
                 argmax = "" if o.argmax_agreement is None else f", argmax {o.argmax_agreement:.2%} agree"
                 console.print(f"{o.name}: relative error {o.relative_error:.3e}, max abs {o.max_abs_error:.3e}{argmax}")
+                if notes := o.channel_notes():
+                    console.print(f"  {notes}")
             else:
                 console.print(f"{o.name}: {o.agreement:.2%} of elements equal")
             if o.shape_changes:

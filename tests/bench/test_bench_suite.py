@@ -53,6 +53,14 @@ def test_smoke_suite_report_and_resume(tmp_path):
     logged = []
     run_suite(_tiny(), out, tmp_path / "cache", progress=False, log=logged.append)
     assert len(logged) == 2 and all("tucker/x4" in m for m in logged)  # the pair (float and int8) redone
+    keys = [json.loads(line)["key"] for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted(set(keys))  # the float row measured again replaced its old line
+    row = json.loads((out / "rows.jsonl").read_text().splitlines()[-1])
+    # a row's ratio is of its own comparison, whose timing of the original it carries
+    assert row["original_latency_ms_b1"] > 0 and row["test_samples"] == 300
+    # --steps 0: the compressed model as it is, no recovery
+    plain = run_suite(replace(_tiny(), steps=0), tmp_path / "plain", tmp_path / "cache", progress=False, log=print)
+    assert next(r for r in plain if r["key"] == "resnet18/w0.125/tucker/x4")["recover_steps"] == 0
     info = write_report(out, tmp_path / "report")
     assert Path(info["markdown"]).read_text().count("| tucker |") == 2
     assert json.loads(Path(info["json"]).read_text()) and info["plots"]
@@ -115,6 +123,36 @@ def test_bench_bad_input(tmp_path):
     assert result.exit_code == 2 and "unknown model" in result.output
     result = runner.invoke(main, ["bench", "report", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no benchmark rows" in result.output
+    for args, message in (
+        (["--ratios", "0.5,4"], "each ratio must be > 1 (got 0.5)"),
+        (["--epochs", "0"], "0 is not in the range x>=1"),
+    ):
+        result = runner.invoke(main, ["bench", "-o", str(tmp_path / "new"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "new").exists()
+
+
+@needs_data
+def test_a_width_that_cannot_be_trained_here_is_refused_before_any_work(tmp_path):
+    """--width 100 made ResNet-18 110 billion parameters; the kernel killed the run at 23 GB."""
+    from tensorfold.bench.train import training_bytes
+
+    small, full = (training_bytes("resnet18", w, 1, (28, 28), 128) for w in (0.25, 1.0))
+    assert 0 < small < full < 2**32  # full width: some GB, as trained on the benchmark's GPU
+    result = CliRunner().invoke(main, ["bench", "-o", str(tmp_path / "wide"), "--width", "100"])
+    assert result.exit_code == 2 and "needs about" in result.output and "smaller --width" in result.output
+    assert not (tmp_path / "wide").exists()
+
+
+def test_a_row_cut_short_is_left_out_of_the_report_and_a_bad_line_is_named(tmp_path):
+    from tensorfold.errors import TensorfoldError
+
+    (tmp_path / "rows.jsonl").write_text('{"key": "a"}\n{"key": "b", "acc')
+    assert [r["key"] for r in load_rows(tmp_path)] == ["a"]
+    assert (tmp_path / "rows.jsonl").read_text().endswith('"acc')  # the report writes nothing into the results
+    (tmp_path / "rows.jsonl").write_text('{"key": "a"}\n{"key": "b", "acc\n{"key": "c"}\n')
+    with pytest.raises(TensorfoldError, match="line 2 is not a benchmark row"):
+        load_rows(tmp_path)
 
 
 @pytest.mark.parametrize("name,params", [("resnet18", 11_172_810), ("vgg16", 14_722_890), ("mobilenetv2", 2_236_106)])

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from tensorfold.cli import main
-from tensorfold.graph.verify import OutputAccumulator, Reference, spread_of
+from tensorfold.graph.verify import OutputAccumulator, Reference, Verification, compare_outputs, spread_of
 
 
 def _model(op_nodes, const=None):
@@ -61,9 +61,51 @@ def test_a_channel_group_far_off_shows_although_the_overall_error_is_small():
     from tensorfold.graph.verify import compare_outputs
 
     check = compare_outputs([ref], [got], ["out"])[0]
-    assert check.relative_error < 0.01
+    whole = np.linalg.norm(ref.astype(np.float64) - got) / np.linalg.norm(ref.astype(np.float64))
+    assert whole < 0.01  # what one L2 over the output reads
     assert check.worst_channel["index"] == 7 and check.worst_channel["axis"] == 1
     assert abs(check.worst_channel["relative_error"] - 2.0) < 1e-6
+    # boxes and scores are ~640x apart in scale: each is judged alone, and the output's error is the scores'
+    s64, g64 = ref[:, 4:].astype(np.float64), got[:, 4:].astype(np.float64)
+    scores_error = np.linalg.norm(s64 - g64) / np.linalg.norm(s64)
+    assert [g["channels"] for g in check.scale_groups] == ["0-3", "4-9"]
+    assert abs(check.relative_error - scores_error) < 1e-6 and check.relative_error > 0.5
+    assert "4-9: " in check.channel_notes()
+
+
+def test_a_yolo_head_whose_scores_all_vanish_fails_the_bound():
+    """int8 with one scale over boxes (pixels) and scores (0-1) rounded every score to 0: nudenet's
+    YOLOv8n read 0.03 over the whole output and passed a 0.05 bound with no detection left."""
+    rng = np.random.default_rng(1)
+    ref = np.concatenate([rng.uniform(0, 320, (8, 4, 50)), rng.uniform(0, 0.05, (8, 18, 50))], axis=1)
+    got = ref.copy()
+    got[:, 4:] = 0.0
+    acc = OutputAccumulator("output0", None)
+    acc.add(ref, got, 8)
+    check = Verification("passed", "test", [acc.result()], [acc.sample_tallies()])
+    assert abs(check.max_error - 1.0) < 1e-9 and not check.within(0.05)
+    (lo, hi), n = spread_of([acc.sample_tallies()])  # the interval is of the judged error too
+    assert n == 8 and lo > 0.99
+
+
+def test_channels_of_one_scale_are_judged_as_one_output():
+    """Segmentation logits or a feature map: channels 10x apart are one quantity, no groups."""
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(4, 5, 30)) * np.array([10.0, 3.0, 2.0, 1.0, 1.0])[None, :, None]
+    got = ref + rng.normal(size=ref.shape) * 0.01
+    check = compare_outputs([ref], [got], ["y"])[0]
+    assert check.scale_groups is None
+    assert abs(check.relative_error - np.linalg.norm(ref - got) / np.linalg.norm(ref)) < 1e-9
+
+
+def test_scale_groups_split_at_the_gap_and_keep_dead_channels_with_the_smallest():
+    from tensorfold.graph.verify import channel_span, scale_groups
+
+    energy = np.array([1e4, 2e4, 1e-1, 3e-1, 0.0, 5e-2])
+    groups = scale_groups(energy)
+    assert [channel_span(g) for g in groups] == ["0-1", "2-5"]
+    assert scale_groups(np.array([1.0, 5.0, 40.0])) is None  # RMS at most 2.8x apart
+    assert channel_span(np.array([0, 2, 5, 6, 7])) == "0,2,5-7"
 
 
 def test_channels_are_dropped_when_axis_one_changes_between_calls():

@@ -145,7 +145,7 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     search_seconds = time.perf_counter() - start
     if not candidates:
         raise TensorfoldError("the budget ended before any candidate was scored; raise --budget-minutes")
-    front, chosen = _choose(candidates, opts.objectives)
+    front, chosen = _choose(candidates, opts.objectives, {"latency": opts.max_latency, "memory": opts.max_memory_mb})
     # steps the user left to the plan end with the budget, whatever the search left over
     final_deadline = start + budget_s - FINAL_OVERHEAD_S if opts.final_steps is None else None
     # (the plan's steps sized the reserve for the slowest network; the chosen one trains up to the
@@ -260,15 +260,36 @@ def _run_darts(opts: NasOptions, plan, split, start: float):
             plan.notes.append(f"DARTS supernet at {widths[k + 1]} channels: at {width}, {exc.short}")
 
 
-def _choose(candidates, objectives):
+# each constraint: its option, the metric it bounds, the unit shown
+_CONSTRAINTS = {"latency": ("--max-latency", "ms"), "memory": ("--max-memory-mb", "MB")}
+
+
+def _unmet(candidates, bounds: dict) -> str | None:
+    """The line saying what no candidate met and how close each bound came; None when one met them all."""
+    if any(all(v is None or c.metrics[m] <= v for m, v in bounds.items()) for c in candidates):
+        return None
+    given = {m: v for m, v in bounds.items() if v is not None}
+    least = {m: min(c.metrics[m] for c in candidates) for m in given}
+    failed = [m for m in given if least[m] > given[m]] or list(given)  # none alone: they fail together
+    seen = f"the least of {len(candidates)}:" if len(candidates) > 1 else "it has"
+    parts = [f"{_CONSTRAINTS[m][0]} {given[m]:g} ({seen} {least[m]:.3f} {_CONSTRAINTS[m][1]})" for m in failed]
+    together = " together" if len(failed) > 1 and all(least[m] <= given[m] for m in failed) else ""
+    if candidates[0].values:
+        return f"no candidate met {' and '.join(parts)}{together}"
+    return f"the network (DARTS' or --genotype's: nothing to choose from) does not meet {' and '.join(parts)}"
+
+
+def _choose(candidates, objectives, bounds: dict):
+    """The front and the chosen network; one line when no candidate meets the constraints (a single
+    network from DARTS or --genotype included: it is checked, not searched)."""
     from tensorfold.search.pareto import front as pareto_front
 
+    unmet = _unmet(candidates, bounds)
+    if unmet is not None:
+        raise TensorfoldError(unmet)
     if not candidates[0].values:  # DARTS or a given genotype: one network, nothing to choose
         return candidates, candidates[0]
     front = pareto_front(candidates, objectives)
-    if not front:
-        best = min(c.metrics["latency"] for c in candidates)
-        raise TensorfoldError(f"no candidate met --max-latency (the fastest of {len(candidates)} took {best:.3f} ms)")
     # the front's most accurate point, or the best on the single objective
     key = "accuracy" if "accuracy" in objectives else objectives[0]
     sign = 1 if DIRECTIONS[key] == "maximize" else -1

@@ -91,5 +91,25 @@ def test_choosing_fails_clearly_when_nothing_meets_the_constraint():
     from tensorfold.search.nas.run import _choose
 
     hist = random_search(_constrained(("accuracy",), -1.0), time.perf_counter() + 60, np.random.default_rng(0), 3, 5)
-    with pytest.raises(TensorfoldError, match="no candidate met --max-latency"):
-        _choose(hist, ("accuracy",))
+    with pytest.raises(TensorfoldError, match="no candidate met --max-latency -1"):
+        _choose(hist, ("accuracy",), {"latency": -1.0, "memory": None})
+    # the constraint that failed is the one named, with the least value seen
+    for s in hist:
+        s.metrics["memory"] = 2.0
+    least = min(s.metrics["latency"] for s in hist)
+    with pytest.raises(TensorfoldError, match=r"no candidate met --max-memory-mb 1 \(the least of 5: 2.000 MB\)$"):
+        _choose(hist, ("accuracy",), {"latency": least, "memory": 1.0})
+
+
+def test_a_single_network_is_held_to_the_constraints_too():
+    """DARTS and --genotype give one network: it is checked, not chosen (the constraints were ignored)."""
+    import pytest
+
+    from tensorfold.errors import TensorfoldError
+    from tensorfold.search.nas.run import _choose
+    from tensorfold.search.nas.strategies import Scored
+
+    one = [Scored(0, None, [], {"latency": 0.3, "memory": 0.2}, 0.0)]
+    with pytest.raises(TensorfoldError, match=r"does not meet --max-memory-mb 0.001 \(it has 0.200 MB\)"):
+        _choose(one, ("accuracy",), {"latency": None, "memory": 0.001})
+    assert _choose(one, ("accuracy",), {"latency": 1.0, "memory": 1.0})[1] is one[0]
