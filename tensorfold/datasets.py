@@ -161,18 +161,14 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndar
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays of inputs: key `x` (or `inputs`/`images`, or the one array besides the labels, named
-    as the model's input is, as `--inputs` files are), optional `y` (or `labels`)."""
+def load_npz(path: str | os.PathLike, input_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays of inputs: key `x` (or `inputs`/`images`, or the array named as the model's input
+    `input_name` is, as `--inputs` files are), optional `y` (or `labels`)."""
     data = read_npz(path, "--data", "x=images, y=labels")
-    x_key = next((k for k in ("x", "inputs", "images") if k in data), None)
-    others = [k for k in data if k not in ("y", "labels")]
-    if x_key is None and len(others) == 1:
-        x_key = others[0]
+    x_key = next((k for k in ("x", "inputs", "images", input_name) if k is not None and k in data), None)
     if x_key is None:
-        raise TensorfoldError(
-            f"{path}: no array named x, inputs or images, and not one array besides the labels (it has {sorted(data)})"
-        )
+        named = f", nor {input_name} (the model's input)" if input_name not in (None, "x", "inputs", "images") else ""
+        raise TensorfoldError(f"{path}: no array named x, inputs or images{named} (it has {sorted(data)})")
     y_key = next((k for k in ("y", "labels") if k in data), None)
     x = data[x_key]
     if x.ndim == 0 or len(x) == 0:
@@ -329,11 +325,13 @@ def load_data(
     channels: int = 3,
     lazy: bool = False,
     classes: list[str] | None = None,
+    input_name: str | None = None,
 ) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
     """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
     subfolder or not), or an .npz file. `size`/`channels` apply to image folders; `lazy`: an image
     folder comes back as ImageFiles (decoded per batch) instead of one array; `classes`: an image
-    folder's class subfolders in label order (see calibration.data.class_order).
+    folder's class subfolders in label order (see calibration.data.class_order); `input_name`: the
+    model's input, an .npz array that may hold the inputs besides x/inputs/images.
 
     Returns (inputs, labels or None, a description)."""
     if spec in ("fashion-mnist", "fmnist"):
@@ -343,7 +341,7 @@ def load_data(
     if path.suffix == ".npz":
         if not path.is_file():
             raise TensorfoldError(f"--data {path}: no such file")
-        x, y = load_npz(path)
+        x, y = load_npz(path, input_name)
         return x, y, f"{path.name} ({len(x)} inputs{'' if y is not None else ', unlabelled'})"
     if not path.is_dir():
         raise TensorfoldError(f"--data {spec}: not fashion-mnist, an .npz file or a folder")

@@ -110,3 +110,20 @@ def test_adaptation_says_what_prepare_inputs_changes():
     assert "repeated from 1 channel(s) to 3" in said and "resized from 28x28 to 32x32" in said
     assert "averaged from 3" in adaptation(np.zeros((2, 16, 16, 3), np.float32), [1, 1, 16, 16])
     assert adaptation(np.zeros((2, 3, 8, 8), np.float32), [-1, 3, -1, -1]) is None  # dynamic dims fit anything
+
+
+def test_an_npz_array_is_taken_as_inputs_only_by_a_known_name(tmp_path):
+    """recover --data took a lone array of any name, where optimize and verify refuse it."""
+    import numpy as np
+    import pytest
+
+    from tensorfold.datasets import load_npz
+    from tensorfold.errors import TensorfoldError
+
+    path = tmp_path / "d.npz"
+    np.savez(path, image=np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(TensorfoldError, match=r"no array named x, inputs or images, nor pixels \(the model's input\)"):
+        load_npz(path, "pixels")
+    np.savez(path, pixels=np.zeros((2, 3, 4, 4), np.float32), y=np.array([0, 1]))
+    x, y = load_npz(path, "pixels")
+    assert x.shape == (2, 3, 4, 4) and list(y) == [0, 1]

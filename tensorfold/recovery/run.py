@@ -240,7 +240,7 @@ def _recover(
                 f"--classes names the class subfolders of an image folder; --data {data} is not one "
                 "(its labels are class numbers already)"
             )
-        x, y, desc = load_data(data, "train", size, channels, lazy=True, classes=classes)
+        x, y, desc = load_data(data, "train", size, channels, lazy=True, classes=classes, input_name=names[0])
     if limit:
         x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)
     if isinstance(x, ImageFiles):
