@@ -637,9 +637,7 @@ def search_group():
 @click.option(
     "--recover-steps",
     type=_COUNT,
-    default=100,
-    show_default=True,
-    help="accuracy objective: distilled fine-tuning steps per trial before validation (0: none)",
+    help="accuracy objective: distilled fine-tuning steps per trial before validation (0: none)  [default: 100]",
 )
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for the error objective")

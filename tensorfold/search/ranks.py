@@ -29,6 +29,7 @@ from tensorfold.graph.io import load_model, save_model
 from tensorfold.graph.model import count_params
 from tensorfold.graph.normalize import normalize
 from tensorfold.graph.verify import verify_models
+from tensorfold.log import warn
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import parse_shapes
 from tensorfold.outputs import OutputFolder, guard_inputs, write_json_atomic
@@ -44,6 +45,9 @@ SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
 
 class TrialFailed(Exception):
     """A trial that could not be measured; Optuna records it as failed and the search goes on."""
+
+
+RECOVER_STEPS = 100  # the accuracy objective's distilled fine-tuning per trial, unless --recover-steps
 
 
 def make_sampler(
@@ -91,7 +95,7 @@ class RankSearchOptions:
     threads: int = 0
     latency_runs: int = 20
     data: str | None = None
-    recover_steps: int = 100
+    recover_steps: int | None = None  # the accuracy objective's; None: RECOVER_STEPS
     shapes: tuple[str, ...] = ()
     inputs: str | os.PathLike | None = None
     output_dir: str | os.PathLike | None = "pareto"
@@ -114,6 +118,23 @@ class RankSearchOptions:
                 raise TensorfoldError(f"{flag} must be > 0 (got {v})")
         if self.sampler not in SAMPLERS:
             raise TensorfoldError(f"unknown sampler '{self.sampler}' (choose from {', '.join(SAMPLERS)})")
+        if self.population is not None:
+            sampler = self.sampler if self.sampler != "auto" else ("tpe" if len(self.objectives) == 1 else "nsga2")
+            if sampler != "nsga2":
+                raise TensorfoldError(
+                    f"--population sizes NSGA-II's generations; the {sampler} sampler has none "
+                    f"({'--sampler nsga2, or ' if sampler == 'tpe' else ''}leave --population out)"
+                )
+            if self.population < 2:
+                raise TensorfoldError(f"--population must be >= 2: NSGA-II breeds pairs (got {self.population})")
+        if "accuracy" not in self.objectives:
+            # only the accuracy objective reads them: given for params/error they would be ignored
+            for flag, v in (("--data", self.data), ("--recover-steps", self.recover_steps)):
+                if v is not None:
+                    raise TensorfoldError(
+                        f"{flag} serves the accuracy objective, which --objectives {','.join(self.objectives)} "
+                        "leaves out (error is measured on --inputs, or random inputs)"
+                    )
 
 
 def search_ranks(model_path: str | os.PathLike, options: RankSearchOptions | None = None, **kwargs) -> dict:
@@ -157,7 +178,7 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
         threads=opts.threads,
         latency_runs=opts.latency_runs,
         data=opts.data,
-        recover_steps=opts.recover_steps,
+        recover_steps=RECOVER_STEPS if opts.recover_steps is None else opts.recover_steps,
         seed=opts.seed,
     )
     # what the trials are measured on: error is needed for --max-error even when not an objective
@@ -278,6 +299,18 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
             time.perf_counter() - start,
         )
     report["interrupted"] = interrupted
+    counts = report["trials"]
+    if not report["front"] and counts["complete"] and counts["infeasible"] == counts["complete"]:
+        flags = {
+            "max_error": "--max-error",
+            "target_latency_ms": "--target-latency",
+            "max_memory_mb": "--max-memory-mb",
+        }
+        bounds = ", ".join(f"{flags[k]} {v:g}" for k, v in constraints.items() if v is not None)
+        warn(
+            f"none of the {counts['complete']} complete trials met the constraints ({bounds}), so the front "
+            "is empty: loosen them, or search longer (--n-trials)"
+        )
     return report
 
 
@@ -361,7 +394,11 @@ def _report(
             "failed": len(failed),
             "infeasible": sum(1 for t in complete if not feasible(t)),
         },
-        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed][:20],
+        "failures": [
+            # a trial with no reason was stopped mid-way (Ctrl-C, a kill): Optuna marks it failed
+            {"trial": t.number, "reason": t.user_attrs.get("fail_reason") or "interrupted before it finished"}
+            for t in failed
+        ][:20],
         "seconds_per_trial": {
             "median": float(np.median(durations)) if durations else None,
             "mean": float(np.mean(durations)) if durations else None,

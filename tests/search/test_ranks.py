@@ -178,6 +178,10 @@ def test_studies_in_sqlite_refuse_other_objectives_and_models(demo_model, tmp_pa
         (["--storage", "search.db"], "is not a storage URL"),
         (["--n-trials", "0"], "--n-trials"),
         (["--objectives", "accuracy"], "needs --data"),
+        (["--population", "1", "--sampler", "nsga2"], "--population must be >= 2"),
+        (["--population", "8", "--sampler", "tpe"], "the tpe sampler has none"),
+        (["--data", "fashion-mnist"], "--data serves the accuracy objective"),
+        (["--recover-steps", "7"], "--recover-steps serves the accuracy objective"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(demo_model, tmp_path, args, message):
@@ -251,3 +255,11 @@ def test_memory_is_an_objective_and_a_constraint(tmp_path):
     assert report.front, report.failures
     feasible = [p for p in report.front if p["values"]["memory"] <= 0.6]
     assert feasible and all(p["values"]["memory"] < report.baseline["memory"] for p in feasible)
+
+
+def test_constraints_no_trial_meets_are_said(demo_model, tmp_path):
+    code, text = invoke(
+        "search", "ranks", demo_model, "--objectives", "params", "--max-memory-mb", "0.0001", "--n-trials", "2",
+        "-o", tmp_path / "p",
+    )  # fmt: skip
+    assert code == 0 and "none of the 2 complete trials met the constraints (--max-memory-mb 0.0001)" in text
