@@ -370,23 +370,38 @@ class OutputFolder:
         """Staged files into place; then an earlier run's files matching `stale` (globs) that this run
         did not write again are removed (they would read as this run's), only ones the manifest lists."""
         import fnmatch
+        import shutil
 
         names = sorted(p.name for p in self._stage.iterdir()) if self._stage is not None else []
         for name in names:
             if not self._matches(name):
                 raise ValueError(f"{name} is not among the names declared for {self.path}")
-            refuse_target(self.path / name, f"{self.option} ")
+            target = self.path / name
+            if (self._stage / name).is_dir() and target.is_dir() and not target.is_symlink():
+                if (conflict := input_conflict(target)) is not None:  # a declared sub-folder: replaced whole
+                    raise TensorfoldError(f"{self.option} {target} is or holds an input ({conflict})")
+            else:
+                refuse_target(target, f"{self.option} ")
         self._record(names)
         for name in names:
-            if not (self.path / name).exists():
+            target = self.path / name
+            if not target.exists():
                 self._created.append(name)
-            os.chmod(self._stage / name, new_file_mode())
-            os.replace(self._stage / name, self.path / name)
+            if (self._stage / name).is_dir():
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)  # an earlier run's sub-folder (checked as ours): replaced whole
+            else:
+                os.chmod(self._stage / name, new_file_mode())
+            os.replace(self._stage / name, target)
         self._drop_stage()
         gone = [n for n in self.owned() if n not in names and any(fnmatch.fnmatchcase(n, g) for g in stale)]
         for name in gone:
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / name).unlink()
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
         if gone:
             self._write_manifest(self.owned() - set(gone))
 
@@ -432,11 +447,16 @@ class OutputFolder:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[OutputFolder]:
-        """failed() on an error; an interrupt (Ctrl-C, SIGTERM) keeps what was written, to resume from."""
+        """failed() on an error; an interrupt (Ctrl-C, SIGTERM) keeps what was written, to resume from,
+        unless the folder is staged (nothing is in place before commit(): there is nothing to resume)."""
         try:
             yield self
         except Exception:
             self.failed()
+            raise
+        except BaseException:
+            if self.staged:
+                self.failed()
             raise
         finally:
             self._drop_stage()

@@ -8,6 +8,7 @@ teacher -> low-rank decomposition -> recovery, each stage's model kept and measu
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,21 @@ def final_stage(stages: list[dict], target: str) -> tuple[dict, str | None]:
     )
 
 
+def worse_than_teacher(teacher: dict, answer: dict, target: str) -> str | None:
+    """A warning when the answer is both less accurate than the teacher and slower on the target:
+    then the teacher itself is the better model to deploy (a NAS network lost 12.8 points and ran at
+    0.22x the teacher's CPU speed, and the report said nothing)."""
+    key = "host_ms" if target == "cpu" else f"{target}_ms"
+    if answer["test_accuracy"] >= teacher["test_accuracy"] or answer[key] < teacher[key]:
+        return None
+    return (
+        f"warning: the answer {answer['model']} is less accurate than the teacher "
+        f"({100 * (teacher['test_accuracy'] - answer['test_accuracy']):.1f} points) and slower on {target} "
+        f"({teacher[key] / answer[key]:.2f}x its speed), with {answer['params']:,} parameters against "
+        f"{teacher['params']:,}: the teacher is the better model to deploy (more --budget-minutes may change that)"
+    )
+
+
 def against_teacher(stages: list[dict]) -> list[dict]:
     """Each later stage against the first (the teacher): the plan's four numbers. Compression in
     parameters and in file bytes (int8 weights are a quarter of the bytes), accuracy lost in points,
@@ -177,14 +193,17 @@ def run_pipeline(
     load_model(teacher)
     # the teacher and the data are inputs for the whole run: no stage may write onto or into them
     with guard_inputs(teacher, data):
-        folder = OutputFolder(output_dir, "--output-dir", OUTPUT_NAMES).check()
+        # staged: the stages are written aside and moved into place together at the end, so a run that
+        # fails or is interrupted leaves the folder as it was (an earlier run's models not mixed with
+        # this one's); there is nothing to resume from
+        folder = OutputFolder(output_dir, "--output-dir", OUTPUT_NAMES, staged=True).check()
         if not folder.path.absolute().parent.is_dir():
             raise TensorfoldError(f"--output-dir {folder.path}: folder {folder.path.parent} does not exist")
         # the stages' own folders too, before any work
         OutputFolder(folder.path / "nas", "--output-dir", NAS_NAMES).check()
         checkpoint_folder(folder.path / "recovered.onnx.ckpt").check()
         with folder.open().writing():
-            return _run(
+            report = _run(
                 folder,
                 teacher=teacher,
                 data=data,
@@ -203,6 +222,11 @@ def run_pipeline(
                 progress=progress,
                 **nas_options,
             )
+            # the recovery's checkpoints served this run only; an earlier run's files this one did
+            # not write again (its int8 model, when this run kept none) would read as this run's
+            shutil.rmtree(folder.file("recovered.onnx.ckpt"), ignore_errors=True)
+            folder.commit(stale=OUTPUT_NAMES)
+            return report
 
 
 def _run(
@@ -232,7 +256,8 @@ def _run(
     from tensorfold.recovery.config import RecoverConfig
     from tensorfold.search.nas.options import IMAGE
 
-    out = folder.path
+    final = folder.path  # where the stages land once the run succeeds (they are written aside until then)
+    nas_model = folder.file("nas.onnx")
     nas = search_nas(
         strategy=strategy,
         data=data,
@@ -241,7 +266,7 @@ def _run(
         threads=threads,
         teacher=teacher,
         output_dir=folder.file("nas"),
-        output=folder.file("nas.onnx"),
+        output=nas_model,
         final_steps=final_steps,
         final_channels=final_channels,
         seed=seed,
@@ -250,7 +275,7 @@ def _run(
     )
     factorized = folder.file("factorized.onnx")
     opt = optimize(
-        out / "nas.onnx",
+        nas_model,
         factorized,
         method=method,
         ratio=ratio,
@@ -269,16 +294,14 @@ def _run(
             f"hardware-aware decomposition rewrote no layer ({'; '.join(why)}); fell back to "
             f"--ratio {ratio:g} by parameters"
         )
-        opt = optimize(
-            out / "nas.onnx", factorized, method=method, ratio=ratio, progress=progress, seed=seed, threads=threads
-        )
+        opt = optimize(nas_model, factorized, method=method, ratio=ratio, progress=progress, seed=seed, threads=threads)
         decomposition = f"{method}, ratio {ratio:g}, by parameters"
     recovered = folder.file("recovered.onnx")
     folder.file("recovered.onnx.ckpt")
     rec = recover(
         factorized,
         recovered,
-        teacher_path=out / "nas.onnx",
+        teacher_path=nas_model,
         data=data,
         cfg=RecoverConfig(max_steps=recover_steps, seed=seed, threads=threads),
         progress=progress,
@@ -295,28 +318,31 @@ def _run(
     int8_stage, why = int8_outcome(quantized.deploy)
     if why:
         notes.append(why)
+    measured = [
+        ("teacher", Path(teacher)),
+        ("NAS, distilled", nas_model),
+        (f"decomposed ({decomposition})", factorized),
+        ("recovered", recovered),
+    ]
+    if int8_stage == INT8_NOT_KEPT:
+        int8.unlink()  # it would be a copy of recovered.onnx under an int8 name (and timed as a stage of its own)
+    else:
+        measured.append((int8_stage, int8))
     x, y, _ = load_data(data, "test", IMAGE[1:], IMAGE[0])
     test = (prepare_inputs(x, [1, *IMAGE], None), np.asarray(y))
-    stages = _measure_stages(
-        [
-            ("teacher", Path(teacher)),
-            ("NAS, distilled", out / "nas.onnx"),
-            (f"decomposed ({decomposition})", factorized),
-            ("recovered", recovered),
-            (int8_stage, int8),
-        ],
-        test,
-        threads,
-        target,
-    )
-    final, why = final_stage(stages, target)
+    stages = _measure_stages(measured, test, threads, target)
+    for stage in stages:  # the paths the user will find them at
+        stage["model"] = str(final / Path(stage["model"]).name) if stage["stage"] != "teacher" else stage["model"]
+    answer, why = final_stage(stages, target)
     if why:
         notes.append(why)
+    if (worse := worse_than_teacher(stages[0], answer, target)) is not None:
+        notes.append(worse)
     return PipelineReport(
-        output_dir=str(out),
+        output_dir=str(final),
         stages=stages,
         against_teacher=against_teacher(stages),
-        final={"target": target, "stage": final["stage"], "model": final["model"]},
+        final={"target": target, "stage": answer["stage"], "model": answer["model"]},
         nas={
             "strategy": nas.strategy,
             "candidates": nas.candidates,

@@ -215,6 +215,41 @@ def test_a_staged_folder_changes_all_at_once_or_not_at_all(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "front.json", "notes.txt", "point-1.onnx"]
 
 
+def test_an_interrupted_staged_run_leaves_the_earlier_run_whole_and_sub_folders_are_replaced(tmp_path):
+    """A pipeline interrupted in an existing folder left new nas.onnx and factorized.onnx beside the
+    old recovered.int8.onnx: staged, the earlier run stays whole; its sub-folder is replaced at commit."""
+    out = tmp_path / "p"
+
+    def folder():
+        return OutputFolder(out, "--output-dir", ("a.onnx", "b.onnx", "nas"), staged=True).check()
+
+    first = folder()
+    with first.writing():
+        write_text_atomic(first.file("a.onnx"), "1")
+        write_text_atomic(first.file("b.onnx"), "1")
+        first.file("nas").mkdir()
+        (first.file("nas") / "old.json").write_text("1")
+        first.commit(stale=("*",))
+    second = folder()
+    with pytest.raises(KeyboardInterrupt), second.writing():
+        write_text_atomic(second.file("a.onnx"), "2")
+        raise KeyboardInterrupt
+    assert (out / "a.onnx").read_text() == "1" and (out / "b.onnx").read_text() == "1"
+    third = folder()
+    with third.writing():
+        write_text_atomic(third.file("a.onnx"), "3")
+        third.file("nas").mkdir()
+        (third.file("nas") / "new.json").write_text("3")
+        third.commit(stale=("*",))
+    assert sorted(p.name for p in (out / "nas").iterdir()) == ["new.json"]
+    assert not (out / "b.onnx").exists()  # the earlier run's file this one did not write again
+    fresh = OutputFolder(tmp_path / "fresh", "--output-dir", ("a.onnx",), staged=True).check()
+    with pytest.raises(KeyboardInterrupt), fresh.writing():
+        write_text_atomic(fresh.file("a.onnx"), "1")
+        raise KeyboardInterrupt
+    assert not (tmp_path / "fresh").exists()  # nothing to resume from: the folder this run made goes
+
+
 def test_a_failed_run_removes_only_what_it_created_and_the_folder_it_made(tmp_path):
     out = tmp_path / "new"
     folder = _folder(out).check()
