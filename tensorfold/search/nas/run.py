@@ -117,6 +117,8 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
             total=round(max(0.0, deadline - time.perf_counter())),
             desc=f"nas {strategy}",
             unit="s",
+            # the budget's share used, not "10.45/20 [1.00s/s]": the bar moves by fractional seconds
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
             disable=not opts.progress,
         )
         try:
@@ -221,7 +223,8 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
     report["seconds"] = round(time.perf_counter() - start, 1)
     if folder is not None:
         write_text_atomic(folder.file("report.json"), json.dumps(report, indent=2, default=str))
-        folder.commit(stale=("point-*",))
+        # an earlier run's files this one did not write again (a multi-objective run's front) would read as its
+        folder.commit(stale=OUTPUT_NAMES)
     return report
 
 

@@ -89,6 +89,15 @@ def test_evolution_with_two_objectives_writes_and_measures_everything(tmp_path):
     code, text = invoke("search", "nas", "--genotype", out / "genotype.json", "--budget-minutes", "1", *TINY)
     assert code == 0, text
     assert "given" in text and json.loads((out / "genotype.json").read_text())["genotype"]["normal"]
+    # a single network written into the same folder: the earlier front is not left to read as its own
+    genotype = tmp_path / "g.json"
+    genotype.write_text((out / "genotype.json").read_text())
+    code, text = invoke(
+        "search", "nas", "--genotype", genotype, "--budget-minutes", "1", "--output-dir", out, *TINY
+    )  # fmt: skip
+    assert code == 0, text
+    assert not (out / "front.json").exists() and not (out / "front.png").exists()
+    assert not list(out.glob("point-*")) and (out / "model.onnx").exists()
 
 
 @needs_data
