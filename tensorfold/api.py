@@ -7,7 +7,6 @@ report = optimize("model.onnx", "small.onnx", method="tucker", ratio=4)
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -193,6 +192,9 @@ def profile(
     from tensorfold.runtime.latency_model import latency_model
     from tensorfold.runtime.memory import predict_memory
 
+    for name, value, least in (("runs", runs, 1), ("warmup", warmup, 0), ("top", top, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise TensorfoldError(f"{name}={value!r}: a whole number >= {least} is needed (--{name})")
     model = load_model(path)
     other = load_model(compare_with) if compare_with else None
     if other is not None:
@@ -331,6 +333,8 @@ def recover(student_path, output_path, **kwargs) -> RecoverReport:
 
     if "teacher" in kwargs:
         kwargs["teacher_path"] = kwargs.pop("teacher")
+    if "torch_device" in kwargs:  # the CLI's --torch-device is RecoverConfig's device
+        kwargs["device"] = kwargs.pop("torch_device")
     cfg = kwargs.pop("cfg", None)
     if isinstance(cfg, dict):
         cfg = RecoverConfig(**cfg)
@@ -347,7 +351,7 @@ def recover(student_path, output_path, **kwargs) -> RecoverReport:
     if unknown:
         raise TypeError(
             f"recover() got unknown option(s) {', '.join(unknown)}; it takes "
-            f"{', '.join(sorted(allowed | config_fields | {'teacher', 'cfg'}))}"
+            f"{', '.join(sorted(allowed | config_fields | {'teacher', 'cfg', 'torch_device'}))}"
         )
     return RecoverReport.from_dict(_recover(student_path, output_path, cfg=cfg, **kwargs))
 
@@ -380,22 +384,40 @@ def compress(
     """torch module -> ONNX -> factorized -> recovered, in one call. Returns (optimize report,
     recover report or None). The exported original and the factorized model are written beside
     output_path as `<name>.original.onnx` and `<name>.factorized.onnx`. Recovery runs only on the
-    `data` the caller names (a folder, an .npz, `fashion-mnist`, ...): no data, no training."""
+    `data` the caller names (a folder, an .npz, `fashion-mnist`, ...): no data, no training.
+    Every argument is checked before any work; a call that fails removes the files it created."""
     import torch
 
     from tensorfold.export import export_onnx
+    from tensorfold.outputs import check_output
+    from tensorfold.recovery.config import RecoverConfig
 
-    out = Path(output_path)
-    original = out.with_name(out.stem + ".original.onnx")
-    factorized = out.with_name(out.stem + ".factorized.onnx")
-    export_onnx(
-        module.eval(),
-        example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input),
-        original,
-    )
-    report = optimize(original, factorized, method=method, ratio=ratio, **optimize_kwargs)
-    if data is None:
-        save_model(load_model(factorized), out)
-        return report, None
-    rec = recover(factorized, out, teacher_path=original, data=data, cfg=recover_config)
-    return report, rec
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"compress() takes a torch.nn.Module, not {type(module).__name__}")
+    if isinstance(recover_config, dict):
+        recover_config = RecoverConfig(**recover_config)
+    elif recover_config is not None and not isinstance(recover_config, RecoverConfig):
+        raise TypeError(
+            f"recover_config takes a RecoverConfig or a dict of its fields, not {type(recover_config).__name__}"
+        )
+    options = OptimizeOptions(method=method, ratio=ratio, **optimize_kwargs)  # refused now, not after the export
+    out = check_output(output_path, "output_path")
+    original = check_output(out.with_name(out.stem + ".original.onnx"), "output_path")
+    factorized = check_output(out.with_name(out.stem + ".factorized.onnx"), "output_path")
+    created = [p for p in (out, original, factorized) if not p.exists()]
+    try:
+        export_onnx(
+            module.eval(),
+            example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input),
+            original,
+        )
+        report = optimize(original, factorized, options)
+        if data is None:
+            save_model(load_model(factorized), out)
+            return report, None
+        rec = recover(factorized, out, teacher_path=original, data=data, cfg=recover_config)
+        return report, rec
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise

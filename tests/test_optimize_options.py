@@ -95,3 +95,38 @@ def test_the_python_api_names_a_wrong_type():
         optimize(123, None)
     with pytest.raises(TypeError, match="not list"):
         compare([demo_model_path()], demo_model_path())
+    with pytest.raises(TensorfoldError, match="int8='false': True or False"):  # was: int8 on
+        optimize(demo_model_path(), None, int8="false", progress=False)
+    from tensorfold.optimize import OptimizeOptions
+
+    # one string is one pattern or shape (was: split into one-letter ones, '*' matching everything)
+    opts = OptimizeOptions(include="/features*", shapes="input:1,1,28,28")
+    assert opts.include == ("/features*",) and opts.shapes == {"input": [1, 1, 28, 28]}
+
+
+def test_the_python_api_checks_profile_recover_and_compress_arguments_before_any_work(tmp_path):
+    import pytest
+    import torch
+
+    from tensorfold.api import compress, profile
+    from tensorfold.demo import demo_model_path
+    from tensorfold.errors import TensorfoldError
+    from tensorfold.recovery.config import RecoverConfig
+
+    with pytest.raises(TensorfoldError, match="runs=0: a whole number >= 1"):  # was: min() of an empty sequence
+        profile(demo_model_path(), runs=0)
+    with pytest.raises(TensorfoldError, match="lr='1e-3': a number is needed"):
+        RecoverConfig(lr="1e-3")
+    with pytest.raises(TensorfoldError, match="--torch-device cuda"):  # was: torch's AssertionError
+        RecoverConfig(device="cuda" if not torch.cuda.is_available() else "cuda:99")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    x = torch.zeros(1, 1, 28, 28)
+    with pytest.raises(TypeError, match="RecoverConfig or a dict"):
+        compress(net, x, tmp_path / "e.onnx", recover_config=5)
+    with pytest.raises(TensorfoldError, match="unknown method 'foo'"):
+        compress(net, x, tmp_path / "e.onnx", method="foo")
+    with pytest.raises(TensorfoldError, match="does not exist"):
+        compress(net, x, tmp_path / "none" / "e.onnx")
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, not str"):
+        compress("net", x, tmp_path / "e.onnx")
+    assert list(tmp_path.iterdir()) == []  # each was refused before the export: nothing left behind

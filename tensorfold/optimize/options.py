@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tensorfold.calibration.data import DEFAULT_HOLDOUT
@@ -125,7 +125,14 @@ class OptimizeOptions:
                 raise TensorfoldError(
                     f"{name}={value!r}: a number is needed (--{name.replace('_', '-')} on the command line)"
                 )
+        for f in fields(self):  # int8="false" from Python would be true
+            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                raise TensorfoldError(f"{f.name}={getattr(self, f.name)!r}: True or False")
         put = functools.partial(object.__setattr__, self)
+        # one string is one pattern or shape, not a sequence of one-letter ones
+        for name in ("include", "exclude", "shapes", "class_outputs"):
+            if isinstance(getattr(self, name), str):
+                put(name, (getattr(self, name),))
         put("include", tuple(self.include))
         put("exclude", tuple(self.exclude))
         put("shapes", self.shapes if isinstance(self.shapes, dict) else parse_shapes(tuple(self.shapes)))

@@ -9,6 +9,26 @@ import torch
 from tensorfold.errors import TensorfoldError
 from tensorfold.limits import check_count, check_seed
 
+# RecoverConfig's numeric fields: checked by type for callers of the Python API
+_NUMBERS = (
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "warmup",
+    "clip",
+    "temperature",
+    "alpha",
+    "feature_weight",
+    "patience",
+    "eval_every",
+    "seed",
+    "threads",
+    "workers",
+    "recompute_segments",
+)
+
 
 @dataclass
 class RecoverConfig:
@@ -40,6 +60,12 @@ class RecoverConfig:
     recompute_segments: int = 0
 
     def __post_init__(self) -> None:
+        for name in _NUMBERS:  # from Python a '1e-3' would fail deep in training, as a comparison of str and int
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TensorfoldError(f"{name}={value!r}: a number is needed (--{name.replace('_', '-')})")
+        if not isinstance(self.batch_fits_memory, bool):
+            raise TensorfoldError(f"batch_fits_memory={self.batch_fits_memory!r}: True or False")
         if (
             self.epochs < 0
             or (self.max_steps is not None and self.max_steps < 1)
@@ -51,6 +77,8 @@ class RecoverConfig:
             raise TensorfoldError("--alpha must be in [0, 1] and --temperature > 0")
         if self.precision not in PRECISIONS:
             raise TensorfoldError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+        if self.device != "cpu":  # the CLI checks it too; a Python caller's "cuda" on a CPU-only torch
+            self.device = check_torch_device(self.device)
         check_count(self.threads, "--threads")
         check_count(self.workers, "--workers")
         if self.recompute_segments < 0:

@@ -751,6 +751,10 @@ def test_the_python_api_takes_the_cli_names(student, npz, tmp_path):
     assert report.steps == 1
     with pytest.raises(TypeError, match="unknown option"):
         api_recover(student, tmp_path / "c.onnx", teacher=TEACHER, data=str(npz[1]), maxsteps=2)
+    report = api_recover(
+        student, tmp_path / "e.onnx", teacher=TEACHER, data=str(npz[1]), torch_device="cpu", max_steps=1
+    )
+    assert report.steps == 1  # the CLI's --torch-device name
     folder = tmp_path / "imgs"
     for name in ("b", "a"):
         (folder / name).mkdir(parents=True)
