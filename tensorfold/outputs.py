@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import functools
 import inspect
 import json
@@ -108,6 +109,10 @@ def check_output(path: str | os.PathLike, option: str = "-o") -> Path:
         raise TensorfoldError(f"{option} {path} is a folder; give a file name")
     refuse_target(path, f"{option} ")
     if not folder.is_dir():
+        # the nearest existing part of the path says which mistake it is (a file named as a folder)
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise TensorfoldError(f"{option} {path}: {existing} is a file, not a folder")
         raise TensorfoldError(f"{option} {path}: folder {folder} does not exist")
     _probe_writable(folder, f"{option} {path}")
     return path
@@ -119,7 +124,9 @@ def _probe_writable(folder: Path, what: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".tensorfold-probe.", dir=folder)
     except OSError as exc:
-        raise TensorfoldError(f"{what}: folder {folder} is not writable ({exc.strerror})") from None
+        # /proc answers a new file with ENOENT, which reads as if the folder were missing
+        why = "files cannot be created there" if exc.errno == errno.ENOENT else exc.strerror
+        raise TensorfoldError(f"{what}: folder {folder} is not writable ({why})") from None
     os.close(fd)
     os.unlink(probe)
 

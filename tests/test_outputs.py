@@ -270,3 +270,14 @@ def test_a_failed_run_removes_only_what_it_created_and_the_folder_it_made(tmp_pa
         write_text_atomic(folder.file("point-1.onnx"), "1")
         raise KeyboardInterrupt
     assert (out / "point-1.onnx").read_text() == "1"
+
+
+def test_an_output_under_a_file_or_in_proc_says_which_mistake_it_is(tmp_path):
+    from tensorfold.outputs import check_output
+
+    (tmp_path / "copy.onnx").write_text("x")
+    with pytest.raises(TensorfoldError, match=r"copy.onnx is a file, not a folder"):  # was: "does not exist"
+        check_output(tmp_path / "copy.onnx" / "x.onnx")
+    if os.path.exists("/proc/self"):
+        with pytest.raises(TensorfoldError, match=r"not writable \(files cannot be created there\)"):
+            check_output("/proc/x.onnx")

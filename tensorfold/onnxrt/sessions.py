@@ -55,7 +55,9 @@ def make_session(
     opts.intra_op_num_threads = check_count(threads)
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
+    # fatal only: a failed run's error comes back as the exception every caller turns into one
+    # `error:` line; at 3 onnxruntime also printed it, coloured, before that line
+    opts.log_severity_level = 4
     if optimized_model_path:  # what the graph optimizer made of it (int8 fusion checks)
         opts.optimized_model_filepath = optimized_model_path
     if profile_prefix:

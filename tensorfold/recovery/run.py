@@ -271,8 +271,6 @@ def _recover(
         ) from None
     probe = outputs[0]
     batch = choose_batch(None if cfg.batch_fits_memory else cfg.batch_size, cfg.batch_size, per_sample)
-    if batch.lowered:
-        warn(f"recover: {batch.describe()}")
     cfg = replace(cfg, batch_size=batch.size)
     spec = Outputs.of(student)
     if y is not None and not spec.classifier:
@@ -298,6 +296,8 @@ def _recover(
     if cfg.batch_size > len(train_idx):  # the batch the report states is the batch trained at
         cfg = replace(cfg, batch_size=len(train_idx))
         batch_text = f"batch {cfg.batch_size}, every training sample"
+    elif batch.lowered:  # memory, not the set's size, is what lowered it (8 samples read "batch 72, not 128")
+        warn(f"recover: {batch_text}")
     val_x, val_y = samples_subset(x, val_idx), (y[val_idx] if y is not None else None)
     tx, ty = samples_subset(x, train_idx), (y[train_idx] if y is not None else None)
     peer_models = [load_model(p) for p in peers or []]
