@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import threading
 
@@ -77,6 +78,7 @@ def reporting(ctx: click.Context, debug: bool = False):
             2,
             f"out of memory: {_first_line(exc) or 'the size asked for does not fit'}; ask for less "
             "(a smaller rank, shape or batch)",
+            every_rank=True,
         )
     except OSError as exc:
         if debug:
@@ -87,7 +89,7 @@ def reporting(ctx: click.Context, debug: bool = False):
             raise
         memory = _out_of_memory(exc)
         if memory:
-            _fail(2, memory)
+            _fail(2, memory, every_rank=True)
         _fail(
             1,
             f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in tensorfold: "
@@ -115,7 +117,18 @@ def _out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
-def _fail(status: int, message: str) -> None:
+def _fail(status: int, message: str, every_rank: bool = False) -> None:
+    """One `error:` line and the exit status. Under torchrun every process checks the same input and
+    meets the same refusal or interrupt: rank 0 alone says it (each rank printed it once); an
+    internal error or memory exhausted (`every_rank`) is said by every rank that meets it (it may be
+    one rank's own)."""
+    if (
+        not every_rank
+        and status != 1
+        and int(os.environ.get("RANK", "0") or 0) > 0
+        and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    ):
+        raise click.exceptions.Exit(status)
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(status)
 

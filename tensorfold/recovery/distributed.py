@@ -71,8 +71,13 @@ def wrap(module: torch.nn.Module, w: World) -> torch.nn.Module:
     unused parameters allowed: a node the trainer runs frozen takes no gradient."""
     if not w.distributed:
         return module
+    import warnings
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # a model whose every parameter trains gets torch's note that the flag costs a traversal, once
+    # per run: the flag is needed where one does not, and the note says nothing the user can act on
+    warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified")
     return DistributedDataParallel(module, find_unused_parameters=True)
 
 
