@@ -63,10 +63,11 @@ def fragile_nodes(model: onnx.ModelProto, class_outputs: frozenset[str] | set[st
     for out in model.graph.output:
         if out.name in class_outputs:
             continue
-        # walk back from a regression output to its last weight layer
+        # walk back from an output without a class axis (boxes, maps, scores, embeddings) to its
+        # last weight layer
         node, steps = producer.get(out.name), 0
         while node is not None and steps < 6:
-            mark(node, f"last layers of the regression output {out.name}")
+            mark(node, f"last layers of output {out.name}")
             if node.op_type in _WEIGHT_OPS or node.op_type not in _HEAD_PASSTHROUGH:
                 break
             node = next((producer[i] for i in node.input if i in producer and i not in constants), None)

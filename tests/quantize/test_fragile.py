@@ -41,7 +41,7 @@ def test_transformer_spots_and_the_regression_head():
     assert "LayerNormalization" in found["ln"]
     assert "attention-score" in found["scores"] and found["softmax"] == "Softmax"
     assert "attention-score" in found["context"]
-    assert "regression output y" in found["sigmoid"] and "regression output y" in found["head"]
+    assert "last layers of output y" in found["sigmoid"] and "last layers of output y" in found["head"]
     assert "proj" not in found  # a weight MatMul in the middle of a block is not fragile
 
 
