@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tensorfold.bench.train import Recipe, baseline, cache_path, check_fits, is_cached
-from tensorfold.datasets import image_channels, load_data, prepare_inputs
+from tensorfold.bench.train import Recipe, baseline, cache_path, check_fits, is_cached, suite_data
+from tensorfold.datasets import image_channels, prepare_inputs
 from tensorfold.errors import TensorfoldError, Terminated
 from tensorfold.graph.model import count_params
 from tensorfold.outputs import OutputFolder, write_text_atomic
@@ -239,8 +239,8 @@ def run_suite(suite: Suite, out_dir: Path, cache: Path, progress: bool = True, l
     rows_path = out_dir / "rows.jsonl"
     done = {row["key"]: row for row in read_rows(rows_path)} if rows_path.exists() else {}
     env = _environment()
-    x, y, _ = load_data(suite.data, "train")
-    tx, ty, _ = load_data(suite.data, "test")
+    x, y, _ = suite_data(suite.data, "train")
+    tx, ty, _ = suite_data(suite.data, "test")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     in_ch = image_channels(x)
     size = tuple(prepare_inputs(x[:1], [1, in_ch, -1, -1]).shape[-2:])

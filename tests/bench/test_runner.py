@@ -16,3 +16,18 @@ def test_rows_of_an_interrupted_run_resume_and_a_bad_line_is_named(tmp_path):
     path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
     with pytest.raises(TensorfoldError, match="line 2 is not a bench row"):
         read_rows(path)
+
+
+def test_a_users_npz_is_split_so_the_suite_never_tests_on_what_it_trained_on(tmp_path):
+    import numpy as np
+
+    from tensorfold.bench.train import suite_data
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.arange(60, dtype=np.float32).reshape(60, 1, 1, 1), y=np.arange(60) % 10)
+    x, y, _ = suite_data(str(path), "train")
+    tx, ty, desc = suite_data(str(path), "test")
+    assert len(tx) == 10 and len(x) == 50 and "seeded sixth" in desc
+    assert not set(x.ravel().tolist()) & set(tx.ravel().tolist())
+    again, _, _ = suite_data(str(path), "test")
+    assert (again == tx).all()  # seeded: the same sixth every run
