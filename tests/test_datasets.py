@@ -127,3 +127,17 @@ def test_an_npz_array_is_taken_as_inputs_only_by_a_known_name(tmp_path):
     np.savez(path, pixels=np.zeros((2, 3, 4, 4), np.float32), y=np.array([0, 1]))
     x, y = load_npz(path, "pixels")
     assert x.shape == (2, 3, 4, 4) and list(y) == [0, 1]
+
+
+def test_an_image_folder_of_mixed_sizes_says_it_resized_them(tmp_path, capsys):
+    """A dynamic model takes the first image's size; the others were resized to it without a word."""
+    import numpy as np
+    from PIL import Image
+
+    from tensorfold.calibration.data import load_image_folder
+
+    for name, (w, h) in {"a.png": (40, 30), "b.png": (40, 30), "c.png": (20, 20)}.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / name)
+    x, _, _ = load_image_folder(tmp_path)
+    assert x.shape == (3, 30, 40, 3)
+    assert "1 of 3 images differ in size from the first (40x30)" in capsys.readouterr().err

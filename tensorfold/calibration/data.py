@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 from tensorfold.onnxrt.inputs import as_input, load_inputs, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -189,6 +190,19 @@ def load_image_folder(
     if size is None:
         first = decode_image(files[0], None, channels)
         size = first.shape[:2]
+        from PIL import Image
+
+        def own_size(path: Path) -> tuple[int, int]:
+            with Image.open(path) as image:  # the header only: no pixels decoded
+                return image.height, image.width
+
+        others = sum(1 for p in files[1:] if own_size(p) != tuple(size))
+        if others:
+            warn(
+                f"{root}: {others} of {len(files)} images differ in size from the first "
+                f"({size[1]}x{size[0]}) and were resized to it (the model's size is dynamic; "
+                "--shape NAME:N,C,H,W picks another)"
+            )
     return np.stack([decode_image(p, size, channels) for p in files]), labels, classes
 
 
