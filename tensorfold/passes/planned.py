@@ -8,6 +8,7 @@ planned pass: a search that revisits a (layer, method, ranks) pays for its decom
 from __future__ import annotations
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 from tensorfold.passes import PLANNABLE
 from tensorfold.passes.base import Choice, PassContext, Plan, RankSpec
 from tensorfold.passes.factorize import Candidate, Factorization, FactorizePass, method_pass
@@ -65,4 +66,11 @@ class PlannedPass(FactorizePass):
         if reason is not None:
             raise TensorfoldError(f"{layer.name}: {reason}")
         check_choice(layer, choice, "plan")
-        return chosen.factorization(layer, choice, ctx)
+        fac = chosen.factorization(layer, choice, ctx)
+        if list(fac.ranks) != list(choice.ranks):
+            # a config's rank above what the layer holds is clipped to it (was: silently)
+            warn(
+                f"{layer.name}: the plan's {method} ranks {list(choice.ranks)} are above what the layer "
+                f"holds; built at {list(fac.ranks)}"
+            )
+        return fac

@@ -210,6 +210,12 @@ def test_config_from_another_model_or_with_rank_options_is_refused(demo_model, t
     code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", tmp_path / "bad.yaml")
     assert_user_error(code, text, "needs 'keep'")
     assert not (tmp_path / "o.onnx").exists()
+    # a rank above what the layer holds is built at the most it holds, and said (was: silently)
+    (tmp_path / "big.yaml").write_text(
+        "kind: tensorfold-ranks\nlayers: {'/classifier/Gemm': {method: svd, ranks: [9999]}}\n"
+    )
+    code, text = invoke("optimize", demo_model, "-o", tmp_path / "o.onnx", "--config", tmp_path / "big.yaml", "--force")
+    assert code == 0 and "the plan's svd ranks [9999] are above what the layer holds; built at [10]" in text
 
 
 def test_gp_sampler_and_the_global_space_from_the_cli(demo_model, tmp_path):
