@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.log import warn
 from tensorfold.search.nas.options import IMAGE
 from tensorfold.search.nas.space import Genotype, NetConfig, Network, to_onnx
 from tensorfold.search.nas.strategies import Scored
@@ -93,8 +94,15 @@ def load_split(data: str, train_size: int, val_size: int, seed: int):
     if y is None:
         raise TensorfoldError(f"--data {data} has no labels; architecture search needs them")
     order = np.random.default_rng(seed).permutation(len(x))
+    asked = (train_size, val_size)
     val_size = min(val_size, len(x) // 5)
     train_size = min(train_size, len(x) - val_size)
+    if (train_size, val_size) != asked:  # was cut without a word (70,000 asked of 60,000 images)
+        warn(
+            f"--data {data} holds {len(x)} training samples: the search trains on {train_size} and "
+            f"validates on {val_size}, less than --train-size {asked[0]} and --val-size {asked[1]} "
+            "(validation is at most a fifth)"
+        )
     v, t = order[:val_size], order[val_size : val_size + train_size]
     x = prepare_inputs(x, [1, *IMAGE], None)
     return (x[t], y[t].astype(np.int64), x[v], y[v].astype(np.int64)), desc

@@ -322,3 +322,15 @@ def test_an_answer_less_accurate_and_slower_than_the_teacher_is_a_warning():
     assert text.startswith("warning:") and "13.0 points" in text and "0.22x its speed" in text
     assert worse_than_teacher(teacher, dict(answer, host_ms=0.05), "cpu") is None  # faster: a trade-off
     assert worse_than_teacher(teacher, dict(answer, test_accuracy=0.92), "cpu") is None
+
+
+@needs_data
+def test_a_search_split_larger_than_the_data_is_said(capsys):
+    """--train-size 70000 --val-size 100000 were cut to 48000/12000 without a word."""
+    from tensorfold.search.nas.scoring import load_split
+
+    (tx, _, vx, _), _ = load_split("fashion-mnist", 70000, 100000, 0)
+    assert (len(tx), len(vx)) == (48000, 12000)
+    assert "trains on 48000 and validates on 12000, less than --train-size 70000" in capsys.readouterr().err
+    load_split("fashion-mnist", 400, 100, 0)
+    assert capsys.readouterr().err == ""
