@@ -377,7 +377,6 @@ class OutputFolder:
         """Staged files into place; then an earlier run's files matching `stale` (globs) that this run
         did not write again are removed (they would read as this run's), only ones the manifest lists."""
         import fnmatch
-        import shutil
 
         names = sorted(p.name for p in self._stage.iterdir()) if self._stage is not None else []
         for name in names:
@@ -395,20 +394,14 @@ class OutputFolder:
             if not target.exists():
                 self._created.append(name)
             if (self._stage / name).is_dir():
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)  # an earlier run's sub-folder (checked as ours): replaced whole
+                _remove(target)  # an earlier run's sub-folder (checked as ours): replaced whole
             else:
                 os.chmod(self._stage / name, new_file_mode())
             os.replace(self._stage / name, target)
         self._drop_stage()
         gone = [n for n in self.owned() if n not in names and any(fnmatch.fnmatchcase(n, g) for g in stale)]
         for name in gone:
-            target = self.path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
+            _remove(self.path / name)
         if gone:
             self._write_manifest(self.owned() - set(gone))
 
@@ -429,16 +422,9 @@ class OutputFolder:
     def failed(self) -> None:
         """After a failure: the staged files and the files this run created go, and the folder when this
         run made it; what was there before stays."""
-        import shutil
-
         self._drop_stage()
         for name in self._created:
-            target = self.path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
+            _remove(self.path / name)
         if self._created and self.path.is_dir():
             left = self.owned() - set(self._created)
             with contextlib.suppress(OSError, TensorfoldError):
@@ -467,6 +453,17 @@ class OutputFolder:
             raise
         finally:
             self._drop_stage()
+
+
+def _remove(target: Path) -> None:
+    """A file (or a link) or a whole folder this tool wrote; gone already is fine."""
+    import shutil
+
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
 
 
 _LIVE: set[Path] = set()  # temp files and staging folders now being written (see remove_live)
