@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorfold.calibration.data import DEFAULT_HOLDOUT
 from tensorfold.calibration.deploy import check_objective
-from tensorfold.errors import TensorfoldError
+from tensorfold.errors import TensorfoldError, check_field_types
 from tensorfold.graph.verify import parse_class_outputs
 from tensorfold.onnxrt.inputs import parse_shapes
 from tensorfold.passes import METHODS, RankSpec
@@ -119,15 +119,7 @@ class OptimizeOptions:
     warm_start: bool = True
 
     def __post_init__(self) -> None:
-        for name in _NUMBERS:  # from Python a '2' would fail deep in the search, as a comparison of str and int
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TensorfoldError(
-                    f"{name}={value!r}: a number is needed (--{name.replace('_', '-')} on the command line)"
-                )
-        for f in fields(self):  # int8="false" from Python would be true
-            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
-                raise TensorfoldError(f"{f.name}={getattr(self, f.name)!r}: True or False")
+        check_field_types(self, _NUMBERS)
         put = functools.partial(object.__setattr__, self)
         # one string is one pattern or shape, not a sequence of one-letter ones
         for name in ("include", "exclude", "shapes", "class_outputs"):

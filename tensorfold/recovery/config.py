@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tensorfold.errors import TensorfoldError
+from tensorfold.errors import TensorfoldError, check_field_types
 from tensorfold.limits import check_count, check_seed
 
 # RecoverConfig's numeric fields: checked by type for callers of the Python API
@@ -60,12 +60,7 @@ class RecoverConfig:
     recompute_segments: int = 0
 
     def __post_init__(self) -> None:
-        for name in _NUMBERS:  # from Python a '1e-3' would fail deep in training, as a comparison of str and int
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TensorfoldError(f"{name}={value!r}: a number is needed (--{name.replace('_', '-')})")
-        if not isinstance(self.batch_fits_memory, bool):
-            raise TensorfoldError(f"batch_fits_memory={self.batch_fits_memory!r}: True or False")
+        check_field_types(self, _NUMBERS)
         if (
             self.epochs < 0
             or (self.max_steps is not None and self.max_steps < 1)
