@@ -100,8 +100,8 @@ def final_stage(stages: list[dict], target: str) -> tuple[dict, str | None]:
 
 def worse_than_teacher(teacher: dict, answer: dict, target: str) -> str | None:
     """A warning when the answer is both less accurate than the teacher and slower on the target:
-    then the teacher itself is the better model to deploy (a NAS network lost 12.8 points and ran at
-    0.22x the teacher's CPU speed, and the report said nothing)."""
+    then the teacher itself is the better model to deploy (a QA run's NAS network, too small for its
+    budget, lost points and speed both, and the report said nothing)."""
     key = "host_ms" if target == "cpu" else f"{target}_ms"
     if answer["test_accuracy"] >= teacher["test_accuracy"] or answer[key] < teacher[key]:
         return None

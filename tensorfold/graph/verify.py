@@ -215,9 +215,9 @@ def class_axes(
 
 
 # axis-1 channels whose RMS values, sorted, drop by more than this factor from one to the next are
-# separate quantities: YOLOv8n's head (nudenet 3.4.2) has boxes at RMS 79-183 (pixels) and class
-# scores at 2e-5 to 0.022, 3,600x apart, while its consecutive scores are at most 5x apart. One L2
-# over both read 0.03 for an int8 model that had lost every score (a score error of 1.0).
+# separate quantities: a YOLO head's boxes (pixels) and class scores (0-1, mostly near 0) lie
+# thousands of times apart, while consecutive scores lie a few times apart. One L2 over both read
+# 0.025 for an int8 YOLOv8n that had lost every score (tools/bench_detection_head.py --whole-output).
 SCALE_GAP = 100.0
 
 

