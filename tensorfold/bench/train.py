@@ -95,7 +95,7 @@ def training_bytes(model: str, width: float, in_channels: int, size: tuple[int, 
 
 def check_fits(model: str, width: float, in_channels: int, size: tuple[int, int], batch: int, device: str) -> None:
     """One line, before any work, when training the baseline cannot fit the device's free memory
-    (--width 100 made ResNet-18 1.7 TB of parameters, and the kernel killed the run at 23 GB)."""
+    (--width 100 asked ResNet-18 for some 1,800 GiB, and the kernel killed the run)."""
     import torch
 
     from tensorfold.runtime.latency import available_memory_bytes
