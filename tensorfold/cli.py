@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -526,7 +525,7 @@ def recover_cmd(
         cfg=cfg,
         normalize=parse_normalize(normalize),  # the rule optimize and inspect follow: stds > 0
         resume=resume,
-        progress=not as_json and sys.stderr.isatty(),
+        progress=_progress(as_json),
         teacher_weights=parse_teacher_weights(teacher_weights),
         generations=generations,
         peers=list(peers),
@@ -571,7 +570,7 @@ def bench_cmd(ctx, suite, models, methods, ratios, width, epochs, steps, data, o
         suite_from_options(suite, models, methods, ratios, width, epochs, steps, data),
         output,
         cache_dir() / "baselines",
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, a line a minute in a log (tensorfold/progress.py)
         log=lambda m: click.echo(m, err=True),
     )
     click.echo(f"{len(rows)} rows in {output / 'rows.jsonl'}; `tensorfold bench report {output}` for tables and plots")
@@ -857,8 +856,9 @@ def _show(report: Report, as_json: bool) -> None:
 
 
 def _progress(as_json: bool) -> bool:
-    """Progress bars on a terminal, never into a JSON stream or a log file."""
-    return not as_json and sys.stderr.isatty()
+    """Progress on a terminal as a bar and in a log as a line a minute (tensorfold/progress.py);
+    none beside a JSON report."""
+    return not as_json
 
 
 def _echo_json(obj) -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -45,7 +44,7 @@ def run_demo(console: Console, output: Path, ratio: float, recover_steps: int) -
     deployed = output.with_name(src.stem + ".deploy.onnx")
     for path in (output, deployed):  # both outputs checked before any work
         check_output(path)
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a line a minute in a log
     try:
         with tempfile.TemporaryDirectory(prefix="tensorfold-demo-") as tmp:
             samples = Path(tmp, "samples.npz")

@@ -12,7 +12,7 @@ ROOT = Path(tensorfold.__file__).parent
 
 # bottom to top; a unit may import only units of a lower rank (or itself)
 LAYERS = [
-    ("errors", "log", "paths"),  # what every layer may use
+    ("errors", "log", "paths", "progress"),  # what every layer may use
     ("limits", "signals"),  # what the machine can do; signals seen inside native calls
     ("outputs",),  # the one place files are written
     ("decompose",),  # numpy math: factorizations and rank selection

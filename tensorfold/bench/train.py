@@ -120,10 +120,10 @@ def baseline(
 ) -> tuple[Path, dict]:
     """The trained baseline's ONNX path and its metadata (test accuracy, time, recipe)."""
     import torch
-    from tqdm import tqdm
 
     from tensorfold.bench.zoo import build
     from tensorfold.export import export_onnx
+    from tensorfold.progress import bar as progress_bar
 
     path = cache_path(model, width, data, recipe, cache)
     meta_path = path.with_suffix(".json")
@@ -149,7 +149,7 @@ def baseline(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.max_lr, total_steps=steps, pct_start=0.15)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"train {model} w{width:g}", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc=f"train {model} w{width:g}", unit="step", show=progress)
     for _ in range(recipe.epochs):
         net.train()
         order = torch.from_numpy(rng.permutation(len(x)))

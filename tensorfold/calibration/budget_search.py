@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import onnx
-from tqdm import tqdm
 
 from tensorfold.graph.verify import Reference, Verification
 from tensorfold.passes.base import FactorCache, PassContext, PassResult, RankSpec
 from tensorfold.passes.factorize import FactorizePass
+from tensorfold.progress import bar as progress_bar
 
 # a candidate whose unrefined error is this many times the bound is not refined: recovery has cut
 # the held-out error by 63% at most where measured (PP-OCR cls 0.44 -> 0.164 at 2.3x in 300 steps,
@@ -139,7 +139,7 @@ def _bisect(
     # one big layer); its answer is known, and it is neither checked nor refined again
     tried: dict[tuple[tuple[str, str, tuple[int, ...]], ...], bool] = {}
     desc = f"max output error {bound:g}" + (" (recovered)" if refine is not None else "")
-    bar = tqdm(total=steps, desc=desc, unit="model", disable=not ctx.progress, leave=False)
+    bar = progress_bar(total=steps, desc=desc, unit="model", show=ctx.progress, leave=False)
     for _ in range(steps):
         if hi / lo < 1.02:
             break

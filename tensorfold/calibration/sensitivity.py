@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from tensorfold.graph.model import attr
 from tensorfold.graph.verify import Reference
@@ -29,6 +28,7 @@ from tensorfold.onnxrt.sessions import make_session
 from tensorfold.passes.base import Choice, PassContext
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import Layer
+from tensorfold.progress import bar as progress_bar
 
 # calibration samples each layer's sensitivity probe runs on (one model run per layer)
 PROBE_SAMPLES = 8
@@ -82,7 +82,7 @@ def measure_sensitivity(
     session = make_session(_overridable(work, [layer.node.input[1] for layer, _ in probes]), reference.provider)
     initializers = {t.name: t for t in work.graph.initializer}
     out: dict[str, Sensitivity] = {}
-    for layer, probe in tqdm(probes, desc="layer sensitivity", unit="layer", disable=not ctx.progress, leave=False):
+    for layer, probe in progress_bar(probes, desc="layer sensitivity", unit="layer", show=ctx.progress, leave=False):
         built = pass_.factorization(layer, pass_.ranks_of(probe), ctx)
         name = layer.node.input[1]
         weight = _as_stored(layer, built.reconstruct(), initializers[name])

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from tensorfold.calibration.data import Samples
 from tensorfold.decompose.data_aware import InputGram
@@ -20,6 +19,7 @@ from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.onnxrt.sessions import make_session
 from tensorfold.passes.layers import ConvAttrs, Layer
+from tensorfold.progress import bar as progress_bar
 
 # patch rows processed per Gram update: bounds the im2col copy (rows x D floats)
 _ROWS_PER_STEP = 16384
@@ -42,7 +42,7 @@ def collect_input_grams(
         readers.setdefault(_vector_key(layer), []).append(layer)
     shared: dict[tuple[object, ...], InputGram] = {}
     batches = list(chunks(model, samples.arrays, max_batch=4))
-    for feeds in tqdm(batches, desc="calibration statistics", unit="batch", disable=not progress, leave=False):
+    for feeds in progress_bar(batches, desc="calibration statistics", unit="batch", show=progress, leave=False):
         values = dict(zip(wanted, session.run(wanted, feeds) if wanted else []))
         values.update(feeds)
         for key, group in readers.items():

@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from tensorfold.decompose.data_aware import damped, output_energies
 from tensorfold.decompose.ranks import Option, allocate_budget
@@ -29,6 +28,7 @@ from tensorfold.graph.normalize import make_name_generator
 from tensorfold.passes.base import PASSES, Choice, LayerRecord, Pass, PassContext, PassResult, Plan, RankSpec
 from tensorfold.passes.chains import PROVENANCE, ChainBuilder, FactorPool
 from tensorfold.passes.layers import Layer, Skip, ensure_node_names, find_layers, group_shared_weights, merged_gram
+from tensorfold.progress import bar as progress_bar
 
 
 @dataclass
@@ -247,7 +247,9 @@ class FactorizePass(Pass):
         replacements: dict[str, ChainBuilder] = {}
         records: list[LayerRecord] = []
         pool: FactorPool = {}  # factor tensors already in the graph, by content: shared weights' users reuse them
-        bar = tqdm(eligible, desc=f"{self.name}", unit="layer", disable=not ctx.progress or not eligible, leave=False)
+        bar = progress_bar(
+            eligible, desc=f"{self.name}", unit="layer", show=ctx.progress and bool(eligible), leave=False
+        )
         for layer in bar:
             bar.set_postfix_str(layer.name[-30:])
             choice = plan.get(layer.name)
@@ -441,7 +443,7 @@ class FactorizePass(Pass):
         total = sum(layer.params for layer in layers)
         options: list[list[Option]] = []
         choices: list[list[Candidate | None]] = []
-        for layer in tqdm(layers, desc=f"{self.name}: error curves", unit="layer", disable=not progress, leave=False):
+        for layer in progress_bar(layers, desc=f"{self.name}: error curves", unit="layer", show=progress, leave=False):
             cands = [c for c in self.candidates_of(layer, ctx) if force or c.params < layer.params]
             # every use of a shared weight suffers its error
             scale = sum((weights or {}).get(user.name, 1.0) for user in users[layer.key])

@@ -72,10 +72,10 @@ class HardwareTarget:
             ({}, []) if (self.max_error is not None or self.target_ms is not None) else pass_.spec_plan(layers, ctx)
         )
         options = {}
-        from tqdm import tqdm
+        from tensorfold.progress import bar as progress_bar
 
         # a first run on a model times every candidate (minutes on a large model); the cache makes reruns fast
-        for layer in tqdm(layers, desc="timing chains", unit="layer", disable=not ctx.progress, leave=False):
+        for layer in progress_bar(layers, desc="timing chains", unit="layer", show=ctx.progress, leave=False):
             layer_ms = self._layer_ms(layer, ctx)
             if layer.name in base:
                 wanted = [base[layer.name]] if base[layer.name] is not None else []

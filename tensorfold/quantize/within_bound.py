@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.verify import Reference, Verification, class_axes
+from tensorfold.progress import bar as progress_bar
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.fragile import fragile_nodes
 from tensorfold.quantize.fusion import FusionReport, fused_kernels
@@ -81,7 +81,7 @@ def quantize_within(
         fragile = fragile_nodes(prepared, set(classes))
         ops = set(QLinearOpsRegistry) | set(QDQRegistry)
         quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
-        bar = tqdm(desc="int8", unit="model", disable=not progress, leave=False)
+        bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
         try:
             # the calibration method: the one whose fully quantized model is closest on the held-out share
             errors, failed, full = {}, [], {}

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from tensorfold import signals
 from tensorfold.datasets import ImageFiles
 from tensorfold.errors import Terminated
 from tensorfold.outputs import OutputFolder
+from tensorfold.progress import bar as progress_bar
 from tensorfold.recovery.checkpoints import (
     checkpoint_folder,
     checkpoint_step,
@@ -244,7 +244,7 @@ def train(
         interrupted.update(signal=signum)
 
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not (progress and w.main))
+    bar = progress_bar(total=total, initial=step, desc=desc, unit="step", show=progress and w.main)
     feed: Iterator[tuple[np.ndarray, Any]] | None = None
     try:
         while step < total:

@@ -284,8 +284,7 @@ def collect_samples(
 ) -> tuple[list[Sample], float]:
     """Time sampled kernels, `chunk` at a time round-robin (with the one-Relu call model in every
     chunk); returns the samples and the call's fixed cost in seconds."""
-    from tqdm import tqdm
-
+    from tensorfold.progress import bar as progress_bar
     from tensorfold.runtime.latency import measure_interleaved
 
     rng = np.random.default_rng(seed)
@@ -294,7 +293,7 @@ def collect_samples(
     configs = [(fam, sampler[fam](rng)) for fam in sampler for _ in range(counts.get(fam, 0))]
     configs = [configs[i] for i in rng.permutation(len(configs))]
     samples, calls = [], []
-    bar = tqdm(total=len(configs), desc="calibrating kernels", unit="kernel", disable=not progress, leave=False)
+    bar = progress_bar(total=len(configs), desc="calibrating kernels", unit="kernel", show=progress, leave=False)
     for start in range(0, len(configs), chunk):
         part = configs[start : start + chunk]
         models, slots = [_call_model()], []

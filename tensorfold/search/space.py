@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass, field
 
 import onnx
-from tqdm import tqdm
 
 from tensorfold.decompose.ranks import Option, allocate_budget
 from tensorfold.errors import TensorfoldError
@@ -29,6 +28,7 @@ from tensorfold.passes.base import Choice, FactorCache, PassContext, PassResult,
 from tensorfold.passes.factorize import Candidate
 from tensorfold.passes.layers import Layer, ensure_node_names, find_layers
 from tensorfold.passes.planned import PlannedPass
+from tensorfold.progress import bar as progress_bar
 from tensorfold.search.objectives import parse_names
 
 PER_LAYER_MAX = 24
@@ -83,7 +83,7 @@ class RankSpace:
         self.cache = FactorCache()
         layers, _ = find_layers(self.model, include, exclude)
         self.layers: list[LayerOptions] = []
-        for layer in tqdm(layers, desc="search space", unit="layer", disable=not progress, leave=False):
+        for layer in progress_bar(layers, desc="search space", unit="layer", show=progress, leave=False):
             opts = LayerOptions(layer)
             for method in self.methods:
                 chosen = self.planned.methods[method]

@@ -194,8 +194,7 @@ def darts_search(
     device: str = "cpu",
 ) -> DartsResult:
     """Search on (x, y): half trains w, half trains alpha (and measures the epoch's accuracy)."""
-    from tqdm import tqdm
-
+    from tensorfold.progress import bar as progress_bar
     from tensorfold.runtime.latency import peak_rss_mb
 
     if guard not in GUARDS:
@@ -218,7 +217,7 @@ def darts_search(
         raise TensorfoldError(f"DARTS needs at least {2 * batch} training images (got {len(x)})")
     history, stopped, step, epoch, subset = [], "epochs done", 0, 0, ""
     previous = net.genotype()
-    bar = tqdm(total=epochs, desc="darts", unit="epoch", disable=not progress)
+    bar = progress_bar(total=epochs, desc="darts", unit="epoch", show=progress)
     for epoch in range(1, epochs + 1):
         if guard == "aux-skip":
             net.beta[0] = max(0.0, 1.0 - (epoch - 1) / max(1, epochs))

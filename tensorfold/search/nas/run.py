@@ -110,16 +110,16 @@ def _search_nas(opts: NasOptions, folder: OutputFolder | None) -> dict:
         }
         candidates = [Scored(0, res.genotype, [], scorer.metrics(Network(res.genotype, cfg)), res.seconds)]
     else:
-        from tqdm import tqdm
+        from tensorfold.progress import bar as progress_bar
 
         # the budget's seconds as the bar; each scored candidate moves it and shows the count and accuracy
-        scorer.bar = tqdm(
+        scorer.bar = progress_bar(
             total=round(max(0.0, deadline - time.perf_counter())),
             desc=f"nas {strategy}",
             unit="s",
             # the budget's share used, not "10.45/20 [1.00s/s]": the bar moves by fractional seconds
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
-            disable=not opts.progress,
+            show=opts.progress,
         )
         try:
             if strategy == "random":

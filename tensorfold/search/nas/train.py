@@ -32,8 +32,7 @@ def train_network(
     alpha * Hinton KD + (1 - alpha) * cross-entropy. With `deadline` (a time.perf_counter() value)
     the steps shrink, once the first three are timed, to what ends by then (the cosine schedule
     follows the new count)."""
-    from tqdm import tqdm
-
+    from tensorfold.progress import bar as progress_bar
     from tensorfold.recovery.distill import hinton_kd
 
     torch.manual_seed(seed)
@@ -44,7 +43,7 @@ def train_network(
     order, pos = rng.permutation(len(x)), 0
     net.train()
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc="train", unit="step", show=progress, leave=False)
     step = 0
     while step < steps:
         if deadline is not None and step == 3:
