@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,21 @@ _NP_TYPES: dict[int, type] = {
 }
 
 
+# dim names exporters make up, which say nothing to a user: paddle2onnx's DynamicDimension.0,
+# onnxruntime's and onnx shape inference's unk__3, torch.export's s0
+_MADE_UP_DIM = re.compile(r"^(?:[\w.]*DynamicDimension\.\d+|unk__\d+|s\d+)$")
+
+
 def dims_text(dims: Any) -> str:
-    """An input's dims as the user reads them: [?, 3, 48, ?] (a dynamic dim by its name or ?)."""
+    """An input's dims as the user reads them: [batch, 3, 48, ?] (a dynamic dim by its name, or ?
+    where it has none or only one an exporter made up)."""
     return (
         "["
         + ", ".join(
-            str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims
+            str(d.dim_value)
+            if d.HasField("dim_value") and d.dim_value > 0
+            else (d.dim_param if d.dim_param and not _MADE_UP_DIM.match(d.dim_param) else "?")
+            for d in dims
         )
         + "]"
     )
