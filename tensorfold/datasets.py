@@ -365,11 +365,31 @@ def load_data(
     raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
 
 
+def fits_as_is(x: np.ndarray, input_shape: list) -> bool:
+    """Whether samples `x` have the model's input shape already: as many axes, every fixed dim after
+    the first equal, and at least one fixed (a model fixing none says nothing of its layout). Such
+    samples are used as they are: a (N, 76, 32, 1) spectrogram window is no channels-last image."""
+    fixed = [(i, d) for i, d in enumerate(input_shape[1:], 1) if isinstance(d, int) and d > 0]
+    return np.ndim(x) == len(input_shape) and bool(fixed) and all(np.shape(x)[i] == d for i, d in fixed)
+
+
+def _as_is(x: np.ndarray, input_shape: list) -> np.ndarray | None:
+    """`x` itself where it fits the model's input as it is, or with the one axis of size 1 that it
+    lacks (a grayscale (N, H, W) for (N, 1, H, W), a (N, 76, 32) for (N, 76, 32, 1)); else None."""
+    if fits_as_is(x, input_shape):
+        return x
+    if np.ndim(x) == len(input_shape) - 1:
+        for expanded in (x[:, None], x[..., None]):
+            if fits_as_is(expanded, input_shape):
+                return expanded
+    return None
+
+
 def adaptation(x: np.ndarray, input_shape: list) -> str | None:
     """What prepare_inputs will change to make these samples fit the model's input (channels,
     size), in words; None when they fit as they are. A user training on data that had to be
     converted should be told: a Fashion-MNIST digit stretched to 224x224 RGB is rarely what they meant."""
-    if len(input_shape) != 4 or np.ndim(x) not in (3, 4):
+    if len(input_shape) != 4 or np.ndim(x) not in (3, 4) or _as_is(x, input_shape) is not None:
         return None
     shape = list(np.shape(x)[1:])
     if len(shape) == 2:
@@ -400,7 +420,7 @@ def prepare_inputs(
     """Images -> float32 (N, C, H, W) shaped like the model's input: [0, 1] scaling for uint8 (as
     torchvision's ToTensor), channels repeated or averaged to C, bilinear resize to H x W when the
     model fixes them, then (x - mean) / std if asked. Integer arrays other than uint8 (token ids)
-    pass through as int64."""
+    pass through as int64; samples already of the model's input shape keep their layout."""
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
         return np.ascontiguousarray(x.astype(np.int64))  # token ids, class ids: passed through untouched
@@ -409,6 +429,9 @@ def prepare_inputs(
     x = x.astype(np.float32)
     if len(input_shape) != 4:
         return x
+    fitting = _as_is(x, input_shape)
+    if fitting is not None:
+        return _normalized(fitting, normalize)
     if x.ndim not in (3, 4):
         raise TensorfoldError(
             f"the data has shape {list(x.shape[1:])} per sample; the model takes images {list(input_shape[1:])}"
@@ -431,6 +454,11 @@ def prepare_inputs(
         import torch.nn.functional as F
 
         x = F.interpolate(torch.from_numpy(x), size=(h, w), mode="bilinear", align_corners=False).numpy()
+    return _normalized(x, normalize)
+
+
+def _normalized(x: np.ndarray, normalize: tuple[list[float], list[float]] | None) -> np.ndarray:
+    """(x - mean) / std per channel (axis 1) if asked."""
     if normalize is not None:
         mean = np.asarray(normalize[0], np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(normalize[1], np.float32).reshape(1, -1, 1, 1)

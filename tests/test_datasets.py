@@ -112,6 +112,26 @@ def test_adaptation_says_what_prepare_inputs_changes():
     assert adaptation(np.zeros((2, 3, 8, 8), np.float32), [-1, 3, -1, -1]) is None  # dynamic dims fit anything
 
 
+def test_samples_of_the_models_input_shape_are_used_as_they_are():
+    """A wake-word embedding model takes (N, 76, 32, 1) spectrogram windows: they were read as
+    channels-last images, repeated to 76 channels and resized to 32x1, every frame one average."""
+    from tensorfold.datasets import adaptation, prepare_inputs
+
+    rng = np.random.default_rng(0)
+    windows = rng.standard_normal((5, 76, 32, 1)).astype(np.float32)
+    assert adaptation(windows, [-1, 76, 32, 1]) is None
+    assert np.array_equal(prepare_inputs(windows, [-1, 76, 32, 1]), windows)
+    # the one size-1 axis missing, trailing or leading
+    assert np.array_equal(prepare_inputs(windows[..., 0], [-1, 76, 32, 1]), windows)
+    assert adaptation(windows[..., 0], [-1, 76, 32, 1]) is None
+    gray = rng.random((3, 28, 28)).astype(np.float32)
+    assert np.array_equal(prepare_inputs(gray, [1, 1, 28, 28]), gray[:, None])
+    # channels-last images still become NCHW where the model fixes its channels
+    nhwc = rng.random((2, 48, 320, 3)).astype(np.float32)
+    assert np.array_equal(prepare_inputs(nhwc, [-1, 3, -1, -1]), nhwc.transpose(0, 3, 1, 2))
+    assert np.array_equal(prepare_inputs(nhwc, [-1, 3, 48, 320]), nhwc.transpose(0, 3, 1, 2))
+
+
 def test_an_npz_array_is_taken_as_inputs_only_by_a_known_name(tmp_path):
     """recover --data took a lone array of any name, where optimize and verify refuse it."""
     import numpy as np

@@ -59,6 +59,25 @@ if TYPE_CHECKING:
 _FLOAT_INPUTS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
 
+def _integers_as_the_model_takes(x: Any, model: onnx.ModelProto) -> Any:
+    """Integer samples (read as int64) in the integer type each input declares: magika takes int32
+    byte features, and onnxruntime refuses the teacher an int64 array for them."""
+    takes = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+
+    def cast(name: str, a: np.ndarray) -> np.ndarray:
+        kind = takes.get(name, onnx.TensorProto.UNDEFINED)
+        if a.dtype.kind not in "iu" or kind in _FLOAT_INPUTS or kind == onnx.TensorProto.UNDEFINED:
+            return a
+        return a.astype(onnx.helper.tensor_dtype_to_np_dtype(kind), copy=False)
+
+    if isinstance(x, InputArrays):
+        return InputArrays(x.names, [cast(n, a) for n, a in zip(x.names, x.arrays)])
+    if isinstance(x, np.ndarray):
+        weights = {t.name for t in model.graph.initializer}
+        return cast(next(v.name for v in model.graph.input if v.name not in weights), x)
+    return x
+
+
 def _io_signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     inits = {t.name for t in model.graph.initializer}
     ins = [(v.name, v.type.tensor_type.elem_type) for v in model.graph.input if v.name not in inits]
@@ -258,6 +277,7 @@ def _recover(
         x = prepare_inputs(x, input_shape, normalize)
     else:
         converted = None
+    x = _integers_as_the_model_takes(x, student)
     if converted:
         warn(f"--data {desc}: {converted}")
     try:

@@ -303,6 +303,32 @@ def test_integer_token_inputs_pass_through_and_train(tmp_path):
     assert report["val_after"]["teacher_agreement"] >= 0
 
 
+def test_int32_inputs_reach_the_teacher_as_int32(tmp_path):
+    """magika takes int32 byte features: the samples were read as int64 and onnxruntime refused the
+    teacher them ("internal error ... expected: (tensor(int32))")."""
+    torch.manual_seed(0)
+    model = _export(
+        Tokens(),
+        tmp_path / "tokens32.onnx",
+        ("scores",),
+        (torch.zeros(1, 12, dtype=torch.int32),),
+        names=("ids",),
+        dynamic=False,
+    )
+    assert onnx.load(str(model)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    data = tmp_path / "train.npz"
+    np.savez(data, ids=np.random.default_rng(1).integers(0, 50, (64, 12)).astype(np.int32))
+    report = recover(
+        model,
+        tmp_path / "r.onnx",
+        teacher_path=model,
+        data=str(data),
+        cfg=RecoverConfig(max_steps=2, batch_size=8, threads=1),
+        progress=False,
+    )
+    assert report["steps"] == 2
+
+
 def _ids(path, n):
     np.savez(path, ids=np.random.default_rng(n).integers(0, 50, (n, 12)).astype(np.int64))
     return path
