@@ -111,9 +111,13 @@ def search_budget(
             hi = min(hopeless, default=reachable * 0.999)
         lo, best = _bisect(pass_, model, ctx, reference, bound, steps, stage, lo, hi, best, trials, warm)
     if best is None:
-        _, eligible, _ = pass_.eligible_layers(model, ctx)
-        note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
-        return PassResult(model, False, [], [], [note], sum(layer.params for layer in eligible)), None, trials
+        _, eligible, skipped = pass_.eligible_layers(model, ctx)
+        if trials:
+            note = f"no ratio kept the held-out error within {bound:g}; the output equals the normalized input"
+        else:  # a quantized model's weights, depthwise convs only, ...: nothing was tried
+            note = "no layer can be factorized (the skipped nodes say why); the output equals the normalized input"
+        params = sum(layer.params for layer in eligible)
+        return PassResult(model, False, [], [] if trials else skipped, [note], params), None, trials
     return best[0], best[1], trials
 
 

@@ -20,10 +20,12 @@ import onnx
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import count_params
 from tensorfold.graph.verify import Reference, Verification
+from tensorfold.log import warn
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import FactorizePass
+from tensorfold.quantize.static import quantized_nodes
 from tensorfold.quantize.within_bound import Int8Result
 
 if TYPE_CHECKING:
@@ -264,7 +266,10 @@ def search_candidates(
                 recovered=recovered,
             )
         )
-    if settings.int8:
+    already = quantized_nodes(original) if settings.int8 else 0
+    if already:  # optimize warned of it before any work (stages.load)
+        unmet.append(f"int8: the model is quantized already ({already} quantization nodes): no int8 candidate")
+    if settings.int8 and not already:
         assert normalized is not None, "int8 alone quantizes the normalized input"
         fmt = format_for(settings.provider if settings.objective == "latency" else "cpu")
         if bound is not None:
@@ -302,6 +307,9 @@ def search_candidates(
             ):
                 method = method or r.calibration
                 label = name + (" (dynamic)" if r.kind == "dynamic" else "")
+                if r.failure:  # asked for and not built: said as a warning, not only in the notes
+                    warn(f"--int8: onnxruntime's quantizer failed on the {label} candidate: {r.failure}")
+                    unmet.append(f"{label}: onnxruntime's quantizer failed: {r.failure}")
                 if r.model is None:
                     unmet.extend(f"{label}: {note}" for note in r.notes)
                     continue

@@ -41,6 +41,7 @@ from tensorfold.graph.model import count_params
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import ModelStats, model_stats
 from tensorfold.graph.verify import Reference, Verification
+from tensorfold.log import warn
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import call_shapes, feeds_for
 from tensorfold.onnxrt.inputs import dynamic_warning, resolve_shapes
@@ -49,6 +50,7 @@ from tensorfold.outputs import check_output
 from tensorfold.passes import PassContext, PassResult, get_pass
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.passes.layers import ensure_node_names, find_layers
+from tensorfold.quantize.static import quantized_nodes
 from tensorfold.report import OptimizeReport
 
 if TYPE_CHECKING:
@@ -125,7 +127,6 @@ def run(
     checkpoints = _checkpoint_path(output_path, o)
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):  # one process (torch need not be installed)
         return _search(input_path, output_path, o, checkpoints, start)
-    from tensorfold.log import warn
     from tensorfold.recovery.distributed import start as start_processes
     from tensorfold.recovery.distributed import stop as stop_processes
     from tensorfold.recovery.distributed import world
@@ -242,6 +243,11 @@ def _run_prepared(
 def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     """Load the model, split the calibration samples, and compute the references once."""
     original = load_model(input_path)
+    if o.int8 and quantized_nodes(original):
+        warn(
+            f"--int8: the model is quantized already ({quantized_nodes(original)} quantization nodes); "
+            "onnxruntime cannot quantize it again: the candidates are the float ones"
+        )
     fit, held, label = _calibration_split(original, o)
     classes = o.class_map
     # the bound search (and every int8 candidate) selects on the held-out share; the report verifies

@@ -65,10 +65,39 @@ def at_least_opset(model: onnx.ModelProto, version: int = 13) -> onnx.ModelProto
         ) from None
 
 
+# ops of a model that is quantized already (QDQ or QOperator format, or dynamic)
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "DynamicQuantizeLSTM",
+    }
+)
+
+
+def quantized_nodes(model: onnx.ModelProto) -> int:
+    """How many of the model's top-level nodes belong to a quantization: onnxruntime's quantizer
+    cannot quantize such a model again (a QDQ model's DequantizeLinear outputs would be written twice)."""
+    return sum(n.op_type in QUANTIZED_OPS for n in model.graph.node)
+
+
 class StaticQuantizer:
     """One float model, prepared for onnxruntime's static quantizer; `quantize` any number of times."""
 
-    def __init__(self, model: onnx.ModelProto, fit: dict[str, np.ndarray], fmt: Int8Format, calls_per_collect: int = 4):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        fit: dict[str, np.ndarray],
+        fmt: Int8Format,
+        calls_per_collect: int = 4,
+        preprocess: bool = True,
+    ):
         from tensorfold.passes.layers import ensure_node_names
 
         self.fmt = fmt
@@ -85,7 +114,7 @@ class StaticQuantizer:
         save_model(model, raw)  # a large model keeps its weights in model.onnx.data
         prepared = self.dir / "prepared.onnx"
         with quiet_onnxruntime_quantization():
-            if not self._preprocess(raw, prepared):
+            if not preprocess or not self._preprocess(raw, prepared):
                 prepared, self.preprocessed = raw, False
         # nodes are named, so a node kept in float is named in the report and in nodes_to_exclude
         self.model = onnx.load(str(prepared))

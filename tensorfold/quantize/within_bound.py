@@ -43,6 +43,7 @@ class Int8Result:
     fusion: FusionReport | None = None
     trials: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    failure: str = ""  # onnxruntime's quantizer failed on the model: why (model None)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -56,6 +57,7 @@ class Int8Result:
             "trials": self.trials,
             "max_error": self.verification.max_error if self.verification else None,
             "notes": self.notes,
+            "failure": self.failure or None,
         }
 
 
@@ -71,33 +73,68 @@ def quantize_within(
     progress: bool = True,
 ) -> list[Int8Result]:
     """The int8 candidates of `model` within `bound` on `reference` (static, and dynamic where the
-    weights sit in matrix products); a candidate no plan could hold has model None and says why."""
+    weights sit in matrix products); a candidate no plan could hold, or that onnxruntime's quantizer
+    failed on, has model None and says why."""
+    bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
+    try:
+        results, failed, preprocessed = _search(
+            model, fit, reference, bound, fmt, provider, methods, class_outputs, bar
+        )
+        if failed and preprocessed:
+            # magika: onnxruntime's quantizer fails on the model its own pre-processing wrote, and
+            # quantizes the model as it is
+            retry, failed_again, _ = _search(
+                model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, preprocess=False
+            )
+            if not failed_again:
+                for r in retry:
+                    r.notes.append(f"quantized without onnxruntime's pre-processing: on the model it wrote, {failed}")
+                return retry
+        return results
+    finally:
+        bar.close()
+
+
+def _search(
+    model: onnx.ModelProto,
+    fit: dict[str, np.ndarray],
+    reference: Reference,
+    bound: float,
+    fmt: Int8Format,
+    provider: str,
+    methods: tuple[str, ...],
+    class_outputs: set[str] | None,
+    bar: Any,
+    preprocess: bool = True,
+) -> tuple[list[Int8Result], str, bool]:
+    """quantize_within on one preparation of the model: the candidates, why the static one failed
+    in onnxruntime's quantizer ("" if it did not), and whether onnxruntime pre-processed the model."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     results = []
-    with StaticQuantizer(model, fit, fmt) as quantizer:
+    with StaticQuantizer(model, fit, fmt, preprocess=preprocess) as quantizer:
         prepared = quantizer.model
         classes = class_axes(prepared) if class_outputs is None else class_outputs
         fragile = fragile_nodes(prepared, set(classes))
         ops = set(QLinearOpsRegistry) | set(QDQRegistry)
         quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
-        bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
-        try:
-            # the calibration method: the one whose fully quantized model is closest on the held-out share
-            errors, failed, full = {}, [], {}
-            for method in methods:
-                bar.set_postfix_str(f"calibrating ({method})")
-                try:
-                    quantized = quantizer.quantize(method)
-                    full[method] = (quantized, reference.verify(quantized))
-                    errors[method] = float(full[method][1].max_error)
-                except TensorfoldError as exc:
-                    if len(methods) == 1:
-                        raise
-                    failed.append(f"{method} calibration skipped: {exc}")
-                bar.update()
-            if not errors:
-                raise TensorfoldError("; ".join(failed))
+        # the calibration method: the one whose fully quantized model is closest on the held-out share
+        errors, failed, full = {}, [], {}
+        for method in methods:
+            bar.set_postfix_str(f"calibrating ({method})")
+            try:
+                quantized = quantizer.quantize(method)
+                full[method] = (quantized, reference.verify(quantized))
+                errors[method] = float(full[method][1].max_error)
+            except TensorfoldError as exc:
+                failed.append((method, str(exc)))
+            bar.update()
+        failure = ""
+        if not errors:
+            reasons = sorted({why for _, why in failed})
+            failure = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {why}" for m, why in failed)
+            results.append(Int8Result("static", fmt, None, None, failure=failure))
+        else:
             method = min(errors, key=lambda m: errors[m])
             results.append(
                 _within(
@@ -117,17 +154,18 @@ def quantize_within(
                 )
             )
             full.clear()
-            results[-1].notes.extend(failed)
-            if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
-                dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-                dynamic_fmt = Int8Format(
-                    "dynamic, int8 per-channel weights",
-                    "uint8",
-                    per_channel=fmt.per_channel,
-                    reduce_range=fmt.reduce_range,
-                    why="activations quantized at run time: no calibration, MatMulInteger "
-                    "kernels for MatMul/LSTM-heavy models",
-                )
+            results[-1].notes.extend(f"{m} calibration skipped: {why}" for m, why in failed)
+        if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
+            dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
+            dynamic_fmt = Int8Format(
+                "dynamic, int8 per-channel weights",
+                "uint8",
+                per_channel=fmt.per_channel,
+                reduce_range=fmt.reduce_range,
+                why="activations quantized at run time: no calibration, MatMulInteger "
+                "kernels for MatMul/LSTM-heavy models",
+            )
+            try:
                 results.append(
                     _within(
                         quantizer.quantize_dynamic,
@@ -141,9 +179,9 @@ def quantize_within(
                         bar,
                     )
                 )
-        finally:
-            bar.close()
-    return results
+            except TensorfoldError as exc:
+                results.append(Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc)))
+        return results, failure, quantizer.preprocessed
 
 
 def _within(

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tensorfold.api import optimize
 from tensorfold.calibration.deploy import LOSSLESS, Candidate, choose
 from tensorfold.demo import demo_model_path
+from tensorfold.errors import TensorfoldError
 from tensorfold.graph.verify import OutputCheck, Verification
 from tests.helpers.cli import assert_user_error, invoke
 from tests.helpers.data import smooth_images
@@ -168,3 +169,59 @@ def test_mistakes_are_one_line_before_any_work(samples, tmp_path, args, message)
     code, text = invoke(*base, *calibration, *args)
     assert_user_error(code, text, message)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_quantizer_failing_on_its_own_pre_processing_quantizes_the_model_as_it_is(samples, monkeypatch):
+    """magika: onnxruntime's quantizer failed on the model its pre-processing wrote ("The truth value
+    of an array ... is ambiguous") for every calibration method, and the whole run ended in exit 2."""
+    from tensorfold.quantize import static
+
+    quantize = static.StaticQuantizer.quantize
+
+    def fails_when_preprocessed(self, *args, **kwargs):
+        if self.preprocessed:
+            raise TensorfoldError("int8 quantization failed: The truth value of an array is ambiguous")
+        return quantize(self, *args, **kwargs)
+
+    monkeypatch.setattr(static.StaticQuantizer, "quantize", fails_when_preprocessed)
+    report = optimize(
+        DEMO, None, calibration=str(samples), max_output_error=0.05, int8=True, method="none", threads=1, progress=False
+    )
+    (int8,) = [c for c in report.deploy["candidates"] if c["name"] == "int8"]
+    assert int8["within"] and any("quantized without onnxruntime's pre-processing" in n for n in int8["int8"]["notes"])
+
+
+def test_a_quantizer_failing_everywhere_leaves_the_float_candidates_and_warns(samples, monkeypatch, capsys):
+    from tensorfold.quantize import static
+
+    def fails(self, *args, **kwargs):
+        raise TensorfoldError("int8 quantization failed: boom")
+
+    monkeypatch.setattr(static.StaticQuantizer, "quantize", fails)
+    report = optimize(DEMO, None, calibration=str(samples), max_output_error=0.05, int8=True, threads=1, progress=False)
+    assert report.deploy["chosen"] in ("input", "factorized", "exact rewrite")
+    assert not any(c["int8"] for c in report.deploy["candidates"])
+    err = capsys.readouterr().err
+    assert (
+        err.count(
+            "warning: --int8: onnxruntime's quantizer failed on the int8 candidate: int8 quantization failed: boom"
+        )
+        == 1
+    )
+    assert any("int8: onnxruntime's quantizer failed: int8 quantization failed: boom" in n for n in report.notes)
+
+
+def test_a_quantized_model_gets_no_int8_candidate_and_is_told_before_any_work(samples, tmp_path, capsys):
+    """A QDQ model (pipecat's smart-turn) failed after 147 s on onnx.checker's SSA message."""
+    from tensorfold.quantize.baseline import ort_quantize_static
+
+    quantized = tmp_path / "q.onnx"
+    fit = {"input": np.load(samples)["input"][:8]}
+    onnx.save(ort_quantize_static(onnx.load(str(DEMO)), fit), str(quantized))
+    report = optimize(
+        quantized, None, calibration=str(samples), max_output_error=0.05, int8=True, threads=1, progress=False
+    )
+    assert not any(c["int8"] for c in report.deploy["candidates"])
+    assert any("the model is quantized already" in n for n in report.notes)
+    assert "no layer can be factorized (the skipped nodes say why)" in " ".join(report.notes)
+    assert "warning: --int8: the model is quantized already" in capsys.readouterr().err
