@@ -18,7 +18,7 @@ from tensorfold.graph.io import check_model_path, load_model, save_model
 from tensorfold.graph.model import constant_tensors
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
-from tensorfold.graph.verify import Reference, verify_models
+from tensorfold.graph.verify import verify_models
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import (
@@ -155,13 +155,12 @@ def inspect(
 
 
 def _sensitivity(original, model, samples, progress) -> dict:
-    from tensorfold.calibration.sensitivity import PROBE_SAMPLES, measure_sensitivity
+    from tensorfold.calibration.sensitivity import measure_sensitivity, probe_reference
 
     chosen = get_pass("tucker")
     layers, _ = find_layers(model)
     ctx = PassContext(progress=progress, stats=collect_input_grams(model, layers, samples, progress=progress))
-    probe = Reference(original, samples.take(np.arange(min(samples.n, PROBE_SAMPLES))).arrays, "probe")
-    return measure_sensitivity(chosen, model, ctx, probe)
+    return measure_sensitivity(chosen, model, ctx, probe_reference(original, samples))
 
 
 def profile(

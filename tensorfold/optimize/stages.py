@@ -327,10 +327,9 @@ def prepare(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None = None)
         layers, _ = find_layers(model, ctx.include, ctx.exclude)
         ctx.stats = collect_input_grams(model, layers, inputs.fit, progress=o.progress)
         if o.sensitivity and (o.spec.ratio is not None or o.output_bound is not None):
-            from tensorfold.calibration.sensitivity import PROBE_SAMPLES, measure_sensitivity, sensitivity_weights
+            from tensorfold.calibration.sensitivity import measure_sensitivity, probe_reference, sensitivity_weights
 
-            fit = inputs.fit
-            probe = Reference(inputs.original, fit.take(np.arange(min(fit.n, PROBE_SAMPLES))).arrays, "probe")
+            probe = probe_reference(inputs.original, inputs.fit)
             ctx.layer_weights = sensitivity_weights(measure_sensitivity(chosen, model, ctx, probe))
     before = model_stats(inputs.original, inputs.input_shapes)
     return Prepared(model, norm_stats, chosen, method, ctx, before, _stage("input", inputs.original, None), recoverer)

@@ -60,9 +60,13 @@ class InspectReport(Report):
             table.add_row(row["node"], row["op"], shape, f"{row['params']:,}", fmt_count(row["flops"]), *marks, *extra)
         console.print(table)
         if sens_cols:
+            from tensorfold.calibration.sensitivity import PROBE_SAMPLES
+
             console.print(
                 f"sensitivity on {self.calibration}: each layer alone at half its parameters (data-fitted "
-                "Tucker-2/SVD); layer err = its relative output error, model err = the model's"
+                "Tucker-2/SVD); layer err = its relative output error, model err = the model's, on "
+                f"{PROBE_SAMPLES} samples spread over the file (a rare input the cut breaks can be missed: "
+                "`optimize --max-output-error` checks the whole held-out share)"
             )
         reasons: dict[str, list[str]] = {}
         for row in self.layers:

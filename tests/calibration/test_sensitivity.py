@@ -54,3 +54,18 @@ def test_the_streamed_probe_measures_what_a_rebuilt_model_shows(tmp_path, method
         check = reference.verify(rebuilt.model)
         assert s.model_error == pytest.approx(check.max_relative_error, rel=1e-3, abs=1e-5)
         assert s.model_error > 0
+
+
+def test_the_probe_samples_spread_over_the_file():
+    """The first 8 samples of a file grouped by kind all came from one kind (magika's files)."""
+    from tensorfold.calibration.data import Samples
+    from tensorfold.calibration.sensitivity import PROBE_SAMPLES, probe_reference
+
+    model = load_model(demo_model_path())
+    images = smooth_images(40, 0)
+    probe = probe_reference(model, Samples({"input": images}, "s.npz"))
+    used = np.concatenate([call["input"] for call in probe.calls])
+    assert len(used) == PROBE_SAMPLES
+    assert np.array_equal(used[0], images[0]) and np.array_equal(used[-1], images[-1])
+    few = probe_reference(model, Samples({"input": images[:3]}, "s.npz"))
+    assert sum(len(call["input"]) for call in few.calls) == 3
