@@ -18,7 +18,7 @@ from tensorfold.graph.io import check_model_path, load_model, save_model
 from tensorfold.graph.model import constant_tensors
 from tensorfold.graph.normalize import normalize as normalize_model
 from tensorfold.graph.stats import model_stats
-from tensorfold.graph.verify import verify_models
+from tensorfold.graph.verify import class_axes, parse_class_outputs, verify_models
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import (
@@ -73,11 +73,16 @@ def compare(
     shapes: tuple[str, ...] = (),
     inputs: str | None = None,
     seed: int = 0,
+    class_outputs: tuple[str, ...] | str = (),
 ) -> VerifyReport:
-    """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`)."""
+    """Run two models on the same inputs and compare their outputs (`tensorfold verify A B`);
+    `class_outputs` (NAME or NAME:AXIS) are judged by argmax agreement too, beside those the graph
+    marks as class scores (a Softmax, an ArgMax)."""
+    named = parse_class_outputs((class_outputs,) if isinstance(class_outputs, str) else tuple(class_outputs))
     a, b = load_model(path_a), load_model(path_b)
+    class_axes(a, named)  # an unknown output name is said before any run
     feeds, label, _ = feeds_for(a, parse_shapes(tuple(shapes)), inputs, seed)
-    return VerifyReport.of(verify_models(a, b, feeds, label))
+    return VerifyReport.of(verify_models(a, b, feeds, label, class_outputs=named))
 
 
 def inspect(

@@ -318,6 +318,12 @@ def optimize_cmd(model, output, as_json, **options):
     type=_POSITIVE_FLOAT,
     help="exit 1 when an output's relative error (or argmax disagreement on class scores) is above it: a CI gate",
 )
+@click.option(
+    "--class-output",
+    "class_outputs",
+    multiple=True,
+    help="an output holding class scores, NAME or NAME:AXIS (repeatable): judged by argmax agreement too",
+)
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(reference, candidate, as_json, max_error, **options):
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output."""

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
-from tensorfold.graph.model import attr
+from tensorfold.graph.model import attr, constant_tensors
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks, sample_count
 from tensorfold.onnxrt.sessions import make_session, ort_message
@@ -133,7 +133,8 @@ class Verification:
         del d["tallies"]
         d["interval"], d["interval_samples"] = self.interval, self.interval_samples
         d["max_relative_error"] = self.max_relative_error
-        d["max_disagreement"] = self.max_disagreement
+        # null where no output has argmaxes or elements to agree on: 0.0 read as "labels all kept"
+        d["max_disagreement"] = self.max_disagreement if self.counts_disagreement else None
         d["max_error"] = self.max_error
         d["max_channel_error"] = self.max_channel_error
         d["broken"] = self.broken
@@ -205,6 +206,8 @@ def class_axes(
             axes[name] = named[name] if named[name] is not None else (1 if len(dims) == 4 else -1)
         elif node is not None and node.op_type in ("Softmax", "LogSoftmax"):
             axes[name] = int(attr(node, "axis", -1 if opset >= 13 else 1))
+        elif node is not None and (axis := _spelled_out_softmax(model, node, producers)) is not None:
+            axes[name] = axis
         elif reader is not None:
             axes[name] = int(attr(reader, "axis", 0 if reader.op_type == "ArgMax" else -1))
         elif by_shape and len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
@@ -212,6 +215,27 @@ def class_axes(
         elif by_shape and node is not None and node.op_type in ("Gemm", "MatMul") and len(dims) >= 2:
             axes[name] = -1
     return axes
+
+
+def _spelled_out_softmax(model: onnx.ModelProto, div: onnx.NodeProto, producers: dict) -> int | None:
+    """The class axis of a softmax written out as Exp(x) / ReduceSum(Exp(x)) (TensorFlow and JAX
+    exports: magika's file-type scores), the sum's shape restored by Reshape/Expand/Unsqueeze; None
+    when `div` is not one."""
+    if div.op_type != "Div" or len(div.input) != 2:
+        return None
+    exp = producers.get(div.input[0])
+    total = producers.get(div.input[1])
+    while total is not None and total.op_type in ("Reshape", "Expand", "Unsqueeze", "Identity", "Cast"):
+        total = producers.get(total.input[0])
+    if exp is None or exp.op_type != "Exp" or total is None or total.op_type != "ReduceSum":
+        return None
+    if total.input[0] != exp.output[0]:
+        return None
+    axes = attr(total, "axes", None)
+    if axes is None and len(total.input) > 1 and total.input[1]:  # opset 13: the axes are an input
+        stored = constant_tensors(model).get(total.input[1])
+        axes = onnx.numpy_helper.to_array(stored).ravel().tolist() if stored is not None else None
+    return int(axes[0]) if axes is not None and len(axes) == 1 else -1
 
 
 # axis-1 channels whose RMS values, sorted, drop by more than this factor from one to the next are

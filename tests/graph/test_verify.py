@@ -156,6 +156,66 @@ def test_a_2d_output_is_a_class_axis_only_where_the_graph_or_the_user_says_so():
     assert class_axes(_head(None), by_shape=True) == {"y": 1}  # training, where labels confirm it
 
 
+def _spelled_out_softmax(axes_as_input: bool = True):
+    """x (N, 8) -> MatMul -> Exp -> ReduceSum -> Reshape -> Expand -> Div -> y, magika's ending."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 5), np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    shape = numpy_helper.from_array(np.array([-1, 1], np.int64), "shape")
+    full = numpy_helper.from_array(np.array([1, 5], np.int64), "full")
+    reduce = (
+        helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=0)
+        if axes_as_input
+        else helper.make_node("ReduceSum", ["e"], ["s"], keepdims=0, axes=[1])
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Exp", ["h"], ["e"]),
+        reduce,
+        helper.make_node("Reshape", ["s", "shape"], ["r"]),
+        helper.make_node("Expand", ["r", "full"], ["b"]),
+        helper.make_node("Div", ["e", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+        [w, axes, shape, full],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13 if axes_as_input else 11)])
+
+
+def test_a_softmax_spelled_out_as_exp_over_its_sum_is_a_class_axis():
+    """magika (a JAX export) writes its scores as Exp / ReduceSum: labels were never compared."""
+    from tensorfold.graph.verify import class_axes
+
+    assert class_axes(_spelled_out_softmax()) == {"y": 1}
+    assert class_axes(_spelled_out_softmax(axes_as_input=False)) == {"y": 1}
+    onnx.checker.check_model(_spelled_out_softmax(), full_check=True)
+
+
+def test_verify_takes_class_outputs_and_reports_no_disagreement_it_did_not_count(tmp_path):
+    import json
+
+    a, b = _head(None), _head(None)
+    b.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(np.eye(8, 384, dtype=np.float32), "w"))
+    onnx.save(a, str(tmp_path / "a.onnx"))
+    onnx.save(b, str(tmp_path / "b.onnx"))
+    runner = CliRunner()
+    plain = runner.invoke(main, ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--json"])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.stdout)["max_disagreement"] is None  # an embedding: nothing to agree on
+    named = runner.invoke(
+        main, ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--class-output", "y", "--json"]
+    )
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout)["max_disagreement"] is not None
+    wrong = runner.invoke(main, ["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--class-output", "z"])
+    assert wrong.exit_code == 2 and "--class-output z: the model has no such output" in wrong.output
+
+
 def test_an_unknown_class_output_is_named():
     from tensorfold.errors import TensorfoldError
     from tensorfold.graph.verify import class_axes
