@@ -117,6 +117,9 @@ class _Group(click.Group):
 )
 def main(debug):
     """Rewrite the Conv/Gemm/MatMul nodes of an ONNX model into verified low-rank factor chains."""
+    from tensorfold.progress import start_clock
+
+    start_clock()  # off a terminal, the first progress line comes a minute into the command
 
 
 @main.command("inspect")
