@@ -94,11 +94,12 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Every constant tensor of the top-level graph by the name nodes read it under: initializers,
-    and the value of each Constant node (PaddlePaddle exports keep their weights there)."""
-    out = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
+def constant_tensors(model: onnx.ModelProto | onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Every constant tensor of the top-level graph (or of `graph`) by the name nodes read it under:
+    initializers, and the value of each Constant node (PaddlePaddle exports keep their weights there)."""
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
         if node.op_type == "Constant":
             out.update(
                 (node.output[0], a.t)
@@ -113,15 +114,24 @@ def count_params(model: onnx.ModelProto) -> int:
     as initializers or as top-level Constant nodes (as in PaddlePaddle exports): floating-point
     constants, int8/uint8/int4/int16 weights of a quantized model, and int32 biases read by a
     DequantizeLinear. Quantization metadata (scales and zero points) and integer shapes or indices
-    are not parameters: a 17M-parameter model quantized to int8 still holds 17M parameters."""
+    are not parameters: a 17M-parameter model quantized to int8 still holds 17M parameters. The
+    bodies of If/Loop/Scan nodes count too (onnxruntime's quantizer moved hey_jarvis's weights into
+    an If branch, and they read as a third of the parameters gone)."""
+    return _graph_params(model.graph)
+
+
+def _graph_params(graph: onnx.GraphProto) -> int:
     metadata, biases = set(), set()
-    for node in model.graph.node:
+    total = 0
+    for node in graph.node:
         positions = _QUANT_METADATA.get(node.op_type, ())
         metadata.update(node.input[i] for i in positions if i < len(node.input))
         if node.op_type == "DequantizeLinear" or node.op_type in ("QLinearConv", "QGemm"):
             biases.update(node.input)
-    total = 0
-    for name, t in constant_tensors(model).items():
+        for a in node.attribute:
+            bodies = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            total += sum(_graph_params(body) for body in bodies)
+    for name, t in constant_tensors(graph).items():
         # onnxruntime's quantizers name the scales and zero points they add (the per-channel scale a
         # dynamically quantized MatMul multiplies by is read by a plain Mul)
         if name in metadata or (len(t.dims) <= 1 and name.endswith(("_scale", "_zero_point"))):

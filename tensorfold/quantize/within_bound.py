@@ -181,7 +181,23 @@ def _search(
                 )
             except TensorfoldError as exc:
                 results.append(Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc)))
+        weighted = {n.name for n in prepared.graph.node if n.op_type in WEIGHT_OPS}
+        for result in results:
+            _in_name_only(result, weighted)
         return results, failure, quantizer.preprocessed
+
+
+# the nodes whose weights int8 stores in 8 bits: a candidate that keeps every one of them in float
+# is int8 in name only (openWakeWord's melspectrogram: 4 weight nodes, all float, 1.04 MiB both)
+WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+
+
+def _in_name_only(result: Int8Result, weighted: set[str]) -> None:
+    """Drop a candidate that left every weight node of the model in float, and say so."""
+    if result.model is None or not weighted or not weighted <= set(result.float_nodes):
+        return
+    result.model, result.verification = None, None
+    result.notes.append(f"{result.kind} int8: every weight node stayed in float within the bound: no int8 candidate")
 
 
 def _within(

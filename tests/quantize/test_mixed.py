@@ -95,3 +95,17 @@ def test_an_onnxruntime_without_the_calibration_cache_calibrates_every_time(demo
         assert q.ranges("minmax") is None
         model = q.quantize("minmax", frozenset())
     assert any(n.op_type == "QLinearConv" or n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def test_an_int8_candidate_with_every_weight_node_in_float_is_dropped():
+    """openWakeWord's melspectrogram: its 'int8' kept all four weight nodes float, 1.04 MiB as before."""
+    from tensorfold.quantize.within_bound import Int8Result, _in_name_only
+
+    fmt = format_for("cpu", "x86_64", {"avx512_vnni"})
+    check = Verification("passed", "held", [OutputCheck("y", "float", relative_error=0.01)])
+    named = Int8Result("static", fmt, onnx.ModelProto(), check, float_nodes={"conv": "why", "mm": "why"})
+    _in_name_only(named, {"conv", "mm"})
+    assert named.model is None and "every weight node stayed in float" in named.notes[0]
+    real = Int8Result("static", fmt, onnx.ModelProto(), check, float_nodes={"mm": "why"})
+    _in_name_only(real, {"conv", "mm"})
+    assert real.model is not None and not real.notes

@@ -32,3 +32,22 @@ def test_a_full_disk_in_pre_processing_ends_the_run_and_prints_no_traceback(monk
         static.StaticQuantizer(onnx.load(str(demo_model_path())), _fit(), format_for("cpu", "x86_64", set()))
     assert err.value.errno == errno.ENOSPC
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_histogram_widened_to_tens_of_thousands_of_bins_is_merged_about_zero():
+    """A quiet first sample left one of hey_jarvis's tensors at 62,374 bins, and onnxruntime's
+    entropy search (quadratic in the bins, in Python) took 224 s on it."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(10_000).astype(np.float32)
+    threshold = np.float32(4.0)
+    hist, edges = np.histogram(values, 62_374, range=(-threshold, threshold))
+    wide = {"t": (hist, edges.astype(np.float32), values.min(), values.max(), threshold)}
+    small = {"s": (hist[:128], edges[:129], 0.0, 1.0, threshold)}
+    static.cap_histograms(wide)
+    static.cap_histograms(small)
+    merged, new_edges, low, high, new_threshold = wide["t"]
+    assert len(merged) <= static.MAX_ENTROPY_BINS and merged.sum() == hist.sum()
+    assert len(new_edges) == len(merged) + 1 and new_edges[0] == -new_threshold and new_edges[-1] == new_threshold
+    assert len(merged) % 2 == 0 and abs(new_edges[len(merged) // 2]) < 1e-6  # the middle edge is zero
+    assert new_threshold >= threshold and (low, high) == (values.min(), values.max())
+    assert len(small["s"][0]) == 128  # left as it was
