@@ -44,11 +44,14 @@ class Recovered:
     seconds: float
     stop: str
     resumed: bool = False  # recovered by the interrupted search this one resumes (its checkpoints)
+    kept_start: bool = False  # training made it no better on validation: the candidate's own weights
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"steps": self.steps, "seconds": round(self.seconds, 2), "stop": self.stop}
         if self.resumed:
             info["resumed"] = True
+        if self.kept_start:
+            info["kept_start"] = True
         return info
 
 
@@ -236,7 +239,7 @@ class Recoverer:
             result = run(self.cfg.lr, folder, resume)
         steps = result.history.steps[-1] if result.history.steps else 0
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
-            return Recovered(student, steps, time.perf_counter() - start, result.stop)
+            return Recovered(student, steps, time.perf_counter() - start, result.stop, kept_start=True)
         return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
 
 

@@ -174,6 +174,8 @@ class OptimizeReport(Report):
                 line += f", {how['batch']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
+            if how.get("kept_start"):
+                line += "; no step improved on validation, so the factorized weights are written as they were"
             # the stages say what was written; with --int8/--objective the candidates table does
             if self.budget_search and self.stages and not any(s["stage"] == "recovered" for s in self.stages):
                 line += "; no recovered candidate met the bound, so the unrecovered answer is written"

@@ -43,6 +43,17 @@ def test_recovery_lowers_the_held_out_error_at_the_ratio_asked(samples, tmp_path
     assert "recovery: 45 steps at lr" in console.export_text()  # one candidate: not "per candidate"
 
 
+def test_a_recovery_that_never_improved_says_the_weights_were_kept(samples):
+    """magika: 'held-out error 0.2649 -> 0.2649' under a stage called recovered, and no word why."""
+    from rich.console import Console
+
+    report = optimize(DEMO, None, method="tucker", ratio=8, calibration=str(samples), progress=False, recover=3, lr=1e4)
+    assert report.recovery["kept_start"] and report.recovery["after"] == pytest.approx(report.recovery["before"])
+    console = Console(record=True, width=300)
+    report.render(console)
+    assert "no step improved on validation, so the factorized weights are written as they were" in console.export_text()
+
+
 def test_the_bound_search_judges_each_candidate_once_recovered(samples):
     kwargs = dict(method="tucker", calibration=str(samples), max_output_error=0.2, progress=False)
     plain = optimize(DEMO, None, **kwargs)
