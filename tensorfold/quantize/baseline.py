@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from tensorfold.errors import TensorfoldError
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.static import StaticQuantizer
 
@@ -23,9 +24,15 @@ BASELINE = Int8Format(
 
 
 def ort_quantize_static(model: onnx.ModelProto, fit: dict[str, np.ndarray]) -> onnx.ModelProto:
-    with StaticQuantizer(model, fit, BASELINE) as quantizer:
-        quantized: onnx.ModelProto = quantizer.quantize("minmax")
-        return quantized
+    """As the guidance says, and where onnxruntime's quantizer fails on the model its own
+    pre-processing wrote (magika), on the model as it is: what a user would try next."""
+    try:
+        with StaticQuantizer(model, fit, BASELINE) as quantizer:
+            quantized: onnx.ModelProto = quantizer.quantize("minmax")
+            return quantized
+    except TensorfoldError:
+        with StaticQuantizer(model, fit, BASELINE, preprocess=False) as quantizer:
+            return quantizer.quantize("minmax")
 
 
 def ort_quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
