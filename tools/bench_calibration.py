@@ -21,6 +21,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -198,7 +199,7 @@ def main():
     lines = [
         "# Data-aware compression: calibrated vs plain, on held-out real inputs",
         "",
-        f"Command: `.venv/bin/python tools/bench_calibration.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `.venv/bin/python tools/bench_calibration.py {shlex.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), {platform.node()}; "
         f"onnxruntime {__import__('onnxruntime').__version__}  ",
         f"Date: {now}",

@@ -36,6 +36,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -225,7 +226,7 @@ def main():
     lines = [
         "# The fastest model within the bound: tensorfold vs onnxruntime's quantizer",
         "",
-        f"Command: `.venv/bin/python tools/bench_deploy.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `.venv/bin/python tools/bench_deploy.py {shlex.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
         f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ",
         f"Date: {now}",

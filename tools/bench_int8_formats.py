@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def main():
     lines = [
         "# int8 formats and where the error comes from (PP-OCRv4 det)",
         "",
-        f"Command: `.venv/bin/python tools/bench_int8_formats.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `.venv/bin/python tools/bench_int8_formats.py {shlex.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), AVX-512 VNNI: "
         f"{'yes' if has_vnni() else 'no'}; onnxruntime {onnxruntime.__version__}  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
