@@ -94,11 +94,13 @@ def quantized_nodes(model: onnx.ModelProto) -> int:
 MAX_ENTROPY_BINS = 2048
 
 
-def cap_histograms(histograms: dict[str, tuple] | None, most: int = MAX_ENTROPY_BINS) -> None:
+def cap_histograms(histograms: dict[str, tuple[Any, ...]] | None, most: int = MAX_ENTROPY_BINS) -> None:
     """Merge neighbouring bins of each histogram above `most` bins, k at a time, keeping the range
     symmetric about zero (the entropy search splits it at its middle edge): zero bins are added at
     both ends so that the merged groups meet at zero."""
-    for name, entry in (histograms or {}).items():
+    if histograms is None:
+        return
+    for name, entry in list(histograms.items()):
         hist, edges, low, high, threshold = entry
         size = len(hist)
         if size <= most or size % 2:
