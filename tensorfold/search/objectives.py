@@ -149,7 +149,8 @@ class Evaluator:
             shape = next(iter(self.input_shapes.values()))
             size = tuple(shape[2:4]) if len(shape) == 4 else None
             channels = shape[1] if len(shape) == 4 and shape[1] in (1, 3) else 3
-            x, y, _ = load_data(self.data, "train", size, channels)
+            # an .npz array may be named after the model's input, as recover and optimize read it
+            x, y, _ = load_data(self.data, "train", size, channels, input_name=next(iter(self.input_shapes)))
             if y is None:
                 raise TensorfoldError(f"--data {self.data} has no labels; the accuracy objective needs them")
             x = prepare_inputs(x, shape, None)

@@ -120,6 +120,30 @@ def test_accuracy_objective_cross_validates_on_held_out_training_data(demo_model
     assert all(0 < p["values"]["accuracy"] <= 1 for p in report["front"])
 
 
+def test_accuracy_data_may_name_its_array_after_the_model_input(demo_model, tmp_path):
+    """search ranks --data refused an .npz whose array bears the input's name ('input:0'), which
+    recover and optimize read."""
+    import numpy as np
+    import onnx
+
+    from tests.helpers.data import smooth_images
+
+    name = onnx.load(str(demo_model)).graph.input[0].name
+    data = tmp_path / "labelled.npz"
+    np.savez(data, **{name: smooth_images(40, 0), "y": np.arange(40) % 10})
+    report = search_ranks(
+        demo_model,
+        objectives="params,accuracy",
+        n_trials=2,
+        sampler="random",
+        data=str(data),
+        recover_steps=2,
+        output_dir=None,
+        progress=False,
+    )
+    assert 0 <= report["baseline"]["accuracy"] <= 1
+
+
 def test_studies_in_sqlite_refuse_other_objectives_and_models(demo_model, tmp_path):
     db = f"sqlite:///{tmp_path / 's.db'}"
     search_ranks(demo_model, n_trials=3, storage=db, study="s", output_dir=None, progress=False)
