@@ -1,8 +1,8 @@
 """Progress on stderr: a live tqdm bar on a terminal, and off a terminal (a CI job's log, a file)
 one plain line a LOG_INTERVAL while work runs, once it has run that long.
 
-Off a terminal a bar used to be turned off, so a 14-minute `optimize --int8` in a CI job printed
-nothing until it ended, and CI services stop a job that is silent for about 10 minutes. The lines
+Off a terminal a bar used to be turned off, so a long `optimize --int8` in a CI job printed nothing
+until it ended, and CI services stop a job that is silent for about 10 minutes. The lines
 share one clock across the bars of a command (a run of several 40-second stages is not silent for
 two minutes), and a bar that does not move for a LOG_INTERVAL (one int8 candidate's calibration)
 still gets its line, from a heartbeat thread. Work shorter than a LOG_INTERVAL prints nothing.
@@ -36,13 +36,10 @@ def start_clock() -> None:
 
 def _emit(stream: IO[str], text: str) -> None:
     """One line if the last one is a LOG_INTERVAL old."""
-    with _lock:
+    with _lock:  # a bar sets the clock when it opens
         now = time.monotonic()
         last = _clock["last"]
-        if last is None:
-            _clock["last"] = now
-            return
-        if now - last >= LOG_INTERVAL:
+        if last is not None and now - last >= LOG_INTERVAL:
             _clock["last"] = now
             stream.write(f"progress: {text}\n")
             stream.flush()

@@ -243,9 +243,9 @@ def _run_prepared(
 def load(input_path: str | os.PathLike[str], o: OptimizeOptions) -> Inputs:
     """Load the model, split the calibration samples, and compute the references once."""
     original = load_model(input_path)
-    if o.int8 and quantized_nodes(original):
+    if o.int8 and (already := quantized_nodes(original)):
         warn(
-            f"--int8: the model is quantized already ({quantized_nodes(original)} quantization nodes); "
+            f"--int8: the model is quantized already ({already} quantization nodes); "
             "onnxruntime cannot quantize it again: the candidates are the float ones"
         )
     fit, held, label = _calibration_split(original, o)

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
+from tensorfold.graph.io import load_model, save_model
+from tensorfold.onnxrt import large
 from tensorfold.quantize.formats import Int8Format
 from tensorfold.quantize.static import StaticQuantizer
 
@@ -43,7 +45,9 @@ def ort_quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="tensorfold-ort-dynamic-") as tmp:
         src, dst = Path(tmp, "model.onnx"), Path(tmp, "dynamic.onnx")
-        onnx.save(model, str(src))
+        save_model(model, src)  # a model past protobuf's 2 GiB cap keeps its weights beside it
         with quiet_onnxruntime_quantization():
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        return onnx.load(str(dst))
+            quantize_dynamic(
+                str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=large.is_large(model)
+            )
+        return load_model(dst)

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 _FLOAT_INPUTS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
 
-def _integers_as_the_model_takes(x: Any, model: onnx.ModelProto) -> Any:
+def _integers_as_the_model_takes(x: Any, model: onnx.ModelProto, first_input: str) -> Any:
     """Integer samples (read as int64) in the integer type each input declares: magika takes int32
     byte features, and onnxruntime refuses the teacher an int64 array for them."""
     takes = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
@@ -73,8 +73,7 @@ def _integers_as_the_model_takes(x: Any, model: onnx.ModelProto) -> Any:
     if isinstance(x, InputArrays):
         return InputArrays(x.names, [cast(n, a) for n, a in zip(x.names, x.arrays)])
     if isinstance(x, np.ndarray):
-        weights = {t.name for t in model.graph.initializer}
-        return cast(next(v.name for v in model.graph.input if v.name not in weights), x)
+        return cast(first_input, x)
     return x
 
 
@@ -277,7 +276,7 @@ def _recover(
         x = prepare_inputs(x, input_shape, normalize)
     else:
         converted = None
-    x = _integers_as_the_model_takes(x, student)
+    x = _integers_as_the_model_takes(x, student, names[0])
     if converted:
         warn(f"--data {desc}: {converted}")
     try:
