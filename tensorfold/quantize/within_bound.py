@@ -77,22 +77,25 @@ def quantize_within(
     failed on, has model None and says why."""
     bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
     try:
-        results, failed, preprocessed = _search(
-            model, fit, reference, bound, fmt, provider, methods, class_outputs, bar
-        )
-        if failed and preprocessed:
+        try:
+            return _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar)
+        except _PreprocessedFailed as failed:
             # magika: onnxruntime's quantizer fails on the model its own pre-processing wrote, and
             # quantizes the model as it is
-            retry, failed_again, _ = _search(
+            results = _search(
                 model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, preprocess=False
             )
-            if not failed_again:
-                for r in retry:
-                    r.notes.append(f"quantized without onnxruntime's pre-processing: on the model it wrote, {failed}")
-                return retry
-        return results
+            if results[0].failure:
+                return results
+            for r in results:
+                r.notes.append(f"quantized without onnxruntime's pre-processing: on the model it wrote, {failed}")
+            return results
     finally:
         bar.close()
+
+
+class _PreprocessedFailed(Exception):
+    """Every calibration method failed on onnxruntime's pre-processed model: worth a try without."""
 
 
 def _search(
@@ -106,9 +109,10 @@ def _search(
     class_outputs: set[str] | None,
     bar: Any,
     preprocess: bool = True,
-) -> tuple[list[Int8Result], str, bool]:
-    """quantize_within on one preparation of the model: the candidates, why the static one failed
-    in onnxruntime's quantizer ("" if it did not), and whether onnxruntime pre-processed the model."""
+) -> list[Int8Result]:
+    """quantize_within on one preparation of the model (the static candidate first); raises
+    _PreprocessedFailed, before the dynamic candidate is built, where onnxruntime pre-processed the
+    model and its quantizer failed on it for every calibration method."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     results = []
@@ -129,10 +133,11 @@ def _search(
             except TensorfoldError as exc:
                 failed.append((method, str(exc)))
             bar.update()
-        failure = ""
         if not errors:
             reasons = sorted({why for _, why in failed})
             failure = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {why}" for m, why in failed)
+            if quantizer.preprocessed:
+                raise _PreprocessedFailed(failure)
             results.append(Int8Result("static", fmt, None, None, failure=failure))
         else:
             method = min(errors, key=lambda m: errors[m])
@@ -184,7 +189,7 @@ def _search(
         weighted = {n.name for n in prepared.graph.node if n.op_type in WEIGHT_OPS}
         for result in results:
             _in_name_only(result, weighted)
-        return results, failure, quantizer.preprocessed
+        return results
 
 
 # the nodes whose weights int8 stores in 8 bits: a candidate that keeps every one of them in float
