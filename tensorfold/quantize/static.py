@@ -89,8 +89,9 @@ def quantized_nodes(model: onnx.ModelProto) -> int:
 
 # the most bins a tensor's histogram keeps for the entropy calibration. onnxruntime widens a
 # histogram by its first bin width whenever a later sample reaches further (a quiet first sample of
-# openWakeWord's hey_jarvis model left one tensor at 62,374 bins), and its KL-divergence search is
-# quadratic in the bins, in Python: 224 s for that tensor. 2048 is 16x onnxruntime's default of 128.
+# openWakeWord's hey_jarvis model left one tensor at tens of thousands of bins), and its KL-divergence
+# search is quadratic in the bins, in Python: minutes for that one tensor. 2048 is 16x onnxruntime's
+# default of 128.
 MAX_ENTROPY_BINS = 2048
 
 

@@ -278,16 +278,14 @@ class Tokens(nn.Module):
         return self.out(torch.relu(self.mix(self.embed(ids))).mean(1))
 
 
-def test_integer_token_inputs_pass_through_and_train(tmp_path):
+def _tokens_model(path, dtype=torch.int64):
+    """Tokens exported with a fixed (1, 12) input of token ids of `dtype`."""
     torch.manual_seed(0)
-    model = _export(
-        Tokens(),
-        tmp_path / "tokens.onnx",
-        ("scores",),
-        (torch.zeros(1, 12, dtype=torch.int64),),
-        names=("ids",),
-        dynamic=False,
-    )
+    return _export(Tokens(), path, ("scores",), (torch.zeros(1, 12, dtype=dtype),), names=("ids",), dynamic=False)
+
+
+def test_integer_token_inputs_pass_through_and_train(tmp_path):
+    model = _tokens_model(tmp_path / "tokens.onnx")
     small = tmp_path / "tokens.small.onnx"
     optimize(model, small, method="svd", ratio=2, progress=False, inputs=str(_ids(tmp_path / "ids.npz", 1)))
     data = _ids(tmp_path / "train.npz", 64)
@@ -306,15 +304,7 @@ def test_integer_token_inputs_pass_through_and_train(tmp_path):
 def test_int32_inputs_reach_the_teacher_as_int32(tmp_path):
     """magika takes int32 byte features: the samples were read as int64 and onnxruntime refused the
     teacher them ("internal error ... expected: (tensor(int32))")."""
-    torch.manual_seed(0)
-    model = _export(
-        Tokens(),
-        tmp_path / "tokens32.onnx",
-        ("scores",),
-        (torch.zeros(1, 12, dtype=torch.int32),),
-        names=("ids",),
-        dynamic=False,
-    )
+    model = _tokens_model(tmp_path / "tokens32.onnx", torch.int32)
     assert onnx.load(str(model)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
     data = tmp_path / "train.npz"
     np.savez(data, ids=np.random.default_rng(1).integers(0, 50, (64, 12)).astype(np.int32))
