@@ -58,7 +58,11 @@ class AutoPass(FactorizePass):
         handlers = self._exact(layer)
         reference = handlers[0].ranks_for(layer, spec)
         size = handlers[0].params_for(layer, reference)
-        fits = [c for c in self.candidates(layer) if size is None or c.params <= size]
+        fits = [
+            c
+            for c in self.candidates(layer)
+            if (size is None or c.params <= size) and not self.costs_more(layer, self.ranks_of(c))
+        ]
         if not fits:
             return reference
         best = min(fits, key=lambda c: (c.error2, c.params))
@@ -66,6 +70,9 @@ class AutoPass(FactorizePass):
 
     def params_for(self, layer: Layer, choice: Choice) -> int | None:
         return self._member(choice.method).params_for(layer, choice)
+
+    def macs_for(self, layer: Layer, choice: Choice) -> int | None:
+        return self._member(choice.method).macs_for(layer, choice)
 
     def build(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
         best = self._member(choice.method).build(layer, choice, ctx)
@@ -81,7 +88,7 @@ class AutoPass(FactorizePass):
             if member.auto_role != "challenger" or member.supports(layer) is not None or member.by_svd(layer):
                 continue
             rival = member.challenge(layer, size, ctx)
-            if rival is not None:
+            if rival is not None and not member.costs_more(layer, Choice(rival.method, tuple(rival.ranks))):
                 rival_error = relative_error(layer.weight, rival.reconstruct())
                 if rival_error < best_error:
                     best, best_error = rival, rival_error

@@ -165,6 +165,13 @@ class CPPass(FactorizePass):
     def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         return cp_params(layer.weight.shape, min(ranks[0], cp_max_rank(layer.weight.shape)))
 
+    def method_macs(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
+        # the first 1x1 runs at the input's resolution; each depthwise conv carries its axis's stride
+        o, i, *kernel = layer.weight.shape
+        rank = min(ranks[0], cp_max_rank(layer.weight.shape))
+        spatial = sum(k * layer.stride_positions(axis + 1) for axis, k in enumerate(kernel))
+        return rank * (o + layer.stride_positions() * i + spatial)
+
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         return cp_build(layer, ranks[0], ctx.seed, flops=self.flops, seconds=self.seconds, restarts=self.restarts)
 

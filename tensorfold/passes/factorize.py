@@ -161,6 +161,14 @@ class FactorizePass(Pass):
         `--energy 1` or a huge `--rank` must not run a decomposition only to throw it away."""
         return None
 
+    def method_macs(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
+        """Multiply-adds the chain spends per output position (a conv) or output row (a matrix),
+        where the layer spends layer.params; None where only the build can tell. The default: one
+        multiply-add per factor parameter, as for the SVD (both factors run at the output's
+        positions). A chain whose factors run at more positions (a stride applied late) or on a
+        wider intermediate state (a TT-matrix) says so."""
+        return self.method_params(layer, ranks)
+
     # --- what the loop calls: the SVD's layers go to the SVD, the rest to the method -------
 
     def by_svd(self, layer: Layer) -> bool:
@@ -189,6 +197,18 @@ class FactorizePass(Pass):
         if self.by_svd(layer):
             return self.svd.method_params(layer, choice.ranks)
         return self.method_params(layer, choice.ranks)
+
+    def macs_for(self, layer: Layer, choice: Choice) -> int | None:
+        if self.by_svd(layer):
+            return self.svd.method_macs(layer, choice.ranks)
+        return self.method_macs(layer, choice.ranks)
+
+    def costs_more(self, layer: Layer, choice: Choice) -> bool:
+        """Whether the chain spends more multiply-adds than the layer: a rewrite that cannot be
+        faster, whatever it saves in parameters (a TT-matrix at high bond ranks: 3.3 GFLOPs in
+        place of a 384x384 MatMul's 76 MFLOPs on a ViT)."""
+        macs = self.macs_for(layer, choice)
+        return macs is not None and macs > layer.params
 
     # --- the shared loop -------------------------------------------------------------------
 
@@ -333,11 +353,13 @@ class FactorizePass(Pass):
 
     def candidates_of(self, layer: Layer, ctx: PassContext) -> list[Candidate]:
         """candidates(), remembered in ctx.cache: a budget search at several ratios builds each
-        curve once."""
+        curve once. A candidate that spends more multiply-adds than the layer is left out (unless
+        --force): no ratio, energy or bound should buy parameters with speed."""
         memo = ctx.cache.candidates
-        key = self._cache_key(layer)
+        key = self._cache_key(layer, ctx.force)
         if key not in memo:
-            memo[key] = self.candidates(layer)
+            cands = self.candidates(layer)
+            memo[key] = cands if ctx.force else [c for c in cands if not self.costs_more(layer, self.ranks_of(c))]
         return memo[key]
 
     def _rewrite(
@@ -356,6 +378,13 @@ class FactorizePass(Pass):
                 op,
                 f"{choice} give at least {predicted} params, not fewer "
                 f"than the layer's {layer.params} (use --force to rewrite anyway)",
+            )
+        if not ctx.force and self.costs_more(layer, choice):
+            return Skip(
+                layer.name,
+                op,
+                f"{choice} cost {self.macs_for(layer, choice)} multiply-adds per output, more than the "
+                f"layer's {layer.params}: it could not run faster (use --force to rewrite anyway)",
             )
         try:
             fac, error = self.weight_error(layer, choice, ctx)

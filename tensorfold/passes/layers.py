@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,12 @@ class Layer:
     @property
     def kernel(self) -> tuple[int, ...]:
         return tuple(self.weight.shape[2:]) if self.kind == "conv" else ()
+
+    def stride_positions(self, first_axis: int = 0) -> int:
+        """Positions per output position of a chain conv that applies the layer's stride on the
+        axes from `first_axis` on only: prod(strides) at the input's resolution, 1 at the output's
+        (padding ignored). A matrix: 1."""
+        return math.prod(self.conv.strides[first_axis:]) if self.kind == "conv" else 1
 
     @property
     def is_pointwise(self) -> bool:

@@ -57,6 +57,10 @@ class PlannedPass(FactorizePass):
     def keep_reason(self, layer: Layer, ctx: PassContext) -> str:
         return "kept whole by the plan"
 
+    def macs_for(self, layer: Layer, choice: Choice) -> int | None:
+        chosen = self.methods.get(choice.method)
+        return None if chosen is None else chosen.macs_for(layer, choice)
+
     def build(self, layer: Layer, choice: Choice, ctx: PassContext) -> Factorization:
         method = choice.method
         if method not in self.methods:

@@ -129,6 +129,30 @@ def _evbmf_bond_ranks(layer: Layer) -> list[int]:
     ]
 
 
+def tt_macs(layer: Layer, ranks: tuple[int, ...]) -> int:
+    """Multiply-adds per output position (conv) or row (matrix) of the chain emit_tt_conv /
+    emit_tt_matrix write at these bond ranks (each clipped to what its bond can hold).
+
+    TT-conv: the first 1x1 at the input's resolution, each axis conv at the resolution its stride
+    leaves. TT-matrix, contracted right to left: core k works on a state of prod(m_<=k) * N_>=k
+    entries per row, r_(k-1) * r_k multiply-adds each, so high bond ranks cost far more than the
+    dense matrix (why `costs_more` exists)."""
+    dims = _tt_targets(layer)[0].shape
+    bonds = [
+        min(int(r), int(np.prod(dims[: k + 1])), int(np.prod(dims[k + 1 :])))
+        for k, r in enumerate(ranks[: len(dims) - 1])
+    ]
+    full = [1, *bonds, 1]
+    if layer.kind == "conv":
+        per_group = (
+            sum(full[k] * n * full[k + 1] * layer.stride_positions(k) for k, n in enumerate(dims[:-1]))
+            + full[-2] * dims[-1]
+        )
+        return layer.groups * per_group
+    rows, cols = matrix_dims(*layer.weight.shape)
+    return sum(int(np.prod(rows[: k + 1])) * int(np.prod(cols[k:])) * full[k] * full[k + 1] for k in range(len(rows)))
+
+
 def _bond_ranks(cores: list[np.ndarray]) -> list[int]:
     return [c.shape[-1] for c in cores[:-1]]
 
@@ -258,6 +282,9 @@ class TTPass(FactorizePass):
                     err2 = layer_output_error2(layer, _reconstruct(layer, groups))
                 out[ranks] = Candidate("tt", ranks, sum(c.size for cores in groups for c in cores), err2)
         return list(out.values())
+
+    def method_macs(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
+        return tt_macs(layer, ranks)
 
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         groups = _decompose(layer, list(ranks), None)

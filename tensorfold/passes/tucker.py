@@ -181,5 +181,11 @@ class TuckerPass(FactorizePass):
     def method_params(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
         return tucker_params(layer, ranks)
 
+    def method_macs(self, layer: Layer, ranks: tuple[int, ...]) -> int | None:
+        # the first 1x1 runs at the input's resolution: the core carries the stride
+        groups = layer.group_weights()
+        _, i = groups[0].shape[:2]
+        return tucker_params(layer, ranks) + len(groups) * (layer.stride_positions() - 1) * clip_rank(ranks[1], i) * i
+
     def method_build(self, layer: Layer, ranks: tuple[int, ...], ctx: PassContext) -> Factorization:
         return tucker_build(layer, ranks, self.hooi_iters)

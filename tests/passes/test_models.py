@@ -116,7 +116,8 @@ def test_real_ppocr_models(tmp_path, which, shape):
     ],
 )
 def test_huge_ranks_finish_in_seconds(tmp_path, args):
-    """A chain that cannot be smaller than its layer is refused before any decomposition runs."""
+    """A chain that cannot be smaller (or cheaper) than its layer is refused before any
+    decomposition runs."""
     import time
 
     from tensorfold.demo import demo_model_path
@@ -124,7 +125,11 @@ def test_huge_ranks_finish_in_seconds(tmp_path, args):
     start = time.perf_counter()
     report = optimize(demo_model_path(), tmp_path / "o.onnx", progress=False, verify=False, **args)
     assert time.perf_counter() - start < 30
-    assert all("not fewer than the layer's" in s.reason for s in report.skipped if s.op == "Conv")
+    assert all(
+        "not fewer than the layer's" in s.reason or "could not run faster" in s.reason
+        for s in report.skipped
+        if s.op == "Conv"
+    )
 
 
 def test_cp_rank_is_clipped_to_the_generic_bound():

@@ -9,7 +9,7 @@ import pytest
 from tensorfold.passes import PASSES
 from tensorfold.passes.factorize import Factorization
 from tensorfold.passes.svd import SVDPass, svd_build, svd_candidates
-from tensorfold.passes.tucker import tucker_build
+from tensorfold.passes.tucker import tucker_build, tucker_params
 from tests.passes.single_node import conv_model, gemm_model, output_error, rewrite
 
 
@@ -38,6 +38,9 @@ class Oracle(SVDPass):
 
     def supports(self, layer):
         return None if layer.kind == "conv" and not layer.is_pointwise else "kxk convs only"
+
+    def method_params(self, layer, ranks):  # what its (Tucker) chain holds and, at stride 1, costs
+        return tucker_params(layer, ranks)
 
     def challenge(self, layer, params, ctx):
         if self.declines:
