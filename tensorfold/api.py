@@ -211,9 +211,9 @@ def profile(
     shape_map = parse_shapes(tuple(shapes))
     warnings = []
     if inputs is not None:
-        from tensorfold.onnxrt.batching import chunks
+        from tensorfold.onnxrt.batching import one_call
 
-        feeds = next(iter(chunks(model, load_inputs(inputs, model), max_batch=1)))  # --batch repeats it
+        feeds = one_call(model, load_inputs(inputs, model))  # --batch repeats it
         shapes_from = f"--inputs {inputs} (its first call)"
     else:
         # a prediction needs shapes only; a measurement runs the model on random values

@@ -22,11 +22,12 @@ from tensorfold.graph.model import count_params
 from tensorfold.graph.verify import Reference, Verification
 from tensorfold.log import warn
 from tensorfold.onnxrt import large
-from tensorfold.onnxrt.batching import chunks
+from tensorfold.onnxrt.batching import one_call
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.quantize.static import quantized_nodes
 from tensorfold.quantize.within_bound import Int8Result
+from tensorfold.runtime.latency_model import SPEED_MARGIN
 
 if TYPE_CHECKING:
     from tensorfold.calibration.budget_search import Refine
@@ -39,11 +40,7 @@ LOSSLESS = "exact rewrite"
 # at 0.05: factorizing at half the bound leaves int8 room to quantize most nodes
 INT8_SPLITS = (0.5,)
 SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
-# latency: a candidate with more error must be this much faster than one with less to be picked.
-# Identical models in one interleaved run of docs/results/deploy.md differ by 1.3% (PP-OCR rec, 23 ms:
-# 1.59x and 1.61x; cls: 1.51-1.53x), so a gain under 3% is not worth any error. A 1 ms model is noisier: zoo ResNet-18's unchanged graph read 0.95x (docs/results/deploy.md),
-# and there the margin does not separate noise from gain.
-SPEED_MARGIN = 0.03
+# latency: a candidate with more error must be SPEED_MARGIN faster than one with less to be picked
 # the candidates are timed for at least `rounds` rounds and, where the models are small, for as many
 # more as fit this many seconds of timed runs (each round also runs every model once untimed)
 TIMING_BUDGET_S, MAX_ROUNDS = 2.0, 300
@@ -138,7 +135,7 @@ def choose(
     from tensorfold.runtime.latency import measure_interleaved
 
     base = candidates[0]
-    call = next(iter(chunks(base.model, feeds, max_batch=1)))
+    call = one_call(base.model, feeds)
     jobs: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]] = [(c.model, call) for c in candidates]
     stats = measure_interleaved(jobs, provider, threads, rounds=rounds)
     # a small model gets more rounds, up to TIMING_BUDGET_S: on the 0.1 ms demo CNN copies of one model

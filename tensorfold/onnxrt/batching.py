@@ -79,6 +79,12 @@ def chunks(
         yield {k: v[start : start + step] for k, v in feeds.items()}
 
 
+def one_call(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first call of the shapes call_shapes describes (one sample, or the model's fixed batch):
+    what a latency labelled with those shapes must time, not the whole file at once."""
+    return next(iter(chunks(model, feeds, max_batch=1)))
+
+
 def call_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
     """The input shapes of one call on these feeds: batch 1 (or the model's fixed batch) per sample."""
     if sample_count(model, feeds) is None:

@@ -114,3 +114,28 @@ def test_unreachable_target_takes_least_error_within_slack(tmp_path):
     path, _ = _low_rank_conv(tmp_path)
     report = optimize(path, tmp_path / "o.onnx", method="tucker", device="rx580", speedup=1000, progress=False)
     assert any("least error within 3%" in n for n in report.notes)
+
+
+def test_measured_is_timed_per_call_and_kept_only_past_the_noise(tmp_path, monkeypatch):
+    """With --inputs the timings run one call of the batch the report labels (a batch of 8 was
+    timed as "batch 1"), and a measured gain within the timing noise (1.01x) writes no lossy model."""
+    from tensorfold.graph.stats import model_stats
+    from tensorfold.runtime.latency_model import SPEED_MARGIN, Measured
+
+    path, feeds = _low_rank_conv(tmp_path, channels=64, rank=4, spatial=8)
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=np.concatenate([feeds["x"]] * 16))
+    timed = []
+
+    def ms(self, model, shapes, feeds=None):
+        timed.append(None if feeds is None else {k: v.shape for k, v in feeds.items()})
+        return model_stats(model, shapes).flops / 1e6 + 0.01
+
+    monkeypatch.setattr(Measured, "ms", ms)
+    monkeypatch.setattr(Measured, "speedup", lambda self, c, b, shapes, feeds=None: 1 + SPEED_MARGIN / 3)
+    report = optimize(
+        path, tmp_path / "o.onnx", method="tucker", hardware_aware=True, provider="cpu", inputs=inputs, progress=False
+    )
+    assert {"x": (1, 64, 8, 8)} in timed and not any(t and t["x"][0] > 1 for t in timed)
+    assert not report.layers and report.latency["speedup"] == 1.0
+    assert any("not faster by 3%" in n for n in report.notes)
