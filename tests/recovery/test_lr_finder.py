@@ -1,10 +1,12 @@
-"""The learning rate recover picks without --lr: the range test leaves the weights as they were and
-lands inside its bounds; a run too short for it takes the short-run rate; --lr wins. optimize
---recover's rate: whole runs from the same start, the best kept."""
+"""The learning rate recover picks without --lr: the step probe's (it follows how far a step moves
+the model, and leaves the weights as they were); where no step helps, the range test's, inside its
+bounds, or the short-run rate for a run too short for it; --lr wins. optimize --recover's rate:
+whole runs from the same start, the best kept, started lower for a sharp model."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -16,11 +18,14 @@ from tensorfold.recovery.lr_finder import (
     CEILING,
     EDGE_RUNS,
     FLOOR,
+    PROBE_RATES,
     RATE_MARGIN,
     RUN_RATES,
     SHORT_RUN_LR,
     find_lr,
     rate_by_runs,
+    run_rates,
+    step_probe,
 )
 from tensorfold.recovery.onnx_torch import OnnxModule
 from tensorfold.recovery.run import recover
@@ -94,11 +99,61 @@ def test_the_best_whole_run_is_kept_and_its_rate_chosen(student, tmp_path):
     assert again["output_error"] == pytest.approx(result.best["output_error"], rel=1e-5)
 
 
+def _matmul_pair(scale: float):
+    """A 64x64 MatMul student whose weights have RMS `scale`, and its teacher: the same weights
+    moved by a fifth. The same problem at every scale, save how far one Adam step moves it."""
+    from tests.passes.single_node import matmul_model
+
+    student, _ = matmul_model(64, 64, lead=(128,))
+    teacher, _ = matmul_model(64, 64, lead=(128,))
+    w = np.random.default_rng(3).standard_normal((64, 64))
+    for model, weight in ((student, w), (teacher, w + 0.2 * np.random.default_rng(4).standard_normal((64, 64)))):
+        model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array((scale * weight).astype(np.float32), "W"))
+    return student, teacher
+
+
+def _probe(scale: float):
+    student, teacher_model = _matmul_pair(scale)
+    module = OnnxModule(student)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = np.random.default_rng(5).standard_normal((128, 64)).astype(np.float32)
+    cfg = RecoverConfig(batch_size=64, distill="feature")  # the relative output error, not KD on a "class" axis
+    rate = step_probe(module, OnnxTeacher(teacher_model, []), x, None, cfg, Outputs.of(student))
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())
+    return rate
+
+
+def test_the_step_probe_follows_how_far_a_step_moves_the_model():
+    """Adam moves every weight by about the rate whatever its size: weights 1000x smaller need a
+    rate about 1000x smaller, which the probe finds (the fixed brackets did not: a ViT diverged at
+    every rate they tried)."""
+    big, small = _probe(1e-2), _probe(1e-5)
+    assert big in PROBE_RATES and small in PROBE_RATES
+    assert 10**2.4 <= big / small <= 10**3.6
+
+
+def test_run_rates_follow_a_low_probe_only():
+    assert run_rates(None) == RUN_RATES
+    assert run_rates(max(RUN_RATES) / 10) == RUN_RATES  # the zoo, det, cls: as measured before
+    assert run_rates(1e-6) == (1e-7, 1e-6)  # a ViT's best single step: nothing above it
+
+
 @pytest.mark.parametrize(
-    "steps, lr, expect",
-    [(5, None, "too few for a range test"), (45, None, "range test"), (45, 3e-4, "--lr")],
+    "steps, lr, probe_helps, expect",
+    [
+        (5, None, True, "step probe"),
+        (45, None, True, "step probe"),
+        (5, None, False, "too few for a range test"),
+        (45, None, False, "range test"),
+        (45, 3e-4, True, "--lr"),
+    ],
 )
-def test_recover_says_where_its_rate_came_from(student, data, tmp_path, steps, lr, expect):
+def test_recover_says_where_its_rate_came_from(student, data, tmp_path, monkeypatch, steps, lr, probe_helps, expect):
+    import tensorfold.recovery.lr_finder as lr_finder
+
+    if not probe_helps:
+        monkeypatch.setattr(lr_finder, "step_probe", lambda *a, **k: None)
     report = recover(
         student,
         tmp_path / "r.onnx",
@@ -111,6 +166,8 @@ def test_recover_says_where_its_rate_came_from(student, data, tmp_path, steps, l
     assert expect in config["lr_from"]
     if lr is not None:
         assert config["lr"] == lr
+    elif probe_helps:
+        assert config["lr"] in PROBE_RATES
     elif steps < 40:
         assert config["lr"] == SHORT_RUN_LR
     else:
