@@ -129,4 +129,6 @@ def test_the_python_api_checks_profile_recover_and_compress_arguments_before_any
         compress(net, x, tmp_path / "none" / "e.onnx")
     with pytest.raises(TypeError, match="takes a torch.nn.Module, not str"):
         compress("net", x, tmp_path / "e.onnx")
+    with pytest.raises(TensorfoldError, match=r"does not run on example_input of shape \[1, 3, 28, 28\]: .*channels"):
+        compress(net, torch.zeros(1, 3, 28, 28), tmp_path / "e.onnx")  # was: torch's bare RuntimeError
     assert list(tmp_path.iterdir()) == []  # each was refused before the export: nothing left behind
