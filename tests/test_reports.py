@@ -174,3 +174,23 @@ def test_a_recovery_not_kept_for_its_argmax_disagreement_says_so():
     by_agreement = {**by_error, "recovered_not_kept": 0.04, "recovered_not_kept_disagreement": 0.0625}
     text = _after(by_agreement)
     assert text == "0.0500 (recovered 0.0400, argmax disagreement 6.2% against 0.0%: not kept)"
+
+
+def test_the_float_nodes_listed_are_the_written_candidates():
+    """A ViT wrote the dynamic int8 candidate (0 nodes left in float) and the report listed the
+    static one's 291 float nodes under a bare "int8:", as if they were in the written model."""
+    from tensorfold.report.optimize import _render_deploy
+
+    rows = [
+        {"name": name, "params": 10, "size_bytes": 10, "outputs": [], "max_error": 0.01, "speedup": 1.5}
+        | {"within": True, "int8": {"float_nodes": nodes}}
+        for name, nodes in (("int8", {"/a/Add": "input of a LayerNormalization"}), ("int8 (dynamic)", {}))
+    ]
+    deploy = {"objective": "latency", "chosen": "int8 (dynamic)", "candidates": rows, "latency": None}
+    console = Console(record=True, width=200)
+    _render_deploy(deploy, console)
+    assert "/a/Add" not in console.export_text()
+    deploy["chosen"] = "int8"
+    console = Console(record=True, width=200)
+    _render_deploy(deploy, console)
+    assert "int8: 1 node(s) left in float: /a/Add" in console.export_text()

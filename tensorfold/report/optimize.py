@@ -283,9 +283,9 @@ def _render_deploy(deploy: dict[str, Any], console: Console) -> None:
     console.print(table)
     if deploy["latency"]:
         console.print(f"speed: {deploy['latency']}")
-    for c in deploy["candidates"]:
+    for c in deploy["candidates"]:  # the written candidate's only: the others' are in --json
         q = c["int8"]
-        if not q or not q["float_nodes"]:
+        if not q or not q["float_nodes"] or c["name"] != deploy["chosen"]:
             continue
         shown = list(q["float_nodes"].items())[:8]
         more = len(q["float_nodes"]) - len(shown)
