@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                 chosen = report.config["lr"]
                 best = (report.best or {}).get("step", "-")
                 lines.append(
-                    f"| {name} | {'2e-3' if lr else 'range test'} | {chosen:.2g} | {before:.4f} | {after:.4f} "
+                    f"| {name} | {'2e-3' if lr else 'none (probe)'} | {chosen:.2g} | {before:.4f} | {after:.4f} "
                     f"| {best} | {seconds:.0f} |"
                 )
                 print(lines[-1], file=sys.stderr)

@@ -130,7 +130,11 @@ def plot_front(trials, objectives, path: Path, baseline: dict | None = None, tit
         if objectives[i] in ("params", "flops"):
             ax.set_xscale("log")
         if objectives[j] == "error":
-            ax.set_yscale("log")
+            shown = fy + [t.values[j] for t in ok + bad]
+            if baseline and "error" in baseline and objectives[i] in baseline:
+                shown.append(baseline["error"])
+            scale, settings = error_scale(shown)
+            ax.set_yscale(scale, **settings)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
@@ -143,6 +147,18 @@ def plot_front(trials, objectives, path: Path, baseline: dict | None = None, tit
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
+
+
+def error_scale(values: list[float]) -> tuple[str, dict[str, float]]:
+    """The y scale of an error axis: log, or symlog where a point sits at error 0 (the original
+    model is the reference, error 0, which a log axis leaves out), linear below the smallest
+    non-zero error."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return "linear", {}
+    if len(positive) == len(values):
+        return "log", {}
+    return "symlog", {"linthresh": min(positive)}
 
 
 def spread(values: list[float]) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from tensorfold.log import warn
 from tensorfold.onnxrt.batching import feeds_for
 from tensorfold.onnxrt.inputs import parse_shapes
 from tensorfold.outputs import OutputFolder, guard_inputs, write_json_atomic
+from tensorfold.progress import bar as progress_bar
 from tensorfold.search.config import write_config
 from tensorfold.search.constraints import record, sampler_kwargs
 from tensorfold.search.objectives import DIRECTIONS, Evaluator, parse_objectives
@@ -258,16 +259,21 @@ def _search_ranks(model_path, opts: RankSearchOptions) -> dict:
             raise TrialFailed(reason) from exc
 
     interrupted = False
+    # tensorfold's bar, not Optuna's: off a terminal it writes a line a minute like every other
+    # command (Optuna's drew its raw bar into CI logs)
+    trials_bar = progress_bar(
+        total=opts.n_trials, desc="search ranks", unit="trial", show=opts.progress and opts.n_trials > 1
+    )
     try:
         # between trials they wait: a signal inside Optuna's bookkeeping (its tell) ends in its
         # `finally` as UnboundLocalError ('updated_state'), an internal error instead of exit 130/143
-        with signals.held():
+        with signals.held(), trials_bar:
             the_study.optimize(
                 objective,
                 n_trials=opts.n_trials,
                 timeout=opts.timeout,
                 catch=(TrialFailed,),
-                show_progress_bar=opts.progress and opts.n_trials > 1,
+                callbacks=[lambda study, trial: trials_bar.update(1)],
                 gc_after_trial=False,
             )
     except KeyboardInterrupt:

@@ -43,3 +43,13 @@ def test_normalize_makes_every_objective_a_share_to_minimize():
     assert normalize([50, 2.0, 0.85, 0.1], ("params", "latency", "accuracy", "error"), base) == pytest.approx(
         [0.25, 0.5, 0.05, 0.1]
     )
+
+
+def test_an_error_axis_shows_the_original_at_error_zero():
+    """The front's "original" point has error 0, which a log axis cannot show: symlog, linear below
+    the smallest non-zero error."""
+    from tensorfold.search.pareto import error_scale
+
+    assert error_scale([0.01, 0.2]) == ("log", {})
+    assert error_scale([0.0, 0.01, 0.2]) == ("symlog", {"linthresh": 0.01})
+    assert error_scale([0.0]) == ("linear", {})

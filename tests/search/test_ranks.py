@@ -293,3 +293,22 @@ def test_constraints_no_trial_meets_are_said(demo_model, tmp_path):
         "-o", tmp_path / "p",
     )  # fmt: skip
     assert code == 0 and "none of the 2 complete trials met the constraints (--max-memory-mb 0.0001)" in text
+
+
+def test_progress_off_a_terminal_is_tensorfolds_line_not_optunas_bar(demo_model, monkeypatch):
+    import io
+
+    from tensorfold import progress
+
+    class Log(io.StringIO):
+        def isatty(self):
+            return False
+
+    log = Log()
+    monkeypatch.setattr("sys.stderr", log)  # in the body: pytest's capture resets it after fixtures
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    progress.start_clock()
+    search_ranks(demo_model, objectives="params,error", n_trials=3, output_dir=None, progress=True)
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("progress:")]
+    assert any("search ranks" in line and "/3" in line for line in lines), log.getvalue()[-500:]
+    assert "\r" not in log.getvalue()
