@@ -202,6 +202,23 @@ def test_a_winner_at_an_end_is_followed_past_it(best, extra):
     assert result.best["output_error"] == min(abs(math.log10(r) - math.log10(best)) for r in ran)
 
 
+def test_a_sharp_models_runs_start_at_its_probe():
+    """A ViT's best single step is at 1e-6: its runs start there and a tenth below, not at 1e-4 and
+    1e-3 (which never beat its start), and follow the winner as usual."""
+    from types import SimpleNamespace
+
+    ran = []
+
+    def fake_run(rate):
+        ran.append(rate)
+        ok = rate <= 1e-6
+        return SimpleNamespace(best={"output_error": 0.04 if ok else 0.05, "step": 5 if ok else 0}, stop="done")
+
+    choice, _ = rate_by_runs(torch.nn.Linear(2, 2), fake_run, probe=1e-6)
+    assert ran[:2] == [1e-7, 1e-6] and 1e-4 not in ran
+    assert choice.lr == 1e-7 and "best single step at 1e-06" in choice.how  # a tie: the smaller rate
+
+
 @pytest.mark.parametrize(
     "errors, chosen",
     [
