@@ -229,7 +229,7 @@ class Recoverer:
 
         if self.cfg.lr is None:  # once, on the first candidate: its best run is its recovery, and
             # every later candidate trains at that run's rate
-            captured = tuple(features) if self.cfg.distill in ("feature", "both") else ()
+            captured = tuple(teacher.features) if self.cfg.distill in ("feature", "both") else ()
             probe = rank0_probe(module, teacher, tx, None, self.cfg, spec, self.w, captured)
             choice, result = rate_by_runs(
                 module, lambda rate: run(rate, *self._rate_folder(folder, key, rate)), probe=probe
