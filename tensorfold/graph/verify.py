@@ -175,14 +175,16 @@ def parse_class_outputs(specs: tuple[str, ...] | list[str]) -> dict[str, int | N
 
 
 def class_axes(
-    model: onnx.ModelProto, named: dict[str, int | None] | None = None, by_shape: bool = False
+    model: onnx.ModelProto, named: dict[str, int | None] | None = None, by_shape: bool | str = False
 ) -> dict[str, int]:
     """Output name -> the axis holding class scores, for the outputs the graph says are class scores:
     made by a Softmax/LogSoftmax, or read by an ArgMax/TopK inside the graph; and the outputs the
     user `named` (name -> axis, None: axis 1 of a 4-D map, else the last). A 2-D output is not a
     class axis by shape alone: a sentence embedding (N, 384) read as 384 classes gives a meaningless
     argmax agreement. `by_shape` adds the old shape rules ((N, C) outputs, a Gemm/MatMul's last
-    axis) for training, where labels confirm them."""
+    axis) for training, where labels confirm them; by_shape="head" takes an (N, C) output only where
+    a Gemm/MatMul writes it (a classifier's head, for label-free training: a pooled or normalized
+    sentence embedding is no class score)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     opset = max((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), default=13)
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -210,7 +212,12 @@ def class_axes(
             axes[name] = axis
         elif reader is not None:
             axes[name] = int(attr(reader, "axis", 0 if reader.op_type == "ArgMax" else -1))
-        elif by_shape and len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
+        elif (
+            by_shape
+            and len(dims) == 2
+            and not (dims[1].HasField("dim_value") and dims[1].dim_value == 1)
+            and (by_shape is True or (node is not None and node.op_type in ("Gemm", "MatMul")))
+        ):
             axes[name] = 1
         elif by_shape and node is not None and node.op_type in ("Gemm", "MatMul") and len(dims) >= 2:
             axes[name] = -1

@@ -201,7 +201,7 @@ class Recoverer:
             if self.cfg.device == "cpu"
             else GraphTeacher(self.teacher, features, self.cfg.device)
         )
-        spec = Outputs.of(student)
+        spec = Outputs.of(student, labelled=False)  # label-free: the graph alone says what is a class score
         rng = np.random.default_rng(self.cfg.seed)
         order = rng.permutation(len(self.x))
         val_n = max(1, len(self.x) // 5) if len(self.x) > 1 else 0

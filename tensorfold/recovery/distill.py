@@ -59,10 +59,15 @@ class Outputs:
     integers: frozenset[int] = frozenset()  # outputs of an integer type (predicted classes, ids): judged by equality
 
     @classmethod
-    def of(cls, model: onnx.ModelProto) -> Outputs:
+    def of(cls, model: onnx.ModelProto, labelled: bool = True) -> Outputs:
+        """The outputs' roles. `labelled`: the training data has labels, which confirm a class axis
+        guessed by shape ((N, C) outputs, a Gemm/MatMul's last axis); without them an (N, C) output
+        is class scores only where a Gemm/MatMul (a classifier's head) or the graph (a Softmax, an
+        ArgMax reader) says so: MiniLM's pooled sentence embedding (N, 384) was distilled by KD
+        over 384 "classes" and reported an argmax agreement, a meaningless loss and metric."""
         from tensorfold.graph.verify import class_axes
 
-        axes = class_axes(model, by_shape=True)  # training: the labels confirm a class axis
+        axes = class_axes(model, by_shape=True if labelled else "head")
         names = tuple(o.name for o in model.graph.output)
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
         return cls(

@@ -291,7 +291,7 @@ def _recover(
     probe = outputs[0]
     batch = choose_batch(None if cfg.batch_fits_memory else cfg.batch_size, cfg.batch_size, per_sample)
     cfg = replace(cfg, batch_size=batch.size)
-    spec = Outputs.of(student)
+    spec = Outputs.of(student, labelled=y is not None)
     if y is not None and not spec.classifier:
         warn(
             f"--data {desc}: labels are ignored, the model's first output ({spec.names[0]}) holds no class "
