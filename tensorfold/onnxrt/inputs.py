@@ -272,4 +272,15 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--input
             raise TensorfoldError(
                 f"{option} {path}: input '{n}' holds NaN or Inf values; nothing can be verified on them"
             )
+    # inputs that all stack samples on a dynamic first axis must hold as many each (was onnxruntime's
+    # "BroadcastIterator ... axis == 1" text for 10 input_ids and 9 attention masks)
+    stacked = {
+        v.name: int(arrays[v.name].shape[0])
+        for v in model_inputs(model)
+        if arrays[v.name].ndim == len(v.type.tensor_type.shape.dim) >= 1
+        and not v.type.tensor_type.shape.dim[0].HasField("dim_value")
+    }
+    if len(stacked) == len(names) > 1 and len(set(stacked.values())) > 1:
+        counts = ", ".join(f"{n} {c}" for n, c in stacked.items())
+        raise TensorfoldError(f"{option} {path}: the inputs hold different numbers of samples ({counts})")
     return {n: arrays[n] for n in names}
