@@ -113,3 +113,22 @@ def test_profile_times_a_fixed_batch_model_at_its_batch(tmp_path, tiny, batches,
     info = json.loads(out)
     assert set(info["batches"]) == {"2"} and info["input_shapes"]["x"][0] == 2
     assert any("fixed at 2" in w for w in info["warnings"]) == warned
+
+
+def test_node_profile_leaves_out_the_cold_first_call(tiny, monkeypatch):
+    """The checked first call's kernels are not averaged in: the per-node times of the warm calls
+    add up to about one call, not to a cold call spread over the warm ones."""
+    import tensorfold.runtime.latency as latency
+
+    model, feeds = tiny
+    real = latency._run_checked
+
+    def cold(session, feeds):  # a first call that takes far longer, as a cold one does
+        for _ in range(50):
+            real(session, feeds)
+
+    monkeypatch.setattr(latency, "_run_checked", cold)
+    warm = sum(t.mean_ms for t in node_profile(model, feeds, runs=5))
+    monkeypatch.setattr(latency, "_run_checked", real)
+    plain = sum(t.mean_ms for t in node_profile(model, feeds, runs=5))
+    assert warm < 3 * plain  # 50 calls in the "first" one, averaged in, would read ~10x
