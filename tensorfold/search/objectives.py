@@ -20,8 +20,8 @@ import onnx
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import count_params
 from tensorfold.graph.stats import model_stats
-from tensorfold.graph.verify import compare_outputs
-from tensorfold.onnxrt.batching import chunks, one_call
+from tensorfold.graph.verify import Reference
+from tensorfold.onnxrt.batching import one_call
 from tensorfold.onnxrt.sessions import make_session
 
 DIRECTIONS = {
@@ -80,10 +80,9 @@ class Evaluator:
         self.provider, self.threads, self.latency_runs = provider, threads, latency_runs
         self.recover_steps, self.seed = recover_steps, seed
         self.names = [o.name for o in original.graph.output]
-        # every call of the model's batch (a fixed-batch model takes one sample a call), each
-        # output's calls joined along the first axis, the same way for the reference and a trial
-        self.calls = list(chunks(original, feeds))
-        self.reference = self._run(original)
+        # the original's outputs a call of the model's batch at a time (a fixed-batch model takes
+        # one sample a call), as verify judges them
+        self.reference = Reference(original, feeds, "the search's inputs", provider)
         from tensorfold.runtime.latency_model import latency_model
 
         self.latency_model = latency_model(provider, threads, device, latency_runs)
@@ -105,14 +104,8 @@ class Evaluator:
     def flops(self, model) -> int:
         return model_stats(model, self.input_shapes).flops
 
-    def _run(self, model: onnx.ModelProto) -> list[np.ndarray]:
-        session = make_session(model, self.provider, self.threads)
-        runs = [session.run(None, call) for call in self.calls]
-        return [np.concatenate([np.atleast_1d(r[k]) for r in runs]) for k in range(len(runs[0]))]
-
     def error(self, model) -> float:
-        got = self._run(model)
-        checks = compare_outputs(self.reference, got, self.names)
+        checks = self.reference.verify_session(make_session(model, self.provider, self.threads)).outputs
         errs = [c.relative_error if c.relative_error is not None else 1 - c.agreement for c in checks]
         return max(errs)
 
