@@ -406,20 +406,18 @@ def compress(
         )
     options = OptimizeOptions(method=method, ratio=ratio, **optimize_kwargs)  # refused now, not after the export
     example = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input)
-    try:
-        with torch.no_grad():
-            module.eval()(example)
-    except Exception as exc:  # the module's own error on this input: the caller's mistake, said in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
-        raise TensorfoldError(
-            f"compress(): the module does not run on example_input of shape {list(example.shape)}: {first}"
-        ) from None
     out = check_output(output_path, "output_path")
     original = check_output(out.with_name(out.stem + ".original.onnx"), "output_path")
     factorized = check_output(out.with_name(out.stem + ".factorized.onnx"), "output_path")
     created = [p for p in (out, original, factorized) if not p.exists()]
     try:
-        export_onnx(module.eval(), example, original)
+        try:
+            export_onnx(module.eval(), example, original)
+        except Exception as exc:  # the module's own error on this input (a wrong shape): one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+            raise TensorfoldError(
+                f"compress(): the module does not run on example_input of shape {list(example.shape)}: {first}"
+            ) from None
         report = optimize(original, factorized, options)
         if data is None:
             save_model(load_model(factorized), out)
