@@ -3,8 +3,7 @@ cat, coffee cup, rocket, motorcycle, textures, microscopy, the Hubble deep field
 pinned wheel, never installed.
 
 Training and held-out crops come from disjoint sets of photos: crops of one photo are correlated,
-and a held-out set of crops of the training photos reads optimistic (a ViT's bound: 0.013 on crops
-of the calibration photos, 0.036 on other photos).
+and a held-out set of crops of the training photos reads optimistic.
 """
 
 from __future__ import annotations

