@@ -137,7 +137,11 @@ def tt_macs(layer: Layer, ranks: tuple[int, ...]) -> int:
     leaves. TT-matrix, contracted right to left: core k works on a state of prod(m_<=k) * N_>=k
     entries per row, r_(k-1) * r_k multiply-adds each, so high bond ranks cost far more than the
     dense matrix (why `costs_more` exists)."""
-    dims = _tt_targets(layer)[0].shape
+    if layer.kind == "conv":  # what _tt_targets reorders each group's kernel to, without the copy
+        o, i, *kernel = layer.group_weights()[0].shape
+        dims: tuple[int, ...] = (i, *kernel, o)
+    else:
+        dims = tuple(m * n for m, n in zip(*matrix_dims(*layer.weight.shape)))
     bonds = [
         min(int(r), int(np.prod(dims[: k + 1])), int(np.prod(dims[k + 1 :])))
         for k, r in enumerate(ranks[: len(dims) - 1])
