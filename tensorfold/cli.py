@@ -168,7 +168,11 @@ _RECOMPUTE_HELP = (
 @click.option("--evbmf", is_flag=True, help="ranks by empirical variational Bayes (EVBMF, as Kim et al. 2016)")
 @click.option("--include", multiple=True, help="only nodes whose name matches this glob (repeatable)")
 @click.option("--exclude", multiple=True, help="leave nodes whose name matches this glob (repeatable)")
-@click.option("--force", is_flag=True, help="rewrite a layer even where the chain is not smaller")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="rewrite a layer even where the chain is not smaller, or costs more multiply-adds than it",
+)
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option(
