@@ -190,6 +190,7 @@ def profile(
     The shapes timed: the first sample of `inputs` (an .npz; needed for integer inputs), else
     `shapes`, else the model's static dims with dynamic ones at DEFAULT_DYNAMIC_DIM, which the
     report warns about (a detector's speed at 64x64 says nothing about its speed at 640x640)."""
+    from tensorfold.limits import PROFILED_RUNS
     from tensorfold.onnxrt.batching import fixed_batch
     from tensorfold.runtime.devices import describe
     from tensorfold.runtime.latency import available_memory_bytes, by_op_type, node_profile, peak_rss_mb, with_batch
@@ -292,7 +293,8 @@ def profile(
             "size_bytes": ostats.size_bytes,
         }
     if not latency.predicted:
-        times = node_profile(model, batched(batches[0]), provider, threads, runs=min(runs, 10))
+        report.profiled_runs = min(runs, PROFILED_RUNS)
+        times = node_profile(model, batched(batches[0]), provider, threads, runs=report.profiled_runs)
         report.ops = [
             {"op": op, "ms": round(ms, 4), "share": round(share, 4), "nodes": n}
             for op, ms, share, n in by_op_type(times)

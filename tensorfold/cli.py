@@ -13,7 +13,7 @@ import click
 from tensorfold import __version__
 from tensorfold.demo import DEMO_OUTPUT
 from tensorfold.errors import TensorfoldError, VerificationFailed
-from tensorfold.limits import SEED_MAX
+from tensorfold.limits import PROFILED_RUNS, SEED_MAX
 from tensorfold.outputs import json_text
 from tensorfold.recovery.memory import budget_text
 
@@ -364,7 +364,13 @@ def verify_cmd(reference, candidate, as_json, max_error, **options):
     type=click.Path(path_type=Path),
     help="a second model, timed interleaved with MODEL; ratios are MODEL's speedup over it",
 )
-@click.option("--runs", type=_POSITIVE, default=30, show_default=True)
+@click.option(
+    "--runs",
+    type=_POSITIVE,
+    default=30,
+    show_default=True,
+    help=f"timed calls per batch; the profiler's per-op and per-node tables take at most {PROFILED_RUNS} more",
+)
 @click.option("--warmup", type=_COUNT, default=5, show_default=True)
 @click.option("--threads", type=_PER_CORE, default=0, show_default=True, help="intra-op threads (0: all cores)")
 @click.option(

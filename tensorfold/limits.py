@@ -28,6 +28,10 @@ def most() -> int:
 
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit
 
+# warm calls onnxruntime's profiler times for `profile`'s per-op and per-node tables, at most: its
+# event file grows with calls x nodes, and the latency table has already timed --runs calls
+PROFILED_RUNS = 10
+
 
 def check_seed(value: int) -> int:
     if not 0 <= value <= SEED_MAX:

@@ -151,8 +151,10 @@ def test_profile_leaves_out_what_a_run_did_not_measure():
     )
     predicted = ProfileReport(**common)
     assert list(predicted.as_dict()) == list(common)
-    measured = ProfileReport(**common, compare={"model": "b.onnx"}, ops=[], nodes=[], peak_rss_mb=12.0)
-    assert list(measured.as_dict())[-4:] == ["compare", "ops", "nodes", "peak_rss_mb"]
+    measured = ProfileReport(
+        **common, compare={"model": "b.onnx"}, ops=[], nodes=[], peak_rss_mb=12.0, profiled_runs=10
+    )
+    assert list(measured.as_dict())[-5:] == ["compare", "ops", "nodes", "peak_rss_mb", "profiled_runs"]
 
 
 def test_verify_report_is_the_verification():

@@ -130,8 +130,12 @@ class WhitenedSVD:
     every rank's factors and output error are slices of it (SVD-LLM's truncation-aware whitening)."""
 
     def __init__(self, matrix: np.ndarray, gram: np.ndarray, damping: float | None = None):
-        root, self.unwhiten = _root(gram, damping)
-        self.u, self.s, self.vt = np.linalg.svd(root @ matrix.astype(np.float64), full_matrices=False)
+        root, unwhiten = _root(gram, damping)
+        u, self.s, self.vt = np.linalg.svd(root @ matrix.astype(np.float64), full_matrices=False)
+        # R^-1 U once, not the (K x K) root: a rank's left factor is then a slice of it. The search
+        # keeps this fit per layer for as long as the statistics live, and on a ViT-S the roots of
+        # the 1536-wide FFN inputs were 283 MB of an `optimize --recover` run's memory
+        self.left = unwhiten(u)
 
     @property
     def spectrum(self) -> np.ndarray:
@@ -143,7 +147,7 @@ class WhitenedSVD:
         singular values split as sqrt onto both sides."""
         r = clip_rank(rank, len(self.s))
         half = np.sqrt(self.s[:r])
-        return self.unwhiten(self.u[:, :r] * half), half[:, None] * self.vt[:r]
+        return self.left[:, :r] * half, half[:, None] * self.vt[:r]
 
 
 def refit_output(

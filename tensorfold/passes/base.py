@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
 import onnx
 
 from tensorfold.errors import TensorfoldError
@@ -98,6 +99,10 @@ class FactorCache:
     factorizations: dict[tuple[Any, ...], Factorization] = field(default_factory=dict)
     errors: dict[tuple[Any, ...], float] = field(default_factory=dict)
     candidates: dict[tuple[Any, ...], list[Candidate]] = field(default_factory=dict)
+    # each layer's weight array, read once: the factorizations above hold their layers, and every
+    # call of a pass reads the weights afresh (an `optimize --recover` search on a ViT-S held
+    # 4.5 copies of them, 432 MB, before this)
+    weights: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -224,6 +224,9 @@ class FactorizePass(Pass):
         eligible = []
         for layer in layers:
             layer.gram = (ctx.stats or {}).get(layer.name)
+            layer.weight = ctx.cache.weights.setdefault(
+                (layer.name, layer.node.input[1], layer.weight.shape), layer.weight
+            )
             reason = self.supports(layer)
             if reason:
                 skipped.append(Skip(layer.name, layer.node.op_type, reason))

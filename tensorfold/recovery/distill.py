@@ -111,8 +111,10 @@ def common_part(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Ten
 
 
 def relative_error2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """||s - t||^2 / ||t||^2 over the batch: an output's error on the scale of the output itself."""
-    return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
+    """||s - t||^2 / ||t||^2 over the batch: an output's error on the scale of the output itself.
+    F.mse_loss keeps s and t for its backward pass, both alive anyway, where (s - t) ** 2 kept the
+    difference, one more activation per output and per factor chain (73 on a ViT-S)."""
+    return F.mse_loss(student, teacher, reduction="sum") / (teacher**2).sum().clamp_min(1e-12)
 
 
 def output_loss(

@@ -23,6 +23,7 @@ from torch import nn
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import make_model
+from tensorfold.recovery.fusion import fuse
 from tensorfold.recovery.torch_ops import OPS, Unsupported
 
 if TYPE_CHECKING:
@@ -130,7 +131,8 @@ class OnnxModule(nn.Module):
             tensor = torch.from_numpy(arr)
             if tensor.is_floating_point():
                 key = _param_name(t.name)
-                while key in self.params:
+                # an initializer named like a ParameterDict attribute ("half", "to", "train") too
+                while key in self.params or hasattr(self.params, key):
                     key += "_"
                 learnable = trainable and (tensor.numel() > 1 or t.name in slopes)
                 self.params[key] = nn.Parameter(tensor.float(), requires_grad=learnable)
@@ -144,9 +146,15 @@ class OnnxModule(nn.Module):
         inits = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in inits]
         self.output_names = [v.name for v in graph.output]
-        self.nodes = list(graph.node)
-        self._last_use = _last_uses(self.nodes, self.output_names)
-        self.frozen = [n for n in self.nodes if n.op_type not in OPS]
+        # the graph's nodes, and the same with spelled-out LayerNorms and GELUs as one op each
+        # (recovery/fusion.py), run unless a capture asks for a value inside one
+        plain = list(graph.node)
+        fused, self._fused_away = fuse(self.proto)
+        self._plans = {
+            False: (plain, _last_uses(plain, self.output_names)),
+            True: (fused, _last_uses(fused, self.output_names)),
+        }
+        self.frozen = [n for n in plain if n.op_type not in OPS]
         for n in self.frozen:
             warnings.warn(
                 f"{n.op_type} node '{n.name}' has no torch equivalent here: it runs frozen through "
@@ -258,31 +266,40 @@ class OnnxModule(nn.Module):
             values[name] = self.params[key]
         for name, x in zip(self.input_names, inputs):
             values[name] = x
+        nodes, last_use = self._plans[not self._fused_away.intersection(capture)]
         segments = self.checkpoint_segments
-        if segments > 1 and torch.is_grad_enabled() and len(self.nodes) > segments:
+        if segments > 1 and torch.is_grad_enabled() and len(nodes) > segments:
             from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-            bounds = np.linspace(0, len(self.nodes), segments + 1).round().astype(int)
+            bounds = np.linspace(0, len(nodes), segments + 1).round().astype(int)
             # early stop ends a recomputation by raising inside it, which the node errors below
             # would report as the node's failure: each segment is recomputed whole
             with set_checkpoint_early_stop(False):
                 for start, end in zip(bounds[:-1], bounds[1:]):
-                    values = checkpoint(self._segment, values, int(start), int(end), capture, use_reentrant=False)
+                    values = checkpoint(
+                        self._segment, values, nodes, last_use, int(start), int(end), capture, use_reentrant=False
+                    )
         else:
-            values = self._segment(values, 0, len(self.nodes), capture)
+            values = self._segment(values, nodes, last_use, 0, len(nodes), capture)
         outputs = [values[n] for n in self.output_names]
         if capture:
             return outputs, {n: values[n] for n in capture if n in values}
         return outputs
 
     def _segment(
-        self, values: dict[str, torch.Tensor], start: int, end: int, capture: tuple[str, ...]
+        self,
+        values: dict[str, torch.Tensor],
+        nodes: list[onnx.NodeProto],
+        last_use: list[tuple[str, ...]],
+        start: int,
+        end: int,
+        capture: tuple[str, ...],
     ) -> dict[str, torch.Tensor]:
-        """Nodes [start, end) on `values` (not changed: checkpointing runs a segment twice on the
-        same input); the values live after them."""
+        """nodes[start:end] on `values` (not changed: checkpointing runs a segment twice on the
+        same input); the values live after them. last_use: per node, the values no later one reads."""
         values = dict(values)
         for index in range(start, end):
-            node = self.nodes[index]
+            node = nodes[index]
             args = [values[i] if i else None for i in node.input]
             while args and args[-1] is None:
                 args.pop()
@@ -308,7 +325,7 @@ class OnnxModule(nn.Module):
             for name, value in zip(node.output, outs):
                 if name:
                     values[name] = value
-            for name in self._last_use[index]:
+            for name in last_use[index]:
                 if name not in capture:
                     values.pop(name, None)
         return values

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from tensorfold.graph.model import attr
+from tensorfold.recovery.fusion import FUSED_GELU, FUSED_LAYER_NORM
 
 OPS: dict[str, Callable] = {}
 
@@ -142,6 +143,30 @@ def _ln(node, x, scale, bias=None):
     axis = _a(node, "axis", -1)
     axis = axis if axis >= 0 else x.dim() + axis
     return F.layer_norm(x, x.shape[axis:], scale, bias, eps=_a(node, "epsilon", 1e-5))
+
+
+@op(FUSED_LAYER_NORM)
+def _fused_layer_norm(node, x, scale=None, bias=None):
+    """A LayerNorm the export spelled out op by op (recovery/fusion.py), over its ReduceMeans' axes."""
+    axes = sorted(a % x.dim() for a in _a(node, "axes"))
+    eps = _a(node, "epsilon")
+    k = len(axes)
+    if axes == list(range(x.dim() - k, x.dim())):
+        shape = tuple(x.shape[x.dim() - k :])
+        whole = all(t is None or tuple(t.shape) == shape for t in (scale, bias))
+        y = F.layer_norm(x, shape, scale if whole else None, bias if whole else None, eps=eps)
+        if whole:
+            return y
+    else:  # not the trailing axes: as the graph writes it
+        d = x - x.mean(dim=axes, keepdim=True)
+        y = d / torch.sqrt((d * d).mean(dim=axes, keepdim=True) + eps)
+    y = y * scale if scale is not None else y
+    return y + bias if bias is not None else y
+
+
+@op(FUSED_GELU)
+def _fused_gelu(node, x):
+    return F.gelu(x)
 
 
 @op("InstanceNormalization")

@@ -30,6 +30,7 @@ class ProfileReport(Report):
     ops: list[dict[str, Any]] | None = sometimes()
     nodes: list[dict[str, Any]] | None = sometimes()
     peak_rss_mb: float | None = sometimes()
+    profiled_runs: int | None = sometimes()  # the warm calls the profiler's tables average
 
     def render(self, console: Console) -> None:
         where = f"predicted for {self.device}" if self.device else f"measured on {self.provider}"
@@ -98,15 +99,17 @@ class ProfileReport(Report):
     def _render_profiler(
         self, console: Console, op_rows: list[dict[str, Any]], node_rows: list[dict[str, Any]], peak_rss_mb: float
     ) -> None:
+        calls = f", mean of {self.profiled_runs} calls" if self.profiled_runs else ""
         ops = Table(
-            title=f"time by op type (onnxruntime profiler, batch {next(iter(self.batches))})", title_justify="left"
+            title=f"time by op type (onnxruntime profiler, batch {next(iter(self.batches))}{calls})",
+            title_justify="left",
         )
         for col in ("op", "nodes", "ms", "share"):
             ops.add_column(col, justify="left" if col == "op" else "right")
         for r in op_rows:
             ops.add_row(r["op"], str(r["nodes"]), f"{r['ms']:.4f}", f"{r['share']:.1%}")
         console.print(ops)
-        nodes = Table(title=f"top {len(node_rows)} nodes", title_justify="left")
+        nodes = Table(title=f"top {len(node_rows)} nodes (ms: mean per call)", title_justify="left")
         for col in ("node", "op", "ms", "share"):
             nodes.add_column(col, justify="right" if col in ("ms", "share") else "left")
         for r in node_rows:

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from tensorfold.cli import main
 from tensorfold.demo import demo_model_path
+from tensorfold.limits import PROFILED_RUNS
 from tensorfold.runtime.latency import by_op_type, compare, measure, measure_interleaved, node_profile, with_batch
 from tests.passes.single_node import conv_model
 
@@ -62,6 +63,10 @@ def test_profile_cli_json(tmp_path):
     assert {"min_ms", "median_ms", "p90_ms"} <= set(info["batches"]["1"]["latency"])
     assert info["ops"] and info["nodes"] and info["params"] > 0 and info["flops"] > 0
     assert info["graph_nodes"][0]["op"] == "Conv" and info["graph_nodes"][0]["params"] > 0
+    assert info["profiled_runs"] == 5  # --runs, up to PROFILED_RUNS
+    code, out = _cli("profile", demo_model_path(), "--runs", "40")
+    assert code == 0, out
+    assert f"mean of {PROFILED_RUNS} calls" in " ".join(out.split())  # the table title, however wrapped
 
 
 def test_profile_compare_and_device(tmp_path):
