@@ -133,6 +133,16 @@ def test_python_callers_read_fields():
     assert ranks.interrupted and ranks.front[0]["verified"]
     with pytest.raises(TypeError):  # a key the report does not know is an error, not dropped
         RankSearchReport.from_dict(_with(RANKS, surprise=1))
+    timed = RankSearchReport.from_dict(
+        _with(
+            RANKS,
+            objectives=["latency", "error"],
+            evaluation={"latency": "cpu (measured)"},
+            baseline={"latency": 2.0, "error": 0.0},
+            front=[],
+        )
+    )
+    assert "error on random (seed 0); latency cpu (measured), one call" in " ".join(_render(timed).split())
 
 
 def test_profile_leaves_out_what_a_run_did_not_measure():

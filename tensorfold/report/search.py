@@ -61,6 +61,11 @@ class RankSearchReport(Report):
         for f in self.failures[:3]:
             console.print(f"  trial {f['trial']} failed: {f['reason']}")
         objectives = self.objectives
+        judged = [f"error on {self.inputs}"] if "error" in objectives else []
+        if "latency" in objectives:  # measured on a provider or predicted for a device: say which
+            judged.append(f"latency {self.evaluation.get('latency', '?')}, one call")
+        if judged:
+            console.print("; ".join(judged))
         table = Table(
             title=f"Pareto front ({len(self.front)} points; hypervolume {self.hypervolume:.4f})",
             title_justify="left",
