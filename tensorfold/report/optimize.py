@@ -33,7 +33,8 @@ class OptimizeReport(Report):
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the user should act on (printed in yellow)
     eligible_params: tuple[int, int] = (0, 0)  # weights of the layers the method could rewrite, before/after
-    latency: dict[str, Any] | None = None  # hardware-aware runs: target, input ms, measured speedup
+    # target, input ms, speedup: hardware-aware runs, and every other rewrite timed against its input
+    latency: dict[str, Any] | None = None
     stages: list[dict[str, Any]] = field(
         default_factory=list
     )  # with calibration/int8: params, size, held-out error per stage
