@@ -92,9 +92,8 @@ class Built:
     result: PassResult
     verification: Verification | None = None  # on the search reference, where a bound search made one
     trials: list[Trial] | None = None  # --max-output-error: every ratio tried
-    latency: dict[str, object] | None = (
-        None  # --hardware-aware: target, input ms, speedup (others: _time_against_input)
-    )
+    # --hardware-aware: target, input ms, speedup (every other rewrite: _time_against_input)
+    latency: dict[str, object] | None = None
     split_models: list[Split] = field(default_factory=list)  # for factorized + int8
     recovery: dict[str, Any] | None = None  # --recover: how, and (without a bound) before/after
 
