@@ -74,9 +74,11 @@ def run_demo(console: Console, output: Path, ratio: float, recover_steps: int) -
                 folder.rmdir()
         raise
     v = small.verification
+    lat = small.latency  # the written model timed against the input (smaller is not always faster)
+    speed = f", {lat['speedup']:.2f}x the input's speed on {lat['target']}" if lat else ""
     console.print(
         f"tucker x{ratio:g}: {small.before.params:,} -> {small.after.params:,} parameters, held-out output "
-        f"error {v.max_error:.3f} before recovery; wrote {output}"
+        f"error {v.max_error:.3f} before recovery{speed}; wrote {output}"
         if v
         else f"wrote {output}"
     )
