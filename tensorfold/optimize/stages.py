@@ -567,6 +567,11 @@ def _time_against_input(report: OptimizeReport, inputs: Inputs, written: onnx.Mo
         "input_ms": round(timing.b.median, 4),
         "speedup": round(timing.speedup, 4),
     }
+    if o.inputs is None and inputs.held is None:  # random inputs: a dynamic dim may have defaulted
+        from tensorfold.onnxrt.inputs import dynamic_warning
+
+        if (defaulted := dynamic_warning(original, o.shape_map)) is not None:
+            report.notes.append(defaulted)
     if timing.speedup < 1 - SPEED_MARGIN:
         report.warnings.append(
             f"the written model is slower than the input on {o.provider}: {timing.speedup:.2f}x its speed "

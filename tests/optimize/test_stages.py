@@ -44,3 +44,15 @@ def test_the_written_model_is_timed_against_the_input(tmp_path, monkeypatch):
     assert not any("slower" in w for w in timed(0.98).warnings)  # within the noise margin
     kept = optimize(demo_model_path(), method="svd", rank=10_000, progress=False)  # nothing rewritten
     assert kept.latency is None
+
+
+def test_a_timing_at_a_defaulted_dynamic_dim_says_so(tmp_path):
+    from tensorfold.api import optimize
+    from tests.fixtures import torch_models
+
+    block = torch_models.export_transformer_block(tmp_path)  # batch and sequence dynamic
+    report = optimize(block, method="svd", ratio=1.5, progress=False)
+    assert report.latency is not None
+    assert any("dynamic dims, timed at 64" in n for n in report.notes)
+    fixed = optimize(block, method="svd", ratio=1.5, shapes=("input:1,16,64",), progress=False)
+    assert not any("dynamic dims" in n for n in fixed.notes)
