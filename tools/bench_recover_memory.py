@@ -77,9 +77,7 @@ def step_speed(model: Path, cal: Path, tmp: Path, batch: int, rounds: int = 4) -
     cfg, spec = RecoverConfig(batch_size=batch, lr=1e-6), Outputs.of(student, labelled=False)
     times: dict[bool, list[float]] = {True: [], False: []}
     for fused in (True, False, True, False):
-        module = OnnxModule(student)
-        if not fused:
-            module._plans[True] = module._plans[False]
+        module = OnnxModule(student, fused=fused)
         opt = make_optimizer(module, cfg)
         module.train()
         for i in range(rounds):

@@ -24,6 +24,7 @@ from tensorfold.graph.model import GraphIndex, attr
 
 FUSED_LAYER_NORM = "tensorfold.LayerNorm"  # inputs x, scale, bias (both optional); attributes axes, epsilon
 FUSED_GELU = "tensorfold.Gelu"  # input x: the exact (erf) GELU
+FUSED_OPS = (FUSED_LAYER_NORM, FUSED_GELU)
 
 
 def fuse(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], set[str]]:

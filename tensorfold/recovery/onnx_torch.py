@@ -23,7 +23,7 @@ from torch import nn
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import make_model
-from tensorfold.recovery.fusion import fuse
+from tensorfold.recovery.fusion import FUSED_OPS, fuse
 from tensorfold.recovery.torch_ops import OPS, Unsupported
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def _batch_layouts(
 class OnnxModule(nn.Module):
     """Runs an ONNX graph with torch ops. Float initializers are trainable parameters."""
 
-    def __init__(self, model: onnx.ModelProto, trainable: bool = True):
+    def __init__(self, model: onnx.ModelProto, trainable: bool = True, fused: bool = True):
         super().__init__()
         from tensorfold.graph.normalize import constants_to_initializers
 
@@ -146,13 +146,14 @@ class OnnxModule(nn.Module):
         inits = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in inits]
         self.output_names = [v.name for v in graph.output]
-        # the graph's nodes, and the same with spelled-out LayerNorms and GELUs as one op each
-        # (recovery/fusion.py), run unless a capture asks for a value inside one
+        # the graph's nodes, and (fused=True) the same with spelled-out LayerNorms and GELUs as one
+        # op each (recovery/fusion.py), run unless a capture asks for a value inside one
         plain = list(graph.node)
-        fused, self._fused_away = fuse(self.proto)
+        joined, self._fused_away = fuse(self.proto) if fused else (plain, set())
+        self.fused_ops = [n.op_type for n in joined if n.op_type in FUSED_OPS]
         self._plans = {
             False: (plain, _last_uses(plain, self.output_names)),
-            True: (fused, _last_uses(fused, self.output_names)),
+            True: (joined, _last_uses(joined, self.output_names)),
         }
         self.frozen = [n for n in plain if n.op_type not in OPS]
         for n in self.frozen:
