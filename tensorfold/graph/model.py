@@ -40,6 +40,19 @@ class GraphIndex:
     def array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.initializers[name])
 
+    def scalar(self, name: str | None) -> float | None:
+        """The value of a one-element float constant (an epsilon, an exponent, a 0.5), else None."""
+        if not name or not self.is_constant(name):
+            return None
+        value = self.array(name)
+        return float(value.ravel()[0]) if value.size == 1 and np.issubdtype(value.dtype, np.floating) else None
+
+    def single_user(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading `name`, where it is read by one node only and is not a graph output:
+        a pattern may take it over."""
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in self.graph_outputs else None
+
     def shape(self, name: str) -> list[int | str | None] | None:
         """Static shape from value_info: ints, dim_param strings, or None for unknown dims."""
         if name in self.initializers:
@@ -85,6 +98,12 @@ def subgraph_nodes(model: onnx.ModelProto):
                     yield from walk(g, parent if parent is not None else node)
 
     yield from walk(model.graph, None)
+
+
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """A binary node's input that is not `name` (None: not binary, or both inputs are `name`)."""
+    rest = [i for i in node.input if i != name]
+    return rest[0] if len(rest) == 1 and len(node.input) == 2 else None
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

@@ -10,36 +10,18 @@ make the unfactorized model 1.35-1.38x faster on the CPU provider (docs/results/
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper
 
-from tensorfold.graph.model import GraphIndex, attr, fresh_name, prune_initializers
-
-
-def _scalar(index: GraphIndex, name: str) -> float | None:
-    if not name or not index.is_constant(name):
-        return None
-    value = index.array(name)
-    return float(value.ravel()[0]) if value.size == 1 and np.issubdtype(value.dtype, np.floating) else None
+from tensorfold.graph.model import GraphIndex, attr, fresh_name, other_input, prune_initializers
 
 
 def _clip_bounds(index: GraphIndex, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
     if len(clip.input) > 1:  # opset 11+: min and max are inputs
-        lo = _scalar(index, clip.input[1])
-        hi = _scalar(index, clip.input[2]) if len(clip.input) > 2 else None
+        lo = index.scalar(clip.input[1])
+        hi = index.scalar(clip.input[2]) if len(clip.input) > 2 else None
         return lo, hi
     return attr(clip, "min", None), attr(clip, "max", None)
-
-
-def _single_user(index: GraphIndex, name: str) -> onnx.NodeProto | None:
-    users = index.consumers.get(name, [])
-    return users[0] if len(users) == 1 and name not in index.graph_outputs else None
-
-
-def _other(node: onnx.NodeProto, name: str) -> str | None:
-    rest = [i for i in node.input if i != name]
-    return rest[0] if len(rest) == 1 and len(node.input) == 2 else None
 
 
 def _is_div6(index: GraphIndex, node: onnx.NodeProto | None, value: str) -> bool:
@@ -47,10 +29,10 @@ def _is_div6(index: GraphIndex, node: onnx.NodeProto | None, value: str) -> bool
     if node is None:
         return False
     if node.op_type == "Div" and node.input[0] == value:
-        c = _scalar(index, node.input[1])
+        c = index.scalar(node.input[1])
         return c is not None and abs(c - 6.0) < 1e-6
     if node.op_type == "Mul":
-        c = _scalar(index, _other(node, value) or "")
+        c = index.scalar(other_input(node, value))
         return c is not None and abs(c - 1 / 6) < 1e-6
     return False
 
@@ -60,27 +42,27 @@ def _match(index: GraphIndex, add: onnx.NodeProto):
     if add.op_type != "Add" or len(add.input) != 2:
         return None
     for x in add.input:
-        three = _scalar(index, _other(add, x) or "")
+        three = index.scalar(other_input(add, x))
         if three is None or abs(three - 3.0) > 1e-6 or index.is_constant(x):
             continue
-        clip = _single_user(index, add.output[0])
+        clip = index.single_user(add.output[0])
         if clip is None or clip.op_type != "Clip" or clip.input[0] != add.output[0]:
             continue
         lo, hi = _clip_bounds(index, clip)
         if lo is None or hi is None or abs(lo) > 1e-6 or abs(hi - 6.0) > 1e-6:
             continue
-        nxt = _single_user(index, clip.output[0])
+        nxt = index.single_user(clip.output[0])
         if nxt is None:
             continue
         # x * clip / 6
-        if nxt.op_type == "Mul" and _other(nxt, clip.output[0]) == x:
-            last = _single_user(index, nxt.output[0])
+        if nxt.op_type == "Mul" and other_input(nxt, clip.output[0]) == x:
+            last = index.single_user(nxt.output[0])
             if _is_div6(index, last, nxt.output[0]):
                 return x, [add, clip, nxt, last], last.output[0]
         # (clip / 6) * x
         if _is_div6(index, nxt, clip.output[0]):
-            last = _single_user(index, nxt.output[0])
-            if last is not None and last.op_type == "Mul" and _other(last, nxt.output[0]) == x:
+            last = index.single_user(nxt.output[0])
+            if last is not None and last.op_type == "Mul" and other_input(last, nxt.output[0]) == x:
                 return x, [add, clip, nxt, last], last.output[0]
     return None
 

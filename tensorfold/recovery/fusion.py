@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tensorfold.graph.model import GraphIndex, attr
+from tensorfold.graph.model import GraphIndex, attr, other_input
 
 FUSED_LAYER_NORM = "tensorfold.LayerNorm"  # inputs x, scale, bias (both optional); attributes axes, epsilon
 FUSED_GELU = "tensorfold.Gelu"  # input x: the exact (erf) GELU
@@ -59,27 +59,10 @@ def fuse(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], set[str]]:
     return result, hidden
 
 
-def _scalar(index: GraphIndex, name: str) -> float | None:
-    if not name or not index.is_constant(name):
-        return None
-    value = index.array(name)
-    return float(value.ravel()[0]) if value.size == 1 and np.issubdtype(value.dtype, np.floating) else None
-
-
 def _only_user(index: GraphIndex, name: str, op_type: str) -> onnx.NodeProto | None:
     """The single node reading `name`, if it is an `op_type` and `name` is not a graph output."""
-    users = index.consumers.get(name, [])
-    if len(users) != 1 or name in index.graph_outputs or users[0].op_type != op_type:
-        return None
-    return users[0]
-
-
-def _other(node: onnx.NodeProto, name: str) -> str | None:
-    """A binary node's input that is not `name` (None: not binary, or both inputs are `name`)."""
-    if len(node.input) != 2:
-        return None
-    a, b = node.input
-    return b if a == name and b != name else a if b == name and a != name else None
+    user = index.single_user(name)
+    return user if user is not None and user.op_type == op_type else None
 
 
 def _axes(index: GraphIndex, reduce: onnx.NodeProto) -> list[int] | None:
@@ -110,7 +93,7 @@ def _layer_norm(index: GraphIndex, mean: onnx.NodeProto) -> tuple[list[onnx.Node
     div = next((u for u in users if u.op_type == "Div" and list(u.input[:1]) == [d]), None)
     if square is None or div is None:
         return None
-    if square.op_type == "Pow" and _scalar(index, square.input[1]) != 2.0:
+    if square.op_type == "Pow" and index.scalar(square.input[1]) != 2.0:
         return None
     if square.op_type == "Mul" and list(square.input) != [d, d]:
         return None
@@ -118,7 +101,7 @@ def _layer_norm(index: GraphIndex, mean: onnx.NodeProto) -> tuple[list[onnx.Node
     if var is None or _axes(index, var) != axes:
         return None
     add = _only_user(index, var.output[0], "Add")
-    eps = _scalar(index, _other(add, var.output[0]) or "") if add is not None else None
+    eps = index.scalar(other_input(add, var.output[0])) if add is not None else None
     if add is None or eps is None or eps < 0:
         return None
     sqrt = _only_user(index, add.output[0], "Sqrt")
@@ -126,10 +109,10 @@ def _layer_norm(index: GraphIndex, mean: onnx.NodeProto) -> tuple[list[onnx.Node
         return None
     nodes, out, scale, bias = [mean, sub, square, var, add, sqrt, div], div.output[0], "", ""
     mul = _only_user(index, out, "Mul")
-    if mul is not None and _affine(index, other := _other(mul, out)):
+    if mul is not None and _affine(index, other := other_input(mul, out)):
         nodes, out, scale = nodes + [mul], mul.output[0], other or ""
         plus = _only_user(index, out, "Add")
-        if plus is not None and _affine(index, other := _other(plus, out)):
+        if plus is not None and _affine(index, other := other_input(plus, out)):
             nodes, out, bias = nodes + [plus], plus.output[0], other or ""
     fused = helper.make_node(
         FUSED_LAYER_NORM,
@@ -154,30 +137,30 @@ def _gelu(index: GraphIndex, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto],
     if inner is None or index.consumers.get(erf.input[0]) != [erf] or erf.input[0] in index.graph_outputs:
         return None
     x = inner.input[0]
-    c = _scalar(index, inner.input[1]) if len(inner.input) == 2 else None
+    c = index.scalar(inner.input[1]) if len(inner.input) == 2 else None
     if c is None or not (
         (inner.op_type == "Div" and math.isclose(c, math.sqrt(2), rel_tol=1e-5))
         or (inner.op_type == "Mul" and math.isclose(c, 1 / math.sqrt(2), rel_tol=1e-5))
     ):
         return None
     add = _only_user(index, erf.output[0], "Add")
-    if add is None or _scalar(index, _other(add, erf.output[0]) or "") != 1.0:
+    if add is None or index.scalar(other_input(add, erf.output[0])) != 1.0:
         return None
     one_plus = add.output[0]
     first = _only_user(index, one_plus, "Mul")
     if first is None:
         return None
-    other = _other(first, one_plus)
+    other = other_input(first, one_plus)
     nodes = [inner, erf, add, first]
     if other == x:  # (x * (1 + erf)) * 0.5
         half = _only_user(index, first.output[0], "Mul")
-        if half is None or not _is_half(index, _other(half, first.output[0])):
+        if half is None or index.scalar(other_input(half, first.output[0])) != 0.5:
             return None
         nodes.append(half)
-    elif _is_half(index, other):  # x * ((1 + erf) * 0.5)
+    elif index.scalar(other) == 0.5:  # x * ((1 + erf) * 0.5)
         half = first
         last = _only_user(index, half.output[0], "Mul")
-        if last is None or _other(last, half.output[0]) != x:
+        if last is None or other_input(last, half.output[0]) != x:
             return None
         nodes.append(last)
     else:  # (x * 0.5) * (1 + erf)
@@ -185,8 +168,8 @@ def _gelu(index: GraphIndex, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto],
         if (
             scaled is None
             or scaled.op_type != "Mul"
-            or _other(scaled, x) is None
-            or not _is_half(index, _other(scaled, x))
+            or other_input(scaled, x) is None
+            or index.scalar(other_input(scaled, x)) != 0.5
             or index.consumers.get(scaled.output[0]) != [first]
             or scaled.output[0] in index.graph_outputs
         ):
@@ -194,7 +177,3 @@ def _gelu(index: GraphIndex, erf: onnx.NodeProto) -> tuple[list[onnx.NodeProto],
         nodes.insert(0, scaled)
     out = nodes[-1].output[0]
     return nodes, helper.make_node(FUSED_GELU, [x], [out], name=f"{erf.name or out}/fused_gelu")
-
-
-def _is_half(index: GraphIndex, name: str | None) -> bool:
-    return _scalar(index, name or "") == 0.5
