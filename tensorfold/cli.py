@@ -176,7 +176,12 @@ _RECOMPUTE_HELP = (
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
 @click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
 @click.option(
-    "--no-verify", "verify", is_flag=True, flag_value=False, default=True, help="skip the onnxruntime comparison"
+    "--no-verify",
+    "verify",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="skip the onnxruntime comparison and the timing against the input",
 )
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option(

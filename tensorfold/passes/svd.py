@@ -84,17 +84,15 @@ def svd_build(layer: Layer, ranks: tuple[int, ...]) -> Factorization:
         output_error2 = sum(float(f.spectrum[r:].sum()) for f in fits) / total if total > 0 else 0.0
     else:
         pairs = [truncated_svd(m.astype(np.float64), ranks[0]) for m in layer_matrices(layer)]
-    if layer.weight.dtype == np.float32:  # what the chain stores and reconstruct multiplies: a search
-        # keeps every factorization it built, and float64 copies were 330 MB of one on a ViT-S
-        pairs = [(lf.astype(np.float32), r.astype(np.float32)) for lf, r in pairs]
+    # in the weight's dtype, what the chain stores: a search keeps every factorization it built
+    # (docs/results/recover-memory.md), and float64 copies of the factors are never used
+    pairs = [(lf.astype(layer.weight.dtype), r.astype(layer.weight.dtype)) for lf, r in pairs]
     lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
     rank = lefts[0].shape[1]
     return Factorization(
         "svd",
         [rank],
-        reconstruct=lambda: _matrices_to_weight(
-            layer, [lf.astype(layer.weight.dtype).astype(np.float64) @ r.astype(layer.weight.dtype) for lf, r in pairs]
-        ),
+        reconstruct=lambda: _matrices_to_weight(layer, [lf.astype(np.float64) @ r for lf, r in pairs]),
         emit=lambda b: emit_matrix_pair(b, lefts, rights),
         output_error2=output_error2,
     )

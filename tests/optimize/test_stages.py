@@ -44,6 +44,8 @@ def test_the_written_model_is_timed_against_the_input(tmp_path, monkeypatch):
     assert not any("slower" in w for w in timed(0.98).warnings)  # within the noise margin
     kept = optimize(demo_model_path(), method="svd", rank=10_000, progress=False)  # nothing rewritten
     assert kept.latency is None
+    unchecked = optimize(demo_model_path(), method="svd", ratio=1.5, verify=False, progress=False)
+    assert unchecked.layers and unchecked.latency is None  # --no-verify runs neither model
 
 
 def test_a_timing_at_a_defaulted_dynamic_dim_says_so(tmp_path):
