@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -175,7 +175,7 @@ def parse_class_outputs(specs: tuple[str, ...] | list[str]) -> dict[str, int | N
 
 
 def class_axes(
-    model: onnx.ModelProto, named: dict[str, int | None] | None = None, by_shape: bool | str = False
+    model: onnx.ModelProto, named: dict[str, int | None] | None = None, by_shape: bool | Literal["head"] = False
 ) -> dict[str, int]:
     """Output name -> the axis holding class scores, for the outputs the graph says are class scores:
     made by a Softmax/LogSoftmax, or read by an ArgMax/TopK inside the graph; and the outputs the
