@@ -26,7 +26,7 @@ from tensorfold.onnxrt.batching import one_call
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import FactorizePass
 from tensorfold.quantize.static import quantized_nodes
-from tensorfold.quantize.within_bound import Int8Result
+from tensorfold.quantize.within_bound import Int8Result, Timing
 from tensorfold.runtime.latency_model import SPEED_MARGIN
 
 if TYPE_CHECKING:
@@ -41,9 +41,6 @@ LOSSLESS = "exact rewrite"
 INT8_SPLITS = (0.5,)
 SPLIT_STEPS = 6  # models the bound search at a share of the bound builds
 # latency: a candidate with more error must be SPEED_MARGIN faster than one with less to be picked
-# the candidates are timed for at least `rounds` rounds and, where the models are small, for as many
-# more as fit this many seconds of timed runs (each round also runs every model once untimed)
-TIMING_BUDGET_S, MAX_ROUNDS = 2.0, 300
 
 
 @dataclass
@@ -132,19 +129,12 @@ def choose(
     """Time every candidate (interleaved, one call each round; those outside the bound too, so the
     report compares them all) and pick among those within the bound by `objective`. candidates[0]
     is the input: it wins when nothing within the bound beats it, and the notes say so."""
-    from tensorfold.runtime.latency import measure_interleaved
+    from tensorfold.runtime.latency import timed_for_budget
 
     base = candidates[0]
     call = one_call(base.model, feeds)
     jobs: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]] = [(c.model, call) for c in candidates]
-    stats = measure_interleaved(jobs, provider, threads, rounds=rounds)
-    # a small model gets more rounds, up to TIMING_BUDGET_S: on the 0.1 ms demo CNN copies of one model
-    # read 0.90-1.31x of each other over 15 rounds, 0.94-1.02x over 300 (tools/bench_timing_noise.py)
-    per_round = sum(s.median for s in stats) / 1e3
-    more = min(MAX_ROUNDS, int(TIMING_BUDGET_S / per_round)) if per_round > 0 else rounds
-    if more > rounds:
-        rounds = more
-        stats = measure_interleaved(jobs, provider, threads, rounds=rounds)
+    stats, rounds = timed_for_budget(jobs, provider, threads, rounds)  # a small model gets more rounds
     for c, s in zip(candidates, stats):
         c.latency_ms = s.median
         c.speedup = stats[0].median / s.median
@@ -289,6 +279,9 @@ def search_candidates(
                 else ("int8", normalized, None, False)
             ]
         method: str | None = None  # the calibration method int8 alone chose is reused after it
+        timing = None
+        if settings.objective == "latency" and held is not None:
+            timing = Timing(settings.provider, settings.threads, one_call(normalized, held))
         for name, base, ratio, base_recovered in bases:
             options = {"methods": (method,)} if method else {}
             for r in quantize_within(
@@ -300,6 +293,7 @@ def search_candidates(
                 settings.provider,
                 class_outputs=set(reference.axes),
                 progress=settings.progress,
+                timing=timing,
                 **options,
             ):
                 method = method or r.calibration

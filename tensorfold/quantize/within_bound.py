@@ -23,6 +23,7 @@ from tensorfold.quantize.fragile import fragile_nodes
 from tensorfold.quantize.fusion import FusionReport, fused_kernels
 from tensorfold.quantize.mixed import Build, Unit, keep_within, score_units
 from tensorfold.quantize.static import CALIBRATION_METHODS, DYNAMIC_COMPUTE_OPS, DYNAMIC_OPS, StaticQuantizer
+from tensorfold.runtime.latency_model import SPEED_MARGIN
 
 # dynamic quantization is tried where at least this share of the weights sits in DYNAMIC_OPS
 DYNAMIC_WEIGHT_SHARE = 0.5
@@ -71,20 +72,20 @@ def quantize_within(
     methods: tuple[str, ...] = CALIBRATION_METHODS,
     class_outputs: set[str] | None = None,
     progress: bool = True,
+    timing: Timing | None = None,
 ) -> list[Int8Result]:
     """The int8 candidates of `model` within `bound` on `reference` (static, and dynamic where the
     weights sit in matrix products); a candidate no plan could hold, or that onnxruntime's quantizer
-    failed on, has model None and says why."""
+    failed on, has model None and says why. `timing` (the objective is latency): a static search
+    that cannot beat the dynamic candidate's speed is not run."""
     bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
     try:
         try:
-            return _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar)
+            return _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, timing=timing)
         except _PreprocessedFailed as failed:
             # magika: onnxruntime's quantizer fails on the model its own pre-processing wrote, and
             # quantizes the model as it is
-            results = _search(
-                model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, preprocess=False
-            )
+            results = _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, False, timing)
             if results[0].failure:
                 return results
             for r in results:
@@ -109,10 +110,11 @@ def _search(
     class_outputs: set[str] | None,
     bar: Any,
     preprocess: bool = True,
+    timing: Timing | None = None,
 ) -> list[Int8Result]:
     """quantize_within on one preparation of the model (the static candidate first); raises
-    _PreprocessedFailed, before the dynamic candidate is built, where onnxruntime pre-processed the
-    model and its quantizer failed on it for every calibration method."""
+    _PreprocessedFailed where onnxruntime pre-processed the model and its quantizer failed on it for
+    every calibration method."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     results = []
@@ -122,8 +124,28 @@ def _search(
         fragile = fragile_nodes(prepared, set(classes))
         ops = set(QLinearOpsRegistry) | set(QDQRegistry)
         quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
+        dynamic_fmt = Int8Format(
+            "dynamic, int8 per-channel weights",
+            "uint8",
+            per_channel=fmt.per_channel,
+            reduce_range=fmt.reduce_range,
+            why="activations quantized at run time: no calibration, MatMulInteger kernels for MatMul/LSTM-heavy models",
+        )
+        # the dynamic candidate, fully quantized, is built first where it is tried: it may settle the
+        # static search (below) before the slow calibrations
+        dynamic_full: tuple[onnx.ModelProto, Verification] | None = None
+        dynamic_failure = ""
+        if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
+            bar.set_postfix_str("dynamic")
+            try:
+                quantized = quantizer.quantize_dynamic()
+                dynamic_full = (quantized, reference.verify(quantized))
+            except TensorfoldError as exc:
+                dynamic_failure = str(exc)
+            bar.update()
         # the calibration method: the one whose fully quantized model is closest on the held-out share
         errors, failed, full = {}, [], {}
+        settled = ""
         for method in methods:
             bar.set_postfix_str(f"calibrating ({method})")
             try:
@@ -133,12 +155,21 @@ def _search(
             except TensorfoldError as exc:
                 failed.append((method, str(exc)))
             bar.update()
+            if len(full) == 1 and timing is not None and dynamic_full is not None:
+                settled = _static_outrun(full[method][0], dynamic_full, bound, timing)
+                if settled:
+                    break
         if not errors:
             reasons = sorted({why for _, why in failed})
             failure = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {why}" for m, why in failed)
             if quantizer.preprocessed:
                 raise _PreprocessedFailed(failure)
             results.append(Int8Result("static", fmt, None, None, failure=failure))
+        elif settled and not next(iter(full.values()))[1].within(bound):
+            # the search would only return nodes to float, which cannot make static int8 faster
+            method = next(iter(full))
+            results.append(Int8Result("static", fmt, None, None, calibration=method, calibration_errors=errors))
+            results[-1].notes.append(f"static int8 not searched: {settled}")
         else:
             method = min(errors, key=lambda m: errors[m])
             results.append(
@@ -158,18 +189,14 @@ def _search(
                     calibration_errors=errors,
                 )
             )
-            full.clear()
             results[-1].notes.extend(f"{m} calibration skipped: {why}" for m, why in failed)
-        if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
+            if settled:
+                results[-1].notes.append(f"static int8 calibrated with {method} only: {settled}")
+        full.clear()
+        if dynamic_failure:
+            results.append(Int8Result("dynamic", dynamic_fmt, None, None, failure=dynamic_failure))
+        elif dynamic_full is not None:
             dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-            dynamic_fmt = Int8Format(
-                "dynamic, int8 per-channel weights",
-                "uint8",
-                per_channel=fmt.per_channel,
-                reduce_range=fmt.reduce_range,
-                why="activations quantized at run time: no calibration, MatMulInteger "
-                "kernels for MatMul/LSTM-heavy models",
-            )
             try:
                 results.append(
                     _within(
@@ -182,6 +209,7 @@ def _search(
                         fragile,
                         provider,
                         bar,
+                        full=dynamic_full,
                     )
                 )
             except TensorfoldError as exc:
@@ -190,6 +218,40 @@ def _search(
         for result in results:
             _in_name_only(result, weighted)
         return results
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the objective is latency: the provider and threads int8 candidates are timed on, and
+    the feeds of one call."""
+
+    provider: str
+    threads: int
+    call: dict[str, np.ndarray]
+
+
+def _static_outrun(
+    static: onnx.ModelProto, dynamic: tuple[onnx.ModelProto, Verification], bound: float, timing: Timing
+) -> str:
+    """Why the static search can stop at its first calibration method, or "": the fully quantized
+    dynamic candidate is within the bound and runs as fast as the fully quantized static one or
+    faster. Every node the static search returns to float, and every other calibration (the same
+    graph, other ranges), leaves static int8 as slow or slower, so it cannot win on latency (ViT-S:
+    static 1.14x the input, dynamic 1.37x; the static search took 6 of 7.5 minutes and kept 251
+    nodes in float, docs/results/int8-formats.md)."""
+    from tensorfold.runtime.latency import timed_for_budget
+
+    model, check = dynamic
+    if check.broken or not check.within(bound):
+        return ""
+    (s, d), rounds = timed_for_budget([(static, timing.call), (model, timing.call)], timing.provider, timing.threads)
+    if s.median * (1 + SPEED_MARGIN) <= d.median:
+        return ""
+    return (
+        f"fully quantized it ran {d.median / s.median:.2f}x the speed of the dynamic candidate on "
+        f"{timing.provider} (median of {rounds} interleaved calls), and the dynamic one is within the "
+        "bound: keeping nodes in float or other ranges would not make it faster"
+    )
 
 
 # the nodes whose weights int8 stores in 8 bits: a candidate that keeps every one of them in float

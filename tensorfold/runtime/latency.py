@@ -116,6 +116,30 @@ def measure_interleaved(
     return [LatencyStats(t) for t in times]
 
 
+# timed_for_budget: at least `rounds` rounds and, where the models are small, as many more as fit
+# this many seconds of timed runs (each round also runs every model once untimed). On the 0.1 ms demo
+# CNN copies of one model read 0.90-1.31x of each other over 15 rounds, 0.94-1.02x over 300
+# (tools/bench_timing_noise.py)
+TIMING_BUDGET_S, MAX_ROUNDS = 2.0, 300
+
+
+def timed_for_budget(
+    models: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]],
+    provider: str = "cpu",
+    threads: int = 0,
+    rounds: int = 15,
+) -> tuple[list[LatencyStats], int]:
+    """measure_interleaved for `rounds` rounds, and again for more where they fit TIMING_BUDGET_S;
+    the stats and the rounds they are of."""
+    stats = measure_interleaved(models, provider, threads, rounds=rounds)
+    per_round = sum(s.median for s in stats) / 1e3
+    more = min(MAX_ROUNDS, int(TIMING_BUDGET_S / per_round)) if per_round > 0 else rounds
+    if more > rounds:
+        rounds = more
+        stats = measure_interleaved(models, provider, threads, rounds=rounds)
+    return stats, rounds
+
+
 @dataclass
 class Comparison:
     a: LatencyStats
