@@ -155,7 +155,8 @@ def _search(
             except TensorfoldError as exc:
                 failed.append((method, str(exc)))
             bar.update()
-            if len(full) == 1 and timing is not None and dynamic_full is not None:
+            first = method in full and len(full) == 1  # the first method that calibrated: timed once
+            if first and timing is not None and dynamic_full is not None:
                 settled = _static_outrun(full[method][0], dynamic_full, bound, timing)
                 if settled:
                     break
@@ -169,7 +170,7 @@ def _search(
             # the search would only return nodes to float, which cannot make static int8 faster
             method = next(iter(full))
             results.append(Int8Result("static", fmt, None, None, calibration=method, calibration_errors=errors))
-            results[-1].notes.append(f"static int8 not searched: {settled}")
+            results[-1].notes.append(f"not searched: {settled}")
         else:
             method = min(errors, key=lambda m: errors[m])
             results.append(
@@ -248,7 +249,7 @@ def _static_outrun(
     if s.median * (1 + SPEED_MARGIN) <= d.median:
         return ""
     return (
-        f"fully quantized it ran {d.median / s.median:.2f}x the speed of the dynamic candidate on "
+        f"fully quantized, static int8 ran {d.median / s.median:.2f}x the speed of the dynamic candidate on "
         f"{timing.provider} (median of {rounds} interleaved calls), and the dynamic one is within the "
         "bound: keeping nodes in float or other ranges would not make it faster"
     )
