@@ -124,6 +124,7 @@ def _search(
         fragile = fragile_nodes(prepared, set(classes))
         ops = set(QLinearOpsRegistry) | set(QDQRegistry)
         quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
+        weighted = weight_nodes(prepared)
         dynamic_fmt = Int8Format(
             "dynamic, int8 per-channel weights",
             "uint8",
@@ -131,18 +132,26 @@ def _search(
             reduce_range=fmt.reduce_range,
             why="activations quantized at run time: no calibration, MatMulInteger kernels for MatMul/LSTM-heavy models",
         )
-        # the dynamic candidate, fully quantized, is built first where it is tried: it may settle the
-        # static search (below) before the slow calibrations
-        dynamic_full: tuple[onnx.ModelProto, Verification] | None = None
-        dynamic_failure = ""
+        # the dynamic candidate is searched first where it is tried: within the bound, it may settle
+        # the static search (below) before the slow calibrations
+        dynamic_result = None
         if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
-            bar.set_postfix_str("dynamic")
+            dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
             try:
-                quantized = quantizer.quantize_dynamic()
-                dynamic_full = (quantized, reference.verify(quantized))
+                dynamic_result = _within(
+                    quantizer.quantize_dynamic,
+                    "dynamic",
+                    dynamic_fmt,
+                    reference,
+                    bound,
+                    dynamic,
+                    fragile,
+                    provider,
+                    bar,
+                )
             except TensorfoldError as exc:
-                dynamic_failure = str(exc)
-            bar.update()
+                dynamic_result = Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc))
+            _in_name_only(dynamic_result, weighted)
         # the calibration method: the one whose fully quantized model is closest on the held-out share
         errors, failed, full = {}, [], {}
         settled = ""
@@ -156,8 +165,8 @@ def _search(
                 failed.append((method, str(exc)))
             bar.update()
             first = method in full and len(full) == 1  # the first method that calibrated: timed once
-            if first and timing is not None and dynamic_full is not None:
-                settled = _static_outrun(full[method][0], dynamic_full, bound, timing)
+            if first and timing is not None and dynamic_result is not None:
+                settled = _static_outrun(full[method][0], dynamic_result, timing)
                 if settled:
                     break
         if not errors:
@@ -194,30 +203,9 @@ def _search(
             if settled:
                 results[-1].notes.append(f"static int8 calibrated with {method} only: {settled}")
         full.clear()
-        if dynamic_failure:
-            results.append(Int8Result("dynamic", dynamic_fmt, None, None, failure=dynamic_failure))
-        elif dynamic_full is not None:
-            dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-            try:
-                results.append(
-                    _within(
-                        quantizer.quantize_dynamic,
-                        "dynamic",
-                        dynamic_fmt,
-                        reference,
-                        bound,
-                        dynamic,
-                        fragile,
-                        provider,
-                        bar,
-                        full=dynamic_full,
-                    )
-                )
-            except TensorfoldError as exc:
-                results.append(Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc)))
-        weighted = {n.name for n in prepared.graph.node if n.op_type in WEIGHT_OPS}
-        for result in results:
-            _in_name_only(result, weighted)
+        _in_name_only(results[0], weighted)
+        if dynamic_result is not None:
+            results.append(dynamic_result)
         return results
 
 
@@ -231,33 +219,38 @@ class Timing:
     call: dict[str, np.ndarray]
 
 
-def _static_outrun(
-    static: onnx.ModelProto, dynamic: tuple[onnx.ModelProto, Verification], bound: float, timing: Timing
-) -> str:
-    """Why the static search can stop at its first calibration method, or "": the fully quantized
-    dynamic candidate is within the bound and runs as fast as the fully quantized static one or
-    faster. Every node the static search returns to float, and every other calibration (the same
-    graph, other ranges), leaves static int8 as slow or slower, so it cannot win on latency (ViT-S:
-    static 1.14x the input, dynamic 1.37x; the static search took 6 of 7.5 minutes and kept 251
-    nodes in float, docs/results/int8-formats.md)."""
+def _static_outrun(static: onnx.ModelProto, dynamic: Int8Result, timing: Timing) -> str:
+    """Why the static search can stop at its first calibration method, or "": the dynamic candidate
+    is within the bound and runs as fast as the fully quantized static model or faster. Every node
+    the static search returns to float, and every other calibration (the same graph, other ranges),
+    leaves static int8 as slow or slower, so it cannot win on latency (ViT-S: the static search
+    took 6 of 6.5 minutes, kept 255 nodes in float and ran 0.93x the input, the dynamic candidate
+    1.43x; docs/results/int8-search.md)."""
     from tensorfold.runtime.latency import timed_for_budget
 
-    model, check = dynamic
-    if check.broken or not check.within(bound):
+    if dynamic.model is None:
         return ""
-    (s, d), rounds = timed_for_budget([(static, timing.call), (model, timing.call)], timing.provider, timing.threads)
+    models = [(static, timing.call), (dynamic.model, timing.call)]
+    (s, d), rounds = timed_for_budget(models, timing.provider, timing.threads)
     if s.median * (1 + SPEED_MARGIN) <= d.median:
         return ""
     return (
-        f"fully quantized, static int8 ran {d.median / s.median:.2f}x the speed of the dynamic candidate on "
-        f"{timing.provider} (median of {rounds} interleaved calls), and the dynamic one is within the "
-        "bound: keeping nodes in float or other ranges would not make it faster"
+        f"fully quantized, static int8 ran {d.median / s.median:.2f}x the speed of the dynamic candidate "
+        f"within the bound on {timing.provider} (median of {rounds} interleaved calls): keeping nodes "
+        "in float or other ranges would not make it faster"
     )
 
 
 # the nodes whose weights int8 stores in 8 bits: a candidate that keeps every one of them in float
 # is int8 in name only (openWakeWord's melspectrogram: 4 weight nodes, all float, 1.04 MiB both)
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+
+
+def weight_nodes(model: onnx.ModelProto) -> set[str]:
+    """The WEIGHT_OPS nodes that read a weight (an initializer of two or more axes): not an
+    attention-score MatMul of two activations, nor the Gather of one dim of a Shape."""
+    weights = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
+    return {n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and weights.intersection(n.input)}
 
 
 def _in_name_only(result: Int8Result, weighted: set[str]) -> None:

@@ -107,3 +107,26 @@ def test_a_calibration_failing_after_the_first_is_skipped_and_times_nothing_agai
     static, _ = quantize_within(model, fit, reference, bound_between(block), FMT, progress=False, timing=timing)
     assert calls == [2] and set(static.calibration_errors) == {"minmax", "entropy"}
     assert any("percentile calibration skipped" in n for n in static.notes)
+
+
+def test_a_dynamic_candidate_that_keeps_nodes_in_float_settles_the_static_search_too(block, monkeypatch):
+    """MiniLM-L3 at 0.05: dynamic int8 needs 4 nodes in float; static int8, fully quantized, is slower."""
+    model, fit, reference, timing = block
+    _, full = quantize_within(model, fit, reference, 1.0, FMT, methods=("minmax",), progress=False)
+    bound = 0.6 * full.verification.max_error
+    calls = timed_as(monkeypatch, static_ms=1.0, dynamic_ms=1.0)
+    static, dynamic = quantize_within(model, fit, reference, bound, FMT, progress=False, timing=timing)
+    assert dynamic.model is not None and dynamic.float_nodes and dynamic.verification.within(bound)
+    assert calls == [2] and static.model is None and "not searched" in static.notes[0]
+
+
+def test_weight_nodes_are_those_that_read_a_weight(block):
+    """The block's shape Gathers and its two attention-score MatMuls read no weight: a candidate that
+    keeps the six weight MatMuls in float is int8 in name only."""
+    from tensorfold.quantize.within_bound import weight_nodes
+
+    model = block[0]
+    assert sorted(weight_nodes(model)) == sorted(
+        n.name for n in model.graph.node if n.op_type == "MatMul" and "/attn/MatMul" not in n.name
+    )
+    assert len(weight_nodes(model)) == 6
