@@ -52,7 +52,8 @@ def inputs(name: str, n: int) -> tuple[Path, dict[str, np.ndarray]]:
 
 def describe(r: Int8Result) -> str:
     if r.model is None:
-        return f"{r.kind}: none ({'; '.join(r.notes)[:120] or r.failure})"
+        why = "; ".join(n.split(" (")[0] for n in r.notes) or r.failure  # the figures are in the last column
+        return f"{r.kind}: none ({why})"
     return f"{r.kind}: {len(r.float_nodes)} float, error {r.verification.max_error:.4f}"
 
 
