@@ -52,7 +52,7 @@ def inputs(name: str, n: int) -> tuple[Path, dict[str, np.ndarray]]:
 
 def describe(r: Int8Result) -> str:
     if r.model is None:
-        why = "; ".join(n.split(" (")[0] for n in r.notes) or r.failure  # the figures are in the last column
+        why = "; ".join(n.split(" (")[0] for n in r.notes) or r.failure  # whole notes: on stderr
         return f"{r.kind}: none ({why})"
     return f"{r.kind}: {len(r.float_nodes)} float, error {r.verification.max_error:.4f}"
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             results = quantize_within(model, fit, reference, args.bound, fmt, progress=False, timing=timing)
             runs[run] = (time.perf_counter() - start, results)
-            print(name, run, f"{runs[run][0]:.0f} s", [describe(r) for r in results], file=sys.stderr, flush=True)
+            print(name, run, f"{runs[run][0]:.0f} s", [describe(r) for r in results], file=sys.stderr)
+            print(*(f"  {r.kind}: {note}" for r in results for note in r.notes), sep="\n", file=sys.stderr, flush=True)
         kept = [(run, r) for run, (_, rs) in runs.items() for r in rs if r.model is not None]
         stats, rounds = timed_for_budget([(original, call)] + [(r.model, call) for _, r in kept])
         speed = {id(r): stats[0].median / s.median for (_, r), s in zip(kept, stats[1:])}

@@ -224,13 +224,16 @@ def _static_outrun(static: onnx.ModelProto, dynamic: Int8Result, timing: Timing)
     is within the bound and runs as fast as the fully quantized static model or faster. Every node
     the static search returns to float, and every other calibration (the same graph, other ranges),
     leaves static int8 as slow or slower, so it cannot win on latency (ViT-S: the static search
-    took 6 of 6.5 minutes, kept 255 nodes in float and ran 0.93x the input, the dynamic candidate
-    1.43x; docs/results/int8-search.md)."""
+    took 5.5 of 6 minutes, kept 255 nodes in float and ran 0.97x the input, the dynamic candidate
+    1.44x; docs/results/int8-search.md)."""
     from tensorfold.runtime.latency import timed_for_budget
 
     if dynamic.model is None:
         return ""
-    models = [(static, timing.call), (dynamic.model, timing.call)]
+    models: list[tuple[onnx.ModelProto | str, dict[str, np.ndarray]]] = [
+        (static, timing.call),
+        (dynamic.model, timing.call),
+    ]
     (s, d), rounds = timed_for_budget(models, timing.provider, timing.threads)
     if s.median * (1 + SPEED_MARGIN) <= d.median:
         return ""
