@@ -13,17 +13,10 @@ import onnx
 from tensorfold.decompose.data_aware import InputGram
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import GraphIndex, attr, subgraph_nodes
+from tensorfold.graph.stats import QUANTIZED_MAC_OPS
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-QUANTIZED_OPS = (
-    "ConvInteger",
-    "QLinearConv",
-    "QLinearMatMul",
-    "MatMulInteger",
-    "MatMulIntegerToFloat",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-)
+QUANTIZED_OPS = tuple(QUANTIZED_MAC_OPS)  # int8 weight layers: no float weight to factorize
 
 
 @dataclass(frozen=True)

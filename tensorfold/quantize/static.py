@@ -25,6 +25,7 @@ import onnx.version_converter
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import save_model
+from tensorfold.graph.stats import QUANTIZED_MAC_OPS
 from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import chunks
 from tensorfold.quantize.formats import Int8Format
@@ -67,17 +68,7 @@ def at_least_opset(model: onnx.ModelProto, version: int = 13) -> onnx.ModelProto
 
 # ops of a model that is quantized already (QDQ or QOperator format, or dynamic)
 QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "QGemm",
-        "DynamicQuantizeLSTM",
-    }
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", *QUANTIZED_MAC_OPS}
 )
 
 
