@@ -30,7 +30,7 @@ from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewr
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rank0_probe, rate_by_runs
-from tensorfold.recovery.memory import BatchChoice, choose_batch
+from tensorfold.recovery.memory import BatchChoice, choose_batch, recompute_to_fit
 from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
 from tensorfold.recovery.validation import tensors
 
@@ -45,6 +45,7 @@ class Recovered:
     stop: str
     resumed: bool = False  # recovered by the interrupted search this one resumes (its checkpoints)
     kept_start: bool = False  # training made it no better on validation: the candidate's own weights
+    recomputed: int = 0  # factor chains recomputed in the backward pass to keep to the batch's memory
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"steps": self.steps, "seconds": round(self.seconds, 2), "stop": self.stop}
@@ -52,6 +53,8 @@ class Recovered:
             info["resumed"] = True
         if self.kept_start:
             info["kept_start"] = True
+        if self.recomputed:
+            info["recomputed_chains"] = self.recomputed
         return info
 
 
@@ -195,6 +198,9 @@ class Recoverer:
     ) -> Recovered:
         start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
+        # the batch fits the input model's activations; chains that save more are recomputed instead
+        two = tensors(samples_subset(self.x, np.arange(min(2, len(self.x))))[:], self.cfg.device)
+        recomputed = len(recompute_to_fit(module, two, self.batch.per_sample))
         features = rewritten_outputs(student)
         teacher = (
             OnnxTeacher(self.teacher, features, self.cfg.threads)
@@ -242,9 +248,10 @@ class Recoverer:
         else:
             result = run(self.cfg.lr, folder, resume)
         steps = result.history.steps[-1] if result.history.steps else 0
+        seconds = time.perf_counter() - start
         if result.stop.startswith("loss became") or (result.best or {}).get("step") == 0:
-            return Recovered(student, steps, time.perf_counter() - start, result.stop, kept_start=True)
-        return Recovered(module.write_back(), steps, time.perf_counter() - start, result.stop)
+            return Recovered(student, steps, seconds, result.stop, kept_start=True, recomputed=recomputed)
+        return Recovered(module.write_back(), steps, seconds, result.stop, recomputed=recomputed)
 
 
 def check_trainable(model: onnx.ModelProto, x: Any) -> int:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where it runs: the CLI reads the budget for its help
     import torch
 
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
 # bytes autograd may save in one training step's forward pass. PP-OCR rec (91 MiB a 48x320 line)
 # keeps optimize --recover's batch of 16 within it. The whole step held 1.7x (SLANet-plus,
 # optimize --recover) to 2.2x (PP-OCR rec, recover: 1.6 GB peak at batch 4, 4.1 at 16, 6.7 at 32)
@@ -44,6 +46,58 @@ def saved_bytes_per_sample(module: torch.nn.Module, inputs: tuple[torch.Tensor, 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outputs = module(*inputs)
     return outputs, sum(saved.values()) // max(1, len(inputs[0]))
+
+
+def saved_bytes_by_chain(module: OnnxModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, dict[str, int]]:
+    """saved_bytes_per_sample's count, and of it what each factor chain's nodes save (per sample;
+    a storage counts for the node that saved it first)."""
+    import torch
+
+    from tensorfold.recovery.onnx_torch import chain_of
+
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, tuple[int, str | None]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters and storage.data_ptr() not in saved:
+            saved[storage.data_ptr()] = (storage.nbytes(), chain_of(module.running))
+        return t.detach()  # as saved_bytes_per_sample: no cycle through the graph
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*inputs)
+    n = max(1, len(inputs[0]))
+    chains: dict[str, int] = {}
+    for size, chain in saved.values():
+        if chain is not None:
+            chains[chain] = chains.get(chain, 0) + size
+    return sum(size for size, _ in saved.values()) // n, {c: b // n for c, b in chains.items()}
+
+
+def recompute_to_fit(module: OnnxModule, inputs: tuple[torch.Tensor, ...], per_sample: int) -> list[str]:
+    """The factor chains to recompute in the backward pass (set on the module) so that a candidate
+    saves no more a sample than `per_sample`: what the batch was chosen by, measured on the input
+    model. Most chains save less than the layer they replace; a Tensor-Train chain of a 384 x 384
+    MatMul saved 22 MiB a sample of a ViT-S against 0.8 for its input, and two such chains took a
+    candidate from the input's 115 MiB a sample to 189, 1 GB more at batch 13. The largest savers
+    go first, until the rest fits."""
+    module.recompute = frozenset()
+    if per_sample <= 0:
+        return []
+    total, chains = saved_bytes_by_chain(module, inputs)
+    chosen: list[str] = []
+    for chain, size in sorted(chains.items(), key=lambda kv: -kv[1]):
+        if total <= per_sample * (1 + RECOMPUTE_SLACK):
+            break
+        chosen.append(chain)
+        total -= size
+    module.recompute = frozenset(chosen)
+    return chosen
+
+
+# a candidate may save this share more a sample than the input before chains are recomputed: the
+# chains' rank-wide intermediates (an SVD chain keeps x @ A) are small and not worth a recomputation
+RECOMPUTE_SLACK = 0.1
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,11 @@ class OnnxModule(nn.Module):
         # checkpointing (only the values crossing a segment boundary are kept for the backward
         # pass; each segment's own are recomputed), trading about one more forward for memory
         self.checkpoint_segments = 0
+        # factor chains (chain_of) whose nodes a training forward runs under activation checkpointing:
+        # their intermediates are recomputed in the backward pass instead of kept (a Tensor-Train
+        # chain's can be 30x its input: recovery.memory.recompute_to_fit)
+        self.recompute: frozenset[str] = frozenset()
+        self.running = ""  # the node being run (what the saved-bytes hooks attribute to)
 
     def forward(
         self, *inputs: torch.Tensor, capture: tuple[str, ...] = ()
@@ -280,12 +285,32 @@ class OnnxModule(nn.Module):
                     values = checkpoint(
                         self._segment, values, nodes, last_use, int(start), int(end), capture, use_reentrant=False
                     )
+        elif self.recompute and torch.is_grad_enabled():
+            values = self._chains_recomputed(values, nodes, last_use, capture)
         else:
             values = self._segment(values, nodes, last_use, 0, len(nodes), capture)
         outputs = [values[n] for n in self.output_names]
         if capture:
             return outputs, {n: values[n] for n in capture if n in values}
         return outputs
+
+    def _chains_recomputed(
+        self,
+        values: dict[str, torch.Tensor],
+        nodes: list[onnx.NodeProto],
+        last_use: list[tuple[str, ...]],
+        capture: tuple[str, ...],
+    ) -> dict[str, torch.Tensor]:
+        """The graph run with each chain in self.recompute under activation checkpointing."""
+        from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+        done = 0
+        with set_checkpoint_early_stop(False):  # a recomputation runs whole (see _forward)
+            for begin, end in chain_spans(nodes, self.recompute):
+                values = self._segment(values, nodes, last_use, done, begin, capture)
+                values = checkpoint(self._segment, values, nodes, last_use, begin, end, capture, use_reentrant=False)
+                done = end
+        return self._segment(values, nodes, last_use, done, len(nodes), capture)
 
     def _segment(
         self,
@@ -301,6 +326,7 @@ class OnnxModule(nn.Module):
         values = dict(values)
         for index in range(start, end):
             node = nodes[index]
+            self.running = node.name
             args = [values[i] if i else None for i in node.input]
             while args and args[-1] is None:
                 args.pop()
@@ -395,6 +421,30 @@ def trial_run(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...]) -> tuple
     except Exception as exc:  # noqa: BLE001 - building the module failed
         raise NotTrainable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, on_data=False) from None
     return module, outputs, per_sample
+
+
+# the factorize passes name a chain's nodes "<layer>/<method>/<part>", one after another in the graph
+CHAIN_METHODS = ("svd", "tucker", "cp", "tt")
+
+
+def chain_of(node_name: str) -> str | None:
+    """The factor chain a node belongs to ("<layer>/<method>"), or None."""
+    parts = node_name.rsplit("/", 2)
+    return f"{parts[0]}/{parts[1]}" if len(parts) == 3 and parts[1] in CHAIN_METHODS else None
+
+
+def chain_spans(nodes: list[onnx.NodeProto], chains: frozenset[str] | set[str]) -> list[tuple[int, int]]:
+    """The [begin, end) node ranges of each run of consecutive nodes of one chain in `chains`."""
+    spans: list[tuple[int, int]] = []
+    current = None
+    for index, node in enumerate(nodes):
+        chain = chain_of(node.name)
+        if chain in chains and chain == current:
+            spans[-1] = (spans[-1][0], index + 1)
+        elif chain in chains:
+            spans.append((index, index + 1))
+        current = chain
+    return spans
 
 
 def _last_uses(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[tuple[str, ...]]:

@@ -87,3 +87,64 @@ def test_recover_lowers_its_batch_to_the_budget_unless_given(samples, tmp_path, 
     assert code == 0, out
     config = json.loads(out[out.index("{") :])["config"]
     assert config["batch_size"] < 1000 and config["batch"] == f"batch {config['batch_size']}, every training sample"
+
+
+@pytest.fixture(scope="module")
+def tt_block(tmp_path_factory):
+    """A transformer block with its matrices as Tensor-Train chains (tensorfold's own tt pass)."""
+    from tensorfold.api import optimize
+    from tests.fixtures.torch_models import export_transformer_block
+
+    d = tmp_path_factory.mktemp("tt")
+    optimize(export_transformer_block(d), d / "tt.onnx", method="tt", ratio=2, progress=False)
+    return onnx.load(str(d / "tt.onnx"))
+
+
+def test_chains_are_told_by_their_node_names(tt_block):
+    from tensorfold.recovery.onnx_torch import chain_of, chain_spans
+
+    assert chain_of("/attn/q/MatMul/tt/core0_1") == "/attn/q/MatMul/tt"
+    assert chain_of("/mlp/fc1/MatMul/svd/in") == "/mlp/fc1/MatMul/svd"
+    assert chain_of("/attn/q/MatMul") is None and chain_of("tt") is None
+    nodes = list(tt_block.graph.node)
+    chains = {c for n in nodes if (c := chain_of(n.name))}
+    assert chains and all(c.endswith("/tt") for c in chains)
+    spans = chain_spans(nodes, frozenset(chains))
+    assert len(spans) == len(chains)  # each chain's nodes follow one another
+    for begin, end in spans:
+        assert len({chain_of(n.name) for n in nodes[begin:end]}) == 1
+
+
+def test_recomputed_chains_give_the_same_outputs_and_gradients_and_save_less(tt_block):
+    from tensorfold.recovery.memory import saved_bytes_by_chain
+    from tensorfold.recovery.onnx_torch import chain_of
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 16, 64)).astype(np.float32))
+    module = OnnxModule(tt_block)
+    total, chains = saved_bytes_by_chain(module, (x,))
+    assert set(chains) == {chain_of(n.name) for n in tt_block.graph.node} - {None}
+    results = []
+    for recompute in (frozenset(), frozenset(chains)):
+        module.recompute = recompute
+        module.zero_grad()
+        (y,) = module(x)
+        y.square().mean().backward()
+        results.append((y.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1) and len(g0) == len(g1) and all(torch.allclose(a, b) for a, b in zip(g0, g1))
+    lower, left = saved_bytes_by_chain(module, (x,))
+    assert lower < total - 0.5 * sum(chains.values()) and not left  # the chains keep nothing themselves
+
+
+def test_recompute_to_fit_takes_the_largest_savers_until_the_input_s_bytes_fit(tt_block):
+    from tensorfold.recovery.memory import RECOMPUTE_SLACK, recompute_to_fit, saved_bytes_by_chain
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 16, 64)).astype(np.float32))
+    module = OnnxModule(tt_block)
+    total, chains = saved_bytes_by_chain(module, (x,))
+    assert recompute_to_fit(module, (x,), total) == [] and module.recompute == frozenset()  # it fits
+    largest = max(chains, key=lambda c: chains[c])
+    just_over = int((total - chains[largest]) / (1 + RECOMPUTE_SLACK)) + 1
+    assert recompute_to_fit(module, (x,), just_over) == [largest] and module.recompute == {largest}
+    assert recompute_to_fit(module, (x,), 1) == sorted(chains, key=lambda c: -chains[c])
+    assert recompute_to_fit(module, (x,), 0) == []  # nothing measured on the input: nothing to keep to
