@@ -110,6 +110,7 @@ class Recoverer:
             warn(f"--recover: {self.batch.describe()}")
         self.checkpoints: SearchCheckpoints | None = None
         self.resumed = 0  # candidates taken from an interrupted run's checkpoints
+        self.recomputing = 0  # candidates that recomputed factor chains (recompute_to_fit)
         if checkpoints is not None:
             settings = {
                 "model": candidate_key(teacher),
@@ -137,6 +138,7 @@ class Recoverer:
             "device": self.cfg.device,
             **({"recompute_segments": self.cfg.recompute_segments} if self.cfg.recompute_segments else {}),
             **({"resumed_candidates": self.resumed} if self.resumed else {}),
+            **({"recomputed_candidates": self.recomputing} if self.recomputing else {}),
         }
 
     def __call__(self, student: onnx.ModelProto, label: str = "recover") -> Recovered:
@@ -201,6 +203,7 @@ class Recoverer:
         # the batch fits the input model's activations; chains that save more are recomputed instead
         two = tensors(samples_subset(self.x, np.arange(min(2, len(self.x))))[:], self.cfg.device)
         recomputed = len(recompute_to_fit(module, two, self.batch.per_sample))
+        self.recomputing += bool(recomputed)
         features = rewritten_outputs(student)
         teacher = (
             OnnxTeacher(self.teacher, features, self.cfg.threads)

@@ -180,6 +180,11 @@ class OptimizeReport(Report):
             # the stages say what was written; with --int8/--objective the candidates table does
             if self.budget_search and self.stages and not any(s["stage"] == "recovered" for s in self.stages):
                 line += "; no recovered candidate met the bound, so the unrecovered answer is written"
+            if how.get("recomputed_candidates"):
+                line += (
+                    f"; {how['recomputed_candidates']} candidate(s) recomputed their largest factor chains in the "
+                    "backward pass, whose intermediates would have held more memory a sample than the input model"
+                )
             if how.get("resumed_candidates"):
                 line += f"; {how['resumed_candidates']} candidate(s) taken from the interrupted run's checkpoints"
             console.print(line)

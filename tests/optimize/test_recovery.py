@@ -388,3 +388,27 @@ def test_a_model_the_trainer_cannot_run_is_one_line_naming_the_node(samples, tmp
     code, text = invoke("optimize", DEMO, "-o", out, "--ratio", "4", "--recover", "5", "--calibration", samples)
     assert_user_error(code, text, "--recover: the model cannot be trained here: Relu node '")
     assert "no kernel for this" in text and not out.exists()
+
+
+def test_a_candidate_whose_chains_save_more_than_the_input_recomputes_them(tmp_path):
+    """Tensor-Train chains of a transformer block's matrices keep intermediates larger than the
+    layer's input; the batch was chosen by the input model's bytes, so those chains recompute."""
+    import onnx
+    from rich.console import Console
+
+    from tensorfold.calibration.data import Samples
+    from tensorfold.optimize.recovery import Recoverer
+    from tests.fixtures.torch_models import export_transformer_block
+
+    block = export_transformer_block(tmp_path)
+    optimize(block, tmp_path / "tt.onnx", method="tt", ratio=2, progress=False)
+    x = np.random.default_rng(0).standard_normal((32, 16, 64)).astype(np.float32)
+    recoverer = Recoverer(onnx.load(str(block)), Samples({"input": x}, "noise"), 2, lr=1e-4, progress=False)
+    recovered = recoverer(onnx.load(str(tmp_path / "tt.onnx")))
+    assert 1 <= recovered.recomputed < 6 and recovered.as_dict()["recomputed_chains"] == recovered.recomputed
+    assert recoverer.describe["recomputed_candidates"] == 1
+    report = optimize(DEMO, None, method="tucker", ratio=8, progress=False)
+    report.recovery = recoverer.describe
+    console = Console(record=True, width=400)
+    report.render(console)
+    assert "1 candidate(s) recomputed their largest factor chains" in console.export_text()
