@@ -1,6 +1,7 @@
 """How much memory `optimize --recover` holds, and where (docs/results/recover-memory.md).
 
     .venv/bin/python tools/bench_recover_memory.py [--model vit|rec] [--steps 20] [--bound 0.05]
+    .venv/bin/python tools/bench_recover_memory.py --model vit --method tt --ratio 1.25  (one candidate)
     .venv/bin/python tools/bench_recover_memory.py --step-speed [--model vit] [--batch 9]
 
 Runs `tensorfold optimize MODEL --calibration C --max-output-error BOUND --recover STEPS` in this
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="vit", choices=["vit", "rec"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bound", type=float, default=0.05)
+    ap.add_argument("--ratio", type=float, help="one candidate at this ratio instead of the bound search")
+    ap.add_argument("--method", help="optimize's --method (default: its own, auto)")
     ap.add_argument("--step-speed", action="store_true", help="time one training step, fused and as written")
     ap.add_argument("--batch", type=int, default=9)
     args = ap.parse_args(argv)
@@ -131,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tensorfold-mem-") as tmp:
         model, cal = inputs(args.model, Path(tmp))
         out = Path(tmp) / "out.onnx"
-        argv_cli = ["optimize", str(model), "--calibration", str(cal), "--max-output-error", str(args.bound)]
-        argv_cli += ["--recover", str(args.steps), "-o", str(out)]
+        argv_cli = ["optimize", str(model), "--calibration", str(cal), "--recover", str(args.steps), "-o", str(out)]
+        argv_cli += ["--ratio", str(args.ratio)] if args.ratio else ["--max-output-error", str(args.bound)]
+        argv_cli += ["--method", args.method] if args.method else []
         threading.Thread(target=sample, daemon=True).start()
         start = time.perf_counter()
         try:
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     training = [r for t, r in samples if t >= marks.get("train", float("inf"))]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(
-        f"{args.model}, --recover {args.steps}, bound {args.bound}; commit {commit}, {platform.machine()}, "
+        f"{args.model}, --recover {args.steps}, {f'ratio {args.ratio}' if args.ratio else f'bound {args.bound}'}"
+        f"{f', --method {args.method}' if args.method else ''}; commit {commit}, {platform.machine()}, "
         f"{datetime.date.today()}"
     )
     print("| model | peak RSS | RSS when training starts | peak while training | wall s |")
