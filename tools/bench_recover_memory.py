@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_recover_memory.py [--model vit|rec] [--steps 20] [--bound 0.05]
     .venv/bin/python tools/bench_recover_memory.py --model vit --method tt --ratio 1.25  (one candidate)
+    .venv/bin/python tools/bench_recover_memory.py --saved-bytes --model det [--ratio 1.5]
     .venv/bin/python tools/bench_recover_memory.py --step-speed [--model vit] [--batch 9]
 
 Runs `tensorfold optimize MODEL --calibration C --max-output-error BOUND --recover STEPS` in this
@@ -15,6 +16,11 @@ scikit-image's photos (bench/photos.py), or PP-OCRv4 rec on 64 synthetic text li
 fused (recovery/fusion.py) and as the graph writes them: the model cut by `optimize --method svd
 --ratio 1.25`, one teacher run, forward, loss, backward and AdamW step per batch, both ways in
 turn in one process; it prints the median of the warm steps.
+
+--saved-bytes prints, per method, the bytes autograd saves a sample for the model cut to --ratio
+(default 1.5) with calibration, against the input model's (what the batch is chosen by), and what
+is left once optimize --recover's recompute_to_fit has chosen factor chains to recompute. MODEL may
+also be PP-OCRv4 det or cls here.
 """
 
 from __future__ import annotations
@@ -95,16 +101,65 @@ def step_speed(model: Path, cal: Path, tmp: Path, batch: int, rounds: int = 4) -
     print(f"| batch {batch} | fused {fused_s:.2f} s | as written {plain_s:.2f} s | {plain_s / fused_s:.2f}x |")
 
 
+def saved_bytes(model: Path, cal: Path, tmp: Path, ratio: float) -> None:
+    """Per method: the bytes autograd saves a sample for the candidate at `ratio` (two samples),
+    against the input model's (what optimize --recover's batch is chosen by), the largest chain's
+    share, and what is left once recompute_to_fit has chosen chains to recompute."""
+    import torch
+
+    from tensorfold.api import optimize
+    from tensorfold.graph.io import load_model
+    from tensorfold.recovery.memory import recompute_to_fit, saved_bytes_by_chain
+    from tensorfold.recovery.onnx_torch import OnnxModule, trial_run
+
+    teacher = load_model(model)
+    x = np.load(cal)[teacher.graph.input[0].name][:2]
+    two = (torch.from_numpy(x),)
+    per_input = trial_run(teacher, two)[2]
+    mib = 2**20
+    print(
+        f"input: {per_input / mib:.1f} MiB a sample; commit {_commit()}, {platform.machine()}, {datetime.date.today()}"
+    )
+    print("| method | ratio | MiB a sample | largest chain | chains recomputed | MiB a sample after |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method in ("svd", "tucker", "cp", "tt", "auto"):
+        out = tmp / f"{method}.onnx"
+        try:
+            optimize(model, out, method=method, ratio=ratio, calibration=str(cal), progress=False)
+        except Exception as exc:  # noqa: BLE001 - a method that cannot reach the ratio is a row too
+            print(f"| {method} | {ratio} | {str(exc).splitlines()[0][:90]} | | | |")
+            continue
+        module = OnnxModule(load_model(out))
+        total, chains = saved_bytes_by_chain(module, two)
+        largest = max(chains.values(), default=0)
+        chosen = recompute_to_fit(module, two, per_input)
+        after = saved_bytes_by_chain(module, two)[0]
+        print(
+            f"| {method} | {ratio} | {total / mib:.1f} | {largest / mib:.1f} | {len(chosen)} of {len(chains)} "
+            f"| {after / mib:.1f} |"
+        )
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit", choices=["vit", "rec"])
+    ap.add_argument("--model", default="vit", choices=["vit", "rec", "det", "cls"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bound", type=float, default=0.05)
     ap.add_argument("--ratio", type=float, help="one candidate at this ratio instead of the bound search")
     ap.add_argument("--method", help="optimize's --method (default: its own, auto)")
     ap.add_argument("--step-speed", action="store_true", help="time one training step, fused and as written")
     ap.add_argument("--batch", type=int, default=9)
+    ap.add_argument("--saved-bytes", action="store_true", help="bytes a sample each method's candidate saves")
     args = ap.parse_args(argv)
+    if args.saved_bytes:
+        with tempfile.TemporaryDirectory(prefix="tensorfold-saved-") as tmp:
+            model, cal = inputs(args.model, Path(tmp))
+            saved_bytes(model, cal, Path(tmp), args.ratio or 1.5)
+        return 0
     if args.step_speed:
         with tempfile.TemporaryDirectory(prefix="tensorfold-step-") as tmp:
             model, cal = inputs(args.model, Path(tmp))
@@ -146,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - start
     peak = max(r for _, r in samples)
     training = [r for t, r in samples if t >= marks.get("train", float("inf"))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = _commit()
     print(
         f"{args.model}, --recover {args.steps}, {f'ratio {args.ratio}' if args.ratio else f'bound {args.bound}'}"
         f"{f', --method {args.method}' if args.method else ''}; commit {commit}, {platform.machine()}, "
