@@ -109,8 +109,8 @@ def saved_bytes(model: Path, cal: Path, tmp: Path, ratio: float) -> None:
 
     from tensorfold.api import optimize
     from tensorfold.graph.io import load_model
-    from tensorfold.recovery.memory import recompute_to_fit, saved_bytes_by_chain
-    from tensorfold.recovery.onnx_torch import OnnxModule, trial_run
+    from tensorfold.recovery.memory import recompute_to_fit, saved_bytes_by_chain, trial_run
+    from tensorfold.recovery.onnx_torch import OnnxModule
 
     teacher = load_model(model)
     x = np.load(cal)[teacher.graph.input[0].name][:2]

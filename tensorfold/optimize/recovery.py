@@ -30,8 +30,8 @@ from tensorfold.recovery.distill import GraphTeacher, OnnxTeacher, Outputs, rewr
 from tensorfold.recovery.distributed import from_rank0, world
 from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rank0_probe, rate_by_runs
-from tensorfold.recovery.memory import BatchChoice, choose_batch, recompute_to_fit
-from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
+from tensorfold.recovery.memory import BatchChoice, choose_batch, recompute_to_fit, trial_run
+from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule
 from tensorfold.recovery.validation import tensors
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it runs: the CLI reads the budget for its help
+    import onnx
     import torch
 
     from tensorfold.recovery.onnx_torch import OnnxModule
@@ -98,6 +99,23 @@ def recompute_to_fit(module: OnnxModule, inputs: tuple[torch.Tensor, ...], per_s
 # a candidate may save this share more a sample than the input before chains are recomputed: the
 # chains' rank-wide intermediates (an SVD chain keeps x @ A) are small and not worth a recomputation
 RECOMPUTE_SLACK = 0.1
+
+
+def trial_run(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...]) -> tuple[OnnxModule, Any, int]:
+    """The model as a trainable module, run once on `inputs` (a sample or two) before any training:
+    the module, its outputs and the bytes autograd saved per sample (choose_batch chooses the batch
+    by them). Every failure is one NotTrainable line, for `recover` and `optimize --recover` alike to
+    word for their options."""
+    from tensorfold.recovery.onnx_torch import NodeFailed, NotTrainable, OnnxModule
+
+    try:
+        module = OnnxModule(model)
+        outputs, per_sample = saved_bytes_per_sample(module, inputs)
+    except NodeFailed as exc:
+        raise NotTrainable(str(exc), on_data=True) from None
+    except Exception as exc:  # noqa: BLE001 - building the module failed
+        raise NotTrainable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, on_data=False) from None
+    return module, outputs, per_sample
 
 
 @dataclass(frozen=True)

@@ -406,23 +406,6 @@ class NotTrainable(TensorfoldError):
         self.on_data = on_data
 
 
-def trial_run(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...]) -> tuple[OnnxModule, Any, int]:
-    """The model as a trainable module, run once on `inputs` (a sample or two) before any training:
-    the module, its outputs and the bytes autograd saved per sample (recovery.memory chooses the
-    batch by them). Every failure is one NotTrainable line, for `recover` and `optimize --recover`
-    alike to word for their options."""
-    from tensorfold.recovery.memory import saved_bytes_per_sample
-
-    try:
-        module = OnnxModule(model)
-        outputs, per_sample = saved_bytes_per_sample(module, inputs)
-    except NodeFailed as exc:
-        raise NotTrainable(str(exc), on_data=True) from None
-    except Exception as exc:  # noqa: BLE001 - building the module failed
-        raise NotTrainable(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, on_data=False) from None
-    return module, outputs, per_sample
-
-
 # the factorize passes name a chain's nodes "<layer>/<method>/<part>", one after another in the graph
 CHAIN_METHODS = ("svd", "tucker", "cp", "tt")
 

@@ -221,7 +221,8 @@ def _recover(
     classes: list[str] | None = None,
 ) -> dict[str, Any]:
 
-    from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule, trial_run
+    from tensorfold.recovery.memory import trial_run
+    from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule
 
     student = load_model(student_path)
     if generations < 1:
