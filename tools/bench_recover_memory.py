@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench_recover_memory.py [--model vit|rec] [--steps 20] [--bound 0.05]
     .venv/bin/python tools/bench_recover_memory.py --model vit --method tt --ratio 1.25  (one candidate)
     .venv/bin/python tools/bench_recover_memory.py --saved-bytes --model det [--ratio 1.5]
+    .venv/bin/python tools/bench_recover_memory.py --saved-bytes --model vit --ratio 1.2 --methods auto --data-free
     .venv/bin/python tools/bench_recover_memory.py --step-speed [--model vit] [--batch 9]
 
 Runs `tensorfold optimize MODEL --calibration C --max-output-error BOUND --recover STEPS` in this
@@ -19,8 +20,9 @@ turn in one process; it prints the median of the warm steps.
 
 --saved-bytes prints, per method, the bytes autograd saves a sample for the model cut to --ratio
 (default 1.5) with calibration, against the input model's (what the batch is chosen by), and what
-is left once optimize --recover's recompute_to_fit has chosen factor chains to recompute. MODEL may
-also be PP-OCRv4 det or cls here.
+is left once optimize --recover's recompute_to_fit has chosen factor chains to recompute
+(--data-free: cut without calibration, as `optimize --ratio` is). MODEL may also be PP-OCRv4 det or
+cls here.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def step_speed(model: Path, cal: Path, tmp: Path, batch: int, rounds: int = 4) -
     print(f"| batch {batch} | fused {fused_s:.2f} s | as written {plain_s:.2f} s | {plain_s / fused_s:.2f}x |")
 
 
-def saved_bytes(model: Path, cal: Path, tmp: Path, ratio: float) -> None:
+def saved_bytes(model: Path, cal: Path, tmp: Path, ratio: float, methods: list[str], data_free: bool) -> None:
     """Per method: the bytes autograd saves a sample for the candidate at `ratio` (two samples),
     against the input model's (what optimize --recover's batch is chosen by), the largest chain's
     share, and what is left once recompute_to_fit has chosen chains to recompute."""
@@ -122,10 +124,11 @@ def saved_bytes(model: Path, cal: Path, tmp: Path, ratio: float) -> None:
     )
     print("| method | ratio | MiB a sample | largest chain | chains recomputed | MiB a sample after |")
     print("|---|---:|---:|---:|---:|---:|")
-    for method in ("svd", "tucker", "cp", "tt", "auto"):
+    for method in methods:
         out = tmp / f"{method}.onnx"
+        data = {} if data_free else {"calibration": str(cal)}
         try:
-            optimize(model, out, method=method, ratio=ratio, calibration=str(cal), progress=False)
+            optimize(model, out, method=method, ratio=ratio, progress=False, **data)
         except Exception as exc:  # noqa: BLE001 - a method that cannot reach the ratio is a row too
             print(f"| {method} | {ratio} | {str(exc).splitlines()[0][:90]} | | | |")
             continue
@@ -154,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-speed", action="store_true", help="time one training step, fused and as written")
     ap.add_argument("--batch", type=int, default=9)
     ap.add_argument("--saved-bytes", action="store_true", help="bytes a sample each method's candidate saves")
+    ap.add_argument("--methods", default="svd,tucker,cp,tt,auto", help="--saved-bytes: the methods")
+    ap.add_argument("--data-free", action="store_true", help="--saved-bytes: cut without calibration")
     args = ap.parse_args(argv)
     if args.saved_bytes:
         with tempfile.TemporaryDirectory(prefix="tensorfold-saved-") as tmp:
             model, cal = inputs(args.model, Path(tmp))
-            saved_bytes(model, cal, Path(tmp), args.ratio or 1.5)
+            saved_bytes(model, cal, Path(tmp), args.ratio or 1.5, args.methods.split(","), args.data_free)
         return 0
     if args.step_speed:
         with tempfile.TemporaryDirectory(prefix="tensorfold-step-") as tmp:

@@ -9,6 +9,7 @@ that a resumed run (whose checkpoints record the batch) chooses the same batch a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,31 +31,28 @@ def saved_bytes_per_sample(module: torch.nn.Module, inputs: tuple[torch.Tensor, 
     """module(*inputs)'s outputs, and the bytes autograd saved for backward in that forward pass per
     sample (the first input's first axis): each storage counted once, the module's parameters
     left out (they do not grow with the batch)."""
-    import torch
-
-    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        # detached: an op that saves its own output (softmax, exp, sigmoid) would otherwise hold
-        # itself through its graph, a cycle the garbage collector cannot see, and the whole trial
-        # run's activations outlived it (440 MB for two samples of a ViT-S in optimize --recover)
-        return t.detach()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = module(*inputs)
-    return outputs, sum(saved.values()) // max(1, len(inputs[0]))
+    outputs, saved = _saved_storages(module, inputs, lambda: None)
+    return outputs, sum(size for size, _ in saved) // max(1, len(inputs[0]))
 
 
 def saved_bytes_by_chain(module: OnnxModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, dict[str, int]]:
-    """saved_bytes_per_sample's count, and of it what each factor chain's nodes save (per sample;
-    a storage counts for the node that saved it first)."""
-    import torch
+    """saved_bytes_per_sample's count, and of it what each factor chain's nodes save (per sample,
+    by the layer the chain replaced; a storage counts for the node that saved it first)."""
+    _, saved = _saved_storages(module, inputs, lambda: module.chain_of.get(module.running))
+    n = max(1, len(inputs[0]))
+    chains: dict[str, int] = {}
+    for size, chain in saved:
+        if chain is not None:
+            chains[chain] = chains.get(chain, 0) + size
+    return sum(size for size, _ in saved) // n, {c: b // n for c, b in chains.items()}
 
-    from tensorfold.recovery.onnx_torch import chain_of
+
+def _saved_storages(
+    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], label: Callable[[], str | None]
+) -> tuple[Any, list[tuple[int, str | None]]]:
+    """module(*inputs)'s outputs and, per storage autograd saved in that forward pass (each once,
+    the module's parameters left out), its bytes and `label()` when it was first saved."""
+    import torch
 
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[int, tuple[int, str | None]] = {}
@@ -62,26 +60,24 @@ def saved_bytes_by_chain(module: OnnxModule, inputs: tuple[torch.Tensor, ...]) -
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in parameters and storage.data_ptr() not in saved:
-            saved[storage.data_ptr()] = (storage.nbytes(), chain_of(module.running))
-        return t.detach()  # as saved_bytes_per_sample: no cycle through the graph
+            saved[storage.data_ptr()] = (storage.nbytes(), label())
+        # detached: an op that saves its own output (softmax, exp, sigmoid) would otherwise hold
+        # itself through its graph, a cycle the garbage collector cannot see, and the whole trial
+        # run's activations outlived it (440 MB for two samples of a ViT-S in optimize --recover)
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(*inputs)
-    n = max(1, len(inputs[0]))
-    chains: dict[str, int] = {}
-    for size, chain in saved.values():
-        if chain is not None:
-            chains[chain] = chains.get(chain, 0) + size
-    return sum(size for size, _ in saved.values()) // n, {c: b // n for c, b in chains.items()}
+        outputs = module(*inputs)
+    return outputs, list(saved.values())
 
 
 def recompute_to_fit(module: OnnxModule, inputs: tuple[torch.Tensor, ...], per_sample: int) -> list[str]:
     """The factor chains to recompute in the backward pass (set on the module) so that a candidate
     saves no more a sample than `per_sample`: what the batch was chosen by, measured on the input
-    model. Most chains save less than the layer they replace; a Tensor-Train chain of a 384 x 384
-    MatMul saved 22 MiB a sample of a ViT-S against 0.8 for its input, and two such chains took a
-    candidate from the input's 115 MiB a sample to 189, 1 GB more at batch 13. The largest savers
-    go first, until the rest fits."""
+    model. Most chains save less than the layer they replace; PP-OCRv4 det cut by CP at 1.5x saves
+    90.2 MiB a sample against the input's 80.4, one chain 11.4 of it (tools/bench_recover_memory.py
+    --saved-bytes --model det; docs/results/recover-memory.md). The largest savers go first, until
+    the rest fits."""
     module.recompute = frozenset()
     if per_sample <= 0:
         return []

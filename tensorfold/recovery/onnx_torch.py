@@ -23,6 +23,7 @@ from torch import nn
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.model import make_model
+from tensorfold.passes.chains import provenance
 from tensorfold.recovery.fusion import FUSED_OPS, fuse
 from tensorfold.recovery.torch_ops import OPS, Unsupported
 
@@ -176,9 +177,11 @@ class OnnxModule(nn.Module):
         # checkpointing (only the values crossing a segment boundary are kept for the backward
         # pass; each segment's own are recomputed), trading about one more forward for memory
         self.checkpoint_segments = 0
-        # factor chains (chain_of) whose nodes a training forward runs under activation checkpointing:
+        # node name -> the layer its factor chain replaced (the provenance factorize writes on it)
+        self.chain_of = {n.name: info["original"] for n in plain if (info := provenance(n)) is not None}
+        # chains (by that layer) whose nodes a training forward runs under activation checkpointing:
         # their intermediates are recomputed in the backward pass instead of kept (a Tensor-Train
-        # chain's can be 30x its input: recovery.memory.recompute_to_fit)
+        # chain's can be 40x its input: recovery.memory.recompute_to_fit)
         self.recompute: frozenset[str] = frozenset()
         self.running = ""  # the node being run (what the saved-bytes hooks attribute to)
 
@@ -306,7 +309,7 @@ class OnnxModule(nn.Module):
 
         done = 0
         with set_checkpoint_early_stop(False):  # a recomputation runs whole (see _forward)
-            for begin, end in chain_spans(nodes, self.recompute):
+            for begin, end in chain_spans(nodes, self.chain_of, self.recompute):
                 values = self._segment(values, nodes, last_use, done, begin, capture)
                 values = checkpoint(self._segment, values, nodes, last_use, begin, end, capture, use_reentrant=False)
                 done = end
@@ -406,22 +409,13 @@ class NotTrainable(TensorfoldError):
         self.on_data = on_data
 
 
-# the factorize passes name a chain's nodes "<layer>/<method>/<part>", one after another in the graph
-CHAIN_METHODS = ("svd", "tucker", "cp", "tt")
-
-
-def chain_of(node_name: str) -> str | None:
-    """The factor chain a node belongs to ("<layer>/<method>"), or None."""
-    parts = node_name.rsplit("/", 2)
-    return f"{parts[0]}/{parts[1]}" if len(parts) == 3 and parts[1] in CHAIN_METHODS else None
-
-
-def chain_spans(nodes: list[onnx.NodeProto], chains: frozenset[str] | set[str]) -> list[tuple[int, int]]:
-    """The [begin, end) node ranges of each run of consecutive nodes of one chain in `chains`."""
+def chain_spans(nodes: list[onnx.NodeProto], chain_of: dict[str, str], chains: frozenset[str]) -> list[tuple[int, int]]:
+    """The [begin, end) node ranges of each run of consecutive nodes of one chain in `chains`
+    (chain_of: node name -> the layer its chain replaced)."""
     spans: list[tuple[int, int]] = []
     current = None
     for index, node in enumerate(nodes):
-        chain = chain_of(node.name)
+        chain = chain_of.get(node.name)
         if chain in chains and chain == current:
             spans[-1] = (spans[-1][0], index + 1)
         elif chain in chains:

@@ -100,29 +100,29 @@ def tt_block(tmp_path_factory):
     return onnx.load(str(d / "tt.onnx"))
 
 
-def test_chains_are_told_by_their_node_names(tt_block):
-    from tensorfold.recovery.onnx_torch import chain_of, chain_spans
+def test_chains_are_told_by_the_provenance_factorize_writes(tt_block):
+    from tensorfold.passes.chains import provenance
+    from tensorfold.recovery.onnx_torch import chain_spans
 
-    assert chain_of("/attn/q/MatMul/tt/core0_1") == "/attn/q/MatMul/tt"
-    assert chain_of("/mlp/fc1/MatMul/svd/in") == "/mlp/fc1/MatMul/svd"
-    assert chain_of("/attn/q/MatMul") is None and chain_of("tt") is None
+    module = OnnxModule(tt_block)
     nodes = list(tt_block.graph.node)
-    chains = {c for n in nodes if (c := chain_of(n.name))}
-    assert chains and all(c.endswith("/tt") for c in chains)
-    spans = chain_spans(nodes, frozenset(chains))
+    assert module.chain_of == {n.name: provenance(n)["original"] for n in nodes if provenance(n)}
+    chains = frozenset(module.chain_of.values())
+    assert chains == {"/mlp/mlp.0/MatMul", "/mlp/mlp.2/MatMul"}  # tt at 2x: the MLP's two matrices
+    assert "/attn/MatMul" not in chains  # the attention-score MatMul has no weight to factorize
+    spans = chain_spans(nodes, module.chain_of, chains)
     assert len(spans) == len(chains)  # each chain's nodes follow one another
     for begin, end in spans:
-        assert len({chain_of(n.name) for n in nodes[begin:end]}) == 1
+        assert len({module.chain_of.get(n.name) for n in nodes[begin:end]}) == 1
 
 
 def test_recomputed_chains_give_the_same_outputs_and_gradients_and_save_less(tt_block):
     from tensorfold.recovery.memory import saved_bytes_by_chain
-    from tensorfold.recovery.onnx_torch import chain_of
 
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 16, 64)).astype(np.float32))
     module = OnnxModule(tt_block)
     total, chains = saved_bytes_by_chain(module, (x,))
-    assert set(chains) == {chain_of(n.name) for n in tt_block.graph.node} - {None}
+    assert set(chains) == set(module.chain_of.values())
     results = []
     for recompute in (frozenset(), frozenset(chains)):
         module.recompute = recompute
