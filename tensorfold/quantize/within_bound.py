@@ -167,7 +167,7 @@ def _search(
             first = method in full and len(full) == 1  # the first method that calibrated: timed once
             if first and timing is not None and dynamic_result is not None:
                 settled = _static_outrun(full[method][0], dynamic_result, timing)
-                if settled:
+                if settled:  # `method` stays the one calibrated
                     break
         if not errors:
             reasons = sorted({why for _, why in failed})
@@ -175,9 +175,8 @@ def _search(
             if quantizer.preprocessed:
                 raise _PreprocessedFailed(failure)
             results.append(Int8Result("static", fmt, None, None, failure=failure))
-        elif settled and not next(iter(full.values()))[1].within(bound):
+        elif settled and not full[method][1].within(bound):
             # the search would only return nodes to float, which cannot make static int8 faster
-            method = next(iter(full))
             results.append(Int8Result("static", fmt, None, None, calibration=method, calibration_errors=errors))
             results[-1].notes.append(f"not searched: {settled}")
         else:
