@@ -147,6 +147,11 @@ _RECOMPUTE_HELP = (
     "recompute the rest in the backward pass (about one more forward per step; N=8 took PP-OCR rec's "
     "training step from +1.7 to +1.0 GB at batch 16, tools/bench_recompute_memory.py)"
 )
+_TRAIN_HELP = (
+    "which weights train: the factor chains tensorfold wrote (a model with none trains every weight) "
+    "or all; the chains alone ended as low or lower on held-out error, faster and in less memory on "
+    "four real models (docs/results/recovery-trained-weights.md)"
+)
 
 
 @main.command("optimize")
@@ -284,6 +289,13 @@ _RECOMPUTE_HELP = (
     default=0,
     show_default=True,
     help="--recover: " + _RECOMPUTE_HELP,
+)
+@click.option(
+    "--train",
+    type=click.Choice(["chains", "all"]),
+    default="chains",
+    show_default=True,
+    help="--recover: " + _TRAIN_HELP,
 )
 @click.option(
     "--torch-device", default="cpu", show_default=True, help="where --recover trains (cpu, cuda, cuda:N, mps)"
@@ -475,6 +487,7 @@ def profile_cmd(model, batches, as_json, **options):
     show_default=True,
     help=_RECOMPUTE_HELP,
 )
+@click.option("--train", type=click.Choice(["chains", "all"]), default="chains", show_default=True, help=_TRAIN_HELP)
 @click.option(
     "--workers",
     type=_PER_CORE,
@@ -510,6 +523,7 @@ def recover_cmd(
     precision,
     threads,
     recompute_segments,
+    train,
     workers,
     normalize,
     seed,
@@ -540,6 +554,7 @@ def recover_cmd(
         precision=precision,
         workers=workers,
         recompute_segments=recompute_segments,
+        train=train,
     )
     report = recover(
         model,

@@ -111,6 +111,7 @@ class OptimizeOptions:
     lr: float | None = None  # None: whole runs at several rates on the first candidate pick it (lr_finder.rate_by_runs)
     batch_size: int | None = None  # None: 16, lowered where a step's activations would pass recovery/memory's budget
     recompute_segments: int = 0  # --recover: activation checkpointing over this many graph segments
+    train: str = "chains"  # --recover trains the factor chains' weights, or "all" (recovery/trainable.py)
     torch_device: str = "cpu"
     checkpoints: str | os.PathLike[str] | None = None  # None: OUTPUT.ckpt (no OUTPUT: a temporary folder)
     resume: bool = False  # continue the interrupted search in `checkpoints`
@@ -199,6 +200,7 @@ class OptimizeOptions:
                 ("--checkpoints", self.checkpoints is not None),
                 ("--resume", self.resume),
                 ("--no-warm-start", not self.warm_start),
+                ("--train", self.train != "chains"),
             ):
                 if on:
                     raise TensorfoldError(f"{flag} sets up --recover STEPS: add it, or drop {flag}")
@@ -219,6 +221,10 @@ class OptimizeOptions:
             raise TensorfoldError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.recover_data is not None and not os.path.exists(self.recover_data):
             raise TensorfoldError(f"--recover-data {self.recover_data}: no such file or folder")
+        from tensorfold.recovery.trainable import TRAIN_CHOICES
+
+        if self.train not in TRAIN_CHOICES:
+            raise TensorfoldError(f"--train {self.train}: choose from {', '.join(TRAIN_CHOICES)}")
         from tensorfold.recovery.config import check_torch_device
 
         check_torch_device(self.torch_device)

@@ -296,6 +296,7 @@ def _recoverer(inputs: Inputs, o: OptimizeOptions, checkpoints: Path | None) -> 
         lr=o.lr,
         batch_size=o.batch_size,
         recompute_segments=o.recompute_segments,
+        train=o.train,
         seed=o.seed,
         threads=o.threads,
         device=o.torch_device,

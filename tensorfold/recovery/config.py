@@ -8,6 +8,7 @@ import torch
 
 from tensorfold.errors import TensorfoldError, check_field_types
 from tensorfold.limits import check_count, check_seed
+from tensorfold.recovery.trainable import TRAIN_CHOICES
 
 # RecoverConfig's numeric fields: checked by type for callers of the Python API
 _NUMBERS = (
@@ -58,6 +59,9 @@ class RecoverConfig:
     # > 1: activation checkpointing over this many segments of the graph (OnnxModule): about one
     # more forward per step for a fraction of the training step's memory
     recompute_segments: int = 0
+    # which weights train: "chains", those of the factor chains tensorfold wrote (every weight where
+    # the model holds none), or "all" (recovery/trainable.py says why the chains)
+    train: str = "chains"
 
     def __post_init__(self) -> None:
         check_field_types(self, _NUMBERS)
@@ -79,6 +83,8 @@ class RecoverConfig:
         if self.recompute_segments < 0:
             raise TensorfoldError(f"--recompute-segments must be >= 0 (got {self.recompute_segments})")
         check_seed(self.seed)
+        if self.train not in TRAIN_CHOICES:
+            raise TensorfoldError(f"--train {self.train}: choose from {', '.join(TRAIN_CHOICES)}")
 
 
 def parse_teacher_weights(text: str | None) -> list[float] | None:

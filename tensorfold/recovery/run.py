@@ -47,6 +47,7 @@ from tensorfold.recovery.history import plot_history
 from tensorfold.recovery.labels import label_order_warning
 from tensorfold.recovery.lr_finder import choose_lr
 from tensorfold.recovery.memory import choose_batch
+from tensorfold.recovery.trainable import train_only
 from tensorfold.recovery.validation import evaluate, metric_for, signed, tensors
 
 if TYPE_CHECKING:
@@ -290,6 +291,7 @@ def _recover(
             else f"the model cannot be trained: {exc}"
         ) from None
     probe = outputs[0]
+    trained_weights = train_only(module, cfg.train)  # after the batch's measure: it is chosen for every weight
     batch = choose_batch(None if cfg.batch_fits_memory else cfg.batch_size, cfg.batch_size, per_sample)
     cfg = replace(cfg, batch_size=batch.size)
     spec = Outputs.of(student, labelled=y is not None)
@@ -370,6 +372,7 @@ def _recover(
         "batch_size": cfg.batch_size,
         "optimizer": cfg.optimizer,
         "seed": cfg.seed,
+        "train": cfg.train,
     }
     earlier = stored_settings(ckdir.path / "last.pt") if resume else {}
     if cfg.lr is None and isinstance(earlier.get("lr"), float):  # the interrupted run's rate, not a new search
@@ -389,6 +392,8 @@ def _recover(
     # deep mutual learning (--peer): the peers train beside the student with all of its machinery
     # (features, schedule, patience, checkpoints, --resume); each keeps its best weights
     peer_modules = [OnnxModule(pm).to(cfg.device) for pm in peer_models]
+    for peer_module in peer_modules:
+        train_only(peer_module, cfg.train)
     outcome = train(
         module,
         teacher,
@@ -428,6 +433,7 @@ def _recover(
         # born-again: the trained generation teaches a fresh copy of the factorized student
         previous = module.write_back()
         module = OnnxModule(student).to(cfg.device)
+        train_only(module, cfg.train)
         teacher = (
             OnnxTeacher(previous, features, cfg.threads)
             if cfg.device == "cpu"
@@ -506,6 +512,7 @@ def _recover(
         "world_size": w.size,
         "config": {**asdict(cfg), "lr_from": lr_from, "batch": batch_text},
         "features_matched": len(teacher.features) if teacher else 0,
+        "trained": trained_weights.describe(),
         "val_before": before,
         "val_after": after,
         "best": best,

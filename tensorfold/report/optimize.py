@@ -173,6 +173,8 @@ class OptimizeReport(Report):
             line = f"recovery: {how['steps']} steps{each} at lr {how['lr']:.2g} ({how['lr_from']}) on {how['data']}"
             if how.get("batch"):
                 line += f", {how['batch']}"
+            if how.get("trained"):
+                line += f"; {how['trained']}{' (the first candidate)' if each else ''}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
             if how.get("kept_start"):

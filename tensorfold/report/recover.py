@@ -30,6 +30,7 @@ class RecoverReport(Report):
     world_size: int
     config: dict[str, Any] = field(default_factory=dict)  # the RecoverConfig as run
     features_matched: int = 0
+    trained: str = ""  # which weights trained (recovery/trainable.py)
     val_before: dict[str, float] = field(default_factory=dict)
     val_after: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] | None = None  # the best evaluation: its step and metrics
@@ -81,6 +82,7 @@ class RecoverReport(Report):
             + (f", {self.config['batch']}" if self.config.get("batch") else "")
             + f") in {self.seconds:.0f} s; {self.stop}; "
             f"{self.features_matched} layer outputs matched to the teacher's"
+            + (f"; {self.trained}" if self.trained else "")
         )
         console.print(
             f"checkpoints {self.checkpoints}, history {self.history}" + (f", plot {self.plot}" if self.plot else "")

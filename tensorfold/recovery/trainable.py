@@ -1,0 +1,61 @@
+"""Which weights a recovery run trains: the factor chains tensorfold wrote, or every weight.
+
+Why the chains by default: the layers a factorization left whole are the pretrained model's own
+and already agree with the teacher; what is off is the chains that replaced the others. Training
+only those, measured per model on the same candidate, same data and same rate search
+(docs/results/recovery-trained-weights.md): the held-out error ends lower or the same, the run is
+faster (no gradients or optimizer state for the untouched weights, no weight gradients through
+them) and holds less memory. On a pretrained model near its teacher, every weight free also makes
+the rate search settle on rates too small to move anything: Adam's first steps move each element
+by about the rate, and the untouched weights cannot take such a step (a ViT-S chose 3.2e-08 with
+every weight free, 3.2e-05 with the chains alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tensorfold.recovery.onnx_torch import OnnxModule
+
+TRAIN_CHOICES = ("chains", "all")
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """What a run trains, in weight elements."""
+
+    trained: int
+    total: int
+    which: str  # "chains" | "all"
+    chains_found: bool = True  # False: "chains" was asked, the model holds none, every weight trains
+
+    def describe(self) -> str:
+        if self.which == "all":
+            return f"every weight trained ({self.trained:,})"
+        if not self.chains_found:
+            return f"every weight trained ({self.trained:,}): the model holds no factor chains tensorfold wrote"
+        return f"the factor chains' {self.trained:,} of {self.total:,} weights trained (--train all: every weight)"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"which": self.which, "trained": self.trained, "total": self.total, "chains_found": self.chains_found}
+
+
+def train_only(module: OnnxModule, which: str) -> TrainedWeights:
+    """Leave trainable only the weights `which` names ("chains": those a factor chain's nodes read,
+    by the provenance factorize writes on them; "all": every learnable weight). A model with no
+    chains trains every weight. The others stay in the module, fixed."""
+    if which not in TRAIN_CHOICES:
+        raise ValueError(f"train: choose from {', '.join(TRAIN_CHOICES)} (got {which!r})")
+    learnable = {name: module.params[key] for name, key in module.param_of.items() if module.params[key].requires_grad}
+    total = sum(p.numel() for p in learnable.values())
+    if which == "all":
+        return TrainedWeights(total, total, which)
+    read = {i for node in module.proto.graph.node if node.name in module.chain_of for i in node.input}
+    if not read & learnable.keys():
+        return TrainedWeights(total, total, which, chains_found=False)
+    for name, param in learnable.items():
+        if name not in read:
+            param.requires_grad_(False)
+    return TrainedWeights(sum(p.numel() for n, p in learnable.items() if n in read), total, which)
