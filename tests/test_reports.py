@@ -27,6 +27,7 @@ RECOVER = {
     "world_size": 1,
     "config": {"max_steps": 2, "precision": "fp32"},
     "features_matched": 1,
+    "trained": "the factor chains' 1,200 of 5,000 weights trained (--train all: every weight)",
     "val_before": {"accuracy": 0.8, "teacher_agreement": 0.9},
     "val_after": {"accuracy": 0.9, "teacher_agreement": 0.95},
     "best": {"accuracy": 0.9, "step": 2},

@@ -256,6 +256,11 @@ def test_resume_with_other_settings_is_refused(samples, tmp_path, monkeypatch):
         "--recover", "9", "--lr", "1e-4", "--resume",
     )  # fmt: skip
     assert_user_error(code, out, "steps 8, this one has 9")
+    code, out = invoke(
+        "optimize", DEMO, "-o", tmp_path / "s.onnx", "--calibration", samples, "--max-output-error", "0.2",
+        "--recover", "8", "--lr", "1e-4", "--train", "all", "--resume",
+    )  # fmt: skip
+    assert_user_error(code, out, "train 'chains', this one has 'all'")
 
 
 @pytest.mark.parametrize(

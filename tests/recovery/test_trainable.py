@@ -108,3 +108,16 @@ def test_train_is_a_choice_and_sets_up_recover(tmp_path):
         "recover", DEMO, "--teacher", DEMO, "--data", "x.npz", "--train", "some", "-o", tmp_path / "r.onnx"
     )
     assert code == 2 and "'some' is not one of" in out
+
+
+def test_recover_says_what_trained(partly_cut, tmp_path):
+    samples = tmp_path / "x.npz"
+    np.savez(samples, x=np.random.default_rng(1).random((24, 1, 28, 28), dtype=np.float32))
+    args = ("recover", partly_cut, "--teacher", DEMO, "--data", samples, "--max-steps", "2", "--lr", "1e-3", "--json")
+    code, out = invoke(*args, "-o", tmp_path / "r.onnx")
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    assert "factor chains'" in report["trained"] and report["config"]["train"] == "chains"
+    source, written = _weights(partly_cut), _weights(tmp_path / "r.onnx")
+    whole = [n for n in source if n not in _chain_inputs(onnx.load(str(partly_cut))) and source[n].size > 1]
+    assert whole and all(np.array_equal(written[n], source[n]) for n in whole)
