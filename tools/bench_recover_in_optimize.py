@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=64, help="calibration samples (a quarter held out)")
     parser.add_argument("--batch-size", type=int, help="default: optimize's (16, lowered to fit memory)")
     parser.add_argument("--no-warm-start", action="store_true", help="every candidate factorized from the input model")
+    parser.add_argument("--train", default="chains", choices=["chains", "all"], help="which weights recovery trains")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         "",
         f"Command: `.venv/bin/python tools/bench_recover_in_optimize.py --models {args.models} "
         f"--bounds {args.bounds} --steps {args.steps} --extra {args.extra} --samples {args.samples}"
-        f"{f' --batch-size {args.batch_size}' if args.batch_size else ''}"
+        f"{f' --batch-size {args.batch_size}' if args.batch_size else ''}{' --train all' if args.train == 'all' else ''}"
         f"{' --no-warm-start' if args.no_warm_start else ''}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU  ",
         f"Date: {datetime.date.today()}",
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
                         recover_data=str(more) if recover else None,
                         batch_size=args.batch_size,
                         warm_start=not args.no_warm_start,
+                        **({"train": args.train} if recover else {}),
                         class_outputs=("output",) if name in ZOO else (),
                         progress=False,
                     )
