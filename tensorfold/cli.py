@@ -16,6 +16,7 @@ from tensorfold.errors import TensorfoldError, VerificationFailed
 from tensorfold.limits import PROFILED_RUNS, SEED_MAX
 from tensorfold.outputs import json_text
 from tensorfold.recovery.memory import budget_text
+from tensorfold.recovery.trainable import TRAIN_CHOICES
 
 if TYPE_CHECKING:  # the reports import onnx and rich, which `--help` must not wait for
     from tensorfold.report import Report
@@ -150,7 +151,7 @@ _RECOMPUTE_HELP = (
 _TRAIN_HELP = (
     "which weights train: the factor chains tensorfold wrote (a model with none trains every weight) "
     "or all; the chains alone ended as low or lower on held-out error, faster and in less memory on "
-    "four real models (docs/results/recovery-trained-weights.md)"
+    "five real models (docs/results/recovery-trained-weights.md)"
 )
 
 
@@ -292,7 +293,7 @@ _TRAIN_HELP = (
 )
 @click.option(
     "--train",
-    type=click.Choice(["chains", "all"]),
+    type=click.Choice(TRAIN_CHOICES),
     default="chains",
     show_default=True,
     help="--recover: " + _TRAIN_HELP,
@@ -487,7 +488,7 @@ def profile_cmd(model, batches, as_json, **options):
     show_default=True,
     help=_RECOMPUTE_HELP,
 )
-@click.option("--train", type=click.Choice(["chains", "all"]), default="chains", show_default=True, help=_TRAIN_HELP)
+@click.option("--train", type=click.Choice(TRAIN_CHOICES), default="chains", show_default=True, help=_TRAIN_HELP)
 @click.option(
     "--workers",
     type=_PER_CORE,

@@ -221,10 +221,9 @@ class OptimizeOptions:
             raise TensorfoldError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.recover_data is not None and not os.path.exists(self.recover_data):
             raise TensorfoldError(f"--recover-data {self.recover_data}: no such file or folder")
-        from tensorfold.recovery.trainable import TRAIN_CHOICES
+        from tensorfold.recovery.trainable import check_train
 
-        if self.train not in TRAIN_CHOICES:
-            raise TensorfoldError(f"--train {self.train}: choose from {', '.join(TRAIN_CHOICES)}")
+        check_train(self.train)
         from tensorfold.recovery.config import check_torch_device
 
         check_torch_device(self.torch_device)

@@ -8,7 +8,7 @@ import torch
 
 from tensorfold.errors import TensorfoldError, check_field_types
 from tensorfold.limits import check_count, check_seed
-from tensorfold.recovery.trainable import TRAIN_CHOICES
+from tensorfold.recovery.trainable import check_train
 
 # RecoverConfig's numeric fields: checked by type for callers of the Python API
 _NUMBERS = (
@@ -83,8 +83,7 @@ class RecoverConfig:
         if self.recompute_segments < 0:
             raise TensorfoldError(f"--recompute-segments must be >= 0 (got {self.recompute_segments})")
         check_seed(self.seed)
-        if self.train not in TRAIN_CHOICES:
-            raise TensorfoldError(f"--train {self.train}: choose from {', '.join(TRAIN_CHOICES)}")
+        check_train(self.train)
 
 
 def parse_teacher_weights(text: str | None) -> list[float] | None:

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 TRAIN_CHOICES = ("chains", "all")
 
 
+def check_train(which: str) -> None:
+    """One `error:` line for a choice that is not one (optimize's options and RecoverConfig)."""
+    if which not in TRAIN_CHOICES:
+        from tensorfold.errors import TensorfoldError
+
+        raise TensorfoldError(f"--train {which}: choose from {', '.join(TRAIN_CHOICES)}")
+
+
 @dataclass(frozen=True)
 class TrainedWeights:
     """What a run trains, in weight elements."""
@@ -38,15 +46,12 @@ class TrainedWeights:
             return f"every weight trained ({self.trained:,}): the model holds no factor chains tensorfold wrote"
         return f"the factor chains' {self.trained:,} of {self.total:,} weights trained (--train all: every weight)"
 
-    def as_dict(self) -> dict[str, object]:
-        return {"which": self.which, "trained": self.trained, "total": self.total, "chains_found": self.chains_found}
-
 
 def train_only(module: OnnxModule, which: str) -> TrainedWeights:
     """Leave trainable only the weights `which` names ("chains": those a factor chain's nodes read,
     by the provenance factorize writes on them; "all": every learnable weight). A model with no
     chains trains every weight. The others stay in the module, fixed."""
-    if which not in TRAIN_CHOICES:
+    if which not in TRAIN_CHOICES:  # callers check the user's choice first (check_train): a bug here
         raise ValueError(f"train: choose from {', '.join(TRAIN_CHOICES)} (got {which!r})")
     learnable = {name: module.params[key] for name, key in module.param_of.items() if module.params[key].requires_grad}
     total = sum(p.numel() for p in learnable.values())
