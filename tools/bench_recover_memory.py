@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_recover_memory.py [--model vit|rec] [--steps 20] [--bound 0.05]
     .venv/bin/python tools/bench_recover_memory.py --model vit --method tt --ratio 1.25  (one candidate)
+    .venv/bin/python tools/bench_recover_memory.py --model vit --ratio 1.2 --mmap-threshold 1048576
     .venv/bin/python tools/bench_recover_memory.py --saved-bytes --model det [--ratio 1.5]
     .venv/bin/python tools/bench_recover_memory.py --saved-bytes --model vit --ratio 1.2 --methods auto --data-free
     .venv/bin/python tools/bench_recover_memory.py --step-speed [--model vit] [--batch 9]
@@ -159,7 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saved-bytes", action="store_true", help="bytes a sample each method's candidate saves")
     ap.add_argument("--methods", default="svd,tucker,cp,tt,auto", help="--saved-bytes: the methods")
     ap.add_argument("--data-free", action="store_true", help="--saved-bytes: cut without calibration")
+    ap.add_argument(
+        "--mmap-threshold",
+        type=int,
+        help="bytes: glibc maps every allocation this large and returns it when freed (mallopt "
+        "M_MMAP_THRESHOLD; its default threshold rises past the training step's tensors), Linux/glibc only",
+    )
     args = ap.parse_args(argv)
+    if args.mmap_threshold:
+        import ctypes
+
+        if not ctypes.CDLL("libc.so.6").mallopt(-3, args.mmap_threshold):  # -3: M_MMAP_THRESHOLD
+            ap.error("mallopt(M_MMAP_THRESHOLD) refused the value")
     if args.saved_bytes:
         with tempfile.TemporaryDirectory(prefix="tensorfold-saved-") as tmp:
             model, cal = inputs(args.model, Path(tmp))
