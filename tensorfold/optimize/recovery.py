@@ -32,7 +32,7 @@ from tensorfold.recovery.finetune import TrainResult, train
 from tensorfold.recovery.lr_finder import rank0_probe, rate_by_runs
 from tensorfold.recovery.memory import BatchChoice, choose_batch, recompute_to_fit, trial_run
 from tensorfold.recovery.onnx_torch import NotTrainable, OnnxModule
-from tensorfold.recovery.trainable import TrainedWeights, train_only
+from tensorfold.recovery.trainable import TrainedWeights, describe_runs, train_only
 from tensorfold.recovery.validation import tensors
 
 
@@ -105,7 +105,7 @@ class Recoverer:
             recompute_segments=recompute_segments,
             train=train,
         )
-        self.trained: TrainedWeights | None = None  # the first candidate's, for the report
+        self.trained: list[TrainedWeights] = []  # each candidate trained here, for the report
         self.lr_from = "--lr" if lr is not None else ""
         self.progress = progress
         self.source = fit.source + (f" + {extra}" if extra else "")
@@ -142,7 +142,7 @@ class Recoverer:
             "data": f"{len(self.x)} inputs ({self.source})",
             "device": self.cfg.device,
             **({"recompute_segments": self.cfg.recompute_segments} if self.cfg.recompute_segments else {}),
-            **({"trained": self.trained.describe()} if self.trained is not None else {}),
+            **({"trained": describe_runs(self.trained)} if self.trained else {}),
             **({"resumed_candidates": self.resumed} if self.resumed else {}),
             **({"recomputed_candidates": self.recomputing} if self.recomputing else {}),
         }
@@ -206,8 +206,7 @@ class Recoverer:
     ) -> Recovered:
         start = time.perf_counter()
         module = OnnxModule(student).to(self.cfg.device)
-        trained = train_only(module, self.cfg.train)
-        self.trained = self.trained or trained
+        self.trained.append(train_only(module, self.cfg.train))
         # the batch fits the input model's activations; chains that save more are recomputed instead
         two = tensors(samples_subset(self.x, np.arange(min(2, len(self.x))))[:], self.cfg.device)
         recomputed = len(recompute_to_fit(module, two, self.batch.per_sample))

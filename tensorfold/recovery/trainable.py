@@ -47,6 +47,21 @@ class TrainedWeights:
         return f"the factor chains' {self.trained:,} of {self.total:,} weights trained (--train all: every weight)"
 
 
+def describe_runs(runs: list[TrainedWeights]) -> str:
+    """What several runs (a search's candidates) trained: one run's phrase where they agree, else
+    each candidate's count from the fewest to the most (ranks differ, so the chains' weights do)."""
+    distinct = list(dict.fromkeys(runs))
+    if len(distinct) == 1:
+        return distinct[0].describe()
+    if all(r.which == "chains" and r.chains_found for r in distinct):
+        low, high = min(distinct, key=lambda r: r.trained), max(distinct, key=lambda r: r.trained)
+        return (
+            f"the factor chains' weights trained, {low.trained:,} of {low.total:,} to {high.trained:,} of "
+            f"{high.total:,} by candidate (--train all: every weight)"
+        )
+    return "; ".join(r.describe() for r in distinct)
+
+
 def train_only(module: OnnxModule, which: str) -> TrainedWeights:
     """Leave trainable only the weights `which` names ("chains": those a factor chain's nodes read,
     by the provenance factorize writes on them; "all": every learnable weight). A model with no

@@ -174,7 +174,7 @@ class OptimizeReport(Report):
             if how.get("batch"):
                 line += f", {how['batch']}"
             if how.get("trained"):
-                line += f"; {how['trained']}{' (the first candidate)' if each else ''}"
+                line += f"; {how['trained']}"
             if how.get("before") is not None and how.get("after") is not None:
                 line += f"; held-out error {how['before']:.4f} -> {how['after']:.4f} in {how['seconds']:.0f} s"
             if how.get("kept_start"):

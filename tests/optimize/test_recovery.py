@@ -286,6 +286,7 @@ def test_warm_starts_are_offered_once_a_recovered_candidate_is_within_the_bound(
     first_ok = next((i for i, t in enumerate(refined) if t["within"]), len(refined))
     assert all(t["start"] == "cold" for t in refined[: first_ok + 1])  # nothing to start from before
     assert report.verification.max_relative_error <= 0.2
+    assert "by candidate" in report.recovery["trained"]  # each candidate's ranks, not the first's alone
 
 
 def test_under_torchrun_every_process_trains_and_rank_0_alone_searches_and_writes(samples, tmp_path):

@@ -15,7 +15,7 @@ from tensorfold.demo import demo_model_path
 from tensorfold.errors import TensorfoldError
 from tensorfold.recovery.config import RecoverConfig
 from tensorfold.recovery.onnx_torch import OnnxModule
-from tensorfold.recovery.trainable import train_only
+from tensorfold.recovery.trainable import TrainedWeights, describe_runs, train_only
 from tests.helpers.cli import invoke
 
 DEMO = str(demo_model_path())
@@ -121,3 +121,13 @@ def test_recover_says_what_trained(partly_cut, tmp_path):
     source, written = _weights(partly_cut), _weights(tmp_path / "r.onnx")
     whole = [n for n in source if n not in _chain_inputs(onnx.load(str(partly_cut))) and source[n].size > 1]
     assert whole and all(np.array_equal(written[n], source[n]) for n in whole)
+
+
+def test_a_search_reports_each_candidates_count_not_the_first_alone():
+    one = TrainedWeights(31_174, 92_706, "chains")
+    assert describe_runs([one, one]) == one.describe()
+    fewer = TrainedWeights(20_112, 81_644, "chains")
+    text = describe_runs([one, fewer, one])
+    assert "20,112 of 81,644 to 31,174 of 92,706 by candidate" in text
+    every = TrainedWeights(92_706, 92_706, "all")
+    assert describe_runs([every, TrainedWeights(81_644, 81_644, "all")]).count("every weight trained") == 2
