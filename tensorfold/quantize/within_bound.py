@@ -115,97 +115,115 @@ def _search(
     """quantize_within on one preparation of the model (the static candidate first); raises
     _PreprocessedFailed where onnxruntime pre-processed the model and its quantizer failed on it for
     every calibration method."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    results = []
     with StaticQuantizer(model, fit, fmt, preprocess=preprocess) as quantizer:
         prepared = quantizer.model
         classes = class_axes(prepared) if class_outputs is None else class_outputs
         fragile = fragile_nodes(prepared, set(classes))
-        ops = set(QLinearOpsRegistry) | set(QDQRegistry)
-        quantizable = [n.name for n in prepared.graph.node if n.op_type in ops]
         weighted = weight_nodes(prepared)
-        dynamic_fmt = Int8Format(
-            "dynamic, int8 per-channel weights",
-            "uint8",
-            per_channel=fmt.per_channel,
-            reduce_range=fmt.reduce_range,
-            why="activations quantized at run time: no calibration, MatMulInteger kernels for MatMul/LSTM-heavy models",
-        )
         # the dynamic candidate is searched first where it is tried: within the bound, it may settle
         # the static search (below) before the slow calibrations
-        dynamic_result = None
+        dynamic = None
         if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
-            dynamic = [n.name for n in prepared.graph.node if n.op_type in DYNAMIC_OPS]
-            try:
-                dynamic_result = _within(
-                    quantizer.quantize_dynamic,
-                    "dynamic",
-                    dynamic_fmt,
-                    reference,
-                    bound,
-                    dynamic,
-                    fragile,
-                    provider,
-                    bar,
-                )
-            except TensorfoldError as exc:
-                dynamic_result = Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc))
-            _in_name_only(dynamic_result, weighted)
-        # the calibration method: the one whose fully quantized model is closest on the held-out share
-        errors, failed, full = {}, [], {}
-        settled = ""
-        for method in methods:
-            bar.set_postfix_str(f"calibrating ({method})")
-            try:
-                quantized = quantizer.quantize(method)
-                full[method] = (quantized, reference.verify(quantized))
-                errors[method] = float(full[method][1].max_error)
-            except TensorfoldError as exc:
-                failed.append((method, str(exc)))
-            bar.update()
-            first = method in full and len(full) == 1  # the first method that calibrated: timed once
-            if first and timing is not None and dynamic_result is not None:
-                settled = _static_outrun(full[method][0], dynamic_result, timing)
-                if settled:  # `method` stays the one calibrated
-                    break
-        if not errors:
-            reasons = sorted({why for _, why in failed})
-            failure = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {why}" for m, why in failed)
-            if quantizer.preprocessed:
-                raise _PreprocessedFailed(failure)
-            results.append(Int8Result("static", fmt, None, None, failure=failure))
-        elif settled and not full[method][1].within(bound):
-            # the search would only return nodes to float, which cannot make static int8 faster
-            results.append(Int8Result("static", fmt, None, None, calibration=method, calibration_errors=errors))
-            results[-1].notes.append(f"not searched: {settled}")
-        else:
-            method = min(errors, key=lambda m: errors[m])
-            results.append(
-                _within(
-                    lambda ex: quantizer.quantize(method, ex),
-                    "static",
-                    fmt,
-                    reference,
-                    bound,
-                    quantizable,
-                    fragile,
-                    provider,
-                    bar,
-                    producers=_input_producers(prepared),
-                    full=full[method],
-                    calibration=method,
-                    calibration_errors=errors,
-                )
-            )
-            results[-1].notes.extend(f"{m} calibration skipped: {why}" for m, why in failed)
-            if settled:
-                results[-1].notes.append(f"static int8 calibrated with {method} only: {settled}")
-        full.clear()
-        _in_name_only(results[0], weighted)
-        if dynamic_result is not None:
-            results.append(dynamic_result)
-        return results
+            dynamic = _dynamic_candidate(quantizer, fmt, reference, bound, fragile, provider, bar)
+            _in_name_only(dynamic, weighted)
+        static = _static_candidate(quantizer, fmt, reference, bound, fragile, provider, methods, bar, timing, dynamic)
+        _in_name_only(static, weighted)
+        return [static] if dynamic is None else [static, dynamic]
+
+
+def _dynamic_candidate(
+    quantizer: StaticQuantizer,
+    fmt: Int8Format,
+    reference: Reference,
+    bound: float,
+    fragile: dict[str, str],
+    provider: str,
+    bar: Any,
+) -> Int8Result:
+    """Dynamic int8 of the matrix products and recurrent cells within `bound` (activations quantized
+    at run time: nothing to calibrate)."""
+    dynamic_fmt = Int8Format(
+        "dynamic, int8 per-channel weights",
+        "uint8",
+        per_channel=fmt.per_channel,
+        reduce_range=fmt.reduce_range,
+        why="activations quantized at run time: no calibration, MatMulInteger kernels for MatMul/LSTM-heavy models",
+    )
+    nodes = [n.name for n in quantizer.model.graph.node if n.op_type in DYNAMIC_OPS]
+    try:
+        return _within(
+            quantizer.quantize_dynamic, "dynamic", dynamic_fmt, reference, bound, nodes, fragile, provider, bar
+        )
+    except TensorfoldError as exc:
+        return Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc))
+
+
+def _static_candidate(
+    quantizer: StaticQuantizer,
+    fmt: Int8Format,
+    reference: Reference,
+    bound: float,
+    fragile: dict[str, str],
+    provider: str,
+    methods: tuple[str, ...],
+    bar: Any,
+    timing: Timing | None,
+    dynamic: Int8Result | None,
+) -> Int8Result:
+    """Static int8 within `bound`, calibrated by the method whose fully quantized model is closest on
+    the held-out share; where the objective is latency and the dynamic candidate already outruns the
+    first fully quantized static model, no further method is calibrated nor any node searched."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    errors, failed, full = {}, [], {}
+    settled = ""
+    for method in methods:
+        bar.set_postfix_str(f"calibrating ({method})")
+        try:
+            quantized = quantizer.quantize(method)
+            full[method] = (quantized, reference.verify(quantized))
+            errors[method] = float(full[method][1].max_error)
+        except TensorfoldError as exc:
+            failed.append((method, str(exc)))
+        bar.update()
+        first = method in full and len(full) == 1  # the first method that calibrated: timed once
+        if first and timing is not None and dynamic is not None:
+            settled = _static_outrun(full[method][0], dynamic, timing)
+            if settled:  # `method` stays the one calibrated
+                break
+    if not errors:
+        reasons = sorted({why for _, why in failed})
+        failure = reasons[0] if len(reasons) == 1 else "; ".join(f"{m}: {why}" for m, why in failed)
+        if quantizer.preprocessed:
+            raise _PreprocessedFailed(failure)
+        return Int8Result("static", fmt, None, None, failure=failure)
+    if settled and not full[method][1].within(bound):
+        # the search would only return nodes to float, which cannot make static int8 faster
+        result = Int8Result("static", fmt, None, None, calibration=method, calibration_errors=errors)
+        result.notes.append(f"not searched: {settled}")
+        return result
+    method = min(errors, key=lambda m: errors[m])
+    ops = set(QLinearOpsRegistry) | set(QDQRegistry)
+    quantizable = [n.name for n in quantizer.model.graph.node if n.op_type in ops]
+    result = _within(
+        lambda ex: quantizer.quantize(method, ex),
+        "static",
+        fmt,
+        reference,
+        bound,
+        quantizable,
+        fragile,
+        provider,
+        bar,
+        producers=_input_producers(quantizer.model),
+        full=full.pop(method),
+        calibration=method,
+        calibration_errors=errors,
+    )
+    result.notes.extend(f"{m} calibration skipped: {why}" for m, why in failed)
+    if settled:
+        result.notes.append(f"static int8 calibrated with {method} only: {settled}")
+    return result
 
 
 @dataclass(frozen=True)
