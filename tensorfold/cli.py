@@ -129,7 +129,7 @@ def main(debug):
 @click.option(
     "--calibration",
     type=click.Path(path_type=Path),
-    help="real samples (.npz or image folder): also show each layer's sensitivity",
+    help="real samples (.npz, a folder of .npy/.npz files, or of images): also show each layer's sensitivity",
 )
 @click.option("--normalize", help="image folders: MEAN,STD after [0,1] scaling")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -180,7 +180,9 @@ _TRAIN_HELP = (
     help="rewrite a layer even where the chain is not smaller, or costs more multiply-adds than it",
 )
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
-@click.option("--inputs", type=click.Path(), help=".npz of real inputs for verification")
+@click.option(
+    "--inputs", type=click.Path(), help=".npz of real inputs for verification (or a folder of .npy/.npz files)"
+)
 @click.option(
     "--no-verify",
     "verify",
@@ -218,7 +220,7 @@ _TRAIN_HELP = (
 @click.option(
     "--calibration",
     type=click.Path(path_type=Path),
-    help="real samples (.npz, one array per input, or a folder of images): factors fit the layers' "
+    help="real samples (.npz, one array per input; a folder of .npy/.npz files, one sample or a batch each; or a folder of images): factors fit the layers' "
     "outputs on them; a share is held out and the report is verified on it",
 )
 @click.option("--normalize", help="image folders: MEAN,STD (or three means, three stds) after [0,1] scaling")
@@ -272,7 +274,7 @@ _TRAIN_HELP = (
 @click.option(
     "--recover-data",
     type=click.Path(),
-    help="more unlabelled inputs for --recover (.npz or image folder, read like --calibration); draw them like the calibration samples: inputs of another kind can make recovery worse",
+    help="more unlabelled inputs for --recover (.npz, a folder of .npy/.npz files or of images, read like --calibration); draw them like the calibration samples: inputs of another kind can make recovery worse",
 )
 @click.option(
     "--lr",
@@ -336,7 +338,7 @@ def optimize_cmd(model, output, as_json, **options):
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--shape", "shapes", multiple=True, help=_SHAPE_HELP)
-@click.option("--inputs", type=click.Path(), help=".npz of real inputs")
+@click.option("--inputs", type=click.Path(), help=".npz of real inputs (or a folder of .npy/.npz files)")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option(
     "--max-error",
@@ -442,7 +444,8 @@ def profile_cmd(model, batches, as_json, **options):
     "--data",
     required=True,
     help="your inputs: a folder (images: class subfolders = labels, flat = unlabelled, read per batch; "
-    "Fashion-MNIST IDX; CIFAR-10 batches), an .npz (x, optional y), or fashion-mnist",
+    "Fashion-MNIST IDX; CIFAR-10 batches; .npy/.npz files, one sample or a batch each, read as one .npz), "
+    "an .npz (x, optional y; one array per input for a model with several), or fashion-mnist",
 )
 @click.option(
     "--classes",

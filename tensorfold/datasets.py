@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from tensorfold.calibration.data import IMAGE_SUFFIXES, decode_image, image_files, load_image_folder  # noqa: F401
+from tensorfold.calibration.data import (  # noqa: F401
+    IMAGE_SUFFIXES,
+    decode_image,
+    folder_holds_arrays,
+    image_files,
+    load_image_folder,
+)
 from tensorfold.errors import TensorfoldError
 from tensorfold.onnxrt.inputs import read_npz
+from tensorfold.onnxrt.numpy_files import array_files
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -161,10 +168,15 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndar
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_npz(path: str | os.PathLike, input_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_npz(
+    path: str | os.PathLike, input_name: str | None = None, input_rank: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Arrays of inputs: key `x` (or `inputs`/`images`, or the array named as the model's input
-    `input_name` is, as `--inputs` files are), optional `y` (or `labels`)."""
-    data = read_npz(path, "--data", "x=images, y=labels")
+    `input_name` is, as `--inputs` files are), optional `y` (or `labels`); from one .npz or a folder
+    of .npy/.npz files, whose arrays one axis short of `input_rank` are one sample each."""
+    keys = [k for k in ("x", "inputs", "images", input_name) if k is not None]
+    ranks = dict.fromkeys(keys, input_rank) if input_rank is not None else None
+    data = read_npz(path, "--data", "x=images, y=labels", ranks=ranks)
     x_key = next((k for k in ("x", "inputs", "images", input_name) if k is not None and k in data), None)
     if x_key is None:
         named = f", nor {input_name} (the model's input)" if input_name not in (None, "x", "inputs", "images") else ""
@@ -253,17 +265,19 @@ class InputArrays:
         return ", ".join(f"{n} {list(a.shape[1:])} {a.dtype}" for n, a in zip(self.names, self.arrays))
 
 
-def load_input_arrays(path: str | os.PathLike, names: list[str]) -> tuple[InputArrays, np.ndarray | None, str]:
-    """An .npz holding one array per model input, named as the inputs are (as `--inputs` files),
-    samples along the first axis, and optional labels `y`/`labels`. Integers pass as int64, floats
-    as float32."""
+def load_input_arrays(
+    path: str | os.PathLike, names: list[str], ranks: dict[str, int] | None = None
+) -> tuple[InputArrays, np.ndarray | None, str]:
+    """An .npz (or a folder of them: `ranks`, the inputs' ranks, tell one sample from a batch)
+    holding one array per model input, named as the inputs are (as `--inputs` files), samples along
+    the first axis, and optional labels `y`/`labels`. Integers pass as int64, floats as float32."""
     path = Path(path)
-    if path.suffix != ".npz" or not path.is_file():
+    if not (path.suffix == ".npz" and path.is_file()) and not (path.is_dir() and folder_holds_arrays(path, "--data")):
         raise TensorfoldError(
             f"--data {path}: the model takes {len(names)} inputs ({', '.join(names)}); give an "
-            ".npz with one array per input, named as the inputs"
+            ".npz (or a folder of them) with one array per input, named as the inputs"
         )
-    data = read_npz(path, "--data")
+    data = read_npz(path, "--data", ranks=ranks)
     missing = [n for n in names if n not in data]
     if missing:
         raise TensorfoldError(f"{path}: no array for input(s) {', '.join(missing)} (it has {sorted(data)})")
@@ -305,7 +319,8 @@ def sample_shape(x) -> str:
 
 def folder_kind(spec: object) -> str | None:
     """What a --data folder holds: "cifar" (CIFAR-10 batches), "idx" (Fashion-MNIST IDX files),
-    "images" (image files, labelled by subfolder or not); None for anything else."""
+    "arrays" (.npy/.npz files, read as one .npz), "images" (image files, labelled by subfolder or
+    not); None for anything else."""
     path = Path(str(spec))
     if not path.is_dir():
         return None
@@ -313,6 +328,8 @@ def folder_kind(spec: object) -> str | None:
         return "cifar"
     if any(path.glob("*idx3-ubyte*")):
         return "idx"
+    if folder_holds_arrays(path, "--data"):
+        return "arrays"
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
         return "images"
     return None
@@ -326,12 +343,14 @@ def load_data(
     lazy: bool = False,
     classes: list[str] | None = None,
     input_name: str | None = None,
+    input_rank: int | None = None,
 ) -> tuple[np.ndarray | ImageFiles, np.ndarray | None, str]:
     """`fashion-mnist`, a folder (Fashion-MNIST IDX files, CIFAR-10 batches, or images, labelled by
     subfolder or not), or an .npz file. `size`/`channels` apply to image folders; `lazy`: an image
     folder comes back as ImageFiles (decoded per batch) instead of one array; `classes`: an image
     folder's class subfolders in label order (see calibration.data.class_order); `input_name`: the
-    model's input, an .npz array that may hold the inputs besides x/inputs/images.
+    model's input, an .npz array that may hold the inputs besides x/inputs/images; `input_rank`: its
+    rank, which tells a NumPy file's one sample from a batch in a folder of them.
 
     Returns (inputs, labels or None, a description)."""
     if spec in ("fashion-mnist", "fmnist"):
@@ -341,11 +360,17 @@ def load_data(
     if path.suffix == ".npz":
         if not path.is_file():
             raise TensorfoldError(f"--data {path}: no such file")
-        x, y = load_npz(path, input_name)
+        x, y = load_npz(path, input_name, input_rank)
         return x, y, f"{path.name} ({len(x)} inputs{'' if y is not None else ', unlabelled'})"
     if not path.is_dir():
         raise TensorfoldError(f"--data {spec}: not fashion-mnist, an .npz file or a folder")
     kind = folder_kind(path)
+    if kind == "arrays":
+        if split != "train":
+            raise TensorfoldError(f"{path}: a folder of NumPy files has no separate {split} split")
+        x, y = load_npz(path, input_name, input_rank)
+        files = len(array_files(path))
+        return x, y, f"{path} ({files} NumPy files, {len(x)} inputs{'' if y is not None else ', unlabelled'})"
     if kind == "cifar":
         x, y = load_cifar10(path, split)
         return x, y, f"CIFAR-10 {split} ({path})"
@@ -362,7 +387,9 @@ def load_data(
             x, y, names = load_image_folder(path, size, channels, classes)
         labels = f"{len(names)} classes" if y is not None else "unlabelled"
         return x, y, f"image folder {path} ({len(x)} images, {labels}{', read per batch' if lazy else ''})"
-    raise TensorfoldError(f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npz found there")
+    raise TensorfoldError(
+        f"--data {path}: no Fashion-MNIST IDX files, CIFAR-10 batches, images or .npy/.npz files found there"
+    )
 
 
 def fits_as_is(x: np.ndarray, input_shape: list) -> bool:

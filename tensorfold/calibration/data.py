@@ -1,4 +1,5 @@
-"""Calibration samples: an .npz with one array per model input, or a folder of images.
+"""Calibration samples: an .npz with one array per model input, a folder of .npy/.npz files (read
+as one .npz, onnxrt/numpy_files.py), or a folder of images.
 
 Every problem with the data (names, shapes, dtypes, emptiness, NaN, too few samples to hold any
 out) is found here, before any factorization runs.
@@ -17,6 +18,7 @@ import onnx
 from tensorfold.errors import TensorfoldError
 from tensorfold.log import warn
 from tensorfold.onnxrt.inputs import as_input, load_inputs, model_inputs
+from tensorfold.onnxrt.numpy_files import ARRAY_SUFFIXES, array_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_HOLDOUT = 0.25
@@ -46,10 +48,18 @@ def load_samples(
     normalize: tuple[Any, Any] | None = None,
 ) -> Samples:
     """Read and check samples for `model`: an .npz (one array per input, `x` for a single-input
-    model) or a folder of PNG/JPEG images (scaled to [0, 1], resized to the model's input,
-    normalized by `normalize` = (mean, std) per channel or scalar)."""
+    model), a folder of .npy/.npz files (one sample or a batch each, joined), or a folder of
+    PNG/JPEG images (scaled to [0, 1], resized to the model's input, normalized by `normalize` =
+    (mean, std) per channel or scalar)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and folder_holds_arrays(path, option):
+        if normalize is not None:
+            raise TensorfoldError(
+                f"--normalize applies to an image folder; {option} {path} holds arrays, "
+                "normalize them before saving them"
+            )
+        samples = _npz_samples(path, model, option)
+    elif path.is_dir():
         samples = _image_samples(path, model, option, shapes or {}, normalize)
     elif path.is_file():
         if normalize is not None:
@@ -64,8 +74,25 @@ def load_samples(
     return samples
 
 
+def folder_holds_arrays(path: Path, option: str) -> bool:
+    """Whether a data folder holds NumPy files (.npy/.npz) rather than images; one holding both is
+    refused, since which of them are the samples is a guess."""
+    suffixes = {p.suffix.lower() for p in path.rglob("*")}
+    arrays, images = suffixes & set(ARRAY_SUFFIXES), suffixes & set(IMAGE_SUFFIXES)
+    if arrays and images:
+        raise TensorfoldError(
+            f"{option} {path}: holds both images ({', '.join(sorted(images))}) and arrays "
+            f"({', '.join(sorted(arrays))}); keep the samples of one kind in the folder"
+        )
+    return bool(arrays)
+
+
 def _npz_samples(path: Path, model: onnx.ModelProto, option: str) -> Samples:
-    return Samples(load_inputs(path, model, option), str(path))
+    arrays = load_inputs(path, model, option)
+    source = str(path)
+    if path.is_dir():
+        source += f" ({len(array_files(path))} NumPy files)"
+    return Samples(arrays, source)
 
 
 def check_samples(samples: Samples, model: onnx.ModelProto, option: str = "--calibration") -> None:

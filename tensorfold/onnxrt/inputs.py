@@ -1,8 +1,10 @@
-"""Inputs to run a model on: random ones shaped by the model, or the user's arrays from an .npz."""
+"""Inputs to run a model on: random ones shaped by the model, or the user's arrays from an .npz
+(or a folder of .npy/.npz files, numpy_files.py)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import onnx
 
 from tensorfold.errors import TensorfoldError
 from tensorfold.log import warn
+from tensorfold.onnxrt.numpy_files import read_array_folder, read_numpy_file
 
 # A dynamic dim the user did not fix: batch (the first dim) gets 1, others this size.
 DEFAULT_DYNAMIC_DIM = 64
@@ -198,59 +201,29 @@ def random_inputs(
     return feeds
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _numpy_file(path: Path) -> bool:
-    """Whether the file starts as an .npz (a zip) or an .npy does."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(6)
-    except OSError:
-        return False
-    return head.startswith(b"PK") or head == b"\x93NUMPY"
-
-
-def read_npz(path: str | Path, option: str = "--inputs", single: str = "x=array") -> dict[str, np.ndarray]:
-    """Every array of an .npz, read whole and checked: never unpickled (object arrays refused), a
-    truncated or foreign archive is one line, and floats beyond float32's range (what the models
-    take) are refused here rather than turning into Inf later."""
-    import zipfile
-
+def read_npz(
+    path: str | Path, option: str = "--inputs", single: str = "x=array", ranks: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Every array of an .npz, or of a folder of .npy/.npz files joined as one (numpy_files.py;
+    `ranks`, the model's inputs' ranks, tell a file's one sample from a batch), read and checked:
+    never unpickled, a truncated or foreign file is one line, floats beyond float32's range refused."""
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise TensorfoldError(
-                f"{option} {path}: a single array (.npy), not an .npz of named arrays; "
-                f"save it with np.savez(path, {single})"
-            )
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "allow_pickle" in why:  # numpy reads what is neither .npz nor .npy as a pickle
-            why = (
-                "it holds object arrays, which would have to be unpickled; save plain numeric arrays"
-                if _numpy_file(path)
-                else "it is not a NumPy file; save the samples with np.savez"
-            )
-        raise TensorfoldError(f"{option} {path}: cannot read as .npz ({why})") from None
-    for name, arr in arrays.items():
-        if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
-            finite = arr[np.isfinite(arr)]
-            if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
-                raise TensorfoldError(
-                    f"{option} {path}: array {name} holds values beyond float32's range "
-                    f"(up to {float(np.abs(finite).max()):.3g}); the model computes in float32"
-                )
-    return arrays
+    if path.is_dir():
+        return read_array_folder(path, option, ranks)
+    return read_numpy_file(path, option, single)
+
+
+def input_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The model inputs' ranks, where the graph gives a shape."""
+    return {
+        v.name: len(v.type.tensor_type.shape.dim) for v in model_inputs(model) if v.type.tensor_type.HasField("shape")
+    }
 
 
 def load_inputs(path: str | Path, model: onnx.ModelProto, option: str = "--inputs") -> dict[str, np.ndarray]:
     """One array per model input from an .npz (`x` accepted for a single-input model)."""
     path = Path(path)
-    arrays = read_npz(path, option)
+    arrays = read_npz(path, option, ranks=input_ranks(model))
     names = [v.name for v in model_inputs(model)]
     if len(names) == 1 and names[0] not in arrays and "x" in arrays:
         arrays[names[0]] = arrays.pop("x")

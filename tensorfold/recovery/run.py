@@ -26,6 +26,7 @@ from tensorfold.datasets import (
 from tensorfold.errors import TensorfoldError
 from tensorfold.graph.io import load_model, save_model
 from tensorfold.log import warn
+from tensorfold.onnxrt.inputs import input_ranks
 from tensorfold.outputs import MANIFEST, OutputFolder, check_output, guarded, write_json_atomic
 from tensorfold.recovery.checkpoints import checkpoint_folder, model_fingerprint, stored_settings
 from tensorfold.recovery.config import RecoverConfig
@@ -253,14 +254,16 @@ def _recover(
     names = [v.name for v in student.graph.input if v.name not in {t.name for t in student.graph.initializer}]
     x: InputArrays | np.ndarray | ImageFiles
     if len(names) > 1:  # token ids and a mask, ...: one array per input
-        x, y, desc = load_input_arrays(data, names)
+        x, y, desc = load_input_arrays(data, names, input_ranks(student))
     else:
         if classes and folder_kind(data) != "images":
             raise TensorfoldError(
                 f"--classes names the class subfolders of an image folder; --data {data} is not one "
                 "(its labels are class numbers already)"
             )
-        x, y, desc = load_data(data, "train", size, channels, lazy=True, classes=classes, input_name=names[0])
+        x, y, desc = load_data(
+            data, "train", size, channels, lazy=True, classes=classes, input_name=names[0], input_rank=len(input_shape)
+        )
     if limit:
         x, y = samples_subset(x, np.arange(min(limit, len(x)))), (y[:limit] if y is not None else None)
     if isinstance(x, ImageFiles):
