@@ -527,7 +527,8 @@ def make_report(
             f"the written model was judged on {inputs.held.n} held-out sample(s) only, which says little "
             f"about other inputs: give --calibration at least {4 * FEW_HELD_OUT} samples (a quarter is held out)"
         )
-    if report.after.params > report.before.params:
+    # without --force only int8 can add parameters (its scales, smoothing divisors) to a smaller file
+    if report.after.params > report.before.params and o.force:
         report.notes.append(
             f"the written model holds more parameters than the input ({report.after.params:,} vs "
             f"{report.before.params:,}): --force"

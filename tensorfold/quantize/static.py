@@ -264,15 +264,18 @@ class StaticQuantizer:
             ),
         )
 
-    def quantize_dynamic(self, exclude: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+    def quantize_dynamic(
+        self, exclude: frozenset[str] | set[str] = frozenset(), source: Path | None = None
+    ) -> onnx.ModelProto:
         """Weights int8, activations quantized at run time (MatMulInteger, DynamicQuantizeLSTM): no
-        calibration; for MatMul/LSTM-heavy models, where it can beat static QDQ on a CPU."""
+        calibration; for MatMul/LSTM-heavy models, where it can beat static QDQ on a CPU. `source`:
+        a variant of the prepared model (`variant`) instead of it."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         return self._written(
             "dynamic int8 quantization",
             lambda dst: quantize_dynamic(
-                str(self.source),
+                str(source or self.source),
                 dst,
                 weight_type=QuantType.QInt8,
                 per_channel=self.fmt.per_channel,
@@ -282,6 +285,12 @@ class StaticQuantizer:
                 use_external_data_format=self.external,
             ),
         )
+
+    def variant(self, model: onnx.ModelProto, name: str) -> Path:
+        """`model` (the prepared model, rewritten) saved in the work folder for quantize_dynamic."""
+        path = self.dir / f"{name}.onnx"
+        save_model(model, path)
+        return path
 
     def _written(self, what: str, write: Callable[[str], object]) -> onnx.ModelProto:
         """Run an onnxruntime quantizer that writes into the work folder; the model it wrote."""

@@ -10,6 +10,7 @@ quantization candidate; which one is written is the caller's choice by measured 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,11 +152,51 @@ def _dynamic_candidate(
     )
     nodes = [n.name for n in quantizer.model.graph.node if n.op_type in DYNAMIC_OPS]
     try:
-        return _within(
-            quantizer.quantize_dynamic, "dynamic", dynamic_fmt, reference, bound, nodes, fragile, provider, bar
-        )
+        build: Build = quantizer.quantize_dynamic
+        quantized = build(frozenset())
+        full = (quantized, reference.verify(quantized))
+        note = ""
+        if not full[1].within(bound):  # every node in int8 is over: smoothed activations may not be
+            bar.set_postfix_str("dynamic: smoothing")
+            smoothed = _smoothed(quantizer, reference, full)
+            if smoothed is not None:
+                build, full, note = smoothed
+        result = _within(build, "dynamic", dynamic_fmt, reference, bound, nodes, fragile, provider, bar, full=full)
+        if note:
+            result.notes.append(note)
+        return result
     except TensorfoldError as exc:
         return Int8Result("dynamic", dynamic_fmt, None, None, failure=str(exc))
+
+
+def _smoothed(
+    quantizer: StaticQuantizer, reference: Reference, plain: tuple[onnx.ModelProto, Verification]
+) -> tuple[Build, tuple[onnx.ModelProto, Verification], str] | None:
+    """The dynamic int8 build on the prepared model with its activations smoothed (quantize/smooth.py)
+    at the ALPHAS value whose fully quantized model is closest on the held-out share, where that is
+    closer than without smoothing; None where no value is."""
+    from tensorfold.quantize.smooth import ALPHAS, activation_maxima, smooth, smoothable_groups
+
+    groups = smoothable_groups(quantizer.model)
+    if not groups:
+        return None
+    maxima = activation_maxima(quantizer.model, quantizer.calls, [g.activation for g in groups])
+    best: tuple[float, float, Path, tuple[onnx.ModelProto, Verification]] | None = None
+    for alpha in ALPHAS:
+        source = quantizer.variant(smooth(quantizer.model, groups, maxima, alpha), f"smoothed-{alpha:g}")
+        quantized = quantizer.quantize_dynamic(source=source)
+        check = reference.verify(quantized)
+        if best is None or check.max_error < best[0]:
+            best = (check.max_error, alpha, source, (quantized, check))
+    assert best is not None
+    error, alpha, source, full = best
+    if error >= plain[1].max_error:
+        return None
+    note = (
+        f"activations smoothed before dynamic int8 (SmoothQuant, alpha {alpha:g}, {len(groups)} tensors): "
+        f"fully quantized, the held-out error {plain[1].max_error:.4f} -> {error:.4f}"
+    )
+    return (lambda exclude: quantizer.quantize_dynamic(exclude, source)), full, note
 
 
 def _static_candidate(
