@@ -62,8 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="vit,minilm-l3,cls")
     ap.add_argument("--samples", type=int, default=64, help="a quarter held out, the rest calibrates")
     ap.add_argument("--bound", type=float, default=0.05)
+    ap.add_argument(
+        "--smoothing",
+        action="store_true",
+        help="the two runs: the dynamic candidate without and with smoothed activations (both settled by speed)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    settled = lambda: Timing("cpu", 0, call)  # noqa: E731
+    pairs = (
+        (("unsmoothed", settled, False), ("smoothed", settled, True))
+        if args.smoothing
+        else (("every search", lambda: None, True), ("settled by speed", settled, True))
+    )
     fmt = format_for("cpu")
     lines = [
         "# The int8 search where the dynamic candidate settles it",
@@ -72,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, 2 cores (shared), format {fmt.name}  ",
         f"Date: {datetime.date.today()}",
         "",
-        f"Bound {args.bound:g} on the held-out quarter of {args.samples} samples. `every search`: the static "
-        "search always runs; `settled by speed`: optimize's int8 now (objective latency). Speed: the "
-        "input's median over the candidate's, batch 1, all timed round-robin in one run.",
+        f"Bound {args.bound:g} on the held-out quarter of {args.samples} samples. "
+        + (
+            "`unsmoothed`/`smoothed`: optimize's int8 (objective latency) without and with the dynamic "
+            "candidate's smoothed activations. "
+            if args.smoothing
+            else "`every search`: the static search always runs; `settled by speed`: optimize's int8 now "
+            "(objective latency). "
+        )
+        + "Speed: the input's median over the candidate's, batch 1, all timed round-robin in one run.",
         "",
         "| model | run | seconds | candidates (float nodes, held-out error) | speed of each |",
         "|---|---|---:|---|---|",
@@ -89,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         reference = Reference(original, held, "held-out")
         call = one_call(model, held)
         runs = {}
-        for run, timing in (("every search", None), ("settled by speed", Timing("cpu", 0, call))):
+        for run, timing, smooth in pairs:
             start = time.perf_counter()
-            results = quantize_within(model, fit, reference, args.bound, fmt, progress=False, timing=timing)
+            results = quantize_within(
+                model, fit, reference, args.bound, fmt, progress=False, timing=timing(), smooth=smooth
+            )
             runs[run] = (time.perf_counter() - start, results)
             print(name, run, f"{runs[run][0]:.0f} s", [describe(r) for r in results], file=sys.stderr)
             print(*(f"  {r.kind}: {note}" for r in results for note in r.notes), sep="\n", file=sys.stderr, flush=True)

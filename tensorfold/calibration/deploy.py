@@ -25,7 +25,7 @@ from tensorfold.onnxrt import large
 from tensorfold.onnxrt.batching import one_call
 from tensorfold.passes.base import PassContext, PassResult
 from tensorfold.passes.factorize import FactorizePass
-from tensorfold.quantize.static import quantized_nodes
+from tensorfold.quantize.static import CALIBRATION_METHODS, quantized_nodes
 from tensorfold.quantize.within_bound import Int8Result, Timing
 from tensorfold.runtime.latency_model import SPEED_MARGIN
 
@@ -283,7 +283,6 @@ def search_candidates(
         if settings.objective == "latency" and held is not None:
             timing = Timing(settings.provider, settings.threads, one_call(normalized, held))
         for name, base, ratio, base_recovered in bases:
-            options = {"methods": (method,)} if method else {}
             for r in quantize_within(
                 base,
                 fit,
@@ -291,10 +290,10 @@ def search_candidates(
                 int8_bound,
                 fmt,
                 settings.provider,
+                (method,) if method else CALIBRATION_METHODS,
                 class_outputs=set(reference.axes),
                 progress=settings.progress,
                 timing=timing,
-                **options,
             ):
                 method = method or r.calibration
                 label = name + (" (dynamic)" if r.kind == "dynamic" else "")

@@ -74,19 +74,25 @@ def quantize_within(
     class_outputs: set[str] | None = None,
     progress: bool = True,
     timing: Timing | None = None,
+    smooth: bool = True,
 ) -> list[Int8Result]:
     """The int8 candidates of `model` within `bound` on `reference` (static, and dynamic where the
     weights sit in matrix products); a candidate no plan could hold, or that onnxruntime's quantizer
     failed on, has model None and says why. `timing` (the objective is latency): a static search
-    that cannot beat the dynamic candidate's speed is not run."""
+    that cannot beat the dynamic candidate's speed is not run. `smooth`: the dynamic candidate's
+    activations smoothed where every node in int8 is over the bound (_smoothed)."""
     bar = progress_bar(desc="int8", unit="model", show=progress, leave=False)
     try:
         try:
-            return _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, timing=timing)
+            return _search(
+                model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, timing=timing, smooth=smooth
+            )
         except _PreprocessedFailed as failed:
             # magika: onnxruntime's quantizer fails on the model its own pre-processing wrote, and
             # quantizes the model as it is
-            results = _search(model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, False, timing)
+            results = _search(
+                model, fit, reference, bound, fmt, provider, methods, class_outputs, bar, False, timing, smooth
+            )
             if results[0].failure:
                 return results
             for r in results:
@@ -112,6 +118,7 @@ def _search(
     bar: Any,
     preprocess: bool = True,
     timing: Timing | None = None,
+    smooth: bool = True,
 ) -> list[Int8Result]:
     """quantize_within on one preparation of the model (the static candidate first); raises
     _PreprocessedFailed where onnxruntime pre-processed the model and its quantizer failed on it for
@@ -125,7 +132,7 @@ def _search(
         # the static search (below) before the slow calibrations
         dynamic = None
         if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
-            dynamic = _dynamic_candidate(quantizer, fmt, reference, bound, fragile, provider, bar)
+            dynamic = _dynamic_candidate(quantizer, fmt, reference, bound, fragile, provider, bar, smooth)
             _in_name_only(dynamic, weighted)
         static = _static_candidate(quantizer, fmt, reference, bound, fragile, provider, methods, bar, timing, dynamic)
         _in_name_only(static, weighted)
@@ -140,6 +147,7 @@ def _dynamic_candidate(
     fragile: dict[str, str],
     provider: str,
     bar: Any,
+    smooth: bool = True,
 ) -> Int8Result:
     """Dynamic int8 of the matrix products and recurrent cells within `bound` (activations quantized
     at run time: nothing to calibrate)."""
@@ -156,7 +164,7 @@ def _dynamic_candidate(
         quantized = build(frozenset())
         full = (quantized, reference.verify(quantized))
         note = ""
-        if not full[1].within(bound):  # every node in int8 is over: smoothed activations may not be
+        if smooth and not full[1].within(bound):  # every node in int8 is over: smoothed activations may not be
             bar.set_postfix_str("dynamic: smoothing")
             smoothed = _smoothed(quantizer, reference, full)
             if smoothed is not None:
