@@ -279,7 +279,7 @@ _TRAIN_HELP = (
 @click.option(
     "--lr",
     type=_POSITIVE_FLOAT,
-    help="--recover's learning rate (default: the first candidate trains at 1e-4, 1e-3 and past the better one while it keeps winning, each for the whole run; the best run is kept and its rate reused; a larger rate must win by 5%)",
+    help="--recover's learning rate (default: the first candidate trains at 1e-4, 1e-3 and past the better one while it keeps winning, each for the whole run; the best run is kept and its rate reused; a rate past the first runs must win by 5%)",
 )
 @click.option(
     "--batch-size",
