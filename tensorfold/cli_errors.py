@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import threading
+from typing import Any
 
 import click
 
@@ -96,8 +97,8 @@ def reporting(ctx: click.Context, debug: bool = False):
             "rerun with --debug right after `tensorfold` (or TENSORFOLD_DEBUG=1) for the traceback and report it",
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():  # a caller's own handlers back (a CLI run inside a test, a notebook)
+            signal.signal(sig, handler)
 
 
 def _out_of_memory(exc: BaseException) -> str | None:
@@ -143,12 +144,12 @@ def _raise_interrupted(signum, frame):
     raise KeyboardInterrupt()
 
 
-def _install_sigterm():
+def _install_sigterm() -> dict[int, Any]:
     """SIGTERM and Ctrl-C raised where the main thread is; the watchdog (signals.py) for the times it
-    is inside a native call that does not return."""
+    is inside a native call that does not return. Returns the handlers replaced, to put back."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return {}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _raise_interrupted)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupted)
     return previous

@@ -188,3 +188,13 @@ def test_a_signal_is_honoured_within_seconds_inside_a_long_native_call(tmp_path,
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith("error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cli_run_in_process_gives_the_callers_signal_handlers_back(tmp_path):
+    """Each run installs its own Ctrl-C and SIGTERM handlers; a caller running the CLI in its own
+    process (a test, a notebook) gets its handlers back. The Ctrl-C one stayed replaced, and five
+    signal tests later in the suite failed depending on which runs came before them."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = CliRunner().invoke(main, ["inspect", str(demo_model_path())])
+    assert result.exit_code == 0, result.output
+    assert {sig: signal.getsignal(sig) for sig in before} == before
