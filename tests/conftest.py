@@ -15,3 +15,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 # every pass call in the tests also proves it left its input model untouched (passes/base.py)
 os.environ.setdefault("TENSORFOLD_CHECK_PASSES", "1")
+
+# A suite started as a background job (`make test &`, nohup) inherits Ctrl-C ignored, and Python
+# keeps it ignored: the signal tests' SIGINT (and the CLI runs they start, which inherit it) would
+# do nothing. Five of them failed that way in a clone run in the background, and passed in front.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
