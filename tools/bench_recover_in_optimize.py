@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, help="default: optimize's (16, lowered to fit memory)")
     parser.add_argument("--no-warm-start", action="store_true", help="every candidate factorized from the input model")
     parser.add_argument("--train", default="chains", choices=["chains", "all"], help="which weights recovery trains")
+    parser.add_argument("--lr", type=float, help="--recover's rate (default: optimize's choice on the first candidate)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     lines = [
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                         recover_data=str(more) if recover else None,
                         batch_size=args.batch_size,
                         warm_start=not args.no_warm_start,
-                        **({"train": args.train} if recover else {}),
+                        **({"train": args.train, "lr": args.lr} if recover else {}),
                         class_outputs=("output",) if name in ZOO else (),
                         progress=False,
                     )
