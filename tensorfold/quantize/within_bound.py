@@ -130,27 +130,33 @@ def _search(
         weighted = weight_nodes(prepared)
         # the dynamic candidate is searched first where it is tried: within the bound, it may settle
         # the static search (below) before the slow calibrations
+        job = _Job(quantizer, fmt, reference, bound, fragile, provider, bar)
         dynamic = None
         if _dynamic_share(prepared) >= DYNAMIC_WEIGHT_SHARE:
-            dynamic = _dynamic_candidate(quantizer, fmt, reference, bound, fragile, provider, bar, smooth)
+            dynamic = _dynamic_candidate(job, smooth)
             _in_name_only(dynamic, weighted)
-        static = _static_candidate(quantizer, fmt, reference, bound, fragile, provider, methods, bar, timing, dynamic)
+        static = _static_candidate(job, methods, timing, dynamic)
         _in_name_only(static, weighted)
         return [static] if dynamic is None else [static, dynamic]
 
 
-def _dynamic_candidate(
-    quantizer: StaticQuantizer,
-    fmt: Int8Format,
-    reference: Reference,
-    bound: float,
-    fragile: dict[str, str],
-    provider: str,
-    bar: Any,
-    smooth: bool = True,
-) -> Int8Result:
-    """Dynamic int8 of the matrix products and recurrent cells within `bound` (activations quantized
-    at run time: nothing to calibrate)."""
+@dataclass(frozen=True)
+class _Job:
+    """What both candidates of one preparation are searched with."""
+
+    quantizer: StaticQuantizer
+    fmt: Int8Format
+    reference: Reference
+    bound: float
+    fragile: dict[str, str]
+    provider: str
+    bar: Any
+
+
+def _dynamic_candidate(job: _Job, smooth: bool = True) -> Int8Result:
+    """Dynamic int8 of the matrix products and recurrent cells within the bound (activations
+    quantized at run time: nothing to calibrate)."""
+    quantizer, fmt, reference, bound = job.quantizer, job.fmt, job.reference, job.bound
     dynamic_fmt = Int8Format(
         "dynamic, int8 per-channel weights",
         "uint8",
@@ -165,11 +171,13 @@ def _dynamic_candidate(
         full = (quantized, reference.verify(quantized))
         note = ""
         if smooth and not full[1].within(bound):  # every node in int8 is over: smoothed activations may not be
-            bar.set_postfix_str("dynamic: smoothing")
+            job.bar.set_postfix_str("dynamic: smoothing")
             smoothed = _smoothed(quantizer, reference, full)
             if smoothed is not None:
                 build, full, note = smoothed
-        result = _within(build, "dynamic", dynamic_fmt, reference, bound, nodes, fragile, provider, bar, full=full)
+        result = _within(
+            build, "dynamic", dynamic_fmt, reference, bound, nodes, job.fragile, job.provider, job.bar, full=full
+        )
         if note:
             result.notes.append(note)
         return result
@@ -208,22 +216,14 @@ def _smoothed(
 
 
 def _static_candidate(
-    quantizer: StaticQuantizer,
-    fmt: Int8Format,
-    reference: Reference,
-    bound: float,
-    fragile: dict[str, str],
-    provider: str,
-    methods: tuple[str, ...],
-    bar: Any,
-    timing: Timing | None,
-    dynamic: Int8Result | None,
+    job: _Job, methods: tuple[str, ...], timing: Timing | None, dynamic: Int8Result | None
 ) -> Int8Result:
-    """Static int8 within `bound`, calibrated by the method whose fully quantized model is closest on
+    """Static int8 within the bound, calibrated by the method whose fully quantized model is closest on
     the held-out share; where the objective is latency and the dynamic candidate already outruns the
     first fully quantized static model, no further method is calibrated nor any node searched."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    quantizer, fmt, reference, bound, bar = job.quantizer, job.fmt, job.reference, job.bound, job.bar
     errors, failed, full = {}, [], {}
     settled = ""
     for method in methods:
@@ -261,8 +261,8 @@ def _static_candidate(
         reference,
         bound,
         quantizable,
-        fragile,
-        provider,
+        job.fragile,
+        job.provider,
         bar,
         producers=_input_producers(quantizer.model),
         full=full.pop(method),
