@@ -252,21 +252,27 @@ EDGE_RUNS, EDGE_FACTOR = 2, 10**0.5
 # error (or disagreement) is this share below the best one's: the chosen rate serves the later
 # candidates too, and they start closer to the teacher, where a larger rate first walks away. Zoo
 # MobileNetV2 at 0.05: 3.2e-3 beat 1e-3 by 2% on the first candidate, then left a 1.87x candidate at
-# 0.051 where 1e-3 took it to 0.022. Between the first runs themselves (RUN_RATES, or the probe's
-# rate and a tenth of it) any gain wins: PP-OCRv4 det at 0.05 with the chains alone trained, the
-# probe's 3.2e-5 beat 3.2e-6 by 4% on the first candidate, the margin kept 3.2e-6, and no later
-# candidate moved more than 3% (1.31x against 1.37x when 1e-4 served; docs/results/compress.md).
+# 0.051 where 1e-3 took it to 0.022. Between the first runs themselves any gain wins.
 RATE_MARGIN = 0.05
 
 
 def run_rates(probe: float | None) -> tuple[float, ...]:
     """The rates of rate_by_runs' first runs: RUN_RATES, or for a model whose best single step
-    (step_probe) lies more than a decade below the largest of them, that step's rate and a tenth of
-    it (a ViT whose best step is at 1e-6: 1e-7 and 1e-6; at 1e-5 recover never beat its start).
-    The models measured before the probe (the zoo, PP-OCR det and cls) keep RUN_RATES."""
+    (step_probe) lies more than a decade below the largest of them, that step's rate and the next
+    half decade up.
+
+    Why half a decade up, not down: a whole run (warm-up, decay, a hundred steps) bears a larger
+    rate than the one step the probe takes. With the factor chains alone trained, PP-OCRv4 det and
+    PP-OCR rec both step best at 3.2e-5, and their first candidates' whole runs end lower at every
+    rate up to 3.2e-4 (det 3.2e-6 0.1038, 3.2e-5 0.0997, 1e-4 0.0964, 3.2e-4 0.0930; rec 0.1741,
+    0.1634, 0.1524, 0.1464: docs/results/compress.md). The probe's rate and its tenth left det at
+    3.2e-5 (1e-4, an edge run, fell short of the margin) and reached 1.31x at 0.05, where 1e-4
+    reaches 1.37x. A model the probe finds sharp still goes down: a winner at the smaller end is
+    followed below it (a ViT with every weight trained steps best at 1e-6; at 1e-5 recover never
+    beat its start). The models whose probe is higher (cls, MiniLM-L3, the zoo) keep RUN_RATES."""
     if not probe or 10 * probe >= max(RUN_RATES):
         return RUN_RATES
-    return (float(f"{probe / 10:.2g}"), probe)
+    return (probe, float(f"{probe * EDGE_FACTOR:.2g}"))
 
 
 def rate_by_runs(
@@ -333,7 +339,7 @@ def rate_by_runs(
     )
     top = max(scores, key=lambda rs: rs[1])[0]
     kept = "" if top == rate else f", not {top:g}: a rate past the first runs must win by {RATE_MARGIN:.0%}"
-    probed = "" if first == RUN_RATES else f"best single step at {probe:g}; "
+    probed = "" if probe is None else f"best single step at {probe:g}; "
     return LrChoice(rate, f"{probed}whole runs, best validation {metric} ({table}): {rate:g}{kept}"), result
 
 
