@@ -10,6 +10,7 @@ if _ROOT not in sys.path:
 # Two xdist workers share two cores: one BLAS thread each avoids oversubscription that
 # slows linear algebra by an order of magnitude. Must run before numpy is imported.
 import os  # noqa: E402
+import signal  # noqa: E402
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -19,7 +20,5 @@ os.environ.setdefault("TENSORFOLD_CHECK_PASSES", "1")
 # A suite started as a background job (`make test &`, nohup) inherits Ctrl-C ignored, and Python
 # keeps it ignored: the signal tests' SIGINT (and the CLI runs they start, which inherit it) would
 # do nothing. Five of them failed that way in a clone run in the background, and passed in front.
-import signal  # noqa: E402
-
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -26,11 +26,8 @@ from onnx import helper, numpy_helper
 
 from tensorfold.onnxrt.sessions import make_session
 
-ALPHAS = (
-    0.5,
-    0.75,
-    0.9,
-)  # MiniLM-L3, MatMuls in int8 (a development run): 0.5 0.111, 0.75 0.047, 0.9 0.040, 0.95 0.040
+# MiniLM-L3, MatMuls in int8 (a development run): 0.5 0.111, 0.75 0.047, 0.9 0.040, 0.95 0.040
+ALPHAS = (0.5, 0.75, 0.9)
 _EPS = 1e-5
 
 

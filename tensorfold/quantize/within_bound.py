@@ -175,9 +175,7 @@ def _dynamic_candidate(job: _Job, smooth: bool = True) -> Int8Result:
             smoothed = _smoothed(quantizer, reference, full)
             if smoothed is not None:
                 build, full, note = smoothed
-        result = _within(
-            build, "dynamic", dynamic_fmt, reference, bound, nodes, job.fragile, job.provider, job.bar, full=full
-        )
+        result = _within(job, build, "dynamic", dynamic_fmt, nodes, full=full)
         if note:
             result.notes.append(note)
         return result
@@ -255,15 +253,11 @@ def _static_candidate(
     ops = set(QLinearOpsRegistry) | set(QDQRegistry)
     quantizable = [n.name for n in quantizer.model.graph.node if n.op_type in ops]
     result = _within(
+        job,
         lambda ex: quantizer.quantize(method, ex),
         "static",
         fmt,
-        reference,
-        bound,
         quantizable,
-        job.fragile,
-        job.provider,
-        bar,
         producers=_input_producers(quantizer.model),
         full=full.pop(method),
         calibration=method,
@@ -331,28 +325,25 @@ def _in_name_only(result: Int8Result, weighted: set[str]) -> None:
 
 
 def _within(
+    job: _Job,
     build: Build,
     kind: str,
     fmt: Int8Format,
-    reference: Reference,
-    bound: float,
     quantizable: list[str],
-    fragile: dict[str, str],
-    provider: str,
-    bar: Any,
     producers: dict[str, onnx.NodeProto] | None = None,
     full: tuple[onnx.ModelProto, Verification] | None = None,
     **extra: Any,
 ) -> Int8Result:
-    """int8 within `bound`: the fully quantized model (`full` where the caller built it already),
-    and only where it is over the bound, units scored and returned to float."""
+    """int8 within the job's bound: the fully quantized model (`full` where the caller built it
+    already), and only where it is over the bound, units scored and returned to float."""
+    reference, bound, bar, provider = job.reference, job.bound, job.bar, job.provider
     if full is None:
         quantized = build(frozenset())
         full = (quantized, reference.verify(quantized))
     units: list[Unit] = []
     if not full[1].within(bound) and quantizable:
         bar.set_postfix_str(f"{kind}: scoring")
-        units = score_units(build, reference, quantizable, fragile, bound, bar)
+        units = score_units(build, reference, quantizable, job.fragile, bound, bar)
     bar.set_postfix_str(f"{kind}: nodes to float")
     mixed = keep_within(build, reference, bound, units, bar, full=full)
     result = Int8Result(
