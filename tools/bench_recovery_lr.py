@@ -74,6 +74,17 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    rows = args.rows.split(",")
+    for i, row in enumerate(rows):
+        if row.startswith("probe*"):
+            if "probe" not in rows[:i]:
+                parser.error(f"--rows {row}: the probe row must come before it")
+            try:
+                float(row[6:])
+            except ValueError:
+                parser.error(f"--rows {row}: probe*F takes a number F")
+        elif row not in ROWS:
+            parser.error(f"--rows {row}: choose from {', '.join(ROWS)}, probe*F")
     lines = [
         "# Recovery's learning rate on pretrained models",
         "",
@@ -106,9 +117,7 @@ def main(argv=None) -> int:
             )
             before = compare(model, student, inputs=str(root / f"{name}_held.npz")).max_relative_error
             probed = None  # the probe row's rate, for the probe*F rows
-            for row in args.rows.split(","):
-                if row.startswith("probe*") and probed is None:
-                    parser.error(f"--rows {row}: the probe row must come before it")
+            for row in rows:
                 lr = 2e-3 if row == "2e-3" else probed * float(row[6:]) if row.startswith("probe*") else None
                 out = root / f"{name}.{row}.onnx"
                 start = time.perf_counter()
